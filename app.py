@@ -1,0 +1,249 @@
+"""tuneloop's Chalice app: routes and event handlers. Wiring only: parse → service."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from chalice import BadRequestError, Chalice, ConflictError, IAMAuthorizer, NotFoundError, Rate, Response
+from chalice.app import CloudWatchEvent
+
+from chalicelib import deps
+from chalicelib.api import (
+    PayloadTooLargeError,
+    only_fields,
+    page_view,
+    parse_body,
+    parse_limit,
+    parse_project_filter,
+    parse_state,
+    prefixed,
+    project_view,
+    run_summary,
+    run_view,
+)
+from chalicelib.domain import names
+from chalicelib.domain.events import StopRequested
+from chalicelib.domain.project import ConfigError, check_project_name
+from chalicelib.events import MalformedEventError, UnknownEventError, parse_event
+from chalicelib.intake import IntakeIgnored, parse_object_created
+from chalicelib.observability import logger
+from chalicelib.service import InvalidRequestError, ProjectNotFoundError, RunNotFoundError, utcnow
+from chalicelib.store import BadPageTokenError, ProjectExistsError
+from chalicelib.store import ConflictError as StoreConflictError
+
+app = Chalice(app_name="tuneloop")
+iam = IAMAuthorizer()
+JSON = ["application/json"]
+
+# The EventBridge patterns the handlers are registered with (the local event router
+# delivers by these same patterns).
+DATASET_PATTERN = {"source": ["aws.s3"], "detail-type": ["Object Created"]}
+SAGEMAKER_PATTERN = {
+    "source": ["aws.sagemaker"],
+    "detail-type": [
+        "SageMaker Processing Job State Change",
+        "SageMaker Training Job State Change",
+        "SageMaker HyperParameter Tuning Job State Change",
+        "SageMaker Transform Job State Change",
+        "SageMaker Model Package State Change",
+        "SageMaker Endpoint State Change",
+        "SageMaker Endpoint Deployment State Change",
+    ],
+}
+ALARM_PATTERN = {
+    "source": ["aws.cloudwatch"],
+    "detail-type": ["CloudWatch Alarm State Change"],
+    "detail": {"alarmName": [{"prefix": "tl-"}]},
+}
+
+
+def _http_errors(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Domain errors → Chalice's HTTP errors; the message names the field at fault."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(*args, **kwargs)
+        except PayloadTooLargeError as exc:
+            return Response({"Code": "PayloadTooLarge", "Message": str(exc)}, status_code=413)
+        except (InvalidRequestError, ConfigError, BadPageTokenError) as exc:
+            raise BadRequestError(str(exc)) from exc
+        except ProjectNotFoundError as exc:
+            raise NotFoundError(f"no project named {exc.args[0]!r}") from exc
+        except RunNotFoundError as exc:
+            raise NotFoundError(f"no run {exc.args[0]!r}") from exc
+        except ProjectExistsError as exc:
+            raise ConflictError(f"project {exc.args[0]!r} already exists") from exc
+        except StoreConflictError as exc:
+            raise ConflictError(f"{exc.args[0]} changed meanwhile; retry") from exc
+
+    return wrapper
+
+
+def _body(allowed: tuple[str, ...]) -> dict[str, Any]:
+
+    body = parse_body(app.current_request.raw_body, deps.get().settings.max_body_bytes)
+    only_fields(body, allowed)
+    return body
+
+
+def _params() -> dict[str, str]:
+    return dict(app.current_request.query_params or {})
+
+
+# --- projects ----------------------------------------------------------------------------
+
+
+@app.route("/projects", methods=["POST"], content_types=JSON, authorizer=iam)
+@_http_errors
+def create_project() -> Response:
+
+    body = _body(("name", "config"))
+    try:
+        project = deps.get().service.create_project(body.get("name"), body.get("config"))
+    except ConfigError as exc:
+        if exc.field == "name":
+            raise
+        raise prefixed(exc, "config") from exc
+    return Response(project_view(project), status_code=201, headers={"Location": f"/projects/{project.name}"})
+
+
+@app.route("/projects", methods=["GET"], authorizer=iam)
+@_http_errors
+def list_projects() -> dict[str, Any]:
+
+    params = _params()
+    page = deps.get().service.list_projects(parse_limit(params), params.get("next_token"))
+    return page_view(page, "projects", [project_view(p) for p in page.items])
+
+
+@app.route("/projects/{name}", methods=["GET"], authorizer=iam)
+@_http_errors
+def get_project(name: str) -> dict[str, Any]:
+
+    return project_view(deps.get().service.get_project(name))
+
+
+@app.route("/projects/{name}", methods=["PUT"], content_types=JSON, authorizer=iam)
+@_http_errors
+def update_project(name: str) -> dict[str, Any]:
+
+    body = _body(("config",))
+    try:
+        project = deps.get().service.update_project(name, body.get("config"))
+    except ConfigError as exc:
+        raise prefixed(exc, "config") from exc
+    return project_view(project)
+
+
+# --- runs --------------------------------------------------------------------------------
+
+
+@app.route("/runs", methods=["POST"], content_types=JSON, authorizer=iam)
+@_http_errors
+def start_run() -> Response:
+
+    body = _body(("project", "dataset_uri"))
+    service = deps.get().service
+    project = check_project_name(body.get("project"), "project")
+    dataset_uri = service.check_dataset_uri(body.get("dataset_uri"))
+    # An Idempotency-Key header makes retried POSTs start one run, as an S3 redelivery does.
+    key = app.current_request.headers.get("idempotency-key")
+    run_id = names.derive_id("api", project, key) if key else None
+    stored, created = service.start_run(project, dataset_uri, run_id=run_id, reason="started through the API")
+    return Response(
+        run_summary(stored),
+        status_code=202 if created else 200,
+        headers={"Location": f"/runs/{stored.run.run_id}"},
+    )
+
+
+@app.route("/runs", methods=["GET"], authorizer=iam)
+@_http_errors
+def list_runs() -> dict[str, Any]:
+
+    params = _params()
+    page = deps.get().service.runs.list(
+        project=parse_project_filter(params),
+        state=parse_state(params),
+        limit=parse_limit(params),
+        next_token=params.get("next_token"),
+    )
+    return page_view(page, "runs", [run_summary(r) for r in page.items])
+
+
+@app.route("/runs/{run_id}", methods=["GET"], authorizer=iam)
+@_http_errors
+def get_run(run_id: str) -> dict[str, Any]:
+
+    stored = deps.get().service.runs.get(run_id)
+    if stored is None:
+        raise RunNotFoundError(run_id)
+    return run_view(stored)
+
+
+@app.route("/runs/{run_id}/stop", methods=["POST"], authorizer=iam)
+@_http_errors
+def stop_run(run_id: str) -> Response:
+
+    reason = "stopped through the API"
+    event = StopRequested(event_id=f"stop-{run_id}", time=utcnow(), run_id=run_id, reason=reason)
+    applied = deps.get().service.apply(run_id, event)
+    assert applied.decision is not None
+    if not applied.decision.changed and applied.decision.noop != "duplicate":
+        raise ConflictError(f"run {run_id} cannot be stopped: {applied.decision.note}")
+    return Response({"run_id": run_id, "state": applied.decision.run.state.value}, status_code=202)
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+@app.on_cw_event(DATASET_PATTERN, name="on_dataset_uploaded")
+def on_dataset_uploaded(event: CloudWatchEvent) -> dict[str, Any]:
+
+    config = deps.get().settings
+    raw = event.to_dict()
+    try:
+        drop = parse_object_created(raw, config.dataset_prefix)
+        if drop.bucket != config.bucket:
+            raise IntakeIgnored(f"bucket {drop.bucket} is not tuneloop's bucket {config.bucket}")
+    except (MalformedEventError, IntakeIgnored) as exc:
+        logger.info("upload starts no run", extra={"event_id": raw.get("id"), "reason": str(exc)})
+        return {"ignored": str(exc)}
+    applied = deps.get().service.intake(drop)
+    return {"run_id": applied.run_id, "ignored": applied.ignored}
+
+
+def _domain_event(event: CloudWatchEvent) -> dict[str, Any]:
+
+    raw = event.to_dict()
+    try:
+        parsed = parse_event(raw)
+    except (MalformedEventError, UnknownEventError) as exc:
+        logger.warning("event ignored", extra={"event_id": raw.get("id"), "reason": str(exc)})
+        return {"ignored": str(exc)}
+    applied = deps.get().service.handle(parsed)
+    decision = applied.decision
+    return {
+        "run_id": applied.run_id,
+        "ignored": applied.ignored,
+        "state": decision.run.state.value if decision else None,
+        "noop": decision.noop if decision else None,
+    }
+
+
+@app.on_cw_event(SAGEMAKER_PATTERN, name="on_sagemaker_event")
+def on_sagemaker_event(event: CloudWatchEvent) -> dict[str, Any]:
+    return _domain_event(event)
+
+
+@app.on_cw_event(ALARM_PATTERN, name="on_alarm")
+def on_alarm(event: CloudWatchEvent) -> dict[str, Any]:
+    return _domain_event(event)
+
+
+@app.schedule(Rate(5, unit=Rate.MINUTES), name="reconcile")
+def reconcile(event: Any) -> dict[str, int]:
+    return deps.get().service.reconcile()

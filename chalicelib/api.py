@@ -1,0 +1,136 @@
+"""HTTP request parsing and JSON views for the Chalice routes.
+
+Parsing raises ``InvalidRequestError`` naming the field; app.py turns that into a 400.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .domain.project import ConfigError, check_project_name
+from .domain.states import RunState
+from .service import InvalidRequestError
+from .store import Page, Project, StoredRun
+
+MAX_PAGE = 100
+
+
+class PayloadTooLargeError(ValueError):
+    pass
+
+
+def parse_body(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
+    if raw is not None and len(raw) > max_bytes:
+        raise PayloadTooLargeError(f"body is {len(raw)} bytes; the limit is {max_bytes}")
+    if not raw:
+        raise InvalidRequestError("body", "a JSON object is required")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequestError("body", f"is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequestError("body", f"must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def only_fields(body: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise InvalidRequestError(unknown[0], f"unknown field (expected {', '.join(allowed)})")
+
+
+def prefixed(exc: ConfigError, prefix: str) -> InvalidRequestError:
+    field = f"{prefix}.{exc.field}" if exc.field and exc.field != "body" else prefix
+    return InvalidRequestError(field, exc.message)
+
+
+def parse_limit(params: Mapping[str, str]) -> int:
+    raw = params.get("limit", "50")
+    try:
+        limit = int(raw)
+    except ValueError as exc:
+        raise InvalidRequestError("limit", f"must be an integer, got {raw!r}") from exc
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequestError("limit", f"must be between 1 and {MAX_PAGE}, got {limit}")
+    return limit
+
+
+def parse_state(params: Mapping[str, str]) -> RunState | None:
+    raw = params.get("state")
+    if raw is None:
+        return None
+    try:
+        return RunState(raw)
+    except ValueError as exc:
+        raise InvalidRequestError("state", f"must be one of {', '.join(s.value for s in RunState)}") from exc
+
+
+def parse_project_filter(params: Mapping[str, str]) -> str | None:
+    raw = params.get("project")
+    if raw is None:
+        return None
+    try:
+        return check_project_name(raw, "project")
+    except ConfigError as exc:
+        raise InvalidRequestError(exc.field, exc.message) from exc
+
+
+def project_view(project: Project) -> dict[str, Any]:
+    return {
+        "name": project.name,
+        "config": project.config,
+        "created_at": project.created_at.isoformat(),
+        "updated_at": project.updated_at.isoformat(),
+        "version": project.version,
+        "links": {"self": f"/projects/{project.name}", "runs": f"/runs?project={project.name}"},
+    }
+
+
+def run_summary(stored: StoredRun) -> dict[str, Any]:
+    run = stored.run
+    return {
+        "run_id": run.run_id,
+        "project": run.project,
+        "state": run.state.value,
+        "created_at": run.created_at.isoformat(),
+        "updated_at": stored.updated_at.isoformat() if stored.updated_at else None,
+        "parent_run_id": run.parent_run_id,
+        "links": {"self": f"/runs/{run.run_id}"},
+    }
+
+
+def run_view(stored: StoredRun) -> dict[str, Any]:
+    run = stored.run
+    view = run_summary(stored)
+    view.update(
+        {
+            "dataset_uri": run.dataset_uri,
+            "awaiting": run.awaiting,
+            "model_source": run.model_source,
+            "metrics": dict(run.metrics),
+            "history": [entry.to_dict() for entry in run.history],
+            "pending_commands": [
+                {
+                    "type": type(item.command).__name__,
+                    "status": item.status,
+                    "note": item.note,
+                    **item.command.to_dict(),
+                }
+                for item in stored.pending
+            ],
+            "config": run.config,
+            "version": stored.version,
+        }
+    )
+    links = view["links"]
+    links["stop"] = f"/runs/{run.run_id}/stop"
+    links["project"] = f"/projects/{run.project}"
+    if run.parent_run_id:
+        links["parent"] = f"/runs/{run.parent_run_id}"
+    return view
+
+
+def page_view(page: Page, key: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {key: items, "next_token": page.next_token}

@@ -1,0 +1,48 @@
+"""Settings from the environment, read once and lazily, frozen."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+class SettingsError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    stage: str
+    region: str
+    bucket: str
+    projects_table: str
+    runs_table: str
+    dataset_prefix: str = "datasets/"
+    # Largest JSON body the API accepts; API Gateway's own limit is 10 MB.
+    max_body_bytes: int = 256 * 1024
+    # An outbox older than this is re-executed by the reconciler.
+    outbox_stale_s: int = 60
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        missing = [name for name in ("TUNELOOP_BUCKET",) if not env.get(name)]
+        if missing:
+            raise SettingsError(f"missing environment variable(s): {', '.join(missing)}")
+        stage = env.get("TUNELOOP_STAGE", "dev")
+        return cls(
+            stage=stage,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            bucket=env["TUNELOOP_BUCKET"],
+            projects_table=env.get("TUNELOOP_PROJECTS_TABLE", f"tuneloop-{stage}-projects"),
+            runs_table=env.get("TUNELOOP_RUNS_TABLE", f"tuneloop-{stage}-runs"),
+            dataset_prefix=env.get("TUNELOOP_DATASET_PREFIX", "datasets/"),
+            max_body_bytes=int(env.get("TUNELOOP_MAX_BODY_BYTES", str(256 * 1024))),
+            outbox_stale_s=int(env.get("TUNELOOP_OUTBOX_STALE_S", "60")),
+        )
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    return Settings.from_env()

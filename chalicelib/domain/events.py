@@ -1,0 +1,293 @@
+"""Domain events: what happened, already parsed out of the raw AWS envelope.
+
+Every event carries the id that makes a redelivery recognisable (the EventBridge
+``id`` for AWS events, a derived id for events tuneloop raises itself) and the time
+it happened. ``kind`` is the key the transition table is written in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class DomainEvent:
+    event_id: str
+    time: datetime
+    # The run this event is about, where the event names it (tag, deterministic name).
+    # Events that name only a resource are resolved by the service through the store.
+    run_id: str | None = None
+
+    @property
+    def kind(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def resource(self) -> str | None:
+        """Name of the AWS resource the event reports on, if any."""
+        return None
+
+
+# --- requests that start or steer a run ---------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRequested(DomainEvent):
+    run_id: str
+    project: str
+    dataset_uri: str
+    parent_run_id: str | None = None
+    reason: str = ""
+
+    @property
+    def kind(self) -> str:
+        return "run.requested"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StopRequested(DomainEvent):
+    run_id: str
+    reason: str = "stopped by request"
+
+    @property
+    def kind(self) -> str:
+        return "stop.requested"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalDecided(DomainEvent):
+    run_id: str
+    approved: bool
+    reason: str = ""
+
+    @property
+    def kind(self) -> str:
+        return "approval.decided"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetrainRequested(DomainEvent):
+    run_id: str
+    reason: str = "retrain requested"
+
+    @property
+    def kind(self) -> str:
+        return "retrain.requested"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSuperseded(DomainEvent):
+    run_id: str
+    by_run_id: str
+
+    @property
+    def kind(self) -> str:
+        return "run.superseded"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationLoaded(DomainEvent):
+    """Result of reading a finished evaluation job's metrics and the champion's."""
+
+    run_id: str
+    metrics: Mapping[str, float]
+    champion_run_id: str | None = None
+    champion_metrics: Mapping[str, float] | None = None
+
+    @property
+    def kind(self) -> str:
+        return "evaluation.loaded"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommandFailed(DomainEvent):
+    """An executor met a permanent error (e.g. a ValidationException) running a command."""
+
+    run_id: str
+    command: str
+    error: str
+
+    @property
+    def kind(self) -> str:
+        return "command.failed"
+
+
+# --- SageMaker jobs -------------------------------------------------------------------
+
+# Outcome names shared by every job type; the SageMaker statuses map onto them.
+JOB_OUTCOMES = ("in_progress", "completed", "failed", "stopped")
+# Training jobs stopped by SageMaker rather than by a user carry the cause in
+# SecondaryStatus; these become outcomes of their own.
+TRAINING_OUTCOMES = (*JOB_OUTCOMES, "interrupted", "capacity_timeout", "timed_out")
+
+_STATUS_OUTCOME = {
+    "InProgress": "in_progress",
+    "Stopping": "in_progress",
+    "Completed": "completed",
+    "Failed": "failed",
+    "Stopped": "stopped",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobChanged(DomainEvent):
+    job_name: str
+    status: str
+    failure_reason: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    job_type = "job"
+
+    @property
+    def outcome(self) -> str:
+        return _STATUS_OUTCOME.get(self.status, "in_progress")
+
+    @property
+    def kind(self) -> str:
+        return f"{self.job_type}_job.{self.outcome}"
+
+    @property
+    def resource(self) -> str:
+        return self.job_name
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessingJobChanged(JobChanged):
+    job_type = "processing"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingJobChanged(JobChanged):
+    secondary_status: str = ""
+    # Set when the training job is a trial of a tuning job.
+    tuning_job_name: str | None = None
+
+    job_type = "training"
+
+    @property
+    def outcome(self) -> str:
+        if self.status == "Stopped":
+            return {
+                "Interrupted": "interrupted",
+                "MaxWaitTimeExceeded": "capacity_timeout",
+                "MaxRuntimeExceeded": "timed_out",
+            }.get(self.secondary_status, "stopped")
+        return super().outcome
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuningJobChanged(JobChanged):
+    best_training_job: str | None = None
+
+    job_type = "tuning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransformJobChanged(JobChanged):
+    job_type = "transform"
+
+
+# --- registry, endpoints, alarms -------------------------------------------------------
+
+_APPROVAL_OUTCOME = {
+    "PendingManualApproval": "pending",
+    "Approved": "approved",
+    "Rejected": "rejected",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelPackageChanged(DomainEvent):
+    package_arn: str
+    approval_status: str
+
+    @property
+    def kind(self) -> str:
+        return f"model_package.{_APPROVAL_OUTCOME.get(self.approval_status, 'pending')}"
+
+    @property
+    def resource(self) -> str:
+        return self.package_arn
+
+
+_ENDPOINT_OUTCOME = {"IN_SERVICE": "in_service", "FAILED": "failed"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndpointChanged(DomainEvent):
+    endpoint_name: str
+    status: str  # upper case in events: CREATING, UPDATING, IN_SERVICE, FAILED, ...
+    endpoint_config_name: str = ""
+    failure_reason: str = ""
+
+    @property
+    def kind(self) -> str:
+        return f"endpoint.{_ENDPOINT_OUTCOME.get(self.status.upper(), 'changing')}"
+
+    @property
+    def resource(self) -> str:
+        return self.endpoint_name
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndpointDeploymentChanged(DomainEvent):
+    endpoint_name: str
+    state: str
+    endpoint_config_name: str = ""
+    message: str = ""
+
+    @property
+    def kind(self) -> str:
+        state = self.state.upper()
+        if "ROLL" in state:
+            return "endpoint_deployment.rolled_back"
+        return "endpoint_deployment.progress"
+
+    @property
+    def resource(self) -> str:
+        return self.endpoint_name
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlarmChanged(DomainEvent):
+    alarm_name: str
+    state: str  # OK | ALARM | INSUFFICIENT_DATA
+    previous_state: str
+    reason: str = ""
+
+    @property
+    def kind(self) -> str:
+        return f"alarm.{self.state.lower()}"
+
+    @property
+    def resource(self) -> str:
+        return self.alarm_name
+
+
+ALL_EVENT_KINDS: tuple[str, ...] = (
+    "run.requested",
+    "stop.requested",
+    "approval.decided",
+    "retrain.requested",
+    "run.superseded",
+    "evaluation.loaded",
+    "command.failed",
+    *(f"processing_job.{o}" for o in JOB_OUTCOMES),
+    *(f"training_job.{o}" for o in TRAINING_OUTCOMES),
+    *(f"tuning_job.{o}" for o in JOB_OUTCOMES),
+    *(f"transform_job.{o}" for o in JOB_OUTCOMES),
+    "model_package.pending",
+    "model_package.approved",
+    "model_package.rejected",
+    "endpoint.changing",
+    "endpoint.in_service",
+    "endpoint.failed",
+    "endpoint_deployment.progress",
+    "endpoint_deployment.rolled_back",
+    "alarm.ok",
+    "alarm.alarm",
+    "alarm.insufficient_data",
+)

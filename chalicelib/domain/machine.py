@@ -1,0 +1,506 @@
+"""The run lifecycle as one table, and ``decide``.
+
+Read ``ROWS`` top to bottom: (state, event kind) → guard → next state + commands.
+``decide`` is pure and total: it either applies the first row whose guard holds or
+returns an explicit no-op with a category and a reason. It has no clock; time comes in
+with the event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from . import names
+from .commands import (
+    Command,
+    CreateDriftAlarms,
+    DeleteEndpoint,
+    DeployEndpoint,
+    LoadEvaluation,
+    RegisterModelPackage,
+    StartChildRun,
+    StartProcessingJob,
+    StartTrainingJob,
+    StartTransformJob,
+    StartTuningJob,
+    StopJob,
+    SupersedePrevious,
+    UpdateModelPackageApproval,
+)
+from .events import (
+    AlarmChanged,
+    ApprovalDecided,
+    CommandFailed,
+    DomainEvent,
+    EvaluationLoaded,
+    JobChanged,
+    TrainingJobChanged,
+    TuningJobChanged,
+)
+from .run import HistoryEntry, Run
+from .states import RunState
+
+S = RunState
+Effect = Callable[[Run, Any], Sequence[Command]]
+Predicate = Callable[[Run, Any], bool]
+
+
+@dataclass(frozen=True)
+class Guard:
+    description: str
+    holds: Predicate
+
+
+@dataclass(frozen=True)
+class Row:
+    state: RunState
+    kind: str
+    target: RunState
+    note: str
+    guard: Guard | None = None
+    effect: Effect | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one event. ``noop`` names why nothing changed, if nothing did."""
+
+    run: Run
+    commands: tuple[Command, ...]
+    note: str
+    noop: str | None = None
+    from_state: RunState | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.noop is None
+
+
+# No-op categories.
+DUPLICATE = "duplicate"
+STALE = "stale"
+OUT_OF_ORDER = "out_of_order"
+TERMINAL = "terminal"
+PROGRESS = "progress"
+IGNORED = "ignored"
+GUARDED = "guarded"
+
+# Kinds that report on a resource the run must be waiting on to be moved by them.
+_AWAITED_PREFIXES = (
+    "processing_job.",
+    "training_job.",
+    "tuning_job.",
+    "transform_job.",
+    "endpoint.",
+    "endpoint_deployment.",
+)
+
+
+# --- guards ----------------------------------------------------------------------------
+
+
+def _tuning_on(run: Run, _: Any) -> bool:
+    return bool(run.config.get("tuning"))
+
+
+def _mode(mode: str) -> Guard:
+    return Guard(f"deployment mode is {mode}", lambda run, _: run.config["deployment"]["mode"] == mode)
+
+
+def _retries_left(run: Run, _: Any) -> bool:
+    parsed = names.parse_job_name(run.awaiting or "")
+    attempt = parsed[2] if parsed else 1
+    return attempt <= int(run.config["training"]["max_spot_retries"])
+
+
+def _has_best_job(_: Run, event: TuningJobChanged) -> bool:
+    return bool(event.best_training_job)
+
+
+def gate_verdict(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bool, str]:
+    """The quality gate: absolute thresholds, then improvement over the champion."""
+    gates = config["gates"]
+    reasons = []
+    for metric, minimum in sorted(gates["metrics"].items()):
+        value = event.metrics.get(metric)
+        if value is None:
+            return False, f"metric {metric} missing from the evaluation"
+        if value < minimum:
+            return False, f"{metric} {value:.4g} is below the threshold {minimum:.4g}"
+        reasons.append(f"{metric} {value:.4g} >= {minimum:.4g}")
+    if event.champion_metrics and gates["metrics"]:
+        for metric in sorted(gates["metrics"]):
+            champion = event.champion_metrics.get(metric)
+            if champion is None:
+                continue
+            gain = event.metrics[metric] - champion
+            if gain < gates["min_improvement"]:
+                return False, (
+                    f"{metric} {event.metrics[metric]:.4g} does not beat champion run "
+                    f"{event.champion_run_id} ({champion:.4g}) by {gates['min_improvement']:.4g}"
+                )
+            reasons.append(f"{metric} beats champion {event.champion_run_id} by {gain:.4g}")
+    elif not event.champion_metrics:
+        reasons.append("no champion deployed yet")
+    return True, "; ".join(reasons) or "no gates configured"
+
+
+def _gate_passes(run: Run, event: EvaluationLoaded) -> bool:
+    return gate_verdict(run.config, event)[0]
+
+
+def _may_retrain(run: Run, event: AlarmChanged) -> bool:
+    return _retrain_block(run, event) is None
+
+
+def _retrain_block(run: Run, event: AlarmChanged) -> str | None:
+    policy = run.config["retrain"]
+    if not names.is_drift_alarm_of(event.alarm_name, run.run_id):
+        return f"alarm {event.alarm_name} is not a drift alarm of this run"
+    if event.previous_state == "ALARM":
+        return "alarm was already in ALARM"
+    if not policy["on_drift"]:
+        return "retraining on drift is off for this project"
+    earlier = run.times_of("StartChildRun")
+    if earlier and event.time - max(earlier) < timedelta(seconds=policy["cooldown_s"]):
+        return f"within the retrain cooldown of {policy['cooldown_s']}s"
+    if len([t for t in earlier if event.time - t < timedelta(days=1)]) >= policy["max_per_day"]:
+        return f"daily cap of {policy['max_per_day']} retraining runs reached"
+    return None
+
+
+# --- effects ---------------------------------------------------------------------------
+
+
+def _prepare(run: Run, _: Any) -> list[Command]:
+    return [
+        StartProcessingJob(
+            run.run_id, run.project, names.job_name(run.run_id, "prepare"), step="prepare", input_uri=run.dataset_uri
+        )
+    ]
+
+
+def _train(run: Run, _: Any) -> list[Command]:
+    return [StartTrainingJob(run.run_id, run.project, names.job_name(run.run_id, "train", 1), attempt=1)]
+
+
+def _retrain_attempt(run: Run, _: Any) -> list[Command]:
+    parsed = names.parse_job_name(run.awaiting or "")
+    attempt = (parsed[2] if parsed else 1) + 1
+    return [
+        StartTrainingJob(
+            run.run_id,
+            run.project,
+            names.job_name(run.run_id, "train", attempt),
+            attempt=attempt,
+            resume_from=run.awaiting,
+        )
+    ]
+
+
+def _tune(run: Run, _: Any) -> list[Command]:
+    return [
+        StartTuningJob(
+            run.run_id, run.project, names.job_name(run.run_id, "tune"), warm_start_from_run=run.parent_run_id
+        )
+    ]
+
+
+def _evaluate(source: Callable[[Run, Any], str]) -> Effect:
+    def effect(run: Run, event: Any) -> list[Command]:
+        return [
+            StartProcessingJob(
+                run.run_id,
+                run.project,
+                names.job_name(run.run_id, "evaluate"),
+                step="evaluate",
+                input_uri=source(run, event),
+            )
+        ]
+
+    return effect
+
+
+def _load_evaluation(run: Run, event: JobChanged) -> list[Command]:
+    return [LoadEvaluation(run.run_id, run.project, event.job_name)]
+
+
+def _register(run: Run, _: Any) -> list[Command]:
+    status = "Approved" if run.config["approval"] == "auto" else "PendingManualApproval"
+    return [RegisterModelPackage(run.run_id, run.project, run.model_source or "", approval_status=status)]
+
+
+def _update_approval(run: Run, event: ApprovalDecided) -> list[Command]:
+    return [UpdateModelPackageApproval(run.run_id, approved=event.approved, reason=event.reason)]
+
+
+def _deploy(run: Run, _: Any) -> list[Command]:
+    return [DeployEndpoint(run.run_id, run.project, names.endpoint_name(run.project), run.model_source or "")]
+
+
+def _transform(run: Run, _: Any) -> list[Command]:
+    return [StartTransformJob(run.run_id, run.project, names.job_name(run.run_id, "transform"))]
+
+
+def _deployed(run: Run, _: Any) -> list[Command]:
+    return [
+        SupersedePrevious(run.run_id, run.project),
+        CreateDriftAlarms(run.run_id, run.project, names.endpoint_name(run.project)),
+    ]
+
+
+def _child_run(run: Run, event: DomainEvent) -> list[Command]:
+    if isinstance(event, AlarmChanged):
+        reason = f"drift alarm {event.alarm_name} went {event.previous_state or '?'}→{event.state}"
+    else:
+        reason = getattr(event, "reason", "") or event.kind
+    return [StartChildRun(run.run_id, run.project, names.derive_id("child", run.run_id, event.event_id), reason)]
+
+
+_JOB_TYPE_OF_STATE = {
+    S.PREPARING: "processing",
+    S.EVALUATING: "processing",
+    S.TRAINING: "training",
+    S.TUNING: "tuning",
+    S.TRANSFORMING: "transform",
+}
+
+
+def _stop(run: Run, _: Any) -> list[Command]:
+    job_type = _JOB_TYPE_OF_STATE.get(run.state)
+    if job_type and run.awaiting:
+        return [StopJob(run.run_id, job_type=job_type, job_name=run.awaiting)]
+    if run.state is S.DEPLOYED:
+        return [DeleteEndpoint(run.run_id, names.endpoint_name(run.project))]
+    return []
+
+
+# --- the table ---------------------------------------------------------------------------
+
+_TUNING = Guard("tuning ranges configured", _tuning_on)
+_NO_TUNING = Guard("no tuning ranges", lambda run, e: not _tuning_on(run, e))
+_RETRIES_LEFT = Guard("spot retries left", _retries_left)
+_NO_RETRIES_LEFT = Guard("spot retries used up", lambda run, e: not _retries_left(run, e))
+_BEST_JOB = Guard("a best training job exists", _has_best_job)
+_NO_BEST_JOB = Guard("no successful training job", lambda run, e: not _has_best_job(run, e))
+_GATE_PASSES = Guard("quality gate passes", _gate_passes)
+_GATE_FAILS = Guard("quality gate fails", lambda run, e: not _gate_passes(run, e))
+_RETRAIN_ALLOWED = Guard("drift alarm of this run, OK→ALARM, retrain policy allows", _may_retrain)
+
+_ACTIVE = [s for s in RunState if not s.terminal]
+
+ROWS: tuple[Row, ...] = (
+    Row(S.RECEIVED, "run.requested", S.PREPARING, "prepare the dataset", effect=_prepare),
+    Row(S.PREPARING, "processing_job.completed", S.TUNING, "data prepared; tune", _TUNING, _tune),
+    Row(S.PREPARING, "processing_job.completed", S.TRAINING, "data prepared; train", _NO_TUNING, _train),
+    Row(S.PREPARING, "processing_job.failed", S.FAILED, "prepare job failed"),
+    Row(S.PREPARING, "processing_job.stopped", S.STOPPED, "prepare job stopped outside tuneloop"),
+    Row(
+        S.TRAINING,
+        "training_job.completed",
+        S.EVALUATING,
+        "trained; evaluate",
+        effect=_evaluate(lambda r, e: e.job_name),
+    ),
+    Row(
+        S.TRAINING, "training_job.interrupted", S.TRAINING, "spot interruption; resume", _RETRIES_LEFT, _retrain_attempt
+    ),
+    Row(S.TRAINING, "training_job.interrupted", S.FAILED, "spot interruptions exhausted the retries", _NO_RETRIES_LEFT),
+    Row(
+        S.TRAINING,
+        "training_job.capacity_timeout",
+        S.TRAINING,
+        "no spot capacity in time; retry",
+        _RETRIES_LEFT,
+        _retrain_attempt,
+    ),
+    Row(S.TRAINING, "training_job.capacity_timeout", S.FAILED, "no spot capacity; retries used up", _NO_RETRIES_LEFT),
+    Row(S.TRAINING, "training_job.timed_out", S.FAILED, "training exceeded MaxRuntimeInSeconds"),
+    Row(S.TRAINING, "training_job.failed", S.FAILED, "training job failed"),
+    Row(S.TRAINING, "training_job.stopped", S.STOPPED, "training job stopped outside tuneloop"),
+    Row(
+        S.TUNING,
+        "tuning_job.completed",
+        S.EVALUATING,
+        "tuned; evaluate the best model",
+        _BEST_JOB,
+        _evaluate(lambda r, e: e.best_training_job),
+    ),
+    Row(S.TUNING, "tuning_job.completed", S.FAILED, "tuning finished with no successful training job", _NO_BEST_JOB),
+    Row(S.TUNING, "tuning_job.failed", S.FAILED, "tuning job failed"),
+    Row(S.TUNING, "tuning_job.stopped", S.STOPPED, "tuning job stopped outside tuneloop"),
+    Row(
+        S.EVALUATING,
+        "processing_job.completed",
+        S.GATING,
+        "evaluated; load metrics for the gate",
+        effect=_load_evaluation,
+    ),
+    Row(S.EVALUATING, "processing_job.failed", S.FAILED, "evaluation job failed"),
+    Row(S.EVALUATING, "processing_job.stopped", S.STOPPED, "evaluation job stopped outside tuneloop"),
+    Row(S.GATING, "evaluation.loaded", S.REGISTERING, "gate passed; register", _GATE_PASSES, _register),
+    Row(S.GATING, "evaluation.loaded", S.REJECTED, "gate failed", _GATE_FAILS),
+    Row(S.REGISTERING, "model_package.pending", S.PENDING_APPROVAL, "registered; waiting for approval"),
+    *(
+        row
+        for state in (S.REGISTERING, S.PENDING_APPROVAL)
+        for row in (
+            Row(
+                state,
+                "model_package.approved",
+                S.DEPLOYING,
+                "approved; deploy to the endpoint",
+                _mode("realtime"),
+                _deploy,
+            ),
+            Row(
+                state,
+                "model_package.approved",
+                S.TRANSFORMING,
+                "approved; run the batch transform",
+                _mode("batch"),
+                _transform,
+            ),
+            Row(state, "model_package.approved", S.REGISTERED, "approved; no deployment configured", _mode("none")),
+            Row(state, "model_package.rejected", S.REJECTED, "model package rejected"),
+        )
+    ),
+    Row(
+        S.PENDING_APPROVAL,
+        "approval.decided",
+        S.PENDING_APPROVAL,
+        "record the approval decision on the package",
+        effect=_update_approval,
+    ),
+    Row(S.DEPLOYING, "endpoint.in_service", S.DEPLOYED, "endpoint in service; monitor for drift", effect=_deployed),
+    Row(S.DEPLOYING, "endpoint.failed", S.FAILED, "endpoint deployment failed"),
+    Row(
+        S.DEPLOYING,
+        "endpoint_deployment.rolled_back",
+        S.ROLLED_BACK,
+        "deployment rolled back; the previous model serves",
+    ),
+    Row(S.TRANSFORMING, "transform_job.completed", S.COMPLETED, "batch transform done"),
+    Row(S.TRANSFORMING, "transform_job.failed", S.FAILED, "batch transform failed"),
+    Row(S.TRANSFORMING, "transform_job.stopped", S.STOPPED, "batch transform stopped outside tuneloop"),
+    Row(S.DEPLOYED, "alarm.alarm", S.DEPLOYED, "drift detected; start a retraining run", _RETRAIN_ALLOWED, _child_run),
+    Row(S.DEPLOYED, "retrain.requested", S.DEPLOYED, "retraining requested; start a child run", effect=_child_run),
+    Row(S.DEPLOYED, "run.superseded", S.SUPERSEDED, "a newer run is deployed"),
+    *(Row(state, "stop.requested", S.STOPPED, "stopped by request", effect=_stop) for state in _ACTIVE),
+    *(Row(state, "command.failed", S.FAILED, "a command failed permanently") for state in _ACTIVE),
+)
+
+# Explicit no-ops: (state, kind) pairs that are expected and change nothing.
+NO_OPS: Mapping[tuple[RunState, str], tuple[str, str]] = {
+    **{
+        (state, f"{job}_job.in_progress"): (PROGRESS, "job still running")
+        for state in _ACTIVE
+        for job in ("processing", "training", "tuning", "transform")
+    },
+    **{(state, "endpoint.changing"): (PROGRESS, "endpoint still changing") for state in _ACTIVE},
+    **{(state, "endpoint_deployment.progress"): (PROGRESS, "deployment in progress") for state in _ACTIVE},
+    (S.PENDING_APPROVAL, "model_package.pending"): (DUPLICATE, "package already pending approval"),
+    (S.DEPLOYED, "alarm.ok"): (IGNORED, "alarm back to OK; nothing to do"),
+    (S.DEPLOYED, "alarm.insufficient_data"): (IGNORED, "alarm has insufficient data; nothing to do"),
+}
+
+
+def rows_for(state: RunState, kind: str) -> list[Row]:
+    return [row for row in ROWS if row.state is state and row.kind == kind]
+
+
+def decide(run: Run, event: DomainEvent) -> Decision:
+    kind = event.kind
+    if run.state.terminal:
+        return _noop(run, TERMINAL, f"run is {run.state.value}; {kind} changes nothing")
+    if run.has_seen(event.event_id):
+        return _noop(run, DUPLICATE, f"event {event.event_id} was already applied")
+    if kind.startswith(_AWAITED_PREFIXES):
+        mismatch = _resource_mismatch(run, event)
+        if mismatch:
+            return _noop(run, *mismatch)
+    if (run.state, kind) in NO_OPS:
+        category, reason = NO_OPS[(run.state, kind)]
+        return _noop(run, category, reason)
+    rows = rows_for(run.state, kind)
+    if not rows:
+        return _noop(run, OUT_OF_ORDER, f"{kind} is not expected while {run.state.value}")
+    for row in rows:
+        if row.guard is None or row.guard.holds(run, event):
+            return _apply(run, event, row)
+    reason = "; ".join(f"not {row.guard.description}" for row in rows if row.guard)
+    if kind == "alarm.alarm" and isinstance(event, AlarmChanged):
+        reason = _retrain_block(run, event) or reason
+    return _noop(run, GUARDED, reason)
+
+
+def _resource_mismatch(run: Run, event: DomainEvent) -> tuple[str, str] | None:
+    resource = event.resource
+    if resource == run.awaiting:
+        return None
+    if (
+        isinstance(event, TrainingJobChanged)
+        and run.awaiting
+        and (event.tuning_job_name == run.awaiting or (resource or "").startswith(f"{run.awaiting}-"))
+    ):
+        return PROGRESS, f"{resource} is a trial of tuning job {run.awaiting}"
+    if resource in run.past_resources:
+        return STALE, f"{resource} is no longer what the run waits on ({run.awaiting or 'nothing'})"
+    return (
+        OUT_OF_ORDER,
+        f"{resource} was not started by this run at this point (waiting on {run.awaiting or 'nothing'})",
+    )
+
+
+def _noop(run: Run, category: str, reason: str) -> Decision:
+    return Decision(run=run, commands=(), note=reason, noop=category, from_state=run.state)
+
+
+def _apply(run: Run, event: DomainEvent, row: Row) -> Decision:
+    commands = tuple(row.effect(run, event)) if row.effect else ()
+    note = _note(run, event, row)
+    awaits = next((c.awaits for c in reversed(commands) if c.awaits), None)
+    awaiting = None if awaits is None and row.target is not run.state else awaits or run.awaiting
+    entry = HistoryEntry(
+        event_id=event.event_id,
+        event_kind=event.kind,
+        from_state=run.state,
+        to_state=row.target,
+        reason=note,
+        time=event.time,
+        commands=tuple(type(c).__name__ for c in commands),
+        awaits=awaits,
+    )
+    new_run = dataclasses.replace(
+        run,
+        state=row.target,
+        awaiting=awaiting,
+        model_source=_trained_model(event) or run.model_source,
+        history=(*run.history, entry),
+    )
+    return Decision(run=new_run, commands=commands, note=note, from_state=run.state)
+
+
+def _trained_model(event: DomainEvent) -> str | None:
+    """The training job whose model the run carries forward, when the event names one."""
+    if isinstance(event, TrainingJobChanged) and event.outcome == "completed":
+        return event.job_name
+    if isinstance(event, TuningJobChanged) and event.outcome == "completed":
+        return event.best_training_job
+    return None
+
+
+def _note(run: Run, event: DomainEvent, row: Row) -> str:
+    """The history reason: the row's note plus what the event said that matters later."""
+    if isinstance(event, EvaluationLoaded):
+        return f"{row.note}: {gate_verdict(run.config, event)[1]}"
+    if isinstance(event, JobChanged) and event.failure_reason:
+        return f"{row.note}: {event.failure_reason}"
+    if isinstance(event, CommandFailed):
+        return f"{row.note}: {event.command}: {event.error}"
+    reason = getattr(event, "reason", "")
+    return f"{row.note}: {reason}" if reason and isinstance(reason, str) else row.note

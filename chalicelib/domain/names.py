@@ -1,0 +1,65 @@
+"""Deterministic names for runs and the AWS resources a run creates.
+
+Re-executing a command must find the resource it created the first time
+(``ResourceInUse``), so every name is derived, never random: run id + step + attempt.
+SageMaker names must match ``^[a-zA-Z0-9](-*[a-zA-Z0-9])*$``; tuning job names are
+limited to 32 characters, every other job name to 63.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+
+RUN_ID_LENGTH = 12
+RUN_ID_RE = re.compile(rf"^[a-z2-7]{{{RUN_ID_LENGTH}}}$")
+PROJECT_NAME_RE = re.compile(r"^[a-z0-9](-?[a-z0-9])*$")
+PROJECT_NAME_MAX = 24
+SAGEMAKER_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
+_RUN_PREFIX_RE = re.compile(rf"^tl-(?P<run_id>[a-z2-7]{{{RUN_ID_LENGTH}}})-")
+_JOB_NAME_RE = re.compile(rf"^tl-(?P<run_id>[a-z2-7]{{{RUN_ID_LENGTH}}})-(?P<step>[a-z]+)-(?P<attempt>\d+)")
+
+
+def derive_id(*parts: str) -> str:
+    """A run id that is a pure function of ``parts`` (idempotency keys, child runs)."""
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).digest()
+    return base64.b32encode(digest).decode("ascii").lower()[:RUN_ID_LENGTH]
+
+
+def job_name(run_id: str, step: str, attempt: int = 1) -> str:
+    name = f"tl-{run_id}-{step}-{attempt}"
+    limit = 32 if step == "tune" else 63
+    if len(name) > limit or not SAGEMAKER_NAME_RE.match(name):
+        raise ValueError(f"cannot build a SageMaker name from {run_id!r}, {step!r}, {attempt}")
+    return name
+
+
+def endpoint_name(project: str) -> str:
+    """One endpoint per project: later models replace earlier ones on it (blue/green)."""
+    return f"tl-{project}"
+
+
+def run_id_from_name(name: str) -> str | None:
+    """The run id inside any name tuneloop made (jobs, alarms, endpoint configs)."""
+    match = _RUN_PREFIX_RE.match(name or "")
+    return match["run_id"] if match else None
+
+
+def parse_job_name(name: str) -> tuple[str, str, int] | None:
+    """(run id, step, attempt) from a name tuneloop made, or None for foreign names.
+
+    Also matches the training jobs a tuning job spawns: ``<tuning job>-003-1a2b3c4d``.
+    """
+    match = _JOB_NAME_RE.match(name or "")
+    if not match:
+        return None
+    return match["run_id"], match["step"], int(match["attempt"])
+
+
+def drift_alarm_name(run_id: str, metric: str) -> str:
+    return f"tl-{run_id}-drift-{metric.replace('_', '-')}"
+
+
+def is_drift_alarm_of(alarm_name: str, run_id: str) -> bool:
+    return alarm_name.startswith(f"tl-{run_id}-drift-")

@@ -1,0 +1,298 @@
+"""Project configuration: validated once, stored normalised, snapshotted into each run.
+
+``normalise_config`` turns user JSON into a complete config with every default filled
+in, or raises ``ConfigError`` naming the offending field by its dotted path
+(``training.instance_count``), so the API can answer a 400 that says what to fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .names import PROJECT_NAME_MAX, PROJECT_NAME_RE
+
+
+class ConfigError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+Validator = Callable[[str, Any], Any]
+_MISSING = object()
+_HF_MODEL_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_INSTANCE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+class _Field:
+    def __init__(self, check: Validator, default: Any = _MISSING) -> None:
+        self.check = check
+        self.default = default
+
+
+def _string(
+    choices: tuple[str, ...] | None = None, pattern: re.Pattern[str] | None = None, hint: str = ""
+) -> Validator:
+    def check(path: str, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(path, f"must be a non-empty string, got {_type_name(value)}")
+        if choices and value not in choices:
+            raise ConfigError(path, f"must be one of {', '.join(choices)}; got {value!r}")
+        if pattern and not pattern.match(value):
+            raise ConfigError(path, f"{value!r} is not valid{': ' + hint if hint else ''}")
+        return value
+
+    return check
+
+
+def _number(lo: float | None = None, hi: float | None = None, integer: bool = False) -> Validator:
+    def check(path: str, value: Any) -> float | int:
+        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
+            raise ConfigError(path, f"must be {'an integer' if integer else 'a number'}, got {_type_name(value)}")
+        if lo is not None and value < lo:
+            raise ConfigError(path, f"must be at least {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise ConfigError(path, f"must be at most {hi}, got {value}")
+        return value
+
+    return check
+
+
+def _boolean(path: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(path, f"must be true or false, got {_type_name(value)}")
+    return value
+
+
+def _hyperparameter(path: str, value: Any) -> str | int | float | bool:
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    raise ConfigError(path, f"must be a string, number or boolean, got {_type_name(value)}")
+
+
+def _mapping_of(check_value: Validator, non_empty: bool = False) -> Validator:
+    def check(path: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise ConfigError(path, f"must be an object, got {_type_name(value)}")
+        if non_empty and not value:
+            raise ConfigError(path, "must not be empty")
+        return {str(k): check_value(f"{path}.{k}", v) for k, v in value.items()}
+
+    return check
+
+
+def _obj(fields: Mapping[str, _Field], after: Callable[[str, dict[str, Any]], None] | None = None) -> Validator:
+    def check(path: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise ConfigError(path or "body", f"must be an object, got {_type_name(value)}")
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise ConfigError(_join(path, unknown[0]), f"unknown field (expected one of {', '.join(fields)})")
+        out: dict[str, Any] = {}
+        for name, spec in fields.items():
+            sub = _join(path, name)
+            if name in value and value[name] is not None:
+                out[name] = spec.check(sub, value[name])
+            elif spec.default is _MISSING:
+                raise ConfigError(sub, "is required")
+            elif isinstance(spec.default, _Obj):
+                out[name] = spec.check(sub, {})
+            else:
+                out[name] = copy.deepcopy(spec.default)
+        if after:
+            after(path, out)
+        return out
+
+    return check
+
+
+class _Obj:
+    """Default marker: an object field whose own defaults fill in when it is absent."""
+
+
+_DEFAULTS = _Obj()
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _parameter_range(path: str, value: Any) -> dict[str, Any]:
+    spec = _obj(
+        {
+            "type": _Field(_string(("continuous", "integer", "categorical"))),
+            "min": _Field(_number(), None),
+            "max": _Field(_number(), None),
+            "scaling": _Field(_string(("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")), "Auto"),
+            "values": _Field(_list_of_strings, None),
+        }
+    )(path, value)
+    if spec["type"] == "categorical":
+        if not spec["values"]:
+            raise ConfigError(f"{path}.values", "is required for a categorical range")
+    else:
+        for bound in ("min", "max"):
+            if spec[bound] is None:
+                raise ConfigError(f"{path}.{bound}", f"is required for a {spec['type']} range")
+        if spec["min"] >= spec["max"]:
+            raise ConfigError(f"{path}.max", "must be greater than min")
+        if spec["scaling"] == "Logarithmic" and spec["min"] <= 0:
+            raise ConfigError(f"{path}.min", "must be positive for logarithmic scaling")
+    return spec
+
+
+def _list_of_strings(path: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise ConfigError(path, "must be an array of strings")
+    return [str(v) for v in value]
+
+
+def _check_training(path: str, training: dict[str, Any]) -> None:
+    if training["spot"] and training["max_wait_s"] is not None and training["max_wait_s"] <= training["max_runtime_s"]:
+        raise ConfigError(f"{path}.max_wait_s", "must be greater than max_runtime_s when spot is on")
+    if training["spot"] and training["max_wait_s"] is None:
+        training["max_wait_s"] = training["max_runtime_s"] * 2
+
+
+def _check_tuning(path: str, tuning: dict[str, Any]) -> None:
+    if tuning["max_parallel_jobs"] > tuning["max_jobs"]:
+        raise ConfigError(f"{path}.max_parallel_jobs", "must not exceed max_jobs")
+
+
+def _check_deployment(path: str, deployment: dict[str, Any]) -> None:
+    if deployment["min_instances"] > deployment["max_instances"]:
+        raise ConfigError(f"{path}.max_instances", "must be at least min_instances")
+
+
+def _check_base_model(path: str, value: Any) -> str:
+    model: str = _string()(path, value)
+    if model.startswith("s3://"):
+        if len(model) <= len("s3://") or "/" not in model[len("s3://") :]:
+            raise ConfigError(path, f"{model!r} is not a full s3://bucket/key URI")
+        return model
+    if not _HF_MODEL_RE.match(model) or ".." in model:
+        raise ConfigError(path, f"{model!r} is neither a Hugging Face model id (org/name) nor an s3:// URI")
+    return model
+
+
+_instance = _string(pattern=_INSTANCE_RE, hint="expected an instance type such as ml.g5.xlarge")
+
+_CONFIG = _obj(
+    {
+        "base_model": _Field(_check_base_model),
+        "task": _Field(_string(("text-classification", "causal-lm"))),
+        "data_format": _Field(_string(("jsonl", "csv")), "jsonl"),
+        "training": _Field(
+            _obj(
+                {
+                    "method": _Field(_string(("full", "lora")), "full"),
+                    "hyperparameters": _Field(_mapping_of(_hyperparameter), {}),
+                    "instance_type": _Field(_instance, "ml.g5.xlarge"),
+                    "instance_count": _Field(_number(1, 64, integer=True), 1),
+                    "volume_size_gb": _Field(_number(1, 16384, integer=True), 30),
+                    "max_runtime_s": _Field(_number(60, 28 * 86400, integer=True), 86400),
+                    "spot": _Field(_boolean, True),
+                    "max_wait_s": _Field(_number(120, 28 * 86400, integer=True), None),
+                    "max_spot_retries": _Field(_number(0, 10, integer=True), 2),
+                },
+                after=_check_training,
+            ),
+            _DEFAULTS,
+        ),
+        "tuning": _Field(
+            _obj(
+                {
+                    "strategy": _Field(_string(("Bayesian", "Random", "Hyperband")), "Bayesian"),
+                    "objective": _Field(
+                        _obj(
+                            {
+                                "metric": _Field(_string()),
+                                "type": _Field(_string(("Maximize", "Minimize")), "Maximize"),
+                            }
+                        )
+                    ),
+                    "ranges": _Field(_mapping_of(_parameter_range, non_empty=True)),
+                    "max_jobs": _Field(_number(1, 500, integer=True), 8),
+                    "max_parallel_jobs": _Field(_number(1, 100, integer=True), 1),
+                },
+                after=_check_tuning,
+            ),
+            None,
+        ),
+        "gates": _Field(
+            _obj(
+                {
+                    "metrics": _Field(_mapping_of(_number()), {}),
+                    "min_improvement": _Field(_number(), 0.0),
+                }
+            ),
+            _DEFAULTS,
+        ),
+        "approval": _Field(_string(("auto", "manual")), "manual"),
+        "deployment": _Field(
+            _obj(
+                {
+                    "mode": _Field(_string(("realtime", "batch", "none")), "realtime"),
+                    "instance_type": _Field(_instance, "ml.m5.large"),
+                    "min_instances": _Field(_number(1, 100, integer=True), 1),
+                    "max_instances": _Field(_number(1, 100, integer=True), 2),
+                    "data_capture_percent": _Field(_number(0, 100, integer=True), 100),
+                    "batch_input_uri": _Field(_string(), None),
+                },
+                after=_check_deployment,
+            ),
+            _DEFAULTS,
+        ),
+        "drift": _Field(
+            _obj(
+                {
+                    "thresholds": _Field(
+                        _mapping_of(_number(0)), {"prediction_psi": 0.2, "input_js": 0.1, "embedding_auc": 0.7}
+                    ),
+                    "evaluation_periods": _Field(_number(1, 100, integer=True), 1),
+                    "schedule_minutes": _Field(_number(5, 7 * 24 * 60, integer=True), 60),
+                }
+            ),
+            _DEFAULTS,
+        ),
+        "retrain": _Field(
+            _obj(
+                {
+                    "on_drift": _Field(_boolean, True),
+                    "cooldown_s": _Field(_number(0, 30 * 86400, integer=True), 86400),
+                    "max_per_day": _Field(_number(0, 100, integer=True), 1),
+                }
+            ),
+            _DEFAULTS,
+        ),
+    }
+)
+
+
+def normalise_config(data: Any) -> dict[str, Any]:
+    """The complete, validated project config; raises ConfigError naming the field."""
+    result: dict[str, Any] = _CONFIG("", data)
+    return result
+
+
+def check_project_name(name: Any, field: str = "name") -> str:
+    if not isinstance(name, str) or not name:
+        raise ConfigError(field, "must be a non-empty string")
+    if len(name) > PROJECT_NAME_MAX or not PROJECT_NAME_RE.match(name):
+        raise ConfigError(
+            field,
+            f"{name!r} is not a valid project name: lower-case letters, digits and single hyphens, "
+            f"at most {PROJECT_NAME_MAX} characters",
+        )
+    return name

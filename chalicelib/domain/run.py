@@ -1,0 +1,76 @@
+"""The run as the state machine sees it: a frozen snapshot, no storage concerns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .states import RunState
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One recorded decision: a transition, or a self-loop that issued commands."""
+
+    event_id: str
+    event_kind: str
+    from_state: RunState
+    to_state: RunState
+    reason: str
+    time: datetime
+    commands: tuple[str, ...] = ()
+    awaits: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "event_kind": self.event_kind,
+            "from": self.from_state.value,
+            "to": self.to_state.value,
+            "reason": self.reason,
+            "time": self.time.isoformat(),
+            "commands": list(self.commands),
+            "awaits": self.awaits,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HistoryEntry:
+        return cls(
+            event_id=data["event_id"],
+            event_kind=data["event_kind"],
+            from_state=RunState(data["from"]),
+            to_state=RunState(data["to"]),
+            reason=data.get("reason", ""),
+            time=datetime.fromisoformat(data["time"]),
+            commands=tuple(data.get("commands") or ()),
+            awaits=data.get("awaits"),
+        )
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    project: str
+    state: RunState
+    config: Mapping[str, Any]
+    dataset_uri: str
+    created_at: datetime
+    parent_run_id: str | None = None
+    # Name of the resource whose events move the run next (a job, an endpoint).
+    awaiting: str | None = None
+    # Training job whose model the run registers and deploys, once training is done.
+    model_source: str | None = None
+    history: tuple[HistoryEntry, ...] = ()
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+    def has_seen(self, event_id: str) -> bool:
+        return any(entry.event_id == event_id for entry in self.history)
+
+    @property
+    def past_resources(self) -> frozenset[str]:
+        return frozenset(entry.awaits for entry in self.history if entry.awaits)
+
+    def times_of(self, command_type: str) -> list[datetime]:
+        return [entry.time for entry in self.history if command_type in entry.commands]

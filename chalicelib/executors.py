@@ -1,0 +1,108 @@
+"""Executors: each command type is carried out by exactly one executor.
+
+Executors must be idempotent: a command can run again after a crash or from the
+reconciler. AWS resource names are deterministic, so a repeat finds ResourceInUse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from .domain.commands import (
+    Command,
+    CreateDriftAlarms,
+    DeleteEndpoint,
+    DeployEndpoint,
+    LoadEvaluation,
+    RegisterModelPackage,
+    StartChildRun,
+    StartProcessingJob,
+    StartTrainingJob,
+    StartTransformJob,
+    StartTuningJob,
+    StopJob,
+    SupersedePrevious,
+    UpdateModelPackageApproval,
+)
+from .domain.events import DomainEvent
+
+
+class PermanentCommandError(Exception):
+    """The command can never succeed as issued (e.g. a ValidationException); fail the run."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    done: bool
+    note: str = ""
+    # Events the command produced that must be applied next (e.g. loaded metrics).
+    events: tuple[DomainEvent, ...] = ()
+
+
+class RunPort(Protocol):
+    """What internal executors need from the service."""
+
+    def supersede_deployed(self, project: str, by_run_id: str) -> int: ...
+
+    def start_child_run(self, parent_run_id: str, child_run_id: str, reason: str) -> str: ...
+
+
+Executor = Callable[[Command], Outcome]
+
+
+def not_yet_available(issue: str) -> Executor:
+    """For commands whose AWS executor is not built yet: keep the command pending.
+
+    Never pretends the work happened: the command stays in the run's outbox, visible in
+    GET /runs/{id}, and the reconciler leaves it there.
+    """
+
+    def execute(command: Command) -> Outcome:
+        return Outcome(done=False, note=f"{type(command).__name__} has no executor yet ({issue}); kept pending")
+
+    return execute
+
+
+class Executors:
+    def __init__(self, table: Mapping[type[Command], Executor]) -> None:
+        self._table = dict(table)
+
+    def execute(self, command: Command) -> Outcome:
+        executor = self._table.get(type(command))
+        if executor is None:
+            raise PermanentCommandError(f"no executor registered for {type(command).__name__}")
+        return executor(command)
+
+    @classmethod
+    def default(cls, port: RunPort) -> Executors:
+        def supersede(command: Command) -> Outcome:
+            assert isinstance(command, SupersedePrevious)
+            count = port.supersede_deployed(command.project, command.run_id)
+            return Outcome(done=True, note=f"superseded {count} earlier deployed run(s)")
+
+        def child_run(command: Command) -> Outcome:
+            assert isinstance(command, StartChildRun)
+            child = port.start_child_run(command.run_id, command.child_run_id, command.reason)
+            return Outcome(done=True, note=f"child run {child}")
+
+        sagemaker = not_yet_available("SageMaker jobs arrive with issue 3")
+        lifecycle = not_yet_available("evaluation, registry and deployment arrive with issues 4-5")
+        return cls(
+            {
+                StartProcessingJob: sagemaker,
+                StartTrainingJob: sagemaker,
+                StartTuningJob: sagemaker,
+                StopJob: sagemaker,
+                StartTransformJob: lifecycle,
+                LoadEvaluation: lifecycle,
+                RegisterModelPackage: lifecycle,
+                UpdateModelPackageApproval: lifecycle,
+                DeployEndpoint: lifecycle,
+                CreateDriftAlarms: lifecycle,
+                DeleteEndpoint: lifecycle,
+                SupersedePrevious: supersede,
+                StartChildRun: child_run,
+            }
+        )

@@ -1,0 +1,100 @@
+"""S3 intake: which uploads are datasets, and when a dataset is ready.
+
+Convention (documented in README, "Dropping a dataset"):
+
+    datasets/<project>/<dataset-id>/<file>.jsonl|.csv   a single-file dataset, ready on arrival
+    datasets/<project>/<dataset-id>/manifest.json       a multi-file dataset, ready when the
+                                                         manifest (uploaded last) arrives
+    datasets/<project>/<dataset-id>/<dir>/...           parts of a multi-file dataset: wait
+
+Keys in S3 event notifications are URL-encoded ("red flower.jpg" arrives as
+"red+flower.jpg"); they are decoded exactly once, here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import unquote_plus
+
+from .domain import names
+from .events import MalformedEventError, check_envelope, parse_time
+
+DATA_SUFFIXES = (".jsonl", ".csv")
+MANIFEST = "manifest.json"
+
+
+class IntakeIgnored(ValueError):
+    """The object starts no run; the message says why (logged, never raised to Lambda)."""
+
+
+@dataclass(frozen=True)
+class DatasetDrop:
+    event_id: str
+    time: datetime
+    bucket: str
+    key: str
+    project: str
+    dataset_id: str
+    size: int
+    # What makes this upload unique: same object delivered twice → same key → one run.
+    idempotency_key: str
+
+    @property
+    def dataset_uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def parse_object_created(raw: Any, prefix: str = "datasets/") -> DatasetDrop:
+    envelope = check_envelope(raw)
+    if envelope["source"] != "aws.s3" or envelope["detail-type"] != "Object Created":
+        raise MalformedEventError(f"not an S3 Object Created event: {envelope['source']} / {envelope['detail-type']}")
+    detail = envelope["detail"]
+    bucket = (detail.get("bucket") or {}).get("name")
+    obj = detail.get("object") or {}
+    if not isinstance(bucket, str) or not bucket or not isinstance(obj.get("key"), str):
+        raise MalformedEventError("detail.bucket.name and detail.object.key are required")
+    key = unquote_plus(obj["key"])
+    project, dataset_id = check_dataset_key(key, prefix)
+    size = obj.get("size")
+    if size == 0:
+        raise IntakeIgnored(f"s3://{bucket}/{key} is empty")
+    # moto writes eTag where AWS documents etag: accept either, depend on neither.
+    identity = obj.get("version-id") or obj.get("etag") or obj.get("eTag") or obj.get("sequencer") or envelope["id"]
+    return DatasetDrop(
+        event_id=envelope["id"],
+        time=parse_time(envelope["time"]),
+        bucket=bucket,
+        key=key,
+        project=project,
+        dataset_id=dataset_id,
+        size=int(size) if isinstance(size, int) else -1,
+        idempotency_key=names.derive_id("s3", bucket, key, str(identity)),
+    )
+
+
+def check_dataset_key(key: str, prefix: str = "datasets/") -> tuple[str, str]:
+    """(project, dataset id) for a key that completes a dataset; IntakeIgnored otherwise."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        raise IntakeIgnored(f"key {key!r} contains control characters")
+    if not key.startswith(prefix):
+        raise IntakeIgnored(f"key {key!r} is outside {prefix}")
+    parts = key[len(prefix) :].split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise IntakeIgnored(f"key {key!r} has an empty, '.' or '..' segment")
+    if len(parts) < 3:
+        raise IntakeIgnored(f"key {key!r} is not {prefix}<project>/<dataset-id>/<file>")
+    project, dataset_id, rest = parts[0], parts[1], parts[2:]
+    if not names.PROJECT_NAME_RE.match(project) or len(project) > names.PROJECT_NAME_MAX:
+        raise IntakeIgnored(f"{project!r} in key {key!r} is not a valid project name")
+    if len(rest) == 1 and (rest[0] == MANIFEST or rest[0].lower().endswith(DATA_SUFFIXES)):
+        return project, dataset_id
+    if len(rest) == 1:
+        raise IntakeIgnored(f"{rest[0]!r} is neither {MANIFEST} nor a {'/'.join(DATA_SUFFIXES)} file")
+    raise IntakeIgnored(f"key {key!r} is part of a multi-file dataset; waiting for its {MANIFEST}")
+
+
+def is_object_created(raw: Mapping[str, Any]) -> bool:
+    return raw.get("source") == "aws.s3" and raw.get("detail-type") == "Object Created"

@@ -1,0 +1,348 @@
+"""The service: load run → decide → conditional commit (with outbox) → execute commands."""
+
+from __future__ import annotations
+
+import base64
+import random
+import secrets
+import time as _time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .domain import names
+from .domain.events import CommandFailed, DomainEvent, RunRequested, RunSuperseded
+from .domain.machine import Decision, decide
+from .domain.project import check_project_name, normalise_config
+from .domain.run import Run
+from .domain.states import RunState
+from .executors import Executors, PermanentCommandError
+from .intake import DatasetDrop
+from .observability import logger, transition_segment
+from .store import (
+    DONE,
+    ConflictError,
+    OutboxItem,
+    Page,
+    Project,
+    ProjectRepository,
+    RunRepository,
+    StoredRun,
+)
+
+Clock = Callable[[], datetime]
+
+# Commits retried on ConflictError before giving up; under heavy contention each retry
+# reloads the run and decides again (usually into a duplicate no-op).
+MAX_COMMIT_ATTEMPTS = 64
+
+
+class RunNotFoundError(LookupError):
+    pass
+
+
+class ProjectNotFoundError(LookupError):
+    pass
+
+
+class InvalidRequestError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_run_id() -> str:
+    return base64.b32encode(secrets.token_bytes(10)).decode("ascii").lower()[: names.RUN_ID_LENGTH]
+
+
+@dataclass
+class Applied:
+    """What handling one event did, for logs and API answers."""
+
+    run_id: str | None
+    decision: Decision | None = None
+    ignored: str = ""
+    follow_ups: list[Applied] = field(default_factory=list)
+
+    @property
+    def state(self) -> RunState | None:
+        return self.decision.run.state if self.decision else None
+
+
+class RunService:
+    def __init__(
+        self,
+        projects: ProjectRepository,
+        runs: RunRepository,
+        bucket: str,
+        executors: Executors | None = None,
+        clock: Clock = utcnow,
+        outbox_stale_s: int = 60,
+    ) -> None:
+        self.projects = projects
+        self.runs = runs
+        self.bucket = bucket
+        self.executors = executors or Executors.default(self)
+        self.clock = clock
+        self.outbox_stale_s = outbox_stale_s
+
+    # --- projects ------------------------------------------------------------------------
+
+    def create_project(self, name: Any, config: Any) -> Project:
+        name = check_project_name(name)
+        return self.projects.create(name, normalise_config(config), self.clock())
+
+    def update_project(self, name: str, config: Any) -> Project:
+        project = self.projects.update(name, normalise_config(config), self.clock())
+        if project is None:
+            raise ProjectNotFoundError(name)
+        return project
+
+    def get_project(self, name: str) -> Project:
+        project = self.projects.get(name)
+        if project is None:
+            raise ProjectNotFoundError(name)
+        return project
+
+    def list_projects(self, limit: int, next_token: str | None) -> Page:
+        return self.projects.list(limit, next_token)
+
+    # --- starting runs ---------------------------------------------------------------------
+
+    def check_dataset_uri(self, uri: Any) -> str:
+        if not isinstance(uri, str) or not uri:
+            raise InvalidRequestError("dataset_uri", "must be a non-empty string")
+        prefix = f"s3://{self.bucket}/"
+        if not uri.startswith(prefix) or len(uri) == len(prefix):
+            raise InvalidRequestError("dataset_uri", f"must be an object or prefix under {prefix}, got {uri!r}")
+        if any(ord(ch) < 32 for ch in uri) or "/../" in uri or uri.endswith("/.."):
+            raise InvalidRequestError("dataset_uri", "must not contain control characters or '..' segments")
+        return uri
+
+    def start_run(
+        self,
+        project_name: str,
+        dataset_uri: str,
+        *,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        reason: str = "",
+        event_time: datetime | None = None,
+    ) -> tuple[StoredRun, bool]:
+        """Create a run and start it. Returns (run, created); an existing run id is not redone."""
+        project = self.get_project(project_name)
+        run_id = run_id or new_run_id()
+        existing = self.runs.get(run_id)
+        if existing is not None:
+            return existing, False
+        now = self.clock()
+        when = event_time or now
+        run = Run(
+            run_id=run_id,
+            project=project.name,
+            state=RunState.RECEIVED,
+            config=project.config,
+            dataset_uri=dataset_uri,
+            created_at=now,
+            parent_run_id=parent_run_id,
+        )
+        event = RunRequested(
+            event_id=f"request-{run_id}",
+            time=when,
+            run_id=run_id,
+            project=project.name,
+            dataset_uri=dataset_uri,
+            parent_run_id=parent_run_id,
+            reason=reason,
+        )
+        decision = decide(run, event)
+        try:
+            stored = self.runs.commit(None, decision, now)
+        except ConflictError:
+            existing = self.runs.get(run_id)
+            assert existing is not None
+            return existing, False
+        with self._transition(decision, event):
+            self._execute_outbox(stored)
+        return self.runs.get(run_id) or stored, True
+
+    def intake(self, drop: DatasetDrop) -> Applied:
+        """An S3 upload that completes a dataset starts one run (redeliveries start none)."""
+        if self.projects.get(drop.project) is None:
+            logger.warning("dataset for unknown project ignored", extra={"project": drop.project, "key": drop.key})
+            return Applied(None, ignored=f"no project named {drop.project!r}")
+        stored, created = self.start_run(
+            drop.project,
+            drop.dataset_uri,
+            run_id=drop.idempotency_key,
+            reason=f"dataset {drop.dataset_id} dropped at {drop.dataset_uri}",
+            event_time=drop.time,
+        )
+        if not created:
+            logger.info("dataset already started a run", extra={"run_id": stored.run.run_id, "key": drop.key})
+            return Applied(stored.run.run_id, ignored="duplicate delivery: run already started")
+        return Applied(stored.run.run_id, decision=None)
+
+    # --- events --------------------------------------------------------------------------
+
+    def handle(self, event: DomainEvent) -> Applied:
+        """Apply an AWS (or internal) event to the run it concerns."""
+        run_id = self._resolve(event)
+        if run_id is None:
+            logger.info("event matches no run; ignored", extra={"event_id": event.event_id, "kind": event.kind})
+            return Applied(None, ignored=f"no run for {event.kind} on {event.resource}")
+        try:
+            return self.apply(run_id, event)
+        except RunNotFoundError:
+            logger.warning(
+                "event names a run that does not exist; ignored", extra={"run_id": run_id, "kind": event.kind}
+            )
+            return Applied(None, ignored=f"no run {run_id}")
+
+    def apply(self, run_id: str, event: DomainEvent) -> Applied:
+        for attempt in range(MAX_COMMIT_ATTEMPTS):
+            stored = self.runs.get(run_id)
+            if stored is None:
+                raise RunNotFoundError(run_id)
+            decision = decide(stored.run, event)
+            if not decision.changed:
+                logger.info(
+                    "event changes nothing",
+                    extra={
+                        "run_id": run_id,
+                        "event_id": event.event_id,
+                        "kind": event.kind,
+                        "noop": decision.noop,
+                        "reason": decision.note,
+                    },
+                )
+                return Applied(run_id, decision)
+            try:
+                stored = self.runs.commit(stored, decision, self.clock())
+            except ConflictError:
+                # Someone else committed first: back off a little, reload, decide again.
+                _time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
+                continue
+            with self._transition(decision, event):
+                follow_ups = self._execute_outbox(stored)
+            return Applied(run_id, decision, follow_ups=follow_ups)
+        raise ConflictError(f"run {run_id}: gave up after {MAX_COMMIT_ATTEMPTS} conflicting commits")
+
+    def _resolve(self, event: DomainEvent) -> str | None:
+        if event.run_id:
+            return event.run_id
+        if event.resource:
+            found = self.runs.find_awaiting(event.resource)
+            if found:
+                return found[0]
+        return None
+
+    # --- outbox --------------------------------------------------------------------------
+
+    def _execute_outbox(self, stored: StoredRun) -> list[Applied]:
+        if not stored.pending:
+            return []
+        items: list[OutboxItem] = []
+        follow_ups: list[DomainEvent] = []
+        for item in stored.outbox:
+            if item.status == DONE:
+                items.append(item)
+                continue
+            try:
+                outcome = self.executors.execute(item.command)
+            except PermanentCommandError as exc:
+                items.append(OutboxItem(item.command, DONE, f"failed: {exc}"))
+                follow_ups.append(
+                    CommandFailed(
+                        event_id=f"failed-{stored.outbox_event_id}-{type(item.command).__name__}",
+                        time=self.clock(),
+                        run_id=stored.run.run_id,
+                        command=type(item.command).__name__,
+                        error=str(exc),
+                    )
+                )
+                continue
+            except Exception as exc:  # transient: leave it for the reconciler
+                logger.exception("command failed; left for the reconciler", extra={"run_id": stored.run.run_id})
+                items.append(OutboxItem(item.command, item.status, f"error: {type(exc).__name__}: {exc}"))
+                continue
+            items.append(OutboxItem(item.command, DONE if outcome.done else item.status, outcome.note))
+            follow_ups.extend(outcome.events)
+        if items != list(stored.outbox):
+            try:
+                self.runs.record_outbox(stored, items)
+            except ConflictError:
+                logger.info("outbox replaced by a newer decision", extra={"run_id": stored.run.run_id})
+        return [self.apply(stored.run.run_id if e.run_id is None else e.run_id, e) for e in follow_ups]
+
+    def reconcile(self) -> dict[str, int]:
+        """Re-execute outboxes that were left unfinished (crash, throttling, pending work)."""
+        now = self.clock()
+        checked = finished = 0
+        for run_id in list(self.runs.stale_outboxes(now - timedelta(seconds=self.outbox_stale_s))):
+            stored = self.runs.get(run_id)
+            if stored is None or not stored.pending:
+                continue
+            checked += 1
+            self._execute_outbox(stored)
+            refreshed = self.runs.get(run_id)
+            if refreshed is not None and not refreshed.pending:
+                finished += 1
+        return {"checked": checked, "finished": finished}
+
+    # --- internal commands (RunPort) ---------------------------------------------------------
+
+    def supersede_deployed(self, project: str, by_run_id: str) -> int:
+        count = 0
+        for run_id in self.runs.deployed_runs(project):
+            if run_id == by_run_id:
+                continue
+            event = RunSuperseded(
+                event_id=f"superseded-by-{by_run_id}", time=self.clock(), run_id=run_id, by_run_id=by_run_id
+            )
+            if self.apply(run_id, event).decision:
+                count += 1
+        return count
+
+    def start_child_run(self, parent_run_id: str, child_run_id: str, reason: str) -> str:
+        parent = self.runs.get(parent_run_id)
+        if parent is None:
+            raise PermanentCommandError(f"parent run {parent_run_id} is gone")
+        stored, _ = self.start_run(
+            parent.run.project,
+            parent.run.dataset_uri,
+            run_id=child_run_id,
+            parent_run_id=parent_run_id,
+            reason=reason,
+        )
+        return stored.run.run_id
+
+    # --- logging -------------------------------------------------------------------------
+
+    @contextmanager
+    def _transition(self, decision: Decision, event: DomainEvent) -> Iterator[None]:
+        """Trace and log a committed transition; the commands it issued run inside."""
+        run = decision.run
+        from_state = decision.from_state.value if decision.from_state else ""
+        with transition_segment(run.run_id, run.project, from_state, run.state.value, event.kind):
+            logger.info(
+                "run transition",
+                extra={
+                    "run_id": run.run_id,
+                    "project": run.project,
+                    "from_state": from_state,
+                    "to_state": run.state.value,
+                    "event_id": event.event_id,
+                    "kind": event.kind,
+                    "commands": [type(c).__name__ for c in decision.commands],
+                    "reason": decision.note,
+                },
+            )
+            yield

@@ -1,0 +1,331 @@
+"""The repository: loads runs and commits decisions with one conditional write each."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
+
+from .domain.commands import Command, command_from_dict
+from .domain.machine import Decision
+from .domain.run import HistoryEntry, Run
+from .domain.states import RunState
+from .models import OUTBOX_PENDING, HistoryAttribute, ProjectModel, RunModel
+
+
+class ConflictError(Exception):
+    """Another writer changed the item first; reload and decide again."""
+
+
+class ProjectExistsError(Exception):
+    pass
+
+
+class BadPageTokenError(ValueError):
+    pass
+
+
+PENDING = "pending"
+DONE = "done"
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    command: Command
+    status: str = PENDING
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"command": self.command.to_dict(), "status": self.status, "note": self.note}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OutboxItem:
+        return cls(command_from_dict(data["command"]), data.get("status", PENDING), data.get("note", ""))
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    run: Run
+    version: int
+    outbox: tuple[OutboxItem, ...] = ()
+    outbox_event_id: str | None = None
+    outbox_since: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def pending(self) -> tuple[OutboxItem, ...]:
+        return tuple(item for item in self.outbox if item.status != DONE)
+
+
+@dataclass(frozen=True)
+class Project:
+    name: str
+    config: Mapping[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+@dataclass(frozen=True)
+class Page:
+    items: Sequence[Any]
+    next_token: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _encode_token(key: Mapping[str, Any] | None) -> str | None:
+    if not key:
+        return None
+    return base64.urlsafe_b64encode(json.dumps(key, sort_keys=True).encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str | None) -> dict[str, Any] | None:
+    if not token:
+        return None
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()).decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadPageTokenError("next_token is not a token this API issued") from exc
+    if not isinstance(data, dict):
+        raise BadPageTokenError("next_token is not a token this API issued")
+    return data
+
+
+def _is_condition_failure(exc: PutError | UpdateError) -> bool:
+    return exc.cause_response_code == "ConditionalCheckFailedException"
+
+
+class ProjectRepository:
+    def __init__(self, model: type[ProjectModel] = ProjectModel) -> None:
+        self._model = model
+
+    def create(self, name: str, config: Mapping[str, Any], now: datetime) -> Project:
+        item = self._model(name, config=dict(config), created_at=now, updated_at=now)
+        try:
+            item.save()  # VersionAttribute: conditional on the item not existing yet
+        except PutError as exc:
+            if _is_condition_failure(exc):
+                raise ProjectExistsError(name) from exc
+            raise
+        return self._project(item)
+
+    def update(self, name: str, config: Mapping[str, Any], now: datetime) -> Project | None:
+        item = self._load(name)
+        if item is None:
+            return None
+        item.config = dict(config)
+        item.updated_at = now
+        try:
+            item.save()
+        except PutError as exc:
+            if _is_condition_failure(exc):
+                raise ConflictError(name) from exc
+            raise
+        return self._project(item)
+
+    def get(self, name: str) -> Project | None:
+        item = self._load(name)
+        return self._project(item) if item else None
+
+    def list(self, limit: int = 50, next_token: str | None = None) -> Page:
+        result = self._model.scan(limit=limit, last_evaluated_key=_decode_token(next_token))
+        items = [self._project(item) for item in result]
+        return Page(items, _encode_token(result.last_evaluated_key))
+
+    def _load(self, name: str) -> ProjectModel | None:
+        try:
+            return self._model.get(name, consistent_read=True)
+        except DoesNotExist:
+            return None
+
+    @staticmethod
+    def _project(item: ProjectModel) -> Project:
+        return Project(item.name, item.config, item.created_at, item.updated_at, int(item.version or 0))
+
+
+class RunRepository:
+    def __init__(self, model: type[RunModel] = RunModel) -> None:
+        self._model = model
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def get(self, run_id: str) -> StoredRun | None:
+        try:
+            item = self._model.get(run_id, consistent_read=True)
+        except DoesNotExist:
+            return None
+        return self._stored(item)
+
+    def find_awaiting(self, resource: str) -> list[str]:
+        """Ids of runs waiting on ``resource`` (eventually consistent index)."""
+        return [item.run_id for item in self._model.by_awaiting.query(resource)]
+
+    def list(
+        self,
+        project: str | None = None,
+        state: RunState | None = None,
+        limit: int = 50,
+        next_token: str | None = None,
+    ) -> Page:
+        start = _decode_token(next_token)
+        if project:
+            condition = (self._model.state == state.value) if state else None
+            result = self._model.by_project.query(
+                project, filter_condition=condition, scan_index_forward=False, limit=limit, last_evaluated_key=start
+            )
+        elif state:
+            result = self._model.by_state.query(
+                state.value, scan_index_forward=False, limit=limit, last_evaluated_key=start
+            )
+        else:
+            result = self._model.scan(limit=limit, last_evaluated_key=start)
+        items = [self._stored(item) for item in result]
+        return Page(items, _encode_token(result.last_evaluated_key))
+
+    def stale_outboxes(self, older_than: datetime, limit: int = 100) -> Iterator[str]:
+        for item in self._model.by_outbox.query(OUTBOX_PENDING, self._model.outbox_since < older_than, limit=limit):
+            yield item.run_id
+
+    def deployed_runs(self, project: str) -> list[str]:
+        return [
+            item.run_id
+            for item in self._model.by_project.query(
+                project, filter_condition=self._model.state == RunState.DEPLOYED.value
+            )
+        ]
+
+    # --- writes --------------------------------------------------------------------------
+
+    def commit(self, stored: StoredRun | None, decision: Decision, now: datetime) -> StoredRun:
+        """One conditional write: new state + history entry + outbox of the decision's commands.
+
+        ``stored`` is None for a new run (the write then requires the item not to exist).
+        Raises ConflictError when someone else wrote first.
+        """
+        run = decision.run
+        outbox = tuple(OutboxItem(command) for command in decision.commands)
+        item = self._item(run, now)
+        if outbox:
+            item.outbox = [entry.to_dict() for entry in outbox]
+            item.outbox_event_id = run.history[-1].event_id if run.history else None
+            item.outbox_pending = OUTBOX_PENDING
+            item.outbox_since = now
+        elif stored is not None and stored.pending:
+            # Keep an unfinished outbox from an earlier decision (the reconciler will finish it).
+            item.outbox = [entry.to_dict() for entry in stored.outbox]
+            item.outbox_event_id = stored.outbox_event_id
+            item.outbox_pending = OUTBOX_PENDING
+            item.outbox_since = stored.outbox_since
+        condition = None
+        if stored is not None:
+            item.version = stored.version
+            condition = self._model.state == stored.run.state.value
+        try:
+            item.save(condition=condition)
+        except PutError as exc:
+            if _is_condition_failure(exc):
+                raise ConflictError(run.run_id) from exc
+            raise
+        return self._stored(item)
+
+    def record_outbox(self, stored: StoredRun, items: Sequence[OutboxItem]) -> StoredRun:
+        """Store the outcome of executing the outbox; clear it when every command is done.
+
+        Conditional on the outbox still being the one executed, so a newer decision's
+        outbox is never overwritten.
+        """
+        item = self._model(stored.run.run_id)
+        item.version = stored.version  # any value: the update adds 1 to what is stored
+        done = all(entry.status == DONE for entry in items)
+        actions = [self._model.outbox.set([entry.to_dict() for entry in items])]
+        if done:
+            actions += [self._model.outbox_pending.remove(), self._model.outbox_since.remove()]
+        try:
+            # Condition on the outbox, not the version: a decision that kept this outbox
+            # may have committed meanwhile. The version still goes up, so a writer holding
+            # an older copy of the run cannot put the executed outbox back.
+            item.update(
+                actions=actions,
+                condition=self._model.outbox_event_id == stored.outbox_event_id,
+                add_version_condition=False,
+            )
+        except UpdateError as exc:
+            if _is_condition_failure(exc):
+                raise ConflictError(stored.run.run_id) from exc
+            raise
+        return self._stored(item)
+
+    def set_metrics(self, run_id: str, metrics: Mapping[str, Any]) -> None:
+        self._model(run_id).update(actions=[self._model.metrics.set(dict(metrics))])
+
+    # --- mapping -------------------------------------------------------------------------
+
+    def _item(self, run: Run, now: datetime) -> RunModel:
+        return self._model(
+            run.run_id,
+            project=run.project,
+            state=run.state.value,
+            config=dict(run.config),
+            dataset_uri=run.dataset_uri,
+            created_at=run.created_at,
+            updated_at=now,
+            parent_run_id=run.parent_run_id,
+            awaiting=run.awaiting,
+            model_source=run.model_source,
+            metrics=dict(run.metrics),
+            history=[
+                HistoryAttribute(
+                    event_id=e.event_id,
+                    event_kind=e.event_kind,
+                    from_state=e.from_state.value,
+                    to_state=e.to_state.value,
+                    reason=e.reason,
+                    time=e.time,
+                    commands=list(e.commands),
+                    awaits=e.awaits,
+                )
+                for e in run.history
+            ],
+        )
+
+    @staticmethod
+    def _stored(item: RunModel) -> StoredRun:
+        run = Run(
+            run_id=item.run_id,
+            project=item.project,
+            state=RunState(item.state),
+            config=item.config,
+            dataset_uri=item.dataset_uri,
+            created_at=item.created_at,
+            parent_run_id=item.parent_run_id,
+            awaiting=item.awaiting,
+            model_source=item.model_source,
+            metrics=item.metrics or {},
+            history=tuple(
+                HistoryEntry(
+                    event_id=h.event_id,
+                    event_kind=h.event_kind,
+                    from_state=RunState(h.from_state),
+                    to_state=RunState(h.to_state),
+                    reason=h.reason or "",
+                    time=h.time,
+                    commands=tuple(h.commands or ()),
+                    awaits=h.awaits,
+                )
+                for h in (item.history or [])
+            ),
+        )
+        return StoredRun(
+            run=run,
+            version=int(item.version or 0),
+            outbox=tuple(OutboxItem.from_dict(d) for d in (item.outbox or [])),
+            outbox_event_id=item.outbox_event_id,
+            outbox_since=item.outbox_since,
+            updated_at=item.updated_at,
+        )

