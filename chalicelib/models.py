@@ -24,6 +24,7 @@ class ProjectModel(Model):
     class Meta:
         table_name = "tuneloop-dev-projects"
         billing_mode = "PAY_PER_REQUEST"
+        max_pool_connections = 32  # the API and the router run handlers on many threads
 
     name = UnicodeAttribute(hash_key=True)
     config = JSONAttribute()
@@ -88,6 +89,7 @@ class RunModel(Model):
     class Meta:
         table_name = "tuneloop-dev-runs"
         billing_mode = "PAY_PER_REQUEST"
+        max_pool_connections = 32  # the API and the router run handlers on many threads
 
     run_id = UnicodeAttribute(hash_key=True)
     project = UnicodeAttribute()

@@ -503,4 +503,4 @@ def _note(run: Run, event: DomainEvent, row: Row) -> str:
     if isinstance(event, CommandFailed):
         return f"{row.note}: {event.command}: {event.error}"
     reason = getattr(event, "reason", "")
-    return f"{row.note}: {reason}" if reason and isinstance(reason, str) else row.note
+    return f"{row.note}: {reason}" if reason and isinstance(reason, str) and reason != row.note else row.note

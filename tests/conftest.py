@@ -1,0 +1,90 @@
+"""Shared fixtures. Services are real: DynamoDB Local (AWS's jar) and moto server,
+started once per test session on free loopback ports and stopped at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tuneloop.local.services import Service, aws_env, start_dynamodb_local, start_moto
+
+EVENTS = Path(__file__).parent / "events"
+BUCKET = "tuneloop-test"
+
+
+def load_event(name: str, **overrides: Any) -> dict[str, Any]:
+    event = json.loads((EVENTS / f"{name}.json").read_text())
+    for dotted, value in overrides.items():
+        target = event
+        *path, last = dotted.split("__")
+        for part in path:
+            target = target[part]
+        target[last] = value
+    return event
+
+
+T0 = datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="session")
+def local_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Service]]:
+    logs = tmp_path_factory.mktemp("service-logs")
+    dynamodb = start_dynamodb_local(log_path=logs / "dynamodb.log")
+    moto = start_moto(log_path=logs / "moto.log")
+    saved = dict(os.environ)
+    os.environ.update(aws_env(dynamodb.endpoint, moto.endpoint))
+    os.environ["TUNELOOP_BUCKET"] = BUCKET
+    try:
+        yield {"dynamodb": dynamodb, "moto": moto}
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        moto.stop()
+        dynamodb.stop()
+
+
+@pytest.fixture
+def settings(local_services: dict[str, Service]) -> Iterator[Any]:
+    """Fresh tables (unique names) for one test, bound to the PynamoDB models."""
+    from chalicelib import models
+    from chalicelib.config import Settings
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    config = Settings(
+        stage="test",
+        region="us-east-1",
+        bucket=BUCKET,
+        projects_table=f"{prefix}-projects",
+        runs_table=f"{prefix}-runs",
+        outbox_stale_s=0,
+    )
+    models.bind(config)
+    models.create_tables()
+    yield config
+    for model in (models.ProjectModel, models.RunModel):
+        model.delete_table()
+
+
+@pytest.fixture
+def deps(settings: Any) -> Iterator[Any]:
+    from chalicelib import deps as deps_module
+
+    built = deps_module.build(settings)
+    deps_module.override(built)
+    yield built
+    deps_module.override(None)
+
+
+@pytest.fixture
+def service(deps: Any) -> Any:
+    return deps.service
+
+
+DEMO_CONFIG = json.loads((Path(__file__).parents[1] / "examples" / "demo-project.json").read_text())["config"]

@@ -1,0 +1,147 @@
+"""The run store on DynamoDB Local: conditional commits, races, indexes, the outbox."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from chalicelib.domain import names
+from chalicelib.domain.events import ProcessingJobChanged, StopRequested, TrainingJobChanged
+from chalicelib.domain.states import RunState
+from chalicelib.store import ConflictError
+from tests.conftest import DEMO_CONFIG, T0
+
+pytestmark = pytest.mark.integration
+
+DATASET = "s3://tuneloop-test/datasets/demo/ds-1/reviews.jsonl"
+
+
+@pytest.fixture
+def project(service: Any) -> Any:
+    return service.create_project("demo", DEMO_CONFIG)
+
+
+def job_event(cls: type, run_id: str, step: str, status: str, event_id: str, attempt: int = 1) -> Any:
+    return cls(event_id=event_id, time=T0, run_id=run_id, job_name=names.job_name(run_id, step, attempt), status=status)
+
+
+def test_commit_stores_state_history_and_outbox(service: Any, project: Any) -> None:
+    stored, created = service.start_run("demo", DATASET)
+    assert created
+    assert stored.run.state is RunState.PREPARING
+    assert [h.to_state for h in stored.run.history] == [RunState.PREPARING]
+    # The SageMaker executor is not built yet: the command waits in the outbox.
+    assert [type(i.command).__name__ for i in stored.pending] == ["StartProcessingJob"]
+    assert "no executor yet" in stored.pending[0].note
+    again = service.runs.get(stored.run.run_id)
+    assert again.run == stored.run and again.version == stored.version
+
+
+def test_stale_version_cannot_commit(service: Any, project: Any) -> None:
+    stored, _ = service.start_run("demo", DATASET)
+    run_id = stored.run.run_id
+    service.apply(run_id, job_event(ProcessingJobChanged, run_id, "prepare", "Completed", "e1"))
+    from chalicelib.domain.machine import decide
+
+    decision = decide(stored.run, StopRequested(event_id="stop", time=T0, run_id=run_id))
+    with pytest.raises(ConflictError):
+        service.runs.commit(stored, decision, T0)
+    assert service.runs.get(run_id).run.state is RunState.TRAINING
+
+
+def test_sixteen_threads_racing_one_winner_per_transition(service: Any, project: Any) -> None:
+    """16 threads deliver the same event stream to one run: each transition happens once."""
+    stored, _ = service.start_run("demo", DATASET)
+    run_id = stored.run.run_id
+    stream = [
+        job_event(ProcessingJobChanged, run_id, "prepare", "Completed", "e1"),
+        job_event(TrainingJobChanged, run_id, "train", "InProgress", "e2"),
+        TrainingJobChanged(
+            event_id="e3",
+            time=T0,
+            run_id=run_id,
+            job_name=names.job_name(run_id, "train", 1),
+            status="Stopped",
+            secondary_status="Interrupted",
+        ),
+        job_event(TrainingJobChanged, run_id, "train", "Completed", "e4", attempt=2),
+        job_event(ProcessingJobChanged, run_id, "evaluate", "Completed", "e5"),
+    ]
+    winners: list[tuple[str, str]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(16)
+
+    def worker() -> None:
+        try:
+            barrier.wait()
+            for event in stream:
+                applied = service.apply(run_id, event)
+                if applied.decision.changed:
+                    with lock:
+                        winners.append((event.event_id, applied.decision.run.state.value))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sorted(winners) == [("e1", "training"), ("e3", "training"), ("e4", "evaluating"), ("e5", "gating")]
+    final = service.runs.get(run_id)
+    assert final.run.state is RunState.GATING
+    # Nothing lost: every transition is in the history exactly once, in order.
+    assert [h.event_id for h in final.run.history] == ["request-" + run_id, "e1", "e3", "e4", "e5"]
+    # The newest decision's command is the one pending; no older outbox overwrote it.
+    assert [type(i.command).__name__ for i in final.pending] == ["LoadEvaluation"]
+
+
+def test_indexes(service: Any, project: Any) -> None:
+    service.create_project("other", DEMO_CONFIG)
+    times = [T0 + timedelta(minutes=n) for n in range(3)]
+    ids = []
+    for when in times:
+        service.clock = lambda when=when: when
+        ids.append(service.start_run("demo", DATASET)[0].run.run_id)
+    service.start_run("other", DATASET)
+    page = service.runs.list(project="demo", limit=2)
+    assert [r.run.run_id for r in page.items] == [ids[2], ids[1]]  # newest first
+    rest = service.runs.list(project="demo", limit=2, next_token=page.next_token)
+    assert [r.run.run_id for r in rest.items] == [ids[0]]
+    assert {r.run.run_id for r in service.runs.list(state=RunState.PREPARING, limit=10).items} >= set(ids)
+    service.apply(ids[0], StopRequested(event_id="s", time=T0, run_id=ids[0]))
+    stopped = service.runs.list(project="demo", state=RunState.STOPPED).items
+    assert [r.run.run_id for r in stopped] == [ids[0]]
+    # Find a run from the SageMaker job it waits on.
+    assert service.runs.find_awaiting(names.job_name(ids[1], "prepare")) == [ids[1]]
+
+
+def test_event_resolved_through_job_name_index(service: Any, project: Any) -> None:
+    stored, _ = service.start_run("demo", DATASET)
+    run_id = stored.run.run_id
+    event = ProcessingJobChanged(event_id="x", time=T0, job_name=names.job_name(run_id, "prepare"), status="Completed")
+    assert event.run_id is None
+    assert service.handle(event).decision.run.state is RunState.TRAINING
+
+
+def test_reconciler_leaves_unbuilt_commands_pending(service: Any, project: Any) -> None:
+    stored, _ = service.start_run("demo", DATASET)
+    result = service.reconcile()
+    assert result == {"checked": 1, "finished": 0}
+    assert service.runs.get(stored.run.run_id).pending  # still pending: no job pretended
+
+
+def test_outbox_of_a_newer_decision_is_not_overwritten(service: Any, project: Any) -> None:
+    stored, _ = service.start_run("demo", DATASET)
+    run_id = stored.run.run_id
+    service.apply(run_id, job_event(ProcessingJobChanged, run_id, "prepare", "Completed", "e1"))
+    newer = service.runs.get(run_id)
+    assert [type(i.command).__name__ for i in newer.pending] == ["StartTrainingJob"]
+    with pytest.raises(ConflictError):
+        service.runs.record_outbox(stored, [])  # the old decision's outbox is gone
+    assert [type(i.command).__name__ for i in service.runs.get(run_id).pending] == ["StartTrainingJob"]

@@ -1,0 +1,372 @@
+"""The transition table: every row, every forbidden pair, and random event sequences."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chalicelib.domain import names
+from chalicelib.domain.commands import Command
+from chalicelib.domain.events import (
+    ALL_EVENT_KINDS,
+    AlarmChanged,
+    ApprovalDecided,
+    CommandFailed,
+    DomainEvent,
+    EndpointChanged,
+    EndpointDeploymentChanged,
+    EvaluationLoaded,
+    ModelPackageChanged,
+    ProcessingJobChanged,
+    RetrainRequested,
+    RunRequested,
+    RunSuperseded,
+    StopRequested,
+    TrainingJobChanged,
+    TransformJobChanged,
+    TuningJobChanged,
+)
+from chalicelib.domain.machine import NO_OPS, ROWS, Row, decide, rows_for
+from chalicelib.domain.project import normalise_config
+from chalicelib.domain.run import Run
+from chalicelib.domain.states import TERMINAL_STATES, RunState
+from tests.conftest import DEMO_CONFIG, T0
+
+RUN_ID = "aaaaaaaaaaaa"
+S = RunState
+
+
+def base_config(**overrides: Any) -> dict[str, Any]:
+    config = normalise_config(DEMO_CONFIG)
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+TUNING = {
+    "objective": {"metric": "validation:macro_f1"},
+    "ranges": {"learning_rate": {"type": "continuous", "min": 1e-5, "max": 1e-3, "scaling": "Logarithmic"}},
+}
+
+# The resource a run in each state waits on (what decide's resource check compares).
+AWAITING = {
+    S.PREPARING: names.job_name(RUN_ID, "prepare"),
+    S.TRAINING: names.job_name(RUN_ID, "train", 1),
+    S.TUNING: names.job_name(RUN_ID, "tune"),
+    S.EVALUATING: names.job_name(RUN_ID, "evaluate"),
+    S.TRANSFORMING: names.job_name(RUN_ID, "transform"),
+    S.DEPLOYING: names.endpoint_name("demo"),
+    S.REGISTERING: f"model-package:{RUN_ID}",
+}
+
+
+def make_run(state: RunState, config: dict[str, Any] | None = None, **changes: Any) -> Run:
+    run = Run(
+        run_id=RUN_ID,
+        project="demo",
+        state=state,
+        config=config or base_config(),
+        dataset_uri="s3://tuneloop-test/datasets/demo/ds-1/reviews.jsonl",
+        created_at=T0,
+        awaiting=AWAITING.get(state),
+        model_source=names.job_name(RUN_ID, "train", 1) if state.rank >= S.EVALUATING.rank else None,
+    )
+    return dataclasses.replace(run, **changes)
+
+
+def event_of(kind: str, run: Run, event_id: str = "evt-1", **fields: Any) -> DomainEvent:
+    """An event of ``kind`` that concerns ``run`` (for job events: the awaited job)."""
+    common: dict[str, Any] = {"event_id": event_id, "time": T0 + timedelta(hours=1), "run_id": run.run_id}
+    family, _, outcome = kind.partition(".")
+    statuses = {"in_progress": "InProgress", "completed": "Completed", "failed": "Failed", "stopped": "Stopped"}
+    if family == "training_job":
+        secondary = {"interrupted": "Interrupted", "capacity_timeout": "MaxWaitTimeExceeded", "timed_out": "MaxRuntimeExceeded"}
+        status = statuses.get(outcome, "Stopped")
+        return TrainingJobChanged(
+            **common,
+            job_name=fields.pop("job_name", run.awaiting or "tl-other-train-1"),
+            status=status,
+            secondary_status=secondary.get(outcome, status),
+            **fields,
+        )
+    job_classes = {"processing_job": ProcessingJobChanged, "tuning_job": TuningJobChanged, "transform_job": TransformJobChanged}
+    if family in job_classes:
+        extra = {"best_training_job": f"{AWAITING[S.TUNING]}-001-abcdef12"} if family == "tuning_job" else {}
+        extra.update(fields)
+        return job_classes[family](
+            **common, job_name=extra.pop("job_name", run.awaiting or "tl-x-job-1"), status=statuses[outcome], **extra
+        )
+    approval = {"pending": "PendingManualApproval", "approved": "Approved", "rejected": "Rejected"}
+    builders = {
+        "run.requested": lambda: RunRequested(**common, project=run.project, dataset_uri=run.dataset_uri),
+        "stop.requested": lambda: StopRequested(**common),
+        "approval.decided": lambda: ApprovalDecided(**common, approved=True),
+        "retrain.requested": lambda: RetrainRequested(**common),
+        "run.superseded": lambda: RunSuperseded(**common, by_run_id="bbbbbbbbbbbb"),
+        "evaluation.loaded": lambda: EvaluationLoaded(**common, metrics=fields.get("metrics", {"macro_f1": 0.9})),
+        "command.failed": lambda: CommandFailed(**common, command="StartTrainingJob", error="ValidationException"),
+        "model_package.pending": lambda: ModelPackageChanged(**common, package_arn="arn:pkg/1", approval_status=approval[outcome]),
+        "endpoint.in_service": lambda: EndpointChanged(**common, endpoint_name="tl-demo", status="IN_SERVICE"),
+        "endpoint.failed": lambda: EndpointChanged(**common, endpoint_name="tl-demo", status="FAILED", failure_reason="ping failed"),
+        "endpoint.changing": lambda: EndpointChanged(**common, endpoint_name="tl-demo", status="UPDATING"),
+        "endpoint_deployment.rolled_back": lambda: EndpointDeploymentChanged(**common, endpoint_name="tl-demo", state="ROLLBACK_COMPLETED"),
+        "endpoint_deployment.progress": lambda: EndpointDeploymentChanged(**common, endpoint_name="tl-demo", state="BAKING"),
+    }
+    builders["model_package.approved"] = builders["model_package.rejected"] = builders["model_package.pending"]
+    if family == "alarm":
+        return AlarmChanged(
+            **common,
+            alarm_name=fields.get("alarm_name", names.drift_alarm_name(run.run_id, "prediction_psi")),
+            state=outcome.upper(),
+            previous_state=fields.get("previous_state", "OK"),
+        )
+    event = builders[kind]()
+    assert event.kind == kind
+    return event
+
+
+def scenario(row: Row) -> tuple[Run, DomainEvent]:
+    """A run and an event for which ``row`` (and no earlier row) applies."""
+    guard = row.guard.description if row.guard else ""
+    config = base_config()
+    fields: dict[str, Any] = {}
+    run_changes: dict[str, Any] = {}
+    if guard == "tuning ranges configured":
+        config = base_config(tuning=normalise_config({**DEMO_CONFIG, "tuning": TUNING})["tuning"])
+    if guard == "spot retries used up":
+        config["training"] = {**config["training"], "max_spot_retries": 1}
+        run_changes["awaiting"] = names.job_name(RUN_ID, "train", 2)
+    if guard == "no successful training job":
+        fields["best_training_job"] = None
+    if guard == "quality gate fails":
+        fields["metrics"] = {"macro_f1": 0.1}
+    if guard.startswith("deployment mode is"):
+        config["deployment"] = {**config["deployment"], "mode": guard.rsplit(" ", 1)[1]}
+    run = make_run(row.state, config, **run_changes)
+    return run, event_of(row.kind, run, **fields)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: f"{r.state.value}-{r.kind}-{r.target.value}")
+def test_every_row_applies(row: Row) -> None:
+    run, event = scenario(row)
+    decision = decide(run, event)
+    assert decision.noop is None, decision.note
+    assert decision.run.state is row.target
+    assert decision.run.history[-1].event_id == event.event_id
+    assert decision.run.history[-1].from_state is row.state
+    if row.effect and row.kind != "stop.requested":  # stopping a run with no job running stops nothing
+        assert decision.commands, "a row with an effect issues commands"
+    assert [type(c).__name__ for c in decision.commands] == list(decision.run.history[-1].commands)
+
+
+def test_every_state_and_kind_is_covered() -> None:
+    """Every (state, kind) pair is a row, an explicit no-op, or a reasoned out-of-order no-op."""
+    for state in RunState:
+        for kind in ALL_EVENT_KINDS:
+            run = make_run(state)
+            event = event_of(kind, run)
+            decision = decide(run, event)
+            if state in TERMINAL_STATES:
+                assert decision.noop == "terminal" and decision.run is run
+                continue
+            if rows_for(state, kind):
+                assert decision.noop in (None, "guarded"), (state, kind, decision.note)
+            elif (state, kind) in NO_OPS:
+                # The resource check comes first: events about a job the run is not
+                # waiting on are out of order however harmless their kind.
+                awaited = event.resource is None or event.resource == run.awaiting or kind.startswith(("alarm", "model"))
+                expected = NO_OPS[(state, kind)][0] if awaited else "out_of_order"
+                assert decision.noop == expected, (state, kind, decision.note)
+            else:
+                assert decision.noop in ("out_of_order", "stale", "progress"), (state, kind, decision.noop)
+            if decision.noop:
+                assert decision.note, (state, kind)
+                assert decision.run is run and not decision.commands
+
+
+FORBIDDEN = [
+    (state, kind)
+    for state in RunState
+    for kind in ALL_EVENT_KINDS
+    if not rows_for(state, kind) and (state, kind) not in NO_OPS and not state.terminal
+]
+
+
+@pytest.mark.parametrize("state,kind", FORBIDDEN, ids=lambda v: getattr(v, "value", v))
+def test_forbidden_pairs_change_nothing(state: RunState, kind: str) -> None:
+    run = make_run(state)
+    decision = decide(run, event_of(kind, run))
+    assert not decision.changed
+    assert decision.run == run
+    assert decision.note
+
+
+def test_duplicate_event_id_is_a_noop() -> None:
+    run = make_run(S.TRAINING)
+    event = event_of("training_job.completed", run)
+    first = decide(run, event)
+    assert first.run.state is S.EVALUATING
+    again = decide(first.run, event)
+    assert again.noop == "duplicate"
+
+
+def test_event_for_a_previous_attempt_is_stale() -> None:
+    run = decide(make_run(S.PREPARING), event_of("processing_job.completed", make_run(S.PREPARING), "evt-0")).run
+    assert run.awaiting == names.job_name(RUN_ID, "train", 1)
+    interrupted = decide(run, event_of("training_job.interrupted", run))
+    assert interrupted.run.awaiting == names.job_name(RUN_ID, "train", 2)
+    late = decide(interrupted.run, event_of("training_job.completed", run, "evt-2", job_name=names.job_name(RUN_ID, "train", 1)))
+    assert late.noop == "stale"
+
+
+def test_trial_events_of_a_tuning_job_are_progress() -> None:
+    run = make_run(S.TUNING)
+    trial = event_of("training_job.completed", run, job_name=f"{run.awaiting}-002-0f1e2d3c")
+    assert decide(run, trial).noop == "progress"
+
+
+def test_failure_reason_is_kept_verbatim() -> None:
+    run = make_run(S.TRAINING)
+    reason = "AlgorithmError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    event = TrainingJobChanged(event_id="e", time=T0, job_name=run.awaiting or "", status="Failed", failure_reason=reason)
+    decision = decide(run, event)
+    assert decision.run.state is S.FAILED
+    assert reason in decision.run.history[-1].reason
+
+
+def test_spot_retries_are_bounded() -> None:
+    run = make_run(S.TRAINING)
+    for attempt in range(1, 10):
+        decision = decide(run, event_of("training_job.interrupted", run, f"int-{attempt}"))
+        run = decision.run
+        if run.state is S.FAILED:
+            break
+    assert run.state is S.FAILED
+    assert attempt == base_config()["training"]["max_spot_retries"] + 1
+
+
+def test_gate_against_champion() -> None:
+    config = base_config()
+    config["gates"] = {"metrics": {"macro_f1": 0.7}, "min_improvement": 0.02}
+    run = make_run(S.GATING, config)
+
+    def loaded(metrics: dict[str, float], champion: dict[str, float] | None) -> RunState:
+        event = EvaluationLoaded(
+            event_id="ev", time=T0, run_id=RUN_ID, metrics=metrics, champion_run_id="cccccccccccc", champion_metrics=champion
+        )
+        return decide(run, event).run.state
+
+    assert loaded({"macro_f1": 0.85}, None) is S.REGISTERING  # no champion yet
+    assert loaded({"macro_f1": 0.65}, None) is S.REJECTED  # below threshold
+    assert loaded({"macro_f1": 0.85}, {"macro_f1": 0.80}) is S.REGISTERING  # better by 0.05
+    assert loaded({"macro_f1": 0.81}, {"macro_f1": 0.80}) is S.REJECTED  # better by less than 0.02
+    assert loaded({"accuracy": 0.9}, None) is S.REJECTED  # gated metric missing
+
+
+def test_retrain_guards() -> None:
+    run = make_run(S.DEPLOYED)
+    first = decide(run, event_of("alarm.alarm", run, "a1"))
+    assert [type(c).__name__ for c in first.commands] == ["StartChildRun"]
+    repeated = decide(first.run, event_of("alarm.alarm", run, "a2", previous_state="ALARM"))
+    assert repeated.noop == "guarded" and "already in ALARM" in repeated.note
+    cooldown = decide(first.run, event_of("alarm.alarm", run, "a3"))
+    assert cooldown.noop == "guarded" and "cooldown" in cooldown.note
+    unrelated = decide(run, event_of("alarm.alarm", run, "a4", alarm_name="tl-bbbbbbbbbbbb-drift-x"))
+    assert unrelated.noop == "guarded" and "not a drift alarm" in unrelated.note
+    assert decide(run, event_of("alarm.ok", run, "a5")).noop == "ignored"
+
+
+# --- property-based: random sequences, duplicates and reordering --------------------------
+
+
+def candidate_events(config_tuning: bool) -> list[DomainEvent]:
+    """Every event a run could plausibly see, for the jobs it would start."""
+    run = make_run(S.RECEIVED)
+    jobs = [names.job_name(RUN_ID, "prepare"), names.job_name(RUN_ID, "tune"), names.job_name(RUN_ID, "evaluate")]
+    jobs += [names.job_name(RUN_ID, "train", n) for n in (1, 2, 3)]
+    events: list[DomainEvent] = [event_of("run.requested", run, "req")]
+    outcomes = ("in_progress", "completed", "failed", "stopped")
+    n = 0
+    for job in jobs:
+        for outcome in (*outcomes, "interrupted", "capacity_timeout", "timed_out"):
+            n += 1
+            family = "training_job" if "-train-" in job else "tuning_job" if "-tune-" in job else "processing_job"
+            if family != "training_job" and outcome not in outcomes:
+                continue
+            events.append(event_of(f"{family}.{outcome}", run, f"e{n}", job_name=job))
+    for kind in ALL_EVENT_KINDS:
+        if not kind.split(".")[0].endswith("_job") and kind != "run.requested":
+            n += 1
+            events.append(event_of(kind, run, f"e{n}"))
+    return events
+
+
+@st.composite
+def event_sequences(draw: st.DrawFn) -> tuple[bool, list[DomainEvent]]:
+    tuning = draw(st.booleans())
+    pool = candidate_events(tuning)
+    picks = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=60))
+    # Duplicates: re-deliver some events later in the sequence.
+    dupes = draw(st.lists(st.sampled_from(picks), max_size=10))
+    sequence = picks + dupes
+    order = draw(st.permutations(range(len(sequence))))
+    return tuning, [sequence[i] for i in order]
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_sequences())
+def test_random_sequences_never_go_backwards(case: tuple[bool, list[DomainEvent]]) -> None:
+    tuning, events = case
+    config = base_config(tuning=normalise_config({**DEMO_CONFIG, "tuning": TUNING})["tuning"]) if tuning else None
+    run = make_run(S.RECEIVED, config, awaiting=None, model_source=None)
+    started: list[str] = []
+    for event in events:
+        before = run
+        decision = decide(run, event)
+        run = decision.run
+        assert run.state.rank >= before.state.rank, (before.state, event.kind, run.state)
+        if before.state.terminal:
+            assert run is before
+        started += [c.awaits for c in decision.commands if isinstance(c, Command) and c.starts_job and c.awaits]
+    assert len(started) == len(set(started)), f"a job was started twice: {started}"
+
+
+def _states_reached(events: list[DomainEvent]) -> RunState:
+    run = make_run(S.RECEIVED, awaiting=None, model_source=None)
+    for event in events:
+        run = decide(run, event).run
+    return run.state
+
+
+def test_happy_path_reaches_deployed_and_then_superseded() -> None:
+    run = make_run(S.RECEIVED, awaiting=None, model_source=None)
+    steps = [
+        ("run.requested", {}),
+        ("processing_job.completed", {}),
+        ("training_job.completed", {}),
+        ("processing_job.completed", {}),
+        ("evaluation.loaded", {}),
+        ("model_package.approved", {}),
+        ("endpoint.in_service", {}),
+        ("run.superseded", {}),
+    ]
+    for n, (kind, fields) in enumerate(steps):
+        decision = decide(run, event_of(kind, run, f"s{n}", **fields))
+        assert decision.changed, (kind, decision.note)
+        run = decision.run
+    assert run.state is S.SUPERSEDED
+    assert [h.to_state for h in run.history] == [
+        S.PREPARING,
+        S.TRAINING,
+        S.EVALUATING,
+        S.GATING,
+        S.REGISTERING,
+        S.DEPLOYING,
+        S.DEPLOYED,
+        S.SUPERSEDED,
+    ]
