@@ -165,7 +165,7 @@ def start_run() -> Response:
 def list_runs() -> dict[str, Any]:
 
     params = _params()
-    page = deps.get().service.runs.list(
+    page = deps.get().service.runs.page(
         project=parse_project_filter(params),
         state=parse_state(params),
         limit=parse_limit(params),

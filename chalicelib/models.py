@@ -121,7 +121,7 @@ def bind(settings: Settings) -> None:
     for model, table in ((ProjectModel, settings.projects_table), (RunModel, settings.runs_table)):
         if model.Meta.table_name != table or getattr(model.Meta, "region", None) != settings.region:
             model.Meta.table_name = table
-            model.Meta.region = settings.region
+            setattr(model.Meta, "region", settings.region)  # noqa: B010 - not declared on Meta
             model._connection = None
 
 

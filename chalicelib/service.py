@@ -112,7 +112,7 @@ class RunService:
         return project
 
     def list_projects(self, limit: int, next_token: str | None) -> Page:
-        return self.projects.list(limit, next_token)
+        return self.projects.page(limit, next_token)
 
     # --- starting runs ---------------------------------------------------------------------
 

@@ -133,7 +133,7 @@ class ProjectRepository:
         item = self._load(name)
         return self._project(item) if item else None
 
-    def list(self, limit: int = 50, next_token: str | None = None) -> Page:
+    def page(self, limit: int = 50, next_token: str | None = None) -> Page:
         result = self._model.scan(limit=limit, last_evaluated_key=_decode_token(next_token))
         items = [self._project(item) for item in result]
         return Page(items, _encode_token(result.last_evaluated_key))
@@ -166,7 +166,7 @@ class RunRepository:
         """Ids of runs waiting on ``resource`` (eventually consistent index)."""
         return [item.run_id for item in self._model.by_awaiting.query(resource)]
 
-    def list(
+    def page(
         self,
         project: str | None = None,
         state: RunState | None = None,
@@ -234,32 +234,33 @@ class RunRepository:
             raise
         return self._stored(item)
 
-    def record_outbox(self, stored: StoredRun, items: Sequence[OutboxItem]) -> StoredRun:
+    def record_outbox(self, stored: StoredRun, items: Sequence[OutboxItem]) -> None:
         """Store the outcome of executing the outbox; clear it when every command is done.
 
         Conditional on the outbox still being the one executed, so a newer decision's
         outbox is never overwritten.
         """
-        item = self._model(stored.run.run_id)
-        item.version = stored.version  # any value: the update adds 1 to what is stored
         done = all(entry.status == DONE for entry in items)
-        actions = [self._model.outbox.set([entry.to_dict() for entry in items])]
+        actions = [
+            self._model.outbox.set([entry.to_dict() for entry in items]),
+            # The version still goes up, so a writer holding an older copy of the run
+            # cannot put the executed outbox back.
+            self._model.version.add(1),
+        ]
         if done:
             actions += [self._model.outbox_pending.remove(), self._model.outbox_since.remove()]
         try:
-            # Condition on the outbox, not the version: a decision that kept this outbox
-            # may have committed meanwhile. The version still goes up, so a writer holding
-            # an older copy of the run cannot put the executed outbox back.
-            item.update(
+            # Conditional on the outbox, not the version: a decision that kept this outbox
+            # may have committed meanwhile. No values come back: nobody reads them.
+            self._model._get_connection().update_item(
+                stored.run.run_id,
                 actions=actions,
                 condition=self._model.outbox_event_id == stored.outbox_event_id,
-                add_version_condition=False,
             )
         except UpdateError as exc:
             if _is_condition_failure(exc):
                 raise ConflictError(stored.run.run_id) from exc
             raise
-        return self._stored(item)
 
     def set_metrics(self, run_id: str, metrics: Mapping[str, Any]) -> None:
         self._model(run_id).update(actions=[self._model.metrics.set(dict(metrics))])
@@ -315,7 +316,7 @@ class RunRepository:
                     to_state=RunState(h.to_state),
                     reason=h.reason or "",
                     time=h.time,
-                    commands=tuple(h.commands or ()),
+                    commands=tuple(str(c) for c in h.commands or ()),
                     awaits=h.awaits,
                 )
                 for h in (item.history or [])

@@ -7,7 +7,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ def load_event(name: str, **overrides: Any) -> dict[str, Any]:
     return event
 
 
-T0 = datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="session")

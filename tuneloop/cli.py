@@ -8,7 +8,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,7 @@ def cmd_drop(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise CliError(f"{path} is not a file")
-    dataset_id = args.dataset_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    dataset_id = args.dataset_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     key = f"datasets/{args.project}/{dataset_id}/{path.name}"
     _s3(state).upload_file(str(path), state.bucket, key)
     print(f"uploaded s3://{state.bucket}/{key}")

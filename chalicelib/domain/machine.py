@@ -415,10 +415,10 @@ def rows_for(state: RunState, kind: str) -> list[Row]:
 
 def decide(run: Run, event: DomainEvent) -> Decision:
     kind = event.kind
-    if run.state.terminal:
-        return _noop(run, TERMINAL, f"run is {run.state.value}; {kind} changes nothing")
     if run.has_seen(event.event_id):
         return _noop(run, DUPLICATE, f"event {event.event_id} was already applied")
+    if run.state.terminal:
+        return _noop(run, TERMINAL, f"run is {run.state.value}; {kind} changes nothing")
     if kind.startswith(_AWAITED_PREFIXES):
         mismatch = _resource_mismatch(run, event)
         if mismatch:

@@ -109,13 +109,13 @@ def test_indexes(service: Any, project: Any) -> None:
         service.clock = lambda when=when: when
         ids.append(service.start_run("demo", DATASET)[0].run.run_id)
     service.start_run("other", DATASET)
-    page = service.runs.list(project="demo", limit=2)
+    page = service.runs.page(project="demo", limit=2)
     assert [r.run.run_id for r in page.items] == [ids[2], ids[1]]  # newest first
-    rest = service.runs.list(project="demo", limit=2, next_token=page.next_token)
+    rest = service.runs.page(project="demo", limit=2, next_token=page.next_token)
     assert [r.run.run_id for r in rest.items] == [ids[0]]
-    assert {r.run.run_id for r in service.runs.list(state=RunState.PREPARING, limit=10).items} >= set(ids)
+    assert {r.run.run_id for r in service.runs.page(state=RunState.PREPARING, limit=10).items} >= set(ids)
     service.apply(ids[0], StopRequested(event_id="s", time=T0, run_id=ids[0]))
-    stopped = service.runs.list(project="demo", state=RunState.STOPPED).items
+    stopped = service.runs.page(project="demo", state=RunState.STOPPED).items
     assert [r.run.run_id for r in stopped] == [ids[0]]
     # Find a run from the SageMaker job it waits on.
     assert service.runs.find_awaiting(names.job_name(ids[1], "prepare")) == [ids[1]]

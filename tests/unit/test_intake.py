@@ -23,7 +23,7 @@ def test_single_file_dataset() -> None:
 
 def test_manifest_completes_a_multi_file_dataset() -> None:
     assert check_dataset_key("datasets/demo/ds-2/manifest.json") == ("demo", "ds-2")
-    with pytest.raises(IntakeIgnored, match="waiting for its manifest.json"):
+    with pytest.raises(IntakeIgnored, match=r"waiting for its manifest\.json"):
         check_dataset_key("datasets/demo/ds-2/files/part-0001.jsonl")
 
 
@@ -73,4 +73,7 @@ def test_same_object_twice_has_one_idempotency_key() -> None:
 def test_moto_style_etag_spelling_is_accepted() -> None:
     event = drop("datasets/demo/ds/x.jsonl")
     event["detail"]["object"]["eTag"] = event["detail"]["object"].pop("etag")
-    assert parse_object_created(event).idempotency_key == parse_object_created(drop("datasets/demo/ds/x.jsonl")).idempotency_key
+    assert (
+        parse_object_created(event).idempotency_key
+        == parse_object_created(drop("datasets/demo/ds/x.jsonl")).idempotency_key
+    )

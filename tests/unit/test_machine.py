@@ -85,7 +85,11 @@ def event_of(kind: str, run: Run, event_id: str = "evt-1", **fields: Any) -> Dom
     family, _, outcome = kind.partition(".")
     statuses = {"in_progress": "InProgress", "completed": "Completed", "failed": "Failed", "stopped": "Stopped"}
     if family == "training_job":
-        secondary = {"interrupted": "Interrupted", "capacity_timeout": "MaxWaitTimeExceeded", "timed_out": "MaxRuntimeExceeded"}
+        secondary = {
+            "interrupted": "Interrupted",
+            "capacity_timeout": "MaxWaitTimeExceeded",
+            "timed_out": "MaxRuntimeExceeded",
+        }
         status = statuses.get(outcome, "Stopped")
         return TrainingJobChanged(
             **common,
@@ -94,7 +98,11 @@ def event_of(kind: str, run: Run, event_id: str = "evt-1", **fields: Any) -> Dom
             secondary_status=secondary.get(outcome, status),
             **fields,
         )
-    job_classes = {"processing_job": ProcessingJobChanged, "tuning_job": TuningJobChanged, "transform_job": TransformJobChanged}
+    job_classes = {
+        "processing_job": ProcessingJobChanged,
+        "tuning_job": TuningJobChanged,
+        "transform_job": TransformJobChanged,
+    }
     if family in job_classes:
         extra = {"best_training_job": f"{AWAITING[S.TUNING]}-001-abcdef12"} if family == "tuning_job" else {}
         extra.update(fields)
@@ -110,12 +118,20 @@ def event_of(kind: str, run: Run, event_id: str = "evt-1", **fields: Any) -> Dom
         "run.superseded": lambda: RunSuperseded(**common, by_run_id="bbbbbbbbbbbb"),
         "evaluation.loaded": lambda: EvaluationLoaded(**common, metrics=fields.get("metrics", {"macro_f1": 0.9})),
         "command.failed": lambda: CommandFailed(**common, command="StartTrainingJob", error="ValidationException"),
-        "model_package.pending": lambda: ModelPackageChanged(**common, package_arn="arn:pkg/1", approval_status=approval[outcome]),
+        "model_package.pending": lambda: ModelPackageChanged(
+            **common, package_arn="arn:pkg/1", approval_status=approval[outcome]
+        ),
         "endpoint.in_service": lambda: EndpointChanged(**common, endpoint_name="tl-demo", status="IN_SERVICE"),
-        "endpoint.failed": lambda: EndpointChanged(**common, endpoint_name="tl-demo", status="FAILED", failure_reason="ping failed"),
+        "endpoint.failed": lambda: EndpointChanged(
+            **common, endpoint_name="tl-demo", status="FAILED", failure_reason="ping failed"
+        ),
         "endpoint.changing": lambda: EndpointChanged(**common, endpoint_name="tl-demo", status="UPDATING"),
-        "endpoint_deployment.rolled_back": lambda: EndpointDeploymentChanged(**common, endpoint_name="tl-demo", state="ROLLBACK_COMPLETED"),
-        "endpoint_deployment.progress": lambda: EndpointDeploymentChanged(**common, endpoint_name="tl-demo", state="BAKING"),
+        "endpoint_deployment.rolled_back": lambda: EndpointDeploymentChanged(
+            **common, endpoint_name="tl-demo", state="ROLLBACK_COMPLETED"
+        ),
+        "endpoint_deployment.progress": lambda: EndpointDeploymentChanged(
+            **common, endpoint_name="tl-demo", state="BAKING"
+        ),
     }
     builders["model_package.approved"] = builders["model_package.rejected"] = builders["model_package.pending"]
     if family == "alarm":
@@ -172,14 +188,16 @@ def test_every_state_and_kind_is_covered() -> None:
             event = event_of(kind, run)
             decision = decide(run, event)
             if state in TERMINAL_STATES:
-                assert decision.noop == "terminal" and decision.run is run
+                assert decision.noop == "terminal" and decision.run is run, (state, kind)
                 continue
             if rows_for(state, kind):
                 assert decision.noop in (None, "guarded"), (state, kind, decision.note)
             elif (state, kind) in NO_OPS:
                 # The resource check comes first: events about a job the run is not
                 # waiting on are out of order however harmless their kind.
-                awaited = event.resource is None or event.resource == run.awaiting or kind.startswith(("alarm", "model"))
+                awaited = (
+                    event.resource is None or event.resource == run.awaiting or kind.startswith(("alarm", "model"))
+                )
                 expected = NO_OPS[(state, kind)][0] if awaited else "out_of_order"
                 assert decision.noop == expected, (state, kind, decision.note)
             else:
@@ -220,7 +238,9 @@ def test_event_for_a_previous_attempt_is_stale() -> None:
     assert run.awaiting == names.job_name(RUN_ID, "train", 1)
     interrupted = decide(run, event_of("training_job.interrupted", run))
     assert interrupted.run.awaiting == names.job_name(RUN_ID, "train", 2)
-    late = decide(interrupted.run, event_of("training_job.completed", run, "evt-2", job_name=names.job_name(RUN_ID, "train", 1)))
+    late = decide(
+        interrupted.run, event_of("training_job.completed", run, "evt-2", job_name=names.job_name(RUN_ID, "train", 1))
+    )
     assert late.noop == "stale"
 
 
@@ -233,7 +253,9 @@ def test_trial_events_of_a_tuning_job_are_progress() -> None:
 def test_failure_reason_is_kept_verbatim() -> None:
     run = make_run(S.TRAINING)
     reason = "AlgorithmError: CUDA out of memory. Tried to allocate 2.00 GiB"
-    event = TrainingJobChanged(event_id="e", time=T0, job_name=run.awaiting or "", status="Failed", failure_reason=reason)
+    event = TrainingJobChanged(
+        event_id="e", time=T0, job_name=run.awaiting or "", status="Failed", failure_reason=reason
+    )
     decision = decide(run, event)
     assert decision.run.state is S.FAILED
     assert reason in decision.run.history[-1].reason
@@ -257,7 +279,12 @@ def test_gate_against_champion() -> None:
 
     def loaded(metrics: dict[str, float], champion: dict[str, float] | None) -> RunState:
         event = EvaluationLoaded(
-            event_id="ev", time=T0, run_id=RUN_ID, metrics=metrics, champion_run_id="cccccccccccc", champion_metrics=champion
+            event_id="ev",
+            time=T0,
+            run_id=RUN_ID,
+            metrics=metrics,
+            champion_run_id="cccccccccccc",
+            champion_metrics=champion,
         )
         return decide(run, event).run.state
 

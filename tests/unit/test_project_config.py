@@ -38,9 +38,23 @@ def test_demo_config_is_valid() -> None:
         ({"training": {"instance_type": "g5.xlarge"}}, "training.instance_type"),
         ({"training": {"hyperparameters": {"epochs": [1]}}}, "training.hyperparameters.epochs"),
         ({"tuning": {"objective": {"metric": "f1"}, "ranges": {}}}, "tuning.ranges"),
-        ({"tuning": {"objective": {"metric": "f1"}, "ranges": {"lr": {"type": "continuous", "min": 1}}}}, "tuning.ranges.lr.max"),
-        ({"tuning": {"objective": {"metric": "f1"}, "ranges": {"bs": {"type": "categorical"}}}}, "tuning.ranges.bs.values"),
-        ({"tuning": {"objective": {"metric": "f1"}, "ranges": {"lr": {"type": "continuous", "min": 0, "max": 1, "scaling": "Logarithmic"}}}}, "tuning.ranges.lr.min"),
+        (
+            {"tuning": {"objective": {"metric": "f1"}, "ranges": {"lr": {"type": "continuous", "min": 1}}}},
+            "tuning.ranges.lr.max",
+        ),
+        (
+            {"tuning": {"objective": {"metric": "f1"}, "ranges": {"bs": {"type": "categorical"}}}},
+            "tuning.ranges.bs.values",
+        ),
+        (
+            {
+                "tuning": {
+                    "objective": {"metric": "f1"},
+                    "ranges": {"lr": {"type": "continuous", "min": 0, "max": 1, "scaling": "Logarithmic"}},
+                }
+            },
+            "tuning.ranges.lr.min",
+        ),
         ({"deployment": {"min_instances": 3, "max_instances": 2}}, "deployment.max_instances"),
         ({"gates": {"metrics": {"macro_f1": "high"}}}, "gates.metrics.macro_f1"),
         ({"colour": "blue"}, "colour"),

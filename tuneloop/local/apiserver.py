@@ -66,7 +66,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else None
         if not hmac.compare_digest(supplied.encode(), expected.encode()):
             return self._error(
-                401, "Unauthorized", "missing or wrong bearer token (see `tuneloop status`)", {"WWW-Authenticate": "Bearer"}
+                401,
+                "Unauthorized",
+                "missing or wrong bearer token (see `tuneloop status`)",
+                {"WWW-Authenticate": "Bearer"},
             )
         headers = {k.lower(): v for k, v in self.headers.items() if k.lower() != "authorization"}
         try:

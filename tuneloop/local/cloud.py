@@ -145,7 +145,11 @@ def down(log: Any = print, save: bool = True) -> bool:
     if save and alive(state.moto_pid):
         saved = snapshot_s3(state, root / "s3")
         log(f"saved {saved} objects of s3://{state.bucket} to {root / 's3'}")
-    for name, pid in (("app host", state.host_pid), ("moto server", state.moto_pid), ("DynamoDB Local", state.dynamodb_pid)):
+    for name, pid in (
+        ("app host", state.host_pid),
+        ("moto server", state.moto_pid),
+        ("DynamoDB Local", state.dynamodb_pid),
+    ):
         if pid and alive(pid):
             _terminate(pid)
             log(f"stopped {name} (pid {pid})")
@@ -190,7 +194,11 @@ def status() -> dict[str, Any]:
         "up": all(alive(p) for p in (state.dynamodb_pid, state.moto_pid, state.host_pid)),
         "home": str(home()),
         "api": {"url": state.api_url, "pid": state.host_pid, "alive": alive(state.host_pid)},
-        "dynamodb": {"url": f"http://127.0.0.1:{state.dynamodb_port}", "pid": state.dynamodb_pid, "alive": alive(state.dynamodb_pid)},
+        "dynamodb": {
+            "url": f"http://127.0.0.1:{state.dynamodb_port}",
+            "pid": state.dynamodb_pid,
+            "alive": alive(state.dynamodb_pid),
+        },
         "moto": {"url": f"http://127.0.0.1:{state.moto_port}", "pid": state.moto_pid, "alive": alive(state.moto_pid)},
         "bucket": state.bucket,
         "token_file": str(home() / "state.json"),

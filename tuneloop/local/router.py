@@ -184,7 +184,9 @@ class EventRouter:
             thread = threading.Thread(target=self._loop, args=(route,), name=f"router-{route.name}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        thread = threading.Thread(target=self._schedules, args=(schedule_interval_s,), name="router-schedules", daemon=True)
+        thread = threading.Thread(
+            target=self._schedules, args=(schedule_interval_s,), name="router-schedules", daemon=True
+        )
         thread.start()
         self._threads.append(thread)
 

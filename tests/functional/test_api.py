@@ -1,0 +1,147 @@
+"""The HTTP API through Chalice's test client (store: DynamoDB Local)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import BUCKET, DEMO_CONFIG
+from tests.functional.conftest import Api
+
+DATASET = f"s3://{BUCKET}/datasets/demo/ds-1/reviews.jsonl"
+
+
+def test_create_get_list_projects(api: Api, demo: dict[str, Any]) -> None:
+    assert demo["config"]["training"]["spot"] is True  # defaults filled in
+    assert api.call("GET", "/projects/demo")[1]["name"] == "demo"
+    status, body = api.call("GET", "/projects")
+    assert status == 200 and [p["name"] for p in body["projects"]] == ["demo"]
+    status, body = api.call("POST", "/projects", {"name": "demo", "config": DEMO_CONFIG})
+    assert status == 409 and "already exists" in body["Message"]
+
+
+def test_update_project(api: Api, demo: dict[str, Any]) -> None:
+    config = {**DEMO_CONFIG, "approval": "manual"}
+    status, body = api.call("PUT", "/projects/demo", {"config": config})
+    assert status == 200 and body["config"]["approval"] == "manual" and body["version"] == 2
+    assert api.call("PUT", "/projects/nope", {"config": config})[0] == 404
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"name": "demo", "config": {**DEMO_CONFIG, "task": "poetry"}}, "config.task"),
+        (
+            {"name": "demo", "config": {**DEMO_CONFIG, "training": {"instance_count": -1}}},
+            "config.training.instance_count",
+        ),
+        ({"name": "Bad Name", "config": DEMO_CONFIG}, "name"),
+        ({"name": "demo"}, "config"),
+        ({"name": "demo", "config": DEMO_CONFIG, "owner": "me"}, "owner"),
+    ],
+)
+def test_bad_project_bodies_name_the_field(api: Api, body: dict[str, Any], field: str) -> None:
+    status, payload = api.call("POST", "/projects", body)
+    assert status == 400
+    assert payload["Message"].startswith(f"BadRequestError: {field}:") or payload["Message"].startswith(f"{field}:")
+
+
+def test_malformed_and_unsupported_bodies(api: Api) -> None:
+    status, payload = api.call("POST", "/projects", b"{not json")
+    assert status == 400 and "body" in payload["Message"]
+    status, payload = api.call("POST", "/projects", [1, 2])
+    assert status == 400 and "JSON object" in payload["Message"]
+    response = api.client.http.request("POST", "/projects", headers={"Content-Type": "text/plain"}, body=b"x")
+    assert response.status_code == 415
+    big = {"name": "demo", "config": {**DEMO_CONFIG, "training": {"hyperparameters": {"blob": "x" * 300_000}}}}
+    status, payload = api.call("POST", "/projects", big)
+    assert status == 413
+
+
+def test_unknown_route_and_method(api: Api) -> None:
+    assert api.call("GET", "/nothing-here")[0] in (403, 404)
+    assert api.call("DELETE", "/projects")[0] == 405
+
+
+def test_start_get_and_list_runs(api: Api, demo: dict[str, Any]) -> None:
+    status, run = api.call("POST", "/runs", {"project": "demo", "dataset_uri": DATASET})
+    assert status == 202 and run["state"] == "preparing"
+    status, full = api.call("GET", f"/runs/{run['run_id']}")
+    assert status == 200
+    assert [h["to"] for h in full["history"]] == ["preparing"]
+    assert full["pending_commands"][0]["type"] == "StartProcessingJob"
+    assert full["awaiting"] == full["pending_commands"][0]["job_name"]
+    status, listed = api.call("GET", "/runs?project=demo&state=preparing")
+    assert [r["run_id"] for r in listed["runs"]] == [run["run_id"]]
+    assert api.call("GET", "/runs/nope")[0] == 404
+
+
+def test_runs_pagination(api: Api, demo: dict[str, Any]) -> None:
+    ids = {api.call("POST", "/runs", {"project": "demo", "dataset_uri": DATASET})[1]["run_id"] for _ in range(5)}
+    seen: set[str] = set()
+    token = None
+    pages = 0
+    while True:
+        path = "/runs?project=demo&limit=2" + (f"&next_token={token}" if token else "")
+        status, body = api.call("GET", path)
+        assert status == 200
+        seen |= {r["run_id"] for r in body["runs"]}
+        pages += 1
+        token = body["next_token"]
+        if not token:
+            break
+    assert seen == ids and pages >= 3
+
+
+@pytest.mark.parametrize(
+    "query,field",
+    [
+        ("limit=0", "limit"),
+        ("limit=abc", "limit"),
+        ("state=flying", "state"),
+        ("project=Bad_Name", "project"),
+        ("next_token=%21%21", "next_token"),
+    ],
+)
+def test_bad_run_queries(api: Api, query: str, field: str) -> None:
+    status, body = api.call("GET", f"/runs?{query}")
+    assert status == 400 and field in body["Message"]
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"project": "demo", "dataset_uri": "s3://elsewhere/data.jsonl"}, "dataset_uri"),
+        ({"project": "demo"}, "dataset_uri"),
+        ({"dataset_uri": DATASET}, "project"),
+        ({"project": "demo", "dataset_uri": DATASET, "extra": 1}, "extra"),
+    ],
+)
+def test_bad_run_bodies(api: Api, demo: dict[str, Any], body: dict[str, Any], field: str) -> None:
+    status, payload = api.call("POST", "/runs", body)
+    assert status == 400 and field in payload["Message"]
+
+
+def test_run_for_unknown_project(api: Api) -> None:
+    assert api.call("POST", "/runs", {"project": "ghost", "dataset_uri": DATASET})[0] == 404
+
+
+def test_idempotency_key_starts_one_run(api: Api, demo: dict[str, Any]) -> None:
+    headers = {"Idempotency-Key": "retry-me"}
+    first = api.call("POST", "/runs", {"project": "demo", "dataset_uri": DATASET}, headers)
+    second = api.call("POST", "/runs", {"project": "demo", "dataset_uri": DATASET}, headers)
+    assert first[0] == 202 and second[0] == 200
+    assert first[1]["run_id"] == second[1]["run_id"]
+    assert len(api.call("GET", "/runs?project=demo")[1]["runs"]) == 1
+
+
+def test_stop(api: Api, demo: dict[str, Any]) -> None:
+    run = api.call("POST", "/runs", {"project": "demo", "dataset_uri": DATASET})[1]
+    status, body = api.call("POST", f"/runs/{run['run_id']}/stop")
+    assert status == 202 and body["state"] == "stopped"
+    full = api.call("GET", f"/runs/{run['run_id']}")[1]
+    kinds = [p["type"] for p in full["pending_commands"]]
+    assert "StopJob" in kinds  # stopping the prepare job it had asked for
+    assert api.call("POST", f"/runs/{run['run_id']}/stop")[0] == 202  # a retried stop is harmless
+    assert api.call("POST", "/runs/nope/stop")[0] == 404

@@ -1,0 +1,104 @@
+"""The EventBridge handlers, invoked as Lambda would with full envelopes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalicelib.domain import names
+from tests.conftest import load_event
+from tests.functional.conftest import Api
+
+
+def drop_event(key: str = "datasets/demo/ds-1/reviews.jsonl", event_id: str = "drop-1", **obj: Any) -> dict[str, Any]:
+    event = load_event("s3_object_created", id=event_id)
+    event["detail"]["object"]["key"] = key
+    event["detail"]["object"].update(obj)
+    return event
+
+
+def runs(api: Api) -> list[dict[str, Any]]:
+    return api.call("GET", "/runs?limit=100")[1]["runs"]
+
+
+def test_s3_drop_starts_one_run(api: Api, demo: dict[str, Any]) -> None:
+    result = api.invoke("on_dataset_uploaded", drop_event())
+    assert result["run_id"] and not result["ignored"]
+    run = api.call("GET", f"/runs/{result['run_id']}")[1]
+    assert run["state"] == "preparing"
+    assert run["dataset_uri"] == "s3://tuneloop-test/datasets/demo/ds-1/reviews.jsonl"
+    # The same object delivered again (same or a new event id) starts nothing more.
+    again = api.invoke("on_dataset_uploaded", drop_event())
+    retried = api.invoke("on_dataset_uploaded", drop_event(event_id="drop-2"))
+    assert again["run_id"] == retried["run_id"] == result["run_id"]
+    assert "duplicate" in again["ignored"]
+    assert len(runs(api)) == 1
+
+
+def test_encoded_key_is_decoded_once(api: Api, demo: dict[str, Any]) -> None:
+    result = api.invoke("on_dataset_uploaded", drop_event("datasets/demo/my+ds/c%2B%2B+%C3%A9t%C3%A9.jsonl"))
+    run = api.call("GET", f"/runs/{result['run_id']}")[1]
+    assert run["dataset_uri"] == "s3://tuneloop-test/datasets/demo/my ds/c++ été.jsonl"
+
+
+def test_drops_that_start_nothing(api: Api, demo: dict[str, Any]) -> None:
+    for key in (
+        "other/demo/ds/x.jsonl",
+        "datasets/ghost/ds/x.jsonl",
+        "datasets/demo/../x/y.jsonl",
+        "datasets/demo/ds/part/x.jsonl",
+    ):
+        result = api.invoke("on_dataset_uploaded", drop_event(key, event_id=key))
+        assert result.get("ignored") and not result.get("run_id"), key
+    foreign = drop_event()
+    foreign["detail"]["bucket"]["name"] = "someone-elses-bucket"
+    assert "not tuneloop's bucket" in api.invoke("on_dataset_uploaded", foreign)["ignored"]
+    assert runs(api) == []
+
+
+def sagemaker(fixture: str, run_id: str, event_id: str, **detail: Any) -> dict[str, Any]:
+    event = load_event(fixture, id=event_id)
+    event["detail"].update(detail)
+    event["detail"]["Tags"] = {}
+    return event
+
+
+def test_sagemaker_events_move_the_run(api: Api, demo: dict[str, Any]) -> None:
+    run_id = api.invoke("on_dataset_uploaded", drop_event())["run_id"]
+    prepare = names.job_name(run_id, "prepare")
+    train = names.job_name(run_id, "train", 1)
+    done = sagemaker("processing_job_completed", run_id, "p-done", ProcessingJobName=prepare)
+    assert api.invoke("on_sagemaker_event", done)["state"] == "training"
+    # Redelivered (same id) and reordered (an InProgress after Completed): harmless.
+    assert api.invoke("on_sagemaker_event", done)["noop"] == "duplicate"
+    late = sagemaker(
+        "processing_job_completed", run_id, "p-late", ProcessingJobName=prepare, ProcessingJobStatus="InProgress"
+    )
+    assert api.invoke("on_sagemaker_event", late)["noop"] == "stale"
+    trained = sagemaker("training_job_completed", run_id, "t-done", TrainingJobName=train)
+    assert api.invoke("on_sagemaker_event", trained)["state"] == "evaluating"
+    failed = sagemaker("processing_job_failed", run_id, "e-fail", ProcessingJobName=names.job_name(run_id, "evaluate"))
+    assert api.invoke("on_sagemaker_event", failed)["state"] == "failed"
+    run = api.call("GET", f"/runs/{run_id}")[1]
+    assert [h["to"] for h in run["history"]] == ["preparing", "training", "evaluating", "failed"]
+    assert failed["detail"]["FailureReason"] in run["history"][-1]["reason"]
+
+
+def test_events_for_no_run_or_unknown_shapes_are_ignored(api: Api, demo: dict[str, Any]) -> None:
+    foreign = sagemaker("training_job_completed", "", "f1", TrainingJobName="someone-elses-job")
+    assert "no run" in api.invoke("on_sagemaker_event", foreign)["ignored"]
+    ghost = sagemaker("training_job_completed", "", "f2", TrainingJobName="tl-zzzzzzzzzzzz-train-1")
+    assert "no run" in api.invoke("on_sagemaker_event", ghost)["ignored"]
+    broken = load_event("training_job_completed", id="f3")
+    del broken["detail"]["TrainingJobStatus"]
+    assert "TrainingJobStatus" in api.invoke("on_sagemaker_event", broken)["ignored"]
+    odd = load_event("training_job_completed", id="f4", **{"detail-type": "SageMaker Image State Change"})
+    assert "no parser" in api.invoke("on_sagemaker_event", odd)["ignored"]
+
+
+def test_reconciler_keeps_sagemaker_commands_pending(api: Api, demo: dict[str, Any]) -> None:
+    run_id = api.invoke("on_dataset_uploaded", drop_event())["run_id"]
+    scheduled = api.client.events.generate_cw_event("aws.events", "Scheduled Event", {}, [], region="us-east-1")
+    result = api.invoke("reconcile", scheduled)
+    assert result == {"checked": 1, "finished": 0}
+    pending = api.call("GET", f"/runs/{run_id}")[1]["pending_commands"]
+    assert [p["type"] for p in pending] == ["StartProcessingJob"]

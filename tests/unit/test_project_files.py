@@ -1,0 +1,77 @@
+"""Files that must agree with the code: infra vs. models, docs vs. table, Lambda deps."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from chalicelib.domain.diagram import document
+from chalicelib.models import ProjectModel, RunModel
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _indexes(model: type) -> dict[str, tuple[list[tuple[str, str]], str]]:
+    out = {}
+    for name, index in model._indexes.items():  # type: ignore[attr-defined]
+        schema = index._get_schema()
+        keys = sorted((k["AttributeName"], k["KeyType"]) for k in schema["key_schema"])
+        out[name] = (sorted(keys, key=lambda k: k[1]), schema["projection"]["ProjectionType"])
+    return out
+
+
+def test_infra_tables_match_the_models() -> None:
+    resources = json.loads((REPO / "infra" / "resources.json").read_text())["Resources"]
+    runs = resources["RunsTable"]["Properties"]
+    assert runs["KeySchema"] == [{"AttributeName": RunModel._hash_keyname, "KeyType": "HASH"}]
+    declared = {
+        gsi["IndexName"]: (
+            [(k["AttributeName"], k["KeyType"]) for k in gsi["KeySchema"]],
+            gsi["Projection"]["ProjectionType"],
+        )
+        for gsi in runs["GlobalSecondaryIndexes"]
+    }
+    assert declared == _indexes(RunModel)
+    projects = resources["ProjectsTable"]["Properties"]
+    assert projects["KeySchema"] == [{"AttributeName": ProjectModel._hash_keyname, "KeyType": "HASH"}]
+    for table in (runs, projects):
+        assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+        assert table["SSESpecification"]["SSEEnabled"] is True
+    bucket = resources["DataBucket"]["Properties"]
+    assert bucket["NotificationConfiguration"]["EventBridgeConfiguration"]["EventBridgeEnabled"] is True
+
+
+def test_state_machine_doc_is_generated_from_the_table() -> None:
+    assert document() in (REPO / "docs" / "state-machine.md").read_text(), "run `tuneloop docs`"
+
+
+def test_lambda_requirements_stay_lean() -> None:
+    names = [
+        re.split(r"[=<>~\[ ]", line.strip())[0].lower()
+        for line in (REPO / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert not set(names) & {
+        "torch",
+        "transformers",
+        "peft",
+        "sagemaker",
+        "moto",
+        "chalice",
+        "pytest",
+        "numpy",
+        "pandas",
+    }
+
+
+def test_chalice_config_traces_and_uses_the_policy_files() -> None:
+    config = json.loads((REPO / ".chalice" / "config.json").read_text())
+    assert config["xray"] is True and config["autogen_policy"] is False
+    for stage, settings in config["stages"].items():
+        policy = json.loads((REPO / ".chalice" / settings["iam_policy_file"]).read_text())
+        resources = json.dumps(policy)
+        assert f"tuneloop-{stage}-runs" in resources
+        for statement in policy["Statement"]:
+            if statement["Resource"] == "*":
+                assert all(a.startswith("xray:") for a in statement["Action"]), statement["Sid"]
