@@ -175,20 +175,21 @@ class RunService:
 
     def intake(self, drop: DatasetDrop) -> Applied:
         """An S3 upload that completes a dataset starts one run (redeliveries start none)."""
-        if self.projects.get(drop.project) is None:
+        try:
+            stored, created = self.start_run(
+                drop.project,
+                drop.dataset_uri,
+                run_id=drop.idempotency_key,
+                reason=f"dataset {drop.dataset_id} dropped at {drop.dataset_uri}",
+                event_time=drop.time,
+            )
+        except ProjectNotFoundError:
             logger.warning("dataset for unknown project ignored", extra={"project": drop.project, "key": drop.key})
             return Applied(None, ignored=f"no project named {drop.project!r}")
-        stored, created = self.start_run(
-            drop.project,
-            drop.dataset_uri,
-            run_id=drop.idempotency_key,
-            reason=f"dataset {drop.dataset_id} dropped at {drop.dataset_uri}",
-            event_time=drop.time,
-        )
         if not created:
             logger.info("dataset already started a run", extra={"run_id": stored.run.run_id, "key": drop.key})
             return Applied(stored.run.run_id, ignored="duplicate delivery: run already started")
-        return Applied(stored.run.run_id, decision=None)
+        return Applied(stored.run.run_id)
 
     # --- events --------------------------------------------------------------------------
 

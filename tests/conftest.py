@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_xray_sdk import global_sdk_config
+from aws_xray_sdk.core import xray_recorder
+from aws_xray_sdk.core.context import Context
 
 from tuneloop.local.services import Service, aws_env, start_dynamodb_local, start_moto
 
@@ -88,3 +91,30 @@ def service(deps: Any) -> Any:
 
 
 DEMO_CONFIG = json.loads((Path(__file__).parents[1] / "examples" / "demo-project.json").read_text())["config"]
+
+
+class Collecting:
+    """An emitter that keeps the segments instead of sending them to a daemon."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def send_entity(self, entity: Any) -> None:
+        self.sent.append(entity)
+
+    def set_daemon_address(self, address: str) -> None:  # pragma: no cover - interface
+        pass
+
+
+@pytest.fixture
+def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """X-Ray switched on for one test, its segments collected in memory."""
+    monkeypatch.delenv("AWS_XRAY_SDK_ENABLED", raising=False)  # the env var would win over the call below
+    was_enabled = global_sdk_config.sdk_enabled()
+    global_sdk_config.set_sdk_enabled(True)
+    emitter = Collecting()
+    xray_recorder.configure(emitter=emitter, context=Context(), sampling=False, context_missing="IGNORE_ERROR")
+    segment = xray_recorder.begin_segment("tuneloop-test")
+    yield segment
+    xray_recorder.end_segment()
+    global_sdk_config.set_sdk_enabled(was_enabled)

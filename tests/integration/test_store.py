@@ -145,3 +145,14 @@ def test_outbox_of_a_newer_decision_is_not_overwritten(service: Any, project: An
     with pytest.raises(ConflictError):
         service.runs.record_outbox(stored, [])  # the old decision's outbox is gone
     assert [type(i.command).__name__ for i in service.runs.get(run_id).pending] == ["StartTrainingJob"]
+
+
+def test_each_transition_is_traced(service: Any, project: Any, recording: Any) -> None:
+    stored, _ = service.start_run("demo", DATASET)
+    run_id = stored.run.run_id
+    service.apply(run_id, job_event(ProcessingJobChanged, run_id, "prepare", "Completed", "e1"))
+    service.apply(run_id, job_event(ProcessingJobChanged, run_id, "prepare", "Completed", "e1"))  # duplicate: no span
+    transitions = [s.annotations for s in recording.subsegments if s.name == "transition"]
+    steps = [(a["from_state"], a["to_state"]) for a in transitions]
+    assert steps == [("received", "preparing"), ("preparing", "training")]
+    assert {a["run_id"] for a in transitions} == {run_id}
