@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -62,18 +63,6 @@ def _api() -> Api:
     return Api(_state())
 
 
-def _s3(state: cloud.CloudState) -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=f"http://127.0.0.1:{state.moto_port}",
-        region_name="us-east-1",
-        aws_access_key_id="tuneloop",
-        aws_secret_access_key="tuneloop",
-    )
-
-
 # --- commands ---------------------------------------------------------------------------
 
 
@@ -130,7 +119,7 @@ def cmd_drop(args: argparse.Namespace) -> int:
         raise CliError(f"{path} is not a file")
     dataset_id = args.dataset_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     key = f"datasets/{args.project}/{dataset_id}/{path.name}"
-    _s3(state).upload_file(str(path), state.bucket, key)
+    state.client("s3").upload_file(str(path), state.bucket, key)
     print(f"uploaded s3://{state.bucket}/{key}")
     return 0
 
@@ -195,8 +184,6 @@ def cmd_event_send(args: argparse.Namespace) -> int:
 
     state = _state()
     event = json.loads(Path(args.file).read_text())
-    import os
-
     os.environ.update(state.env)
     router = build_router(load_app(), None)
     delivered = router.send(event)
@@ -227,6 +214,8 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    # The demo starts from nothing in a home of its own: a cloud you use stays as it is.
+    os.environ["TUNELOOP_HOME"] = str(cloud.home() / "demo")
     cloud.up(clean=True)
     try:
         api = _api()
@@ -245,6 +234,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "stays pending in the run's outbox rather than pretending the job ran."
         )
         print(f"\ndemo finished in {time.monotonic() - started:.1f}s")
+        if args.keep:
+            print(f"the demo's cloud is still up: TUNELOOP_HOME={cloud.home()} tuneloop status")
     finally:
         if not args.keep:
             cloud.down()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .services import (
+    LOCAL_CREDENTIALS,
     REPO_ROOT,
     ServiceError,
     aws_env,
@@ -59,6 +60,18 @@ class CloudState:
             "TUNELOOP_STAGE": "local",
         }
 
+    def client(self, service: str) -> Any:
+        """A boto3 client for one of moto server's services (s3, sqs, events, cloudwatch)."""
+        import boto3
+
+        return boto3.client(
+            service,
+            endpoint_url=f"http://127.0.0.1:{self.moto_port}",
+            region_name="us-east-1",
+            aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
+
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
         path.chmod(0o600)  # holds the API token
@@ -88,22 +101,31 @@ def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
         log(f"local cloud already up: API {state.api_url}")
         return state
     if state:
-        down(log=lambda *_: None, save=False)
+        down(log=lambda *_: None)  # half up: stop what is left (saving the bucket if moto lives)
     if clean and root.exists():
         for sub in ("dynamodb", "s3"):
             _remove_tree(root / sub)
         for name in ("dead-letters.jsonl",):
             (root / name).unlink(missing_ok=True)
     (root / "logs").mkdir(parents=True, exist_ok=True)
-    log("starting DynamoDB Local …")
-    dynamodb = start_dynamodb_local(db_path=root / "dynamodb", log_path=root / "logs" / "dynamodb.log", detach=True)
-    log(f"  DynamoDB Local on {dynamodb.endpoint}")
-    log("starting moto server (S3, CloudWatch, EventBridge, SQS) …")
-    moto = start_moto(log_path=root / "logs" / "moto.log", detach=True)
-    log(f"  moto server on {moto.endpoint}")
+    started: list[Any] = []
+    try:
+        log("starting DynamoDB Local …")
+        dynamodb = start_dynamodb_local(db_path=root / "dynamodb", log_path=root / "logs" / "dynamodb.log", detach=True)
+        started.append(dynamodb)
+        log(f"  DynamoDB Local on {dynamodb.endpoint}")
+        log("starting moto server (S3, CloudWatch, EventBridge, SQS) …")
+        moto = start_moto(log_path=root / "logs" / "moto.log", detach=True)
+        started.append(moto)
+        log(f"  moto server on {moto.endpoint}")
+    except ServiceError:
+        for service in started:
+            service.stop()
+        raise
+    assert dynamodb.proc is not None and moto.proc is not None
     token = secrets.token_urlsafe(24)
     port = api_port or free_port()
-    partial = CloudState(dynamodb.port, dynamodb.proc.pid, moto.port, moto.proc.pid, 0, port, token, DEFAULT_BUCKET)  # type: ignore[union-attr]
+    partial = CloudState(dynamodb.port, dynamodb.proc.pid, moto.port, moto.proc.pid, 0, port, token, DEFAULT_BUCKET)
     env = {
         **os.environ,
         **partial.env,
@@ -159,15 +181,7 @@ def down(log: Any = print, save: bool = True) -> bool:
 
 
 def snapshot_s3(state: CloudState, target: Path) -> int:
-    import boto3
-
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=f"http://127.0.0.1:{state.moto_port}",
-        region_name="us-east-1",
-        aws_access_key_id="tuneloop",
-        aws_secret_access_key="tuneloop",
-    )
+    s3 = state.client("s3")
     staging = target.with_name(target.name + ".new")
     _remove_tree(staging)
     staging.mkdir(parents=True)

@@ -114,7 +114,7 @@ class EventRouter:
     def matching_routes(self, event: Mapping[str, Any]) -> list[Route]:
         from moto.events.models import EventPattern
 
-        return [r for r in self._routes if EventPattern.load(json.dumps(r.pattern)).matches_event(dict(event))]
+        return [r for r in self._routes if EventPattern.load(json.dumps(r.pattern)).matches_event(dict(event))]  # type: ignore[arg-type]
 
     def send(self, event: Mapping[str, Any]) -> list[str]:
         """Deliver a complete AWS envelope as EventBridge would (keeps its id: replays dedupe)."""
