@@ -209,19 +209,19 @@ class RunRepository:
         Raises ConflictError when someone else wrote first.
         """
         run = decision.run
-        outbox = tuple(OutboxItem(command) for command in decision.commands)
         item = self._item(run, now)
+        carried = self.carried_over(stored, run) if stored else ()
+        outbox = carried + tuple(OutboxItem(command) for command in decision.commands)
         if outbox:
             item.outbox = [entry.to_dict() for entry in outbox]
-            item.outbox_event_id = run.history[-1].event_id if run.history else None
             item.outbox_pending = OUTBOX_PENDING
-            item.outbox_since = now
-        elif stored is not None and stored.pending:
-            # Keep an unfinished outbox from an earlier decision (the reconciler will finish it).
-            item.outbox = [entry.to_dict() for entry in stored.outbox]
-            item.outbox_event_id = stored.outbox_event_id
-            item.outbox_pending = OUTBOX_PENDING
-            item.outbox_since = stored.outbox_since
+            if decision.commands:
+                item.outbox_event_id = run.history[-1].event_id
+                item.outbox_since = now
+            else:
+                assert stored is not None
+                item.outbox_event_id = stored.outbox_event_id
+                item.outbox_since = stored.outbox_since
         condition = None
         if stored is not None:
             item.version = stored.version
@@ -233,6 +233,18 @@ class RunRepository:
                 raise ConflictError(run.run_id) from exc
             raise
         return self._stored(item)
+
+    @staticmethod
+    def carried_over(stored: StoredRun, run: Run) -> tuple[OutboxItem, ...]:
+        """Unfinished commands of earlier decisions that still need to run.
+
+        A start command for a job the run no longer waits on is obsolete (the run moved
+        on: the job did start, or the run was stopped) and is dropped; everything else
+        an earlier decision asked for is kept, so no side effect is lost.
+        """
+        return tuple(
+            item for item in stored.pending if not (item.command.starts_job and item.command.awaits != run.awaiting)
+        )
 
     def record_outbox(self, stored: StoredRun, items: Sequence[OutboxItem]) -> None:
         """Store the outcome of executing the outbox; clear it when every command is done.

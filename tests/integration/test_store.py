@@ -156,3 +156,17 @@ def test_each_transition_is_traced(service: Any, project: Any, recording: Any) -
     steps = [(a["from_state"], a["to_state"]) for a in transitions]
     assert steps == [("received", "preparing"), ("preparing", "training")]
     assert {a["run_id"] for a in transitions} == {run_id}
+
+
+def test_unfinished_commands_carry_over_unless_obsolete(service: Any, project: Any) -> None:
+    stored, _ = service.start_run("demo", DATASET)
+    run_id = stored.run.run_id
+    # The prepare job's start is still pending when its completion arrives: it did start
+    # after all, so the start is obsolete; the new decision's command takes its place.
+    service.apply(run_id, job_event(ProcessingJobChanged, run_id, "prepare", "Completed", "e1"))
+    after = service.runs.get(run_id)
+    assert [type(i.command).__name__ for i in after.pending] == ["StartTrainingJob"]
+    service.apply(run_id, StopRequested(event_id="stop", time=T0, run_id=run_id))
+    stopped = service.runs.get(run_id)
+    # Stopping drops the obsolete start and keeps the stop of the job it had asked for.
+    assert [type(i.command).__name__ for i in stopped.pending] == ["StopJob"]

@@ -345,10 +345,8 @@ def event_sequences(draw: st.DrawFn) -> tuple[bool, list[DomainEvent]]:
     return tuning, [sequence[i] for i in order]
 
 
-@settings(max_examples=300, deadline=None)
-@given(event_sequences())
-def test_random_sequences_never_go_backwards(case: tuple[bool, list[DomainEvent]]) -> None:
-    tuning, events = case
+def check_sequence(tuning: bool, events: list[DomainEvent]) -> None:
+    """The properties every event sequence must keep, however disturbed."""
     config = base_config(tuning=normalise_config({**DEMO_CONFIG, "tuning": TUNING})["tuning"]) if tuning else None
     run = make_run(S.RECEIVED, config, awaiting=None, model_source=None)
     started: list[str] = []
@@ -361,6 +359,70 @@ def test_random_sequences_never_go_backwards(case: tuple[bool, list[DomainEvent]
             assert run is before
         started += [c.awaits for c in decision.commands if isinstance(c, Command) and c.starts_job and c.awaits]
     assert len(started) == len(set(started)), f"a job was started twice: {started}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_sequences())
+def test_random_sequences_never_go_backwards(case: tuple[bool, list[DomainEvent]]) -> None:
+    check_sequence(*case)
+
+
+def lifecycle(tuning: bool, interruptions: int) -> list[DomainEvent]:
+    """The events of one whole run, in the order AWS would send them."""
+    run = make_run(S.RECEIVED)
+    events: list[DomainEvent] = [event_of("run.requested", run, "req")]
+    prepare = names.job_name(RUN_ID, "prepare")
+    events += [
+        event_of(f"processing_job.{o}", run, f"prep-{o}", job_name=prepare) for o in ("in_progress", "completed")
+    ]
+    if tuning:
+        tune = names.job_name(RUN_ID, "tune")
+        events.append(event_of("training_job.completed", run, "trial-1", job_name=f"{tune}-001-aaaaaaaa"))
+        events.append(event_of("tuning_job.completed", run, "tune-done", job_name=tune))
+    else:
+        for attempt in range(1, interruptions + 1):
+            job = names.job_name(RUN_ID, "train", attempt)
+            events.append(event_of("training_job.interrupted", run, f"int-{attempt}", job_name=job))
+        job = names.job_name(RUN_ID, "train", interruptions + 1)
+        events.append(event_of("training_job.completed", run, "train-done", job_name=job))
+    evaluate = names.job_name(RUN_ID, "evaluate")
+    events.append(event_of("processing_job.completed", run, "eval-done", job_name=evaluate))
+    for kind in ("evaluation.loaded", "model_package.approved", "endpoint.in_service", "alarm.alarm", "run.superseded"):
+        events.append(event_of(kind, run, f"{kind}-1"))
+    return events
+
+
+@st.composite
+def disturbed_lifecycles(draw: st.DrawFn) -> tuple[bool, list[DomainEvent]]:
+    """A whole lifecycle, then redelivered, swapped and stray events mixed in."""
+    tuning = draw(st.booleans())
+    events = lifecycle(tuning, draw(st.integers(0, 3)))
+    for _ in range(draw(st.integers(0, 12))):
+        i = draw(st.integers(0, len(events) - 1))
+        action = draw(st.sampled_from(["duplicate", "swap", "stray"]))
+        if action == "duplicate":
+            events.insert(draw(st.integers(i, len(events))), events[i])
+        elif action == "swap" and i + 1 < len(events):
+            events[i], events[i + 1] = events[i + 1], events[i]
+        elif action == "stray":
+            events.insert(i, draw(st.sampled_from(candidate_events(tuning))))
+    return tuning, events
+
+
+@settings(max_examples=300, deadline=None)
+@given(disturbed_lifecycles())
+def test_disturbed_lifecycles_never_go_backwards(case: tuple[bool, list[DomainEvent]]) -> None:
+    check_sequence(*case)
+
+
+def test_undisturbed_lifecycles_end_superseded() -> None:
+    for tuning in (False, True):
+        config = base_config(tuning=normalise_config({**DEMO_CONFIG, "tuning": TUNING})["tuning"]) if tuning else None
+        run = make_run(S.RECEIVED, config, awaiting=None, model_source=None)
+        for event in lifecycle(tuning, 2):
+            run = decide(run, event).run
+        assert run.state is S.SUPERSEDED, tuning
+        assert len(run.times_of("StartChildRun")) == 1
 
 
 def _states_reached(events: list[DomainEvent]) -> RunState:
@@ -397,3 +459,15 @@ def test_happy_path_reaches_deployed_and_then_superseded() -> None:
         S.DEPLOYED,
         S.SUPERSEDED,
     ]
+
+
+def test_pending_commands_carry_over_unless_obsolete() -> None:
+    from chalicelib.domain.commands import CreateDriftAlarms, StartTrainingJob
+    from chalicelib.store import OutboxItem, RunRepository, StoredRun
+
+    run = make_run(S.DEPLOYED)
+    alarms = OutboxItem(CreateDriftAlarms(RUN_ID, "demo", "tl-demo"))
+    old_start = OutboxItem(StartTrainingJob(RUN_ID, "demo", names.job_name(RUN_ID, "train", 1), attempt=1))
+    stored = StoredRun(run=run, version=3, outbox=(alarms, old_start), outbox_event_id="e0")
+    superseded = decide(run, event_of("run.superseded", run)).run
+    assert RunRepository.carried_over(stored, superseded) == (alarms,)
