@@ -1,0 +1,207 @@
+"""training/prepare.py: validation with line numbers, reproducible stratified splits, profile."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from training import prepare
+
+REVIEWS = Path(__file__).resolve().parents[2] / "examples" / "data" / "reviews.jsonl"
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def good_rows(n: int = 30) -> list[dict[str, Any]]:
+    return [
+        {"text": f"review number {i} is {'good' if i % 3 else 'bad'}", "label": "pos" if i % 3 else "neg"}
+        for i in range(n)
+    ]
+
+
+def run(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    code = prepare.main(
+        [
+            "--input-dir",
+            str(tmp_path / "in"),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--failure-dir",
+            str(tmp_path / "fail"),
+            *args,
+        ]
+    )
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    return code, report
+
+
+@pytest.mark.parametrize(
+    "bad_row,reason",
+    [
+        ('{"text": "broken", "label": ', "bad JSON"),
+        ({"label": "pos"}, "missing field 'text'"),
+        ({"text": "   ", "label": "pos"}, "empty text"),
+        ({"text": "x", "label": 0.5}, "label must be a string or an integer, got float"),
+        ({"text": "x", "label": True}, "label must be a string or an integer, got bool"),
+        (["not", "an", "object"], "expected a JSON object"),
+    ],
+)
+def test_each_bad_row_is_reported_with_its_line(tmp_path: Path, bad_row: Any, reason: str) -> None:
+    rows: list[Any] = good_rows(30)
+    rows.insert(6, bad_row)  # line 7
+    write_jsonl(tmp_path / "in" / "data.jsonl", rows)
+    code, report = run(tmp_path, "--task", "text-classification", "--max-invalid-fraction", "0.1")
+    assert code == 0
+    [issue] = [i for i in report["issues"] if i["severity"] == "error"]
+    assert issue["line"] == 7 and reason in issue["reason"] and issue["file"] == "data.jsonl"
+
+
+def test_too_many_bad_rows_fail_the_job_with_the_reason(tmp_path: Path) -> None:
+    rows: list[Any] = good_rows(20) + [{"label": "pos"}] * 5
+    write_jsonl(tmp_path / "in" / "data.jsonl", rows)
+    code, report = run(tmp_path, "--task", "text-classification")
+    assert code == 1
+    message = (tmp_path / "fail" / "failure").read_text()
+    assert message.startswith("DatasetError: 5 of 25 rows are invalid")
+    assert "data.jsonl:21: missing field 'text'" in message
+    assert (tmp_path / "fail" / "message").read_text() == message
+    assert report["failure"] in message
+
+
+@pytest.mark.parametrize(
+    "rows,needle",
+    [
+        ([], "no rows"),
+        (good_rows(5), "only 5 usable rows"),
+        ([{"text": f"t{i}", "label": "a"} for i in range(20)], "only one class"),
+        (
+            [{"text": f"t{i}", "label": "a"} for i in range(20)] + [{"text": "u", "label": "b"}],
+            "too few examples per class",
+        ),
+        ([{"text": f"t{i}", "label": "a" if i % 2 else 1} for i in range(20)], "mix strings and integers"),
+    ],
+)
+def test_unusable_datasets(tmp_path: Path, rows: list[Any], needle: str) -> None:
+    write_jsonl(tmp_path / "in" / "data.jsonl", rows)
+    code, _ = run(tmp_path, "--task", "text-classification")
+    assert code == 1
+    assert needle in (tmp_path / "fail" / "failure").read_text()
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "data.jsonl").write_bytes(b'{"text": "caf\xe9", "label": "a"}\n')
+    assert run(tmp_path, "--task", "text-classification")[0] == 1
+    assert "not UTF-8" in (tmp_path / "fail" / "failure").read_text()
+
+
+def test_duplicates_and_long_rows_are_warnings(tmp_path: Path) -> None:
+    rows: list[Any] = good_rows(30)
+    rows.append(rows[0])  # exact duplicate, line 31
+    rows.append({"text": rows[1]["text"], "label": "neg"})  # same text, other label, line 32
+    rows.append({"text": "x" * 50, "label": "pos"})  # line 33
+    write_jsonl(tmp_path / "in" / "data.jsonl", rows)
+    code, report = run(tmp_path, "--task", "text-classification", "--max-chars", "40")
+    assert code == 0
+    warnings = {i["line"]: i["reason"] for i in report["issues"] if i["severity"] == "warning"}
+    assert "duplicate of data.jsonl:1; dropped" in warnings[31]
+    assert "another label" in warnings[32]
+    assert "over 40" in warnings[33]
+    assert report["rows_kept"] == 32
+
+
+def test_splits_are_reproducible_and_stratified(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "reviews.jsonl").write_bytes(REVIEWS.read_bytes())
+
+    def splits(out: str, seed: str = "7") -> dict[str, list[str]]:
+        prepare.main(
+            [
+                "--input-dir",
+                str(tmp_path / "in"),
+                "--output-dir",
+                str(tmp_path / out),
+                "--task",
+                "text-classification",
+                "--seed",
+                seed,
+            ]
+        )
+        return {s: (tmp_path / out / s / f"{s}.jsonl").read_text().splitlines() for s in prepare.SPLITS}
+
+    first, again, other = splits("a"), splits("b"), splits("c", seed="8")
+    assert first == again
+    assert first != other
+    total = sum(len(v) for v in first.values())
+    assert total == 240 and len(first["test"]) == 24 and len(first["validation"]) == 24
+    for name, lines in first.items():
+        labels = Counter(json.loads(line)["label"] for line in lines)
+        assert labels["positive"] == labels["negative"], name  # the 50/50 mix holds in every split
+    profile = json.loads((tmp_path / "a" / "profile" / "profile.json").read_text())
+    assert profile["label_distribution"] == {"negative": 0.5, "positive": 0.5}
+    assert profile["rows"] == 240 and len(profile["fingerprint"]) == 64
+    assert profile["words"]["mean"] > 3 and "the" in profile["vocabulary"]
+
+
+def test_csv_and_integer_labels(tmp_path: Path) -> None:
+    lines = ["text,label"] + [f'"row {i}, with a comma",{i % 2}' for i in range(20)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "data.csv").write_text("\n".join(lines) + "\n")
+    code, _ = run(tmp_path, "--task", "text-classification")
+    assert code == 0
+    row = json.loads((tmp_path / "out" / "train" / "train.jsonl").read_text().splitlines()[0])
+    assert row["label"] in (0, 1) and ", with a comma" in row["text"]
+
+
+def test_causal_lm_prompt_completion_and_chat(tmp_path: Path) -> None:
+    rows: list[Any] = [{"prompt": f"Q{i}?", "completion": f"A{i}."} for i in range(12)]
+    rows += [
+        {"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello"}]}
+        for i in range(12)
+    ]
+    rows.append({"messages": [{"role": "user", "content": "no answer"}]})  # line 25
+    rows.append({"prompt": "Q?", "completion": ""})  # line 26
+    write_jsonl(tmp_path / "in" / "data.jsonl", rows)
+    code, report = run(tmp_path, "--task", "causal-lm", "--max-invalid-fraction", "0.1")
+    assert code == 0
+    errors = {i["line"]: i["reason"] for i in report["issues"]}
+    assert "last message must be the assistant's" in errors[25]
+    assert errors[26] == "empty completion"
+
+
+def test_manifest_with_user_splits(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "in" / "parts" / "a.jsonl", good_rows(30))
+    write_jsonl(
+        tmp_path / "in" / "parts" / "b.jsonl",
+        [{"text": f"held out {i}", "label": "pos" if i % 2 else "neg"} for i in range(6)],
+    )
+    (tmp_path / "in" / "manifest.json").write_text(
+        json.dumps({"splits": {"train": ["parts/a.jsonl"], "test": ["parts/b.jsonl"]}})
+    )
+    assert run(tmp_path, "--task", "text-classification")[0] == 0
+    test_rows = (tmp_path / "out" / "test" / "test.jsonl").read_text().splitlines()
+    assert len(test_rows) == 6 and all("held out" in line for line in test_rows)
+
+
+@pytest.mark.parametrize(
+    "manifest,needle",
+    [
+        ({"files": ["missing.jsonl"]}, "was not uploaded"),
+        ({"files": ["../outside.jsonl"]}, "outside the dataset folder"),
+        ({"wrong": 1}, "must have 'files'"),
+    ],
+)
+def test_bad_manifests(tmp_path: Path, manifest: dict[str, Any], needle: str) -> None:
+    write_jsonl(tmp_path / "outside.jsonl", good_rows())
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "manifest.json").write_text(json.dumps(manifest))
+    assert run(tmp_path, "--task", "text-classification")[0] == 1
+    assert needle in (tmp_path / "fail" / "failure").read_text()
