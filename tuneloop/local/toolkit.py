@@ -1,0 +1,127 @@
+"""Run a training job through the real `sagemaker-training` toolkit, on this machine.
+
+The toolkit reads an /opt/ml-style folder (``SAGEMAKER_BASE_DIR``): hyperparameters,
+resource and input-data config under ``input/config``, channels under ``input/data``.
+It copies the source folder into ``code/``, installs its requirements.txt (here with
+``PIP_NO_INDEX=1``: everything must already be installed, no network install in the
+middle of a job), runs the entry point with the hyperparameters as ``--key value``
+arguments and the SM_* variables, and writes ``output/failure`` when it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "localhost"
+
+
+@dataclass(frozen=True)
+class TrainingLayout:
+    base: Path
+
+    @property
+    def model_dir(self) -> Path:
+        return self.base / "model"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.base / "checkpoints"
+
+    @property
+    def failure_file(self) -> Path:
+        return self.base / "output" / "failure"
+
+    def channel(self, name: str) -> Path:
+        return self.base / "input" / "data" / name
+
+
+def lay_out(
+    base: Path,
+    entry_point: str,
+    source_dir: Path,
+    hyperparameters: Mapping[str, object],
+    channels: Mapping[str, Path],
+    distributed: bool = False,
+) -> TrainingLayout:
+    """Write the toolkit's config files and link the channels' data in."""
+    layout = TrainingLayout(base)
+    config = base / "input" / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    for folder in (layout.model_dir, base / "output" / "data", layout.checkpoints):
+        folder.mkdir(parents=True, exist_ok=True)
+    values: dict[str, object] = {str(k): str(v) for k, v in hyperparameters.items()}
+    values["sagemaker_program"] = entry_point
+    values["sagemaker_submit_directory"] = str(source_dir)
+    values["sagemaker_container_log_level"] = 20
+    if distributed:
+        values["sagemaker_torch_distributed_enabled"] = True
+    (config / "hyperparameters.json").write_text(json.dumps({k: json.dumps(v) for k, v in values.items()}))
+    (config / "resourceconfig.json").write_text(
+        json.dumps(
+            {
+                "current_host": HOST,
+                "hosts": [HOST],
+                "network_interface_name": "lo",
+                "current_group_name": "homogeneousCluster",
+            }
+        )
+    )
+    (config / "inputdataconfig.json").write_text(
+        json.dumps(
+            {
+                name: {
+                    "TrainingInputMode": "File",
+                    "S3DistributionType": "FullyReplicated",
+                    "RecordWrapperType": "None",
+                }
+                for name in channels
+            }
+        )
+    )
+    for name, source in channels.items():
+        target = layout.channel(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+        target.symlink_to(source.resolve(), target_is_directory=True)
+    return layout
+
+
+def job_environment(layout: TrainingLayout, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "SAGEMAKER_BASE_DIR": str(layout.base),
+        "PIP_NO_INDEX": "1",  # a requirements.txt must be satisfied already: never a network install
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(extra or {}),
+    }
+    return env
+
+
+def start(
+    layout: TrainingLayout, log_path: Path, extra_env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """The toolkit's ``train`` command in its own process group (stop = signal the group)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from sagemaker_training.cli.train import main; main()"],
+            env=job_environment(layout, extra_env),
+            cwd=layout.base,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
