@@ -23,6 +23,16 @@ class Settings:
     max_body_bytes: int = 256 * 1024
     # An outbox older than this is re-executed by the reconciler.
     outbox_stale_s: int = 60
+    # SageMaker jobs (see `tuneloop configure`): execution role, images resolved for the
+    # region at configure time, and where the training code version lives in S3.
+    role_arn: str = ""
+    training_image: str = ""
+    processing_image: str = ""
+    code_uri: str = ""
+    processing_instance_type: str = "ml.m5.large"
+    kms_key_id: str = ""
+    subnets: tuple[str, ...] = ()
+    security_groups: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -40,7 +50,19 @@ class Settings:
             dataset_prefix=env.get("TUNELOOP_DATASET_PREFIX", "datasets/"),
             max_body_bytes=int(env.get("TUNELOOP_MAX_BODY_BYTES", str(256 * 1024))),
             outbox_stale_s=int(env.get("TUNELOOP_OUTBOX_STALE_S", "60")),
+            role_arn=env.get("TUNELOOP_SAGEMAKER_ROLE_ARN", ""),
+            training_image=env.get("TUNELOOP_TRAINING_IMAGE", ""),
+            processing_image=env.get("TUNELOOP_PROCESSING_IMAGE", ""),
+            code_uri=env.get("TUNELOOP_CODE_URI", "").rstrip("/"),
+            processing_instance_type=env.get("TUNELOOP_PROCESSING_INSTANCE_TYPE", "ml.m5.large"),
+            kms_key_id=env.get("TUNELOOP_KMS_KEY_ID", ""),
+            subnets=_split(env.get("TUNELOOP_SUBNETS", "")),
+            security_groups=_split(env.get("TUNELOOP_SECURITY_GROUPS", "")),
         )
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from .config import Settings, settings
 from .service import RunService
@@ -22,8 +23,27 @@ _lock = threading.Lock()
 _deps: Deps | None = None
 
 
-def build(config: Settings) -> Deps:
+class LazyClient:
+    """A boto3 client made on first use: most invocations never call SageMaker."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    import boto3
+
+                    self._client = boto3.client(self._service)
+        return getattr(self._client, name)
+
+
+def build(config: Settings, sagemaker_client: Any = None) -> Deps:
     from . import models
+    from .sagemaker import SageMakerExecutors
     from .store import ProjectRepository, RunRepository
 
     models.bind(config)
@@ -32,6 +52,9 @@ def build(config: Settings) -> Deps:
         RunRepository(models.RunModel),
         bucket=config.bucket,
         outbox_stale_s=config.outbox_stale_s,
+        # Until SageMaker is configured, job commands wait in the outbox (the reconciler
+        # runs them once it is): nothing fails, nothing is lost.
+        sagemaker=SageMakerExecutors(sagemaker_client or LazyClient("sagemaker"), config) if config.role_arn else None,
     )
     return Deps(settings=config, service=service)
 

@@ -27,6 +27,7 @@ from .domain.commands import (
     UpdateModelPackageApproval,
 )
 from .domain.events import DomainEvent
+from .domain.run import Run
 
 
 class PermanentCommandError(Exception):
@@ -49,7 +50,15 @@ class RunPort(Protocol):
     def start_child_run(self, parent_run_id: str, child_run_id: str, reason: str) -> str: ...
 
 
-Executor = Callable[[Command], Outcome]
+Executor = Callable[[Command, Run], Outcome]
+
+
+class SageMakerPort(Protocol):
+    def start_processing_job(self, command: Command, run: Run) -> Outcome: ...
+
+    def start_training_job(self, command: Command, run: Run) -> Outcome: ...
+
+    def stop_job(self, command: Command, run: Run) -> Outcome: ...
 
 
 def not_yet_available(issue: str) -> Executor:
@@ -59,8 +68,8 @@ def not_yet_available(issue: str) -> Executor:
     GET /runs/{id}, and the reconciler leaves it there.
     """
 
-    def execute(command: Command) -> Outcome:
-        return Outcome(done=False, note=f"{type(command).__name__} has no executor yet ({issue}); kept pending")
+    def execute(command: Command, run: Run) -> Outcome:
+        return Outcome(done=False, note=f"{type(command).__name__} kept pending: {issue}")
 
     return execute
 
@@ -69,32 +78,34 @@ class Executors:
     def __init__(self, table: Mapping[type[Command], Executor]) -> None:
         self._table = dict(table)
 
-    def execute(self, command: Command) -> Outcome:
+    def execute(self, command: Command, run: Run) -> Outcome:
         executor = self._table.get(type(command))
         if executor is None:
             raise PermanentCommandError(f"no executor registered for {type(command).__name__}")
-        return executor(command)
+        return executor(command, run)
 
     @classmethod
-    def default(cls, port: RunPort) -> Executors:
-        def supersede(command: Command) -> Outcome:
+    def default(cls, port: RunPort, sagemaker: SageMakerPort | None = None) -> Executors:
+        def supersede(command: Command, run: Run) -> Outcome:
             assert isinstance(command, SupersedePrevious)
             count = port.supersede_deployed(command.project, command.run_id)
             return Outcome(done=True, note=f"superseded {count} earlier deployed run(s)")
 
-        def child_run(command: Command) -> Outcome:
+        def child_run(command: Command, run: Run) -> Outcome:
             assert isinstance(command, StartChildRun)
             child = port.start_child_run(command.run_id, command.child_run_id, command.reason)
             return Outcome(done=True, note=f"child run {child}")
 
-        sagemaker = not_yet_available("SageMaker jobs arrive with issue 3")
-        lifecycle = not_yet_available("evaluation, registry and deployment arrive with issues 4-5")
+        unconfigured = not_yet_available(
+            "SageMaker is not configured: set TUNELOOP_SAGEMAKER_ROLE_ARN (tuneloop configure)"
+        )
+        lifecycle = not_yet_available("tuning, evaluation, registry and deployment arrive with issues 4-5")
         return cls(
             {
-                StartProcessingJob: sagemaker,
-                StartTrainingJob: sagemaker,
-                StartTuningJob: sagemaker,
-                StopJob: sagemaker,
+                StartProcessingJob: sagemaker.start_processing_job if sagemaker else unconfigured,
+                StartTrainingJob: sagemaker.start_training_job if sagemaker else unconfigured,
+                StartTuningJob: lifecycle,
+                StopJob: sagemaker.stop_job if sagemaker else unconfigured,
                 StartTransformJob: lifecycle,
                 LoadEvaluation: lifecycle,
                 RegisterModelPackage: lifecycle,

@@ -18,7 +18,7 @@ from .domain.machine import Decision, decide
 from .domain.project import check_project_name, normalise_config
 from .domain.run import Run
 from .domain.states import RunState
-from .executors import Executors, PermanentCommandError
+from .executors import Executors, PermanentCommandError, SageMakerPort
 from .intake import DatasetDrop
 from .observability import logger, transition_segment
 from .store import (
@@ -85,11 +85,12 @@ class RunService:
         executors: Executors | None = None,
         clock: Clock = utcnow,
         outbox_stale_s: int = 60,
+        sagemaker: SageMakerPort | None = None,
     ) -> None:
         self.projects = projects
         self.runs = runs
         self.bucket = bucket
-        self.executors = executors or Executors.default(self)
+        self.executors = executors or Executors.default(self, sagemaker)
         self.clock = clock
         self.outbox_stale_s = outbox_stale_s
 
@@ -257,7 +258,7 @@ class RunService:
                 items.append(item)
                 continue
             try:
-                outcome = self.executors.execute(item.command)
+                outcome = self.executors.execute(item.command, stored.run)
             except PermanentCommandError as exc:
                 items.append(OutboxItem(item.command, DONE, f"failed: {exc}"))
                 follow_ups.append(

@@ -35,7 +35,7 @@ def test_commit_stores_state_history_and_outbox(service: Any, project: Any) -> N
     assert [h.to_state for h in stored.run.history] == [RunState.PREPARING]
     # The SageMaker executor is not built yet: the command waits in the outbox.
     assert [type(i.command).__name__ for i in stored.pending] == ["StartProcessingJob"]
-    assert "no executor yet" in stored.pending[0].note
+    assert "SageMaker is not configured" in stored.pending[0].note
     again = service.runs.get(stored.run.run_id)
     assert again.run == stored.run and again.version == stored.version
 

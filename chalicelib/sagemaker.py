@@ -1,0 +1,280 @@
+"""SageMaker: the requests tuneloop's job commands become, and their executors.
+
+Request builders are pure functions of (command, run, settings), so tests can compare
+them with botocore's model and with what they expect. Executors take the boto3 client
+in their constructor (a client pointed at SageMaker, or at the local SageMaker server).
+Re-running a command finds ``ResourceInUse`` (names are deterministic) and counts as done.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from .config import Settings
+from .domain.commands import Command, StartProcessingJob, StartTrainingJob, StopJob
+from .domain.run import Run
+from .events import PROJECT_TAG, RUN_ID_TAG
+from .executors import Outcome, PermanentCommandError
+
+PROCESSING_ROOT = "/opt/ml/processing"
+PREPARE_OUTPUTS = ("train", "validation", "test", "profile", "report")
+TRAINING_METRICS = (
+    "train_loss",
+    "learning_rate",
+    "samples_per_second",
+    "tokens_per_second",
+    "validation_loss",
+    "validation_accuracy",
+    "validation_macro_f1",
+    "validation_perplexity",
+)
+# train.py prints "[metric] epoch=1 step=40 train_loss=0.4123 ..."; one regex per metric.
+METRIC_DEFINITIONS = [{"Name": name, "Regex": rf"\[metric\].* {name}=([-+0-9.eE]+)"} for name in TRAINING_METRICS]
+
+
+class NotConfiguredError(PermanentCommandError):
+    """A setting the job needs is missing (role, image, code location)."""
+
+
+def _require(value: str | None, what: str) -> str:
+    if not value:
+        raise NotConfiguredError(f"{what} is not configured (see `tuneloop configure`)")
+    return value
+
+
+def run_prefix(settings: Settings, run_id: str) -> str:
+    return f"s3://{settings.bucket}/runs/{run_id}"
+
+
+def tags(command: Command) -> list[dict[str, str]]:
+    return [
+        {"Key": RUN_ID_TAG, "Value": command.run_id},
+        {"Key": PROJECT_TAG, "Value": getattr(command, "project", "")},
+    ]
+
+
+def dataset_input(uri: str) -> str:
+    """A manifest names its folder; a single data file is its own prefix."""
+    if uri.endswith("/manifest.json"):
+        return posixpath.dirname(uri) + "/"
+    return uri
+
+
+def _vpc(settings: Settings) -> dict[str, Any] | None:
+    if settings.subnets and settings.security_groups:
+        return {"Subnets": list(settings.subnets), "SecurityGroupIds": list(settings.security_groups)}
+    return None
+
+
+def prepare_request(command: StartProcessingJob, run: Run, settings: Settings) -> dict[str, Any]:
+    config = run.config
+    outputs = run_prefix(settings, run.run_id) + "/prepare"
+    request: dict[str, Any] = {
+        "ProcessingJobName": command.job_name,
+        "RoleArn": _require(settings.role_arn, "the SageMaker execution role"),
+        "AppSpecification": {
+            "ImageUri": _require(settings.processing_image, "the processing image"),
+            "ContainerEntrypoint": ["python3", f"{PROCESSING_ROOT}/input/code/prepare.py"],
+            "ContainerArguments": ["--task", config["task"], "--data-format", config["data_format"]],
+        },
+        "ProcessingInputs": [
+            {
+                "InputName": "code",
+                "S3Input": {
+                    "S3Uri": _require(settings.code_uri, "the training code location") + "/source/",
+                    "LocalPath": f"{PROCESSING_ROOT}/input/code",
+                    "S3DataType": "S3Prefix",
+                    "S3InputMode": "File",
+                },
+            },
+            {
+                "InputName": "data",
+                "S3Input": {
+                    "S3Uri": dataset_input(command.input_uri),
+                    "LocalPath": f"{PROCESSING_ROOT}/input/data",
+                    "S3DataType": "S3Prefix",
+                    "S3InputMode": "File",
+                },
+            },
+        ],
+        "ProcessingOutputConfig": {
+            "Outputs": [
+                {
+                    "OutputName": name,
+                    "S3Output": {
+                        "S3Uri": f"{outputs}/{name}/",
+                        "LocalPath": f"{PROCESSING_ROOT}/output/{name}",
+                        "S3UploadMode": "EndOfJob",
+                    },
+                }
+                for name in PREPARE_OUTPUTS
+            ],
+        },
+        "ProcessingResources": {
+            "ClusterConfig": {
+                "InstanceCount": 1,
+                "InstanceType": settings.processing_instance_type,
+                "VolumeSizeInGB": 30,
+            }
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+        "Tags": tags(command),
+    }
+    if settings.kms_key_id:
+        request["ProcessingOutputConfig"]["KmsKeyId"] = settings.kms_key_id
+        request["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] = settings.kms_key_id
+    vpc = _vpc(settings)
+    if vpc:
+        request["NetworkConfig"] = {"VpcConfig": vpc, "EnableNetworkIsolation": False}
+    return request
+
+
+def hyperparameters(run: Run, settings: Settings) -> dict[str, str]:
+    """Strings only, keys dashed (train.py also accepts underscores); the toolkit's own keys JSON-encoded."""
+    config = run.config
+    training = config["training"]
+    values: dict[str, Any] = {
+        "task": config["task"],
+        "base-model": config["base_model"],
+        "method": training["method"],
+        **{str(k).replace("_", "-"): v for k, v in training["hyperparameters"].items()},
+    }
+    out = {k: ("True" if v is True else "False" if v is False else str(v)) for k, v in values.items()}
+    out["sagemaker_program"] = '"train.py"'
+    out["sagemaker_submit_directory"] = (
+        f'"{_require(settings.code_uri, "the training code location")}/sourcedir.tar.gz"'
+    )
+    out["sagemaker_region"] = f'"{settings.region}"'
+    if training["instance_count"] > 1:
+        out["sagemaker_torch_distributed_enabled"] = "true"
+    return out
+
+
+def channel(name: str, uri: str) -> dict[str, Any]:
+    source = {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}
+    return {"ChannelName": name, "DataSource": {"S3DataSource": source}, "InputMode": "File"}
+
+
+def training_request(command: StartTrainingJob, run: Run, settings: Settings) -> dict[str, Any]:
+    config = run.config
+    training = config["training"]
+    prefix = run_prefix(settings, run.run_id)
+    channels = [
+        {
+            "ChannelName": name,
+            "DataSource": {
+                "S3DataSource": {
+                    "S3DataType": "S3Prefix",
+                    "S3Uri": f"{prefix}/prepare/{name}/",
+                    "S3DataDistributionType": "FullyReplicated",
+                }
+            },
+            "InputMode": "File",
+        }
+        for name in ("train", "validation")
+    ]
+    if config["base_model"].startswith("s3://"):
+        channels.append(
+            {
+                "ChannelName": "model",
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": config["base_model"],
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
+                "InputMode": "File",
+            }
+        )
+    request: dict[str, Any] = {
+        "TrainingJobName": command.job_name,
+        "HyperParameters": hyperparameters(run, settings),
+        "AlgorithmSpecification": {
+            "TrainingImage": _require(settings.training_image, "the training image"),
+            "TrainingInputMode": "File",
+            "MetricDefinitions": METRIC_DEFINITIONS,
+            "EnableSageMakerMetricsTimeSeries": True,
+        },
+        "RoleArn": _require(settings.role_arn, "the SageMaker execution role"),
+        "InputDataConfig": channels,
+        "OutputDataConfig": {"S3OutputPath": f"{prefix}/train/"},
+        "ResourceConfig": {
+            "InstanceType": training["instance_type"],
+            "InstanceCount": training["instance_count"],
+            "VolumeSizeInGB": training["volume_size_gb"],
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": training["max_runtime_s"]},
+        "EnableManagedSpotTraining": bool(training["spot"]),
+        # One checkpoint location for every attempt: a retry after a spot interruption
+        # resumes where the interrupted attempt stopped.
+        "CheckpointConfig": {"S3Uri": f"{prefix}/checkpoints/", "LocalPath": "/opt/ml/checkpoints"},
+        "Tags": tags(command),
+    }
+    if training["spot"]:
+        request["StoppingCondition"]["MaxWaitTimeInSeconds"] = training["max_wait_s"]
+    if settings.kms_key_id:
+        request["OutputDataConfig"]["KmsKeyId"] = settings.kms_key_id
+        request["ResourceConfig"]["VolumeKmsKeyId"] = settings.kms_key_id
+    vpc = _vpc(settings)
+    if vpc:
+        request["VpcConfig"] = vpc
+    return request
+
+
+_STOP = {
+    "processing": ("stop_processing_job", "ProcessingJobName"),
+    "training": ("stop_training_job", "TrainingJobName"),
+    "tuning": ("stop_hyper_parameter_tuning_job", "HyperParameterTuningJobName"),
+    "transform": ("stop_transform_job", "TransformJobName"),
+}
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class SageMakerExecutors:
+    """CreateProcessingJob / CreateTrainingJob / Stop*: one boto3 SageMaker client."""
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+
+    def _create(self, operation: str, request: Mapping[str, Any]) -> Outcome:
+        try:
+            getattr(self._client, operation)(**request)
+        except ClientError as exc:
+            code = _code(exc)
+            if code == "ResourceInUse":
+                return Outcome(done=True, note="already created (a repeat of this command)")
+            if code in ("ValidationException", "ResourceLimitExceeded", "AccessDeniedException"):
+                raise PermanentCommandError(f"{operation}: {code}: {exc.response['Error'].get('Message', '')}") from exc
+            raise
+        return Outcome(done=True, note=f"{operation} sent")
+
+    def start_processing_job(self, command: Command, run: Run) -> Outcome:
+        assert isinstance(command, StartProcessingJob)
+        if command.step != "prepare":
+            return Outcome(done=False, note=f"the {command.step} job arrives with issue 4; kept pending")
+        return self._create("create_processing_job", prepare_request(command, run, self._settings))
+
+    def start_training_job(self, command: Command, run: Run) -> Outcome:
+        assert isinstance(command, StartTrainingJob)
+        return self._create("create_training_job", training_request(command, run, self._settings))
+
+    def stop_job(self, command: Command, run: Run) -> Outcome:
+        assert isinstance(command, StopJob)
+        operation, key = _STOP[command.job_type]
+        try:
+            getattr(self._client, operation)(**{key: command.job_name})
+        except ClientError as exc:
+            # Stopping a job that never started, or already ended, leaves nothing to stop.
+            if _code(exc) in ("ValidationException", "ResourceNotFound"):
+                return Outcome(done=True, note=f"nothing to stop: {exc.response['Error'].get('Message', '')}")
+            raise
+        return Outcome(done=True, note=f"{operation} sent")

@@ -1,0 +1,175 @@
+"""The SageMaker requests job commands become, checked by botocore's own model (Stubber)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from chalicelib.config import Settings
+from chalicelib.domain import names
+from chalicelib.domain.commands import StartProcessingJob, StartTrainingJob, StopJob
+from chalicelib.domain.project import normalise_config
+from chalicelib.domain.run import Run
+from chalicelib.domain.states import RunState
+from chalicelib.executors import PermanentCommandError
+from chalicelib.sagemaker import METRIC_DEFINITIONS, SageMakerExecutors, prepare_request, training_request
+from tests.conftest import DEMO_CONFIG, T0
+from training.train import metric_line
+
+RUN_ID = "aaaaaaaaaaaa"
+SETTINGS = Settings(
+    stage="test",
+    region="us-east-1",
+    bucket="tuneloop-test",
+    projects_table="p",
+    runs_table="r",
+    role_arn="arn:aws:iam::123456789012:role/tuneloop-test-sagemaker-execution",
+    training_image="763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-training:2.8.0-transformers4.56.2-gpu-py312-cu128-ubuntu22.04",
+    processing_image="763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.8.0-cpu-py312-ubuntu22.04-sagemaker",
+    code_uri="s3://tuneloop-test/code/0123abcd",
+)
+
+
+def run_with(**training: Any) -> Run:
+    config = normalise_config({**DEMO_CONFIG, "training": {**DEMO_CONFIG["training"], **training}})
+    return Run(RUN_ID, "demo", RunState.TRAINING, config, "s3://tuneloop-test/datasets/demo/ds/reviews.jsonl", T0)
+
+
+PREPARE = StartProcessingJob(
+    RUN_ID,
+    "demo",
+    names.job_name(RUN_ID, "prepare"),
+    step="prepare",
+    input_uri="s3://tuneloop-test/datasets/demo/ds/reviews.jsonl",
+)
+TRAIN = StartTrainingJob(
+    RUN_ID, "demo", names.job_name(RUN_ID, "train", 2), attempt=2, resume_from=names.job_name(RUN_ID, "train", 1)
+)
+
+
+def stubbed() -> tuple[Any, Stubber]:
+    client = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    return client, Stubber(client)
+
+
+def test_prepare_request_is_valid_and_complete() -> None:
+    run = run_with()
+    request = prepare_request(PREPARE, run, SETTINGS)
+    client, stub = stubbed()
+    stub.add_response(
+        "create_processing_job", {"ProcessingJobArn": "arn:aws:sagemaker:us-east-1:1:processing-job/x"}, request
+    )
+    with stub:
+        outcome = SageMakerExecutors(client, SETTINGS).start_processing_job(PREPARE, run)
+    assert outcome.done
+    inputs = {i["InputName"]: i["S3Input"] for i in request["ProcessingInputs"]}
+    assert inputs["data"]["S3Uri"] == PREPARE.input_uri
+    assert inputs["code"]["S3Uri"] == "s3://tuneloop-test/code/0123abcd/source/"
+    assert {o["OutputName"] for o in request["ProcessingOutputConfig"]["Outputs"]} == {
+        "train",
+        "validation",
+        "test",
+        "profile",
+        "report",
+    }
+    assert {"Key": "tuneloop:run-id", "Value": RUN_ID} in request["Tags"]
+
+
+def test_a_manifest_dataset_is_read_as_its_folder() -> None:
+    command = dataclasses.replace(PREPARE, input_uri="s3://tuneloop-test/datasets/demo/ds/manifest.json")
+    inputs = {i["InputName"]: i["S3Input"] for i in prepare_request(command, run_with(), SETTINGS)["ProcessingInputs"]}
+    assert inputs["data"]["S3Uri"] == "s3://tuneloop-test/datasets/demo/ds/"
+
+
+def test_spot_training_request() -> None:
+    run = run_with(spot=True, max_runtime_s=3600, max_wait_s=7200, instance_count=2)
+    request = training_request(TRAIN, run, SETTINGS)
+    client, stub = stubbed()
+    stub.add_response(
+        "create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:us-east-1:1:training-job/x"}, request
+    )
+    with stub:
+        assert SageMakerExecutors(client, SETTINGS).start_training_job(TRAIN, run).done
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
+    # Every attempt shares the checkpoint location, so attempt 2 resumes attempt 1.
+    assert request["CheckpointConfig"] == {
+        "S3Uri": f"s3://tuneloop-test/runs/{RUN_ID}/checkpoints/",
+        "LocalPath": "/opt/ml/checkpoints",
+    }
+    assert request["ResourceConfig"]["InstanceCount"] == 2
+    hp = request["HyperParameters"]
+    assert all(isinstance(v, str) for v in hp.values())
+    assert hp["epochs"] == "3" and hp["learning-rate"] == "5e-05" and hp["batch-size"] == "16"
+    assert hp["sagemaker_program"] == '"train.py"' and hp["sagemaker_torch_distributed_enabled"] == "true"
+    assert {c["ChannelName"] for c in request["InputDataConfig"]} == {"train", "validation"}
+
+
+def test_on_demand_training_has_no_max_wait() -> None:
+    request = training_request(TRAIN, run_with(spot=False), SETTINGS)
+    assert request["EnableManagedSpotTraining"] is False and "MaxWaitTimeInSeconds" not in request["StoppingCondition"]
+
+
+def test_s3_base_model_vpc_and_kms() -> None:
+    config = normalise_config({**DEMO_CONFIG, "base_model": "s3://tuneloop-test/models/base/"})
+    run = Run(RUN_ID, "demo", RunState.TRAINING, config, "s3://b/d.jsonl", T0)
+    settings = dataclasses.replace(
+        SETTINGS, kms_key_id="alias/tuneloop", subnets=("subnet-1",), security_groups=("sg-1",)
+    )
+    request = training_request(TRAIN, run, settings)
+    client, stub = stubbed()
+    stub.add_response("create_training_job", {"TrainingJobArn": "arn:x"}, request)
+    with stub:
+        client.create_training_job(**request)
+    assert any(c["ChannelName"] == "model" for c in request["InputDataConfig"])
+    assert request["VpcConfig"] == {"Subnets": ["subnet-1"], "SecurityGroupIds": ["sg-1"]}
+    assert request["OutputDataConfig"]["KmsKeyId"] == "alias/tuneloop"
+    prepare = prepare_request(PREPARE, run, settings)
+    assert prepare["NetworkConfig"]["VpcConfig"]["Subnets"] == ["subnet-1"]
+
+
+def test_metric_definitions_scrape_train_py_lines() -> None:
+    line = metric_line(epoch=1, step=40, train_loss=0.4123, validation_macro_f1=0.875, samples_per_second=51.2)
+    found = {d["Name"]: m.group(1) for d in METRIC_DEFINITIONS if (m := re.search(d["Regex"], line))}
+    assert found == {"train_loss": "0.412300", "validation_macro_f1": "0.875000", "samples_per_second": "51.200000"}
+
+
+def test_repeat_is_done_and_invalid_is_permanent() -> None:
+    run = run_with()
+    client, stub = stubbed()
+    stub.add_client_error("create_training_job", "ResourceInUse", "Training job names must be unique")
+    stub.add_client_error(
+        "create_training_job", "ValidationException", "Instance type ml.g5.xlarge is not valid for spot"
+    )
+    stub.add_client_error("create_training_job", "ThrottlingException", "Rate exceeded")
+    with stub:
+        executors = SageMakerExecutors(client, SETTINGS)
+        assert executors.start_training_job(TRAIN, run).done
+        with pytest.raises(PermanentCommandError, match="ValidationException"):
+            executors.start_training_job(TRAIN, run)
+        with pytest.raises(Exception, match="Rate exceeded"):
+            executors.start_training_job(TRAIN, run)  # transient: left for the reconciler
+
+
+def test_stop_of_a_finished_job_is_done() -> None:
+    client, stub = stubbed()
+    stub.add_response("stop_training_job", {}, {"TrainingJobName": "tl-aaaaaaaaaaaa-train-1"})
+    stub.add_client_error("stop_processing_job", "ValidationException", "The job is not in progress")
+    with stub:
+        executors = SageMakerExecutors(client, SETTINGS)
+        assert executors.stop_job(
+            StopJob(RUN_ID, job_type="training", job_name="tl-aaaaaaaaaaaa-train-1"), run_with()
+        ).done
+        assert executors.stop_job(
+            StopJob(RUN_ID, job_type="processing", job_name="tl-aaaaaaaaaaaa-prepare-1"), run_with()
+        ).done
+
+
+def test_missing_configuration_is_a_clear_permanent_error() -> None:
+    with pytest.raises(PermanentCommandError, match="execution role is not configured"):
+        prepare_request(PREPARE, run_with(), dataclasses.replace(SETTINGS, role_arn=""))
