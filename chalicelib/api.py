@@ -101,7 +101,7 @@ def run_summary(stored: StoredRun) -> dict[str, Any]:
     }
 
 
-def run_view(stored: StoredRun) -> dict[str, Any]:
+def run_view(stored: StoredRun, bucket: str) -> dict[str, Any]:
     run = stored.run
     view = run_summary(stored)
     view.update(
@@ -129,6 +129,9 @@ def run_view(stored: StoredRun) -> dict[str, Any]:
     links["project"] = f"/projects/{run.project}"
     if run.parent_run_id:
         links["parent"] = f"/runs/{run.parent_run_id}"
+    if run.model_source:
+        # Where the training job wrote its model (OutputDataConfig + job name).
+        links["model_artifact"] = f"s3://{bucket}/runs/{run.run_id}/train/{run.model_source}/output/model.tar.gz"
     return view
 
 

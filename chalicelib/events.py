@@ -120,9 +120,15 @@ def _training(raw: Mapping[str, Any], d: Mapping[str, Any]) -> DomainEvent:
         secondary_status=str(d.get("SecondaryStatus") or ""),
         failure_reason=str(d.get("FailureReason") or ""),
         tuning_job_name=tuning_arn.rsplit("/", 1)[-1] or None,
+        final_metrics={
+            str(m["MetricName"]): float(m["Value"])
+            for m in d.get("FinalMetricDataList") or []
+            if isinstance(m, Mapping) and "MetricName" in m and isinstance(m.get("Value"), (int, float))
+        },
         details={
             "billable_seconds": d.get("BillableTimeInSeconds"),
             "training_seconds": d.get("TrainingTimeInSeconds"),
+            "model_artifact": (d.get("ModelArtifacts") or {}).get("S3ModelArtifacts"),
         },
     )
 

@@ -23,6 +23,8 @@ from .executors import Outcome, PermanentCommandError
 PROCESSING_ROOT = "/opt/ml/processing"
 PREPARE_OUTPUTS = ("train", "validation", "test", "profile", "report")
 TRAINING_METRICS = (
+    "epoch",
+    "step",
     "train_loss",
     "learning_rate",
     "samples_per_second",

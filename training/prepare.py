@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import random
 import re
 import sys
@@ -404,9 +405,10 @@ def write_json(path: Path, data: Any) -> None:
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Options]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input-dir", default="/opt/ml/processing/input/data")
-    parser.add_argument("--output-dir", default="/opt/ml/processing/output")
-    parser.add_argument("--failure-dir", default="/opt/ml/output")
+    base = os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml")  # /opt/ml in SageMaker's containers
+    parser.add_argument("--input-dir", default=os.path.join(base, "processing/input/data"))
+    parser.add_argument("--output-dir", default=os.path.join(base, "processing/output"))
+    parser.add_argument("--failure-dir", default=os.path.join(base, "output"))
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--data-format", default="auto", choices=("auto", "jsonl", "csv"))
     parser.add_argument("--seed", type=int, default=42)

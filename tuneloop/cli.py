@@ -84,7 +84,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"local cloud is down (home {info['home']})")
     else:
         print(f"local cloud is {'up' if info['up'] else 'partly down'} (home {info['home']})")
-        for name in ("api", "dynamodb", "moto"):
+        for name in ("api", "dynamodb", "moto", "sagemaker"):
             part = info[name]
             print(f"  {name:<9} {part['url']:<28} pid {part['pid']:<7} {'running' if part['alive'] else 'STOPPED'}")
         print(f"  bucket    s3://{info['bucket']}")
@@ -153,6 +153,8 @@ def show_run(run: dict[str, Any]) -> None:
         print(f"    {entry['time']}  {entry['from']:>16} → {entry['to']:<16} {entry['reason']}{commands}")
     for item in run["pending_commands"]:
         print(f"  pending   {item['type']} {item.get('job_name', '')}: {item['note']}")
+    for name, value in sorted(run.get("metrics", {}).get("training", {}).items()):
+        print(f"  metric    {name} = {value:.6g}")
 
 
 def cmd_run_show(args: argparse.Namespace) -> int:
@@ -177,6 +179,54 @@ def wait_for_run(api: Api, project: str, after: set[str], timeout: float) -> dic
             return dict(api.call("GET", f"/runs/{fresh[0]['run_id']}"))
         time.sleep(0.25)
     raise CliError(f"no run of {project} appeared within {timeout:.0f}s; see {cloud.home() / 'logs' / 'host.log'}")
+
+
+ACTIVE_STEPS = ("received", "preparing", "training", "tuning")
+
+
+def watch(state: cloud.CloudState, run_id: str, until: tuple[str, ...] = (), timeout: float = 3600) -> dict[str, Any]:
+    """Follow a run: its state, and while it trains, the job's status, epoch, step and loss.
+
+    Returns the run once it reaches a state in ``until`` (or any state past training when
+    ``until`` is empty), leaves the active states, or the timeout passes.
+    """
+    api = Api(state)
+    sagemaker = state.client("sagemaker") if state.sagemaker_port else None
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        run = api.call("GET", f"/runs/{run_id}")
+        line = f"{run['state']:<12}"
+        awaiting = run.get("awaiting") or ""
+        if sagemaker and run["state"] == "training" and awaiting:
+            try:
+                job = sagemaker.describe_training_job(TrainingJobName=awaiting)
+            except Exception:  # not created yet, or not a job the local server knows
+                job = None
+            if job:
+                metrics = {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList", [])}
+                line += f" {awaiting} {job['SecondaryStatus']:<12}"
+                if "step" in metrics:
+                    line += f" epoch {metrics.get('epoch', 0):.2f} step {int(metrics['step'])}"
+                if "train_loss" in metrics:
+                    line += f" loss {metrics['train_loss']:.4f}"
+        elif awaiting:
+            line += f" waiting on {awaiting}"
+        if line != last:
+            print(f"  {time.strftime('%H:%M:%S')}  {line}", flush=True)
+            last = line
+        finished = run["state"] in until if until else run["state"] not in ACTIVE_STEPS
+        if finished or (until and run["state"] not in ACTIVE_STEPS and run["state"] not in until):
+            return dict(run)
+        if time.monotonic() > deadline:
+            raise CliError(f"run {run_id} is still {run['state']} after {timeout:.0f}s")
+        time.sleep(1)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    run = watch(_state(), args.run_id, timeout=args.timeout)
+    show_run(run)
+    return 0 if run["state"] not in ("failed", "stopped", "rejected") else 1
 
 
 def cmd_event_send(args: argparse.Namespace) -> int:
@@ -225,14 +275,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         dataset = REPO_ROOT / "examples" / "data" / "reviews.jsonl"
         cmd_drop(argparse.Namespace(file=str(dataset), project=spec["name"], dataset_id="sample-1"))
         run = wait_for_run(api, spec["name"], set(), timeout=60)
+        print(f"run {run['run_id']} started; following it:")
+        run = watch(_state(), run["run_id"], timeout=900)
         print()
         show_run(run)
+        if run["state"] in ("failed", "stopped"):
+            raise CliError(f"the demo run ended {run['state']}: {run['history'][-1]['reason']}")
         print()
-        print(
-            "The drop started a run; it committed its first transition and asked for a prepare job.\n"
-            "Running SageMaker jobs (prepare, fine-tune) arrives next: until then the job command\n"
-            "stays pending in the run's outbox rather than pretending the job ran."
-        )
+        metrics = run.get("metrics", {}).get("training", {})
+        if metrics:
+            shown = ", ".join(
+                f"{k} {metrics[k]:.4f}"
+                for k in ("validation_accuracy", "validation_macro_f1", "validation_loss")
+                if k in metrics
+            )
+            print(f"fine-tuned: {shown}")
+        print(f"model artifact: {run['links'].get('model_artifact')}")
+        print("Evaluation, the quality gate and registration arrive next: the evaluate job waits in the run's outbox.")
         print(f"\ndemo finished in {time.monotonic() - started:.1f}s")
         if args.keep:
             print(f"the demo's cloud is still up: TUNELOOP_HOME={cloud.home()} tuneloop status")
@@ -284,6 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = run.add_parser("stop")
     p.add_argument("run_id")
     p.set_defaults(func=cmd_run_stop)
+
+    p = sub.add_parser("watch", help="follow a run: state, job status, epoch, step, loss")
+    p.add_argument("run_id")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.set_defaults(func=cmd_watch)
 
     event = sub.add_parser("event", help="events").add_subparsers(dest="event_command", required=True)
     p = event.add_parser("send", help="deliver an AWS-shaped event (EventBridge envelope) through the router")

@@ -164,6 +164,8 @@ class TrainingJobChanged(JobChanged):
     secondary_status: str = ""
     # Set when the training job is a trial of a tuning job.
     tuning_job_name: str | None = None
+    # The last value of each metric its MetricDefinitions scraped (FinalMetricDataList).
+    final_metrics: Mapping[str, float] = field(default_factory=dict)
 
     job_type = "training"
 

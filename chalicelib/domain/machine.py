@@ -480,9 +480,17 @@ def _apply(run: Run, event: DomainEvent, row: Row) -> Decision:
         state=row.target,
         awaiting=awaiting,
         model_source=_trained_model(event) or run.model_source,
+        metrics=_with_metrics(run, event),
         history=(*run.history, entry),
     )
     return Decision(run=new_run, commands=commands, note=note, from_state=run.state)
+
+
+def _with_metrics(run: Run, event: DomainEvent) -> Mapping[str, Any]:
+    """The run's metrics, with what a finished training job reported added."""
+    if isinstance(event, TrainingJobChanged) and event.final_metrics:
+        return {**run.metrics, "training": dict(event.final_metrics)}
+    return run.metrics
 
 
 def _trained_model(event: DomainEvent) -> str | None:

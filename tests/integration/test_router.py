@@ -96,3 +96,17 @@ def test_moto_envelopes_are_completed() -> None:
     event = complete_envelope(raw)
     assert event["account"] and event["resources"] == [] and event["version"] == "0"
     assert event["detail"]["object"]["key"] == "a+b/c%2Bd.jsonl"
+
+
+def test_each_moto_s3_event_gets_its_own_id() -> None:
+    base = {"id": "same-for-all", "source": "aws.s3", "detail-type": "Object Created", "time": "2026-11-27T10:00:00Z"}
+    one = complete_envelope(
+        {**base, "detail": {"bucket": {"name": "b"}, "object": {"key": "a.jsonl", "sequencer": "01"}}}
+    )
+    two = complete_envelope(
+        {**base, "detail": {"bucket": {"name": "b"}, "object": {"key": "b.jsonl", "sequencer": "02"}}}
+    )
+    again = complete_envelope(
+        {**base, "detail": {"bucket": {"name": "b"}, "object": {"key": "a.jsonl", "sequencer": "01"}}}
+    )
+    assert one["id"] != two["id"] and one["id"] == again["id"]

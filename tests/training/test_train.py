@@ -33,7 +33,7 @@ def metrics(log: str) -> list[dict[str, float]]:
 def run_job(
     base: Path, hyperparameters: dict[str, Any], channels: dict[str, Path], timeout: float = 300
 ) -> tuple[int, str, toolkit.TrainingLayout]:
-    layout = toolkit.lay_out(base, "train.py", SOURCE, hyperparameters, channels)
+    layout = toolkit.lay_out(base, toolkit.wire_hyperparameters("train.py", SOURCE, hyperparameters), channels)
     process = toolkit.start(layout, base / "job.log")
     code = process.wait(timeout)
     return code, (base / "job.log").read_text(), layout
@@ -217,7 +217,7 @@ def test_killed_job_resumes_from_its_checkpoint(reviews: Path, tmp_path: Path) -
         "log-every": 5,
     }
     channels = {"train": reviews / "train", "validation": reviews / "validation"}
-    layout = toolkit.lay_out(tmp_path, "train.py", SOURCE, hyper, channels)
+    layout = toolkit.lay_out(tmp_path, toolkit.wire_hyperparameters("train.py", SOURCE, hyper), channels)
     first = toolkit.start(layout, tmp_path / "first.log")
     deadline = time.monotonic() + 120
     while not list(layout.checkpoints.glob("ckpt-*")) and time.monotonic() < deadline:

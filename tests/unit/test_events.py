@@ -90,3 +90,10 @@ def test_unknown_detail_type() -> None:
 def test_non_object_event(bad: object) -> None:
     with pytest.raises(MalformedEventError):
         parse_event(bad)
+
+
+def test_training_metrics_come_with_the_completion() -> None:
+    event = parse_event(load_event("training_job_completed"))
+    assert isinstance(event, TrainingJobChanged)
+    assert event.final_metrics == {"validation_macro_f1": 0.91, "train_loss": 0.21}
+    assert event.details["model_artifact"].endswith("/output/model.tar.gz")

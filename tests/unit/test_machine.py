@@ -471,3 +471,15 @@ def test_pending_commands_carry_over_unless_obsolete() -> None:
     stored = StoredRun(run=run, version=3, outbox=(alarms, old_start), outbox_event_id="e0")
     superseded = decide(run, event_of("run.superseded", run)).run
     assert RunRepository.carried_over(stored, superseded) == (alarms,)
+
+
+def test_training_metrics_are_kept_on_the_run() -> None:
+    run = make_run(S.TRAINING)
+    event = TrainingJobChanged(
+        event_id="t",
+        time=T0,
+        job_name=run.awaiting or "",
+        status="Completed",
+        final_metrics={"validation_macro_f1": 0.9},
+    )
+    assert decide(run, event).run.metrics == {"training": {"validation_macro_f1": 0.9}}

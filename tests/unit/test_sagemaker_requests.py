@@ -136,7 +136,13 @@ def test_s3_base_model_vpc_and_kms() -> None:
 def test_metric_definitions_scrape_train_py_lines() -> None:
     line = metric_line(epoch=1, step=40, train_loss=0.4123, validation_macro_f1=0.875, samples_per_second=51.2)
     found = {d["Name"]: m.group(1) for d in METRIC_DEFINITIONS if (m := re.search(d["Regex"], line))}
-    assert found == {"train_loss": "0.412300", "validation_macro_f1": "0.875000", "samples_per_second": "51.200000"}
+    assert found == {
+        "epoch": "1",
+        "step": "40",
+        "train_loss": "0.412300",
+        "validation_macro_f1": "0.875000",
+        "samples_per_second": "51.200000",
+    }
 
 
 def test_repeat_is_done_and_invalid_is_permanent() -> None:

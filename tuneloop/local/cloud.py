@@ -47,6 +47,7 @@ class CloudState:
     api_port: int
     token: str
     bucket: str
+    sagemaker_port: int = 0
 
     @property
     def api_url(self) -> str:
@@ -61,12 +62,13 @@ class CloudState:
         }
 
     def client(self, service: str) -> Any:
-        """A boto3 client for one of moto server's services (s3, sqs, events, cloudwatch)."""
+        """A boto3 client for a local service: sagemaker, or one of moto's (s3, sqs, events, …)."""
         import boto3
 
+        port = self.sagemaker_port if service == "sagemaker" else self.moto_port
         return boto3.client(
             service,
-            endpoint_url=f"http://127.0.0.1:{self.moto_port}",
+            endpoint_url=f"http://127.0.0.1:{port}",
             region_name="us-east-1",
             aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
@@ -154,6 +156,9 @@ def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
         log(f"the app host did not start; see {root / 'logs' / 'host.log'}")
         down(log=lambda *_: None, save=False)
         raise
+    partial.sagemaker_port = int(json.loads((root / "host.json").read_text()).get("sagemaker_port", 0))
+    partial.save(root / "state.json")
+    log(f"  local SageMaker on http://127.0.0.1:{partial.sagemaker_port}")
     log(f"  API on {partial.api_url} (bearer token in {root / 'state.json'})")
     return partial
 
@@ -214,6 +219,11 @@ def status() -> dict[str, Any]:
             "alive": alive(state.dynamodb_pid),
         },
         "moto": {"url": f"http://127.0.0.1:{state.moto_port}", "pid": state.moto_pid, "alive": alive(state.moto_pid)},
+        "sagemaker": {
+            "url": f"http://127.0.0.1:{state.sagemaker_port}",
+            "pid": state.host_pid,
+            "alive": alive(state.host_pid),
+        },
         "bucket": state.bucket,
         "token_file": str(home() / "state.json"),
     }

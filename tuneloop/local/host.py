@@ -32,25 +32,51 @@ def load_app() -> ModuleType:
     return importlib.import_module("app")
 
 
-def prepare_resources(bucket: str, snapshot_dir: Path | None = None) -> None:
-    """Tables, the bucket with EventBridge notifications, and the S3 snapshot if any."""
-    from chalicelib import models
-    from chalicelib.config import settings
-
-    models.bind(settings())
-    models.create_tables()
+def prepare_bucket(bucket: str, snapshot_dir: Path | None = None) -> None:
+    """The bucket, and the S3 snapshot if any, restored before notifications are on."""
     s3 = boto3.client("s3")
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     if bucket not in existing:
         s3.create_bucket(Bucket=bucket)
     if snapshot_dir is not None and snapshot_dir.is_dir():
-        # Restored before notifications are on: old objects start no new runs.
         restored = 0
         for path in sorted(p for p in snapshot_dir.rglob("*") if p.is_file()):
             s3.upload_file(str(path), bucket, path.relative_to(snapshot_dir).as_posix())
             restored += 1
         log.info("restored %d objects into s3://%s", restored, bucket)
-    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"EventBridgeConfiguration": {}})
+
+
+def prepare_tables() -> None:
+    from chalicelib import models
+    from chalicelib.config import settings
+
+    models.bind(settings())
+    models.create_tables()
+
+
+def enable_bucket_events(bucket: str) -> None:
+    """From here on every upload becomes an Object Created event, as on AWS."""
+    boto3.client("s3").put_bucket_notification_configuration(
+        Bucket=bucket, NotificationConfiguration={"EventBridgeConfiguration": {}}
+    )
+
+
+LOCAL_ROLE = "arn:aws:iam::123456789012:role/tuneloop-local-sagemaker-execution"
+
+
+def start_sagemaker(home: Path, bucket: str, router: EventRouter) -> Any:
+    """The local SageMaker server, and the app's settings that point jobs at it."""
+    from .sagemaker_server import serve, upload_code
+
+    s3 = boto3.client("s3")
+    server = serve(home / "sagemaker", s3, router.send, int(os.environ.get("TUNELOOP_SAGEMAKER_PORT", "0")))
+    os.environ["AWS_ENDPOINT_URL_SAGEMAKER"] = f"http://127.0.0.1:{server.port}"
+    os.environ.setdefault("TUNELOOP_SAGEMAKER_ROLE_ARN", LOCAL_ROLE)
+    # Images are what the containers would be on AWS; locally jobs run in this Python.
+    os.environ.setdefault("TUNELOOP_TRAINING_IMAGE", "tuneloop-local/huggingface-pytorch-training")
+    os.environ.setdefault("TUNELOOP_PROCESSING_IMAGE", "tuneloop-local/pytorch-processing")
+    os.environ["TUNELOOP_CODE_URI"] = upload_code(s3, REPO_ROOT / "training", bucket)
+    return server
 
 
 def build_router(app_module: ModuleType, dead_letters: Path | None) -> EventRouter:
@@ -66,11 +92,17 @@ def main() -> None:
     port = int(os.environ.get("TUNELOOP_API_PORT", "0"))
     bucket = os.environ["TUNELOOP_BUCKET"]
     app_module = load_app()
-    prepare_resources(bucket, home / "s3")
     router = build_router(app_module, home / "dead-letters.jsonl")
+    prepare_bucket(bucket, home / "s3")
+    # The SageMaker settings go into the environment before the app reads its settings.
+    sagemaker = start_sagemaker(home, bucket, router)
+    prepare_tables()
+    enable_bucket_events(bucket)
     router.start(schedule_interval_s=float(os.environ.get("TUNELOOP_SCHEDULE_INTERVAL_S", "30")))
     server = ApiServer(app_module.app, token, port)
-    (home / "host.json").write_text(json.dumps({"api_port": server.port, "pid": os.getpid()}))
+    (home / "host.json").write_text(
+        json.dumps({"api_port": server.port, "sagemaker_port": sagemaker.port, "pid": os.getpid()})
+    )
     log.info("API on http://127.0.0.1:%d; routes: %s", server.port, [r.name for r in router.routes])
 
     def shut_down(*_: Any) -> None:
@@ -82,6 +114,7 @@ def main() -> None:
         server.serve_forever(poll_interval=0.2)
     finally:
         router.stop()
+        sagemaker.shutdown()
         server.server_close()
         log.info("host stopped")
 

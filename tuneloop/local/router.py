@@ -18,6 +18,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,9 @@ def complete_envelope(event: dict[str, Any]) -> dict[str, Any]:
     if event.get("source") == "aws.s3" and isinstance(event.get("detail"), dict):
         detail = dict(event["detail"])
         obj = dict(detail.get("object") or {})
+        # moto gives every S3 event the same id; AWS's are unique. Derive one from the
+        # object version the event reports, so a redelivery would still share it.
+        event["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, json.dumps([detail.get("bucket"), obj], sort_keys=True)))
         if isinstance(obj.get("key"), str):
             obj["key"] = quote_plus(obj["key"], safe="/")
         detail["object"] = obj

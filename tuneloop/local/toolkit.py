@@ -42,52 +42,44 @@ class TrainingLayout:
         return self.base / "input" / "data" / name
 
 
-def lay_out(
-    base: Path,
-    entry_point: str,
-    source_dir: Path,
-    hyperparameters: Mapping[str, object],
-    channels: Mapping[str, Path],
-    distributed: bool = False,
-) -> TrainingLayout:
-    """Write the toolkit's config files and link the channels' data in."""
+def wire_hyperparameters(
+    entry_point: str, source_dir: Path, values: Mapping[str, object], distributed: bool = False
+) -> dict[str, str]:
+    """Hyperparameters as CreateTrainingJob carries them: strings, the toolkit's keys JSON-encoded."""
+    wire = {str(k): str(v) for k, v in values.items()}
+    wire["sagemaker_program"] = json.dumps(entry_point)
+    wire["sagemaker_submit_directory"] = json.dumps(str(source_dir))
+    if distributed:
+        wire["sagemaker_torch_distributed_enabled"] = "true"
+    return wire
+
+
+def lay_out(base: Path, hyperparameters: Mapping[str, str], channels: Mapping[str, Path]) -> TrainingLayout:
+    """Write the toolkit's config files and link the channels' data in.
+
+    ``hyperparameters`` are in CreateTrainingJob's wire form (all strings); the toolkit
+    reads each as JSON where it can, as SageMaker's containers do.
+    """
     layout = TrainingLayout(base)
     config = base / "input" / "config"
     config.mkdir(parents=True, exist_ok=True)
     for folder in (layout.model_dir, base / "output" / "data", layout.checkpoints):
         folder.mkdir(parents=True, exist_ok=True)
-    values: dict[str, object] = {str(k): str(v) for k, v in hyperparameters.items()}
-    values["sagemaker_program"] = entry_point
-    values["sagemaker_submit_directory"] = str(source_dir)
-    values["sagemaker_container_log_level"] = 20
-    if distributed:
-        values["sagemaker_torch_distributed_enabled"] = True
-    (config / "hyperparameters.json").write_text(json.dumps({k: json.dumps(v) for k, v in values.items()}))
-    (config / "resourceconfig.json").write_text(
-        json.dumps(
-            {
-                "current_host": HOST,
-                "hosts": [HOST],
-                "network_interface_name": "lo",
-                "current_group_name": "homogeneousCluster",
-            }
-        )
-    )
-    (config / "inputdataconfig.json").write_text(
-        json.dumps(
-            {
-                name: {
-                    "TrainingInputMode": "File",
-                    "S3DistributionType": "FullyReplicated",
-                    "RecordWrapperType": "None",
-                }
-                for name in channels
-            }
-        )
-    )
+    (config / "hyperparameters.json").write_text(json.dumps(dict(hyperparameters)))
+    resources = {
+        "current_host": HOST,
+        "hosts": [HOST],
+        "network_interface_name": "lo",
+        "current_group_name": "homogeneousCluster",
+    }
+    (config / "resourceconfig.json").write_text(json.dumps(resources))
+    data = {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
+    (config / "inputdataconfig.json").write_text(json.dumps({name: data for name in channels}))
     for name, source in channels.items():
         target = layout.channel(name)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if target.resolve() == source.resolve():
+            continue
         if target.is_symlink() or target.is_file():
             target.unlink()
         elif target.is_dir():

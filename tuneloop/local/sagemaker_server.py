@@ -1,0 +1,687 @@
+"""tuneloop's local SageMaker: the SageMaker JSON protocol on loopback, jobs run here.
+
+The app's unmodified boto3 client reaches it through ``AWS_ENDPOINT_URL_SAGEMAKER``.
+Every request is validated against botocore's SageMaker service model (types, required
+members, lengths, ranges, enums and patterns), so a request AWS would reject with a
+``ValidationException`` is rejected here the same way.
+
+Jobs run on this machine, not in containers: each gets an /opt/ml-style folder
+(``SAGEMAKER_BASE_DIR``); inputs are downloaded from local S3; processing jobs run their
+entry point with /opt/ml paths mapped into that folder; training jobs run through the real
+``sagemaker-training`` toolkit (hosts ``["localhost"]``). Logs go to a file, metrics are
+scraped with the job's own ``MetricDefinitions``, outputs and ``model.tar.gz`` are
+uploaded to local S3, stop and ``MaxRuntimeInSeconds`` are honoured, and every status
+change is emitted as an AWS-shaped ``SageMaker … Job State Change`` event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import botocore.session
+from botocore.validate import ParamValidator
+
+from . import toolkit
+
+log = logging.getLogger("tuneloop.sagemaker")
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+OPT_ML = "/opt/ml"
+Emit = Callable[[dict[str, Any]], object]
+
+
+class ServiceError(Exception):
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+# --- validation against botocore's model ---------------------------------------------------
+
+_MODEL = botocore.session.get_session().get_service_model("sagemaker")
+_PATTERNS: dict[str, re.Pattern[str] | None] = {}
+
+
+def _pattern(source: str) -> re.Pattern[str] | None:
+    if source not in _PATTERNS:
+        try:
+            _PATTERNS[source] = re.compile(source)
+        except re.error:  # a Java-only construct: leave that one to botocore's checks
+            _PATTERNS[source] = None
+    return _PATTERNS[source]
+
+
+def _violation(path: str, value: Any, rule: str) -> str:
+    shown = f"'{value}' " if isinstance(value, (str, int)) else ""
+    return f"Value {shown}at '{path}' failed to satisfy constraint: Member must {rule}"
+
+
+def _constraints(value: Any, shape: Any, path: str, errors: list[str]) -> None:
+    """What botocore's client-side validation leaves to the service: max, enum, pattern."""
+    meta = shape.metadata
+    too_long = f"have length less than or equal to {meta.get('max')}"
+    if shape.type_name == "structure" and isinstance(value, Mapping):
+        for name, member in shape.members.items():
+            if name in value:
+                _constraints(value[name], member, f"{path}.{name}" if path else name, errors)
+    elif shape.type_name == "list" and isinstance(value, list):
+        if "max" in meta and len(value) > meta["max"]:
+            errors.append(_violation(path, None, too_long))
+        for n, item in enumerate(value):
+            _constraints(item, shape.member, f"{path}.{n + 1}", errors)
+    elif shape.type_name == "map" and isinstance(value, Mapping):
+        if "max" in meta and len(value) > meta["max"]:
+            errors.append(_violation(path, None, too_long))
+        for key, item in value.items():
+            _constraints(key, shape.key, f"{path}.key", errors)
+            _constraints(item, shape.value, f"{path}.{key}", errors)
+    elif shape.type_name == "string" and isinstance(value, str):
+        if "max" in meta and len(value) > meta["max"]:
+            errors.append(_violation(path, value, too_long))
+        if shape.enum and value not in shape.enum:
+            errors.append(_violation(path, value, f"satisfy enum value set: [{', '.join(shape.enum)}]"))
+        compiled = _pattern(meta["pattern"]) if "pattern" in meta else None
+        if compiled is not None and not compiled.fullmatch(value):
+            errors.append(_violation(path, value, f"satisfy regular expression pattern: {meta['pattern']}"))
+    elif shape.type_name in ("integer", "long") and isinstance(value, int) and "max" in meta and value > meta["max"]:
+        errors.append(_violation(path, value, f"have value less than or equal to {meta['max']}"))
+
+
+def validate(operation: str, params: Mapping[str, Any]) -> None:
+    try:
+        model = _MODEL.operation_model(operation)
+    except botocore.exceptions.OperationNotFoundError as exc:
+        raise ServiceError("UnknownOperationException", f"Unknown operation {operation}") from exc
+    report = ParamValidator().validate(dict(params), model.input_shape)
+    errors = [report.generate_report()] if report.has_errors() else []
+    _constraints(params, model.input_shape, "", errors)
+    if errors:
+        detail = "; ".join(errors)
+        raise ServiceError(
+            "ValidationException", f"{len(errors)} validation error{'s' if len(errors) > 1 else ''} detected: {detail}"
+        )
+
+
+# --- S3 helpers -------------------------------------------------------------------------------
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise ServiceError("ValidationException", f"{uri!r} is not an s3:// URI")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key
+
+
+def download_prefix(s3: Any, uri: str, target: Path) -> int:
+    """Objects under ``uri`` (a prefix, or one object's key) into ``target``, keeping sub-paths."""
+    bucket, prefix = split_s3(uri)
+    target.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            key = obj["Key"]
+            relative = key[len(prefix) :].lstrip("/") if key != prefix else Path(key).name
+            if not relative or relative.endswith("/") or ".." in Path(relative).parts:
+                continue
+            path = target / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, key, str(path))
+            count += 1
+    return count
+
+
+def upload_folder(s3: Any, folder: Path, uri: str) -> int:
+    bucket, prefix = split_s3(uri)
+    prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+    count = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        s3.upload_file(str(path), bucket, prefix + path.relative_to(folder).as_posix())
+        count += 1
+    return count
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Job:
+    """One processing or training job: its description (what Describe returns) and process."""
+
+    kind = "job"
+    name_key = status_key = arn_kind = detail_type = ""
+
+    def __init__(self, server: LocalSageMaker, request: dict[str, Any]) -> None:
+        self.server = server
+        self.request = request
+        self.name: str = request[self.name_key]
+        self.folder = server.home / self.kind / self.name
+        self.arn = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:{self.arn_kind}/{self.name.lower()}"
+        self.created = now()
+        self.status = "InProgress"
+        self.failure_reason = ""
+        self.process: subprocess.Popen[bytes] | None = None
+        self.stop_requested = False
+        self.started: datetime | None = None
+        self.ended: datetime | None = None
+        self.lock = threading.Lock()
+
+    @property
+    def root(self) -> Path:
+        """Where /opt/ml lives for this job."""
+        return self.folder / "opt" / "ml"
+
+    def local(self, path: str) -> Path:
+        if path == OPT_ML or path.startswith(OPT_ML + "/"):
+            return self.root / path[len(OPT_ML) :].lstrip("/")
+        return self.folder / path.lstrip("/")
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "job.log"
+
+    def tags(self) -> dict[str, str]:
+        return {t["Key"]: t["Value"] for t in self.request.get("Tags", [])}
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def event(self) -> dict[str, Any]:
+        detail = json.loads(json.dumps(self.describe(), default=lambda d: int(d.timestamp() * 1000)))
+        detail["Tags"] = self.tags()
+        return {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": self.detail_type,
+            "source": "aws.sagemaker",
+            "account": ACCOUNT,
+            "time": now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": REGION,
+            "resources": [self.arn],
+            "detail": detail,
+        }
+
+    def emit(self) -> None:
+        self.server.emit(self.event())
+
+    def run(self) -> None:
+        try:
+            self.started = now()
+            self.execute()
+        except Exception as exc:  # the job fails; the server lives on
+            log.exception("job %s failed", self.name)
+            self.finish("Failed", f"ClientError: {exc}")
+
+    def execute(self) -> None:
+        raise NotImplementedError
+
+    def finish(self, status: str, reason: str = "") -> None:
+        with self.lock:
+            self.status = status
+            self.failure_reason = reason[:1024]
+            self.ended = now()
+        self.server.save(self)
+        self.emit()
+
+    def wait(self, timeout_s: float) -> int | None:
+        """Wait for the process, killing it at the deadline; None when the deadline hit."""
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.terminate()
+            return None
+
+    def terminate(self, grace_s: float = 30) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(grace_s)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+
+    def stop(self) -> None:
+        self.stop_requested = True
+        self.terminate()
+
+    def read_failure(self, *names: str) -> str:
+        for name in names:
+            path = self.root / "output" / name
+            if path.is_file() and path.read_text(errors="replace").strip():
+                return path.read_text(errors="replace").strip()
+        return ""
+
+
+class ProcessingJob(Job):
+    kind = "processing"
+    name_key, status_key, arn_kind = "ProcessingJobName", "ProcessingJobStatus", "processing-job"
+    detail_type = "SageMaker Processing Job State Change"
+
+    def describe(self) -> dict[str, Any]:
+        out = {
+            **self.request,
+            "ProcessingJobArn": self.arn,
+            "ProcessingJobStatus": self.status,
+            "CreationTime": self.created,
+            "LastModifiedTime": self.ended or self.started or self.created,
+        }
+        out.pop("Tags", None)
+        if self.started:
+            out["ProcessingStartTime"] = self.started
+        if self.ended:
+            out["ProcessingEndTime"] = self.ended
+        if self.failure_reason:
+            out["FailureReason"] = self.failure_reason
+            out["ExitMessage"] = self.failure_reason
+        return out
+
+    def execute(self) -> None:
+        s3 = self.server.s3
+        self.emit()
+        for item in self.request.get("ProcessingInputs", []):
+            source = item.get("S3Input")
+            if source:
+                download_prefix(s3, source["S3Uri"], self.local(source["LocalPath"]))
+        spec = self.request["AppSpecification"]
+        command = [self._map(part) for part in (spec.get("ContainerEntrypoint") or [])]
+        command += [self._map(part) for part in (spec.get("ContainerArguments") or [])]
+        if command and command[0] in ("python", "python3"):
+            command[0] = sys.executable  # the local cloud's interpreter has what the image would
+        for output in self.request.get("ProcessingOutputConfig", {}).get("Outputs", []):
+            self.local(output["S3Output"]["LocalPath"]).mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            **self.request.get("Environment", {}),
+            "SAGEMAKER_BASE_DIR": str(self.root),
+            "PIP_NO_INDEX": "1",
+        }
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                command,
+                env=env,
+                cwd=self.folder,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        code = self.wait(self.request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 86400))
+        if self.stop_requested:
+            return self.finish("Stopped")
+        if code is None:
+            return self.finish("Failed", "MaxRuntimeExceeded: the job ran past MaxRuntimeInSeconds")
+        if code != 0:
+            reason = (
+                self.read_failure("message", "failure") or f"AlgorithmError: the entry point exited with code {code}"
+            )
+            return self.finish("Failed", reason)
+        for output in self.request.get("ProcessingOutputConfig", {}).get("Outputs", []):
+            target = output["S3Output"]
+            upload_folder(s3, self.local(target["LocalPath"]), target["S3Uri"])
+        self.finish("Completed")
+
+    def _map(self, part: str) -> str:
+        return re.sub(r"(?<![\w/])/opt/ml(?=/|$)", str(self.root), part)
+
+
+class TrainingJob(Job):
+    kind = "training"
+    name_key, status_key, arn_kind = "TrainingJobName", "TrainingJobStatus", "training-job"
+    detail_type = "SageMaker Training Job State Change"
+
+    def __init__(self, server: LocalSageMaker, request: dict[str, Any]) -> None:
+        super().__init__(server, request)
+        self.secondary = "Starting"
+        self.transitions: list[dict[str, Any]] = []
+        self.metrics: dict[str, dict[str, Any]] = {}
+        self.model_artifact = ""
+        self._set_secondary("Starting", "Preparing the instances for training")
+
+    def _set_secondary(self, status: str, message: str) -> None:
+        with self.lock:
+            at = now()
+            if self.transitions:
+                self.transitions[-1]["EndTime"] = at
+            self.secondary = status
+            self.transitions.append({"Status": status, "StartTime": at, "StatusMessage": message})
+
+    def advance(self, status: str, message: str) -> None:
+        self._set_secondary(status, message)
+        self.emit()
+
+    def describe(self) -> dict[str, Any]:
+        with self.lock:
+            out = {
+                **self.request,
+                "TrainingJobArn": self.arn,
+                "TrainingJobStatus": self.status,
+                "SecondaryStatus": self.secondary,
+                "CreationTime": self.created,
+                "LastModifiedTime": self.ended or self.started or self.created,
+                "SecondaryStatusTransitions": [dict(t) for t in self.transitions],
+                "FinalMetricDataList": [
+                    {"MetricName": name, "Value": m["Value"], "Timestamp": m["Timestamp"]}
+                    for name, m in self.metrics.items()
+                ],
+                "ModelArtifacts": {"S3ModelArtifacts": self.model_artifact},
+            }
+            out.pop("Tags", None)
+            if self.started:
+                out["TrainingStartTime"] = self.started
+            if self.ended:
+                out["TrainingEndTime"] = self.ended
+                seconds = int((self.ended - (self.started or self.created)).total_seconds())
+                out["TrainingTimeInSeconds"] = seconds
+                out["BillableTimeInSeconds"] = seconds
+            if self.failure_reason:
+                out["FailureReason"] = self.failure_reason
+        return out
+
+    def finish_training(self, status: str, secondary: str, message: str, reason: str = "") -> None:
+        self._set_secondary(secondary, message)
+        self.finish(status, reason)
+
+    def execute(self) -> None:
+        s3 = self.server.s3
+        self.emit()
+        self.advance("Downloading", "Downloading input data")
+        channels: dict[str, Path] = {}
+        for channel in self.request.get("InputDataConfig", []):
+            source = channel["DataSource"]["S3DataSource"]["S3Uri"]
+            target = self.folder / "channels" / channel["ChannelName"]
+            download_prefix(s3, source, target)
+            channels[channel["ChannelName"]] = target
+        hyper = dict(self.request.get("HyperParameters", {}))
+        code = self._fetch_code(json.loads(hyper.get("sagemaker_submit_directory", '""')))
+        if code is not None:
+            hyper["sagemaker_submit_directory"] = json.dumps(str(code))
+        layout = toolkit.lay_out(self.root, hyper, channels)
+        checkpoints = self.request.get("CheckpointConfig")
+        if checkpoints:
+            download_prefix(s3, checkpoints["S3Uri"], layout.checkpoints)  # resume where an earlier attempt stopped
+        self.advance("Training", "Training image download completed. Training in progress.")
+        self.process = toolkit.start(layout, self.log_path, self.request.get("Environment"))
+        scraper = threading.Thread(target=self._scrape, daemon=True)
+        scraper.start()
+        limit = self.request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 86400)
+        exit_code = self.wait(limit)
+        scraper.join(timeout=5)
+        self._scrape_once()
+        if checkpoints:
+            upload_folder(s3, layout.checkpoints, checkpoints["S3Uri"])
+        if self.stop_requested:
+            return self.finish_training("Stopped", "Stopped", "The job was stopped")
+        if exit_code is None:
+            return self.finish_training("Stopped", "MaxRuntimeExceeded", "The job exceeded MaxRuntimeInSeconds")
+        if exit_code != 0:
+            reason = (
+                self.read_failure("failure") or f"AlgorithmError: the training process exited with code {exit_code}"
+            )
+            return self.finish_training("Failed", "Failed", "Training job failed", reason)
+        self.advance("Uploading", "Uploading generated training model")
+        output = self.request["OutputDataConfig"]["S3OutputPath"].rstrip("/")
+        bucket, key = split_s3(f"{output}/{self.name}/output/model.tar.gz")
+        archive = self.folder / "model.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for path in sorted(layout.model_dir.iterdir()):
+                tar.add(path, arcname=path.name)
+        s3.upload_file(str(archive), bucket, key)
+        self.model_artifact = f"s3://{bucket}/{key}"
+        self.finish_training("Completed", "Completed", "Training job completed")
+
+    def _fetch_code(self, uri: str) -> Path | None:
+        if not uri.startswith("s3://"):
+            return None
+        bucket, key = split_s3(uri)
+        target = self.folder / "sourcedir"
+        archive = self.folder / "sourcedir.tar.gz"
+        self.server.s3.download_file(bucket, key, str(archive))
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")
+        return target
+
+    def _scrape_once(self) -> None:
+        definitions = self.request["AlgorithmSpecification"].get("MetricDefinitions", [])
+        if not definitions or not self.log_path.exists():
+            return
+        text = self.log_path.read_text(errors="replace")
+        for definition in definitions:
+            matches = re.findall(definition["Regex"], text, flags=re.M)
+            if matches:
+                last = matches[-1]
+                value = float(last[0] if isinstance(last, tuple) else last)
+                with self.lock:
+                    self.metrics[definition["Name"]] = {"Value": value, "Timestamp": now()}
+
+    def _scrape(self) -> None:
+        while self.process is not None and self.process.poll() is None:
+            self._scrape_once()
+            time.sleep(1)
+
+
+# --- the server ---------------------------------------------------------------------------
+
+
+class LocalSageMaker:
+    """Job registry and operations; persisted under ``home`` so Describe survives restarts."""
+
+    JOB_TYPES: Mapping[str, type[Job]] = {"processing": ProcessingJob, "training": TrainingJob}
+
+    def __init__(self, home: Path, s3: Any, emit: Emit) -> None:
+        self.home = home
+        self.s3 = s3
+        self.emit = emit
+        self.jobs: dict[tuple[str, str], Job] = {}
+        self.records: dict[tuple[str, str], dict[str, Any]] = {}
+        self.lock = threading.Lock()
+        self._load()
+
+    def _load(self) -> None:
+        for kind in self.JOB_TYPES:
+            for path in sorted((self.home / kind).glob("*/describe.json")):
+                record = json.loads(path.read_text())
+                status_key = self.JOB_TYPES[kind].status_key
+                if record.get(status_key) in ("InProgress", "Stopping"):
+                    # The process died with the previous server: say so, do not pretend.
+                    record[status_key] = "Failed"
+                    record["FailureReason"] = "InternalServerError: the local SageMaker server restarted during the job"
+                    path.write_text(json.dumps(record, default=str))
+                self.records[(kind, path.parent.name)] = record
+
+    def save(self, job: Job) -> None:
+        job.folder.mkdir(parents=True, exist_ok=True)
+        record = json.loads(json.dumps(job.describe(), default=lambda d: d.timestamp()))
+        (job.folder / "describe.json").write_text(json.dumps(record))
+        with self.lock:
+            self.records[(job.kind, job.name)] = record
+
+    def create(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
+        cls = self.JOB_TYPES[kind]
+        name = request[cls.name_key]
+        with self.lock:
+            if (kind, name) in self.records or (kind, name) in self.jobs:
+                existing = self.jobs.get((kind, name))
+                arn = existing.arn if existing else self.records[(kind, name)].get(f"{cls.__name__}Arn", name)
+                raise ServiceError(
+                    "ResourceInUse",
+                    "Job name must be unique within an AWS account and region, "
+                    f"and a job with this name already exists ({arn})",
+                )
+            job = cls(self, request)
+            self.jobs[(kind, name)] = job
+        self.save(job)
+        threading.Thread(target=job.run, name=f"{kind}-{name}", daemon=True).start()
+        return {f"{cls.__name__}Arn": job.arn}
+
+    def describe(self, kind: str, name: str) -> dict[str, Any]:
+        job = self.jobs.get((kind, name))
+        if job is not None:
+            return job.describe()
+        record = self.records.get((kind, name))
+        if record is None:
+            raise ServiceError(
+                "ValidationException", f"Requested resource not found: {kind} job {name} does not exist", 400
+            )
+        return record
+
+    def stop(self, kind: str, name: str) -> dict[str, Any]:
+        job = self.jobs.get((kind, name))
+        if job is None or job.status != "InProgress":
+            raise ServiceError("ValidationException", f"The {kind} job {name} is not in progress")
+        threading.Thread(target=job.stop, daemon=True).start()
+        return {}
+
+    def list(self, kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        cls = self.JOB_TYPES[kind]
+        items = [
+            self.describe(k, n) for (k, n) in list({**self.records, **{key: {} for key in self.jobs}}) if k == kind
+        ]
+        if params.get("NameContains"):
+            items = [i for i in items if params["NameContains"] in i[cls.name_key]]
+        if params.get("StatusEquals"):
+            items = [i for i in items if i[cls.status_key] == params["StatusEquals"]]
+        summaries = [
+            {
+                cls.name_key: i[cls.name_key],
+                f"{cls.__name__}Arn": i.get(f"{cls.__name__}Arn"),
+                cls.status_key: i[cls.status_key],
+                "CreationTime": i.get("CreationTime"),
+            }
+            for i in items
+        ]
+        key = "ProcessingJobSummaries" if kind == "processing" else "TrainingJobSummaries"
+        return {key: summaries[: params.get("MaxResults", 100)]}
+
+    def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        validate(operation, params)
+        handlers: dict[str, Callable[[], dict[str, Any]]] = {
+            "CreateProcessingJob": lambda: self.create("processing", params),
+            "DescribeProcessingJob": lambda: self.describe("processing", params["ProcessingJobName"]),
+            "StopProcessingJob": lambda: self.stop("processing", params["ProcessingJobName"]),
+            "ListProcessingJobs": lambda: self.list("processing", params),
+            "CreateTrainingJob": lambda: self.create("training", params),
+            "DescribeTrainingJob": lambda: self.describe("training", params["TrainingJobName"]),
+            "StopTrainingJob": lambda: self.stop("training", params["TrainingJobName"]),
+            "ListTrainingJobs": lambda: self.list("training", params),
+        }
+        handler = handlers.get(operation)
+        if handler is None:
+            raise ServiceError(
+                "UnknownOperationException", f"{operation} is not implemented by the local SageMaker server"
+            )
+        return handler()
+
+
+class SageMakerHttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, backend: LocalSageMaker, port: int = 0) -> None:
+        self.backend = backend
+        super().__init__(("127.0.0.1", port), _Handler)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: SageMakerHttpServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b"{}"
+        target = self.headers.get("X-Amz-Target", "")
+        operation = target.split(".", 1)[1] if target.startswith("SageMaker.") else ""
+        try:
+            if not operation:
+                raise ServiceError("UnknownOperationException", f"missing or foreign X-Amz-Target {target!r}")
+            params = json.loads(body or b"{}")
+            result = self.server.backend.call(operation, params)
+            status, payload = 200, json.dumps(result, default=_json_default).encode()
+        except ServiceError as exc:
+            status = exc.status
+            payload = json.dumps({"__type": exc.code, "message": exc.message}).encode()
+        except json.JSONDecodeError as exc:
+            status, payload = 400, json.dumps({"__type": "SerializationException", "message": str(exc)}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+def serve(home: Path, s3: Any, emit: Emit, port: int = 0) -> SageMakerHttpServer:
+    """Start the server on a background thread; returns it (``.port``, ``.shutdown()``)."""
+    server = SageMakerHttpServer(LocalSageMaker(home, s3, emit), port)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+    return server
+
+
+def code_version(source: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(source).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def upload_code(s3: Any, source: Path, bucket: str) -> str:
+    """The training code as SageMaker jobs read it: a tarball and the files, once per version."""
+    version = code_version(source)
+    prefix = f"code/{version}"
+    try:
+        s3.head_object(Bucket=bucket, Key=f"{prefix}/sourcedir.tar.gz")
+    except Exception:
+        staging = Path(tempfile.mkdtemp(prefix="tuneloop-code-"))
+        try:
+            archive = staging / "sourcedir.tar.gz"
+            files = [p for p in sorted(source.rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
+            with tarfile.open(archive, "w:gz") as tar:
+                for path in files:
+                    tar.add(path, arcname=path.relative_to(source).as_posix())
+            for path in files:
+                s3.upload_file(str(path), bucket, f"{prefix}/source/{path.relative_to(source).as_posix()}")
+            s3.upload_file(str(archive), bucket, f"{prefix}/sourcedir.tar.gz")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return f"s3://{bucket}/{prefix}"
