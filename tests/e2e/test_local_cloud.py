@@ -93,7 +93,8 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     spec.write_text(json.dumps({"name": "demo", "config": DEMO_CONFIG}))
     tuneloop(home, "project", "create", "--file", str(spec))
 
-    # Any S3 client's upload becomes an Object Created event that starts a run.
+    # Any S3 client's upload becomes an Object Created event that starts a run, which
+    # prepares the data and fine-tunes the packaged MiniLM on the local SageMaker.
     s3(state).put_object(
         Bucket=state["bucket"],
         Key="datasets/demo/ds 1/reviews.jsonl",
@@ -101,29 +102,36 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     )
     runs = wait_for(lambda: http(state, "GET", "/runs?project=demo")[1]["runs"])
     run_id = runs[0]["run_id"]
-    shown = tuneloop(home, "run", "show", run_id, "--json").stdout
-    run = json.loads(shown)
-    assert run["state"] == "preparing"
+    run = wait_for(
+        lambda: (r := http(state, "GET", f"/runs/{run_id}")[1])["state"] not in ("preparing", "training") and r, 300
+    )
+    assert run["state"] == "evaluating", run["history"][-1]["reason"]
     assert run["dataset_uri"] == f"s3://{state['bucket']}/datasets/demo/ds 1/reviews.jsonl"
+    assert [h["to"] for h in run["history"]] == ["preparing", "training", "evaluating"]
+    assert run["metrics"]["training"]["validation_accuracy"] > 0.5
+    artifact = run["links"]["model_artifact"].removeprefix(f"s3://{state['bucket']}/")
+    assert s3(state).head_object(Bucket=state["bucket"], Key=artifact)["ContentLength"] > 1_000_000
+    shown = json.loads(tuneloop(home, "run", "show", run_id, "--json").stdout)
+    assert shown["state"] == "evaluating"
 
-    # A replayed SageMaker event, delivered through the router as EventBridge would.
+    # A replayed SageMaker event, delivered through the router as EventBridge would: the
+    # prepare job finished long ago, so the run ignores it as stale.
     event = load_event("processing_job_completed")
     event["detail"]["ProcessingJobName"] = names.job_name(run_id, "prepare")
     event["detail"]["Tags"] = {}
     path = tmp_path / "event.json"
     path.write_text(json.dumps(event))
     assert "on_sagemaker_event" in tuneloop(home, "event", "send", str(path)).stdout
-    tuneloop(home, "event", "send", str(path))  # the same event again
-    wait_for(lambda: http(state, "GET", f"/runs/{run_id}")[1]["state"] == "training")
-    assert "training" in tuneloop(home, "runs", "--project", "demo").stdout
+    assert "evaluating" in tuneloop(home, "runs", "--project", "demo").stdout
+    assert len(http(state, "GET", f"/runs/{run_id}")[1]["history"]) == 3
 
     # State survives down/up: tables on disk, the bucket saved and restored.
     tuneloop(home, "down")
     assert "down" in tuneloop(home, "status", check=False).stdout
     tuneloop(home, "up")
     state = json.loads((home / "state.json").read_text())
-    assert http(state, "GET", f"/runs/{run_id}")[1]["state"] == "training"
+    assert http(state, "GET", f"/runs/{run_id}")[1]["state"] == "evaluating"
     keys = [o["Key"] for o in s3(state).list_objects_v2(Bucket=state["bucket"]).get("Contents", [])]
-    assert keys == ["datasets/demo/ds 1/reviews.jsonl"]
+    assert "datasets/demo/ds 1/reviews.jsonl" in keys and f"{artifact}" in keys
     # The restore itself started no new run.
     assert len(http(state, "GET", "/runs?project=demo")[1]["runs"]) == 1
