@@ -27,6 +27,7 @@ class Settings:
     # region at configure time, and where the training code version lives in S3.
     role_arn: str = ""
     training_image: str = ""
+    training_image_cpu: str = ""
     processing_image: str = ""
     code_uri: str = ""
     processing_instance_type: str = "ml.m5.large"
@@ -52,6 +53,7 @@ class Settings:
             outbox_stale_s=int(env.get("TUNELOOP_OUTBOX_STALE_S", "60")),
             role_arn=env.get("TUNELOOP_SAGEMAKER_ROLE_ARN", ""),
             training_image=env.get("TUNELOOP_TRAINING_IMAGE", ""),
+            training_image_cpu=env.get("TUNELOOP_TRAINING_IMAGE_CPU", ""),
             processing_image=env.get("TUNELOOP_PROCESSING_IMAGE", ""),
             code_uri=env.get("TUNELOOP_CODE_URI", "").rstrip("/"),
             processing_instance_type=env.get("TUNELOOP_PROCESSING_INSTANCE_TYPE", "ml.m5.large"),

@@ -156,6 +156,16 @@ def hyperparameters(run: Run, settings: Settings) -> dict[str, str]:
     return out
 
 
+GPU_FAMILIES = ("ml.g", "ml.p", "ml.trn", "ml.inf")
+
+
+def training_image(settings: Settings, instance_type: str) -> str:
+    """The GPU image for GPU instances; the CPU build, where configured, for the rest."""
+    if not instance_type.startswith(GPU_FAMILIES) and settings.training_image_cpu:
+        return settings.training_image_cpu
+    return _require(settings.training_image, "the training image")
+
+
 def channel(name: str, uri: str) -> dict[str, Any]:
     source = {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}
     return {"ChannelName": name, "DataSource": {"S3DataSource": source}, "InputMode": "File"}
@@ -197,7 +207,7 @@ def training_request(command: StartTrainingJob, run: Run, settings: Settings) ->
         "TrainingJobName": command.job_name,
         "HyperParameters": hyperparameters(run, settings),
         "AlgorithmSpecification": {
-            "TrainingImage": _require(settings.training_image, "the training image"),
+            "TrainingImage": training_image(settings, training["instance_type"]),
             "TrainingInputMode": "File",
             "MetricDefinitions": METRIC_DEFINITIONS,
             "EnableSageMakerMetricsTimeSeries": True,

@@ -244,6 +244,27 @@ def cmd_event_send(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_configure(args: argparse.Namespace) -> int:
+    from . import configure
+    from .local.sagemaker_server import code_version, upload_code
+
+    source = REPO_ROOT / "training"
+    values = configure.stage_settings(args.stage, args.region, args.account_id, args.role_arn, code_version(source))
+    for name, value in sorted(values.items()):
+        print(f"{name}={value}")
+    if args.upload_code:
+        import boto3
+
+        bucket = values["TUNELOOP_CODE_URI"][5:].split("/", 1)[0]
+        print(
+            f"uploaded the training code to {upload_code(boto3.client('s3', region_name=args.region), source, bucket)}"
+        )
+    if not args.dry_run:
+        configure.write_stage(Path(args.config_file), args.stage, values)
+        print(f"wrote stage {args.stage} of {args.config_file}")
+    return 0
+
+
 def cmd_docs(args: argparse.Namespace) -> int:
     from chalicelib.domain.diagram import BEGIN, END, document
 
@@ -353,6 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = event.add_parser("send", help="deliver an AWS-shaped event (EventBridge envelope) through the router")
     p.add_argument("file")
     p.set_defaults(func=cmd_event_send)
+
+    p = sub.add_parser("configure", help="resolve the region's SageMaker images and write a stage's settings")
+    p.add_argument("--stage", default="dev")
+    p.add_argument("--region", required=True)
+    p.add_argument("--account-id", required=True)
+    p.add_argument("--role-arn", help="default: the role infra/resources.json creates")
+    p.add_argument("--config-file", default=str(REPO_ROOT / ".chalice" / "config.json"))
+    p.add_argument("--upload-code", action="store_true", help="upload this version of training/ to the stage's bucket")
+    p.add_argument("--dry-run", action="store_true", help="print the settings, write nothing")
+    p.set_defaults(func=cmd_configure)
 
     p = sub.add_parser("docs", help="regenerate docs/state-machine.md from the transition table")
     p.add_argument("--check", action="store_true", help="fail if the file is out of date")

@@ -1,0 +1,48 @@
+"""`tuneloop configure`: images resolved by the sagemaker SDK, written into one stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from chalicelib.sagemaker import training_image
+from tests.unit.test_sagemaker_requests import SETTINGS
+from tuneloop import configure
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-1"])
+def test_images_are_the_regions_ecr_images(region: str) -> None:
+    resolved = configure.images(region)
+    for name, uri in resolved.items():
+        assert f".dkr.ecr.{region}.amazonaws.com/" in uri, name
+    assert "huggingface-pytorch-training" in resolved["TUNELOOP_TRAINING_IMAGE"]
+    assert f"transformers{configure.TRANSFORMERS_VERSION}" in resolved["TUNELOOP_TRAINING_IMAGE"]
+    assert "cpu" in resolved["TUNELOOP_PROCESSING_IMAGE"]
+
+
+def test_write_stage_changes_that_stage_only(tmp_path: Path) -> None:
+    config_file = tmp_path / "config.json"
+    shutil.copy(REPO / ".chalice" / "config.json", config_file)
+    values = configure.stage_settings("prod", "us-east-1", "123456789012", None, "abc123")
+    configure.write_stage(config_file, "prod", values)
+    written = json.loads(config_file.read_text())
+    prod = written["stages"]["prod"]["environment_variables"]
+    assert prod["TUNELOOP_SAGEMAKER_ROLE_ARN"] == "arn:aws:iam::123456789012:role/tuneloop-prod-sagemaker-execution"
+    assert prod["TUNELOOP_CODE_URI"] == "s3://tuneloop-prod-123456789012-us-east-1/code/abc123"
+    assert prod["TUNELOOP_RUNS_TABLE"] == "tuneloop-prod-runs"  # kept
+    assert "TUNELOOP_TRAINING_IMAGE" not in written["stages"]["dev"]["environment_variables"]
+    with pytest.raises(ValueError, match="no stage 'qa'"):
+        configure.write_stage(config_file, "qa", values)
+
+
+def test_cpu_instances_get_the_cpu_image() -> None:
+    settings = dataclasses.replace(SETTINGS, training_image_cpu="cpu-image")
+    assert training_image(settings, "ml.m5.xlarge") == "cpu-image"
+    assert training_image(settings, "ml.g5.xlarge") == SETTINGS.training_image
+    assert training_image(SETTINGS, "ml.m5.xlarge") == SETTINGS.training_image  # no CPU image configured

@@ -1,0 +1,74 @@
+"""`tuneloop configure`: resolve the region's SageMaker images and write a stage's settings.
+
+Images are resolved here, at configure time, with the sagemaker SDK's ``image_uris``
+(offline: the SDK ships its image tables); the Lambda functions only read the result
+from their environment and never import the SDK.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# The framework versions the training code is written and tested against.
+TRANSFORMERS_VERSION = "4.56.2"
+PYTORCH_VERSION = "2.8.0"
+PY_VERSION = "py312"
+
+
+def images(region: str) -> dict[str, str]:
+    from sagemaker.core import image_uris
+
+    def hugging_face(instance_type: str) -> str:
+        return str(
+            image_uris.retrieve(
+                "huggingface",
+                region=region,
+                version=TRANSFORMERS_VERSION,
+                base_framework_version=f"pytorch{PYTORCH_VERSION}",
+                py_version=PY_VERSION,
+                instance_type=instance_type,
+                image_scope="training",
+            )
+        )
+
+    processing = image_uris.retrieve(
+        "pytorch",
+        region=region,
+        version=PYTORCH_VERSION,
+        py_version=PY_VERSION,
+        instance_type="ml.m5.large",
+        image_scope="training",
+    )
+    try:
+        cpu = hugging_face("ml.m5.xlarge")
+    except ValueError:  # no CPU build of the Hugging Face image: the PyTorch one serves
+        cpu = str(processing)
+    return {
+        "TUNELOOP_TRAINING_IMAGE": hugging_face("ml.g5.xlarge"),
+        "TUNELOOP_TRAINING_IMAGE_CPU": cpu,
+        "TUNELOOP_PROCESSING_IMAGE": str(processing),
+    }
+
+
+def stage_settings(stage: str, region: str, account_id: str, role_arn: str | None, code_version: str) -> dict[str, str]:
+    bucket = f"tuneloop-{stage}-{account_id}-{region}"  # infra/resources.json names it so
+    return {
+        **images(region),
+        "TUNELOOP_SAGEMAKER_ROLE_ARN": role_arn
+        or f"arn:aws:iam::{account_id}:role/tuneloop-{stage}-sagemaker-execution",
+        "TUNELOOP_CODE_URI": f"s3://{bucket}/code/{code_version}",
+    }
+
+
+def write_stage(config_file: Path, stage: str, values: dict[str, str]) -> dict[str, Any]:
+    config = json.loads(config_file.read_text())
+    stages = config.setdefault("stages", {})
+    if stage not in stages:
+        raise ValueError(f"{config_file} has no stage {stage!r} (it has {', '.join(stages) or 'none'})")
+    stages[stage].setdefault("environment_variables", {}).update(values)
+    tmp = config_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    tmp.replace(config_file)
+    return dict(config)
