@@ -178,6 +178,8 @@ def chat_to_prompt(messages: list[dict[str, str]]) -> tuple[str, str]:
 def encode_classification(
     rows: list[dict[str, Any]], tokenizer: Any, label_map: dict[str, int], max_length: int
 ) -> list[dict[str, Any]]:
+    if not rows:
+        return []
     encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
     return [
         {"input_ids": ids, "label": label_map[str(r["label"])]}
@@ -186,6 +188,8 @@ def encode_classification(
 
 
 def encode_causal(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
+    if not rows:
+        return []
     pairs = [chat_to_prompt(r["messages"]) if "messages" in r else (r["prompt"], r["completion"]) for r in rows]
     prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
     completions = tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
@@ -262,21 +266,19 @@ def collate_classification(examples: list[dict[str, Any]], batch: list[int], pad
 def collate_causal(
     examples: list[dict[str, Any]], batch: list[list[int]], pad_id: int, packing: bool
 ) -> dict[str, torch.Tensor]:
-    """Packed rows: one flat row per pack, position ids restarting at every sequence.
+    """One row per pack (packing) or per sequence (padding), right-padded to the longest row.
 
-    With packing the batch is flattened into a single row (padding-free): transformers
-    builds a block-diagonal causal mask from the restarting position ids, so a sequence
-    never attends to its neighbours. Labels at each sequence's first token are ignored.
+    Packed rows carry no attention mask: position ids restart at every sequence and
+    transformers builds a block-diagonal causal mask from them, so a sequence never
+    attends to its neighbours. A row's padding tail gets positions of its own (a block
+    nobody attends to, with ignored labels). Each sequence's first label is ignored.
     """
-    rows = [[i for i in row] for row in batch]
-    if packing:
-        rows = [[i for row in rows for i in row]]
-    width = max(sum(len(examples[i]["input_ids"]) for i in row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    positions = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
+    width = max(sum(len(examples[i]["input_ids"]) for i in row) for row in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(batch), width), dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, row in enumerate(batch):
         at = 0
         for i in row:
             seq, lab = examples[i]["input_ids"], list(examples[i]["labels"])
@@ -287,6 +289,7 @@ def collate_causal(
             positions[r, at : at + n] = torch.arange(n)
             mask[r, at : at + n] = 1
             at += n
+        positions[r, at:] = torch.arange(width - at)
     batch_out = {"input_ids": ids, "labels": labels, "position_ids": positions}
     if not packing:
         batch_out["attention_mask"] = mask
@@ -550,20 +553,23 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model.train()
     last_save = time.monotonic()
     started = time.monotonic()
-    samples = tokens_seen = 0
+    samples = useful_tokens = 0
+    step_seconds = 0.0  # time inside training steps only (not evaluation or checkpoints)
     running: list[float] = []
     epoch = start_epoch
     done = step >= total_steps
     while not done:
         batches = epoch_batches(epoch)
         for b in range(start_batch if epoch == start_epoch else 0, len(batches)):
+            tick = time.perf_counter()
             if args.task == "text-classification":
                 inputs = collate_classification(train_ex, batches[b], pad_id)
                 samples += len(batches[b])
+                useful_tokens += int(inputs["attention_mask"].sum())
             else:
                 inputs = collate_causal(train_ex, batches[b], pad_id, args.packing)
                 samples += sum(len(row) for row in batches[b])
-            tokens_seen += int((inputs.get("attention_mask", inputs["input_ids"] != -1)).sum())
+                useful_tokens += int((inputs["labels"] != IGNORE).sum())  # the tokens the loss learns from
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss = model(**inputs).loss
@@ -573,9 +579,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            running.append(loss.item())
+            running.append(loss.item())  # also waits for the GPU: the step is really done
+            step_seconds += time.perf_counter() - tick
             if ranks.main and step % args.log_every == 0:
-                elapsed = time.monotonic() - started
                 entry = {
                     "epoch": epoch + (b + 1) / len(batches),
                     "step": step,
@@ -588,7 +594,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                         step=step,
                         train_loss=entry["train_loss"],
                         learning_rate=scheduler.get_last_lr()[0],
-                        samples_per_second=samples / elapsed,
+                        samples_per_second=samples / step_seconds,
                     ),
                     flush=True,
                 )
@@ -616,8 +622,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     summary = {
         "steps": step,
         "train_seconds": elapsed,
-        "samples_per_second": samples / elapsed if elapsed else 0.0,
-        "tokens_per_second": tokens_seen / elapsed if elapsed else 0.0,
+        "samples_per_second": samples / step_seconds if step_seconds else 0.0,
+        "tokens_per_second": useful_tokens / step_seconds if step_seconds else 0.0,
         **{k: v for entry in history for k, v in entry.items() if k.startswith("validation_")},
     }
     if ranks.main:
