@@ -151,7 +151,8 @@ def hyperparameters(run: Run, settings: Settings) -> dict[str, str]:
         f'"{_require(settings.code_uri, "the training code location")}/sourcedir.tar.gz"'
     )
     out["sagemaker_region"] = f'"{settings.region}"'
-    if training["instance_count"] > 1:
+    if training["instance_count"] > 1 or training["instance_type"].startswith(GPU_FAMILIES):
+        # torchrun over every GPU of every instance (one process on a single-GPU instance).
         out["sagemaker_torch_distributed_enabled"] = "true"
     return out
 
