@@ -189,3 +189,25 @@ def test_stop_and_max_runtime(server: Any) -> None:
     client.create_training_job(**timed)
     out = wait_done(lambda: client.describe_training_job(TrainingJobName=timed["TrainingJobName"]), "TrainingJobStatus")
     assert (out["TrainingJobStatus"], out["SecondaryStatus"]) == ("Stopped", "MaxRuntimeExceeded")
+
+
+def test_restart_ends_running_jobs_and_says_so(server: Any, tmp_path: Path) -> None:
+    _, _, settings = server
+    s3 = boto3.client("s3")
+    backend = sagemaker_server.LocalSageMaker(tmp_path, s3, lambda event: None)
+    run = run_for(hyperparameters={"max_steps": 500, "batch_size": 4})
+    request = training_request(
+        StartTrainingJob(RUN_ID, "demo", names.job_name(RUN_ID, "train", 9), attempt=9), run, settings
+    )
+    backend.call("CreateTrainingJob", request)
+    job = backend.jobs[("training", request["TrainingJobName"])]
+    deadline = time.monotonic() + 60
+    while job.process is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    backend.close()
+    assert job.process.poll() is not None  # no orphan left training after `tuneloop down`
+    restarted = sagemaker_server.LocalSageMaker(tmp_path, s3, lambda event: None)
+    described = restarted.describe("training", request["TrainingJobName"])
+    assert described["TrainingJobStatus"] == "Failed"
+    assert "stopped during the job" in described["FailureReason"]

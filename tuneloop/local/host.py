@@ -113,8 +113,9 @@ def main() -> None:
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
-        router.stop()
         sagemaker.shutdown()
+        sagemaker.backend.close()
+        router.stop()
         server.server_close()
         log.info("host stopped")
 

@@ -237,6 +237,8 @@ class Job:
         raise NotImplementedError
 
     def finish(self, status: str, reason: str = "") -> None:
+        if self.server.closing:
+            return  # close() has recorded how this job ended
         with self.lock:
             self.status = status
             self.failure_reason = reason[:1024]
@@ -499,9 +501,24 @@ class LocalSageMaker:
         self.s3 = s3
         self.emit = emit
         self.jobs: dict[tuple[str, str], Job] = {}
+        self.closing = False
         self.records: dict[tuple[str, str], dict[str, Any]] = {}
         self.lock = threading.Lock()
         self._load()
+
+    def close(self, grace_s: float = 10) -> None:
+        """End running jobs (their processes run in sessions of their own, so nothing else
+        would) and record them as failed, saying why."""
+        self.closing = True
+        for job in list(self.jobs.values()):
+            if job.status != "InProgress":
+                continue
+            job.terminate(grace_s)
+            with job.lock:
+                job.status = "Failed"
+                job.failure_reason = "InternalServerError: the local SageMaker server stopped during the job"
+                job.ended = now()
+            self.save(job)
 
     def _load(self) -> None:
         for kind in self.JOB_TYPES:
