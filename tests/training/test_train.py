@@ -266,3 +266,49 @@ def test_failure_file_names_the_problem(tmp_path: Path) -> None:
     code, _, layout = run_job(tmp_path, {"epochs": 1}, {"train": tmp_path / "empty"})
     assert code != 0
     assert "holds no rows" in layout.failure_file.read_text()
+
+
+def test_evaluate_writes_metrics_plots_and_report(
+    classifier: tuple[toolkit.TrainingLayout, str], reviews: Path, tmp_path: Path
+) -> None:
+    import tarfile
+
+    from PIL import Image
+
+    from training import evaluate
+
+    model_in = tmp_path / "in" / "model"
+    model_in.mkdir(parents=True)
+    with tarfile.open(model_in / "model.tar.gz", "w:gz") as tar:
+        for path in classifier[0].model_dir.iterdir():
+            tar.add(path, arcname=path.name)
+    (tmp_path / "in" / "test").symlink_to(reviews / "test", target_is_directory=True)
+    out = tmp_path / "out"
+    assert (
+        evaluate.main(
+            ["--input-dir", str(tmp_path / "in"), "--output-dir", str(out), "--failure-dir", str(tmp_path / "fail")]
+        )
+        == 0
+    )
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["summary"]["accuracy"] >= 0.75 and "macro_f1" in evaluation["summary"]
+    assert sum(map(sum, evaluation["metrics"]["confusion_matrix"])) == evaluation["metrics"]["examples"]
+    for name in ("confusion_matrix.png", "training_curves.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
+    report = (out / "report.html").read_text()
+    assert f"{evaluation['summary']['macro_f1']:.4f}" in report and report.count("data:image/png;base64,") == 2
+    assert (
+        evaluate.main(
+            [
+                "--input-dir",
+                str(tmp_path / "nothing"),
+                "--output-dir",
+                str(out),
+                "--failure-dir",
+                str(tmp_path / "fail"),
+            ]
+        )
+        == 1
+    )
+    assert "no model.tar.gz" in (tmp_path / "fail" / "failure").read_text()
