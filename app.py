@@ -181,7 +181,7 @@ def get_run(run_id: str) -> dict[str, Any]:
     stored = deps.get().service.runs.get(run_id)
     if stored is None:
         raise RunNotFoundError(run_id)
-    return run_view(stored, deps.get().settings.bucket)
+    return run_view(stored, deps.get().settings)
 
 
 @app.route("/runs/{run_id}/stop", methods=["POST"], authorizer=iam)

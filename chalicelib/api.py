@@ -9,8 +9,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from .config import Settings
 from .domain.project import ConfigError, check_project_name
 from .domain.states import RunState
+from .sagemaker import evaluation_prefix, model_artifact_uri
 from .service import InvalidRequestError
 from .store import Page, Project, StoredRun
 
@@ -101,7 +103,7 @@ def run_summary(stored: StoredRun) -> dict[str, Any]:
     }
 
 
-def run_view(stored: StoredRun, bucket: str) -> dict[str, Any]:
+def run_view(stored: StoredRun, settings: Settings) -> dict[str, Any]:
     run = stored.run
     view = run_summary(stored)
     view.update(
@@ -130,8 +132,9 @@ def run_view(stored: StoredRun, bucket: str) -> dict[str, Any]:
     if run.parent_run_id:
         links["parent"] = f"/runs/{run.parent_run_id}"
     if run.model_source:
-        # Where the training job wrote its model (OutputDataConfig + job name).
-        links["model_artifact"] = f"s3://{bucket}/runs/{run.run_id}/train/{run.model_source}/output/model.tar.gz"
+        links["model_artifact"] = model_artifact_uri(settings, run, run.model_source)
+    if "evaluation" in run.metrics:
+        links["evaluation_report"] = evaluation_prefix(settings, run.run_id) + "report.html"
     return view
 
 

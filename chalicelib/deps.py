@@ -43,7 +43,7 @@ class LazyClient:
 
 def build(config: Settings, sagemaker_client: Any = None) -> Deps:
     from . import models
-    from .sagemaker import SageMakerExecutors
+    from .sagemaker import EvaluationLoader, SageMakerExecutors
     from .store import ProjectRepository, RunRepository
 
     models.bind(config)
@@ -55,6 +55,7 @@ def build(config: Settings, sagemaker_client: Any = None) -> Deps:
         # Until SageMaker is configured, job commands wait in the outbox (the reconciler
         # runs them once it is): nothing fails, nothing is lost.
         sagemaker=SageMakerExecutors(sagemaker_client or LazyClient("sagemaker"), config) if config.role_arn else None,
+        evaluation=EvaluationLoader(LazyClient("s3"), config) if config.role_arn else None,
     )
     return Deps(settings=config, service=service)
 

@@ -61,6 +61,10 @@ class SageMakerPort(Protocol):
     def stop_job(self, command: Command, run: Run) -> Outcome: ...
 
 
+class EvaluationPort(Protocol):
+    def load(self, command: Command, run: Run) -> Outcome: ...
+
+
 def not_yet_available(issue: str) -> Executor:
     """For commands whose AWS executor is not built yet: keep the command pending.
 
@@ -85,7 +89,9 @@ class Executors:
         return executor(command, run)
 
     @classmethod
-    def default(cls, port: RunPort, sagemaker: SageMakerPort | None = None) -> Executors:
+    def default(
+        cls, port: RunPort, sagemaker: SageMakerPort | None = None, evaluation: EvaluationPort | None = None
+    ) -> Executors:
         def supersede(command: Command, run: Run) -> Outcome:
             assert isinstance(command, SupersedePrevious)
             count = port.supersede_deployed(command.project, command.run_id)
@@ -99,7 +105,7 @@ class Executors:
         unconfigured = not_yet_available(
             "SageMaker is not configured: set TUNELOOP_SAGEMAKER_ROLE_ARN (tuneloop configure)"
         )
-        lifecycle = not_yet_available("tuning, evaluation, registry and deployment arrive with issues 4-5")
+        lifecycle = not_yet_available("tuning, the registry and deployment arrive with issues 4-5")
         return cls(
             {
                 StartProcessingJob: sagemaker.start_processing_job if sagemaker else unconfigured,
@@ -107,7 +113,7 @@ class Executors:
                 StartTuningJob: lifecycle,
                 StopJob: sagemaker.stop_job if sagemaker else unconfigured,
                 StartTransformJob: lifecycle,
-                LoadEvaluation: lifecycle,
+                LoadEvaluation: evaluation.load if evaluation else unconfigured,
                 RegisterModelPackage: lifecycle,
                 UpdateModelPackageApproval: lifecycle,
                 DeployEndpoint: lifecycle,

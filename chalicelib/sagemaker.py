@@ -8,14 +8,17 @@ Re-running a command finds ``ResourceInUse`` (names are deterministic) and count
 
 from __future__ import annotations
 
+import json
 import posixpath
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from .config import Settings
-from .domain.commands import Command, StartProcessingJob, StartTrainingJob, StopJob
+from .domain.commands import Command, LoadEvaluation, StartProcessingJob, StartTrainingJob, StopJob
+from .domain.events import EvaluationLoaded
 from .domain.run import Run
 from .events import PROJECT_TAG, RUN_ID_TAG
 from .executors import Outcome, PermanentCommandError
@@ -129,6 +132,72 @@ def prepare_request(command: StartProcessingJob, run: Run, settings: Settings) -
     if settings.kms_key_id:
         request["ProcessingOutputConfig"]["KmsKeyId"] = settings.kms_key_id
         request["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] = settings.kms_key_id
+    vpc = _vpc(settings)
+    if vpc:
+        request["NetworkConfig"] = {"VpcConfig": vpc, "EnableNetworkIsolation": False}
+    return request
+
+
+def model_artifact_uri(settings: Settings, run: Run, training_job: str) -> str:
+    """Where a training job of this run wrote model.tar.gz (OutputDataConfig + job name)."""
+    return f"{run_prefix(settings, run.run_id)}/train/{training_job}/output/model.tar.gz"
+
+
+def evaluation_prefix(settings: Settings, run_id: str) -> str:
+    return f"{run_prefix(settings, run_id)}/evaluate/evaluation/"
+
+
+def _processing_input(name: str, uri: str, local: str) -> dict[str, Any]:
+    source = {"S3Uri": uri, "LocalPath": local, "S3DataType": "S3Prefix", "S3InputMode": "File"}
+    return {"InputName": name, "S3Input": source}
+
+
+def evaluate_request(command: StartProcessingJob, run: Run, settings: Settings) -> dict[str, Any]:
+    """The evaluate job: the trained model on the test split, in the training image (it has
+    torch and transformers)."""
+    prefix = run_prefix(settings, run.run_id)
+    request: dict[str, Any] = {
+        "ProcessingJobName": command.job_name,
+        "RoleArn": _require(settings.role_arn, "the SageMaker execution role"),
+        "AppSpecification": {
+            "ImageUri": training_image(settings, settings.processing_instance_type),
+            "ContainerEntrypoint": ["python3", f"{PROCESSING_ROOT}/input/code/evaluate.py"],
+        },
+        "ProcessingInputs": [
+            _processing_input(
+                "code",
+                _require(settings.code_uri, "the training code location") + "/source/",
+                f"{PROCESSING_ROOT}/input/code",
+            ),
+            _processing_input(
+                "model", model_artifact_uri(settings, run, command.input_uri), f"{PROCESSING_ROOT}/input/model"
+            ),
+            _processing_input("test", f"{prefix}/prepare/test/", f"{PROCESSING_ROOT}/input/test"),
+        ],
+        "ProcessingOutputConfig": {
+            "Outputs": [
+                {
+                    "OutputName": "evaluation",
+                    "S3Output": {
+                        "S3Uri": evaluation_prefix(settings, run.run_id),
+                        "LocalPath": f"{PROCESSING_ROOT}/output/evaluation",
+                        "S3UploadMode": "EndOfJob",
+                    },
+                }
+            ]
+        },
+        "ProcessingResources": {
+            "ClusterConfig": {
+                "InstanceCount": 1,
+                "InstanceType": settings.processing_instance_type,
+                "VolumeSizeInGB": 30,
+            }
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+        "Tags": tags(command),
+    }
+    if settings.kms_key_id:
+        request["ProcessingOutputConfig"]["KmsKeyId"] = settings.kms_key_id
     vpc = _vpc(settings)
     if vpc:
         request["NetworkConfig"] = {"VpcConfig": vpc, "EnableNetworkIsolation": False}
@@ -251,6 +320,39 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+class EvaluationLoader:
+    """LoadEvaluation: read the evaluate job's evaluation.json and feed it back as an event."""
+
+    def __init__(self, s3: Any, settings: Settings) -> None:
+        self._s3 = s3
+        self._settings = settings
+
+    def load(self, command: Command, run: Run) -> Outcome:
+        assert isinstance(command, LoadEvaluation)
+        uri = evaluation_prefix(self._settings, run.run_id) + "evaluation.json"
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        try:
+            body = self._s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                raise PermanentCommandError(f"the evaluate job wrote no {uri}") from exc
+            raise
+        try:
+            evaluation = json.loads(body)
+            metrics = {str(k): float(v) for k, v in evaluation["summary"].items()}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PermanentCommandError(f"{uri} is not an evaluation tuneloop can read: {exc}") from exc
+        champion = evaluation.get("champion") or None
+        event = EvaluationLoaded(
+            event_id=f"evaluation-{command.job_name}",
+            time=datetime.now(UTC),
+            run_id=run.run_id,
+            metrics=metrics,
+            champion_metrics={str(k): float(v) for k, v in champion.items()} if champion else None,
+        )
+        return Outcome(done=True, note=f"read {uri}", events=(event,))
+
+
 class SageMakerExecutors:
     """CreateProcessingJob / CreateTrainingJob / Stop*: one boto3 SageMaker client."""
 
@@ -272,9 +374,10 @@ class SageMakerExecutors:
 
     def start_processing_job(self, command: Command, run: Run) -> Outcome:
         assert isinstance(command, StartProcessingJob)
-        if command.step != "prepare":
-            return Outcome(done=False, note=f"the {command.step} job arrives with issue 4; kept pending")
-        return self._create("create_processing_job", prepare_request(command, run, self._settings))
+        builders = {"prepare": prepare_request, "evaluate": evaluate_request}
+        if command.step not in builders:
+            raise PermanentCommandError(f"no processing job is defined for step {command.step!r}")
+        return self._create("create_processing_job", builders[command.step](command, run, self._settings))
 
     def start_training_job(self, command: Command, run: Run) -> Outcome:
         assert isinstance(command, StartTrainingJob)

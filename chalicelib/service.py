@@ -18,7 +18,7 @@ from .domain.machine import Decision, decide
 from .domain.project import check_project_name, normalise_config
 from .domain.run import Run
 from .domain.states import RunState
-from .executors import Executors, PermanentCommandError, SageMakerPort
+from .executors import EvaluationPort, Executors, PermanentCommandError, SageMakerPort
 from .intake import DatasetDrop
 from .observability import logger, transition_segment
 from .store import (
@@ -86,11 +86,12 @@ class RunService:
         clock: Clock = utcnow,
         outbox_stale_s: int = 60,
         sagemaker: SageMakerPort | None = None,
+        evaluation: EvaluationPort | None = None,
     ) -> None:
         self.projects = projects
         self.runs = runs
         self.bucket = bucket
-        self.executors = executors or Executors.default(self, sagemaker)
+        self.executors = executors or Executors.default(self, sagemaker, evaluation)
         self.clock = clock
         self.outbox_stale_s = outbox_stale_s
 

@@ -153,8 +153,9 @@ def show_run(run: dict[str, Any]) -> None:
         print(f"    {entry['time']}  {entry['from']:>16} → {entry['to']:<16} {entry['reason']}{commands}")
     for item in run["pending_commands"]:
         print(f"  pending   {item['type']} {item.get('job_name', '')}: {item['note']}")
-    for name, value in sorted(run.get("metrics", {}).get("training", {}).items()):
-        print(f"  metric    {name} = {value:.6g}")
+    for group, values in sorted(run.get("metrics", {}).items()):
+        for name, value in sorted(values.items()):
+            print(f"  metric    {group}.{name} = {value:.6g}")
 
 
 def cmd_run_show(args: argparse.Namespace) -> int:
@@ -181,7 +182,7 @@ def wait_for_run(api: Api, project: str, after: set[str], timeout: float) -> dic
     raise CliError(f"no run of {project} appeared within {timeout:.0f}s; see {cloud.home() / 'logs' / 'host.log'}")
 
 
-ACTIVE_STEPS = ("received", "preparing", "training", "tuning")
+ACTIVE_STEPS = ("received", "preparing", "training", "tuning", "evaluating", "gating")
 
 
 def watch(state: cloud.CloudState, run_id: str, until: tuple[str, ...] = (), timeout: float = 3600) -> dict[str, Any]:
@@ -303,16 +304,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if run["state"] in ("failed", "stopped"):
             raise CliError(f"the demo run ended {run['state']}: {run['history'][-1]['reason']}")
         print()
-        metrics = run.get("metrics", {}).get("training", {})
-        if metrics:
-            shown = ", ".join(
-                f"{k} {metrics[k]:.4f}"
-                for k in ("validation_accuracy", "validation_macro_f1", "validation_loss")
-                if k in metrics
-            )
-            print(f"fine-tuned: {shown}")
-        print(f"model artifact: {run['links'].get('model_artifact')}")
-        print("Evaluation, the quality gate and registration arrive next: the evaluate job waits in the run's outbox.")
+        for group, label, keys in (
+            ("training", "fine-tuned (validation split)", ("validation_accuracy", "validation_macro_f1")),
+            ("evaluation", "evaluated (test split)", ("accuracy", "macro_f1", "ece")),
+        ):
+            values = run.get("metrics", {}).get(group, {})
+            if values:
+                print(f"{label}: " + ", ".join(f"{k} {values[k]:.4f}" for k in keys if k in values))
+        for name in ("model_artifact", "evaluation_report"):
+            if run["links"].get(name):
+                print(f"{name.replace('_', ' ')}: {run['links'][name]}")
+        print("Registering the model and deploying it arrive next: the register command waits in the run's outbox.")
         print(f"\ndemo finished in {time.monotonic() - started:.1f}s")
         if args.keep:
             print(f"the demo's cloud is still up: TUNELOOP_HOME={cloud.home()} tuneloop status")

@@ -12,12 +12,19 @@ from botocore.stub import Stubber
 
 from chalicelib.config import Settings
 from chalicelib.domain import names
-from chalicelib.domain.commands import StartProcessingJob, StartTrainingJob, StopJob
+from chalicelib.domain.commands import LoadEvaluation, StartProcessingJob, StartTrainingJob, StopJob
 from chalicelib.domain.project import normalise_config
 from chalicelib.domain.run import Run
 from chalicelib.domain.states import RunState
 from chalicelib.executors import PermanentCommandError
-from chalicelib.sagemaker import METRIC_DEFINITIONS, SageMakerExecutors, prepare_request, training_request
+from chalicelib.sagemaker import (
+    METRIC_DEFINITIONS,
+    EvaluationLoader,
+    SageMakerExecutors,
+    evaluate_request,
+    prepare_request,
+    training_request,
+)
 from tests.conftest import DEMO_CONFIG, T0
 from training.train import metric_line
 
@@ -179,3 +186,41 @@ def test_stop_of_a_finished_job_is_done() -> None:
 def test_missing_configuration_is_a_clear_permanent_error() -> None:
     with pytest.raises(PermanentCommandError, match="execution role is not configured"):
         prepare_request(PREPARE, run_with(), dataclasses.replace(SETTINGS, role_arn=""))
+
+
+EVALUATE = StartProcessingJob(
+    RUN_ID, "demo", names.job_name(RUN_ID, "evaluate"), step="evaluate", input_uri=names.job_name(RUN_ID, "train", 2)
+)
+
+
+def test_evaluate_request_reads_the_model_and_the_test_split() -> None:
+    run = run_with()
+    client, stub = stubbed()
+    request = evaluate_request(EVALUATE, run, SETTINGS)
+    stub.add_response("create_processing_job", {"ProcessingJobArn": "arn:x"}, request)
+    with stub:
+        assert SageMakerExecutors(client, SETTINGS).start_processing_job(EVALUATE, run).done
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in request["ProcessingInputs"]}
+    assert inputs["model"] == f"s3://tuneloop-test/runs/{RUN_ID}/train/{EVALUATE.input_uri}/output/model.tar.gz"
+    assert inputs["test"] == f"s3://tuneloop-test/runs/{RUN_ID}/prepare/test/"
+    assert request["AppSpecification"]["ContainerEntrypoint"][-1].endswith("/code/evaluate.py")
+
+
+def test_loaded_evaluation_becomes_an_event() -> None:
+    import io
+    import json
+
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stub = Stubber(s3)
+    body = json.dumps({"summary": {"accuracy": 0.9, "macro_f1": 0.88}, "champion": None}).encode()
+    key = {"Bucket": "tuneloop-test", "Key": f"runs/{RUN_ID}/evaluate/evaluation/evaluation.json"}
+    stub.add_response("get_object", {"Body": io.BytesIO(body)}, key)
+    stub.add_response("get_object", {"Body": io.BytesIO(b"not json")}, key)
+    command = LoadEvaluation(RUN_ID, "demo", EVALUATE.job_name)
+    with stub:
+        outcome = EvaluationLoader(s3, SETTINGS).load(command, run_with())
+        [event] = outcome.events
+        assert event.metrics == {"accuracy": 0.9, "macro_f1": 0.88} and event.champion_metrics is None
+        assert event.event_id == f"evaluation-{EVALUATE.job_name}"  # a repeat is a duplicate
+        with pytest.raises(PermanentCommandError, match="not an evaluation"):
+            EvaluationLoader(s3, SETTINGS).load(command, run_with())
