@@ -24,7 +24,7 @@ from chalicelib.api import (
     run_view,
 )
 from chalicelib.domain import names
-from chalicelib.domain.events import StopRequested
+from chalicelib.domain.events import ApprovalDecided, StopRequested
 from chalicelib.domain.project import ConfigError, check_project_name
 from chalicelib.events import MalformedEventError, UnknownEventError, parse_event
 from chalicelib.intake import IntakeIgnored, parse_object_created
@@ -195,6 +195,35 @@ def stop_run(run_id: str) -> Response:
     if not applied.decision.changed and applied.decision.noop != "duplicate":
         raise ConflictError(f"run {run_id} cannot be stopped: {applied.decision.note}")
     return Response({"run_id": run_id, "state": applied.decision.run.state.value}, status_code=202)
+
+
+def _decide_approval(run_id: str, approved: bool) -> Response:
+    raw = app.current_request.raw_body
+    body = _body(("reason",)) if raw else {}
+    reason = body.get("reason", "")
+    if not isinstance(reason, str):
+        raise InvalidRequestError("reason", "must be a string")
+    verdict = "approved" if approved else "rejected"
+    event = ApprovalDecided(
+        event_id=f"approval-{run_id}-{verdict}", time=utcnow(), run_id=run_id, approved=approved, reason=reason
+    )
+    applied = deps.get().service.apply(run_id, event)
+    assert applied.decision is not None
+    if not applied.decision.changed and applied.decision.noop != "duplicate":
+        raise ConflictError(f"run {run_id} is not waiting for approval: {applied.decision.note}")
+    return Response({"run_id": run_id, "decision": verdict, "state": applied.decision.run.state.value}, status_code=202)
+
+
+@app.route("/runs/{run_id}/approve", methods=["POST"], content_types=JSON, authorizer=iam)
+@_http_errors
+def approve_run(run_id: str) -> Response:
+    return _decide_approval(run_id, approved=True)
+
+
+@app.route("/runs/{run_id}/reject", methods=["POST"], content_types=JSON, authorizer=iam)
+@_http_errors
+def reject_run(run_id: str) -> Response:
+    return _decide_approval(run_id, approved=False)
 
 
 # --- events ------------------------------------------------------------------------------

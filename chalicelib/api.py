@@ -111,6 +111,7 @@ def run_view(stored: StoredRun, settings: Settings) -> dict[str, Any]:
             "dataset_uri": run.dataset_uri,
             "awaiting": run.awaiting,
             "model_source": run.model_source,
+            "package_arn": run.package_arn,
             "metrics": dict(run.metrics),
             "history": [entry.to_dict() for entry in run.history],
             "pending_commands": [

@@ -29,6 +29,7 @@ class Settings:
     training_image: str = ""
     training_image_cpu: str = ""
     processing_image: str = ""
+    inference_image: str = ""
     code_uri: str = ""
     processing_instance_type: str = "ml.m5.large"
     kms_key_id: str = ""
@@ -55,6 +56,7 @@ class Settings:
             training_image=env.get("TUNELOOP_TRAINING_IMAGE", ""),
             training_image_cpu=env.get("TUNELOOP_TRAINING_IMAGE_CPU", ""),
             processing_image=env.get("TUNELOOP_PROCESSING_IMAGE", ""),
+            inference_image=env.get("TUNELOOP_INFERENCE_IMAGE", ""),
             code_uri=env.get("TUNELOOP_CODE_URI", "").rstrip("/"),
             processing_instance_type=env.get("TUNELOOP_PROCESSING_INSTANCE_TYPE", "ml.m5.large"),
             kms_key_id=env.get("TUNELOOP_KMS_KEY_ID", ""),

@@ -60,6 +60,10 @@ class SageMakerPort(Protocol):
 
     def stop_job(self, command: Command, run: Run) -> Outcome: ...
 
+    def register_model_package(self, command: Command, run: Run) -> Outcome: ...
+
+    def update_model_package_approval(self, command: Command, run: Run) -> Outcome: ...
+
 
 class EvaluationPort(Protocol):
     def load(self, command: Command, run: Run) -> Outcome: ...
@@ -105,7 +109,7 @@ class Executors:
         unconfigured = not_yet_available(
             "SageMaker is not configured: set TUNELOOP_SAGEMAKER_ROLE_ARN (tuneloop configure)"
         )
-        lifecycle = not_yet_available("tuning, the registry and deployment arrive with issues 4-5")
+        lifecycle = not_yet_available("tuning and deployment arrive with issues 4-5")
         return cls(
             {
                 StartProcessingJob: sagemaker.start_processing_job if sagemaker else unconfigured,
@@ -114,8 +118,8 @@ class Executors:
                 StopJob: sagemaker.stop_job if sagemaker else unconfigured,
                 StartTransformJob: lifecycle,
                 LoadEvaluation: evaluation.load if evaluation else unconfigured,
-                RegisterModelPackage: lifecycle,
-                UpdateModelPackageApproval: lifecycle,
+                RegisterModelPackage: sagemaker.register_model_package if sagemaker else unconfigured,
+                UpdateModelPackageApproval: sagemaker.update_model_package_approval if sagemaker else unconfigured,
                 DeployEndpoint: lifecycle,
                 CreateDriftAlarms: lifecycle,
                 DeleteEndpoint: lifecycle,

@@ -102,6 +102,7 @@ class RunModel(Model):
     parent_run_id = UnicodeAttribute(null=True)
     awaiting = UnicodeAttribute(null=True)
     model_source = UnicodeAttribute(null=True)
+    package_arn = UnicodeAttribute(null=True)
     metrics = JSONAttribute(default=dict)
     history = ListAttribute(of=HistoryAttribute, default=list)
     # Commands of the last decision that have not run yet, as [{command, status, note}].

@@ -17,7 +17,15 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from .config import Settings
-from .domain.commands import Command, LoadEvaluation, StartProcessingJob, StartTrainingJob, StopJob
+from .domain.commands import (
+    Command,
+    LoadEvaluation,
+    RegisterModelPackage,
+    StartProcessingJob,
+    StartTrainingJob,
+    StopJob,
+    UpdateModelPackageApproval,
+)
 from .domain.events import EvaluationLoaded
 from .domain.run import Run
 from .events import PROJECT_TAG, RUN_ID_TAG
@@ -320,6 +328,40 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def package_group(project: str) -> str:
+    return f"tl-{project}"
+
+
+def model_package_request(command: RegisterModelPackage, run: Run, settings: Settings) -> dict[str, Any]:
+    """A model package version with its metrics and lineage; ClientToken makes a repeat a no-op."""
+    metadata = {RUN_ID_TAG: run.run_id, PROJECT_TAG: run.project, "tuneloop:dataset": run.dataset_uri}
+    if run.parent_run_id:
+        metadata["tuneloop:parent-run-id"] = run.parent_run_id
+    evaluation = evaluation_prefix(settings, run.run_id)
+    request: dict[str, Any] = {
+        "ModelPackageGroupName": package_group(run.project),
+        "ModelPackageDescription": f"tuneloop run {run.run_id} of {run.project}: {run.config['base_model']}",
+        "InferenceSpecification": {
+            "Containers": [
+                {
+                    "Image": _require(settings.inference_image, "the inference image"),
+                    "ModelDataUrl": model_artifact_uri(settings, run, command.model_source),
+                    "Environment": {"SAGEMAKER_PROGRAM": "inference.py"},
+                }
+            ],
+            "SupportedContentTypes": ["application/json"],
+            "SupportedResponseMIMETypes": ["application/json"],
+        },
+        "ModelApprovalStatus": command.approval_status,
+        "ModelMetrics": {
+            "ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": evaluation + "evaluation.json"}}
+        },
+        "CustomerMetadataProperties": metadata,
+        "ClientToken": f"tuneloop-{run.run_id}",
+    }
+    return request
+
+
 class EvaluationLoader:
     """LoadEvaluation: read the evaluate job's evaluation.json and feed it back as an event."""
 
@@ -382,6 +424,32 @@ class SageMakerExecutors:
     def start_training_job(self, command: Command, run: Run) -> Outcome:
         assert isinstance(command, StartTrainingJob)
         return self._create("create_training_job", training_request(command, run, self._settings))
+
+    def register_model_package(self, command: Command, run: Run) -> Outcome:
+        assert isinstance(command, RegisterModelPackage)
+        group = package_group(run.project)
+        try:
+            self._client.create_model_package_group(
+                ModelPackageGroupName=group,
+                ModelPackageGroupDescription=f"tuneloop project {run.project}",
+                Tags=tags(command),
+            )
+        except ClientError as exc:
+            # The group is made once per project; later runs find it there.
+            if _code(exc) not in ("ResourceInUse", "ValidationException") or "exist" not in str(exc).lower():
+                raise
+        return self._create("create_model_package", model_package_request(command, run, self._settings))
+
+    def update_model_package_approval(self, command: Command, run: Run) -> Outcome:
+        assert isinstance(command, UpdateModelPackageApproval)
+        if not command.package_arn:
+            raise PermanentCommandError("the run has no model package to approve or reject")
+        self._client.update_model_package(
+            ModelPackageArn=command.package_arn,
+            ModelApprovalStatus="Approved" if command.approved else "Rejected",
+            ApprovalDescription=(command.reason or "decided through tuneloop")[:1024],
+        )
+        return Outcome(done=True, note=f"package {'approved' if command.approved else 'rejected'}")
 
     def stop_job(self, command: Command, run: Run) -> Outcome:
         assert isinstance(command, StopJob)

@@ -291,6 +291,7 @@ class RunRepository:
             parent_run_id=run.parent_run_id,
             awaiting=run.awaiting,
             model_source=run.model_source,
+            package_arn=run.package_arn,
             metrics=dict(run.metrics),
             history=[
                 HistoryAttribute(
@@ -319,6 +320,7 @@ class RunRepository:
             parent_run_id=item.parent_run_id,
             awaiting=item.awaiting,
             model_source=item.model_source,
+            package_arn=item.package_arn,
             metrics=item.metrics or {},
             history=tuple(
                 HistoryEntry(

@@ -182,7 +182,7 @@ def wait_for_run(api: Api, project: str, after: set[str], timeout: float) -> dic
     raise CliError(f"no run of {project} appeared within {timeout:.0f}s; see {cloud.home() / 'logs' / 'host.log'}")
 
 
-ACTIVE_STEPS = ("received", "preparing", "training", "tuning", "evaluating", "gating")
+ACTIVE_STEPS = ("received", "preparing", "training", "tuning", "evaluating", "gating", "registering")
 
 
 def watch(state: cloud.CloudState, run_id: str, until: tuple[str, ...] = (), timeout: float = 3600) -> dict[str, Any]:
@@ -314,7 +314,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for name in ("model_artifact", "evaluation_report"):
             if run["links"].get(name):
                 print(f"{name.replace('_', ' ')}: {run['links'][name]}")
-        print("Registering the model and deploying it arrive next: the register command waits in the run's outbox.")
+        if run.get("package_arn"):
+            print(f"model package: {run['package_arn']}")
+        print("Deploying to an endpoint arrives next: the deploy command waits in the run's outbox.")
         print(f"\ndemo finished in {time.monotonic() - started:.1f}s")
         if args.keep:
             print(f"the demo's cloud is still up: TUNELOOP_HOME={cloud.home()} tuneloop status")

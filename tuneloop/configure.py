@@ -15,6 +15,10 @@ from typing import Any
 TRANSFORMERS_VERSION = "4.56.2"
 PYTORCH_VERSION = "2.8.0"
 PY_VERSION = "py312"
+# The newest Hugging Face inference image the SDK's tables know; the served model only
+# needs transformers' stable loading API.
+INFERENCE_TRANSFORMERS_VERSION = "4.51.3"
+INFERENCE_PYTORCH_VERSION = "2.6.0"
 
 
 def images(region: str) -> dict[str, str]:
@@ -45,7 +49,17 @@ def images(region: str) -> dict[str, str]:
         cpu = hugging_face("ml.m5.xlarge")
     except ValueError:  # no CPU build of the Hugging Face image: the PyTorch one serves
         cpu = str(processing)
+    inference = image_uris.retrieve(
+        "huggingface",
+        region=region,
+        version=INFERENCE_TRANSFORMERS_VERSION,
+        base_framework_version=f"pytorch{INFERENCE_PYTORCH_VERSION}",
+        py_version=PY_VERSION,
+        instance_type="ml.m5.large",
+        image_scope="inference",
+    )
     return {
+        "TUNELOOP_INFERENCE_IMAGE": str(inference),
         "TUNELOOP_TRAINING_IMAGE": hugging_face("ml.g5.xlarge"),
         "TUNELOOP_TRAINING_IMAGE_CPU": cpu,
         "TUNELOOP_PROCESSING_IMAGE": str(processing),

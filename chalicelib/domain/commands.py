@@ -89,6 +89,7 @@ class RegisterModelPackage(Command):
 
 @dataclass(frozen=True)
 class UpdateModelPackageApproval(Command):
+    package_arn: str
     approved: bool
     reason: str
 

@@ -38,6 +38,7 @@ from .events import (
     DomainEvent,
     EvaluationLoaded,
     JobChanged,
+    ModelPackageChanged,
     TrainingJobChanged,
     TuningJobChanged,
 )
@@ -235,7 +236,7 @@ def _register(run: Run, _: Any) -> list[Command]:
 
 
 def _update_approval(run: Run, event: ApprovalDecided) -> list[Command]:
-    return [UpdateModelPackageApproval(run.run_id, approved=event.approved, reason=event.reason)]
+    return [UpdateModelPackageApproval(run.run_id, run.package_arn or "", approved=event.approved, reason=event.reason)]
 
 
 def _deploy(run: Run, _: Any) -> list[Command]:
@@ -481,6 +482,7 @@ def _apply(run: Run, event: DomainEvent, row: Row) -> Decision:
         awaiting=awaiting,
         model_source=_trained_model(event) or run.model_source,
         metrics=_with_metrics(run, event),
+        package_arn=event.package_arn if isinstance(event, ModelPackageChanged) else run.package_arn,
         history=(*run.history, entry),
     )
     return Decision(run=new_run, commands=commands, note=note, from_state=run.state)

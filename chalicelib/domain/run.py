@@ -62,6 +62,8 @@ class Run:
     awaiting: str | None = None
     # Training job whose model the run registers and deploys, once training is done.
     model_source: str | None = None
+    # The model package this run registered, once SageMaker reported it.
+    package_arn: str | None = None
     history: tuple[HistoryEntry, ...] = ()
     metrics: Mapping[str, Any] = field(default_factory=dict)
 

@@ -102,11 +102,19 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     )
     runs = wait_for(lambda: http(state, "GET", "/runs?project=demo")[1]["runs"])
     run_id = runs[0]["run_id"]
-    active = ("preparing", "training", "evaluating", "gating")
+    active = ("preparing", "training", "evaluating", "gating", "registering")
     run = wait_for(lambda: (r := http(state, "GET", f"/runs/{run_id}")[1])["state"] not in active and r, 300)
-    assert run["state"] == "registering", run["history"][-1]["reason"]
+    assert run["state"] == "deploying", run["history"][-1]["reason"]
     assert run["dataset_uri"] == f"s3://{state['bucket']}/datasets/demo/ds 1/reviews.jsonl"
-    assert [h["to"] for h in run["history"]] == ["preparing", "training", "evaluating", "gating", "registering"]
+    assert [h["to"] for h in run["history"]] == [
+        "preparing",
+        "training",
+        "evaluating",
+        "gating",
+        "registering",
+        "deploying",
+    ]
+    assert run["package_arn"].endswith("model-package/tl-demo/1")  # auto-approved into the registry
     assert run["metrics"]["training"]["validation_accuracy"] > 0.5
     assert run["metrics"]["evaluation"]["macro_f1"] >= 0.7  # the demo project's gate
     report = run["links"]["evaluation_report"].removeprefix(f"s3://{state['bucket']}/")
@@ -117,7 +125,7 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     artifact = run["links"]["model_artifact"].removeprefix(f"s3://{state['bucket']}/")
     assert s3(state).head_object(Bucket=state["bucket"], Key=artifact)["ContentLength"] > 1_000_000
     shown = json.loads(tuneloop(home, "run", "show", run_id, "--json").stdout)
-    assert shown["state"] == "registering"
+    assert shown["state"] == "deploying"
 
     # A replayed SageMaker event, delivered through the router as EventBridge would: the
     # prepare job finished long ago, so the run ignores it as stale.
@@ -127,15 +135,15 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     path = tmp_path / "event.json"
     path.write_text(json.dumps(event))
     assert "on_sagemaker_event" in tuneloop(home, "event", "send", str(path)).stdout
-    assert "registering" in tuneloop(home, "runs", "--project", "demo").stdout
-    assert len(http(state, "GET", f"/runs/{run_id}")[1]["history"]) == 5
+    assert "deploying" in tuneloop(home, "runs", "--project", "demo").stdout
+    assert len(http(state, "GET", f"/runs/{run_id}")[1]["history"]) == 6
 
     # State survives down/up: tables on disk, the bucket saved and restored.
     tuneloop(home, "down")
     assert "down" in tuneloop(home, "status", check=False).stdout
     tuneloop(home, "up")
     state = json.loads((home / "state.json").read_text())
-    assert http(state, "GET", f"/runs/{run_id}")[1]["state"] == "registering"
+    assert http(state, "GET", f"/runs/{run_id}")[1]["state"] == "deploying"
     keys = [o["Key"] for o in s3(state).list_objects_v2(Bucket=state["bucket"]).get("Contents", [])]
     assert "datasets/demo/ds 1/reviews.jsonl" in keys and f"{artifact}" in keys
     # The restore itself started no new run.

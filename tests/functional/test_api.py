@@ -145,3 +145,51 @@ def test_stop(api: Api, demo: dict[str, Any]) -> None:
     assert "StopJob" in kinds  # stopping the prepare job it had asked for
     assert api.call("POST", f"/runs/{run['run_id']}/stop")[0] == 202  # a retried stop is harmless
     assert api.call("POST", "/runs/nope/stop")[0] == 404
+
+
+def test_manual_approval_through_the_api(api: Api, deps: Any) -> None:
+    from chalicelib.domain import names
+    from chalicelib.domain.events import EvaluationLoaded, ModelPackageChanged, ProcessingJobChanged, TrainingJobChanged
+    from tests.conftest import T0
+
+    config = {**DEMO_CONFIG, "approval": "manual"}
+    assert api.call("POST", "/projects", {"name": "manual", "config": config})[0] == 201
+    run_id = api.call("POST", "/runs", {"project": "manual", "dataset_uri": DATASET})[1]["run_id"]
+    service = deps.service
+    assert api.call("POST", f"/runs/{run_id}/approve")[0] == 409  # nothing to approve yet
+    steps = [
+        ProcessingJobChanged(event_id="p", time=T0, job_name=names.job_name(run_id, "prepare"), status="Completed"),
+        TrainingJobChanged(event_id="t", time=T0, job_name=names.job_name(run_id, "train", 1), status="Completed"),
+        ProcessingJobChanged(event_id="e", time=T0, job_name=names.job_name(run_id, "evaluate"), status="Completed"),
+        EvaluationLoaded(event_id="l", time=T0, run_id=run_id, metrics={"macro_f1": 0.9}),
+        ModelPackageChanged(
+            event_id="m1",
+            time=T0,
+            run_id=run_id,
+            package_arn="arn:aws:sagemaker:us-east-1:1:model-package/tl-manual/1",
+            approval_status="PendingManualApproval",
+        ),
+    ]
+    for event in steps:
+        service.handle(event)
+    run = api.call("GET", f"/runs/{run_id}")[1]
+    assert run["state"] == "pending_approval"
+    status, body = api.call("POST", f"/runs/{run_id}/approve", {"reason": "looks good"})
+    assert status == 202 and body["decision"] == "approved"
+    pending = api.call("GET", f"/runs/{run_id}")[1]["pending_commands"]
+    assert pending[-1]["type"] == "UpdateModelPackageApproval" and pending[-1]["package_arn"].endswith("/tl-manual/1")
+    assert api.call("POST", f"/runs/{run_id}/approve")[0] == 202  # a retried approval is harmless
+    assert api.call("POST", f"/runs/{run_id}/reject", {"reason": 7})[0] == 400
+    # SageMaker reports the approval: the run moves on to deployment.
+    service.handle(
+        ModelPackageChanged(
+            event_id="m2", time=T0, run_id=run_id, package_arn=pending[-1]["package_arn"], approval_status="Approved"
+        )
+    )
+    service.handle(
+        ModelPackageChanged(
+            event_id="m3", time=T0, run_id=run_id, package_arn=pending[-1]["package_arn"], approval_status="Approved"
+        )
+    )
+    run = api.call("GET", f"/runs/{run_id}")[1]
+    assert run["state"] == "deploying" and [h["to"] for h in run["history"]].count("deploying") == 1

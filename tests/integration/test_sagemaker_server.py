@@ -211,3 +211,35 @@ def test_restart_ends_running_jobs_and_says_so(server: Any, tmp_path: Path) -> N
     described = restarted.describe("training", request["TrainingJobName"])
     assert described["TrainingJobStatus"] == "Failed"
     assert "stopped during the job" in described["FailureReason"]
+
+
+def test_model_registry(server: Any) -> None:
+    client, events, _ = server
+    events.clear()
+    client.create_model_package_group(ModelPackageGroupName="tl-registry-test")
+    with pytest.raises(ClientError, match="already exists"):
+        client.create_model_package_group(ModelPackageGroupName="tl-registry-test")
+    spec = {
+        "ModelPackageGroupName": "tl-registry-test",
+        "InferenceSpecification": {
+            "Containers": [{"Image": "local/inference", "ModelDataUrl": f"s3://{BUCKET}/m/model.tar.gz"}],
+            "SupportedContentTypes": ["application/json"],
+            "SupportedResponseMIMETypes": ["application/json"],
+        },
+        "ModelApprovalStatus": "PendingManualApproval",
+        "CustomerMetadataProperties": {"tuneloop:run-id": RUN_ID},
+    }
+    first = client.create_model_package(**spec, ClientToken="token-1")["ModelPackageArn"]
+    assert client.create_model_package(**spec, ClientToken="token-1")["ModelPackageArn"] == first  # a repeat
+    second = client.create_model_package(**spec, ClientToken="token-2")["ModelPackageArn"]
+    assert first.endswith("/1") and second.endswith("/2")
+    client.update_model_package(ModelPackageArn=first, ModelApprovalStatus="Approved")
+    client.update_model_package(ModelPackageArn=first, ModelApprovalStatus="Approved")  # no change, no event
+    assert client.describe_model_package(ModelPackageName=first)["ModelApprovalStatus"] == "Approved"
+    assert len(client.list_model_packages(ModelPackageGroupName="tl-registry-test")["ModelPackageSummaryList"]) == 2
+    parsed = [parse_event(e) for e in events]
+    assert [(e.kind, e.run_id) for e in parsed] == [
+        ("model_package.pending", RUN_ID),
+        ("model_package.pending", RUN_ID),
+        ("model_package.approved", RUN_ID),
+    ]

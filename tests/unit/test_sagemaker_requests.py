@@ -22,6 +22,7 @@ from chalicelib.sagemaker import (
     EvaluationLoader,
     SageMakerExecutors,
     evaluate_request,
+    model_package_request,
     prepare_request,
     training_request,
 )
@@ -224,3 +225,44 @@ def test_loaded_evaluation_becomes_an_event() -> None:
         assert event.event_id == f"evaluation-{EVALUATE.job_name}"  # a repeat is a duplicate
         with pytest.raises(PermanentCommandError, match="not an evaluation"):
             EvaluationLoader(s3, SETTINGS).load(command, run_with())
+
+
+def test_register_model_package_request() -> None:
+    from chalicelib.domain.commands import RegisterModelPackage, UpdateModelPackageApproval
+
+    settings = dataclasses.replace(
+        SETTINGS,
+        inference_image="763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-inference:2.6.0-transformers4.51.3-cpu-py312-ubuntu22.04",
+    )
+    run = dataclasses.replace(run_with(), parent_run_id="bbbbbbbbbbbb")
+    command = RegisterModelPackage(
+        RUN_ID, "demo", names.job_name(RUN_ID, "train", 1), approval_status="PendingManualApproval"
+    )
+    request = model_package_request(command, run, settings)
+    client, stub = stubbed()
+    stub.add_client_error(
+        "create_model_package_group", "ValidationException", "Model Package Group already exists: arn:x"
+    )
+    stub.add_response(
+        "create_model_package", {"ModelPackageArn": "arn:aws:sagemaker:us-east-1:1:model-package/tl-demo/3"}, request
+    )
+    arn = "arn:aws:sagemaker:us-east-1:1:model-package/tl-demo/3"
+    stub.add_response(
+        "update_model_package",
+        {"ModelPackageArn": arn},
+        {"ModelPackageArn": arn, "ModelApprovalStatus": "Approved", "ApprovalDescription": "ok"},
+    )
+    with stub:
+        executors = SageMakerExecutors(client, settings)
+        assert executors.register_model_package(command, run).done
+        assert executors.update_model_package_approval(
+            UpdateModelPackageApproval(RUN_ID, arn, approved=True, reason="ok"), run
+        ).done
+    assert request["ModelPackageGroupName"] == "tl-demo" and request["ClientToken"] == f"tuneloop-{RUN_ID}"
+    assert request["CustomerMetadataProperties"]["tuneloop:run-id"] == RUN_ID
+    assert request["CustomerMetadataProperties"]["tuneloop:parent-run-id"] == "bbbbbbbbbbbb"
+    container = request["InferenceSpecification"]["Containers"][0]
+    assert container["ModelDataUrl"].endswith(f"/train/{command.model_source}/output/model.tar.gz")
+    assert request["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"].endswith(
+        "/evaluate/evaluation/evaluation.json"
+    )

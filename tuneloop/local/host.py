@@ -75,6 +75,7 @@ def start_sagemaker(home: Path, bucket: str, router: EventRouter) -> Any:
     # Images are what the containers would be on AWS; locally jobs run in this Python.
     os.environ.setdefault("TUNELOOP_TRAINING_IMAGE", "tuneloop-local/huggingface-pytorch-training")
     os.environ.setdefault("TUNELOOP_PROCESSING_IMAGE", "tuneloop-local/pytorch-processing")
+    os.environ.setdefault("TUNELOOP_INFERENCE_IMAGE", "tuneloop-local/huggingface-pytorch-inference")
     os.environ["TUNELOOP_CODE_URI"] = upload_code(s3, REPO_ROOT / "training", bucket)
     return server
 

@@ -504,6 +504,7 @@ class LocalSageMaker:
         self.closing = False
         self.records: dict[tuple[str, str], dict[str, Any]] = {}
         self.lock = threading.Lock()
+        self.registry = Registry(home / "registry.json", emit)
         self._load()
 
     def close(self, grace_s: float = 10) -> None:
@@ -607,6 +608,11 @@ class LocalSageMaker:
             "DescribeTrainingJob": lambda: self.describe("training", params["TrainingJobName"]),
             "StopTrainingJob": lambda: self.stop("training", params["TrainingJobName"]),
             "ListTrainingJobs": lambda: self.list("training", params),
+            "CreateModelPackageGroup": lambda: self.registry.create_group(params),
+            "CreateModelPackage": lambda: self.registry.create_package(params),
+            "DescribeModelPackage": lambda: self.registry.describe(params["ModelPackageName"]),
+            "UpdateModelPackage": lambda: self.registry.update(params),
+            "ListModelPackages": lambda: self.registry.list(params),
         }
         handler = handlers.get(operation)
         if handler is None:
@@ -614,6 +620,116 @@ class LocalSageMaker:
                 "UnknownOperationException", f"{operation} is not implemented by the local SageMaker server"
             )
         return handler()
+
+
+class Registry:
+    """Model package groups and versioned packages, saved to ``registry.json``."""
+
+    def __init__(self, path: Path, emit: Emit) -> None:
+        self.path = path
+        self.emit = emit
+        self.lock = threading.Lock()
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        self.groups: dict[str, dict[str, Any]] = data.get("groups", {})
+        self.packages: dict[str, dict[str, Any]] = data.get("packages", {})
+        self.tokens: dict[str, str] = data.get("tokens", {})
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"groups": self.groups, "packages": self.packages, "tokens": self.tokens}))
+        tmp.replace(self.path)
+
+    def _event(self, record: dict[str, Any]) -> None:
+        self.emit(
+            {
+                "version": "0",
+                "id": str(uuid.uuid4()),
+                "detail-type": "SageMaker Model Package State Change",
+                "source": "aws.sagemaker",
+                "account": ACCOUNT,
+                "time": now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "region": REGION,
+                "resources": [record["ModelPackageArn"]],
+                "detail": json.loads(json.dumps(record)),
+            }
+        )
+
+    def create_group(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        name = params["ModelPackageGroupName"]
+        arn = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model-package-group/{name.lower()}"
+        with self.lock:
+            if name in self.groups:
+                raise ServiceError("ValidationException", f"Model Package Group already exists: {arn}")
+            self.groups[name] = {
+                "ModelPackageGroupName": name,
+                "ModelPackageGroupArn": arn,
+                "ModelPackageGroupDescription": params.get("ModelPackageGroupDescription", ""),
+                "CreationTime": now().timestamp(),
+                "ModelPackageGroupStatus": "Completed",
+            }
+            self._save()
+        return {"ModelPackageGroupArn": arn}
+
+    def create_package(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        group = params.get("ModelPackageGroupName")
+        token = params.get("ClientToken")
+        with self.lock:
+            if token and token in self.tokens:
+                return {"ModelPackageArn": self.tokens[token]}
+            if group not in self.groups:
+                raise ServiceError("ValidationException", f"Model Package Group {group} does not exist")
+            version = 1 + sum(1 for p in self.packages.values() if p["ModelPackageGroupName"] == group)
+            arn = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model-package/{group.lower()}/{version}"
+            record = {
+                **{k: v for k, v in params.items() if k not in ("ClientToken", "Tags")},
+                "ModelPackageArn": arn,
+                "ModelPackageVersion": version,
+                "ModelPackageStatus": "Completed",
+                "ModelApprovalStatus": params.get("ModelApprovalStatus", "PendingManualApproval"),
+                "CreationTime": now().timestamp(),
+            }
+            self.packages[arn] = record
+            if token:
+                self.tokens[token] = arn
+            self._save()
+        self._event(record)
+        return {"ModelPackageArn": arn}
+
+    def describe(self, name: str) -> dict[str, Any]:
+        record = self.packages.get(name)
+        if record is None:
+            raise ServiceError("ValidationException", f"Model package {name} does not exist")
+        return dict(record)
+
+    def update(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        arn = params["ModelPackageArn"]
+        with self.lock:
+            record = self.packages.get(arn)
+            if record is None:
+                raise ServiceError("ValidationException", f"Model package {arn} does not exist")
+            changed = "ModelApprovalStatus" in params and params["ModelApprovalStatus"] != record["ModelApprovalStatus"]
+            for key in ("ModelApprovalStatus", "ApprovalDescription", "CustomerMetadataProperties"):
+                if key in params:
+                    record[key] = params[key]
+            record["LastModifiedTime"] = now().timestamp()
+            self._save()
+        if changed:
+            self._event(record)
+        return {"ModelPackageArn": arn}
+
+    def list(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        group = params.get("ModelPackageGroupName")
+        items = [p for p in self.packages.values() if group in (None, p["ModelPackageGroupName"])]
+        keys = (
+            "ModelPackageGroupName",
+            "ModelPackageVersion",
+            "ModelPackageArn",
+            "ModelApprovalStatus",
+            "ModelPackageStatus",
+            "CreationTime",
+        )
+        return {"ModelPackageSummaryList": [{k: p[k] for k in keys if k in p} for p in items]}
 
 
 class SageMakerHttpServer(ThreadingHTTPServer):
