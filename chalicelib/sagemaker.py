@@ -161,14 +161,14 @@ def _processing_input(name: str, uri: str, local: str) -> dict[str, Any]:
 
 
 def evaluate_request(command: StartProcessingJob, run: Run, settings: Settings) -> dict[str, Any]:
-    """The evaluate job: the trained model on the test split, in the training image (it has
-    torch and transformers)."""
+    """The evaluate job: the trained model on the test split, in the inference image, the
+    stack that will serve it (torch and transformers, CPU)."""
     prefix = run_prefix(settings, run.run_id)
     request: dict[str, Any] = {
         "ProcessingJobName": command.job_name,
         "RoleArn": _require(settings.role_arn, "the SageMaker execution role"),
         "AppSpecification": {
-            "ImageUri": training_image(settings, settings.processing_instance_type),
+            "ImageUri": _require(settings.inference_image, "the inference image"),
             "ContainerEntrypoint": ["python3", f"{PROCESSING_ROOT}/input/code/evaluate.py"],
         },
         "ProcessingInputs": [

@@ -97,7 +97,11 @@ def _png(figure: Any) -> bytes:
 
 
 def plots(metrics: dict[str, Any], history: list[dict[str, Any]], champion: dict[str, Any] | None) -> dict[str, bytes]:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # an image without matplotlib: the metrics still count, say so
+        print("matplotlib is not installed: the report has no plots", file=sys.stderr)
+        return {}
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -197,10 +197,12 @@ EVALUATE = StartProcessingJob(
 def test_evaluate_request_reads_the_model_and_the_test_split() -> None:
     run = run_with()
     client, stub = stubbed()
-    request = evaluate_request(EVALUATE, run, SETTINGS)
+    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu")
+    request = evaluate_request(EVALUATE, run, settings)
     stub.add_response("create_processing_job", {"ProcessingJobArn": "arn:x"}, request)
     with stub:
-        assert SageMakerExecutors(client, SETTINGS).start_processing_job(EVALUATE, run).done
+        assert SageMakerExecutors(client, settings).start_processing_job(EVALUATE, run).done
+    assert request["AppSpecification"]["ImageUri"] == "inference:cpu"  # evaluated on the serving stack
     inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in request["ProcessingInputs"]}
     assert inputs["model"] == f"s3://tuneloop-test/runs/{RUN_ID}/train/{EVALUATE.input_uri}/output/model.tar.gz"
     assert inputs["test"] == f"s3://tuneloop-test/runs/{RUN_ID}/prepare/test/"
