@@ -83,67 +83,68 @@ def _vpc(settings: Settings) -> dict[str, Any] | None:
     return None
 
 
-def prepare_request(command: StartProcessingJob, run: Run, settings: Settings) -> dict[str, Any]:
-    config = run.config
-    outputs = run_prefix(settings, run.run_id) + "/prepare"
+def _processing_input(name: str, uri: str, local: str) -> dict[str, Any]:
+    source = {"S3Uri": uri, "LocalPath": local, "S3DataType": "S3Prefix", "S3InputMode": "File"}
+    return {"InputName": name, "S3Input": source}
+
+
+def _processing_output(name: str, uri: str) -> dict[str, Any]:
+    target = {"S3Uri": uri, "LocalPath": f"{PROCESSING_ROOT}/output/{name}", "S3UploadMode": "EndOfJob"}
+    return {"OutputName": name, "S3Output": target}
+
+
+def _processing_job(
+    command: StartProcessingJob,
+    settings: Settings,
+    image: str,
+    script: str,
+    arguments: list[str],
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """What every tuneloop processing job shares: role, code input, resources, KMS, VPC, tags."""
+    code = _require(settings.code_uri, "the training code location") + "/source/"
+    app: dict[str, Any] = {
+        "ImageUri": image,
+        "ContainerEntrypoint": ["python3", f"{PROCESSING_ROOT}/input/code/{script}"],
+    }
+    if arguments:
+        app["ContainerArguments"] = arguments
+    cluster: dict[str, Any] = {
+        "InstanceCount": 1,
+        "InstanceType": settings.processing_instance_type,
+        "VolumeSizeInGB": 30,
+    }
     request: dict[str, Any] = {
         "ProcessingJobName": command.job_name,
         "RoleArn": _require(settings.role_arn, "the SageMaker execution role"),
-        "AppSpecification": {
-            "ImageUri": _require(settings.processing_image, "the processing image"),
-            "ContainerEntrypoint": ["python3", f"{PROCESSING_ROOT}/input/code/prepare.py"],
-            "ContainerArguments": ["--task", config["task"], "--data-format", config["data_format"]],
-        },
-        "ProcessingInputs": [
-            {
-                "InputName": "code",
-                "S3Input": {
-                    "S3Uri": _require(settings.code_uri, "the training code location") + "/source/",
-                    "LocalPath": f"{PROCESSING_ROOT}/input/code",
-                    "S3DataType": "S3Prefix",
-                    "S3InputMode": "File",
-                },
-            },
-            {
-                "InputName": "data",
-                "S3Input": {
-                    "S3Uri": dataset_input(command.input_uri),
-                    "LocalPath": f"{PROCESSING_ROOT}/input/data",
-                    "S3DataType": "S3Prefix",
-                    "S3InputMode": "File",
-                },
-            },
-        ],
-        "ProcessingOutputConfig": {
-            "Outputs": [
-                {
-                    "OutputName": name,
-                    "S3Output": {
-                        "S3Uri": f"{outputs}/{name}/",
-                        "LocalPath": f"{PROCESSING_ROOT}/output/{name}",
-                        "S3UploadMode": "EndOfJob",
-                    },
-                }
-                for name in PREPARE_OUTPUTS
-            ],
-        },
-        "ProcessingResources": {
-            "ClusterConfig": {
-                "InstanceCount": 1,
-                "InstanceType": settings.processing_instance_type,
-                "VolumeSizeInGB": 30,
-            }
-        },
+        "AppSpecification": app,
+        "ProcessingInputs": [_processing_input("code", code, f"{PROCESSING_ROOT}/input/code"), *inputs],
+        "ProcessingOutputConfig": {"Outputs": outputs},
+        "ProcessingResources": {"ClusterConfig": cluster},
         "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
         "Tags": tags(command),
     }
     if settings.kms_key_id:
         request["ProcessingOutputConfig"]["KmsKeyId"] = settings.kms_key_id
-        request["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] = settings.kms_key_id
+        cluster["VolumeKmsKeyId"] = settings.kms_key_id
     vpc = _vpc(settings)
     if vpc:
         request["NetworkConfig"] = {"VpcConfig": vpc, "EnableNetworkIsolation": False}
     return request
+
+
+def prepare_request(command: StartProcessingJob, run: Run, settings: Settings) -> dict[str, Any]:
+    outputs = run_prefix(settings, run.run_id) + "/prepare"
+    return _processing_job(
+        command,
+        settings,
+        image=_require(settings.processing_image, "the processing image"),
+        script="prepare.py",
+        arguments=["--task", run.config["task"], "--data-format", run.config["data_format"]],
+        inputs=[_processing_input("data", dataset_input(command.input_uri), f"{PROCESSING_ROOT}/input/data")],
+        outputs=[_processing_output(name, f"{outputs}/{name}/") for name in PREPARE_OUTPUTS],
+    )
 
 
 def model_artifact_uri(settings: Settings, run: Run, training_job: str) -> str:
@@ -155,61 +156,24 @@ def evaluation_prefix(settings: Settings, run_id: str) -> str:
     return f"{run_prefix(settings, run_id)}/evaluate/evaluation/"
 
 
-def _processing_input(name: str, uri: str, local: str) -> dict[str, Any]:
-    source = {"S3Uri": uri, "LocalPath": local, "S3DataType": "S3Prefix", "S3InputMode": "File"}
-    return {"InputName": name, "S3Input": source}
-
-
 def evaluate_request(command: StartProcessingJob, run: Run, settings: Settings) -> dict[str, Any]:
     """The evaluate job: the trained model on the test split, in the inference image, the
     stack that will serve it (torch and transformers, CPU)."""
     prefix = run_prefix(settings, run.run_id)
-    request: dict[str, Any] = {
-        "ProcessingJobName": command.job_name,
-        "RoleArn": _require(settings.role_arn, "the SageMaker execution role"),
-        "AppSpecification": {
-            "ImageUri": _require(settings.inference_image, "the inference image"),
-            "ContainerEntrypoint": ["python3", f"{PROCESSING_ROOT}/input/code/evaluate.py"],
-        },
-        "ProcessingInputs": [
-            _processing_input(
-                "code",
-                _require(settings.code_uri, "the training code location") + "/source/",
-                f"{PROCESSING_ROOT}/input/code",
-            ),
+    return _processing_job(
+        command,
+        settings,
+        image=_require(settings.inference_image, "the inference image"),
+        script="evaluate.py",
+        arguments=[],
+        inputs=[
             _processing_input(
                 "model", model_artifact_uri(settings, run, command.input_uri), f"{PROCESSING_ROOT}/input/model"
             ),
             _processing_input("test", f"{prefix}/prepare/test/", f"{PROCESSING_ROOT}/input/test"),
         ],
-        "ProcessingOutputConfig": {
-            "Outputs": [
-                {
-                    "OutputName": "evaluation",
-                    "S3Output": {
-                        "S3Uri": evaluation_prefix(settings, run.run_id),
-                        "LocalPath": f"{PROCESSING_ROOT}/output/evaluation",
-                        "S3UploadMode": "EndOfJob",
-                    },
-                }
-            ]
-        },
-        "ProcessingResources": {
-            "ClusterConfig": {
-                "InstanceCount": 1,
-                "InstanceType": settings.processing_instance_type,
-                "VolumeSizeInGB": 30,
-            }
-        },
-        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
-        "Tags": tags(command),
-    }
-    if settings.kms_key_id:
-        request["ProcessingOutputConfig"]["KmsKeyId"] = settings.kms_key_id
-    vpc = _vpc(settings)
-    if vpc:
-        request["NetworkConfig"] = {"VpcConfig": vpc, "EnableNetworkIsolation": False}
-    return request
+        outputs=[_processing_output("evaluation", evaluation_prefix(settings, run.run_id))],
+    )
 
 
 def hyperparameters(run: Run, settings: Settings) -> dict[str, str]:
