@@ -15,6 +15,7 @@ from .domain.commands import (
     CreateDriftAlarms,
     DeleteEndpoint,
     DeployEndpoint,
+    DescribeTuningJob,
     LoadEvaluation,
     RegisterModelPackage,
     StartChildRun,
@@ -59,6 +60,10 @@ class SageMakerPort(Protocol):
     def start_training_job(self, command: Command, run: Run) -> Outcome: ...
 
     def stop_job(self, command: Command, run: Run) -> Outcome: ...
+
+    def start_tuning_job(self, command: Command, run: Run) -> Outcome: ...
+
+    def describe_tuning_job(self, command: Command, run: Run) -> Outcome: ...
 
     def register_model_package(self, command: Command, run: Run) -> Outcome: ...
 
@@ -109,12 +114,13 @@ class Executors:
         unconfigured = not_yet_available(
             "SageMaker is not configured: set TUNELOOP_SAGEMAKER_ROLE_ARN (tuneloop configure)"
         )
-        lifecycle = not_yet_available("tuning and deployment arrive with issues 4-5")
+        lifecycle = not_yet_available("deployment, batch transform and drift alarms arrive with issue 5")
         return cls(
             {
                 StartProcessingJob: sagemaker.start_processing_job if sagemaker else unconfigured,
                 StartTrainingJob: sagemaker.start_training_job if sagemaker else unconfigured,
-                StartTuningJob: lifecycle,
+                StartTuningJob: sagemaker.start_tuning_job if sagemaker else unconfigured,
+                DescribeTuningJob: sagemaker.describe_tuning_job if sagemaker else unconfigured,
                 StopJob: sagemaker.stop_job if sagemaker else unconfigured,
                 StartTransformJob: lifecycle,
                 LoadEvaluation: evaluation.load if evaluation else unconfigured,

@@ -17,35 +17,26 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from .config import Settings
+from .domain import names
 from .domain.commands import (
     Command,
+    DescribeTuningJob,
     LoadEvaluation,
     RegisterModelPackage,
     StartProcessingJob,
     StartTrainingJob,
+    StartTuningJob,
     StopJob,
     UpdateModelPackageApproval,
 )
-from .domain.events import EvaluationLoaded
+from .domain.events import EvaluationLoaded, TuningJobChanged
+from .domain.project import TRAINING_METRICS
 from .domain.run import Run
 from .events import PROJECT_TAG, RUN_ID_TAG
 from .executors import Outcome, PermanentCommandError
 
 PROCESSING_ROOT = "/opt/ml/processing"
 PREPARE_OUTPUTS = ("train", "validation", "test", "profile", "report")
-TRAINING_METRICS = (
-    "epoch",
-    "step",
-    "train_loss",
-    "learning_rate",
-    "samples_per_second",
-    "tokens_per_second",
-    "validation_loss",
-    "validation_accuracy",
-    "validation_macro_f1",
-    "validation_perplexity",
-)
-# train.py prints "[metric] epoch=1 step=40 train_loss=0.4123 ..."; one regex per metric.
 METRIC_DEFINITIONS = [{"Name": name, "Regex": rf"\[metric\].* {name}=([-+0-9.eE]+)"} for name in TRAINING_METRICS]
 
 
@@ -184,7 +175,7 @@ def hyperparameters(run: Run, settings: Settings) -> dict[str, str]:
         "task": config["task"],
         "base-model": config["base_model"],
         "method": training["method"],
-        **{str(k).replace("_", "-"): v for k, v in training["hyperparameters"].items()},
+        **{hyperparameter_name(k): v for k, v in training["hyperparameters"].items()},
     }
     out = {k: ("True" if v is True else "False" if v is False else str(v)) for k, v in values.items()}
     out["sagemaker_program"] = '"train.py"'
@@ -213,49 +204,24 @@ def channel(name: str, uri: str) -> dict[str, Any]:
     return {"ChannelName": name, "DataSource": {"S3DataSource": source}, "InputMode": "File"}
 
 
-def training_request(command: StartTrainingJob, run: Run, settings: Settings) -> dict[str, Any]:
+def training_definition(run: Run, settings: Settings) -> dict[str, Any]:
+    """What a training job and a tuning job's TrainingJobDefinition share: image, metric
+    definitions, channels, resources, limits, spot and checkpoints, KMS and VPC."""
     config = run.config
     training = config["training"]
     prefix = run_prefix(settings, run.run_id)
-    channels = [
-        {
-            "ChannelName": name,
-            "DataSource": {
-                "S3DataSource": {
-                    "S3DataType": "S3Prefix",
-                    "S3Uri": f"{prefix}/prepare/{name}/",
-                    "S3DataDistributionType": "FullyReplicated",
-                }
-            },
-            "InputMode": "File",
-        }
-        for name in ("train", "validation")
-    ]
+    channels = [channel(name, f"{prefix}/prepare/{name}/") for name in ("train", "validation")]
     if config["base_model"].startswith("s3://"):
-        channels.append(
-            {
-                "ChannelName": "model",
-                "DataSource": {
-                    "S3DataSource": {
-                        "S3DataType": "S3Prefix",
-                        "S3Uri": config["base_model"],
-                        "S3DataDistributionType": "FullyReplicated",
-                    }
-                },
-                "InputMode": "File",
-            }
-        )
-    request: dict[str, Any] = {
-        "TrainingJobName": command.job_name,
-        "HyperParameters": hyperparameters(run, settings),
+        channels.append(channel("model", config["base_model"]))
+    definition: dict[str, Any] = {
         "AlgorithmSpecification": {
             "TrainingImage": training_image(settings, training["instance_type"]),
             "TrainingInputMode": "File",
             "MetricDefinitions": METRIC_DEFINITIONS,
-            "EnableSageMakerMetricsTimeSeries": True,
         },
         "RoleArn": _require(settings.role_arn, "the SageMaker execution role"),
         "InputDataConfig": channels,
+        # Trials of a tuning job write here too: <output>/<job name>/output/model.tar.gz.
         "OutputDataConfig": {"S3OutputPath": f"{prefix}/train/"},
         "ResourceConfig": {
             "InstanceType": training["instance_type"],
@@ -265,18 +231,98 @@ def training_request(command: StartTrainingJob, run: Run, settings: Settings) ->
         "StoppingCondition": {"MaxRuntimeInSeconds": training["max_runtime_s"]},
         "EnableManagedSpotTraining": bool(training["spot"]),
         # One checkpoint location for every attempt: a retry after a spot interruption
-        # resumes where the interrupted attempt stopped.
+        # resumes where the interrupted attempt stopped. train.py keeps each hyperparameter
+        # set's checkpoints in a folder of its own, so a tuning job's trials never share them.
         "CheckpointConfig": {"S3Uri": f"{prefix}/checkpoints/", "LocalPath": "/opt/ml/checkpoints"},
-        "Tags": tags(command),
     }
     if training["spot"]:
-        request["StoppingCondition"]["MaxWaitTimeInSeconds"] = training["max_wait_s"]
+        definition["StoppingCondition"]["MaxWaitTimeInSeconds"] = training["max_wait_s"]
     if settings.kms_key_id:
-        request["OutputDataConfig"]["KmsKeyId"] = settings.kms_key_id
-        request["ResourceConfig"]["VolumeKmsKeyId"] = settings.kms_key_id
+        definition["OutputDataConfig"]["KmsKeyId"] = settings.kms_key_id
+        definition["ResourceConfig"]["VolumeKmsKeyId"] = settings.kms_key_id
     vpc = _vpc(settings)
     if vpc:
-        request["VpcConfig"] = vpc
+        definition["VpcConfig"] = vpc
+    return definition
+
+
+def training_request(command: StartTrainingJob, run: Run, settings: Settings) -> dict[str, Any]:
+    definition = training_definition(run, settings)
+    definition["AlgorithmSpecification"]["EnableSageMakerMetricsTimeSeries"] = True
+    return {
+        "TrainingJobName": command.job_name,
+        "HyperParameters": hyperparameters(run, settings),
+        **definition,
+        "Tags": tags(command),
+    }
+
+
+def hyperparameter_name(key: str) -> str:
+    return str(key).replace("_", "-")
+
+
+def parameter_ranges(tuning: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The config's ranges as SageMaker's ParameterRanges (bounds are strings)."""
+    out: dict[str, list[dict[str, Any]]] = {
+        "IntegerParameterRanges": [],
+        "ContinuousParameterRanges": [],
+        "CategoricalParameterRanges": [],
+    }
+    for key, spec in sorted(tuning["ranges"].items()):
+        name = hyperparameter_name(key)
+        if spec["type"] == "categorical":
+            out["CategoricalParameterRanges"].append({"Name": name, "Values": list(spec["values"])})
+            continue
+        integer = spec["type"] == "integer"
+        low, high = (int(spec["min"]), int(spec["max"])) if integer else (spec["min"], spec["max"])
+        out["IntegerParameterRanges" if integer else "ContinuousParameterRanges"].append(
+            {"Name": name, "MinValue": str(low), "MaxValue": str(high), "ScalingType": spec["scaling"]}
+        )
+    return {k: v for k, v in out.items() if v}
+
+
+def tuning_request(
+    command: StartTuningJob, run: Run, settings: Settings, warm_start_parent: str | None = None
+) -> dict[str, Any]:
+    """CreateHyperParameterTuningJob. The training job definition is the one a single
+    training job gets, spot and checkpoints included (tuners that drop them run on-demand)."""
+    tuning = run.config["tuning"]
+    tuned = {hyperparameter_name(k) for k in tuning["ranges"]}
+    static = {k: v for k, v in hyperparameters(run, settings).items() if k not in tuned}
+    definition = training_definition(run, settings)
+    strategy = tuning["strategy"]
+    config: dict[str, Any] = {
+        "Strategy": strategy,
+        "HyperParameterTuningJobObjective": {
+            "Type": tuning["objective"]["type"],
+            "MetricName": tuning["objective"]["metric"],
+        },
+        "ResourceLimits": {
+            "MaxNumberOfTrainingJobs": tuning["max_jobs"],
+            "MaxParallelTrainingJobs": tuning["max_parallel_jobs"],
+        },
+        "ParameterRanges": parameter_ranges(tuning),
+        # Hyperband stops trials itself; SageMaker requires the median rule off with it.
+        "TrainingJobEarlyStoppingType": "Off" if strategy == "Hyperband" else "Auto",
+    }
+    if strategy == "Hyperband":
+        epochs = static.get("epochs")
+        hyperband: dict[str, int] = {"MinResource": 1}
+        if epochs is not None:
+            hyperband["MaxResource"] = max(1, int(float(epochs)))
+        config["StrategyConfig"] = {"HyperbandStrategyConfig": hyperband}
+    request: dict[str, Any] = {
+        "HyperParameterTuningJobName": command.job_name,
+        "HyperParameterTuningJobConfig": config,
+        "TrainingJobDefinition": {"StaticHyperParameters": static, **definition},
+        "Tags": tags(command),
+    }
+    if warm_start_parent:
+        request["WarmStartConfig"] = {
+            "ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": warm_start_parent}],
+            # A retraining run tunes on new data: what transfers is where good values lie.
+            "WarmStartType": "TransferLearning",
+        }
     return request
 
 
@@ -388,6 +434,77 @@ class SageMakerExecutors:
     def start_training_job(self, command: Command, run: Run) -> Outcome:
         assert isinstance(command, StartTrainingJob)
         return self._create("create_training_job", training_request(command, run, self._settings))
+
+    def start_tuning_job(self, command: Command, run: Run) -> Outcome:
+        assert isinstance(command, StartTuningJob)
+        parent, note = self._warm_start_parent(command)
+        request = tuning_request(command, run, self._settings, parent)
+        outcome = self._create("create_hyper_parameter_tuning_job", request)
+        return Outcome(done=outcome.done, note=f"{outcome.note}; {note}")
+
+    def _warm_start_parent(self, command: StartTuningJob) -> tuple[str | None, str]:
+        """The parent run's tuning job, when it tuned and has finished; else a cold start."""
+        if not command.warm_start_from_run:
+            return None, "cold start (no parent run)"
+        parent = names.job_name(command.warm_start_from_run, "tune")
+        try:
+            status = self._client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=parent)[
+                "HyperParameterTuningJobStatus"
+            ]
+        except ClientError as exc:
+            if _code(exc) in ("ResourceNotFound", "ValidationException"):
+                return None, f"cold start (parent run {command.warm_start_from_run} did not tune)"
+            raise
+        if status not in ("Completed", "Stopped"):
+            return None, f"cold start (parent tuning job {parent} is {status})"
+        return parent, f"warm start from {parent}"
+
+    def describe_tuning_job(self, command: Command, run: Run) -> Outcome:
+        """Feed DescribeHyperParameterTuningJob back as the tuning job's final event."""
+        assert isinstance(command, DescribeTuningJob)
+        described = self._client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=command.job_name)
+        best = described.get("BestTrainingJob") or {}
+        event = TuningJobChanged(
+            event_id=f"describe-{command.job_name}",
+            time=datetime.now(UTC),
+            run_id=run.run_id,
+            job_name=command.job_name,
+            status=described["HyperParameterTuningJobStatus"],
+            failure_reason=str(described.get("FailureReason") or ""),
+            best_training_job=best.get("TrainingJobName") or None,
+            described=True,
+            details={"counters": described.get("TrainingJobStatusCounters") or {}},
+        )
+        return Outcome(done=True, note=f"best training job: {event.best_training_job or 'none'}", events=(event,))
+
+    def tuning_trials(self, job_name: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The tuning job's training jobs: hyperparameters, objective and status, best first."""
+        trials: list[dict[str, Any]] = []
+        request: dict[str, Any] = {
+            "HyperParameterTuningJobName": job_name,
+            "MaxResults": min(limit, 100),
+            "SortBy": "FinalObjectiveMetricValue",
+        }
+        while len(trials) < limit:
+            page = self._client.list_training_jobs_for_hyper_parameter_tuning_job(**request)
+            for summary in page.get("TrainingJobSummaries", []):
+                objective = summary.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
+                trials.append(
+                    {
+                        "training_job": summary["TrainingJobName"],
+                        "status": summary["TrainingJobStatus"],
+                        "objective_status": summary.get("ObjectiveStatus"),
+                        "objective": objective.get("Value"),
+                        "hyperparameters": {
+                            k: v.strip('"') for k, v in (summary.get("TunedHyperParameters") or {}).items()
+                        },
+                        "failure_reason": summary.get("FailureReason"),
+                    }
+                )
+            if not page.get("NextToken"):
+                break
+            request["NextToken"] = page["NextToken"]
+        return trials[:limit]
 
     def register_model_package(self, command: Command, run: Run) -> Outcome:
         assert isinstance(command, RegisterModelPackage)

@@ -362,6 +362,28 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
+# Arguments that say where things are or how often to report; the rest define the run.
+_PLACE_ARGS = {
+    "model_dir",
+    "train",
+    "validation",
+    "base_model_dir",
+    "output_data_dir",
+    "checkpoint_dir",
+    "failure_dir",
+    "checkpoint_interval_s",
+    "log_every",
+}
+
+
+def checkpoint_folder(args: argparse.Namespace) -> Path:
+    """This hyperparameter set's checkpoints. A retry of the same job (spot interruption)
+    finds them; a tuning job's other trials, which share the checkpoint location, do not."""
+    defining = {k: v for k, v in sorted(vars(args).items()) if k not in _PLACE_ARGS}
+    digest = hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(args.checkpoint_dir) / f"run-{digest}"
+
+
 def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
     """Write atomically: a temporary folder with a checksum manifest, renamed into place."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -524,7 +546,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     step, start_epoch, start_batch = 0, 0, 0
     history: list[dict[str, Any]] = []
-    checkpoints = Path(args.checkpoint_dir)
+    checkpoints = checkpoint_folder(args)
     resumed = load_checkpoint(checkpoints)
     if resumed:
         base_of(model).load_state_dict(resumed["model"])

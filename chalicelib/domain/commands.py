@@ -58,6 +58,13 @@ class StartTuningJob(_StartJob):
 
 
 @dataclass(frozen=True)
+class DescribeTuningJob(Command):
+    """The tuning job's event named no best training job: ask DescribeHyperParameterTuningJob."""
+
+    job_name: str
+
+
+@dataclass(frozen=True)
 class StartTransformJob(_StartJob):
     pass
 
@@ -138,6 +145,7 @@ COMMAND_TYPES: Mapping[str, type[Command]] = {
         StartProcessingJob,
         StartTrainingJob,
         StartTuningJob,
+        DescribeTuningJob,
         StartTransformJob,
         StopJob,
         LoadEvaluation,

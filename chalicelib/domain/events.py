@@ -183,6 +183,8 @@ class TrainingJobChanged(JobChanged):
 @dataclass(frozen=True, kw_only=True)
 class TuningJobChanged(JobChanged):
     best_training_job: str | None = None
+    # True when the event comes from DescribeHyperParameterTuningJob rather than EventBridge.
+    described: bool = False
 
     job_type = "tuning"
 

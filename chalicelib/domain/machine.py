@@ -20,6 +20,7 @@ from .commands import (
     CreateDriftAlarms,
     DeleteEndpoint,
     DeployEndpoint,
+    DescribeTuningJob,
     LoadEvaluation,
     RegisterModelPackage,
     StartChildRun,
@@ -122,6 +123,17 @@ def _has_best_job(_: Run, event: TuningJobChanged) -> bool:
     return bool(event.best_training_job)
 
 
+def _described(_: Run, event: TuningJobChanged) -> bool:
+    return event.described
+
+
+def tuning_counts(event: TuningJobChanged) -> str:
+    """``Completed 0, Failed 3, Stopped 1`` from the job's TrainingJobStatusCounters."""
+    counters = event.details.get("counters") or {}
+    failed = int(counters.get("NonRetryableError", 0)) + int(counters.get("RetryableError", 0))
+    return f"Completed {int(counters.get('Completed', 0))}, Failed {failed}, Stopped {int(counters.get('Stopped', 0))}"
+
+
 def gate_verdict(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bool, str]:
     """The quality gate: absolute thresholds, then improvement over the champion."""
     gates = config["gates"]
@@ -211,6 +223,10 @@ def _tune(run: Run, _: Any) -> list[Command]:
     ]
 
 
+def _describe_tuning(run: Run, event: TuningJobChanged) -> list[Command]:
+    return [DescribeTuningJob(run.run_id, event.job_name)]
+
+
 def _evaluate(source: Callable[[Run, Any], str]) -> Effect:
     def effect(run: Run, event: Any) -> list[Command]:
         return [
@@ -287,7 +303,10 @@ _NO_TUNING = Guard("no tuning ranges", lambda run, e: not _tuning_on(run, e))
 _RETRIES_LEFT = Guard("spot retries left", _retries_left)
 _NO_RETRIES_LEFT = Guard("spot retries used up", lambda run, e: not _retries_left(run, e))
 _BEST_JOB = Guard("a best training job exists", _has_best_job)
-_NO_BEST_JOB = Guard("no successful training job", lambda run, e: not _has_best_job(run, e))
+_NO_BEST_IN_EVENT = Guard(
+    "the event names no best job", lambda run, e: not _has_best_job(run, e) and not _described(run, e)
+)
+_NO_BEST_JOB = Guard("no successful training job", lambda run, e: not _has_best_job(run, e) and _described(run, e))
 _GATE_PASSES = Guard("quality gate passes", _gate_passes)
 _GATE_FAILS = Guard("quality gate fails", lambda run, e: not _gate_passes(run, e))
 _RETRAIN_ALLOWED = Guard("drift alarm of this run, OK→ALARM, retrain policy allows", _may_retrain)
@@ -330,6 +349,14 @@ ROWS: tuple[Row, ...] = (
         "tuned; evaluate the best model",
         _BEST_JOB,
         _evaluate(lambda r, e: e.best_training_job),
+    ),
+    Row(
+        S.TUNING,
+        "tuning_job.completed",
+        S.TUNING,
+        "tuned; read the best job from DescribeHyperParameterTuningJob",
+        _NO_BEST_IN_EVENT,
+        _describe_tuning,
     ),
     Row(S.TUNING, "tuning_job.completed", S.FAILED, "tuning finished with no successful training job", _NO_BEST_JOB),
     Row(S.TUNING, "tuning_job.failed", S.FAILED, "tuning job failed"),
@@ -512,6 +539,9 @@ def _note(run: Run, event: DomainEvent, row: Row) -> str:
         return f"{row.note}: {gate_verdict(run.config, event)[1]}"
     if isinstance(event, JobChanged) and event.failure_reason:
         return f"{row.note}: {event.failure_reason}"
+    if isinstance(event, TuningJobChanged) and row.target is not S.TUNING:
+        best = f"best {event.best_training_job}; " if event.best_training_job else ""
+        return f"{row.note}: {best}trials {tuning_counts(event)}"
     if isinstance(event, CommandFailed):
         return f"{row.note}: {event.command}: {event.error}"
     reason = getattr(event, "reason", "")

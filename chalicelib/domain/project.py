@@ -27,6 +27,22 @@ _MISSING = object()
 _HF_MODEL_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _INSTANCE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 
+# The metrics train.py prints as ``[metric] name=value`` lines; the training job's
+# MetricDefinitions scrape them, and a tuning objective must be one of them.
+TRAINING_METRICS = (
+    "epoch",
+    "step",
+    "train_loss",
+    "learning_rate",
+    "samples_per_second",
+    "tokens_per_second",
+    "validation_loss",
+    "validation_accuracy",
+    "validation_macro_f1",
+    "validation_perplexity",
+)
+OBJECTIVE_METRICS = tuple(m for m in TRAINING_METRICS if m.startswith(("validation_", "train_")))
+
 
 def _type_name(value: Any) -> str:
     return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}.get(
@@ -168,6 +184,11 @@ def _check_training(path: str, training: dict[str, Any]) -> None:
 def _check_tuning(path: str, tuning: dict[str, Any]) -> None:
     if tuning["max_parallel_jobs"] > tuning["max_jobs"]:
         raise ConfigError(f"{path}.max_parallel_jobs", "must not exceed max_jobs")
+    metric = tuning["objective"]["metric"]
+    if metric not in OBJECTIVE_METRICS:
+        raise ConfigError(f"{path}.objective.metric", f"{metric!r} is not one of {', '.join(OBJECTIVE_METRICS)}")
+    if len(tuning["ranges"]) > 30:
+        raise ConfigError(f"{path}.ranges", "SageMaker tunes at most 30 hyperparameters at once")
 
 
 def _check_deployment(path: str, deployment: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from chalicelib.domain import names
-from tests.conftest import load_event
+from tests.conftest import DEMO_CONFIG, load_event
 from tests.functional.conftest import Api
 
 
@@ -102,3 +102,75 @@ def test_reconciler_keeps_sagemaker_commands_pending(api: Api, demo: dict[str, A
     assert result == {"checked": 1, "finished": 0}
     pending = api.call("GET", f"/runs/{run_id}")[1]["pending_commands"]
     assert [p["type"] for p in pending] == ["StartProcessingJob"]
+
+
+TUNED_CONFIG = {
+    **DEMO_CONFIG,
+    "tuning": {
+        "objective": {"metric": "validation_macro_f1"},
+        "ranges": {"learning_rate": {"type": "continuous", "min": 1e-5, "max": 1e-3, "scaling": "Logarithmic"}},
+        "max_jobs": 3,
+    },
+}
+
+
+def tuning_run(api: Api) -> tuple[str, str]:
+    status, body = api.call("POST", "/projects", {"name": "tuned", "config": TUNED_CONFIG})
+    assert status == 201, body
+    run_id = api.invoke("on_dataset_uploaded", drop_event("datasets/tuned/ds-1/reviews.jsonl"))["run_id"]
+    prepared = sagemaker(
+        "processing_job_completed", run_id, "p-done", ProcessingJobName=names.job_name(run_id, "prepare")
+    )
+    assert api.invoke("on_sagemaker_event", prepared)["state"] == "tuning"
+    return run_id, names.job_name(run_id, "tune")
+
+
+def tuning_event(tune: str, event_id: str, status: str = "Completed", best: str | None = "-002-0a1b2c3d") -> Any:
+    event = sagemaker("tuning_job_completed", "", event_id, HyperParameterTuningJobName=tune)
+    event["detail"]["HyperParameterTuningJobStatus"] = status
+    if best:
+        event["detail"]["BestTrainingJob"]["TrainingJobName"] = tune + best
+    else:
+        del event["detail"]["BestTrainingJob"]
+    return event
+
+
+def test_tuning_completed_with_a_best_job_evaluates_that_job(api: Api) -> None:
+    run_id, tune = tuning_run(api)
+    # A trial's own events are progress of the tuning job, never a move of the run.
+    trial = sagemaker("training_job_completed", run_id, "trial-1", TrainingJobName=f"{tune}-001-0a1b2c3d")
+    trial["detail"]["TuningJobArn"] = f"arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/{tune}"
+    assert api.invoke("on_sagemaker_event", trial)["noop"] == "progress"
+    # Out of order: another run's tuning job, or a tuning event before the run tunes.
+    other = tuning_event("tl-bbbbbbbbbbbb-tune-1", "other")
+    assert "no run" in api.invoke("on_sagemaker_event", other)["ignored"]
+    done = tuning_event(tune, "tune-done")
+    assert api.invoke("on_sagemaker_event", done)["state"] == "evaluating"
+    assert api.invoke("on_sagemaker_event", done)["noop"] == "duplicate"
+    again = tuning_event(tune, "tune-done-2")  # the same news with a new event id
+    assert api.invoke("on_sagemaker_event", again)["noop"] == "stale"
+    run = api.call("GET", f"/runs/{run_id}")[1]
+    assert run["model_source"] == f"{tune}-002-0a1b2c3d"
+    assert run["pending_commands"][0]["input_uri"] == f"{tune}-002-0a1b2c3d"
+    assert "best " + f"{tune}-002-0a1b2c3d" in run["history"][-1]["reason"]
+    assert "Completed 4, Failed 1, Stopped 1" in run["history"][-1]["reason"]
+
+
+def test_tuning_failed_fails_the_run_with_the_reason(api: Api) -> None:
+    run_id, tune = tuning_run(api)
+    failed = tuning_event(tune, "tune-failed", status="Failed", best=None)
+    failed["detail"]["FailureReason"] = "All training jobs failed: AlgorithmError: CUDA out of memory"
+    assert api.invoke("on_sagemaker_event", failed)["state"] == "failed"
+    late = tuning_event(tune, "tune-late", status="InProgress", best=None)
+    assert api.invoke("on_sagemaker_event", late)["noop"] == "terminal"
+    run = api.call("GET", f"/runs/{run_id}")[1]
+    assert "CUDA out of memory" in run["history"][-1]["reason"]
+
+
+def test_tuning_completed_without_a_best_job_asks_describe(api: Api) -> None:
+    run_id, tune = tuning_run(api)
+    done = tuning_event(tune, "tune-done", best=None)
+    assert api.invoke("on_sagemaker_event", done)["state"] == "tuning"
+    run = api.call("GET", f"/runs/{run_id}")[1]
+    # No SageMaker here: both commands wait in the outbox (the integration tests run them).
+    assert [p["type"] for p in run["pending_commands"]] == ["StartTuningJob", "DescribeTuningJob"]

@@ -220,12 +220,12 @@ def test_killed_job_resumes_from_its_checkpoint(reviews: Path, tmp_path: Path) -
     layout = toolkit.lay_out(tmp_path, toolkit.wire_hyperparameters("train.py", SOURCE, hyper), channels)
     first = toolkit.start(layout, tmp_path / "first.log")
     deadline = time.monotonic() + 120
-    while not list(layout.checkpoints.glob("ckpt-*")) and time.monotonic() < deadline:
+    while not list(layout.checkpoints.glob("run-*/ckpt-*")) and time.monotonic() < deadline:
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGTERM)  # what SageMaker does on a spot interruption
     first.wait(60)
-    saved = max(int(p.name.split("-")[1]) for p in layout.checkpoints.glob("ckpt-*"))
+    saved = max(int(p.name.split("-")[1]) for p in layout.checkpoints.glob("run-*/ckpt-*"))
     assert 0 < saved < 30
     second = toolkit.start(layout, tmp_path / "second.log")
     assert second.wait(300) == 0, (tmp_path / "second.log").read_text()[-3000:]
@@ -312,3 +312,14 @@ def test_evaluate_writes_metrics_plots_and_report(
         == 1
     )
     assert "no model.tar.gz" in (tmp_path / "fail" / "failure").read_text()
+
+
+def test_trials_with_different_hyperparameters_never_share_checkpoints(tmp_path: Path) -> None:
+    def folder(*extra: str) -> Path:
+        return train_module.checkpoint_folder(
+            train_module.parse_args(["--checkpoint-dir", str(tmp_path), "--learning-rate", "1e-4", *extra])
+        )
+
+    assert folder() == folder("--checkpoint-interval-s", "5", "--model-dir", str(tmp_path / "m"))  # a retry resumes
+    assert folder() != folder("--learning-rate", "2e-4") != folder("--batch-size", "8")
+    assert folder().parent == tmp_path

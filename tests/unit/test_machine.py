@@ -49,7 +49,7 @@ def base_config(**overrides: Any) -> dict[str, Any]:
 
 
 TUNING = {
-    "objective": {"metric": "validation:macro_f1"},
+    "objective": {"metric": "validation_macro_f1"},
     "ranges": {"learning_rate": {"type": "continuous", "min": 1e-5, "max": 1e-3, "scaling": "Logarithmic"}},
 }
 
@@ -157,8 +157,10 @@ def scenario(row: Row) -> tuple[Run, DomainEvent]:
     if guard == "spot retries used up":
         config["training"] = {**config["training"], "max_spot_retries": 1}
         run_changes["awaiting"] = names.job_name(RUN_ID, "train", 2)
-    if guard == "no successful training job":
+    if guard == "the event names no best job":
         fields["best_training_job"] = None
+    if guard == "no successful training job":
+        fields.update(best_training_job=None, described=True)
     if guard == "quality gate fails":
         fields["metrics"] = {"macro_f1": 0.1}
     if guard.startswith("deployment mode is"):

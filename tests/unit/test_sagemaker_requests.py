@@ -12,7 +12,15 @@ from botocore.stub import Stubber
 
 from chalicelib.config import Settings
 from chalicelib.domain import names
-from chalicelib.domain.commands import LoadEvaluation, StartProcessingJob, StartTrainingJob, StopJob
+from chalicelib.domain.commands import (
+    DescribeTuningJob,
+    LoadEvaluation,
+    StartProcessingJob,
+    StartTrainingJob,
+    StartTuningJob,
+    StopJob,
+)
+from chalicelib.domain.events import TuningJobChanged
 from chalicelib.domain.project import normalise_config
 from chalicelib.domain.run import Run
 from chalicelib.domain.states import RunState
@@ -25,6 +33,7 @@ from chalicelib.sagemaker import (
     model_package_request,
     prepare_request,
     training_request,
+    tuning_request,
 )
 from tests.conftest import DEMO_CONFIG, T0
 from training.train import metric_line
@@ -268,3 +277,195 @@ def test_register_model_package_request() -> None:
     assert request["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"].endswith(
         "/evaluate/evaluation/evaluation.json"
     )
+
+
+TUNING_RANGES = {
+    "learning_rate": {"type": "continuous", "min": 1e-5, "max": 1e-3, "scaling": "Logarithmic"},
+    "batch_size": {"type": "categorical", "values": [8, 16]},
+    "warmup_ratio": {"type": "continuous", "min": 0.0, "max": 0.2},
+    "lora_r": {"type": "integer", "min": 4, "max": 32},
+}
+
+
+def tuning_run(parent: str | None = None, **tuning: Any) -> Run:
+    config = normalise_config(
+        {
+            **DEMO_CONFIG,
+            "training": {**DEMO_CONFIG["training"], "hyperparameters": {"epochs": 3, "learning_rate": 5e-5}},
+            "tuning": {
+                "objective": {"metric": "validation_macro_f1"},
+                "ranges": TUNING_RANGES,
+                "max_jobs": 6,
+                "max_parallel_jobs": 2,
+                **tuning,
+            },
+        }
+    )
+    return Run(RUN_ID, "demo", RunState.TUNING, config, "s3://tuneloop-test/datasets/demo/ds/reviews.jsonl", T0, parent)
+
+
+TUNE = StartTuningJob(RUN_ID, "demo", names.job_name(RUN_ID, "tune"))
+
+
+def test_tuning_request_is_valid_and_keeps_spot_and_checkpoints() -> None:
+    run = tuning_run()
+    request = tuning_request(TUNE, run, SETTINGS)
+    client, stub = stubbed()
+    stub.add_response(
+        "create_hyper_parameter_tuning_job",
+        {"HyperParameterTuningJobArn": "arn:aws:sagemaker:us-east-1:1:hyper-parameter-tuning-job/x"},
+        request,
+    )
+    with stub:
+        outcome = SageMakerExecutors(client, SETTINGS).start_tuning_job(TUNE, run)
+    assert outcome.done and "cold start" in outcome.note
+    config = request["HyperParameterTuningJobConfig"]
+    assert config["Strategy"] == "Bayesian" and config["TrainingJobEarlyStoppingType"] == "Auto"
+    assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 6, "MaxParallelTrainingJobs": 2}
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "validation_macro_f1"}
+    assert config["ParameterRanges"] == {
+        "IntegerParameterRanges": [{"Name": "lora-r", "MinValue": "4", "MaxValue": "32", "ScalingType": "Auto"}],
+        "ContinuousParameterRanges": [
+            {"Name": "learning-rate", "MinValue": "1e-05", "MaxValue": "0.001", "ScalingType": "Logarithmic"},
+            {"Name": "warmup-ratio", "MinValue": "0.0", "MaxValue": "0.2", "ScalingType": "Auto"},
+        ],
+        "CategoricalParameterRanges": [{"Name": "batch-size", "Values": ["8", "16"]}],
+    }
+    definition = request["TrainingJobDefinition"]
+    # The AWS-sample bug: tuners that drop these run every trial on-demand, without resume.
+    assert definition["EnableManagedSpotTraining"] is True
+    assert (
+        definition["StoppingCondition"]["MaxWaitTimeInSeconds"] > definition["StoppingCondition"]["MaxRuntimeInSeconds"]
+    )
+    assert definition["CheckpointConfig"]["S3Uri"] == f"s3://tuneloop-test/runs/{RUN_ID}/checkpoints/"
+    # The objective is scraped by the same definitions as a single training job's metrics.
+    assert definition["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
+    assert config["HyperParameterTuningJobObjective"]["MetricName"] in {m["Name"] for m in METRIC_DEFINITIONS}
+    # A tuned hyperparameter is never also static (AWS rejects that).
+    assert "learning-rate" not in definition["StaticHyperParameters"]
+    assert definition["StaticHyperParameters"]["epochs"] == "3"
+    assert "WarmStartConfig" not in request
+    assert len(request["HyperParameterTuningJobName"]) <= 32
+
+
+def test_hyperband_turns_the_median_rule_off_and_bounds_resources() -> None:
+    request = tuning_request(TUNE, tuning_run(strategy="Hyperband"), SETTINGS)
+    config = request["HyperParameterTuningJobConfig"]
+    assert config["TrainingJobEarlyStoppingType"] == "Off"
+    assert config["StrategyConfig"] == {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": 3}}
+
+
+def test_retraining_run_warm_starts_from_the_parents_tuning_job() -> None:
+    parent = "bbbbbbbbbbbb"
+    run = tuning_run(parent=parent)
+    command = dataclasses.replace(TUNE, warm_start_from_run=parent)
+    parent_job = names.job_name(parent, "tune")
+    request = tuning_request(command, run, SETTINGS, warm_start_parent=parent_job)
+    assert request["WarmStartConfig"] == {
+        "ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": parent_job}],
+        "WarmStartType": "TransferLearning",
+    }
+    client, stub = stubbed()
+    stub.add_response(
+        "describe_hyper_parameter_tuning_job",
+        described_tuning_job(parent_job, "Completed"),
+        {"HyperParameterTuningJobName": parent_job},
+    )
+    stub.add_response("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": "arn:x"}, request)
+    with stub:
+        outcome = SageMakerExecutors(client, SETTINGS).start_tuning_job(command, run)
+    assert f"warm start from {parent_job}" in outcome.note
+    stub.assert_no_pending_responses()
+
+
+def test_a_parent_that_did_not_tune_means_a_cold_start() -> None:
+    parent = "bbbbbbbbbbbb"
+    run = tuning_run(parent=parent)
+    command = dataclasses.replace(TUNE, warm_start_from_run=parent)
+    client, stub = stubbed()
+    stub.add_client_error(
+        "describe_hyper_parameter_tuning_job", "ResourceNotFound", "Amazon SageMaker can't find a tuning job"
+    )
+    stub.add_response(
+        "create_hyper_parameter_tuning_job",
+        {"HyperParameterTuningJobArn": "arn:x"},
+        tuning_request(command, run, SETTINGS),
+    )
+    with stub:
+        outcome = SageMakerExecutors(client, SETTINGS).start_tuning_job(command, run)
+    assert "cold start (parent run bbbbbbbbbbbb did not tune)" in outcome.note
+
+
+def described_tuning_job(name: str, status: str, best: str | None = None, completed: int = 0) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "HyperParameterTuningJobName": name,
+        "HyperParameterTuningJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/{name}",
+        "HyperParameterTuningJobConfig": {
+            "Strategy": "Bayesian",
+            "ResourceLimits": {"MaxNumberOfTrainingJobs": 3, "MaxParallelTrainingJobs": 1},
+        },
+        "HyperParameterTuningJobStatus": status,
+        "CreationTime": T0,
+        "TrainingJobStatusCounters": {"Completed": completed, "NonRetryableError": 3 - completed, "Stopped": 0},
+        "ObjectiveStatusCounters": {"Succeeded": completed, "Pending": 0, "Failed": 3 - completed},
+    }
+    if best:
+        body["BestTrainingJob"] = {
+            "TrainingJobName": best,
+            "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{best}",
+            "CreationTime": T0,
+            "TrainingJobStatus": "Completed",
+            "TunedHyperParameters": {"learning-rate": "0.0001"},
+        }
+    return body
+
+
+def test_describe_tuning_job_feeds_back_the_best_job_or_the_counts() -> None:
+    run = tuning_run()
+    command = DescribeTuningJob(RUN_ID, TUNE.job_name)
+    client, stub = stubbed()
+    stub.add_response(
+        "describe_hyper_parameter_tuning_job",
+        described_tuning_job(TUNE.job_name, "Completed", best=f"{TUNE.job_name}-002-0a1b2c3d", completed=1),
+        {"HyperParameterTuningJobName": TUNE.job_name},
+    )
+    stub.add_response(
+        "describe_hyper_parameter_tuning_job",
+        described_tuning_job(TUNE.job_name, "Completed"),
+        {"HyperParameterTuningJobName": TUNE.job_name},
+    )
+    with stub:
+        found = SageMakerExecutors(client, SETTINGS).describe_tuning_job(command, run).events[0]
+        none = SageMakerExecutors(client, SETTINGS).describe_tuning_job(command, run).events[0]
+    assert isinstance(found, TuningJobChanged) and found.described
+    assert found.best_training_job == f"{TUNE.job_name}-002-0a1b2c3d" and found.kind == "tuning_job.completed"
+    assert isinstance(none, TuningJobChanged) and none.best_training_job is None
+    assert none.details["counters"]["NonRetryableError"] == 3
+
+
+def test_trials_are_listed_best_first_with_their_hyperparameters() -> None:
+    client, stub = stubbed()
+    summary = {
+        "TrainingJobName": f"{TUNE.job_name}-001-0a1b2c3d",
+        "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/x",
+        "CreationTime": T0,
+        "TrainingJobStatus": "Completed",
+        "TunedHyperParameters": {"learning-rate": '"0.0002"'},
+        "ObjectiveStatus": "Succeeded",
+        "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "validation_macro_f1", "Value": 0.8},
+    }
+    params = {"HyperParameterTuningJobName": TUNE.job_name, "MaxResults": 100, "SortBy": "FinalObjectiveMetricValue"}
+    stub.add_response(
+        "list_training_jobs_for_hyper_parameter_tuning_job",
+        {"TrainingJobSummaries": [summary], "NextToken": "t"},
+        params,
+    )
+    stub.add_response(
+        "list_training_jobs_for_hyper_parameter_tuning_job",
+        {"TrainingJobSummaries": [{**summary, "TrainingJobName": f"{TUNE.job_name}-002-0a1b2c3d"}]},
+        {**params, "NextToken": "t"},
+    )
+    with stub:
+        trials = SageMakerExecutors(client, SETTINGS).tuning_trials(TUNE.job_name)
+    assert [t["training_job"] for t in trials] == [f"{TUNE.job_name}-001-0a1b2c3d", f"{TUNE.job_name}-002-0a1b2c3d"]
+    assert trials[0]["hyperparameters"] == {"learning-rate": "0.0002"} and trials[0]["objective"] == 0.8
