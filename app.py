@@ -181,7 +181,12 @@ def get_run(run_id: str) -> dict[str, Any]:
     stored = deps.get().service.runs.get(run_id)
     if stored is None:
         raise RunNotFoundError(run_id)
-    return run_view(stored, deps.get().settings)
+    view = run_view(stored, deps.get().settings)
+    reports = deps.get().reports
+    if reports is not None:
+        view["tuning"] = reports.tuning(stored.run)
+        view["links"].update(reports.links(stored.run))
+    return view
 
 
 @app.route("/runs/{run_id}/stop", methods=["POST"], authorizer=iam)

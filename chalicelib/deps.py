@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings, settings
 from .service import RunService
+
+if TYPE_CHECKING:
+    from .reports import RunReports
 
 
 @dataclass(frozen=True)
 class Deps:
     settings: Settings
     service: RunService
+    # Trials and evaluation links for GET /runs/{id}; None until SageMaker is configured.
+    reports: RunReports | None = None
 
 
 _lock = threading.Lock()
@@ -41,12 +46,15 @@ class LazyClient:
         return getattr(self._client, name)
 
 
-def build(config: Settings, sagemaker_client: Any = None) -> Deps:
+def build(config: Settings, sagemaker_client: Any = None, s3_client: Any = None) -> Deps:
     from . import models
+    from .reports import RunReports
     from .sagemaker import EvaluationLoader, SageMakerExecutors
     from .store import ProjectRepository, RunRepository
 
     models.bind(config)
+    sagemaker = SageMakerExecutors(sagemaker_client or LazyClient("sagemaker"), config) if config.role_arn else None
+    s3 = s3_client or LazyClient("s3")
     service = RunService(
         ProjectRepository(models.ProjectModel),
         RunRepository(models.RunModel),
@@ -54,10 +62,11 @@ def build(config: Settings, sagemaker_client: Any = None) -> Deps:
         outbox_stale_s=config.outbox_stale_s,
         # Until SageMaker is configured, job commands wait in the outbox (the reconciler
         # runs them once it is): nothing fails, nothing is lost.
-        sagemaker=SageMakerExecutors(sagemaker_client or LazyClient("sagemaker"), config) if config.role_arn else None,
-        evaluation=EvaluationLoader(LazyClient("s3"), config) if config.role_arn else None,
+        sagemaker=sagemaker,
+        evaluation=EvaluationLoader(s3, config) if config.role_arn else None,
     )
-    return Deps(settings=config, service=service)
+    reports = RunReports(s3, sagemaker, config) if sagemaker else None
+    return Deps(settings=config, service=service, reports=reports)
 
 
 def get() -> Deps:

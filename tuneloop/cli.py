@@ -156,6 +156,19 @@ def show_run(run: dict[str, Any]) -> None:
     for group, values in sorted(run.get("metrics", {}).items()):
         for name, value in sorted(values.items()):
             print(f"  metric    {group}.{name} = {value:.6g}")
+    tuning = run.get("tuning")
+    if tuning:
+        objective = tuning["objective"]
+        print(f"  tuning    {tuning['job_name']}: {objective.get('type', '')} {objective.get('metric')}")
+        for trial in tuning["trials"]:
+            objective = f"{trial['objective']:.4f}" if trial.get("objective") is not None else "-"
+            best = " ← best" if trial["training_job"] == tuning.get("best_training_job") else ""
+            values = " ".join(f"{k}={v}" for k, v in sorted(trial["hyperparameters"].items()))
+            print(f"    {trial['training_job']}  {trial['status']:<10} {objective:>8}  {values}{best}")
+        if tuning.get("trials_error"):
+            print(f"    (trials unavailable: {tuning['trials_error']})")
+    if run["links"].get("report"):
+        print(f"  report    tuneloop report {run['run_id']}")
 
 
 def cmd_run_show(args: argparse.Namespace) -> int:
@@ -211,6 +224,8 @@ def watch(state: cloud.CloudState, run_id: str, until: tuple[str, ...] = (), tim
                     line += f" epoch {metrics.get('epoch', 0):.2f} step {int(metrics['step'])}"
                 if "train_loss" in metrics:
                     line += f" loss {metrics['train_loss']:.4f}"
+        elif sagemaker and run["state"] == "tuning" and awaiting:
+            line += f" {awaiting} {tuning_progress(sagemaker, awaiting)}"
         elif awaiting:
             line += f" waiting on {awaiting}"
         if line != last:
@@ -224,10 +239,56 @@ def watch(state: cloud.CloudState, run_id: str, until: tuple[str, ...] = (), tim
         time.sleep(1)
 
 
+def tuning_progress(sagemaker: Any, job_name: str) -> str:
+    """``trials 2/4 done (1 running, 1 stopped early) · best 0.8123``, from Describe."""
+    try:
+        job = sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=job_name)
+    except Exception:  # not created yet
+        return "starting"
+    counters = job.get("TrainingJobStatusCounters", {})
+    total = job["HyperParameterTuningJobConfig"]["ResourceLimits"]["MaxNumberOfTrainingJobs"]
+    failed = counters.get("NonRetryableError", 0) + counters.get("RetryableError", 0)
+    done = counters.get("Completed", 0) + counters.get("Stopped", 0) + failed
+    text = f"trials {done}/{total} done ({counters.get('InProgress', 0)} running"
+    text += f", {counters.get('Stopped', 0)} stopped early" if counters.get("Stopped") else ""
+    text += f", {failed} failed" if failed else ""
+    text += ")"
+    best = (job.get("BestTrainingJob") or {}).get("FinalHyperParameterTuningJobObjectiveMetric")
+    if best:
+        text += f" · best {best['MetricName']} {best['Value']:.4f}"
+    return text
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     run = watch(_state(), args.run_id, timeout=args.timeout)
     show_run(run)
     return 0 if run["state"] not in ("failed", "stopped", "rejected") else 1
+
+
+def save_report(run: dict[str, Any], out: Path | None = None) -> Path:
+    """Download the run's report.html (self-contained: its plots are inside) and return where."""
+    link = run["links"].get("report")
+    if not link:
+        raise CliError(f"run {run['run_id']} has no evaluation report yet (it is {run['state']})")
+    target = out or cloud.home() / "reports" / run["run_id"] / "report.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with urllib.request.urlopen(link, timeout=30) as response:
+        target.write_bytes(response.read())
+    return target
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    run = _api().call("GET", f"/runs/{args.run_id}")
+    target = save_report(run, Path(args.out) if args.out else None)
+    print(f"report of run {run['run_id']} saved to {target}")
+    for name, link in sorted(run["links"].items()):
+        if name.startswith("plot:"):
+            print(f"  {name[5:]:<22} {link}")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(target.as_uri())
+    return 0
 
 
 def cmd_event_send(args: argparse.Namespace) -> int:
@@ -311,9 +372,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             values = run.get("metrics", {}).get(group, {})
             if values:
                 print(f"{label}: " + ", ".join(f"{k} {values[k]:.4f}" for k in keys if k in values))
-        for name in ("model_artifact", "evaluation_report"):
-            if run["links"].get(name):
-                print(f"{name.replace('_', ' ')}: {run['links'][name]}")
+        if run["links"].get("model_artifact"):
+            print(f"model artifact: {run['links']['model_artifact']}")
+        if run["links"].get("report"):
+            print(f"evaluation report: {save_report(run)} (tuneloop report {run['run_id']} --open)")
         if run.get("package_arn"):
             print(f"model package: {run['package_arn']}")
         print("Deploying to an endpoint arrives next: the deploy command waits in the run's outbox.")
@@ -369,7 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.set_defaults(func=cmd_run_stop)
 
-    p = sub.add_parser("watch", help="follow a run: state, job status, epoch, step, loss")
+    p = sub.add_parser("report", help="save a run's evaluation report (report.html) and list its plots")
+    p.add_argument("run_id")
+    p.add_argument("--out", help="where to save it (default: $TUNELOOP_HOME/reports/RUN/report.html)")
+    p.add_argument("--open", action="store_true", help="open it in the browser")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("watch", help="follow a run: state, job status, epoch, step, loss, tuning trials")
     p.add_argument("run_id")
     p.add_argument("--timeout", type=float, default=3600)
     p.set_defaults(func=cmd_watch)

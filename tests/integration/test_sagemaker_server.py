@@ -243,3 +243,132 @@ def test_model_registry(server: Any) -> None:
         ("model_package.pending", RUN_ID),
         ("model_package.approved", RUN_ID),
     ]
+
+
+def objective_tuning_request(settings: Settings, name: str, **config: Any) -> dict[str, Any]:
+    """A tuning job over objective.py: one continuous hyperparameter with a known optimum."""
+    s3 = boto3.client("s3")
+    code = sagemaker_server.upload_code(s3, Path(__file__).parent / "objective", BUCKET)
+    return {
+        "HyperParameterTuningJobName": name,
+        "HyperParameterTuningJobConfig": {
+            "Strategy": "Bayesian",
+            "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": "validation_macro_f1"},
+            "ResourceLimits": {"MaxNumberOfTrainingJobs": 8, "MaxParallelTrainingJobs": 2},
+            "ParameterRanges": {"ContinuousParameterRanges": [{"Name": "knob", "MinValue": "0", "MaxValue": "1"}]},
+            "TrainingJobEarlyStoppingType": "Auto",
+            "RandomSeed": 7,
+            **config,
+        },
+        "TrainingJobDefinition": {
+            "StaticHyperParameters": {
+                "epochs": "5",
+                "sagemaker_program": '"objective.py"',
+                "sagemaker_submit_directory": f'"{code}/sourcedir.tar.gz"',
+            },
+            "AlgorithmSpecification": {
+                "TrainingImage": "local/training",
+                "TrainingInputMode": "File",
+                "MetricDefinitions": [
+                    {"Name": "validation_macro_f1", "Regex": r"\[metric\].* validation_macro_f1=([-+0-9.eE]+)"}
+                ],
+            },
+            "RoleArn": settings.role_arn,
+            "OutputDataConfig": {"S3OutputPath": f"s3://{BUCKET}/tuning-tests/"},
+            "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1},
+            "StoppingCondition": {"MaxRuntimeInSeconds": 300},
+        },
+        "Tags": [{"Key": "tuneloop:run-id", "Value": RUN_ID}],
+    }
+
+
+def test_local_tuning_searches_stops_bad_trials_and_respects_the_parallel_limit(server: Any) -> None:
+    client, events, settings = server
+    name = "tl-sssssssssss2-tune-1"
+    client.create_hyper_parameter_tuning_job(**objective_tuning_request(settings, name))
+    with pytest.raises(ClientError, match="ResourceInUse"):
+        client.create_hyper_parameter_tuning_job(**objective_tuning_request(settings, name))
+    tuning = wait_done(
+        lambda: client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name),
+        "HyperParameterTuningJobStatus",
+    )
+    assert tuning["HyperParameterTuningJobStatus"] == "Completed", tuning.get("FailureReason")
+    counters = tuning["TrainingJobStatusCounters"]
+    assert counters["Completed"] + counters["Stopped"] == 8 and counters["NonRetryableError"] == 0
+    trials = client.list_training_jobs_for_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=name, SortBy="FinalObjectiveMetricValue", MaxResults=100
+    )["TrainingJobSummaries"]
+    assert len(trials) == 8 and all(t["TrainingJobName"].startswith(f"{name}-") for t in trials)
+    best = tuning["BestTrainingJob"]
+    assert trials[0]["TrainingJobName"] == best["TrainingJobName"]
+    completed = sorted(
+        t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"]
+        for t in trials
+        if t["TrainingJobStatus"] == "Completed"
+    )
+    best_value = best["FinalHyperParameterTuningJobObjectiveMetric"]["Value"]
+    assert best_value == completed[-1] >= completed[len(completed) // 2]
+    # The median rule stopped at least one trial, and only ones worse than the best.
+    stopped = [t for t in trials if t["TrainingJobStatus"] == "Stopped"]
+    assert stopped, [(t["TunedHyperParameters"], t.get("FinalHyperParameterTuningJobObjectiveMetric")) for t in trials]
+    for trial in stopped:
+        quality = 1 - 4 * (float(trial["TunedHyperParameters"]["knob"]) - 0.3) ** 2
+        assert quality < best_value
+        described = client.describe_training_job(TrainingJobName=trial["TrainingJobName"])
+        assert "early-stopping rule" in described["SecondaryStatusTransitions"][-1]["StatusMessage"]
+    # Never more than MaxParallelTrainingJobs at once.
+    edges = sorted(
+        [(t["TrainingStartTime"], 1) for t in trials] + [(t["TrainingEndTime"], -1) for t in trials],
+        key=lambda e: (e[0], e[1]),
+    )
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    assert peak <= 2
+    # Trials carry the tuning job; their events and the tuning job's are AWS-shaped.
+    trial = client.describe_training_job(TrainingJobName=best["TrainingJobName"])
+    assert trial["TuningJobArn"] == tuning["HyperParameterTuningJobArn"]
+    assert trial["HyperParameters"]["_tuning_objective_metric"] == "validation_macro_f1"
+    tuning_events = [
+        parse_event(e) for e in events if e["detail-type"] == "SageMaker HyperParameter Tuning Job State Change"
+    ]
+    final = [e for e in tuning_events if e.job_name == name and e.kind == "tuning_job.completed"]
+    assert len(final) == 1 and final[0].best_training_job == best["TrainingJobName"] and final[0].run_id == RUN_ID
+    trial_events = [
+        parse_event(e)
+        for e in events
+        if e["detail-type"] == "SageMaker Training Job State Change"
+        and e["detail"]["TrainingJobName"].startswith(f"{name}-")
+    ]
+    assert trial_events and all(e.tuning_job_name == name for e in trial_events)
+
+
+def test_tuning_with_no_successful_trial_fails_and_stop_stops(server: Any) -> None:
+    client, _, settings = server
+    broken = objective_tuning_request(settings, "tl-sssssssssss2-tune-2")
+    broken["HyperParameterTuningJobConfig"]["ResourceLimits"] = {
+        "MaxNumberOfTrainingJobs": 2,
+        "MaxParallelTrainingJobs": 2,
+    }
+    broken["TrainingJobDefinition"]["StaticHyperParameters"]["epochs"] = "not-a-number"
+    client.create_hyper_parameter_tuning_job(**broken)
+    failed = wait_done(
+        lambda: client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="tl-sssssssssss2-tune-2"),
+        "HyperParameterTuningJobStatus",
+    )
+    assert failed["HyperParameterTuningJobStatus"] == "Failed"
+    assert failed["FailureReason"].startswith("No training job succeeded: 2 failed")
+    assert "BestTrainingJob" not in failed
+    slow = objective_tuning_request(settings, "tl-sssssssssss2-tune-3")
+    slow["TrainingJobDefinition"]["StaticHyperParameters"]["epoch-seconds"] = "30"
+    client.create_hyper_parameter_tuning_job(**slow)
+    client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName="tl-sssssssssss2-tune-3")
+    stopped = wait_done(
+        lambda: client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="tl-sssssssssss2-tune-3"),
+        "HyperParameterTuningJobStatus",
+        timeout=120,
+    )
+    assert stopped["HyperParameterTuningJobStatus"] == "Stopped"
+    with pytest.raises(ClientError, match="ResourceNotFound"):
+        client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="tl-sssssssssss2-tune-9")

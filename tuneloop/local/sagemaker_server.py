@@ -172,6 +172,10 @@ class Job:
     kind = "job"
     name_key = status_key = arn_kind = detail_type = ""
 
+    @classmethod
+    def arn_key(cls) -> str:
+        return cls.name_key.replace("Name", "Arn")
+
     def __init__(self, server: LocalSageMaker, request: dict[str, Any]) -> None:
         self.server = server
         self.request = request
@@ -358,12 +362,16 @@ class TrainingJob(Job):
     name_key, status_key, arn_kind = "TrainingJobName", "TrainingJobStatus", "training-job"
     detail_type = "SageMaker Training Job State Change"
 
-    def __init__(self, server: LocalSageMaker, request: dict[str, Any]) -> None:
+    def __init__(self, server: LocalSageMaker, request: dict[str, Any], tuning_arn: str | None = None) -> None:
         super().__init__(server, request)
         self.secondary = "Starting"
         self.transitions: list[dict[str, Any]] = []
         self.metrics: dict[str, dict[str, Any]] = {}
+        # Every value each metric definition matched, in order: the tuner's intermediate values.
+        self.series: dict[str, list[float]] = {}
         self.model_artifact = ""
+        self.tuning_arn = tuning_arn
+        self.stopped_early = False
         self._set_secondary("Starting", "Preparing the instances for training")
 
     def _set_secondary(self, status: str, message: str) -> None:
@@ -395,6 +403,8 @@ class TrainingJob(Job):
                 "ModelArtifacts": {"S3ModelArtifacts": self.model_artifact},
             }
             out.pop("Tags", None)
+            if self.tuning_arn:
+                out["TuningJobArn"] = self.tuning_arn
             if self.started:
                 out["TrainingStartTime"] = self.started
             if self.ended:
@@ -439,7 +449,10 @@ class TrainingJob(Job):
         if checkpoints:
             upload_folder(s3, layout.checkpoints, checkpoints["S3Uri"])
         if self.stop_requested:
-            return self.finish_training("Stopped", "Stopped", "The job was stopped")
+            why = "The job was stopped"
+            if self.stopped_early:
+                why = "Stopped early by the tuning job's early-stopping rule"
+            return self.finish_training("Stopped", "Stopped", why)
         if exit_code is None:
             return self.finish_training("Stopped", "MaxRuntimeExceeded", "The job exceeded MaxRuntimeInSeconds")
         if exit_code != 0:
@@ -476,16 +489,219 @@ class TrainingJob(Job):
         text = self.log_path.read_text(errors="replace")
         for definition in definitions:
             matches = re.findall(definition["Regex"], text, flags=re.M)
-            if matches:
-                last = matches[-1]
-                value = float(last[0] if isinstance(last, tuple) else last)
+            values = []
+            for match in matches:
+                try:
+                    values.append(float(match[0] if isinstance(match, tuple) else match))
+                except ValueError:
+                    continue
+            if values:
                 with self.lock:
-                    self.metrics[definition["Name"]] = {"Value": value, "Timestamp": now()}
+                    self.series[definition["Name"]] = values
+                    if self.metrics.get(definition["Name"], {}).get("Value") != values[-1]:
+                        self.metrics[definition["Name"]] = {"Value": values[-1], "Timestamp": now()}
+
+    def stop_early(self) -> None:
+        self.stopped_early = True
+        self.stop()
 
     def _scrape(self) -> None:
         while self.process is not None and self.process.poll() is None:
             self._scrape_once()
             time.sleep(1)
+
+
+class TuningJob(Job):
+    """A hyperparameter tuning job: trials are local training jobs, chosen by ``tuner.Search``.
+
+    One thread (this job's) asks, reports and tells; at most ``MaxParallelTrainingJobs``
+    trials run at once. Trials are named ``<tuning job>-<NNN>-<8 hex>`` as on AWS, carry the
+    tuning job's ARN and tags, and emit their own training events.
+    """
+
+    kind = "tuning"
+    name_key, status_key, arn_kind = (
+        "HyperParameterTuningJobName",
+        "HyperParameterTuningJobStatus",
+        "hyper-parameter-tuning-job",
+    )
+    detail_type = "SageMaker HyperParameter Tuning Job State Change"
+    POLL_S = 0.5
+
+    def __init__(self, server: LocalSageMaker, request: dict[str, Any]) -> None:
+        super().__init__(server, request)
+        from .tuner import Search, SearchSpaceError
+
+        try:
+            self.search = Search(request["HyperParameterTuningJobConfig"])
+        except SearchSpaceError as exc:
+            raise ServiceError("ValidationException", str(exc)) from exc
+        self.trials: list[dict[str, Any]] = []  # summaries, as ListTrainingJobsFor… returns them
+        self.best: dict[str, Any] | None = None
+        self.warm_started = 0
+        self.wake = threading.Event()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.request["HyperParameterTuningJobConfig"])
+
+    def counters(self) -> tuple[dict[str, int], dict[str, int]]:
+        status = {"Completed": 0, "InProgress": 0, "RetryableError": 0, "NonRetryableError": 0, "Stopped": 0}
+        objective = {"Succeeded": 0, "Pending": 0, "Failed": 0}
+        for trial in self.trials:
+            state = trial["TrainingJobStatus"]
+            status["NonRetryableError" if state == "Failed" else state] += 1
+            objective[trial["ObjectiveStatus"]] += 1
+        return status, objective
+
+    def describe(self) -> dict[str, Any]:
+        with self.lock:
+            status, objective = self.counters()
+            out = {
+                **self.request,
+                "HyperParameterTuningJobArn": self.arn,
+                "HyperParameterTuningJobStatus": self.status,
+                "CreationTime": self.created,
+                "LastModifiedTime": self.ended or self.started or self.created,
+                "TrainingJobStatusCounters": status,
+                "ObjectiveStatusCounters": objective,
+            }
+            out.pop("Tags", None)
+            if self.ended:
+                out["HyperParameterTuningEndTime"] = self.ended
+            if self.best:
+                out["BestTrainingJob"] = dict(self.best)
+            if self.failure_reason:
+                out["FailureReason"] = self.failure_reason
+        return out
+
+    def trial_summaries(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(t) for t in self.trials]
+
+    def stop(self) -> None:
+        self.stop_requested = True
+        self.wake.set()
+
+    def execute(self) -> None:
+        self.emit()
+        self.warm_started = self.search.warm_start(self._parent_results())
+        limits = self.config["ResourceLimits"]
+        max_jobs = int(limits["MaxNumberOfTrainingJobs"])
+        parallel = max(1, int(limits.get("MaxParallelTrainingJobs", 1)))
+        deadline = time.monotonic() + int(limits.get("MaxRuntimeInSeconds", 0) or 10**9)
+        running: dict[str, tuple[TrainingJob, Any]] = {}
+        launched = 0
+        while not self.server.closing:
+            for name, (job, trial) in list(running.items()):
+                values = list(job.series.get(self.search.metric, []))
+                if self.search.report(trial, values) and job.status == "InProgress" and not job.stop_requested:
+                    log.info("tuning job %s stops trial %s early", self.name, name)
+                    threading.Thread(target=job.stop_early, daemon=True).start()
+                if job.status != "InProgress":
+                    self._finished(job, trial)
+                    del running[name]
+            out_of_time = time.monotonic() > deadline
+            if self.stop_requested or out_of_time:
+                for job, _ in running.values():
+                    if job.status == "InProgress" and not job.stop_requested:
+                        threading.Thread(target=job.stop, daemon=True).start()
+            elif launched < max_jobs:
+                while len(running) < parallel and launched < max_jobs:
+                    launched += 1
+                    job, trial = self._launch(launched)
+                    running[job.name] = (job, trial)
+            if not running and (launched >= max_jobs or self.stop_requested or out_of_time):
+                break
+            self.wake.wait(self.POLL_S)
+            self.wake.clear()
+        self._conclude(stopped=self.stop_requested)
+
+    def _launch(self, number: int) -> tuple[TrainingJob, Any]:
+        trial = self.search.ask()
+        definition = dict(self.request["TrainingJobDefinition"])
+        static = dict(definition.pop("StaticHyperParameters", {}))
+        spec = dict(definition.pop("AlgorithmSpecification"))
+        name = f"{self.name}-{number:03d}-{uuid.uuid4().hex[:8]}"
+        request = {
+            "TrainingJobName": name,
+            # AWS tells each trial its objective, as this reserved hyperparameter.
+            "HyperParameters": {
+                **static,
+                **trial.hyperparameters,
+                "_tuning_objective_metric": self.search.metric,
+            },
+            "AlgorithmSpecification": spec,
+            **definition,
+            "Tags": [*self.request.get("Tags", []), {"Key": "tuneloop:tuning-job", "Value": self.name}],
+        }
+        validate("CreateTrainingJob", request)
+        job = self.server.start(TrainingJob(self.server, request, tuning_arn=self.arn))
+        summary = {
+            "TrainingJobName": name,
+            "TrainingJobArn": job.arn,
+            "TuningJobName": self.name,
+            "CreationTime": job.created,
+            "TrainingJobStatus": "InProgress",
+            "TunedHyperParameters": dict(trial.hyperparameters),
+            "ObjectiveStatus": "Pending",
+        }
+        with self.lock:
+            self.trials.append(summary)
+        self.server.save(self)
+        return job, trial
+
+    def _finished(self, job: TrainingJob, trial: Any) -> None:
+        value = job.metrics.get(self.search.metric, {}).get("Value")
+        if job.status == "Completed" and value is not None:
+            outcome = "completed"
+        elif job.stopped_early and trial.values:
+            outcome, value = "stopped_early", trial.values[-1]
+        else:
+            outcome, value = "failed", None
+        self.search.tell(trial, outcome, value)
+        with self.lock:
+            summary = next(t for t in self.trials if t["TrainingJobName"] == job.name)
+            summary.update(TrainingJobStatus=job.status, TrainingStartTime=job.started, TrainingEndTime=job.ended)
+            if job.failure_reason:
+                summary["FailureReason"] = job.failure_reason
+            if value is not None:
+                summary["ObjectiveStatus"] = "Succeeded"
+                summary["FinalHyperParameterTuningJobObjectiveMetric"] = {
+                    "Type": "Maximize" if self.search.maximize else "Minimize",
+                    "MetricName": self.search.metric,
+                    "Value": value,
+                }
+            else:
+                summary["ObjectiveStatus"] = "Failed"
+            best_value = (self.best or {}).get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value")
+            if outcome == "completed" and self.search.better(float(value), best_value):  # type: ignore[arg-type]
+                self.best = dict(summary)
+        self.server.save(self)
+
+    def _conclude(self, stopped: bool) -> None:
+        status, _ = self.counters()
+        if stopped:
+            return self.finish("Stopped")
+        if not self.best and status["Completed"] == 0 and status["Stopped"] == 0:
+            first = next((t.get("FailureReason") for t in self.trials if t.get("FailureReason")), "")
+            return self.finish(
+                "Failed", f"No training job succeeded: {status['NonRetryableError']} failed. First failure: {first}"
+            )
+        self.finish("Completed")
+
+    def _parent_results(self) -> list[tuple[dict[str, str], float]]:
+        parents = (self.request.get("WarmStartConfig") or {}).get("ParentHyperParameterTuningJobs", [])
+        results = []
+        for parent in parents:
+            for trial in self.server.tuning_trials(parent["HyperParameterTuningJobName"]):
+                metric = trial.get("FinalHyperParameterTuningJobObjectiveMetric")
+                if trial.get("TrainingJobStatus") == "Completed" and metric:
+                    results.append((trial["TunedHyperParameters"], metric["Value"]))
+        return results
+
+    def save_extra(self) -> None:
+        (self.folder / "trials.json").write_text(json.dumps(self.trial_summaries(), default=_json_default))
 
 
 # --- the server ---------------------------------------------------------------------------
@@ -494,7 +710,7 @@ class TrainingJob(Job):
 class LocalSageMaker:
     """Job registry and operations; persisted under ``home`` so Describe survives restarts."""
 
-    JOB_TYPES: Mapping[str, type[Job]] = {"processing": ProcessingJob, "training": TrainingJob}
+    JOB_TYPES: Mapping[str, type[Job]] = {"processing": ProcessingJob, "training": TrainingJob, "tuning": TuningJob}
 
     def __init__(self, home: Path, s3: Any, emit: Emit) -> None:
         self.home = home
@@ -537,6 +753,8 @@ class LocalSageMaker:
         job.folder.mkdir(parents=True, exist_ok=True)
         record = json.loads(json.dumps(job.describe(), default=lambda d: d.timestamp()))
         (job.folder / "describe.json").write_text(json.dumps(record))
+        if isinstance(job, TuningJob):
+            job.save_extra()
         with self.lock:
             self.records[(job.kind, job.name)] = record
 
@@ -546,7 +764,7 @@ class LocalSageMaker:
         with self.lock:
             if (kind, name) in self.records or (kind, name) in self.jobs:
                 existing = self.jobs.get((kind, name))
-                arn = existing.arn if existing else self.records[(kind, name)].get(f"{cls.__name__}Arn", name)
+                arn = existing.arn if existing else self.records[(kind, name)].get(cls.arn_key(), name)
                 raise ServiceError(
                     "ResourceInUse",
                     "Job name must be unique within an AWS account and region, "
@@ -556,13 +774,57 @@ class LocalSageMaker:
             self.jobs[(kind, name)] = job
         self.save(job)
         threading.Thread(target=job.run, name=f"{kind}-{name}", daemon=True).start()
-        return {f"{cls.__name__}Arn": job.arn}
+        return {cls.arn_key(): job.arn}
+
+    def start(self, job: Job) -> Job:
+        """Register and run a job the server made itself (a tuning job's trial)."""
+        with self.lock:
+            self.jobs[(job.kind, job.name)] = job
+        self.save(job)
+        threading.Thread(target=job.run, name=f"{job.kind}-{job.name}", daemon=True).start()
+        return job
+
+    def tuning_trials(self, name: str) -> list[dict[str, Any]]:
+        job = self.jobs.get(("tuning", name))
+        if isinstance(job, TuningJob):
+            return job.trial_summaries()
+        if ("tuning", name) not in self.records:
+            raise ServiceError("ResourceNotFound", f"Amazon SageMaker can't find a tuning job with name {name}")
+        path = self.home / "tuning" / name / "trials.json"
+        return list(json.loads(path.read_text())) if path.is_file() else []
+
+    def list_trials(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        trials = self.tuning_trials(params["HyperParameterTuningJobName"])
+        if params.get("StatusEquals"):
+            trials = [t for t in trials if t["TrainingJobStatus"] == params["StatusEquals"]]
+        sort_by = params.get("SortBy", "CreationTime")
+        descending = params.get("SortOrder", "Descending" if sort_by != "Name" else "Ascending") == "Descending"
+        if sort_by == "FinalObjectiveMetricValue":
+            # AWS lists the best first, whatever the objective's direction; no objective last.
+            scored = [t for t in trials if t.get("FinalHyperParameterTuningJobObjectiveMetric")]
+            rest = [t for t in trials if not t.get("FinalHyperParameterTuningJobObjectiveMetric")]
+            maximize = any(
+                t["FinalHyperParameterTuningJobObjectiveMetric"].get("Type", "Maximize") == "Maximize" for t in scored
+            )
+            scored.sort(key=lambda t: t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"], reverse=maximize)
+            trials = scored + rest
+        else:
+            key = {"Name": "TrainingJobName", "Status": "TrainingJobStatus"}.get(sort_by, "CreationTime")
+            trials.sort(key=lambda t: str(t.get(key)), reverse=descending)
+        start = int(params.get("NextToken") or 0)
+        size = int(params.get("MaxResults", 10))
+        page = {"TrainingJobSummaries": trials[start : start + size]}
+        if start + size < len(trials):
+            page["NextToken"] = str(start + size)
+        return page
 
     def describe(self, kind: str, name: str) -> dict[str, Any]:
         job = self.jobs.get((kind, name))
         if job is not None:
             return job.describe()
         record = self.records.get((kind, name))
+        if record is None and kind == "tuning":
+            raise ServiceError("ResourceNotFound", f"Amazon SageMaker can't find a tuning job with name {name}")
         if record is None:
             raise ServiceError(
                 "ValidationException", f"Requested resource not found: {kind} job {name} does not exist", 400
@@ -588,13 +850,15 @@ class LocalSageMaker:
         summaries = [
             {
                 cls.name_key: i[cls.name_key],
-                f"{cls.__name__}Arn": i.get(f"{cls.__name__}Arn"),
+                cls.arn_key(): i.get(cls.arn_key()),
                 cls.status_key: i[cls.status_key],
                 "CreationTime": i.get("CreationTime"),
             }
             for i in items
         ]
-        key = "ProcessingJobSummaries" if kind == "processing" else "TrainingJobSummaries"
+        key = {"processing": "ProcessingJobSummaries", "training": "TrainingJobSummaries"}.get(
+            kind, "HyperParameterTuningJobSummaries"
+        )
         return {key: summaries[: params.get("MaxResults", 100)]}
 
     def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -608,6 +872,10 @@ class LocalSageMaker:
             "DescribeTrainingJob": lambda: self.describe("training", params["TrainingJobName"]),
             "StopTrainingJob": lambda: self.stop("training", params["TrainingJobName"]),
             "ListTrainingJobs": lambda: self.list("training", params),
+            "CreateHyperParameterTuningJob": lambda: self.create("tuning", params),
+            "DescribeHyperParameterTuningJob": lambda: self.describe("tuning", params["HyperParameterTuningJobName"]),
+            "StopHyperParameterTuningJob": lambda: self.stop("tuning", params["HyperParameterTuningJobName"]),
+            "ListTrainingJobsForHyperParameterTuningJob": lambda: self.list_trials(params),
             "CreateModelPackageGroup": lambda: self.registry.create_group(params),
             "CreateModelPackage": lambda: self.registry.create_package(params),
             "DescribeModelPackage": lambda: self.registry.describe(params["ModelPackageName"]),

@@ -1,0 +1,71 @@
+"""What GET /runs/{id} shows beyond the stored run: tuning trials and evaluation links.
+
+Trials are read live from SageMaker (ListTrainingJobsForHyperParameterTuningJob), so the
+run item stays small however many trials a tuning job runs. Report, metrics and plots
+are presigned S3 GET URLs: a browser opens them without AWS credentials, on AWS and on
+the local cloud's S3 alike.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .config import Settings
+from .domain.run import Run
+from .sagemaker import SageMakerExecutors, evaluation_prefix
+
+LINK_EXPIRY_S = 3600
+
+
+def tuning_job_of(run: Run) -> str | None:
+    """The tuning job the run started, if it tuned."""
+    return next((entry.awaits for entry in run.history if "StartTuningJob" in entry.commands), None)
+
+
+class RunReports:
+    def __init__(self, s3: Any, sagemaker: SageMakerExecutors, settings: Settings) -> None:
+        self._s3 = s3
+        self._sagemaker = sagemaker
+        self._settings = settings
+
+    def tuning(self, run: Run, limit: int = 100) -> dict[str, Any] | None:
+        job = tuning_job_of(run)
+        if job is None:
+            return None
+        objective = run.config.get("tuning", {}).get("objective", {})
+        view: dict[str, Any] = {"job_name": job, "objective": objective, "best_training_job": run.model_source}
+        try:
+            view["trials"] = self._sagemaker.tuning_trials(job, limit)
+        except (ClientError, BotoCoreError) as exc:
+            # The run is still worth showing when SageMaker cannot list its trials right now.
+            view["trials"] = []
+            view["trials_error"] = str(exc)
+        return view
+
+    def links(self, run: Run) -> dict[str, str]:
+        """Presigned links to evaluation.json, report.html and each plot the evaluation wrote."""
+        if "evaluation" not in run.metrics:
+            return {}
+        bucket, _, prefix = evaluation_prefix(self._settings, run.run_id)[len("s3://") :].partition("/")
+        try:
+            listed = self._s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+        except (ClientError, BotoCoreError):
+            return {}
+        links = {}
+        for obj in listed.get("Contents", []):
+            name = posixpath.basename(obj["Key"])
+            if name == "report.html":
+                label = "report"
+            elif name == "evaluation.json":
+                label = "evaluation"
+            elif name.endswith(".png"):
+                label = f"plot:{name[: -len('.png')]}"
+            else:
+                continue
+            links[label] = self._s3.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": obj["Key"]}, ExpiresIn=LINK_EXPIRY_S
+            )
+        return links
