@@ -133,6 +133,14 @@ def _training(raw: Mapping[str, Any], d: Mapping[str, Any]) -> DomainEvent:
     )
 
 
+def best_objective(best: Any) -> dict[str, float]:
+    """{metric: value} from a BestTrainingJob's FinalHyperParameterTuningJobObjectiveMetric."""
+    metric = best.get("FinalHyperParameterTuningJobObjectiveMetric") if isinstance(best, Mapping) else None
+    if not isinstance(metric, Mapping) or not isinstance(metric.get("Value"), (int, float)):
+        return {}
+    return {str(metric.get("MetricName", "objective")): float(metric["Value"])}
+
+
 def _tuning(raw: Mapping[str, Any], d: Mapping[str, Any]) -> DomainEvent:
     name = _required(d, "HyperParameterTuningJobName")
     best = d.get("BestTrainingJob") or {}
@@ -143,6 +151,7 @@ def _tuning(raw: Mapping[str, Any], d: Mapping[str, Any]) -> DomainEvent:
         status=_required(d, "HyperParameterTuningJobStatus"),
         failure_reason=str(d.get("FailureReason") or ""),
         best_training_job=(best.get("TrainingJobName") if isinstance(best, Mapping) else None) or None,
+        best_objective=best_objective(best),
         details={"counters": d.get("TrainingJobStatusCounters") or {}},
     )
 

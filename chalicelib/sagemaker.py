@@ -32,7 +32,7 @@ from .domain.commands import (
 from .domain.events import EvaluationLoaded, TuningJobChanged
 from .domain.project import TRAINING_METRICS
 from .domain.run import Run
-from .events import PROJECT_TAG, RUN_ID_TAG
+from .events import PROJECT_TAG, RUN_ID_TAG, best_objective
 from .executors import Outcome, PermanentCommandError
 
 PROCESSING_ROOT = "/opt/ml/processing"
@@ -472,6 +472,7 @@ class SageMakerExecutors:
             status=described["HyperParameterTuningJobStatus"],
             failure_reason=str(described.get("FailureReason") or ""),
             best_training_job=best.get("TrainingJobName") or None,
+            best_objective=best_objective(best),
             described=True,
             details={"counters": described.get("TrainingJobStatusCounters") or {}},
         )

@@ -183,6 +183,8 @@ class TrainingJobChanged(JobChanged):
 @dataclass(frozen=True, kw_only=True)
 class TuningJobChanged(JobChanged):
     best_training_job: str | None = None
+    # The best job's final objective, {metric: value} (FinalHyperParameterTuningJobObjectiveMetric).
+    best_objective: Mapping[str, float] = field(default_factory=dict)
     # True when the event comes from DescribeHyperParameterTuningJob rather than EventBridge.
     described: bool = False
 

@@ -519,6 +519,8 @@ def _with_metrics(run: Run, event: DomainEvent) -> Mapping[str, Any]:
     """The run's metrics, with what a finished training job reported added."""
     if isinstance(event, TrainingJobChanged) and event.final_metrics:
         return {**run.metrics, "training": dict(event.final_metrics)}
+    if isinstance(event, TuningJobChanged) and event.best_training_job and event.best_objective:
+        return {**run.metrics, "training": dict(event.best_objective)}
     if isinstance(event, EvaluationLoaded):
         return {**run.metrics, "evaluation": dict(event.metrics)}
     return run.metrics

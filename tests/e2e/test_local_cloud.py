@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 from chalicelib.domain import names
-from tests.conftest import DEMO_CONFIG, load_event
+from tests.conftest import DEMO_TUNED_CONFIG, load_event
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -90,11 +90,13 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     assert http(state, "GET", "/projects", token="wrong")[0] == 401
     assert http(state, "GET", "/no/such/route")[0] == 404
     spec = tmp_path / "project.json"
-    spec.write_text(json.dumps({"name": "demo", "config": DEMO_CONFIG}))
+    # The demo project's tuning, cut to two trials to keep the suite quick.
+    config = {**DEMO_TUNED_CONFIG, "tuning": {**DEMO_TUNED_CONFIG["tuning"], "max_jobs": 2}}
+    spec.write_text(json.dumps({"name": "demo", "config": config}))
     tuneloop(home, "project", "create", "--file", str(spec))
 
     # Any S3 client's upload becomes an Object Created event that starts a run, which
-    # prepares the data and fine-tunes the packaged MiniLM on the local SageMaker.
+    # prepares the data and tunes fine-tunes of the packaged MiniLM on the local SageMaker.
     s3(state).put_object(
         Bucket=state["bucket"],
         Key="datasets/demo/ds 1/reviews.jsonl",
@@ -102,20 +104,24 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     )
     runs = wait_for(lambda: http(state, "GET", "/runs?project=demo")[1]["runs"])
     run_id = runs[0]["run_id"]
-    active = ("preparing", "training", "evaluating", "gating", "registering")
-    run = wait_for(lambda: (r := http(state, "GET", f"/runs/{run_id}")[1])["state"] not in active and r, 300)
+    active = ("preparing", "tuning", "evaluating", "gating", "registering")
+    run = wait_for(lambda: (r := http(state, "GET", f"/runs/{run_id}")[1])["state"] not in active and r, 420)
     assert run["state"] == "deploying", run["history"][-1]["reason"]
     assert run["dataset_uri"] == f"s3://{state['bucket']}/datasets/demo/ds 1/reviews.jsonl"
     assert [h["to"] for h in run["history"]] == [
         "preparing",
-        "training",
+        "tuning",
         "evaluating",
         "gating",
         "registering",
         "deploying",
     ]
     assert run["package_arn"].endswith("model-package/tl-demo/1")  # auto-approved into the registry
-    assert run["metrics"]["training"]["validation_accuracy"] > 0.5
+    trials = run["tuning"]["trials"]
+    assert len(trials) == 2 and {t["status"] for t in trials} <= {"Completed", "Stopped"}
+    assert trials[0]["training_job"] == run["model_source"] == run["tuning"]["best_training_job"]
+    assert all(set(t["hyperparameters"]) == {"learning-rate", "warmup-ratio"} for t in trials)
+    assert run["metrics"]["training"]["validation_macro_f1"] == trials[0]["objective"] > 0.5
     assert run["metrics"]["evaluation"]["macro_f1"] >= 0.7  # the demo project's gate
     report = run["links"]["evaluation_report"].removeprefix(f"s3://{state['bucket']}/")
     assert (
@@ -126,6 +132,7 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     assert s3(state).head_object(Bucket=state["bucket"], Key=artifact)["ContentLength"] > 1_000_000
     shown = json.loads(tuneloop(home, "run", "show", run_id, "--json").stdout)
     assert shown["state"] == "deploying"
+    check_report(home, run, tmp_path)
 
     # A replayed SageMaker event, delivered through the router as EventBridge would: the
     # prepare job finished long ago, so the run ignores it as stale.
@@ -137,6 +144,7 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     assert "on_sagemaker_event" in tuneloop(home, "event", "send", str(path)).stdout
     assert "deploying" in tuneloop(home, "runs", "--project", "demo").stdout
     assert len(http(state, "GET", f"/runs/{run_id}")[1]["history"]) == 6
+    assert "← best" in tuneloop(home, "run", "show", run_id).stdout
 
     # State survives down/up: tables on disk, the bucket saved and restored.
     tuneloop(home, "down")
@@ -148,3 +156,53 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     assert "datasets/demo/ds 1/reviews.jsonl" in keys and f"{artifact}" in keys
     # The restore itself started no new run.
     assert len(http(state, "GET", "/runs?project=demo")[1]["runs"]) == 1
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def check_report(home: Path, run: dict[str, Any], tmp_path: Path) -> None:
+    """The report's links work without credentials, `tuneloop report` saves it, and the
+    page renders in headless Chromium with the run's metrics and every plot decoded."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    links = run["links"]
+    with urllib.request.urlopen(links["report"], timeout=30) as response:  # presigned: no credentials
+        assert b"<h1>Evaluation on the test split</h1>" in response.read()
+    for plot in ("plot:confusion_matrix", "plot:training_curves"):
+        with urllib.request.urlopen(links[plot], timeout=30) as response, Image.open(BytesIO(response.read())) as image:
+            assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
+    saved = tmp_path / "report.html"
+    assert str(saved) in tuneloop(home, "report", run["run_id"], "--out", str(saved)).stdout
+    if not CHROMIUM.exists():
+        if os.environ.get("TUNELOOP_REQUIRE_BROWSER"):
+            raise AssertionError(f"{CHROMIUM} is missing; .ci/run installs it (apt-get install chromium)")
+        pytest.skip(f"the report's rendering check needs {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        try:
+            page = browser.new_page()
+            page.goto(saved.as_uri())
+            shown = dict(
+                zip(
+                    page.locator("#metrics th").all_inner_texts(),
+                    page.locator("#metrics td").all_inner_texts(),
+                    strict=True,
+                )
+            )
+            images = page.evaluate(
+                "[...document.images].map(i => ({alt: i.alt, ok: i.complete, width: i.naturalWidth}))"
+            )
+        finally:
+            browser.close()
+    evaluation = run["metrics"]["evaluation"]
+    assert shown["macro_f1"] == f"{evaluation['macro_f1']:.4f}" and shown["accuracy"] == f"{evaluation['accuracy']:.4f}"
+    assert {i["alt"] for i in images} >= {"confusion_matrix.png", "training_curves.png"}
+    assert all(i["ok"] and i["width"] > 300 for i in images), images

@@ -151,6 +151,7 @@ def test_tuning_completed_with_a_best_job_evaluates_that_job(api: Api) -> None:
     assert api.invoke("on_sagemaker_event", again)["noop"] == "stale"
     run = api.call("GET", f"/runs/{run_id}")[1]
     assert run["model_source"] == f"{tune}-002-0a1b2c3d"
+    assert run["metrics"]["training"] == {"validation_macro_f1": 0.91}  # the best trial's objective
     assert run["pending_commands"][0]["input_uri"] == f"{tune}-002-0a1b2c3d"
     assert "best " + f"{tune}-002-0a1b2c3d" in run["history"][-1]["reason"]
     assert "Completed 4, Failed 1, Stopped 1" in run["history"][-1]["reason"]
