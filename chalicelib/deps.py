@@ -53,11 +53,16 @@ def build(config: Settings, sagemaker_client: Any = None, s3_client: Any = None)
     from .store import ProjectRepository, RunRepository
 
     models.bind(config)
-    sagemaker = SageMakerExecutors(sagemaker_client or LazyClient("sagemaker"), config) if config.role_arn else None
+    runs = RunRepository(models.RunModel)
+    sagemaker = (
+        SageMakerExecutors(sagemaker_client or LazyClient("sagemaker"), config, champion=runs.champion)
+        if config.role_arn
+        else None
+    )
     s3 = s3_client or LazyClient("s3")
     service = RunService(
         ProjectRepository(models.ProjectModel),
-        RunRepository(models.RunModel),
+        runs,
         bucket=config.bucket,
         outbox_stale_s=config.outbox_stale_s,
         # Until SageMaker is configured, job commands wait in the outbox (the reconciler

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -147,22 +147,31 @@ def evaluation_prefix(settings: Settings, run_id: str) -> str:
     return f"{run_prefix(settings, run_id)}/evaluate/evaluation/"
 
 
-def evaluate_request(command: StartProcessingJob, run: Run, settings: Settings) -> dict[str, Any]:
+def evaluate_request(
+    command: StartProcessingJob, run: Run, settings: Settings, champion: Run | None = None
+) -> dict[str, Any]:
     """The evaluate job: the trained model on the test split, in the inference image, the
-    stack that will serve it (torch and transformers, CPU)."""
+    stack that will serve it (torch and transformers, CPU). With a deployed champion, its
+    model is measured on the same split, for the gate's champion/challenger comparison."""
     prefix = run_prefix(settings, run.run_id)
+    inputs = [
+        _processing_input(
+            "model", model_artifact_uri(settings, run, command.input_uri), f"{PROCESSING_ROOT}/input/model"
+        ),
+        _processing_input("test", f"{prefix}/prepare/test/", f"{PROCESSING_ROOT}/input/test"),
+    ]
+    arguments: list[str] = []
+    if champion is not None and champion.model_source:
+        champion_model = model_artifact_uri(settings, champion, champion.model_source)
+        inputs.append(_processing_input("champion", champion_model, f"{PROCESSING_ROOT}/input/champion"))
+        arguments = ["--champion-run-id", champion.run_id]
     return _processing_job(
         command,
         settings,
         image=_require(settings.inference_image, "the inference image"),
         script="evaluate.py",
-        arguments=[],
-        inputs=[
-            _processing_input(
-                "model", model_artifact_uri(settings, run, command.input_uri), f"{PROCESSING_ROOT}/input/model"
-            ),
-            _processing_input("test", f"{prefix}/prepare/test/", f"{PROCESSING_ROOT}/input/test"),
-        ],
+        arguments=arguments,
+        inputs=inputs,
         outputs=[_processing_output("evaluation", evaluation_prefix(settings, run.run_id))],
     )
 
@@ -395,22 +404,29 @@ class EvaluationLoader:
         except (ValueError, KeyError, TypeError) as exc:
             raise PermanentCommandError(f"{uri} is not an evaluation tuneloop can read: {exc}") from exc
         champion = evaluation.get("champion") or None
+        champion_run_id = evaluation.get("champion_run_id") or None
         event = EvaluationLoaded(
             event_id=f"evaluation-{command.job_name}",
             time=datetime.now(UTC),
             run_id=run.run_id,
             metrics=metrics,
             champion_metrics={str(k): float(v) for k, v in champion.items()} if champion else None,
+            champion_run_id=str(champion_run_id) if champion and champion_run_id else None,
         )
         return Outcome(done=True, note=f"read {uri}", events=(event,))
+
+
+# (project, run id) → the project's deployed run other than that one, if any.
+Champion = Callable[[str, str], Run | None]
 
 
 class SageMakerExecutors:
     """CreateProcessingJob / CreateTrainingJob / Stop*: one boto3 SageMaker client."""
 
-    def __init__(self, client: Any, settings: Settings) -> None:
+    def __init__(self, client: Any, settings: Settings, champion: Champion | None = None) -> None:
         self._client = client
         self._settings = settings
+        self._champion = champion or (lambda project, run_id: None)
 
     def _create(self, operation: str, request: Mapping[str, Any]) -> Outcome:
         try:
@@ -426,10 +442,13 @@ class SageMakerExecutors:
 
     def start_processing_job(self, command: Command, run: Run) -> Outcome:
         assert isinstance(command, StartProcessingJob)
-        builders = {"prepare": prepare_request, "evaluate": evaluate_request}
-        if command.step not in builders:
+        if command.step == "prepare":
+            request = prepare_request(command, run, self._settings)
+        elif command.step == "evaluate":
+            request = evaluate_request(command, run, self._settings, self._champion(run.project, run.run_id))
+        else:
             raise PermanentCommandError(f"no processing job is defined for step {command.step!r}")
-        return self._create("create_processing_job", builders[command.step](command, run, self._settings))
+        return self._create("create_processing_job", request)
 
     def start_training_job(self, command: Command, run: Run) -> Outcome:
         assert isinstance(command, StartTrainingJob)

@@ -200,6 +200,14 @@ class RunRepository:
             )
         ]
 
+    def champion(self, project: str, excluding: str) -> Run | None:
+        """The project's deployed run (not ``excluding``) whose model a challenger must beat."""
+        for run_id in self.deployed_runs(project):
+            stored = self.get(run_id) if run_id != excluding else None
+            if stored is not None and stored.run.model_source:
+                return stored.run
+        return None
+
     # --- writes --------------------------------------------------------------------------
 
     def commit(self, stored: StoredRun | None, decision: Decision, now: datetime) -> StoredRun:

@@ -273,7 +273,7 @@ def causal_metrics(loaded: dict[str, Any], rows: list[dict[str, Any]], samples: 
     return {"loss": mean, "perplexity": math.exp(min(mean, 50)), "samples": generated, "examples": len(rows)}
 
 
-def evaluate(input_dir: Path, output_dir: Path) -> dict[str, Any]:
+def evaluate(input_dir: Path, output_dir: Path, champion_run_id: str = "") -> dict[str, Any]:
     archive = input_dir / "model" / "model.tar.gz"
     if not archive.is_file():
         raise EvaluationError(f"no model.tar.gz in {archive.parent}")
@@ -297,6 +297,7 @@ def evaluate(input_dir: Path, output_dir: Path) -> dict[str, Any]:
         "metrics": metrics,
         "summary": summary,
         "champion": {k: v for k, v in champion.items() if isinstance(v, (int, float))} if champion else None,
+        "champion_run_id": champion_run_id if champion else None,
     }
     images = plots(metrics, history, evaluation["champion"])
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -314,9 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-dir", default=os.path.join(base, "processing/input"))
     parser.add_argument("--output-dir", default=os.path.join(base, "processing/output/evaluation"))
     parser.add_argument("--failure-dir", default=os.path.join(base, "output"))
+    parser.add_argument("--champion-run-id", default="", help="the deployed run whose model is input/champion")
     args, _unknown = parser.parse_known_args(argv)
     try:
-        evaluation = evaluate(Path(args.input_dir), Path(args.output_dir))
+        evaluation = evaluate(Path(args.input_dir), Path(args.output_dir), args.champion_run_id)
     except (EvaluationError, OSError, KeyError, ValueError) as exc:
         message = f"{type(exc).__name__}: {exc}"[:1024]
         Path(args.failure_dir).mkdir(parents=True, exist_ok=True)

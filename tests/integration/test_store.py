@@ -170,3 +170,25 @@ def test_unfinished_commands_carry_over_unless_obsolete(service: Any, project: A
     stopped = service.runs.get(run_id)
     # Stopping drops the obsolete start and keeps the stop of the job it had asked for.
     assert [type(i.command).__name__ for i in stopped.pending] == ["StopJob"]
+
+
+def test_the_champion_is_the_projects_deployed_run(service: Any, project: Any) -> None:
+    from chalicelib.domain.events import EndpointChanged, EvaluationLoaded, ModelPackageChanged
+
+    first = service.start_run("demo", DATASET)[0].run.run_id
+    second = service.start_run("demo", DATASET)[0].run.run_id
+    assert service.runs.champion("demo", excluding=second) is None  # nothing deployed yet
+    for event in (
+        job_event(ProcessingJobChanged, first, "prepare", "Completed", "e1"),
+        job_event(TrainingJobChanged, first, "train", "Completed", "e2"),
+        job_event(ProcessingJobChanged, first, "evaluate", "Completed", "e3"),
+        EvaluationLoaded(event_id="e4", time=T0, run_id=first, metrics={"macro_f1": 0.9}),
+        ModelPackageChanged(event_id="e5", time=T0, run_id=first, package_arn="arn:pkg/1", approval_status="Approved"),
+        EndpointChanged(event_id="e6", time=T0, run_id=first, endpoint_name="tl-demo", status="IN_SERVICE"),
+    ):
+        assert service.apply(first, event).decision.changed, event
+    assert service.runs.get(first).run.state is RunState.DEPLOYED
+    champion = service.runs.champion("demo", excluding=second)
+    assert champion.run_id == first and champion.model_source == names.job_name(first, "train", 1)
+    assert service.runs.champion("demo", excluding=first) is None  # a run is never its own champion
+    assert service.runs.champion("other", excluding=second) is None

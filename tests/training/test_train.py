@@ -312,6 +312,18 @@ def test_evaluate_writes_metrics_plots_and_report(
         == 1
     )
     assert "no model.tar.gz" in (tmp_path / "fail" / "failure").read_text()
+    # With the deployed champion as input, both are measured on the same split.
+    (tmp_path / "in" / "champion").mkdir()
+    (tmp_path / "in" / "champion" / "model.tar.gz").symlink_to(model_in / "model.tar.gz")
+    challenged = tmp_path / "challenged"
+    args = ["--input-dir", str(tmp_path / "in"), "--output-dir", str(challenged), "--champion-run-id", "cccccccccccc"]
+    assert evaluate.main([*args, "--failure-dir", str(tmp_path / "fail")]) == 0
+    against = json.loads((challenged / "evaluation.json").read_text())
+    assert against["champion_run_id"] == "cccccccccccc"
+    assert against["champion"]["macro_f1"] == against["summary"]["macro_f1"]  # the same model, the same split
+    with Image.open(challenged / "champion_comparison.png") as image:
+        assert image.format == "PNG" and image.size[0] > 300
+    assert (challenged / "report.html").read_text().count("data:image/png;base64,") == 3
 
 
 def test_trials_with_different_hyperparameters_never_share_checkpoints(tmp_path: Path) -> None:

@@ -216,6 +216,33 @@ def test_evaluate_request_reads_the_model_and_the_test_split() -> None:
     assert inputs["model"] == f"s3://tuneloop-test/runs/{RUN_ID}/train/{EVALUATE.input_uri}/output/model.tar.gz"
     assert inputs["test"] == f"s3://tuneloop-test/runs/{RUN_ID}/prepare/test/"
     assert request["AppSpecification"]["ContainerEntrypoint"][-1].endswith("/code/evaluate.py")
+    assert "champion" not in inputs and "ContainerArguments" not in request["AppSpecification"]
+
+
+def test_the_deployed_champion_is_measured_on_the_same_split() -> None:
+    run = run_with()
+    champion = dataclasses.replace(
+        run, run_id="cccccccccccc", state=RunState.DEPLOYED, model_source="tl-cccccccccccc-train-1"
+    )
+    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu")
+    asked: list[tuple[str, str]] = []
+
+    def find(project: str, run_id: str) -> Run:
+        asked.append((project, run_id))
+        return champion
+
+    client, stub = stubbed()
+    request = evaluate_request(EVALUATE, run, settings, champion)
+    stub.add_response("create_processing_job", {"ProcessingJobArn": "arn:x"}, request)
+    with stub:
+        assert SageMakerExecutors(client, settings, champion=find).start_processing_job(EVALUATE, run).done
+    assert asked == [("demo", RUN_ID)]
+    inputs = {i["InputName"]: i["S3Input"] for i in request["ProcessingInputs"]}
+    assert inputs["champion"]["S3Uri"] == (
+        "s3://tuneloop-test/runs/cccccccccccc/train/tl-cccccccccccc-train-1/output/model.tar.gz"
+    )
+    assert inputs["champion"]["LocalPath"] == "/opt/ml/processing/input/champion"
+    assert request["AppSpecification"]["ContainerArguments"] == ["--champion-run-id", "cccccccccccc"]
 
 
 def test_loaded_evaluation_becomes_an_event() -> None:
@@ -236,6 +263,16 @@ def test_loaded_evaluation_becomes_an_event() -> None:
         assert event.event_id == f"evaluation-{EVALUATE.job_name}"  # a repeat is a duplicate
         with pytest.raises(PermanentCommandError, match="not an evaluation"):
             EvaluationLoader(s3, SETTINGS).load(command, run_with())
+    stub = Stubber(s3)
+    challenged = {
+        "summary": {"macro_f1": 0.9},
+        "champion": {"macro_f1": 0.8},
+        "champion_run_id": "cccccccccccc",
+    }
+    stub.add_response("get_object", {"Body": io.BytesIO(json.dumps(challenged).encode())}, key)
+    with stub:
+        [event] = EvaluationLoader(s3, SETTINGS).load(command, run_with()).events
+    assert event.champion_metrics == {"macro_f1": 0.8} and event.champion_run_id == "cccccccccccc"
 
 
 def test_register_model_package_request() -> None:
