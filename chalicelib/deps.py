@@ -31,8 +31,9 @@ _deps: Deps | None = None
 class LazyClient:
     """A boto3 client made on first use: most invocations never call SageMaker."""
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, **options: Any) -> None:
         self._service = service
+        self._options = options
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -42,13 +43,13 @@ class LazyClient:
                 if self._client is None:
                     import boto3
 
-                    self._client = boto3.client(self._service)
+                    self._client = boto3.client(self._service, **self._options)
         return getattr(self._client, name)
 
 
 def build(config: Settings, sagemaker_client: Any = None, s3_client: Any = None) -> Deps:
     from . import models
-    from .reports import RunReports
+    from .reports import S3_CONFIG, RunReports
     from .sagemaker import EvaluationLoader, SageMakerExecutors
     from .store import ProjectRepository, RunRepository
 
@@ -59,7 +60,7 @@ def build(config: Settings, sagemaker_client: Any = None, s3_client: Any = None)
         if config.role_arn
         else None
     )
-    s3 = s3_client or LazyClient("s3")
+    s3 = s3_client or LazyClient("s3", config=S3_CONFIG)
     service = RunService(
         ProjectRepository(models.ProjectModel),
         runs,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .config import Settings
@@ -18,6 +19,9 @@ from .domain.run import Run
 from .sagemaker import SageMakerExecutors, evaluation_prefix
 
 LINK_EXPIRY_S = 3600
+# Presigned links must be SigV4: the bucket's objects are KMS-encrypted, and S3 refuses
+# SigV2 (still boto3's presigning default in us-east-1) for those.
+S3_CONFIG = Config(signature_version="s3v4")
 
 
 def tuning_job_of(run: Run) -> str | None:

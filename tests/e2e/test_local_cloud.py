@@ -89,6 +89,8 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     assert http(state, "GET", "/projects", token=None)[0] == 401
     assert http(state, "GET", "/projects", token="wrong")[0] == 401
     assert http(state, "GET", "/no/such/route")[0] == 404
+    assert http(state, "POST", "/runs/aaaaaaaaaaaa/approve", {}, token=None)[0] == 401
+    assert http(state, "POST", "/runs/aaaaaaaaaaaa/reject", {}, token="wrong")[0] == 401
     spec = tmp_path / "project.json"
     # The demo project's tuning, cut to two trials to keep the suite quick.
     config = {**DEMO_TUNED_CONFIG, "tuning": {**DEMO_TUNED_CONFIG["tuning"], "max_jobs": 2}}
