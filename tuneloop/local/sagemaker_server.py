@@ -636,7 +636,8 @@ class TuningJob(Job):
             "Tags": [*self.request.get("Tags", []), {"Key": "tuneloop:tuning-job", "Value": self.name}],
         }
         validate("CreateTrainingJob", request)
-        job = self.server.start(TrainingJob(self.server, request, tuning_arn=self.arn))
+        job = TrainingJob(self.server, request, tuning_arn=self.arn)
+        self.server.start(job)
         summary = {
             "TrainingJobName": name,
             "TrainingJobArn": job.arn,
@@ -813,7 +814,7 @@ class LocalSageMaker:
             trials.sort(key=lambda t: str(t.get(key)), reverse=descending)
         start = int(params.get("NextToken") or 0)
         size = int(params.get("MaxResults", 10))
-        page = {"TrainingJobSummaries": trials[start : start + size]}
+        page: dict[str, Any] = {"TrainingJobSummaries": trials[start : start + size]}
         if start + size < len(trials):
             page["NextToken"] = str(start + size)
         return page
