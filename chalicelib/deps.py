@@ -47,8 +47,15 @@ class LazyClient:
         return getattr(self._client, name)
 
 
-def build(config: Settings, sagemaker_client: Any = None, s3_client: Any = None) -> Deps:
+def build(
+    config: Settings,
+    sagemaker_client: Any = None,
+    s3_client: Any = None,
+    cloudwatch_client: Any = None,
+    autoscaling_client: Any = None,
+) -> Deps:
     from . import models
+    from .deployment import DeploymentExecutors
     from .reports import S3_CONFIG, RunReports
     from .sagemaker import EvaluationLoader, SageMakerExecutors
     from .store import ProjectRepository, RunRepository
@@ -70,6 +77,14 @@ def build(config: Settings, sagemaker_client: Any = None, s3_client: Any = None)
         # runs them once it is): nothing fails, nothing is lost.
         sagemaker=sagemaker,
         evaluation=EvaluationLoader(s3, config) if config.role_arn else None,
+        deployment=DeploymentExecutors(
+            sagemaker_client or LazyClient("sagemaker"),
+            cloudwatch_client or LazyClient("cloudwatch"),
+            autoscaling_client or LazyClient("application-autoscaling"),
+            config,
+        )
+        if config.role_arn
+        else None,
     )
     reports = RunReports(s3, sagemaker, config) if sagemaker else None
     return Deps(settings=config, service=service, reports=reports)

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from .domain.commands import (
     Command,
+    ConfigureAutoscaling,
     CreateDriftAlarms,
     DeleteEndpoint,
     DeployEndpoint,
@@ -70,6 +71,18 @@ class SageMakerPort(Protocol):
     def update_model_package_approval(self, command: Command, run: Run) -> Outcome: ...
 
 
+class DeploymentPort(Protocol):
+    def deploy_endpoint(self, command: Command, run: Run) -> Outcome: ...
+
+    def start_transform_job(self, command: Command, run: Run) -> Outcome: ...
+
+    def configure_autoscaling(self, command: Command, run: Run) -> Outcome: ...
+
+    def create_drift_alarms(self, command: Command, run: Run) -> Outcome: ...
+
+    def delete_endpoint(self, command: Command, run: Run) -> Outcome: ...
+
+
 class EvaluationPort(Protocol):
     def load(self, command: Command, run: Run) -> Outcome: ...
 
@@ -99,7 +112,11 @@ class Executors:
 
     @classmethod
     def default(
-        cls, port: RunPort, sagemaker: SageMakerPort | None = None, evaluation: EvaluationPort | None = None
+        cls,
+        port: RunPort,
+        sagemaker: SageMakerPort | None = None,
+        evaluation: EvaluationPort | None = None,
+        deployment: DeploymentPort | None = None,
     ) -> Executors:
         def supersede(command: Command, run: Run) -> Outcome:
             assert isinstance(command, SupersedePrevious)
@@ -114,7 +131,6 @@ class Executors:
         unconfigured = not_yet_available(
             "SageMaker is not configured: set TUNELOOP_SAGEMAKER_ROLE_ARN (tuneloop configure)"
         )
-        lifecycle = not_yet_available("deployment, batch transform and drift alarms arrive with issue 5")
         return cls(
             {
                 StartProcessingJob: sagemaker.start_processing_job if sagemaker else unconfigured,
@@ -122,13 +138,14 @@ class Executors:
                 StartTuningJob: sagemaker.start_tuning_job if sagemaker else unconfigured,
                 DescribeTuningJob: sagemaker.describe_tuning_job if sagemaker else unconfigured,
                 StopJob: sagemaker.stop_job if sagemaker else unconfigured,
-                StartTransformJob: lifecycle,
+                StartTransformJob: deployment.start_transform_job if deployment else unconfigured,
                 LoadEvaluation: evaluation.load if evaluation else unconfigured,
                 RegisterModelPackage: sagemaker.register_model_package if sagemaker else unconfigured,
                 UpdateModelPackageApproval: sagemaker.update_model_package_approval if sagemaker else unconfigured,
-                DeployEndpoint: lifecycle,
-                CreateDriftAlarms: lifecycle,
-                DeleteEndpoint: lifecycle,
+                DeployEndpoint: deployment.deploy_endpoint if deployment else unconfigured,
+                ConfigureAutoscaling: deployment.configure_autoscaling if deployment else unconfigured,
+                CreateDriftAlarms: deployment.create_drift_alarms if deployment else unconfigured,
+                DeleteEndpoint: deployment.delete_endpoint if deployment else unconfigured,
                 SupersedePrevious: supersede,
                 StartChildRun: child_run,
             }

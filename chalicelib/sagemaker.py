@@ -54,11 +54,12 @@ def run_prefix(settings: Settings, run_id: str) -> str:
     return f"s3://{settings.bucket}/runs/{run_id}"
 
 
+def run_tags(run_id: str, project: str) -> list[dict[str, str]]:
+    return [{"Key": RUN_ID_TAG, "Value": run_id}, {"Key": PROJECT_TAG, "Value": project}]
+
+
 def tags(command: Command) -> list[dict[str, str]]:
-    return [
-        {"Key": RUN_ID_TAG, "Value": command.run_id},
-        {"Key": PROJECT_TAG, "Value": getattr(command, "project", "")},
-    ]
+    return run_tags(command.run_id, getattr(command, "project", ""))
 
 
 def dataset_input(uri: str) -> str:

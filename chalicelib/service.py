@@ -18,7 +18,7 @@ from .domain.machine import Decision, decide
 from .domain.project import check_project_name, normalise_config
 from .domain.run import Run
 from .domain.states import RunState
-from .executors import EvaluationPort, Executors, PermanentCommandError, SageMakerPort
+from .executors import DeploymentPort, EvaluationPort, Executors, PermanentCommandError, SageMakerPort
 from .intake import DatasetDrop
 from .observability import logger, transition_segment
 from .store import (
@@ -87,11 +87,12 @@ class RunService:
         outbox_stale_s: int = 60,
         sagemaker: SageMakerPort | None = None,
         evaluation: EvaluationPort | None = None,
+        deployment: DeploymentPort | None = None,
     ) -> None:
         self.projects = projects
         self.runs = runs
         self.bucket = bucket
-        self.executors = executors or Executors.default(self, sagemaker, evaluation)
+        self.executors = executors or Executors.default(self, sagemaker, evaluation, deployment)
         self.clock = clock
         self.outbox_stale_s = outbox_stale_s
 
@@ -239,6 +240,12 @@ class RunService:
         raise ConflictError(f"run {run_id}: gave up after {MAX_COMMIT_ATTEMPTS} conflicting commits")
 
     def _resolve(self, event: DomainEvent) -> str | None:
+        if event.kind.startswith("endpoint") and event.resource:
+            # The project's endpoint outlives runs: its events concern the run deploying to
+            # it, whichever run's config the event happens to name (a rollback names the old).
+            waiting = self.runs.find_awaiting(event.resource)
+            if waiting:
+                return waiting[0]
         if event.run_id:
             return event.run_id
         if event.resource:

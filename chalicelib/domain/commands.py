@@ -113,6 +113,14 @@ class DeployEndpoint(Command):
 
 
 @dataclass(frozen=True)
+class ConfigureAutoscaling(Command):
+    """Target tracking on the endpoint's invocations per instance (min/max from the config)."""
+
+    project: str
+    endpoint_name: str
+
+
+@dataclass(frozen=True)
 class CreateDriftAlarms(Command):
     project: str
     endpoint_name: str
@@ -152,6 +160,7 @@ COMMAND_TYPES: Mapping[str, type[Command]] = {
         RegisterModelPackage,
         UpdateModelPackageApproval,
         DeployEndpoint,
+        ConfigureAutoscaling,
         CreateDriftAlarms,
         SupersedePrevious,
         StartChildRun,

@@ -17,6 +17,7 @@ from typing import Any
 from . import names
 from .commands import (
     Command,
+    ConfigureAutoscaling,
     CreateDriftAlarms,
     DeleteEndpoint,
     DeployEndpoint,
@@ -37,6 +38,8 @@ from .events import (
     ApprovalDecided,
     CommandFailed,
     DomainEvent,
+    EndpointChanged,
+    EndpointDeploymentChanged,
     EvaluationLoaded,
     JobChanged,
     ModelPackageChanged,
@@ -264,9 +267,11 @@ def _transform(run: Run, _: Any) -> list[Command]:
 
 
 def _deployed(run: Run, _: Any) -> list[Command]:
+    endpoint = names.endpoint_name(run.project)
     return [
         SupersedePrevious(run.run_id, run.project),
-        CreateDriftAlarms(run.run_id, run.project, names.endpoint_name(run.project)),
+        ConfigureAutoscaling(run.run_id, run.project, endpoint),
+        CreateDriftAlarms(run.run_id, run.project, endpoint),
     ]
 
 
@@ -432,6 +437,10 @@ NO_OPS: Mapping[tuple[RunState, str], tuple[str, str]] = {
     **{(state, "endpoint.changing"): (PROGRESS, "endpoint still changing") for state in _ACTIVE},
     **{(state, "endpoint_deployment.progress"): (PROGRESS, "deployment in progress") for state in _ACTIVE},
     (S.PENDING_APPROVAL, "model_package.pending"): (DUPLICATE, "package already pending approval"),
+    **{
+        (S.DEPLOYING, f"alarm.{state}"): (IGNORED, "a rollback alarm during the deployment is SageMaker's to act on")
+        for state in ("ok", "alarm", "insufficient_data")
+    },
     (S.DEPLOYED, "alarm.ok"): (IGNORED, "alarm back to OK; nothing to do"),
     (S.DEPLOYED, "alarm.insufficient_data"): (IGNORED, "alarm has insufficient data; nothing to do"),
 }
@@ -539,8 +548,10 @@ def _note(run: Run, event: DomainEvent, row: Row) -> str:
     """The history reason: the row's note plus what the event said that matters later."""
     if isinstance(event, EvaluationLoaded):
         return f"{row.note}: {gate_verdict(run.config, event)[1]}"
-    if isinstance(event, JobChanged) and event.failure_reason:
+    if isinstance(event, (JobChanged, EndpointChanged)) and event.failure_reason:
         return f"{row.note}: {event.failure_reason}"
+    if isinstance(event, EndpointDeploymentChanged) and event.message:
+        return f"{row.note}: {event.message}"
     if isinstance(event, TuningJobChanged) and row.target is not S.TUNING:
         best = f"best {event.best_training_job}; " if event.best_training_job else ""
         return f"{row.note}: {best}trials {tuning_counts(event)}"

@@ -194,6 +194,14 @@ def _check_tuning(path: str, tuning: dict[str, Any]) -> None:
 def _check_deployment(path: str, deployment: dict[str, Any]) -> None:
     if deployment["min_instances"] > deployment["max_instances"]:
         raise ConfigError(f"{path}.max_instances", "must be at least min_instances")
+    memory = deployment["serverless_memory_mb"]
+    if memory is not None and memory % 1024:
+        raise ConfigError(f"{path}.serverless_memory_mb", "must be a multiple of 1024 (1024 to 6144)")
+    uri = deployment["batch_input_uri"]
+    if deployment["mode"] == "batch" and not uri:
+        raise ConfigError(f"{path}.batch_input_uri", "is required when mode is batch")
+    if uri is not None and (not uri.startswith("s3://") or "/" not in uri[len("s3://") :]):
+        raise ConfigError(f"{path}.batch_input_uri", f"{uri!r} is not an s3://bucket/prefix URI")
 
 
 def _check_base_model(path: str, value: Any) -> str:
@@ -270,6 +278,20 @@ _CONFIG = _obj(
                     "max_instances": _Field(_number(1, 100, integer=True), 2),
                     "data_capture_percent": _Field(_number(0, 100, integer=True), 100),
                     "batch_input_uri": _Field(_string(), None),
+                    # Blue/green traffic shifting for later models (the first is created).
+                    "strategy": _Field(_string(("canary", "linear", "all_at_once")), "canary"),
+                    "canary_percent": _Field(_number(1, 99, integer=True), 10),
+                    "linear_step_percent": _Field(_number(1, 99, integer=True), 25),
+                    "wait_s": _Field(_number(0, 3600, integer=True), 300),
+                    "baking_s": _Field(_number(0, 3600, integer=True), 600),
+                    # Auto-rollback alarms during the shift: any 5XX, or p99-ish latency above this.
+                    "rollback_latency_ms": _Field(_number(1, 600_000), 2000),
+                    "target_invocations_per_instance": _Field(_number(1, 1_000_000), 70),
+                    # Serverless inference instead of instances when memory is set.
+                    "serverless_memory_mb": _Field(_number(1024, 6144, integer=True), None),
+                    "serverless_max_concurrency": _Field(_number(1, 200, integer=True), 5),
+                    # Delete superseded runs' endpoint configs and models once the new one serves.
+                    "delete_superseded": _Field(_boolean, True),
                 },
                 after=_check_deployment,
             ),

@@ -175,3 +175,129 @@ def test_tuning_completed_without_a_best_job_asks_describe(api: Api) -> None:
     run = api.call("GET", f"/runs/{run_id}")[1]
     # No SageMaker here: both commands wait in the outbox (the integration tests run them).
     assert [p["type"] for p in run["pending_commands"]] == ["StartTuningJob", "DescribeTuningJob"]
+
+
+def run_to_deploying(api: Api, deps: Any, project: str, config: dict[str, Any]) -> str:
+    """A run of ``project`` carried to deploying by its jobs' events (no SageMaker here)."""
+    from chalicelib.domain.events import EvaluationLoaded, ModelPackageChanged
+    from tests.conftest import T0
+
+    assert api.call("POST", "/projects", {"name": project, "config": config})[0] == 201
+    run_id = api.invoke("on_dataset_uploaded", drop_event(f"datasets/{project}/ds-1/reviews.jsonl"))["run_id"]
+    for fixture, key, step in (
+        ("processing_job_completed", "ProcessingJobName", "prepare"),
+        ("training_job_completed", "TrainingJobName", "train"),
+        ("processing_job_completed", "ProcessingJobName", "evaluate"),
+    ):
+        event = sagemaker(fixture, run_id, f"{step}-done", **{key: names.job_name(run_id, step)})
+        api.invoke("on_sagemaker_event", event)
+    deps.service.handle(EvaluationLoaded(event_id="loaded", time=T0, run_id=run_id, metrics={"macro_f1": 0.9}))
+    package = f"arn:aws:sagemaker:us-east-1:123456789012:model-package/tl-{project}/1"
+    deps.service.handle(
+        ModelPackageChanged(
+            event_id="approved", time=T0, run_id=run_id, package_arn=package, approval_status="Approved"
+        )
+    )
+    return run_id
+
+
+def endpoint_event(fixture: str, event_id: str, project: str, config_run: str, **detail: Any) -> dict[str, Any]:
+    event = load_event(fixture, id=event_id)
+    event["detail"].update(EndpointName=f"tl-{project}", EndpointConfigName=f"tl-{config_run}-config-1", **detail)
+    return event
+
+
+def test_endpoint_events_deploy_fail_and_roll_back(api: Api, deps: Any) -> None:
+    first = run_to_deploying(api, deps, "served", DEMO_CONFIG)
+    run = api.call("GET", f"/runs/{first}")[1]
+    assert run["state"] == "deploying" and run["awaiting"] == "tl-served"
+    creating = endpoint_event("endpoint_in_service", "creating", "served", first, EndpointStatus="CREATING")
+    assert api.invoke("on_sagemaker_event", creating)["noop"] == "progress"
+    in_service = endpoint_event("endpoint_in_service", "in-service", "served", first)
+    assert api.invoke("on_sagemaker_event", in_service)["state"] == "deployed"
+    assert api.invoke("on_sagemaker_event", in_service)["noop"] == "duplicate"
+    late = endpoint_event("endpoint_in_service", "late-creating", "served", first, EndpointStatus="CREATING")
+    assert api.invoke("on_sagemaker_event", late)["noop"] in ("stale", "out_of_order")
+    run = api.call("GET", f"/runs/{first}")[1]
+    # The internal SupersedePrevious ran; the AWS commands wait for SageMaker to be configured.
+    assert {p["type"] for p in run["pending_commands"]} >= {"ConfigureAutoscaling", "CreateDriftAlarms"}
+
+    # A second model updates the endpoint blue/green and rolls back during baking. The
+    # rollback's events name the old run's config; they still concern the run deploying.
+    second = api.invoke("on_dataset_uploaded", drop_event("datasets/served/ds-2/reviews.jsonl", event_id="d2"))[
+        "run_id"
+    ]
+    second_run = run_to_deploying_existing(api, deps, second)
+    assert second_run["state"] == "deploying"
+    baking = endpoint_event(
+        "endpoint_deployment_rolled_back", "baking", "served", second, State="BAKING", Message="baking 300s"
+    )
+    assert api.invoke("on_sagemaker_event", baking)["noop"] == "progress"
+    rolled = endpoint_event(
+        "endpoint_deployment_rolled_back",
+        "rolled",
+        "served",
+        first,
+        Message="Rolled back: alarm tl-x-rollback-invocation5xxerrors in ALARM during baking",
+    )
+    assert api.invoke("on_sagemaker_event", rolled)["state"] == "rolled_back"
+    back_in_service = endpoint_event("endpoint_in_service", "back", "served", first)
+    assert api.invoke("on_sagemaker_event", back_in_service)["state"] == "deployed"  # the old run serves on
+    run = api.call("GET", f"/runs/{second}")[1]
+    assert "rollback-invocation5xxerrors" in run["history"][-1]["reason"]
+    assert api.call("GET", f"/runs/{first}")[1]["state"] == "deployed"
+
+    # A third model's endpoint fails: the reason is kept.
+    third = api.invoke("on_dataset_uploaded", drop_event("datasets/served/ds-3/reviews.jsonl", event_id="d3"))["run_id"]
+    run_to_deploying_existing(api, deps, third)
+    failed = endpoint_event(
+        "endpoint_failed", "failed", "served", third, FailureReason="The primary container did not pass the ping"
+    )
+    assert api.invoke("on_sagemaker_event", failed)["state"] == "failed"
+    assert "did not pass the ping" in api.call("GET", f"/runs/{third}")[1]["history"][-1]["reason"]
+
+
+def run_to_deploying_existing(api: Api, deps: Any, run_id: str) -> dict[str, Any]:
+    from chalicelib.domain.events import EvaluationLoaded, ModelPackageChanged
+    from tests.conftest import T0
+
+    for fixture, key, step in (
+        ("processing_job_completed", "ProcessingJobName", "prepare"),
+        ("training_job_completed", "TrainingJobName", "train"),
+        ("processing_job_completed", "ProcessingJobName", "evaluate"),
+    ):
+        event = sagemaker(fixture, run_id, f"{run_id}-{step}-done", **{key: names.job_name(run_id, step)})
+        api.invoke("on_sagemaker_event", event)
+    deps.service.handle(
+        EvaluationLoaded(event_id=f"loaded-{run_id}", time=T0, run_id=run_id, metrics={"macro_f1": 0.9})
+    )
+    deps.service.handle(
+        ModelPackageChanged(
+            event_id=f"approved-{run_id}",
+            time=T0,
+            run_id=run_id,
+            package_arn=f"arn:aws:sagemaker:us-east-1:123456789012:model-package/tl-served/{run_id}",
+            approval_status="Approved",
+        )
+    )
+    return dict(api.call("GET", f"/runs/{run_id}")[1])
+
+
+def test_transform_job_events_finish_batch_runs(api: Api, deps: Any) -> None:
+    config = {**DEMO_CONFIG, "deployment": {"mode": "batch", "batch_input_uri": "s3://tuneloop-test/batch/in/"}}
+    run_id = run_to_deploying(api, deps, "batch", config)
+    assert api.call("GET", f"/runs/{run_id}")[1]["state"] == "transforming"
+    transform = names.job_name(run_id, "transform")
+    done = sagemaker("transform_job_completed", run_id, "t-done", TransformJobName=transform)
+    assert api.invoke("on_sagemaker_event", done)["state"] == "completed"
+    other = run_to_deploying_existing(api, deps, api.invoke(
+        "on_dataset_uploaded", drop_event("datasets/batch/ds-2/reviews.jsonl", event_id="b2"))["run_id"])  # fmt: skip
+    failed = sagemaker(
+        "transform_job_completed",
+        other["run_id"],
+        "t-failed",
+        TransformJobName=names.job_name(other["run_id"], "transform"),
+        TransformJobStatus="Failed",
+        FailureReason="ClientError: no input under s3://tuneloop-test/batch/in/",
+    )
+    assert api.invoke("on_sagemaker_event", failed)["state"] == "failed"

@@ -1,0 +1,377 @@
+"""Serving: the requests that deploy, scale, watch and retire a run's model, and their executors.
+
+One endpoint per project (``tl-<project>``). The first model creates it; every later model
+replaces it blue/green (canary or linear traffic shifting, a baking period) with
+auto-rollback on alarms tuneloop creates for that deployment (any 5XX, model latency).
+Batch projects get a transform job instead. Request builders are pure, as in
+``sagemaker.py``; executors take their boto3 clients in the constructor.
+
+Names are deterministic (``tl-<run>-model-1``, ``tl-<run>-config-1``), so a repeated command
+finds what the first attempt made. SageMaker answers a repeated CreateModel or
+CreateEndpointConfig with a ValidationException ("Cannot create already existing …"),
+which counts as done here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from .config import Settings
+from .domain import names
+from .domain.commands import (
+    Command,
+    ConfigureAutoscaling,
+    CreateDriftAlarms,
+    DeleteEndpoint,
+    DeployEndpoint,
+    StartTransformJob,
+)
+from .domain.run import Run
+from .events import PROJECT_TAG
+from .executors import Outcome, PermanentCommandError
+from .sagemaker import _code, _require, _vpc, model_artifact_uri, run_prefix, run_tags, tags
+
+VARIANT = "AllTraffic"
+DRIFT_NAMESPACE = "tuneloop"
+# What SageMaker emits per endpoint variant (namespace AWS/SageMaker).
+ROLLBACK_METRICS = ("Invocation5XXErrors", "ModelLatency")
+
+
+def model_name(run_id: str) -> str:
+    return names.job_name(run_id, "model")
+
+
+def endpoint_config_name(run_id: str) -> str:
+    return names.job_name(run_id, "config")
+
+
+def rollback_alarm_name(run_id: str, metric: str) -> str:
+    return f"tl-{run_id}-rollback-{metric.lower()}"
+
+
+def capture_uri(settings: Settings, project: str) -> str:
+    return f"s3://{settings.bucket}/capture/{project}"
+
+
+def model_request(run: Run, settings: Settings) -> dict[str, Any]:
+    """The registered package when there is one (lineage), else the training job's artifact."""
+    container: dict[str, Any]
+    if run.package_arn:
+        container = {"ModelPackageName": run.package_arn}
+    else:
+        container = {
+            "Image": _require(settings.inference_image, "the inference image"),
+            "ModelDataUrl": model_artifact_uri(settings, run, _require(run.model_source, "the run's model")),
+            "Environment": {"SAGEMAKER_PROGRAM": "inference.py"},
+        }
+    request: dict[str, Any] = {
+        "ModelName": model_name(run.run_id),
+        "PrimaryContainer": container,
+        "ExecutionRoleArn": _require(settings.role_arn, "the SageMaker execution role"),
+        "Tags": run_tags(run.run_id, run.project),
+    }
+    vpc = _vpc(settings)
+    if vpc:
+        request["VpcConfig"] = vpc
+    return request
+
+
+def endpoint_config_request(run: Run, settings: Settings) -> dict[str, Any]:
+    deployment = run.config["deployment"]
+    variant: dict[str, Any] = {"VariantName": VARIANT, "ModelName": model_name(run.run_id)}
+    if deployment["serverless_memory_mb"]:
+        variant["ServerlessConfig"] = {
+            "MemorySizeInMB": deployment["serverless_memory_mb"],
+            "MaxConcurrency": deployment["serverless_max_concurrency"],
+        }
+    else:
+        variant.update(
+            InstanceType=deployment["instance_type"],
+            InitialInstanceCount=deployment["min_instances"],
+            InitialVariantWeight=1.0,
+        )
+    request: dict[str, Any] = {
+        "EndpointConfigName": endpoint_config_name(run.run_id),
+        "ProductionVariants": [variant],
+        "Tags": run_tags(run.run_id, run.project),
+    }
+    if deployment["data_capture_percent"] > 0:
+        request["DataCaptureConfig"] = {
+            "EnableCapture": True,
+            "InitialSamplingPercentage": deployment["data_capture_percent"],
+            "DestinationS3Uri": capture_uri(settings, run.project),
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+            "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
+        }
+        if settings.kms_key_id:
+            request["DataCaptureConfig"]["KmsKeyId"] = settings.kms_key_id
+    if settings.kms_key_id and not deployment["serverless_memory_mb"]:
+        request["KmsKeyId"] = settings.kms_key_id
+    return request
+
+
+def create_endpoint_request(run: Run) -> dict[str, Any]:
+    # The endpoint outlives runs: it is tagged with the project only, and its events are
+    # matched to the run waiting on it.
+    return {
+        "EndpointName": names.endpoint_name(run.project),
+        "EndpointConfigName": endpoint_config_name(run.run_id),
+        "Tags": [{"Key": PROJECT_TAG, "Value": run.project}],
+    }
+
+
+def rollback_alarm_requests(run: Run) -> list[dict[str, Any]]:
+    """Alarms SageMaker watches while it shifts traffic; either one rolls the update back."""
+    deployment = run.config["deployment"]
+    dimensions = [
+        {"Name": "EndpointName", "Value": names.endpoint_name(run.project)},
+        {"Name": "VariantName", "Value": VARIANT},
+    ]
+    common = {
+        "Namespace": "AWS/SageMaker",
+        "Dimensions": dimensions,
+        "Period": 60,
+        "EvaluationPeriods": 1,
+        "TreatMissingData": "notBreaching",
+        "Tags": [{"Key": PROJECT_TAG, "Value": run.project}],
+    }
+    return [
+        {
+            "AlarmName": rollback_alarm_name(run.run_id, "Invocation5XXErrors"),
+            "AlarmDescription": f"roll back run {run.run_id}'s deployment on any 5XX",
+            "MetricName": "Invocation5XXErrors",
+            "Statistic": "Sum",
+            "Threshold": 0.0,
+            "ComparisonOperator": "GreaterThanThreshold",
+            **common,
+        },
+        {
+            "AlarmName": rollback_alarm_name(run.run_id, "ModelLatency"),
+            "AlarmDescription": f"roll back run {run.run_id}'s deployment on slow answers",
+            "MetricName": "ModelLatency",
+            "ExtendedStatistic": "p99",
+            # ModelLatency is reported in microseconds.
+            "Threshold": float(deployment["rollback_latency_ms"]) * 1000,
+            "ComparisonOperator": "GreaterThanThreshold",
+            **common,
+        },
+    ]
+
+
+def update_endpoint_request(run: Run) -> dict[str, Any]:
+    deployment = run.config["deployment"]
+    routing: dict[str, Any]
+    if deployment["strategy"] == "canary":
+        routing = {
+            "Type": "CANARY",
+            "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": deployment["canary_percent"]},
+            "WaitIntervalInSeconds": deployment["wait_s"],
+        }
+    elif deployment["strategy"] == "linear":
+        routing = {
+            "Type": "LINEAR",
+            "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": deployment["linear_step_percent"]},
+            "WaitIntervalInSeconds": deployment["wait_s"],
+        }
+    else:
+        routing = {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0}
+    request: dict[str, Any] = {
+        "EndpointName": names.endpoint_name(run.project),
+        "EndpointConfigName": endpoint_config_name(run.run_id),
+    }
+    if not deployment["serverless_memory_mb"]:  # serverless variants update all at once
+        request["DeploymentConfig"] = {
+            "BlueGreenUpdatePolicy": {
+                "TrafficRoutingConfiguration": routing,
+                "TerminationWaitInSeconds": deployment["baking_s"],
+                "MaximumExecutionTimeoutInSeconds": max(
+                    600, min(28800, deployment["wait_s"] * 20 + deployment["baking_s"] + 1800)
+                ),
+            },
+            "AutoRollbackConfiguration": {
+                "Alarms": [{"AlarmName": a["AlarmName"]} for a in rollback_alarm_requests(run)]
+            },
+        }
+    return request
+
+
+def autoscaling_requests(run: Run) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Target tracking on invocations per instance, between the config's min and max."""
+    deployment = run.config["deployment"]
+    resource = f"endpoint/{names.endpoint_name(run.project)}/variant/{VARIANT}"
+    target = {
+        "ServiceNamespace": "sagemaker",
+        "ResourceId": resource,
+        "ScalableDimension": "sagemaker:variant:DesiredInstanceCount",
+        "MinCapacity": deployment["min_instances"],
+        "MaxCapacity": deployment["max_instances"],
+    }
+    policy = {
+        "PolicyName": f"tl-{run.project}-invocations",
+        "ServiceNamespace": "sagemaker",
+        "ResourceId": resource,
+        "ScalableDimension": "sagemaker:variant:DesiredInstanceCount",
+        "PolicyType": "TargetTrackingScaling",
+        "TargetTrackingScalingPolicyConfiguration": {
+            "TargetValue": float(deployment["target_invocations_per_instance"]),
+            "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
+            "ScaleInCooldown": 300,
+            "ScaleOutCooldown": 60,
+        },
+    }
+    return target, policy
+
+
+def drift_dimensions(project: str) -> list[dict[str, str]]:
+    return [{"Name": "project", "Value": project}, {"Name": "endpoint", "Value": names.endpoint_name(project)}]
+
+
+def drift_alarm_requests(run: Run) -> list[dict[str, Any]]:
+    """One alarm per drift metric the project sets a threshold for; no data is no drift."""
+    drift = run.config["drift"]
+    return [
+        {
+            "AlarmName": names.drift_alarm_name(run.run_id, metric),
+            "AlarmDescription": f"{metric} of {names.endpoint_name(run.project)}'s traffic against run "
+            f"{run.run_id}'s training data; ALARM starts a retraining run",
+            "Namespace": DRIFT_NAMESPACE,
+            "MetricName": metric,
+            "Dimensions": drift_dimensions(run.project),
+            "Statistic": "Maximum",
+            "Period": drift["schedule_minutes"] * 60,
+            "EvaluationPeriods": drift["evaluation_periods"],
+            "Threshold": float(threshold),
+            "ComparisonOperator": "GreaterThanThreshold",
+            "TreatMissingData": "notBreaching",
+            "Tags": [{"Key": PROJECT_TAG, "Value": run.project}],
+        }
+        for metric, threshold in sorted(drift["thresholds"].items())
+    ]
+
+
+def transform_request(command: StartTransformJob, run: Run, settings: Settings) -> dict[str, Any]:
+    deployment = run.config["deployment"]
+    request: dict[str, Any] = {
+        "TransformJobName": command.job_name,
+        "ModelName": model_name(run.run_id),
+        "BatchStrategy": "SingleRecord",
+        "TransformInput": {
+            "DataSource": {
+                "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": _require(deployment["batch_input_uri"], "input")}
+            },
+            "ContentType": "application/json",
+            "SplitType": "Line",
+        },
+        "TransformOutput": {
+            "S3OutputPath": f"{run_prefix(settings, run.run_id)}/transform/",
+            "Accept": "application/json",
+            "AssembleWith": "Line",
+        },
+        "TransformResources": {"InstanceType": deployment["instance_type"], "InstanceCount": 1},
+        "Tags": tags(command),
+    }
+    if settings.kms_key_id:
+        request["TransformOutput"]["KmsKeyId"] = settings.kms_key_id
+        request["TransformResources"]["VolumeKmsKeyId"] = settings.kms_key_id
+    return request
+
+
+def _exists(exc: ClientError) -> bool:
+    code = _code(exc)
+    message = str(exc.response.get("Error", {}).get("Message", "")).lower()
+    return code == "ResourceInUse" or (code == "ValidationException" and "already exist" in message)
+
+
+def _missing(exc: ClientError) -> bool:
+    message = str(exc.response.get("Error", {}).get("Message", "")).lower()
+    return _code(exc) in ("ValidationException", "ResourceNotFound") and (
+        "could not find" in message or "not found" in message or "does not exist" in message
+    )
+
+
+class DeploymentExecutors:
+    """DeployEndpoint, StartTransformJob, ConfigureAutoscaling, CreateDriftAlarms, DeleteEndpoint."""
+
+    def __init__(self, sagemaker: Any, cloudwatch: Any, autoscaling: Any, settings: Settings) -> None:
+        self._sagemaker = sagemaker
+        self._cloudwatch = cloudwatch
+        self._autoscaling = autoscaling
+        self._settings = settings
+
+    def _call(self, client: Any, operation: str, request: Mapping[str, Any]) -> bool:
+        """True when made now, False when an earlier attempt made it."""
+        try:
+            getattr(client, operation)(**request)
+        except ClientError as exc:
+            if _exists(exc):
+                return False
+            if _code(exc) in ("ValidationException", "AccessDeniedException", "ResourceLimitExceeded"):
+                message = exc.response["Error"].get("Message", "")
+                raise PermanentCommandError(f"{operation}: {_code(exc)}: {message}") from exc
+            raise
+        return True
+
+    def _model(self, run: Run) -> None:
+        self._call(self._sagemaker, "create_model", model_request(run, self._settings))
+
+    def deploy_endpoint(self, command: Command, run: Run) -> Outcome:
+        assert isinstance(command, DeployEndpoint)
+        self._model(run)
+        self._call(self._sagemaker, "create_endpoint_config", endpoint_config_request(run, self._settings))
+        try:
+            current = self._sagemaker.describe_endpoint(EndpointName=command.endpoint_name)
+        except ClientError as exc:
+            if not _missing(exc):
+                raise
+            self._call(self._sagemaker, "create_endpoint", create_endpoint_request(run))
+            return Outcome(done=True, note=f"creating endpoint {command.endpoint_name}")
+        if current.get("EndpointConfigName") == endpoint_config_name(run.run_id):
+            return Outcome(done=True, note=f"{command.endpoint_name} already runs this model (a repeat)")
+        if current.get("EndpointStatus") in ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"):
+            # Raised as transient: the reconciler tries again once the endpoint settles.
+            raise RuntimeError(f"{command.endpoint_name} is {current['EndpointStatus']}; the update waits")
+        request = update_endpoint_request(run)
+        if "DeploymentConfig" in request:
+            for alarm in rollback_alarm_requests(run):
+                self._cloudwatch.put_metric_alarm(**alarm)
+        self._call(self._sagemaker, "update_endpoint", request)
+        strategy = run.config["deployment"]["strategy"]
+        return Outcome(done=True, note=f"updating {command.endpoint_name} blue/green ({strategy})")
+
+    def start_transform_job(self, command: Command, run: Run) -> Outcome:
+        assert isinstance(command, StartTransformJob)
+        self._model(run)
+        made = self._call(self._sagemaker, "create_transform_job", transform_request(command, run, self._settings))
+        return Outcome(done=True, note="create_transform_job sent" if made else "already created (a repeat)")
+
+    def configure_autoscaling(self, command: Command, run: Run) -> Outcome:
+        assert isinstance(command, ConfigureAutoscaling)
+        if run.config["deployment"]["serverless_memory_mb"]:
+            return Outcome(done=True, note="serverless endpoints scale themselves")
+        target, policy = autoscaling_requests(run)
+        self._autoscaling.register_scalable_target(**target)
+        self._autoscaling.put_scaling_policy(**policy)
+        target_value = policy["TargetTrackingScalingPolicyConfiguration"]["TargetValue"]
+        return Outcome(done=True, note=f"target tracking {target_value:g} invocations per instance")
+
+    def create_drift_alarms(self, command: Command, run: Run) -> Outcome:
+        assert isinstance(command, CreateDriftAlarms)
+        alarms = drift_alarm_requests(run)
+        for alarm in alarms:
+            self._cloudwatch.put_metric_alarm(**alarm)  # PutMetricAlarm replaces: a repeat is harmless
+        return Outcome(done=True, note=f"{len(alarms)} drift alarm(s): {', '.join(a['AlarmName'] for a in alarms)}")
+
+    def delete_endpoint(self, command: Command, run: Run) -> Outcome:
+        assert isinstance(command, DeleteEndpoint)
+        try:
+            self._sagemaker.delete_endpoint(EndpointName=command.endpoint_name)
+        except ClientError as exc:
+            if not _missing(exc):
+                raise
+        alarms = [a["AlarmName"] for a in drift_alarm_requests(run)]
+        if alarms:
+            self._cloudwatch.delete_alarms(AlarmNames=alarms)
+        return Outcome(done=True, note=f"deleted {command.endpoint_name} and its drift alarms")
