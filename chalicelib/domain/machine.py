@@ -314,6 +314,10 @@ _NO_BEST_IN_EVENT = Guard(
 _NO_BEST_JOB = Guard("no successful training job", lambda run, e: not _has_best_job(run, e) and _described(run, e))
 _GATE_PASSES = Guard("quality gate passes", _gate_passes)
 _GATE_FAILS = Guard("quality gate fails", lambda run, e: not _gate_passes(run, e))
+_SERVES_THIS_RUN = Guard(
+    "the endpoint serves this run's model",
+    lambda run, e: names.run_id_from_name(e.endpoint_config_name) in (None, run.run_id),
+)
 _RETRAIN_ALLOWED = Guard("drift alarm of this run, OK→ALARM, retrain policy allows", _may_retrain)
 
 _ACTIVE = [s for s in RunState if not s.terminal]
@@ -409,7 +413,14 @@ ROWS: tuple[Row, ...] = (
         "record the approval decision on the package",
         effect=_update_approval,
     ),
-    Row(S.DEPLOYING, "endpoint.in_service", S.DEPLOYED, "endpoint in service; monitor for drift", effect=_deployed),
+    Row(
+        S.DEPLOYING,
+        "endpoint.in_service",
+        S.DEPLOYED,
+        "endpoint in service; monitor for drift",
+        _SERVES_THIS_RUN,
+        _deployed,
+    ),
     Row(S.DEPLOYING, "endpoint.failed", S.FAILED, "endpoint deployment failed"),
     Row(
         S.DEPLOYING,

@@ -11,53 +11,21 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
+from tests.training.conftest import SOURCE, run_job
 from training import inference, prepare
 from training import train as train_module
 from tuneloop.local import toolkit
 
 pytestmark = pytest.mark.training
-REPO = Path(__file__).resolve().parents[2]
-SOURCE = REPO / "training"
 METRIC = re.compile(r"^\[metric\] (.*)$", re.M)
 
 
 def metrics(log: str) -> list[dict[str, float]]:
     return [{k: float(v) for k, v in (pair.split("=") for pair in line.split())} for line in METRIC.findall(log)]
-
-
-def run_job(
-    base: Path, hyperparameters: dict[str, Any], channels: dict[str, Path], timeout: float = 300
-) -> tuple[int, str, toolkit.TrainingLayout]:
-    layout = toolkit.lay_out(base, toolkit.wire_hyperparameters("train.py", SOURCE, hyperparameters), channels)
-    process = toolkit.start(layout, base / "job.log")
-    code = process.wait(timeout)
-    return code, (base / "job.log").read_text(), layout
-
-
-@pytest.fixture(scope="module")
-def reviews(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("reviews")
-    assert (
-        prepare.main(
-            [
-                "--input-dir",
-                str(REPO / "examples" / "data"),
-                "--output-dir",
-                str(out),
-                "--task",
-                "text-classification",
-                "--failure-dir",
-                str(out / "fail"),
-            ]
-        )
-        == 0
-    )
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +54,6 @@ def arithmetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
         == 0
     )
     return out
-
-
-@pytest.fixture(scope="module")
-def classifier(reviews: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[toolkit.TrainingLayout, str]:
-    base = tmp_path_factory.mktemp("minilm-job")
-    code, log, layout = run_job(
-        base,
-        {"epochs": 3, "batch-size": 16, "learning-rate": 1e-4, "log-every": 4},
-        {"train": reviews / "train", "validation": reviews / "validation"},
-    )
-    assert code == 0, log[-3000:]
-    return layout, log
 
 
 def test_minilm_fine_tune_beats_the_majority_baseline(

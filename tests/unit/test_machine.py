@@ -485,3 +485,17 @@ def test_training_metrics_are_kept_on_the_run() -> None:
         final_metrics={"validation_macro_f1": 0.9},
     )
     assert decide(run, event).run.metrics == {"training": {"validation_macro_f1": 0.9}}
+
+
+def test_in_service_on_another_runs_model_does_not_deploy_this_run() -> None:
+    """After a rollback the endpoint is in service on the old run's config; that event
+    reaches the run that was deploying (it waits on the endpoint) and must not deploy it."""
+    run = make_run(S.DEPLOYING, awaiting="tl-demo")
+    old = EndpointChanged(
+        event_id="back", time=T0, endpoint_name="tl-demo", status="IN_SERVICE",
+        endpoint_config_name="tl-bbbbbbbbbbbb-config-1",
+    )  # fmt: skip
+    decision = decide(run, old)
+    assert decision.noop == "guarded" and "serves this run's model" in decision.note
+    mine = dataclasses.replace(old, event_id="mine", endpoint_config_name=f"tl-{RUN_ID}-config-1")
+    assert decide(run, mine).run.state is S.DEPLOYED

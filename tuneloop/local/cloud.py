@@ -62,10 +62,10 @@ class CloudState:
         }
 
     def client(self, service: str) -> Any:
-        """A boto3 client for a local service: sagemaker, or one of moto's (s3, sqs, events, …)."""
+        """A boto3 client for a local service: sagemaker(-runtime), or one of moto's (s3, sqs, …)."""
         import boto3
 
-        port = self.sagemaker_port if service == "sagemaker" else self.moto_port
+        port = self.sagemaker_port if service in ("sagemaker", "sagemaker-runtime") else self.moto_port
         return boto3.client(
             service,
             endpoint_url=f"http://127.0.0.1:{port}",

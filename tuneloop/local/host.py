@@ -69,8 +69,10 @@ def start_sagemaker(home: Path, bucket: str, router: EventRouter) -> Any:
     from .sagemaker_server import serve, upload_code
 
     s3 = boto3.client("s3")
-    server = serve(home / "sagemaker", s3, router.send, int(os.environ.get("TUNELOOP_SAGEMAKER_PORT", "0")))
+    port = int(os.environ.get("TUNELOOP_SAGEMAKER_PORT", "0"))
+    server = serve(home / "sagemaker", s3, router.send, port, cloudwatch=boto3.client("cloudwatch"))
     os.environ["AWS_ENDPOINT_URL_SAGEMAKER"] = f"http://127.0.0.1:{server.port}"
+    os.environ["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = f"http://127.0.0.1:{server.port}"
     os.environ.setdefault("TUNELOOP_SAGEMAKER_ROLE_ARN", LOCAL_ROLE)
     # Images are what the containers would be on AWS; locally jobs run in this Python.
     os.environ.setdefault("TUNELOOP_TRAINING_IMAGE", "tuneloop-local/huggingface-pytorch-training")

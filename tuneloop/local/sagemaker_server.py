@@ -511,6 +511,54 @@ class TrainingJob(Job):
             time.sleep(1)
 
 
+class TransformJob(Job):
+    """A batch transform: the model's own handlers over every line of the input prefix."""
+
+    kind = "transform"
+    name_key, status_key, arn_kind = "TransformJobName", "TransformJobStatus", "transform-job"
+    detail_type = "SageMaker Transform Job State Change"
+
+    def describe(self) -> dict[str, Any]:
+        out = {
+            **self.request,
+            "TransformJobArn": self.arn,
+            "TransformJobStatus": self.status,
+            "CreationTime": self.created,
+        }
+        out.pop("Tags", None)
+        if self.started:
+            out["TransformStartTime"] = self.started
+        if self.ended:
+            out["TransformEndTime"] = self.ended
+        if self.failure_reason:
+            out["FailureReason"] = self.failure_reason
+        return out
+
+    def execute(self) -> None:
+        hosting = self.server.hosting
+        self.emit()
+        model = hosting.describe_model(self.request["ModelName"])
+        container = model.get("PrimaryContainer") or model["Containers"][0]
+        model_dir = hosting._unpack(self.request["ModelName"], hosting.model_data(container))
+        source = self.request["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+        inputs, outputs = self.folder / "input", self.folder / "output"
+        if download_prefix(self.server.s3, source, inputs) == 0:
+            return self.finish("Failed", f"ClientError: no input objects under {source}")
+        command = [sys.executable, "-m", "tuneloop.local.serving", "--model-dir", str(model_dir),
+                   "--batch-input", str(inputs), "--batch-output", str(outputs)]  # fmt: skip
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)  # fmt: skip
+        code = self.wait(self.request.get("ModelClientConfig", {}).get("InvocationsTimeoutInSeconds", 3600) * 24)
+        if self.stop_requested:
+            return self.finish("Stopped")
+        if code != 0:
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            return self.finish("Failed", "ClientError: " + " | ".join(tail))
+        upload_folder(self.server.s3, outputs, self.request["TransformOutput"]["S3OutputPath"])
+        self.finish("Completed")
+
+
 class TuningJob(Job):
     """A hyperparameter tuning job: trials are local training jobs, chosen by ``tuner.Search``.
 
@@ -711,9 +759,16 @@ class TuningJob(Job):
 class LocalSageMaker:
     """Job registry and operations; persisted under ``home`` so Describe survives restarts."""
 
-    JOB_TYPES: Mapping[str, type[Job]] = {"processing": ProcessingJob, "training": TrainingJob, "tuning": TuningJob}
+    JOB_TYPES: Mapping[str, type[Job]] = {
+        "processing": ProcessingJob,
+        "training": TrainingJob,
+        "tuning": TuningJob,
+        "transform": TransformJob,
+    }
 
-    def __init__(self, home: Path, s3: Any, emit: Emit) -> None:
+    def __init__(self, home: Path, s3: Any, emit: Emit, cloudwatch: Any = None) -> None:
+        from .hosting import Hosting
+
         self.home = home
         self.s3 = s3
         self.emit = emit
@@ -722,12 +777,14 @@ class LocalSageMaker:
         self.records: dict[tuple[str, str], dict[str, Any]] = {}
         self.lock = threading.Lock()
         self.registry = Registry(home / "registry.json", emit)
+        self.hosting = Hosting(home / "hosting", s3, emit, cloudwatch, packages=self.registry)
         self._load()
 
     def close(self, grace_s: float = 10) -> None:
         """End running jobs (their processes run in sessions of their own, so nothing else
         would) and record them as failed, saying why."""
         self.closing = True
+        self.hosting.close()
         for job in list(self.jobs.values()):
             if job.status != "InProgress":
                 continue
@@ -882,6 +939,20 @@ class LocalSageMaker:
             "DescribeModelPackage": lambda: self.registry.describe(params["ModelPackageName"]),
             "UpdateModelPackage": lambda: self.registry.update(params),
             "ListModelPackages": lambda: self.registry.list(params),
+            "CreateModel": lambda: self.hosting.create_model(params),
+            "DescribeModel": lambda: self.hosting.describe_model(params["ModelName"]),
+            "DeleteModel": lambda: self.hosting.delete_model(params["ModelName"]),
+            "CreateEndpointConfig": lambda: self.hosting.create_endpoint_config(params),
+            "DescribeEndpointConfig": lambda: self.hosting.describe_endpoint_config(params["EndpointConfigName"]),
+            "DeleteEndpointConfig": lambda: self.hosting.delete_endpoint_config(params["EndpointConfigName"]),
+            "CreateEndpoint": lambda: self.hosting.create_endpoint(params),
+            "DescribeEndpoint": lambda: self.hosting.describe_endpoint(params["EndpointName"]),
+            "UpdateEndpoint": lambda: self.hosting.update_endpoint(params),
+            "DeleteEndpoint": lambda: self.hosting.delete_endpoint(params["EndpointName"]),
+            "ListEndpoints": lambda: self.hosting.list_endpoints(params),
+            "CreateTransformJob": lambda: self.create("transform", params),
+            "DescribeTransformJob": lambda: self.describe("transform", params["TransformJobName"]),
+            "StopTransformJob": lambda: self.stop("transform", params["TransformJobName"]),
         }
         handler = handlers.get(operation)
         if handler is None:
@@ -1028,6 +1099,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
+        if self.path.startswith("/endpoints/") and self.path.endswith("/invocations"):
+            return self._invoke(self.rfile.read(length))
         body = self.rfile.read(length) if length else b"{}"
         target = self.headers.get("X-Amz-Target", "")
         operation = target.split(".", 1)[1] if target.startswith("SageMaker.") else ""
@@ -1042,17 +1115,39 @@ class _Handler(BaseHTTPRequestHandler):
             payload = json.dumps({"__type": exc.code, "message": exc.message}).encode()
         except json.JSONDecodeError as exc:
             status, payload = 400, json.dumps({"__type": "SerializationException", "message": str(exc)}).encode()
+        self._reply(status, payload, {"Content-Type": "application/x-amz-json-1.1"})
+
+    def _invoke(self, body: bytes) -> None:
+        """SageMaker Runtime InvokeEndpoint (REST-JSON): POST /endpoints/<name>/invocations."""
+        from urllib.parse import unquote
+
+        name = unquote(self.path[len("/endpoints/") : -len("/invocations")])
+        try:
+            status, payload, headers = self.server.backend.hosting.invoke(
+                name,
+                body,
+                self.headers.get("Content-Type", "application/json"),
+                self.headers.get("Accept", "application/json"),
+            )
+        except ServiceError as exc:
+            status, headers = exc.status, {"x-amzn-ErrorType": exc.code, "Content-Type": "application/json"}
+            payload = json.dumps({"message": exc.message}).encode()
+        self._reply(status, payload, headers)
+
+    def _reply(self, status: int, payload: bytes, headers: Mapping[str, str]) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        for key, value in headers.items():
+            self.send_header(key, value)
         self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
 
 
-def serve(home: Path, s3: Any, emit: Emit, port: int = 0) -> SageMakerHttpServer:
-    """Start the server on a background thread; returns it (``.port``, ``.shutdown()``)."""
-    server = SageMakerHttpServer(LocalSageMaker(home, s3, emit), port)
+def serve(home: Path, s3: Any, emit: Emit, port: int = 0, cloudwatch: Any = None) -> SageMakerHttpServer:
+    """Start the server on a background thread; returns it (``.port``, ``.shutdown()``).
+    The same port serves SageMaker Runtime's InvokeEndpoint (``/endpoints/<name>/invocations``)."""
+    server = SageMakerHttpServer(LocalSageMaker(home, s3, emit, cloudwatch), port)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     return server
 

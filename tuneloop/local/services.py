@@ -163,6 +163,7 @@ def aws_env(dynamodb: str, moto: str, region: str = "us-east-1") -> dict[str, st
         "AWS_ENDPOINT_URL_DYNAMODB": dynamodb,
         "AWS_ENDPOINT_URL_S3": moto,
         "AWS_ENDPOINT_URL_CLOUDWATCH": moto,
+        "AWS_ENDPOINT_URL_APPLICATION_AUTO_SCALING": moto,
         "AWS_ENDPOINT_URL_EVENTBRIDGE": moto,
         "AWS_ENDPOINT_URL_SQS": moto,
         # No X-Ray daemon locally: never try to reach one.

@@ -1,0 +1,259 @@
+"""Local endpoints for real: a fine-tuned model served, invoked through SageMaker Runtime,
+captured, switched blue/green under load, rolled back on an alarm, and run as a batch transform."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.conftest import BUCKET
+from tuneloop.local import sagemaker_server, toolkit
+
+pytestmark = [pytest.mark.training, pytest.mark.integration]
+ROLE = "arn:aws:iam::123456789012:role/tuneloop-test-sagemaker-execution"
+
+
+def wait_for(predicate: Any, timeout: float = 180, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"{what} not met within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def hosted(
+    local_services: Any, classifier: tuple[toolkit.TrainingLayout, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    s3, cloudwatch = boto3.client("s3"), boto3.client("cloudwatch")
+    if BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=BUCKET)
+    archive = tmp_path_factory.mktemp("model") / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in classifier[0].model_dir.iterdir():
+            tar.add(path, arcname=path.name)
+    s3.upload_file(str(archive), BUCKET, "serving/model.tar.gz")
+    events: list[dict[str, Any]] = []
+    http = sagemaker_server.serve(tmp_path_factory.mktemp("sm"), s3, events.append, cloudwatch=cloudwatch)
+    url = f"http://127.0.0.1:{http.port}"
+    client = boto3.client("sagemaker", endpoint_url=url)
+    runtime = boto3.client("sagemaker-runtime", endpoint_url=url)
+    for n in (1, 2, 3):
+        client.create_model(
+            ModelName=f"tl-model-{n}",
+            PrimaryContainer={"Image": "local/inference", "ModelDataUrl": f"s3://{BUCKET}/serving/model.tar.gz"},
+            ExecutionRoleArn=ROLE,
+        )
+        client.create_endpoint_config(
+            EndpointConfigName=f"tl-config-{n}",
+            ProductionVariants=[
+                {"VariantName": "AllTraffic", "ModelName": f"tl-model-{n}", "InstanceType": "ml.m5.large",
+                 "InitialInstanceCount": 1}
+            ],
+            DataCaptureConfig={
+                "EnableCapture": True, "InitialSamplingPercentage": 100,
+                "DestinationS3Uri": f"s3://{BUCKET}/capture/serving",
+                "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+            },
+        )  # fmt: skip
+    client.create_endpoint(EndpointName="tl-serving", EndpointConfigName="tl-config-1")
+    in_service = wait_for(
+        lambda: (d := client.describe_endpoint(EndpointName="tl-serving"))["EndpointStatus"] == "InService" and d,
+        what="endpoint in service",
+    )
+    yield {"client": client, "runtime": runtime, "s3": s3, "cloudwatch": cloudwatch, "events": events,
+           "http": http, "described": in_service}  # fmt: skip
+    http.backend.close()
+    http.shutdown()
+
+
+def invoke(runtime: Any, payload: Any) -> tuple[dict[str, Any], Any]:
+    answer = runtime.invoke_endpoint(
+        EndpointName="tl-serving", ContentType="application/json", Body=json.dumps(payload)
+    )
+    return answer, json.loads(answer["Body"].read())
+
+
+def test_endpoint_answers_pings_and_invocations(hosted: dict[str, Any]) -> None:
+    answer, body = invoke(hosted["runtime"], "an excellent, delightful film; I loved every minute")
+    assert body["label"] in ("positive", "negative") and abs(sum(body["scores"].values()) - 1) < 1e-3
+    assert answer["InvokedProductionVariant"] == "AllTraffic"
+    _, many = invoke(hosted["runtime"], {"inputs": ["dull and far too long", "wonderful acting"]})
+    assert len(many) == 2
+    with pytest.raises(ClientError) as bad:
+        invoke(hosted["runtime"], {"text": "no inputs field"})
+    assert bad.value.response["Error"]["Code"] == "ModelError"
+    assert bad.value.response["OriginalStatusCode"] == 400 and "inputs" in bad.value.response["OriginalMessage"]
+    with pytest.raises(ClientError, match="not found"):
+        hosted["runtime"].invoke_endpoint(EndpointName="tl-nowhere", ContentType="application/json", Body=b'"x"')
+    fleet = hosted["http"].backend.hosting.endpoints["tl-serving"].fleets[0][0]
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{fleet.port}/ping", timeout=5) as ping:
+        assert ping.status == 200
+    statuses = [
+        e["detail"]["EndpointStatus"] for e in hosted["events"] if e["detail-type"] == "SageMaker Endpoint State Change"
+    ]
+    assert statuses[:2] == ["CREATING", "IN_SERVICE"]
+
+
+def test_traffic_is_captured_in_sagemakers_format(hosted: dict[str, Any]) -> None:
+    invoke(hosted["runtime"], "a capture test sentence")
+    s3 = hosted["s3"]
+
+    def captured() -> list[dict[str, Any]]:
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="capture/serving/tl-serving/AllTraffic/")
+                .get("Contents", [])]  # fmt: skip
+        lines = []
+        for key in keys:
+            lines += s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode().splitlines()
+        records = [json.loads(line) for line in lines]
+        return [r for r in records if "capture test" in r["captureData"]["endpointInput"]["data"]]
+
+    [record] = wait_for(captured, 30, "capture record")
+    assert record["eventVersion"] == "0" and record["eventMetadata"]["eventId"]
+    assert record["captureData"]["endpointInput"] == {
+        "observedContentType": "application/json", "mode": "INPUT", "data": '"a capture test sentence"',
+        "encoding": "JSON",
+    }  # fmt: skip
+    output = json.loads(record["captureData"]["endpointOutput"]["data"])
+    assert output["label"] in ("positive", "negative")
+
+
+def load(runtime: Any, stop: threading.Event, results: list[int]) -> None:
+    while not stop.is_set():
+        try:
+            runtime.invoke_endpoint(EndpointName="tl-serving", ContentType="application/json", Body=b'"steady traffic"')
+            results.append(200)
+        except ClientError as exc:
+            results.append(int(exc.response["ResponseMetadata"]["HTTPStatusCode"]))
+
+
+def under_load(hosted: dict[str, Any], action: Any, done: Any) -> list[int]:
+    stop, results = threading.Event(), []
+    workers = [threading.Thread(target=load, args=(hosted["runtime"], stop, results)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        action()
+        wait_for(done, 240, "deployment end")
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    return results
+
+
+def deployment_states(hosted: dict[str, Any]) -> list[str]:
+    return [
+        e["detail"]["State"]
+        for e in hosted["events"]
+        if e["detail-type"] == "SageMaker Endpoint Deployment State Change"
+    ]
+
+
+def test_blue_green_switch_drops_no_request(hosted: dict[str, Any]) -> None:
+    client = hosted["client"]
+    results = under_load(
+        hosted,
+        lambda: client.update_endpoint(
+            EndpointName="tl-serving",
+            EndpointConfigName="tl-config-2",
+            DeploymentConfig={
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": {
+                        "Type": "CANARY",
+                        "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 50},
+                        "WaitIntervalInSeconds": 2,
+                    },
+                    "TerminationWaitInSeconds": 2,
+                }
+            },
+        ),
+        lambda: client.describe_endpoint(EndpointName="tl-serving")["EndpointStatus"] == "InService",
+    )
+    assert len(results) >= 200 and set(results) == {200}, {s: results.count(s) for s in set(results)}
+    assert client.describe_endpoint(EndpointName="tl-serving")["EndpointConfigName"] == "tl-config-2"
+    assert deployment_states(hosted)[-4:] == ["TRAFFIC_SHIFTING", "TRAFFIC_SHIFTING", "BAKING", "COMPLETED"]
+
+
+def test_an_alarm_during_the_shift_rolls_back(hosted: dict[str, Any]) -> None:
+    client, cloudwatch = hosted["client"], hosted["cloudwatch"]
+    cloudwatch.put_metric_alarm(
+        AlarmName="tl-serving-rollback-5xx", Namespace="AWS/SageMaker", MetricName="Invocation5XXErrors",
+        Statistic="Sum", Period=60, EvaluationPeriods=1, Threshold=0, ComparisonOperator="GreaterThanThreshold",
+    )  # fmt: skip
+    cloudwatch.set_alarm_state(AlarmName="tl-serving-rollback-5xx", StateValue="ALARM", StateReason="test")
+    results = under_load(
+        hosted,
+        lambda: client.update_endpoint(
+            EndpointName="tl-serving",
+            EndpointConfigName="tl-config-3",
+            DeploymentConfig={
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+                    "TerminationWaitInSeconds": 30,
+                },
+                "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "tl-serving-rollback-5xx"}]},
+            },
+        ),
+        lambda: client.describe_endpoint(EndpointName="tl-serving")["EndpointStatus"] == "InService",
+    )
+    assert results and set(results) == {200}
+    described = client.describe_endpoint(EndpointName="tl-serving")
+    assert described["EndpointConfigName"] == "tl-config-2"  # the old model serves on
+    assert "tl-serving-rollback-5xx" in described["FailureReason"]
+    assert deployment_states(hosted)[-1] == "ROLLBACK_COMPLETED"
+    with pytest.raises(ClientError, match="already existing endpoint"):
+        client.create_endpoint(EndpointName="tl-serving", EndpointConfigName="tl-config-1")
+
+
+def test_batch_transform_answers_every_line(hosted: dict[str, Any]) -> None:
+    client, s3 = hosted["client"], hosted["s3"]
+    lines = [json.dumps(t) for t in ("great fun", "boring plot", "superb")] + [json.dumps({"text": "bad shape"})]
+    s3.put_object(Bucket=BUCKET, Key="batch/in/part-1.jsonl", Body="\n".join(lines[:3]).encode())
+    client.create_transform_job(
+        TransformJobName="tl-transform-1", ModelName="tl-model-1",
+        TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/batch/in/"}},
+                        "ContentType": "application/json", "SplitType": "Line"},
+        TransformOutput={"S3OutputPath": f"s3://{BUCKET}/batch/out/", "AssembleWith": "Line"},
+        TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
+    )  # fmt: skip
+    done = wait_for(
+        lambda: (
+            (d := client.describe_transform_job(TransformJobName="tl-transform-1"))["TransformJobStatus"]
+            != "InProgress"
+            and d
+        ),
+        what="transform",
+    )
+    assert done["TransformJobStatus"] == "Completed", done.get("FailureReason")
+    out = s3.get_object(Bucket=BUCKET, Key="batch/out/part-1.jsonl.out")["Body"].read().decode().splitlines()
+    assert [json.loads(line)["label"] in ("positive", "negative") for line in out] == [True] * 3
+    s3.put_object(Bucket=BUCKET, Key="batch/bad/part-1.jsonl", Body=lines[3].encode())
+    client.create_transform_job(
+        TransformJobName="tl-transform-2", ModelName="tl-model-1",
+        TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/batch/bad/"}},
+                        "ContentType": "application/json", "SplitType": "Line"},
+        TransformOutput={"S3OutputPath": f"s3://{BUCKET}/batch/bad-out/"},
+        TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
+    )  # fmt: skip
+    failed = wait_for(
+        lambda: (
+            (d := client.describe_transform_job(TransformJobName="tl-transform-2"))["TransformJobStatus"]
+            != "InProgress"
+            and d
+        ),
+        what="failed transform",
+    )
+    assert failed["TransformJobStatus"] == "Failed" and "inputs" in failed["FailureReason"]

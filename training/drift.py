@@ -1,0 +1,403 @@
+"""Drift check (SageMaker processing job): the deployed model's captured traffic against
+the data it was trained on.
+
+Inputs, under ``/opt/ml/processing/input/``:
+
+    baseline/profile/profile.json   prepare.py's profile (lengths, vocabulary, labels)
+    baseline/train/*.jsonl          the training split (texts for the embedding check)
+    capture/**.jsonl                SageMaker data capture records of the endpoint
+    model/model.tar.gz              the deployed model (its encoder embeds the texts)
+
+Metrics (each a number where larger means more drift):
+
+- ``input_length_psi``: population stability index of text lengths (baseline quantile bins);
+- ``input_js``: Jensen–Shannon divergence (base 2, 0..1) of word distributions over the
+  baseline's vocabulary plus an out-of-vocabulary bucket;
+- ``prediction_psi`` and ``prediction_js``: of the predicted label mix against the
+  training label mix (classification);
+- ``embedding_auc``: cross-validated AUC of a logistic domain classifier telling baseline
+  from live texts apart on the model's mean-pooled embeddings (0.5: indistinguishable).
+
+Sample-size aware: for each metric the job also computes its 95th percentile under no drift
+at these sample sizes (permutations of the pooled samples). A value inside that noise band
+is published *clipped to its alarm threshold*, so small samples never alarm on noise; the
+raw value and the band are in the report. Fewer than ``--min-samples`` captured records
+publish nothing (the alarms treat missing data as not breaching).
+
+Outputs: ``drift.json`` and ``report.html`` in ``processing/output/drift/``, and the metrics
+in CloudWatch (namespace ``tuneloop``, dimensions ``project`` and ``endpoint``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import math
+import os
+import random
+import re
+import sys
+import tarfile
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+_WORD_RE = re.compile(r"\w+", re.UNICODE)
+EPS = 1e-4
+PERMUTATIONS = 60
+
+
+class DriftError(Exception):
+    """The inputs cannot be compared (no baseline, unreadable capture)."""
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def captured(folder: Path) -> list[tuple[str, dict[str, Any] | None]]:
+    """(text, prediction) for every captured request; a batch request gives one per text."""
+    out: list[tuple[str, dict[str, Any] | None]] = []
+    for path in sorted(folder.rglob("*.jsonl")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                data = record["captureData"]
+                texts = _payload(data["endpointInput"])
+                answer = _payload(data.get("endpointOutput") or {}) if data.get("endpointOutput") else None
+            except (ValueError, KeyError, TypeError) as exc:
+                raise DriftError(f"{path.name}:{number}: not a SageMaker capture record ({exc})") from exc
+            if isinstance(texts, dict):
+                texts = texts.get("inputs")
+            texts = [texts] if isinstance(texts, str) else texts
+            answers = [answer] if isinstance(answer, dict) else answer if isinstance(answer, list) else []
+            for n, text in enumerate(texts or []):
+                if isinstance(text, str):
+                    out.append((text, answers[n] if n < len(answers) and isinstance(answers[n], dict) else None))
+    return out
+
+
+def _payload(half: dict[str, Any]) -> Any:
+    data = half["data"]
+    if half.get("encoding") == "BASE64":
+        data = base64.b64decode(data).decode("utf-8")
+    return json.loads(data)
+
+
+def baseline_texts(folder: Path) -> list[str]:
+    texts = []
+    for path in sorted(folder.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                texts.append(str(row.get("text") or row.get("prompt") or ""))
+    return [t for t in texts if t]
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+
+def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
+    """Population stability index of two distributions over the same bins."""
+    total = 0.0
+    for e, a in zip(expected, actual, strict=True):
+        e, a = max(e, EPS), max(a, EPS)
+        total += (a - e) * math.log(a / e)
+    return total
+
+
+def js_divergence(p: Sequence[float], q: Sequence[float]) -> float:
+    """Jensen–Shannon divergence, base 2 (0: same, 1: disjoint)."""
+
+    def kl(a: Sequence[float], b: Sequence[float]) -> float:
+        return sum(x * math.log2(x / y) for x, y in zip(a, b, strict=True) if x > 0)
+
+    p, q = _normalise(p), _normalise(q)
+    m = [(x + y) / 2 for x, y in zip(p, q, strict=True)]
+    return max(0.0, min(1.0, 0.5 * kl(p, m) + 0.5 * kl(q, m)))
+
+
+def _normalise(values: Sequence[float]) -> list[float]:
+    total = float(sum(values))
+    return [v / total for v in values] if total > 0 else [1.0 / len(values)] * len(values)
+
+
+def quantile_edges(values: Sequence[float], bins: int = 10) -> list[float]:
+    ordered = sorted(values)
+    edges = sorted({ordered[min(len(ordered) - 1, int(len(ordered) * q / bins))] for q in range(1, bins)})
+    return edges
+
+
+def histogram(values: Sequence[float], edges: Sequence[float]) -> list[float]:
+    counts = [0] * (len(edges) + 1)
+    for value in values:
+        counts[sum(1 for edge in edges if value >= edge)] += 1
+    return _normalise(counts)
+
+
+def word_distribution(texts: Sequence[str], vocabulary: Sequence[str]) -> list[float]:
+    index = {w: i for i, w in enumerate(vocabulary)}
+    counts = [0.0] * (len(vocabulary) + 1)
+    for text in texts:
+        for word in _WORD_RE.findall(text.lower()):
+            counts[index.get(word, len(vocabulary))] += 1
+    return _normalise(counts)
+
+
+def auc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Area under the ROC curve (Mann–Whitney), ties counted half."""
+    ranked = sorted(zip(scores, labels, strict=True))
+    rank_sum, i = 0.0, 0
+    while i < len(ranked):
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        average_rank = (i + j + 1) / 2
+        rank_sum += average_rank * sum(1 for k in range(i, j) if ranked[k][1] == 1)
+        i = j
+    positives = sum(labels)
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return 0.5
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def domain_auc(baseline: Any, live: Any, folds: int = 5, seed: int = 0) -> float:
+    """Cross-validated AUC of a logistic regression telling live from baseline embeddings."""
+    import torch
+
+    x = torch.cat([baseline, live]).float()
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    y = torch.cat([torch.zeros(len(baseline)), torch.ones(len(live))])
+    order = list(range(len(x)))
+    random.Random(seed).shuffle(order)
+    scores = [0.0] * len(x)
+    for fold in range(folds):
+        test = order[fold::folds]
+        train = [i for i in order if i not in set(test)]
+        weights, bias = _logistic(x[train], y[train])
+        with torch.no_grad():
+            for i, s in zip(test, (x[test] @ weights + bias).tolist(), strict=True):
+                scores[i] = s
+    return auc(scores, [int(v) for v in y.tolist()])
+
+
+def _logistic(x: Any, y: Any) -> tuple[Any, Any]:
+    """L2-regularised logistic regression fitted by L-BFGS."""
+    import torch
+
+    weights = torch.zeros(x.shape[1], requires_grad=True)
+    bias = torch.zeros(1, requires_grad=True)
+    optimiser = torch.optim.LBFGS([weights, bias], max_iter=50)
+
+    def closure() -> Any:
+        optimiser.zero_grad()
+        logits = x @ weights + bias
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y) + 1e-2 * (weights**2).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return weights, bias
+
+
+def embed(model_dir: Path, texts: Sequence[str], batch_size: int = 32) -> Any:
+    """Mean-pooled last hidden states of the deployed model's own encoder."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir)
+    model.eval()
+    vectors = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(
+                list(texts[start : start + batch_size]), truncation=True, max_length=128, padding=True,
+                return_tensors="pt",
+            )  # fmt: skip
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            vectors.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
+    return torch.cat(vectors)
+
+
+def noise_band(
+    metric: Callable[[Sequence[Any], Sequence[Any]], float], a: Sequence[Any], b: Sequence[Any], seed: int = 0
+) -> float:
+    """The metric's 95th percentile when both samples come from one population: the
+    pooled samples shuffled and split again at the same sizes."""
+    pooled = list(a) + list(b)
+    rng = random.Random(seed)
+    values = []
+    for _ in range(PERMUTATIONS):
+        rng.shuffle(pooled)
+        values.append(metric(pooled[: len(a)], pooled[len(a) :]))
+    values.sort()
+    return values[int(0.95 * (len(values) - 1))]
+
+
+# --- the check ----------------------------------------------------------------------------
+
+
+def check(
+    profile: dict[str, Any],
+    baseline: list[str],
+    live: list[tuple[str, dict[str, Any] | None]],
+    thresholds: dict[str, float],
+    model_dir: Path | None = None,
+    embedding_sample: int = 200,
+) -> dict[str, Any]:
+    texts = [text for text, _ in live]
+    vocabulary = list(profile.get("vocabulary", {}))
+    lengths = [float(len(t)) for t in baseline]
+    edges = quantile_edges(lengths)
+
+    def length_psi(a: Sequence[str], b: Sequence[str]) -> float:
+        return psi(histogram([len(t) for t in a], edges), histogram([len(t) for t in b], edges))
+
+    def words_js(a: Sequence[str], b: Sequence[str]) -> float:
+        return js_divergence(word_distribution(a, vocabulary), word_distribution(b, vocabulary))
+
+    metrics: dict[str, dict[str, float]] = {
+        "input_length_psi": {"value": length_psi(baseline, texts), "noise": noise_band(length_psi, baseline, texts)},
+        "input_js": {"value": words_js(baseline, texts), "noise": noise_band(words_js, baseline, texts)},
+    }
+    labels = list(profile.get("label_distribution", {}))
+    predicted = [str(p["label"]) for _, p in live if p and "label" in p]
+    if labels and predicted:
+        expected = [profile["label_distribution"][k] for k in labels]
+        counts = Counter(predicted)
+        actual = _normalise([counts.get(k, 0) for k in labels])
+        # Under no drift, predictions are a multinomial sample of the training mix.
+        rng = random.Random(1)
+        null_psi, null_js = [], []
+        for _ in range(PERMUTATIONS):
+            draw = Counter(rng.choices(labels, weights=expected, k=len(predicted)))
+            sample = _normalise([draw.get(k, 0) for k in labels])
+            null_psi.append(psi(expected, sample))
+            null_js.append(js_divergence(expected, sample))
+        metrics["prediction_psi"] = {"value": psi(expected, actual), "noise": sorted(null_psi)[int(0.95 * 59)]}
+        metrics["prediction_js"] = {"value": js_divergence(expected, actual), "noise": sorted(null_js)[int(0.95 * 59)]}
+    if model_dir is not None:
+        rng = random.Random(2)
+        base_sample = rng.sample(baseline, min(embedding_sample, len(baseline)))
+        live_sample = rng.sample(texts, min(embedding_sample, len(texts)))
+        vectors = embed(model_dir, base_sample + live_sample)
+        a, b = vectors[: len(base_sample)], vectors[len(base_sample) :]
+        value = domain_auc(a, b)
+        # The AUC a classifier reaches on two samples of one population, at these sizes.
+        import torch
+
+        null = []
+        for seed in range(8):
+            perm = torch.randperm(len(vectors), generator=torch.Generator().manual_seed(seed))
+            null.append(domain_auc(vectors[perm[: len(a)]], vectors[perm[len(a) :]], seed=seed))
+        metrics["embedding_auc"] = {"value": value, "noise": max(null)}
+    for name, entry in metrics.items():
+        threshold = thresholds.get(name)
+        entry["threshold"] = threshold if threshold is not None else float("nan")
+        noisy = entry["value"] <= entry["noise"]
+        entry["drifted"] = bool(threshold is not None and not noisy and entry["value"] > threshold)
+        entry["published"] = min(entry["value"], threshold) if (noisy and threshold is not None) else entry["value"]
+    return {
+        "samples": {"baseline": len(baseline), "live": len(texts), "predictions": len(predicted)},
+        "metrics": metrics,
+        "drifted": sorted(name for name, entry in metrics.items() if entry["drifted"]),
+    }
+
+
+def report_html(result: dict[str, Any], project: str, endpoint: str) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(name)}</th><td>{m['value']:.4f}</td><td>{m['noise']:.4f}</td>"
+        f"<td>{m['threshold']:.4g}</td><td>{m['published']:.4f}</td><td>{'DRIFT' if m['drifted'] else 'ok'}</td></tr>"
+        for name, m in sorted(result["metrics"].items())
+    )
+    samples = result["samples"]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>tuneloop drift: {html.escape(endpoint)}</title>
+<style>body {{ font-family: system-ui, sans-serif; margin: 2rem }} td, th {{ border: 1px solid #ccc;
+padding: .3rem .6rem }} table {{ border-collapse: collapse }}</style></head><body>
+<h1>Drift of {html.escape(endpoint)} ({html.escape(project)})</h1>
+<p>{samples["live"]} captured texts against {samples["baseline"]} training texts.</p>
+<table id="drift"><tr><th>metric</th><th>value</th><th>noise (95%)</th><th>threshold</th><th>published</th>
+<th></th></tr>{rows}</table></body></html>
+"""
+
+
+def publish(result: dict[str, Any], project: str, endpoint: str, region: str) -> None:
+    import boto3
+
+    dimensions = [{"Name": "project", "Value": project}, {"Name": "endpoint", "Value": endpoint}]
+    data = [
+        {"MetricName": name, "Dimensions": dimensions, "Value": float(m["published"]), "Unit": "None"}
+        for name, m in sorted(result["metrics"].items())
+        if math.isfinite(m["published"])
+    ]
+    if data:
+        boto3.client("cloudwatch", region_name=region).put_metric_data(Namespace="tuneloop", MetricData=data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    base = os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input-dir", default=os.path.join(base, "processing/input"))
+    parser.add_argument("--output-dir", default=os.path.join(base, "processing/output/drift"))
+    parser.add_argument("--failure-dir", default=os.path.join(base, "output"))
+    parser.add_argument("--project", required=True)
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--thresholds", default="{}", help='JSON: {"prediction_psi": 0.2, ...}')
+    parser.add_argument("--min-samples", type=int, default=30)
+    parser.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"))
+    parser.add_argument("--no-publish", action="store_true")
+    args, _ = parser.parse_known_args(argv)
+    inputs, output = Path(args.input_dir), Path(args.output_dir)
+    try:
+        profile_path = inputs / "baseline" / "profile" / "profile.json"
+        if not profile_path.is_file():
+            raise DriftError(f"no baseline profile at {profile_path}")
+        profile = json.loads(profile_path.read_text())
+        baseline = baseline_texts(inputs / "baseline" / "train")
+        if not baseline:
+            raise DriftError("the baseline training split is empty")
+        live = captured(inputs / "capture")
+        output.mkdir(parents=True, exist_ok=True)
+        if len(live) < args.min_samples:
+            result: dict[str, Any] = {
+                "samples": {"baseline": len(baseline), "live": len(live)},
+                "metrics": {},
+                "drifted": [],
+                "note": f"{len(live)} captured texts; at least {args.min_samples} are needed: nothing published",
+            }
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                model_dir = None
+                archive = inputs / "model" / "model.tar.gz"
+                if archive.is_file():
+                    model_dir = Path(tmp) / "model"
+                    with tarfile.open(archive) as tar:
+                        tar.extractall(model_dir, filter="data")
+                result = check(profile, baseline, live, json.loads(args.thresholds), model_dir)
+            if not args.no_publish:
+                publish(result, args.project, args.endpoint, args.region)
+        (output / "drift.json").write_text(json.dumps(result, indent=2))
+        (output / "report.html").write_text(report_html(result, args.project, args.endpoint))
+    except (DriftError, OSError, ValueError, KeyError) as exc:
+        message = f"{type(exc).__name__}: {exc}"[:1024]
+        Path(args.failure_dir).mkdir(parents=True, exist_ok=True)
+        for name in ("failure", "message"):
+            (Path(args.failure_dir) / name).write_text(message)
+        print(message, file=sys.stderr)
+        return 1
+    drifted = ", ".join(result["drifted"]) or "none"
+    print(f"drift: {len(result['metrics'])} metric(s) on {result['samples']['live']} texts; drifted: {drifted}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,640 @@
+"""The local SageMaker's hosting: models, endpoint configs, endpoints and SageMaker Runtime.
+
+An endpoint's production variant is a *fleet*: one ``tuneloop.local.serving`` process
+that loads the model's ``model.tar.gz`` and answers ``/ping`` and ``/invocations``.
+``InvokeEndpoint`` (SageMaker Runtime, reached through ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``)
+picks a fleet by traffic weight, forwards the request, records data capture in SageMaker's
+capture format under the config's ``DestinationS3Uri`` and publishes the AWS/SageMaker
+metrics (Invocations, Invocation4XXErrors, Invocation5XXErrors, ModelLatency) to CloudWatch.
+
+``UpdateEndpoint`` is blue/green: the new fleet starts beside the old one, traffic moves
+as the ``BlueGreenUpdatePolicy`` says (canary, linear or all at once), then bakes for
+``TerminationWaitInSeconds``. If an ``AutoRollbackConfiguration`` alarm is in ALARM at any
+point, traffic returns to the old fleet and the new one stops; no request is dropped
+either way, because a fleet stops only once its in-flight requests are answered. Endpoint
+and deployment state changes are emitted as AWS-shaped events (endpoint statuses upper
+case, as EventBridge carries them). Endpoints in service are started again when the
+server restarts.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import math
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .sagemaker_server import ACCOUNT, REGION, ServiceError, now, split_s3
+
+log = logging.getLogger("tuneloop.hosting")
+Emit = Callable[[dict[str, Any]], object]
+READY_TIMEOUT_S = 180
+POLL_S = 0.25
+
+
+def _arn(kind: str, name: str) -> str:
+    return f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:{kind}/{name.lower()}"
+
+
+def _event_status(status: str) -> str:
+    """Describe says InService; EventBridge says IN_SERVICE."""
+    out = "".join(f"_{c}" if c.isupper() and i else c for i, c in enumerate(status))
+    return out.upper()
+
+
+class Fleet:
+    """One variant's serving process for one endpoint config."""
+
+    def __init__(self, endpoint: str, config: str, variant: str, model_dir: Path, log_path: Path) -> None:
+        self.endpoint, self.config, self.variant = endpoint, config, variant
+        self.model_dir = model_dir
+        self.log_path = log_path
+        self.port_file = log_path.with_suffix(".port")
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.in_flight = 0
+        self.cond = threading.Condition()
+        self.ready = threading.Event()
+        self.failed = ""
+
+    def start(self) -> None:
+        self.port_file.unlink(missing_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tuneloop.local.serving", "--model-dir", str(self.model_dir),
+                 "--port-file", str(self.port_file)],
+                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Until the port file appears and /ping answers 200; raises with the log's tail."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            if self.port_file.is_file():
+                self.port = int(self.port_file.read_text())
+                if self._ping():
+                    self.ready.set()
+                    return
+            time.sleep(POLL_S)
+        tail = self.log_path.read_text(errors="replace")[-800:] if self.log_path.is_file() else ""
+        self.failed = (
+            f"The primary container for production variant {self.variant} did not pass the ping health check. {tail}"
+        )
+        self.stop(drain_s=0)
+        raise RuntimeError(self.failed)
+
+    def _ping(self) -> bool:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            connection.request("GET", "/ping")
+            ok = connection.getresponse().status == 200
+            connection.close()
+            return ok
+        except OSError:
+            return False
+
+    def invoke(self, body: bytes, content_type: str, accept: str) -> tuple[int, bytes, str]:
+        with self.cond:
+            self.in_flight += 1
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            connection.request(
+                "POST", "/invocations", body=body, headers={"Content-Type": content_type, "Accept": accept}
+            )
+            response = connection.getresponse()
+            answer = response.read()
+            mime = response.getheader("Content-Type", "application/json")
+            connection.close()
+            return response.status, answer, mime
+        finally:
+            with self.cond:
+                self.in_flight -= 1
+                self.cond.notify_all()
+
+    def stop(self, drain_s: float = 60) -> None:
+        """Answer what is in flight, then end the process."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.in_flight == 0, timeout=drain_s)
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            if self.process.stdin:
+                self.process.stdin.close()  # the server's cue to shut down
+            self.process.wait(10)
+        except (subprocess.TimeoutExpired, OSError):
+            self.process.kill()
+            self.process.wait()
+
+
+class Endpoint:
+    def __init__(self, hosting: Hosting, name: str, config: str, tags: list[dict[str, str]]) -> None:
+        self.hosting = hosting
+        self.name = name
+        self.config = config
+        self.tags = tags
+        self.status = "Creating"
+        self.failure_reason = ""
+        self.created = now()
+        self.modified = self.created
+        self.fleets: list[tuple[Fleet, float]] = []
+        self.lock = threading.Lock()
+        self.target_config: str | None = None
+
+    @property
+    def arn(self) -> str:
+        return _arn("endpoint", self.name)
+
+    def describe(self) -> dict[str, Any]:
+        with self.lock:
+            variants = [
+                {
+                    "VariantName": fleet.variant,
+                    "CurrentWeight": weight,
+                    "DesiredWeight": weight,
+                    "CurrentInstanceCount": 1,
+                    "DesiredInstanceCount": 1,
+                }
+                for fleet, weight in self.fleets
+                if fleet.config == self.config
+            ]
+            out: dict[str, Any] = {
+                "EndpointName": self.name,
+                "EndpointArn": self.arn,
+                "EndpointConfigName": self.config,
+                "ProductionVariants": variants,
+                "EndpointStatus": self.status,
+                "CreationTime": self.created,
+                "LastModifiedTime": self.modified,
+            }
+            if self.failure_reason:
+                out["FailureReason"] = self.failure_reason
+            config = self.hosting.configs.get(self.config, {})
+            capture = config.get("DataCaptureConfig")
+            if capture:
+                out["DataCaptureConfig"] = {
+                    "EnableCapture": bool(capture.get("EnableCapture", True)),
+                    "CaptureStatus": "Started",
+                    "CurrentSamplingPercentage": capture["InitialSamplingPercentage"],
+                    "DestinationS3Uri": capture["DestinationS3Uri"],
+                }
+        return out
+
+    def set_status(self, status: str, reason: str = "") -> None:
+        with self.lock:
+            self.status = status
+            self.failure_reason = reason[:1024]
+            self.modified = now()
+        self.hosting.save()
+        self.hosting.emit(self.hosting.endpoint_event(self))
+
+    def pick(self) -> Fleet:
+        with self.lock:
+            fleets = [(f, w) for f, w in self.fleets if w > 0]
+        if not fleets:
+            raise ServiceError("ValidationError", f"Endpoint {self.name} is not in service", 400)
+        roll = random.random() * sum(w for _, w in fleets)
+        for fleet, weight in fleets:
+            roll -= weight
+            if roll <= 0:
+                return fleet
+        return fleets[-1][0]
+
+
+class Hosting:
+    """Models, endpoint configs and endpoints; saved to ``hosting.json``."""
+
+    def __init__(self, home: Path, s3: Any, emit: Emit, cloudwatch: Any = None, packages: Any = None) -> None:
+        self.home = home
+        self.s3 = s3
+        self.emit = emit
+        self.cloudwatch = cloudwatch
+        self.packages = packages
+        self.models: dict[str, dict[str, Any]] = {}
+        self.configs: dict[str, dict[str, Any]] = {}
+        self.endpoints: dict[str, Endpoint] = {}
+        self.lock = threading.RLock()
+        self.closing = False
+        self.capture: dict[tuple[str, str, str], list[str]] = {}
+        self.metrics: dict[tuple[str, str], dict[str, list[float]]] = {}
+        self.flushed = threading.Event()
+        self._load()
+        self._flusher = threading.Thread(target=self._flush_loop, daemon=True)
+        self._flusher.start()
+
+    # --- persistence -------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self.home / "hosting.json"
+
+    def save(self) -> None:
+        with self.lock:
+            data = {
+                "models": self.models,
+                "configs": self.configs,
+                "endpoints": {
+                    name: {"config": e.config, "status": e.status, "created": e.created.timestamp(), "tags": e.tags}
+                    for name, e in self.endpoints.items()
+                },
+            }
+            self.home.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, default=str))
+            tmp.replace(self.path)
+
+    def _load(self) -> None:
+        if not self.path.is_file():
+            return
+        data = json.loads(self.path.read_text())
+        self.models, self.configs = data.get("models", {}), data.get("configs", {})
+        for name, record in data.get("endpoints", {}).items():
+            endpoint = Endpoint(self, name, record["config"], record.get("tags", []))
+            endpoint.created = datetime.fromtimestamp(record["created"], now().tzinfo)
+            self.endpoints[name] = endpoint
+            if record["status"] in ("InService", "Updating", "Creating"):
+                # The serving process ended with the previous server: start it again.
+                threading.Thread(target=self._bring_up, args=(endpoint,), daemon=True).start()
+            else:
+                endpoint.status = record["status"]
+
+    def close(self) -> None:
+        self.closing = True
+        self._flush()
+        for endpoint in list(self.endpoints.values()):
+            for fleet, _ in list(endpoint.fleets):
+                fleet.stop(drain_s=5)
+
+    # --- models and configs --------------------------------------------------------------
+
+    def create_model(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        name = params["ModelName"]
+        with self.lock:
+            if name in self.models:
+                raise ServiceError(
+                    "ValidationException", f'Cannot create already existing model "{_arn("model", name)}".'
+                )
+            container = params.get("PrimaryContainer") or (params.get("Containers") or [None])[0]
+            if not container:
+                raise ServiceError("ValidationException", "A model needs a PrimaryContainer")
+            self.model_data(container)  # a package that does not exist fails now, as on AWS
+            self.models[name] = {**params, "ModelArn": _arn("model", name), "CreationTime": now().timestamp()}
+        self.save()
+        return {"ModelArn": _arn("model", name)}
+
+    def model_data(self, container: Mapping[str, Any]) -> str:
+        if container.get("ModelPackageName"):
+            package = self.packages.describe(container["ModelPackageName"])
+            return str(package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"])
+        if not container.get("ModelDataUrl"):
+            raise ServiceError("ValidationException", "The container names neither ModelDataUrl nor ModelPackageName")
+        return str(container["ModelDataUrl"])
+
+    def describe_model(self, name: str) -> dict[str, Any]:
+        if name not in self.models:
+            raise ServiceError("ValidationException", f'Could not find model "{_arn("model", name)}".')
+        return dict(self.models[name])
+
+    def delete_model(self, name: str) -> dict[str, Any]:
+        with self.lock:
+            if self.models.pop(name, None) is None:
+                raise ServiceError("ValidationException", f'Could not find model "{_arn("model", name)}".')
+        self.save()
+        return {}
+
+    def create_endpoint_config(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        name = params["EndpointConfigName"]
+        arn = _arn("endpoint-config", name)
+        with self.lock:
+            if name in self.configs:
+                raise ServiceError(
+                    "ValidationException", f'Cannot create already existing endpoint configuration "{arn}".'
+                )
+            for variant in params["ProductionVariants"]:
+                if variant.get("ModelName") not in self.models:
+                    raise ServiceError("ValidationException", f'Could not find model "{variant.get("ModelName")}".')
+            self.configs[name] = {**params, "EndpointConfigArn": arn, "CreationTime": now().timestamp()}
+        self.save()
+        return {"EndpointConfigArn": arn}
+
+    def describe_endpoint_config(self, name: str) -> dict[str, Any]:
+        if name not in self.configs:
+            raise ServiceError("ValidationException", f'Could not find endpoint configuration "{name}".')
+        return dict(self.configs[name])
+
+    def delete_endpoint_config(self, name: str) -> dict[str, Any]:
+        with self.lock:
+            if self.configs.pop(name, None) is None:
+                raise ServiceError("ValidationException", f'Could not find endpoint configuration "{name}".')
+        self.save()
+        return {}
+
+    # --- endpoints -----------------------------------------------------------------------
+
+    def _endpoint(self, name: str) -> Endpoint:
+        endpoint = self.endpoints.get(name)
+        if endpoint is None:
+            raise ServiceError("ValidationException", f'Could not find endpoint "{name}".')
+        return endpoint
+
+    def create_endpoint(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        name, config = params["EndpointName"], params["EndpointConfigName"]
+        with self.lock:
+            if name in self.endpoints:
+                raise ServiceError(
+                    "ValidationException", f'Cannot create already existing endpoint "{_arn("endpoint", name)}".'
+                )
+            self.describe_endpoint_config(config)
+            endpoint = Endpoint(self, name, config, list(params.get("Tags", [])))
+            self.endpoints[name] = endpoint
+        self.save()
+        self.emit(self.endpoint_event(endpoint))
+        threading.Thread(target=self._bring_up, args=(endpoint,), daemon=True).start()
+        return {"EndpointArn": endpoint.arn}
+
+    def _bring_up(self, endpoint: Endpoint) -> None:
+        try:
+            fleet = self._start_fleet(endpoint.name, endpoint.config)
+            fleet.wait_ready()
+        except Exception as exc:
+            log.exception("endpoint %s failed to start", endpoint.name)
+            endpoint.set_status("Failed", str(exc))
+            return
+        with endpoint.lock:
+            endpoint.fleets = [(fleet, 1.0)]
+        endpoint.set_status("InService")
+
+    def _start_fleet(self, endpoint: str, config_name: str) -> Fleet:
+        config = self.configs[config_name]
+        variant = config["ProductionVariants"][0]
+        model = self.models[variant["ModelName"]]
+        container = model.get("PrimaryContainer") or model["Containers"][0]
+        model_dir = self._unpack(variant["ModelName"], self.model_data(container))
+        fleet = Fleet(endpoint, config_name, variant["VariantName"], model_dir,
+                      self.home / "endpoints" / endpoint / f"{config_name}.log")  # fmt: skip
+        fleet.start()
+        return fleet
+
+    def _unpack(self, model_name: str, uri: str) -> Path:
+        target = self.home / "models" / model_name
+        if (target / ".complete").is_file():
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        bucket, key = split_s3(uri)
+        archive = target.parent / f"{model_name}.tar.gz"
+        self.s3.download_file(bucket, key, str(archive))
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")
+        archive.unlink()
+        (target / ".complete").write_text(uri)
+        return target
+
+    def describe_endpoint(self, name: str) -> dict[str, Any]:
+        return self._endpoint(name).describe()
+
+    def list_endpoints(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        items = [e.describe() for e in self.endpoints.values()]
+        keys = ("EndpointName", "EndpointArn", "CreationTime", "LastModifiedTime", "EndpointStatus")
+        return {"Endpoints": [{k: i[k] for k in keys} for i in items]}
+
+    def delete_endpoint(self, name: str) -> dict[str, Any]:
+        with self.lock:
+            endpoint = self._endpoint(name)
+            del self.endpoints[name]
+        self.save()
+        for fleet, _ in endpoint.fleets:
+            threading.Thread(target=fleet.stop, daemon=True).start()
+        return {}
+
+    def update_endpoint(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        endpoint = self._endpoint(params["EndpointName"])
+        config = params["EndpointConfigName"]
+        self.describe_endpoint_config(config)
+        with endpoint.lock:
+            if endpoint.status != "InService":
+                raise ServiceError(
+                    "ValidationException",
+                    f'Cannot update in-progress endpoint "{endpoint.arn}".',
+                )
+            endpoint.target_config = config
+        endpoint.set_status("Updating")
+        threading.Thread(
+            target=self._blue_green, args=(endpoint, config, dict(params.get("DeploymentConfig") or {})), daemon=True
+        ).start()
+        return {"EndpointArn": endpoint.arn}
+
+    def _blue_green(self, endpoint: Endpoint, config: str, deployment: Mapping[str, Any]) -> None:
+        policy = deployment.get("BlueGreenUpdatePolicy") or {}
+        routing = policy.get("TrafficRoutingConfiguration") or {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0}
+        alarms = [a["AlarmName"] for a in (deployment.get("AutoRollbackConfiguration") or {}).get("Alarms", [])]
+        old = [fleet for fleet, _ in endpoint.fleets]
+        self._deployment_event(endpoint, config, "CREATING_NEW_FLEET", "starting the new fleet")
+        try:
+            green = self._start_fleet(endpoint.name, config)
+            green.wait_ready()
+        except Exception as exc:
+            return self._roll_back(endpoint, config, None, f"the new fleet failed to start: {exc}")
+        wait = float(routing.get("WaitIntervalInSeconds", 0))
+        steps: list[tuple[float, float]]
+        if routing["Type"] == "CANARY":
+            steps = [(routing["CanarySize"]["Value"] / 100.0, wait), (1.0, 0.0)]
+        elif routing["Type"] == "LINEAR":
+            step = routing["LinearStepSize"]["Value"] / 100.0
+            count = math.ceil(1 / step - 1e-9)
+            steps = [(min(1.0, step * (n + 1)) if n + 1 < count else 1.0, wait) for n in range(count)]
+            steps[-1] = (1.0, 0.0)
+        else:
+            steps = [(1.0, 0.0)]
+        for share, hold in steps:
+            with endpoint.lock:
+                endpoint.fleets = [(green, share)] + [(fleet, 1.0 - share) for fleet in old]
+            self._deployment_event(endpoint, config, "TRAFFIC_SHIFTING", f"{share:.0%} of traffic on the new fleet")
+            fired = self._watch(alarms, hold)
+            if fired:
+                return self._roll_back(endpoint, config, green, f"alarm {fired} went into ALARM while shifting traffic")
+        baking = float(policy.get("TerminationWaitInSeconds", 0))
+        self._deployment_event(endpoint, config, "BAKING", f"baking for {baking:.0f}s")
+        fired = self._watch(alarms, baking)
+        if fired:
+            return self._roll_back(endpoint, config, green, f"alarm {fired} went into ALARM during baking")
+        with endpoint.lock:
+            endpoint.fleets = [(green, 1.0)]
+            endpoint.config = config
+            endpoint.target_config = None
+        for fleet in old:
+            fleet.stop()
+        self._deployment_event(endpoint, config, "COMPLETED", "the new fleet serves all traffic")
+        endpoint.set_status("InService")
+
+    def _watch(self, alarms: list[str], seconds: float) -> str | None:
+        """Hold for ``seconds``, checking the rollback alarms; the first one in ALARM, if any."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if alarms and self.cloudwatch is not None:
+                answer = self.cloudwatch.describe_alarms(AlarmNames=alarms)
+                for alarm in answer.get("MetricAlarms", []):
+                    if alarm["StateValue"] == "ALARM":
+                        return str(alarm["AlarmName"])
+            if time.monotonic() >= deadline or self.closing:
+                return None
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+
+    def _roll_back(self, endpoint: Endpoint, config: str, green: Fleet | None, why: str) -> None:
+        with endpoint.lock:
+            endpoint.fleets = [(fleet, 1.0) for fleet, _ in endpoint.fleets if fleet is not green]
+            endpoint.target_config = None
+        if green is not None:
+            green.stop()
+        self._deployment_event(endpoint, config, "ROLLBACK_COMPLETED", f"Rolled back: {why}")
+        endpoint.set_status("InService", f"Update rolled back: {why}")
+
+    def endpoint_event(self, endpoint: Endpoint) -> dict[str, Any]:
+        detail = json.loads(json.dumps(endpoint.describe(), default=lambda d: int(d.timestamp() * 1000)))
+        detail["EndpointStatus"] = _event_status(detail["EndpointStatus"])
+        detail["Tags"] = {t["Key"]: t["Value"] for t in endpoint.tags}
+        return self._envelope("SageMaker Endpoint State Change", endpoint.arn, detail)
+
+    def _deployment_event(self, endpoint: Endpoint, config: str, state: str, message: str) -> None:
+        detail = {
+            "EndpointName": endpoint.name,
+            "EndpointArn": endpoint.arn,
+            "EndpointConfigName": config,
+            "State": state,
+            "Message": message,
+        }
+        self.emit(self._envelope("SageMaker Endpoint Deployment State Change", endpoint.arn, detail))
+
+    @staticmethod
+    def _envelope(detail_type: str, arn: str, detail: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": detail_type,
+            "source": "aws.sagemaker",
+            "account": ACCOUNT,
+            "time": now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": REGION,
+            "resources": [arn],
+            "detail": detail,
+        }
+
+    # --- SageMaker Runtime ---------------------------------------------------------------
+
+    def invoke(self, name: str, body: bytes, content_type: str, accept: str) -> tuple[int, bytes, dict[str, str]]:
+        endpoint = self.endpoints.get(name)
+        if endpoint is None:
+            raise ServiceError("ValidationError", f"Endpoint {name} of account {ACCOUNT} not found.", 400)
+        fleet = endpoint.pick()
+        if not fleet.ready.wait(READY_TIMEOUT_S):
+            raise ServiceError("ServiceUnavailable", f"Endpoint {name} is not ready", 503)
+        started = time.monotonic()
+        status, answer, mime = fleet.invoke(body, content_type, accept)
+        latency_us = (time.monotonic() - started) * 1e6
+        self._record(endpoint, fleet, body, content_type, answer, mime, status, latency_us)
+        headers = {"Content-Type": mime, "x-Amzn-Invoked-Production-Variant": fleet.variant}
+        if status != 200:
+            message = answer.decode(errors="replace")
+            kind = "CLIENT" if status < 500 else "SERVER"
+            error = {
+                "ErrorCode": f"{kind}_ERROR_FROM_MODEL",
+                "OriginalStatusCode": status,
+                "OriginalMessage": message,
+                "Message": f'Received {kind.lower()} error ({status}) from primary with message "{message}".',
+            }
+            return (
+                424,
+                json.dumps(error).encode(),
+                {"x-amzn-ErrorType": "ModelError", "Content-Type": "application/json"},
+            )
+        return 200, answer, headers
+
+    def _record(
+        self, endpoint: Endpoint, fleet: Fleet, body: bytes, content_type: str, answer: bytes, mime: str,
+        status: int, latency_us: float,
+    ) -> None:  # fmt: skip
+        with self.lock:
+            metrics = self.metrics.setdefault((endpoint.name, fleet.variant), {})
+            metrics.setdefault("Invocations", []).append(1.0)
+            metrics.setdefault("Invocation4XXErrors", []).append(1.0 if 400 <= status < 500 else 0.0)
+            metrics.setdefault("Invocation5XXErrors", []).append(1.0 if status >= 500 else 0.0)
+            metrics.setdefault("ModelLatency", []).append(latency_us)
+        capture = self.configs.get(fleet.config, {}).get("DataCaptureConfig")
+        if not capture or not capture.get("EnableCapture", True) or status != 200:
+            return
+        if random.random() * 100 >= float(capture.get("InitialSamplingPercentage", 100)):
+            return
+        record = {
+            "captureData": {
+                "endpointInput": _captured(body, content_type, "INPUT"),
+                "endpointOutput": _captured(answer, mime, "OUTPUT"),
+            },
+            "eventMetadata": {"eventId": str(uuid.uuid4()), "inferenceTime": now().strftime("%Y-%m-%dT%H:%M:%SZ")},
+            "eventVersion": "0",
+        }
+        with self.lock:
+            self.capture.setdefault((capture["DestinationS3Uri"], endpoint.name, fleet.variant), []).append(
+                json.dumps(record)
+            )
+
+    def _flush_loop(self) -> None:
+        while not self.closing:
+            time.sleep(1.0)
+            try:
+                self._flush()
+            except Exception:  # a flush that failed is retried with the next one
+                log.exception("capture/metrics flush failed")
+
+    def _flush(self) -> None:
+        with self.lock:
+            capture, self.capture = self.capture, {}
+            metrics, self.metrics = self.metrics, {}
+        stamp = now()
+        for (destination, endpoint, variant), lines in capture.items():
+            bucket, prefix = split_s3(destination.rstrip("/"))
+            key = (
+                f"{prefix}/{endpoint}/{variant}/{stamp:%Y/%m/%d/%H}/{stamp:%M-%S-%f}-{uuid.uuid4().hex[:8]}.jsonl"
+            ).lstrip("/")
+            self.s3.put_object(Bucket=bucket, Key=key, Body=("\n".join(lines) + "\n").encode())
+        if self.cloudwatch is not None:
+            for (endpoint, variant), values in metrics.items():
+                dimensions = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}]
+                data = []
+                for name, series in values.items():
+                    if name == "ModelLatency":
+                        data.append({"MetricName": name, "Dimensions": dimensions, "Values": series[:150],
+                                     "Unit": "Microseconds", "Timestamp": stamp})  # fmt: skip
+                    else:
+                        data.append({"MetricName": name, "Dimensions": dimensions, "Value": sum(series),
+                                     "Unit": "Count", "Timestamp": stamp})  # fmt: skip
+                self.cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=data)
+        self.flushed.set()
+
+
+def _captured(data: bytes, content_type: str, mode: str) -> dict[str, Any]:
+    """SageMaker's capture record half: JSON bodies as text, anything else base64."""
+    import base64
+
+    if content_type.split(";")[0].strip() in ("application/json", "text/csv"):
+        try:
+            return {"observedContentType": content_type, "mode": mode, "data": data.decode(), "encoding": "JSON"
+                    if "json" in content_type else "CSV"}  # fmt: skip
+        except UnicodeDecodeError:
+            pass
+    return {"observedContentType": content_type, "mode": mode, "data": base64.b64encode(data).decode(),
+            "encoding": "BASE64"}  # fmt: skip

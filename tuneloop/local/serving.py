@@ -1,0 +1,149 @@
+"""A model server as SageMaker's inference containers run one, for the local cloud.
+
+``GET /ping`` answers 200 once the model is loaded; ``POST /invocations`` runs the
+model's own handlers, ``code/inference.py`` inside ``model.tar.gz`` (``model_fn``,
+``input_fn``, ``predict_fn``, ``output_fn``), as the SageMaker inference toolkit does.
+A handler's ``PayloadError`` (any ``ValueError``) is a 400 with its message; anything else
+is a 500. The process binds 127.0.0.1 on a free port and writes it to ``--port-file``
+once the model is loaded, so whoever started it knows when and where it serves.
+
+``--batch-input``/``--batch-output`` runs a transform instead: every line of every input
+file is one request; answers go to ``<file>.out``, one line each, as SageMaker's batch
+transform writes them with ``AssembleWith: Line``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+log = logging.getLogger("tuneloop.serving")
+
+
+def load_handlers(model_dir: Path) -> ModuleType:
+    path = model_dir / "code" / "inference.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the model carries no serving handlers")
+    spec = importlib.util.spec_from_file_location("model_inference", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Model:
+    def __init__(self, model_dir: Path) -> None:
+        self.handlers = load_handlers(model_dir)
+        self.loaded = self.handlers.model_fn(str(model_dir))
+
+    def answer(self, body: bytes, content_type: str, accept: str) -> tuple[int, bytes, str]:
+        try:
+            data = self.handlers.input_fn(body, content_type)
+            prediction = self.handlers.predict_fn(data, self.loaded)
+            text, mime = self.handlers.output_fn(prediction, accept)
+        except ValueError as exc:
+            return 400, json.dumps({"message": str(exc)}).encode(), "application/json"
+        except Exception as exc:  # the model failed: a 500, as a container would answer
+            log.exception("invocation failed")
+            return 500, json.dumps({"message": f"{type(exc).__name__}: {exc}"}).encode(), "application/json"
+        return 200, text.encode() if isinstance(text, str) else bytes(text), mime
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format, *args)
+
+    def _send(self, status: int, body: bytes, mime: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", mime)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path == "/ping":
+            self._send(200, b"{}")
+        else:
+            self._send(404, b'{"message": "not found"}')
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        if self.path != "/invocations":
+            self._send(404, b'{"message": "not found"}')
+            return
+        status, answer, mime = self.server.model.answer(
+            body, self.headers.get("Content-Type", "application/json"), self.headers.get("Accept", "application/json")
+        )
+        self._send(status, answer, mime)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+
+def serve(model_dir: Path, port_file: Path) -> None:
+    server = _Server(Model(model_dir))
+    tmp = port_file.with_suffix(".tmp")
+    tmp.write_text(str(server.server_address[1]))
+    tmp.replace(port_file)  # appears whole, and only once the model is loaded
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # Serve until the parent closes our stdin (or kills us).
+    sys.stdin.read()
+    server.shutdown()
+
+
+def transform(model_dir: Path, source: Path, target: Path) -> int:
+    model = Model(model_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        lines = path.read_bytes().splitlines()
+        out = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            status, answer, _ = model.answer(line, "application/json", "application/json")
+            if status != 200:
+                failures += 1
+                print(f"{path.name}:{number}: {answer.decode(errors='replace')}", file=sys.stderr)
+            out.append(answer)
+        (target / f"{path.relative_to(source)}.out").write_bytes(b"\n".join(out) + b"\n")
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--port-file")
+    parser.add_argument("--batch-input")
+    parser.add_argument("--batch-output")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("TUNELOOP_LOG_LEVEL", "INFO"))
+    if args.batch_input:
+        failures = transform(Path(args.model_dir), Path(args.batch_input), Path(args.batch_output))
+        if failures:
+            print(f"ClientError: {failures} record(s) failed; see the lines above", file=sys.stderr)
+        return 1 if failures else 0
+    serve(Path(args.model_dir), Path(args.port_file))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
