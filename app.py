@@ -281,3 +281,9 @@ def on_alarm(event: CloudWatchEvent) -> dict[str, Any]:
 @app.schedule(Rate(5, unit=Rate.MINUTES), name="reconcile")
 def reconcile(event: Any) -> dict[str, int]:
     return deps.get().service.reconcile()
+
+
+@app.schedule(Rate(5, unit=Rate.MINUTES), name="check_drift")
+def check_drift(event: Any) -> dict[str, int]:
+    """Start each deployed run's drift check once per its project's schedule window."""
+    return deps.get().service.check_drift()

@@ -177,6 +177,42 @@ def evaluate_request(
     )
 
 
+def drift_request(command: StartProcessingJob, run: Run, settings: Settings) -> dict[str, Any]:
+    """The drift check of a deployed run: its captured traffic (``command.input_uri``)
+    against its training data, measured with its own model; metrics go to CloudWatch."""
+    prefix = run_prefix(settings, run.run_id)
+    drift = run.config["drift"]
+    return _processing_job(
+        command,
+        settings,
+        image=_require(settings.inference_image, "the inference image"),
+        script="drift.py",
+        arguments=[
+            "--project",
+            run.project,
+            "--endpoint",
+            names.endpoint_name(run.project),
+            "--thresholds",
+            json.dumps(drift["thresholds"], sort_keys=True),
+            "--window-minutes",
+            str(drift["schedule_minutes"]),
+            "--region",
+            settings.region,
+        ],
+        inputs=[
+            _processing_input("profile", f"{prefix}/prepare/profile/", f"{PROCESSING_ROOT}/input/baseline/profile"),
+            _processing_input("train", f"{prefix}/prepare/train/", f"{PROCESSING_ROOT}/input/baseline/train"),
+            _processing_input("capture", command.input_uri, f"{PROCESSING_ROOT}/input/capture"),
+            _processing_input(
+                "model",
+                model_artifact_uri(settings, run, _require(run.model_source, "the deployed model")),
+                f"{PROCESSING_ROOT}/input/model",
+            ),
+        ],
+        outputs=[_processing_output("drift", f"{prefix}/drift/{command.job_name}/")],
+    )
+
+
 def hyperparameters(run: Run, settings: Settings) -> dict[str, str]:
     """Strings only, keys dashed (train.py also accepts underscores); the toolkit's own keys JSON-encoded."""
     config = run.config
@@ -447,6 +483,8 @@ class SageMakerExecutors:
             request = prepare_request(command, run, self._settings)
         elif command.step == "evaluate":
             request = evaluate_request(command, run, self._settings, self._champion(run.project, run.run_id))
+        elif command.step == "drift":
+            request = drift_request(command, run, self._settings)
         else:
             raise PermanentCommandError(f"no processing job is defined for step {command.step!r}")
         return self._create("create_processing_job", request)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .domain import names
+from .domain.commands import StartProcessingJob
 from .domain.events import CommandFailed, DomainEvent, RunRequested, RunSuperseded
 from .domain.machine import Decision, decide
 from .domain.project import check_project_name, normalise_config
@@ -306,6 +307,39 @@ class RunService:
             if refreshed is not None and not refreshed.pending:
                 finished += 1
         return {"checked": checked, "finished": finished}
+
+    def check_drift(self, force: bool = False) -> dict[str, int]:
+        """Start the drift check of every deployed run whose schedule window has none yet.
+
+        Monitoring, not a step of the run: the job's name is derived from the window
+        (``tl-<run>-drift-<window>``), so a repeat in the same window finds ResourceInUse,
+        and its metrics reach the run only through its drift alarms. ``force`` checks now.
+        """
+        now = self.clock()
+        started = failed = 0
+        page = self.runs.page(state=RunState.DEPLOYED, limit=100)
+        while True:
+            for stored in page.items:
+                run = stored.run
+                minutes = int(run.config["drift"]["schedule_minutes"])
+                window = int(now.timestamp()) if force else int(now.timestamp() // (minutes * 60))
+                command = StartProcessingJob(
+                    run.run_id,
+                    run.project,
+                    names.job_name(run.run_id, "drift", window),
+                    step="drift",
+                    input_uri=f"s3://{self.bucket}/capture/{run.project}/{names.endpoint_name(run.project)}/",
+                )
+                try:
+                    outcome = self.executors.execute(command, run)
+                    started += 1 if outcome.done else 0
+                except Exception:  # the next window tries again; one run's failure stops no other
+                    logger.exception("drift check not started", extra={"run_id": run.run_id})
+                    failed += 1
+            if not page.next_token:
+                break
+            page = self.runs.page(state=RunState.DEPLOYED, limit=100, next_token=page.next_token)
+        return {"started": started, "failed": failed}
 
     # --- internal commands (RunPort) ---------------------------------------------------------
 

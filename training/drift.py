@@ -58,8 +58,9 @@ class DriftError(Exception):
 # --- reading ------------------------------------------------------------------------------
 
 
-def captured(folder: Path) -> list[tuple[str, dict[str, Any] | None]]:
-    """(text, prediction) for every captured request; a batch request gives one per text."""
+def captured(folder: Path, since: str = "") -> list[tuple[str, dict[str, Any] | None]]:
+    """(text, prediction) for every request captured at or after ``since`` (ISO 8601, UTC);
+    a batch request gives one per text."""
     out: list[tuple[str, dict[str, Any] | None]] = []
     for path in sorted(folder.rglob("*.jsonl")):
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -67,6 +68,8 @@ def captured(folder: Path) -> list[tuple[str, dict[str, Any] | None]]:
                 continue
             try:
                 record = json.loads(line)
+                if since and str(record.get("eventMetadata", {}).get("inferenceTime", "")) < since:
+                    continue
                 data = record["captureData"]
                 texts = _payload(data["endpointInput"])
                 answer = _payload(data.get("endpointOutput") or {}) if data.get("endpointOutput") else None
@@ -353,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--thresholds", default="{}", help='JSON: {"prediction_psi": 0.2, ...}')
     parser.add_argument("--min-samples", type=int, default=30)
+    parser.add_argument("--window-minutes", type=int, default=0, help="only traffic this recent (0: all captured)")
     parser.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"))
     parser.add_argument("--no-publish", action="store_true")
     args, _ = parser.parse_known_args(argv)
@@ -365,7 +369,12 @@ def main(argv: list[str] | None = None) -> int:
         baseline = baseline_texts(inputs / "baseline" / "train")
         if not baseline:
             raise DriftError("the baseline training split is empty")
-        live = captured(inputs / "capture")
+        since = ""
+        if args.window_minutes:
+            from datetime import UTC, datetime, timedelta
+
+            since = (datetime.now(UTC) - timedelta(minutes=args.window_minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        live = captured(inputs / "capture", since)
         output.mkdir(parents=True, exist_ok=True)
         if len(live) < args.min_samples:
             result: dict[str, Any] = {

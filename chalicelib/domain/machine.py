@@ -496,6 +496,9 @@ def _resource_mismatch(run: Run, event: DomainEvent) -> tuple[str, str] | None:
         and (event.tuning_job_name == run.awaiting or (resource or "").startswith(f"{run.awaiting}-"))
     ):
         return PROGRESS, f"{resource} is a trial of tuning job {run.awaiting}"
+    parsed = names.parse_job_name(resource or "")
+    if parsed and parsed[0] == run.run_id and parsed[1] == "drift":
+        return IGNORED, f"{resource} is a drift check; its metrics reach the run through its drift alarms"
     if resource in run.past_resources:
         return STALE, f"{resource} is no longer what the run waits on ({run.awaiting or 'nothing'})"
     return (

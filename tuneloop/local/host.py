@@ -102,6 +102,13 @@ def main() -> None:
     prepare_tables()
     enable_bucket_events(bucket)
     router.start(schedule_interval_s=float(os.environ.get("TUNELOOP_SCHEDULE_INTERVAL_S", "30")))
+    # moto keeps alarms but never evaluates them; this does, and emits their events.
+    from .alarms import AlarmEvaluator
+
+    alarms = AlarmEvaluator(
+        boto3.client("cloudwatch"), router.send, float(os.environ.get("TUNELOOP_ALARM_INTERVAL_S", "10"))
+    )
+    alarms.start()
     server = ApiServer(app_module.app, token, port)
     (home / "host.json").write_text(
         json.dumps({"api_port": server.port, "sagemaker_port": sagemaker.port, "pid": os.getpid()})
@@ -116,6 +123,7 @@ def main() -> None:
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
+        alarms.stop()
         sagemaker.shutdown()
         sagemaker.backend.close()
         router.stop()

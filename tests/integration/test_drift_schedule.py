@@ -1,0 +1,98 @@
+"""The scheduled drift check: one job per deployed run per window, and its request."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from chalicelib.domain import names
+from chalicelib.domain.commands import Command, StartProcessingJob
+from chalicelib.domain.events import (
+    EndpointChanged,
+    EvaluationLoaded,
+    ModelPackageChanged,
+    ProcessingJobChanged,
+    TrainingJobChanged,
+)
+from chalicelib.domain.run import Run
+from chalicelib.domain.states import RunState
+from chalicelib.executors import Executors, Outcome
+from chalicelib.sagemaker import SageMakerExecutors, drift_request
+from tests.conftest import DEMO_CONFIG, T0
+
+pytestmark = pytest.mark.integration
+DATASET = "s3://tuneloop-test/datasets/demo/ds-1/reviews.jsonl"
+
+
+def deployed(service: Any) -> str:
+    run_id = service.start_run("demo", DATASET)[0].run.run_id
+    for event in (
+        ProcessingJobChanged(event_id="1", time=T0, run_id=run_id, job_name=names.job_name(run_id, "prepare"),
+                             status="Completed"),
+        TrainingJobChanged(event_id="2", time=T0, run_id=run_id, job_name=names.job_name(run_id, "train"),
+                           status="Completed"),
+        ProcessingJobChanged(event_id="3", time=T0, run_id=run_id, job_name=names.job_name(run_id, "evaluate"),
+                             status="Completed"),
+        EvaluationLoaded(event_id="4", time=T0, run_id=run_id, metrics={"macro_f1": 0.9}),
+        ModelPackageChanged(event_id="5", time=T0, run_id=run_id, package_arn="arn:p", approval_status="Approved"),
+        EndpointChanged(event_id="6", time=T0, run_id=run_id, endpoint_name="tl-demo", status="IN_SERVICE"),
+    ):  # fmt: skip
+        service.apply(run_id, event)
+    assert service.runs.get(run_id).run.state is RunState.DEPLOYED
+    return run_id
+
+
+def test_one_drift_job_per_run_per_window(service: Any) -> None:
+    service.create_project("demo", {**DEMO_CONFIG, "drift": {"schedule_minutes": 60}})
+    run_id = deployed(service)
+    service.start_run("demo", DATASET)  # a run still preparing: not checked
+    asked: list[Command] = []
+
+    def record(command: Command, run: Run) -> Outcome:
+        asked.append(command)
+        return Outcome(done=True, note="recorded")
+
+    service.executors = Executors({StartProcessingJob: record})
+    service.clock = lambda: T0 + timedelta(minutes=5)
+    assert service.check_drift() == {"started": 1, "failed": 0}
+    service.clock = lambda: T0 + timedelta(minutes=50)
+    service.check_drift()
+    service.clock = lambda: T0 + timedelta(minutes=65)
+    service.check_drift()
+    service.check_drift(force=True)
+    jobs = [c.job_name for c in asked if isinstance(c, StartProcessingJob)]
+    window = int((T0 + timedelta(minutes=5)).timestamp() // 3600)
+    assert jobs[0] == jobs[1] == names.job_name(run_id, "drift", window)  # the same window: one job name
+    assert jobs[2] == names.job_name(run_id, "drift", window + 1)
+    assert jobs[3] not in jobs[:3]  # forced: a check of its own
+    assert all(c.step == "drift" and c.input_uri == "s3://tuneloop-test/capture/demo/tl-demo/" for c in asked)
+
+
+def test_drift_request_is_valid(settings: Any) -> None:
+    configured = dataclasses.replace(
+        settings, role_arn="arn:aws:iam::123456789012:role/r", inference_image="inference:cpu",
+        code_uri="s3://tuneloop-test/code/v1",
+    )  # fmt: skip
+    from chalicelib.domain.project import normalise_config
+
+    run = Run("aaaaaaaaaaaa", "demo", RunState.DEPLOYED, normalise_config(DEMO_CONFIG), DATASET, T0,
+              model_source="tl-aaaaaaaaaaaa-train-1")  # fmt: skip
+    command = StartProcessingJob("aaaaaaaaaaaa", "demo", "tl-aaaaaaaaaaaa-drift-491", step="drift",
+                                 input_uri="s3://tuneloop-test/capture/demo/tl-demo/")  # fmt: skip
+    request = drift_request(command, run, configured)
+    client = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stub = Stubber(client)
+    stub.add_response("create_processing_job", {"ProcessingJobArn": "arn:aws:sagemaker:us-east-1:1:processing-job/x"},
+                      request)  # fmt: skip
+    with stub:
+        assert SageMakerExecutors(client, configured).start_processing_job(command, run).done
+    inputs = {i["InputName"]: i["S3Input"] for i in request["ProcessingInputs"]}
+    assert inputs["capture"]["S3Uri"] == "s3://tuneloop-test/capture/demo/tl-demo/"
+    assert inputs["model"]["S3Uri"].endswith("/train/tl-aaaaaaaaaaaa-train-1/output/model.tar.gz")
+    args = request["AppSpecification"]["ContainerArguments"]
+    assert args[args.index("--window-minutes") + 1] == "60" and args[args.index("--endpoint") + 1] == "tl-demo"
