@@ -24,7 +24,8 @@ from chalicelib.api import (
     run_view,
 )
 from chalicelib.domain import names
-from chalicelib.domain.events import ApprovalDecided, StopRequested
+from chalicelib.domain.commands import StartChildRun
+from chalicelib.domain.events import ApprovalDecided, RetrainRequested, StopRequested
 from chalicelib.domain.project import ConfigError, check_project_name
 from chalicelib.events import MalformedEventError, UnknownEventError, parse_event
 from chalicelib.intake import IntakeIgnored, parse_object_created
@@ -217,6 +218,29 @@ def _decide_approval(run_id: str, approved: bool) -> Response:
     if not applied.decision.changed and applied.decision.noop != "duplicate":
         raise ConflictError(f"run {run_id} is not waiting for approval: {applied.decision.note}")
     return Response({"run_id": run_id, "decision": verdict, "state": applied.decision.run.state.value}, status_code=202)
+
+
+@app.route("/runs/{run_id}/retrain", methods=["POST"], content_types=JSON, authorizer=iam)
+@_http_errors
+def retrain_run(run_id: str) -> Response:
+    """Start a retraining run of a deployed run by hand (same guards as a drift alarm's,
+    but for the alarm's own checks). An Idempotency-Key header makes a retried POST one request."""
+    body = _body(("reason",)) if app.current_request.raw_body else {}
+    reason = body.get("reason", "retraining requested through the API")
+    if not isinstance(reason, str) or not reason:
+        raise InvalidRequestError("reason", "must be a non-empty string")
+    key = app.current_request.headers.get("idempotency-key") or utcnow().isoformat()
+    event = RetrainRequested(event_id=f"retrain-{names.derive_id(run_id, key)}", time=utcnow(), run_id=run_id,
+                             reason=reason)  # fmt: skip
+    applied = deps.get().service.apply(run_id, event)
+    assert applied.decision is not None
+    if not applied.decision.changed and applied.decision.noop != "duplicate":
+        raise ConflictError(f"run {run_id} cannot be retrained now: {applied.decision.note}")
+    started = [c for c in applied.decision.commands if isinstance(c, StartChildRun)]
+    child = started[0].child_run_id if started else None
+    if child is None:  # a repeat: the child the first request started
+        child = names.derive_id("child", run_id, event.event_id)
+    return Response({"run_id": run_id, "child_run_id": child}, status_code=202, headers={"Location": f"/runs/{child}"})
 
 
 @app.route("/runs/{run_id}/approve", methods=["POST"], content_types=JSON, authorizer=iam)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import random
 import secrets
 import time as _time
@@ -14,7 +15,14 @@ from typing import Any
 
 from .domain import names
 from .domain.commands import StartProcessingJob
-from .domain.events import CommandFailed, DomainEvent, RunRequested, RunSuperseded
+from .domain.events import (
+    AlarmChanged,
+    CommandFailed,
+    DomainEvent,
+    RetrainRequested,
+    RunRequested,
+    RunSuperseded,
+)
 from .domain.machine import Decision, decide
 from .domain.project import check_project_name, normalise_config
 from .domain.run import Run
@@ -216,7 +224,7 @@ class RunService:
             stored = self.runs.get(run_id)
             if stored is None:
                 raise RunNotFoundError(run_id)
-            decision = decide(stored.run, event)
+            decision = decide(stored.run, self._with_project_facts(stored.run, event))
             if not decision.changed:
                 logger.info(
                     "event changes nothing",
@@ -239,6 +247,15 @@ class RunService:
                 follow_ups = self._execute_outbox(stored)
             return Applied(run_id, decision, follow_ups=follow_ups)
         raise ConflictError(f"run {run_id}: gave up after {MAX_COMMIT_ATTEMPTS} conflicting commits")
+
+    def _with_project_facts(self, run: Run, event: DomainEvent) -> DomainEvent:
+        """What decide() cannot look up itself: another run of the project still retraining."""
+        relevant = event.kind in ("alarm.alarm", "retrain.requested")
+        if run.state is RunState.DEPLOYED and relevant and isinstance(event, (AlarmChanged, RetrainRequested)):
+            active = self.runs.active_retraining_run(run.project)
+            if active:
+                return dataclasses.replace(event, active_retraining_run=active)
+        return event
 
     def _resolve(self, event: DomainEvent) -> str | None:
         if event.kind.startswith("endpoint") and event.resource:

@@ -200,6 +200,14 @@ class RunRepository:
             )
         ]
 
+    def active_retraining_run(self, project: str) -> str | None:
+        """A retraining (child) run of the project that has not finished, if any."""
+        terminal = [state.value for state in RunState if state.terminal]
+        condition = self._model.parent_run_id.exists() & ~self._model.state.is_in(*terminal)
+        for item in self._model.by_project.query(project, filter_condition=condition):
+            return str(item.run_id)
+        return None
+
     def champion(self, project: str, excluding: str) -> Run | None:
         """The project's deployed run (not ``excluding``) whose model a challenger must beat."""
         for run_id in self.deployed_runs(project):

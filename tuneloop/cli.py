@@ -195,7 +195,7 @@ def wait_for_run(api: Api, project: str, after: set[str], timeout: float) -> dic
     raise CliError(f"no run of {project} appeared within {timeout:.0f}s; see {cloud.home() / 'logs' / 'host.log'}")
 
 
-ACTIVE_STEPS = ("received", "preparing", "training", "tuning", "evaluating", "gating", "registering")
+ACTIVE_STEPS = ("received", "preparing", "training", "tuning", "evaluating", "gating", "registering", "deploying")
 
 
 def watch(state: cloud.CloudState, run_id: str, until: tuple[str, ...] = (), timeout: float = 3600) -> dict[str, Any]:
@@ -345,6 +345,28 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_traffic(state: cloud.CloudState, endpoint: str, requests: int = 50) -> list[float]:
+    """Invoke the endpoint with short texts through SageMaker Runtime; print an answer and
+    the latency percentiles (milliseconds, as the client sees them)."""
+    runtime = state.client("sagemaker-runtime")
+    texts = ["A sturdy kettle, works perfectly.", "Broke after two days; avoid.", "Lovely chair, great value."]
+    latencies = []
+    answer: Any = None
+    for n in range(requests):
+        started = time.perf_counter()
+        reply = runtime.invoke_endpoint(
+            EndpointName=endpoint, ContentType="application/json", Body=json.dumps(texts[n % len(texts)])
+        )
+        answer = json.loads(reply["Body"].read())
+        latencies.append((time.perf_counter() - started) * 1000)
+    ordered = sorted(latencies)
+    p50, p99 = ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    print(f"endpoint {endpoint}: {texts[(requests - 1) % len(texts)]!r} → {answer['label']} "
+          f"({max(answer['scores'].values()):.3f})")  # fmt: skip
+    print(f"  {requests} requests of one short text: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    return latencies
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     # The demo starts from nothing in a home of its own: a cloud you use stays as it is.
@@ -378,7 +400,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"evaluation report: {save_report(run)} (tuneloop report {run['run_id']} --open)")
         if run.get("package_arn"):
             print(f"model package: {run['package_arn']}")
-        print("Deploying to an endpoint arrives next: the deploy command waits in the run's outbox.")
+        if run["state"] == "deployed":
+            serve_traffic(_state(), f"tl-{spec['name']}")
         print(f"\ndemo finished in {time.monotonic() - started:.1f}s")
         if args.keep:
             print(f"the demo's cloud is still up: TUNELOOP_HOME={cloud.home()} tuneloop status")

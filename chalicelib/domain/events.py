@@ -72,6 +72,8 @@ class ApprovalDecided(DomainEvent):
 class RetrainRequested(DomainEvent):
     run_id: str
     reason: str = "retrain requested"
+    # Filled in by the service before deciding: the project's retraining run still active.
+    active_retraining_run: str | None = None
 
     @property
     def kind(self) -> str:
@@ -263,6 +265,8 @@ class AlarmChanged(DomainEvent):
     state: str  # OK | ALARM | INSUFFICIENT_DATA
     previous_state: str
     reason: str = ""
+    # Filled in by the service before deciding: the project's retraining run still active.
+    active_retraining_run: str | None = None
 
     @property
     def kind(self) -> str:

@@ -43,6 +43,7 @@ from .events import (
     EvaluationLoaded,
     JobChanged,
     ModelPackageChanged,
+    RetrainRequested,
     TrainingJobChanged,
     TuningJobChanged,
 )
@@ -169,18 +170,23 @@ def _gate_passes(run: Run, event: EvaluationLoaded) -> bool:
     return gate_verdict(run.config, event)[0]
 
 
-def _may_retrain(run: Run, event: AlarmChanged) -> bool:
+def _may_retrain(run: Run, event: AlarmChanged | RetrainRequested) -> bool:
     return _retrain_block(run, event) is None
 
 
-def _retrain_block(run: Run, event: AlarmChanged) -> str | None:
+def _retrain_block(run: Run, event: AlarmChanged | RetrainRequested) -> str | None:
+    """Why this event may not start a retraining run, or None. A request by hand skips the
+    alarm's own checks and the drift switch, never the one-at-a-time rule, cooldown or cap."""
     policy = run.config["retrain"]
-    if not names.is_drift_alarm_of(event.alarm_name, run.run_id):
-        return f"alarm {event.alarm_name} is not a drift alarm of this run"
-    if event.previous_state == "ALARM":
-        return "alarm was already in ALARM"
-    if not policy["on_drift"]:
-        return "retraining on drift is off for this project"
+    if isinstance(event, AlarmChanged):
+        if not names.is_drift_alarm_of(event.alarm_name, run.run_id):
+            return f"alarm {event.alarm_name} is not a drift alarm of this run"
+        if event.previous_state == "ALARM":
+            return "alarm was already in ALARM"
+        if not policy["on_drift"]:
+            return "retraining on drift is off for this project"
+    if event.active_retraining_run:
+        return f"retraining run {event.active_retraining_run} of this project is still active"
     earlier = run.times_of("StartChildRun")
     if earlier and event.time - max(earlier) < timedelta(seconds=policy["cooldown_s"]):
         return f"within the retrain cooldown of {policy['cooldown_s']}s"
@@ -318,7 +324,10 @@ _SERVES_THIS_RUN = Guard(
     "the endpoint serves this run's model",
     lambda run, e: names.run_id_from_name(e.endpoint_config_name) in (None, run.run_id),
 )
-_RETRAIN_ALLOWED = Guard("drift alarm of this run, OK→ALARM, retrain policy allows", _may_retrain)
+_RETRAIN_ALLOWED = Guard(
+    "drift alarm of this run (or a request), OK→ALARM, none active, cooldown and cap allow", _may_retrain
+)
+_RETRAIN_BLOCKED = Guard("retraining not allowed", lambda run, e: not _may_retrain(run, e))
 
 _ACTIVE = [s for s in RunState if not s.terminal]
 
@@ -432,7 +441,18 @@ ROWS: tuple[Row, ...] = (
     Row(S.TRANSFORMING, "transform_job.failed", S.FAILED, "batch transform failed"),
     Row(S.TRANSFORMING, "transform_job.stopped", S.STOPPED, "batch transform stopped outside tuneloop"),
     Row(S.DEPLOYED, "alarm.alarm", S.DEPLOYED, "drift detected; start a retraining run", _RETRAIN_ALLOWED, _child_run),
-    Row(S.DEPLOYED, "retrain.requested", S.DEPLOYED, "retraining requested; start a child run", effect=_child_run),
+    # Alarms that start nothing are still recorded: the history says why no run started.
+    Row(S.DEPLOYED, "alarm.alarm", S.DEPLOYED, "alarm in ALARM; no retraining", _RETRAIN_BLOCKED),
+    Row(S.DEPLOYED, "alarm.ok", S.DEPLOYED, "alarm back to OK; nothing to do"),
+    Row(S.DEPLOYED, "alarm.insufficient_data", S.DEPLOYED, "alarm has insufficient data; nothing to do"),
+    Row(
+        S.DEPLOYED,
+        "retrain.requested",
+        S.DEPLOYED,
+        "retraining requested; start a child run",
+        _RETRAIN_ALLOWED,
+        _child_run,
+    ),
     Row(S.DEPLOYED, "run.superseded", S.SUPERSEDED, "a newer run is deployed"),
     *(Row(state, "stop.requested", S.STOPPED, "stopped by request", effect=_stop) for state in _ACTIVE),
     *(Row(state, "command.failed", S.FAILED, "a command failed permanently") for state in _ACTIVE),
@@ -452,8 +472,6 @@ NO_OPS: Mapping[tuple[RunState, str], tuple[str, str]] = {
         (S.DEPLOYING, f"alarm.{state}"): (IGNORED, "a rollback alarm during the deployment is SageMaker's to act on")
         for state in ("ok", "alarm", "insufficient_data")
     },
-    (S.DEPLOYED, "alarm.ok"): (IGNORED, "alarm back to OK; nothing to do"),
-    (S.DEPLOYED, "alarm.insufficient_data"): (IGNORED, "alarm has insufficient data; nothing to do"),
 }
 
 
@@ -481,7 +499,7 @@ def decide(run: Run, event: DomainEvent) -> Decision:
         if row.guard is None or row.guard.holds(run, event):
             return _apply(run, event, row)
     reason = "; ".join(f"not {row.guard.description}" for row in rows if row.guard)
-    if kind == "alarm.alarm" and isinstance(event, AlarmChanged):
+    if isinstance(event, (AlarmChanged, RetrainRequested)):
         reason = _retrain_block(run, event) or reason
     return _noop(run, GUARDED, reason)
 
@@ -562,6 +580,10 @@ def _note(run: Run, event: DomainEvent, row: Row) -> str:
     """The history reason: the row's note plus what the event said that matters later."""
     if isinstance(event, EvaluationLoaded):
         return f"{row.note}: {gate_verdict(run.config, event)[1]}"
+    if isinstance(event, AlarmChanged) and event.kind == "alarm.alarm" and row.target is row.state:
+        blocked = _retrain_block(run, event) if not row.effect else None
+        if blocked:
+            return f"{row.note}: {event.alarm_name}: {blocked}"
     if isinstance(event, (JobChanged, EndpointChanged)) and event.failure_reason:
         return f"{row.note}: {event.failure_reason}"
     if isinstance(event, EndpointDeploymentChanged) and event.message:

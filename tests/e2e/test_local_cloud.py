@@ -16,6 +16,7 @@ import boto3
 import pytest
 
 from chalicelib.domain import names
+from chalicelib.domain.project import normalise_config
 from tests.conftest import DEMO_TUNED_CONFIG, load_event
 
 pytestmark = pytest.mark.e2e
@@ -57,6 +58,28 @@ def s3(state: dict[str, Any]) -> Any:
         aws_access_key_id="any",
         aws_secret_access_key="any",
     )
+
+
+def cloudwatch(state: dict[str, Any]) -> Any:
+    return boto3.client(
+        "cloudwatch",
+        endpoint_url=f"http://127.0.0.1:{state['moto_port']}",
+        region_name="us-east-1",
+        aws_access_key_id="any",
+        aws_secret_access_key="any",
+    )
+
+
+def invoke(state: dict[str, Any], text: str) -> Any:
+    runtime = boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=f"http://127.0.0.1:{state['sagemaker_port']}",
+        region_name="us-east-1",
+        aws_access_key_id="any",
+        aws_secret_access_key="any",
+    )
+    answer = runtime.invoke_endpoint(EndpointName="tl-demo", ContentType="application/json", Body=json.dumps(text))
+    return json.loads(answer["Body"].read())
 
 
 def wait_for(predicate: Any, timeout: float = 30) -> Any:
@@ -106,9 +129,9 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     )
     runs = wait_for(lambda: http(state, "GET", "/runs?project=demo")[1]["runs"])
     run_id = runs[0]["run_id"]
-    active = ("preparing", "tuning", "evaluating", "gating", "registering")
-    run = wait_for(lambda: (r := http(state, "GET", f"/runs/{run_id}")[1])["state"] not in active and r, 420)
-    assert run["state"] == "deploying", run["history"][-1]["reason"]
+    active = ("preparing", "tuning", "evaluating", "gating", "registering", "deploying")
+    run = wait_for(lambda: (r := http(state, "GET", f"/runs/{run_id}")[1])["state"] not in active and r, 480)
+    assert run["state"] == "deployed", run["history"][-1]["reason"]
     assert run["dataset_uri"] == f"s3://{state['bucket']}/datasets/demo/ds 1/reviews.jsonl"
     assert [h["to"] for h in run["history"]] == [
         "preparing",
@@ -117,6 +140,7 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
         "gating",
         "registering",
         "deploying",
+        "deployed",
     ]
     assert run["package_arn"].endswith("model-package/tl-demo/1")  # auto-approved into the registry
     trials = run["tuning"]["trials"]
@@ -133,8 +157,16 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     artifact = run["links"]["model_artifact"].removeprefix(f"s3://{state['bucket']}/")
     assert s3(state).head_object(Bucket=state["bucket"], Key=artifact)["ContentLength"] > 1_000_000
     shown = json.loads(tuneloop(home, "run", "show", run_id, "--json").stdout)
-    assert shown["state"] == "deploying"
+    assert shown["state"] == "deployed"
     check_report(home, run, tmp_path)
+    # The model serves on the project's endpoint, through SageMaker Runtime, and its
+    # traffic is captured for the drift checks.
+    assert invoke(state, "a superb, sturdy kettle that works")["label"] in ("positive", "negative")
+    capture = "capture/demo/tl-demo/AllTraffic/"
+    wait_for(lambda: s3(state).list_objects_v2(Bucket=state["bucket"], Prefix=capture).get("KeyCount"), 30)
+    run = wait_for(lambda: not (r := http(state, "GET", f"/runs/{run_id}")[1])["pending_commands"] and r)
+    alarms = cloudwatch(state).describe_alarms(AlarmNamePrefix=f"tl-{run_id}-drift-")["MetricAlarms"]
+    assert {a["MetricName"] for a in alarms} == set(normalise_config(config)["drift"]["thresholds"])
 
     # A replayed SageMaker event, delivered through the router as EventBridge would: the
     # prepare job finished long ago, so the run ignores it as stale.
@@ -144,8 +176,8 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     path = tmp_path / "event.json"
     path.write_text(json.dumps(event))
     assert "on_sagemaker_event" in tuneloop(home, "event", "send", str(path)).stdout
-    assert "deploying" in tuneloop(home, "runs", "--project", "demo").stdout
-    assert len(http(state, "GET", f"/runs/{run_id}")[1]["history"]) == 6
+    assert "deployed" in tuneloop(home, "runs", "--project", "demo").stdout
+    assert len(http(state, "GET", f"/runs/{run_id}")[1]["history"]) == 7
     assert "← best" in tuneloop(home, "run", "show", run_id).stdout
 
     # State survives down/up: tables on disk, the bucket saved and restored.
@@ -153,11 +185,20 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     assert "down" in tuneloop(home, "status", check=False).stdout
     tuneloop(home, "up")
     state = json.loads((home / "state.json").read_text())
-    assert http(state, "GET", f"/runs/{run_id}")[1]["state"] == "deploying"
+    assert http(state, "GET", f"/runs/{run_id}")[1]["state"] == "deployed"
+    assert invoke(state, "still serving after a restart")["label"] in ("positive", "negative")
     keys = [o["Key"] for o in s3(state).list_objects_v2(Bucket=state["bucket"]).get("Contents", [])]
     assert "datasets/demo/ds 1/reviews.jsonl" in keys and f"{artifact}" in keys
     # The restore itself started no new run.
     assert len(http(state, "GET", "/runs?project=demo")[1]["runs"]) == 1
+
+    # `up --clean` starts from nothing: no runs, and no SageMaker jobs, packages or endpoints
+    # that would make a new run's deterministic job names look already done.
+    tuneloop(home, "down")
+    tuneloop(home, "up", "--clean")
+    state = json.loads((home / "state.json").read_text())
+    assert http(state, "GET", "/runs")[1]["runs"] == []
+    assert not (home / "sagemaker" / "processing").exists() and not (home / "sagemaker" / "hosting").exists()
 
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -301,3 +301,29 @@ def test_transform_job_events_finish_batch_runs(api: Api, deps: Any) -> None:
         FailureReason="ClientError: no input under s3://tuneloop-test/batch/in/",
     )
     assert api.invoke("on_sagemaker_event", failed)["state"] == "failed"
+
+
+def test_retraining_by_hand_and_by_alarm_one_at_a_time(api: Api, deps: Any) -> None:
+    parent = run_to_deploying(api, deps, "loop", {**DEMO_CONFIG, "retrain": {"cooldown_s": 0, "max_per_day": 5}})
+    assert api.call("POST", f"/runs/{parent}/retrain", {})[0] == 409  # not deployed yet
+    api.invoke("on_sagemaker_event", endpoint_event("endpoint_in_service", "up", "loop", parent))
+    status, body = api.call("POST", f"/runs/{parent}/retrain", {"reason": "new data arrived"},
+                            headers={"Idempotency-Key": "k1"})  # fmt: skip
+    assert status == 202, body
+    child = api.call("GET", f"/runs/{body['child_run_id']}")[1]
+    assert child["parent_run_id"] == parent and child["state"] == "preparing"
+    assert child["dataset_uri"] == api.call("GET", f"/runs/{parent}")[1]["dataset_uri"]
+    again = api.call(
+        "POST", f"/runs/{parent}/retrain", {"reason": "new data arrived"}, headers={"Idempotency-Key": "k1"}
+    )
+    assert again == (202, body)  # a retried request: the same child
+    status, conflict = api.call("POST", f"/runs/{parent}/retrain", {})
+    assert status == 409 and "still active" in conflict["Message"]
+    # A drift alarm while the child runs starts nothing, and the parent's history says why.
+    alarm = load_event("alarm_drift", id="drift-1")
+    alarm["detail"]["alarmName"] = names.drift_alarm_name(parent, "prediction_psi")
+    assert api.invoke("on_alarm", alarm)["state"] == "deployed"
+    history = api.call("GET", f"/runs/{parent}")[1]["history"]
+    assert "no retraining" in history[-1]["reason"] and "still active" in history[-1]["reason"]
+    assert api.call("POST", "/runs/zzzzzzzzzzzz/retrain", {})[0] == 404
+    assert api.call("POST", f"/runs/{parent}/retrain", {"reason": 3})[0] == 400

@@ -301,13 +301,40 @@ def test_retrain_guards() -> None:
     run = make_run(S.DEPLOYED)
     first = decide(run, event_of("alarm.alarm", run, "a1"))
     assert [type(c).__name__ for c in first.commands] == ["StartChildRun"]
-    repeated = decide(first.run, event_of("alarm.alarm", run, "a2", previous_state="ALARM"))
-    assert repeated.noop == "guarded" and "already in ALARM" in repeated.note
-    cooldown = decide(first.run, event_of("alarm.alarm", run, "a3"))
-    assert cooldown.noop == "guarded" and "cooldown" in cooldown.note
-    unrelated = decide(run, event_of("alarm.alarm", run, "a4", alarm_name="tl-bbbbbbbbbbbb-drift-x"))
-    assert unrelated.noop == "guarded" and "not a drift alarm" in unrelated.note
-    assert decide(run, event_of("alarm.ok", run, "a5")).noop == "ignored"
+
+    def blocked(decision: Any, why: str) -> None:
+        # Recorded, not silent: the history says why no retraining run started.
+        assert decision.changed and decision.commands == () and decision.run.state is S.DEPLOYED
+        assert why in decision.run.history[-1].reason, decision.run.history[-1].reason
+
+    blocked(decide(first.run, event_of("alarm.alarm", run, "a2", previous_state="ALARM")), "already in ALARM")
+    blocked(decide(first.run, event_of("alarm.alarm", run, "a3")), "cooldown")
+    blocked(decide(run, event_of("alarm.alarm", run, "a4", alarm_name="tl-bbbbbbbbbbbb-drift-x")), "not a drift alarm")
+    ok = decide(run, event_of("alarm.ok", run, "a5"))
+    assert ok.changed and ok.commands == () and ok.run.history[-1].reason == "alarm back to OK; nothing to do"
+
+
+def test_one_retraining_run_at_a_time_and_a_daily_cap() -> None:
+    run = make_run(S.DEPLOYED)
+    busy = dataclasses.replace(event_of("alarm.alarm", run, "b1"), active_retraining_run="cccccccccccc")
+    decision = decide(run, busy)
+    assert decision.commands == () and "retraining run cccccccccccc of this project is still active" in (
+        decision.run.history[-1].reason
+    )
+    by_hand = decide(run, RetrainRequested(event_id="r1", time=T0, run_id=RUN_ID, active_retraining_run="cccccccccccc"))
+    assert by_hand.noop == "guarded" and "still active" in by_hand.note  # the API answers 409 with this
+    # Flapping: OK→ALARM→OK→ALARM. Outside the cooldown each OK→ALARM may retrain, up to the cap.
+    config = base_config()
+    config["retrain"] = {**config["retrain"], "cooldown_s": 60, "max_per_day": 2}
+    current = make_run(S.DEPLOYED, config)
+    started = 0
+    for n in range(4):
+        at = T0 + timedelta(minutes=10 * n)
+        alarm = dataclasses.replace(event_of("alarm.alarm", current, f"f{n}"), time=at)
+        current = decide(current, alarm).run
+        started += current.history[-1].commands == ("StartChildRun",)
+        current = decide(current, dataclasses.replace(event_of("alarm.ok", current, f"o{n}"), time=at)).run
+    assert started == 2 and "daily cap of 2" in current.history[-2].reason
 
 
 # --- property-based: random sequences, duplicates and reordering --------------------------

@@ -66,7 +66,10 @@ class AlarmEvaluator:
         now = now or datetime.now(UTC)
         emitted = []
         paginator = self.cloudwatch.get_paginator("describe_alarms")
-        for page in paginator.paginate(AlarmTypes=["MetricAlarm"], AlarmNamePrefix=self.prefix):
+        filters: dict[str, Any] = {"AlarmTypes": ["MetricAlarm"]}
+        if self.prefix:
+            filters["AlarmNamePrefix"] = self.prefix
+        for page in paginator.paginate(**filters):
             for alarm in page.get("MetricAlarms", []):
                 if "MetricName" not in alarm:
                     continue  # metric-math alarms are not evaluated locally

@@ -105,7 +105,8 @@ def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
     if state:
         down(log=lambda *_: None)  # half up: stop what is left (saving the bucket if moto lives)
     if clean and root.exists():
-        for sub in ("dynamodb", "s3"):
+        # Everything a run left: tables, bucket, SageMaker's jobs, registry and endpoints, reports.
+        for sub in ("dynamodb", "s3", "sagemaker", "reports"):
             _remove_tree(root / sub)
         for name in ("dead-letters.jsonl",):
             (root / name).unlink(missing_ok=True)

@@ -267,8 +267,12 @@ class Hosting:
             endpoint = Endpoint(self, name, record["config"], record.get("tags", []))
             endpoint.created = datetime.fromtimestamp(record["created"], now().tzinfo)
             self.endpoints[name] = endpoint
-            if record["status"] in ("InService", "Updating", "Creating"):
-                # The serving process ended with the previous server: start it again.
+            if record["status"] in ("InService", "Updating"):
+                # The serving process ended with the previous server: start it again, on the
+                # config it served (an update in flight is abandoned: the old model serves).
+                endpoint.status = "InService"
+                threading.Thread(target=self._bring_up, args=(endpoint, True), daemon=True).start()
+            elif record["status"] == "Creating":
                 threading.Thread(target=self._bring_up, args=(endpoint,), daemon=True).start()
             else:
                 endpoint.status = record["status"]
@@ -367,16 +371,22 @@ class Hosting:
         threading.Thread(target=self._bring_up, args=(endpoint,), daemon=True).start()
         return {"EndpointArn": endpoint.arn}
 
-    def _bring_up(self, endpoint: Endpoint) -> None:
+    def _bring_up(self, endpoint: Endpoint, restarting: bool = False) -> None:
+        """Start the endpoint's fleet; requests that arrive meanwhile wait for it to be ready."""
         try:
             fleet = self._start_fleet(endpoint.name, endpoint.config)
+            with endpoint.lock:
+                endpoint.fleets = [(fleet, 1.0)]
             fleet.wait_ready()
         except Exception as exc:
             log.exception("endpoint %s failed to start", endpoint.name)
+            with endpoint.lock:
+                endpoint.fleets = []
             endpoint.set_status("Failed", str(exc))
             return
-        with endpoint.lock:
-            endpoint.fleets = [(fleet, 1.0)]
+        if restarting:
+            log.info("endpoint %s serves again after the restart", endpoint.name)
+            return
         endpoint.set_status("InService")
 
     def _start_fleet(self, endpoint: str, config_name: str) -> Fleet:
