@@ -139,6 +139,18 @@ def update_project(name: str) -> dict[str, Any]:
     return project_view(project)
 
 
+@app.route("/projects/{name}/drift-check", methods=["POST"], authorizer=iam)
+@_http_errors
+def check_project_drift(name: str) -> Response:
+    """Run the project's drift check now, outside its schedule."""
+    service = deps.get().service
+    service.get_project(name)
+    result = service.check_drift(force=True, project=name)
+    if not result["started"] and not result["failed"]:
+        raise ConflictError(f"project {name!r} has no deployed run to check")
+    return Response(result, status_code=202)
+
+
 # --- runs --------------------------------------------------------------------------------
 
 
@@ -186,6 +198,7 @@ def get_run(run_id: str) -> dict[str, Any]:
     reports = deps.get().reports
     if reports is not None:
         view["tuning"] = reports.tuning(stored.run)
+        view["cost"] = reports.cost(stored.run)
         view["links"].update(reports.links(stored.run))
     return view
 

@@ -49,6 +49,16 @@ class RunReports:
             view["trials_error"] = str(exc)
         return view
 
+    def cost(self, run: Run) -> dict[str, Any]:
+        from datetime import UTC, datetime
+
+        from .cost import run_cost
+
+        def trials(job: str) -> list[str]:
+            return [t["training_job"] for t in self._sagemaker.tuning_trials(job)]
+
+        return run_cost(run, self._settings.region, self._sagemaker.describe_job, trials, datetime.now(UTC))
+
     def links(self, run: Run) -> dict[str, str]:
         """Presigned links to evaluation.json, report.html and each plot the evaluation wrote."""
         if "evaluation" not in run.metrics:

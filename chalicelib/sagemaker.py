@@ -536,6 +536,15 @@ class SageMakerExecutors:
         )
         return Outcome(done=True, note=f"best training job: {event.best_training_job or 'none'}", events=(event,))
 
+    def describe_job(self, job_type: str, job_name: str) -> dict[str, Any]:
+        """Describe<Processing|Training|Transform>Job, for cost and views."""
+        operation, key = {
+            "processing": ("describe_processing_job", "ProcessingJobName"),
+            "training": ("describe_training_job", "TrainingJobName"),
+            "transform": ("describe_transform_job", "TransformJobName"),
+        }[job_type]
+        return dict(getattr(self._client, operation)(**{key: job_name}))
+
     def tuning_trials(self, job_name: str, limit: int = 100) -> list[dict[str, Any]]:
         """The tuning job's training jobs: hyperparameters, objective and status, best first."""
         trials: list[dict[str, Any]] = []

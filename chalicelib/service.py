@@ -249,12 +249,12 @@ class RunService:
         raise ConflictError(f"run {run_id}: gave up after {MAX_COMMIT_ATTEMPTS} conflicting commits")
 
     def _with_project_facts(self, run: Run, event: DomainEvent) -> DomainEvent:
-        """What decide() cannot look up itself: another run of the project still retraining."""
+        """What decide() cannot look up itself: the project's other retraining runs (one may
+        be on its way; the cooldown and the daily cap count them all, not this run's alone)."""
         relevant = event.kind in ("alarm.alarm", "retrain.requested")
         if run.state is RunState.DEPLOYED and relevant and isinstance(event, (AlarmChanged, RetrainRequested)):
-            active = self.runs.active_retraining_run(run.project)
-            if active:
-                return dataclasses.replace(event, active_retraining_run=active)
+            active, starts = self.runs.retraining_facts(run.project, since=event.time - timedelta(days=1))
+            return dataclasses.replace(event, active_retraining_run=active, project_retraining_starts=starts)
         return event
 
     def _resolve(self, event: DomainEvent) -> str | None:
@@ -325,7 +325,7 @@ class RunService:
                 finished += 1
         return {"checked": checked, "finished": finished}
 
-    def check_drift(self, force: bool = False) -> dict[str, int]:
+    def check_drift(self, force: bool = False, project: str | None = None) -> dict[str, int]:
         """Start the drift check of every deployed run whose schedule window has none yet.
 
         Monitoring, not a step of the run: the job's name is derived from the window
@@ -334,7 +334,7 @@ class RunService:
         """
         now = self.clock()
         started = failed = 0
-        page = self.runs.page(state=RunState.DEPLOYED, limit=100)
+        page = self.runs.page(project=project, state=RunState.DEPLOYED, limit=100)
         while True:
             for stored in page.items:
                 run = stored.run
@@ -355,7 +355,7 @@ class RunService:
                     failed += 1
             if not page.next_token:
                 break
-            page = self.runs.page(state=RunState.DEPLOYED, limit=100, next_token=page.next_token)
+            page = self.runs.page(project=project, state=RunState.DEPLOYED, limit=100, next_token=page.next_token)
         return {"started": started, "failed": failed}
 
     # --- internal commands (RunPort) ---------------------------------------------------------

@@ -200,13 +200,18 @@ class RunRepository:
             )
         ]
 
-    def active_retraining_run(self, project: str) -> str | None:
-        """A retraining (child) run of the project that has not finished, if any."""
-        terminal = [state.value for state in RunState if state.terminal]
-        condition = self._model.parent_run_id.exists() & ~self._model.state.is_in(*terminal)
-        for item in self._model.by_project.query(project, filter_condition=condition):
-            return str(item.run_id)
-        return None
+    def retraining_facts(self, project: str, since: datetime) -> tuple[str | None, tuple[datetime, ...]]:
+        """(a retraining run of the project still on its way, the creation times of the
+        project's retraining runs since ``since``): what the retraining guards need."""
+        busy = [state.value for state in RunState if state.terminal] + [RunState.DEPLOYED.value]
+        active: str | None = None
+        starts = []
+        for item in self._model.by_project.query(project, filter_condition=self._model.parent_run_id.exists()):
+            if item.state not in busy and active is None:
+                active = str(item.run_id)
+            if item.created_at >= since:
+                starts.append(item.created_at)
+        return active, tuple(sorted(starts))
 
     def champion(self, project: str, excluding: str) -> Run | None:
         """The project's deployed run (not ``excluding``) whose model a challenger must beat."""

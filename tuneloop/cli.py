@@ -169,6 +169,18 @@ def show_run(run: dict[str, Any]) -> None:
             print(f"    (trials unavailable: {tuning['trials_error']})")
     if run["links"].get("report"):
         print(f"  report    tuneloop report {run['run_id']}")
+    cost = run.get("cost")
+    if cost and cost["lines"]:
+        print(f"  cost      ${cost['total_usd']:.4f}{'' if cost['complete'] else ' (some lines unpriced)'} "
+              f"at list prices of {cost['prices_as_of']}")  # fmt: skip
+        for line in cost["lines"]:
+            usd = f"${line['usd']:.4f}" if line.get("usd") is not None else "unpriced"
+            amount = (
+                f"{line['hours']:.3f} h" if "hours" in line else f"{line.get('billable_seconds', 0):.0f} s billable"
+            )
+            spot = f", spot saved {line['spot_savings_pct']:.0f}%" if "spot_savings_pct" in line else ""
+            name = line.get("job") or line.get("endpoint")
+            print(f"    {name:<40} {line.get('instance_type', ''):<15} {amount:>16}{spot}  {usd}")
 
 
 def cmd_run_show(args: argparse.Namespace) -> int:
@@ -368,47 +380,11 @@ def serve_traffic(state: cloud.CloudState, endpoint: str, requests: int = 50) ->
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    started = time.monotonic()
+    from . import demo
+
     # The demo starts from nothing in a home of its own: a cloud you use stays as it is.
     os.environ["TUNELOOP_HOME"] = str(cloud.home() / "demo")
-    cloud.up(clean=True)
-    try:
-        api = _api()
-        spec = json.loads((REPO_ROOT / "examples" / "demo-project.json").read_text())
-        api.call("POST", "/projects", spec)
-        print(f"project {spec['name']} created ({spec['config']['task']} on {spec['config']['base_model']})")
-        dataset = REPO_ROOT / "examples" / "data" / "reviews.jsonl"
-        cmd_drop(argparse.Namespace(file=str(dataset), project=spec["name"], dataset_id="sample-1"))
-        run = wait_for_run(api, spec["name"], set(), timeout=60)
-        print(f"run {run['run_id']} started; following it:")
-        run = watch(_state(), run["run_id"], timeout=900)
-        print()
-        show_run(run)
-        if run["state"] in ("failed", "stopped"):
-            raise CliError(f"the demo run ended {run['state']}: {run['history'][-1]['reason']}")
-        print()
-        for group, label, keys in (
-            ("training", "fine-tuned (validation split)", ("validation_accuracy", "validation_macro_f1")),
-            ("evaluation", "evaluated (test split)", ("accuracy", "macro_f1", "ece")),
-        ):
-            values = run.get("metrics", {}).get(group, {})
-            if values:
-                print(f"{label}: " + ", ".join(f"{k} {values[k]:.4f}" for k in keys if k in values))
-        if run["links"].get("model_artifact"):
-            print(f"model artifact: {run['links']['model_artifact']}")
-        if run["links"].get("report"):
-            print(f"evaluation report: {save_report(run)} (tuneloop report {run['run_id']} --open)")
-        if run.get("package_arn"):
-            print(f"model package: {run['package_arn']}")
-        if run["state"] == "deployed":
-            serve_traffic(_state(), f"tl-{spec['name']}")
-        print(f"\ndemo finished in {time.monotonic() - started:.1f}s")
-        if args.keep:
-            print(f"the demo's cloud is still up: TUNELOOP_HOME={cloud.home()} tuneloop status")
-    finally:
-        if not args.keep:
-            cloud.down()
-    return 0
+    return demo.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

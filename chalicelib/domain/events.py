@@ -72,8 +72,10 @@ class ApprovalDecided(DomainEvent):
 class RetrainRequested(DomainEvent):
     run_id: str
     reason: str = "retrain requested"
-    # Filled in by the service before deciding: the project's retraining run still active.
+    # Filled in by the service before deciding: the project's retraining run still on its
+    # way, and when the project's retraining runs of the last day were created.
     active_retraining_run: str | None = None
+    project_retraining_starts: tuple[datetime, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -265,8 +267,10 @@ class AlarmChanged(DomainEvent):
     state: str  # OK | ALARM | INSUFFICIENT_DATA
     previous_state: str
     reason: str = ""
-    # Filled in by the service before deciding: the project's retraining run still active.
+    # Filled in by the service before deciding: the project's retraining run still on its
+    # way, and when the project's retraining runs of the last day were created.
     active_retraining_run: str | None = None
+    project_retraining_starts: tuple[datetime, ...] = ()
 
     @property
     def kind(self) -> str:

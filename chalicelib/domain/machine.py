@@ -160,7 +160,10 @@ def gate_verdict(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bo
                     f"{metric} {event.metrics[metric]:.4g} does not beat champion run "
                     f"{event.champion_run_id} ({champion:.4g}) by {gates['min_improvement']:.4g}"
                 )
-            reasons.append(f"{metric} beats champion {event.champion_run_id} by {gain:.4g}")
+            reasons.append(
+                f"{metric} {event.metrics[metric]:.4g} vs champion {event.champion_run_id} {champion:.4g} "
+                f"({gain:+.4g}; at least {gates['min_improvement']:+.4g} needed)"
+            )
     elif not event.champion_metrics:
         reasons.append("no champion deployed yet")
     return True, "; ".join(reasons) or "no gates configured"
@@ -187,7 +190,9 @@ def _retrain_block(run: Run, event: AlarmChanged | RetrainRequested) -> str | No
             return "retraining on drift is off for this project"
     if event.active_retraining_run:
         return f"retraining run {event.active_retraining_run} of this project is still active"
-    earlier = run.times_of("StartChildRun")
+    # The project's retraining runs when the service supplied them (they include this run's
+    # children); else what this run's own history knows.
+    earlier = list(event.project_retraining_starts) or run.times_of("StartChildRun")
     if earlier and event.time - max(earlier) < timedelta(seconds=policy["cooldown_s"]):
         return f"within the retrain cooldown of {policy['cooldown_s']}s"
     if len([t for t in earlier if event.time - t < timedelta(days=1)]) >= policy["max_per_day"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -23,13 +24,18 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 
 
-def tuneloop(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def tuneloop(home: Path, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TUNELOOP_HOME": str(home)}
     for name in list(env):
         if name.startswith("AWS_ENDPOINT_URL") or name == "TUNELOOP_BUCKET":
             env.pop(name)  # the CLI finds the local cloud through its state file, nothing else
     result = subprocess.run(
-        [sys.executable, "-m", "tuneloop.cli", *args], env=env, capture_output=True, text=True, timeout=180, cwd=REPO
+        [sys.executable, "-m", "tuneloop.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"tuneloop {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -249,3 +255,19 @@ def check_report(home: Path, run: dict[str, Any], tmp_path: Path) -> None:
     assert shown["macro_f1"] == f"{evaluation['macro_f1']:.4f}" and shown["accuracy"] == f"{evaluation['accuracy']:.4f}"
     assert {i["alt"] for i in images} >= {"confusion_matrix.png", "training_curves.png"}
     assert all(i["ok"] and i["width"] > 300 for i in images), images
+
+
+def test_make_demo_runs_the_whole_loop(tmp_path: Path) -> None:
+    """What `make demo` runs: drop → tune → deploy → traffic → drift → alarm → retraining run
+    → gated against the champion → deployed blue/green (or rejected, with the reason)."""
+    result = tuneloop(tmp_path / "home", "demo", timeout=900)
+    out = result.stdout
+    assert "drift check: no drift" in out, out[-3000:]
+    assert "drift check: DRIFT in" in out
+    assert "drift alarm → retraining run" in out
+    child = re.search(r"retraining run (\w{12}) is (DEPLOYED|REJECTED): (.*)", out)
+    assert child, out[-3000:]
+    assert "vs champion" in child[3] or "does not beat champion" in child[3]  # gated against the deployed model
+    if child[2] == "DEPLOYED":
+        assert f"tl-demo serves tl-{child[1]}-config-1" in out and "is superseded" in out
+    assert re.search(r"demo finished in \d+\.\ds", out)

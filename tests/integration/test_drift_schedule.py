@@ -95,4 +95,5 @@ def test_drift_request_is_valid(settings: Any) -> None:
     assert inputs["capture"]["S3Uri"] == "s3://tuneloop-test/capture/demo/tl-demo/"
     assert inputs["model"]["S3Uri"].endswith("/train/tl-aaaaaaaaaaaa-train-1/output/model.tar.gz")
     args = request["AppSpecification"]["ContainerArguments"]
-    assert args[args.index("--window-minutes") + 1] == "60" and args[args.index("--endpoint") + 1] == "tl-demo"
+    assert args[args.index("--window-minutes") + 1] == str(run.config["drift"]["schedule_minutes"])
+    assert args[args.index("--endpoint") + 1] == "tl-demo"

@@ -251,7 +251,8 @@ def test_drift_alarms_follow_the_project_config_and_stop_deletes() -> None:
     assert alarm["AlarmName"] == names.drift_alarm_name(RUN_ID, "prediction_psi")
     assert alarm["Namespace"] == "tuneloop" and alarm["Threshold"] == 0.25
     assert alarm["Dimensions"] == [{"Name": "project", "Value": "demo"}, {"Name": "endpoint", "Value": ENDPOINT}]
-    assert alarm["TreatMissingData"] == "notBreaching" and alarm["Period"] == 3600
+    assert alarm["TreatMissingData"] == "notBreaching"
+    assert alarm["Period"] == run.config["drift"]["schedule_minutes"] * 60
     sagemaker.add_response("delete_endpoint", {}, {"EndpointName": ENDPOINT})
     cloudwatch.add_response("delete_alarms", {}, {"AlarmNames": [alarm["AlarmName"]]})
     with sagemaker, cloudwatch:

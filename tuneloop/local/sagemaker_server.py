@@ -150,11 +150,20 @@ def download_prefix(s3: Any, uri: str, target: Path) -> int:
 
 
 def upload_folder(s3: Any, folder: Path, uri: str) -> int:
+    """Upload what ``folder`` holds. Writes still in flight (``.tmp*`` names, as train.py's
+    atomic checkpoints use) are not uploaded, and a file that vanishes meanwhile is skipped:
+    a stopped job's last process may still be renaming its checkpoint."""
     bucket, prefix = split_s3(uri)
     prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
     count = 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        s3.upload_file(str(path), bucket, prefix + path.relative_to(folder).as_posix())
+        relative = path.relative_to(folder)
+        if any(part.startswith(".tmp") for part in relative.parts):
+            continue
+        try:
+            s3.upload_file(str(path), bucket, prefix + relative.as_posix())
+        except FileNotFoundError:
+            continue
         count += 1
     return count
 

@@ -1,0 +1,141 @@
+"""What a run cost: billable seconds per job (spot savings included) priced from a table
+kept in the repo (``chalicelib/data/prices.json``), plus its endpoint's hours.
+
+Seconds come from SageMaker's own job records: ``BillableTimeInSeconds`` for training
+jobs (spot-discounted; the savings are ``1 - billable / training time``), start to end for
+processing and transform jobs. A tuning job costs what its trials cost. The endpoint is
+priced from the run's history: in service from *deployed* until it was superseded or
+stopped (or now), at ``min_instances`` (autoscaling may have run more).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .domain import names
+from .domain.run import Run
+from .domain.states import RunState
+
+PRICES = Path(__file__).parent / "data" / "prices.json"
+
+
+@lru_cache(maxsize=1)
+def prices() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(PRICES.read_text())
+    return data
+
+
+def hourly(region: str, family: str, instance_type: str) -> float | None:
+    table = prices()["regions"].get(region, {}).get(family, {})
+    value = table.get(instance_type)
+    return float(value) if value is not None else None
+
+
+def _seconds(start: Any, end: Any) -> float:
+    if isinstance(start, datetime) and isinstance(end, datetime):
+        return max(0.0, (end - start).total_seconds())
+    return 0.0
+
+
+def job_line(job_type: str, name: str, described: dict[str, Any], region: str) -> dict[str, Any]:
+    """One job's cost line from its Describe response."""
+    if job_type == "training":
+        resources = described.get("ResourceConfig", {})
+        seconds = float(described.get("TrainingTimeInSeconds") or 0)
+        billable = float(described.get("BillableTimeInSeconds") or seconds)
+        spot = bool(described.get("EnableManagedSpotTraining"))
+        family = "training"
+    elif job_type == "processing":
+        resources = described.get("ProcessingResources", {}).get("ClusterConfig", {})
+        seconds = billable = _seconds(described.get("ProcessingStartTime"), described.get("ProcessingEndTime"))
+        spot, family = False, "processing"
+    else:
+        resources = described.get("TransformResources", {})
+        seconds = billable = _seconds(described.get("TransformStartTime"), described.get("TransformEndTime"))
+        spot, family = False, "transform"
+    instance_type = str(resources.get("InstanceType", ""))
+    count = int(resources.get("InstanceCount", 1))
+    price = hourly(region, family, instance_type)
+    line: dict[str, Any] = {
+        "job": name,
+        "type": job_type,
+        "instance_type": instance_type,
+        "instance_count": count,
+        "seconds": round(seconds, 1),
+        "billable_seconds": round(billable, 1),
+        "spot": spot,
+        "usd": round(billable / 3600 * price * count, 4) if price is not None else None,
+    }
+    if spot and seconds > 0:
+        line["spot_savings_pct"] = round(100 * (1 - billable / seconds), 1)
+    if price is None:
+        line["note"] = f"no {family} price for {instance_type} in {region} in prices.json"
+    return line
+
+
+def jobs_of(run: Run) -> list[tuple[str, str]]:
+    """(type, name) of every job the run started, in order."""
+    kinds = {"prepare": "processing", "evaluate": "processing", "train": "training", "tune": "tuning",
+             "transform": "transform"}  # fmt: skip
+    out = []
+    for entry in run.history:
+        parsed = names.parse_job_name(entry.awaits or "")
+        if parsed and parsed[1] in kinds and (kinds[parsed[1]], entry.awaits) not in out:
+            out.append((kinds[parsed[1]], str(entry.awaits)))
+    return out
+
+
+def endpoint_line(run: Run, region: str, now: datetime) -> dict[str, Any] | None:
+    deployed = next((e.time for e in run.history if e.to_state is RunState.DEPLOYED), None)
+    if deployed is None:
+        return None
+    ended = next(
+        (e.time for e in run.history if e.from_state is RunState.DEPLOYED and e.to_state is not RunState.DEPLOYED),
+        now,
+    )
+    deployment = run.config["deployment"]
+    hours = _seconds(deployed, ended) / 3600
+    price = hourly(region, "hosting", deployment["instance_type"])
+    count = int(deployment["min_instances"])
+    return {
+        "endpoint": names.endpoint_name(run.project),
+        "type": "endpoint",
+        "instance_type": deployment["instance_type"],
+        "instance_count": count,
+        "hours": round(hours, 3),
+        "usd": round(hours * price * count, 4)
+        if price is not None and not deployment["serverless_memory_mb"]
+        else None,
+    }
+
+
+def run_cost(
+    run: Run,
+    region: str,
+    describe: Callable[[str, str], dict[str, Any]],
+    trials: Callable[[str], Iterable[str]],
+    now: datetime,
+) -> dict[str, Any]:
+    lines = []
+    for job_type, name in jobs_of(run):
+        targets = [("training", t) for t in trials(name)] if job_type == "tuning" else [(job_type, name)]
+        for kind, job in targets:
+            try:
+                lines.append(job_line(kind, job, describe(kind, job), region))
+            except Exception as exc:  # a job SageMaker no longer describes: shown, not fatal
+                lines.append({"job": job, "type": kind, "usd": None, "note": f"not described: {exc}"})
+    endpoint = endpoint_line(run, region, now)
+    if endpoint:
+        lines.append(endpoint)
+    known = [line["usd"] for line in lines if line.get("usd") is not None]
+    return {
+        "lines": lines,
+        "total_usd": round(sum(known), 4),
+        "complete": len(known) == len(lines),
+        "prices_as_of": prices()["as_of"],
+    }

@@ -1,0 +1,64 @@
+"""Run cost: billable seconds per job priced from the repo's table, spot savings, endpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from typing import Any
+
+from chalicelib.cost import hourly, jobs_of, run_cost
+from chalicelib.domain.run import HistoryEntry
+from chalicelib.domain.states import RunState
+from tests.conftest import T0
+from tests.unit.test_sagemaker_requests import RUN_ID, tuning_run
+
+S = RunState
+TUNE = f"tl-{RUN_ID}-tune-1"
+
+
+def entry(n: int, frm: RunState, to: RunState, awaits: str | None, minutes: float = 0) -> HistoryEntry:
+    return HistoryEntry(f"e{n}", "x", frm, to, "r", T0 + timedelta(minutes=minutes), (), awaits)
+
+
+def described(kind: str, name: str) -> dict[str, Any]:
+    if kind == "processing":
+        return {"ProcessingResources": {"ClusterConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1}},
+                "ProcessingStartTime": T0, "ProcessingEndTime": T0 + timedelta(seconds=360)}  # fmt: skip
+    return {"ResourceConfig": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1}, "EnableManagedSpotTraining": True,
+            "TrainingTimeInSeconds": 1000, "BillableTimeInSeconds": 300}  # fmt: skip
+
+
+def test_a_tuned_and_deployed_run_costs_its_jobs_trials_and_endpoint_hours() -> None:
+    run = dataclasses.replace(
+        tuning_run(),
+        state=S.SUPERSEDED,
+        history=(
+            entry(1, S.RECEIVED, S.PREPARING, f"tl-{RUN_ID}-prepare-1"),
+            entry(2, S.PREPARING, S.TUNING, TUNE),
+            entry(3, S.TUNING, S.EVALUATING, f"tl-{RUN_ID}-evaluate-1"),
+            entry(4, S.DEPLOYING, S.DEPLOYED, None, minutes=10),
+            entry(5, S.DEPLOYED, S.SUPERSEDED, None, minutes=130),
+        ),
+    )
+    assert [t for t, _ in jobs_of(run)] == ["processing", "tuning", "processing"]
+    cost = run_cost(run, "us-east-1", described, lambda job: [f"{job}-001-aa", f"{job}-002-bb"], T0)
+    lines = {line.get("job") or line.get("endpoint"): line for line in cost["lines"]}
+    trial = lines[f"{TUNE}-001-aa"]
+    assert trial["billable_seconds"] == 300 and trial["spot_savings_pct"] == 70.0
+    assert trial["usd"] == round(300 / 3600 * hourly("us-east-1", "training", "ml.g5.xlarge"), 4)
+    assert lines[f"tl-{RUN_ID}-prepare-1"]["seconds"] == 360
+    endpoint = lines["tl-demo"]
+    assert endpoint["hours"] == 2.0 and endpoint["usd"] == round(2 * 0.115, 4)
+    assert cost["complete"] and cost["total_usd"] == round(sum(line["usd"] for line in cost["lines"]), 4)
+
+
+def test_unpriced_and_undescribed_jobs_are_shown_not_dropped() -> None:
+    run = dataclasses.replace(tuning_run(), history=(entry(1, S.RECEIVED, S.PREPARING, f"tl-{RUN_ID}-prepare-1"),))
+
+    def odd(kind: str, name: str) -> dict[str, Any]:
+        raise RuntimeError("gone")
+
+    cost = run_cost(run, "us-east-1", odd, lambda job: [], T0)
+    assert cost["lines"][0]["usd"] is None and "gone" in cost["lines"][0]["note"] and not cost["complete"]
+    far = run_cost(run, "ap-south-9", described, lambda job: [], T0)
+    assert "no processing price" in far["lines"][0]["note"]

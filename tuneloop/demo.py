@@ -1,0 +1,176 @@
+"""`make demo`: the whole loop on the local cloud, with a timeline.
+
+drop → tune → evaluate → register → deploy → traffic → drift check (none) → drifted
+traffic → drift check → drift alarm → retraining run (warm-started tuning, gated against
+the deployed champion) → deployed blue/green, or rejected with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from . import cli
+from .local import cloud
+
+# Off-topic traffic: nothing like the product reviews the model was trained on.
+DRIFTED = [
+    "The quarterly earnings call covered supply chain logistics in depth",
+    "Fold the butter into the flour and rest the dough overnight",
+    "The striker volleyed home in extra time to settle the final",
+    "Parliament debated the fisheries amendment until midnight",
+    "Mount the telescope on a tripod before aligning it with the pole star",
+    "Migratory geese follow the river valley south after the first frosts",
+    "The committee postponed the vote on the municipal budget",
+    "Photosynthesis converts light energy into chemical energy in chloroplasts",
+    "The orchestra rehearsed the second movement twice before the concert",
+    "Sediment layers record millions of years of the valley's history",
+]
+
+
+class Timeline:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.marks: list[tuple[float, str]] = []
+
+    def mark(self, text: str) -> None:
+        at = time.monotonic() - self.started
+        self.marks.append((at, text))
+        print(f"\n▶ [{at:6.1f}s] {text}", flush=True)
+
+    def show(self) -> None:
+        print("\ntimeline")
+        for at, text in self.marks:
+            print(f"  {at:7.1f}s  {text}")
+
+
+def send(state: cloud.CloudState, endpoint: str, texts: list[str], count: int) -> list[float]:
+    runtime = state.client("sagemaker-runtime")
+    latencies = []
+    for n in range(count):
+        began = time.perf_counter()
+        runtime.invoke_endpoint(
+            EndpointName=endpoint, ContentType="application/json", Body=json.dumps(texts[n % len(texts)])
+        )
+        latencies.append((time.perf_counter() - began) * 1000)
+    return latencies
+
+
+def percentiles(latencies: list[float]) -> str:
+    ordered = sorted(latencies)
+    p50, p99 = ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+
+
+def drift_check(api: cli.Api, state: cloud.CloudState, project: str, run_id: str) -> dict[str, Any]:
+    """Run the project's drift check now and return the job's drift.json."""
+    sagemaker, s3 = state.client("sagemaker"), state.client("s3")
+    before = {j["ProcessingJobName"] for j in sagemaker.list_processing_jobs(NameContains=f"tl-{run_id}-drift-")[
+        "ProcessingJobSummaries"]}  # fmt: skip
+    api.call("POST", f"/projects/{project}/drift-check")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        jobs = [j for j in sagemaker.list_processing_jobs(NameContains=f"tl-{run_id}-drift-")["ProcessingJobSummaries"]
+                if j["ProcessingJobName"] not in before]  # fmt: skip
+        if jobs and jobs[0]["ProcessingJobStatus"] != "InProgress":
+            job = jobs[0]["ProcessingJobName"]
+            if jobs[0]["ProcessingJobStatus"] != "Completed":
+                reason = sagemaker.describe_processing_job(ProcessingJobName=job).get("FailureReason", "")
+                raise cli.CliError(f"drift check {job} {jobs[0]['ProcessingJobStatus']}: {reason}")
+            body = s3.get_object(Bucket=state.bucket, Key=f"runs/{run_id}/drift/{job}/drift.json")["Body"].read()
+            return dict(json.loads(body))
+        time.sleep(1)
+    raise cli.CliError("the drift check did not finish in 300 s")
+
+
+def describe_drift(result: dict[str, Any]) -> str:
+    parts = [
+        f"{name} {m['value']:.3f}{' > ' + format(m['threshold'], 'g') if m['drifted'] else ''}"
+        for name, m in sorted(result["metrics"].items())
+    ]
+    verdict = f"DRIFT in {', '.join(result['drifted'])}" if result["drifted"] else "no drift"
+    return f"{verdict} ({result['samples']['live']} texts: {'; '.join(parts)})"
+
+
+def wait_child(api: cli.Api, project: str, parent: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = api.call("GET", f"/runs?project={project}&limit=100")["runs"]
+        children = [r for r in runs if r.get("parent_run_id") == parent]
+        if children:
+            return dict(api.call("GET", f"/runs/{children[0]['run_id']}"))
+        time.sleep(1)
+    history = api.call("GET", f"/runs/{parent}")["history"]
+    raise cli.CliError(f"no retraining run within {timeout:.0f}s; the parent's last decision: {history[-1]['reason']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    timeline = Timeline()
+    cloud.up(clean=True)
+    try:
+        api = cli._api()
+        spec = json.loads((cli.REPO_ROOT / "examples" / "demo-project.json").read_text())
+        project, endpoint = spec["name"], f"tl-{spec['name']}"
+        api.call("POST", "/projects", spec)
+        timeline.mark(f"project {project} created ({spec['config']['task']} on {spec['config']['base_model']})")
+        dataset = cli.REPO_ROOT / "examples" / "data" / "reviews.jsonl"
+        cli.cmd_drop(argparse.Namespace(file=str(dataset), project=project, dataset_id="sample-1"))
+        first = cli.wait_for_run(api, project, set(), timeout=60)
+        timeline.mark(f"dataset dropped: run {first['run_id']} started")
+        first = cli.watch(cli._state(), first["run_id"], timeout=900)
+        print()
+        cli.show_run(first)
+        if first["state"] != "deployed":
+            raise cli.CliError(f"the demo run ended {first['state']}: {first['history'][-1]['reason']}")
+        evaluation = first["metrics"].get("evaluation", {})
+        timeline.mark(
+            f"run {first['run_id']} tuned ({len((first.get('tuning') or {}).get('trials', []))} trials), evaluated "
+            f"(macro_f1 {evaluation.get('macro_f1', float('nan')):.3f}), registered and deployed to {endpoint}"
+        )
+        print(f"evaluation report: {cli.save_report(first)}")
+        state = cli._state()
+        rows = [json.loads(line) for line in dataset.read_text().splitlines()]
+        held_out = [row["text"] for row in rows[-60:]]
+        latencies = send(state, endpoint, held_out, 60)
+        timeline.mark(f"60 requests like the training data: {percentiles(latencies)}")
+        timeline.mark(f"drift check: {describe_drift(drift_check(api, state, project, first['run_id']))}")
+        latencies = send(state, endpoint, DRIFTED, 60)
+        timeline.mark(f"60 off-topic requests: {percentiles(latencies)}")
+        timeline.mark(f"drift check: {describe_drift(drift_check(api, state, project, first['run_id']))}")
+        child = wait_child(api, project, first["run_id"], timeout=120)
+        parent_history = api.call("GET", f"/runs/{first['run_id']}")["history"]
+        alarms = [h for h in parent_history if h["event_kind"] == "alarm.alarm"]
+        started = next((h["reason"] for h in alarms if "StartChildRun" in h["commands"]), "")
+        held = [h["reason"] for h in alarms if "StartChildRun" not in h["commands"]]
+        timeline.mark(f"drift alarm → retraining run {child['run_id']} ({started})")
+        for reason in held:
+            print(f"  also recorded: {reason}")
+        child = cli.watch(state, child["run_id"], timeout=900)
+        print()
+        cli.show_run(child)
+        gate = next((h["reason"] for h in child["history"] if h["event_kind"] == "evaluation.loaded"), "")
+        timeline.mark(
+            f"retraining run {child['run_id']} is {child['state'].upper()}: {gate or child['history'][-1]['reason']}"
+        )
+        serving = state.client("sagemaker").describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+        parent_state = api.call("GET", f"/runs/{first['run_id']}")["state"]
+        timeline.mark(f"{endpoint} serves {serving}; run {first['run_id']} is {parent_state}")
+        if child["state"] == "deployed":
+            timeline.mark(f"after the switch: {percentiles(send(state, endpoint, held_out, 60))}")
+        for shown in (first["run_id"], child["run_id"]):
+            cost = api.call("GET", f"/runs/{shown}").get("cost") or {}
+            if cost:
+                print(f"run {shown} cost ${cost['total_usd']:.4f} at the list prices of {cost['prices_as_of']} "
+                      f"({len(cost['lines'])} lines; tuneloop run show {shown})")  # fmt: skip
+        timeline.show()
+        print(f"\ndemo finished in {time.monotonic() - timeline.started:.1f}s")
+        if args.keep:
+            print(f"the demo's cloud is still up: TUNELOOP_HOME={cloud.home()} tuneloop status")
+        if child["state"] in ("failed", "stopped"):
+            raise cli.CliError(f"the retraining run ended {child['state']}: {child['history'][-1]['reason']}")
+    finally:
+        if not args.keep:
+            cloud.down()
+    return 0
