@@ -50,6 +50,7 @@ bench: setup
 	$(BIN)/python bench/cold_import.py
 	$(BIN)/python bench/package_size.py
 	$(BIN)/python bench/transitions.py 2>/dev/null
+	$(BIN)/python bench/endpoint_latency.py 2>/dev/null
 
 up: setup
 	$(BIN)/tuneloop up

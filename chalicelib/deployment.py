@@ -27,6 +27,7 @@ from .domain.commands import (
     CreateDriftAlarms,
     DeleteEndpoint,
     DeployEndpoint,
+    RetireDeployment,
     StartTransformJob,
 )
 from .domain.run import Run
@@ -293,7 +294,8 @@ def _missing(exc: ClientError) -> bool:
 
 
 class DeploymentExecutors:
-    """DeployEndpoint, StartTransformJob, ConfigureAutoscaling, CreateDriftAlarms, DeleteEndpoint."""
+    """DeployEndpoint, StartTransformJob, ConfigureAutoscaling, CreateDriftAlarms, DeleteEndpoint,
+    RetireDeployment."""
 
     def __init__(self, sagemaker: Any, cloudwatch: Any, autoscaling: Any, settings: Settings) -> None:
         self._sagemaker = sagemaker
@@ -375,3 +377,21 @@ class DeploymentExecutors:
         if alarms:
             self._cloudwatch.delete_alarms(AlarmNames=alarms)
         return Outcome(done=True, note=f"deleted {command.endpoint_name} and its drift alarms")
+
+    def retire_deployment(self, command: Command, run: Run) -> Outcome:
+        """Delete the run's endpoint config, model and alarms; what is already gone is fine."""
+        assert isinstance(command, RetireDeployment)
+        deleted = []
+        for operation, key, name in (
+            ("delete_endpoint_config", "EndpointConfigName", endpoint_config_name(run.run_id)),
+            ("delete_model", "ModelName", model_name(run.run_id)),
+        ):
+            try:
+                getattr(self._sagemaker, operation)(**{key: name})
+                deleted.append(name)
+            except ClientError as exc:
+                if not _missing(exc):
+                    raise
+        alarms = [a["AlarmName"] for a in (*drift_alarm_requests(run), *rollback_alarm_requests(run))]
+        self._cloudwatch.delete_alarms(AlarmNames=alarms)  # names that do not exist are ignored
+        return Outcome(done=True, note=f"deleted {', '.join(deleted) or 'nothing left'} and {len(alarms)} alarm(s)")

@@ -73,6 +73,7 @@ def build(
         runs,
         bucket=config.bucket,
         outbox_stale_s=config.outbox_stale_s,
+        dataset_prefix=config.dataset_prefix,
         # Until SageMaker is configured, job commands wait in the outbox (the reconciler
         # runs them once it is): nothing fails, nothing is lost.
         sagemaker=sagemaker,

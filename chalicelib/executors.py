@@ -19,6 +19,7 @@ from .domain.commands import (
     DescribeTuningJob,
     LoadEvaluation,
     RegisterModelPackage,
+    RetireDeployment,
     StartChildRun,
     StartProcessingJob,
     StartTrainingJob,
@@ -81,6 +82,8 @@ class DeploymentPort(Protocol):
     def create_drift_alarms(self, command: Command, run: Run) -> Outcome: ...
 
     def delete_endpoint(self, command: Command, run: Run) -> Outcome: ...
+
+    def retire_deployment(self, command: Command, run: Run) -> Outcome: ...
 
 
 class EvaluationPort(Protocol):
@@ -146,6 +149,7 @@ class Executors:
                 ConfigureAutoscaling: deployment.configure_autoscaling if deployment else unconfigured,
                 CreateDriftAlarms: deployment.create_drift_alarms if deployment else unconfigured,
                 DeleteEndpoint: deployment.delete_endpoint if deployment else unconfigured,
+                RetireDeployment: deployment.retire_deployment if deployment else unconfigured,
                 SupersedePrevious: supersede,
                 StartChildRun: child_run,
             }

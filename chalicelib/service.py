@@ -94,6 +94,7 @@ class RunService:
         executors: Executors | None = None,
         clock: Clock = utcnow,
         outbox_stale_s: int = 60,
+        dataset_prefix: str = "datasets/",
         sagemaker: SageMakerPort | None = None,
         evaluation: EvaluationPort | None = None,
         deployment: DeploymentPort | None = None,
@@ -101,6 +102,7 @@ class RunService:
         self.projects = projects
         self.runs = runs
         self.bucket = bucket
+        self.dataset_prefix = dataset_prefix
         self.executors = executors or Executors.default(self, sagemaker, evaluation, deployment)
         self.clock = clock
         self.outbox_stale_s = outbox_stale_s
@@ -372,13 +374,20 @@ class RunService:
                 count += 1
         return count
 
+    def current_data(self, run: Run) -> str:
+        """What a retraining run of ``run`` trains on: every dataset dropped for the project
+        so far (the parent's and any newer), when the parent's came in through the drop
+        prefix; otherwise the parent's own dataset. prepare.py reads every data file under it."""
+        project_prefix = f"s3://{self.bucket}/{self.dataset_prefix}{run.project}/"
+        return project_prefix if run.dataset_uri.startswith(project_prefix) else run.dataset_uri
+
     def start_child_run(self, parent_run_id: str, child_run_id: str, reason: str) -> str:
         parent = self.runs.get(parent_run_id)
         if parent is None:
             raise PermanentCommandError(f"parent run {parent_run_id} is gone")
         stored, _ = self.start_run(
             parent.run.project,
-            parent.run.dataset_uri,
+            self.current_data(parent.run),
             run_id=child_run_id,
             parent_run_id=parent_run_id,
             reason=reason,

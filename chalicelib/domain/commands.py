@@ -143,6 +143,13 @@ class StartChildRun(Command):
 
 
 @dataclass(frozen=True)
+class RetireDeployment(Command):
+    """Delete what a run no longer serves with: its model, endpoint config and alarms."""
+
+    project: str
+
+
+@dataclass(frozen=True)
 class DeleteEndpoint(Command):
     endpoint_name: str
 
@@ -165,6 +172,7 @@ COMMAND_TYPES: Mapping[str, type[Command]] = {
         SupersedePrevious,
         StartChildRun,
         DeleteEndpoint,
+        RetireDeployment,
     )
 }
 

@@ -24,6 +24,7 @@ from .commands import (
     DescribeTuningJob,
     LoadEvaluation,
     RegisterModelPackage,
+    RetireDeployment,
     StartChildRun,
     StartProcessingJob,
     StartTrainingJob,
@@ -286,6 +287,11 @@ def _deployed(run: Run, _: Any) -> list[Command]:
     ]
 
 
+def _retire(run: Run, _: Any) -> list[Command]:
+    """Once another model serves (superseded) or the update was undone (rolled back)."""
+    return [RetireDeployment(run.run_id, run.project)] if run.config["deployment"]["delete_superseded"] else []
+
+
 def _child_run(run: Run, event: DomainEvent) -> list[Command]:
     if isinstance(event, AlarmChanged):
         reason = f"drift alarm {event.alarm_name} went {event.previous_state or '?'}→{event.state}"
@@ -441,6 +447,7 @@ ROWS: tuple[Row, ...] = (
         "endpoint_deployment.rolled_back",
         S.ROLLED_BACK,
         "deployment rolled back; the previous model serves",
+        effect=_retire,
     ),
     Row(S.TRANSFORMING, "transform_job.completed", S.COMPLETED, "batch transform done"),
     Row(S.TRANSFORMING, "transform_job.failed", S.FAILED, "batch transform failed"),
@@ -458,7 +465,7 @@ ROWS: tuple[Row, ...] = (
         _RETRAIN_ALLOWED,
         _child_run,
     ),
-    Row(S.DEPLOYED, "run.superseded", S.SUPERSEDED, "a newer run is deployed"),
+    Row(S.DEPLOYED, "run.superseded", S.SUPERSEDED, "a newer run is deployed", effect=_retire),
     *(Row(state, "stop.requested", S.STOPPED, "stopped by request", effect=_stop) for state in _ACTIVE),
     *(Row(state, "command.failed", S.FAILED, "a command failed permanently") for state in _ACTIVE),
 )

@@ -281,3 +281,19 @@ def test_batch_projects_get_a_transform_job() -> None:
     sagemaker.assert_no_pending_responses()
     assert request["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://tuneloop-test/batch/demo/"
     assert request["TransformOutput"]["S3OutputPath"] == f"s3://tuneloop-test/runs/{RUN_ID}/transform/"
+
+
+def test_a_superseded_or_rolled_back_run_retires_its_model_config_and_alarms() -> None:
+    from chalicelib.domain.commands import RetireDeployment
+
+    run = deployed_run()
+    stubs = clients()
+    sagemaker, cloudwatch = stubs["sagemaker"][1], stubs["cloudwatch"][1]
+    sagemaker.add_response("delete_endpoint_config", {}, {"EndpointConfigName": f"tl-{RUN_ID}-config-1"})
+    sagemaker.add_client_error("delete_model", "ValidationException", f'Could not find model "tl-{RUN_ID}-model-1".')
+    alarms = [a["AlarmName"] for a in (*drift_alarm_requests(run), *rollback_alarm_requests(run))]
+    cloudwatch.add_response("delete_alarms", {}, {"AlarmNames": alarms})
+    with sagemaker, cloudwatch:
+        outcome = executors(stubs).retire_deployment(RetireDeployment(RUN_ID, "demo"), run)
+    assert f"deleted tl-{RUN_ID}-config-1 and 5 alarm(s)" == outcome.note
+    assert len(alarms) == 5 and any("rollback" in a for a in alarms) and any("drift" in a for a in alarms)

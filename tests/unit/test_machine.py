@@ -526,3 +526,13 @@ def test_in_service_on_another_runs_model_does_not_deploy_this_run() -> None:
     assert decision.noop == "guarded" and "serves this run's model" in decision.note
     mine = dataclasses.replace(old, event_id="mine", endpoint_config_name=f"tl-{RUN_ID}-config-1")
     assert decide(run, mine).run.state is S.DEPLOYED
+
+
+def test_superseded_runs_retire_their_deployment_unless_the_project_keeps_them() -> None:
+    event = RunSuperseded(event_id="sup", time=T0, run_id=RUN_ID, by_run_id="bbbbbbbbbbbb")
+    retired = decide(make_run(S.DEPLOYED), event)
+    assert retired.run.state is S.SUPERSEDED and [type(c).__name__ for c in retired.commands] == ["RetireDeployment"]
+    config = base_config()
+    config["deployment"] = {**config["deployment"], "delete_superseded": False}
+    kept = decide(make_run(S.DEPLOYED, config), event)
+    assert kept.run.state is S.SUPERSEDED and kept.commands == ()
