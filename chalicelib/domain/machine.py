@@ -295,6 +295,8 @@ def _retire(run: Run, _: Any) -> list[Command]:
 def _child_run(run: Run, event: DomainEvent) -> list[Command]:
     if isinstance(event, AlarmChanged):
         reason = f"drift alarm {event.alarm_name} went {event.previous_state or '?'}→{event.state}"
+        if event.reason:
+            reason += f": {event.reason}"
     else:
         reason = getattr(event, "reason", "") or event.kind
     return [StartChildRun(run.run_id, run.project, names.derive_id("child", run.run_id, event.event_id), reason)]

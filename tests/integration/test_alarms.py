@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -54,3 +54,26 @@ def test_alarms_follow_their_metric_and_emit_aws_shaped_events(local_services: A
     }
     # Evaluated again with nothing new: no state change, no second event.
     assert [e for e in evaluator.evaluate() if e["detail"]["alarmName"] == name] == []
+
+
+def test_drift_metrics_are_published_where_the_alarms_look(local_services: Any) -> None:
+    from chalicelib.deployment import DRIFT_NAMESPACE, drift_dimensions
+    from training import drift
+
+    result = {
+        "metrics": {
+            "input_js": {"published": 0.31},
+            "embedding_auc": {"published": 0.52},
+            "prediction_psi": {"published": float("nan")},  # not computed: not published
+        }
+    }
+    drift.publish(result, "published", "tl-published", "us-east-1")
+    cloudwatch = boto3.client("cloudwatch")
+    listed = cloudwatch.list_metrics(Namespace=DRIFT_NAMESPACE, Dimensions=drift_dimensions("published"))["Metrics"]
+    assert {m["MetricName"] for m in listed} == {"input_js", "embedding_auc"}
+    now = datetime.now(UTC)
+    stats = cloudwatch.get_metric_statistics(
+        Namespace=DRIFT_NAMESPACE, MetricName="input_js", Dimensions=drift_dimensions("published"),
+        StartTime=now - timedelta(minutes=5), EndTime=now + timedelta(minutes=1), Period=300, Statistics=["Maximum"],
+    )  # fmt: skip
+    assert [p["Maximum"] for p in stats["Datapoints"]] == [0.31]
