@@ -565,9 +565,23 @@ def _apply(run: Run, event: DomainEvent, row: Row) -> Decision:
         model_source=_trained_model(event) or run.model_source,
         metrics=_with_metrics(run, event),
         package_arn=event.package_arn if isinstance(event, ModelPackageChanged) else run.package_arn,
-        history=(*run.history, entry),
+        history=_bounded((*run.history, entry)),
     )
     return Decision(run=new_run, commands=commands, note=note, from_state=run.state)
+
+
+# A deployed run can live for months; its alarms' OK/ALARM flips are recorded but must not
+# grow the item toward DynamoDB's 400 KB: beyond this many, the oldest such records go.
+MAX_RECORDED_NOOPS = 100
+
+
+def _bounded(history: tuple[HistoryEntry, ...]) -> tuple[HistoryEntry, ...]:
+    """Drop the oldest entries that changed nothing (same state, no commands) past the cap."""
+    quiet = [n for n, e in enumerate(history) if e.from_state is e.to_state and not e.commands]
+    if len(quiet) <= MAX_RECORDED_NOOPS:
+        return history
+    drop = set(quiet[: len(quiet) - MAX_RECORDED_NOOPS])
+    return tuple(e for n, e in enumerate(history) if n not in drop)
 
 
 def _with_metrics(run: Run, event: DomainEvent) -> Mapping[str, Any]:

@@ -536,3 +536,14 @@ def test_superseded_runs_retire_their_deployment_unless_the_project_keeps_them()
     config["deployment"] = {**config["deployment"], "delete_superseded": False}
     kept = decide(make_run(S.DEPLOYED, config), event)
     assert kept.run.state is S.SUPERSEDED and kept.commands == ()
+
+
+def test_a_long_lived_runs_alarm_records_stay_bounded() -> None:
+    from chalicelib.domain.machine import MAX_RECORDED_NOOPS
+
+    run = make_run(S.DEPLOYED)
+    for n in range(MAX_RECORDED_NOOPS + 30):
+        state = "ok" if n % 2 else "insufficient_data"
+        run = decide(run, dataclasses.replace(event_of(f"alarm.{state}", run, f"flip-{n}"))).run
+    quiet = [e for e in run.history if e.from_state is e.to_state and not e.commands]
+    assert len(quiet) == MAX_RECORDED_NOOPS and quiet[-1].event_id == f"flip-{MAX_RECORDED_NOOPS + 29}"
