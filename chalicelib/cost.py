@@ -121,9 +121,15 @@ def run_cost(
     trials: Callable[[str], Iterable[str]],
     now: datetime,
 ) -> dict[str, Any]:
-    lines = []
+    lines: list[dict[str, Any]] = []
     for job_type, name in jobs_of(run):
-        targets = [("training", t) for t in trials(name)] if job_type == "tuning" else [(job_type, name)]
+        targets: list[tuple[str, str]] = [(job_type, name)]
+        if job_type == "tuning":
+            try:
+                targets = [("training", t) for t in trials(name)]
+            except Exception as exc:  # not created yet, or gone: shown, not fatal
+                lines.append({"job": name, "type": job_type, "usd": None, "note": f"trials not listed: {exc}"})
+                continue
         for kind, job in targets:
             try:
                 lines.append(job_line(kind, job, describe(kind, job), region))

@@ -178,27 +178,11 @@ def test_tuning_completed_without_a_best_job_asks_describe(api: Api) -> None:
 
 
 def run_to_deploying(api: Api, deps: Any, project: str, config: dict[str, Any]) -> str:
-    """A run of ``project`` carried to deploying by its jobs' events (no SageMaker here)."""
-    from chalicelib.domain.events import EvaluationLoaded, ModelPackageChanged
-    from tests.conftest import T0
-
+    """A run of a new project ``project`` carried to deploying by its jobs' events."""
     assert api.call("POST", "/projects", {"name": project, "config": config})[0] == 201
     run_id = api.invoke("on_dataset_uploaded", drop_event(f"datasets/{project}/ds-1/reviews.jsonl"))["run_id"]
-    for fixture, key, step in (
-        ("processing_job_completed", "ProcessingJobName", "prepare"),
-        ("training_job_completed", "TrainingJobName", "train"),
-        ("processing_job_completed", "ProcessingJobName", "evaluate"),
-    ):
-        event = sagemaker(fixture, run_id, f"{step}-done", **{key: names.job_name(run_id, step)})
-        api.invoke("on_sagemaker_event", event)
-    deps.service.handle(EvaluationLoaded(event_id="loaded", time=T0, run_id=run_id, metrics={"macro_f1": 0.9}))
-    package = f"arn:aws:sagemaker:us-east-1:123456789012:model-package/tl-{project}/1"
-    deps.service.handle(
-        ModelPackageChanged(
-            event_id="approved", time=T0, run_id=run_id, package_arn=package, approval_status="Approved"
-        )
-    )
-    return run_id
+    run_to_deploying_existing(api, deps, run_id)
+    return str(run_id)
 
 
 def endpoint_event(fixture: str, event_id: str, project: str, config_run: str, **detail: Any) -> dict[str, Any]:
@@ -276,7 +260,7 @@ def run_to_deploying_existing(api: Api, deps: Any, run_id: str) -> dict[str, Any
             event_id=f"approved-{run_id}",
             time=T0,
             run_id=run_id,
-            package_arn=f"arn:aws:sagemaker:us-east-1:123456789012:model-package/tl-served/{run_id}",
+            package_arn=f"arn:aws:sagemaker:us-east-1:123456789012:model-package/tl-x/{run_id}",
             approval_status="Approved",
         )
     )

@@ -62,3 +62,17 @@ def test_unpriced_and_undescribed_jobs_are_shown_not_dropped() -> None:
     assert cost["lines"][0]["usd"] is None and "gone" in cost["lines"][0]["note"] and not cost["complete"]
     far = run_cost(run, "ap-south-9", described, lambda job: [], T0)
     assert "no processing price" in far["lines"][0]["note"]
+
+
+def test_a_tuning_job_not_created_yet_is_a_note_not_an_error() -> None:
+    run = dataclasses.replace(tuning_run(), history=(entry(1, S.PREPARING, S.TUNING, TUNE),))
+
+    def missing(job: str) -> list[str]:
+        raise RuntimeError(f"Amazon SageMaker can't find a tuning job with name {job}")
+
+    cost = run_cost(run, "us-east-1", described, missing, T0)
+    assert cost["lines"] == [
+        {"job": TUNE, "type": "tuning", "usd": None,
+         "note": f"trials not listed: Amazon SageMaker can't find a tuning job with name {TUNE}"}
+    ]  # fmt: skip
+    assert cost["total_usd"] == 0 and not cost["complete"]
