@@ -64,6 +64,23 @@ def percentiles(latencies: list[float]) -> str:
     return f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
 
 
+def wait_captured(state: cloud.CloudState, project: str, endpoint: str, total: int, timeout: float = 60) -> int:
+    """Until the endpoint's capture in S3 holds ``total`` records (it is flushed in batches)."""
+    s3 = state.client("s3")
+    prefix = f"capture/{project}/{endpoint}/"
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        count = 0
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=state.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                count += len(s3.get_object(Bucket=state.bucket, Key=obj["Key"])["Body"].read().splitlines())
+        if count >= total:
+            return count
+        time.sleep(0.5)
+    raise cli.CliError(f"only {count} of {total} requests were captured within {timeout:.0f}s")
+
+
 def drift_check(api: cli.Api, state: cloud.CloudState, project: str, run_id: str) -> dict[str, Any]:
     """Run the project's drift check now and return the job's drift.json."""
     sagemaker, s3 = state.client("sagemaker"), state.client("s3")
@@ -134,10 +151,12 @@ def run(args: argparse.Namespace) -> int:
         rows = [json.loads(line) for line in dataset.read_text().splitlines()]
         held_out = [row["text"] for row in rows[-60:]]
         latencies = send(state, endpoint, held_out, 60)
-        timeline.mark(f"60 requests like the training data: {percentiles(latencies)}")
+        wait_captured(state, project, endpoint, 60)
+        timeline.mark(f"60 requests like the training data, captured: {percentiles(latencies)}")
         timeline.mark(f"drift check: {describe_drift(drift_check(api, state, project, first['run_id']))}")
         latencies = send(state, endpoint, DRIFTED, 60)
-        timeline.mark(f"60 off-topic requests: {percentiles(latencies)}")
+        wait_captured(state, project, endpoint, 120)
+        timeline.mark(f"60 off-topic requests, captured: {percentiles(latencies)}")
         timeline.mark(f"drift check: {describe_drift(drift_check(api, state, project, first['run_id']))}")
         child = wait_child(api, project, first["run_id"], timeout=120)
         parent_history = api.call("GET", f"/runs/{first['run_id']}")["history"]

@@ -32,6 +32,14 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
 }
 
 
+_RELATION = {
+    "GreaterThanThreshold": "greater than",
+    "GreaterThanOrEqualToThreshold": "greater than or equal to",
+    "LessThanThreshold": "less than",
+    "LessThanOrEqualToThreshold": "less than or equal to",
+}
+
+
 def _stamp(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.000+0000")
 
@@ -112,13 +120,12 @@ class AlarmEvaluator:
         threshold = float(alarm["Threshold"])
         breaching = [v for v in values if compare(v, threshold)]
         shown = ", ".join(f"{v:g}" for v in values)
-        relation = alarm["ComparisonOperator"].replace("Threshold", "").lower()
+        relation = _RELATION[alarm["ComparisonOperator"]]
+        seen = f"{len(values)} datapoint{'s' if len(values) > 1 else ''} [{shown}]"
+        verb = "were" if len(values) > 1 else "was"
         if len(breaching) >= min(needed, periods):
-            return "ALARM", (
-                f"Threshold Crossed: {len(values)} datapoint(s) [{shown}] "
-                f"({relation} the threshold {threshold:g} in {len(breaching)})."
-            )
-        return "OK", f"Threshold Crossed: {len(values)} datapoint(s) [{shown}] not {relation} {threshold:g}."
+            return "ALARM", f"Threshold Crossed: {seen} {verb} {relation} the threshold ({threshold:g})."
+        return "OK", f"Threshold Crossed: {seen} {verb} not {relation} the threshold ({threshold:g})."
 
     def event(self, alarm: dict[str, Any], state: str, reason: str, now: datetime) -> dict[str, Any]:
         updated = alarm.get("StateUpdatedTimestamp")
