@@ -372,3 +372,17 @@ def test_tuning_with_no_successful_trial_fails_and_stop_stops(server: Any) -> No
     assert stopped["HyperParameterTuningJobStatus"] == "Stopped"
     with pytest.raises(ClientError, match="ResourceNotFound"):
         client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="tl-sssssssssss2-tune-9")
+
+
+def test_a_stop_before_the_process_exists_still_stops_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    backend = sagemaker_server.LocalSageMaker(tmp_path, None, lambda event: None)
+    job = sagemaker_server.ProcessingJob(backend, {"ProcessingJobName": "tl-early-stop"})
+    job.stop()  # the stop arrives while the job is still downloading its inputs
+    began = time.monotonic()
+    job.launched(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True))
+    assert job.process is not None and job.process.wait(10) is not None
+    assert time.monotonic() - began < 10
+    backend.close()

@@ -285,6 +285,12 @@ class Job:
         self.stop_requested = True
         self.terminate()
 
+    def launched(self, process: subprocess.Popen[bytes]) -> None:
+        """Record the job's process; a stop that came before it existed ends it now."""
+        self.process = process
+        if self.stop_requested:
+            self.terminate()
+
     def read_failure(self, *names: str) -> str:
         for name in names:
             path = self.root / "output" / name
@@ -338,14 +344,16 @@ class ProcessingJob(Job):
         }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                command,
-                env=env,
-                cwd=self.folder,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
+            self.launched(
+                subprocess.Popen(
+                    command,
+                    env=env,
+                    cwd=self.folder,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             )
         code = self.wait(self.request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 86400))
         if self.stop_requested:
@@ -448,7 +456,7 @@ class TrainingJob(Job):
         if checkpoints:
             download_prefix(s3, checkpoints["S3Uri"], layout.checkpoints)  # resume where an earlier attempt stopped
         self.advance("Training", "Training image download completed. Training in progress.")
-        self.process = toolkit.start(layout, self.log_path, self.request.get("Environment"))
+        self.launched(toolkit.start(layout, self.log_path, self.request.get("Environment")))
         scraper = threading.Thread(target=self._scrape, daemon=True)
         scraper.start()
         limit = self.request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 86400)
@@ -556,8 +564,8 @@ class TransformJob(Job):
         command = [sys.executable, "-m", "tuneloop.local.serving", "--model-dir", str(model_dir),
                    "--batch-input", str(inputs), "--batch-output", str(outputs)]  # fmt: skip
         with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)  # fmt: skip
+            self.launched(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           start_new_session=True))  # fmt: skip
         code = self.wait(self.request.get("ModelClientConfig", {}).get("InvocationsTimeoutInSeconds", 3600) * 24)
         if self.stop_requested:
             return self.finish("Stopped")
