@@ -232,7 +232,6 @@ class Hosting:
         self.closing = False
         self.capture: dict[tuple[str, str, str], list[str]] = {}
         self.metrics: dict[tuple[str, str], dict[str, list[float]]] = {}
-        self.flushed = threading.Event()
         self._load()
         self._flusher = threading.Thread(target=self._flush_loop, daemon=True)
         self._flusher.start()
@@ -633,7 +632,6 @@ class Hosting:
                         data.append({"MetricName": name, "Dimensions": dimensions, "Value": sum(series),
                                      "Unit": "Count", "Timestamp": stamp})  # fmt: skip
                 self.cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=data)
-        self.flushed.set()
 
 
 def _captured(data: bytes, content_type: str, mode: str) -> dict[str, Any]:

@@ -603,7 +603,6 @@ class TuningJob(Job):
             raise ServiceError("ValidationException", str(exc)) from exc
         self.trials: list[dict[str, Any]] = []  # summaries, as ListTrainingJobsFor… returns them
         self.best: dict[str, Any] | None = None
-        self.warm_started = 0
         self.wake = threading.Event()
 
     @property
@@ -650,7 +649,9 @@ class TuningJob(Job):
 
     def execute(self) -> None:
         self.emit()
-        self.warm_started = self.search.warm_start(self._parent_results())
+        warm = self.search.warm_start(self._parent_results())
+        if warm:
+            log.info("tuning job %s starts from %d finished parent trials", self.name, warm)
         limits = self.config["ResourceLimits"]
         max_jobs = int(limits["MaxNumberOfTrainingJobs"])
         parallel = max(1, int(limits.get("MaxParallelTrainingJobs", 1)))
