@@ -53,7 +53,7 @@ def percentile(values: list[float], q: float) -> float:
 def main(requests: int = 300) -> None:
     import boto3
 
-    from tuneloop.local import sagemaker_server
+    from tuneloop.local import sagemaker as sagemaker_server
     from tuneloop.local.services import aws_env, start_moto
 
     work = Path(tempfile.mkdtemp(prefix="tuneloop-bench-"))

@@ -12,7 +12,8 @@ import json
 import time
 from typing import Any
 
-from . import cli
+from . import client
+from .client import CliError
 from .local import cloud
 
 # Off-topic traffic: nothing like the product reviews the model was trained on.
@@ -78,10 +79,10 @@ def wait_captured(state: cloud.CloudState, project: str, endpoint: str, total: i
         if count >= total:
             return count
         time.sleep(0.5)
-    raise cli.CliError(f"only {count} of {total} requests were captured within {timeout:.0f}s")
+    raise CliError(f"only {count} of {total} requests were captured within {timeout:.0f}s")
 
 
-def drift_check(api: cli.Api, state: cloud.CloudState, project: str, run_id: str) -> dict[str, Any]:
+def drift_check(api: client.Api, state: cloud.CloudState, project: str, run_id: str) -> dict[str, Any]:
     """Run the project's drift check now and return the job's drift.json."""
     sagemaker, s3 = state.client("sagemaker"), state.client("s3")
     before = {j["ProcessingJobName"] for j in sagemaker.list_processing_jobs(NameContains=f"tl-{run_id}-drift-")[
@@ -95,11 +96,11 @@ def drift_check(api: cli.Api, state: cloud.CloudState, project: str, run_id: str
             job = jobs[0]["ProcessingJobName"]
             if jobs[0]["ProcessingJobStatus"] != "Completed":
                 reason = sagemaker.describe_processing_job(ProcessingJobName=job).get("FailureReason", "")
-                raise cli.CliError(f"drift check {job} {jobs[0]['ProcessingJobStatus']}: {reason}")
+                raise CliError(f"drift check {job} {jobs[0]['ProcessingJobStatus']}: {reason}")
             body = s3.get_object(Bucket=state.bucket, Key=f"runs/{run_id}/drift/{job}/drift.json")["Body"].read()
             return dict(json.loads(body))
         time.sleep(1)
-    raise cli.CliError("the drift check did not finish in 300 s")
+    raise CliError("the drift check did not finish in 300 s")
 
 
 def describe_drift(result: dict[str, Any]) -> str:
@@ -111,7 +112,7 @@ def describe_drift(result: dict[str, Any]) -> str:
     return f"{verdict} ({result['samples']['live']} texts: {'; '.join(parts)})"
 
 
-def wait_child(api: cli.Api, project: str, parent: str, timeout: float) -> dict[str, Any]:
+def wait_child(api: client.Api, project: str, parent: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         runs = api.call("GET", f"/runs?project={project}&limit=100")["runs"]
@@ -120,34 +121,34 @@ def wait_child(api: cli.Api, project: str, parent: str, timeout: float) -> dict[
             return dict(api.call("GET", f"/runs/{children[0]['run_id']}"))
         time.sleep(1)
     history = api.call("GET", f"/runs/{parent}")["history"]
-    raise cli.CliError(f"no retraining run within {timeout:.0f}s; the parent's last decision: {history[-1]['reason']}")
+    raise CliError(f"no retraining run within {timeout:.0f}s; the parent's last decision: {history[-1]['reason']}")
 
 
 def run(args: argparse.Namespace) -> int:
     timeline = Timeline()
     cloud.up(clean=True)
     try:
-        api = cli._api()
-        spec = json.loads((cli.REPO_ROOT / "examples" / "demo-project.json").read_text())
+        api = client.local_api()
+        spec = json.loads((client.REPO_ROOT / "examples" / "demo-project.json").read_text())
         project, endpoint = spec["name"], f"tl-{spec['name']}"
         api.call("POST", "/projects", spec)
         timeline.mark(f"project {project} created ({spec['config']['task']} on {spec['config']['base_model']})")
-        dataset = cli.REPO_ROOT / "examples" / "data" / "reviews.jsonl"
-        cli.cmd_drop(argparse.Namespace(file=str(dataset), project=project, dataset_id="sample-1"))
-        first = cli.wait_for_run(api, project, set(), timeout=60)
+        dataset = client.REPO_ROOT / "examples" / "data" / "reviews.jsonl"
+        client.drop(client.local_state(), dataset, project, dataset_id="sample-1")
+        first = client.wait_for_run(api, project, set(), timeout=60)
         timeline.mark(f"dataset dropped: run {first['run_id']} started")
-        first = cli.watch(cli._state(), first["run_id"], timeout=900)
+        first = client.watch(client.local_state(), first["run_id"], timeout=900)
         print()
-        cli.show_run(first)
+        client.show_run(first)
         if first["state"] != "deployed":
-            raise cli.CliError(f"the demo run ended {first['state']}: {first['history'][-1]['reason']}")
+            raise CliError(f"the demo run ended {first['state']}: {first['history'][-1]['reason']}")
         evaluation = first["metrics"].get("evaluation", {})
         timeline.mark(
             f"run {first['run_id']} tuned ({len((first.get('tuning') or {}).get('trials', []))} trials), evaluated "
             f"(macro_f1 {evaluation.get('macro_f1', float('nan')):.3f}), registered and deployed to {endpoint}"
         )
-        print(f"evaluation report: {cli.save_report(first)}")
-        state = cli._state()
+        print(f"evaluation report: {client.save_report(first)}")
+        state = client.local_state()
         rows = [json.loads(line) for line in dataset.read_text().splitlines()]
         held_out = [row["text"] for row in rows[-60:]]
         latencies = send(state, endpoint, held_out, 60)
@@ -166,9 +167,9 @@ def run(args: argparse.Namespace) -> int:
         timeline.mark(f"drift alarm → retraining run {child['run_id']} ({started})")
         for reason in held:
             print(f"  also recorded: {reason}")
-        child = cli.watch(state, child["run_id"], timeout=900)
+        child = client.watch(state, child["run_id"], timeout=900)
         print()
-        cli.show_run(child)
+        client.show_run(child)
         gate = next((h["reason"] for h in child["history"] if h["event_kind"] == "evaluation.loaded"), "")
         timeline.mark(
             f"retraining run {child['run_id']} is {child['state'].upper()}: {gate or child['history'][-1]['reason']}"
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         if args.keep:
             print(f"the demo's cloud is still up: TUNELOOP_HOME={cloud.home()} tuneloop status")
         if child["state"] in ("failed", "stopped"):
-            raise cli.CliError(f"the retraining run ended {child['state']}: {child['history'][-1]['reason']}")
+            raise CliError(f"the retraining run ended {child['state']}: {child['history'][-1]['reason']}")
     finally:
         if not args.keep:
             cloud.down()

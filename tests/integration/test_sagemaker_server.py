@@ -24,7 +24,8 @@ from chalicelib.domain.states import RunState
 from chalicelib.events import parse_event
 from chalicelib.sagemaker import prepare_request, training_request
 from tests.conftest import BUCKET, DEMO_CONFIG
-from tuneloop.local import sagemaker_server
+from tuneloop.local import sagemaker as sagemaker_server
+from tuneloop.local.sagemaker.jobs import ProcessingJob
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -379,7 +380,7 @@ def test_a_stop_before_the_process_exists_still_stops_it(tmp_path: Path) -> None
     import sys
 
     backend = sagemaker_server.LocalSageMaker(tmp_path, None, lambda event: None)
-    job = sagemaker_server.ProcessingJob(backend, {"ProcessingJobName": "tl-early-stop"})
+    job = ProcessingJob(backend, {"ProcessingJobName": "tl-early-stop"})
     job.stop()  # the stop arrives while the job is still downloading its inputs
     began = time.monotonic()
     job.launched(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True))

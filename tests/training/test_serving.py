@@ -15,7 +15,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import BUCKET
-from tuneloop.local import sagemaker_server, toolkit
+from tuneloop.local import sagemaker as sagemaker_server
+from tuneloop.local import toolkit
 
 pytestmark = [pytest.mark.training, pytest.mark.integration]
 ROLE = "arn:aws:iam::123456789012:role/tuneloop-test-sagemaker-execution"

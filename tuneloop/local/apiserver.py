@@ -38,7 +38,7 @@ class ApiServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: ApiServer
     protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # see sagemaker_server._Handler
+    disable_nagle_algorithm = True  # see sagemaker.responses._Handler
 
     def log_message(self, format: str, *args: Any) -> None:
         log.info("%s %s", self.address_string(), format % args)

@@ -66,7 +66,7 @@ LOCAL_ROLE = "arn:aws:iam::123456789012:role/tuneloop-local-sagemaker-execution"
 
 def start_sagemaker(home: Path, bucket: str, router: EventRouter) -> Any:
     """The local SageMaker server, and the app's settings that point jobs at it."""
-    from .sagemaker_server import serve, upload_code
+    from .sagemaker import serve, upload_code
 
     s3 = boto3.client("s3")
     port = int(os.environ.get("TUNELOOP_SAGEMAKER_PORT", "0"))

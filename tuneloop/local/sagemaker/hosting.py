@@ -1,11 +1,8 @@
-"""The local SageMaker's hosting: models, endpoint configs, endpoints and SageMaker Runtime.
+"""The local SageMaker's hosting: models, endpoint configs and endpoints.
 
 An endpoint's production variant is a *fleet*: one ``tuneloop.local.serving`` process
-that loads the model's ``model.tar.gz`` and answers ``/ping`` and ``/invocations``.
-``InvokeEndpoint`` (SageMaker Runtime, reached through ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``)
-picks a fleet by traffic weight, forwards the request, records data capture in SageMaker's
-capture format under the config's ``DestinationS3Uri`` and publishes the AWS/SageMaker
-metrics (Invocations, Invocation4XXErrors, Invocation5XXErrors, ModelLatency) to CloudWatch.
+that loads the model's ``model.tar.gz`` and answers ``/ping`` and ``/invocations``
+(``runtime.py`` serves InvokeEndpoint on top of the fleets).
 
 ``UpdateEndpoint`` is blue/green: the new fleet starts beside the old one, traffic moves
 as the ``BlueGreenUpdatePolicy`` says (canary, linear or all at once), then bakes for
@@ -30,22 +27,18 @@ import sys
 import tarfile
 import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .sagemaker_server import ACCOUNT, REGION, ServiceError, now, split_s3
+from .common import Emit, arn, envelope, now, write_json
+from .exceptions import ServiceError
+from .staging import split_s3
 
 log = logging.getLogger("tuneloop.hosting")
-Emit = Callable[[dict[str, Any]], object]
 READY_TIMEOUT_S = 180
 POLL_S = 0.25
-
-
-def _arn(kind: str, name: str) -> str:
-    return f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:{kind}/{name.lower()}"
 
 
 def _event_status(status: str) -> str:
@@ -158,7 +151,7 @@ class Endpoint:
 
     @property
     def arn(self) -> str:
-        return _arn("endpoint", self.name)
+        return arn("endpoint", self.name)
 
     def describe(self) -> dict[str, Any]:
         with self.lock:
@@ -230,11 +223,7 @@ class Hosting:
         self.endpoints: dict[str, Endpoint] = {}
         self.lock = threading.RLock()
         self.closing = False
-        self.capture: dict[tuple[str, str, str], list[str]] = {}
-        self.metrics: dict[tuple[str, str], dict[str, list[float]]] = {}
         self._load()
-        self._flusher = threading.Thread(target=self._flush_loop, daemon=True)
-        self._flusher.start()
 
     # --- persistence -------------------------------------------------------------------
 
@@ -252,10 +241,7 @@ class Hosting:
                     for name, e in self.endpoints.items()
                 },
             }
-            self.home.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, default=str))
-            tmp.replace(self.path)
+            write_json(self.path, data)
 
     def _load(self) -> None:
         if not self.path.is_file():
@@ -278,7 +264,6 @@ class Hosting:
 
     def close(self) -> None:
         self.closing = True
-        self._flush()
         for endpoint in list(self.endpoints.values()):
             for fleet, _ in list(endpoint.fleets):
                 fleet.stop(drain_s=5)
@@ -290,15 +275,15 @@ class Hosting:
         with self.lock:
             if name in self.models:
                 raise ServiceError(
-                    "ValidationException", f'Cannot create already existing model "{_arn("model", name)}".'
+                    "ValidationException", f'Cannot create already existing model "{arn("model", name)}".'
                 )
             container = params.get("PrimaryContainer") or (params.get("Containers") or [None])[0]
             if not container:
                 raise ServiceError("ValidationException", "A model needs a PrimaryContainer")
             self.model_data(container)  # a package that does not exist fails now, as on AWS
-            self.models[name] = {**params, "ModelArn": _arn("model", name), "CreationTime": now().timestamp()}
+            self.models[name] = {**params, "ModelArn": arn("model", name), "CreationTime": now().timestamp()}
         self.save()
-        return {"ModelArn": _arn("model", name)}
+        return {"ModelArn": arn("model", name)}
 
     def model_data(self, container: Mapping[str, Any]) -> str:
         if container.get("ModelPackageName"):
@@ -310,30 +295,30 @@ class Hosting:
 
     def describe_model(self, name: str) -> dict[str, Any]:
         if name not in self.models:
-            raise ServiceError("ValidationException", f'Could not find model "{_arn("model", name)}".')
+            raise ServiceError("ValidationException", f'Could not find model "{arn("model", name)}".')
         return dict(self.models[name])
 
     def delete_model(self, name: str) -> dict[str, Any]:
         with self.lock:
             if self.models.pop(name, None) is None:
-                raise ServiceError("ValidationException", f'Could not find model "{_arn("model", name)}".')
+                raise ServiceError("ValidationException", f'Could not find model "{arn("model", name)}".')
         self.save()
         return {}
 
     def create_endpoint_config(self, params: Mapping[str, Any]) -> dict[str, Any]:
         name = params["EndpointConfigName"]
-        arn = _arn("endpoint-config", name)
+        config_arn = arn("endpoint-config", name)
         with self.lock:
             if name in self.configs:
                 raise ServiceError(
-                    "ValidationException", f'Cannot create already existing endpoint configuration "{arn}".'
+                    "ValidationException", f'Cannot create already existing endpoint configuration "{config_arn}".'
                 )
             for variant in params["ProductionVariants"]:
                 if variant.get("ModelName") not in self.models:
                     raise ServiceError("ValidationException", f'Could not find model "{variant.get("ModelName")}".')
-            self.configs[name] = {**params, "EndpointConfigArn": arn, "CreationTime": now().timestamp()}
+            self.configs[name] = {**params, "EndpointConfigArn": config_arn, "CreationTime": now().timestamp()}
         self.save()
-        return {"EndpointConfigArn": arn}
+        return {"EndpointConfigArn": config_arn}
 
     def describe_endpoint_config(self, name: str) -> dict[str, Any]:
         if name not in self.configs:
@@ -360,7 +345,7 @@ class Hosting:
         with self.lock:
             if name in self.endpoints:
                 raise ServiceError(
-                    "ValidationException", f'Cannot create already existing endpoint "{_arn("endpoint", name)}".'
+                    "ValidationException", f'Cannot create already existing endpoint "{arn("endpoint", name)}".'
                 )
             self.describe_endpoint_config(config)
             endpoint = Endpoint(self, name, config, list(params.get("Tags", [])))
@@ -517,7 +502,7 @@ class Hosting:
         detail = json.loads(json.dumps(endpoint.describe(), default=lambda d: int(d.timestamp() * 1000)))
         detail["EndpointStatus"] = _event_status(detail["EndpointStatus"])
         detail["Tags"] = {t["Key"]: t["Value"] for t in endpoint.tags}
-        return self._envelope("SageMaker Endpoint State Change", endpoint.arn, detail)
+        return envelope("SageMaker Endpoint State Change", endpoint.arn, detail)
 
     def _deployment_event(self, endpoint: Endpoint, config: str, state: str, message: str) -> None:
         detail = {
@@ -527,122 +512,4 @@ class Hosting:
             "State": state,
             "Message": message,
         }
-        self.emit(self._envelope("SageMaker Endpoint Deployment State Change", endpoint.arn, detail))
-
-    @staticmethod
-    def _envelope(detail_type: str, arn: str, detail: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "version": "0",
-            "id": str(uuid.uuid4()),
-            "detail-type": detail_type,
-            "source": "aws.sagemaker",
-            "account": ACCOUNT,
-            "time": now().strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "region": REGION,
-            "resources": [arn],
-            "detail": detail,
-        }
-
-    # --- SageMaker Runtime ---------------------------------------------------------------
-
-    def invoke(self, name: str, body: bytes, content_type: str, accept: str) -> tuple[int, bytes, dict[str, str]]:
-        endpoint = self.endpoints.get(name)
-        if endpoint is None:
-            raise ServiceError("ValidationError", f"Endpoint {name} of account {ACCOUNT} not found.", 400)
-        fleet = endpoint.pick()
-        if not fleet.ready.wait(READY_TIMEOUT_S):
-            raise ServiceError("ServiceUnavailable", f"Endpoint {name} is not ready", 503)
-        started = time.monotonic()
-        status, answer, mime = fleet.invoke(body, content_type, accept)
-        latency_us = (time.monotonic() - started) * 1e6
-        self._record(endpoint, fleet, body, content_type, answer, mime, status, latency_us)
-        headers = {"Content-Type": mime, "x-Amzn-Invoked-Production-Variant": fleet.variant}
-        if status != 200:
-            message = answer.decode(errors="replace")
-            kind = "CLIENT" if status < 500 else "SERVER"
-            error = {
-                "ErrorCode": f"{kind}_ERROR_FROM_MODEL",
-                "OriginalStatusCode": status,
-                "OriginalMessage": message,
-                "Message": f'Received {kind.lower()} error ({status}) from primary with message "{message}".',
-            }
-            return (
-                424,
-                json.dumps(error).encode(),
-                {"x-amzn-ErrorType": "ModelError", "Content-Type": "application/json"},
-            )
-        return 200, answer, headers
-
-    def _record(
-        self, endpoint: Endpoint, fleet: Fleet, body: bytes, content_type: str, answer: bytes, mime: str,
-        status: int, latency_us: float,
-    ) -> None:  # fmt: skip
-        with self.lock:
-            metrics = self.metrics.setdefault((endpoint.name, fleet.variant), {})
-            metrics.setdefault("Invocations", []).append(1.0)
-            metrics.setdefault("Invocation4XXErrors", []).append(1.0 if 400 <= status < 500 else 0.0)
-            metrics.setdefault("Invocation5XXErrors", []).append(1.0 if status >= 500 else 0.0)
-            metrics.setdefault("ModelLatency", []).append(latency_us)
-        capture = self.configs.get(fleet.config, {}).get("DataCaptureConfig")
-        if not capture or not capture.get("EnableCapture", True) or status != 200:
-            return
-        if random.random() * 100 >= float(capture.get("InitialSamplingPercentage", 100)):
-            return
-        record = {
-            "captureData": {
-                "endpointInput": _captured(body, content_type, "INPUT"),
-                "endpointOutput": _captured(answer, mime, "OUTPUT"),
-            },
-            "eventMetadata": {"eventId": str(uuid.uuid4()), "inferenceTime": now().strftime("%Y-%m-%dT%H:%M:%SZ")},
-            "eventVersion": "0",
-        }
-        with self.lock:
-            self.capture.setdefault((capture["DestinationS3Uri"], endpoint.name, fleet.variant), []).append(
-                json.dumps(record)
-            )
-
-    def _flush_loop(self) -> None:
-        while not self.closing:
-            time.sleep(1.0)
-            try:
-                self._flush()
-            except Exception:  # a flush that failed is retried with the next one
-                log.exception("capture/metrics flush failed")
-
-    def _flush(self) -> None:
-        with self.lock:
-            capture, self.capture = self.capture, {}
-            metrics, self.metrics = self.metrics, {}
-        stamp = now()
-        for (destination, endpoint, variant), lines in capture.items():
-            bucket, prefix = split_s3(destination.rstrip("/"))
-            key = (
-                f"{prefix}/{endpoint}/{variant}/{stamp:%Y/%m/%d/%H}/{stamp:%M-%S-%f}-{uuid.uuid4().hex[:8]}.jsonl"
-            ).lstrip("/")
-            self.s3.put_object(Bucket=bucket, Key=key, Body=("\n".join(lines) + "\n").encode())
-        if self.cloudwatch is not None:
-            for (endpoint, variant), values in metrics.items():
-                dimensions = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}]
-                data = []
-                for name, series in values.items():
-                    if name == "ModelLatency":
-                        data.append({"MetricName": name, "Dimensions": dimensions, "Values": series[:150],
-                                     "Unit": "Microseconds", "Timestamp": stamp})  # fmt: skip
-                    else:
-                        data.append({"MetricName": name, "Dimensions": dimensions, "Value": sum(series),
-                                     "Unit": "Count", "Timestamp": stamp})  # fmt: skip
-                self.cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=data)
-
-
-def _captured(data: bytes, content_type: str, mode: str) -> dict[str, Any]:
-    """SageMaker's capture record half: JSON bodies as text, anything else base64."""
-    import base64
-
-    if content_type.split(";")[0].strip() in ("application/json", "text/csv"):
-        try:
-            return {"observedContentType": content_type, "mode": mode, "data": data.decode(), "encoding": "JSON"
-                    if "json" in content_type else "CSV"}  # fmt: skip
-        except UnicodeDecodeError:
-            pass
-    return {"observedContentType": content_type, "mode": mode, "data": base64.b64encode(data).decode(),
-            "encoding": "BASE64"}  # fmt: skip
+        self.emit(envelope("SageMaker Endpoint Deployment State Change", endpoint.arn, detail))

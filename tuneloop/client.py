@@ -1,0 +1,204 @@
+"""The client side of the CLI: the local API, runs shown and followed, reports saved.
+
+Shared by ``tuneloop`` (cli.py) and ``make demo`` (demo.py), which import this and never
+each other.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .local import cloud
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class CliError(Exception):
+    pass
+
+
+# --- API client -------------------------------------------------------------------------
+
+
+class Api:
+    def __init__(self, state: cloud.CloudState) -> None:
+        self.base = state.api_url
+        self.token = state.token
+
+    def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200, 201, 202)) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                payload = response.read()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            payload, status = exc.read(), exc.code
+        except OSError as exc:
+            raise CliError(f"cannot reach the local API at {self.base}: {exc}; is `tuneloop up` running?") from exc
+        parsed = json.loads(payload) if payload else None
+        if status not in ok:
+            message = parsed.get("Message") if isinstance(parsed, dict) else payload.decode(errors="replace")
+            raise CliError(f"{method} {path} → {status}: {message}")
+        return parsed
+
+
+def local_state() -> cloud.CloudState:
+    state = cloud.load_state()
+    if state is None:
+        raise CliError("the local cloud is not up: run `tuneloop up` first")
+    return state
+
+
+def local_api() -> Api:
+    return Api(local_state())
+
+
+def drop(state: cloud.CloudState, path: Path, project: str, dataset_id: str | None = None) -> str:
+    """Upload a dataset file under the project's drop prefix (its upload starts a run)."""
+    if not path.is_file():
+        raise CliError(f"{path} is not a file")
+    dataset_id = dataset_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    key = f"datasets/{project}/{dataset_id}/{path.name}"
+    state.client("s3").upload_file(str(path), state.bucket, key)
+    return f"s3://{state.bucket}/{key}"
+
+
+def show_run(run: dict[str, Any]) -> None:
+    print(f"run {run['run_id']} · project {run['project']} · {run['state'].upper()}")
+    print(f"  dataset   {run['dataset_uri']}")
+    if run.get("parent_run_id"):
+        print(f"  parent    {run['parent_run_id']}")
+    if run.get("awaiting"):
+        print(f"  waiting   on {run['awaiting']}")
+    print("  history")
+    for entry in run["history"]:
+        commands = f"  → {', '.join(entry['commands'])}" if entry["commands"] else ""
+        print(f"    {entry['time']}  {entry['from']:>16} → {entry['to']:<16} {entry['reason']}{commands}")
+    for item in run["pending_commands"]:
+        print(f"  pending   {item['type']} {item.get('job_name', '')}: {item['note']}")
+    for group, values in sorted(run.get("metrics", {}).items()):
+        for name, value in sorted(values.items()):
+            print(f"  metric    {group}.{name} = {value:.6g}")
+    tuning = run.get("tuning")
+    if tuning:
+        objective = tuning["objective"]
+        print(f"  tuning    {tuning['job_name']}: {objective.get('type', '')} {objective.get('metric')}")
+        for trial in tuning["trials"]:
+            objective = f"{trial['objective']:.4f}" if trial.get("objective") is not None else "-"
+            best = " ← best" if trial["training_job"] == tuning.get("best_training_job") else ""
+            values = " ".join(f"{k}={v}" for k, v in sorted(trial["hyperparameters"].items()))
+            print(f"    {trial['training_job']}  {trial['status']:<10} {objective:>8}  {values}{best}")
+        if tuning.get("trials_error"):
+            print(f"    (trials unavailable: {tuning['trials_error']})")
+    if run["links"].get("report"):
+        print(f"  report    tuneloop report {run['run_id']}")
+    cost = run.get("cost")
+    if cost and cost["lines"]:
+        print(f"  cost      ${cost['total_usd']:.4f}{'' if cost['complete'] else ' (some lines unpriced)'} "
+              f"at list prices of {cost['prices_as_of']}")  # fmt: skip
+        for line in cost["lines"]:
+            usd = f"${line['usd']:.4f}" if line.get("usd") is not None else "unpriced"
+            amount = (
+                f"{line['hours']:.3f} h" if "hours" in line else f"{line.get('billable_seconds', 0):.0f} s billable"
+            )
+            spot = f", spot saved {line['spot_savings_pct']:.0f}%" if "spot_savings_pct" in line else ""
+            name = line.get("job") or line.get("endpoint")
+            print(f"    {name:<40} {line.get('instance_type', ''):<15} {amount:>16}{spot}  {usd}")
+
+
+def wait_for_run(api: Api, project: str, after: set[str], timeout: float) -> dict[str, Any]:
+    """Poll the API until a run of ``project`` that is not in ``after`` exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = api.call("GET", f"/runs?project={project}&limit=100")["runs"]
+        fresh = [r for r in runs if r["run_id"] not in after]
+        if fresh:
+            return dict(api.call("GET", f"/runs/{fresh[0]['run_id']}"))
+        time.sleep(0.25)
+    raise CliError(f"no run of {project} appeared within {timeout:.0f}s; see {cloud.home() / 'logs' / 'host.log'}")
+
+
+ACTIVE_STEPS = ("received", "preparing", "training", "tuning", "evaluating", "gating", "registering", "deploying")
+
+
+def watch(state: cloud.CloudState, run_id: str, until: tuple[str, ...] = (), timeout: float = 3600) -> dict[str, Any]:
+    """Follow a run: its state, and while it trains, the job's status, epoch, step and loss.
+
+    Returns the run once it reaches a state in ``until`` (or any state past training when
+    ``until`` is empty), leaves the active states, or the timeout passes.
+    """
+    api = Api(state)
+    sagemaker = state.client("sagemaker") if state.sagemaker_port else None
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        run = api.call("GET", f"/runs/{run_id}")
+        line = f"{run['state']:<12}"
+        awaiting = run.get("awaiting") or ""
+        if sagemaker and run["state"] == "training" and awaiting:
+            try:
+                job = sagemaker.describe_training_job(TrainingJobName=awaiting)
+            except Exception:  # not created yet, or not a job the local server knows
+                job = None
+            if job:
+                metrics = {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList", [])}
+                line += f" {awaiting} {job['SecondaryStatus']:<12}"
+                if "step" in metrics:
+                    line += f" epoch {metrics.get('epoch', 0):.2f} step {int(metrics['step'])}"
+                if "train_loss" in metrics:
+                    line += f" loss {metrics['train_loss']:.4f}"
+        elif sagemaker and run["state"] == "tuning" and awaiting:
+            line += f" {awaiting} {tuning_progress(sagemaker, awaiting)}"
+        elif awaiting:
+            line += f" waiting on {awaiting}"
+        if line != last:
+            print(f"  {time.strftime('%H:%M:%S')}  {line}", flush=True)
+            last = line
+        finished = run["state"] in until if until else run["state"] not in ACTIVE_STEPS
+        if finished or (until and run["state"] not in ACTIVE_STEPS and run["state"] not in until):
+            return dict(run)
+        if time.monotonic() > deadline:
+            raise CliError(f"run {run_id} is still {run['state']} after {timeout:.0f}s")
+        time.sleep(1)
+
+
+def tuning_progress(sagemaker: Any, job_name: str) -> str:
+    """``trials 2/4 done (1 running, 1 stopped early) · best 0.8123``, from Describe."""
+    try:
+        job = sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=job_name)
+    except Exception:  # not created yet
+        return "starting"
+    counters = job.get("TrainingJobStatusCounters", {})
+    total = job["HyperParameterTuningJobConfig"]["ResourceLimits"]["MaxNumberOfTrainingJobs"]
+    failed = counters.get("NonRetryableError", 0) + counters.get("RetryableError", 0)
+    done = counters.get("Completed", 0) + counters.get("Stopped", 0) + failed
+    text = f"trials {done}/{total} done ({counters.get('InProgress', 0)} running"
+    text += f", {counters.get('Stopped', 0)} stopped early" if counters.get("Stopped") else ""
+    text += f", {failed} failed" if failed else ""
+    text += ")"
+    best = (job.get("BestTrainingJob") or {}).get("FinalHyperParameterTuningJobObjectiveMetric")
+    if best:
+        text += f" · best {best['MetricName']} {best['Value']:.4f}"
+    return text
+
+
+def save_report(run: dict[str, Any], out: Path | None = None) -> Path:
+    """Download the run's report.html (self-contained: its plots are inside) and return where."""
+    link = run["links"].get("report")
+    if not link:
+        raise CliError(f"run {run['run_id']} has no evaluation report yet (it is {run['state']})")
+    target = out or cloud.home() / "reports" / run["run_id"] / "report.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with urllib.request.urlopen(link, timeout=30) as response:
+        target.write_bytes(response.read())
+    return target

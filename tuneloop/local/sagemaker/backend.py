@@ -1,0 +1,224 @@
+"""The local SageMaker's backend: its jobs, registry and hosting, and the operations the
+wire protocol dispatches to. Persisted under ``home`` so Describe survives restarts."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .common import Emit, now, write_json
+from .exceptions import ServiceError
+from .hosting import Hosting
+from .jobs import Job, ProcessingJob, TrainingJob, TransformJob
+from .registry import Registry
+from .runtime import Runtime
+from .tuning import TuningJob
+from .validation import validate
+
+
+class LocalSageMaker:
+    """Job registry and operations; persisted under ``home`` so Describe survives restarts."""
+
+    JOB_TYPES: Mapping[str, type[Job]] = {
+        "processing": ProcessingJob,
+        "training": TrainingJob,
+        "tuning": TuningJob,
+        "transform": TransformJob,
+    }
+
+    def __init__(self, home: Path, s3: Any, emit: Emit, cloudwatch: Any = None) -> None:
+        self.home = home
+        self.s3 = s3
+        self.emit = emit
+        self.jobs: dict[tuple[str, str], Job] = {}
+        self.closing = False
+        self.records: dict[tuple[str, str], dict[str, Any]] = {}
+        self.lock = threading.Lock()
+        self.registry = Registry(home / "registry.json", emit)
+        self.hosting = Hosting(home / "hosting", s3, emit, cloudwatch, packages=self.registry)
+        self.runtime = Runtime(self.hosting, s3, cloudwatch)
+        self._load()
+
+    def close(self, grace_s: float = 10) -> None:
+        """End running jobs (their processes run in sessions of their own, so nothing else
+        would) and record them as failed, saying why."""
+        self.closing = True
+        self.runtime.close()
+        self.hosting.close()
+        for job in list(self.jobs.values()):
+            if job.status != "InProgress":
+                continue
+            job.terminate(grace_s)
+            with job.lock:
+                job.status = "Failed"
+                job.failure_reason = "InternalServerError: the local SageMaker server stopped during the job"
+                job.ended = now()
+            self.save(job)
+
+    def _load(self) -> None:
+        for kind in self.JOB_TYPES:
+            for path in sorted((self.home / kind).glob("*/describe.json")):
+                record = json.loads(path.read_text())
+                status_key = self.JOB_TYPES[kind].status_key
+                if record.get(status_key) in ("InProgress", "Stopping"):
+                    # The process died with the previous server: say so, do not pretend.
+                    record[status_key] = "Failed"
+                    record["FailureReason"] = "InternalServerError: the local SageMaker server restarted during the job"
+                    write_json(path, record)
+                self.records[(kind, path.parent.name)] = record
+
+    def save(self, job: Job) -> None:
+        record = json.loads(json.dumps(job.describe(), default=lambda d: d.timestamp()))
+        write_json(job.folder / "describe.json", record)
+        if isinstance(job, TuningJob):
+            job.save_extra()
+        with self.lock:
+            self.records[(job.kind, job.name)] = record
+
+    def create(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
+        cls = self.JOB_TYPES[kind]
+        name = request[cls.name_key]
+        with self.lock:
+            if (kind, name) in self.records or (kind, name) in self.jobs:
+                existing = self.jobs.get((kind, name))
+                arn = existing.arn if existing else self.records[(kind, name)].get(cls.arn_key(), name)
+                raise ServiceError(
+                    "ResourceInUse",
+                    "Job name must be unique within an AWS account and region, "
+                    f"and a job with this name already exists ({arn})",
+                )
+            job = cls(self, request)
+            self.jobs[(kind, name)] = job
+        self.save(job)
+        threading.Thread(target=job.run, name=f"{kind}-{name}", daemon=True).start()
+        return {cls.arn_key(): job.arn}
+
+    def start(self, job: Job) -> Job:
+        """Register and run a job the server made itself (a tuning job's trial)."""
+        with self.lock:
+            self.jobs[(job.kind, job.name)] = job
+        self.save(job)
+        threading.Thread(target=job.run, name=f"{job.kind}-{job.name}", daemon=True).start()
+        return job
+
+    def tuning_trials(self, name: str) -> list[dict[str, Any]]:
+        job = self.jobs.get(("tuning", name))
+        if isinstance(job, TuningJob):
+            return job.trial_summaries()
+        if ("tuning", name) not in self.records:
+            raise ServiceError("ResourceNotFound", f"Amazon SageMaker can't find a tuning job with name {name}")
+        path = self.home / "tuning" / name / "trials.json"
+        return list(json.loads(path.read_text())) if path.is_file() else []
+
+    def list_trials(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        trials = self.tuning_trials(params["HyperParameterTuningJobName"])
+        if params.get("StatusEquals"):
+            trials = [t for t in trials if t["TrainingJobStatus"] == params["StatusEquals"]]
+        sort_by = params.get("SortBy", "CreationTime")
+        descending = params.get("SortOrder", "Descending" if sort_by != "Name" else "Ascending") == "Descending"
+        if sort_by == "FinalObjectiveMetricValue":
+            # AWS lists the best first, whatever the objective's direction; no objective last.
+            scored = [t for t in trials if t.get("FinalHyperParameterTuningJobObjectiveMetric")]
+            rest = [t for t in trials if not t.get("FinalHyperParameterTuningJobObjectiveMetric")]
+            maximize = any(
+                t["FinalHyperParameterTuningJobObjectiveMetric"].get("Type", "Maximize") == "Maximize" for t in scored
+            )
+            scored.sort(key=lambda t: t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"], reverse=maximize)
+            trials = scored + rest
+        else:
+            key = {"Name": "TrainingJobName", "Status": "TrainingJobStatus"}.get(sort_by, "CreationTime")
+            trials.sort(key=lambda t: str(t.get(key)), reverse=descending)
+        start = int(params.get("NextToken") or 0)
+        size = int(params.get("MaxResults", 10))
+        page: dict[str, Any] = {"TrainingJobSummaries": trials[start : start + size]}
+        if start + size < len(trials):
+            page["NextToken"] = str(start + size)
+        return page
+
+    def describe(self, kind: str, name: str) -> dict[str, Any]:
+        job = self.jobs.get((kind, name))
+        if job is not None:
+            return job.describe()
+        record = self.records.get((kind, name))
+        if record is None and kind == "tuning":
+            raise ServiceError("ResourceNotFound", f"Amazon SageMaker can't find a tuning job with name {name}")
+        if record is None:
+            raise ServiceError(
+                "ValidationException", f"Requested resource not found: {kind} job {name} does not exist", 400
+            )
+        return record
+
+    def stop(self, kind: str, name: str) -> dict[str, Any]:
+        job = self.jobs.get((kind, name))
+        if job is None or job.status != "InProgress":
+            raise ServiceError("ValidationException", f"The {kind} job {name} is not in progress")
+        threading.Thread(target=job.stop, daemon=True).start()
+        return {}
+
+    def list(self, kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        cls = self.JOB_TYPES[kind]
+        items = [
+            self.describe(k, n) for (k, n) in list({**self.records, **{key: {} for key in self.jobs}}) if k == kind
+        ]
+        if params.get("NameContains"):
+            items = [i for i in items if params["NameContains"] in i[cls.name_key]]
+        if params.get("StatusEquals"):
+            items = [i for i in items if i[cls.status_key] == params["StatusEquals"]]
+        summaries = [
+            {
+                cls.name_key: i[cls.name_key],
+                cls.arn_key(): i.get(cls.arn_key()),
+                cls.status_key: i[cls.status_key],
+                "CreationTime": i.get("CreationTime"),
+            }
+            for i in items
+        ]
+        key = {"processing": "ProcessingJobSummaries", "training": "TrainingJobSummaries"}.get(
+            kind, "HyperParameterTuningJobSummaries"
+        )
+        return {key: summaries[: params.get("MaxResults", 100)]}
+
+    def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        validate(operation, params)
+        handlers: dict[str, Callable[[], dict[str, Any]]] = {
+            "CreateProcessingJob": lambda: self.create("processing", params),
+            "DescribeProcessingJob": lambda: self.describe("processing", params["ProcessingJobName"]),
+            "StopProcessingJob": lambda: self.stop("processing", params["ProcessingJobName"]),
+            "ListProcessingJobs": lambda: self.list("processing", params),
+            "CreateTrainingJob": lambda: self.create("training", params),
+            "DescribeTrainingJob": lambda: self.describe("training", params["TrainingJobName"]),
+            "StopTrainingJob": lambda: self.stop("training", params["TrainingJobName"]),
+            "ListTrainingJobs": lambda: self.list("training", params),
+            "CreateHyperParameterTuningJob": lambda: self.create("tuning", params),
+            "DescribeHyperParameterTuningJob": lambda: self.describe("tuning", params["HyperParameterTuningJobName"]),
+            "StopHyperParameterTuningJob": lambda: self.stop("tuning", params["HyperParameterTuningJobName"]),
+            "ListTrainingJobsForHyperParameterTuningJob": lambda: self.list_trials(params),
+            "CreateModelPackageGroup": lambda: self.registry.create_group(params),
+            "CreateModelPackage": lambda: self.registry.create_package(params),
+            "DescribeModelPackage": lambda: self.registry.describe(params["ModelPackageName"]),
+            "UpdateModelPackage": lambda: self.registry.update(params),
+            "ListModelPackages": lambda: self.registry.list(params),
+            "CreateModel": lambda: self.hosting.create_model(params),
+            "DescribeModel": lambda: self.hosting.describe_model(params["ModelName"]),
+            "DeleteModel": lambda: self.hosting.delete_model(params["ModelName"]),
+            "CreateEndpointConfig": lambda: self.hosting.create_endpoint_config(params),
+            "DescribeEndpointConfig": lambda: self.hosting.describe_endpoint_config(params["EndpointConfigName"]),
+            "DeleteEndpointConfig": lambda: self.hosting.delete_endpoint_config(params["EndpointConfigName"]),
+            "CreateEndpoint": lambda: self.hosting.create_endpoint(params),
+            "DescribeEndpoint": lambda: self.hosting.describe_endpoint(params["EndpointName"]),
+            "UpdateEndpoint": lambda: self.hosting.update_endpoint(params),
+            "DeleteEndpoint": lambda: self.hosting.delete_endpoint(params["EndpointName"]),
+            "ListEndpoints": lambda: self.hosting.list_endpoints(params),
+            "CreateTransformJob": lambda: self.create("transform", params),
+            "DescribeTransformJob": lambda: self.describe("transform", params["TransformJobName"]),
+            "StopTransformJob": lambda: self.stop("transform", params["TransformJobName"]),
+        }
+        handler = handlers.get(operation)
+        if handler is None:
+            raise ServiceError(
+                "UnknownOperationException", f"{operation} is not implemented by the local SageMaker server"
+            )
+        return handler()

@@ -1,0 +1,60 @@
+"""What every part of the local SageMaker shares: account, region, time, ARNs, event
+envelopes and durable JSON files. Imports nothing of the package's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+OPT_ML = "/opt/ml"
+Emit = Callable[[dict[str, Any]], object]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def arn(kind: str, name: str) -> str:
+    return f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:{kind}/{name.lower()}"
+
+
+def envelope(detail_type: str, resource_arn: str, detail: dict[str, Any]) -> dict[str, Any]:
+    """An EventBridge event as SageMaker sends it."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": detail_type,
+        "source": "aws.sagemaker",
+        "account": ACCOUNT,
+        "time": now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": REGION,
+        "resources": [resource_arn],
+        "detail": detail,
+    }
+
+
+def json_default(value: Any) -> Any:
+    """Timestamps go on the wire as epoch seconds, as SageMaker's JSON protocol sends them."""
+    if isinstance(value, datetime):
+        return value.timestamp()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` so that a crash at any moment leaves the old file or the new one,
+    never a torn one: a temporary file, flushed to disk, renamed over the old."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        out.write(json.dumps(data, default=json_default))
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(path)

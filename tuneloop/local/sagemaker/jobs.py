@@ -1,0 +1,440 @@
+"""Processing, training and transform jobs: their descriptions and their processes.
+
+Jobs run on this machine, not in containers: each gets an /opt/ml-style folder
+(``SAGEMAKER_BASE_DIR``); inputs are downloaded from local S3; processing jobs run their
+entry point with /opt/ml paths mapped into that folder; training jobs run through the real
+``sagemaker-training`` toolkit (hosts ``["localhost"]``). Logs go to a file, metrics are
+scraped with the job's own ``MetricDefinitions``, outputs and ``model.tar.gz`` are
+uploaded to local S3, stop and ``MaxRuntimeInSeconds`` are honoured, and every status
+change is emitted as an AWS-shaped ``SageMaker … Job State Change`` event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from .. import toolkit
+from .common import OPT_ML, arn, envelope, now
+from .staging import download_prefix, split_s3, upload_folder
+
+log = logging.getLogger("tuneloop.sagemaker")
+
+
+class Backend(Protocol):
+    """What a job needs from the server that runs it."""
+
+    home: Path
+    s3: Any
+    hosting: Any
+    closing: bool
+
+    def emit(self, event: dict[str, Any]) -> object: ...
+
+    def save(self, job: Job) -> None: ...
+
+    def start(self, job: Job) -> Job: ...
+
+    def tuning_trials(self, name: str) -> list[dict[str, Any]]: ...
+
+
+class Job:
+    """One processing or training job: its description (what Describe returns) and process."""
+
+    kind = "job"
+    name_key = status_key = arn_kind = detail_type = ""
+
+    @classmethod
+    def arn_key(cls) -> str:
+        return cls.name_key.replace("Name", "Arn")
+
+    def __init__(self, server: Backend, request: dict[str, Any]) -> None:
+        self.server = server
+        self.request = request
+        self.name: str = request[self.name_key]
+        self.folder = server.home / self.kind / self.name
+        self.arn = arn(self.arn_kind, self.name)
+        self.created = now()
+        self.status = "InProgress"
+        self.failure_reason = ""
+        self.process: subprocess.Popen[bytes] | None = None
+        self.stop_requested = False
+        self.started: datetime | None = None
+        self.ended: datetime | None = None
+        self.lock = threading.Lock()
+
+    @property
+    def root(self) -> Path:
+        """Where /opt/ml lives for this job."""
+        return self.folder / "opt" / "ml"
+
+    def local(self, path: str) -> Path:
+        if path == OPT_ML or path.startswith(OPT_ML + "/"):
+            return self.root / path[len(OPT_ML) :].lstrip("/")
+        return self.folder / path.lstrip("/")
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "job.log"
+
+    def tags(self) -> dict[str, str]:
+        return {t["Key"]: t["Value"] for t in self.request.get("Tags", [])}
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def event(self) -> dict[str, Any]:
+        detail = json.loads(json.dumps(self.describe(), default=lambda d: int(d.timestamp() * 1000)))
+        detail["Tags"] = self.tags()
+        return envelope(self.detail_type, self.arn, detail)
+
+    def emit(self) -> None:
+        self.server.emit(self.event())
+
+    def run(self) -> None:
+        try:
+            self.started = now()
+            self.execute()
+        except Exception as exc:  # the job fails; the server lives on
+            log.exception("job %s failed", self.name)
+            self.finish("Failed", f"ClientError: {exc}")
+
+    def execute(self) -> None:
+        raise NotImplementedError
+
+    def finish(self, status: str, reason: str = "") -> None:
+        if self.server.closing:
+            return  # close() has recorded how this job ended
+        with self.lock:
+            self.status = status
+            self.failure_reason = reason[:1024]
+            self.ended = now()
+        self.server.save(self)
+        self.emit()
+
+    def wait(self, timeout_s: float) -> int | None:
+        """Wait for the process, killing it at the deadline; None when the deadline hit."""
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.terminate()
+            return None
+
+    def terminate(self, grace_s: float = 30) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(grace_s)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+
+    def stop(self) -> None:
+        self.stop_requested = True
+        self.terminate()
+
+    def launched(self, process: subprocess.Popen[bytes]) -> None:
+        """Record the job's process; a stop that came before it existed ends it now."""
+        self.process = process
+        if self.stop_requested:
+            self.terminate()
+
+    def read_failure(self, *names: str) -> str:
+        for name in names:
+            path = self.root / "output" / name
+            if path.is_file() and path.read_text(errors="replace").strip():
+                return path.read_text(errors="replace").strip()
+        return ""
+
+
+class ProcessingJob(Job):
+    kind = "processing"
+    name_key, status_key, arn_kind = "ProcessingJobName", "ProcessingJobStatus", "processing-job"
+    detail_type = "SageMaker Processing Job State Change"
+
+    def describe(self) -> dict[str, Any]:
+        out = {
+            **self.request,
+            "ProcessingJobArn": self.arn,
+            "ProcessingJobStatus": self.status,
+            "CreationTime": self.created,
+            "LastModifiedTime": self.ended or self.started or self.created,
+        }
+        out.pop("Tags", None)
+        if self.started:
+            out["ProcessingStartTime"] = self.started
+        if self.ended:
+            out["ProcessingEndTime"] = self.ended
+        if self.failure_reason:
+            out["FailureReason"] = self.failure_reason
+            out["ExitMessage"] = self.failure_reason
+        return out
+
+    def execute(self) -> None:
+        s3 = self.server.s3
+        self.emit()
+        for item in self.request.get("ProcessingInputs", []):
+            source = item.get("S3Input")
+            if source:
+                download_prefix(s3, source["S3Uri"], self.local(source["LocalPath"]))
+        spec = self.request["AppSpecification"]
+        command = [self._map(part) for part in (spec.get("ContainerEntrypoint") or [])]
+        command += [self._map(part) for part in (spec.get("ContainerArguments") or [])]
+        if command and command[0] in ("python", "python3"):
+            command[0] = sys.executable  # the local cloud's interpreter has what the image would
+        for output in self.request.get("ProcessingOutputConfig", {}).get("Outputs", []):
+            self.local(output["S3Output"]["LocalPath"]).mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            **self.request.get("Environment", {}),
+            "SAGEMAKER_BASE_DIR": str(self.root),
+            "PIP_NO_INDEX": "1",
+        }
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            self.launched(
+                subprocess.Popen(
+                    command,
+                    env=env,
+                    cwd=self.folder,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        code = self.wait(self.request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 86400))
+        if self.stop_requested:
+            return self.finish("Stopped")
+        if code is None:
+            return self.finish("Failed", "MaxRuntimeExceeded: the job ran past MaxRuntimeInSeconds")
+        if code != 0:
+            reason = (
+                self.read_failure("message", "failure") or f"AlgorithmError: the entry point exited with code {code}"
+            )
+            return self.finish("Failed", reason)
+        for output in self.request.get("ProcessingOutputConfig", {}).get("Outputs", []):
+            target = output["S3Output"]
+            upload_folder(s3, self.local(target["LocalPath"]), target["S3Uri"])
+        self.finish("Completed")
+
+    def _map(self, part: str) -> str:
+        return re.sub(r"(?<![\w/])/opt/ml(?=/|$)", str(self.root), part)
+
+
+class TrainingJob(Job):
+    kind = "training"
+    name_key, status_key, arn_kind = "TrainingJobName", "TrainingJobStatus", "training-job"
+    detail_type = "SageMaker Training Job State Change"
+
+    def __init__(self, server: Backend, request: dict[str, Any], tuning_arn: str | None = None) -> None:
+        super().__init__(server, request)
+        self.secondary = "Starting"
+        self.transitions: list[dict[str, Any]] = []
+        self.metrics: dict[str, dict[str, Any]] = {}
+        # Every value each metric definition matched, in order: the tuner's intermediate values.
+        self.series: dict[str, list[float]] = {}
+        self.model_artifact = ""
+        self.tuning_arn = tuning_arn
+        self.stopped_early = False
+        self._set_secondary("Starting", "Preparing the instances for training")
+
+    def _set_secondary(self, status: str, message: str) -> None:
+        with self.lock:
+            at = now()
+            if self.transitions:
+                self.transitions[-1]["EndTime"] = at
+            self.secondary = status
+            self.transitions.append({"Status": status, "StartTime": at, "StatusMessage": message})
+
+    def advance(self, status: str, message: str) -> None:
+        self._set_secondary(status, message)
+        self.emit()
+
+    def describe(self) -> dict[str, Any]:
+        with self.lock:
+            out = {
+                **self.request,
+                "TrainingJobArn": self.arn,
+                "TrainingJobStatus": self.status,
+                "SecondaryStatus": self.secondary,
+                "CreationTime": self.created,
+                "LastModifiedTime": self.ended or self.started or self.created,
+                "SecondaryStatusTransitions": [dict(t) for t in self.transitions],
+                "FinalMetricDataList": [
+                    {"MetricName": name, "Value": m["Value"], "Timestamp": m["Timestamp"]}
+                    for name, m in self.metrics.items()
+                ],
+                "ModelArtifacts": {"S3ModelArtifacts": self.model_artifact},
+            }
+            out.pop("Tags", None)
+            if self.tuning_arn:
+                out["TuningJobArn"] = self.tuning_arn
+            if self.started:
+                out["TrainingStartTime"] = self.started
+            if self.ended:
+                out["TrainingEndTime"] = self.ended
+                seconds = int((self.ended - (self.started or self.created)).total_seconds())
+                out["TrainingTimeInSeconds"] = seconds
+                out["BillableTimeInSeconds"] = seconds
+            if self.failure_reason:
+                out["FailureReason"] = self.failure_reason
+        return out
+
+    def finish_training(self, status: str, secondary: str, message: str, reason: str = "") -> None:
+        self._set_secondary(secondary, message)
+        self.finish(status, reason)
+
+    def execute(self) -> None:
+        s3 = self.server.s3
+        self.emit()
+        self.advance("Downloading", "Downloading input data")
+        channels: dict[str, Path] = {}
+        for channel in self.request.get("InputDataConfig", []):
+            source = channel["DataSource"]["S3DataSource"]["S3Uri"]
+            target = self.folder / "channels" / channel["ChannelName"]
+            download_prefix(s3, source, target)
+            channels[channel["ChannelName"]] = target
+        hyper = dict(self.request.get("HyperParameters", {}))
+        code = self._fetch_code(json.loads(hyper.get("sagemaker_submit_directory", '""')))
+        if code is not None:
+            hyper["sagemaker_submit_directory"] = json.dumps(str(code))
+        layout = toolkit.lay_out(self.root, hyper, channels)
+        checkpoints = self.request.get("CheckpointConfig")
+        if checkpoints:
+            download_prefix(s3, checkpoints["S3Uri"], layout.checkpoints)  # resume where an earlier attempt stopped
+        self.advance("Training", "Training image download completed. Training in progress.")
+        self.launched(toolkit.start(layout, self.log_path, self.request.get("Environment")))
+        scraper = threading.Thread(target=self._scrape, daemon=True)
+        scraper.start()
+        limit = self.request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 86400)
+        exit_code = self.wait(limit)
+        scraper.join(timeout=5)
+        self._scrape_once()
+        if checkpoints:
+            upload_folder(s3, layout.checkpoints, checkpoints["S3Uri"])
+        if self.stop_requested:
+            why = "The job was stopped"
+            if self.stopped_early:
+                why = "Stopped early by the tuning job's early-stopping rule"
+            return self.finish_training("Stopped", "Stopped", why)
+        if exit_code is None:
+            return self.finish_training("Stopped", "MaxRuntimeExceeded", "The job exceeded MaxRuntimeInSeconds")
+        if exit_code != 0:
+            reason = (
+                self.read_failure("failure") or f"AlgorithmError: the training process exited with code {exit_code}"
+            )
+            return self.finish_training("Failed", "Failed", "Training job failed", reason)
+        self.advance("Uploading", "Uploading generated training model")
+        output = self.request["OutputDataConfig"]["S3OutputPath"].rstrip("/")
+        bucket, key = split_s3(f"{output}/{self.name}/output/model.tar.gz")
+        archive = self.folder / "model.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for path in sorted(layout.model_dir.iterdir()):
+                tar.add(path, arcname=path.name)
+        s3.upload_file(str(archive), bucket, key)
+        self.model_artifact = f"s3://{bucket}/{key}"
+        self.finish_training("Completed", "Completed", "Training job completed")
+
+    def _fetch_code(self, uri: str) -> Path | None:
+        if not uri.startswith("s3://"):
+            return None
+        bucket, key = split_s3(uri)
+        target = self.folder / "sourcedir"
+        archive = self.folder / "sourcedir.tar.gz"
+        self.server.s3.download_file(bucket, key, str(archive))
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")
+        return target
+
+    def _scrape_once(self) -> None:
+        definitions = self.request["AlgorithmSpecification"].get("MetricDefinitions", [])
+        if not definitions or not self.log_path.exists():
+            return
+        text = self.log_path.read_text(errors="replace")
+        for definition in definitions:
+            matches = re.findall(definition["Regex"], text, flags=re.M)
+            values = []
+            for match in matches:
+                try:
+                    values.append(float(match[0] if isinstance(match, tuple) else match))
+                except ValueError:
+                    continue
+            if values:
+                with self.lock:
+                    self.series[definition["Name"]] = values
+                    if self.metrics.get(definition["Name"], {}).get("Value") != values[-1]:
+                        self.metrics[definition["Name"]] = {"Value": values[-1], "Timestamp": now()}
+
+    def stop_early(self) -> None:
+        self.stopped_early = True
+        self.stop()
+
+    def _scrape(self) -> None:
+        while self.process is not None and self.process.poll() is None:
+            self._scrape_once()
+            time.sleep(1)
+
+
+class TransformJob(Job):
+    """A batch transform: the model's own handlers over every line of the input prefix."""
+
+    kind = "transform"
+    name_key, status_key, arn_kind = "TransformJobName", "TransformJobStatus", "transform-job"
+    detail_type = "SageMaker Transform Job State Change"
+
+    def describe(self) -> dict[str, Any]:
+        out = {
+            **self.request,
+            "TransformJobArn": self.arn,
+            "TransformJobStatus": self.status,
+            "CreationTime": self.created,
+        }
+        out.pop("Tags", None)
+        if self.started:
+            out["TransformStartTime"] = self.started
+        if self.ended:
+            out["TransformEndTime"] = self.ended
+        if self.failure_reason:
+            out["FailureReason"] = self.failure_reason
+        return out
+
+    def execute(self) -> None:
+        hosting = self.server.hosting
+        self.emit()
+        model = hosting.describe_model(self.request["ModelName"])
+        container = model.get("PrimaryContainer") or model["Containers"][0]
+        model_dir = hosting._unpack(self.request["ModelName"], hosting.model_data(container))
+        source = self.request["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+        inputs, outputs = self.folder / "input", self.folder / "output"
+        if download_prefix(self.server.s3, source, inputs) == 0:
+            return self.finish("Failed", f"ClientError: no input objects under {source}")
+        command = [sys.executable, "-m", "tuneloop.local.serving", "--model-dir", str(model_dir),
+                   "--batch-input", str(inputs), "--batch-output", str(outputs)]  # fmt: skip
+        with self.log_path.open("ab") as out:
+            self.launched(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           start_new_session=True))  # fmt: skip
+        code = self.wait(self.request.get("ModelClientConfig", {}).get("InvocationsTimeoutInSeconds", 3600) * 24)
+        if self.stop_requested:
+            return self.finish("Stopped")
+        if code != 0:
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            return self.finish("Failed", "ClientError: " + " | ".join(tail))
+        upload_folder(self.server.s3, outputs, self.request["TransformOutput"]["S3OutputPath"])
+        self.finish("Completed")

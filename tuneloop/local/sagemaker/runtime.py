@@ -1,0 +1,143 @@
+"""SageMaker Runtime on the local SageMaker: InvokeEndpoint, data capture and endpoint metrics.
+
+``InvokeEndpoint`` (reached through ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``) picks one of
+the endpoint's fleets by traffic weight, forwards the request, records data capture in
+SageMaker's capture format under the config's ``DestinationS3Uri`` and publishes the
+AWS/SageMaker metrics (Invocations, Invocation4XXErrors, Invocation5XXErrors,
+ModelLatency) to CloudWatch, in batches.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from typing import Any
+
+from .common import ACCOUNT, now
+from .exceptions import ServiceError
+from .hosting import READY_TIMEOUT_S, Endpoint, Fleet, Hosting
+from .staging import split_s3
+
+log = logging.getLogger("tuneloop.runtime")
+
+
+class Runtime:
+    def __init__(self, hosting: Hosting, s3: Any, cloudwatch: Any = None) -> None:
+        self.hosting = hosting
+        self.s3 = s3
+        self.cloudwatch = cloudwatch
+        self.lock = threading.Lock()
+        self.closing = False
+        self.capture: dict[tuple[str, str, str], list[str]] = {}
+        self.metrics: dict[tuple[str, str], dict[str, list[float]]] = {}
+        self._flusher = threading.Thread(target=self._flush_loop, daemon=True)
+        self._flusher.start()
+
+    def close(self) -> None:
+        self.closing = True
+        self._flush()
+
+    def invoke(self, name: str, body: bytes, content_type: str, accept: str) -> tuple[int, bytes, dict[str, str]]:
+        endpoint = self.hosting.endpoints.get(name)
+        if endpoint is None:
+            raise ServiceError("ValidationError", f"Endpoint {name} of account {ACCOUNT} not found.", 400)
+        fleet = endpoint.pick()
+        if not fleet.ready.wait(READY_TIMEOUT_S):
+            raise ServiceError("ServiceUnavailable", f"Endpoint {name} is not ready", 503)
+        started = time.monotonic()
+        status, answer, mime = fleet.invoke(body, content_type, accept)
+        latency_us = (time.monotonic() - started) * 1e6
+        self._record(endpoint, fleet, body, content_type, answer, mime, status, latency_us)
+        headers = {"Content-Type": mime, "x-Amzn-Invoked-Production-Variant": fleet.variant}
+        if status != 200:
+            message = answer.decode(errors="replace")
+            kind = "CLIENT" if status < 500 else "SERVER"
+            error = {
+                "ErrorCode": f"{kind}_ERROR_FROM_MODEL",
+                "OriginalStatusCode": status,
+                "OriginalMessage": message,
+                "Message": f'Received {kind.lower()} error ({status}) from primary with message "{message}".',
+            }
+            return (
+                424,
+                json.dumps(error).encode(),
+                {"x-amzn-ErrorType": "ModelError", "Content-Type": "application/json"},
+            )
+        return 200, answer, headers
+
+    def _record(
+        self, endpoint: Endpoint, fleet: Fleet, body: bytes, content_type: str, answer: bytes, mime: str,
+        status: int, latency_us: float,
+    ) -> None:  # fmt: skip
+        with self.lock:
+            metrics = self.metrics.setdefault((endpoint.name, fleet.variant), {})
+            metrics.setdefault("Invocations", []).append(1.0)
+            metrics.setdefault("Invocation4XXErrors", []).append(1.0 if 400 <= status < 500 else 0.0)
+            metrics.setdefault("Invocation5XXErrors", []).append(1.0 if status >= 500 else 0.0)
+            metrics.setdefault("ModelLatency", []).append(latency_us)
+        capture = self.hosting.configs.get(fleet.config, {}).get("DataCaptureConfig")
+        if not capture or not capture.get("EnableCapture", True) or status != 200:
+            return
+        if random.random() * 100 >= float(capture.get("InitialSamplingPercentage", 100)):
+            return
+        record = {
+            "captureData": {
+                "endpointInput": _captured(body, content_type, "INPUT"),
+                "endpointOutput": _captured(answer, mime, "OUTPUT"),
+            },
+            "eventMetadata": {"eventId": str(uuid.uuid4()), "inferenceTime": now().strftime("%Y-%m-%dT%H:%M:%SZ")},
+            "eventVersion": "0",
+        }
+        with self.lock:
+            self.capture.setdefault((capture["DestinationS3Uri"], endpoint.name, fleet.variant), []).append(
+                json.dumps(record)
+            )
+
+    def _flush_loop(self) -> None:
+        while not self.closing:
+            time.sleep(1.0)
+            try:
+                self._flush()
+            except Exception:  # a flush that failed is retried with the next one
+                log.exception("capture/metrics flush failed")
+
+    def _flush(self) -> None:
+        with self.lock:
+            capture, self.capture = self.capture, {}
+            metrics, self.metrics = self.metrics, {}
+        stamp = now()
+        for (destination, endpoint, variant), lines in capture.items():
+            bucket, prefix = split_s3(destination.rstrip("/"))
+            key = (
+                f"{prefix}/{endpoint}/{variant}/{stamp:%Y/%m/%d/%H}/{stamp:%M-%S-%f}-{uuid.uuid4().hex[:8]}.jsonl"
+            ).lstrip("/")
+            self.s3.put_object(Bucket=bucket, Key=key, Body=("\n".join(lines) + "\n").encode())
+        if self.cloudwatch is not None:
+            for (endpoint, variant), values in metrics.items():
+                dimensions = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}]
+                data = []
+                for name, series in values.items():
+                    if name == "ModelLatency":
+                        data.append({"MetricName": name, "Dimensions": dimensions, "Values": series[:150],
+                                     "Unit": "Microseconds", "Timestamp": stamp})  # fmt: skip
+                    else:
+                        data.append({"MetricName": name, "Dimensions": dimensions, "Value": sum(series),
+                                     "Unit": "Count", "Timestamp": stamp})  # fmt: skip
+                self.cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=data)
+
+
+def _captured(data: bytes, content_type: str, mode: str) -> dict[str, Any]:
+    """SageMaker's capture record half: JSON bodies as text, anything else base64."""
+    if content_type.split(";")[0].strip() in ("application/json", "text/csv"):
+        try:
+            return {"observedContentType": content_type, "mode": mode, "data": data.decode(), "encoding": "JSON"
+                    if "json" in content_type else "CSV"}  # fmt: skip
+        except UnicodeDecodeError:
+            pass
+    return {"observedContentType": content_type, "mode": mode, "data": base64.b64encode(data).decode(),
+            "encoding": "BASE64"}  # fmt: skip

@@ -1,0 +1,210 @@
+"""Hyperparameter tuning jobs: trials are local training jobs, chosen by ``tuner.Search``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from ..tuner import Search, SearchSpaceError
+from .common import write_json
+from .exceptions import ServiceError
+from .jobs import Backend, Job, TrainingJob
+from .validation import validate
+
+log = logging.getLogger("tuneloop.sagemaker")
+
+
+class TuningJob(Job):
+    """A hyperparameter tuning job: trials are local training jobs, chosen by ``tuner.Search``.
+
+    One thread (this job's) asks, reports and tells; at most ``MaxParallelTrainingJobs``
+    trials run at once. Trials are named ``<tuning job>-<NNN>-<8 hex>`` as on AWS, carry the
+    tuning job's ARN and tags, and emit their own training events.
+    """
+
+    kind = "tuning"
+    name_key, status_key, arn_kind = (
+        "HyperParameterTuningJobName",
+        "HyperParameterTuningJobStatus",
+        "hyper-parameter-tuning-job",
+    )
+    detail_type = "SageMaker HyperParameter Tuning Job State Change"
+    POLL_S = 0.5
+
+    def __init__(self, server: Backend, request: dict[str, Any]) -> None:
+        super().__init__(server, request)
+        try:
+            self.search = Search(request["HyperParameterTuningJobConfig"])
+        except SearchSpaceError as exc:
+            raise ServiceError("ValidationException", str(exc)) from exc
+        self.trials: list[dict[str, Any]] = []  # summaries, as ListTrainingJobsFor… returns them
+        self.best: dict[str, Any] | None = None
+        self.wake = threading.Event()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.request["HyperParameterTuningJobConfig"])
+
+    def counters(self) -> tuple[dict[str, int], dict[str, int]]:
+        status = {"Completed": 0, "InProgress": 0, "RetryableError": 0, "NonRetryableError": 0, "Stopped": 0}
+        objective = {"Succeeded": 0, "Pending": 0, "Failed": 0}
+        for trial in self.trials:
+            state = trial["TrainingJobStatus"]
+            status["NonRetryableError" if state == "Failed" else state] += 1
+            objective[trial["ObjectiveStatus"]] += 1
+        return status, objective
+
+    def describe(self) -> dict[str, Any]:
+        with self.lock:
+            status, objective = self.counters()
+            out = {
+                **self.request,
+                "HyperParameterTuningJobArn": self.arn,
+                "HyperParameterTuningJobStatus": self.status,
+                "CreationTime": self.created,
+                "LastModifiedTime": self.ended or self.started or self.created,
+                "TrainingJobStatusCounters": status,
+                "ObjectiveStatusCounters": objective,
+            }
+            out.pop("Tags", None)
+            if self.ended:
+                out["HyperParameterTuningEndTime"] = self.ended
+            if self.best:
+                out["BestTrainingJob"] = dict(self.best)
+            if self.failure_reason:
+                out["FailureReason"] = self.failure_reason
+        return out
+
+    def trial_summaries(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(t) for t in self.trials]
+
+    def stop(self) -> None:
+        self.stop_requested = True
+        self.wake.set()
+
+    def execute(self) -> None:
+        self.emit()
+        warm = self.search.warm_start(self._parent_results())
+        if warm:
+            log.info("tuning job %s starts from %d finished parent trials", self.name, warm)
+        limits = self.config["ResourceLimits"]
+        max_jobs = int(limits["MaxNumberOfTrainingJobs"])
+        parallel = max(1, int(limits.get("MaxParallelTrainingJobs", 1)))
+        deadline = time.monotonic() + int(limits.get("MaxRuntimeInSeconds", 0) or 10**9)
+        running: dict[str, tuple[TrainingJob, Any]] = {}
+        launched = 0
+        while not self.server.closing:
+            for name, (job, trial) in list(running.items()):
+                values = list(job.series.get(self.search.metric, []))
+                if self.search.report(trial, values) and job.status == "InProgress" and not job.stop_requested:
+                    log.info("tuning job %s stops trial %s early", self.name, name)
+                    threading.Thread(target=job.stop_early, daemon=True).start()
+                if job.status != "InProgress":
+                    self._finished(job, trial)
+                    del running[name]
+            out_of_time = time.monotonic() > deadline
+            if self.stop_requested or out_of_time:
+                for job, _ in running.values():
+                    if job.status == "InProgress" and not job.stop_requested:
+                        threading.Thread(target=job.stop, daemon=True).start()
+            elif launched < max_jobs:
+                while len(running) < parallel and launched < max_jobs:
+                    launched += 1
+                    job, trial = self._launch(launched)
+                    running[job.name] = (job, trial)
+            if not running and (launched >= max_jobs or self.stop_requested or out_of_time):
+                break
+            self.wake.wait(self.POLL_S)
+            self.wake.clear()
+        self._conclude(stopped=self.stop_requested)
+
+    def _launch(self, number: int) -> tuple[TrainingJob, Any]:
+        trial = self.search.ask()
+        definition = dict(self.request["TrainingJobDefinition"])
+        static = dict(definition.pop("StaticHyperParameters", {}))
+        spec = dict(definition.pop("AlgorithmSpecification"))
+        name = f"{self.name}-{number:03d}-{uuid.uuid4().hex[:8]}"
+        request = {
+            "TrainingJobName": name,
+            # AWS tells each trial its objective, as this reserved hyperparameter.
+            "HyperParameters": {
+                **static,
+                **trial.hyperparameters,
+                "_tuning_objective_metric": self.search.metric,
+            },
+            "AlgorithmSpecification": spec,
+            **definition,
+            "Tags": [*self.request.get("Tags", []), {"Key": "tuneloop:tuning-job", "Value": self.name}],
+        }
+        validate("CreateTrainingJob", request)
+        job = TrainingJob(self.server, request, tuning_arn=self.arn)
+        self.server.start(job)
+        summary = {
+            "TrainingJobName": name,
+            "TrainingJobArn": job.arn,
+            "TuningJobName": self.name,
+            "CreationTime": job.created,
+            "TrainingJobStatus": "InProgress",
+            "TunedHyperParameters": dict(trial.hyperparameters),
+            "ObjectiveStatus": "Pending",
+        }
+        with self.lock:
+            self.trials.append(summary)
+        self.server.save(self)
+        return job, trial
+
+    def _finished(self, job: TrainingJob, trial: Any) -> None:
+        value = job.metrics.get(self.search.metric, {}).get("Value")
+        if job.status == "Completed" and value is not None:
+            outcome = "completed"
+        elif job.stopped_early and trial.values:
+            outcome, value = "stopped_early", trial.values[-1]
+        else:
+            outcome, value = "failed", None
+        self.search.tell(trial, outcome, value)
+        with self.lock:
+            summary = next(t for t in self.trials if t["TrainingJobName"] == job.name)
+            summary.update(TrainingJobStatus=job.status, TrainingStartTime=job.started, TrainingEndTime=job.ended)
+            if job.failure_reason:
+                summary["FailureReason"] = job.failure_reason
+            if value is not None:
+                summary["ObjectiveStatus"] = "Succeeded"
+                summary["FinalHyperParameterTuningJobObjectiveMetric"] = {
+                    "Type": "Maximize" if self.search.maximize else "Minimize",
+                    "MetricName": self.search.metric,
+                    "Value": value,
+                }
+            else:
+                summary["ObjectiveStatus"] = "Failed"
+            best_value = (self.best or {}).get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value")
+            if outcome == "completed" and self.search.better(float(value), best_value):  # type: ignore[arg-type]
+                self.best = dict(summary)
+        self.server.save(self)
+
+    def _conclude(self, stopped: bool) -> None:
+        status, _ = self.counters()
+        if stopped:
+            return self.finish("Stopped")
+        if not self.best and status["Completed"] == 0 and status["Stopped"] == 0:
+            first = next((t.get("FailureReason") for t in self.trials if t.get("FailureReason")), "")
+            return self.finish(
+                "Failed", f"No training job succeeded: {status['NonRetryableError']} failed. First failure: {first}"
+            )
+        self.finish("Completed")
+
+    def _parent_results(self) -> list[tuple[dict[str, str], float]]:
+        parents = (self.request.get("WarmStartConfig") or {}).get("ParentHyperParameterTuningJobs", [])
+        results = []
+        for parent in parents:
+            for trial in self.server.tuning_trials(parent["HyperParameterTuningJobName"]):
+                metric = trial.get("FinalHyperParameterTuningJobObjectiveMetric")
+                if trial.get("TrainingJobStatus") == "Completed" and metric:
+                    results.append((trial["TunedHyperParameters"], metric["Value"]))
+        return results
+
+    def save_extra(self) -> None:
+        write_json(self.folder / "trials.json", self.trial_summaries())
