@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chalice import BadRequestError, Chalice, ConflictError, IAMAuthorizer, NotFoundError, Rate, Response
-from chalice.app import CloudWatchEvent
+from chalice.app import BaseLambdaEvent, EventSourceHandler
 
 from chalicelib import deps
 from chalicelib.api import (
@@ -27,7 +27,7 @@ from chalicelib.domain import names
 from chalicelib.domain.commands import StartChildRun
 from chalicelib.domain.events import ApprovalDecided, RetrainRequested, StopRequested
 from chalicelib.domain.project import ConfigError, check_project_name
-from chalicelib.events import MalformedEventError, UnknownEventError, parse_event
+from chalicelib.events import MalformedEventError, UnknownEventError, event_id, parse_event
 from chalicelib.intake import IntakeIgnored, parse_object_created
 from chalicelib.observability import logger
 from chalicelib.service import InvalidRequestError, ProjectNotFoundError, RunNotFoundError, utcnow
@@ -58,6 +58,19 @@ ALARM_PATTERN = {
     "detail-type": ["CloudWatch Alarm State Change"],
     "detail": {"alarmName": [{"prefix": "tl-"}]},
 }
+
+
+class AnyEvent(BaseLambdaEvent):
+    """What EventBridge delivers, unchecked: Chalice's CloudWatchEvent raises KeyError on an
+    envelope that lacks a field, before the handler could log it and ignore it."""
+
+    def _extract_attributes(self, event_dict: Any) -> None:
+        pass
+
+
+def _any_shape(handler: EventSourceHandler) -> EventSourceHandler:
+    handler.event_class = AnyEvent
+    return handler
 
 
 def _http_errors(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -271,8 +284,9 @@ def reject_run(run_id: str) -> Response:
 # --- events ------------------------------------------------------------------------------
 
 
+@_any_shape
 @app.on_cw_event(DATASET_PATTERN, name="on_dataset_uploaded")
-def on_dataset_uploaded(event: CloudWatchEvent) -> dict[str, Any]:
+def on_dataset_uploaded(event: AnyEvent) -> dict[str, Any]:
 
     config = deps.get().settings
     raw = event.to_dict()
@@ -281,19 +295,19 @@ def on_dataset_uploaded(event: CloudWatchEvent) -> dict[str, Any]:
         if drop.bucket != config.bucket:
             raise IntakeIgnored(f"bucket {drop.bucket} is not tuneloop's bucket {config.bucket}")
     except (MalformedEventError, IntakeIgnored) as exc:
-        logger.info("upload starts no run", extra={"event_id": raw.get("id"), "reason": str(exc)})
+        logger.info("upload starts no run", extra={"event_id": event_id(raw), "reason": str(exc)})
         return {"ignored": str(exc)}
     applied = deps.get().service.intake(drop)
     return {"run_id": applied.run_id, "ignored": applied.ignored}
 
 
-def _domain_event(event: CloudWatchEvent) -> dict[str, Any]:
+def _domain_event(event: AnyEvent) -> dict[str, Any]:
 
     raw = event.to_dict()
     try:
         parsed = parse_event(raw)
     except (MalformedEventError, UnknownEventError) as exc:
-        logger.warning("event ignored", extra={"event_id": raw.get("id"), "reason": str(exc)})
+        logger.warning("event ignored", extra={"event_id": event_id(raw), "reason": str(exc)})
         return {"ignored": str(exc)}
     applied = deps.get().service.handle(parsed)
     decision = applied.decision
@@ -305,13 +319,15 @@ def _domain_event(event: CloudWatchEvent) -> dict[str, Any]:
     }
 
 
+@_any_shape
 @app.on_cw_event(SAGEMAKER_PATTERN, name="on_sagemaker_event")
-def on_sagemaker_event(event: CloudWatchEvent) -> dict[str, Any]:
+def on_sagemaker_event(event: AnyEvent) -> dict[str, Any]:
     return _domain_event(event)
 
 
+@_any_shape
 @app.on_cw_event(ALARM_PATTERN, name="on_alarm")
-def on_alarm(event: CloudWatchEvent) -> dict[str, Any]:
+def on_alarm(event: AnyEvent) -> dict[str, Any]:
     return _domain_event(event)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from .domain import names
-from .events import MalformedEventError, check_envelope, parse_time
+from .events import Fields, MalformedEventError, check_envelope, parse_time
 
 DATA_SUFFIXES = (".jsonl", ".csv")
 MANIFEST = "manifest.json"
@@ -50,19 +50,22 @@ class DatasetDrop:
 def parse_object_created(raw: Any, prefix: str = "datasets/") -> DatasetDrop:
     envelope = check_envelope(raw)
     if envelope["source"] != "aws.s3" or envelope["detail-type"] != "Object Created":
-        raise MalformedEventError(f"not an S3 Object Created event: {envelope['source']} / {envelope['detail-type']}")
-    detail = envelope["detail"]
-    bucket = (detail.get("bucket") or {}).get("name")
-    obj = detail.get("object") or {}
-    if not isinstance(bucket, str) or not bucket or not isinstance(obj.get("key"), str):
-        raise MalformedEventError("detail.bucket.name and detail.object.key are required")
-    key = unquote_plus(obj["key"])
+        raise MalformedEventError(
+            f"not an S3 Object Created event: {envelope['source'][:64]} / {envelope['detail-type'][:64]}"
+        )
+    detail = Fields(envelope["detail"], "detail")
+    bucket = detail.object("bucket").text("name", required=True, limit=63)
+    obj = detail.object("object")
+    # S3 keys are at most 1,024 bytes; URL-encoded, up to three times that.
+    key = unquote_plus(obj.text("key", required=True, limit=3 * 1024))
+    if len(key.encode("utf-8", "replace")) > 1024:
+        raise MalformedEventError("detail.object.key is longer than 1024 bytes")
     project, dataset_id = check_dataset_key(key, prefix)
-    size = obj.get("size")
+    size = obj.number("size")
+    if size is not None and (size < 0 or size != int(size)):
+        raise MalformedEventError(f"detail.object.size must be a whole number of bytes, got {size}")
     if size == 0:
         raise IntakeIgnored(f"s3://{bucket}/{key} is empty")
-    # moto writes eTag where AWS documents etag: accept either, depend on neither.
-    identity = obj.get("version-id") or obj.get("etag") or obj.get("eTag") or obj.get("sequencer") or envelope["id"]
     return DatasetDrop(
         event_id=envelope["id"],
         time=parse_time(envelope["time"]),
@@ -70,9 +73,24 @@ def parse_object_created(raw: Any, prefix: str = "datasets/") -> DatasetDrop:
         key=key,
         project=project,
         dataset_id=dataset_id,
-        size=int(size) if isinstance(size, int) else -1,
-        idempotency_key=names.derive_id("s3", bucket, key, str(identity)),
+        size=-1 if size is None else int(size),
+        idempotency_key=names.derive_id("s3", bucket, key, object_identity(envelope["id"], obj)),
     )
+
+
+def object_identity(event_id: str, obj: Fields) -> str:
+    """Which upload of the key this is: the version id on a versioned bucket, else the
+    ETag with the size (moto writes ``eTag`` where AWS documents ``etag``: either will do).
+    An unversioned bucket reports version id ``null`` (moto) or none at all (AWS)."""
+    version = obj.text("version-id")
+    if version and version != "null":
+        return f"version:{version}"
+    etag = (obj.text("etag") or obj.text("eTag")).strip('"')
+    if etag:
+        size = obj.number("size")
+        return f"etag:{etag}:{'' if size is None else int(size)}"
+    # Neither: nothing tells two uploads apart but the event itself.
+    return f"event:{obj.text('sequencer') or event_id}"
 
 
 def check_dataset_key(key: str, prefix: str = "datasets/") -> tuple[str, str]:

@@ -8,6 +8,7 @@ Re-running a command finds ``ResourceInUse`` (names are deterministic) and count
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 from collections.abc import Callable, Mapping
@@ -32,7 +33,7 @@ from .domain.commands import (
 from .domain.events import EvaluationLoaded, TuningJobChanged
 from .domain.project import TRAINING_METRICS
 from .domain.run import Run
-from .events import PROJECT_TAG, RUN_ID_TAG, best_objective
+from .events import PROJECT_TAG, RUN_ID_TAG, TUNING, MalformedEventError, parse_described
 from .executors import Outcome, PermanentCommandError
 
 PROCESSING_ROOT = "/opt/ml/processing"
@@ -521,19 +522,14 @@ class SageMakerExecutors:
         """Feed DescribeHyperParameterTuningJob back as the tuning job's final event."""
         assert isinstance(command, DescribeTuningJob)
         described = self._client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=command.job_name)
-        best = described.get("BestTrainingJob") or {}
-        event = TuningJobChanged(
-            event_id=f"describe-{command.job_name}",
-            time=datetime.now(UTC),
-            run_id=run.run_id,
-            job_name=command.job_name,
-            status=described["HyperParameterTuningJobStatus"],
-            failure_reason=str(described.get("FailureReason") or ""),
-            best_training_job=best.get("TrainingJobName") or None,
-            best_objective=best_objective(best),
-            described=True,
-            details={"counters": described.get("TrainingJobStatusCounters") or {}},
-        )
+        try:
+            parsed = parse_described(TUNING, described, f"describe-{command.job_name}", datetime.now(UTC))
+        except MalformedEventError as exc:
+            raise PermanentCommandError(
+                f"DescribeHyperParameterTuningJob answered what tuneloop cannot read: {exc}"
+            ) from exc
+        assert isinstance(parsed, TuningJobChanged)
+        event = dataclasses.replace(parsed, run_id=run.run_id, described=True)
         return Outcome(done=True, note=f"best training job: {event.best_training_job or 'none'}", events=(event,))
 
     def describe_job(self, job_type: str, job_name: str) -> dict[str, Any]:

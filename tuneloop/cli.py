@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from chalicelib.events import json_type
+
 from .client import REPO_ROOT, CliError, drop, local_api, local_state, save_report, show_run, watch
 from .local import cloud
 
@@ -118,11 +120,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_event(path: Path) -> dict[str, Any]:
+    """An EventBridge event from a file, or a one-line reason it is not one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from exc
+    try:
+        event = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+    if not isinstance(event, dict):
+        raise CliError(f"{path} holds a JSON {json_type(event)}; an EventBridge event is a JSON object")
+    for field in ("source", "detail-type"):
+        if not isinstance(event.get(field), str):
+            raise CliError(f"{path}: the event's {field!r} must be a string (EventBridge routes by it)")
+    return event
+
+
 def cmd_event_send(args: argparse.Namespace) -> int:
     from .local.host import build_router, load_app
 
+    event = read_event(Path(args.file))
     state = local_state()
-    event = json.loads(Path(args.file).read_text())
     os.environ.update(state.env)
     router = build_router(load_app(), None)
     delivered = router.send(event)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from chalicelib.domain import names
 from tests.conftest import DEMO_CONFIG, load_event
 from tests.functional.conftest import Api
+from tests.unit.test_event_shapes import json_values, mutated_events
 
 
 def drop_event(key: str = "datasets/demo/ds-1/reviews.jsonl", event_id: str = "drop-1", **obj: Any) -> dict[str, Any]:
@@ -312,3 +316,17 @@ def test_retraining_by_hand_and_by_alarm_one_at_a_time(api: Api, deps: Any) -> N
     assert "no retraining" in history[-1]["reason"] and "still active" in history[-1]["reason"]
     assert api.call("POST", "/runs/zzzzzzzzzzzz/retrain", {})[0] == 404
     assert api.call("POST", f"/runs/{parent}/retrain", {"reason": 3})[0] == 400
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(raw=st.one_of(mutated_events(), json_values))
+def test_no_event_shape_crashes_a_handler(api: Api, demo: dict[str, Any], raw: Any) -> None:
+    """Lambda would retry a crash three times and dead-letter it; any JSON value is instead
+    handled or ignored with a reason, by every handler, against the real store."""
+    for handler in ("on_dataset_uploaded", "on_sagemaker_event", "on_alarm"):
+        result = api.invoke(handler, raw)
+        assert isinstance(result, dict), (handler, result)
+        if result.get("ignored"):
+            assert isinstance(result["ignored"], str) and "\n" not in result["ignored"]

@@ -110,3 +110,68 @@ def test_each_moto_s3_event_gets_its_own_id() -> None:
         {**base, "detail": {"bucket": {"name": "b"}, "object": {"key": "a.jsonl", "sequencer": "01"}}}
     )
     assert one["id"] != two["id"] and one["id"] == again["id"]
+
+
+ROW = b'{"text": "fine", "label": "positive"}\n'
+
+
+def redelivery(bucket: str, key: str, event_id: str) -> dict[str, Any]:
+    """The Object Created event S3 would send again for the object now under ``key``."""
+    head = boto3.client("s3").head_object(Bucket=bucket, Key=key)
+    event = load_event("s3_object_created", id=event_id)
+    event["detail"]["bucket"]["name"] = bucket
+    event["detail"]["object"] = {
+        "key": key,
+        "size": head["ContentLength"],
+        "etag": head["ETag"].strip('"'),
+        "version-id": head.get("VersionId", "null"),
+        "sequencer": "617f08299329d189",
+    }
+    return event
+
+
+def dataset_runs(deps: Any, key: str) -> list[str]:
+    return [r.run.run_id for r in deps.service.runs.page(project="demo").items if r.run.dataset_uri.endswith(key)]
+
+
+def test_unversioned_bucket_same_object_one_run_new_bytes_a_new_run(router: EventRouter, deps: Any) -> None:
+    s3 = boto3.client("s3")
+    key = "datasets/demo/replay/data.jsonl"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=ROW)
+    router.drain()
+    first = dataset_runs(deps, key)
+    assert len(first) == 1
+    router.send(redelivery(BUCKET, key, "a-second-delivery"))  # same object, a new event id
+    s3.put_object(Bucket=BUCKET, Key=key, Body=ROW)  # the same bytes uploaded again
+    router.drain()
+    assert dataset_runs(deps, key) == first
+    s3.put_object(Bucket=BUCKET, Key=key, Body=ROW * 2)  # new bytes under the same key
+    router.drain()
+    assert len(dataset_runs(deps, key)) == 2
+
+
+def test_versioned_bucket_each_version_one_run(router: EventRouter, deps: Any, settings: Any) -> None:
+    import dataclasses
+
+    from chalicelib import deps as deps_module
+
+    bucket = "tuneloop-versioned"
+    s3 = boto3.client("s3")
+    if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=bucket)
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        s3.put_bucket_notification_configuration(
+            Bucket=bucket, NotificationConfiguration={"EventBridgeConfiguration": {}}
+        )
+    versioned = deps_module.build(dataclasses.replace(settings, bucket=bucket))
+    deps_module.override(versioned)
+    key = "datasets/demo/versions/data.jsonl"
+    s3.put_object(Bucket=bucket, Key=key, Body=ROW)
+    router.drain()
+    assert len(dataset_runs(versioned, key)) == 1
+    router.send(redelivery(bucket, key, "a-second-delivery"))
+    router.drain()
+    assert len(dataset_runs(versioned, key)) == 1
+    s3.put_object(Bucket=bucket, Key=key, Body=ROW)  # the same bytes, but a new version
+    router.drain()
+    assert len(dataset_runs(versioned, key)) == 2

@@ -77,3 +77,29 @@ def test_moto_style_etag_spelling_is_accepted() -> None:
         parse_object_created(event).idempotency_key
         == parse_object_created(drop("datasets/demo/ds/x.jsonl")).idempotency_key
     )
+
+
+def key_of(event_id: str = "delivery-1", **obj: object) -> str:
+    event = drop("datasets/demo/ds/x.jsonl", **obj)
+    event["id"] = event_id
+    return parse_object_created(event).idempotency_key
+
+
+def test_unversioned_bucket_identity_is_the_etag_and_size() -> None:
+    """moto reports "version-id": "null" on an unversioned bucket; AWS leaves it out."""
+    same = {key_of("delivery-1", **{"version-id": "null"}), key_of("delivery-2", **{"version-id": "null"}), key_of()}
+    assert len(same) == 1  # the same bytes, delivered again (a new event id, as S3 does)
+    assert key_of(**{"version-id": "null", "etag": "0123456789abcdef"}) not in same  # new bytes, same key
+    assert key_of(**{"version-id": "null", "size": 7}) not in same
+
+
+def test_versioned_bucket_identity_is_the_version() -> None:
+    first = key_of("delivery-1", **{"version-id": "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"})
+    assert key_of("delivery-2", **{"version-id": "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"}) == first
+    # A new version of the key, even with the same bytes, is a new upload.
+    assert key_of(**{"version-id": "Wj9FlbqxxgAXrI7Gje1rNsX7OvoPyUhY"}) != first
+
+
+def test_an_object_with_neither_version_nor_etag_is_told_apart_by_its_event() -> None:
+    bare = {"etag": None, "sequencer": None}
+    assert key_of("delivery-1", **bare) != key_of("delivery-2", **bare)

@@ -29,6 +29,8 @@ from urllib.parse import quote_plus
 from chalice.app import CloudWatchEventConfig, ScheduledEventConfig
 from chalice.local import LambdaContext
 
+from chalicelib.events import event_id
+
 log = logging.getLogger("tuneloop.router")
 
 ACCOUNT = "123456789012"
@@ -145,27 +147,30 @@ class EventRouter:
         return handled
 
     def _deliver(self, route: Route, message: Mapping[str, Any]) -> int:
-        raw = json.loads(message["Body"])
+        try:
+            raw: Any = json.loads(message["Body"])
+        except ValueError:
+            raw = message["Body"]  # not an event: the handler says so and ignores it
         origin = (message.get("MessageAttributes") or {}).get(ORIGIN_ATTRIBUTE, {}).get("StringValue")
-        event = raw if origin == "send" else complete_envelope(raw)
+        event = complete_envelope(raw) if origin != "send" and isinstance(raw, dict) else raw
         attempts = int((message.get("Attributes") or {}).get("ApproximateReceiveCount", "1"))
         context = LambdaContext(route.name, memory_size=512, max_runtime_ms=900_000)
         try:
             result = self.handler(route.name)(event, context)
         except Exception:
-            log.exception("handler %s failed on event %s (attempt %d)", route.name, event.get("id"), attempts)
+            log.exception("handler %s failed on event %s (attempt %d)", route.name, event_id(event), attempts)
             if attempts < MAX_ATTEMPTS:
                 return 0  # visible again after the visibility timeout: retried
             self._dead_letter(route, event, attempts)
         else:
-            log.info("handler %s took event %s: %s", route.name, event.get("id"), result)
+            log.info("handler %s took event %s: %s", route.name, event_id(event), result)
         self._sqs.delete_message(QueueUrl=route.queue_url, ReceiptHandle=message["ReceiptHandle"])
         with self._lock:
             self.delivered += 1
         return 1
 
-    def _dead_letter(self, route: Route, event: Mapping[str, Any], attempts: int) -> None:
-        log.error("event %s dead-lettered after %d attempts", event.get("id"), attempts)
+    def _dead_letter(self, route: Route, event: Any, attempts: int) -> None:
+        log.error("event %s dead-lettered after %d attempts", event_id(event), attempts)
         if self._dead_letters is not None:
             with self._dead_letters.open("a", encoding="utf-8") as out:
                 out.write(json.dumps({"handler": route.name, "attempts": attempts, "event": event}) + "\n")
