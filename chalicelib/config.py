@@ -23,6 +23,11 @@ class Settings:
     max_body_bytes: int = 256 * 1024
     # An outbox older than this is re-executed by the reconciler.
     outbox_stale_s: int = 60
+    # The reconciler's sweeper: a run that has waited this long on a resource gets it
+    # Described; at most sweep_batch runs and sweep_budget_s seconds per tick.
+    sweep_grace_s: int = 300
+    sweep_batch: int = 25
+    sweep_budget_s: float = 30.0
     # SageMaker jobs (see `tuneloop configure`): execution role, images resolved for the
     # region at configure time, and where the training code version lives in S3.
     role_arn: str = ""
@@ -52,6 +57,9 @@ class Settings:
             dataset_prefix=env.get("TUNELOOP_DATASET_PREFIX", "datasets/"),
             max_body_bytes=int(env.get("TUNELOOP_MAX_BODY_BYTES", str(256 * 1024))),
             outbox_stale_s=int(env.get("TUNELOOP_OUTBOX_STALE_S", "60")),
+            sweep_grace_s=int(env.get("TUNELOOP_SWEEP_GRACE_S", "300")),
+            sweep_batch=int(env.get("TUNELOOP_SWEEP_BATCH", "25")),
+            sweep_budget_s=float(env.get("TUNELOOP_SWEEP_BUDGET_S", "30")),
             role_arn=env.get("TUNELOOP_SAGEMAKER_ROLE_ARN", ""),
             training_image=env.get("TUNELOOP_TRAINING_IMAGE", ""),
             training_image_cpu=env.get("TUNELOOP_TRAINING_IMAGE_CPU", ""),

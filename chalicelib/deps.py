@@ -59,6 +59,7 @@ def build(
     from .reports import S3_CONFIG, RunReports
     from .sagemaker import EvaluationLoader, SageMakerExecutors
     from .store import ProjectRepository, RunRepository
+    from .sweeper import ResourceProbe
 
     models.bind(config)
     runs = RunRepository(models.RunModel)
@@ -68,6 +69,7 @@ def build(
         else None
     )
     s3 = s3_client or LazyClient("s3", config=S3_CONFIG)
+    evaluation = EvaluationLoader(s3, config) if config.role_arn else None
     service = RunService(
         ProjectRepository(models.ProjectModel),
         runs,
@@ -77,7 +79,7 @@ def build(
         # Until SageMaker is configured, job commands wait in the outbox (the reconciler
         # runs them once it is): nothing fails, nothing is lost.
         sagemaker=sagemaker,
-        evaluation=EvaluationLoader(s3, config) if config.role_arn else None,
+        evaluation=evaluation,
         deployment=DeploymentExecutors(
             sagemaker_client or LazyClient("sagemaker"),
             cloudwatch_client or LazyClient("cloudwatch"),
@@ -86,6 +88,10 @@ def build(
         )
         if config.role_arn
         else None,
+        probe=ResourceProbe(sagemaker_client or LazyClient("sagemaker"), evaluation) if config.role_arn else None,
+        sweep_grace_s=config.sweep_grace_s,
+        sweep_batch=config.sweep_batch,
+        sweep_budget_s=config.sweep_budget_s,
     )
     reports = RunReports(s3, sagemaker, config) if sagemaker else None
     return Deps(settings=config, service=service, reports=reports)

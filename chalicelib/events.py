@@ -367,7 +367,7 @@ def parse_event(raw: Any) -> DomainEvent:
     envelope = check_envelope(raw)
     parser = PARSERS.get((envelope["source"], envelope["detail-type"]))
     if parser is None:
-        raise UnknownEventError(f"no parser for {envelope['source'][:64]} / {envelope['detail-type'][:64]}")
+        raise UnknownEventError(f"no parser for {envelope['source'][:64]!r} / {envelope['detail-type'][:64]!r}")
     return parser(envelope, Fields(envelope["detail"], "detail"))
 
 

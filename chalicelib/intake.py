@@ -13,6 +13,7 @@ Keys in S3 event notifications are URL-encoded ("red flower.jpg" arrives as
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,7 @@ from .domain import names
 from .events import Fields, MalformedEventError, check_envelope, parse_time
 
 DATA_SUFFIXES = (".jsonl", ".csv")
+BUCKET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MANIFEST = "manifest.json"
 
 
@@ -51,10 +53,12 @@ def parse_object_created(raw: Any, prefix: str = "datasets/") -> DatasetDrop:
     envelope = check_envelope(raw)
     if envelope["source"] != "aws.s3" or envelope["detail-type"] != "Object Created":
         raise MalformedEventError(
-            f"not an S3 Object Created event: {envelope['source'][:64]} / {envelope['detail-type'][:64]}"
+            f"not an S3 Object Created event: {envelope['source'][:64]!r} / {envelope['detail-type'][:64]!r}"
         )
     detail = Fields(envelope["detail"], "detail")
     bucket = detail.object("bucket").text("name", required=True, limit=63)
+    if not BUCKET_NAME_RE.match(bucket):
+        raise MalformedEventError(f"detail.bucket.name {bucket!r} is not an S3 bucket name")
     obj = detail.object("object")
     # S3 keys are at most 1,024 bytes; URL-encoded, up to three times that.
     key = unquote_plus(obj.text("key", required=True, limit=3 * 1024))

@@ -83,6 +83,7 @@ class HistoryAttribute(MapAttribute[str, object]):
     time = UTCDateTimeAttribute()
     commands = ListAttribute(of=UnicodeAttribute, default=list)
     awaits = UnicodeAttribute(null=True)
+    key = UnicodeAttribute(null=True)
 
 
 class RunModel(Model):
@@ -110,6 +111,9 @@ class RunModel(Model):
     outbox_event_id = UnicodeAttribute(null=True)
     outbox_pending = UnicodeAttribute(null=True)
     outbox_since = UTCDateTimeAttribute(null=True)
+    # When the reconciler's sweeper last asked about the run's resource (not versioned: it
+    # changes nothing of the run, and the next commit drops it).
+    swept_at = UTCDateTimeAttribute(null=True)
 
     by_project = ByProjectIndex()
     by_state = ByStateIndex()

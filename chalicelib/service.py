@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .domain import names
 from .domain.commands import StartProcessingJob
@@ -22,11 +22,13 @@ from .domain.events import (
     RetrainRequested,
     RunRequested,
     RunSuperseded,
+    RunTimedOut,
 )
 from .domain.machine import Decision, decide
 from .domain.project import check_project_name, normalise_config
 from .domain.run import Run
 from .domain.states import RunState
+from .domain.waits import SWEPT_STATES, overdue
 from .executors import DeploymentPort, EvaluationPort, Executors, PermanentCommandError, SageMakerPort
 from .intake import DatasetDrop
 from .observability import logger, transition_segment
@@ -40,6 +42,9 @@ from .store import (
     RunRepository,
     StoredRun,
 )
+
+if TYPE_CHECKING:
+    from .sweeper import ResourceProbe
 
 Clock = Callable[[], datetime]
 
@@ -98,6 +103,10 @@ class RunService:
         sagemaker: SageMakerPort | None = None,
         evaluation: EvaluationPort | None = None,
         deployment: DeploymentPort | None = None,
+        probe: ResourceProbe | None = None,
+        sweep_grace_s: int = 300,
+        sweep_batch: int = 25,
+        sweep_budget_s: float = 30.0,
     ) -> None:
         self.projects = projects
         self.runs = runs
@@ -106,6 +115,10 @@ class RunService:
         self.executors = executors or Executors.default(self, sagemaker, evaluation, deployment)
         self.clock = clock
         self.outbox_stale_s = outbox_stale_s
+        self.probe = probe
+        self.sweep_grace_s = sweep_grace_s
+        self.sweep_batch = sweep_batch
+        self.sweep_budget_s = sweep_budget_s
 
     # --- projects ------------------------------------------------------------------------
 
@@ -313,7 +326,8 @@ class RunService:
         return [self.apply(stored.run.run_id if e.run_id is None else e.run_id, e) for e in follow_ups]
 
     def reconcile(self) -> dict[str, int]:
-        """Re-execute outboxes that were left unfinished (crash, throttling, pending work)."""
+        """Re-execute outboxes left unfinished (crash, throttling, pending work), then sweep
+        runs whose events never came."""
         now = self.clock()
         checked = finished = 0
         for run_id in list(self.runs.stale_outboxes(now - timedelta(seconds=self.outbox_stale_s))):
@@ -325,7 +339,64 @@ class RunService:
             refreshed = self.runs.get(run_id)
             if refreshed is not None and not refreshed.pending:
                 finished += 1
-        return {"checked": checked, "finished": finished}
+        return {"checked": checked, "finished": finished, **self.sweep()}
+
+    def sweep(self) -> dict[str, int]:
+        """Runs that have waited on a resource past the grace period: ask SageMaker where it
+        is and apply what it says as the event that was lost; end runs past their state's
+        time limit. At most ``sweep_batch`` runs and ``sweep_budget_s`` per call, the runs
+        asked about longest ago first, so no run is starved by another that is slow."""
+        now = self.clock()
+        started = _time.monotonic()
+        waiting = self.runs.waiting(SWEPT_STATES, now - timedelta(seconds=self.sweep_grace_s))
+        epoch = datetime.min.replace(tzinfo=UTC)
+        waiting.sort(key=lambda s: (s.swept_at or epoch, s.updated_at or epoch))
+        counts = {"swept": 0, "moved": 0, "timed_out": 0, "sweep_errors": 0}
+        for stored in waiting[: self.sweep_batch]:
+            if _time.monotonic() - started > self.sweep_budget_s:
+                break
+            counts["swept"] += 1
+            self.runs.mark_swept(stored.run.run_id, now)
+            try:
+                outcome = self._sweep_one(stored.run.run_id, now)
+            except Exception:  # one run's trouble stops no other run's sweep
+                logger.exception(
+                    "sweeping the run failed; the next tick tries again", extra={"run_id": stored.run.run_id}
+                )
+                counts["sweep_errors"] += 1
+                continue
+            if outcome:
+                counts[outcome] += 1
+        return counts
+
+    def _sweep_one(self, run_id: str, now: datetime) -> str | None:
+        stored = self.runs.get(run_id)
+        if stored is None or stored.run.state not in SWEPT_STATES or stored.pending:
+            return None  # moved on meanwhile, or waiting on its own outbox (re-executed above)
+        run = stored.run
+        if self.probe is not None:
+            event = self.probe.observe(run, now)
+            if event is not None:
+                decision = self.apply(run_id, event).decision
+                if decision is not None and decision.changed:
+                    logger.info("the sweeper applied a lost event", extra={"run_id": run_id, "event_id": event.event_id,
+                                "kind": event.kind})  # fmt: skip
+                    return "moved"
+        late = overdue(run, now, self.sweep_grace_s)
+        if late is None:
+            return None
+        waited, limit = late
+        timeout = RunTimedOut(
+            event_id=f"timeout-{run_id}-{run.state.value}-{len(run.history)}",
+            time=now,
+            run_id=run_id,
+            state=run.state.value,
+            waited_s=waited,
+            limit_s=limit,
+            awaiting=run.awaiting,
+        )
+        decision = self.apply(run_id, timeout).decision
+        return "timed_out" if decision is not None and decision.changed else None
 
     def check_drift(self, force: bool = False, project: str | None = None) -> dict[str, int]:
         """Start the drift check of every deployed run whose schedule window has none yet.

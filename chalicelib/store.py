@@ -56,6 +56,7 @@ class StoredRun:
     outbox_event_id: str | None = None
     outbox_since: datetime | None = None
     updated_at: datetime | None = None
+    swept_at: datetime | None = None
 
     @property
     def pending(self) -> tuple[OutboxItem, ...]:
@@ -192,6 +193,27 @@ class RunRepository:
         for item in self._model.by_outbox.query(OUTBOX_PENDING, self._model.outbox_since < older_than, limit=limit):
             yield item.run_id
 
+    def waiting(self, states: Sequence[RunState], unchanged_since: datetime, per_state: int = 200) -> list[StoredRun]:
+        """Runs in ``states`` that have not changed since ``unchanged_since``: the oldest
+        ``per_state`` of each state (eventually consistent index; reload before acting)."""
+        found = []
+        for state in states:
+            query = self._model.by_state.query(state.value, self._model.updated_at < unchanged_since, limit=per_state)
+            found += [self._stored(item) for item in query]
+        return found
+
+    def mark_swept(self, run_id: str, now: datetime) -> None:
+        """Record that the sweeper asked about the run now (it goes to the back of the queue)."""
+        try:
+            self._model._get_connection().update_item(
+                run_id,
+                actions=[self._model.swept_at.set(now)],
+                condition=self._model.run_id.exists(),
+            )
+        except UpdateError as exc:
+            if not _is_condition_failure(exc):
+                raise
+
     def deployed_runs(self, project: str) -> list[str]:
         return [
             item.run_id
@@ -324,6 +346,7 @@ class RunRepository:
                     time=e.time,
                     commands=list(e.commands),
                     awaits=e.awaits,
+                    key=e.key,
                 )
                 for e in run.history
             ],
@@ -353,6 +376,7 @@ class RunRepository:
                     time=h.time,
                     commands=tuple(str(c) for c in h.commands or ()),
                     awaits=h.awaits,
+                    key=h.key,
                 )
                 for h in (item.history or [])
             ),
@@ -364,4 +388,5 @@ class RunRepository:
             outbox_event_id=item.outbox_event_id,
             outbox_since=item.outbox_since,
             updated_at=item.updated_at,
+            swept_at=item.swept_at,
         )

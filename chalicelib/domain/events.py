@@ -30,6 +30,13 @@ class DomainEvent:
         """Name of the AWS resource the event reports on, if any."""
         return None
 
+    @property
+    def status_key(self) -> str | None:
+        """What the event reports, whoever reports it: a resource and the status it reached.
+        Applied once per run, so a state change the sweeper read from Describe* makes the
+        late real event a duplicate, whatever its id."""
+        return None
+
 
 # --- requests that start or steer a run ---------------------------------------------
 
@@ -107,6 +114,31 @@ class EvaluationLoaded(DomainEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RunTimedOut(DomainEvent):
+    """The reconciler found the run in its state past the state's limit (domain/waits.py)."""
+
+    run_id: str
+    state: str
+    waited_s: float
+    limit_s: int
+    awaiting: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "run.timed_out"
+
+    @property
+    def reason(self) -> str:
+        what = f" on {self.awaiting}" if self.awaiting else ""
+        return f"waited {_duration(self.waited_s)} {self.state}{what}; the limit is {_duration(self.limit_s)}"
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(seconds % 60):02d}s"
+
+
+@dataclass(frozen=True, kw_only=True)
 class CommandFailed(DomainEvent):
     """An executor met a permanent error (e.g. a ValidationException) running a command."""
 
@@ -157,6 +189,10 @@ class JobChanged(DomainEvent):
     def resource(self) -> str:
         return self.job_name
 
+    @property
+    def status_key(self) -> str | None:
+        return None if self.outcome == "in_progress" else f"{self.job_name}:{self.outcome}"
+
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessingJobChanged(JobChanged):
@@ -194,6 +230,14 @@ class TuningJobChanged(JobChanged):
 
     job_type = "tuning"
 
+    @property
+    def status_key(self) -> str | None:
+        # A completion that names no best job is incomplete news (Describe tells the rest):
+        # it must not make the described completion look like a duplicate.
+        if self.outcome == "completed" and not self.best_training_job and not self.described:
+            return None
+        return super().status_key
+
 
 @dataclass(frozen=True, kw_only=True)
 class TransformJobChanged(JobChanged):
@@ -222,6 +266,10 @@ class ModelPackageChanged(DomainEvent):
     def resource(self) -> str:
         return self.package_arn
 
+    @property
+    def status_key(self) -> str | None:
+        return f"{self.package_arn}:{self.approval_status}"
+
 
 _ENDPOINT_OUTCOME = {"IN_SERVICE": "in_service", "FAILED": "failed"}
 
@@ -241,6 +289,11 @@ class EndpointChanged(DomainEvent):
     def resource(self) -> str:
         return self.endpoint_name
 
+    @property
+    def status_key(self) -> str | None:
+        outcome = self.kind.split(".")[1]
+        return None if outcome == "changing" else f"{self.endpoint_name}:{self.endpoint_config_name}:{outcome}"
+
 
 @dataclass(frozen=True, kw_only=True)
 class EndpointDeploymentChanged(DomainEvent):
@@ -259,6 +312,12 @@ class EndpointDeploymentChanged(DomainEvent):
     @property
     def resource(self) -> str:
         return self.endpoint_name
+
+    @property
+    def status_key(self) -> str | None:
+        if self.kind != "endpoint_deployment.rolled_back":
+            return None
+        return f"{self.endpoint_name}:{self.endpoint_config_name}:rolled_back"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -288,6 +347,7 @@ ALL_EVENT_KINDS: tuple[str, ...] = (
     "retrain.requested",
     "run.superseded",
     "evaluation.loaded",
+    "run.timed_out",
     "command.failed",
     *(f"processing_job.{o}" for o in JOB_OUTCOMES),
     *(f"training_job.{o}" for o in TRAINING_OUTCOMES),

@@ -343,6 +343,8 @@ _RETRAIN_ALLOWED = Guard(
 _RETRAIN_BLOCKED = Guard("retraining not allowed", lambda run, e: not _may_retrain(run, e))
 
 _ACTIVE = [s for s in RunState if not s.terminal]
+# States with a time limit (domain/waits.py): past it, the reconciler times the run out.
+_TIMED = [S.PREPARING, S.TRAINING, S.TUNING, S.EVALUATING, S.GATING, S.REGISTERING, S.DEPLOYING, S.TRANSFORMING]
 
 ROWS: tuple[Row, ...] = (
     Row(S.RECEIVED, "run.requested", S.PREPARING, "prepare the dataset", effect=_prepare),
@@ -469,6 +471,10 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(S.DEPLOYED, "run.superseded", S.SUPERSEDED, "a newer run is deployed", effect=_retire),
     *(Row(state, "stop.requested", S.STOPPED, "stopped by request", effect=_stop) for state in _ACTIVE),
+    *(
+        Row(state, "run.timed_out", S.FAILED, "timed out", effect=_stop if state in _JOB_TYPE_OF_STATE else None)
+        for state in _TIMED
+    ),
     *(Row(state, "command.failed", S.FAILED, "a command failed permanently") for state in _ACTIVE),
 )
 
@@ -497,6 +503,9 @@ def decide(run: Run, event: DomainEvent) -> Decision:
     kind = event.kind
     if run.has_seen(event.event_id):
         return _noop(run, DUPLICATE, f"event {event.event_id} was already applied")
+    seen = run.applied(event.status_key)
+    if seen is not None:
+        return _noop(run, DUPLICATE, f"{event.status_key} was already applied (event {seen.event_id})")
     if run.state.terminal:
         return _noop(run, TERMINAL, f"run is {run.state.value}; {kind} changes nothing")
     if kind.startswith(_AWAITED_PREFIXES):
@@ -557,6 +566,7 @@ def _apply(run: Run, event: DomainEvent, row: Row) -> Decision:
         time=event.time,
         commands=tuple(type(c).__name__ for c in commands),
         awaits=awaits,
+        key=event.status_key,
     )
     new_run = dataclasses.replace(
         run,

@@ -22,6 +22,8 @@ class HistoryEntry:
     time: datetime
     commands: tuple[str, ...] = ()
     awaits: str | None = None
+    # The event's status key (a resource and the status it reached), when it has one.
+    key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -33,6 +35,7 @@ class HistoryEntry:
             "time": self.time.isoformat(),
             "commands": list(self.commands),
             "awaits": self.awaits,
+            "key": self.key,
         }
 
     @classmethod
@@ -46,6 +49,7 @@ class HistoryEntry:
             time=datetime.fromisoformat(data["time"]),
             commands=tuple(data.get("commands") or ()),
             awaits=data.get("awaits"),
+            key=data.get("key"),
         )
 
 
@@ -69,6 +73,12 @@ class Run:
 
     def has_seen(self, event_id: str) -> bool:
         return any(entry.event_id == event_id for entry in self.history)
+
+    def applied(self, status_key: str | None) -> HistoryEntry | None:
+        """The decision that already applied this resource status, if one did."""
+        if status_key is None:
+            return None
+        return next((entry for entry in self.history if entry.key == status_key), None)
 
     @property
     def past_resources(self) -> frozenset[str]:

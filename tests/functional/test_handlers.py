@@ -103,7 +103,7 @@ def test_reconciler_keeps_sagemaker_commands_pending(api: Api, demo: dict[str, A
     run_id = api.invoke("on_dataset_uploaded", drop_event())["run_id"]
     scheduled = api.client.events.generate_cw_event("aws.events", "Scheduled Event", {}, [], region="us-east-1")
     result = api.invoke("reconcile", scheduled)
-    assert result == {"checked": 1, "finished": 0}
+    assert result == {"checked": 1, "finished": 0, "swept": 0, "moved": 0, "timed_out": 0, "sweep_errors": 0}
     pending = api.call("GET", f"/runs/{run_id}")[1]["pending_commands"]
     assert [p["type"] for p in pending] == ["StartProcessingJob"]
 
@@ -152,7 +152,7 @@ def test_tuning_completed_with_a_best_job_evaluates_that_job(api: Api) -> None:
     assert api.invoke("on_sagemaker_event", done)["state"] == "evaluating"
     assert api.invoke("on_sagemaker_event", done)["noop"] == "duplicate"
     again = tuning_event(tune, "tune-done-2")  # the same news with a new event id
-    assert api.invoke("on_sagemaker_event", again)["noop"] == "stale"
+    assert api.invoke("on_sagemaker_event", again)["noop"] == "duplicate"  # that status was applied
     run = api.call("GET", f"/runs/{run_id}")[1]
     assert run["model_source"] == f"{tune}-002-0a1b2c3d"
     assert run["metrics"]["training"] == {"validation_macro_f1": 0.91}  # the best trial's objective

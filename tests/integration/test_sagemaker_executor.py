@@ -59,7 +59,14 @@ def test_created_job_clears_the_outbox(stubbed_service: Any) -> None:
     stub.assert_no_pending_responses()
     again = service.runs.get(stored.run.run_id)
     assert again.run.state is RunState.PREPARING and again.pending == ()
-    assert service.reconcile() == {"checked": 0, "finished": 0}  # nothing left to redo
+    assert service.reconcile() == {
+        "checked": 0,
+        "finished": 0,
+        "swept": 0,
+        "moved": 0,
+        "timed_out": 0,
+        "sweep_errors": 0,
+    }  # nothing left to redo
 
 
 def test_rejected_request_fails_the_run_with_the_reason(stubbed_service: Any) -> None:
@@ -78,7 +85,14 @@ def test_transient_errors_wait_for_the_reconciler(stubbed_service: Any) -> None:
     pending = service.runs.get(stored.run.run_id).pending
     assert len(pending) == 1 and "Rate exceeded" in pending[0].note
     stub.add_client_error("create_processing_job", "ResourceInUse", "exists")  # it did get through after all
-    assert service.reconcile() == {"checked": 1, "finished": 1}
+    assert service.reconcile() == {
+        "checked": 1,
+        "finished": 1,
+        "swept": 0,
+        "moved": 0,
+        "timed_out": 0,
+        "sweep_errors": 0,
+    }
 
 
 def test_tuning_with_no_successful_trial_fails_the_run_with_the_counts(stubbed_service: Any) -> None:

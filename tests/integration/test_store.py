@@ -132,7 +132,7 @@ def test_event_resolved_through_job_name_index(service: Any, project: Any) -> No
 def test_reconciler_leaves_unbuilt_commands_pending(service: Any, project: Any) -> None:
     stored, _ = service.start_run("demo", DATASET)
     result = service.reconcile()
-    assert result == {"checked": 1, "finished": 0}
+    assert result == {"checked": 1, "finished": 0, "swept": 0, "moved": 0, "timed_out": 0, "sweep_errors": 0}
     assert service.runs.get(stored.run.run_id).pending  # still pending: no job pretended
 
 

@@ -26,6 +26,7 @@ from chalicelib.domain.events import (
     RetrainRequested,
     RunRequested,
     RunSuperseded,
+    RunTimedOut,
     StopRequested,
     TrainingJobChanged,
     TransformJobChanged,
@@ -118,6 +119,9 @@ def event_of(kind: str, run: Run, event_id: str = "evt-1", **fields: Any) -> Dom
         "run.superseded": lambda: RunSuperseded(**common, by_run_id="bbbbbbbbbbbb"),
         "evaluation.loaded": lambda: EvaluationLoaded(**common, metrics=fields.get("metrics", {"macro_f1": 0.9})),
         "command.failed": lambda: CommandFailed(**common, command="StartTrainingJob", error="ValidationException"),
+        "run.timed_out": lambda: RunTimedOut(
+            **common, state=run.state.value, waited_s=7300, limit_s=7200, awaiting=run.awaiting
+        ),
         "model_package.pending": lambda: ModelPackageChanged(
             **common, package_arn="arn:pkg/1", approval_status=approval[outcome]
         ),
@@ -547,3 +551,58 @@ def test_a_long_lived_runs_alarm_records_stay_bounded() -> None:
         run = decide(run, dataclasses.replace(event_of(f"alarm.{state}", run, f"flip-{n}"))).run
     quiet = [e for e in run.history if e.from_state is e.to_state and not e.commands]
     assert len(quiet) == MAX_RECORDED_NOOPS and quiet[-1].event_id == f"flip-{MAX_RECORDED_NOOPS + 29}"
+
+
+def test_the_same_status_under_another_event_id_is_a_duplicate() -> None:
+    """The sweeper applies what Describe* said under a derived id; the real event, late and
+    with its own EventBridge id, reports a status the run has applied already."""
+    run = make_run(S.TRAINING)
+    swept = event_of("training_job.completed", run, "sweep-tl-aaaaaaaaaaaa-train-1:completed")
+    moved = decide(run, swept)
+    assert moved.run.state is S.EVALUATING
+    late = decide(moved.run, event_of("training_job.completed", run, "2f1b3c4d-eventbridge-id"))
+    assert late.noop == "duplicate" and "already applied" in late.note
+    # Other statuses of the same job, and progress, are not what was applied.
+    assert decide(moved.run, event_of("training_job.in_progress", run, "evt-9")).noop != "duplicate"
+
+
+def test_timeouts_fail_the_run_and_stop_its_job() -> None:
+    from chalicelib.domain.commands import StopJob
+
+    run = make_run(S.TRAINING)
+    decision = decide(run, event_of("run.timed_out", run))
+    assert decision.run.state is S.FAILED
+    assert "waited 2h01m training on tl-aaaaaaaaaaaa-train-1; the limit is 2h00m" in decision.note
+    assert decision.commands == (StopJob(RUN_ID, job_type="training", job_name=run.awaiting),)
+
+
+def test_every_state_with_a_time_limit_can_time_out() -> None:
+    from chalicelib.domain.waits import SWEPT_STATES, wait_of
+
+    timed = {state for state in RunState if not state.terminal and wait_of(make_run(state)).timeout_s is not None}
+    assert timed == {row.state for row in ROWS if row.kind == "run.timed_out"}
+    assert timed <= set(SWEPT_STATES)
+    assert wait_of(make_run(S.PENDING_APPROVAL)).timeout_s is None  # a person decides, however long
+
+
+def test_time_limits_follow_the_runs_config() -> None:
+    from chalicelib.domain.waits import SLACK_S, overdue, wait_of, waiting_since
+
+    config = base_config()
+    config["training"] = {**config["training"], "spot": True, "max_runtime_s": 3600, "max_wait_s": 7200}
+    run = make_run(S.PREPARING, config)
+    training = decide(run, event_of("processing_job.completed", run)).run
+    assert wait_of(training).timeout_s == 7200 + SLACK_S  # MaxWait bounds a spot job
+    since = waiting_since(training)
+    assert since == T0 + timedelta(hours=1)
+    assert overdue(training, since + timedelta(seconds=7200 + SLACK_S)) is None
+    assert overdue(training, since + timedelta(seconds=7201 + SLACK_S)) == (7201 + SLACK_S, 7200 + SLACK_S)
+    # A spot retry starts a new wait: the new attempt gets its own time.
+    retried = decide(training, event_of("training_job.interrupted", training, "evt-2")).run
+    assert waiting_since(retried) == T0 + timedelta(hours=1)
+    tuned = make_run(S.TUNING, base_config(tuning=normalise_config({**DEMO_CONFIG, "tuning": TUNING})["tuning"]))
+    tuning = tuned.config["tuning"]
+    rounds = -(-tuning["max_jobs"] // tuning["max_parallel_jobs"])
+    trial = tuned.config["training"]
+    per_trial = trial["max_wait_s"] if trial["spot"] else trial["max_runtime_s"]
+    assert wait_of(tuned).timeout_s == rounds * per_trial + SLACK_S

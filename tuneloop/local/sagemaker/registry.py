@@ -59,9 +59,11 @@ class Registry:
             package_arn = arn("model-package", f"{group}/{version}")
             record = {
                 **{k: v for k, v in params.items() if k not in ("ClientToken", "Tags")},
+                "ModelPackageName": group,
                 "ModelPackageArn": package_arn,
                 "ModelPackageVersion": version,
                 "ModelPackageStatus": "Completed",
+                "ModelPackageStatusDetails": {"ValidationStatuses": []},
                 "ModelApprovalStatus": params.get("ModelApprovalStatus", "PendingManualApproval"),
                 "CreationTime": now().timestamp(),
             }
@@ -97,6 +99,15 @@ class Registry:
     def list(self, params: Mapping[str, Any]) -> dict[str, Any]:
         group = params.get("ModelPackageGroupName")
         items = [p for p in self.packages.values() if group in (None, p["ModelPackageGroupName"])]
+        if params.get("ModelApprovalStatus"):
+            items = [p for p in items if p["ModelApprovalStatus"] == params["ModelApprovalStatus"]]
+        by = "ModelPackageName" if params.get("SortBy") == "Name" else "CreationTime"
+        items.sort(key=lambda p: (p.get(by) or p["ModelPackageArn"], p.get("ModelPackageVersion", 0)))
+        if params.get("SortOrder", "Ascending") == "Descending":
+            items.reverse()
+        start = int(params.get("NextToken") or 0)
+        size = int(params.get("MaxResults", 100))
+        page = items[start : start + size]
         keys = (
             "ModelPackageGroupName",
             "ModelPackageVersion",
@@ -105,4 +116,7 @@ class Registry:
             "ModelPackageStatus",
             "CreationTime",
         )
-        return {"ModelPackageSummaryList": [{k: p[k] for k in keys if k in p} for p in items]}
+        answer: dict[str, Any] = {"ModelPackageSummaryList": [{k: p[k] for k in keys if k in p} for p in page]}
+        if start + size < len(items):
+            answer["NextToken"] = str(start + size)
+        return answer
