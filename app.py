@@ -40,7 +40,14 @@ JSON = ["application/json"]
 
 # The EventBridge patterns the handlers are registered with (the local event router
 # delivers by these same patterns).
-DATASET_PATTERN = {"source": ["aws.s3"], "detail-type": ["Object Created"]}
+# Scoped to the drop prefix here and, in the packaged template (infra/resources.json), to
+# the data bucket: the rule, not the handler, filters out every other bucket's uploads.
+DATASET_PREFIX = "datasets/"
+DATASET_PATTERN = {
+    "source": ["aws.s3"],
+    "detail-type": ["Object Created"],
+    "detail": {"object": {"key": [{"prefix": DATASET_PREFIX}]}},
+}
 SAGEMAKER_PATTERN = {
     "source": ["aws.sagemaker"],
     "detail-type": [

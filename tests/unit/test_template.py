@@ -1,0 +1,109 @@
+"""The packaged template as CloudFormation gets it, after the SAM transform: every event
+handler has a dead-letter queue and bounded retries, and the S3 rule is scoped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EVENT_HANDLERS = ("OnDatasetUploaded", "OnSagemakerEvent", "OnAlarm")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from samtranslator.translator.transform import transform
+
+    out = tmp_path_factory.mktemp("package")
+    chalice = Path(sys.executable).with_name("chalice")
+    env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1"}
+    command = [str(chalice), "package", "--stage", "dev", "--merge-template", "infra/resources.json", str(out)]
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
+    sam = json.loads((out / "sam.json").read_text())
+    for resource in sam["Resources"].values():
+        if resource["Type"] == "AWS::Serverless::Function":  # as `aws cloudformation package` leaves it
+            resource["Properties"]["CodeUri"] = "s3://artifacts/deployment.zip"
+
+    class NoManagedPolicies:
+        def load(self) -> dict[str, str]:
+            return {}
+
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    return dict(transform(sam, {}, NoManagedPolicies()))
+
+
+def of_type(template: dict[str, Any], kind: str, **properties: Any) -> dict[str, Any]:
+    """The one resource of ``kind`` whose properties include ``properties``."""
+    found = [
+        r["Properties"]
+        for r in template["Resources"].values()
+        if r["Type"] == kind and all(r["Properties"].get(k) == v for k, v in properties.items())
+    ]
+    assert len(found) == 1, (kind, properties)
+    return found[0]
+
+
+def rule_of(template: dict[str, Any], function: str) -> dict[str, Any]:
+    rules = [
+        r["Properties"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::Events::Rule"
+        and r["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": [function, "Arn"]}
+    ]
+    assert len(rules) == 1, function
+    return rules[0]
+
+
+@pytest.mark.parametrize("function", EVENT_HANDLERS)
+def test_every_event_handler_has_a_dead_letter_queue_and_bounded_retries(
+    template: dict[str, Any], function: str
+) -> None:
+    resources = template["Resources"]
+    queue = f"{function}DeadLetterQueue"
+    assert resources[queue]["Type"] == "AWS::SQS::Queue"
+    assert resources[queue]["Properties"]["SqsManagedSseEnabled"] is True
+    # EventBridge could not invoke the function: the rule's target sends the event there.
+    target = rule_of(template, function)["Targets"][0]
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [queue, "Arn"]}}
+    assert 0 < target["RetryPolicy"]["MaximumRetryAttempts"] <= 185
+    assert target["RetryPolicy"]["MaximumEventAgeInSeconds"] <= 86400
+    # The function threw: Lambda retries its async invoke twice, then sends the event there.
+    assert resources[function]["Properties"]["DeadLetterConfig"] == {"TargetArn": {"Fn::GetAtt": [queue, "Arn"]}}
+    invoke = of_type(template, "AWS::Lambda::EventInvokeConfig", FunctionName={"Ref": function})
+    assert invoke["MaximumRetryAttempts"] == 2 and invoke["MaximumEventAgeInSeconds"] <= 6 * 3600
+    # EventBridge may send to the queue; the stack's outputs tell `tuneloop dlq` where it is.
+    policy = of_type(template, "AWS::SQS::QueuePolicy", Queues=[{"Ref": queue}])
+    assert policy["PolicyDocument"]["Statement"][0]["Principal"] == {"Service": "events.amazonaws.com"}
+    assert template["Outputs"][f"{function}DeadLetterQueue"]["Value"] == {"Ref": queue}
+    assert template["Outputs"][f"{function}Function"]["Value"] == {"Fn::GetAtt": [function, "Arn"]}
+
+
+def test_schedules_are_not_retried_over_their_next_tick(template: dict[str, Any]) -> None:
+    for function in ("Reconcile", "CheckDrift"):
+        invoke = of_type(template, "AWS::Lambda::EventInvokeConfig", FunctionName={"Ref": function})
+        assert invoke["MaximumRetryAttempts"] == 0
+
+
+def test_the_dataset_rule_takes_only_the_data_buckets_drop_prefix(template: dict[str, Any]) -> None:
+    import app
+
+    pattern = rule_of(template, "OnDatasetUploaded")["EventPattern"]
+    assert pattern["detail"]["bucket"]["name"] == [{"Ref": "DataBucket"}]
+    assert pattern["detail"]["object"]["key"] == [{"prefix": app.DATASET_PREFIX}]
+    # The handler's own prefix setting and the rule's agree.
+    config = json.loads((REPO / ".chalice" / "config.json").read_text())
+    assert config["environment_variables"]["TUNELOOP_DATASET_PREFIX"] == app.DATASET_PREFIX
+
+
+def test_the_functions_may_send_to_their_dead_letter_queues() -> None:
+    for stage in ("dev", "prod"):
+        policy = json.loads((REPO / ".chalice" / f"policy-{stage}.json").read_text())
+        statement = next(s for s in policy["Statement"] if s.get("Sid") == "DeadLetters")
+        assert statement["Action"] == ["sqs:SendMessage"]
+        assert statement["Resource"] == f"arn:aws:sqs:*:*:tuneloop-{stage}-*-dlq"
