@@ -145,12 +145,63 @@ def cmd_event_send(args: argparse.Namespace) -> int:
     state = local_state()
     os.environ.update(state.env)
     router = build_router(load_app(), None)
-    delivered = router.send(event)
+    delivered = router.send(event, by_hand=True)
     if not delivered:
         print("no handler's pattern matches this event; nothing delivered")
         return 1
     print(f"delivered event {event.get('id')} to {', '.join(delivered)}")
     return 0
+
+
+def dead_letters(args: argparse.Namespace) -> Any:
+    """A deployed stage's dead-letter queues (--stage), or the local router's file."""
+    from .dlq import LocalDeadLetters, StackDeadLetters
+
+    if not args.stage:
+        return LocalDeadLetters(cloud.home() / "dead-letters.jsonl")
+    import boto3
+
+    session = boto3.session.Session(region_name=args.region)
+    stack = args.stack or f"tuneloop-{args.stage}"
+    return StackDeadLetters(session.client("cloudformation"), session.client("sqs"), session.client("lambda"), stack)
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    from .dlq import DeadLetterError
+
+    try:
+        letters = dead_letters(args).letters(args.handler)
+    except DeadLetterError as exc:
+        raise CliError(str(exc)) from exc
+    if args.json:
+        print(json.dumps([{"handler": d.handler, "reason": d.reason, "event": d.event} for d in letters], indent=2))
+        return 0
+    where = f"stage {args.stage}" if args.stage else str(cloud.home() / "dead-letters.jsonl")
+    print(f"{len(letters)} dead letter{'' if len(letters) == 1 else 's'} ({where})")
+    for letter in letters:
+        print(f"  {letter.summary}")
+    return 0
+
+
+def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    from .dlq import DeadLetterError, LocalDeadLetters
+
+    letters = dead_letters(args)
+    try:
+        if isinstance(letters, LocalDeadLetters):
+            from .local.host import build_router, load_app
+
+            os.environ.update(local_state().env)
+            router = build_router(load_app(), None)
+            delivered, failed = letters.redrive(lambda event: router.send(event, by_hand=True), args.handler)
+        else:
+            delivered, failed = letters.redrive(args.handler)
+    except DeadLetterError as exc:
+        raise CliError(str(exc)) from exc
+    print(f"delivered {delivered} dead letter{'' if delivered == 1 else 's'} again")
+    for reason in failed:
+        print(f"  not delivered: {reason}")
+    return 1 if failed else 0
 
 
 def cmd_configure(args: argparse.Namespace) -> int:
@@ -257,6 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = event.add_parser("send", help="deliver an AWS-shaped event (EventBridge envelope) through the router")
     p.add_argument("file")
     p.set_defaults(func=cmd_event_send)
+
+    dlq = sub.add_parser("dlq", help="events a handler failed on").add_subparsers(dest="dlq_command", required=True)
+    for name, func, text in (
+        ("list", cmd_dlq_list, "show the dead letters (they stay where they are)"),
+        ("redrive", cmd_dlq_redrive, "deliver the dead letters to their handlers again"),
+    ):
+        p = dlq.add_parser(name, help=text)
+        p.add_argument("--handler", help="only this handler's (on_dataset_uploaded, on_sagemaker_event, on_alarm)")
+        p.add_argument("--stage", help="a deployed stage's queues (default: the local cloud's dead-letter file)")
+        p.add_argument("--stack", help="its CloudFormation stack (default: tuneloop-STAGE)")
+        p.add_argument("--region", help="the stage's region (default: the AWS configuration's)")
+        if name == "list":
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("configure", help="resolve the region's SageMaker images and write a stage's settings")
     p.add_argument("--stage", default="dev")

@@ -192,26 +192,110 @@ def test_stop_and_max_runtime(server: Any) -> None:
     assert (out["TrainingJobStatus"], out["SecondaryStatus"]) == ("Stopped", "MaxRuntimeExceeded")
 
 
-def test_restart_ends_running_jobs_and_says_so(server: Any, tmp_path: Path) -> None:
-    _, _, settings = server
+def ensure_prepared(client: Any, settings: Settings) -> None:
+    """The run's prepared splits, made by a prepare job unless an earlier test made them."""
+    if boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"runs/{RUN_ID}/prepare/train/").get("KeyCount"):
+        return
+    run = run_for()
+    job = names.job_name(RUN_ID, "prepare", 2)
+    client.create_processing_job(
+        **prepare_request(StartProcessingJob(RUN_ID, "demo", job, "prepare", run.dataset_uri), run, settings)
+    )
+    done = wait_done(lambda: client.describe_processing_job(ProcessingJobName=job), "ProcessingJobStatus")
+    assert done["ProcessingJobStatus"] == "Completed", done.get("FailureReason")
+
+
+def wait_until(check: Any, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def test_a_restart_resumes_training_from_its_checkpoint(server: Any, tmp_path: Path) -> None:
+    """`tuneloop down` (or any stop of the server) mid-training, then up: the job resumes as
+    the same job from the checkpoint its SIGTERM wrote, and ends with its events."""
+    client, _, settings = server
+    ensure_prepared(client, settings)
     s3 = boto3.client("s3")
     backend = sagemaker_server.LocalSageMaker(tmp_path, s3, lambda event: None)
-    run = run_for(hyperparameters={"max_steps": 500, "batch_size": 4})
+    run = run_for(hyperparameters={"max_steps": 40, "batch_size": 4, "log_every": 1, "checkpoint_interval_s": 1})
     request = training_request(
         StartTrainingJob(RUN_ID, "demo", names.job_name(RUN_ID, "train", 9), attempt=9), run, settings
     )
+    name = request["TrainingJobName"]
     backend.call("CreateTrainingJob", request)
-    job = backend.jobs[("training", request["TrainingJobName"])]
-    deadline = time.monotonic() + 60
-    while job.process is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    job = backend.jobs[("training", name)]
+    wait_until(lambda: "[metric]" in (job.log_path.read_text() if job.log_path.exists() else ""))
     backend.close()
-    assert job.process.poll() is not None  # no orphan left training after `tuneloop down`
-    restarted = sagemaker_server.LocalSageMaker(tmp_path, s3, lambda event: None)
-    described = restarted.describe("training", request["TrainingJobName"])
-    assert described["TrainingJobStatus"] == "Failed"
-    assert "stopped during the job" in described["FailureReason"]
+    assert job.process is not None and job.process.poll() is not None  # no orphan left training
+    assert "checkpoint saved" in job.log_path.read_text()
+    events: list[dict[str, Any]] = []
+    restarted = sagemaker_server.LocalSageMaker(tmp_path, s3, events.append)
+    done = wait_done(lambda: restarted.describe("training", name), "TrainingJobStatus")
+    assert (done["TrainingJobStatus"], done["SecondaryStatus"]) == ("Completed", "Completed"), done.get("FailureReason")
+    assert "Restarting" in [t["Status"] for t in done["SecondaryStatusTransitions"]]
+    assert "resuming from" in job.log_path.read_text()
+    assert {m["MetricName"]: m["Value"] for m in done["FinalMetricDataList"]}["step"] == 40
+    # Its state-change event follows its record.
+    wait_until(lambda: any(parse_event(e).kind == "training_job.completed" for e in events))
+    assert all(parse_event(e).run_id == RUN_ID for e in events)
+    restarted.close()
+
+
+def test_a_dead_servers_job_process_is_reclaimed_and_the_job_run_again(server: Any, tmp_path: Path) -> None:
+    """A server killed with its jobs running: the next server ends the orphaned process (by
+    its recorded PID and start time) and runs the job again."""
+    from tuneloop.local.processes import ProcessRecord
+
+    _, _, settings = server
+    s3 = boto3.client("s3")
+    dead = sagemaker_server.LocalSageMaker(tmp_path, s3, lambda event: None)
+    run = run_for()
+    request = prepare_request(
+        StartProcessingJob(RUN_ID, "demo", names.job_name(RUN_ID, "prepare", 7), "prepare", run.dataset_uri),
+        run,
+        settings,
+    )
+    # A long job: objective.py's epochs, as the job's code.
+    code = sagemaker_server.upload_code(s3, Path(__file__).parent / "objective", BUCKET)
+    request["ProcessingInputs"][0]["S3Input"]["S3Uri"] = f"{code}/source/"
+    request["AppSpecification"] = {
+        "ImageUri": "local/processing",
+        "ContainerEntrypoint": ["python3", "/opt/ml/processing/input/code/objective.py"],
+        "ContainerArguments": ["--knob", "0.3", "--epoch-seconds", "600"],
+    }
+    name = request["ProcessingJobName"]
+    dead.call("CreateProcessingJob", request)
+    job = dead.jobs[("processing", name)]
+    wait_until(lambda: job.process is not None)
+    orphan = ProcessRecord.load(job.folder / "process.json")
+    assert orphan is not None and orphan.running()
+    dead.closing = True  # from here on the old server does nothing, as if SIGKILLed
+    events: list[dict[str, Any]] = []
+    restarted = sagemaker_server.LocalSageMaker(tmp_path, s3, events.append)
+    assert not orphan.running()
+    resumed = restarted.jobs[("processing", name)]
+    wait_until(lambda: resumed.process is not None)
+    assert resumed.process.pid != orphan.pid
+    restarted.call("StopProcessingJob", {"ProcessingJobName": name})
+    stopped = wait_done(lambda: restarted.describe("processing", name), "ProcessingJobStatus")
+    assert stopped["ProcessingJobStatus"] == "Stopped"
+    assert parse_event(events[-1]).kind == "processing_job.stopped"
+    restarted.close()
+
+
+def test_a_torn_job_record_does_not_keep_the_server_from_starting(tmp_path: Path) -> None:
+    folder = tmp_path / "training" / "tl-torn-train-1"
+    folder.mkdir(parents=True)
+    (folder / "describe.json").write_bytes(b"")  # what a SIGKILL mid-write left before writes were atomic
+    backend = sagemaker_server.LocalSageMaker(tmp_path, None, lambda event: None)
+    assert ("training", "tl-torn-train-1") not in backend.records
+    assert (folder / "describe.json.corrupt").exists()
+    backend.close()
 
 
 def test_model_registry(server: Any) -> None:
@@ -343,6 +427,47 @@ def test_local_tuning_searches_stops_bad_trials_and_respects_the_parallel_limit(
         and e["detail"]["TrainingJobName"].startswith(f"{name}-")
     ]
     assert trial_events and all(e.tuning_job_name == name for e in trial_events)
+
+
+def test_a_restart_resumes_a_tuning_job_with_its_trials(server: Any, tmp_path: Path) -> None:
+    """Down mid-search, then up: finished trials count, running ones resume and rejoin the
+    search, and the job runs exactly MaxNumberOfTrainingJobs trials in all."""
+    _, _, settings = server
+    s3 = boto3.client("s3")
+    name = "tl-sssssssssss2-tune-7"
+    request = objective_tuning_request(settings, name)
+    request["HyperParameterTuningJobConfig"]["ResourceLimits"] = {
+        "MaxNumberOfTrainingJobs": 4,
+        "MaxParallelTrainingJobs": 2,
+    }
+    request["HyperParameterTuningJobConfig"]["TrainingJobEarlyStoppingType"] = "Off"
+    request["TrainingJobDefinition"]["StaticHyperParameters"]["epoch-seconds"] = "0.8"
+    first = sagemaker_server.LocalSageMaker(tmp_path, s3, lambda event: None)
+    first.call("CreateHyperParameterTuningJob", request)
+    wait_until(lambda: first.describe("tuning", name)["TrainingJobStatusCounters"]["Completed"] >= 1)
+    first.close()
+    before = first.tuning_trials(name)
+    assert any(t["TrainingJobStatus"] == "InProgress" for t in before)  # stopped mid-search
+    events: list[dict[str, Any]] = []
+    second = sagemaker_server.LocalSageMaker(tmp_path, s3, events.append)
+    done = wait_done(lambda: second.describe("tuning", name), "HyperParameterTuningJobStatus")
+    assert done["HyperParameterTuningJobStatus"] == "Completed", done.get("FailureReason")
+    trials = second.tuning_trials(name)
+    assert len(trials) == 4 and len({t["TrainingJobName"] for t in trials}) == 4
+    assert done["TrainingJobStatusCounters"]["Completed"] == 4
+    for trial in before:  # the trials of the first server are the same trials, finished
+        assert trial["TrainingJobName"] in {t["TrainingJobName"] for t in trials}
+    best = done["BestTrainingJob"]["FinalHyperParameterTuningJobObjectiveMetric"]["Value"]
+    assert best == max(t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] for t in trials)
+
+    # Its state-change event follows its record.
+    def completed() -> list[Any]:
+        tuning = [parse_event(e) for e in events if e["detail-type"].startswith("SageMaker HyperParameter")]
+        return [e for e in tuning if e.kind == "tuning_job.completed"]
+
+    final = wait_until(completed)
+    assert final[0].best_training_job == done["BestTrainingJob"]["TrainingJobName"]
+    second.close()
 
 
 def test_tuning_with_no_successful_trial_fails_and_stop_stops(server: Any) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -19,8 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .processes import ProcessRecord, reclaim, start_ticks
 from .services import (
     LOCAL_CREDENTIALS,
+    QUEUE_PREFIX,
     REPO_ROOT,
     ServiceError,
     aws_env,
@@ -31,6 +32,8 @@ from .services import (
 )
 
 DEFAULT_BUCKET = "tuneloop-local"
+# Events still queued for a handler at `down` (moto's queues live in memory only).
+QUEUED_EVENTS = "queued-events.jsonl"
 
 
 def home() -> Path:
@@ -48,6 +51,10 @@ class CloudState:
     token: str
     bucket: str
     sagemaker_port: int = 0
+    # Each process's start time (processes.start_ticks): a PID is only ours while it matches.
+    dynamodb_started: int | None = None
+    moto_started: int | None = None
+    host_started: int | None = None
 
     @property
     def api_url(self) -> str:
@@ -60,6 +67,13 @@ class CloudState:
             "TUNELOOP_BUCKET": self.bucket,
             "TUNELOOP_STAGE": "local",
         }
+
+    def process(self, name: str) -> ProcessRecord:
+        """name: dynamodb, moto or host."""
+        return ProcessRecord(getattr(self, f"{name}_pid"), getattr(self, f"{name}_started"))
+
+    def running(self) -> dict[str, bool]:
+        return {name: self.process(name).running() for name in ("dynamodb", "moto", "host")}
 
     def client(self, service: str) -> Any:
         """A boto3 client for a local service: sagemaker(-runtime), or one of moto's (s3, sqs, …)."""
@@ -75,40 +89,45 @@ class CloudState:
         )
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
-        path.chmod(0o600)  # holds the API token
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.chmod(0o600)  # holds the API token
+        tmp.replace(path)
 
 
 def load_state() -> CloudState | None:
     path = home() / "state.json"
     if not path.is_file():
         return None
-    return CloudState(**json.loads(path.read_text()))
-
-
-def alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return CloudState(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise ServiceError(f"{path} is not a state file this version wrote ({exc}); remove it and run up") from exc
 
 
 def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
     root = home()
     state = load_state()
-    if state and all(alive(p) for p in (state.dynamodb_pid, state.moto_pid, state.host_pid)):
-        log(f"local cloud already up: API {state.api_url}")
-        return state
     if state:
-        down(log=lambda *_: None)  # half up: stop what is left (saving the bucket if moto lives)
+        running = state.running()
+        if all(running.values()):
+            log(f"local cloud already up: API {state.api_url}")
+            return state
+        if running["dynamodb"] and running["moto"] and not clean:
+            # Only the app host died (a crash, a kill): DynamoDB Local and moto keep the
+            # tables, the bucket and the events queued meanwhile. Start the host alone;
+            # it reclaims the jobs and model servers the dead host left running.
+            log(f"the app host (pid {state.host_pid}) is not running; starting it again")
+            reclaim(state.process("host"))
+            return _start_host(root, state, log)
+        stopped = ", ".join(name for name, ok in running.items() if not ok)
+        log(f"local cloud half up ({stopped} not running): stopping the rest")
+        down(log=log)
     if clean and root.exists():
         # Everything a run left: tables, bucket, SageMaker's jobs, registry and endpoints, reports.
         for sub in ("dynamodb", "s3", "sagemaker", "reports"):
             _remove_tree(root / sub)
-        for name in ("dead-letters.jsonl",):
+        for name in ("dead-letters.jsonl", QUEUED_EVENTS):
             (root / name).unlink(missing_ok=True)
     (root / "logs").mkdir(parents=True, exist_ok=True)
     started: list[Any] = []
@@ -126,18 +145,26 @@ def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
             service.stop()
         raise
     assert dynamodb.proc is not None and moto.proc is not None
-    token = secrets.token_urlsafe(24)
-    port = api_port or free_port()
-    partial = CloudState(dynamodb.port, dynamodb.proc.pid, moto.port, moto.proc.pid, 0, port, token, DEFAULT_BUCKET)
+    fresh = CloudState(
+        dynamodb.port, dynamodb.proc.pid, moto.port, moto.proc.pid, 0, api_port or free_port(),
+        secrets.token_urlsafe(24), DEFAULT_BUCKET,
+        dynamodb_started=start_ticks(dynamodb.proc.pid), moto_started=start_ticks(moto.proc.pid),
+    )  # fmt: skip
+    return _start_host(root, fresh, log)
+
+
+def _start_host(root: Path, state: CloudState, log: Any) -> CloudState:
+    """The app host (API, event router, local SageMaker) beside running DynamoDB Local and moto."""
     env = {
         **os.environ,
-        **partial.env,
+        **state.env,
         "TUNELOOP_HOME": str(root),
-        "TUNELOOP_API_TOKEN": token,
-        "TUNELOOP_API_PORT": str(port),
+        "TUNELOOP_API_TOKEN": state.token,
+        "TUNELOOP_API_PORT": str(state.api_port),
         "PYTHONUNBUFFERED": "1",
     }
     (root / "host.json").unlink(missing_ok=True)
+    (root / "logs").mkdir(parents=True, exist_ok=True)
     log("starting the app host (API + event router) …")
     with open(root / "logs" / "host.log", "ab") as out:
         host = subprocess.Popen(
@@ -149,19 +176,19 @@ def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
             cwd=REPO_ROOT,
             start_new_session=True,
         )
-    partial.host_pid = host.pid
-    partial.save(root / "state.json")
+    state.host_pid, state.host_started = host.pid, start_ticks(host.pid)
+    state.save(root / "state.json")
     try:
         wait_until(lambda: (root / "host.json").is_file(), 90, "the app host", host)
     except ServiceError:
         log(f"the app host did not start; see {root / 'logs' / 'host.log'}")
         down(log=lambda *_: None, save=False)
         raise
-    partial.sagemaker_port = int(json.loads((root / "host.json").read_text()).get("sagemaker_port", 0))
-    partial.save(root / "state.json")
-    log(f"  local SageMaker on http://127.0.0.1:{partial.sagemaker_port}")
-    log(f"  API on {partial.api_url} (bearer token in {root / 'state.json'})")
-    return partial
+    state.sagemaker_port = int(json.loads((root / "host.json").read_text()).get("sagemaker_port", 0))
+    state.save(root / "state.json")
+    log(f"  local SageMaker on http://127.0.0.1:{state.sagemaker_port}")
+    log(f"  API on {state.api_url} (bearer token in {root / 'state.json'})")
+    return state
 
 
 def down(log: Any = print, save: bool = True) -> bool:
@@ -170,20 +197,58 @@ def down(log: Any = print, save: bool = True) -> bool:
     if state is None:
         log("local cloud is not up")
         return False
-    if save and alive(state.moto_pid):
+    # The host first: it ends running jobs (training checkpoints on SIGTERM), to resume at
+    # the next up. Then what it left behind is saved while moto still holds it.
+    if reclaim(state.process("host"), grace_s=60):
+        log(f"stopped the app host (pid {state.host_pid})")
+    if save and state.process("moto").running():
+        queued = save_queued_events(state, root / QUEUED_EVENTS)
+        if queued:
+            log(f"saved {queued} undelivered events to {root / QUEUED_EVENTS}; up delivers them")
         saved = snapshot_s3(state, root / "s3")
         log(f"saved {saved} objects of s3://{state.bucket} to {root / 's3'}")
-    for name, pid in (
-        ("app host", state.host_pid),
-        ("moto server", state.moto_pid),
-        ("DynamoDB Local", state.dynamodb_pid),
-    ):
-        if pid and alive(pid):
-            _terminate(pid)
-            log(f"stopped {name} (pid {pid})")
+    for name, label in (("moto", "moto server"), ("dynamodb", "DynamoDB Local")):
+        if reclaim(state.process(name)):
+            log(f"stopped {label} (pid {getattr(state, f'{name}_pid')})")
     (root / "state.json").unlink(missing_ok=True)
     (root / "host.json").unlink(missing_ok=True)
     return True
+
+
+def save_queued_events(state: CloudState, path: Path, settle_s: float = 8.0) -> int:
+    """Take every event still queued for a handler out of moto's queues into ``path``
+    (moto keeps them in memory only); the next host delivers them. Messages a stopped host
+    had received but not finished become visible again after the queue's visibility
+    timeout: wait for those, up to ``settle_s``."""
+    sqs = state.client("sqs")
+    urls = sqs.list_queues(QueueNamePrefix=QUEUE_PREFIX).get("QueueUrls", [])
+    saved: list[dict[str, Any]] = []
+    deadline = time.monotonic() + settle_s
+    for url in urls:
+        handler = url.rsplit("/", 1)[-1][len(QUEUE_PREFIX) :].replace("-", "_")
+        while True:
+            answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
+                                         MessageAttributeNames=["All"], VisibilityTimeout=300)  # fmt: skip
+            messages = answer.get("Messages", [])
+            for message in messages:
+                saved.append({"handler": handler, "body": message["Body"],
+                              "attributes": message.get("MessageAttributes") or {}})  # fmt: skip
+            if messages:
+                continue
+            attributes = sqs.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+            )
+            if int(attributes["Attributes"].get("ApproximateNumberOfMessagesNotVisible", 0)) == 0:
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    if saved:
+        existing = path.read_text() if path.is_file() else ""
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(existing + "".join(json.dumps(item) + "\n" for item in saved))
+        tmp.replace(path)
+    return len(saved)
 
 
 def snapshot_s3(state: CloudState, target: Path) -> int:
@@ -210,48 +275,25 @@ def status() -> dict[str, Any]:
     state = load_state()
     if state is None:
         return {"up": False, "home": str(home())}
+    running = state.running()
     return {
-        "up": all(alive(p) for p in (state.dynamodb_pid, state.moto_pid, state.host_pid)),
+        "up": all(running.values()),
         "home": str(home()),
-        "api": {"url": state.api_url, "pid": state.host_pid, "alive": alive(state.host_pid)},
+        "api": {"url": state.api_url, "pid": state.host_pid, "alive": running["host"]},
         "dynamodb": {
             "url": f"http://127.0.0.1:{state.dynamodb_port}",
             "pid": state.dynamodb_pid,
-            "alive": alive(state.dynamodb_pid),
+            "alive": running["dynamodb"],
         },
-        "moto": {"url": f"http://127.0.0.1:{state.moto_port}", "pid": state.moto_pid, "alive": alive(state.moto_pid)},
+        "moto": {"url": f"http://127.0.0.1:{state.moto_port}", "pid": state.moto_pid, "alive": running["moto"]},
         "sagemaker": {
             "url": f"http://127.0.0.1:{state.sagemaker_port}",
             "pid": state.host_pid,
-            "alive": alive(state.host_pid),
+            "alive": running["host"],
         },
         "bucket": state.bucket,
         "token_file": str(home() / "state.json"),
     }
-
-
-def _terminate(pid: int, timeout: float = 10) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(pid) or _reaped(pid):
-            return
-        time.sleep(0.1)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _reaped(pid: int) -> bool:
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return False
-    return done == pid
 
 
 def _remove_tree(path: Path) -> None:

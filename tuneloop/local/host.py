@@ -20,6 +20,7 @@ from typing import Any
 import boto3
 
 from .apiserver import ApiServer
+from .cloud import QUEUED_EVENTS
 from .router import EventRouter
 from .services import REPO_ROOT
 
@@ -33,11 +34,13 @@ def load_app() -> ModuleType:
 
 
 def prepare_bucket(bucket: str, snapshot_dir: Path | None = None) -> None:
-    """The bucket, and the S3 snapshot if any, restored before notifications are on."""
+    """The bucket, and the S3 snapshot if any, restored before notifications are on: only
+    when moto starts empty, never over a bucket that lived through a host restart."""
     s3 = boto3.client("s3")
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
-    if bucket not in existing:
-        s3.create_bucket(Bucket=bucket)
+    if bucket in existing:
+        return  # moto lived on (the host alone restarted): the bucket is current, the snapshot is not
+    s3.create_bucket(Bucket=bucket)
     if snapshot_dir is not None and snapshot_dir.is_dir():
         restored = 0
         for path in sorted(p for p in snapshot_dir.rglob("*") if p.is_file()):
@@ -84,8 +87,16 @@ def start_sagemaker(home: Path, bucket: str, router: EventRouter) -> Any:
     return server
 
 
-def build_router(app_module: ModuleType, dead_letters: Path | None) -> EventRouter:
-    router = EventRouter(app_module, boto3.client("sqs"), boto3.client("events"), dead_letters)
+def build_router(app_module: ModuleType, dead_letters: Path | None, dropped: Path | None = None) -> EventRouter:
+    drop = os.environ.get("TUNELOOP_DROP_EVENTS")
+    router = EventRouter(
+        app_module,
+        boto3.client("sqs"),
+        boto3.client("events"),
+        dead_letters,
+        drop_pattern=json.loads(drop) if drop else None,
+        dropped_path=dropped,
+    )
     router.install()
     return router
 
@@ -97,7 +108,10 @@ def main() -> None:
     port = int(os.environ.get("TUNELOOP_API_PORT", "0"))
     bucket = os.environ["TUNELOOP_BUCKET"]
     app_module = load_app()
-    router = build_router(app_module, home / "dead-letters.jsonl")
+    router = build_router(app_module, home / "dead-letters.jsonl", home / "dropped-events.jsonl")
+    requeued = router.requeue(home / QUEUED_EVENTS)
+    if requeued:
+        log.info("queued again %d events saved at the last down", requeued)
     prepare_bucket(bucket, home / "s3")
     # The SageMaker settings go into the environment before the app reads its settings.
     sagemaker = start_sagemaker(home, bucket, router)

@@ -31,10 +31,11 @@ from chalice.local import LambdaContext
 
 from chalicelib.events import event_id
 
+from .services import QUEUE_PREFIX
+
 log = logging.getLogger("tuneloop.router")
 
 ACCOUNT = "123456789012"
-QUEUE_PREFIX = "tuneloop-local-"
 MAX_ATTEMPTS = 3
 # Marks a message that carries a complete AWS envelope already (tuneloop event send).
 ORIGIN_ATTRIBUTE = "tuneloop-origin"
@@ -45,6 +46,13 @@ class Route:
     name: str
     pattern: Mapping[str, Any]
     queue_url: str
+
+
+def matches(pattern: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
+    """EventBridge's pattern matching, as moto implements it."""
+    from moto.events.models import EventPattern
+
+    return bool(EventPattern.load(json.dumps(pattern)).matches_event(dict(event)))  # type: ignore[arg-type]
 
 
 def complete_envelope(event: dict[str, Any]) -> dict[str, Any]:
@@ -75,12 +83,19 @@ class EventRouter:
         events: Any,
         dead_letter_path: Path | None = None,
         visibility_timeout_s: int = 5,
+        drop_pattern: Mapping[str, Any] | None = None,
+        dropped_path: Path | None = None,
     ) -> None:
         self._app_module = app_module
         self._sqs = sqs
         self._events = events
         self._dead_letters = dead_letter_path
         self._visibility = visibility_timeout_s
+        # Events matching this pattern are not delivered, as if EventBridge had lost them
+        # (TUNELOOP_DROP_EVENTS: for trying what the reconciler's sweeper does); they are
+        # kept in ``dropped_path`` for a late delivery by hand.
+        self._drop = drop_pattern
+        self._dropped = dropped_path
         self._routes: list[Route] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -118,18 +133,44 @@ class EventRouter:
     # --- delivery ------------------------------------------------------------------------
 
     def matching_routes(self, event: Mapping[str, Any]) -> list[Route]:
-        from moto.events.models import EventPattern
+        return [r for r in self._routes if matches(r.pattern, event)]
 
-        return [r for r in self._routes if EventPattern.load(json.dumps(r.pattern)).matches_event(dict(event))]  # type: ignore[arg-type]
+    def requeue(self, path: Path) -> int:
+        """Put back the events ``tuneloop down`` took out of the queues (moto keeps queues in
+        memory only); the file goes once all are queued again. A repeat delivers twice at
+        worst, which handlers take as the duplicate it is."""
+        if not path.is_file():
+            return 0
+        queues = {r.name: r.queue_url for r in self._routes}
+        count = 0
+        for line in path.read_text().splitlines():
+            try:
+                item = json.loads(line)
+                url = queues[item["handler"]]
+            except (ValueError, KeyError, TypeError):
+                log.error("queued event %r has no handler here; kept in the dead letters", line[:200])
+                if self._dead_letters is not None:
+                    with self._dead_letters.open("a", encoding="utf-8") as out:
+                        out.write(json.dumps({"handler": None, "attempts": 0, "event": line}) + "\n")
+                continue
+            self._sqs.send_message(
+                QueueUrl=url, MessageBody=item["body"], MessageAttributes=item.get("attributes") or {}
+            )
+            count += 1
+        path.unlink()
+        return count
 
-    def send(self, event: Mapping[str, Any]) -> list[str]:
-        """Deliver a complete AWS envelope as EventBridge would (keeps its id: replays dedupe)."""
+    def send(self, event: Mapping[str, Any], by_hand: bool = False) -> list[str]:
+        """Deliver a complete AWS envelope as EventBridge would (keeps its id: replays dedupe).
+        ``by_hand``: someone delivers it (`tuneloop event send`, a redrive), so
+        TUNELOOP_DROP_EVENTS, which stands for EventBridge losing events, lets it through."""
         routes = self.matching_routes(event)
+        origin = "hand" if by_hand else "send"
         for route in routes:
             self._sqs.send_message(
                 QueueUrl=route.queue_url,
                 MessageBody=json.dumps(event),
-                MessageAttributes={ORIGIN_ATTRIBUTE: {"DataType": "String", "StringValue": "send"}},
+                MessageAttributes={ORIGIN_ATTRIBUTE: {"DataType": "String", "StringValue": origin}},
             )
         return [r.name for r in routes]
 
@@ -152,7 +193,14 @@ class EventRouter:
         except ValueError:
             raw = message["Body"]  # not an event: the handler says so and ignores it
         origin = (message.get("MessageAttributes") or {}).get(ORIGIN_ATTRIBUTE, {}).get("StringValue")
-        event = complete_envelope(raw) if origin != "send" and isinstance(raw, dict) else raw
+        event = complete_envelope(raw) if origin not in ("send", "hand") and isinstance(raw, dict) else raw
+        if self._drop is not None and origin != "hand" and isinstance(event, dict) and matches(self._drop, event):
+            log.warning("event %s dropped before %s, as TUNELOOP_DROP_EVENTS asks", event_id(event), route.name)
+            if self._dropped is not None:
+                with self._dropped.open("a", encoding="utf-8") as out:
+                    out.write(json.dumps({"handler": route.name, "event": event}) + "\n")
+            self._sqs.delete_message(QueueUrl=route.queue_url, ReceiptHandle=message["ReceiptHandle"])
+            return 1
         attempts = int((message.get("Attributes") or {}).get("ApproximateReceiveCount", "1"))
         context = LambdaContext(route.name, memory_size=512, max_runtime_ms=900_000)
         try:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "tuneloop", "AWS_SECRET_ACCESS_KEY": "tuneloop"}
+# The event router's SQS queues (one per event handler) are named with this prefix.
+QUEUE_PREFIX = "tuneloop-local-"
 
 
 class ServiceError(RuntimeError):

@@ -137,6 +137,13 @@ class Search:
             taken += 1
         return taken
 
+    def adopt(self, tuned: Mapping[str, str]) -> Trial:
+        """A trial for hyperparameters already running (a tuning job resumed after a
+        restart takes its running trials back): the study asks for exactly these."""
+        params = {name: self._internal(name, tuned[name]) for name in self.space}
+        self.study.enqueue_trial(params, skip_if_exists=False)
+        return self.ask()
+
     def ask(self) -> Trial:
         handle = self.study.ask(self.space)
         return Trial(handle, self.hyperparameters(handle.params))

@@ -4,19 +4,24 @@ wire protocol dispatches to. Persisted under ``home`` so Describe survives resta
 from __future__ import annotations
 
 import json
+import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .common import Emit, now, write_json
+from ..processes import ProcessRecord, reclaim
+from .common import Emit, envelope, read_json, write_json
 from .exceptions import ServiceError
 from .hosting import Hosting
-from .jobs import Job, ProcessingJob, TrainingJob, TransformJob
+from .jobs import PROCESS_FILE, REQUEST_FILE, Job, ProcessingJob, TrainingJob, TransformJob
 from .registry import Registry
 from .runtime import Runtime
 from .tuning import TuningJob
 from .validation import validate
+
+log = logging.getLogger("tuneloop.sagemaker")
 
 
 class LocalSageMaker:
@@ -42,33 +47,63 @@ class LocalSageMaker:
         self.runtime = Runtime(self.hosting, s3, cloudwatch)
         self._load()
 
-    def close(self, grace_s: float = 10) -> None:
-        """End running jobs (their processes run in sessions of their own, so nothing else
-        would) and record them as failed, saying why."""
+    def close(self, grace_s: float = 30) -> None:
+        """Stop for now: end the running jobs' processes (they run in sessions of their
+        own, so nothing else would; training checkpoints on SIGTERM) and leave their records
+        in progress, to resume when the server starts again, as a spot job resumes."""
         self.closing = True
         self.runtime.close()
         self.hosting.close()
-        for job in list(self.jobs.values()):
-            if job.status != "InProgress":
-                continue
-            job.terminate(grace_s)
-            with job.lock:
-                job.status = "Failed"
-                job.failure_reason = "InternalServerError: the local SageMaker server stopped during the job"
-                job.ended = now()
-            self.save(job)
+        running = [job for job in list(self.jobs.values()) if job.status == "InProgress"]
+        stoppers = [threading.Thread(target=job.terminate, args=(grace_s,), daemon=True) for job in running]
+        for thread in stoppers:
+            thread.start()
+        deadline = time.monotonic() + grace_s + 5
+        for job in running:
+            if job.thread is not None:  # its last uploads (a SIGTERM checkpoint) finish first
+                job.thread.join(max(0.0, deadline - time.monotonic()))
 
     def _load(self) -> None:
-        for kind in self.JOB_TYPES:
+        """Read the job records; resume what the previous server left in progress."""
+        unfinished = []
+        for kind, cls in self.JOB_TYPES.items():
             for path in sorted((self.home / kind).glob("*/describe.json")):
-                record = json.loads(path.read_text())
-                status_key = self.JOB_TYPES[kind].status_key
-                if record.get(status_key) in ("InProgress", "Stopping"):
-                    # The process died with the previous server: say so, do not pretend.
-                    record[status_key] = "Failed"
-                    record["FailureReason"] = "InternalServerError: the local SageMaker server restarted during the job"
-                    write_json(path, record)
+                record = read_json(path)
+                if not isinstance(record, dict):
+                    log.error("job record %s is unreadable; moved aside to %s.corrupt", path, path.name)
+                    path.replace(path.with_name(path.name + ".corrupt"))
+                    continue
                 self.records[(kind, path.parent.name)] = record
+                if record.get(cls.status_key) in ("InProgress", "Stopping"):
+                    unfinished.append((kind, path.parent.name, record))
+        # Trials before tuning jobs: a tuning job takes its running trials back.
+        for kind, name, record in sorted(unfinished, key=lambda u: u[0] == "tuning"):
+            self._resume(kind, name, record)
+
+    def _resume(self, kind: str, name: str, record: dict[str, Any]) -> None:
+        cls = self.JOB_TYPES[kind]
+        folder = self.home / kind / name
+        left = ProcessRecord.load(folder / PROCESS_FILE)
+        if left is not None and reclaim(left):
+            log.info("ended the process the previous server left running for %s job %s", kind, name)
+        request = read_json(folder / REQUEST_FILE)
+        if not isinstance(request, dict):
+            # Nothing to run it again from: end it, and say so as SageMaker would.
+            record[cls.status_key] = "Failed"
+            record["FailureReason"] = "InternalServerError: the job's request was lost when the server restarted"
+            write_json(folder / "describe.json", record)
+            self.emit(envelope(cls.detail_type, str(record.get(cls.arn_key(), name)), record))
+            return
+        job = cls(self, request)
+        job.restore(record)
+        with self.lock:
+            self.jobs[(kind, name)] = job
+        if record.get(cls.status_key) == "Stopping":  # a stop was on its way: it has happened
+            job.thread = threading.Thread(target=job.finish, args=("Stopped",), daemon=True)
+        else:
+            log.info("resuming %s job %s after a restart", kind, name)
+            job.thread = threading.Thread(target=job.run, kwargs={"resumed": True}, name=f"{kind}-{name}", daemon=True)
+        job.thread.start()
 
     def save(self, job: Job) -> None:
         record = json.loads(json.dumps(job.describe(), default=lambda d: d.timestamp()))
@@ -92,16 +127,16 @@ class LocalSageMaker:
                 )
             job = cls(self, request)
             self.jobs[(kind, name)] = job
-        self.save(job)
-        threading.Thread(target=job.run, name=f"{kind}-{name}", daemon=True).start()
-        return {cls.arn_key(): job.arn}
+        return {cls.arn_key(): self.start(job).arn}
 
     def start(self, job: Job) -> Job:
-        """Register and run a job the server made itself (a tuning job's trial)."""
+        """Record a job (its request first: what a restart runs again) and run it."""
         with self.lock:
             self.jobs[(job.kind, job.name)] = job
+        write_json(job.folder / REQUEST_FILE, job.request)
         self.save(job)
-        threading.Thread(target=job.run, name=f"{job.kind}-{job.name}", daemon=True).start()
+        job.thread = threading.Thread(target=job.run, name=f"{job.kind}-{job.name}", daemon=True)
+        job.thread.start()
         return job
 
     def tuning_trials(self, name: str) -> list[dict[str, Any]]:

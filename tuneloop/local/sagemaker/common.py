@@ -58,3 +58,12 @@ def write_json(path: Path, data: Any) -> None:
         out.flush()
         os.fsync(out.fileno())
     tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content; None when it is missing or unreadable (a torn write of an
+    older version, a disk that filled up): the caller decides what that means."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -32,12 +32,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .common import Emit, arn, envelope, now, write_json
+from ..processes import ProcessRecord, reclaim, record_child
+from .common import Emit, arn, envelope, now, read_json, write_json
 from .exceptions import ServiceError
 from .staging import split_s3
 
 log = logging.getLogger("tuneloop.hosting")
 READY_TIMEOUT_S = 180
+# Beside each fleet's log: the PID of its model server.
+PROCESS_SUFFIX = ".process.json"
 POLL_S = 0.25
 
 
@@ -71,6 +74,7 @@ class Fleet:
                  "--port-file", str(self.port_file)],
                 stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
+        record_child(self.process, self.log_path.with_suffix(PROCESS_SUFFIX))
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Until the port file appears and /ping answers 200; raises with the log's tail."""
@@ -148,6 +152,7 @@ class Endpoint:
         self.fleets: list[tuple[Fleet, float]] = []
         self.lock = threading.Lock()
         self.target_config: str | None = None
+        self.deployment: dict[str, Any] = {}
 
     @property
     def arn(self) -> str:
@@ -223,6 +228,7 @@ class Hosting:
         self.endpoints: dict[str, Endpoint] = {}
         self.lock = threading.RLock()
         self.closing = False
+        self._reclaim()
         self._load()
 
     # --- persistence -------------------------------------------------------------------
@@ -237,30 +243,58 @@ class Hosting:
                 "models": self.models,
                 "configs": self.configs,
                 "endpoints": {
-                    name: {"config": e.config, "status": e.status, "created": e.created.timestamp(), "tags": e.tags}
+                    name: {
+                        "config": e.config,
+                        "status": e.status,
+                        "created": e.created.timestamp(),
+                        "tags": e.tags,
+                        # An update in flight, to finish after a restart.
+                        "target_config": e.target_config,
+                        "deployment": e.deployment,
+                    }
                     for name, e in self.endpoints.items()
                 },
             }
             write_json(self.path, data)
 
+    def _reclaim(self) -> None:
+        """End the model servers a previous server left running (it died without stopping them)."""
+        for path in sorted((self.home / "endpoints").glob(f"*/*{PROCESS_SUFFIX}")):
+            record = ProcessRecord.load(path)
+            if record is not None and reclaim(record):
+                log.info("ended the model server %s the previous server left running", path.name)
+            path.unlink(missing_ok=True)
+
     def _load(self) -> None:
-        if not self.path.is_file():
+        data = read_json(self.path)
+        if not isinstance(data, dict):
             return
-        data = json.loads(self.path.read_text())
         self.models, self.configs = data.get("models", {}), data.get("configs", {})
         for name, record in data.get("endpoints", {}).items():
             endpoint = Endpoint(self, name, record["config"], record.get("tags", []))
             endpoint.created = datetime.fromtimestamp(record["created"], now().tzinfo)
             self.endpoints[name] = endpoint
-            if record["status"] in ("InService", "Updating"):
-                # The serving process ended with the previous server: start it again, on the
-                # config it served (an update in flight is abandoned: the old model serves).
+            target = record.get("target_config")
+            if record["status"] == "Updating" and target in self.configs:
+                # The serving processes ended with the previous server: serve the old model
+                # again, then carry the update through, with its events, as it would have gone.
+                endpoint.status, endpoint.target_config = "Updating", target
+                endpoint.deployment = dict(record.get("deployment") or {})
+                threading.Thread(target=self._resume_update, args=(endpoint,), daemon=True).start()
+            elif record["status"] in ("InService", "Updating"):
+                # The serving process ended with the previous server: start it again.
                 endpoint.status = "InService"
                 threading.Thread(target=self._bring_up, args=(endpoint, True), daemon=True).start()
             elif record["status"] == "Creating":
                 threading.Thread(target=self._bring_up, args=(endpoint,), daemon=True).start()
             else:
                 endpoint.status = record["status"]
+
+    def _resume_update(self, endpoint: Endpoint) -> None:
+        self._bring_up(endpoint, restarting=True)
+        if endpoint.fleets and endpoint.target_config:
+            log.info("endpoint %s resumes its update to %s", endpoint.name, endpoint.target_config)
+            self._blue_green(endpoint, endpoint.target_config, endpoint.deployment)
 
     def close(self) -> None:
         self.closing = True
@@ -427,6 +461,7 @@ class Hosting:
                     f'Cannot update in-progress endpoint "{endpoint.arn}".',
                 )
             endpoint.target_config = config
+            endpoint.deployment = dict(params.get("DeploymentConfig") or {})
         endpoint.set_status("Updating")
         threading.Thread(
             target=self._blue_green, args=(endpoint, config, dict(params.get("DeploymentConfig") or {})), daemon=True

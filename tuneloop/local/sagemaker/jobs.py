@@ -15,21 +15,26 @@ import json
 import logging
 import os
 import re
-import signal
+import shutil
 import subprocess
 import sys
 import tarfile
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from .. import toolkit
+from ..processes import group_alive, record_child, stop_group
 from .common import OPT_ML, arn, envelope, now
 from .staging import download_prefix, split_s3, upload_folder
 
 log = logging.getLogger("tuneloop.sagemaker")
+# In each job's folder: the request it was created with (what a restart runs again) and
+# the PID of its process (what a restart reclaims if the previous server left it running).
+REQUEST_FILE = "request.json"
+PROCESS_FILE = "process.json"
 
 
 class Backend(Protocol):
@@ -39,6 +44,9 @@ class Backend(Protocol):
     s3: Any
     hosting: Any
     closing: bool
+    # Jobs this server runs, and the records of every job it knows, by (kind, name).
+    jobs: dict[tuple[str, str], Job]
+    records: dict[tuple[str, str], dict[str, Any]]
 
     def emit(self, event: dict[str, Any]) -> object: ...
 
@@ -49,11 +57,19 @@ class Backend(Protocol):
     def tuning_trials(self, name: str) -> list[dict[str, Any]]: ...
 
 
+def _time(value: Any) -> datetime | None:
+    """A time from a job record (epoch seconds), or None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    return None
+
+
 class Job:
     """One processing or training job: its description (what Describe returns) and process."""
 
     kind = "job"
     name_key = status_key = arn_kind = detail_type = ""
+    start_key = ""  # the record's start time field
 
     @classmethod
     def arn_key(cls) -> str:
@@ -73,6 +89,15 @@ class Job:
         self.started: datetime | None = None
         self.ended: datetime | None = None
         self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.resumed = False
+
+    def restore(self, record: dict[str, Any]) -> None:
+        """Take back what the record of an interrupted job knows: when it was created and
+        started (it resumes as the same job, as a spot job does after an interruption)."""
+        self.created = _time(record.get("CreationTime")) or self.created
+        self.started = _time(record.get(self.start_key)) if self.start_key else None
+        self.resumed = True
 
     @property
     def root(self) -> Path:
@@ -102,9 +127,9 @@ class Job:
     def emit(self) -> None:
         self.server.emit(self.event())
 
-    def run(self) -> None:
+    def run(self, resumed: bool = False) -> None:
         try:
-            self.started = now()
+            self.started = self.started if resumed and self.started else now()
             self.execute()
         except Exception as exc:  # the job fails; the server lives on
             log.exception("job %s failed", self.name)
@@ -133,17 +158,9 @@ class Job:
             return None
 
     def terminate(self, grace_s: float = 30) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None or (self.process.poll() is not None and not group_alive(self.process.pid)):
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(grace_s)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.process.wait()
+        stop_group(self.process, grace_s)
 
     def stop(self) -> None:
         self.stop_requested = True
@@ -152,6 +169,7 @@ class Job:
     def launched(self, process: subprocess.Popen[bytes]) -> None:
         """Record the job's process; a stop that came before it existed ends it now."""
         self.process = process
+        record_child(process, self.folder / PROCESS_FILE)
         if self.stop_requested:
             self.terminate()
 
@@ -166,6 +184,7 @@ class Job:
 class ProcessingJob(Job):
     kind = "processing"
     name_key, status_key, arn_kind = "ProcessingJobName", "ProcessingJobStatus", "processing-job"
+    start_key = "ProcessingStartTime"
     detail_type = "SageMaker Processing Job State Change"
 
     def describe(self) -> dict[str, Any]:
@@ -199,7 +218,9 @@ class ProcessingJob(Job):
         if command and command[0] in ("python", "python3"):
             command[0] = sys.executable  # the local cloud's interpreter has what the image would
         for output in self.request.get("ProcessingOutputConfig", {}).get("Outputs", []):
-            self.local(output["S3Output"]["LocalPath"]).mkdir(parents=True, exist_ok=True)
+            folder = self.local(output["S3Output"]["LocalPath"])
+            shutil.rmtree(folder, ignore_errors=True)  # a resumed job starts its outputs afresh
+            folder.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
             **self.request.get("Environment", {}),
@@ -241,6 +262,7 @@ class ProcessingJob(Job):
 class TrainingJob(Job):
     kind = "training"
     name_key, status_key, arn_kind = "TrainingJobName", "TrainingJobStatus", "training-job"
+    start_key = "TrainingStartTime"
     detail_type = "SageMaker Training Job State Change"
 
     def __init__(self, server: Backend, request: dict[str, Any], tuning_arn: str | None = None) -> None:
@@ -254,6 +276,16 @@ class TrainingJob(Job):
         self.tuning_arn = tuning_arn
         self.stopped_early = False
         self._set_secondary("Starting", "Preparing the instances for training")
+
+    def restore(self, record: dict[str, Any]) -> None:
+        super().restore(record)
+        self.tuning_arn = record.get("TuningJobArn") or self.tuning_arn
+        self.transitions = [
+            {k: (_time(v) if k.endswith("Time") else v) for k, v in t.items()}
+            for t in record.get("SecondaryStatusTransitions") or []
+            if isinstance(t, dict)
+        ]
+        self._set_secondary("Restarting", "The local SageMaker restarted; the job resumes from its checkpoints")
 
     def _set_secondary(self, status: str, message: str) -> None:
         with self.lock:
@@ -318,6 +350,10 @@ class TrainingJob(Job):
         layout = toolkit.lay_out(self.root, hyper, channels)
         checkpoints = self.request.get("CheckpointConfig")
         if checkpoints:
+            if self.resumed:
+                # SageMaker syncs /opt/ml/checkpoints to S3 while a job runs: what the
+                # interrupted process saved last goes up before anything comes down.
+                upload_folder(s3, layout.checkpoints, checkpoints["S3Uri"])
             download_prefix(s3, checkpoints["S3Uri"], layout.checkpoints)  # resume where an earlier attempt stopped
         self.advance("Training", "Training image download completed. Training in progress.")
         self.launched(toolkit.start(layout, self.log_path, self.request.get("Environment")))
@@ -397,6 +433,7 @@ class TransformJob(Job):
 
     kind = "transform"
     name_key, status_key, arn_kind = "TransformJobName", "TransformJobStatus", "transform-job"
+    start_key = "TransformStartTime"
     detail_type = "SageMaker Transform Job State Change"
 
     def describe(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 from ..tuner import Search, SearchSpaceError
-from .common import write_json
+from .common import read_json, write_json
 from .exceptions import ServiceError
 from .jobs import Backend, Job, TrainingJob
 from .validation import validate
@@ -86,17 +86,30 @@ class TuningJob(Job):
         self.stop_requested = True
         self.wake.set()
 
+    def restore(self, record: dict[str, Any]) -> None:
+        super().restore(record)
+        trials = read_json(self.folder / "trials.json")
+        self.trials = [t for t in trials if isinstance(t, dict)] if isinstance(trials, list) else []
+        best = record.get("BestTrainingJob")
+        self.best = best if isinstance(best, dict) else None
+
     def execute(self) -> None:
         self.emit()
-        warm = self.search.warm_start(self._parent_results())
+        finished = self._parent_results()
+        running: dict[str, tuple[TrainingJob, Any]] = {}
+        if self.resumed:
+            finished += self._settle_trials()
+        warm = self.search.warm_start(finished)
         if warm:
-            log.info("tuning job %s starts from %d finished parent trials", self.name, warm)
+            log.info("tuning job %s starts from %d finished trials", self.name, warm)
+        if self.resumed:
+            running = self._take_back_trials()
+            log.info("tuning job %s resumes: %d trials so far, %d running", self.name, len(self.trials), len(running))
         limits = self.config["ResourceLimits"]
         max_jobs = int(limits["MaxNumberOfTrainingJobs"])
         parallel = max(1, int(limits.get("MaxParallelTrainingJobs", 1)))
         deadline = time.monotonic() + int(limits.get("MaxRuntimeInSeconds", 0) or 10**9)
-        running: dict[str, tuple[TrainingJob, Any]] = {}
-        launched = 0
+        launched = len(self.trials)
         while not self.server.closing:
             for name, (job, trial) in list(running.items()):
                 values = list(job.series.get(self.search.metric, []))
@@ -121,6 +134,42 @@ class TuningJob(Job):
             self.wake.wait(self.POLL_S)
             self.wake.clear()
         self._conclude(stopped=self.stop_requested)
+
+    def _settle_trials(self) -> list[tuple[dict[str, str], float]]:
+        """After a restart: trials that finished while this job's own record lagged take
+        their outcome from their records; what every finished trial found, for the search."""
+        results = []
+        for summary in self.trials:
+            name = summary["TrainingJobName"]
+            record = self.server.records.get(("training", name))
+            if summary["TrainingJobStatus"] == "InProgress" and ("training", name) not in self.server.jobs:
+                status = (record or {}).get("TrainingJobStatus", "Failed")
+                reason = (record or {}).get("FailureReason") or "InternalServerError: the trial's record was lost"
+                metrics = {m.get("MetricName"): m.get("Value") for m in (record or {}).get("FinalMetricDataList", [])}
+                value = metrics.get(self.search.metric) if status == "Completed" else None
+                summary.update(TrainingJobStatus="Failed" if status == "InProgress" else status)
+                if status not in ("Completed", "Stopped"):
+                    summary["FailureReason"] = reason
+                self._record_objective(summary, value, completed=status == "Completed")
+            metric = summary.get("FinalHyperParameterTuningJobObjectiveMetric")
+            if summary["TrainingJobStatus"] == "Completed" and metric:
+                results.append((summary["TunedHyperParameters"], metric["Value"]))
+        return results
+
+    def _take_back_trials(self) -> dict[str, tuple[TrainingJob, Any]]:
+        """The trials still running when the server stopped resume as training jobs; take
+        them back. A trial started but never recorded here is stopped: it is not one."""
+        running: dict[str, tuple[TrainingJob, Any]] = {}
+        known = {t["TrainingJobName"] for t in self.trials}
+        for summary in self.trials:
+            job = self.server.jobs.get(("training", summary["TrainingJobName"]))
+            if summary["TrainingJobStatus"] == "InProgress" and isinstance(job, TrainingJob):
+                running[job.name] = (job, self.search.adopt(summary["TunedHyperParameters"]))
+        for (kind, name), job in list(self.server.jobs.items()):
+            if kind == "training" and name.startswith(f"{self.name}-") and name not in known:
+                log.info("tuning job %s stops %s: a trial it never recorded", self.name, name)
+                threading.Thread(target=job.stop, daemon=True).start()
+        return running
 
     def _launch(self, number: int) -> tuple[TrainingJob, Any]:
         trial = self.search.ask()
@@ -171,6 +220,11 @@ class TuningJob(Job):
             summary.update(TrainingJobStatus=job.status, TrainingStartTime=job.started, TrainingEndTime=job.ended)
             if job.failure_reason:
                 summary["FailureReason"] = job.failure_reason
+        self._record_objective(summary, value, completed=outcome == "completed")
+        self.server.save(self)
+
+    def _record_objective(self, summary: dict[str, Any], value: float | None, completed: bool) -> None:
+        with self.lock:
             if value is not None:
                 summary["ObjectiveStatus"] = "Succeeded"
                 summary["FinalHyperParameterTuningJobObjectiveMetric"] = {
@@ -181,9 +235,8 @@ class TuningJob(Job):
             else:
                 summary["ObjectiveStatus"] = "Failed"
             best_value = (self.best or {}).get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value")
-            if outcome == "completed" and self.search.better(float(value), best_value):  # type: ignore[arg-type]
+            if completed and value is not None and self.search.better(float(value), best_value):
                 self.best = dict(summary)
-        self.server.save(self)
 
     def _conclude(self, stopped: bool) -> None:
         status, _ = self.counters()
