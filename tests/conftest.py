@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -34,6 +35,17 @@ def load_event(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+
+
+def wait_for(predicate: Any, timeout: float = 30, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something true (and return that), or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not met within {timeout:.0f}s")
 
 
 @pytest.fixture(scope="session")

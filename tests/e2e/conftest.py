@@ -7,15 +7,19 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+
+from tests.conftest import wait_for
+
+__all__ = ["REPO", "client", "cloudwatch", "http", "invoke", "local_cloud", "s3", "tuneloop", "wait_for"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,53 +56,44 @@ def http(state: dict[str, Any], method: str, path: str, body: Any = None, token:
         return exc.code, json.loads(exc.read() or b"null")
 
 
-def s3(state: dict[str, Any]) -> Any:
+def client(state: dict[str, Any], service: str) -> Any:
+    """A boto3 client of a local service: SageMaker (and its Runtime) on the local SageMaker's
+    port, the rest on moto's."""
+    port = state["sagemaker_port"] if service.startswith("sagemaker") else state["moto_port"]
     return boto3.client(
-        "s3",
-        endpoint_url=f"http://127.0.0.1:{state['moto_port']}",
+        service,
+        endpoint_url=f"http://127.0.0.1:{port}",
         region_name="us-east-1",
-        aws_access_key_id="any",
-        aws_secret_access_key="any",
+        aws_access_key_id="tuneloop",
+        aws_secret_access_key="tuneloop",
     )
+
+
+def s3(state: dict[str, Any]) -> Any:
+    return client(state, "s3")
 
 
 def cloudwatch(state: dict[str, Any]) -> Any:
-    return boto3.client(
-        "cloudwatch",
-        endpoint_url=f"http://127.0.0.1:{state['moto_port']}",
-        region_name="us-east-1",
-        aws_access_key_id="any",
-        aws_secret_access_key="any",
-    )
+    return client(state, "cloudwatch")
 
 
 def invoke(state: dict[str, Any], text: str) -> Any:
-    runtime = boto3.client(
-        "sagemaker-runtime",
-        endpoint_url=f"http://127.0.0.1:{state['sagemaker_port']}",
-        region_name="us-east-1",
-        aws_access_key_id="any",
-        aws_secret_access_key="any",
-    )
+    runtime = client(state, "sagemaker-runtime")
     answer = runtime.invoke_endpoint(EndpointName="tl-demo", ContentType="application/json", Body=json.dumps(text))
     return json.loads(answer["Body"].read())
 
 
-def wait_for(predicate: Any, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
-
-@pytest.fixture
-def cloud(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    home = tmp_path / "home"
+@contextmanager
+def local_cloud(home: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """`tuneloop up --clean` in ``home`` (with this process's environment), `down` after."""
     tuneloop(home, "up", "--clean")
     try:
         yield home, json.loads((home / "state.json").read_text())
     finally:
         tuneloop(home, "down", check=False)
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    with local_cloud(tmp_path / "home") as started:
+        yield started

@@ -17,12 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from chalicelib.domain import names
 from tests.conftest import DEMO_CONFIG
-from tests.e2e.conftest import REPO, http, s3, tuneloop, wait_for
+from tests.e2e.conftest import REPO, client, http, local_cloud, s3, tuneloop, wait_for
 from tuneloop.local.processes import ProcessRecord
 
 pytestmark = pytest.mark.e2e
@@ -40,12 +39,8 @@ TERMINAL = {"registered", "completed", "superseded", "rejected", "rolled_back", 
 def chaos_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, dict[str, Any]]]:
     monkeypatch.setenv("TUNELOOP_SWEEP_GRACE_S", "5")
     monkeypatch.setenv("TUNELOOP_SCHEDULE_INTERVAL_S", "2")
-    home = tmp_path / "home"
-    tuneloop(home, "up", "--clean")
-    try:
-        yield home, json.loads((home / "state.json").read_text())
-    finally:
-        tuneloop(home, "down", check=False)
+    with local_cloud(tmp_path / "home") as started:
+        yield started
 
 
 def state_of(home: Path) -> dict[str, Any]:
@@ -60,15 +55,9 @@ def kill_host(home: Path) -> None:
 
 
 def jobs(state: dict[str, Any]) -> list[str]:
-    client = boto3.client(
-        "sagemaker",
-        endpoint_url=f"http://127.0.0.1:{state['sagemaker_port']}",
-        region_name="us-east-1",
-        aws_access_key_id="tuneloop",
-        aws_secret_access_key="tuneloop",
-    )
-    processing = client.list_processing_jobs(MaxResults=100)["ProcessingJobSummaries"]
-    training = client.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]
+    sagemaker = client(state, "sagemaker")
+    processing = sagemaker.list_processing_jobs(MaxResults=100)["ProcessingJobSummaries"]
+    training = sagemaker.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]
     return [j["ProcessingJobName"] for j in processing] + [j["TrainingJobName"] for j in training]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from chalicelib.domain import names
 from tests.conftest import DEMO_CONFIG
-from tests.e2e.conftest import REPO, http, s3, tuneloop, wait_for
+from tests.e2e.conftest import REPO, http, local_cloud, s3, tuneloop, wait_for
 
 pytestmark = pytest.mark.e2e
 LOST = {"source": ["aws.sagemaker"], "detail-type": ["SageMaker Processing Job State Change"]}
@@ -23,12 +23,8 @@ def lossy_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tup
     monkeypatch.setenv("TUNELOOP_DROP_EVENTS", json.dumps(LOST))
     monkeypatch.setenv("TUNELOOP_SWEEP_GRACE_S", "3")
     monkeypatch.setenv("TUNELOOP_SCHEDULE_INTERVAL_S", "2")
-    home = tmp_path / "home"
-    tuneloop(home, "up", "--clean")
-    try:
-        yield home, json.loads((home / "state.json").read_text())
-    finally:
-        tuneloop(home, "down", check=False)
+    with local_cloud(tmp_path / "home") as started:
+        yield started
 
 
 def test_the_sweeper_moves_a_run_whose_job_events_were_lost(lossy_cloud: tuple[Path, dict[str, Any]]) -> None:

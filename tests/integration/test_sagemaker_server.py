@@ -23,7 +23,7 @@ from chalicelib.domain.run import Run
 from chalicelib.domain.states import RunState
 from chalicelib.events import parse_event
 from chalicelib.sagemaker import prepare_request, training_request
-from tests.conftest import BUCKET, DEMO_CONFIG
+from tests.conftest import BUCKET, DEMO_CONFIG, wait_for
 from tuneloop.local import sagemaker as sagemaker_server
 from tuneloop.local.sagemaker.jobs import ProcessingJob
 
@@ -205,16 +205,6 @@ def ensure_prepared(client: Any, settings: Settings) -> None:
     assert done["ProcessingJobStatus"] == "Completed", done.get("FailureReason")
 
 
-def wait_until(check: Any, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
-
 def test_a_restart_resumes_training_from_its_checkpoint(server: Any, tmp_path: Path) -> None:
     """`tuneloop down` (or any stop of the server) mid-training, then up: the job resumes as
     the same job from the checkpoint its SIGTERM wrote, and ends with its events."""
@@ -229,7 +219,7 @@ def test_a_restart_resumes_training_from_its_checkpoint(server: Any, tmp_path: P
     name = request["TrainingJobName"]
     backend.call("CreateTrainingJob", request)
     job = backend.jobs[("training", name)]
-    wait_until(lambda: "[metric]" in (job.log_path.read_text() if job.log_path.exists() else ""))
+    wait_for(lambda: "[metric]" in (job.log_path.read_text() if job.log_path.exists() else ""), 120)
     backend.close()
     assert job.process is not None and job.process.poll() is not None  # no orphan left training
     assert "checkpoint saved" in job.log_path.read_text()
@@ -241,7 +231,7 @@ def test_a_restart_resumes_training_from_its_checkpoint(server: Any, tmp_path: P
     assert "resuming from" in job.log_path.read_text()
     assert {m["MetricName"]: m["Value"] for m in done["FinalMetricDataList"]}["step"] == 40
     # Its state-change event follows its record.
-    wait_until(lambda: any(parse_event(e).kind == "training_job.completed" for e in events))
+    wait_for(lambda: any(parse_event(e).kind == "training_job.completed" for e in events))
     assert all(parse_event(e).run_id == RUN_ID for e in events)
     restarted.close()
 
@@ -271,7 +261,7 @@ def test_a_dead_servers_job_process_is_reclaimed_and_the_job_run_again(server: A
     name = request["ProcessingJobName"]
     dead.call("CreateProcessingJob", request)
     job = dead.jobs[("processing", name)]
-    wait_until(lambda: job.process is not None)
+    wait_for(lambda: job.process is not None, 120)
     orphan = ProcessRecord.load(job.folder / "process.json")
     assert orphan is not None and orphan.running()
     dead.closing = True  # from here on the old server does nothing, as if SIGKILLed
@@ -279,7 +269,7 @@ def test_a_dead_servers_job_process_is_reclaimed_and_the_job_run_again(server: A
     restarted = sagemaker_server.LocalSageMaker(tmp_path, s3, events.append)
     assert not orphan.running()
     resumed = restarted.jobs[("processing", name)]
-    wait_until(lambda: resumed.process is not None)
+    wait_for(lambda: resumed.process is not None, 120)
     assert resumed.process.pid != orphan.pid
     restarted.call("StopProcessingJob", {"ProcessingJobName": name})
     stopped = wait_done(lambda: restarted.describe("processing", name), "ProcessingJobStatus")
@@ -444,7 +434,7 @@ def test_a_restart_resumes_a_tuning_job_with_its_trials(server: Any, tmp_path: P
     request["TrainingJobDefinition"]["StaticHyperParameters"]["epoch-seconds"] = "0.8"
     first = sagemaker_server.LocalSageMaker(tmp_path, s3, lambda event: None)
     first.call("CreateHyperParameterTuningJob", request)
-    wait_until(lambda: first.describe("tuning", name)["TrainingJobStatusCounters"]["Completed"] >= 1)
+    wait_for(lambda: first.describe("tuning", name)["TrainingJobStatusCounters"]["Completed"] >= 1, 120)
     first.close()
     before = first.tuning_trials(name)
     assert any(t["TrainingJobStatus"] == "InProgress" for t in before)  # stopped mid-search
@@ -465,7 +455,7 @@ def test_a_restart_resumes_a_tuning_job_with_its_trials(server: Any, tmp_path: P
         tuning = [parse_event(e) for e in events if e["detail-type"].startswith("SageMaker HyperParameter")]
         return [e for e in tuning if e.kind == "tuning_job.completed"]
 
-    final = wait_until(completed)
+    final = wait_for(completed)
     assert final[0].best_training_job == done["BestTrainingJob"]["TrainingJobName"]
     second.close()
 

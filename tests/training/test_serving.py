@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import tarfile
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,22 +13,12 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import BUCKET
+from tests.conftest import BUCKET, wait_for
 from tuneloop.local import sagemaker as sagemaker_server
 from tuneloop.local import toolkit
 
 pytestmark = [pytest.mark.training, pytest.mark.integration]
 ROLE = "arn:aws:iam::123456789012:role/tuneloop-test-sagemaker-execution"
-
-
-def wait_for(predicate: Any, timeout: float = 180, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +59,7 @@ def hosted(
     client.create_endpoint(EndpointName="tl-serving", EndpointConfigName="tl-config-1")
     in_service = wait_for(
         lambda: (d := client.describe_endpoint(EndpointName="tl-serving"))["EndpointStatus"] == "InService" and d,
+        180,
         what="endpoint in service",
     )
     yield {"client": client, "runtime": runtime, "s3": s3, "cloudwatch": cloudwatch, "events": events,
@@ -236,6 +226,7 @@ def test_batch_transform_answers_every_line(hosted: dict[str, Any]) -> None:
             != "InProgress"
             and d
         ),
+        180,
         what="transform",
     )
     assert done["TransformJobStatus"] == "Completed", done.get("FailureReason")
@@ -255,6 +246,7 @@ def test_batch_transform_answers_every_line(hosted: dict[str, Any]) -> None:
             != "InProgress"
             and d
         ),
+        180,
         what="failed transform",
     )
     assert failed["TransformJobStatus"] == "Failed" and "inputs" in failed["FailureReason"]
