@@ -33,6 +33,7 @@ from .domain.commands import (
 from .domain.events import EvaluationLoaded, TuningJobChanged
 from .domain.project import TRAINING_METRICS
 from .domain.run import Run
+from .domain.waits import PROCESSING_MAX_RUNTIME_S
 from .events import PROJECT_TAG, RUN_ID_TAG, TUNING, MalformedEventError, parse_described
 from .executors import Outcome, PermanentCommandError
 
@@ -115,7 +116,7 @@ def _processing_job(
         "ProcessingInputs": [_processing_input("code", code, f"{PROCESSING_ROOT}/input/code"), *inputs],
         "ProcessingOutputConfig": {"Outputs": outputs},
         "ProcessingResources": {"ClusterConfig": cluster},
-        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+        "StoppingCondition": {"MaxRuntimeInSeconds": PROCESSING_MAX_RUNTIME_S},
         "Tags": tags(command),
     }
     if settings.kms_key_id:

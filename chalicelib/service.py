@@ -382,7 +382,7 @@ class RunService:
                     logger.info("the sweeper applied a lost event", extra={"run_id": run_id, "event_id": event.event_id,
                                 "kind": event.kind})  # fmt: skip
                     return "moved"
-        late = overdue(run, now, self.sweep_grace_s)
+        late = overdue(run, now)
         if late is None:
             return None
         waited, limit = late

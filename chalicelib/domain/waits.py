@@ -2,13 +2,15 @@
 
 Events are delivered at least once, not exactly once, and can be lost (an async Lambda
 invoke that failed its retries, a handler bug, a host restarted). The reconciler's sweeper
-makes "never stuck" true with two numbers per state:
+makes "never stuck" true with two numbers:
 
-- ``grace_s``: how long a run waits on its resource (a job, a tuning job, an endpoint, a
-  model package) before the sweeper asks SageMaker where that resource is (Describe*).
-- ``timeout_s``: how long a run may be in the state at all. Past it, the run fails with a
-  reason that names the resource and the time waited, and a job it started is stopped.
-  None: the state waits for a person (approval) or has nothing to finish (deployed).
+- the grace period (``TUNELOOP_SWEEP_GRACE_S``, one setting): how long a run waits on its
+  resource (a job, a tuning job, an endpoint, a model package) before the sweeper asks
+  SageMaker where that resource is (Describe*), and asks again at every tick after;
+- the state's time limit (``time_limit_s``): how long a run may be in the state at all.
+  Past it, the run fails with a reason that names the resource and the time waited, and a
+  job it started is stopped. None: the state waits for a person (approval) or has nothing
+  to finish (deployed).
 
 A run whose outbox still holds commands waits on tuneloop, not on AWS: the reconciler
 re-executes those, and neither probes nor times the run out until they have run.
@@ -20,7 +22,6 @@ MaxRuntimeInSeconds (or MaxWaitTimeInSeconds under spot) allows, plus ``SLACK_S`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import datetime
 
 from .run import Run
@@ -31,12 +32,10 @@ S = RunState
 # What AWS itself may add on top of a job's own limits: instance start-up, image download,
 # uploads, a late event.
 SLACK_S = 3600
-# The processing jobs' MaxRuntimeInSeconds (sagemaker.py's _processing_job).
+# Every processing job's MaxRuntimeInSeconds (prepare, evaluate, drift).
 PROCESSING_MAX_RUNTIME_S = 3600
 # Transform jobs have no runtime limit of their own.
 TRANSFORM_LIMIT_S = 24 * 3600
-# The sweeper's default grace: one reconciler interval (5 minutes) on AWS.
-DEFAULT_GRACE_S = 300
 # Every state a run can wait in for something outside tuneloop: the sweeper asks about these.
 SWEPT_STATES = (
     S.PREPARING,
@@ -51,38 +50,30 @@ SWEPT_STATES = (
 )
 
 
-@dataclass(frozen=True)
-class Wait:
-    grace_s: int
-    timeout_s: int | None
-
-
 def _trial_limit_s(run: Run) -> int:
     training = run.config["training"]
     return int(training["max_wait_s"] if training["spot"] and training["max_wait_s"] else training["max_runtime_s"])
 
 
-def wait_of(run: Run, grace_s: int = DEFAULT_GRACE_S) -> Wait:
-    """The run's limits in its current state (``grace_s`` scales the sweeper's patience)."""
+def time_limit_s(run: Run) -> int | None:
+    """How long the run may be in its current state; None: no limit."""
     state = run.state
     if state in (S.PREPARING, S.EVALUATING):
-        return Wait(grace_s, PROCESSING_MAX_RUNTIME_S + SLACK_S)
+        return PROCESSING_MAX_RUNTIME_S + SLACK_S
     if state is S.TRAINING:
-        return Wait(grace_s, _trial_limit_s(run) + SLACK_S)
+        return _trial_limit_s(run) + SLACK_S
     if state is S.TUNING:
         tuning = run.config["tuning"] or {}
         rounds = math.ceil(int(tuning.get("max_jobs", 1)) / max(1, int(tuning.get("max_parallel_jobs", 1))))
-        return Wait(grace_s, rounds * _trial_limit_s(run) + SLACK_S)
+        return rounds * _trial_limit_s(run) + SLACK_S
     if state is S.TRANSFORMING:
-        return Wait(grace_s, TRANSFORM_LIMIT_S + SLACK_S)
+        return TRANSFORM_LIMIT_S + SLACK_S
     if state is S.DEPLOYING:
         deployment = run.config["deployment"]
-        shifting = 10 * int(deployment.get("wait_s", 0)) + int(deployment.get("baking_s", 0))
-        return Wait(grace_s, shifting + 2 * SLACK_S)
+        return 10 * int(deployment.get("wait_s", 0)) + int(deployment.get("baking_s", 0)) + 2 * SLACK_S
     if state in (S.GATING, S.REGISTERING):
-        # Nothing runs long here: reading the evaluation, then a registry event.
-        return Wait(grace_s, SLACK_S)
-    return Wait(grace_s, None)  # pending approval waits for a person; deployed and terminal runs wait for nothing
+        return SLACK_S  # nothing runs long here: reading the evaluation, then a registry event
+    return None  # pending approval waits for a person; deployed and terminal runs wait for nothing
 
 
 def waiting_since(run: Run) -> datetime | None:
@@ -94,9 +85,9 @@ def waiting_since(run: Run) -> datetime | None:
     return None
 
 
-def overdue(run: Run, now: datetime, grace_s: int = DEFAULT_GRACE_S) -> tuple[float, int] | None:
-    """(seconds waited, limit) when the run has been in its state past its timeout, else None."""
-    limit = wait_of(run, grace_s).timeout_s
+def overdue(run: Run, now: datetime) -> tuple[float, int] | None:
+    """(seconds waited, limit) when the run has been in its state past its time limit, else None."""
+    limit = time_limit_s(run)
     since = waiting_since(run)
     if limit is None or since is None:
         return None

@@ -577,22 +577,22 @@ def test_timeouts_fail_the_run_and_stop_its_job() -> None:
 
 
 def test_every_state_with_a_time_limit_can_time_out() -> None:
-    from chalicelib.domain.waits import SWEPT_STATES, wait_of
+    from chalicelib.domain.waits import SWEPT_STATES, time_limit_s
 
-    timed = {state for state in RunState if not state.terminal and wait_of(make_run(state)).timeout_s is not None}
+    timed = {state for state in RunState if not state.terminal and time_limit_s(make_run(state)) is not None}
     assert timed == {row.state for row in ROWS if row.kind == "run.timed_out"}
     assert timed <= set(SWEPT_STATES)
-    assert wait_of(make_run(S.PENDING_APPROVAL)).timeout_s is None  # a person decides, however long
+    assert time_limit_s(make_run(S.PENDING_APPROVAL)) is None  # a person decides, however long
 
 
 def test_time_limits_follow_the_runs_config() -> None:
-    from chalicelib.domain.waits import SLACK_S, overdue, wait_of, waiting_since
+    from chalicelib.domain.waits import SLACK_S, overdue, time_limit_s, waiting_since
 
     config = base_config()
     config["training"] = {**config["training"], "spot": True, "max_runtime_s": 3600, "max_wait_s": 7200}
     run = make_run(S.PREPARING, config)
     training = decide(run, event_of("processing_job.completed", run)).run
-    assert wait_of(training).timeout_s == 7200 + SLACK_S  # MaxWait bounds a spot job
+    assert time_limit_s(training) == 7200 + SLACK_S  # MaxWait bounds a spot job
     since = waiting_since(training)
     assert since == T0 + timedelta(hours=1)
     assert overdue(training, since + timedelta(seconds=7200 + SLACK_S)) is None
@@ -605,4 +605,4 @@ def test_time_limits_follow_the_runs_config() -> None:
     rounds = -(-tuning["max_jobs"] // tuning["max_parallel_jobs"])
     trial = tuned.config["training"]
     per_trial = trial["max_wait_s"] if trial["spot"] else trial["max_runtime_s"]
-    assert wait_of(tuned).timeout_s == rounds * per_trial + SLACK_S
+    assert time_limit_s(tuned) == rounds * per_trial + SLACK_S
