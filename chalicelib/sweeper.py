@@ -123,7 +123,10 @@ class ResourceProbe:
         return dataclasses.replace(event, event_id=f"sweep-{event.status_key}")
 
     def _package(self, arn: str, now: datetime) -> DomainEvent:
-        described = self._client.describe_model_package(ModelPackageName=arn)
+        return self._package_event(self._client.describe_model_package(ModelPackageName=arn), now)
+
+    @staticmethod
+    def _package_event(described: Any, now: datetime) -> DomainEvent:
         event = parse_described(MODEL_PACKAGE, described, "", now)
         return dataclasses.replace(event, event_id=f"sweep-{event.status_key}")
 
@@ -139,7 +142,7 @@ class ResourceProbe:
             arn = summary.get("ModelPackageArn")
             described = self._client.describe_model_package(ModelPackageName=arn)
             if (described.get("CustomerMetadataProperties") or {}).get(RUN_ID_TAG) == run.run_id:
-                return self._package(str(arn), now)
+                return self._package_event(described, now)
         return None
 
     def _evaluation_of(self, run: Run) -> DomainEvent | None:

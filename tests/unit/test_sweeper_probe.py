@@ -177,7 +177,7 @@ def test_a_registering_run_finds_its_package(stub: Stubber) -> None:
         {"ModelPackageSummaryList": summaries},
         {"ModelPackageGroupName": "tl-demo", "SortBy": "CreationTime", "SortOrder": "Descending", "MaxResults": 20},
     )
-    for version, owner in ((3, OTHER_RUN), (2, RUN_ID), (2, RUN_ID)):
+    for version, owner in ((3, OTHER_RUN), (2, RUN_ID)):
         arn = f"{ARN}:model-package/tl-demo/{version}"
         stub.add_response("describe_model_package", package(version, owner), {"ModelPackageName": arn})
     event = probe(stub).observe(run, NOW)
