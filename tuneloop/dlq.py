@@ -26,6 +26,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from .local.files import write_atomic
+
 # Stack output keys: <Handler>DeadLetterQueue and <Handler>Function (infra/resources.json).
 _OUTPUT = re.compile(r"^(?P<handler>On\w+?)(?P<kind>DeadLetterQueue|Function)$")
 
@@ -190,7 +192,5 @@ class LocalDeadLetters:
             else:
                 failed.append(f"{letter.handler}: event {letter.event_id} matches no handler's pattern; kept")
                 kept.append(letter.handle)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-        tmp.replace(self.path)
+        write_atomic(self.path, "".join(f"{line}\n" for line in kept))
         return delivered, failed

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .files import write_atomic
 from .processes import ProcessRecord, reclaim, start_ticks
 from .services import (
     LOCAL_CREDENTIALS,
@@ -89,10 +90,7 @@ class CloudState:
         )
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.chmod(0o600)  # holds the API token
-        tmp.replace(path)
+        write_atomic(path, json.dumps(asdict(self), indent=2), mode=0o600)  # holds the API token
 
 
 def load_state() -> CloudState | None:
@@ -225,13 +223,13 @@ def save_queued_events(state: CloudState, path: Path, settle_s: float = 8.0) -> 
     saved: list[dict[str, Any]] = []
     deadline = time.monotonic() + settle_s
     for url in urls:
-        handler = url.rsplit("/", 1)[-1][len(QUEUE_PREFIX) :].replace("-", "_")
+        queue = url.rsplit("/", 1)[-1]
         while True:
             answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
                                          MessageAttributeNames=["All"], VisibilityTimeout=300)  # fmt: skip
             messages = answer.get("Messages", [])
             for message in messages:
-                saved.append({"handler": handler, "body": message["Body"],
+                saved.append({"queue": queue, "body": message["Body"],
                               "attributes": message.get("MessageAttributes") or {}})  # fmt: skip
             if messages:
                 continue
@@ -245,9 +243,7 @@ def save_queued_events(state: CloudState, path: Path, settle_s: float = 8.0) -> 
             time.sleep(0.5)
     if saved:
         existing = path.read_text() if path.is_file() else ""
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(existing + "".join(json.dumps(item) + "\n" for item in saved))
-        tmp.replace(path)
+        write_atomic(path, existing + "".join(json.dumps(item) + "\n" for item in saved))
     return len(saved)
 
 

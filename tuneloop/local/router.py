@@ -31,7 +31,7 @@ from chalice.local import LambdaContext
 
 from chalicelib.events import event_id
 
-from .services import QUEUE_PREFIX
+from .services import queue_name
 
 log = logging.getLogger("tuneloop.router")
 
@@ -116,7 +116,7 @@ class EventRouter:
         for source in self.app.event_sources:
             if not isinstance(source, CloudWatchEventConfig):
                 continue
-            queue = QUEUE_PREFIX + source.name.replace("_", "-")
+            queue = queue_name(source.name)
             url = self._sqs.create_queue(QueueName=queue, Attributes={"VisibilityTimeout": str(self._visibility)})[
                 "QueueUrl"
             ]
@@ -141,14 +141,14 @@ class EventRouter:
         worst, which handlers take as the duplicate it is."""
         if not path.is_file():
             return 0
-        queues = {r.name: r.queue_url for r in self._routes}
+        queues = {queue_name(r.name): r.queue_url for r in self._routes}
         count = 0
         for line in path.read_text().splitlines():
             try:
                 item = json.loads(line)
-                url = queues[item["handler"]]
+                url = queues[item["queue"]]
             except (ValueError, KeyError, TypeError):
-                log.error("queued event %r has no handler here; kept in the dead letters", line[:200])
+                log.error("queued event %r has no queue here; kept in the dead letters", line[:200])
                 if self._dead_letters is not None:
                     with self._dead_letters.open("a", encoding="utf-8") as out:
                         out.write(json.dumps({"handler": None, "attempts": 0, "event": line}) + "\n")

@@ -20,8 +20,13 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "tuneloop", "AWS_SECRET_ACCESS_KEY": "tuneloop"}
-# The event router's SQS queues (one per event handler) are named with this prefix.
+# The event router's SQS queues, one per event handler, are named with this prefix.
 QUEUE_PREFIX = "tuneloop-local-"
+
+
+def queue_name(handler: str) -> str:
+    """The event router's queue for an event handler (on_alarm → tuneloop-local-on-alarm)."""
+    return QUEUE_PREFIX + handler.replace("_", "-")
 
 
 class ServiceError(RuntimeError):

@@ -4,13 +4,13 @@ envelopes and durable JSON files. Imports nothing of the package's own."""
 from __future__ import annotations
 
 import json
-import os
-import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from ..files import write_atomic
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -49,15 +49,8 @@ def json_default(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` so that a crash at any moment leaves the old file or the new one,
-    never a torn one: a temporary file, flushed to disk, renamed over the old."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    with tmp.open("w", encoding="utf-8") as out:
-        out.write(json.dumps(data, default=json_default))
-        out.flush()
-        os.fsync(out.fileno())
-    tmp.replace(path)
+    """Write ``data`` so that a crash at any moment leaves the old file or the new one."""
+    write_atomic(path, json.dumps(data, default=json_default))
 
 
 def read_json(path: Path) -> Any:
