@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .files import write_atomic
+
 
 @dataclass(frozen=True)
 class ProcessRecord:
@@ -33,10 +35,7 @@ class ProcessRecord:
         return running(self.pid, self.started)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(asdict(self)))
 
     @classmethod
     def load(cls, path: Path) -> ProcessRecord | None:
@@ -132,13 +131,19 @@ def stop_group(process: subprocess.Popen[bytes], grace_s: float) -> None:
     except ProcessLookupError:
         process.wait()
         return
-    deadline = time.monotonic() + grace_s
+    wait_group(process, grace_s)
+
+
+def wait_group(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Wait, up to ``timeout_s``, until the child and every process of its group have
+    exited; SIGKILL what is left then."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None and not group_alive(pgid):
+        if process.poll() is not None and not group_alive(process.pid):
             return
         time.sleep(0.05)
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     process.wait()

@@ -15,7 +15,7 @@ from ..processes import ProcessRecord, reclaim
 from .common import Emit, envelope, read_json, write_json
 from .exceptions import ServiceError
 from .hosting import Hosting
-from .jobs import PROCESS_FILE, REQUEST_FILE, Job, ProcessingJob, TrainingJob, TransformJob
+from .jobs import PROCESS_FILE, REQUEST_FILE, STOP_GRACE_S, Job, ProcessingJob, TrainingJob, TransformJob
 from .registry import Registry
 from .runtime import Runtime
 from .tuning import TuningJob
@@ -47,7 +47,7 @@ class LocalSageMaker:
         self.runtime = Runtime(self.hosting, s3, cloudwatch)
         self._load()
 
-    def close(self, grace_s: float = 30) -> None:
+    def close(self, grace_s: float = STOP_GRACE_S) -> None:
         """Stop for now: end the running jobs' processes (they run in sessions of their
         own, so nothing else would; training checkpoints on SIGTERM) and leave their records
         in progress, to resume when the server starts again, as a spot job resumes."""

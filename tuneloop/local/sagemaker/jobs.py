@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import toolkit
-from ..processes import group_alive, record_child, stop_group
+from ..processes import group_alive, record_child, stop_group, wait_group
 from .common import OPT_ML, arn, envelope, now
 from .staging import download_prefix, split_s3, upload_folder
 
@@ -35,6 +35,8 @@ log = logging.getLogger("tuneloop.sagemaker")
 # the PID of its process (what a restart reclaims if the previous server left it running).
 REQUEST_FILE = "request.json"
 PROCESS_FILE = "process.json"
+# How long a stopped job's processes may take to checkpoint and exit before SIGKILL.
+STOP_GRACE_S = 30
 
 
 class Backend(Protocol):
@@ -149,15 +151,19 @@ class Job:
         self.emit()
 
     def wait(self, timeout_s: float) -> int | None:
-        """Wait for the process, killing it at the deadline; None when the deadline hit."""
+        """Wait for the process, killing it at the deadline; None when the deadline hit.
+        Its whole group must be done before the job uploads anything: a toolkit stopped by
+        SIGTERM exits at once while its training script still writes the checkpoint."""
         assert self.process is not None
         try:
-            return self.process.wait(timeout_s)
+            code = self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.terminate()
             return None
+        wait_group(self.process, STOP_GRACE_S)
+        return code
 
-    def terminate(self, grace_s: float = 30) -> None:
+    def terminate(self, grace_s: float = STOP_GRACE_S) -> None:
         if self.process is None or (self.process.poll() is not None and not group_alive(self.process.pid)):
             return
         stop_group(self.process, grace_s)
