@@ -40,6 +40,9 @@ class Settings:
     kms_key_id: str = ""
     subnets: tuple[str, ...] = ()
     security_groups: tuple[str, ...] = ()
+    # The local cloud: jobs reach no model hub, so a project's base model must be one
+    # they load offline (checked when the project is created).
+    offline_models: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -70,6 +73,7 @@ class Settings:
             kms_key_id=env.get("TUNELOOP_KMS_KEY_ID", ""),
             subnets=_split(env.get("TUNELOOP_SUBNETS", "")),
             security_groups=_split(env.get("TUNELOOP_SECURITY_GROUPS", "")),
+            offline_models=env.get("TUNELOOP_OFFLINE_MODELS", "") == "1",
         )
 
 

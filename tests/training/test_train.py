@@ -277,6 +277,15 @@ def test_evaluate_writes_metrics_plots_and_report(
     against = json.loads((challenged / "evaluation.json").read_text())
     assert against["champion_run_id"] == "cccccccccccc"
     assert against["champion"]["macro_f1"] == against["summary"]["macro_f1"]  # the same model, the same split
+    # The paired comparison of a model with itself: no difference on any resample.
+    comparison = against["comparison"]
+    assert comparison["metric"] == "macro_f1" and comparison["difference_interval"] == [0.0, 0.0]
+    assert comparison["rows"] == evaluation["metrics"]["examples"]
+    # Neither trained on a test row: data.json records each model's training rows by key.
+    assert comparison["overlap"]["champion_trained_on_test"] == 0
+    assert against["overlap"]["challenger_trained_on_test"] == 0
+    low, high = evaluation["intervals"]["macro_f1"]
+    assert low <= evaluation["summary"]["macro_f1"] <= high  # (the demo reviews are easy: often [1, 1])
     with Image.open(challenged / "champion_comparison.png") as image:
         assert image.format == "PNG" and image.size[0] > 300
     assert (challenged / "report.html").read_text().count("data:image/png;base64,") == 3

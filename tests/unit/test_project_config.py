@@ -82,3 +82,107 @@ def test_good_project_names(name: str) -> None:
 def test_bad_project_names(name: object) -> None:
     with pytest.raises(ConfigError):
         check_project_name(name)
+
+
+def test_effective_hyperparameters_are_recorded_with_every_default() -> None:
+    from chalicelib import spec
+
+    config = normalise_config({**MINIMAL, "training": {"hyperparameters": {"epochs": 1, "learning-rate": "2e-5"}}})
+    assert config["training"]["hyperparameters"] == {**spec.defaults(), "epochs": 1, "learning_rate": 2e-5}
+
+
+@pytest.mark.parametrize(
+    "hyperparameters,field,message",
+    [
+        ({"num_train_epochs": 1}, "training.hyperparameters.num_train_epochs", "did you mean 'epochs'?"),
+        ({"learnin_rate": 1e-4}, "training.hyperparameters.learnin_rate", "did you mean 'learning_rate'?"),
+        ({"per_device_train_batch_size": 8}, "training.hyperparameters.per_device_train_batch_size", "'batch_size'"),
+        ({"epochs": 0}, "training.hyperparameters.epochs", "must be at least 0.01"),
+        ({"batch_size": 8.5}, "training.hyperparameters.batch_size", "must be an integer"),
+        ({"bf16": "maybe"}, "training.hyperparameters.bf16", "must be true or false"),
+        ({"task": "causal-lm"}, "training.hyperparameters.task", "set by the project config's task"),
+    ],
+)
+def test_hyperparameters_are_checked_against_train_py(
+    hyperparameters: dict[str, Any], field: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        normalise_config({**MINIMAL, "training": {"hyperparameters": hyperparameters}})
+    assert info.value.field == field and message in info.value.message
+
+
+def test_train_py_refuses_what_config_validation_refuses(tmp_path: Any) -> None:
+    """One declared list: train.py's parser is built from it and refuses unknown names."""
+    from training import train
+
+    args = train.parse_args(["--num_train_epochs", "1", "--epochs", "2", "--_tuning_objective_metric", "x"])
+    assert args.epochs == 2.0 and args.refused == ["num_train_epochs"]
+    assert train.main(["--num-train-epochs", "1", "--failure-dir", str(tmp_path)]) == 1
+    failure = (tmp_path / "failure").read_text()
+    assert failure.startswith("TrainingError: --num-train-epochs is not a hyperparameter") and "'epochs'" in failure
+
+
+def test_metric_directions_drive_thresholds_and_tuning() -> None:
+    causal = {"base_model": "org/tiny-llama", "task": "causal-lm"}
+    assert normalise_config(causal)["gates"]["primary_metric"] == "perplexity"
+    tuning = {
+        "objective": {"metric": "validation_loss"},
+        "ranges": {"learning_rate": {"type": "continuous", "min": 1e-5, "max": 1e-3}},
+    }
+    assert normalise_config({**MINIMAL, "tuning": tuning})["tuning"]["objective"]["type"] == "Minimize"
+    with pytest.raises(ConfigError) as info:
+        normalise_config(
+            {**MINIMAL, "tuning": {**tuning, "objective": {"metric": "validation_loss", "type": "Maximize"}}}
+        )
+    assert info.value.field == "tuning.objective.type" and "lower" in info.value.message
+    with pytest.raises(ConfigError) as info:
+        normalise_config({**causal, "gates": {"metrics": {"macro_f1": 0.7}}})
+    assert info.value.field == "gates.metrics.macro_f1"
+    with pytest.raises(ConfigError) as info:
+        normalise_config(
+            {**MINIMAL, "tuning": {**tuning, "ranges": {"lr_sched": {"type": "continuous", "min": 0.1, "max": 1}}}}
+        )
+    assert info.value.field == "tuning.ranges.lr_sched"
+    with pytest.raises(ConfigError) as info:
+        normalise_config(
+            {**MINIMAL, "tuning": {**tuning, "ranges": {"batch_size": {"type": "continuous", "min": 8, "max": 64}}}}
+        )
+    assert info.value.field == "tuning.ranges.batch_size.type"
+
+
+def test_split_shares_are_bounded() -> None:
+    assert normalise_config(MINIMAL)["split"] == {"validation": 0.1, "test": 0.1, "min_per_class": 3, "seed": 42}
+    with pytest.raises(ConfigError) as info:
+        normalise_config({**MINIMAL, "split": {"validation": 0.4, "test": 0.4}})
+    assert info.value.field == "split.test"
+
+
+def test_the_local_cloud_refuses_a_base_model_it_cannot_load_offline() -> None:
+    from chalicelib import spec
+
+    with pytest.raises(ConfigError) as info:
+        normalise_config({"base_model": "bert-base-uncased", "task": "text-classification"}, offline=True)
+    assert info.value.field == "base_model" and "not available offline" in info.value.message
+    assert all(name in info.value.message for name in spec.offline_models())
+    for model in [*spec.offline_models(), "s3://bucket/models/base/model.tar.gz"]:
+        task = "causal-lm" if model.startswith("random:") else "text-classification"
+        assert normalise_config({"base_model": model, "task": task}, offline=True)["base_model"] == model
+    # On AWS only the id's shape is checked; a random decoder must be a causal LM.
+    assert normalise_config({"base_model": "bert-base-uncased", "task": "text-classification"})
+    with pytest.raises(ConfigError) as info:
+        normalise_config({"base_model": "random:llama-tiny", "task": "text-classification"})
+    assert "causal-lm" in info.value.message
+    with pytest.raises(ConfigError) as info:
+        normalise_config({"base_model": "random:gpt-huge", "task": "causal-lm"})
+    assert "random:llama-tiny" in info.value.message
+
+
+def test_the_readme_lists_every_hyperparameter_with_its_default() -> None:
+    from pathlib import Path
+
+    from chalicelib import spec
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for h in spec.HYPERPARAMETERS.values():
+        default = ("true" if h.default else "false") if h.type == "bool" else f"{h.default:g}"
+        assert f"| `{h.name}` | {h.type} | {default} |" in readme, h.name

@@ -84,6 +84,7 @@ def start_sagemaker(home: Path, bucket: str, router: EventRouter) -> Any:
     os.environ["TUNELOOP_CODE_URI"] = upload_code(s3, REPO_ROOT / "training", bucket)
     # The reconciler runs every 30 s here (5 minutes on AWS): ask about a silent run after a minute.
     os.environ.setdefault("TUNELOOP_SWEEP_GRACE_S", "60")
+    os.environ.setdefault("TUNELOOP_OFFLINE_MODELS", "1")  # its jobs reach no model hub
     return server
 
 

