@@ -63,12 +63,18 @@ def build(
 
     models.bind(config)
     runs = RunRepository(models.RunModel)
+    s3 = s3_client or LazyClient("s3", config=S3_CONFIG)
     sagemaker = (
-        SageMakerExecutors(sagemaker_client or LazyClient("sagemaker"), config, champion=runs.champion)
+        SageMakerExecutors(
+            sagemaker_client or LazyClient("sagemaker"),
+            config,
+            champion=runs.champion,
+            s3=s3,
+            failed_datasets=runs.failed_datasets,
+        )
         if config.role_arn
         else None
     )
-    s3 = s3_client or LazyClient("s3", config=S3_CONFIG)
     evaluation = EvaluationLoader(s3, config) if config.role_arn else None
     service = RunService(
         ProjectRepository(models.ProjectModel),
@@ -92,6 +98,7 @@ def build(
         sweep_grace_s=config.sweep_grace_s,
         sweep_batch=config.sweep_batch,
         sweep_budget_s=config.sweep_budget_s,
+        offline_models=config.offline_models,
     )
     reports = RunReports(s3, sagemaker, config) if sagemaker else None
     return Deps(settings=config, service=service, reports=reports)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import posixpath
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ from .domain.commands import (
     StopJob,
     UpdateModelPackageApproval,
 )
-from .domain.events import EvaluationLoaded, TuningJobChanged
+from .domain.events import Comparison, EvaluationLoaded, TuningJobChanged
 from .domain.project import TRAINING_METRICS
 from .domain.run import Run
 from .domain.waits import PROCESSING_MAX_RUNTIME_S
@@ -128,16 +128,63 @@ def _processing_job(
     return request
 
 
-def prepare_request(command: StartProcessingJob, run: Run, settings: Settings) -> dict[str, Any]:
+# CreateProcessingJob takes at most 256 ContainerArguments of at most 256 characters each.
+MAX_ARGUMENT_CHARS = 256
+MAX_EXCLUDED = 100
+
+
+def excludable(data: str, skipped: Sequence[tuple[str, str]]) -> list[str]:
+    """The skipped datasets as prepare.py's ``--exclude`` paths, as many as SageMaker's
+    argument limits allow (the rest are read, and fail the run again, with their reason)."""
+    paths = [dataset_input(uri)[len(data) :] for uri, _ in skipped]
+    return [p for p in paths if len(p) <= MAX_ARGUMENT_CHARS][:MAX_EXCLUDED]
+
+
+def holdout_prefix(settings: Settings, project: str) -> str:
+    """The project's frozen holdout: one ``<run>.keys`` file per run that added test rows."""
+    return f"s3://{settings.bucket}/holdout/{project}/"
+
+
+def prepare_request(
+    command: StartProcessingJob,
+    run: Run,
+    settings: Settings,
+    holdout: bool = False,
+    skipped: Sequence[tuple[str, str]] = (),
+) -> dict[str, Any]:
+    """The prepare job: validate, split by the project's frozen holdout (``holdout``: the
+    prefix has keys already; SageMaker refuses an empty input prefix), profile. A
+    retraining run reads every dataset under the project's prefix but the ``skipped`` ones."""
     outputs = run_prefix(settings, run.run_id) + "/prepare"
+    split = run.config["split"]
+    arguments = [
+        "--task", run.config["task"],
+        "--data-format", run.config["data_format"],
+        "--seed", str(split["seed"]),
+        "--validation-fraction", str(split["validation"]),
+        "--test-fraction", str(split["test"]),
+        "--min-per-class", str(split["min_per_class"]),
+        "--run-id", run.run_id,
+    ]  # fmt: skip
+    data = dataset_input(command.input_uri)
+    for path in excludable(data, skipped):
+        arguments += ["--exclude", path]
+    inputs = [_processing_input("data", data, f"{PROCESSING_ROOT}/input/data")]
+    if holdout:
+        inputs.append(
+            _processing_input("holdout", holdout_prefix(settings, run.project), f"{PROCESSING_ROOT}/input/holdout")
+        )
     return _processing_job(
         command,
         settings,
         image=_require(settings.processing_image, "the processing image"),
         script="prepare.py",
-        arguments=["--task", run.config["task"], "--data-format", run.config["data_format"]],
-        inputs=[_processing_input("data", dataset_input(command.input_uri), f"{PROCESSING_ROOT}/input/data")],
-        outputs=[_processing_output(name, f"{outputs}/{name}/") for name in PREPARE_OUTPUTS],
+        arguments=arguments,
+        inputs=inputs,
+        outputs=[
+            *(_processing_output(name, f"{outputs}/{name}/") for name in PREPARE_OUTPUTS),
+            _processing_output("holdout", holdout_prefix(settings, run.project)),
+        ],
     )
 
 
@@ -162,12 +209,19 @@ def evaluate_request(
             "model", model_artifact_uri(settings, run, command.input_uri), f"{PROCESSING_ROOT}/input/model"
         ),
         _processing_input("test", f"{prefix}/prepare/test/", f"{PROCESSING_ROOT}/input/test"),
+        _processing_input("report", f"{prefix}/prepare/report/", f"{PROCESSING_ROOT}/input/report"),
     ]
-    arguments: list[str] = []
-    if champion is not None and champion.model_source:
+    gates = run.config["gates"]
+    arguments = [
+        "--run-id", run.run_id,
+        "--dataset", run.dataset_uri[-MAX_ARGUMENT_CHARS:],  # for the report; S3 keys run to 1,024
+        "--primary-metric", gates["primary_metric"],
+        "--confidence", str(gates["confidence"]),
+    ]  # fmt: skip
+    if champion is not None and champion.model_source and gates["compare_champion"]:
         champion_model = model_artifact_uri(settings, champion, champion.model_source)
         inputs.append(_processing_input("champion", champion_model, f"{PROCESSING_ROOT}/input/champion"))
-        arguments = ["--champion-run-id", champion.run_id]
+        arguments += ["--champion-run-id", champion.run_id]
     return _processing_job(
         command,
         settings,
@@ -438,34 +492,99 @@ class EvaluationLoader:
                 raise PermanentCommandError(f"the evaluate job wrote no {uri}") from exc
             raise
         try:
-            evaluation = json.loads(body)
-            metrics = {str(k): float(v) for k, v in evaluation["summary"].items()}
-        except (ValueError, KeyError, TypeError) as exc:
+            event = evaluation_event(json.loads(body), f"evaluation-{command.job_name}", run.run_id)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise PermanentCommandError(f"{uri} is not an evaluation tuneloop can read: {exc}") from exc
-        champion = evaluation.get("champion") or None
-        champion_run_id = evaluation.get("champion_run_id") or None
-        event = EvaluationLoaded(
-            event_id=f"evaluation-{command.job_name}",
-            time=datetime.now(UTC),
-            run_id=run.run_id,
-            metrics=metrics,
-            champion_metrics={str(k): float(v) for k, v in champion.items()} if champion else None,
-            champion_run_id=str(champion_run_id) if champion and champion_run_id else None,
-        )
         return Outcome(done=True, note=f"read {uri}", events=(event,))
+
+
+def _numbers(value: Any, what: str) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} is {type(value).__name__}, not an object")
+    return {str(k): float(v) for k, v in value.items() if not isinstance(v, bool)}
+
+
+def evaluation_event(evaluation: Any, event_id: str, run_id: str) -> EvaluationLoaded:
+    """evaluation.json as the gate's event; ValueError/TypeError/KeyError say what is wrong.
+    Numbers may be NaN here: the gate, not the parser, refuses to promote on them."""
+    if not isinstance(evaluation, Mapping):
+        raise ValueError(f"the evaluation is {type(evaluation).__name__}, not an object")
+    metrics = _numbers(evaluation["summary"], "summary")
+    champion = _numbers(evaluation["champion"], "champion") if evaluation.get("champion") else None
+    champion_run_id = evaluation.get("champion_run_id") if champion else None
+    comparison, error = None, None
+    raw = evaluation.get("comparison") if champion else None
+    if isinstance(raw, Mapping) and raw.get("error"):
+        error = str(raw["error"])
+    elif isinstance(raw, Mapping) and raw.get("metric"):
+        low, high = (float(v) for v in raw["difference_interval"])
+        trained = (raw.get("overlap") or {}).get("champion_trained_on_test")
+        comparison = Comparison(
+            metric=str(raw["metric"]),
+            challenger=float(raw["challenger"]),
+            champion=float(raw["champion"]),
+            low=low,
+            high=high,
+            confidence=float(raw["confidence"]),
+            rows=int(raw["rows"]),
+            champion_trained_on_test=int(trained) if isinstance(trained, int) else None,
+        )
+    return EvaluationLoaded(
+        event_id=event_id,
+        time=datetime.now(UTC),
+        run_id=run_id,
+        metrics=metrics,
+        champion_metrics=champion,
+        champion_run_id=str(champion_run_id) if champion_run_id else None,
+        comparison=comparison,
+        comparison_error=error,
+    )
 
 
 # (project, run id) → the project's deployed run other than that one, if any.
 Champion = Callable[[str, str], Run | None]
+# project → (dataset URI, why) for each dataset whose newest run failed preparing.
+FailedDatasets = Callable[[str], Sequence[tuple[str, str]]]
 
 
 class SageMakerExecutors:
-    """CreateProcessingJob / CreateTrainingJob / Stop*: one boto3 SageMaker client."""
+    """CreateProcessingJob / CreateTrainingJob / Stop*: one boto3 SageMaker client (and
+    S3, to see whether the project's holdout has keys yet)."""
 
-    def __init__(self, client: Any, settings: Settings, champion: Champion | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        settings: Settings,
+        champion: Champion | None = None,
+        s3: Any = None,
+        failed_datasets: FailedDatasets | None = None,
+    ) -> None:
         self._client = client
         self._settings = settings
         self._champion = champion or (lambda project, run_id: None)
+        self._s3 = s3
+        self._failed_datasets = failed_datasets or (lambda project: ())
+
+    def _holdout_exists(self, project: str) -> bool:
+        if self._s3 is None:
+            return False
+        bucket, _, prefix = holdout_prefix(self._settings, project)[len("s3://") :].partition("/")
+        return bool(self._s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount"))
+
+    def _prepare(self, command: StartProcessingJob, run: Run) -> Outcome:
+        data = dataset_input(command.input_uri)
+        # Only a run over a project's whole prefix (a retraining run) reads others' datasets.
+        failed = self._failed_datasets(run.project) if data.endswith("/") else ()
+        skipped = [(uri, why) for uri, why in failed if uri.startswith(data)]
+        holdout = self._holdout_exists(run.project)
+        outcome = self._create("create_processing_job", prepare_request(command, run, self._settings, holdout, skipped))
+        notes = [outcome.note, "split by the project's frozen holdout" if holdout else "the project's first holdout"]
+        excluded = set(excludable(data, skipped))
+        for uri, why in skipped:
+            path = dataset_input(uri)[len(data) :]
+            skip = f"skipped {uri}: {why}"
+            notes.append(skip if path in excluded else f"could not skip {uri} (too many or too long a path)")
+        return Outcome(done=outcome.done, note="; ".join(notes))
 
     def _create(self, operation: str, request: Mapping[str, Any]) -> Outcome:
         try:
@@ -482,8 +601,8 @@ class SageMakerExecutors:
     def start_processing_job(self, command: Command, run: Run) -> Outcome:
         assert isinstance(command, StartProcessingJob)
         if command.step == "prepare":
-            request = prepare_request(command, run, self._settings)
-        elif command.step == "evaluate":
+            return self._prepare(command, run)
+        if command.step == "evaluate":
             request = evaluate_request(command, run, self._settings, self._champion(run.project, run.run_id))
         elif command.step == "drift":
             request = drift_request(command, run, self._settings)

@@ -222,6 +222,24 @@ class RunRepository:
             )
         ]
 
+    def failed_datasets(self, project: str) -> list[tuple[str, str]]:
+        """(dataset URI, why) for each of the project's datasets whose newest run failed in
+        preparation: a retraining run leaves them out (a fixed re-upload starts a new run)."""
+        newest: dict[str, RunModel] = {}
+        for item in self._model.by_project.query(
+            project, filter_condition=self._model.parent_run_id.does_not_exist(), scan_index_forward=False
+        ):
+            newest.setdefault(str(item.dataset_uri), item)
+        failed = []
+        for uri, item in sorted(newest.items()):
+            if item.state != RunState.FAILED.value:
+                continue
+            run = self._stored(item).run
+            ended = next((e for e in run.history if e.to_state is RunState.FAILED), None)
+            if ended is not None and ended.from_state is RunState.PREPARING:
+                failed.append((uri, f"its run {run.run_id} failed preparing: {ended.reason}"))
+        return failed
+
     def retraining_facts(self, project: str, since: datetime) -> tuple[str | None, tuple[datetime, ...]]:
         """(a retraining run of the project still on its way, the creation times of the
         project's retraining runs since ``since``): what the retraining guards need."""

@@ -34,6 +34,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import inference
+import spec
+
+PRIMARY = spec.PRIMARY_METRICS
 
 
 class EvaluationError(Exception):
@@ -44,33 +47,44 @@ class EvaluationError(Exception):
 
 
 def classification_metrics(
-    y_true: list[int], y_pred: list[int], probabilities: list[list[float]], labels: list[str], bins: int = 10
+    y_true: list[int],
+    y_pred: list[int],
+    probabilities: list[list[float]] | None,
+    labels: list[str],
+    bins: int = 10,
 ) -> dict[str, Any]:
+    """A prediction of -1 is a label outside ``labels`` (a champion's class the challenger
+    does not have): wrong, and no class's false positive."""
     n = len(labels)
     matrix = [[0] * n for _ in range(n)]
+    support = [0] * n
     for truth, pred in zip(y_true, y_pred, strict=True):
-        matrix[truth][pred] += 1
+        support[truth] += 1
+        if pred >= 0:
+            matrix[truth][pred] += 1
     per_class = {}
     f1s = []
     for c, label in enumerate(labels):
         tp = matrix[c][c]
         fp = sum(matrix[r][c] for r in range(n)) - tp
-        fn = sum(matrix[c]) - tp
+        fn = support[c] - tp
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "support": sum(matrix[c])}
+        per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "support": support[c]}
         f1s.append(f1)
     correct = sum(matrix[c][c] for c in range(n))
-    return {
+    metrics: dict[str, Any] = {
         "accuracy": correct / len(y_true),
         "macro_f1": sum(f1s) / n,
         "per_class": per_class,
         "confusion_matrix": matrix,
         "labels": labels,
-        "ece": expected_calibration_error(y_true, probabilities, bins),
         "examples": len(y_true),
     }
+    if probabilities is not None:
+        metrics["ece"] = expected_calibration_error(y_true, probabilities, bins)
+    return metrics
 
 
 def expected_calibration_error(y_true: list[int], probabilities: list[list[float]], bins: int = 10) -> float:
@@ -87,6 +101,60 @@ def expected_calibration_error(y_true: list[int], probabilities: list[list[float
     return sum(abs(c / k - conf / k) * k / count for k, c, conf in totals if k)
 
 
+# --- confidence intervals: the bootstrap, paired for the champion comparison --------------
+
+
+def _resampled(metric: str, rows: dict[str, Any], index: Any) -> Any:
+    """``metric`` on each resample (one row of ``index`` per resample) of the per-row data."""
+    import numpy as np
+
+    if metric in ("loss", "perplexity"):
+        loss = rows["loss_sum"][index].sum(axis=1) / np.maximum(1, rows["tokens"][index].sum(axis=1))
+        return np.exp(np.minimum(loss, 50)) if metric == "perplexity" else loss
+    truth, pred = rows["truth"][index], rows["pred"][index]
+    if metric == "accuracy":
+        return (truth == pred).mean(axis=1)
+    f1 = np.zeros(index.shape[0])
+    for c in range(rows["classes"]):
+        is_true, is_pred = truth == c, pred == c
+        tp = (is_true & is_pred).sum(axis=1)
+        denominator = is_true.sum(axis=1) + is_pred.sum(axis=1)
+        f1 += np.where(denominator > 0, 2 * tp / np.maximum(1, denominator), 0.0)
+    return f1 / rows["classes"]
+
+
+def bootstrap(
+    metric: str,
+    rows: dict[str, Any],
+    against: dict[str, Any] | None = None,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Percentile interval of ``metric``; with ``against`` (the same rows scored by the
+    champion), also of the paired difference, each resample drawing the same rows for both."""
+    import numpy as np
+
+    n = len(rows["truth"] if "truth" in rows else rows["tokens"])
+    rng = np.random.default_rng(seed)
+    ours, theirs = [], []
+    chunk = max(1, min(resamples, 2_000_000 // max(1, n)))  # bounded memory for big test sets
+    for start in range(0, resamples, chunk):
+        index = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+        ours.append(_resampled(metric, rows, index))
+        if against is not None:
+            theirs.append(_resampled(metric, against, index))
+    tail = (1 - confidence) / 2
+    a = np.concatenate(ours)
+    out: dict[str, Any] = {"interval": [float(np.quantile(a, tail)), float(np.quantile(a, 1 - tail))]}
+    if against is not None:
+        b = np.concatenate(theirs)
+        d = a - b
+        out["champion_interval"] = [float(np.quantile(b, tail)), float(np.quantile(b, 1 - tail))]
+        out["difference_interval"] = [float(np.quantile(d, tail)), float(np.quantile(d, 1 - tail))]
+    return out
+
+
 # --- plots and report -------------------------------------------------------------------------
 
 
@@ -96,7 +164,12 @@ def _png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
-def plots(metrics: dict[str, Any], history: list[dict[str, Any]], champion: dict[str, Any] | None) -> dict[str, bytes]:
+def plots(
+    metrics: dict[str, Any],
+    history: list[dict[str, Any]],
+    champion: dict[str, Any] | None,
+    comparison: dict[str, Any] | None = None,
+) -> dict[str, bytes]:
     try:
         import matplotlib
     except ImportError:  # an image without matplotlib: the metrics still count, say so
@@ -129,21 +202,37 @@ def plots(metrics: dict[str, Any], history: list[dict[str, Any]], champion: dict
             ax.plot(*zip(*train, strict=True), label="training loss")
         if validation:
             ax.plot(*zip(*validation, strict=True), marker="o", label="validation loss")
+        scores = [k for k in ("validation_macro_f1", "validation_accuracy") if any(k in h for h in history)]
+        if scores:
+            right = ax.twinx()
+            points = [(h["step"], h[scores[0]]) for h in history if scores[0] in h]
+            right.plot(*zip(*points, strict=True), marker="s", color="tab:green", label=scores[0])
+            right.set_ylabel(scores[0])
+            right.legend(loc="upper center", bbox_to_anchor=(0.75, -0.18), frameon=False)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
-        ax.legend()
+        ax.legend(loc="upper center", bbox_to_anchor=(0.3, -0.18), ncol=2, frameon=False)
         ax.set_title("Training and validation curves")
         out["training_curves.png"] = _png(fig)
         plt.close(fig)
     if champion:
         names = [k for k in ("accuracy", "macro_f1", "perplexity") if k in metrics and k in champion]
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        xs = range(len(names))
+        xs = list(range(len(names)))
         ax.bar([x - 0.2 for x in xs], [champion[k] for k in names], width=0.4, label="champion")
         ax.bar([x + 0.2 for x in xs], [metrics[k] for k in names], width=0.4, label="this model")
-        ax.set_xticks(list(xs), names)
-        ax.legend()
-        ax.set_title("This model vs the deployed champion (same test split)")
+        if comparison and comparison.get("metric") in names:
+            x = names.index(comparison["metric"])
+            for offset, key, value in ((-0.2, "champion_interval", "champion"), (0.2, "interval", "challenger")):
+                lo, hi = comparison[key]
+                v = comparison[value]
+                ax.errorbar(x + offset, v, yerr=[[v - lo], [hi - v]], color="black", capsize=4)
+        ax.set_xticks(xs, names)
+        top = max([champion[k] for k in names] + [metrics[k] for k in names] + [0.0])
+        ax.set_ylim(0, top * 1.15 or 1)
+        # Below the axes: a legend inside can hide a bar.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+        ax.set_title("This model vs the deployed champion (same test rows)")
         out["champion_comparison.png"] = _png(fig)
         plt.close(fig)
     return out
@@ -158,15 +247,67 @@ img { max-width: 28rem }
 """
 
 
-def report_html(evaluation: dict[str, Any], images: dict[str, bytes]) -> str:
+def _table(rows: list[tuple[str, str]], table_id: str = "") -> str:
+    ident = f' id="{table_id}"' if table_id else ""
+    return f"<table{ident}>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _interval(bounds: list[float] | None) -> str:
+    return f"{bounds[0]:.4f} to {bounds[1]:.4f}" if bounds else ""
+
+
+def report_html(evaluation: dict[str, Any], images: dict[str, bytes], context: dict[str, Any] | None = None) -> str:
+    """The run's report: what it is, its data, its metrics with intervals, the comparison."""
+    context = context or {}
     metrics = evaluation["metrics"]
-    rows = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{v:.4f}</td></tr>" for k, v in metrics.items() if isinstance(v, (int, float))
+    confidence = evaluation.get("confidence", 0.95)
+    intervals = evaluation.get("intervals") or {}
+    header = f"<tr><th>metric</th><th>value</th><th>{confidence:.0%} interval</th></tr>"
+    rows = header + "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{v:.4f}</td><td>{_interval(intervals.get(k))}</td></tr>"
+        for k, v in metrics.items()
+        if isinstance(v, (int, float))
     )
+    about = _table(
+        [
+            ("run", html.escape(str(context.get("run_id") or ""))),
+            ("dataset", html.escape(str(context.get("dataset") or ""))),
+            ("task", html.escape(evaluation["task"])),
+            ("base model", html.escape(evaluation.get("model", ""))),
+            ("test rows", str(metrics.get("examples", 0))),
+        ],
+        "about",
+    )
+    hyperparameters = ""
+    if context.get("hyperparameters"):
+        hyperparameters = "<h2>Hyperparameters</h2>" + _table(
+            [(k, html.escape(str(v))) for k, v in sorted(context["hyperparameters"].items())], "hyperparameters"
+        )
+    data = ""
+    if context.get("data"):
+        report = context["data"]
+        held = report.get("holdout") or {}
+        overlap = evaluation.get("overlap") or {}
+        facts = [
+            ("files read", html.escape(", ".join(report.get("files", [])))),
+            ("datasets skipped", html.escape(", ".join(report.get("skipped", [])) or "none")),
+            ("rows read / kept", f"{report.get('rows_read', 0)} / {report.get('rows_kept', 0)}"),
+            ("invalid rows dropped", str(report.get("errors", 0))),
+            ("warnings (duplicates, conflicting labels, long rows)", str(report.get("warnings", 0))),
+            ("test rows from the frozen holdout / added", f"{held.get('from_holdout', 0)} / {held.get('added', 0)}"),
+            ("test rows this model trained on", str(overlap.get("challenger_trained_on_test", "not recorded"))),
+        ]
+        issues = "".join(
+            f"<li>{html.escape(i['severity'])}: {html.escape(i['file'])}:{i['line']}: {html.escape(i['reason'])}</li>"
+            for i in report.get("issues", [])[:20]
+        )
+        more = len(report.get("issues", [])) - 20
+        data = "<h2>Data</h2>" + _table(facts, "data") + (f"<ul>{issues}</ul>" if issues else "")
+        data += f"<p>and {more} more in the run's prepare report</p>" if more > 0 else ""
     per_class = ""
     if "per_class" in metrics:
-        header = "".join(f"<th>{h}</th>" for h in ("class", "precision", "recall", "F1", "support"))
-        per_class = f"<h2>Per class</h2><table><tr>{header}</tr>"
+        head = "".join(f"<th>{h}</th>" for h in ("class", "precision", "recall", "F1", "support"))
+        per_class = f"<h2>Per class</h2><table><tr>{head}</tr>"
         per_class += "".join(
             f"<tr><td>{html.escape(str(label))}</td><td>{m['precision']:.4f}</td><td>{m['recall']:.4f}</td>"
             f"<td>{m['f1']:.4f}</td><td>{m['support']}</td></tr>"
@@ -174,13 +315,31 @@ def report_html(evaluation: dict[str, Any], images: dict[str, bytes]) -> str:
         )
         per_class += "</table>"
     champion = ""
+    comparison = evaluation.get("comparison") or {}
     if evaluation.get("champion"):
-        champion = "<h2>Champion on the same split</h2><table>" + "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{v:.4f}</td></tr>"
-            for k, v in evaluation["champion"].items()
-            if isinstance(v, (int, float))
+        champion = "<h2>Champion on the same test rows</h2>" + _table(
+            [(k, f"{v:.4f}") for k, v in evaluation["champion"].items() if isinstance(v, (int, float))], "champion"
         )
-        champion += "</table>"
+        if comparison.get("metric"):
+            overlap = comparison.get("overlap", {})
+            champion += "<h3>Paired comparison</h3>" + _table(
+                [
+                    ("metric", f"{comparison['metric']} ({comparison['better']} is better)"),
+                    ("this model", f"{comparison['challenger']:.4f} ({_interval(comparison['interval'])})"),
+                    ("champion", f"{comparison['champion']:.4f} ({_interval(comparison['champion_interval'])})"),
+                    (
+                        "difference",
+                        f"{comparison['difference']:+.4f} ({confidence:.0%} interval "
+                        f"{_interval(comparison['difference_interval'])}, paired bootstrap, "
+                        f"{comparison['resamples']} resamples)",
+                    ),
+                    ("rows compared", str(comparison["rows"])),
+                    ("test rows the champion trained on", str(overlap.get("champion_trained_on_test", "not recorded"))),
+                ],
+                "comparison",
+            )
+        elif comparison.get("error"):
+            champion += f"<p>{html.escape(comparison['error'])}</p>"
     samples = ""
     if metrics.get("samples"):
         samples = "<h2>Sampled generations</h2>" + "".join(
@@ -191,12 +350,12 @@ def report_html(evaluation: dict[str, Any], images: dict[str, bytes]) -> str:
         f"<figcaption>{html.escape(name)}</figcaption></figure>"
         for name, data in images.items()
     )
-    title = html.escape(evaluation.get("model", ""))
+    title = html.escape(str(context.get("run_id") or evaluation.get("model", "")))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tuneloop evaluation: {title}</title>
 <style>{STYLE}</style>
 </head><body><h1>Evaluation on the test split</h1>
-<p>task: {html.escape(evaluation["task"])} · examples: {evaluation["metrics"].get("examples", 0)}</p>
+{about}{data}{hyperparameters}
 <h2>Metrics</h2><table id="metrics">{rows}</table>{per_class}{champion}{samples}{figures}</body></html>
 """
 
@@ -215,34 +374,43 @@ def read_rows(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for f in files for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def measure(model_dir: Path, rows: list[dict[str, Any]], batch_size: int = 32) -> dict[str, Any]:
+def measure(
+    model_dir: Path, rows: list[dict[str, Any]], labels: list[str] | None = None, batch_size: int = 32
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, per-row scores for the bootstrap). ``labels``: score in this label list (a
+    champion is scored in its challenger's, so both count the same classes)."""
     loaded = inference.model_fn(str(model_dir))
-    meta = loaded["meta"]
-    if meta["task"] == "text-classification":
-        labels = [loaded["model"].config.id2label[i] for i in range(len(loaded["model"].config.id2label))]
-        index = {label: i for i, label in enumerate(labels)}
-        y_true, y_pred, probabilities = [], [], []
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            results = inference.predict_fn(
-                {"texts": [r["text"] for r in chunk], "single": False, "parameters": {}}, loaded
-            )
-            for row, result in zip(chunk, results, strict=True):
-                truth = str(row["label"])
-                if truth not in index:
-                    raise EvaluationError(f"test label {truth!r} was never seen in training")
-                y_true.append(index[truth])
-                y_pred.append(index[result["label"]])
-                probabilities.append([result["scores"][label] for label in labels])
-        return classification_metrics(y_true, y_pred, probabilities, labels)
-    return causal_metrics(loaded, rows)
+    if loaded["meta"]["task"] != "text-classification":
+        return causal_metrics(loaded, rows)
+    config = loaded["model"].config
+    own = [config.id2label[i] for i in range(len(config.id2label))]
+    space = labels or own
+    index = {label: i for i, label in enumerate(space)}
+    own_index = {label: i for i, label in enumerate(own)}
+    y_true, y_pred, own_truth, probabilities = [], [], [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        results = inference.predict_fn({"texts": [r["text"] for r in chunk], "single": False, "parameters": {}}, loaded)
+        for row, result in zip(chunk, results, strict=True):
+            truth = str(row["label"])
+            if truth not in index:
+                raise EvaluationError(f"test label {truth!r} was never seen in training")
+            y_true.append(index[truth])
+            y_pred.append(index.get(result["label"], -1))
+            own_truth.append(own_index.get(truth, -1))
+            probabilities.append([result["scores"][label] for label in own])
+    metrics = classification_metrics(y_true, y_pred, None, space)
+    metrics["ece"] = expected_calibration_error(own_truth, probabilities)
+    return metrics, {"truth": y_true, "pred": y_pred, "classes": len(space)}
 
 
-def causal_metrics(loaded: dict[str, Any], rows: list[dict[str, Any]], samples: int = 3) -> dict[str, Any]:
+def causal_metrics(
+    loaded: dict[str, Any], rows: list[dict[str, Any]], samples: int = 3
+) -> tuple[dict[str, Any], dict[str, Any]]:
     import torch
 
     model, tokenizer = loaded["model"], loaded["tokenizer"]
-    total_loss, total_tokens = 0.0, 0
+    losses, counts = [], []
     pairs = []
     for row in rows:
         if "messages" in row:
@@ -257,9 +425,9 @@ def causal_metrics(loaded: dict[str, Any], rows: list[dict[str, Any]], samples: 
         labels = torch.tensor([[-100] * len(p_ids) + c_ids], device=loaded["device"])
         with torch.no_grad():
             loss = float(model(input_ids=ids, labels=labels).loss)
-        total_loss += loss * len(c_ids)
-        total_tokens += len(c_ids)
-    mean = total_loss / max(1, total_tokens)
+        losses.append(loss * len(c_ids))
+        counts.append(len(c_ids))
+    mean = sum(losses) / max(1, sum(counts))
     generated = [
         {
             "prompt": p,
@@ -270,10 +438,98 @@ def causal_metrics(loaded: dict[str, Any], rows: list[dict[str, Any]], samples: 
         }
         for p, c in pairs[:samples]
     ]
-    return {"loss": mean, "perplexity": math.exp(min(mean, 50)), "samples": generated, "examples": len(rows)}
+    metrics = {"loss": mean, "perplexity": math.exp(min(mean, 50)), "samples": generated, "examples": len(rows)}
+    return metrics, {"loss_sum": losses, "tokens": counts}
 
 
-def evaluate(input_dir: Path, output_dir: Path, champion_run_id: str = "") -> dict[str, Any]:
+def trained_on(model_dir: Path) -> set[str] | None:
+    """The holdout keys of the rows a model trained and validated on (None: not recorded)."""
+    path = model_dir / "data.json"
+    if not path.is_file():
+        return None
+    keys = json.loads(path.read_text()).get("row_keys", {})
+    return set(keys.get("train", [])) | set(keys.get("validation", []))
+
+
+def _arrays(per_row: dict[str, Any], keep: list[int]) -> dict[str, Any]:
+    import numpy as np
+
+    return {k: (np.asarray(v)[keep] if isinstance(v, list) else v) for k, v in per_row.items()}
+
+
+def _value(metric: str, rows: dict[str, Any]) -> float:
+    import numpy as np
+
+    n = len(rows["truth"] if "truth" in rows else rows["tokens"])
+    return float(_resampled(metric, rows, np.arange(n)[None, :])[0])
+
+
+def compare(
+    task: str,
+    metric: str,
+    keys: list[str],
+    ours: tuple[dict[str, Any], set[str] | None],
+    theirs: tuple[dict[str, Any], set[str] | None] | None,
+    confidence: float,
+    resamples: int,
+    seed: int,
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """(intervals of our metrics, the data section and the paired champion comparison).
+
+    The comparison leaves out any test row the champion trained or validated on, so a
+    leaked row can never make the champion look better (the frozen holdout keeps that 0)."""
+    per_row, our_training = ours
+    everything = list(range(len(keys)))
+    mine = _arrays(per_row, everything)
+    intervals = {
+        m: bootstrap(m, mine, resamples=resamples, confidence=confidence, seed=seed)["interval"] for m in PRIMARY[task]
+    }
+    overlap = {
+        "test_rows": len(keys),
+        "challenger_trained_on_test": None if our_training is None else sum(k in our_training for k in keys),
+    }
+    comparison: dict[str, Any] = {"overlap": overlap}
+    if theirs is None:
+        return intervals, comparison
+    champion_rows, champion_training = theirs
+    leaked = set() if champion_training is None else {k for k in keys if k in champion_training}
+    overlap["champion_trained_on_test"] = None if champion_training is None else len(leaked)
+    keep = [i for i, k in enumerate(keys) if k not in leaked]
+    if not keep:
+        comparison["error"] = "the champion trained on every test row; nothing left to compare on"
+        return intervals, comparison
+    a, b = _arrays(per_row, keep), _arrays(champion_rows, keep)
+    boot = bootstrap(metric, a, b, resamples=resamples, confidence=confidence, seed=seed)
+    challenger, champion = _value(metric, a), _value(metric, b)
+    comparison.update(
+        metric=metric,
+        better=spec.METRICS[metric].better,
+        challenger=challenger,
+        champion=champion,
+        difference=challenger - champion,
+        interval=boot["interval"],
+        champion_interval=boot["champion_interval"],
+        difference_interval=boot["difference_interval"],
+        confidence=confidence,
+        resamples=resamples,
+        rows=len(keep),
+    )
+    return intervals, comparison
+
+
+def evaluate(
+    input_dir: Path,
+    output_dir: Path,
+    champion_run_id: str = "",
+    primary_metric: str = "",
+    confidence: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+    context: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``context``: the run id and dataset, for the report (its data section comes from
+    the prepare job's report, ``input/report/report.json``, when given)."""
+    context = dict(context or {})
     archive = input_dir / "model" / "model.tar.gz"
     if not archive.is_file():
         raise EvaluationError(f"no model.tar.gz in {archive.parent}")
@@ -285,26 +541,45 @@ def evaluate(input_dir: Path, output_dir: Path, champion_run_id: str = "") -> di
         meta = json.loads((model_dir / "tuneloop.json").read_text())
         history_file = model_dir / "training_history.json"
         history = json.loads(history_file.read_text()) if history_file.is_file() else []
-        metrics = measure(model_dir, rows)
-        champion = None
+        metrics, per_row = measure(model_dir, rows)
+        ours = (per_row, trained_on(model_dir))
+        if (model_dir / "data.json").is_file():
+            context["hyperparameters"] = json.loads((model_dir / "data.json").read_text()).get("hyperparameters")
+        champion = theirs = None
         champion_archive = input_dir / "champion" / "model.tar.gz"
         if champion_archive.is_file():
-            champion = measure(unpack(champion_archive, Path(tmp) / "champion"), rows)
+            champion_dir = unpack(champion_archive, Path(tmp) / "champion")
+            champion, champion_rows = measure(champion_dir, rows, metrics.get("labels"))
+            theirs = (champion_rows, trained_on(champion_dir))
+    task = meta["task"]
+    metric = primary_metric or PRIMARY[task][0]
+    if metric not in PRIMARY[task]:
+        raise EvaluationError(f"primary metric {metric!r} is not one of {', '.join(PRIMARY[task])} for {task}")
+    keys = [spec.row_key(r, task) for r in rows]
+    intervals, comparison = compare(task, metric, keys, ours, theirs, confidence, resamples, seed)
     summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     evaluation = {
-        "task": meta["task"],
+        "task": task,
         "model": meta.get("base_model", ""),
         "metrics": metrics,
         "summary": summary,
+        "intervals": intervals,
+        "confidence": confidence,
         "champion": {k: v for k, v in champion.items() if isinstance(v, (int, float))} if champion else None,
         "champion_run_id": champion_run_id if champion else None,
+        "comparison": comparison if champion else None,
+        "overlap": comparison["overlap"],
     }
-    images = plots(metrics, history, evaluation["champion"])
+    images = plots(metrics, history, evaluation["champion"], comparison if champion else None)
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, data in images.items():
         (output_dir / name).write_bytes(data)
     evaluation["plots"] = sorted(images)
-    (output_dir / "report.html").write_text(report_html(evaluation, images), encoding="utf-8")
+    prepared = input_dir / "report" / "report.json"
+    if prepared.is_file():
+        context["data"] = json.loads(prepared.read_text())
+    evaluation["run_id"] = context.get("run_id")
+    (output_dir / "report.html").write_text(report_html(evaluation, images, context), encoding="utf-8")
     (output_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2), encoding="utf-8")
     return evaluation
 
@@ -316,9 +591,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", default=os.path.join(base, "processing/output/evaluation"))
     parser.add_argument("--failure-dir", default=os.path.join(base, "output"))
     parser.add_argument("--champion-run-id", default="", help="the deployed run whose model is input/champion")
+    parser.add_argument("--primary-metric", default="", help="what the champion comparison is on")
+    parser.add_argument("--confidence", type=float, default=0.95, help="of every bootstrap interval")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--run-id", default="", help="for the report")
+    parser.add_argument("--dataset", default="", help="for the report")
     args, _unknown = parser.parse_known_args(argv)
     try:
-        evaluation = evaluate(Path(args.input_dir), Path(args.output_dir), args.champion_run_id)
+        evaluation = evaluate(
+            Path(args.input_dir),
+            Path(args.output_dir),
+            args.champion_run_id,
+            args.primary_metric,
+            args.confidence,
+            args.resamples,
+            context={"run_id": args.run_id, "dataset": args.dataset},
+        )
     except (EvaluationError, OSError, KeyError, ValueError) as exc:
         message = f"{type(exc).__name__}: {exc}"[:1024]
         Path(args.failure_dir).mkdir(parents=True, exist_ok=True)

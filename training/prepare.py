@@ -7,7 +7,15 @@ for splits the user made). Output, under ``--output-dir``:
     train/train.jsonl  validation/validation.jsonl  test/test.jsonl   normalised rows
     profile/profile.json    counts, label distribution, lengths, vocabulary, fingerprint
                             (the drift baseline)
-    report/report.json      every problem found, with its line number and reason
+    report/report.json      every problem found, with its line number and reason; the
+                            files read and skipped; the holdout's counts
+    holdout/<run>.keys      the test rows this run added to the project's frozen holdout
+
+The split is the project's frozen holdout: a row whose key (``spec.row_key``) is in the
+holdout (``--holdout-dir``: every ``*.keys`` file earlier runs wrote) is a test row and
+nothing else; a new row lands by a seeded hash of its key, so the same row always lands
+in the same split, whatever else the dataset holds. Classification gives every class at
+least one validation and one test row, promoting its lowest-hashed training rows.
 
 Rows with errors are dropped and reported. The job fails (exit 1, the reason in
 ``/opt/ml/output/message`` and ``/opt/ml/output/failure``) when the data is unusable: too
@@ -25,14 +33,17 @@ import io
 import json
 import math
 import os
-import random
 import re
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import spec
 
 TASKS = ("text-classification", "causal-lm")
 SPLITS = ("train", "validation", "test")
@@ -60,6 +71,9 @@ class Report:
     issues: list[Issue] = field(default_factory=list)
     rows_read: int = 0
     rows_kept: int = 0
+    files: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    holdout: dict[str, int] = field(default_factory=dict)
 
     def error(self, file: str, line: int, reason: str) -> None:
         self.issues.append(Issue(file, line, "error", reason))
@@ -81,6 +95,9 @@ class Report:
             "rows_kept": self.rows_kept,
             "errors": len(self.errors),
             "warnings": len(self.warnings),
+            "files": self.files,
+            "skipped": self.skipped,
+            "holdout": self.holdout,
             "issues": [vars(i) for i in self.issues],
         }
 
@@ -107,6 +124,7 @@ class Options:
     task: str
     data_format: str = "auto"
     seed: int = 42
+    exclude: tuple[str, ...] = ()
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     min_rows: int = 10
@@ -120,7 +138,13 @@ class Options:
 
 def read_records(path: Path, data_format: str, report: Report) -> Iterator[tuple[int, Any]]:
     """(line number, parsed record) for every row; unparsable rows are reported, not yielded."""
-    fmt = data_format if data_format != "auto" else ("csv" if path.suffix.lower() == ".csv" else "jsonl")
+    by_extension = "csv" if path.suffix.lower() == ".csv" else "jsonl"
+    if data_format not in ("auto", by_extension):
+        raise DatasetError(
+            f"{path.name} is a .{by_extension} file but the project pins data_format {data_format}: "
+            f"drop .{data_format} files, or set data_format to auto"
+        )
+    fmt = by_extension
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -258,30 +282,65 @@ def check_usable(rows: list[Row], options: Options, report: Report, split_sizes:
             raise DatasetError("labels mix strings and integers; use one kind")
 
 
-def split_rows(rows: list[Row], options: Options) -> dict[str, list[Row]]:
-    """Deterministic, seeded; stratified by label for classification."""
-    rng = random.Random(options.seed)
-    groups: dict[Any, list[Row]] = defaultdict(list)
-    for row in rows:
-        key = row.record["label"] if options.task == "text-classification" else None
-        groups[key].append(row)
+def _unit(seed: int, key: str) -> float:
+    """A row's place in [0, 1): the same for the same row and seed, whatever else is there."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_rows(rows: list[Row], options: Options, holdout: frozenset[str] = frozenset()) -> dict[str, list[Row]]:
+    """The frozen holdout's rows are test rows; new rows land by their hash (seeded).
+
+    Stratified where it matters: a class with at least three rows gets at least one test
+    and one validation row, its lowest-hashed training rows promoted (and, once test rows,
+    they stay test rows through the holdout)."""
+    keyed = [(spec.row_key(row.record, options.task), row) for row in rows]
     splits: dict[str, list[Row]] = {name: [] for name in SPLITS}
-    for key in sorted(groups, key=str):
-        group = groups[key]
-        rng.shuffle(group)
-        n = len(group)
-        n_test = round(n * options.test_fraction)
-        n_val = round(n * options.validation_fraction)
-        if options.task == "text-classification" and n >= 3:
-            n_test, n_val = max(1, n_test), max(1, n_val)  # every class in every split
-        n_test = min(n_test, max(0, n - 1))
-        n_val = min(n_val, max(0, n - 1 - n_test))
-        splits["test"] += group[:n_test]
-        splits["validation"] += group[n_test : n_test + n_val]
-        splits["train"] += group[n_test + n_val :]
+    place: dict[str, list[tuple[float, str, Row]]] = {name: [] for name in SPLITS}
+    for key, row in keyed:
+        u = _unit(options.seed, key)
+        if key in holdout or u < options.test_fraction:
+            name = "test"
+        elif u < options.test_fraction + options.validation_fraction:
+            name = "validation"
+        else:
+            name = "train"
+        place[name].append((u, key, row))
+    if options.task == "text-classification":
+        _give_every_class(place, options)
     for name in SPLITS:
-        rng.shuffle(splits[name])
+        # Hash order: reproducible, and shuffled with respect to the input's order.
+        splits[name] = [row for _, _, row in sorted(place[name], key=lambda t: (t[0], t[1]))]
     return splits
+
+
+def _give_every_class(place: dict[str, list[tuple[float, str, Row]]], options: Options) -> None:
+    """Promote training rows so each class of three or more rows is in every split."""
+    labels = Counter(row.record["label"] for name in SPLITS for _, _, row in place[name])
+    for label, count in sorted(labels.items(), key=lambda kv: str(kv[0])):
+        if count < 3:
+            continue
+        for target in ("test", "validation"):
+            if any(row.record["label"] == label for _, _, row in place[target]):
+                continue
+            candidates = sorted((t for t in place["train"] if t[2].record["label"] == label), key=lambda t: t[0])
+            if len(candidates) < 2:
+                continue  # keep at least one training row of the class
+            chosen = candidates[0]
+            # Rows sharing the key (the same text) move together, or the split would leak.
+            moving = [t for t in place["train"] if t[1] == chosen[1]]
+            place["train"] = [t for t in place["train"] if t[1] != chosen[1]]
+            place[target] += moving
+
+
+def read_holdout(folder: Path | None) -> frozenset[str]:
+    """Every key in every ``*.keys`` file under ``folder`` (one per run that added rows)."""
+    if folder is None or not folder.is_dir():
+        return frozenset()
+    keys: set[str] = set()
+    for path in sorted(folder.rglob("*.keys")):
+        keys.update(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return frozenset(keys)
 
 
 def _stats(values: list[int]) -> dict[str, float]:
@@ -333,8 +392,12 @@ def profile(splits: dict[str, list[Row]], task: str, top_words: int = 500) -> di
 # --- the job ---------------------------------------------------------------------------
 
 
-def find_inputs(input_dir: Path) -> tuple[list[Path], dict[str, list[Path]] | None]:
-    """(files, user splits or None) from the input folder."""
+def find_inputs(input_dir: Path, exclude: Iterable[str] = ()) -> tuple[list[Path], dict[str, list[Path]] | None]:
+    """(files, user splits or None) from the input folder, less the ``exclude``d paths (a
+    retraining run leaves out the datasets that failed their own preparation)."""
+    skip = [e.strip("/") for e in exclude if e.strip("/")]
+    if skip:
+        return _without(input_dir, skip), None
     manifest = input_dir / "manifest.json"
     if manifest.is_file():
         try:
@@ -373,18 +436,52 @@ def find_inputs(input_dir: Path) -> tuple[list[Path], dict[str, list[Path]] | No
     return files, None
 
 
-def prepare(input_dir: Path, output_dir: Path, options: Options) -> tuple[Report, dict[str, Any]]:
+def _without(input_dir: Path, skip: list[str]) -> list[Path]:
+    """Every data file of a project's datasets but the skipped ones: a file, or a folder
+    (its manifest's datasets)."""
+
+    def skipped(path: Path) -> bool:
+        relative = path.relative_to(input_dir).as_posix()
+        return any(relative == s or relative.startswith(s + "/") for s in skip)
+
+    files = sorted(
+        p for p in input_dir.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES and not skipped(p)
+    )
+    if not files:
+        raise DatasetError("no dataset left once the failed ones are skipped")
+    return files
+
+
+def prepare(
+    input_dir: Path,
+    output_dir: Path,
+    options: Options,
+    holdout_dir: Path | None = None,
+    run_id: str = "run",
+) -> tuple[Report, dict[str, Any]]:
     report = Report()
-    files, user_splits = find_inputs(input_dir)
+    files, user_splits = find_inputs(input_dir, options.exclude)
+    report.files = [p.relative_to(input_dir).as_posix() for p in files]
+    report.skipped = list(options.exclude)
     rows = drop_duplicates(load_rows(files, options, report), options.task, report)
     report.rows_kept = len(rows)
+    holdout = read_holdout(holdout_dir)
     if user_splits:
         by_file = {path.name: name for name, paths in user_splits.items() for path in paths}
         splits = {name: [r for r in rows if by_file.get(r.file) == name] for name in SPLITS}
         check_usable(rows, options, report, {k: len(v) for k, v in splits.items()})
+        for name in ("train", "validation"):  # the holdout never trains, whatever the files say
+            held = [r for r in splits[name] if spec.row_key(r.record, options.task) in holdout]
+            for row in held:
+                report.warn(row.file, row.line, f"in the project's test holdout; moved from {name} to test")
+            splits[name] = [r for r in splits[name] if r not in held]
+            splits["test"] += held
     else:
         check_usable(rows, options, report)
-        splits = split_rows(rows, options)
+        splits = split_rows(rows, options, holdout)
+    test_keys = {spec.row_key(r.record, options.task) for r in splits["test"]}
+    added = sorted(test_keys - holdout)
+    report.holdout = {"test_rows": len(splits["test"]), "from_holdout": len(test_keys & holdout), "added": len(added)}
     result = profile(splits, options.task)
     for name in SPLITS:
         target = output_dir / name / f"{name}.jsonl"
@@ -392,6 +489,9 @@ def prepare(input_dir: Path, output_dir: Path, options: Options) -> tuple[Report
         with target.open("w", encoding="utf-8") as out:
             for row in splits[name]:
                 out.write(json.dumps(row.record, ensure_ascii=False) + "\n")
+    keys = output_dir / "holdout" / f"{run_id}.keys"
+    keys.parent.mkdir(parents=True, exist_ok=True)
+    keys.write_text("".join(k + "\n" for k in added), encoding="utf-8")
     write_json(output_dir / "profile" / "profile.json", result)
     return report, result
 
@@ -401,6 +501,29 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
     tmp.replace(path)
+
+
+def summary(report: Report, result: dict[str, Any]) -> str:
+    """One line: what was read, kept, dropped and flagged (the first reasons), the split."""
+    splits = result["splits"]
+    text = f"{report.rows_kept} of {report.rows_read} rows kept from {len(report.files)} file(s)"
+    if report.skipped:
+        text += f" (skipped, as their own runs failed preparing: {', '.join(report.skipped)})"
+    dropped = len({(i.file, i.line) for i in report.errors})
+    duplicates = sum("duplicate of" in i.reason for i in report.warnings)
+    conflicts = sum("with another label" in i.reason for i in report.warnings)
+    flagged = [f"{dropped} invalid dropped"] if dropped else []
+    flagged += [f"{duplicates} duplicates dropped"] if duplicates else []
+    flagged += [f"{conflicts} texts with two labels"] if conflicts else []
+    if flagged:
+        first = "; ".join(str(i) for i in (report.errors + report.warnings)[:3])
+        text += f"; {', '.join(flagged)} (first: {first}; all in report/report.json)"
+    held = report.holdout
+    text += (
+        f"; train {splits['train']}, validation {splits['validation']}, test {splits['test']} "
+        f"({held.get('from_holdout', 0)} from the frozen holdout)"
+    )
+    return text
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Options]:
@@ -418,6 +541,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Optio
     parser.add_argument("--min-per-class", type=int, default=3)
     parser.add_argument("--max-chars", type=int, default=20_000)
     parser.add_argument("--max-invalid-fraction", type=float, default=0.05)
+    parser.add_argument("--holdout-dir", default=os.path.join(base, "processing/input/holdout"))
+    parser.add_argument("--run-id", default="run", help="names the holdout keys this run adds")
+    parser.add_argument("--exclude", action="append", default=[], help="a dataset path to leave out")
     args, _unknown = parser.parse_known_args(argv)
     options = Options(
         task=args.task,
@@ -429,6 +555,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Optio
         min_per_class=args.min_per_class,
         max_chars=args.max_chars,
         max_invalid_fraction=args.max_invalid_fraction,
+        exclude=tuple(args.exclude),
     )
     return args, options
 
@@ -438,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = Path(args.output_dir)
     report = Report()
     try:
-        report, result = prepare(Path(args.input_dir), output_dir, options)
+        report, result = prepare(Path(args.input_dir), output_dir, options, Path(args.holdout_dir), args.run_id)
     except DatasetError as exc:
         write_json(output_dir / "report" / "report.json", {**report.to_dict(), "failure": str(exc)})
         message = f"DatasetError: {exc}"[:1024]
@@ -449,9 +576,16 @@ def main(argv: list[str] | None = None) -> int:
         print(message, file=sys.stderr)
         return 1
     write_json(output_dir / "report" / "report.json", report.to_dict())
+    # SageMaker shows /opt/ml/output/message as the job's ExitMessage: the run's history
+    # says what was dropped or flagged without anyone opening the report.
+    failure_dir = Path(args.failure_dir)
+    failure_dir.mkdir(parents=True, exist_ok=True)
+    (failure_dir / "message").write_text(summary(report, result)[:1024], encoding="utf-8")
     for issue in report.warnings[:20]:
         print(f"warning: {issue}")
     print(f"prepared {result['rows']} rows: " + ", ".join(f"{k}={v}" for k, v in result["splits"].items()))
+    held = report.holdout
+    print(f"test holdout: {held['from_holdout']} rows kept from earlier runs, {held['added']} added")
     return 0
 
 

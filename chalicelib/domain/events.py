@@ -99,6 +99,21 @@ class RunSuperseded(DomainEvent):
         return "run.superseded"
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """The evaluate job's paired comparison of challenger and champion on the same rows."""
+
+    metric: str
+    challenger: float
+    champion: float
+    # Percentile interval of (challenger - champion) from a paired bootstrap.
+    low: float
+    high: float
+    confidence: float
+    rows: int
+    champion_trained_on_test: int | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvaluationLoaded(DomainEvent):
     """Result of reading a finished evaluation job's metrics and the champion's."""
@@ -107,6 +122,9 @@ class EvaluationLoaded(DomainEvent):
     metrics: Mapping[str, float]
     champion_run_id: str | None = None
     champion_metrics: Mapping[str, float] | None = None
+    comparison: Comparison | None = None
+    # Why there is no comparison although a champion was measured (it trained on every test row).
+    comparison_error: str | None = None
 
     @property
     def kind(self) -> str:

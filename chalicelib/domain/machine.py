@@ -9,11 +9,13 @@ with the event.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from .. import spec
 from . import names
 from .commands import (
     Command,
@@ -44,6 +46,7 @@ from .events import (
     EvaluationLoaded,
     JobChanged,
     ModelPackageChanged,
+    ProcessingJobChanged,
     RetrainRequested,
     TrainingJobChanged,
     TuningJobChanged,
@@ -139,35 +142,87 @@ def tuning_counts(event: TuningJobChanged) -> str:
     return f"Completed {int(counters.get('Completed', 0))}, Failed {failed}, Stopped {int(counters.get('Stopped', 0))}"
 
 
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
+def _threshold(name: str, value: float | None, threshold: float) -> str | None:
+    """None when ``value`` meets the threshold in the metric's direction, else why not."""
+    metric = spec.METRICS.get(name)
+    better = metric.better if metric and metric.better else spec.HIGHER
+    if value is None:
+        return f"metric {name} missing from the evaluation"
+    if not _finite(value):
+        return f"{name} is {value}; no model is promoted on a number that is not finite"
+    if (value >= threshold) if better == spec.HIGHER else (value <= threshold):
+        return None
+    side = "below" if better == spec.HIGHER else "above"
+    return f"{name} {value:.4g} is {side} the threshold {threshold:.4g} ({better} is better)"
+
+
 def gate_verdict(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bool, str]:
-    """The quality gate: absolute thresholds, then improvement over the champion."""
+    """The quality gate: thresholds (each in its metric's direction), then, by default, the
+    champion: a challenger worse on the primary metric beyond the paired comparison's
+    noise, or short of ``min_improvement``, is rejected. Nothing passes on a NaN."""
     gates = config["gates"]
     reasons = []
-    for metric, minimum in sorted(gates["metrics"].items()):
-        value = event.metrics.get(metric)
-        if value is None:
-            return False, f"metric {metric} missing from the evaluation"
-        if value < minimum:
-            return False, f"{metric} {value:.4g} is below the threshold {minimum:.4g}"
-        reasons.append(f"{metric} {value:.4g} >= {minimum:.4g}")
-    if event.champion_metrics and gates["metrics"]:
-        for metric in sorted(gates["metrics"]):
-            champion = event.champion_metrics.get(metric)
-            if champion is None:
-                continue
-            gain = event.metrics[metric] - champion
-            if gain < gates["min_improvement"]:
-                return False, (
-                    f"{metric} {event.metrics[metric]:.4g} does not beat champion run "
-                    f"{event.champion_run_id} ({champion:.4g}) by {gates['min_improvement']:.4g}"
-                )
-            reasons.append(
-                f"{metric} {event.metrics[metric]:.4g} vs champion {event.champion_run_id} {champion:.4g} "
-                f"({gain:+.4g}; at least {gates['min_improvement']:+.4g} needed)"
-            )
-    elif not event.champion_metrics:
+    for name, value in sorted(event.metrics.items()):
+        if not _finite(value):
+            return False, f"{name} is {value}; no model is promoted on a number that is not finite"
+    for name, threshold in sorted(gates["metrics"].items()):
+        failed = _threshold(name, event.metrics.get(name), threshold)
+        if failed:
+            return False, failed
+        better = spec.METRICS[name].better if name in spec.METRICS else spec.HIGHER
+        reasons.append(f"{name} {event.metrics[name]:.4g} {'>=' if better == spec.HIGHER else '<='} {threshold:.4g}")
+    if not gates.get("compare_champion", True):
+        reasons.append("champion comparison off")
+    elif event.champion_metrics:
+        passed, reason = _versus_champion(config, event)
+        if not passed:
+            return False, reason
+        reasons.append(reason)
+    else:
         reasons.append("no champion deployed yet")
-    return True, "; ".join(reasons) or "no gates configured"
+    return True, "; ".join(reasons)
+
+
+def _versus_champion(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bool, str]:
+    gates = config["gates"]
+    primary = gates.get("primary_metric") or spec.PRIMARY_METRICS[config["task"]][0]
+    metric = spec.METRICS[primary]
+    champion_run = f"champion run {event.champion_run_id}"
+    c = event.comparison
+    if event.comparison_error:
+        return False, f"no fair comparison with {champion_run}: {event.comparison_error}"
+    if c is None or c.metric != primary:
+        # An evaluation without the paired comparison: the point values, in the metric's direction.
+        ours, theirs = event.metrics.get(primary), (event.champion_metrics or {}).get(primary)
+        if ours is None or theirs is None:
+            return False, f"{primary} missing for this model or {champion_run}: cannot compare"
+        gain = metric.improvement(ours, theirs)
+        if not _finite(theirs) or gain < gates["min_improvement"]:
+            return False, f"{primary} {ours:.4f} vs {champion_run} {theirs:.4f}: no paired comparison, and not better"
+        return True, f"{primary} {ours:.4f} vs {champion_run} {theirs:.4f} (point values; no paired comparison)"
+    if not all(_finite(v) for v in (c.challenger, c.champion, c.low, c.high)):
+        return False, f"the comparison with {champion_run} is not finite; no model is promoted on it"
+    # The interval of the improvement: the difference, turned round when lower is better.
+    low, high = (c.low, c.high) if metric.better == spec.HIGHER else (-c.high, -c.low)
+    gain = metric.improvement(c.challenger, c.champion)
+    leaked = {None: "", 0: " (the champion trained on none of them)"}.get(
+        c.champion_trained_on_test, f" ({c.champion_trained_on_test} more the champion trained on were left out)"
+    )
+    facts = (
+        f"{primary} {c.challenger:.4f} vs {champion_run} {c.champion:.4f} on the same {c.rows} test rows{leaked}: "
+        f"{c.challenger - c.champion:+.4f}, {c.confidence:.0%} interval {c.low:+.4f} to {c.high:+.4f} "
+        f"(paired bootstrap; {metric.better} is better)"
+    )
+    if high < 0:
+        return False, f"{facts}: worse beyond noise"
+    if gates["min_improvement"] > 0 and gain < gates["min_improvement"]:
+        return False, f"{facts}: the gain {gain:+.4f} is short of min_improvement {gates['min_improvement']:.4f}"
+    verdict = "better beyond noise" if low > 0 else "not worse beyond noise"
+    return True, f"{facts}: {verdict}"
 
 
 def _gate_passes(run: Run, event: EvaluationLoaded) -> bool:
@@ -563,7 +618,9 @@ def _apply(run: Run, event: DomainEvent, row: Row) -> Decision:
         from_state=run.state,
         to_state=row.target,
         reason=note,
-        time=event.time,
+        # AWS stamps events in whole seconds: never before the entry it follows, or a
+        # stage's duration would come out negative.
+        time=max(event.time, run.history[-1].time) if run.history else event.time,
         commands=tuple(type(c).__name__ for c in commands),
         awaits=awaits,
         key=event.status_key,
@@ -601,7 +658,10 @@ def _with_metrics(run: Run, event: DomainEvent) -> Mapping[str, Any]:
     if isinstance(event, TuningJobChanged) and event.best_training_job and event.best_objective:
         return {**run.metrics, "training": dict(event.best_objective)}
     if isinstance(event, EvaluationLoaded):
-        return {**run.metrics, "evaluation": dict(event.metrics)}
+        out = {**run.metrics, "evaluation": dict(event.metrics)}
+        if event.comparison is not None:
+            out["comparison"] = {**dataclasses.asdict(event.comparison), "champion_run_id": event.champion_run_id}
+        return out
     return run.metrics
 
 
@@ -624,6 +684,9 @@ def _note(run: Run, event: DomainEvent, row: Row) -> str:
             return f"{row.note}: {event.alarm_name}: {blocked}"
     if isinstance(event, (JobChanged, EndpointChanged)) and event.failure_reason:
         return f"{row.note}: {event.failure_reason}"
+    if isinstance(event, ProcessingJobChanged) and event.details.get("exit_message"):
+        # What the job said of its work (prepare: rows read, dropped and why, the holdout).
+        return f"{row.note}: {event.details['exit_message']}"
     if isinstance(event, EndpointDeploymentChanged) and event.message:
         return f"{row.note}: {event.message}"
     if isinstance(event, TuningJobChanged) and row.target is not S.TUNING:

@@ -32,7 +32,7 @@ class HistoryEntry:
             "from": self.from_state.value,
             "to": self.to_state.value,
             "reason": self.reason,
-            "time": self.time.isoformat(),
+            "time": self.time.isoformat(timespec="microseconds"),  # one format, whole seconds or not
             "commands": list(self.commands),
             "awaits": self.awaits,
             "key": self.key,

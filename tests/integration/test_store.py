@@ -192,3 +192,28 @@ def test_the_champion_is_the_projects_deployed_run(service: Any, project: Any) -
     assert champion.run_id == first and champion.model_source == names.job_name(first, "train", 1)
     assert service.runs.champion("demo", excluding=first) is None  # a run is never its own champion
     assert service.runs.champion("other", excluding=second) is None
+
+
+def test_datasets_whose_newest_run_failed_preparing_are_listed_with_the_reason(service: Any, project: Any) -> None:
+    """What a retraining run leaves out: only datasets whose own (newest) run failed in
+    preparation; a fixed re-upload to the same key that prepared puts it back."""
+    bad = "s3://tuneloop-test/datasets/demo/pc/pc.jsonl"
+    fixed = "s3://tuneloop-test/datasets/demo/fixed/data.jsonl"
+    failing = {uri: service.start_run("demo", uri)[0].run.run_id for uri in (bad, fixed)}
+    good = service.start_run("demo", DATASET)[0].run.run_id
+    for uri, run_id in failing.items():
+        failed = job_event(ProcessingJobChanged, run_id, "prepare", "Failed", f"f-{run_id}")
+        failed = type(failed)(**{**vars(failed), "failure_reason": "DatasetError: 60 of 300 rows are invalid"})
+        assert service.apply(run_id, failed).decision.run.state is RunState.FAILED
+    service.apply(good, job_event(ProcessingJobChanged, good, "prepare", "Completed", "ok"))
+    stopped_in_training = service.start_run("demo", "s3://tuneloop-test/datasets/demo/other/x.jsonl")[0].run.run_id
+    service.apply(
+        stopped_in_training, job_event(ProcessingJobChanged, stopped_in_training, "prepare", "Completed", "p")
+    )
+    service.apply(stopped_in_training, StopRequested(event_id="s", time=T0, run_id=stopped_in_training))
+    later = T0 + timedelta(hours=1)
+    retry = service.start_run("demo", fixed, event_time=later)[0].run.run_id  # the same key, fixed
+    service.apply(retry, job_event(ProcessingJobChanged, retry, "prepare", "Completed", "r"))
+    assert service.runs.failed_datasets("demo") == [
+        (bad, f"its run {failing[bad]} failed preparing: prepare job failed: DatasetError: 60 of 300 rows are invalid")
+    ]

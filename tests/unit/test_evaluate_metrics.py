@@ -45,3 +45,60 @@ def test_expected_calibration_error() -> None:
     assert expected_calibration_error([0, 0, 0, 1], [[0.75, 0.25]] * 4) == pytest.approx(0.0)
     # Always confident (1.0) and right half the time → ECE 0.5.
     assert expected_calibration_error([0, 1], [[1.0, 0.0], [1.0, 0.0]]) == pytest.approx(0.5)
+
+
+def classified(truth: list[int], pred: list[int], classes: int) -> dict[str, object]:
+    import numpy as np
+
+    return {"truth": np.asarray(truth), "pred": np.asarray(pred), "classes": classes}
+
+
+def test_the_bootstrap_macro_f1_equals_the_metric_on_the_full_sample() -> None:
+    from training.evaluate import _value
+
+    rng = random.Random(3)
+    y_true = [rng.randrange(4) for _ in range(300)]
+    y_pred = [t if rng.random() < 0.6 else rng.randrange(4) for t in y_true]
+    rows = classified(y_true, y_pred, 4)
+    assert _value("macro_f1", rows) == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert _value("accuracy", rows) == pytest.approx(accuracy_score(y_true, y_pred))
+
+
+def test_the_interval_has_the_width_sampling_theory_gives() -> None:
+    """Accuracy 0.8 on 265 rows: the normal approximation's 95% half-width is 0.048."""
+    from training.evaluate import bootstrap
+
+    y_true = [0] * 265
+    y_pred = [0] * 212 + [1] * 53
+    low, high = bootstrap("accuracy", classified(y_true, y_pred, 2), resamples=2000)["interval"]
+    assert low < 0.8 < high
+    assert (high - low) / 2 == pytest.approx(1.96 * (0.8 * 0.2 / 265) ** 0.5, rel=0.15)
+
+
+def test_the_paired_difference_separates_a_regression_from_noise() -> None:
+    from training.evaluate import bootstrap
+
+    rng = random.Random(5)
+    y_true = [rng.randrange(6) for _ in range(265)]
+    champion = [t if rng.random() < 0.9 else (t + 1) % 6 for t in y_true]
+    # The same model: the paired difference is exactly 0 on every resample.
+    same = bootstrap("macro_f1", classified(y_true, champion, 6), classified(y_true, champion, 6))
+    assert same["difference_interval"] == [0.0, 0.0]
+    # Ten points worse: the whole interval is below 0.
+    worse = [t if rng.random() < 0.8 else (t + 1) % 6 for t in y_true]
+    result = bootstrap("macro_f1", classified(y_true, worse, 6), classified(y_true, champion, 6))
+    assert result["difference_interval"][1] < 0
+    # Two rows' difference: inside the noise, the interval spans 0.
+    close = list(champion)
+    close[0], close[1] = (y_true[0] + 1) % 6, (y_true[1] + 1) % 6
+    low, high = bootstrap("macro_f1", classified(y_true, close, 6), classified(y_true, champion, 6))[
+        "difference_interval"
+    ]
+    assert low < 0 <= high
+
+
+def test_a_champion_label_outside_the_challengers_counts_as_wrong() -> None:
+    ours = classification_metrics([0, 1, 1], [0, -1, 1], None, ["a", "b"])
+    assert ours["accuracy"] == pytest.approx(2 / 3)
+    assert ours["per_class"]["b"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    assert "ece" not in ours

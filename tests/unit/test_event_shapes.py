@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -115,3 +116,54 @@ def test_the_shapes_seen_in_the_field_are_refused_with_a_reason() -> None:
             assert f"detail.{field}" in str(exc)
         else:
             raise AssertionError(f"a {type(value).__name__} {field} was accepted")
+
+
+EVALUATION = {
+    "summary": {"accuracy": 0.9, "macro_f1": 0.88, "ece": 0.05, "examples": 265},
+    "champion": {"accuracy": 0.91, "macro_f1": 0.9, "ece": 0.04, "examples": 265},
+    "champion_run_id": "cccccccccccc",
+    "comparison": {
+        "metric": "macro_f1", "better": "higher", "challenger": 0.88, "champion": 0.9, "difference": -0.02,
+        "difference_interval": [-0.05, 0.01], "confidence": 0.95, "rows": 265,
+        "overlap": {"test_rows": 265, "champion_trained_on_test": 0},
+    },
+}  # fmt: skip
+
+
+@st.composite
+def mutated_evaluations(draw: st.DrawFn) -> Any:
+    evaluation = copy.deepcopy(EVALUATION)
+    for _ in range(draw(st.integers(1, 3))):
+        *parent, last = draw(st.sampled_from(paths(evaluation) or [("summary",)]))
+        target: Any = evaluation
+        for part in parent:
+            target = target[part]
+        if draw(st.booleans()) and isinstance(target, dict):
+            target.pop(last, None)
+        else:
+            target[last] = draw(json_values)
+    return evaluation
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(json_values, mutated_evaluations()))
+def test_any_evaluation_json_is_an_event_or_one_refusal(raw: Any) -> None:
+    """evaluation.json is a job's output: any JSON value. The loader turns it into the
+    gate's event or refuses it with a one-line reason; the gate never passes on a NaN."""
+    from chalicelib.domain.machine import gate_verdict
+    from chalicelib.domain.project import normalise_config
+    from chalicelib.sagemaker import evaluation_event
+
+    try:
+        event = evaluation_event(raw, "evaluation-x", "aaaaaaaaaaaa")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        assert "\n" not in str(exc)
+        return
+    config = normalise_config({"base_model": "org/model", "task": "text-classification"})
+    passed, reason = gate_verdict(config, event)
+    used = list(event.metrics.values())
+    c = event.comparison
+    if event.champion_metrics and c is not None and c.metric == "macro_f1":
+        used += [c.challenger, c.champion, c.low, c.high]  # what the champion comparison decided on
+    if passed:
+        assert all(math.isfinite(n) for n in used), reason

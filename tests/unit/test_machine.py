@@ -17,6 +17,7 @@ from chalicelib.domain.events import (
     AlarmChanged,
     ApprovalDecided,
     CommandFailed,
+    Comparison,
     DomainEvent,
     EndpointChanged,
     EndpointDeploymentChanged,
@@ -280,7 +281,7 @@ def test_spot_retries_are_bounded() -> None:
 
 def test_gate_against_champion() -> None:
     config = base_config()
-    config["gates"] = {"metrics": {"macro_f1": 0.7}, "min_improvement": 0.02}
+    config["gates"] = {**config["gates"], "metrics": {"macro_f1": 0.7}, "min_improvement": 0.02}
     run = make_run(S.GATING, config)
 
     def loaded(metrics: dict[str, float], champion: dict[str, float] | None) -> RunState:
@@ -296,9 +297,60 @@ def test_gate_against_champion() -> None:
 
     assert loaded({"macro_f1": 0.85}, None) is S.REGISTERING  # no champion yet
     assert loaded({"macro_f1": 0.65}, None) is S.REJECTED  # below threshold
+    # An evaluation without a paired comparison falls back to the point values.
     assert loaded({"macro_f1": 0.85}, {"macro_f1": 0.80}) is S.REGISTERING  # better by 0.05
     assert loaded({"macro_f1": 0.81}, {"macro_f1": 0.80}) is S.REJECTED  # better by less than 0.02
     assert loaded({"accuracy": 0.9}, None) is S.REJECTED  # gated metric missing
+
+
+def gated(config: dict[str, Any], metrics: dict[str, float], comparison: Comparison | None = None) -> Any:
+    event = EvaluationLoaded(
+        event_id="ev",
+        time=T0,
+        run_id=RUN_ID,
+        metrics=metrics,
+        champion_run_id="cccccccccccc" if comparison else None,
+        champion_metrics={comparison.metric: comparison.champion} if comparison else None,
+        comparison=comparison,
+    )
+    return decide(make_run(S.GATING, config), event).run
+
+
+def test_by_default_a_worse_challenger_is_rejected_with_both_numbers_and_the_interval() -> None:
+    """No gates configured (the default): the champion comparison still runs, on macro-F1."""
+    config = normalise_config({"base_model": "sentence-transformers/all-MiniLM-L6-v2", "task": "text-classification"})
+    assert config["gates"]["metrics"] == {} and config["gates"]["primary_metric"] == "macro_f1"
+    worse = Comparison("macro_f1", 0.812, 0.911, low=-0.141, high=-0.058, confidence=0.95, rows=265)
+    run = gated(config, {"macro_f1": 0.812}, worse)
+    assert run.state is S.REJECTED
+    reason = run.history[-1].reason
+    assert "macro_f1 0.8120 vs champion run cccccccccccc 0.9110 on the same 265 test rows" in reason
+    assert "95% interval -0.1410 to -0.0580" in reason and "worse beyond noise" in reason
+    assert run.metrics["comparison"]["champion"] == 0.911  # recorded on the run too
+    # Slightly lower, but within the paired noise: not a regression, registered.
+    noise = Comparison("macro_f1", 0.905, 0.911, low=-0.03, high=0.018, confidence=0.95, rows=265)
+    run = gated(config, {"macro_f1": 0.905}, noise)
+    assert run.state is S.REGISTERING and "not worse beyond noise" in run.history[-1].reason
+    # A NaN promotes nothing, whatever else holds.
+    assert gated(config, {"macro_f1": float("nan")}).state is S.REJECTED
+    nan = Comparison("macro_f1", 0.9, float("nan"), low=-0.03, high=0.018, confidence=0.95, rows=265)
+    assert gated(config, {"macro_f1": 0.9}, nan).state is S.REJECTED
+
+
+def test_lower_is_better_metrics_gate_and_compare_the_right_way_round() -> None:
+    config = normalise_config(
+        {"base_model": "org/tiny-llama", "task": "causal-lm", "gates": {"metrics": {"perplexity": 100}}}
+    )
+    run = gated(config, {"perplexity": 29607.0, "loss": 10.3})
+    assert run.state is S.REJECTED
+    assert run.history[-1].reason.endswith("perplexity 2.961e+04 is above the threshold 100 (lower is better)")
+    assert gated(config, {"perplexity": 29.6, "loss": 3.39}).state is S.REGISTERING
+    # A challenger whose perplexity is clearly higher is worse, not better.
+    higher = Comparison("perplexity", 40.0, 30.0, low=6.0, high=14.0, confidence=0.95, rows=50)
+    assert gated(config, {"perplexity": 40.0, "loss": 3.7}, higher).state is S.REJECTED
+    lower = Comparison("perplexity", 25.0, 30.0, low=-8.0, high=-2.0, confidence=0.95, rows=50)
+    run = gated(config, {"perplexity": 25.0, "loss": 3.2}, lower)
+    assert run.state is S.REGISTERING and "better beyond noise" in run.history[-1].reason
 
 
 def test_retrain_guards() -> None:
@@ -606,3 +658,22 @@ def test_time_limits_follow_the_runs_config() -> None:
     trial = tuned.config["training"]
     per_trial = trial["max_wait_s"] if trial["spot"] else trial["max_runtime_s"]
     assert time_limit_s(tuned) == rounds * per_trial + SLACK_S
+
+
+def test_history_times_never_run_backwards_and_carry_the_jobs_exit_message() -> None:
+    from chalicelib.domain.events import ProcessingJobChanged
+    from chalicelib.domain.run import HistoryEntry
+
+    late = T0 + timedelta(microseconds=250_000)
+    started = HistoryEntry("r", "run.requested", S.RECEIVED, S.PREPARING, "dataset dropped", late)
+    run = make_run(S.PREPARING, history=(started,))
+    event = ProcessingJobChanged(
+        event_id="p",
+        time=late - timedelta(seconds=1),  # stamped in whole seconds, before the last entry
+        job_name=AWAITING[S.PREPARING],
+        status="Completed",
+        details={"exit_message": "230 of 240 rows kept from 1 file(s); 10 invalid dropped"},
+    )
+    after = decide(run, event).run
+    assert after.history[-1].time >= late
+    assert after.history[-1].reason.endswith(": 230 of 240 rows kept from 1 file(s); 10 invalid dropped")

@@ -93,8 +93,47 @@ def test_prepare_request_is_valid_and_complete() -> None:
         "test",
         "profile",
         "report",
+        "holdout",
     }
+    outputs = {o["OutputName"]: o["S3Output"]["S3Uri"] for o in request["ProcessingOutputConfig"]["Outputs"]}
+    assert outputs["holdout"] == "s3://tuneloop-test/holdout/demo/"
+    assert "holdout" not in inputs  # the project's first run: SageMaker refuses an empty input prefix
     assert {"Key": "tuneloop:run-id", "Value": RUN_ID} in request["Tags"]
+
+
+def s3_listing(key_count: int) -> tuple[Any, Stubber]:
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stub = Stubber(s3)
+    stub.add_response(
+        "list_objects_v2",
+        {"KeyCount": key_count, "IsTruncated": False},
+        {"Bucket": "tuneloop-test", "Prefix": "holdout/demo/", "MaxKeys": 1},
+    )
+    return s3, stub
+
+
+def test_a_later_run_splits_by_the_projects_holdout_and_skips_failed_datasets() -> None:
+    """A retraining run reads the project's whole prefix but the datasets whose own run
+    failed preparing, and its prepare job gets the frozen holdout as an input."""
+    command = dataclasses.replace(PREPARE, input_uri="s3://tuneloop-test/datasets/demo/")
+    bad = ("s3://tuneloop-test/datasets/demo/pc.jsonl", "its run bbbbbbbbbbbb failed preparing: 60 of 300 rows")
+    folder = ("s3://tuneloop-test/datasets/demo/more/manifest.json", "its run cccccccccccc failed preparing: x")
+    elsewhere = ("s3://tuneloop-test/elsewhere/x.jsonl", "not under this run's data")
+    s3, s3_stub = s3_listing(1)
+    client, stub = stubbed()
+    request = prepare_request(command, run_with(), SETTINGS, holdout=True, skipped=[bad, folder])
+    stub.add_response(
+        "create_processing_job", {"ProcessingJobArn": "arn:aws:sagemaker:us-east-1:1:processing-job/x"}, request
+    )
+    executors = SageMakerExecutors(client, SETTINGS, s3=s3, failed_datasets=lambda project: [bad, folder, elsewhere])
+    with stub, s3_stub:
+        outcome = executors.start_processing_job(command, run_with())
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in request["ProcessingInputs"]}
+    assert inputs["holdout"] == "s3://tuneloop-test/holdout/demo/"
+    arguments = request["AppSpecification"]["ContainerArguments"]
+    excluded = [arguments[i + 1] for i, a in enumerate(arguments) if a == "--exclude"]
+    assert excluded == ["pc.jsonl", "more/"]
+    assert "skipped s3://tuneloop-test/datasets/demo/pc.jsonl: its run bbbbbbbbbbbb failed preparing" in outcome.note
 
 
 def test_a_manifest_dataset_is_read_as_its_folder() -> None:
@@ -216,7 +255,12 @@ def test_evaluate_request_reads_the_model_and_the_test_split() -> None:
     assert inputs["model"] == f"s3://tuneloop-test/runs/{RUN_ID}/train/{EVALUATE.input_uri}/output/model.tar.gz"
     assert inputs["test"] == f"s3://tuneloop-test/runs/{RUN_ID}/prepare/test/"
     assert request["AppSpecification"]["ContainerEntrypoint"][-1].endswith("/code/evaluate.py")
-    assert "champion" not in inputs and "ContainerArguments" not in request["AppSpecification"]
+    assert inputs["report"] == f"s3://tuneloop-test/runs/{RUN_ID}/prepare/report/"  # the report's data section
+    arguments = request["AppSpecification"]["ContainerArguments"]
+    assert "champion" not in inputs and "--champion-run-id" not in arguments
+    # The gate's comparison is on the project's primary metric, at its confidence.
+    assert arguments[arguments.index("--primary-metric") + 1] == "macro_f1"
+    assert arguments[arguments.index("--confidence") + 1] == "0.95"
 
 
 def test_the_deployed_champion_is_measured_on_the_same_split() -> None:
@@ -242,7 +286,11 @@ def test_the_deployed_champion_is_measured_on_the_same_split() -> None:
         "s3://tuneloop-test/runs/cccccccccccc/train/tl-cccccccccccc-train-1/output/model.tar.gz"
     )
     assert inputs["champion"]["LocalPath"] == "/opt/ml/processing/input/champion"
-    assert request["AppSpecification"]["ContainerArguments"] == ["--champion-run-id", "cccccccccccc"]
+    assert request["AppSpecification"]["ContainerArguments"][-2:] == ["--champion-run-id", "cccccccccccc"]
+    # compare_champion off: no champion input at all.
+    off = dataclasses.replace(run, config={**run.config, "gates": {**run.config["gates"], "compare_champion": False}})
+    inputs = {i["InputName"] for i in evaluate_request(EVALUATE, off, settings, champion)["ProcessingInputs"]}
+    assert "champion" not in inputs
 
 
 def test_loaded_evaluation_becomes_an_event() -> None:

@@ -192,6 +192,7 @@ class ProcessingJob(Job):
     name_key, status_key, arn_kind = "ProcessingJobName", "ProcessingJobStatus", "processing-job"
     start_key = "ProcessingStartTime"
     detail_type = "SageMaker Processing Job State Change"
+    exit_message = ""
 
     def describe(self) -> dict[str, Any]:
         out = {
@@ -208,7 +209,9 @@ class ProcessingJob(Job):
             out["ProcessingEndTime"] = self.ended
         if self.failure_reason:
             out["FailureReason"] = self.failure_reason
-            out["ExitMessage"] = self.failure_reason
+        # As SageMaker does: /opt/ml/output/message, up to 1 KB, whether the job failed or not.
+        if self.failure_reason or self.exit_message:
+            out["ExitMessage"] = self.failure_reason or self.exit_message
         return out
 
     def execute(self) -> None:
@@ -259,6 +262,7 @@ class ProcessingJob(Job):
         for output in self.request.get("ProcessingOutputConfig", {}).get("Outputs", []):
             target = output["S3Output"]
             upload_folder(s3, self.local(target["LocalPath"]), target["S3Uri"])
+        self.exit_message = self.read_failure("message")[:1024]
         self.finish("Completed")
 
     def _map(self, part: str) -> str:
