@@ -71,3 +71,23 @@ def test_stopping_a_group_waits_for_the_grandchild() -> None:
     stop_group(parent, grace_s=10)
     assert marker.read_text() == "saved"  # the grandchild finished its checkpoint first
     marker.unlink()
+
+
+def test_reclaiming_a_left_process_waits_for_its_whole_group() -> None:
+    """A restarted server reclaims the job a dead one left: the training script must have
+    finished its checkpoint before the resumed job reads the checkpoint folder."""
+    script = (
+        "import signal, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time, pathlib, sys\\n"
+        'def done(*_):\\n    time.sleep(1); pathlib.Path(sys.argv[1]).write_text("saved"); sys.exit(0)\\n'
+        "signal.signal(signal.SIGTERM, done)\\ntime.sleep(60)', sys.argv[1]])\n"
+        "time.sleep(60)\n"
+    )
+    marker = Path(f"/tmp/tuneloop-reclaim-{os.getpid()}")
+    marker.unlink(missing_ok=True)
+    parent = subprocess.Popen([sys.executable, "-c", script, str(marker)], start_new_session=True)
+    time.sleep(1.0)
+    assert reclaim(ProcessRecord.of(parent.pid), grace_s=10)
+    assert marker.read_text() == "saved"  # reclaim returned only once the grandchild was done
+    marker.unlink()
+    parent.wait(5)

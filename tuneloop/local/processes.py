@@ -89,8 +89,12 @@ def reap(pid: int) -> None:
 
 
 def reclaim(record: ProcessRecord, grace_s: float = 10) -> bool:
-    """End a recorded process and its process group if it still runs; True if it did."""
-    if not record.running():
+    """End a recorded process and its process group if either still runs; True if it did.
+
+    Done means the whole group is gone, not just the recorded leader: a job's toolkit
+    exits at once on SIGTERM while the training script it started still writes (and
+    prunes) checkpoints, which a resumed job must not download under it."""
+    if not record.running() and not _group_left(record):
         return False
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         try:
@@ -103,10 +107,18 @@ def reclaim(record: ProcessRecord, grace_s: float = 10) -> bool:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             reap(record.pid)
-            if not record.running():
+            if not record.running() and not _group_left(record):
                 return True
             time.sleep(0.05)
     return True
+
+
+def _group_left(record: ProcessRecord) -> bool:
+    """Whether the recorded leader's process group outlives it. Only while no other
+    process holds the PID: Linux reuses a PID only once no group or session has its id,
+    so a different process there means the recorded group is long gone."""
+    ticks = start_ticks(record.pid)
+    return (ticks is None or ticks == record.started) and group_alive(record.pid)
 
 
 def group_alive(pgid: int) -> bool:
