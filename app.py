@@ -27,6 +27,7 @@ from chalicelib.domain import names
 from chalicelib.domain.commands import StartChildRun
 from chalicelib.domain.events import ApprovalDecided, RetrainRequested, StopRequested
 from chalicelib.domain.project import ConfigError, check_project_name
+from chalicelib.domain.states import RunState
 from chalicelib.events import MalformedEventError, UnknownEventError, event_id, parse_event
 from chalicelib.intake import IntakeIgnored, parse_object_created
 from chalicelib.observability import logger
@@ -247,10 +248,14 @@ def _decide_approval(run_id: str, approved: bool) -> Response:
         event_id=f"approval-{run_id}-{verdict}", time=utcnow(), run_id=run_id, approved=approved, reason=reason
     )
     applied = deps.get().service.apply(run_id, event)
-    assert applied.decision is not None
-    if not applied.decision.changed and applied.decision.noop != "duplicate":
-        raise ConflictError(f"run {run_id} is not waiting for approval: {applied.decision.note}")
-    return Response({"run_id": run_id, "decision": verdict, "state": applied.decision.run.state.value}, status_code=202)
+    decision = applied.decision
+    assert decision is not None
+    # A retried decision is harmless while the run still waits on it; once the run has moved
+    # on (deployed, rejected), approving it again is a conflict, not an echo.
+    repeat = decision.noop == "duplicate" and decision.run.state is RunState.PENDING_APPROVAL
+    if not decision.changed and not repeat:
+        raise ConflictError(f"run {run_id} is {decision.run.state.value}, not waiting for approval: {decision.note}")
+    return Response({"run_id": run_id, "decision": verdict, "state": decision.run.state.value}, status_code=202)
 
 
 @app.route("/runs/{run_id}/retrain", methods=["POST"], content_types=JSON, authorizer=iam)

@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config import Settings
+from .deployment import transform_output
 from .domain.project import ConfigError, check_project_name
 from .domain.states import RunState
-from .sagemaker import evaluation_prefix, model_artifact_uri
+from .sagemaker import evaluation_prefix, model_artifact_uri, run_prefix
 from .service import InvalidRequestError
 from .store import Page, Project, StoredRun
 
@@ -136,6 +137,11 @@ def run_view(stored: StoredRun, settings: Settings) -> dict[str, Any]:
         links["model_artifact"] = model_artifact_uri(settings, run, run.model_source)
     if "evaluation" in run.metrics:
         links["evaluation_report"] = evaluation_prefix(settings, run.run_id) + "report.html"
+    if any("StartTransformJob" in entry.commands for entry in run.history):
+        links["transform_output"] = transform_output(settings, run.run_id)
+    if any(entry.from_state is RunState.PREPARING for entry in run.history):
+        # Every row prepare dropped or flagged, with its file, line and reason.
+        links["prepare_report"] = f"{run_prefix(settings, run.run_id)}/prepare/report/report.json"
     return view
 
 

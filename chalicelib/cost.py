@@ -71,8 +71,11 @@ def job_line(job_type: str, name: str, described: dict[str, Any], region: str) -
         "spot": spot,
         "usd": round(billable / 3600 * price * count, 4) if price is not None else None,
     }
-    if spot and seconds > 0:
+    if spot and seconds > 0 and billable < seconds:
         line["spot_savings_pct"] = round(100 * (1 - billable / seconds), 1)
+    elif spot:
+        # Not "saved 0%": SageMaker billed the whole time (the local cloud has no spot market).
+        line["note"] = "spot on; no saving reported (BillableTimeInSeconds equals the training time)"
     if price is None:
         line["note"] = f"no {family} price for {instance_type} in {region} in prices.json"
     return line

@@ -253,6 +253,12 @@ def drift_alarm_requests(run: Run) -> list[dict[str, Any]]:
     ]
 
 
+def transform_output(settings: Settings, run_id: str) -> str:
+    """Where a batch run's transform writes: one ``<input file>.out`` per input file, in the
+    input's layout."""
+    return f"{run_prefix(settings, run_id)}/transform/"
+
+
 def transform_request(command: StartTransformJob, run: Run, settings: Settings) -> dict[str, Any]:
     deployment = run.config["deployment"]
     request: dict[str, Any] = {
@@ -267,7 +273,7 @@ def transform_request(command: StartTransformJob, run: Run, settings: Settings) 
             "SplitType": "Line",
         },
         "TransformOutput": {
-            "S3OutputPath": f"{run_prefix(settings, run.run_id)}/transform/",
+            "S3OutputPath": transform_output(settings, run.run_id),
             "Accept": "application/json",
             "AssembleWith": "Line",
         },

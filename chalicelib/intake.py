@@ -78,7 +78,7 @@ def parse_object_created(raw: Any, prefix: str = "datasets/") -> DatasetDrop:
         project=project,
         dataset_id=dataset_id,
         size=-1 if size is None else int(size),
-        idempotency_key=names.derive_id("s3", bucket, key, object_identity(envelope["id"], obj)),
+        idempotency_key=run_id_for(bucket, key, object_identity(envelope["id"], obj)),
     )
 
 
@@ -86,15 +86,25 @@ def object_identity(event_id: str, obj: Fields) -> str:
     """Which upload of the key this is: the version id on a versioned bucket, else the
     ETag with the size (moto writes ``eTag`` where AWS documents ``etag``: either will do).
     An unversioned bucket reports version id ``null`` (moto) or none at all (AWS)."""
-    version = obj.text("version-id")
-    if version and version != "null":
-        return f"version:{version}"
-    etag = (obj.text("etag") or obj.text("eTag")).strip('"')
-    if etag:
-        size = obj.number("size")
-        return f"etag:{etag}:{'' if size is None else int(size)}"
+    size = obj.number("size")
+    identity = upload_identity(obj.text("version-id"), obj.text("etag") or obj.text("eTag"), size)
     # Neither: nothing tells two uploads apart but the event itself.
-    return f"event:{obj.text('sequencer') or event_id}"
+    return identity or f"event:{obj.text('sequencer') or event_id}"
+
+
+def upload_identity(version_id: str | None, etag: str | None, size: float | None) -> str | None:
+    """One upload's identity from what S3 says of it (its event, or HeadObject)."""
+    if version_id and version_id != "null":
+        return f"version:{version_id}"
+    etag = (etag or "").strip('"')
+    if etag:
+        return f"etag:{etag}:{'' if size is None else int(size)}"
+    return None
+
+
+def run_id_for(bucket: str, key: str, identity: str) -> str:
+    """The id of the run an upload starts: a redelivered event finds the same one."""
+    return names.derive_id("s3", bucket, key, identity)
 
 
 def check_dataset_key(key: str, prefix: str = "datasets/") -> tuple[str, str]:

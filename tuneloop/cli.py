@@ -67,8 +67,8 @@ def cmd_project_show(args: argparse.Namespace) -> int:
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
-    uri = drop(local_state(), Path(args.file), args.project, args.dataset_id)
-    print(f"uploaded {uri}")
+    uri, run_id = drop(local_state(), Path(args.file), args.project, args.dataset_id)
+    print(f"uploaded {uri}: run {run_id} started (tuneloop watch {run_id})")
     return 0
 
 
@@ -97,6 +97,18 @@ def cmd_run_show(args: argparse.Namespace) -> int:
 def cmd_run_stop(args: argparse.Namespace) -> int:
     result = local_api().call("POST", f"/runs/{args.run_id}/stop")
     print(f"run {result['run_id']} is {result['state']}")
+    return 0
+
+
+def cmd_run_decide(args: argparse.Namespace) -> int:
+    """approve / reject a run waiting for a person; retrain a deployed run."""
+    body = {"reason": args.reason} if args.reason else None
+    result = local_api().call("POST", f"/runs/{args.run_id}/{args.run_command}", body)
+    if args.run_command == "retrain":
+        print(f"retraining run {result['child_run_id']} started from {args.run_id} "
+              f"(tuneloop watch {result['child_run_id']})")  # fmt: skip
+    else:
+        print(f"run {args.run_id} {result['decision']}; it is {result['state']}")
     return 0
 
 
@@ -293,6 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = run.add_parser("stop")
     p.add_argument("run_id")
     p.set_defaults(func=cmd_run_stop)
+    for name, text in (
+        ("approve", "approve a run waiting for manual approval: it deploys"),
+        ("reject", "reject a run waiting for manual approval"),
+        ("retrain", "start a retraining run of a deployed run"),
+    ):
+        p = run.add_parser(name, help=text)
+        p.add_argument("run_id")
+        p.add_argument("--reason", help="recorded in the run's history")
+        p.set_defaults(func=cmd_run_decide)
 
     p = sub.add_parser("report", help="save a run's evaluation report (report.html) and list its plots")
     p.add_argument("run_id")

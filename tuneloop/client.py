@@ -63,14 +63,51 @@ def local_api() -> Api:
     return Api(local_state())
 
 
-def drop(state: cloud.CloudState, path: Path, project: str, dataset_id: str | None = None) -> str:
-    """Upload a dataset file under the project's drop prefix (its upload starts a run)."""
+def drop(
+    state: cloud.CloudState, path: Path, project: str, dataset_id: str | None = None, timeout: float = 60
+) -> tuple[str, str]:
+    """Upload a dataset file under the project's drop prefix and return (its URI, the run
+    its upload started). Checks first what the intake would refuse, so nothing is uploaded
+    that starts no run; CliError says why none will, or why none did."""
+    from chalicelib.intake import IntakeIgnored, check_dataset_key, run_id_for, upload_identity
+
     if not path.is_file():
         raise CliError(f"{path} is not a file")
     dataset_id = dataset_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     key = f"datasets/{project}/{dataset_id}/{path.name}"
-    state.client("s3").upload_file(str(path), state.bucket, key)
-    return f"s3://{state.bucket}/{key}"
+    try:
+        check_dataset_key(key)
+    except IntakeIgnored as exc:
+        raise CliError(f"no run would start: {exc}") from exc
+    if path.stat().st_size == 0:
+        raise CliError(f"no run would start: {path} is empty")
+    api = Api(state)
+    try:
+        api.call("GET", f"/projects/{project}")
+    except CliError as exc:
+        if "→ 404" in str(exc):
+            raise CliError(f"no run would start: there is no project {project!r} (tuneloop project create)") from exc
+        raise
+    s3 = state.client("s3")
+    s3.upload_file(str(path), state.bucket, key)
+    head = s3.head_object(Bucket=state.bucket, Key=key)
+    identity = upload_identity(head.get("VersionId"), head.get("ETag"), head.get("ContentLength"))
+    uri = f"s3://{state.bucket}/{key}"
+    if identity is None:
+        raise CliError(f"uploaded {uri}, but S3 gave it no ETag to find its run by")
+    run_id = run_id_for(state.bucket, key, identity)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            api.call("GET", f"/runs/{run_id}")
+            return uri, run_id
+        except CliError as exc:
+            if "→ 404" not in str(exc) or time.monotonic() > deadline:
+                raise CliError(
+                    f"uploaded {uri}, but no run started within {timeout:.0f}s "
+                    f"(see `tuneloop dlq list` and {cloud.home() / 'logs' / 'host.log'})"
+                ) from exc
+        time.sleep(0.25)
 
 
 def show_run(run: dict[str, Any]) -> None:
@@ -86,9 +123,16 @@ def show_run(run: dict[str, Any]) -> None:
         print(f"    {entry['time']}  {entry['from']:>16} → {entry['to']:<16} {entry['reason']}{commands}")
     for item in run["pending_commands"]:
         print(f"  pending   {item['type']} {item.get('job_name', '')}: {item['note']}")
+    hyperparameters = (run.get("config") or {}).get("training", {}).get("hyperparameters") or {}
+    if hyperparameters:
+        print("  hyperparameters  " + " ".join(f"{k}={v}" for k, v in sorted(hyperparameters.items())))
     for group, values in sorted(run.get("metrics", {}).items()):
+        if group == "comparison":
+            print(f"  champion  {describe_comparison(values)}")
+            continue
         for name, value in sorted(values.items()):
-            print(f"  metric    {group}.{name} = {value:.6g}")
+            shown = f"{value:.6g}" if isinstance(value, (int, float)) else str(value)
+            print(f"  metric    {group}.{name} = {shown}")
     tuning = run.get("tuning")
     if tuning:
         objective = tuning["objective"]
@@ -112,8 +156,36 @@ def show_run(run: dict[str, Any]) -> None:
                 f"{line['hours']:.3f} h" if "hours" in line else f"{line.get('billable_seconds', 0):.0f} s billable"
             )
             spot = f", spot saved {line['spot_savings_pct']:.0f}%" if "spot_savings_pct" in line else ""
+            spot = spot or (", spot: no saving reported" if line.get("spot") else "")
             name = line.get("job") or line.get("endpoint")
             print(f"    {name:<40} {line.get('instance_type', ''):<15} {amount:>16}{spot}  {usd}")
+    step = next_step(run)
+    if step:
+        print(f"  next      {step}")
+
+
+def describe_comparison(c: dict[str, Any]) -> str:
+    """``macro_f1 0.8120 vs 0.9110 (run X) on 265 rows: -0.0990, 95% interval -0.14 to -0.06``."""
+    try:
+        return (
+            f"{c['metric']} {c['challenger']:.4f} vs {c['champion']:.4f} (run {c.get('champion_run_id')}) "
+            f"on {c['rows']} test rows: {c['challenger'] - c['champion']:+.4f}, "
+            f"{c['confidence']:.0%} interval {c['low']:+.4f} to {c['high']:+.4f}"
+        )
+    except (KeyError, TypeError, ValueError):
+        return str(c)
+
+
+NEXT_STEP = {
+    "pending_approval": "waits for a person: tuneloop run approve {id} (or reject {id}) [--reason TEXT]",
+    "deployed": "serves its endpoint; tuneloop run retrain {id} starts a retraining run",
+    "rejected": "was rejected; see the last history entry for why",
+}
+
+
+def next_step(run: dict[str, Any]) -> str | None:
+    text = NEXT_STEP.get(run.get("state", ""))
+    return f"run {run['run_id']} {text.format(id=run['run_id'])}" if text else None
 
 
 def wait_for_run(api: Api, project: str, after: set[str], timeout: float) -> dict[str, Any]:
@@ -128,11 +200,15 @@ def wait_for_run(api: Api, project: str, after: set[str], timeout: float) -> dic
     raise CliError(f"no run of {project} appeared within {timeout:.0f}s; see {cloud.home() / 'logs' / 'host.log'}")
 
 
-ACTIVE_STEPS = ("received", "preparing", "training", "tuning", "evaluating", "gating", "registering", "deploying")
+ACTIVE_STEPS = (
+    "received", "preparing", "training", "tuning", "evaluating", "gating", "registering", "deploying", "transforming",
+)  # fmt: skip
 
 
 def watch(state: cloud.CloudState, run_id: str, until: tuple[str, ...] = (), timeout: float = 3600) -> dict[str, Any]:
-    """Follow a run: its state, and while it trains, the job's status, epoch, step and loss.
+    """Follow a run: its state; while it trains, the job's status, epoch, step and loss, and
+    each finished epoch's validation metrics; while it tunes, the same for every running
+    trial. Says what to do next when the run waits for a person.
 
     Returns the run once it reaches a state in ``until`` (or any state past training when
     ``until`` is empty), leaves the active states, or the timeout passes.
@@ -140,36 +216,73 @@ def watch(state: cloud.CloudState, run_id: str, until: tuple[str, ...] = (), tim
     api = Api(state)
     sagemaker = state.client("sagemaker") if state.sagemaker_port else None
     deadline = time.monotonic() + timeout
+    shown: set[str] = set()
     last = ""
     while True:
         run = api.call("GET", f"/runs/{run_id}")
         line = f"{run['state']:<12}"
         awaiting = run.get("awaiting") or ""
+        extra: list[str] = []
         if sagemaker and run["state"] == "training" and awaiting:
-            try:
-                job = sagemaker.describe_training_job(TrainingJobName=awaiting)
-            except Exception:  # not created yet, or not a job the local server knows
-                job = None
-            if job:
-                metrics = {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList", [])}
-                line += f" {awaiting} {job['SecondaryStatus']:<12}"
-                if "step" in metrics:
-                    line += f" epoch {metrics.get('epoch', 0):.2f} step {int(metrics['step'])}"
-                if "train_loss" in metrics:
-                    line += f" loss {metrics['train_loss']:.4f}"
+            progress, validation = training_progress(sagemaker, awaiting)
+            line += f" {awaiting} {progress}"
+            extra += validation
         elif sagemaker and run["state"] == "tuning" and awaiting:
             line += f" {awaiting} {tuning_progress(sagemaker, awaiting)}"
+            for trial in running_trials(sagemaker, awaiting):
+                progress, validation = training_progress(sagemaker, trial)
+                extra += [f"  trial {trial} {progress}", *validation]
         elif awaiting:
             line += f" waiting on {awaiting}"
+        stamp = time.strftime("%H:%M:%S")
         if line != last:
-            print(f"  {time.strftime('%H:%M:%S')}  {line}", flush=True)
+            print(f"  {stamp}  {line}", flush=True)
             last = line
+        for text in extra:
+            if text not in shown:  # each epoch's validation line, each trial's progress, once
+                shown.add(text)
+                print(f"  {stamp}    {text}", flush=True)
         finished = run["state"] in until if until else run["state"] not in ACTIVE_STEPS
         if finished or (until and run["state"] not in ACTIVE_STEPS and run["state"] not in until):
+            step = next_step(run)
+            if step and not until:
+                print(f"  {stamp}  {step}", flush=True)
             return dict(run)
         if time.monotonic() > deadline:
             raise CliError(f"run {run_id} is still {run['state']} after {timeout:.0f}s")
         time.sleep(1)
+
+
+def training_progress(sagemaker: Any, job_name: str) -> tuple[str, list[str]]:
+    """(``Training epoch 1.20 step 40 loss 0.4123``, the finished epochs' validation lines)."""
+    try:
+        job = sagemaker.describe_training_job(TrainingJobName=job_name)
+    except Exception:  # not created yet, or not a job the local server knows
+        return "starting", []
+    metrics = {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList", [])}
+    text = f"{job['SecondaryStatus']:<12}"
+    if "step" in metrics:
+        text += f" epoch {metrics.get('epoch', 0):.2f} step {int(metrics['step'])}"
+    if "train_loss" in metrics:
+        text += f" loss {metrics['train_loss']:.4f}"
+    scores = {k: v for k, v in sorted(metrics.items()) if k.startswith("validation_")}
+    validation = []
+    if scores:
+        # FinalMetricDataList holds the last value: one line per epoch it has reached.
+        epoch = int(metrics.get("epoch", 0))  # the last finished epoch: validation runs at its end
+        values = " ".join(f"{k.removeprefix('validation_')} {v:.4f}" for k, v in scores.items())
+        validation.append(f"{job_name} epoch {epoch} validation: {values}")
+    return text, validation
+
+
+def running_trials(sagemaker: Any, tuning_job: str) -> list[str]:
+    try:
+        page = sagemaker.list_training_jobs_for_hyper_parameter_tuning_job(
+            HyperParameterTuningJobName=tuning_job, StatusEquals="InProgress", MaxResults=10
+        )
+    except Exception:  # not created yet
+        return []
+    return sorted(t["TrainingJobName"] for t in page.get("TrainingJobSummaries", []))
 
 
 def tuning_progress(sagemaker: Any, job_name: str) -> str:

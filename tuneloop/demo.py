@@ -134,10 +134,9 @@ def run(args: argparse.Namespace) -> int:
         api.call("POST", "/projects", spec)
         timeline.mark(f"project {project} created ({spec['config']['task']} on {spec['config']['base_model']})")
         dataset = client.REPO_ROOT / "examples" / "data" / "reviews.jsonl"
-        client.drop(client.local_state(), dataset, project, dataset_id="sample-1")
-        first = client.wait_for_run(api, project, set(), timeout=60)
-        timeline.mark(f"dataset dropped: run {first['run_id']} started")
-        first = client.watch(client.local_state(), first["run_id"], timeout=900)
+        _, first_id = client.drop(client.local_state(), dataset, project, dataset_id="sample-1")
+        timeline.mark(f"dataset dropped: run {first_id} started")
+        first = client.watch(client.local_state(), first_id, timeout=900)
         print()
         client.show_run(first)
         if first["state"] != "deployed":

@@ -35,6 +35,16 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     config = {**DEMO_TUNED_CONFIG, "tuning": {**DEMO_TUNED_CONFIG["tuning"], "max_jobs": 2}}
     spec.write_text(json.dumps({"name": "demo", "config": config}))
     tuneloop(home, "project", "create", "--file", str(spec))
+    # `drop` checks what the intake would: when no run will start it uploads nothing, says
+    # why, and exits non-zero.
+    reviews = str(REPO / "examples/data/reviews.jsonl")
+    refused = tuneloop(home, "drop", reviews, "--project", "nope", check=False)
+    assert refused.returncode != 0 and "there is no project 'nope'" in refused.stderr
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a dataset\n")
+    refused = tuneloop(home, "drop", str(notes), "--project", "demo", check=False)
+    assert refused.returncode != 0 and "neither manifest.json nor a .jsonl/.csv file" in refused.stderr
+    assert not s3(state).list_objects_v2(Bucket=state["bucket"], Prefix="datasets/").get("KeyCount")
 
     # Any S3 client's upload becomes an Object Created event that starts a run, which
     # prepares the data and tunes fine-tunes of the packaged MiniLM on the local SageMaker.
@@ -149,13 +159,12 @@ def check_report(home: Path, run: dict[str, Any], tmp_path: Path) -> None:
         try:
             page = browser.new_page()
             page.goto(saved.as_uri())
-            shown = dict(
-                zip(
-                    page.locator("#metrics th").all_inner_texts(),
-                    page.locator("#metrics td").all_inner_texts(),
-                    strict=True,
-                )
-            )
+            shown, intervals = {}, {}
+            for row in page.locator("#metrics tr").all():  # metric, value, its interval
+                cells = row.locator("td").all_inner_texts()
+                if cells:
+                    name = row.locator("th").inner_text()
+                    shown[name], intervals[name] = cells[0], cells[1]
             images = page.evaluate(
                 "[...document.images].map(i => ({alt: i.alt, ok: i.complete, width: i.naturalWidth}))"
             )
@@ -163,6 +172,7 @@ def check_report(home: Path, run: dict[str, Any], tmp_path: Path) -> None:
             browser.close()
     evaluation = run["metrics"]["evaluation"]
     assert shown["macro_f1"] == f"{evaluation['macro_f1']:.4f}" and shown["accuracy"] == f"{evaluation['accuracy']:.4f}"
+    assert " to " in intervals["macro_f1"] and " to " in intervals["accuracy"]  # bootstrap intervals
     assert {i["alt"] for i in images} >= {"confusion_matrix.png", "training_curves.png"}
     assert all(i["ok"] and i["width"] > 300 for i in images), images
 

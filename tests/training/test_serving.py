@@ -213,6 +213,7 @@ def test_batch_transform_answers_every_line(hosted: dict[str, Any]) -> None:
     client, s3 = hosted["client"], hosted["s3"]
     lines = [json.dumps(t) for t in ("great fun", "boring plot", "superb")] + [json.dumps({"text": "bad shape"})]
     s3.put_object(Bucket=BUCKET, Key="batch/in/part-1.jsonl", Body="\n".join(lines[:3]).encode())
+    s3.put_object(Bucket=BUCKET, Key="batch/in/more/part-2.jsonl", Body=lines[0].encode())  # a sub-folder
     client.create_transform_job(
         TransformJobName="tl-transform-1", ModelName="tl-model-1",
         TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/batch/in/"}},
@@ -232,6 +233,9 @@ def test_batch_transform_answers_every_line(hosted: dict[str, Any]) -> None:
     assert done["TransformJobStatus"] == "Completed", done.get("FailureReason")
     out = s3.get_object(Bucket=BUCKET, Key="batch/out/part-1.jsonl.out")["Body"].read().decode().splitlines()
     assert [json.loads(line)["label"] in ("positive", "negative") for line in out] == [True] * 3
+    # The output mirrors the input's layout, as SageMaker's does.
+    nested = s3.get_object(Bucket=BUCKET, Key="batch/out/more/part-2.jsonl.out")["Body"].read().decode()
+    assert len(nested.splitlines()) == 1
     s3.put_object(Bucket=BUCKET, Key="batch/bad/part-1.jsonl", Body=lines[3].encode())
     client.create_transform_job(
         TransformJobName="tl-transform-2", ModelName="tl-model-1",

@@ -197,9 +197,14 @@ def down(log: Any = print, save: bool = True) -> bool:
         return False
     # The host first: it ends running jobs (training checkpoints on SIGTERM), to resume at
     # the next up. Then what it left behind is saved while moto still holds it.
+    started = time.monotonic()
+    if state.process("host").running():
+        # Say so before the wait: running jobs checkpoint and stop, which can take a minute.
+        log(f"stopping the app host (pid {state.host_pid}); its running jobs checkpoint and stop (up to 60 s)…")
     if reclaim(state.process("host"), grace_s=60):
-        log(f"stopped the app host (pid {state.host_pid})")
+        log(f"stopped the app host in {time.monotonic() - started:.0f} s")
     if save and state.process("moto").running():
+        log("saving undelivered events and the bucket…")
         queued = save_queued_events(state, root / QUEUED_EVENTS)
         if queued:
             log(f"saved {queued} undelivered events to {root / QUEUED_EVENTS}; up delivers them")
@@ -210,6 +215,7 @@ def down(log: Any = print, save: bool = True) -> bool:
             log(f"stopped {label} (pid {getattr(state, f'{name}_pid')})")
     (root / "state.json").unlink(missing_ok=True)
     (root / "host.json").unlink(missing_ok=True)
+    log(f"local cloud down in {time.monotonic() - started:.0f} s")
     return True
 
 

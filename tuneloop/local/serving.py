@@ -127,7 +127,10 @@ def transform(model_dir: Path, source: Path, target: Path) -> int:
                 failures += 1
                 print(f"{path.name}:{number}: {answer.decode(errors='replace')}", file=sys.stderr)
             out.append(answer)
-        (target / f"{path.relative_to(source)}.out").write_bytes(b"\n".join(out) + b"\n")
+        # As SageMaker does: the output mirrors the input's layout, sub-folders included.
+        result = target / f"{path.relative_to(source)}.out"
+        result.parent.mkdir(parents=True, exist_ok=True)
+        result.write_bytes(b"\n".join(out) + b"\n")
     return failures
 
 
