@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,10 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1"}
     command = [str(chalice), "package", "--stage", "dev", "--merge-template", "infra/resources.json", str(out)]
     subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
+    # chalicelib/spec.py links to training/spec.py (declared once for Lambda and the jobs):
+    # the zip must hold the file itself, not a link.
+    with zipfile.ZipFile(out / "deployment.zip") as deployment:
+        assert deployment.read("chalicelib/spec.py") == (REPO / "training" / "spec.py").read_bytes()
     sam = json.loads((out / "sam.json").read_text())
     for resource in sam["Resources"].values():
         if resource["Type"] == "AWS::Serverless::Function":  # as `aws cloudformation package` leaves it
