@@ -144,6 +144,10 @@ def show_run(run: dict[str, Any]) -> None:
             print(f"    {trial['training_job']}  {trial['status']:<10} {objective:>8}  {values}{best}")
         if tuning.get("trials_error"):
             print(f"    (trials unavailable: {tuning['trials_error']})")
+    if run["links"].get("prepare_report"):
+        print(f"  data      every dropped or flagged row: {run['links']['prepare_report']}")
+    if run["links"].get("transform_output"):
+        print(f"  output    {run['links']['transform_output']}")
     if run["links"].get("report"):
         print(f"  report    tuneloop report {run['run_id']}")
     cost = run.get("cost")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_for
 from tuneloop.local.processes import ProcessRecord, reclaim, running, start_ticks, stop_group
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
@@ -55,19 +56,28 @@ def test_a_record_survives_on_disk(tmp_path: Path) -> None:
     child.wait(5)
 
 
-def test_stopping_a_group_waits_for_the_grandchild() -> None:
-    """A parent that dies at once on SIGTERM must not leave its child writing unwatched."""
+def group_saving_on_sigterm(marker: Path) -> subprocess.Popen[bytes]:
+    """A parent that dies at once on SIGTERM, and its child that takes a second to write
+    ``saved`` to ``marker`` (a toolkit and the training script checkpointing under it).
+    Returns once the child's handler is in place (it writes ``ready``)."""
     script = (
         "import signal, subprocess, sys, time\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import signal, time, pathlib, sys\\n"
         'def done(*_):\\n    time.sleep(1); pathlib.Path(sys.argv[1]).write_text("saved"); sys.exit(0)\\n'
-        "signal.signal(signal.SIGTERM, done)\\ntime.sleep(60)', sys.argv[1]])\n"
+        'signal.signal(signal.SIGTERM, done)\\npathlib.Path(sys.argv[1]).write_text("ready")\\ntime.sleep(60)\', '
+        "sys.argv[1]])\n"
         "time.sleep(60)\n"
     )
-    marker = Path(f"/tmp/tuneloop-group-{os.getpid()}")
     marker.unlink(missing_ok=True)
     parent = subprocess.Popen([sys.executable, "-c", script, str(marker)], start_new_session=True)
-    time.sleep(1.0)
+    wait_for(lambda: marker.is_file() and marker.read_text() == "ready", 30, what="the child's SIGTERM handler")
+    return parent
+
+
+def test_stopping_a_group_waits_for_the_grandchild() -> None:
+    """A parent that dies at once on SIGTERM must not leave its child writing unwatched."""
+    marker = Path(f"/tmp/tuneloop-group-{os.getpid()}")
+    parent = group_saving_on_sigterm(marker)
     stop_group(parent, grace_s=10)
     assert marker.read_text() == "saved"  # the grandchild finished its checkpoint first
     marker.unlink()
@@ -76,17 +86,8 @@ def test_stopping_a_group_waits_for_the_grandchild() -> None:
 def test_reclaiming_a_left_process_waits_for_its_whole_group() -> None:
     """A restarted server reclaims the job a dead one left: the training script must have
     finished its checkpoint before the resumed job reads the checkpoint folder."""
-    script = (
-        "import signal, subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time, pathlib, sys\\n"
-        'def done(*_):\\n    time.sleep(1); pathlib.Path(sys.argv[1]).write_text("saved"); sys.exit(0)\\n'
-        "signal.signal(signal.SIGTERM, done)\\ntime.sleep(60)', sys.argv[1]])\n"
-        "time.sleep(60)\n"
-    )
     marker = Path(f"/tmp/tuneloop-reclaim-{os.getpid()}")
-    marker.unlink(missing_ok=True)
-    parent = subprocess.Popen([sys.executable, "-c", script, str(marker)], start_new_session=True)
-    time.sleep(1.0)
+    parent = group_saving_on_sigterm(marker)
     assert reclaim(ProcessRecord.of(parent.pid), grace_s=10)
     assert marker.read_text() == "saved"  # reclaim returned only once the grandchild was done
     marker.unlink()
