@@ -25,7 +25,7 @@ from .domain.events import (
     RunTimedOut,
 )
 from .domain.machine import Decision, decide
-from .domain.project import check_project_name, normalise_config
+from .domain.project import ConfigError, check_project_name, normalise_config
 from .domain.run import Run
 from .domain.states import RunState
 from .domain.waits import SWEPT_STATES, overdue
@@ -171,13 +171,21 @@ class RunService:
         existing = self.runs.get(run_id)
         if existing is not None:
             return existing, False
+        try:
+            # A project stored by an older tuneloop gets today's defaults (split, gates...).
+            config = normalise_config(project.config)
+        except ConfigError as exc:
+            raise InvalidRequestError(
+                f"project {project.name}: config.{exc.field}",
+                f"{exc.message} (the config predates a rule; fix it with PUT /projects/{project.name})",
+            ) from exc
         now = self.clock()
         when = event_time or now
         run = Run(
             run_id=run_id,
             project=project.name,
             state=RunState.RECEIVED,
-            config=project.config,
+            config=config,
             dataset_uri=dataset_uri,
             created_at=now,
             parent_run_id=parent_run_id,
@@ -215,6 +223,9 @@ class RunService:
         except ProjectNotFoundError:
             logger.warning("dataset for unknown project ignored", extra={"project": drop.project, "key": drop.key})
             return Applied(None, ignored=f"no project named {drop.project!r}")
+        except InvalidRequestError as exc:
+            logger.warning("dataset for a project whose config is invalid ignored", extra={"reason": str(exc)})
+            return Applied(None, ignored=str(exc))
         if not created:
             logger.info("dataset already started a run", extra={"run_id": stored.run.run_id, "key": drop.key})
             return Applied(stored.run.run_id, ignored="duplicate delivery: run already started")
@@ -458,13 +469,16 @@ class RunService:
         parent = self.runs.get(parent_run_id)
         if parent is None:
             raise PermanentCommandError(f"parent run {parent_run_id} is gone")
-        stored, _ = self.start_run(
-            parent.run.project,
-            self.current_data(parent.run),
-            run_id=child_run_id,
-            parent_run_id=parent_run_id,
-            reason=reason,
-        )
+        try:
+            stored, _ = self.start_run(
+                parent.run.project,
+                self.current_data(parent.run),
+                run_id=child_run_id,
+                parent_run_id=parent_run_id,
+                reason=reason,
+            )
+        except InvalidRequestError as exc:
+            raise PermanentCommandError(str(exc)) from exc
         return stored.run.run_id
 
     # --- logging -------------------------------------------------------------------------

@@ -202,16 +202,18 @@ def plots(
             ax.plot(*zip(*train, strict=True), label="training loss")
         if validation:
             ax.plot(*zip(*validation, strict=True), marker="o", label="validation loss")
+        lines = ax.get_lines()
         scores = [k for k in ("validation_macro_f1", "validation_accuracy") if any(k in h for h in history)]
         if scores:
             right = ax.twinx()
             points = [(h["step"], h[scores[0]]) for h in history if scores[0] in h]
-            right.plot(*zip(*points, strict=True), marker="s", color="tab:green", label=scores[0])
+            lines += right.plot(*zip(*points, strict=True), marker="s", color="tab:green", label=scores[0])
             right.set_ylabel(scores[0])
-            right.legend(loc="upper center", bbox_to_anchor=(0.75, -0.18), frameon=False)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.3, -0.18), ncol=2, frameon=False)
+        # One legend for both axes, below them: none hides a line or another's label.
+        ax.legend(lines, [line.get_label() for line in lines], loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                  ncol=3, frameon=False)  # fmt: skip
         ax.set_title("Training and validation curves")
         out["training_curves.png"] = _png(fig)
         plt.close(fig)
@@ -252,6 +254,10 @@ def _table(rows: list[tuple[str, str]], table_id: str = "") -> str:
     return f"<table{ident}>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
 
+def _shown(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
+
+
 def _interval(bounds: list[float] | None) -> str:
     return f"{bounds[0]:.4f} to {bounds[1]:.4f}" if bounds else ""
 
@@ -264,7 +270,7 @@ def report_html(evaluation: dict[str, Any], images: dict[str, bytes], context: d
     intervals = evaluation.get("intervals") or {}
     header = f"<tr><th>metric</th><th>value</th><th>{confidence:.0%} interval</th></tr>"
     rows = header + "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{v:.4f}</td><td>{_interval(intervals.get(k))}</td></tr>"
+        f"<tr><th>{html.escape(k)}</th><td>{_shown(v)}</td><td>{_interval(intervals.get(k))}</td></tr>"
         for k, v in metrics.items()
         if isinstance(v, (int, float))
     )
@@ -318,7 +324,7 @@ def report_html(evaluation: dict[str, Any], images: dict[str, bytes], context: d
     comparison = evaluation.get("comparison") or {}
     if evaluation.get("champion"):
         champion = "<h2>Champion on the same test rows</h2>" + _table(
-            [(k, f"{v:.4f}") for k, v in evaluation["champion"].items() if isinstance(v, (int, float))], "champion"
+            [(k, _shown(v)) for k, v in evaluation["champion"].items() if isinstance(v, (int, float))], "champion"
         )
         if comparison.get("metric"):
             overlap = comparison.get("overlap", {})

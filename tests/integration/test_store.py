@@ -10,6 +10,7 @@ import pytest
 
 from chalicelib.domain import names
 from chalicelib.domain.events import ProcessingJobChanged, StopRequested, TrainingJobChanged
+from chalicelib.domain.project import normalise_config
 from chalicelib.domain.states import RunState
 from chalicelib.store import ConflictError
 from tests.conftest import DEMO_CONFIG, T0
@@ -201,7 +202,7 @@ def test_datasets_whose_newest_run_failed_preparing_are_listed_with_the_reason(s
     fixed = "s3://tuneloop-test/datasets/demo/fixed/data.jsonl"
     failing = {uri: service.start_run("demo", uri)[0].run.run_id for uri in (bad, fixed)}
     good = service.start_run("demo", DATASET)[0].run.run_id
-    for uri, run_id in failing.items():
+    for run_id in failing.values():
         failed = job_event(ProcessingJobChanged, run_id, "prepare", "Failed", f"f-{run_id}")
         failed = type(failed)(**{**vars(failed), "failure_reason": "DatasetError: 60 of 300 rows are invalid"})
         assert service.apply(run_id, failed).decision.run.state is RunState.FAILED
@@ -217,3 +218,23 @@ def test_datasets_whose_newest_run_failed_preparing_are_listed_with_the_reason(s
     assert service.runs.failed_datasets("demo") == [
         (bad, f"its run {failing[bad]} failed preparing: prepare job failed: DatasetError: 60 of 300 rows are invalid")
     ]
+
+
+def test_a_project_stored_by_an_older_tuneloop_starts_runs_with_todays_defaults(service: Any) -> None:
+    """Stored configs are not migrated: a run snapshots the project's config normalised
+    again, so one saved before split/gates.primary_metric existed gets their defaults, and
+    one that a newer rule refuses starts no run, saying how to fix it."""
+    from chalicelib.intake import DatasetDrop
+    from chalicelib.service import InvalidRequestError
+
+    old = {k: v for k, v in normalise_config(DEMO_CONFIG).items() if k != "split"}
+    old["gates"] = {"metrics": {"macro_f1": 0.7}, "min_improvement": 0.0}
+    service.projects.create("older", old, T0)
+    run = service.start_run("older", DATASET)[0].run
+    assert run.config["split"]["test"] == 0.1 and run.config["gates"]["primary_metric"] == "macro_f1"
+    service.projects.create("typo", {**old, "training": {**old["training"], "hyperparameters": {"lr_typo": 1}}}, T0)
+    with pytest.raises(InvalidRequestError) as info:
+        service.start_run("typo", DATASET)
+    assert "config.training.hyperparameters.lr_typo" in str(info.value) and "PUT /projects/typo" in str(info.value)
+    drop = DatasetDrop("e", T0, "tuneloop-test", "datasets/typo/ds/x.jsonl", "typo", "ds", 10, "dddddddddddd")
+    assert "lr_typo" in service.intake(drop).ignored
