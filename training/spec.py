@@ -38,9 +38,6 @@ class Metric:
         """How much better ``challenger`` is than ``champion`` (negative: worse)."""
         return challenger - champion if self.better == HIGHER else champion - challenger
 
-    def meets(self, value: float, threshold: float) -> bool:
-        return value >= threshold if self.better == HIGHER else value <= threshold
-
 
 _METRICS = (
     # What the evaluate job measures on the test split.

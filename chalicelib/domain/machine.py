@@ -142,22 +142,16 @@ def tuning_counts(event: TuningJobChanged) -> str:
     return f"Completed {int(counters.get('Completed', 0))}, Failed {failed}, Stopped {int(counters.get('Stopped', 0))}"
 
 
-def _finite(value: float) -> bool:
-    return math.isfinite(value)
-
-
-def _threshold(name: str, value: float | None, threshold: float) -> str | None:
-    """None when ``value`` meets the threshold in the metric's direction, else why not."""
+def _threshold(name: str, value: float | None, threshold: float) -> tuple[bool, str]:
+    """(met, why): ``value`` against ``threshold`` in the metric's direction."""
     metric = spec.METRICS.get(name)
-    better = metric.better if metric and metric.better else spec.HIGHER
+    higher = not (metric and metric.better == spec.LOWER)
     if value is None:
-        return f"metric {name} missing from the evaluation"
-    if not _finite(value):
-        return f"{name} is {value}; no model is promoted on a number that is not finite"
-    if (value >= threshold) if better == spec.HIGHER else (value <= threshold):
-        return None
-    side = "below" if better == spec.HIGHER else "above"
-    return f"{name} {value:.4g} is {side} the threshold {threshold:.4g} ({better} is better)"
+        return False, f"metric {name} missing from the evaluation"
+    if value >= threshold if higher else value <= threshold:
+        return True, f"{name} {value:.4g} {'>=' if higher else '<='} {threshold:.4g}"
+    side, better = ("below", spec.HIGHER) if higher else ("above", spec.LOWER)
+    return False, f"{name} {value:.4g} is {side} the threshold {threshold:.4g} ({better} is better)"
 
 
 def gate_verdict(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bool, str]:
@@ -167,14 +161,13 @@ def gate_verdict(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bo
     gates = config["gates"]
     reasons = []
     for name, value in sorted(event.metrics.items()):
-        if not _finite(value):
+        if not math.isfinite(value):
             return False, f"{name} is {value}; no model is promoted on a number that is not finite"
     for name, threshold in sorted(gates["metrics"].items()):
-        failed = _threshold(name, event.metrics.get(name), threshold)
-        if failed:
-            return False, failed
-        better = spec.METRICS[name].better if name in spec.METRICS else spec.HIGHER
-        reasons.append(f"{name} {event.metrics[name]:.4g} {'>=' if better == spec.HIGHER else '<='} {threshold:.4g}")
+        met, why = _threshold(name, event.metrics.get(name), threshold)
+        if not met:
+            return False, why
+        reasons.append(why)
     if not gates.get("compare_champion", True):
         reasons.append("champion comparison off")
     elif event.champion_metrics:
@@ -201,10 +194,10 @@ def _versus_champion(config: Mapping[str, Any], event: EvaluationLoaded) -> tupl
         if ours is None or theirs is None:
             return False, f"{primary} missing for this model or {champion_run}: cannot compare"
         gain = metric.improvement(ours, theirs)
-        if not _finite(theirs) or gain < gates["min_improvement"]:
+        if not math.isfinite(theirs) or gain < gates["min_improvement"]:
             return False, f"{primary} {ours:.4f} vs {champion_run} {theirs:.4f}: no paired comparison, and not better"
         return True, f"{primary} {ours:.4f} vs {champion_run} {theirs:.4f} (point values; no paired comparison)"
-    if not all(_finite(v) for v in (c.challenger, c.champion, c.low, c.high)):
+    if not all(math.isfinite(v) for v in (c.challenger, c.champion, c.low, c.high)):
         return False, f"the comparison with {champion_run} is not finite; no model is promoted on it"
     # The interval of the improvement: the difference, turned round when lower is better.
     low, high = (c.low, c.high) if metric.better == spec.HIGHER else (-c.high, -c.low)
