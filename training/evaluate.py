@@ -2,14 +2,16 @@
 
 Inputs (under ``SAGEMAKER_BASE_DIR``, /opt/ml in SageMaker's containers):
 
-    processing/input/model/model.tar.gz     what train.py wrote (training_history.json inside)
-    processing/input/test/test.jsonl         prepare.py's test split
-    processing/input/champion/model.tar.gz   optional: the deployed model, measured on the same split
+    processing/input/model/model.tar.gz     what train.py wrote (training_history.json and
+                                            data.json, the keys of the rows it trained on)
+    processing/input/test/test.jsonl         prepare.py's test split (the frozen holdout)
+    processing/input/report/report.json      optional: prepare's report, for the data section
+    processing/input/champion/model.tar.gz   optional: the deployed model, measured on the same rows
 
-Output, ``processing/output/evaluation/``: ``evaluation.json`` (the metrics, machine-
-readable, the champion's beside them), PNG plots (confusion matrix, training and
-validation curves, comparison with the champion) and a self-contained ``report.html``
-that embeds them.
+Output, ``processing/output/evaluation/``: ``evaluation.json`` (the metrics with bootstrap
+intervals; the champion's beside them and the paired comparison of the two on the task's
+primary metric), PNG plots (confusion matrix, training and validation curves, comparison
+with the champion) and a self-contained ``report.html`` that embeds them.
 
 Classification: accuracy, macro-F1, per-class precision/recall/F1/support, the
 confusion matrix and expected calibration error. Causal LMs: loss, perplexity and a few
