@@ -6,6 +6,7 @@ Parsing raises ``InvalidRequestError`` naming the field; app.py turns that into 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,12 +31,27 @@ def parse_body(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
     if not raw:
         raise InvalidRequestError("body", "a JSON object is required")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_not_finite, parse_float=_finite_float)
+    except InvalidRequestError:
+        raise
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequestError("body", f"is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit integer, nesting thousands deep
+        raise InvalidRequestError("body", f"is JSON tuneloop does not take: {str(exc)[:200]}") from exc
     if not isinstance(body, dict):
         raise InvalidRequestError("body", f"must be a JSON object, got {type(body).__name__}")
     return body
+
+
+def _not_finite(name: str) -> Any:
+    raise InvalidRequestError("body", f"{name} is not a number JSON allows; every number must be finite")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise InvalidRequestError("body", f"{text} is too large; every number must be finite")
+    return value
 
 
 def only_fields(body: Mapping[str, Any], allowed: tuple[str, ...]) -> None:

@@ -91,7 +91,7 @@ class Hyperparameter:
             raise ValueError(f"must be a number, got {value!r}")
         try:
             number = float(value) if isinstance(value, (int, float, str)) else None
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, or an integer too large for one
             number = None
         if number is None or number != number or number in (float("inf"), float("-inf")):
             raise ValueError(f"must be {'an integer' if self.type == 'int' else 'a number'}, got {value!r}")

@@ -8,6 +8,7 @@ in, or raises ``ConfigError`` naming the offending field by its dotted path
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -66,6 +67,8 @@ def _number(lo: float | None = None, hi: float | None = None, integer: bool = Fa
         ok = isinstance(value, int) if integer else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok:
             raise ConfigError(path, f"must be {'an integer' if integer else 'a number'}, got {_type_name(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(path, f"must be a finite number, got {value}")
         if lo is not None and value < lo:
             raise ConfigError(path, f"must be at least {lo}, got {value}")
         if hi is not None and value > hi:

@@ -210,3 +210,17 @@ def test_an_unknown_hyperparameter_is_a_400_naming_the_nearest_valid_one(api: Ap
     assert api.call("POST", "/projects", {"name": "typo", "config": config})[0] == 201
     shown = api.call("GET", "/projects/typo")[1]["config"]["training"]["hyperparameters"]
     assert shown["epochs"] == 1 and shown["learning_rate"] == 5e-5 and shown["max_length"] == 256
+
+
+@pytest.mark.parametrize(
+    "raw,reason",
+    [
+        (b'{"name": "x", "config": {"gates": {"metrics": {"macro_f1": NaN}}}}', "NaN is not a number JSON allows"),
+        (b'{"name": "x", "config": {"gates": {"metrics": {"macro_f1": 1e999}}}}', "1e999 is too large"),
+        (b'{"name": "x", "config": ' + b"[" * 3000 + b"]" * 3000 + b"}", "is JSON tuneloop does not take"),
+        (b'{"name": "x", "config": {"training": {"max_runtime_s": ' + b"9" * 5000 + b"}}}", "does not take"),
+    ],
+)
+def test_hostile_json_bodies_are_400s_not_500s(api: Api, raw: bytes, reason: str) -> None:
+    status, body = api.call("POST", "/projects", raw)
+    assert status == 400 and body["Message"].startswith("body: ") and reason in body["Message"]

@@ -186,3 +186,18 @@ def test_the_readme_lists_every_hyperparameter_with_its_default() -> None:
     for h in spec.HYPERPARAMETERS.values():
         default = ("true" if h.default else "false") if h.type == "bool" else f"{h.default:g}"
         assert f"| `{h.name}` | {h.type} | {default} |" in readme, h.name
+
+
+@pytest.mark.parametrize(
+    "patch,field",
+    [
+        ({"gates": {"metrics": {"macro_f1": float("nan")}}}, "gates.metrics.macro_f1"),
+        ({"drift": {"thresholds": {"prediction_psi": float("inf")}}}, "drift.thresholds.prediction_psi"),
+        ({"training": {"hyperparameters": {"learning_rate": float("nan")}}}, "training.hyperparameters.learning_rate"),
+        ({"training": {"hyperparameters": {"epochs": 10**400}}}, "training.hyperparameters.epochs"),
+    ],
+)
+def test_numbers_must_be_finite(patch: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        normalise_config({**MINIMAL, **patch})
+    assert info.value.field == field
