@@ -182,7 +182,8 @@ def start_run() -> Response:
     body = _body(("project", "dataset_uri"))
     service = deps.get().service
     project = check_project_name(body.get("project"), "project")
-    dataset_uri = service.check_dataset_uri(body.get("dataset_uri"))
+    service.get_project(project)  # 404 for an unknown project before judging its dataset
+    dataset_uri = service.check_dataset_uri(body.get("dataset_uri"), project)
     # An Idempotency-Key header makes retried POSTs start one run, as an S3 redelivery does.
     key = app.current_request.headers.get("idempotency-key")
     run_id = names.derive_id("api", project, key) if key else None

@@ -145,10 +145,11 @@ class RunService:
 
     # --- starting runs ---------------------------------------------------------------------
 
-    def check_dataset_uri(self, uri: Any) -> str:
+    def check_dataset_uri(self, uri: Any, project: str) -> str:
+        """Only the project's own datasets: a run of one project never reads another's."""
         if not isinstance(uri, str) or not uri:
             raise InvalidRequestError("dataset_uri", "must be a non-empty string")
-        prefix = f"s3://{self.bucket}/"
+        prefix = f"s3://{self.bucket}/{self.dataset_prefix}{project}/"
         if not uri.startswith(prefix) or len(uri) == len(prefix):
             raise InvalidRequestError("dataset_uri", f"must be an object or prefix under {prefix}, got {uri!r}")
         if any(ord(ch) < 32 for ch in uri) or "/../" in uri or uri.endswith("/.."):

@@ -113,6 +113,10 @@ def test_bad_run_queries(api: Api, query: str, field: str) -> None:
     "body,field",
     [
         ({"project": "demo", "dataset_uri": "s3://elsewhere/data.jsonl"}, "dataset_uri"),
+        # Another project's data, or the bucket's other prefixes, are not this project's to train on.
+        ({"project": "demo", "dataset_uri": f"s3://{BUCKET}/datasets/other/ds/x.jsonl"}, "dataset_uri"),
+        ({"project": "demo", "dataset_uri": f"s3://{BUCKET}/runs/aaaaaaaaaaaa/prepare/train/"}, "dataset_uri"),
+        ({"project": "demo", "dataset_uri": f"s3://{BUCKET}/datasets/demo/"}, "dataset_uri"),
         ({"project": "demo"}, "dataset_uri"),
         ({"dataset_uri": DATASET}, "project"),
         ({"project": "demo", "dataset_uri": DATASET, "extra": 1}, "extra"),
@@ -154,7 +158,8 @@ def test_manual_approval_through_the_api(api: Api, deps: Any) -> None:
 
     config = {**DEMO_CONFIG, "approval": "manual"}
     assert api.call("POST", "/projects", {"name": "manual", "config": config})[0] == 201
-    run_id = api.call("POST", "/runs", {"project": "manual", "dataset_uri": DATASET})[1]["run_id"]
+    dataset = DATASET.replace("/datasets/demo/", "/datasets/manual/")
+    run_id = api.call("POST", "/runs", {"project": "manual", "dataset_uri": dataset})[1]["run_id"]
     service = deps.service
     assert api.call("POST", f"/runs/{run_id}/approve")[0] == 409  # nothing to approve yet
     steps = [
