@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .files import write_atomic
+from .files import inside, private_folder, write_atomic
 from .processes import ProcessRecord, reclaim, start_ticks
 from .services import (
     LOCAL_CREDENTIALS,
@@ -127,6 +127,7 @@ def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
             _remove_tree(root / sub)
         for name in ("dead-letters.jsonl", QUEUED_EVENTS):
             (root / name).unlink(missing_ok=True)
+    private_folder(root)
     (root / "logs").mkdir(parents=True, exist_ok=True)
     started: list[Any] = []
     try:
@@ -208,8 +209,11 @@ def down(log: Any = print, save: bool = True) -> bool:
         queued = save_queued_events(state, root / QUEUED_EVENTS)
         if queued:
             log(f"saved {queued} undelivered events to {root / QUEUED_EVENTS}; up delivers them")
-        saved = snapshot_s3(state, root / "s3")
+        saved, refused = snapshot_s3(state, root / "s3")
         log(f"saved {saved} objects of s3://{state.bucket} to {root / 's3'}")
+        if refused:
+            shown = ", ".join(repr(key) for key in refused[:5])
+            log(f"not saved: {len(refused)} key(s) that would land outside {root / 's3'} ({shown})")
     for name, label in (("moto", "moto server"), ("dynamodb", "DynamoDB Local")):
         if reclaim(state.process(name)):
             log(f"stopped {label} (pid {getattr(state, f'{name}_pid')})")
@@ -253,16 +257,20 @@ def save_queued_events(state: CloudState, path: Path, settle_s: float = 8.0) -> 
     return len(saved)
 
 
-def snapshot_s3(state: CloudState, target: Path) -> int:
+def snapshot_s3(state: CloudState, target: Path) -> tuple[int, list[str]]:
+    """Save the bucket's objects under ``target``: (how many, the keys refused because
+    they would land outside it)."""
     s3 = state.client("s3")
+    refused: list[str] = []
     staging = target.with_name(target.name + ".new")
     _remove_tree(staging)
     staging.mkdir(parents=True)
     count = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=state.bucket):
         for obj in page.get("Contents", []):
-            path = staging / obj["Key"]
-            if ".." in Path(obj["Key"]).parts:
+            path = inside(staging, obj["Key"])
+            if path is None:  # anyone may PUT a key like /home/you/.bashrc: it is not saved
+                refused.append(obj["Key"])
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(state.bucket, obj["Key"], str(path))
@@ -270,7 +278,7 @@ def snapshot_s3(state: CloudState, target: Path) -> int:
     # Replace the old snapshot only once the new one is complete: nothing is lost midway.
     _remove_tree(target)
     staging.rename(target)
-    return count
+    return count, refused
 
 
 def status() -> dict[str, Any]:

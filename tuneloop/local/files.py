@@ -20,3 +20,21 @@ def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
         out.flush()
         os.fsync(out.fileno())
     tmp.replace(path)
+
+
+def private_folder(path: Path) -> Path:
+    """Create ``path`` (and parents) readable by its owner only: the local cloud's home
+    holds the API token, the bucket's objects and every job's files."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def inside(folder: Path, relative: str) -> Path | None:
+    """``folder / relative`` when that stays inside ``folder``, else None: an S3 key such
+    as ``/etc/x`` or ``a/../../x`` must never become a path outside it."""
+    base = folder.resolve()
+    path = (base / relative.lstrip("/")).resolve() if relative.strip("/") else None
+    if path is None or base not in path.parents or Path(relative).is_absolute():
+        return None
+    return path

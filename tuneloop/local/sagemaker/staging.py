@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..files import inside
 from .exceptions import ServiceError
 
 
@@ -29,9 +30,9 @@ def download_prefix(s3: Any, uri: str, target: Path) -> int:
         for obj in page.get("Contents", []):
             key = obj["Key"]
             relative = key[len(prefix) :].lstrip("/") if key != prefix else Path(key).name
-            if not relative or relative.endswith("/") or ".." in Path(relative).parts:
+            path = inside(target, relative) if not relative.endswith("/") else None
+            if path is None:  # a folder marker, or a key that would land outside the target
                 continue
-            path = target / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, key, str(path))
             count += 1
