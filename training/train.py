@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -396,10 +397,11 @@ def load_checkpoint(folder: Path) -> dict[str, Any] | None:
             for name, digest in manifest["files"].items():
                 if _digest(candidate / name) != digest:
                     raise ValueError(f"{name} does not match its checksum")
-            state = torch.load(candidate / "state.pt", map_location="cpu", weights_only=False)
+            # Tensors and plain data only: a checkpoint someone else wrote cannot run code here.
+            state = torch.load(candidate / "state.pt", map_location="cpu", weights_only=True)
             print(f"resuming from {candidate.name} (step {state['step']})")
             return dict(state)
-        except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:
             print(f"checkpoint {candidate.name} is unusable ({exc}); trying an older one")
     return None
 

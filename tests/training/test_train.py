@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -197,6 +198,26 @@ def test_a_damaged_newest_checkpoint_falls_back(tmp_path: Path) -> None:
     assert train_module.load_checkpoint(tmp_path)["step"] == 10
     (tmp_path / "ckpt-00000010" / "manifest.json").unlink()
     assert train_module.load_checkpoint(tmp_path) is None
+
+
+class _Planted:
+    """What a hostile checkpoint would hold: unpickling it runs code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path(self.marker).write_text, ("the checkpoint ran code",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    """Whoever can write a run's checkpoint prefix must not get code execution in the next
+    job: checkpoints load as tensors and plain data only (weights_only)."""
+    marker = tmp_path / "pwned"
+    train_module.save_checkpoint(tmp_path / "ckpt", 10, {"step": 10, "weights": torch.zeros(2)})
+    train_module.save_checkpoint(tmp_path / "ckpt", 20, {"step": 20, "payload": _Planted(str(marker))})
+    assert train_module.load_checkpoint(tmp_path / "ckpt")["step"] == 10  # the planted one is skipped
+    assert not marker.exists()
 
 
 def test_torchrun_two_processes_on_cpu(reviews: Path, tmp_path: Path) -> None:
