@@ -17,6 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from . import spec
 from .config import Settings
 from .domain import names
 from .domain.commands import (
@@ -274,10 +275,13 @@ def hyperparameters(run: Run, settings: Settings) -> dict[str, str]:
     config = run.config
     training = config["training"]
     values: dict[str, Any] = {
+        # Only train.py's declared hyperparameters, and the system's keys last: a stored
+        # config can never name the model, the task or a path (config validation refuses
+        # those too).
+        **{hyperparameter_name(k): v for k, v in training["hyperparameters"].items() if k in spec.HYPERPARAMETERS},
         "task": config["task"],
         "base-model": config["base_model"],
         "method": training["method"],
-        **{hyperparameter_name(k): v for k, v in training["hyperparameters"].items()},
     }
     out = {k: ("True" if v is True else "False" if v is False else str(v)) for k, v in values.items()}
     out["sagemaker_program"] = '"train.py"'
@@ -370,15 +374,15 @@ def parameter_ranges(tuning: Mapping[str, Any]) -> dict[str, list[dict[str, Any]
         "ContinuousParameterRanges": [],
         "CategoricalParameterRanges": [],
     }
-    for key, spec in sorted(tuning["ranges"].items()):
+    for key, bounds in sorted(tuning["ranges"].items()):
         name = hyperparameter_name(key)
-        if spec["type"] == "categorical":
-            out["CategoricalParameterRanges"].append({"Name": name, "Values": list(spec["values"])})
+        if bounds["type"] == "categorical":
+            out["CategoricalParameterRanges"].append({"Name": name, "Values": list(bounds["values"])})
             continue
-        integer = spec["type"] == "integer"
-        low, high = (int(spec["min"]), int(spec["max"])) if integer else (spec["min"], spec["max"])
+        integer = bounds["type"] == "integer"
+        low, high = (int(bounds["min"]), int(bounds["max"])) if integer else (bounds["min"], bounds["max"])
         out["IntegerParameterRanges" if integer else "ContinuousParameterRanges"].append(
-            {"Name": name, "MinValue": str(low), "MaxValue": str(high), "ScalingType": spec["scaling"]}
+            {"Name": name, "MinValue": str(low), "MaxValue": str(high), "ScalingType": bounds["scaling"]}
         )
     return {k: v for k, v in out.items() if v}
 

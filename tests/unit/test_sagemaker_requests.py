@@ -554,3 +554,18 @@ def test_trials_are_listed_best_first_with_their_hyperparameters() -> None:
         trials = SageMakerExecutors(client, SETTINGS).tuning_trials(TUNE.job_name)
     assert [t["training_job"] for t in trials] == [f"{TUNE.job_name}-001-0a1b2c3d", f"{TUNE.job_name}-002-0a1b2c3d"]
     assert trials[0]["hyperparameters"] == {"learning-rate": "0.0002"} and trials[0]["objective"] == 0.8
+
+
+def test_a_stored_hyperparameter_can_never_name_the_model_the_task_or_a_path() -> None:
+    """Config validation refuses these names; the request refuses them again, and the
+    system's keys come last, whatever a stored config holds (defence in depth)."""
+    run = run_with()
+    forged = {**run.config["training"]["hyperparameters"], "base_model": "evil/model", "model_dir": "/etc", "task": "x"}
+    run = dataclasses.replace(
+        run, config={**run.config, "training": {**run.config["training"], "hyperparameters": forged}}
+    )
+    request = training_request(TRAIN, run, SETTINGS)
+    hyper = request["HyperParameters"]
+    assert hyper["base-model"] == run.config["base_model"] and hyper["task"] == "text-classification"
+    assert "model-dir" not in hyper and "model_dir" not in hyper
+    assert len(hyper) <= 100 and all(len(k) <= 256 and len(v) <= 2500 for k, v in hyper.items())
