@@ -85,17 +85,39 @@ def _encode_token(key: Mapping[str, Any] | None) -> str | None:
     return base64.urlsafe_b64encode(json.dumps(key, sort_keys=True).encode()).decode().rstrip("=")
 
 
-def _decode_token(token: str | None) -> dict[str, Any] | None:
+def _decode_token(token: str | None, attributes: frozenset[str] = frozenset(), **fixed: str) -> dict[str, Any] | None:
+    """The start key a page token carries, checked against the listing it continues: exactly
+    ``attributes`` (the table's or index's key), each a DynamoDB string, and the ``fixed``
+    ones (the queried project or state) equal to what is queried. A forged token is a 400
+    here, never a start key DynamoDB refuses (a 500)."""
     if not token:
         return None
     try:
         padded = token + "=" * (-len(token) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()).decode())
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadPageTokenError("next_token is not a token this API issued") from exc
-    if not isinstance(data, dict):
-        raise BadPageTokenError("next_token is not a token this API issued")
+    if (
+        not isinstance(data, dict)
+        or set(data) != attributes
+        or not all(_is_key_string(value) for value in data.values())
+        or any(data[name]["S"] != value for name, value in fixed.items())
+    ):
+        raise BadPageTokenError("next_token is not a token this API issued for this listing")
     return data
+
+
+def _is_key_string(value: Any) -> bool:
+    if not isinstance(value, dict) or set(value) != {"S"} or not isinstance(value["S"], str):
+        return False
+    text = value["S"]
+    return 0 < len(text) <= 1024 and not any(ord(ch) < 32 for ch in text)
+
+
+PROJECT_KEY = frozenset({"name"})
+RUN_KEY = frozenset({"run_id"})
+BY_PROJECT_KEY = RUN_KEY | {"project", "created_at"}
+BY_STATE_KEY = RUN_KEY | {"state", "updated_at"}
 
 
 def _is_condition_failure(exc: PutError | UpdateError) -> bool:
@@ -135,7 +157,7 @@ class ProjectRepository:
         return self._project(item) if item else None
 
     def page(self, limit: int = 50, next_token: str | None = None) -> Page:
-        result = self._model.scan(limit=limit, last_evaluated_key=_decode_token(next_token))
+        result = self._model.scan(limit=limit, last_evaluated_key=_decode_token(next_token, PROJECT_KEY))
         items = [self._project(item) for item in result]
         return Page(items, _encode_token(result.last_evaluated_key))
 
@@ -174,18 +196,19 @@ class RunRepository:
         limit: int = 50,
         next_token: str | None = None,
     ) -> Page:
-        start = _decode_token(next_token)
         if project:
             condition = (self._model.state == state.value) if state else None
+            start = _decode_token(next_token, BY_PROJECT_KEY, project=project)
             result = self._model.by_project.query(
                 project, filter_condition=condition, scan_index_forward=False, limit=limit, last_evaluated_key=start
             )
         elif state:
+            start = _decode_token(next_token, BY_STATE_KEY, state=state.value)
             result = self._model.by_state.query(
                 state.value, scan_index_forward=False, limit=limit, last_evaluated_key=start
             )
         else:
-            result = self._model.scan(limit=limit, last_evaluated_key=start)
+            result = self._model.scan(limit=limit, last_evaluated_key=_decode_token(next_token, RUN_KEY))
         items = [self._stored(item) for item in result]
         return Page(items, _encode_token(result.last_evaluated_key))
 

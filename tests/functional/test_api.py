@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 import pytest
@@ -229,3 +231,26 @@ def test_an_unknown_hyperparameter_is_a_400_naming_the_nearest_valid_one(api: Ap
 def test_hostile_json_bodies_are_400s_not_500s(api: Api, raw: bytes, reason: str) -> None:
     status, body = api.call("POST", "/projects", raw)
     assert status == 400 and body["Message"].startswith("body: ") and reason in body["Message"]
+
+
+def _token(key: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "path,key",
+    [
+        ("/runs?project=demo", {"x": 1}),  # not a key at all
+        ("/runs?project=demo", {"run_id": {"N": "1"}}),  # not a string attribute
+        ("/runs?project=demo", {"run_id": {"S": "aaaaaaaaaaaa"}}),  # the table's key, not the index's
+        ("/runs?state=deployed", {"name": {"S": "demo"}}),  # another listing's key
+        # The right shape, but another project's place: a token continues only its own listing.
+        ("/runs?project=demo", {"run_id": {"S": "a"}, "project": {"S": "other"}, "created_at": {"S": "x"}}),
+        ("/projects", {"run_id": {"S": "aaaaaaaaaaaa"}, "project": {"S": "demo"}}),
+        ("/runs", [1, 2]),
+    ],
+)
+def test_a_forged_page_token_is_a_400_naming_it(api: Api, demo: dict[str, Any], path: str, key: object) -> None:
+    joiner = "&" if "?" in path else "?"
+    status, body = api.call("GET", f"{path}{joiner}next_token={_token(key)}")
+    assert status == 400 and body["Message"].startswith("next_token"), body
