@@ -2,7 +2,10 @@
 
 Requests go through Chalice's own local API Gateway emulation (routing, 405s, 415s),
 so the routes behave as on API Gateway; this layer adds what the deployed stages get
-from IAM auth and API Gateway limits: authentication and a body size limit.
+from IAM auth and API Gateway limits: authentication (checked before any body is read),
+a Host header that must name loopback (a web page cannot reach it by DNS rebinding), a
+strict Content-Length, a body size limit, a socket timeout and a bound on concurrent
+requests.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,6 +24,8 @@ log = logging.getLogger("tuneloop.api")
 
 # API Gateway refuses bodies over 10 MB before the app sees them.
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
+MAX_CONCURRENT_REQUESTS = 32
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 class ApiServer(ThreadingHTTPServer):
@@ -28,6 +34,7 @@ class ApiServer(ThreadingHTTPServer):
     def __init__(self, app: Any, token: str, port: int = 0) -> None:
         self.gateway = LocalGateway(app, Config(chalice_stage="local", user_provided_params={"app_name": "tuneloop"}))
         self.token = token
+        self.slots = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
         super().__init__(("127.0.0.1", port), _Handler)
 
     @property
@@ -38,6 +45,7 @@ class ApiServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: ApiServer
     protocol_version = "HTTP/1.1"
+    timeout = 30  # a client that stops sending gives its thread back
     disable_nagle_algorithm = True  # see sagemaker.responses._Handler
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -58,20 +66,39 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps({"Code": code, "Message": message}).encode(), extra)
 
     def _handle(self) -> None:
+        if not self.server.slots.acquire(blocking=False):
+            self.close_connection = True
+            return self._error(503, "TooManyRequests", f"over {MAX_CONCURRENT_REQUESTS} requests at once; retry")
+        try:
+            self._checked()
+        finally:
+            self.server.slots.release()
+
+    def _refuse(self, status: int, code: str, message: str, extra: dict[str, str] | None = None) -> None:
+        """Answer without reading the body: the connection closes after this answer."""
+        self.close_connection = True
+        self._error(status, code, message, extra)
+
+    def _checked(self) -> None:
         supplied = self.headers.get("Authorization", "")
         expected = f"Bearer {self.server.token}"
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_REQUEST_BYTES:
-            self.close_connection = True
-            return self._error(413, "PayloadTooLarge", f"request body over {MAX_REQUEST_BYTES} bytes")
-        body = self.rfile.read(length) if length else None
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
+        if host not in LOOPBACK_HOSTS:
+            return self._refuse(403, "Forbidden", f"Host {host!r} is not this machine's loopback")
         if not hmac.compare_digest(supplied.encode(), expected.encode()):
-            return self._error(
+            return self._refuse(
                 401,
                 "Unauthorized",
                 "missing or wrong bearer token (see `tuneloop status`)",
                 {"WWW-Authenticate": "Bearer"},
             )
+        declared = self.headers.get("Content-Length") or "0"
+        if not (declared.isascii() and declared.isdigit()):  # "-1", "abc": never read to the end of the stream
+            return self._refuse(400, "BadRequest", f"Content-Length {declared[:32]!r} is not a byte count")
+        length = int(declared)
+        if length > MAX_REQUEST_BYTES:
+            return self._refuse(413, "PayloadTooLarge", f"request body over {MAX_REQUEST_BYTES} bytes")
+        body = self.rfile.read(length) if length else None
         headers = {k.lower(): v for k, v in self.headers.items() if k.lower() != "authorization"}
         try:
             response = self.server.gateway.handle_request(self.command, self.path, headers, body)
