@@ -43,7 +43,9 @@ def input_fn(body: bytes | str, content_type: str = "application/json") -> dict[
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"body is not valid JSON: {exc}") from exc
+        raise PayloadError(f"body is not valid JSON: {str(exc)[:200]}") from exc
+    except RecursionError as exc:  # JSON nested thousands deep: the caller's error, not a 500
+        raise PayloadError("body is JSON nested too deeply") from exc
     parameters: dict[str, Any] = {}
     if isinstance(data, dict):
         if "inputs" not in data:

@@ -150,16 +150,32 @@ def read_records(path: Path, data_format: str, report: Report) -> Iterator[tuple
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path.name} is not UTF-8 (byte {exc.start}: {exc.reason})") from exc
     if fmt == "csv":
+        # No field can be longer than the file: an over-long cell is then one row, which the
+        # max_chars check flags, rather than an error that ends the reading.
+        csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
         reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames:
-            raise DatasetError(f"{path.name} has no header row")
-        for row in reader:
+        try:
+            if not reader.fieldnames:
+                raise DatasetError(f"{path.name} has no header row")
+        except csv.Error as exc:
+            raise DatasetError(f"{path.name}: the header row is not CSV tuneloop can read ({exc})") from exc
+        while True:
+            line = reader.line_num
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # a field over the csv module's limit, a stray NUL
+                report.rows_read += 1
+                report.error(path.name, reader.line_num, f"bad CSV: {exc}")
+                if reader.line_num == line:
+                    return  # the reader cannot move past it: the rest is unreadable
+                continue
             report.rows_read += 1
             if None in row:
                 report.error(path.name, reader.line_num, "more values than header columns")
                 continue
             yield reader.line_num, row
-        return
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -168,6 +184,10 @@ def read_records(path: Path, data_format: str, report: Report) -> Iterator[tuple
             yield number, json.loads(line)
         except json.JSONDecodeError as exc:
             report.error(path.name, number, f"bad JSON: {exc.msg} at column {exc.colno}")
+        except RecursionError:
+            report.error(path.name, number, "JSON nested too deeply")
+        except ValueError as exc:  # an integer of thousands of digits
+            report.error(path.name, number, f"JSON tuneloop cannot read: {str(exc)[:120]}")
 
 
 def _non_empty_string(value: Any) -> bool:

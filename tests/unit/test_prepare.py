@@ -291,3 +291,29 @@ def test_what_was_dropped_is_said_in_the_jobs_exit_message(tmp_path: Path) -> No
     assert code == 0 and "\n" not in message and len(message) <= 1024
     assert message.startswith("30 of 32 rows kept from 1 file(s); 1 invalid dropped, 1 duplicates dropped")
     assert "data.jsonl:5: missing field 'text'" in message and "(0 from the frozen holdout)" in message
+
+
+def test_hostile_rows_are_row_errors_not_crashes(tmp_path: Path) -> None:
+    """JSON nested 100,000 deep and a 5,000-digit integer are bad rows with a reason; a CSV
+    cell of 200 KB is one over-long row (truncated, a warning), not the end of the file."""
+    rows: list[Any] = good_rows(40)
+    rows.insert(3, '{"text": ' + "[" * 100_000 + "]" * 100_000 + ', "label": "pos"}')  # line 4
+    rows.insert(5, '{"text": "x", "label": ' + "9" * 5000 + "}")  # line 6
+    write_jsonl(tmp_path / "in" / "data.jsonl", rows)
+    code, report = run(tmp_path, "--task", "text-classification", "--max-invalid-fraction", "0.1")
+    errors = {i["line"]: i["reason"] for i in report["issues"] if i["severity"] == "error"}
+    assert code == 0 and errors[4] == "JSON nested too deeply" and "4300 digits" in errors[6]
+    lines = ["text,label"] + [f"row {i},{'pos' if i % 2 else 'neg'}" for i in range(40)]
+    lines.insert(4, '"' + "x" * 200_000 + '",pos')  # line 5
+    (tmp_path / "in" / "data.jsonl").unlink()
+    (tmp_path / "in" / "data.csv").write_text("\n".join(lines) + "\n")
+    code, report = run(tmp_path, "--task", "text-classification")
+    assert code == 0 and report["rows_kept"] == 41
+    assert [(i["line"], i["severity"]) for i in report["issues"]] == [(5, "warning")]
+
+
+def test_a_deeply_nested_inference_payload_is_a_payload_error() -> None:
+    from training import inference
+
+    with pytest.raises(inference.PayloadError, match="nested too deeply"):
+        inference.input_fn(b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
