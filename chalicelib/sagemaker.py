@@ -448,8 +448,12 @@ def package_group(project: str) -> str:
     return f"tl-{project}"
 
 
-def model_package_request(command: RegisterModelPackage, run: Run, settings: Settings) -> dict[str, Any]:
-    """A model package version with its metrics and lineage; ClientToken makes a repeat a no-op."""
+def model_package_request(
+    command: RegisterModelPackage, run: Run, settings: Settings, model_etag: str | None = None
+) -> dict[str, Any]:
+    """A model package version with its metrics and lineage; ClientToken makes a repeat a no-op.
+    ``model_etag`` pins the artifact: replacing model.tar.gz after approval cannot change
+    what serves."""
     metadata = {RUN_ID_TAG: run.run_id, PROJECT_TAG: run.project, "tuneloop:dataset": run.dataset_uri}
     if run.parent_run_id:
         metadata["tuneloop:parent-run-id"] = run.parent_run_id
@@ -475,6 +479,8 @@ def model_package_request(command: RegisterModelPackage, run: Run, settings: Set
         "CustomerMetadataProperties": metadata,
         "ClientToken": f"tuneloop-{run.run_id}",
     }
+    if model_etag:
+        request["InferenceSpecification"]["Containers"][0]["ModelDataETag"] = model_etag
     return request
 
 
@@ -707,7 +713,19 @@ class SageMakerExecutors:
             # The group is made once per project; later runs find it there.
             if _code(exc) not in ("ResourceInUse", "ValidationException") or "exist" not in str(exc).lower():
                 raise
-        return self._create("create_model_package", model_package_request(command, run, self._settings))
+        etag = self._model_etag(model_artifact_uri(self._settings, run, command.model_source))
+        return self._create("create_model_package", model_package_request(command, run, self._settings, etag))
+
+    def _model_etag(self, uri: str) -> str | None:
+        if self._s3 is None:
+            return None
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        try:
+            return str(self._s3.head_object(Bucket=bucket, Key=key)["ETag"]).strip('"')
+        except ClientError as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                raise PermanentCommandError(f"the model to register is not at {uri}") from exc
+            raise
 
     def update_model_package_approval(self, command: Command, run: Run) -> Outcome:
         assert isinstance(command, UpdateModelPackageApproval)

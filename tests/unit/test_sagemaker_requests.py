@@ -569,3 +569,24 @@ def test_a_stored_hyperparameter_can_never_name_the_model_the_task_or_a_path() -
     assert hyper["base-model"] == run.config["base_model"] and hyper["task"] == "text-classification"
     assert "model-dir" not in hyper and "model_dir" not in hyper
     assert len(hyper) <= 100 and all(len(k) <= 256 and len(v) <= 2500 for k, v in hyper.items())
+
+
+def test_a_registered_package_pins_its_artifacts_etag() -> None:
+    from chalicelib.domain.commands import RegisterModelPackage
+
+    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu")
+    run = run_with()
+    command = RegisterModelPackage(RUN_ID, "demo", names.job_name(RUN_ID, "train", 1), approval_status="Approved")
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    s3_stub = Stubber(s3)
+    key = f"runs/{RUN_ID}/train/{names.job_name(RUN_ID, 'train', 1)}/output/model.tar.gz"
+    s3_stub.add_response("head_object", {"ETag": '"0123abcd"'}, {"Bucket": "tuneloop-test", "Key": key})
+    request = model_package_request(command, run, settings, "0123abcd")
+    assert request["InferenceSpecification"]["Containers"][0]["ModelDataETag"] == "0123abcd"
+    client, stub = stubbed()
+    stub.add_response("create_model_package_group", {"ModelPackageGroupArn": "arn:g"})
+    stub.add_response(
+        "create_model_package", {"ModelPackageArn": "arn:aws:sagemaker:us-east-1:1:model-package/tl-demo/1"}, request
+    )
+    with stub, s3_stub:
+        assert SageMakerExecutors(client, settings, s3=s3).register_model_package(command, run).done

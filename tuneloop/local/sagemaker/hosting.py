@@ -322,7 +322,19 @@ class Hosting:
     def model_data(self, container: Mapping[str, Any]) -> str:
         if container.get("ModelPackageName"):
             package = self.packages.describe(container["ModelPackageName"])
-            return str(package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"])
+            registered = package["InferenceSpecification"]["Containers"][0]
+            uri = str(registered["ModelDataUrl"])
+            pinned = registered.get("ModelDataETag")
+            if pinned:  # what was approved is what serves: a replaced artifact is refused
+                bucket, key = split_s3(uri)
+                now = str(self.s3.head_object(Bucket=bucket, Key=key)["ETag"]).strip('"')
+                if now != str(pinned).strip('"'):
+                    raise ServiceError(
+                        "ValidationException",
+                        f"the model data at {uri} changed since {container['ModelPackageName']} was registered "
+                        f"(ETag {now}, registered {pinned})",
+                    )
+            return uri
         if not container.get("ModelDataUrl"):
             raise ServiceError("ValidationException", "The container names neither ModelDataUrl nor ModelPackageName")
         return str(container["ModelDataUrl"])
