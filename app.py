@@ -111,6 +111,16 @@ def _body(allowed: tuple[str, ...]) -> dict[str, Any]:
     return body
 
 
+def _caller() -> str:
+    """Who sent this request, for the audit trail: the IAM principal API Gateway verified
+    (SigV4), or ``local`` on the local cloud (its bearer token names no one)."""
+    identity = (app.current_request.context or {}).get("identity") or {}
+    arn = identity.get("userArn") if isinstance(identity, dict) else None
+    if isinstance(arn, str) and arn:
+        return arn
+    return "local" if deps.get().settings.stage == "local" else "unidentified caller"
+
+
 def _params() -> dict[str, str]:
     return dict(app.current_request.query_params or {})
 
@@ -124,7 +134,7 @@ def create_project() -> Response:
 
     body = _body(("name", "config"))
     try:
-        project = deps.get().service.create_project(body.get("name"), body.get("config"))
+        project = deps.get().service.create_project(body.get("name"), body.get("config"), _caller())
     except ConfigError as exc:
         if exc.field == "name":
             raise
@@ -154,7 +164,7 @@ def update_project(name: str) -> dict[str, Any]:
 
     body = _body(("config",))
     try:
-        project = deps.get().service.update_project(name, body.get("config"))
+        project = deps.get().service.update_project(name, body.get("config"), _caller())
     except ConfigError as exc:
         raise prefixed(exc, "config") from exc
     return project_view(project)
@@ -187,7 +197,9 @@ def start_run() -> Response:
     # An Idempotency-Key header makes retried POSTs start one run, as an S3 redelivery does.
     key = app.current_request.headers.get("idempotency-key")
     run_id = names.derive_id("api", project, key) if key else None
-    stored, created = service.start_run(project, dataset_uri, run_id=run_id, reason="started through the API")
+    stored, created = service.start_run(
+        project, dataset_uri, run_id=run_id, reason="started through the API", actor=_caller()
+    )
     return Response(
         run_summary(stored),
         status_code=202 if created else 200,
@@ -230,7 +242,7 @@ def get_run(run_id: str) -> dict[str, Any]:
 def stop_run(run_id: str) -> Response:
 
     reason = "stopped through the API"
-    event = StopRequested(event_id=f"stop-{run_id}", time=utcnow(), run_id=run_id, reason=reason)
+    event = StopRequested(event_id=f"stop-{run_id}", time=utcnow(), run_id=run_id, reason=reason, actor=_caller())
     applied = deps.get().service.apply(run_id, event)
     assert applied.decision is not None
     if not applied.decision.changed and applied.decision.noop != "duplicate":
@@ -246,7 +258,12 @@ def _decide_approval(run_id: str, approved: bool) -> Response:
         raise InvalidRequestError("reason", "must be a string")
     verdict = "approved" if approved else "rejected"
     event = ApprovalDecided(
-        event_id=f"approval-{run_id}-{verdict}", time=utcnow(), run_id=run_id, approved=approved, reason=reason
+        event_id=f"approval-{run_id}-{verdict}",
+        time=utcnow(),
+        run_id=run_id,
+        approved=approved,
+        reason=reason,
+        actor=_caller(),
     )
     applied = deps.get().service.apply(run_id, event)
     decision = applied.decision
@@ -270,7 +287,7 @@ def retrain_run(run_id: str) -> Response:
         raise InvalidRequestError("reason", "must be a non-empty string")
     key = app.current_request.headers.get("idempotency-key") or utcnow().isoformat()
     event = RetrainRequested(event_id=f"retrain-{names.derive_id(run_id, key)}", time=utcnow(), run_id=run_id,
-                             reason=reason)  # fmt: skip
+                             reason=reason, actor=_caller())  # fmt: skip
     applied = deps.get().service.apply(run_id, event)
     assert applied.decision is not None
     if not applied.decision.changed and applied.decision.noop != "duplicate":

@@ -102,6 +102,7 @@ def project_view(project: Project) -> dict[str, Any]:
         "config": project.config,
         "created_at": project.created_at.isoformat(),
         "updated_at": project.updated_at.isoformat(),
+        "updated_by": project.updated_by,
         "version": project.version,
         "links": {"self": f"/projects/{project.name}", "runs": f"/runs?project={project.name}"},
     }

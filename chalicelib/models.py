@@ -31,6 +31,8 @@ class ProjectModel(Model):
     created_at = UTCDateTimeAttribute()
     updated_at = UTCDateTimeAttribute()
     version = VersionAttribute()
+    # Who last created or changed the config (the audit trail; older items have none).
+    updated_by = UnicodeAttribute(null=True)
 
 
 class ByProjectIndex(GlobalSecondaryIndex["RunModel"]):
@@ -84,6 +86,7 @@ class HistoryAttribute(MapAttribute[str, object]):
     commands = ListAttribute(of=UnicodeAttribute, default=list)
     awaits = UnicodeAttribute(null=True)
     key = UnicodeAttribute(null=True)
+    actor = UnicodeAttribute(null=True)
 
 
 class RunModel(Model):

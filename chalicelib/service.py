@@ -124,12 +124,12 @@ class RunService:
 
     # --- projects ------------------------------------------------------------------------
 
-    def create_project(self, name: Any, config: Any) -> Project:
+    def create_project(self, name: Any, config: Any, actor: str | None = None) -> Project:
         name = check_project_name(name)
-        return self.projects.create(name, normalise_config(config, self.offline_models), self.clock())
+        return self.projects.create(name, normalise_config(config, self.offline_models), self.clock(), actor)
 
-    def update_project(self, name: str, config: Any) -> Project:
-        project = self.projects.update(name, normalise_config(config, self.offline_models), self.clock())
+    def update_project(self, name: str, config: Any, actor: str | None = None) -> Project:
+        project = self.projects.update(name, normalise_config(config, self.offline_models), self.clock(), actor)
         if project is None:
             raise ProjectNotFoundError(name)
         return project
@@ -165,6 +165,7 @@ class RunService:
         parent_run_id: str | None = None,
         reason: str = "",
         event_time: datetime | None = None,
+        actor: str | None = None,
     ) -> tuple[StoredRun, bool]:
         """Create a run and start it. Returns (run, created); an existing run id is not redone."""
         project = self.get_project(project_name)
@@ -199,6 +200,7 @@ class RunService:
             dataset_uri=dataset_uri,
             parent_run_id=parent_run_id,
             reason=reason,
+            actor=actor,
         )
         decision = decide(run, event)
         try:

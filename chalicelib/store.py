@@ -70,6 +70,7 @@ class Project:
     created_at: datetime
     updated_at: datetime
     version: int
+    updated_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,8 @@ class ProjectRepository:
     def __init__(self, model: type[ProjectModel] = ProjectModel) -> None:
         self._model = model
 
-    def create(self, name: str, config: Mapping[str, Any], now: datetime) -> Project:
-        item = self._model(name, config=dict(config), created_at=now, updated_at=now)
+    def create(self, name: str, config: Mapping[str, Any], now: datetime, actor: str | None = None) -> Project:
+        item = self._model(name, config=dict(config), created_at=now, updated_at=now, updated_by=actor)
         try:
             item.save()  # VersionAttribute: conditional on the item not existing yet
         except PutError as exc:
@@ -138,12 +139,13 @@ class ProjectRepository:
             raise
         return self._project(item)
 
-    def update(self, name: str, config: Mapping[str, Any], now: datetime) -> Project | None:
+    def update(self, name: str, config: Mapping[str, Any], now: datetime, actor: str | None = None) -> Project | None:
         item = self._load(name)
         if item is None:
             return None
         item.config = dict(config)
         item.updated_at = now
+        item.updated_by = actor
         try:
             item.save()
         except PutError as exc:
@@ -169,7 +171,9 @@ class ProjectRepository:
 
     @staticmethod
     def _project(item: ProjectModel) -> Project:
-        return Project(item.name, item.config, item.created_at, item.updated_at, int(item.version or 0))
+        return Project(
+            item.name, item.config, item.created_at, item.updated_at, int(item.version or 0), item.updated_by
+        )
 
 
 class RunRepository:
@@ -388,6 +392,7 @@ class RunRepository:
                     commands=list(e.commands),
                     awaits=e.awaits,
                     key=e.key,
+                    actor=e.actor,
                 )
                 for e in run.history
             ],
@@ -418,6 +423,7 @@ class RunRepository:
                     commands=tuple(str(c) for c in h.commands or ()),
                     awaits=h.awaits,
                     key=h.key,
+                    actor=h.actor,
                 )
                 for h in (item.history or [])
             ),

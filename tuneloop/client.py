@@ -120,7 +120,8 @@ def show_run(run: dict[str, Any]) -> None:
     print("  history")
     for entry in run["history"]:
         commands = f"  → {', '.join(entry['commands'])}" if entry["commands"] else ""
-        print(f"    {entry['time']}  {entry['from']:>16} → {entry['to']:<16} {entry['reason']}{commands}")
+        by = f" (by {entry['actor']})" if entry.get("actor") else ""
+        print(f"    {entry['time']}  {entry['from']:>16} → {entry['to']:<16} {entry['reason']}{by}{commands}")
     for item in run["pending_commands"]:
         print(f"  pending   {item['type']} {item.get('job_name', '')}: {item['note']}")
     hyperparameters = (run.get("config") or {}).get("training", {}).get("hyperparameters") or {}

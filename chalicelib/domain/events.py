@@ -20,6 +20,9 @@ class DomainEvent:
     # The run this event is about, where the event names it (tag, deterministic name).
     # Events that name only a resource are resolved by the service through the store.
     run_id: str | None = None
+    # Who asked, for events a request raised: the caller's IAM principal on AWS, "local"
+    # on the local cloud. Recorded in the history entry (the audit trail).
+    actor: str | None = None
 
     @property
     def kind(self) -> str:

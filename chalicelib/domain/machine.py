@@ -617,6 +617,7 @@ def _apply(run: Run, event: DomainEvent, row: Row) -> Decision:
         commands=tuple(type(c).__name__ for c in commands),
         awaits=awaits,
         key=event.status_key,
+        actor=event.actor,
     )
     new_run = dataclasses.replace(
         run,

@@ -24,6 +24,8 @@ class HistoryEntry:
     awaits: str | None = None
     # The event's status key (a resource and the status it reached), when it has one.
     key: str | None = None
+    # Who asked, when a request caused this entry (approve, reject, stop, retrain, a run).
+    actor: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -36,6 +38,7 @@ class HistoryEntry:
             "commands": list(self.commands),
             "awaits": self.awaits,
             "key": self.key,
+            "actor": self.actor,
         }
 
     @classmethod
@@ -50,6 +53,7 @@ class HistoryEntry:
             commands=tuple(data.get("commands") or ()),
             awaits=data.get("awaits"),
             key=data.get("key"),
+            actor=data.get("actor"),
         )
 
 

@@ -254,3 +254,34 @@ def test_a_forged_page_token_is_a_400_naming_it(api: Api, demo: dict[str, Any], 
     joiner = "&" if "?" in path else "?"
     status, body = api.call("GET", f"{path}{joiner}next_token={_token(key)}")
     assert status == 400 and body["Message"].startswith("next_token"), body
+
+
+def test_who_asked_is_recorded_with_what_they_asked(api: Api, deps: Any) -> None:
+    """The audit trail: history entries a request caused, and a project's last change,
+    name the caller (the IAM principal on AWS; here the test stage's fallback)."""
+    from chalice.app import Request
+
+    import app as app_module
+
+    assert api.call("POST", "/projects", {"name": "audit", "config": DEMO_CONFIG})[0] == 201
+    dataset = DATASET.replace("/datasets/demo/", "/datasets/audit/")
+    run = api.call("POST", "/runs", {"project": "audit", "dataset_uri": dataset})[1]
+    assert api.call("POST", f"/runs/{run['run_id']}/stop")[0] == 202
+    history = api.call("GET", f"/runs/{run['run_id']}")[1]["history"]
+    expected = "local" if deps.settings.stage == "local" else "unidentified caller"
+    assert [h["actor"] for h in history] == [expected, expected]
+    assert api.call("GET", "/projects/audit")[1]["updated_by"] == expected
+    # On AWS, API Gateway's IAM authorizer puts the verified principal in the context.
+    arn = "arn:aws:iam::123456789012:user/alice"
+    app_module.app.current_request = Request(
+        {
+            "multiValueQueryStringParameters": None,
+            "headers": {},
+            "pathParameters": {},
+            "requestContext": {"httpMethod": "POST", "resourcePath": "/runs", "identity": {"userArn": arn}},
+            "body": None,
+            "isBase64Encoded": False,
+            "stageVariables": None,
+        }
+    )
+    assert app_module._caller() == arn
