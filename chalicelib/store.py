@@ -86,7 +86,7 @@ def _encode_token(key: Mapping[str, Any] | None) -> str | None:
     return base64.urlsafe_b64encode(json.dumps(key, sort_keys=True).encode()).decode().rstrip("=")
 
 
-def _decode_token(token: str | None, attributes: frozenset[str] = frozenset(), **fixed: str) -> dict[str, Any] | None:
+def _decode_token(token: str | None, attributes: frozenset[str], **fixed: str) -> dict[str, Any] | None:
     """The start key a page token carries, checked against the listing it continues: exactly
     ``attributes`` (the table's or index's key), each a DynamoDB string, and the ``fixed``
     ones (the queried project or state) equal to what is queried. A forged token is a 400
