@@ -25,6 +25,7 @@ from chalicelib.events import parse_event
 from chalicelib.sagemaker import prepare_request, training_request
 from tests.conftest import BUCKET, DEMO_CONFIG, wait_for
 from tuneloop.local import sagemaker as sagemaker_server
+from tuneloop.local.sagemaker import jobs
 from tuneloop.local.sagemaker.jobs import ProcessingJob
 
 pytestmark = pytest.mark.integration
@@ -238,6 +239,10 @@ def test_a_restart_resumes_training_from_its_checkpoint(server: Any, tmp_path: P
     # Its state-change event follows its record.
     wait_for(lambda: any(parse_event(e).kind == "training_job.completed" for e in events))
     assert all(parse_event(e).run_id == RUN_ID for e in events)
+    # An ended job gives its instance back: its folder keeps the record and the log, not
+    # the inputs, the code, the checkpoints or the model (those are in S3).
+    left = {p.name for p in (tmp_path / "training" / name).iterdir()}
+    assert "job.log" in left and left <= jobs.RECORD_FILES, left
     restarted.close()
 
 

@@ -37,6 +37,10 @@ REQUEST_FILE = "request.json"
 PROCESS_FILE = "process.json"
 # How long a stopped job's processes may take to checkpoint and exit before SIGKILL.
 STOP_GRACE_S = 30
+# What an ended job's folder keeps: its record, request and log. The rest (inputs, code,
+# /opt/ml with its checkpoints and model) is the instance SageMaker gives back when a job
+# ends; everything the job produced is in S3 by then.
+RECORD_FILES = frozenset({"describe.json", REQUEST_FILE, PROCESS_FILE, "job.log", "trials.json"})
 
 
 class Backend(Protocol):
@@ -148,7 +152,21 @@ class Job:
             self.failure_reason = reason[:1024]
             self.ended = now()
         self.server.save(self)
+        self.release()
         self.emit()
+
+    def release(self) -> None:
+        """Give the instance back: delete the ended job's working files. A demo's tuning
+        trials would otherwise keep gigabytes of checkpoints and models on the disk."""
+        if not self.folder.is_dir():
+            return
+        for entry in self.folder.iterdir():
+            if entry.name in RECORD_FILES:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     def wait(self, timeout_s: float) -> int | None:
         """Wait for the process, killing it at the deadline; None when the deadline hit.
