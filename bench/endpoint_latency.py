@@ -54,18 +54,22 @@ def main(requests: int = 300) -> None:
     import boto3
 
     from tuneloop.local import sagemaker as sagemaker_server
+    from tuneloop.local import sigv4
     from tuneloop.local.services import aws_env, start_moto
 
     work = Path(tempfile.mkdtemp(prefix="tuneloop-bench-"))
-    moto = start_moto(log_path=work / "moto.log")
+    credentials = sigv4.generate()
+    moto = start_moto(credentials, log_path=work / "moto.log")
     try:
-        env = aws_env("http://127.0.0.1:1", moto.endpoint)
+        env = aws_env("http://127.0.0.1:1", moto.endpoint, credentials)
         keys = {"aws_access_key_id": env["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"]}
         s3 = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1", **keys)
         cloudwatch = boto3.client("cloudwatch", endpoint_url=moto.endpoint, region_name="us-east-1", **keys)
         s3.create_bucket(Bucket="bench")
         s3.upload_file(str(model_archive(work)), "bench", "model.tar.gz")
-        http_server = sagemaker_server.serve(work / "sm", s3, lambda e: None, cloudwatch=cloudwatch)
+        http_server = sagemaker_server.serve(
+            work / "sm", s3, lambda e: None, cloudwatch=cloudwatch, credentials=credentials
+        )
         url = f"http://127.0.0.1:{http_server.port}"
         client = boto3.client("sagemaker", endpoint_url=url, region_name="us-east-1", **keys)
         runtime = boto3.client("sagemaker-runtime", endpoint_url=url, region_name="us-east-1", **keys)
@@ -93,7 +97,9 @@ def main(requests: int = 300) -> None:
             # meets Nagle's algorithm and delayed ACKs: +40 ms, not a fair baseline).
             began = time.perf_counter()
             direct = http.client.HTTPConnection("127.0.0.1", fleet.port, timeout=30)
-            direct.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
+            direct.request(
+                "POST", "/invocations", body=body, headers={"Content-Type": "application/json", **fleet.auth}
+            )
             direct.getresponse().read()
             direct.close()
             return (time.perf_counter() - began) * 1000

@@ -33,6 +33,7 @@ from botocore.config import Config  # noqa: E402
 
 from chalicelib.domain import names  # noqa: E402
 from chalicelib.domain.events import ProcessingJobChanged, TrainingJobChanged  # noqa: E402
+from tuneloop.local import sigv4  # noqa: E402
 from tuneloop.local.services import aws_env, start_dynamodb_local  # noqa: E402
 
 THREADS = 16
@@ -158,8 +159,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=48)
     args = parser.parse_args()
-    dynamodb = start_dynamodb_local()
-    os.environ.update(aws_env(dynamodb.endpoint, "http://127.0.0.1:9"))
+    credentials = sigv4.generate()
+    dynamodb = start_dynamodb_local(credentials)
+    os.environ.update(aws_env(dynamodb.endpoint, "http://127.0.0.1:9", credentials))
     os.environ["TUNELOOP_BUCKET"] = "bench"
     try:
         from chalicelib import deps, models

@@ -17,6 +17,7 @@ from aws_xray_sdk import global_sdk_config
 from aws_xray_sdk.core import xray_recorder
 from aws_xray_sdk.core.context import Context
 
+from tuneloop.local import sigv4
 from tuneloop.local.services import Service, aws_env, start_dynamodb_local, start_moto
 
 EVENTS = Path(__file__).parent / "events"
@@ -51,10 +52,11 @@ def wait_for(predicate: Any, timeout: float = 30, what: str = "condition") -> An
 @pytest.fixture(scope="session")
 def local_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Service]]:
     logs = tmp_path_factory.mktemp("service-logs")
-    dynamodb = start_dynamodb_local(log_path=logs / "dynamodb.log")
-    moto = start_moto(log_path=logs / "moto.log")
+    credentials = sigv4.generate()  # the services answer these and nothing else
+    dynamodb = start_dynamodb_local(credentials, log_path=logs / "dynamodb.log")
+    moto = start_moto(credentials, log_path=logs / "moto.log")
     saved = dict(os.environ)
-    os.environ.update(aws_env(dynamodb.endpoint, moto.endpoint))
+    os.environ.update(aws_env(dynamodb.endpoint, moto.endpoint, credentials))
     os.environ["TUNELOOP_BUCKET"] = BUCKET
     try:
         yield {"dynamodb": dynamodb, "moto": moto}

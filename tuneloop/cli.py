@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,24 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {name:<9} {part['url']:<28} pid {part['pid']:<7} {'running' if part['alive'] else 'STOPPED'}")
         print(f"  bucket    s3://{info['bucket']}")
         print(f"  token     in {info['token_file']}")
+        print(f'  AWS credentials in {info["credentials_file"]} (`eval "$(tuneloop env)"` for a shell)')
     return 0 if info.get("up") else 1
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """The local cloud's endpoints and credentials as shell exports."""
+    state = cloud.load_state()
+    if state is None:
+        print("the local cloud is not up: run `tuneloop up`", file=sys.stderr)
+        return 1
+    env = {
+        **state.env,
+        "AWS_ENDPOINT_URL_SAGEMAKER": f"http://127.0.0.1:{state.sagemaker_port}",
+        "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": f"http://127.0.0.1:{state.sagemaker_port}",
+    }
+    for key in sorted(env):
+        print(f"export {key}={shlex.quote(env[key])}")
+    return 0
 
 
 def cmd_project_create(args: argparse.Namespace) -> int:
@@ -272,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
     p.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the local cloud, saving the bucket").set_defaults(func=cmd_down)
+    sub.add_parser("env", help='shell exports for the local cloud (eval "$(tuneloop env)")').set_defaults(func=cmd_env)
     p = sub.add_parser("status", help="what runs where")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)

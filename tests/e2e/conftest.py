@@ -64,8 +64,8 @@ def client(state: dict[str, Any], service: str) -> Any:
         service,
         endpoint_url=f"http://127.0.0.1:{port}",
         region_name="us-east-1",
-        aws_access_key_id="tuneloop",
-        aws_secret_access_key="tuneloop",
+        aws_access_key_id=state["access_key_id"],  # the credentials `up` made; nothing else is answered
+        aws_secret_access_key=state["secret_access_key"],
     )
 
 

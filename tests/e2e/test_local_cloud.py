@@ -23,6 +23,16 @@ pytestmark = pytest.mark.e2e
 def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     home, state = cloud
     assert "running" in tuneloop(home, "status").stdout
+    # Every service checks the credentials `up` made (mode 600); `env` hands them to a shell.
+    saved = json.loads((home / "credentials.json").read_text())
+    assert (home / "credentials.json").stat().st_mode & 0o077 == 0
+    exports = tuneloop(home, "env").stdout
+    assert f"export AWS_ACCESS_KEY_ID={saved['aws_access_key_id']}" in exports
+    assert f"AWS_ENDPOINT_URL_SAGEMAKER=http://127.0.0.1:{state['sagemaker_port']}" in exports
+    for port in (state["moto_port"], state["dynamodb_port"], state["sagemaker_port"]):
+        with pytest.raises(urllib.error.HTTPError) as unsigned:
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/", data=b"{}"), timeout=10)
+        assert unsigned.value.code == 403
 
     # The API binds loopback and wants the bearer token it generated.
     assert http(state, "GET", "/projects", token=None)[0] == 401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import tarfile
 import time
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ from tuneloop.local.sagemaker.jobs import ProcessingJob
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 RUN_ID = "sssssssssss2"
+# tuneloop's own entry points, and the test objective some jobs here run.
+ENTRY_POINTS = sagemaker_server.ENTRY_POINTS | {"objective.py"}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,7 @@ def server(
         s3.create_bucket(Bucket=BUCKET)
     s3.upload_file(str(REPO / "examples" / "data" / "reviews.jsonl"), BUCKET, "datasets/demo/sm/reviews.jsonl")
     events: list[dict[str, Any]] = []
-    http = sagemaker_server.serve(tmp_path_factory.mktemp("sagemaker"), s3, events.append)
+    http = sagemaker_server.serve(tmp_path_factory.mktemp("sagemaker"), s3, events.append, entry_points=ENTRY_POINTS)
     client = boto3.client("sagemaker", endpoint_url=f"http://127.0.0.1:{http.port}")
     settings = Settings(
         stage="test", region="us-east-1", bucket=BUCKET, projects_table="p", runs_table="r",
@@ -253,7 +256,7 @@ def test_a_dead_servers_job_process_is_reclaimed_and_the_job_run_again(server: A
 
     _, _, settings = server
     s3 = boto3.client("s3")
-    dead = sagemaker_server.LocalSageMaker(tmp_path, s3, lambda event: None)
+    dead = sagemaker_server.LocalSageMaker(tmp_path, s3, lambda event: None, entry_points=ENTRY_POINTS)
     run = run_for()
     request = prepare_request(
         StartProcessingJob(RUN_ID, "demo", names.job_name(RUN_ID, "prepare", 7), "prepare", run.dataset_uri),
@@ -276,7 +279,7 @@ def test_a_dead_servers_job_process_is_reclaimed_and_the_job_run_again(server: A
     assert orphan is not None and orphan.running()
     dead.closing = True  # from here on the old server does nothing, as if SIGKILLed
     events: list[dict[str, Any]] = []
-    restarted = sagemaker_server.LocalSageMaker(tmp_path, s3, events.append)
+    restarted = sagemaker_server.LocalSageMaker(tmp_path, s3, events.append, entry_points=ENTRY_POINTS)
     assert not orphan.running()
     resumed = restarted.jobs[("processing", name)]
     wait_for(lambda: resumed.process is not None, 120)
@@ -442,14 +445,14 @@ def test_a_restart_resumes_a_tuning_job_with_its_trials(server: Any, tmp_path: P
     }
     request["HyperParameterTuningJobConfig"]["TrainingJobEarlyStoppingType"] = "Off"
     request["TrainingJobDefinition"]["StaticHyperParameters"]["epoch-seconds"] = "0.8"
-    first = sagemaker_server.LocalSageMaker(tmp_path, s3, lambda event: None)
+    first = sagemaker_server.LocalSageMaker(tmp_path, s3, lambda event: None, entry_points=ENTRY_POINTS)
     first.call("CreateHyperParameterTuningJob", request)
     wait_for(lambda: first.describe("tuning", name)["TrainingJobStatusCounters"]["Completed"] >= 1, 120)
     first.close()
     before = first.tuning_trials(name)
     assert any(t["TrainingJobStatus"] == "InProgress" for t in before)  # stopped mid-search
     events: list[dict[str, Any]] = []
-    second = sagemaker_server.LocalSageMaker(tmp_path, s3, events.append)
+    second = sagemaker_server.LocalSageMaker(tmp_path, s3, events.append, entry_points=ENTRY_POINTS)
     done = wait_done(lambda: second.describe("tuning", name), "HyperParameterTuningJobStatus")
     assert done["HyperParameterTuningJobStatus"] == "Completed", done.get("FailureReason")
     trials = second.tuning_trials(name)
@@ -512,3 +515,49 @@ def test_a_stop_before_the_process_exists_still_stops_it(tmp_path: Path) -> None
     assert job.process is not None and job.process.wait(10) is not None
     assert time.monotonic() - began < 10
     backend.close()
+
+
+def test_only_the_local_clouds_callers_reach_it_and_only_tuneloops_programs_run(server: Any) -> None:
+    """Creating a processing job runs a program as the user who started the local cloud:
+    an unsigned or wrongly signed request, or a foreign Host, is refused before anything
+    is created; a signed request may only name tuneloop's own entry points."""
+    from tests.integration.test_local_auth import outsider
+
+    client, _, settings = server
+    url = client.meta.endpoint_url
+    run = run_for()
+    request = prepare_request(
+        StartProcessingJob(RUN_ID, "demo", names.job_name(RUN_ID, "prepare", 40), "prepare", run.dataset_uri),
+        run,
+        settings,
+    )
+    request["AppSpecification"]["ContainerEntrypoint"] = ["bash", "-c", "touch /tmp/owned"]
+    for how in ("unsigned", "another key", "wrong secret"):
+        with pytest.raises(ClientError) as info:
+            outsider("sagemaker", url, how).create_processing_job(**request)
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403, how
+        with pytest.raises(ClientError) as info:
+            outsider("sagemaker-runtime", url, how).invoke_endpoint(EndpointName="any", Body=b"{}")
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403, how
+    with pytest.raises(ClientError) as info:
+        client.describe_processing_job(ProcessingJobName=request["ProcessingJobName"])
+    assert info.value.response["Error"]["Code"] == "ValidationException"  # AWS's "not found"
+    connection = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=10)
+    connection.request(
+        "POST", "/", body=b"{}", headers={"Host": "evil.example", "X-Amz-Target": "SageMaker.ListModels"}
+    )
+    assert connection.getresponse().status == 403
+
+    # Signed, but not tuneloop's program: refused as AWS refuses a bad request.
+    for entrypoint in (["bash", "-c", "touch /tmp/owned"], ["python3", "/tmp/x.py"], ["python3", "-c", "0"]):
+        request["AppSpecification"]["ContainerEntrypoint"] = entrypoint
+        with pytest.raises(ClientError) as info:
+            client.create_processing_job(**request)
+        assert info.value.response["Error"]["Code"] == "ValidationException"
+        assert "runs only" in info.value.response["Error"]["Message"]
+    train = training_request(StartTrainingJob(RUN_ID, "demo", names.job_name(RUN_ID, "train", 40), attempt=40), run,
+                             settings)  # fmt: skip
+    train["HyperParameters"]["sagemaker_program"] = '"evil.py"'
+    with pytest.raises(ClientError) as info:
+        client.create_training_job(**train)
+    assert "runs only" in info.value.response["Error"]["Message"]

@@ -54,3 +54,21 @@ def test_a_key_leading_outside_the_snapshot_is_not_written(local_services: Any, 
 def test_the_home_folder_is_the_owners_alone(tmp_path: Path) -> None:
     home = private_folder(tmp_path / ".tuneloop")
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
+
+
+def test_the_local_clouds_credentials_are_made_once_and_kept_private(tmp_path: Path) -> None:
+    home = private_folder(tmp_path / ".tuneloop")
+    # A home from before the credentials: DynamoDB Local's one shared database.
+    (home / "dynamodb").mkdir()
+    (home / "dynamodb" / "shared-local-instance.db").write_bytes(b"tables")
+    first = cloud.local_credentials(home)
+    path = home / cloud.CREDENTIALS_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert cloud.local_credentials(home) == first  # the same at every up: the tables stay theirs
+    assert (home / "dynamodb" / f"{first.access_key}_us-east-1.db").read_bytes() == b"tables"
+    assert first.secret_key not in (home / "dynamodb").iterdir().__repr__()
+    renewed = cloud.local_credentials(home, renew=True)  # up --clean
+    assert renewed != first and cloud.local_credentials(home) == renewed
+    path.write_text("{}")
+    with pytest.raises(cloud.ServiceError, match="credentials"):
+        cloud.local_credentials(home)

@@ -90,8 +90,19 @@ def test_endpoint_answers_pings_and_invocations(hosted: dict[str, Any]) -> None:
     fleet = hosted["http"].backend.hosting.endpoints["tl-serving"].fleets[0][0]
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{fleet.port}/ping", timeout=5) as ping:
-        assert ping.status == 200
+    ping = urllib.request.Request(f"http://127.0.0.1:{fleet.port}/ping", headers=fleet.auth)
+    with urllib.request.urlopen(ping, timeout=5) as answer:
+        assert answer.status == 200
+    # The model server answers the runtime (which checked the caller's signature) only:
+    # a local user who finds its port, or a page rebinding a name to it, is refused.
+    import urllib.error
+
+    for headers in ({}, {"Authorization": "Bearer guessed-token-0000"}, {**fleet.auth, "Host": "evil.example"}):
+        for path, body in (("/ping", None), ("/invocations", b'{"inputs": "x"}')):
+            probe = urllib.request.Request(f"http://127.0.0.1:{fleet.port}{path}", data=body, headers=headers)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(probe, timeout=5)
+            assert refused.value.code == 403
     statuses = [
         e["detail"]["EndpointStatus"] for e in hosted["events"] if e["detail-type"] == "SageMaker Endpoint State Change"
     ]

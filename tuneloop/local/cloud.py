@@ -1,9 +1,10 @@
 """`tuneloop up` / `down` / `status`: the local cloud's processes and their state.
 
 Everything lives under ``TUNELOOP_HOME`` (default ``.tuneloop/`` in the working
-directory): ``state.json`` (ports, pids, the API token), ``logs/``, DynamoDB Local's
-files, and ``s3/``, the bucket's contents saved at ``down`` and restored at ``up``
-(moto keeps S3 in memory only).
+directory), readable by its owner only: ``state.json`` (ports, pids, the API token),
+``credentials.json`` (the AWS credentials every local service checks, made at the first
+``up``), ``logs/``, DynamoDB Local's files, and ``s3/``, the bucket's contents saved at
+``down`` and restored at ``up`` (moto keeps S3 in memory only).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import sigv4
 from .files import inside, private_folder, write_atomic
 from .processes import ProcessRecord, reclaim, start_ticks
 from .services import (
-    LOCAL_CREDENTIALS,
     QUEUE_PREFIX,
     REPO_ROOT,
     ServiceError,
@@ -35,6 +36,9 @@ from .services import (
 DEFAULT_BUCKET = "tuneloop-local"
 # Events still queued for a handler at `down` (moto's queues live in memory only).
 QUEUED_EVENTS = "queued-events.jsonl"
+CREDENTIALS_FILE = "credentials.json"
+# What a state file from before the services checked signatures stands for.
+_UNSIGNED_ERA = sigv4.Credentials("tuneloop", "tuneloop")
 
 
 def home() -> Path:
@@ -56,6 +60,15 @@ class CloudState:
     dynamodb_started: int | None = None
     moto_started: int | None = None
     host_started: int | None = None
+    # The credentials every local service checks (the same as credentials.json).
+    access_key_id: str = ""
+    secret_access_key: str = ""
+
+    @property
+    def credentials(self) -> sigv4.Credentials:
+        if not self.access_key_id:
+            return _UNSIGNED_ERA
+        return sigv4.Credentials(self.access_key_id, self.secret_access_key)
 
     @property
     def api_url(self) -> str:
@@ -64,7 +77,7 @@ class CloudState:
     @property
     def env(self) -> dict[str, str]:
         return {
-            **aws_env(f"http://127.0.0.1:{self.dynamodb_port}", f"http://127.0.0.1:{self.moto_port}"),
+            **aws_env(f"http://127.0.0.1:{self.dynamodb_port}", f"http://127.0.0.1:{self.moto_port}", self.credentials),
             "TUNELOOP_BUCKET": self.bucket,
             "TUNELOOP_STAGE": "local",
         }
@@ -85,8 +98,8 @@ class CloudState:
             service,
             endpoint_url=f"http://127.0.0.1:{port}",
             region_name="us-east-1",
-            aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            aws_access_key_id=self.credentials.access_key,
+            aws_secret_access_key=self.credentials.secret_key,
         )
 
     def save(self, path: Path) -> None:
@@ -101,6 +114,28 @@ def load_state() -> CloudState | None:
         return CloudState(**json.loads(path.read_text()))
     except (ValueError, TypeError) as exc:
         raise ServiceError(f"{path} is not a state file this version wrote ({exc}); remove it and run up") from exc
+
+
+def local_credentials(root: Path, renew: bool = False) -> sigv4.Credentials:
+    """The local cloud's AWS credentials: made at the first ``up`` (or ``up --clean``) and
+    kept in ``credentials.json``, mode 600. They stay the same across ``down``/``up``:
+    DynamoDB Local keeps the tables in the database of their access key ID."""
+    path = root / CREDENTIALS_FILE
+    if not renew and path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            return sigv4.Credentials(str(saved["aws_access_key_id"]), str(saved["aws_secret_access_key"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ServiceError(f"{path} is not a credentials file this version wrote ({exc}); remove it") from exc
+    credentials = sigv4.generate()
+    body = {"aws_access_key_id": credentials.access_key, "aws_secret_access_key": credentials.secret_key}
+    write_atomic(path, json.dumps(body, indent=2), mode=0o600)
+    # A home from before the credentials: DynamoDB Local kept one shared database.
+    shared = root / "dynamodb" / "shared-local-instance.db"
+    keyed = root / "dynamodb" / f"{credentials.access_key}_us-east-1.db"
+    if shared.is_file() and not keyed.exists():
+        shared.rename(keyed)
+    return credentials
 
 
 def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
@@ -129,14 +164,17 @@ def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
             (root / name).unlink(missing_ok=True)
     private_folder(root)
     (root / "logs").mkdir(parents=True, exist_ok=True)
+    credentials = local_credentials(root, renew=clean)
     started: list[Any] = []
     try:
         log("starting DynamoDB Local …")
-        dynamodb = start_dynamodb_local(db_path=root / "dynamodb", log_path=root / "logs" / "dynamodb.log", detach=True)
+        dynamodb = start_dynamodb_local(
+            credentials, db_path=root / "dynamodb", log_path=root / "logs" / "dynamodb.log", detach=True
+        )
         started.append(dynamodb)
         log(f"  DynamoDB Local on {dynamodb.endpoint}")
-        log("starting moto server (S3, CloudWatch, EventBridge, SQS) …")
-        moto = start_moto(log_path=root / "logs" / "moto.log", detach=True)
+        log("starting moto (S3, CloudWatch, EventBridge, SQS) …")
+        moto = start_moto(credentials, log_path=root / "logs" / "moto.log", detach=True)
         started.append(moto)
         log(f"  moto server on {moto.endpoint}")
     except ServiceError:
@@ -148,6 +186,7 @@ def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
         dynamodb.port, dynamodb.proc.pid, moto.port, moto.proc.pid, 0, api_port or free_port(),
         secrets.token_urlsafe(24), DEFAULT_BUCKET,
         dynamodb_started=start_ticks(dynamodb.proc.pid), moto_started=start_ticks(moto.proc.pid),
+        access_key_id=credentials.access_key, secret_access_key=credentials.secret_key,
     )  # fmt: skip
     return _start_host(root, fresh, log)
 
@@ -303,6 +342,7 @@ def status() -> dict[str, Any]:
         },
         "bucket": state.bucket,
         "token_file": str(home() / "state.json"),
+        "credentials_file": str(home() / CREDENTIALS_FILE),
     }
 
 

@@ -1,7 +1,9 @@
-"""Launchers for the local stand-ins: DynamoDB Local (AWS's jar) and moto server.
+"""Launchers for the local stand-ins: DynamoDB Local (AWS's jar) and moto.
 
-Each service runs as a child process on a free loopback port and is ready when it
-answers a real request (polled with a deadline), never after a fixed sleep.
+Each runs as a child process behind tuneloop's gateway (``gateway.py``), which answers
+only requests signed with the local cloud's credentials, on a free loopback port. A
+service is ready when it answers a real request (polled with a deadline), never after a
+fixed sleep.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .sigv4 import Credentials
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "tuneloop", "AWS_SECRET_ACCESS_KEY": "tuneloop"}
 # The event router's SQS queues, one per event handler, are named with this prefix.
 QUEUE_PREFIX = "tuneloop-local-"
 
@@ -107,10 +110,19 @@ class Service:
             self.proc.wait(timeout)
 
 
+def credentials_env(credentials: Credentials) -> dict[str, str]:
+    return {"AWS_ACCESS_KEY_ID": credentials.access_key, "AWS_SECRET_ACCESS_KEY": credentials.secret_key}
+
+
 def _spawn(
-    args: list[str], log_path: Path | None, cwd: Path | None = None, detach: bool = False
+    args: list[str],
+    log_path: Path | None,
+    cwd: Path | None = None,
+    detach: bool = False,
+    credentials: Credentials | None = None,
 ) -> subprocess.Popen[bytes]:
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    env = {**os.environ, **credentials_env(credentials)} if credentials else None
     try:
         return subprocess.Popen(
             args,
@@ -118,6 +130,7 @@ def _spawn(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=cwd,
+            env=env,
             start_new_session=detach,
         )
     finally:
@@ -126,12 +139,19 @@ def _spawn(
 
 
 def start_dynamodb_local(
-    port: int | None = None, db_path: Path | None = None, log_path: Path | None = None, detach: bool = False
+    credentials: Credentials,
+    port: int | None = None,
+    db_path: Path | None = None,
+    log_path: Path | None = None,
+    detach: bool = False,
 ) -> Service:
-    """DynamoDB Local on loopback: in memory, or persisted under ``db_path``.
+    """DynamoDB Local behind the gateway: in memory, or persisted under ``db_path``.
 
-    DynamoDB Local has no bind-address option; it listens on every interface of the port
-    it is given. The port is random and the process lives only as long as the session.
+    DynamoDB Local has no authentication and no bind-address option: it listens on every
+    interface of its own port. So it keeps one database per access key ID (no
+    ``-sharedDb``): the local cloud's tables are in the database of its random, secret key
+    ID, and a caller without it finds none of them. Clients use the gateway's port, which
+    checks the whole signature.
     """
     java = shutil.which("java")
     if java is None:
@@ -139,32 +159,38 @@ def start_dynamodb_local(
     folder = find_dynamodb_local()
     port = port or free_port()
     args = [java, f"-Djava.library.path={folder / 'DynamoDBLocal_lib'}", "-jar", str(folder / "DynamoDBLocal.jar")]
-    args += ["-port", str(port), "-sharedDb", "-disableTelemetry"]
+    args += ["-disableTelemetry"]
     if db_path is None:
         args.append("-inMemory")
     else:
         db_path.mkdir(parents=True, exist_ok=True)
         args += ["-dbPath", str(db_path)]
-    proc = _spawn(args, log_path, detach=detach)
+    gateway = [sys.executable, "-m", "tuneloop.local.gateway", "dynamodb", "--port", str(port)]
+    gateway += ["--backend-port", str(free_port()), "--", *args]
+    proc = _spawn(gateway, log_path, cwd=REPO_ROOT, detach=detach, credentials=credentials)
     service = Service("dynamodb", port, proc, log_path)
-    wait_until(_answers(service.endpoint), 60, "DynamoDB Local", proc)
+    wait_until(_answers(service.endpoint), 90, "DynamoDB Local", proc)
     return service
 
 
-def start_moto(port: int | None = None, log_path: Path | None = None, detach: bool = False) -> Service:
-    """moto server (S3, CloudWatch, EventBridge, SQS) bound to 127.0.0.1."""
+def start_moto(
+    credentials: Credentials, port: int | None = None, log_path: Path | None = None, detach: bool = False
+) -> Service:
+    """moto (S3, CloudWatch, EventBridge, SQS, Application Auto Scaling) in the gateway's
+    process, on 127.0.0.1."""
     port = port or free_port()
-    args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    proc = _spawn(args, log_path, detach=detach)
+    args = [sys.executable, "-m", "tuneloop.local.gateway", "moto", "--port", str(port)]
+    proc = _spawn(args, log_path, cwd=REPO_ROOT, detach=detach, credentials=credentials)
     service = Service("moto", port, proc, log_path)
-    wait_until(_answers(f"{service.endpoint}/moto-api/"), 60, "moto server", proc)
+    wait_until(_answers(service.endpoint), 60, "moto", proc)
     return service
 
 
-def aws_env(dynamodb: str, moto: str, region: str = "us-east-1") -> dict[str, str]:
-    """The environment that points boto3 and PynamoDB at the local services."""
+def aws_env(dynamodb: str, moto: str, credentials: Credentials, region: str = "us-east-1") -> dict[str, str]:
+    """The environment that points boto3 and PynamoDB at the local services, with the
+    local cloud's credentials."""
     return {
-        **LOCAL_CREDENTIALS,
+        **credentials_env(credentials),
         "AWS_REGION": region,
         "AWS_DEFAULT_REGION": region,
         "AWS_ENDPOINT_URL_DYNAMODB": dynamodb,

@@ -5,7 +5,10 @@ model's own handlers, ``code/inference.py`` inside ``model.tar.gz`` (``model_fn`
 ``input_fn``, ``predict_fn``, ``output_fn``), as the SageMaker inference toolkit does.
 A handler's ``PayloadError`` (any ``ValueError``) is a 400 with its message; anything else
 is a 500. The process binds 127.0.0.1 on a free port and writes it to ``--port-file``
-once the model is loaded, so whoever started it knows when and where it serves.
+once the model is loaded, so whoever started it knows when and where it serves. It
+answers only requests with a loopback ``Host`` and ``Authorization: Bearer <token>``, the
+token its starter put in ``TUNELOOP_MODEL_SERVER_TOKEN``: the local SageMaker Runtime,
+which checks the caller's signature, is the way in.
 
 ``--batch-input``/``--batch-output`` runs a transform instead: every line of every input
 file is one request; answers go to ``<file>.out``, one line each, as SageMaker's batch
@@ -15,6 +18,7 @@ transform writes them with ``AssembleWith: Line``.
 from __future__ import annotations
 
 import argparse
+import hmac
 import importlib.util
 import json
 import logging
@@ -27,6 +31,9 @@ from types import ModuleType
 from typing import Any
 
 log = logging.getLogger("tuneloop.serving")
+TOKEN_ENV = "TUNELOOP_MODEL_SERVER_TOKEN"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
+MAX_BODY_BYTES = 6 * 1024 * 1024 + 1024  # SageMaker Runtime's payload limit
 
 
 def load_handlers(model_dir: Path) -> ModuleType:
@@ -75,15 +82,33 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _allowed(self) -> bool:
+        """Loopback Host and the starter's token, checked before the body is read."""
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
+        supplied = (self.headers.get("Authorization") or "").encode()
+        if host not in LOOPBACK_HOSTS or not hmac.compare_digest(supplied, f"Bearer {self.server.token}".encode()):
+            self.close_connection = True
+            self._send(403, b'{"message": "only the local SageMaker Runtime may call a model server"}')
+            return False
+        return True
+
     def do_GET(self) -> None:
+        if not self._allowed():
+            return
         if self.path == "/ping":
             self._send(200, b"{}")
         else:
             self._send(404, b'{"message": "not found"}')
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length)
+        if not self._allowed():
+            return
+        declared = self.headers.get("Content-Length") or "0"
+        if not (declared.isascii() and declared.isdigit()) or int(declared) > MAX_BODY_BYTES:
+            self.close_connection = True
+            self._send(413 if declared.isdigit() else 400, b'{"message": "bad or too large Content-Length"}')
+            return
+        body = self.rfile.read(int(declared))
         if self.path != "/invocations":
             self._send(404, b'{"message": "not found"}')
             return
@@ -96,13 +121,17 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, token: str) -> None:
         self.model = model
+        self.token = token
         super().__init__(("127.0.0.1", 0), _Handler)
 
 
 def serve(model_dir: Path, port_file: Path) -> None:
-    server = _Server(Model(model_dir))
+    token = os.environ.pop(TOKEN_ENV, "")
+    if len(token) < 16:
+        raise SystemExit(f"{TOKEN_ENV} must hold the token callers present (16+ characters)")
+    server = _Server(Model(model_dir), token)
     tmp = port_file.with_suffix(".tmp")
     tmp.write_text(str(server.server_address[1]))
     tmp.replace(port_file)  # appears whole, and only once the model is loaded

@@ -24,9 +24,17 @@ Imports run one way (responses → backend → the parts → common), never in a
 
 from __future__ import annotations
 
-from .backend import LocalSageMaker
+from .backend import ENTRY_POINTS, LocalSageMaker
 from .exceptions import ServiceError
 from .responses import SageMakerHttpServer, serve
 from .staging import code_version, upload_code
 
-__all__ = ["LocalSageMaker", "SageMakerHttpServer", "ServiceError", "code_version", "serve", "upload_code"]
+__all__ = [
+    "ENTRY_POINTS",
+    "LocalSageMaker",
+    "SageMakerHttpServer",
+    "ServiceError",
+    "code_version",
+    "serve",
+    "upload_code",
+]

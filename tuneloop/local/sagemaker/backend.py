@@ -21,6 +21,9 @@ from .runtime import Runtime
 from .tuning import TuningJob
 from .validation import validate
 
+# The programs tuneloop's jobs run: the processing scripts and the training entry point.
+ENTRY_POINTS = frozenset({"prepare.py", "evaluate.py", "drift.py", "train.py"})
+PROCESSING_CODE = "/opt/ml/processing/input/code"
 log = logging.getLogger("tuneloop.sagemaker")
 
 
@@ -34,8 +37,11 @@ class LocalSageMaker:
         "transform": TransformJob,
     }
 
-    def __init__(self, home: Path, s3: Any, emit: Emit, cloudwatch: Any = None) -> None:
+    def __init__(
+        self, home: Path, s3: Any, emit: Emit, cloudwatch: Any = None, entry_points: frozenset[str] = ENTRY_POINTS
+    ) -> None:
         self.home = home
+        self.entry_points = entry_points
         self.s3 = s3
         self.emit = emit
         self.jobs: dict[tuple[str, str], Job] = {}
@@ -113,8 +119,36 @@ class LocalSageMaker:
         with self.lock:
             self.records[(job.kind, job.name)] = record
 
+    def check_entry_point(self, kind: str, request: dict[str, Any]) -> None:
+        """Only the programs tuneloop's own jobs run: a job runs as the user who started the
+        local cloud, so a request naming another program (``bash -c …``) is refused."""
+        if kind == "processing":
+            command = list(request.get("AppSpecification", {}).get("ContainerEntrypoint") or [])
+            script = command[1].rsplit("/", 1)[-1] if len(command) == 2 else ""
+            if command[:1] not in (["python3"], ["python"]) or command[1:] != [f"{PROCESSING_CODE}/{script}"]:
+                raise ServiceError(
+                    "ValidationException",
+                    f"ContainerEntrypoint {command!r}: the local SageMaker runs only "
+                    f"['python3', '{PROCESSING_CODE}/<script>'] with one of {sorted(self.entry_points)}",
+                )
+        elif kind in ("training", "tuning"):
+            hyper = request.get("HyperParameters") if kind == "training" else (
+                request.get("TrainingJobDefinition", {}).get("StaticHyperParameters"))  # fmt: skip
+            try:
+                script = json.loads((hyper or {}).get("sagemaker_program", '""'))
+            except ValueError:
+                script = None
+        else:
+            return
+        if script not in self.entry_points:
+            raise ServiceError(
+                "ValidationException",
+                f"entry point {script!r}: the local SageMaker runs only tuneloop's own ({sorted(self.entry_points)})",
+            )
+
     def create(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
         cls = self.JOB_TYPES[kind]
+        self.check_entry_point(kind, request)
         name = request[cls.name_key]
         with self.lock:
             if (kind, name) in self.records or (kind, name) in self.jobs:

@@ -20,7 +20,9 @@ import http.client
 import json
 import logging
 import math
+import os
 import random
+import secrets
 import shutil
 import subprocess
 import sys
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..processes import ProcessRecord, reclaim, record_child
+from ..serving import TOKEN_ENV
 from .common import Emit, arn, envelope, now, read_json, write_json
 from .exceptions import ServiceError
 from .staging import split_s3
@@ -64,15 +67,22 @@ class Fleet:
         self.cond = threading.Condition()
         self.ready = threading.Event()
         self.failed = ""
+        # What the serving process asks of every caller: only this runtime knows it.
+        self.token = secrets.token_urlsafe(24)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
     def start(self) -> None:
         self.port_file.unlink(missing_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, TOKEN_ENV: self.token}
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tuneloop.local.serving", "--model-dir", str(self.model_dir),
                  "--port-file", str(self.port_file)],
-                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env,
             )  # fmt: skip
         record_child(self.process, self.log_path.with_suffix(PROCESS_SUFFIX))
 
@@ -99,7 +109,7 @@ class Fleet:
     def _ping(self) -> bool:
         try:
             connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-            connection.request("GET", "/ping")
+            connection.request("GET", "/ping", headers=self.auth)
             ok = connection.getresponse().status == 200
             connection.close()
             return ok
@@ -112,7 +122,7 @@ class Fleet:
         try:
             connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
             connection.request(
-                "POST", "/invocations", body=body, headers={"Content-Type": content_type, "Accept": accept}
+                "POST", "/invocations", body=body, headers={"Content-Type": content_type, "Accept": accept, **self.auth}
             )
             response = connection.getresponse()
             answer = response.read()

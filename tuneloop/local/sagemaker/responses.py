@@ -1,5 +1,9 @@
 """The wire protocol: SageMaker's JSON protocol (``X-Amz-Target: SageMaker.<Operation>``)
-and SageMaker Runtime's ``POST /endpoints/<name>/invocations``, on loopback."""
+and SageMaker Runtime's ``POST /endpoints/<name>/invocations``, on loopback.
+
+A request is answered only with a loopback ``Host`` and a SigV4 signature made with the
+local cloud's credentials: creating a processing job runs a program, so nobody else may.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +17,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from .backend import LocalSageMaker
+from ..gateway import LOOPBACK_HOSTS, credentials_from_env, host_name
+from ..sigv4 import Credentials, verify
+from .backend import ENTRY_POINTS, LocalSageMaker
 from .common import Emit, json_default
 from .exceptions import ServiceError
 
 log = logging.getLogger("tuneloop.sagemaker")
+# The largest request body: an InvokeEndpoint payload is at most 6 MB on AWS.
+MAX_BODY_BYTES = 6 * 1024 * 1024 + 1024
 
 
 class SageMakerHttpServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, backend: LocalSageMaker, port: int = 0) -> None:
+    def __init__(self, backend: LocalSageMaker, credentials: Credentials, port: int = 0) -> None:
         self.backend = backend
+        self.credentials = credentials
         super().__init__(("127.0.0.1", port), _Handler)
 
     @property
@@ -42,11 +51,50 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer, in the caller's protocol, without reading on: the connection closes."""
+        log.warning("refused %s %s: %s", self.command, self.path.split("?")[0][:200], message)
+        self.close_connection = True
+        payload = json.dumps({"__type": code, "message": message}).encode()
+        self._reply(status, payload, {"Content-Type": "application/x-amz-json-1.1", "x-amzn-ErrorType": code})
+
+    def _verified_body(self) -> bytes | None:
+        """The request's body once the caller is known to hold the local cloud's
+        credentials; None once refused."""
+        host = host_name(self.headers.get("Host") or "")
+        if host not in LOOPBACK_HOSTS:
+            self._refuse(403, "AccessDeniedException", f"Host {host!r} is not this machine's loopback")
+            return None
+        declared = self.headers.get("Content-Length") or "0"
+        if not (declared.isascii() and declared.isdigit()):
+            self._refuse(400, "ValidationException", f"Content-Length {declared[:32]!r} is not a byte count")
+            return None
+        if int(declared) > MAX_BODY_BYTES:
+            self._refuse(413, "ValidationException", f"a request body over {MAX_BODY_BYTES} bytes")
+            return None
+        body = self.rfile.read(int(declared)) if int(declared) else b""
+        headers: dict[str, list[str]] = {}
+        for name, value in self.headers.items():
+            headers.setdefault(name.lower(), []).append(value)
+        reason = verify(self.command, self.path, headers, body, self.server.credentials)
+        if reason:
+            code = "InvalidSignatureException" if "signature" in reason else "UnrecognizedClientException"
+            self._refuse(403, code, reason)
+            return None
+        return body
+
+    def _unsupported(self) -> None:
+        self._refuse(405, "UnknownOperationException", f"{self.command} is not a SageMaker request")
+
+    do_GET = do_PUT = do_DELETE = do_PATCH = do_HEAD = _unsupported
+
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        verified = self._verified_body()
+        if verified is None:
+            return
         if self.path.startswith("/endpoints/") and self.path.endswith("/invocations"):
-            return self._invoke(self.rfile.read(length))
-        body = self.rfile.read(length) if length else b"{}"
+            return self._invoke(verified)
+        body = verified or b"{}"
         target = self.headers.get("X-Amz-Target", "")
         operation = target.split(".", 1)[1] if target.startswith("SageMaker.") else ""
         try:
@@ -87,9 +135,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-def serve(home: Path, s3: Any, emit: Emit, port: int = 0, cloudwatch: Any = None) -> SageMakerHttpServer:
+def serve(
+    home: Path,
+    s3: Any,
+    emit: Emit,
+    port: int = 0,
+    cloudwatch: Any = None,
+    credentials: Credentials | None = None,
+    entry_points: frozenset[str] = ENTRY_POINTS,
+) -> SageMakerHttpServer:
     """Start the server on a background thread; returns it (``.port``, ``.shutdown()``).
-    The same port serves SageMaker Runtime's InvokeEndpoint (``/endpoints/<name>/invocations``)."""
-    server = SageMakerHttpServer(LocalSageMaker(home, s3, emit, cloudwatch), port)
+    The same port serves SageMaker Runtime's InvokeEndpoint (``/endpoints/<name>/invocations``).
+    It answers requests signed with ``credentials`` (default: the environment's)."""
+    credentials = credentials or credentials_from_env()
+    server = SageMakerHttpServer(LocalSageMaker(home, s3, emit, cloudwatch, entry_points), credentials, port)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     return server

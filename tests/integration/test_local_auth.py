@@ -1,0 +1,96 @@
+"""Every local service tuneloop runs answers only the local cloud's credentials (issue 11):
+unsigned, wrongly signed and foreign-Host requests are refused before they do anything."""
+
+from __future__ import annotations
+
+import http.client
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore import UNSIGNED
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from tests.conftest import BUCKET
+from tuneloop.local import sigv4
+
+pytestmark = pytest.mark.integration
+
+CALLS = {
+    "s3": lambda c: c.list_buckets(),
+    "sqs": lambda c: c.list_queues(),
+    "cloudwatch": lambda c: c.list_metrics(),
+    "events": lambda c: c.list_rules(),
+    "application-autoscaling": lambda c: c.describe_scalable_targets(ServiceNamespace="sagemaker"),
+    "dynamodb": lambda c: c.list_tables(),
+}
+
+
+def endpoint(services: Any, name: str) -> str:
+    return str(services["dynamodb" if name == "dynamodb" else "moto"].endpoint)
+
+
+def outsider(name: str, url: str, how: str) -> Any:
+    """A client the way someone without the local cloud's credentials would make one."""
+    if how == "unsigned":
+        return boto3.client(name, endpoint_url=url, region_name="us-east-1", config=Config(signature_version=UNSIGNED))
+    keys = sigv4.generate()
+    if how == "wrong secret":
+        keys = sigv4.Credentials(boto3.Session().get_credentials().access_key, keys.secret_key)
+    return boto3.client(name, endpoint_url=url, region_name="us-east-1",
+                        aws_access_key_id=keys.access_key, aws_secret_access_key=keys.secret_key)  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["unsigned", "another key", "wrong secret"])
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_a_caller_without_the_credentials_is_refused(local_services: Any, name: str, how: str) -> None:
+    url = endpoint(local_services, name)
+    CALLS[name](boto3.client(name, endpoint_url=url))  # the local cloud's own clients are answered
+    with pytest.raises(ClientError) as info:
+        CALLS[name](outsider(name, url, how))
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    reason = info.value.response["Error"]["Message"]
+    assert any(word in reason for word in ("not signed", "access key", "signature")), reason
+
+
+@pytest.mark.parametrize("name", ["moto", "dynamodb"])
+def test_a_foreign_host_header_is_refused(local_services: Any, name: str) -> None:
+    """DNS rebinding: a web page's request reaches the port with its own Host."""
+    port = local_services[name].port
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", "/", headers={"Host": f"evil.example:{port}"})
+    answer = connection.getresponse()
+    assert answer.status == 403 and b"loopback" in answer.read()
+
+
+def test_motos_own_api_is_not_reachable(local_services: Any) -> None:
+    """moto's /moto-api/ resets every service, or turns its IAM check off, for anyone."""
+    s3 = boto3.client("s3")
+    if BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=BUCKET)
+    for path in ("/moto-api/reset", "/moto-api/reset-auth"):
+        request = urllib.request.Request(local_services["moto"].endpoint + path, data=b"0", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=10)
+        assert info.value.code == 403
+    assert BUCKET in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+
+
+def test_dynamodb_locals_own_port_keeps_the_tables_to_the_key(local_services: Any) -> None:
+    """DynamoDB Local cannot check a signature, and listens on every interface: it keeps
+    one database per access key ID, so a caller reaching its own port directly, without
+    the local cloud's secret key ID, finds none of the tables."""
+    ours = boto3.client("dynamodb", endpoint_url=local_services["dynamodb"].endpoint)
+    ours.create_table(TableName="auth-probe", KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+                      AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+                      BillingMode="PAY_PER_REQUEST")  # fmt: skip
+    assert "auth-probe" in ours.list_tables()["TableNames"]
+    pid = local_services["dynamodb"].proc.pid
+    arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    backend = int(arguments[arguments.index(b"--backend-port") + 1])
+    stranger = outsider("dynamodb", f"http://127.0.0.1:{backend}", "another key")
+    assert "auth-probe" not in stranger.list_tables()["TableNames"]
