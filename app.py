@@ -6,7 +6,16 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from chalice import BadRequestError, Chalice, ConflictError, IAMAuthorizer, NotFoundError, Rate, Response
+from chalice import (
+    BadRequestError,
+    Chalice,
+    ConflictError,
+    IAMAuthorizer,
+    NotFoundError,
+    Rate,
+    Response,
+    TooManyRequestsError,
+)
 from chalice.app import BaseLambdaEvent, EventSourceHandler
 
 from chalicelib import deps
@@ -177,6 +186,12 @@ def check_project_drift(name: str) -> Response:
     service = deps.get().service
     service.get_project(name)
     result = service.check_drift(force=True, project=name)
+    if result.get("repeated") and not result["started"]:
+        limit = service.limits.max_drift_checks_per_hour
+        raise TooManyRequestsError(
+            f"project {name!r} had its drift check for this slot already: at most {limit} an hour on stage "
+            f"{service.limits.stage}; the next can start at {result['next_at']}"
+        )
     if not result["started"] and not result["failed"]:
         raise ConflictError(f"project {name!r} has no deployed run to check")
     return Response(result, status_code=202)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+
+from .domain.limits import Limits
 
 
 class SettingsError(RuntimeError):
@@ -43,6 +45,8 @@ class Settings:
     # The local cloud: jobs reach no model hub, so a project's base model must be one
     # they load offline (checked when the project is created).
     offline_models: bool = False
+    # What a project may spend on this stage (instance types, counts, runtime, ...).
+    limits: Limits = field(default_factory=Limits)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -51,6 +55,15 @@ class Settings:
         if missing:
             raise SettingsError(f"missing environment variable(s): {', '.join(missing)}")
         stage = env.get("TUNELOOP_STAGE", "dev")
+        try:
+            limits = Limits.from_env(env, stage)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from exc
+        processing = env.get("TUNELOOP_PROCESSING_INSTANCE_TYPE", "ml.m5.large")
+        if not limits.allows(processing):
+            raise SettingsError(
+                f"TUNELOOP_PROCESSING_INSTANCE_TYPE={processing} is outside the stage's instance limits"
+            )
         return cls(
             stage=stage,
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
@@ -69,11 +82,12 @@ class Settings:
             processing_image=env.get("TUNELOOP_PROCESSING_IMAGE", ""),
             inference_image=env.get("TUNELOOP_INFERENCE_IMAGE", ""),
             code_uri=env.get("TUNELOOP_CODE_URI", "").rstrip("/"),
-            processing_instance_type=env.get("TUNELOOP_PROCESSING_INSTANCE_TYPE", "ml.m5.large"),
+            processing_instance_type=processing,
             kms_key_id=env.get("TUNELOOP_KMS_KEY_ID", ""),
             subnets=_split(env.get("TUNELOOP_SUBNETS", "")),
             security_groups=_split(env.get("TUNELOOP_SECURITY_GROUPS", "")),
             offline_models=env.get("TUNELOOP_OFFLINE_MODELS", "") == "1",
+            limits=limits,
         )
 
 

@@ -99,6 +99,7 @@ def build(
         sweep_batch=config.sweep_batch,
         sweep_budget_s=config.sweep_budget_s,
         offline_models=config.offline_models,
+        limits=config.limits,
     )
     reports = RunReports(s3, sagemaker, config) if sagemaker else None
     return Deps(settings=config, service=service, reports=reports)

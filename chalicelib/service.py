@@ -24,6 +24,7 @@ from .domain.events import (
     RunSuperseded,
     RunTimedOut,
 )
+from .domain.limits import Limits
 from .domain.machine import Decision, decide
 from .domain.project import ConfigError, check_project_name, normalise_config
 from .domain.run import Run
@@ -108,6 +109,7 @@ class RunService:
         sweep_batch: int = 25,
         sweep_budget_s: float = 30.0,
         offline_models: bool = False,
+        limits: Limits | None = None,
     ) -> None:
         self.projects = projects
         self.runs = runs
@@ -121,15 +123,27 @@ class RunService:
         self.sweep_batch = sweep_batch
         self.sweep_budget_s = sweep_budget_s
         self.offline_models = offline_models
+        self.limits = limits or Limits()
 
     # --- projects ------------------------------------------------------------------------
 
+    def checked_config(self, config: Any) -> dict[str, Any]:
+        """A complete config within this stage's limits; ConfigError names the field."""
+        normalised = normalise_config(config, self.offline_models)
+        self.limits.check(normalised)
+        model = normalised["base_model"]
+        allowed = (f"s3://{self.bucket}/models/", f"s3://{self.bucket}/runs/")
+        if model.startswith("s3://") and not model.startswith(allowed):
+            # SageMaker's execution role reads base models there and nowhere else.
+            raise ConfigError("base_model", f"an s3:// base model must be under {allowed[0]} (or a run's output)")
+        return normalised
+
     def create_project(self, name: Any, config: Any, actor: str | None = None) -> Project:
         name = check_project_name(name)
-        return self.projects.create(name, normalise_config(config, self.offline_models), self.clock(), actor)
+        return self.projects.create(name, self.checked_config(config), self.clock(), actor)
 
     def update_project(self, name: str, config: Any, actor: str | None = None) -> Project:
-        project = self.projects.update(name, normalise_config(config, self.offline_models), self.clock(), actor)
+        project = self.projects.update(name, self.checked_config(config), self.clock(), actor)
         if project is None:
             raise ProjectNotFoundError(name)
         return project
@@ -174,12 +188,14 @@ class RunService:
         if existing is not None:
             return existing, False
         try:
-            # A project stored by an older tuneloop gets today's defaults (split, gates...).
+            # A project stored by an older tuneloop gets today's defaults (split, gates...),
+            # and the stage's limits as they are now.
             config = normalise_config(project.config)
+            self.limits.check(config)
         except ConfigError as exc:
             raise InvalidRequestError(
                 f"project {project.name}: config.{exc.field}",
-                f"{exc.message} (the config predates a rule; fix it with PUT /projects/{project.name})",
+                f"{exc.message} (the config predates a rule or limit; fix it with PUT /projects/{project.name})",
             ) from exc
         now = self.clock()
         when = event_time or now
@@ -414,38 +430,51 @@ class RunService:
         decision = self.apply(run_id, timeout).decision
         return "timed_out" if decision is not None and decision.changed else None
 
-    def check_drift(self, force: bool = False, project: str | None = None) -> dict[str, int]:
+    def check_drift(self, force: bool = False, project: str | None = None) -> dict[str, Any]:
         """Start the drift check of every deployed run whose schedule window has none yet.
 
         Monitoring, not a step of the run: the job's name is derived from the window
         (``tl-<run>-drift-<window>``), so a repeat in the same window finds ResourceInUse,
-        and its metrics reach the run only through its drift alarms. ``force`` checks now.
+        and its metrics reach the run only through its drift alarms. ``force`` checks now,
+        at most ``limits.max_drift_checks_per_hour`` times an hour: forced checks share
+        slots of an hour's share, and a second in the same slot is a repeat (``repeated``;
+        ``next_at`` says when the next slot opens).
         """
         now = self.clock()
-        started = failed = 0
+        started = failed = repeated = 0
+        slot = self.limits.drift_slot_s
         page = self.runs.page(project=project, state=RunState.DEPLOYED, limit=100)
         while True:
             for stored in page.items:
                 run = stored.run
                 minutes = int(run.config["drift"]["schedule_minutes"])
-                window = int(now.timestamp()) if force else int(now.timestamp() // (minutes * 60))
+                window = int(now.timestamp() // slot) if force else int(now.timestamp() // (minutes * 60))
+                name = names.job_name(run.run_id, "drift", window)
                 command = StartProcessingJob(
                     run.run_id,
                     run.project,
-                    names.job_name(run.run_id, "drift", window),
+                    name,
                     step="drift",
                     input_uri=f"s3://{self.bucket}/capture/{run.project}/{names.endpoint_name(run.project)}/",
                 )
                 try:
                     outcome = self.executors.execute(command, run)
-                    started += 1 if outcome.done else 0
+                    if outcome.done and "repeat" in (outcome.note or ""):
+                        repeated += 1
+                    elif outcome.done:
+                        started += 1
                 except Exception:  # the next window tries again; one run's failure stops no other
                     logger.exception("drift check not started", extra={"run_id": run.run_id})
                     failed += 1
             if not page.next_token:
                 break
             page = self.runs.page(project=project, state=RunState.DEPLOYED, limit=100, next_token=page.next_token)
-        return {"started": started, "failed": failed}
+        result: dict[str, Any] = {"started": started, "failed": failed}
+        if repeated:
+            result["repeated"] = repeated
+            opens = datetime.fromtimestamp((int(now.timestamp() // slot) + 1) * slot, UTC)
+            result["next_at"] = opens.isoformat()
+        return result
 
     # --- internal commands (RunPort) ---------------------------------------------------------
 

@@ -242,6 +242,8 @@ def cmd_configure(args: argparse.Namespace) -> int:
     values = configure.stage_settings(args.stage, args.region, args.account_id, args.role_arn, code_version(source))
     for name, value in sorted(values.items()):
         print(f"{name}={value}")
+    # The execution role may pull these images and no others (the stack's parameter).
+    print(f"deploy with --parameter-overrides ImageRepositoryArns={','.join(configure.repository_arns(values))}")
     if args.upload_code:
         import boto3
 

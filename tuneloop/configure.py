@@ -86,3 +86,18 @@ def write_stage(config_file: Path, stage: str, values: dict[str, str]) -> dict[s
     tmp.write_text(json.dumps(config, indent=2) + "\n")
     tmp.replace(config_file)
     return dict(config)
+
+
+def repository_arns(values: dict[str, str]) -> list[str]:
+    """The ECR repositories of the resolved images, for the stack's ImageRepositoryArns:
+    the execution role pulls from these and no other."""
+    arns = set()
+    for name, uri in values.items():
+        if not name.endswith("_IMAGE") and not name.endswith("_IMAGE_CPU"):
+            continue
+        host, _, path = uri.partition("/")
+        account, _, rest = host.partition(".dkr.ecr.")
+        region = rest.split(".", 1)[0]
+        repository = path.split("@", 1)[0].rsplit(":", 1)[0]
+        arns.add(f"arn:aws:ecr:{region}:{account}:repository/{repository}")
+    return sorted(arns)

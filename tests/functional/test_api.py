@@ -285,3 +285,28 @@ def test_who_asked_is_recorded_with_what_they_asked(api: Api, deps: Any) -> None
         }
     )
     assert app_module._caller() == arn
+
+
+def test_a_config_over_the_stages_limits_is_a_400_and_a_run_of_one_too(api: Api, deps: Any) -> None:
+    """The stage's limits at config time; a project saved before a limit tightened cannot
+    start a run over it either."""
+    from chalicelib.domain.limits import Limits
+    from tests.conftest import DEMO_CONFIG
+
+    deps.service.limits = Limits(stage="dev", instance_types=("ml.m5.*", "ml.g5.xlarge"), max_instance_count=2)
+    big = {**DEMO_CONFIG, "training": {**DEMO_CONFIG["training"], "instance_type": "ml.p5.48xlarge"}}
+    status, body = api.call("POST", "/projects", {"name": "big", "config": big})
+    assert status == 400
+    assert body["Message"] == (
+        "config.training.instance_type: 'ml.p5.48xlarge' is not allowed on stage dev (allowed: ml.m5.*, ml.g5.xlarge)"
+    )
+    many = {**DEMO_CONFIG, "training": {**DEMO_CONFIG["training"], "instance_count": 2}}
+    assert api.call("POST", "/projects", {"name": "many", "config": many})[0] == 201
+    deps.service.limits = Limits(stage="dev", max_instance_count=1)  # tightened since
+    dataset = f"s3://{deps.settings.bucket}/datasets/many/ds/reviews.jsonl"
+    status, body = api.call("POST", "/runs", {"project": "many", "dataset_uri": dataset})
+    assert status == 400 and "training.instance_count: 2 is over stage dev's limit of 1" in body["Message"]
+    # An s3:// base model must be where the jobs' role reads base models.
+    elsewhere = {**DEMO_CONFIG, "base_model": "s3://someone-elses-bucket/model.tar.gz"}
+    status, body = api.call("POST", "/projects", {"name": "elsewhere", "config": elsewhere})
+    assert status == 400 and body["Message"].startswith("config.base_model: an s3:// base model must be under")

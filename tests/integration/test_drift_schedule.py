@@ -97,3 +97,31 @@ def test_drift_request_is_valid(settings: Any) -> None:
     args = request["AppSpecification"]["ContainerArguments"]
     assert args[args.index("--window-minutes") + 1] == str(run.config["drift"]["schedule_minutes"])
     assert args[args.index("--endpoint") + 1] == "tl-demo"
+
+
+def test_drift_checks_by_hand_are_limited_per_hour(service: Any) -> None:
+    """A forced check on every request would start a processing job each time: the
+    stage's limit shares the hour in slots, one forced check per slot."""
+    from chalicelib.domain.limits import Limits
+
+    service.limits = Limits(stage="dev", max_drift_checks_per_hour=4)
+    service.create_project("demo", DEMO_CONFIG)
+    deployed(service)
+    created: set[str] = set()
+
+    def create(command: Command, run: Run) -> Outcome:  # as SageMaker answers a repeated name
+        if command.job_name in created:
+            return Outcome(done=True, note="already created (a repeat of this command)")
+        created.add(command.job_name)
+        return Outcome(done=True, note="created")
+
+    service.executors = Executors({StartProcessingJob: create})
+    service.clock = lambda: T0 + timedelta(minutes=1)
+    assert service.check_drift(force=True) == {"started": 1, "failed": 0}
+    service.clock = lambda: T0 + timedelta(minutes=14)
+    again = service.check_drift(force=True)
+    assert again["started"] == 0 and again["repeated"] == 1
+    assert again["next_at"] == (T0 + timedelta(minutes=15)).isoformat()
+    service.clock = lambda: T0 + timedelta(minutes=15)
+    assert service.check_drift(force=True)["started"] == 1
+    assert len(created) == 2

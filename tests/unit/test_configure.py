@@ -24,6 +24,15 @@ def test_images_are_the_regions_ecr_images(region: str) -> None:
     assert "huggingface-pytorch-training" in resolved["TUNELOOP_TRAINING_IMAGE"]
     assert f"transformers{configure.TRANSFORMERS_VERSION}" in resolved["TUNELOOP_TRAINING_IMAGE"]
     assert "cpu" in resolved["TUNELOOP_PROCESSING_IMAGE"]
+    # The stack's default ImageRepositoryArns cover what configure resolves (the
+    # execution role pulls only those), and configure names them exactly.
+    import fnmatch
+
+    template = json.loads((REPO / "infra" / "resources.json").read_text())
+    defaults = template["Parameters"]["ImageRepositoryArns"]["Default"].split(",")
+    arns = configure.repository_arns(resolved)
+    assert arns and all(a.startswith(f"arn:aws:ecr:{region}:") and ":repository/" in a for a in arns)
+    assert all(any(fnmatch.fnmatchcase(arn, pattern) for pattern in defaults) for arn in arns), arns
 
 
 def test_write_stage_changes_that_stage_only(tmp_path: Path) -> None:
