@@ -112,3 +112,24 @@ def test_the_functions_may_send_to_their_dead_letter_queues() -> None:
         statement = next(s for s in policy["Statement"] if s.get("Sid") == "DeadLetters")
         assert statement["Action"] == ["sqs:SendMessage"]
         assert statement["Resource"] == f"arn:aws:sqs:*:*:tuneloop-{stage}-*-dlq"
+
+
+def test_access_is_logged_and_every_function_has_a_concurrency_cap(template: dict[str, Any]) -> None:
+    """Who called the API and who touched the bucket are on record (issue 11, item 9);
+    no function can scale past its stage's cap (a runaway loop is bounded)."""
+    resources = template["Resources"]
+    bucket = resources["DataBucket"]["Properties"]
+    assert bucket["LoggingConfiguration"] == {
+        "DestinationBucketName": {"Ref": "AccessLogsBucket"},
+        "LogFilePrefix": "data-bucket/",
+    }
+    logs = resources["AccessLogsBucket"]["Properties"]
+    assert logs["PublicAccessBlockConfiguration"]["BlockPublicPolicy"] is True
+    stages = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::ApiGateway::Stage"]
+    assert len(stages) == 1 and stages[0]["TracingEnabled"] is True
+    access = stages[0]["AccessLogSetting"]
+    assert access["DestinationArn"] == {"Fn::GetAtt": ["ApiAccessLogs", "Arn"]}
+    assert {"user", "ip", "httpMethod", "resourcePath", "status"} <= set(json.loads(access["Format"]))
+    functions = {n: r["Properties"] for n, r in resources.items() if r["Type"] == "AWS::Lambda::Function"}
+    assert len(functions) == 6
+    assert all(p.get("ReservedConcurrentExecutions", 0) >= 1 for p in functions.values()), functions.keys()
