@@ -214,8 +214,8 @@ def embed(model_dir: Path, texts: Sequence[str], batch_size: int = 32) -> Any:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModel.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)  # nosec B615 - the model's own folder, no download
+    model = AutoModel.from_pretrained(model_dir)  # nosec B615 - the model's own folder, no download
     model.eval()
     vectors = []
     with torch.no_grad():

@@ -27,11 +27,11 @@ def model_fn(model_dir: str) -> dict[str, Any]:
 
     folder = Path(model_dir)
     meta = json.loads((folder / "tuneloop.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)  # nosec B615 - the model's own folder, no download
     if meta["task"] == "text-classification":
-        model = AutoModelForSequenceClassification.from_pretrained(folder)
+        model = AutoModelForSequenceClassification.from_pretrained(folder)  # nosec B615 - the model's own folder, no download
     else:
-        model = AutoModelForCausalLM.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder)  # nosec B615 - the model's own folder, no download
     model.eval()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return {"model": model.to(device), "tokenizer": tokenizer, "meta": meta, "device": device}

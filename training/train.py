@@ -147,10 +147,20 @@ def resolve_base_model(args: argparse.Namespace) -> str:
     return str(args.base_model)
 
 
+def pinned(source: str) -> tuple[str, str | None]:
+    """A local folder as it is; a Hub id as (id, revision): ``org/name@<commit>`` pins the
+    revision a job downloads, so a model replaced on the Hub is not what trains."""
+    if Path(source).is_dir() or "@" not in source:
+        return source, None
+    name, _, revision = source.partition("@")
+    return name, revision
+
+
 def load_tokenizer(source: str) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    name, revision = pinned(source)
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token
     if tokenizer.eos_token is None:
@@ -292,9 +302,12 @@ def build_model(args: argparse.Namespace, source: str, num_labels: int, tokenize
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig
 
     attn = "sdpa"
+    name, revision = pinned(source)
     if args.task == "text-classification":
-        config = AutoConfig.from_pretrained(source, num_labels=num_labels)
-        model = AutoModelForSequenceClassification.from_pretrained(source, config=config, attn_implementation=attn)
+        config = AutoConfig.from_pretrained(name, num_labels=num_labels, revision=revision)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name, config=config, attn_implementation=attn, revision=revision
+        )
     elif args.base_model.startswith("random:"):
         shape = RANDOM_DECODERS.get(args.base_model.removeprefix("random:"))
         if shape is None:
@@ -312,7 +325,7 @@ def build_model(args: argparse.Namespace, source: str, num_labels: int, tokenize
         torch.manual_seed(args.seed)
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
     else:
-        model = AutoModelForCausalLM.from_pretrained(source, attn_implementation=attn)
+        model = AutoModelForCausalLM.from_pretrained(name, attn_implementation=attn, revision=revision)
     if args.task == "causal-lm":
         # No KV cache while training: with one, transformers would not recognise packed
         # rows (restarting position ids) and sequences would attend to their neighbours.

@@ -26,7 +26,8 @@ class ConfigError(ValueError):
 
 Validator = Callable[[str, Any], Any]
 _MISSING = object()
-_HF_MODEL_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# org/name, optionally @revision (a commit, tag or branch) to pin what a job downloads.
+_HF_MODEL_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w.-]{1,64})?$")
 _INSTANCE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 
 # The metrics train.py prints as ``[metric] name=value`` lines; the training job's

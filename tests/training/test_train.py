@@ -321,3 +321,19 @@ def test_trials_with_different_hyperparameters_never_share_checkpoints(tmp_path:
     assert folder() == folder("--checkpoint-interval-s", "5", "--model-dir", str(tmp_path / "m"))  # a retry resumes
     assert folder() != folder("--learning-rate", "2e-4") != folder("--batch-size", "8")
     assert folder().parent == tmp_path
+
+
+def test_a_hub_base_model_can_be_pinned_to_a_revision(tmp_path: Path) -> None:
+    """bandit B615: ``org/name@<commit>`` makes every download that revision; a local
+    folder (packaged weights, an S3 channel) loads as it is."""
+    from chalicelib.domain.project import ConfigError, normalise_config
+    from tests.conftest import DEMO_CONFIG
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert train_module.pinned(f"org/model@{commit}") == ("org/model", commit)
+    assert train_module.pinned("org/model") == ("org/model", None)
+    (tmp_path / "we@ights").mkdir()
+    assert train_module.pinned(str(tmp_path / "we@ights")) == (str(tmp_path / "we@ights"), None)
+    assert normalise_config({**DEMO_CONFIG, "base_model": f"org/model@{commit}"})["base_model"].endswith(commit)
+    with pytest.raises(ConfigError):
+        normalise_config({**DEMO_CONFIG, "base_model": "org/model@"})
