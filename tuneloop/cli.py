@@ -240,6 +240,12 @@ def cmd_configure(args: argparse.Namespace) -> int:
 
     source = REPO_ROOT / "training"
     values = configure.stage_settings(args.stage, args.region, args.account_id, args.role_arn, code_version(source))
+    if args.pin_digests:
+        import boto3
+
+        values = configure.pin_digests(values, boto3.client("ecr", region_name=args.region))
+    else:
+        print("images are by tag (--no-pin-digests): a moved tag changes what trains and serves", file=sys.stderr)
     for name, value in sorted(values.items()):
         print(f"{name}={value}")
     # The execution role may pull these images and no others (the stack's parameter).
@@ -373,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-file", default=str(REPO_ROOT / ".chalice" / "config.json"))
     p.add_argument("--upload-code", action="store_true", help="upload this version of training/ to the stage's bucket")
     p.add_argument("--dry-run", action="store_true", help="print the settings, write nothing")
+    p.add_argument(
+        "--pin-digests",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="name each image by its digest, read from ECR (default; needs AWS credentials)",
+    )
     p.set_defaults(func=cmd_configure)
 
     p = sub.add_parser("docs", help="regenerate docs/state-machine.md from the transition table")

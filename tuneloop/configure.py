@@ -88,16 +88,39 @@ def write_stage(config_file: Path, stage: str, values: dict[str, str]) -> dict[s
     return dict(config)
 
 
+def _image_parts(uri: str) -> tuple[str, str, str, str]:
+    """(registry account, region, repository, tag) of ``<account>.dkr.ecr.<region>.…/<repo>:<tag>``."""
+    host, _, path = uri.partition("/")
+    account, _, rest = host.partition(".dkr.ecr.")
+    named = path.partition("@")[0]  # by digest: no tag
+    repository, _, tag = named.rpartition(":") if ":" in named else (named, "", "")
+    return account, rest.split(".", 1)[0], repository, tag
+
+
+def pin_digests(values: dict[str, str], ecr: Any) -> dict[str, str]:
+    """Each image by digest (``…/<repo>@sha256:…``), read from ECR: a tag can be moved to
+    another image; what a model package names must be what was tested and approved."""
+    pinned = dict(values)
+    for name, uri in values.items():
+        if not name.endswith(("_IMAGE", "_IMAGE_CPU")) or "@sha256:" in uri:
+            continue
+        account, _, repository, tag = _image_parts(uri)
+        answer = ecr.batch_get_image(registryId=account, repositoryName=repository, imageIds=[{"imageTag": tag}])
+        images = answer.get("images") or []
+        if not images:
+            reasons = "; ".join(f.get("failureReason", "") for f in answer.get("failures", []))
+            raise ValueError(f"{name}: ECR has no image {uri} ({reasons or 'not found'})")
+        digest = images[0]["imageId"]["imageDigest"]
+        pinned[name] = f"{uri.rsplit(':', 1)[0]}@{digest}"
+    return pinned
+
+
 def repository_arns(values: dict[str, str]) -> list[str]:
     """The ECR repositories of the resolved images, for the stack's ImageRepositoryArns:
     the execution role pulls from these and no other."""
     arns = set()
     for name, uri in values.items():
-        if not name.endswith("_IMAGE") and not name.endswith("_IMAGE_CPU"):
-            continue
-        host, _, path = uri.partition("/")
-        account, _, rest = host.partition(".dkr.ecr.")
-        region = rest.split(".", 1)[0]
-        repository = path.split("@", 1)[0].rsplit(":", 1)[0]
-        arns.add(f"arn:aws:ecr:{region}:{account}:repository/{repository}")
+        if name.endswith(("_IMAGE", "_IMAGE_CPU")):
+            account, region, repository, _ = _image_parts(uri)
+            arns.add(f"arn:aws:ecr:{region}:{account}:repository/{repository}")
     return sorted(arns)

@@ -55,3 +55,37 @@ def test_cpu_instances_get_the_cpu_image() -> None:
     assert training_image(settings, "ml.m5.xlarge") == "cpu-image"
     assert training_image(settings, "ml.g5.xlarge") == SETTINGS.training_image
     assert training_image(SETTINGS, "ml.m5.xlarge") == SETTINGS.training_image  # no CPU image configured
+
+
+def test_images_are_pinned_by_digest_read_from_ecr() -> None:
+    """A tag can be moved to another image: the stage names each image by digest, so a
+    model package names what was tested and approved (issue 11, item 7)."""
+    import boto3
+    from botocore.stub import Stubber
+
+    values = configure.stage_settings("dev", "us-east-1", "123456789012", None, "abc123")
+    ecr = boto3.client("ecr", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stub = Stubber(ecr)
+    images = {k: v for k, v in values.items() if k.endswith(("_IMAGE", "_IMAGE_CPU"))}
+    digests = {}
+    for n, (name, uri) in enumerate(images.items()):  # in the order configure asks
+        account, _, path = uri.partition(".dkr.ecr.")[0], None, uri.partition("/")[2]
+        repository, _, tag = path.rpartition(":")
+        digests[name] = "sha256:" + f"{n:x}" * 64
+        stub.add_response(
+            "batch_get_image",
+            {"images": [{"imageId": {"imageDigest": digests[name], "imageTag": tag}}], "failures": []},
+            {"registryId": account, "repositoryName": repository, "imageIds": [{"imageTag": tag}]},
+        )
+    with stub:
+        pinned = configure.pin_digests(values, ecr)
+    for name, uri in images.items():
+        assert pinned[name] == uri.rsplit(":", 1)[0] + "@" + digests[name]
+    assert pinned["TUNELOOP_CODE_URI"] == values["TUNELOOP_CODE_URI"]
+    assert configure.repository_arns(pinned) == configure.repository_arns(values)
+    missing = Stubber(ecr)
+    missing.add_response(
+        "batch_get_image", {"images": [], "failures": [{"failureReason": "Requested image not found"}]}
+    )
+    with missing, pytest.raises(ValueError, match="not found"):
+        configure.pin_digests({"TUNELOOP_TRAINING_IMAGE": next(iter(images.values()))}, ecr)
