@@ -70,39 +70,72 @@ def test_limits_from_the_environment_are_checked() -> None:
     assert limits.drift_slot_s == 900
 
 
-def statements(stage: str) -> dict[str, dict[str, Any]]:
-    policy = json.loads((REPO / ".chalice" / f"policy-{stage}.json").read_text())
-    return {s["Sid"]: s for s in policy["Statement"]}
+def statements(path: Path) -> dict[str, dict[str, Any]]:
+    return {s["Sid"]: s for s in json.loads(path.read_text())["Statement"]}
+
+
+def policy_files(stage: str) -> list[Path]:
+    """The stage's Lambda policies: the full one, and each function's own where set."""
+    files = {REPO / ".chalice" / f"policy-{stage}.json"}
+    for function in CHALICE["stages"][stage].get("lambda_functions", {}).values():
+        if "iam_policy_file" in function:
+            files.add(REPO / ".chalice" / function["iam_policy_file"])
+    return sorted(files)
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_the_lambda_role_enforces_the_same_limits(stage: str) -> None:
+def test_the_lambda_roles_enforce_the_same_limits(stage: str) -> None:
     """A bug that builds a bigger request than the config allows is refused by IAM."""
     limits = stage_limits(stage)
-    policy = statements(stage)
-    creates = {
-        action: sid
-        for sid, statement in policy.items()
-        for action in statement["Action"]
-        if (action.startswith(("sagemaker:Create",)) and "Job" in action) or action == "sagemaker:CreateEndpointConfig"
-    }
-    assert set(creates) == {
+    everything: set[str] = set()
+    for path in policy_files(stage):
+        policy = statements(path)
+        for sid, statement in policy.items():
+            for action in statement["Action"]:
+                everything.add(action)
+                if not (action.startswith("sagemaker:Create") and action.endswith(("Job", "EndpointConfig"))):
+                    continue
+                condition = statement["Condition"]
+                assert condition["ForAllValues:StringLike"]["sagemaker:InstanceTypes"] == list(
+                    limits.instance_types
+                ), (path.name, action)
+                if action not in ("sagemaker:CreateTransformJob", "sagemaker:CreateEndpointConfig"):
+                    runtime = condition["NumericLessThanEquals"]["sagemaker:MaxRuntimeInSeconds"]
+                    assert int(runtime) == limits.max_runtime_s, (path.name, action)
+            if sid in ("DataBucketObjects", "DataBucketList"):  # the stage's bucket in this account
+                assert statement["Condition"] == {"StringEquals": {"s3:ResourceAccount": "${aws:PrincipalAccount}"}}
+    assert {
         "sagemaker:CreateProcessingJob", "sagemaker:CreateTrainingJob", "sagemaker:CreateHyperParameterTuningJob",
         "sagemaker:CreateTransformJob", "sagemaker:CreateEndpointConfig",
-    }  # fmt: skip
-    for action, sid in creates.items():
-        condition = policy[sid]["Condition"]
-        assert condition["ForAllValues:StringLike"]["sagemaker:InstanceTypes"] == list(limits.instance_types), action
-        if action != "sagemaker:CreateTransformJob" and action != "sagemaker:CreateEndpointConfig":
-            runtime = condition["NumericLessThanEquals"]["sagemaker:MaxRuntimeInSeconds"]
-            assert int(runtime) == limits.max_runtime_s, action
-    assert policy["AlarmsWithoutActions"]["Condition"] == {"Null": {"cloudwatch:AlarmActions": "true"}}
-    assert policy["EndpointAutoscaling"]["Condition"] == {
+    } <= everything  # fmt: skip
+    full = statements(REPO / ".chalice" / f"policy-{stage}.json")
+    assert full["AlarmsWithoutActions"]["Condition"] == {"Null": {"cloudwatch:AlarmActions": "true"}}
+    assert full["EndpointAutoscaling"]["Condition"] == {
         "StringEquals": {"application-autoscaling:service-namespace": "sagemaker"}
     }
-    for sid in ("DataBucketObjects", "DataBucketList"):  # the stage's bucket in this account, not a namesake
-        assert policy[sid]["Condition"] == {"StringEquals": {"s3:ResourceAccount": "${aws:PrincipalAccount}"}}
     # Processing jobs run within the runtime limit too.
     from chalicelib.domain.waits import PROCESSING_MAX_RUNTIME_S
 
-    assert limits.max_runtime_s >= PROCESSING_MAX_RUNTIME_S
+    assert PROCESSING_MAX_RUNTIME_S <= limits.max_runtime_s
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_functions_that_only_start_runs_have_a_narrower_policy(stage: str) -> None:
+    """One policy per function: the dataset intake, the alarm handler and the drift
+    schedule only start processing jobs; each of their statements is within the full
+    policy's (same resources, same conditions, fewer actions)."""
+    functions = CHALICE["stages"][stage]["lambda_functions"]
+    narrow = {name for name, f in functions.items() if f.get("iam_policy_file")}
+    assert narrow == {"on_dataset_uploaded", "on_alarm", "check_drift"}
+    full = list(statements(REPO / ".chalice" / f"policy-{stage}.json").values())
+    for name in narrow:
+        for statement in statements(REPO / ".chalice" / functions[name]["iam_policy_file"]).values():
+            assert not any(a.startswith(("sagemaker:CreateTraining", "sagemaker:CreateEndpoint", "cloudwatch:"))
+                           for a in statement["Action"]), statement  # fmt: skip
+            assert any(
+                set(statement["Action"]) <= set(f["Action"])
+                and set(statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]])
+                <= set(f["Resource"] if isinstance(f["Resource"], list) else [f["Resource"]])
+                and statement.get("Condition") == f.get("Condition")
+                for f in full
+            ), statement
