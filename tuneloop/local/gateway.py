@@ -21,11 +21,12 @@ import io
 import json
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from . import sigv4
@@ -138,42 +139,91 @@ class Verified:
         return self.app(environ, start_response)
 
 
-class Relay:
-    """WSGI app: the verified request, as it came, to a service on a loopback port."""
+class Relay(ThreadingHTTPServer):
+    """DynamoDB Local behind the check, on one loopback port: each verified request goes
+    to DynamoDB Local as it came, over kept-alive connections (a pool), and the answer
+    comes back the same way. Plain http.server rather than werkzeug's development server,
+    which closes every connection: DynamoDB is the local cloud's busiest service."""
 
+    daemon_threads = True
     HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"})
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.local = threading.local()
+    def __init__(self, port: int, backend_port: int, credentials: sigv4.Credentials) -> None:
+        self.backend_port = backend_port
+        self.credentials = credentials
+        self.pool: queue.SimpleQueue[http.client.HTTPConnection] = queue.SimpleQueue()
+        super().__init__(("127.0.0.1", port), _RelayHandler)
 
-    def _connection(self) -> http.client.HTTPConnection:
-        connection = getattr(self.local, "connection", None)
-        if connection is None:
-            connection = self.local.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
-        return connection
-
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        body = environ["wsgi.input"].read()
-        headers = {name: ",".join(values) for name, values in received_headers(environ).items()}
-        headers = {k: v for k, v in headers.items() if k not in self.HOP_BY_HOP}
-        target = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
+    def forward(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, str, list[tuple[str, str]], bytes]:
         for attempt in (1, 2):  # a kept-alive connection the service closed is opened again once
-            connection = self._connection()
             try:
-                connection.request(environ["REQUEST_METHOD"], target, body=body, headers=headers)
+                connection = self.pool.get_nowait()
+            except queue.Empty:
+                connection = http.client.HTTPConnection("127.0.0.1", self.backend_port, timeout=300)
+            try:
+                connection.request(method, target, body=body, headers=headers)
                 answer = connection.getresponse()
                 payload = answer.read()
-                break
             except (http.client.HTTPException, OSError):
                 connection.close()
-                self.local.connection = None
                 if attempt == 2:
                     raise
-        # The serving server adds its own Date and Server.
-        out = [(k, v) for k, v in answer.getheaders() if k.lower() not in self.HOP_BY_HOP | {"date", "server"}]
-        start_response(f"{answer.status} {answer.reason}", out)
-        return [payload]
+                continue
+            self.pool.put(connection)
+            out = [(k, v) for k, v in answer.getheaders() if k.lower() not in self.HOP_BY_HOP | {"date", "server"}]
+            return answer.status, answer.reason, out, payload
+        raise AssertionError("unreachable")
+
+
+class _RelayHandler(BaseHTTPRequestHandler):
+    server: Relay
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format, *args)
+
+    def _answer(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.send_response(status, reason)
+        for key, value in headers:
+            if key.lower() != "content-length":
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _handle(self) -> None:
+        environ = {"CONTENT_TYPE": self.headers.get("Content-Type", ""), "QUERY_STRING": ""}
+        host = host_name(self.headers.get("Host") or "")
+        declared = self.headers.get("Content-Length") or "0"
+        problem: tuple[int, str, str] | None = None
+        if host not in LOOPBACK_HOSTS:
+            problem = (403, "AccessDenied", f"Host {host!r} is not this machine's loopback")
+        elif not (declared.isascii() and declared.isdigit()):
+            problem = (400, "BadRequest", f"Content-Length {declared[:32]!r} is not a byte count")
+        elif int(declared) > MAX_BODY_BYTES:
+            problem = (413, "EntityTooLarge", f"a request body over {MAX_BODY_BYTES} bytes")
+        if problem:
+            self.close_connection = True
+            line, headers, body = refusal(environ, *problem)
+            return self._answer(problem[0], line.split(" ", 1)[1], headers, body)
+        body = self.rfile.read(int(declared)) if int(declared) else b""
+        received: dict[str, list[str]] = {}
+        for name, value in self.headers.items():
+            received.setdefault(name.lower(), []).append(value)
+        reason = sigv4.verify(self.command, self.path, received, body, self.server.credentials)
+        if reason:
+            log.warning("refused %s %s: %s", self.command, self.path.split("?")[0][:200], reason)
+            code = "InvalidSignatureException" if "signature" in reason else "UnrecognizedClientException"
+            line, headers, payload = refusal({**environ, "CONTENT_TYPE": "json"}, 403, code, reason)
+            self.close_connection = True
+            return self._answer(403, "Forbidden", headers, payload)
+        forwarded = {k: v for k, v in self.headers.items() if k.lower() not in Relay.HOP_BY_HOP}
+        self._answer(*self.server.forward(self.command, self.path, forwarded, body))
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 
 
 def serve(app: App, port: int) -> None:
@@ -222,12 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     if args.service == "moto":
-        app: App = moto_app()
+        app = moto_app()
     else:
         if not java or not args.backend_port:
             parser.error("dynamodb needs --backend-port and, after --, the command that runs DynamoDB Local")
         child = start_dynamodb(java, args.backend_port)
-        app = Relay(args.backend_port)
+        relay = Relay(args.port, args.backend_port, credentials)
+        try:
+            relay.serve_forever(poll_interval=0.5)
+        finally:
+            stop()
+        return 0
     try:
         serve(Verified(app, credentials), args.port)
     finally:
