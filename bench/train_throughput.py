@@ -12,6 +12,10 @@ tokens the loss learns from) for the decoder, and their ratios. On a GPU the dec
 
 Goals (issue 3): on CPU >= 1.3x (encoder) and >= 1.5x (decoder); on an H100 >= 3x a
 plain Trainer's useful tokens/s and >= 35% MFU.
+
+``--quick`` (the test suite runs it): three steps of each, small batches, and the check
+that both trainers ran every step with a positive, finite rate and train.py wrote its
+model; exit 1 otherwise.
 """
 
 from __future__ import annotations
@@ -136,15 +140,22 @@ def decoder_flops_per_token(model_name: str, vocab: int, seq: int) -> float:
     return 6 * dense + 6 * attention
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", action="store_true", help="the ~1.2B decoder, bf16 (needs a GPU)")
     parser.add_argument("--steps", type=int, default=0)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak, for MFU (H100 SXM: 989)")
+    parser.add_argument("--quick", action="store_true", help="three steps each, checked, not measured")
     args = parser.parse_args()
     torch.manual_seed(0)
     cases = [("text-classification", "sentence-transformers/all-MiniLM-L6-v2", 32, args.steps or 30, 256, 1.3)]
-    if args.gpu:
+    failures: list[str] = []
+    if args.quick:
+        cases = [
+            ("text-classification", "sentence-transformers/all-MiniLM-L6-v2", 4, 3, 64, 1.3),
+            ("causal-lm", "random:llama-tiny", 4, 3, 64, 1.5),
+        ]
+    elif args.gpu:
         cases.append(("causal-lm", "random:llama-1b", 8, args.steps or 30, 2048, 3.0))
     else:
         cases.append(("causal-lm", "random:llama-small", 8, args.steps or 20, 512, 1.5))
@@ -154,7 +165,12 @@ def main() -> None:
             data = write_data(tmp / "data", task, rows=batch * steps * 3)
             baseline = run_trainer(task, data, model, batch, steps, max_length, tmp / "hf")
             ours = run_tuneloop(task, data, model, batch, steps, max_length, tmp / "tl")
+            if ours.get("steps") != steps or not (tmp / "tl" / "model" / "model.safetensors").is_file():
+                failures.append(f"{task}: train.py ran {ours.get('steps')} of {steps} steps or wrote no model")
         key = "samples_per_second" if task == "text-classification" else "tokens_per_second"
+        for name, result in (("plain Trainer", baseline), ("train.py", ours)):
+            if not (math.isfinite(result.get(key, math.nan)) and result[key] > 0):
+                failures.append(f"{task}: {name}'s {key} is {result.get(key)}")
         unit = "samples/s" if task == "text-classification" else "useful tokens/s"
         ratio = ours[key] / baseline[key]
         print(f"[{task}] {model}, batch {batch}, {steps} steps, {'cuda' if torch.cuda.is_available() else 'cpu'}")
@@ -165,7 +181,10 @@ def main() -> None:
             flops = decoder_flops_per_token(model, 30522, max_length // 2)
             for name, result in (("plain Trainer", baseline), ("train.py", ours)):
                 print(f"  MFU {name}: {100 * result[key] * flops / (args.peak_tflops * 1e12):.1f}%")
+    for failure in failures:
+        print(f"FAILED: {failure}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
