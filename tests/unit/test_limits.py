@@ -68,6 +68,7 @@ def test_limits_from_the_environment_are_checked() -> None:
         Settings.from_env({"TUNELOOP_BUCKET": "b", "TUNELOOP_LIMIT_INSTANCE_TYPES": "ml.g5.*"})
     limits = Limits.from_env({"TUNELOOP_LIMIT_MAX_DRIFT_CHECKS_PER_HOUR": "4"})
     assert limits.drift_slot_s == 900
+    assert Limits().drift_slot_s == 1  # unset: one forced check a second
 
 
 def statements(path: Path) -> dict[str, dict[str, Any]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -30,6 +31,12 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 class ApiServer(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request is not an error worth a traceback."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
     def __init__(self, app: Any, token: str, port: int = 0) -> None:
         self.gateway = LocalGateway(app, Config(chalice_stage="local", user_provided_params={"app_name": "tuneloop"}))

@@ -146,6 +146,13 @@ class Relay(ThreadingHTTPServer):
     which closes every connection: DynamoDB is the local cloud's busiest service."""
 
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request is not an error worth a traceback."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
     HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"})
 
     def __init__(self, port: int, backend_port: int, credentials: sigv4.Credentials) -> None:

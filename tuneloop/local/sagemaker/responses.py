@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import uuid
 from collections.abc import Mapping
@@ -30,6 +31,12 @@ MAX_BODY_BYTES = 6 * 1024 * 1024 + 1024
 
 class SageMakerHttpServer(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request is not an error worth a traceback."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
     def __init__(self, backend: LocalSageMaker, credentials: Credentials, port: int = 0) -> None:
         self.backend = backend
