@@ -14,7 +14,11 @@ from botocore.credentials import Credentials as BotoCredentials
 from tuneloop.local import sigv4
 
 KEYS = sigv4.Credentials("TLOCAAAAAAAAAAAAAAAA", "s3cret/with+chars")
-NOW = datetime.now(UTC)
+
+
+def now() -> datetime:
+    """The clock when a test runs (not when the module was collected: a suite takes minutes)."""
+    return datetime.now(UTC)
 
 
 def signed(signer: Any, method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Any:
@@ -84,7 +88,7 @@ def test_a_real_client_presigned_url_is_accepted() -> None:
     parts = urlsplit(url)
     target = f"{parts.path}?{parts.query}"
     assert sigv4.verify("GET", target, {"host": [parts.netloc]}, b"", KEYS) is None
-    assert sigv4.verify("GET", target, {"host": [parts.netloc]}, b"", KEYS, NOW + timedelta(seconds=90)) == (
+    assert sigv4.verify("GET", target, {"host": [parts.netloc]}, b"", KEYS, now() + timedelta(seconds=90)) == (
         "the presigned URL has expired"
     )
     assert sigv4.verify("GET", target.replace("report", "secret"), {"host": [parts.netloc]}, b"", KEYS)
@@ -97,7 +101,7 @@ def test_everything_else_is_refused_with_the_reason() -> None:
     def refused(**change: Any) -> str:
         request = {"method": method, "target": target, "headers": dict(headers), "body": body, **change}
         reason = sigv4.verify(request["method"], request["target"], request["headers"], request["body"],
-                              change.get("keys", KEYS), change.get("now", NOW))  # fmt: skip
+                              change.get("keys", KEYS), change.get("now", now()))  # fmt: skip
         assert reason, change
         return reason
 
@@ -107,7 +111,7 @@ def test_everything_else_is_refused_with_the_reason() -> None:
     assert "does not match" in refused(headers={**headers, "x-amz-target": ["SageMaker.CreateProcessingJob"]})
     assert "does not match" in refused(keys=sigv4.Credentials(KEYS.access_key, "another secret"))
     assert "access key" in refused(keys=sigv4.generate())
-    assert "15 minutes" in refused(now=NOW + timedelta(minutes=20))  # a replay, later
+    assert "15 minutes" in refused(now=now() + timedelta(minutes=20))  # a replay, later
     assert "SigV4" in refused(headers={**headers, "authorization": ["Bearer token"]})
     forged = [headers["authorization"][0].replace("host;", "")]
     assert "Host" in refused(headers={**headers, "authorization": forged})
