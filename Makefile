@@ -24,8 +24,10 @@ $(DDB):
 demo: setup
 	$(BIN)/tuneloop demo
 
+# Two workers (pytest-xdist): tests that share a fixture stay together (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: setup lint package
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 lint: setup
 	$(BIN)/ruff check .

@@ -134,3 +134,23 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     yield segment
     xray_recorder.end_segment()
     global_sdk_config.set_sdk_enabled(was_enabled)
+
+
+# `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup). Tests that
+# share an expensive module or session fixture, or read what an earlier test of their
+# module left, stay on one worker; every other test goes wherever a worker is free.
+XDIST_GROUPS = {
+    "tests/training/": "training",  # one MiniLM fine-tune (the classifier fixture) serves them all
+    "tests/integration/test_sagemaker_server.py": "sagemaker-server",
+    "tests/functional/test_fuzz.py": "fuzz",  # its last test reads the fuzz's tallies
+    "tests/unit/test_template.py": "template",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(str(config.rootpath))
+    for item in items:
+        where = Path(str(item.path)).relative_to(root).as_posix()
+        for prefix, group in XDIST_GROUPS.items():
+            if where.startswith(prefix):
+                item.add_marker(pytest.mark.xdist_group(group))
