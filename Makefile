@@ -24,10 +24,10 @@ $(DDB):
 demo: setup
 	$(BIN)/tuneloop demo
 
-# Two workers (pytest-xdist): tests that share a fixture stay together (tests/conftest.py).
+# Two workers (pytest-xdist): tests that share a fixture stay together (XDIST_GROUPS in tests/conftest.py).
 TEST_WORKERS ?= 2
 test: setup lint package
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -q -n $(TEST_WORKERS)
 
 lint: setup
 	$(BIN)/ruff check .

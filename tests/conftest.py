@@ -136,9 +136,9 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     global_sdk_config.set_sdk_enabled(was_enabled)
 
 
-# `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup). Tests that
-# share an expensive module or session fixture, or read what an earlier test of their
-# module left, stay on one worker; every other test goes wherever a worker is free.
+# `make test` runs the suite on two workers (pytest-xdist). Tests that share an expensive
+# module or session fixture, or read what an earlier test of their module left, stay on
+# one worker, in order; every other test goes wherever a worker is free.
 XDIST_GROUPS = {
     "tests/training/": "training",  # one MiniLM fine-tune (the classifier fixture) serves them all
     "tests/integration/test_sagemaker_server.py": "sagemaker-server",
@@ -147,10 +147,22 @@ XDIST_GROUPS = {
 }
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    root = Path(str(config.rootpath))
-    for item in items:
-        where = Path(str(item.path)).relative_to(root).as_posix()
-        for prefix, group in XDIST_GROUPS.items():
-            if where.startswith(prefix):
-                item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's own ``--dist loadgroup`` marks groups by rewriting ``item._nodeid``, which
+    pytest 9 no longer reads (node ids live in ``_id``): its groups silently spread over
+    workers. This scheduler reads XDIST_GROUPS from the node id instead."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Grouped(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return Grouped(config, log)
+
+
+def xdist_scope(nodeid: str) -> str:
+    """What runs together on one worker: a group's tests, or a test alone."""
+    for prefix, group in XDIST_GROUPS.items():
+        if nodeid.startswith(prefix):
+            return group
+    return nodeid
