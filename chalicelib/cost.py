@@ -2,8 +2,9 @@
 kept in the repo (``chalicelib/data/prices.json``), plus its endpoint's hours.
 
 Seconds come from SageMaker's own job records: ``BillableTimeInSeconds`` for training
-jobs (spot-discounted; the savings are ``1 - billable / training time``), start to end for
-processing and transform jobs. A tuning job costs what its trials cost. The endpoint is
+jobs (spot-discounted; the savings are ``1 - billable / training time``) plus the warm
+pool's ``ResourceRetainedBillableTimeInSeconds`` (instances kept for the next job), start
+to end for processing and transform jobs. A tuning job costs what its trials cost. The endpoint is
 priced from the run's history: in service from *deployed* until it was superseded or
 stopped (or now), at ``min_instances`` (autoscaling may have run more).
 """
@@ -76,6 +77,20 @@ def job_line(job_type: str, name: str, described: dict[str, Any], region: str) -
     elif spot:
         # Not "saved 0%": SageMaker billed the whole time (the local cloud has no spot market).
         line["note"] = "spot on; no saving reported (BillableTimeInSeconds equals the training time)"
+    pool = described.get("WarmPoolStatus") if job_type == "training" else None
+    if isinstance(pool, dict):
+        # Instances kept warm after the job are billed for the time they waited.
+        retained = float(pool.get("ResourceRetainedBillableTimeInSeconds") or 0)
+        warm = {
+            "status": str(pool.get("Status", "")),
+            "retained_seconds": round(retained, 1),
+            "usd": round(retained / 3600 * price * count, 4) if price is not None else None,
+        }
+        if pool.get("ReusedByJob"):
+            warm["reused_by"] = str(pool["ReusedByJob"])
+        line["warm_pool"] = warm
+        if line["usd"] is not None and warm["usd"] is not None:
+            line["usd"] = round(line["usd"] + warm["usd"], 4)
     if price is None:
         line["note"] = f"no {family} price for {instance_type} in {region} in prices.json"
     return line

@@ -343,6 +343,8 @@ def training_definition(run: Run, settings: Settings) -> dict[str, Any]:
     }
     if training["spot"]:
         definition["StoppingCondition"]["MaxWaitTimeInSeconds"] = training["max_wait_s"]
+    if training.get("warm_pool_s"):  # a run stored before the field existed has none
+        definition["ResourceConfig"]["KeepAlivePeriodInSeconds"] = training["warm_pool_s"]
     if settings.kms_key_id:
         definition["OutputDataConfig"]["KmsKeyId"] = settings.kms_key_id
         definition["ResourceConfig"]["VolumeKmsKeyId"] = settings.kms_key_id

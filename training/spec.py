@@ -54,6 +54,7 @@ _METRICS = (
     Metric("learning_rate", None, "the scheduler's current learning rate"),
     Metric("samples_per_second", HIGHER, "training throughput"),
     Metric("tokens_per_second", HIGHER, "training throughput (causal LMs)"),
+    Metric("train_seconds", None, "seconds in the training loop (epochs, evaluation, checkpoints)"),
     Metric("validation_loss", LOWER, "loss on the validation split"),
     Metric("validation_accuracy", HIGHER, "accuracy on the validation split"),
     Metric("validation_macro_f1", HIGHER, "macro-F1 on the validation split"),

@@ -681,6 +681,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "validation": sorted({spec.row_key(r, args.task) for r in val_rows}),
         }
         write_model(args, model, tokenizer, label_map, history, summary, row_keys)
+        # The model is written: nothing is left to resume, so the checkpoints (weights and
+        # optimizer state, three times the model) go rather than weigh on every later trial
+        # that shares the checkpoint location and must download it first.
+        shutil.rmtree(checkpoint_folder(args), ignore_errors=True)
         print(metric_line(step=step, **{k: float(v) for k, v in summary.items() if k != "steps"}), flush=True)
     if ranks.world > 1:
         dist.barrier()

@@ -112,6 +112,25 @@ def describe_drift(result: dict[str, Any]) -> str:
     return f"{verdict} ({result['samples']['live']} texts: {'; '.join(parts)})"
 
 
+def trial_overheads(state: cloud.CloudState, run: dict[str, Any]) -> str:
+    """Each tuning trial's time beyond its training loop (train.py's ``train_seconds``),
+    and whether it started on a warm pool's instance or a new one."""
+    trials = (run.get("tuning") or {}).get("trials", [])
+    sagemaker = state.client("sagemaker")
+    parts = []
+    for trial in sorted(trials, key=lambda t: str(t.get("training_job", ""))):
+        described = sagemaker.describe_training_job(TrainingJobName=trial["training_job"])
+        metrics = {m["MetricName"]: m["Value"] for m in described.get("FinalMetricDataList", [])}
+        if "TrainingEndTime" not in described or "train_seconds" not in metrics:
+            parts.append(f"{trial['training_job'][-12:]}: {described['TrainingJobStatus'].lower()}")
+            continue
+        wall = (described["TrainingEndTime"] - described["CreationTime"]).total_seconds()
+        messages = " ".join(t.get("StatusMessage", "") for t in described.get("SecondaryStatusTransitions", []))
+        how = "warm" if "Reusing the warm pool" in messages else "new instance"
+        parts.append(f"{how} {wall - metrics['train_seconds']:.1f} s + training {metrics['train_seconds']:.1f} s")
+    return "; ".join(parts) or "no trials"
+
+
 def wait_child(api: client.Api, project: str, parent: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -136,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = client.REPO_ROOT / "examples" / "data" / "reviews.jsonl"
         _, first_id = client.drop(client.local_state(), dataset, project, dataset_id="sample-1")
         timeline.mark(f"dataset dropped: run {first_id} started")
+        loop_began = time.monotonic()
         first = client.watch(client.local_state(), first_id, timeout=900)
         print()
         client.show_run(first)
@@ -146,8 +166,9 @@ def run(args: argparse.Namespace) -> int:
             f"run {first['run_id']} tuned ({len((first.get('tuning') or {}).get('trials', []))} trials), evaluated "
             f"(macro_f1 {evaluation.get('macro_f1', float('nan')):.3f}), registered and deployed to {endpoint}"
         )
-        print(f"evaluation report: {client.save_report(first)}")
         state = client.local_state()
+        print(f"  trials, overhead beyond the training loop: {trial_overheads(state, first)}")
+        print(f"evaluation report: {client.save_report(first)}")
         rows = [json.loads(line) for line in dataset.read_text().splitlines()]
         held_out = [row["text"] for row in rows[-60:]]
         latencies = send(state, endpoint, held_out, 60)
@@ -173,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
         timeline.mark(
             f"retraining run {child['run_id']} is {child['state'].upper()}: {gate or child['history'][-1]['reason']}"
         )
+        print(f"  trials, overhead beyond the training loop: {trial_overheads(state, child)}")
+        loop_s = time.monotonic() - loop_began
         serving = state.client("sagemaker").describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
         parent_state = api.call("GET", f"/runs/{first['run_id']}")["state"]
         timeline.mark(f"{endpoint} serves {serving}; run {first['run_id']} is {parent_state}")
@@ -184,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"run {shown} cost ${cost['total_usd']:.4f} at the list prices of {cost['prices_as_of']} "
                       f"({len(cost['lines'])} lines; tuneloop run show {shown})")  # fmt: skip
         timeline.show()
-        print(f"\ndemo finished in {time.monotonic() - timeline.started:.1f}s")
+        print(f"\nthe loop (drop → tuned → deployed → drift → retrained → redeployed): {loop_s:.1f}s")
+        print(f"demo finished in {time.monotonic() - timeline.started:.1f}s")
         if args.keep:
             print(f"the demo's cloud is still up: TUNELOOP_HOME={cloud.home()} tuneloop status")
         if child["state"] in ("failed", "stopped"):

@@ -186,6 +186,11 @@ def _check_training(path: str, training: dict[str, Any]) -> None:
         raise ConfigError(f"{path}.max_wait_s", "must be greater than max_runtime_s when spot is on")
     if training["spot"] and training["max_wait_s"] is None:
         training["max_wait_s"] = training["max_runtime_s"] * 2
+    if training["spot"] and training["warm_pool_s"]:
+        raise ConfigError(
+            f"{path}.warm_pool_s",
+            "SageMaker keeps no warm pool for managed spot training: set spot to false, or this to 0",
+        )
 
 
 def _check_tuning(path: str, tuning: dict[str, Any]) -> None:
@@ -312,6 +317,9 @@ _CONFIG = _obj(
                     "spot": _Field(_boolean, True),
                     "max_wait_s": _Field(_number(120, 28 * 86400, integer=True), None),
                     "max_spot_retries": _Field(_number(0, 10, integer=True), 2),
+                    # KeepAlivePeriodInSeconds: a job's instances wait this long for the next
+                    # matching job (a tuning job's next trial). Billed while they wait: off by default.
+                    "warm_pool_s": _Field(_number(0, 3600, integer=True), 0),
                 },
                 after=_check_training,
             ),

@@ -15,7 +15,7 @@ DATASET = f"s3://{BUCKET}/datasets/demo/ds-1/reviews.jsonl"
 
 
 def test_create_get_list_projects(api: Api, demo: dict[str, Any]) -> None:
-    assert demo["config"]["training"]["spot"] is True  # defaults filled in
+    assert demo["config"]["training"]["volume_size_gb"] == 30  # defaults filled in
     assert api.call("GET", "/projects/demo")[1]["name"] == "demo"
     status, body = api.call("GET", "/projects")
     assert status == 200 and [p["name"] for p in body["projects"]] == ["demo"]

@@ -172,6 +172,7 @@ def test_prepare_then_train_for_real(server: Any) -> None:
 
 def test_stop_and_max_runtime(server: Any) -> None:
     client, _, settings = server
+    ensure_prepared(client, settings)  # on a warm pool the script reads its data within 3 s
     run = run_for(hyperparameters={"max_steps": 500, "batch_size": 4}, max_runtime_s=3600)
     stop = training_request(
         StartTrainingJob(RUN_ID, "demo", names.job_name(RUN_ID, "train", 7), attempt=7), run, settings

@@ -76,3 +76,27 @@ def test_a_tuning_job_not_created_yet_is_a_note_not_an_error() -> None:
          "note": f"trials not listed: Amazon SageMaker can't find a tuning job with name {TUNE}"}
     ]  # fmt: skip
     assert cost["total_usd"] == 0 and not cost["complete"]
+
+
+def test_a_warm_pool_bills_the_time_its_instances_waited() -> None:
+    run = dataclasses.replace(tuning_run(), history=(entry(1, S.PREPARING, S.TUNING, TUNE),))
+    price = hourly("us-east-1", "training", "ml.g5.xlarge")
+
+    def warm(kind: str, name: str) -> dict[str, Any]:
+        pool = {"Status": "Reused", "ResourceRetainedBillableTimeInSeconds": 4, "ReusedByJob": f"{TUNE}-002-bb"}
+        if name.endswith("002-bb"):
+            pool = {"Status": "Terminated", "ResourceRetainedBillableTimeInSeconds": 600}
+        return {"ResourceConfig": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 2, "KeepAlivePeriodInSeconds": 600},
+                "TrainingTimeInSeconds": 60, "BillableTimeInSeconds": 60, "WarmPoolStatus": pool}  # fmt: skip
+
+    cost = run_cost(run, "us-east-1", warm, lambda job: [f"{job}-001-aa", f"{job}-002-bb"], T0)
+    first, last = cost["lines"]
+    assert first["warm_pool"] == {
+        "status": "Reused",
+        "retained_seconds": 4,
+        "usd": round(4 / 3600 * price * 2, 4),
+        "reused_by": f"{TUNE}-002-bb",
+    }
+    assert last["warm_pool"]["status"] == "Terminated" and last["warm_pool"]["retained_seconds"] == 600
+    assert last["usd"] == round(round(60 / 3600 * price * 2, 4) + round(600 / 3600 * price * 2, 4), 4)
+    assert cost["total_usd"] == round(first["usd"] + last["usd"], 4)

@@ -641,7 +641,13 @@ def test_time_limits_follow_the_runs_config() -> None:
     from chalicelib.domain.waits import SLACK_S, overdue, time_limit_s, waiting_since
 
     config = base_config()
-    config["training"] = {**config["training"], "spot": True, "max_runtime_s": 3600, "max_wait_s": 7200}
+    config["training"] = {
+        **config["training"],
+        "spot": True,
+        "warm_pool_s": 0,
+        "max_runtime_s": 3600,
+        "max_wait_s": 7200,
+    }
     run = make_run(S.PREPARING, config)
     training = decide(run, event_of("processing_job.completed", run)).run
     assert time_limit_s(training) == 7200 + SLACK_S  # MaxWait bounds a spot job

@@ -35,6 +35,8 @@ def test_demo_config_is_valid() -> None:
         ({"training": {"instance_count": "2"}}, "training.instance_count"),
         ({"training": {"spot": "yes"}}, "training.spot"),
         ({"training": {"max_runtime_s": 3600, "max_wait_s": 3600}}, "training.max_wait_s"),
+        ({"training": {"spot": True, "warm_pool_s": 300}}, "training.warm_pool_s"),
+        ({"training": {"spot": False, "warm_pool_s": 3601}}, "training.warm_pool_s"),
         ({"training": {"instance_type": "g5.xlarge"}}, "training.instance_type"),
         ({"training": {"hyperparameters": {"epochs": [1]}}}, "training.hyperparameters.epochs"),
         ({"tuning": {"objective": {"metric": "f1"}, "ranges": {}}}, "tuning.ranges"),

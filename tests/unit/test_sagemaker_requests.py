@@ -143,7 +143,7 @@ def test_a_manifest_dataset_is_read_as_its_folder() -> None:
 
 
 def test_spot_training_request() -> None:
-    run = run_with(spot=True, max_runtime_s=3600, max_wait_s=7200, instance_count=2)
+    run = run_with(spot=True, warm_pool_s=0, max_runtime_s=3600, max_wait_s=7200, instance_count=2)
     request = training_request(TRAIN, run, SETTINGS)
     client, stub = stubbed()
     stub.add_response(
@@ -167,8 +167,31 @@ def test_spot_training_request() -> None:
 
 
 def test_on_demand_training_has_no_max_wait() -> None:
-    request = training_request(TRAIN, run_with(spot=False), SETTINGS)
+    request = training_request(TRAIN, run_with(spot=False, warm_pool_s=0), SETTINGS)
     assert request["EnableManagedSpotTraining"] is False and "MaxWaitTimeInSeconds" not in request["StoppingCondition"]
+    assert "KeepAlivePeriodInSeconds" not in request["ResourceConfig"]
+    # Warm pools bill while they wait: off unless a project asks.
+    assert normalise_config({"base_model": "org/model", "task": "text-classification"})["training"]["warm_pool_s"] == 0
+
+
+def test_a_project_with_a_warm_pool_keeps_its_training_and_trial_instances() -> None:
+    run = run_with(spot=False, warm_pool_s=600)
+    request = training_request(TRAIN, run, SETTINGS)
+    client, stub = stubbed()
+    arn = {"TrainingJobArn": "arn:aws:sagemaker:us-east-1:1:training-job/x"}
+    stub.add_response("create_training_job", arn, request)
+    with stub:
+        assert SageMakerExecutors(client, SETTINGS).start_training_job(TRAIN, run).done
+    assert request["ResourceConfig"]["KeepAlivePeriodInSeconds"] == 600
+    config = {**run.config, "tuning": tuning_run().config["tuning"]}
+    tuned = tuning_request(TUNE, dataclasses.replace(run, config=config), SETTINGS)
+    assert tuned["TrainingJobDefinition"]["ResourceConfig"]["KeepAlivePeriodInSeconds"] == 600
+    # A run stored before the field existed starts as before.
+    legacy = dict(run.config, training={k: v for k, v in run.config["training"].items() if k != "warm_pool_s"})
+    assert (
+        "KeepAlivePeriodInSeconds"
+        not in training_request(TRAIN, dataclasses.replace(run, config=legacy), SETTINGS)["ResourceConfig"]
+    )
 
 
 def test_s3_base_model_vpc_and_kms() -> None:
@@ -376,7 +399,12 @@ def tuning_run(parent: str | None = None, **tuning: Any) -> Run:
     config = normalise_config(
         {
             **DEMO_CONFIG,
-            "training": {**DEMO_CONFIG["training"], "hyperparameters": {"epochs": 3, "learning_rate": 5e-5}},
+            "training": {
+                **DEMO_CONFIG["training"],
+                "hyperparameters": {"epochs": 3, "learning_rate": 5e-5},
+                "spot": True,
+                "warm_pool_s": 0,
+            },
             "tuning": {
                 "objective": {"metric": "validation_macro_f1"},
                 "ranges": TUNING_RANGES,

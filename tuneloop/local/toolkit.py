@@ -88,28 +88,31 @@ def lay_out(base: Path, hyperparameters: Mapping[str, str], channels: Mapping[st
     return layout
 
 
-def job_environment(layout: TrainingLayout, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {
+def instance_environment() -> dict[str, str]:
+    """What every training process here starts with (a warm instance too)."""
+    return {
         **os.environ,
-        "SAGEMAKER_BASE_DIR": str(layout.base),
         "PIP_NO_INDEX": "1",  # a requirements.txt must be satisfied already: never a network install
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
-        **(extra or {}),
     }
-    return env
+
+
+def job_environment(layout: TrainingLayout, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    return {**instance_environment(), "SAGEMAKER_BASE_DIR": str(layout.base), **(extra or {})}
 
 
 def start(
-    layout: TrainingLayout, log_path: Path, extra_env: Mapping[str, str] | None = None
+    layout: TrainingLayout, log_path: Path, extra_env: Mapping[str, str] | None = None, python: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """The toolkit's ``train`` command in its own process group (stop = signal the group)."""
+    """The toolkit's ``train`` command in its own process group (stop = signal the group).
+    ``python``: a warm instance's interpreter (``tuneloop.local.warm``) instead of a cold one."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-c", "from sagemaker_training.cli.train import main; main()"],
+            [str(python or sys.executable), "-c", "from sagemaker_training.cli.train import main; main()"],
             env=job_environment(layout, extra_env),
             cwd=layout.base,
             stdout=log,

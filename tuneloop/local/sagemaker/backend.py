@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import toolkit
 from ..processes import ProcessRecord, reclaim
 from .common import Emit, envelope, read_json, write_json
 from .exceptions import ServiceError
@@ -20,6 +21,7 @@ from .registry import Registry
 from .runtime import Runtime
 from .tuning import TuningJob
 from .validation import validate
+from .warmpool import WarmPools, terminated
 
 # The programs tuneloop's jobs run: the processing scripts and the training entry point.
 ENTRY_POINTS = frozenset({"prepare.py", "evaluate.py", "drift.py", "train.py"})
@@ -51,6 +53,7 @@ class LocalSageMaker:
         self.registry = Registry(home / "registry.json", emit)
         self.hosting = Hosting(home / "hosting", s3, emit, cloudwatch, packages=self.registry)
         self.runtime = Runtime(self.hosting, s3, cloudwatch)
+        self.warm_pools = WarmPools(toolkit.instance_environment(), on_change=self._warm_pool_changed)
         self._load()
 
     def close(self, grace_s: float = STOP_GRACE_S) -> None:
@@ -68,6 +71,7 @@ class LocalSageMaker:
         for job in running:
             if job.thread is not None:  # its last uploads (a SIGTERM checkpoint) finish first
                 job.thread.join(max(0.0, deadline - time.monotonic()))
+        self.warm_pools.close()  # after the jobs: an instance's end kills what still runs on it
 
     def _load(self) -> None:
         """Read the job records; resume what the previous server left in progress."""
@@ -79,6 +83,10 @@ class LocalSageMaker:
                     log.error("job record %s is unreadable; moved aside to %s.corrupt", path, path.name)
                     path.replace(path.with_name(path.name + ".corrupt"))
                     continue
+                gone = terminated(record) if kind == "training" else None
+                if gone is not None:  # its instance did not outlive the server that held it
+                    record["WarmPoolStatus"] = gone
+                    write_json(path, record)
                 self.records[(kind, path.parent.name)] = record
                 if record.get(cls.status_key) in ("InProgress", "Stopping"):
                     unfinished.append((kind, path.parent.name, record))
@@ -118,6 +126,12 @@ class LocalSageMaker:
             job.save_extra()
         with self.lock:
             self.records[(job.kind, job.name)] = record
+
+    def _warm_pool_changed(self, job_name: str) -> None:
+        """A pool moved on (reused, or ended) after its job ended: its record says so."""
+        job = self.jobs.get(("training", job_name))
+        if job is not None:
+            self.save(job)
 
     def check_entry_point(self, kind: str, request: dict[str, Any]) -> None:
         """Only the programs tuneloop's own jobs run: a job runs as the user who started the
@@ -236,12 +250,16 @@ class LocalSageMaker:
             items = [i for i in items if params["NameContains"] in i[cls.name_key]]
         if params.get("StatusEquals"):
             items = [i for i in items if i[cls.status_key] == params["StatusEquals"]]
+        if kind == "training" and params.get("WarmPoolStatusEquals"):
+            wanted = params["WarmPoolStatusEquals"]
+            items = [i for i in items if (i.get("WarmPoolStatus") or {}).get("Status") == wanted]
         summaries = [
             {
                 cls.name_key: i[cls.name_key],
                 cls.arn_key(): i.get(cls.arn_key()),
                 cls.status_key: i[cls.status_key],
                 "CreationTime": i.get("CreationTime"),
+                **({"WarmPoolStatus": i["WarmPoolStatus"]} if i.get("WarmPoolStatus") else {}),
             }
             for i in items
         ]

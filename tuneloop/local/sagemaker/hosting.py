@@ -38,7 +38,7 @@ from ..processes import ProcessRecord, reclaim, record_child
 from ..serving import TOKEN_ENV
 from .common import Emit, arn, envelope, now, read_json, write_json
 from .exceptions import ServiceError
-from .staging import split_s3
+from .staging import TRANSFER, split_s3
 
 log = logging.getLogger("tuneloop.hosting")
 READY_TIMEOUT_S = 180
@@ -448,7 +448,7 @@ class Hosting:
         target.mkdir(parents=True)
         bucket, key = split_s3(uri)
         archive = target.parent / f"{model_name}.tar.gz"
-        self.s3.download_file(bucket, key, str(archive))
+        self.s3.download_file(bucket, key, str(archive), Config=TRANSFER)
         with tarfile.open(archive) as tar:
             tar.extractall(target, filter="data")
         archive.unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -191,6 +192,8 @@ class TuningJob(Job):
         }
         validate("CreateTrainingJob", request)
         job = TrainingJob(self.server, request, tuning_arn=self.arn)
+        job.threads = self.threads_per_trial()
+        job.on_end = self.wake.set
         self.server.start(job)
         summary = {
             "TrainingJobName": name,
@@ -205,6 +208,12 @@ class TuningJob(Job):
             self.trials.append(summary)
         self.server.save(self)
         return job, trial
+
+    def threads_per_trial(self) -> int:
+        """On AWS each trial has instances of its own; here trials share this machine, so
+        each gets an equal share of its cores (at least one)."""
+        parallel = max(1, int(self.config["ResourceLimits"].get("MaxParallelTrainingJobs", 1)))
+        return max(1, (os.cpu_count() or 1) // parallel)
 
     def _finished(self, job: TrainingJob, trial: Any) -> None:
         value = job.metrics.get(self.search.metric, {}).get("Value")
