@@ -37,6 +37,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 steps a job, one cold and two warm jobs")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (job logs) for a look")
+    parser.add_argument(
+        "--tuning", action="store_true", help="also the demo's tuning job with 1 and with 2 trials at a time"
+    )
     parser.add_argument("--pairs", type=int, default=3, help="cold/warm pairs after the warm pool's first job")
     args = parser.parse_args()
     import boto3
@@ -137,6 +140,8 @@ def main() -> int:
               f"warm {statistics.median(warm):.1f} s (the pool's first job: {rows[0]['overhead']:.1f} s)")  # fmt: skip
         print(f"ratio cold/warm overhead: {statistics.median(cold) / max(statistics.median(warm), 1e-3):.1f}x "
               f"(goal: warm overhead <= 3 s)")  # fmt: skip
+        if args.tuning:
+            tuning_parallelism(client, settings, run, problems)
         http_server.backend.close()
         http_server.shutdown()
     finally:
@@ -149,6 +154,37 @@ def main() -> int:
         print(f"FAILED: {problem}")
     print(f"jobs checked: {len(rows)}, problems: {len(problems)}")
     return 1 if problems else 0
+
+
+def tuning_parallelism(client: Any, settings: Any, run: Any, problems: list[str]) -> None:
+    """The demo's tuning job (3 trials, warm pools) with MaxParallelTrainingJobs 1 and 2:
+    on this machine parallel trials split its cores, and a second trial at a time needs a
+    second instance."""
+    import dataclasses
+
+    from chalicelib.domain.commands import StartTuningJob
+    from chalicelib.domain.project import normalise_config
+    from chalicelib.sagemaker import tuning_request
+
+    demo = json.loads((REPO / "examples" / "demo-project.json").read_text())["config"]
+    for parallel in (1, 2):
+        config = normalise_config({**demo, "training": run.config["training"],
+                                   "tuning": {**demo["tuning"], "max_parallel_jobs": parallel}})  # fmt: skip
+        name = f"tl-{run.run_id}-tune-{parallel}"
+        request = tuning_request(StartTuningJob(run.run_id, "bench", name), dataclasses.replace(run, config=config),
+                                 settings)  # fmt: skip
+        began = time.monotonic()
+        client.create_hyper_parameter_tuning_job(**request)
+        while (done := client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name))[
+            "HyperParameterTuningJobStatus"
+        ] == "InProgress":
+            time.sleep(0.2)
+        wall = time.monotonic() - began
+        if done["HyperParameterTuningJobStatus"] != "Completed":
+            problems.append(f"{name}: {done['HyperParameterTuningJobStatus']} {done.get('FailureReason', '')}")
+        counters = done["TrainingJobStatusCounters"]
+        print(f"the demo's tuning job, {parallel} trial(s) at a time: {wall:6.1f} s "
+              f"({counters['Completed']} completed, {counters['Stopped']} stopped early)", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

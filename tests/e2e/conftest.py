@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -29,14 +30,32 @@ def tuneloop(home: Path, *args: str, check: bool = True, timeout: float = 180) -
     for name in list(env):
         if name.startswith("AWS_ENDPOINT_URL") or name == "TUNELOOP_BUCKET":
             env.pop(name)  # the CLI finds the local cloud through its state file, nothing else
-    result = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-m", "tuneloop.cli", *args],
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         cwd=REPO,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # Ctrl-C, as a user would: the command's own clean-up runs (the demo takes its local
+        # cloud down). Then any cloud still up under this home goes down: a timed-out test
+        # must not leave servers running through the rest of the suite.
+        process.send_signal(signal.SIGINT)
+        try:
+            stdout, stderr = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        for state in sorted(home.rglob("state.json")):
+            down = {**env, "TUNELOOP_HOME": str(state.parent)}
+            subprocess.run([sys.executable, "-m", "tuneloop.cli", "down"], env=down, capture_output=True, timeout=180)
+        what = f"tuneloop {' '.join(args)} ran past {timeout:.0f}s:\n{stdout[-5000:]}\n{stderr[-3000:]}"
+        raise AssertionError(what) from None
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"tuneloop {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result

@@ -265,3 +265,26 @@ def test_batch_transform_answers_every_line(hosted: dict[str, Any]) -> None:
         what="failed transform",
     )
     assert failed["TransformJobStatus"] == "Failed" and "inputs" in failed["FailureReason"]
+
+
+def test_an_endpoint_in_service_answers_right_after_a_restart(hosted: dict[str, Any], tmp_path: Any) -> None:
+    """Describe says InService the moment the server is back; a request that comes before
+    the serving process has started again waits for it rather than failing."""
+    first = sagemaker_server.LocalSageMaker(tmp_path, hosted["s3"], lambda event: None)
+    first.call("CreateModel", {"ModelName": "tl-again", "ExecutionRoleArn": ROLE, "PrimaryContainer": {
+        "Image": "local/inference", "ModelDataUrl": f"s3://{BUCKET}/serving/model.tar.gz"}})  # fmt: skip
+    first.call("CreateEndpointConfig", {"EndpointConfigName": "tl-again-config", "ProductionVariants": [{
+        "VariantName": "AllTraffic", "ModelName": "tl-again", "InstanceType": "ml.m5.large",
+        "InitialInstanceCount": 1}]})  # fmt: skip
+    first.call("CreateEndpoint", {"EndpointName": "tl-again", "EndpointConfigName": "tl-again-config"})
+    wait_for(lambda: first.call("DescribeEndpoint", {"EndpointName": "tl-again"})["EndpointStatus"] == "InService",
+             180, what="endpoint in service")  # fmt: skip
+    first.close()
+    again = sagemaker_server.LocalSageMaker(tmp_path, hosted["s3"], lambda event: None)
+    try:
+        assert again.call("DescribeEndpoint", {"EndpointName": "tl-again"})["EndpointStatus"] == "InService"
+        status, body, _ = again.runtime.invoke("tl-again", json.dumps("sturdy and quiet").encode(),
+                                               "application/json", "application/json")  # fmt: skip
+        assert status == 200 and "label" in json.loads(body)
+    finally:
+        again.close()

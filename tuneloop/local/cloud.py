@@ -177,7 +177,7 @@ def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
         moto = start_moto(credentials, log_path=root / "logs" / "moto.log", detach=True)
         started.append(moto)
         log(f"  moto server on {moto.endpoint}")
-    except ServiceError:
+    except BaseException:  # a failure or Ctrl-C: what started stops (no state file knows of it yet)
         for service in started:
             service.stop()
         raise

@@ -169,7 +169,7 @@ def start_dynamodb_local(
     gateway += ["--backend-port", str(free_port()), "--", *args]
     proc = _spawn(gateway, log_path, cwd=REPO_ROOT, detach=detach, credentials=credentials)
     service = Service("dynamodb", port, proc, log_path)
-    wait_until(_answers(service.endpoint), 90, "DynamoDB Local", proc)
+    _await(service, 90, "DynamoDB Local")
     return service
 
 
@@ -182,8 +182,18 @@ def start_moto(
     args = [sys.executable, "-m", "tuneloop.local.gateway", "moto", "--port", str(port)]
     proc = _spawn(args, log_path, cwd=REPO_ROOT, detach=detach, credentials=credentials)
     service = Service("moto", port, proc, log_path)
-    wait_until(_answers(service.endpoint), 60, "moto", proc)
+    _await(service, 60, "moto")
     return service
+
+
+def _await(service: Service, timeout_s: float, what: str) -> None:
+    """Wait for a started service to answer; if it does not, or the wait is interrupted
+    (Ctrl-C), stop it: nothing is left running that no state file knows of."""
+    try:
+        wait_until(_answers(service.endpoint), timeout_s, what, service.proc)
+    except BaseException:
+        service.stop()
+        raise
 
 
 def aws_env(dynamodb: str, moto: str, credentials: Credentials, region: str = "us-east-1") -> dict[str, str]:

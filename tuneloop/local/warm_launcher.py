@@ -88,7 +88,9 @@ def main() -> None:
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
-    socket.send_fds(conn, [struct.pack("!I", len(request)) + request], fds)
+    message = struct.pack("!I", len(request)) + request
+    sent = socket.send_fds(conn, [message], fds)
+    conn.sendall(message[sent:])  # a stream socket may take a long message in parts
     reader = conn.makefile("r")
     for line in reader:
         message = json.loads(line)

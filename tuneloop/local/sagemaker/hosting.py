@@ -42,6 +42,8 @@ from .staging import TRANSFER, split_s3
 
 log = logging.getLogger("tuneloop.hosting")
 READY_TIMEOUT_S = 180
+# How long a request waits for an endpoint's serving process to start again after a restart.
+RESTART_WAIT_S = READY_TIMEOUT_S
 # Beside each fleet's log: the PID of its model server.
 PROCESS_SUFFIX = ".process.json"
 POLL_S = 0.25
@@ -163,6 +165,10 @@ class Endpoint:
         self.lock = threading.Lock()
         self.target_config: str | None = None
         self.deployment: dict[str, Any] = {}
+        # Set while no fleet is being started: an endpoint in service whose serving process
+        # is starting again (after a restart) answers once it is up, not with an error.
+        self.settled = threading.Event()
+        self.settled.set()
 
     @property
     def arn(self) -> str:
@@ -214,6 +220,9 @@ class Endpoint:
     def pick(self) -> Fleet:
         with self.lock:
             fleets = [(f, w) for f, w in self.fleets if w > 0]
+        if not fleets and self.status in ("InService", "Updating") and self.settled.wait(RESTART_WAIT_S):
+            with self.lock:
+                fleets = [(f, w) for f, w in self.fleets if w > 0]
         if not fleets:
             raise ServiceError("ValidationError", f"Endpoint {self.name} is not in service", 400)
         roll = random.random() * sum(w for _, w in fleets)
@@ -290,10 +299,12 @@ class Hosting:
                 # again, then carry the update through, with its events, as it would have gone.
                 endpoint.status, endpoint.target_config = "Updating", target
                 endpoint.deployment = dict(record.get("deployment") or {})
+                endpoint.settled.clear()
                 threading.Thread(target=self._resume_update, args=(endpoint,), daemon=True).start()
             elif record["status"] in ("InService", "Updating"):
                 # The serving process ended with the previous server: start it again.
                 endpoint.status = "InService"
+                endpoint.settled.clear()
                 threading.Thread(target=self._bring_up, args=(endpoint, True), daemon=True).start()
             elif record["status"] == "Creating":
                 threading.Thread(target=self._bring_up, args=(endpoint,), daemon=True).start()
@@ -414,9 +425,12 @@ class Hosting:
     def _bring_up(self, endpoint: Endpoint, restarting: bool = False) -> None:
         """Start the endpoint's fleet; requests that arrive meanwhile wait for it to be ready."""
         try:
-            fleet = self._start_fleet(endpoint.name, endpoint.config)
-            with endpoint.lock:
-                endpoint.fleets = [(fleet, 1.0)]
+            try:
+                fleet = self._start_fleet(endpoint.name, endpoint.config)
+                with endpoint.lock:
+                    endpoint.fleets = [(fleet, 1.0)]
+            finally:
+                endpoint.settled.set()
             fleet.wait_ready()
         except Exception as exc:
             log.exception("endpoint %s failed to start", endpoint.name)
