@@ -305,6 +305,7 @@ def snapshot_s3(state: CloudState, target: Path) -> tuple[int, list[str]]:
     _remove_tree(staging)
     staging.mkdir(parents=True)
     count = 0
+    etags: dict[str, str] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=state.bucket):
         for obj in page.get("Contents", []):
             path = inside(staging, obj["Key"])
@@ -313,11 +314,19 @@ def snapshot_s3(state: CloudState, target: Path) -> tuple[int, list[str]]:
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(state.bucket, obj["Key"], str(path))
+            etags[obj["Key"]] = str(obj.get("ETag", "")).strip('"')
             count += 1
     # Replace the old snapshot only once the new one is complete: nothing is lost midway.
+    # The ETags go beside it: a restore uploads each object as it was uploaded (one part or
+    # N), so its ETag, which model packages pin, comes back the same.
+    write_atomic(etag_file(target), json.dumps(etags))
     _remove_tree(target)
     staging.rename(target)
     return count, refused
+
+
+def etag_file(snapshot: Path) -> Path:
+    return snapshot.with_name(snapshot.name + ".etags.json")
 
 
 def status() -> dict[str, Any]:

@@ -18,9 +18,10 @@ from types import ModuleType
 from typing import Any
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 
 from .apiserver import ApiServer
-from .cloud import QUEUED_EVENTS
+from .cloud import QUEUED_EVENTS, etag_file
 from .router import EventRouter
 from .services import REPO_ROOT
 
@@ -42,11 +43,38 @@ def prepare_bucket(bucket: str, snapshot_dir: Path | None = None) -> None:
         return  # moto lived on (the host alone restarted): the bucket is current, the snapshot is not
     s3.create_bucket(Bucket=bucket)
     if snapshot_dir is not None and snapshot_dir.is_dir():
-        restored = 0
+        try:
+            etags = json.loads(etag_file(snapshot_dir).read_text())
+        except (OSError, ValueError):
+            etags = {}
+        restored = changed = 0
         for path in sorted(p for p in snapshot_dir.rglob("*") if p.is_file()):
-            s3.upload_file(str(path), bucket, path.relative_to(snapshot_dir).as_posix())
+            key = path.relative_to(snapshot_dir).as_posix()
+            etag = str(etags.get(key, "")) if isinstance(etags, dict) else ""
+            s3.upload_file(str(path), bucket, key, Config=same_parts(etag, path.stat().st_size))
+            if etag and s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"') != etag:
+                changed += 1
             restored += 1
         log.info("restored %d objects into s3://%s", restored, bucket)
+        if changed:
+            log.warning("%d restored objects have a new ETag (uploaded in parts of unequal size)", changed)
+
+
+def same_parts(etag: str, size: int) -> TransferConfig:
+    """Upload as the ETag says the object was: one part (an MD5), or N parts ("-N"). The
+    ETag of N parts depends on where they split: the part size is taken to be the first
+    of the SDKs' and the CLI's usual sizes that gives N parts."""
+    tail = etag.rsplit("-", 1)[1] if "-" in etag else ""
+    parts = int(tail) if tail.isdigit() else 0
+    if parts <= 0:
+        return TransferConfig(multipart_threshold=max(size + 1, 2**30), multipart_chunksize=2**28)
+    mib = 2**20
+    for chunk in (8 * mib, 16 * mib, 5 * mib, 64 * mib, 100 * mib, 256 * mib):
+        if -(-size // chunk) == parts:
+            break
+    else:
+        chunk = max(5 * mib, -(-size // parts))
+    return TransferConfig(multipart_threshold=1, multipart_chunksize=chunk)
 
 
 def prepare_tables() -> None:
