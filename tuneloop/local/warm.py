@@ -46,6 +46,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from tuneloop.local.processes import group_alive
+
 # What every instance imports before it says ready: the local training image's stack.
 BASE_MODULES = ("torch", "transformers", "sagemaker_training.cli.train", "pip._internal.cli.main")
 REQUEST_TIMEOUT_S = 10
@@ -204,7 +206,7 @@ class Instance:
         for it, and no process in any of their groups (a launcher on its way here)."""
         if self.members.get(root) or root not in self.outcome:
             return
-        if any(_group_alive(group) for group in self.groups.get(root, ())):
+        if any(group_alive(group) for group in self.groups.get(root, ())):
             self.lingering.add(root)
             return
         self.lingering.discard(root)
@@ -325,16 +327,6 @@ def _group(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
