@@ -42,7 +42,12 @@ class RunReports:
         objective = run.config.get("tuning", {}).get("objective", {})
         view: dict[str, Any] = {"job_name": job, "objective": objective, "best_training_job": run.model_source}
         try:
-            view["trials"] = self._sagemaker.tuning_trials(job, limit)
+            trials = self._sagemaker.tuning_trials(job, limit)
+            # SageMaker sorts by value; a trial stopped early can end above the one the tuner
+            # chose, so the trial the run took goes first and says so.
+            for trial in trials:
+                trial["chosen"] = trial["training_job"] == run.model_source
+            view["trials"] = sorted(trials, key=lambda t: not t["chosen"])
         except (ClientError, BotoCoreError) as exc:
             # The run is still worth showing when SageMaker cannot list its trials right now.
             view["trials"] = []

@@ -140,7 +140,7 @@ def show_run(run: dict[str, Any]) -> None:
         print(f"  tuning    {tuning['job_name']}: {objective.get('type', '')} {objective.get('metric')}")
         for trial in tuning["trials"]:
             objective = f"{trial['objective']:.4f}" if trial.get("objective") is not None else "-"
-            best = " ← best" if trial["training_job"] == tuning.get("best_training_job") else ""
+            best = " ← chosen" if trial.get("chosen") else ""
             values = " ".join(f"{k}={v}" for k, v in sorted(trial["hyperparameters"].items()))
             print(f"    {trial['training_job']}  {trial['status']:<10} {objective:>8}  {values}{best}")
         if tuning.get("trials_error"):

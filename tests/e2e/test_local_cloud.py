@@ -81,7 +81,8 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     assert run["package_arn"].endswith("model-package/tl-demo/1")  # auto-approved into the registry
     trials = run["tuning"]["trials"]
     assert len(trials) == 2 and {t["status"] for t in trials} <= {"Completed", "Stopped"}
-    assert trials[0]["training_job"] == run["model_source"] == run["tuning"]["best_training_job"]
+    assert trials[0]["chosen"] and trials[0]["training_job"] == run["model_source"]
+    assert run["model_source"] == run["tuning"]["best_training_job"]
     assert all(set(t["hyperparameters"]) == {"learning-rate", "warmup-ratio"} for t in trials)
     assert run["metrics"]["training"]["validation_macro_f1"] == trials[0]["objective"] > 0.5
     assert run["metrics"]["evaluation"]["macro_f1"] >= 0.7  # the demo project's gate
@@ -114,7 +115,7 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     assert "on_sagemaker_event" in tuneloop(home, "event", "send", str(path)).stdout
     assert "deployed" in tuneloop(home, "runs", "--project", "demo").stdout
     assert len(http(state, "GET", f"/runs/{run_id}")[1]["history"]) == 7
-    assert "← best" in tuneloop(home, "run", "show", run_id).stdout
+    assert "← chosen" in tuneloop(home, "run", "show", run_id).stdout
 
     # State survives down/up: tables on disk, the bucket saved and restored.
     tuneloop(home, "down")

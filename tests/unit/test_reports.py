@@ -67,3 +67,32 @@ def test_trials_are_read_live_and_an_outage_does_not_hide_the_run() -> None:
     assert view["objective"] == {"metric": "validation_macro_f1", "type": "Maximize"}
     untuned = dataclasses.replace(run, history=())
     assert RunReports(s3, SageMakerExecutors(sagemaker, SETTINGS), SETTINGS).tuning(untuned) is None
+
+
+def test_the_trial_the_run_took_is_listed_first_even_when_a_stopped_one_scored_higher() -> None:
+    """CI caught this on the local cloud: a trial the median rule stopped early can end on a
+    value above the final value of the completed trial the tuner chose (its last epochs
+    dropped). Sorted by value alone, the listing's first trial was not the run's model."""
+    s3, _, sagemaker, stub = clients()
+    run = tuned()
+    tune = names.job_name(RUN_ID, "tune")
+
+    def summary(n: str, status: str, value: float) -> dict[str, object]:
+        return {
+            "TrainingJobName": f"{tune}-{n}-0a1b2c3d",
+            "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{tune}-{n}",
+            "CreationTime": T0,
+            "TrainingJobStatus": status,
+            "TunedHyperParameters": {"learning-rate": '"0.0002"'},
+            "ObjectiveStatus": "Succeeded",
+            "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "validation_macro_f1", "Value": value},
+        }
+
+    listed = [summary("002", "Stopped", 0.9), summary("003", "Completed", 0.85), summary("001", "Completed", 0.8)]
+    run = dataclasses.replace(run, model_source=f"{tune}-001-0a1b2c3d")
+    stub.add_response("list_training_jobs_for_hyper_parameter_tuning_job", {"TrainingJobSummaries": listed})
+    with stub:
+        view = RunReports(s3, SageMakerExecutors(sagemaker, SETTINGS), SETTINGS).tuning(run)
+    assert view is not None
+    assert [t["training_job"][len(tune) + 1 : len(tune) + 4] for t in view["trials"]] == ["001", "002", "003"]
+    assert [t["chosen"] for t in view["trials"]] == [True, False, False]
