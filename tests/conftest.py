@@ -20,6 +20,15 @@ from aws_xray_sdk.core.context import Context
 from tuneloop.local import sigv4
 from tuneloop.local.services import Service, aws_env, start_dynamodb_local, start_moto
 
+# On N workers, each worker's PyTorch processes get 1/N of the cores: torch's default of a
+# thread per core, times N workers, oversubscribes the machine, and OpenMP threads that
+# wait for a descheduled sibling spin (measured on 2 cores: the classifier fixture's
+# fine-tune took 86 s of CPU next to a busy worker, 28 s alone). Jobs inherit it; the
+# local tuner splits it between parallel trials. Set before anything imports torch.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 EVENTS = Path(__file__).parent / "events"
 BUCKET = "tuneloop-test"
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
+from tuneloop.local.sagemaker.tuning import cpu_budget
 from tuneloop.local.tuner import Search, SearchSpaceError
 
 RANGES = {
@@ -101,3 +103,14 @@ def test_median_rule_stops_a_trial_worse_than_the_median() -> None:
     search.tell(bad, "stopped_early", 1.9)
     good = search.ask()
     assert not search.report(good, [0.4, 0.2, 0.1])
+
+
+@pytest.mark.parametrize(("given", "budget"), [("3", 3), ("", None), ("zero", None), ("0", None), ("-2", None)])
+def test_parallel_trials_share_the_threads_the_local_cloud_was_given(
+    monkeypatch: pytest.MonkeyPatch, given: str, budget: int | None
+) -> None:
+    """OMP_NUM_THREADS set where the local cloud started is its share of the machine (the
+    test suite gives each worker one); anything but a positive count means every core."""
+    monkeypatch.setenv("OMP_NUM_THREADS", given)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert cpu_budget() == (budget or 8)

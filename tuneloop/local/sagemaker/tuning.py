@@ -211,9 +211,9 @@ class TuningJob(Job):
 
     def threads_per_trial(self) -> int:
         """On AWS each trial has instances of its own; here trials share this machine, so
-        each gets an equal share of its cores (at least one)."""
+        each gets an equal share of the threads it may use (at least one)."""
         parallel = max(1, int(self.config["ResourceLimits"].get("MaxParallelTrainingJobs", 1)))
-        return max(1, (os.cpu_count() or 1) // parallel)
+        return max(1, cpu_budget() // parallel)
 
     def _finished(self, job: TrainingJob, trial: Any) -> None:
         value = job.metrics.get(self.search.metric, {}).get("Value")
@@ -270,3 +270,13 @@ class TuningJob(Job):
 
     def save_extra(self) -> None:
         write_json(self.folder / "trials.json", self.trial_summaries())
+
+
+def cpu_budget() -> int:
+    """The threads the local cloud's jobs may use between them: OMP_NUM_THREADS where whoever
+    started it set one (a share of a machine that runs other work too), else every core."""
+    try:
+        given = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        given = 0
+    return given if given > 0 else os.cpu_count() or 1
