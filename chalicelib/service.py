@@ -25,7 +25,7 @@ from .domain.events import (
     RunTimedOut,
 )
 from .domain.limits import Limits
-from .domain.machine import Decision, decide
+from .domain.machine import DUPLICATE, Decision, decide
 from .domain.project import ConfigError, check_project_name, normalise_config
 from .domain.run import Run
 from .domain.states import RunState
@@ -267,11 +267,20 @@ class RunService:
             return Applied(None, ignored=f"no run {run_id}")
 
     def apply(self, run_id: str, event: DomainEvent) -> Applied:
+        # Decide on this process's latest copy of the run when it has one (a read saved
+        # per event); the commit is conditional on that copy's version, so a stale copy
+        # costs a conflict and a read, never a wrong write.
+        newer_than = -1
         for attempt in range(MAX_COMMIT_ATTEMPTS):
-            stored = self.runs.get(run_id)
+            stored = self.runs.recent(run_id, newer_than)
             if stored is None:
                 raise RunNotFoundError(run_id)
             decision = decide(stored.run, self._with_project_facts(stored.run, event))
+            if not decision.changed and stored.cached and decision.noop != DUPLICATE:
+                # Only "already applied" holds on any later version (history only grows);
+                # anything else that changes nothing is confirmed on the table.
+                newer_than = stored.version
+                continue
             if not decision.changed:
                 logger.info(
                     "event changes nothing",
@@ -285,11 +294,16 @@ class RunService:
                 )
                 return Applied(run_id, decision)
             try:
-                stored = self.runs.commit(stored, decision, self.clock())
+                committed = self.runs.commit(stored, decision, self.clock())
             except ConflictError:
-                # Someone else committed first: back off a little, reload, decide again.
-                _time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
+                # Someone else committed first: decide again on a newer version (this
+                # process's, if one of its threads won; else the table's). Back off a
+                # little when the table's own latest copy lost.
+                if not stored.cached:
+                    _time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
+                newer_than = stored.version
                 continue
+            stored = committed
             with self._transition(decision, event):
                 follow_ups = self._execute_outbox(stored)
             return Applied(run_id, decision, follow_ups=follow_ups)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,6 +60,9 @@ class StoredRun:
     outbox_since: datetime | None = None
     updated_at: datetime | None = None
     swept_at: datetime | None = None
+    # Read from the repository's copy of what it last wrote or read, not from the table:
+    # the table may be newer (see RunRepository.recent).
+    cached: bool = field(default=False, compare=False)
 
     @property
     def pending(self) -> tuple[OutboxItem, ...]:
@@ -177,17 +183,61 @@ class ProjectRepository:
 
 
 class RunRepository:
+    # How many runs' latest versions a process keeps (a few KB each).
+    RECENT_RUNS = 1024
+
     def __init__(self, model: type[RunModel] = RunModel) -> None:
         self._model = model
+        self._recent: OrderedDict[str, StoredRun] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     # --- reads ---------------------------------------------------------------------------
 
     def get(self, run_id: str) -> StoredRun | None:
+        """The run as the table holds it now (a strongly consistent read)."""
         try:
             item = self._model.get(run_id, consistent_read=True)
         except DoesNotExist:
             return None
-        return self._stored(item)
+        stored = self._stored(item)
+        self._remember(stored)
+        return stored
+
+    def recent(self, run_id: str, newer_than: int = -1) -> StoredRun | None:
+        """The latest version of the run this process wrote or read, if newer than
+        ``newer_than``, marked ``cached``; else the table's (``get``).
+
+        Only for deciding what to commit: every commit is conditional on the version it
+        was decided on, and every write of a run's state bumps the version, so a copy
+        that another writer has overtaken fails its commit (ConflictError) and is read
+        again; it never writes. A decision that changes nothing must be confirmed on the
+        table unless it could not differ there (see RunService.apply).
+        """
+        with self._recent_lock:
+            known = self._recent.get(run_id)
+            if known is not None:
+                self._recent.move_to_end(run_id)
+        if known is not None and known.version > newer_than:
+            return dataclasses.replace(known, cached=True)
+        return self.get(run_id)
+
+    def _remember(self, stored: StoredRun) -> None:
+        run_id = stored.run.run_id
+        with self._recent_lock:
+            known = self._recent.get(run_id)
+            if known is not None and known.version > stored.version:
+                return  # a slower reader must not put an older version back
+            self._recent[run_id] = dataclasses.replace(stored, cached=False)
+            self._recent.move_to_end(run_id)
+            while len(self._recent) > self.RECENT_RUNS:
+                self._recent.popitem(last=False)
+
+    def _forget(self, run_id: str, version: int) -> None:
+        """Drop the copy of ``version`` (a commit found the table past it)."""
+        with self._recent_lock:
+            known = self._recent.get(run_id)
+            if known is not None and known.version <= version:
+                del self._recent[run_id]
 
     def find_awaiting(self, resource: str) -> list[str]:
         """Ids of runs waiting on ``resource`` (eventually consistent index)."""
@@ -318,9 +368,13 @@ class RunRepository:
             item.save(condition=condition)
         except PutError as exc:
             if _is_condition_failure(exc):
+                if stored is not None:
+                    self._forget(run.run_id, stored.version)
                 raise ConflictError(run.run_id) from exc
             raise
-        return self._stored(item)
+        committed = self._stored(item)
+        self._remember(committed)  # exactly what the table holds at this version
+        return committed
 
     @staticmethod
     def carried_over(stored: StoredRun, run: Run) -> tuple[OutboxItem, ...]:
@@ -351,19 +405,28 @@ class RunRepository:
             actions += [self._model.outbox_pending.remove(), self._model.outbox_since.remove()]
         try:
             # Conditional on the outbox, not the version: a decision that kept this outbox
-            # may have committed meanwhile. No values come back: nobody reads them.
-            self._model._get_connection().update_item(
+            # may have committed meanwhile. Only the new version comes back.
+            response = self._model._get_connection().update_item(
                 stored.run.run_id,
                 actions=actions,
                 condition=self._model.outbox_event_id == stored.outbox_event_id,
+                return_values="UPDATED_NEW",
             )
         except UpdateError as exc:
             if _is_condition_failure(exc):
+                self._forget(stored.run.run_id, stored.version)
                 raise ConflictError(stored.run.run_id) from exc
             raise
-
-    def set_metrics(self, run_id: str, metrics: Mapping[str, Any]) -> None:
-        self._model(run_id).update(actions=[self._model.metrics.set(dict(metrics))])
+        version = int(response.get("Attributes", {}).get("version", {}).get("N", -1))
+        if version == stored.version + 1:
+            # Nobody wrote in between: the table holds ``stored`` with this outbox.
+            self._remember(
+                dataclasses.replace(
+                    stored, version=version, outbox=tuple(items), outbox_since=None if done else stored.outbox_since
+                )
+            )
+        else:
+            self._forget(stored.run.run_id, max(version, stored.version))
 
     # --- mapping -------------------------------------------------------------------------
 

@@ -238,3 +238,47 @@ def test_a_project_stored_by_an_older_tuneloop_starts_runs_with_todays_defaults(
     assert "config.training.hyperparameters.lr_typo" in str(info.value) and "PUT /projects/typo" in str(info.value)
     drop = DatasetDrop("e", T0, "tuneloop-test", "datasets/typo/ds/x.jsonl", "typo", "ds", 10, "dddddddddddd")
     assert "lr_typo" in service.intake(drop).ignored
+
+
+def test_a_copy_another_writer_overtook_is_read_again_never_written(settings: Any, service: Any, project: Any) -> None:
+    """A process decides on its latest copy of a run (no read per event). Another process
+    (another Lambda container, the host after a restart) moves the run on meanwhile: a
+    decision that changes nothing on the old copy is confirmed on the table, and one that
+    would change it fails its conditional commit and is decided again there."""
+    from chalicelib import deps as deps_module
+
+    other = deps_module.build(settings).service  # its own repository: its own copies
+    stored, _ = service.start_run("demo", DATASET)
+    run_id = stored.run.run_id
+    assert service.runs.recent(run_id).cached  # what start_run committed
+    # The other process applies the prepare job's completion: the run is training.
+    other.apply(run_id, job_event(ProcessingJobChanged, run_id, "prepare", "Completed", "e1"))
+    # Out of order on this process's copy (still preparing), in order on the table.
+    trained = service.apply(run_id, job_event(TrainingJobChanged, run_id, "train", "Completed", "e2"))
+    assert trained.decision.changed and trained.decision.run.state is RunState.EVALUATING
+    # A transition on an old copy: the other process still holds the run as training.
+    again = other.apply(run_id, job_event(TrainingJobChanged, run_id, "train", "Completed", "e2"))
+    assert not again.decision.changed and again.decision.noop == "duplicate"
+    final = service.runs.get(run_id)
+    assert [h.event_id for h in final.run.history] == ["request-" + run_id, "e1", "e2"]
+    assert [type(i.command).__name__ for i in final.pending] == ["StartProcessingJob"]
+
+
+def test_a_run_decided_on_its_own_latest_copy_is_not_read_per_event(service: Any, project: Any) -> None:
+    """The bench's "spread" pattern in small: one process, one run, its events in order.
+    Each transition costs its two writes, not a read as well; duplicates cost nothing."""
+    stored, _ = service.start_run("demo", DATASET)
+    run_id = stored.run.run_id
+    reads: list[str] = []
+    table_get = service.runs.get
+    service.runs.get = lambda rid: reads.append(rid) or table_get(rid)
+    events = [
+        job_event(ProcessingJobChanged, run_id, "prepare", "Completed", "e1"),
+        job_event(TrainingJobChanged, run_id, "train", "Completed", "e2"),
+        job_event(ProcessingJobChanged, run_id, "evaluate", "Completed", "e3"),
+    ]
+    for event in events + events:  # every event twice, as EventBridge may deliver it
+        service.apply(run_id, event)
+    assert reads == []
+    service.runs.get = table_get
+    assert [h.event_id for h in service.runs.get(run_id).run.history] == ["request-" + run_id, "e1", "e2", "e3"]
