@@ -132,6 +132,45 @@ def test_traffic_is_captured_in_sagemakers_format(hosted: dict[str, Any]) -> Non
     assert output["label"] in ("positive", "negative")
 
 
+def test_every_captured_request_has_an_id_its_caller_can_keep(hosted: dict[str, Any]) -> None:
+    """Labels that arrive later are joined to captured traffic by inference id: the
+    caller's InferenceId when it passes one, else the capture's event id, which the
+    local runtime returns in the X-Amzn-SageMaker-Inference-Id header."""
+    runtime, s3 = hosted["runtime"], hosted["s3"]
+    kept = runtime.invoke_endpoint(
+        EndpointName="tl-serving",
+        ContentType="application/json",
+        Body=b'"an id test: order 42"',
+        InferenceId="order-42",
+    )
+    assert kept["ResponseMetadata"]["HTTPHeaders"]["x-amzn-sagemaker-inference-id"] == "order-42"
+    given = runtime.invoke_endpoint(
+        EndpointName="tl-serving", ContentType="application/json", Body=b'"an id test: none"'
+    )
+    generated = given["ResponseMetadata"]["HTTPHeaders"]["x-amzn-sagemaker-inference-id"]
+    # (A leading space cannot be tested over HTTP: header values arrive stripped.)
+    for bad in ("x" * 65, "tab\tinside", "bell\x07"):
+        with pytest.raises(ClientError) as refused:
+            runtime.invoke_endpoint(
+                EndpointName="tl-serving", ContentType="application/json", Body=b'"x"', InferenceId=bad
+            )
+        assert refused.value.response["Error"]["Code"] == "ValidationError" and "InferenceId" in str(refused.value)
+
+    def captured() -> dict[str, dict[str, Any]] | None:
+        records = {}
+        for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="capture/serving/tl-serving/AllTraffic/").get("Contents", []):
+            for line in s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read().decode().splitlines():
+                record = json.loads(line)
+                if "an id test" in record["captureData"]["endpointInput"]["data"]:
+                    records[json.loads(record["captureData"]["endpointInput"]["data"])] = record["eventMetadata"]
+        return records if len(records) == 2 else None
+
+    metadata = wait_for(captured, 30, "both capture records")
+    assert metadata["an id test: order 42"]["inferenceId"] == "order-42"
+    assert "inferenceId" not in metadata["an id test: none"]
+    assert metadata["an id test: none"]["eventId"] == generated
+
+
 def load(runtime: Any, stop: threading.Event, results: list[int]) -> None:
     while not stop.is_set():
         try:

@@ -126,6 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body,
                 self.headers.get("Content-Type", "application/json"),
                 self.headers.get("Accept", "application/json"),
+                self.headers.get("X-Amzn-SageMaker-Inference-Id"),
             )
         except ServiceError as exc:
             status, headers = exc.status, {"x-amzn-ErrorType": exc.code, "Content-Type": "application/json"}

@@ -25,6 +25,10 @@ from .staging import split_s3
 
 log = logging.getLogger("tuneloop.runtime")
 
+# InvokeEndpoint's InferenceId, as botocore's model has it: 1-64 characters, \A\S[\p{Print}]*\z.
+INFERENCE_ID_MAX = 64
+INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"
+
 
 class Runtime:
     def __init__(self, hosting: Hosting, s3: Any, cloudwatch: Any = None) -> None:
@@ -42,7 +46,21 @@ class Runtime:
         self.closing = True
         self._flush()
 
-    def invoke(self, name: str, body: bytes, content_type: str, accept: str) -> tuple[int, bytes, dict[str, str]]:
+    def invoke(
+        self, name: str, body: bytes, content_type: str, accept: str, inference_id: str | None = None
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """Forward one request. ``inference_id`` is the caller's InferenceId: it goes into
+        the capture record, and the response's X-Amzn-SageMaker-Inference-Id header
+        returns it (or, without one, the capture record's event id) so that labels that
+        arrive later can be joined to the captured request."""
+        if inference_id is not None and not _valid_inference_id(inference_id):
+            raise ServiceError(
+                "ValidationError",
+                "1 validation error detected: Value at 'InferenceId' failed to satisfy constraint: "
+                "Member must have length between 1 and 64 and start with a printable character that is "
+                "not a space, followed by printable characters",
+                400,
+            )
         endpoint = self.hosting.endpoints.get(name)
         if endpoint is None:
             raise ServiceError("ValidationError", f"Endpoint {name} of account {ACCOUNT} not found.", 400)
@@ -52,8 +70,10 @@ class Runtime:
         started = time.monotonic()
         status, answer, mime = fleet.invoke(body, content_type, accept)
         latency_us = (time.monotonic() - started) * 1e6
-        self._record(endpoint, fleet, body, content_type, answer, mime, status, latency_us)
+        event_id = self._record(endpoint, fleet, body, content_type, answer, mime, status, latency_us, inference_id)
         headers = {"Content-Type": mime, "x-Amzn-Invoked-Production-Variant": fleet.variant}
+        if inference_id or event_id:
+            headers[INFERENCE_ID_HEADER] = inference_id or event_id or ""
         if status != 200:
             message = answer.decode(errors="replace")
             kind = "CLIENT" if status < 500 else "SERVER"
@@ -72,8 +92,9 @@ class Runtime:
 
     def _record(
         self, endpoint: Endpoint, fleet: Fleet, body: bytes, content_type: str, answer: bytes, mime: str,
-        status: int, latency_us: float,
-    ) -> None:  # fmt: skip
+        status: int, latency_us: float, inference_id: str | None,
+    ) -> str | None:  # fmt: skip
+        """Count the request in the endpoint's metrics and capture it: its event id, when captured."""
         with self.lock:
             metrics = self.metrics.setdefault((endpoint.name, fleet.variant), {})
             metrics.setdefault("Invocations", []).append(1.0)
@@ -82,21 +103,25 @@ class Runtime:
             metrics.setdefault("ModelLatency", []).append(latency_us)
         capture = self.hosting.configs.get(fleet.config, {}).get("DataCaptureConfig")
         if not capture or not capture.get("EnableCapture", True) or status != 200:
-            return
+            return None
         if random.random() * 100 >= float(capture.get("InitialSamplingPercentage", 100)):
-            return
+            return None
+        metadata = {"eventId": str(uuid.uuid4()), "inferenceTime": now().strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if inference_id:
+            metadata["inferenceId"] = inference_id
         record = {
             "captureData": {
                 "endpointInput": _captured(body, content_type, "INPUT"),
                 "endpointOutput": _captured(answer, mime, "OUTPUT"),
             },
-            "eventMetadata": {"eventId": str(uuid.uuid4()), "inferenceTime": now().strftime("%Y-%m-%dT%H:%M:%SZ")},
+            "eventMetadata": metadata,
             "eventVersion": "0",
         }
         with self.lock:
             self.capture.setdefault((capture["DestinationS3Uri"], endpoint.name, fleet.variant), []).append(
                 json.dumps(record)
             )
+        return metadata["eventId"]
 
     def _flush_loop(self) -> None:
         while not self.closing:
@@ -141,3 +166,7 @@ def _captured(data: bytes, content_type: str, mode: str) -> dict[str, Any]:
             pass
     return {"observedContentType": content_type, "mode": mode, "data": base64.b64encode(data).decode(),
             "encoding": "BASE64"}  # fmt: skip
+
+
+def _valid_inference_id(value: str) -> bool:
+    return 0 < len(value) <= INFERENCE_ID_MAX and value.isprintable() and not value[0].isspace()
