@@ -57,6 +57,11 @@ def capture_uri(settings: Settings, project: str) -> str:
     return f"s3://{settings.bucket}/capture/{project}"
 
 
+def batch_capture_uri(settings: Settings, project: str) -> str:
+    """Where a batch project's transform jobs capture their records."""
+    return f"{capture_uri(settings, project)}/batch"
+
+
 def model_request(run: Run, settings: Settings) -> dict[str, Any]:
     """The registered package when there is one (lineage), else the training job's artifact."""
     container: dict[str, Any]
@@ -280,9 +285,16 @@ def transform_request(command: StartTransformJob, run: Run, settings: Settings) 
         "TransformResources": {"InstanceType": deployment["instance_type"], "InstanceCount": 1},
         "Tags": tags(command),
     }
+    if deployment["data_capture_percent"] > 0:
+        # Every output line gets an inference id (and time) that labels arriving later can
+        # be joined on, as the endpoint's callers get one per request.
+        request["DataCaptureConfig"] = {"DestinationS3Uri": batch_capture_uri(settings, run.project),
+                                        "GenerateInferenceId": True}  # fmt: skip
     if settings.kms_key_id:
         request["TransformOutput"]["KmsKeyId"] = settings.kms_key_id
         request["TransformResources"]["VolumeKmsKeyId"] = settings.kms_key_id
+        if "DataCaptureConfig" in request:
+            request["DataCaptureConfig"]["KmsKeyId"] = settings.kms_key_id
     return request
 
 

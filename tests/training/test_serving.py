@@ -270,6 +270,7 @@ def test_batch_transform_answers_every_line(hosted: dict[str, Any]) -> None:
                         "ContentType": "application/json", "SplitType": "Line"},
         TransformOutput={"S3OutputPath": f"s3://{BUCKET}/batch/out/", "AssembleWith": "Line"},
         TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
+        DataCaptureConfig={"DestinationS3Uri": f"s3://{BUCKET}/capture/batch", "GenerateInferenceId": True},
     )  # fmt: skip
     done = wait_for(
         lambda: (
@@ -281,8 +282,19 @@ def test_batch_transform_answers_every_line(hosted: dict[str, Any]) -> None:
         what="transform",
     )
     assert done["TransformJobStatus"] == "Completed", done.get("FailureReason")
-    out = s3.get_object(Bucket=BUCKET, Key="batch/out/part-1.jsonl.out")["Body"].read().decode().splitlines()
-    assert [json.loads(line)["label"] in ("positive", "negative") for line in out] == [True] * 3
+    body = s3.get_object(Bucket=BUCKET, Key="batch/out/part-1.jsonl.out")["Body"].read().decode()
+    out = [json.loads(line) for line in body.splitlines()]
+    assert [line["SageMakerOutput"]["label"] in ("positive", "negative") for line in out] == [True] * 3
+    # GenerateInferenceId: every answer carries an id, and a capture record per line has it,
+    # with the text that was sent: labels that arrive later join on it.
+    ids = [line["SageMakerInferenceId"] for line in out]
+    assert len(set(ids)) == 3 and all(line["SageMakerInferenceTime"].endswith("Z") for line in out)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="capture/batch/tl-transform-1/")["Contents"]]
+    records = [json.loads(line) for key in keys
+               for line in s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode().splitlines()]  # fmt: skip
+    by_id = {r["eventMetadata"]["inferenceId"]: r for r in records}
+    assert set(ids) <= set(by_id) and len(records) == 4
+    assert json.loads(by_id[ids[1]]["captureData"]["endpointInput"]["data"]) == "boring plot"
     # The output mirrors the input's layout, as SageMaker's does.
     nested = s3.get_object(Bucket=BUCKET, Key="batch/out/more/part-2.jsonl.out")["Body"].read().decode()
     assert len(nested.splitlines()) == 1

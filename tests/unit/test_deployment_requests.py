@@ -281,6 +281,11 @@ def test_batch_projects_get_a_transform_job() -> None:
     sagemaker.assert_no_pending_responses()
     assert request["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://tuneloop-test/batch/demo/"
     assert request["TransformOutput"]["S3OutputPath"] == f"s3://tuneloop-test/runs/{RUN_ID}/transform/"
+    # Every output line carries an inference id that feedback can be joined on.
+    assert request["DataCaptureConfig"] == {
+        "DestinationS3Uri": "s3://tuneloop-test/capture/demo/batch",
+        "GenerateInferenceId": True,
+    }
 
 
 def test_a_superseded_or_rolled_back_run_retires_its_model_config_and_alarms() -> None:

@@ -12,7 +12,11 @@ which checks the caller's signature, is the way in.
 
 ``--batch-input``/``--batch-output`` runs a transform instead: every line of every input
 file is one request; answers go to ``<file>.out``, one line each, as SageMaker's batch
-transform writes them with ``AssembleWith: Line``.
+transform writes them with ``AssembleWith: Line``. With ``--capture-output`` (the job's
+``DataCaptureConfig`` with ``GenerateInferenceId``) each answer is wrapped as
+``{"SageMakerOutput": …, "SageMakerInferenceId": …, "SageMakerInferenceTime": …}`` and a
+capture record in the endpoints' format (``eventMetadata.inferenceId``) is written per line,
+so labels that arrive later can be joined to batch predictions as to real-time ones.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import logging
 import os
 import sys
 import threading
+import uuid
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
@@ -141,13 +147,13 @@ def serve(model_dir: Path, port_file: Path) -> None:
     server.shutdown()
 
 
-def transform(model_dir: Path, source: Path, target: Path) -> int:
+def transform(model_dir: Path, source: Path, target: Path, capture: Path | None = None) -> int:
     model = Model(model_dir)
     target.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         lines = path.read_bytes().splitlines()
-        out = []
+        out, records = [], []
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -155,12 +161,43 @@ def transform(model_dir: Path, source: Path, target: Path) -> int:
             if status != 200:
                 failures += 1
                 print(f"{path.name}:{number}: {answer.decode(errors='replace')}", file=sys.stderr)
+            elif capture is not None:
+                answer, record = _with_inference_id(line, answer)
+                records.append(record)
             out.append(answer)
         # As SageMaker does: the output mirrors the input's layout, sub-folders included.
-        result = target / f"{path.relative_to(source)}.out"
+        relative = path.relative_to(source)
+        result = target / f"{relative}.out"
         result.parent.mkdir(parents=True, exist_ok=True)
         result.write_bytes(b"\n".join(out) + b"\n")
+        if capture is not None and records:
+            captured = capture / f"{relative}.jsonl"
+            captured.parent.mkdir(parents=True, exist_ok=True)
+            captured.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return failures
+
+
+def _with_inference_id(request: bytes, answer: bytes) -> tuple[bytes, dict[str, Any]]:
+    """The answer with its generated inference id and time, and the line's capture record."""
+    inference_id = str(uuid.uuid4())
+    when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        output: Any = json.loads(answer)
+    except ValueError:  # a handler that answers other than JSON: its text, as it was
+        output = answer.decode("utf-8", errors="replace")
+    wrapped = {"SageMakerOutput": output, "SageMakerInferenceId": inference_id,
+               "SageMakerInferenceTime": when}  # fmt: skip
+    record = {
+        "captureData": {
+            "endpointInput": {"observedContentType": "application/json", "mode": "INPUT",
+                              "data": request.decode("utf-8", errors="replace"), "encoding": "JSON"},
+            "endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT",
+                               "data": answer.decode("utf-8", errors="replace"), "encoding": "JSON"},
+        },
+        "eventMetadata": {"eventId": inference_id, "inferenceId": inference_id, "inferenceTime": when},
+        "eventVersion": "0",
+    }  # fmt: skip
+    return json.dumps(wrapped).encode(), record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,10 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-file")
     parser.add_argument("--batch-input")
     parser.add_argument("--batch-output")
+    parser.add_argument("--capture-output", help="write a capture record per line and an inference id per answer")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("TUNELOOP_LOG_LEVEL", "INFO"))
     if args.batch_input:
-        failures = transform(Path(args.model_dir), Path(args.batch_input), Path(args.batch_output))
+        capture = Path(args.capture_output) if args.capture_output else None
+        failures = transform(Path(args.model_dir), Path(args.batch_input), Path(args.batch_output), capture)
         if failures:
             print(f"ClientError: {failures} record(s) failed; see the lines above", file=sys.stderr)
         return 1 if failures else 0

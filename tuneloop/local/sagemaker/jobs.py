@@ -527,6 +527,10 @@ class TransformJob(Job):
             return self.finish("Failed", f"ClientError: no input objects under {source}")
         command = [sys.executable, "-m", "tuneloop.local.serving", "--model-dir", str(model_dir),
                    "--batch-input", str(inputs), "--batch-output", str(outputs)]  # fmt: skip
+        capture = self.request.get("DataCaptureConfig") or {}
+        captured = self.folder / "capture"
+        if capture.get("GenerateInferenceId"):
+            command += ["--capture-output", str(captured)]
         with self.log_path.open("ab") as out:
             self.launched(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                            start_new_session=True))  # fmt: skip
@@ -537,4 +541,9 @@ class TransformJob(Job):
             tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
             return self.finish("Failed", "ClientError: " + " | ".join(tail))
         upload_folder(self.server.s3, outputs, self.request["TransformOutput"]["S3OutputPath"])
+        if capture and captured.is_dir():
+            # Under the job's name and the hour, as endpoints' capture files are laid out.
+            stamp = now()
+            destination = f"{capture['DestinationS3Uri'].rstrip('/')}/{self.name}/{stamp:%Y/%m/%d/%H}/"
+            upload_folder(self.server.s3, captured, destination)
         self.finish("Completed")
