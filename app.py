@@ -38,7 +38,9 @@ from chalicelib.domain.events import ApprovalDecided, RetrainRequested, StopRequ
 from chalicelib.domain.project import ConfigError, check_project_name
 from chalicelib.domain.states import RunState
 from chalicelib.events import MalformedEventError, UnknownEventError, event_id, parse_event
-from chalicelib.intake import IntakeIgnored, parse_object_created
+from chalicelib.feedback import FeedbackRefused, api_delivery, check_api_rows
+from chalicelib.intake import FEEDBACK_PREFIX as FEEDBACK_DROP_PREFIX
+from chalicelib.intake import IntakeIgnored, parse_feedback_created, parse_object_created
 from chalicelib.observability import logger
 from chalicelib.service import InvalidRequestError, ProjectNotFoundError, RunNotFoundError, utcnow
 from chalicelib.store import BadPageTokenError, ProjectExistsError
@@ -53,10 +55,12 @@ JSON = ["application/json"]
 # Scoped to the drop prefix here and, in the packaged template (infra/resources.json), to
 # the data bucket: the rule, not the handler, filters out every other bucket's uploads.
 DATASET_PREFIX = "datasets/"
+# Labels for captured requests (feedback) come in by the same rule and function.
+FEEDBACK_PREFIX = FEEDBACK_DROP_PREFIX
 DATASET_PATTERN = {
     "source": ["aws.s3"],
     "detail-type": ["Object Created"],
-    "detail": {"object": {"key": [{"prefix": DATASET_PREFIX}]}},
+    "detail": {"object": {"key": [{"prefix": DATASET_PREFIX}, {"prefix": FEEDBACK_PREFIX}]}},
 }
 SAGEMAKER_PATTERN = {
     "source": ["aws.sagemaker"],
@@ -197,6 +201,41 @@ def check_project_drift(name: str) -> Response:
     return Response(result, status_code=202)
 
 
+@app.route("/projects/{name}/feedback", methods=["POST"], content_types=JSON, authorizer=iam)
+@_http_errors
+def post_feedback(name: str) -> Response:
+    """Labels for captured requests: ``{"labels": [{"inference_id", "label"}, ...]}``, at
+    most 1,000 a request. Idempotent: a retried POST (same Idempotency-Key, or same rows)
+    stores nothing again and answers 200 with the first receipt."""
+    current = deps.get()
+    body = _body(("labels",))
+    current.service.feedback_project(name)
+    try:
+        rows = check_api_rows(body.get("labels"))
+    except ValueError as exc:
+        field, _, message = str(exc).partition(": ")
+        raise InvalidRequestError(field, message) from exc
+    if current.feedback is None:
+        raise ConflictError("feedback is not configured on this stage (no data bucket)")
+    delivery = api_delivery(name, rows, app.current_request.headers.get("idempotency-key"))
+    try:
+        receipt = current.feedback.store(name, delivery, f"api:{_caller()}", rows)
+    except FeedbackRefused as exc:
+        raise BadRequestError(str(exc)) from exc
+    return Response(receipt, status_code=200 if receipt["repeat"] else 202)
+
+
+@app.route("/projects/{name}/feedback", methods=["GET"], authorizer=iam)
+@_http_errors
+def list_feedback(name: str) -> dict[str, Any]:
+    """The receipts of the project's newest feedback deliveries (both doors), newest first."""
+    current = deps.get()
+    current.service.get_project(name)
+    if current.feedback is None:
+        return {"receipts": []}
+    return {"receipts": current.feedback.receipts(name, parse_limit(_params()))}
+
+
 # --- runs --------------------------------------------------------------------------------
 
 
@@ -332,9 +371,11 @@ def reject_run(run_id: str) -> Response:
 @_any_shape
 @app.on_cw_event(DATASET_PATTERN, name="on_dataset_uploaded")
 def on_dataset_uploaded(event: AnyEvent) -> dict[str, Any]:
-
+    """A dataset drop starts a run; a labels file under feedback/ is stored for monitoring."""
     config = deps.get().settings
     raw = event.to_dict()
+    if _is_feedback(raw):
+        return _feedback_uploaded(raw)
     try:
         drop = parse_object_created(raw, config.dataset_prefix)
         if drop.bucket != config.bucket:
@@ -344,6 +385,35 @@ def on_dataset_uploaded(event: AnyEvent) -> dict[str, Any]:
         return {"ignored": str(exc)}
     applied = deps.get().service.intake(drop)
     return {"run_id": applied.run_id, "ignored": applied.ignored}
+
+
+def _is_feedback(raw: Any) -> bool:
+    detail = raw.get("detail") if isinstance(raw, dict) else None
+    obj = detail.get("object") if isinstance(detail, dict) else None
+    key = obj.get("key") if isinstance(obj, dict) else None
+    return isinstance(key, str) and key.startswith(FEEDBACK_PREFIX)
+
+
+def _feedback_uploaded(raw: dict[str, Any]) -> dict[str, Any]:
+    current = deps.get()
+    try:
+        drop = parse_feedback_created(raw, FEEDBACK_PREFIX)
+        if drop.bucket != current.settings.bucket:
+            raise IntakeIgnored(f"bucket {drop.bucket} is not tuneloop's bucket {current.settings.bucket}")
+        if current.feedback is None:
+            raise IntakeIgnored("feedback is not configured on this stage")
+        current.service.feedback_project(drop.project)
+    except (MalformedEventError, IntakeIgnored, ProjectNotFoundError, InvalidRequestError) as exc:
+        reason = f"no project named {exc.args[0]!r}" if isinstance(exc, ProjectNotFoundError) else str(exc)
+        logger.warning("feedback upload ignored", extra={"event_id": event_id(raw), "reason": reason})
+        return {"ignored": reason}
+    receipt = current.feedback.intake(drop)
+    logger.info(
+        "feedback stored",
+        extra={"project": drop.project, "key": drop.key, "accepted": receipt["accepted"], "refused": receipt["refused"],
+               "errors": receipt["errors"][:5], "repeat": receipt["repeat"]},
+    )  # fmt: skip
+    return {"feedback": {k: receipt[k] for k in ("delivery", "accepted", "refused", "repeat")}}
 
 
 def _domain_event(event: AnyEvent) -> dict[str, Any]:

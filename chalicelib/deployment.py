@@ -258,6 +258,36 @@ def drift_alarm_requests(run: Run) -> list[dict[str, Any]]:
     ]
 
 
+def quality_alarm_requests(run: Run) -> list[dict[str, Any]]:
+    """One alarm per production metric the project sets a floor for: below it (by more than
+    the sample's noise, which the job clips away) is ALARM; no labels yet is not breaching."""
+    quality = run.config.get("quality") or {}
+    drift = run.config["drift"]
+    return [
+        {
+            "AlarmName": names.quality_alarm_name(run.run_id, metric),
+            "AlarmDescription": f"{metric} of {names.endpoint_name(run.project)}'s labelled traffic below "
+            f"{threshold:g} (run {run.run_id}'s model); ALARM starts a retraining run",
+            "Namespace": DRIFT_NAMESPACE,
+            "MetricName": metric,
+            "Dimensions": drift_dimensions(run.project),
+            "Statistic": "Minimum",
+            "Period": drift["schedule_minutes"] * 60,
+            "EvaluationPeriods": drift["evaluation_periods"],
+            "Threshold": float(threshold),
+            "ComparisonOperator": "LessThanThreshold",
+            "TreatMissingData": "notBreaching",
+            "Tags": [{"Key": PROJECT_TAG, "Value": run.project}],
+        }
+        for metric, threshold in sorted((quality.get("thresholds") or {}).items())
+    ]
+
+
+def monitoring_alarm_requests(run: Run) -> list[dict[str, Any]]:
+    """The drift and production-quality alarms of a deployed run."""
+    return [*drift_alarm_requests(run), *quality_alarm_requests(run)]
+
+
 def transform_output(settings: Settings, run_id: str) -> str:
     """Where a batch run's transform writes: one ``<input file>.out`` per input file, in the
     input's layout."""
@@ -379,10 +409,12 @@ class DeploymentExecutors:
 
     def create_drift_alarms(self, command: Command, run: Run) -> Outcome:
         assert isinstance(command, CreateDriftAlarms)
-        alarms = drift_alarm_requests(run)
+        alarms = monitoring_alarm_requests(run)
         for alarm in alarms:
             self._cloudwatch.put_metric_alarm(**alarm)  # PutMetricAlarm replaces: a repeat is harmless
-        return Outcome(done=True, note=f"{len(alarms)} drift alarm(s): {', '.join(a['AlarmName'] for a in alarms)}")
+        return Outcome(
+            done=True, note=f"{len(alarms)} drift/quality alarm(s): {', '.join(a['AlarmName'] for a in alarms)}"
+        )
 
     def delete_endpoint(self, command: Command, run: Run) -> Outcome:
         assert isinstance(command, DeleteEndpoint)
@@ -391,7 +423,7 @@ class DeploymentExecutors:
         except ClientError as exc:
             if not _missing(exc):
                 raise
-        alarms = [a["AlarmName"] for a in drift_alarm_requests(run)]
+        alarms = [a["AlarmName"] for a in monitoring_alarm_requests(run)]
         if alarms:
             self._cloudwatch.delete_alarms(AlarmNames=alarms)
         return Outcome(done=True, note=f"deleted {command.endpoint_name} and its drift alarms")
@@ -410,6 +442,6 @@ class DeploymentExecutors:
             except ClientError as exc:
                 if not _missing(exc):
                     raise
-        alarms = [a["AlarmName"] for a in (*drift_alarm_requests(run), *rollback_alarm_requests(run))]
+        alarms = [a["AlarmName"] for a in (*monitoring_alarm_requests(run), *rollback_alarm_requests(run))]
         self._cloudwatch.delete_alarms(AlarmNames=alarms)  # names that do not exist are ignored
         return Outcome(done=True, note=f"deleted {', '.join(deleted) or 'nothing left'} and {len(alarms)} alarm(s)")

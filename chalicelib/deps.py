@@ -13,6 +13,7 @@ from .config import Settings, settings
 from .service import RunService
 
 if TYPE_CHECKING:
+    from .feedback import FeedbackInbox
     from .reports import RunReports
 
 
@@ -22,6 +23,8 @@ class Deps:
     service: RunService
     # Trials and evaluation links for GET /runs/{id}; None until SageMaker is configured.
     reports: RunReports | None = None
+    # Labels for captured requests (POST /projects/{name}/feedback, feedback/ drops).
+    feedback: FeedbackInbox | None = None
 
 
 _lock = threading.Lock()
@@ -56,6 +59,7 @@ def build(
 ) -> Deps:
     from . import models
     from .deployment import DeploymentExecutors
+    from .feedback import FeedbackInbox
     from .reports import S3_CONFIG, RunReports
     from .sagemaker import EvaluationLoader, SageMakerExecutors
     from .store import ProjectRepository, RunRepository
@@ -102,7 +106,8 @@ def build(
         limits=config.limits,
     )
     reports = RunReports(s3, sagemaker, config) if sagemaker else None
-    return Deps(settings=config, service=service, reports=reports)
+    feedback = FeedbackInbox(s3, config.bucket, service.clock) if config.bucket else None
+    return Deps(settings=config, service=service, reports=reports, feedback=feedback)
 
 
 def get() -> Deps:

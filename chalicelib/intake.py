@@ -6,6 +6,7 @@ Convention (documented in README, "Dropping a dataset"):
     datasets/<project>/<dataset-id>/manifest.json       a multi-file dataset, ready when the
                                                          manifest (uploaded last) arrives
     datasets/<project>/<dataset-id>/<dir>/...           parts of a multi-file dataset: wait
+    feedback/<project>/.../<file>.jsonl|.csv             labels for captured requests
 
 Keys in S3 event notifications are URL-encoded ("red flower.jpg" arrives as
 "red+flower.jpg"); they are decoded exactly once, here.
@@ -26,6 +27,7 @@ from .events import Fields, MalformedEventError, check_envelope, parse_time
 DATA_SUFFIXES = (".jsonl", ".csv")
 BUCKET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MANIFEST = "manifest.json"
+FEEDBACK_PREFIX = "feedback/"
 
 
 class IntakeIgnored(ValueError):
@@ -49,7 +51,8 @@ class DatasetDrop:
         return f"s3://{self.bucket}/{self.key}"
 
 
-def parse_object_created(raw: Any, prefix: str = "datasets/") -> DatasetDrop:
+def _created_object(raw: Any) -> tuple[Mapping[str, Any], str, str, Fields, int]:
+    """(envelope, bucket, decoded key, the detail's object, size or -1) of an Object Created event."""
     envelope = check_envelope(raw)
     if envelope["source"] != "aws.s3" or envelope["detail-type"] != "Object Created":
         raise MalformedEventError(
@@ -64,12 +67,17 @@ def parse_object_created(raw: Any, prefix: str = "datasets/") -> DatasetDrop:
     key = unquote_plus(obj.text("key", required=True, limit=3 * 1024))
     if len(key.encode("utf-8", "replace")) > 1024:
         raise MalformedEventError("detail.object.key is longer than 1024 bytes")
-    project, dataset_id = check_dataset_key(key, prefix)
     size = obj.number("size")
     if size is not None and (size < 0 or size != int(size)):
         raise MalformedEventError(f"detail.object.size must be a whole number of bytes, got {size}")
     if size == 0:
         raise IntakeIgnored(f"s3://{bucket}/{key} is empty")
+    return envelope, bucket, key, obj, -1 if size is None else int(size)
+
+
+def parse_object_created(raw: Any, prefix: str = "datasets/") -> DatasetDrop:
+    envelope, bucket, key, obj, size = _created_object(raw)
+    project, dataset_id = check_dataset_key(key, prefix)
     return DatasetDrop(
         event_id=envelope["id"],
         time=parse_time(envelope["time"]),
@@ -77,9 +85,49 @@ def parse_object_created(raw: Any, prefix: str = "datasets/") -> DatasetDrop:
         key=key,
         project=project,
         dataset_id=dataset_id,
-        size=-1 if size is None else int(size),
+        size=size,
         idempotency_key=run_id_for(bucket, key, object_identity(envelope["id"], obj)),
     )
+
+
+@dataclass(frozen=True)
+class FeedbackDrop:
+    """A labels file uploaded under ``feedback/<project>/``."""
+
+    event_id: str
+    bucket: str
+    key: str
+    project: str
+    size: int
+    # Which upload of the key: a redelivered event is the same receipt.
+    identity: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def parse_feedback_created(raw: Any, prefix: str = FEEDBACK_PREFIX) -> FeedbackDrop:
+    envelope, bucket, key, obj, size = _created_object(raw)
+    project = check_feedback_key(key, prefix)
+    identity = names.derive_id("feedback", bucket, key, object_identity(envelope["id"], obj))
+    return FeedbackDrop(envelope["id"], bucket, key, project, size, identity)
+
+
+def check_feedback_key(key: str, prefix: str = FEEDBACK_PREFIX) -> str:
+    """The project of ``feedback/<project>/…/<file>.jsonl|.csv``; IntakeIgnored otherwise."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        raise IntakeIgnored(f"key {key!r} contains control characters")
+    if not key.startswith(prefix):
+        raise IntakeIgnored(f"key {key!r} is outside {prefix}")
+    parts = key[len(prefix) :].split("/")
+    if len(parts) < 2 or any(part in ("", ".", "..") for part in parts):
+        raise IntakeIgnored(f"key {key!r} is not {prefix}<project>/<file>.jsonl|.csv")
+    if not names.PROJECT_NAME_RE.match(parts[0]) or len(parts[0]) > names.PROJECT_NAME_MAX:
+        raise IntakeIgnored(f"{parts[0]!r} in key {key!r} is not a valid project name")
+    if not parts[-1].lower().endswith(DATA_SUFFIXES):
+        raise IntakeIgnored(f"{parts[-1]!r} is not a {'/'.join(DATA_SUFFIXES)} file of labels")
+    return parts[0]
 
 
 def object_identity(event_id: str, obj: Fields) -> str:

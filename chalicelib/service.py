@@ -504,6 +504,15 @@ class RunService:
                 count += 1
         return count
 
+    def feedback_project(self, name: str) -> Project:
+        """The project labels are sent for: it exists, and its models classify."""
+        project = self.get_project(name)
+        task = project.config.get("task") if isinstance(project.config, dict) else None
+        if task != "text-classification":
+            raise InvalidRequestError("project", f"{name!r} is a {task} project; feedback labels are for "
+                                      "text-classification projects")  # fmt: skip
+        return project
+
     def current_data(self, run: Run) -> str:
         """What a retraining run of ``run`` trains on: every dataset dropped for the project
         so far (the parent's and any newer), when the parent's came in through the drop

@@ -6,6 +6,8 @@
 - ``HYPERPARAMETERS``: train.py's hyperparameters: type, default, range, the names other
   tools give them. Config validation answers from it; train.py builds its parser from it.
 - ``row_key``: a row's identity for the frozen holdout (prepare, train and evaluate agree).
+- ``parse_feedback``: the labels that arrive for captured requests (the S3 drop, the API
+  and the monitoring job read them alike).
 
 Standard library only: train.py, prepare.py and evaluate.py import it inside SageMaker's
 containers, and ``chalicelib/spec.py`` (a link to this file) ships it to Lambda.
@@ -59,10 +61,19 @@ _METRICS = (
     Metric("validation_accuracy", HIGHER, "accuracy on the validation split"),
     Metric("validation_macro_f1", HIGHER, "macro-F1 on the validation split"),
     Metric("validation_perplexity", LOWER, "perplexity on the validation split"),
+    # What the monitoring job publishes about production traffic (CloudWatch, next to drift).
+    Metric("production_accuracy", HIGHER, "accuracy on the window's captured requests that have labels"),
+    Metric("production_macro_f1", HIGHER, "macro-F1 on the window's captured requests that have labels"),
+    Metric("estimated_accuracy", HIGHER, "mean calibrated confidence of the window's predictions (CBPE)"),
+    Metric("label_coverage", None, "share of the window's captured predictions that have a label"),
 )
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
+# The production metrics a project may set a floor for (an alarm when below; see drift).
+QUALITY_METRICS = ("production_accuracy", "production_macro_f1", "estimated_accuracy")
 EVALUATION_METRICS = ("accuracy", "macro_f1", "ece", "loss", "perplexity", "examples")
-TRAINING_METRICS = tuple(m.name for m in _METRICS if m.name not in EVALUATION_METRICS)
+TRAINING_METRICS = tuple(
+    m.name for m in _METRICS if m.name not in EVALUATION_METRICS and m.name not in (*QUALITY_METRICS, "label_coverage")
+)
 # The metrics a paired bootstrap can compare, per task; the first is the default.
 PRIMARY_METRICS: dict[str, tuple[str, ...]] = {
     "text-classification": ("macro_f1", "accuracy"),
@@ -231,3 +242,75 @@ def row_key(record: dict[str, Any], task: str) -> str:
         identity = record
     data = json.dumps(identity, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+# --- feedback -----------------------------------------------------------------------------
+
+INFERENCE_ID_MAX = 64  # InvokeEndpoint's InferenceId
+LABEL_MAX = 256
+FEEDBACK_SUFFIXES = (".jsonl", ".csv")
+
+
+def check_feedback_row(row: Any) -> tuple[dict[str, str] | None, str | None]:
+    """({inference_id, label}, None) or (None, why not): the id as InvokeEndpoint takes it
+    (1-64 printable characters), the label a non-empty string."""
+    if not isinstance(row, dict):
+        return None, f"expected an object with inference_id and label, got {type(row).__name__}"
+    inference_id, label = row.get("inference_id"), row.get("label")
+    if not isinstance(inference_id, str) or not inference_id:
+        return None, "inference_id: missing or not a string"
+    if len(inference_id) > INFERENCE_ID_MAX or not inference_id.isprintable() or inference_id[0].isspace():
+        return None, f"inference_id: must be 1-{INFERENCE_ID_MAX} printable characters, not starting with a space"
+    if isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip():
+        return None, "label: missing or not a string"
+    if len(str(label)) > LABEL_MAX:
+        return None, f"label: longer than {LABEL_MAX} characters"
+    return {"inference_id": inference_id, "label": str(label).strip()}, None
+
+
+def parse_feedback(text: str, fmt: str) -> tuple[list[dict[str, str]], list[tuple[int, str]]]:
+    """Valid rows and (line number, reason) for each invalid one, of a JSONL or CSV file
+    (CSV: a header row naming ``inference_id`` and ``label``)."""
+    import csv
+    import io
+
+    rows: list[dict[str, str]] = []
+    errors: list[tuple[int, str]] = []
+    if fmt == "csv":
+        csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+        reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+        try:
+            header = reader.fieldnames or []
+        except csv.Error as exc:
+            return [], [(1, f"the header row is not CSV ({exc})")]
+        missing = [name for name in ("inference_id", "label") if name not in header]
+        if missing:
+            return [], [(1, f"the header row lacks {', '.join(missing)} (it has {', '.join(header) or 'nothing'})")]
+        while True:
+            try:
+                record: Any = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                errors.append((reader.line_num, f"bad CSV: {exc}"))
+                break
+            row, why = check_feedback_row(record)
+            if row is None:
+                errors.append((reader.line_num, str(why)))
+            else:
+                rows.append(row)
+        return rows, errors
+    for number, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            errors.append((number, f"bad JSON: {str(exc)[:120]}"))
+            continue
+        row, why = check_feedback_row(record)
+        if row is None:
+            errors.append((number, str(why)))
+        else:
+            rows.append(row)
+    return rows, errors

@@ -231,8 +231,8 @@ def _retrain_block(run: Run, event: AlarmChanged | RetrainRequested) -> str | No
     alarm's own checks and the drift switch, never the one-at-a-time rule, cooldown or cap."""
     policy = run.config["retrain"]
     if isinstance(event, AlarmChanged):
-        if not names.is_drift_alarm_of(event.alarm_name, run.run_id):
-            return f"alarm {event.alarm_name} is not a drift alarm of this run"
+        if not names.is_monitoring_alarm_of(event.alarm_name, run.run_id):
+            return f"alarm {event.alarm_name} is neither a drift nor a quality alarm of this run"
         if event.previous_state == "ALARM":
             return "alarm was already in ALARM"
         if not policy["on_drift"]:
@@ -342,7 +342,8 @@ def _retire(run: Run, _: Any) -> list[Command]:
 
 def _child_run(run: Run, event: DomainEvent) -> list[Command]:
     if isinstance(event, AlarmChanged):
-        reason = f"drift alarm {event.alarm_name} went {event.previous_state or '?'}→{event.state}"
+        kind = "quality" if "-quality-" in event.alarm_name else "drift"
+        reason = f"{kind} alarm {event.alarm_name} went {event.previous_state or '?'}→{event.state}"
         if event.reason:
             reason += f": {event.reason}"
     else:
@@ -386,7 +387,7 @@ _SERVES_THIS_RUN = Guard(
     lambda run, e: names.run_id_from_name(e.endpoint_config_name) in (None, run.run_id),
 )
 _RETRAIN_ALLOWED = Guard(
-    "drift alarm of this run (or a request), OK→ALARM, none active, cooldown and cap allow", _may_retrain
+    "drift or quality alarm of this run (or a request), OK→ALARM, none active, cooldown and cap allow", _may_retrain
 )
 _RETRAIN_BLOCKED = Guard("retraining not allowed", lambda run, e: not _may_retrain(run, e))
 

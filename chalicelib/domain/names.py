@@ -61,5 +61,10 @@ def drift_alarm_name(run_id: str, metric: str) -> str:
     return f"tl-{run_id}-drift-{metric.replace('_', '-')}"
 
 
-def is_drift_alarm_of(alarm_name: str, run_id: str) -> bool:
-    return alarm_name.startswith(f"tl-{run_id}-drift-")
+def quality_alarm_name(run_id: str, metric: str) -> str:
+    return f"tl-{run_id}-quality-{metric.replace('_', '-')}"
+
+
+def is_monitoring_alarm_of(alarm_name: str, run_id: str) -> bool:
+    """A drift or production-quality alarm of this run: its ALARM may start a retraining run."""
+    return alarm_name.startswith((f"tl-{run_id}-drift-", f"tl-{run_id}-quality-"))

@@ -104,6 +104,14 @@ def _hyperparameters(path: str, value: Any) -> dict[str, Any]:
     return out
 
 
+def _quality_thresholds(path: str, value: Any) -> dict[str, Any]:
+    floors = _mapping_of(_number(0, 1))(path, value)
+    for metric in floors:
+        if metric not in spec.QUALITY_METRICS:
+            raise ConfigError(f"{path}.{metric}", f"not a production metric; one of {', '.join(spec.QUALITY_METRICS)}")
+    return floors
+
+
 def _mapping_of(check_value: Validator, non_empty: bool = False) -> Validator:
     def check(path: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, Mapping):
@@ -267,6 +275,8 @@ def _check_task(config: dict[str, Any]) -> None:
         raise ConfigError(
             "gates.primary_metric", f"{gates['primary_metric']!r} is not one of {', '.join(primary)} (for {task})"
         )
+    if config["quality"]["thresholds"] and task != "text-classification":
+        raise ConfigError("quality.thresholds", f"production quality is measured for text-classification, not {task}")
     measured = _TASK_METRICS[task]
     for metric in gates["metrics"]:
         if metric not in measured:
@@ -417,6 +427,18 @@ _CONFIG = _obj(
                     ),
                     "evaluation_periods": _Field(_number(1, 100, integer=True), 1),
                     "schedule_minutes": _Field(_number(5, 7 * 24 * 60, integer=True), 60),
+                }
+            ),
+            _DEFAULTS,
+        ),
+        # Production quality, from labels that arrive for captured requests (feedback): a
+        # floor per metric makes an alarm that starts a retraining run when the window's
+        # value is below it by more than its sample-size noise.
+        "quality": _Field(
+            _obj(
+                {
+                    "thresholds": _Field(_quality_thresholds, {}),
+                    "min_labels": _Field(_number(1, 1_000_000, integer=True), 30),
                 }
             ),
             _DEFAULTS,

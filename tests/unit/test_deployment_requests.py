@@ -17,6 +17,7 @@ from chalicelib.deployment import (
     drift_alarm_requests,
     endpoint_config_request,
     model_request,
+    quality_alarm_requests,
     rollback_alarm_requests,
     transform_request,
     update_endpoint_request,
@@ -258,6 +259,27 @@ def test_drift_alarms_follow_the_project_config_and_stop_deletes() -> None:
     with sagemaker, cloudwatch:
         executors(stubs).delete_endpoint(DeleteEndpoint(RUN_ID, ENDPOINT), run)
     cloudwatch.assert_no_pending_responses()
+
+
+def test_quality_floors_make_alarms_below_them() -> None:
+    """A floor on a production metric is an alarm on the same metric namespace and
+    dimensions as drift, breaching *below* it; no labels yet (no data) is not breaching."""
+    run = deployed_run()
+    quality = {"thresholds": {"production_macro_f1": 0.7}, "min_labels": 30}
+    run = dataclasses.replace(
+        run, config={**run.config, "drift": {**run.config["drift"], "thresholds": {}}, "quality": quality}
+    )
+    stubs = clients()
+    cloudwatch = stubs["cloudwatch"][1]
+    [alarm] = quality_alarm_requests(run)
+    cloudwatch.add_response("put_metric_alarm", {}, alarm)
+    with cloudwatch:
+        outcome = executors(stubs).create_drift_alarms(CreateDriftAlarms(RUN_ID, "demo", ENDPOINT), run)
+    cloudwatch.assert_no_pending_responses()
+    assert alarm["AlarmName"] == names.quality_alarm_name(RUN_ID, "production_macro_f1") in outcome.note
+    assert alarm["ComparisonOperator"] == "LessThanThreshold" and alarm["Threshold"] == 0.7
+    assert alarm["Dimensions"] == [{"Name": "project", "Value": "demo"}, {"Name": "endpoint", "Value": ENDPOINT}]
+    assert alarm["TreatMissingData"] == "notBreaching" and names.is_monitoring_alarm_of(alarm["AlarmName"], RUN_ID)
 
 
 def test_batch_projects_get_a_transform_job() -> None:

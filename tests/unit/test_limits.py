@@ -3,6 +3,7 @@ role's IAM conditions, so neither a caller nor a bug in the app can exceed them.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,15 @@ def test_the_functions_that_only_start_runs_have_a_narrower_policy(stage: str) -
                            for a in statement["Action"]), statement  # fmt: skip
             assert any(
                 set(statement["Action"]) <= set(f["Action"])
-                and set(statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]])
-                <= set(f["Resource"] if isinstance(f["Resource"], list) else [f["Resource"]])
+                and within(statement["Resource"], f["Resource"])
                 and statement.get("Condition") == f.get("Condition")
                 for f in full
             ), statement
+
+
+def within(narrow: str | list[str], wide: str | list[str]) -> bool:
+    """Every resource of ``narrow`` is one of ``wide``'s patterns (``…/labels/*`` is within ``…/*``)."""
+    patterns = wide if isinstance(wide, list) else [wide]
+    return all(
+        any(fnmatch.fnmatchcase(r, p) for p in patterns) for r in (narrow if isinstance(narrow, list) else [narrow])
+    )

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chalicelib.domain import names
-from chalicelib.domain.commands import Command
+from chalicelib.domain.commands import Command, StartChildRun
 from chalicelib.domain.events import (
     ALL_EVENT_KINDS,
     AlarmChanged,
@@ -365,9 +365,17 @@ def test_retrain_guards() -> None:
 
     blocked(decide(first.run, event_of("alarm.alarm", run, "a2", previous_state="ALARM")), "already in ALARM")
     blocked(decide(first.run, event_of("alarm.alarm", run, "a3")), "cooldown")
-    blocked(decide(run, event_of("alarm.alarm", run, "a4", alarm_name="tl-bbbbbbbbbbbb-drift-x")), "not a drift alarm")
+    blocked(decide(run, event_of("alarm.alarm", run, "a4", alarm_name="tl-bbbbbbbbbbbb-drift-x")), "neither a drift")
     ok = decide(run, event_of("alarm.ok", run, "a5"))
     assert ok.changed and ok.commands == () and ok.run.history[-1].reason == "alarm back to OK; nothing to do"
+
+    # A production-quality alarm of the run starts a retraining run through the same guards.
+    f1_alarm = names.quality_alarm_name(RUN_ID, "production_macro_f1")
+    quality = decide(run, event_of("alarm.alarm", run, "a6", alarm_name=f1_alarm))
+    [child] = quality.commands
+    assert isinstance(child, StartChildRun) and child.reason.startswith("quality alarm tl-")
+    accuracy_alarm = names.quality_alarm_name(RUN_ID, "production_accuracy")
+    blocked(decide(quality.run, event_of("alarm.alarm", run, "a7", alarm_name=accuracy_alarm)), "cooldown")
 
 
 def test_one_retraining_run_at_a_time_and_a_daily_cap() -> None:

@@ -100,7 +100,7 @@ def test_the_dataset_rule_takes_only_the_data_buckets_drop_prefix(template: dict
 
     pattern = rule_of(template, "OnDatasetUploaded")["EventPattern"]
     assert pattern["detail"]["bucket"]["name"] == [{"Ref": "DataBucket"}]
-    assert pattern["detail"]["object"]["key"] == [{"prefix": app.DATASET_PREFIX}]
+    assert pattern["detail"]["object"]["key"] == [{"prefix": app.DATASET_PREFIX}, {"prefix": app.FEEDBACK_PREFIX}]
     # The handler's own prefix setting and the rule's agree.
     config = json.loads((REPO / ".chalice" / "config.json").read_text())
     assert config["environment_variables"]["TUNELOOP_DATASET_PREFIX"] == app.DATASET_PREFIX

@@ -1,0 +1,143 @@
+"""Feedback's two doors: an S3 drop under feedback/<project>/ and POST /projects/{name}/feedback.
+Both validate row by row, store once (a redelivery or a retry writes nothing again) and
+leave a receipt that says what was accepted and what was refused, with line and reason."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.conftest import BUCKET, DEMO_CONFIG, load_event
+from tests.functional.conftest import Api
+
+
+@pytest.fixture
+def s3(deps: Any) -> Iterator[Any]:
+    client = boto3.client("s3")
+    try:
+        client.create_bucket(Bucket=BUCKET)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+    # The bucket outlives a test (the tables do not): start from no labels.
+    for prefix in ("labels/", "feedback/"):
+        for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []):
+            client.delete_object(Bucket=BUCKET, Key=o["Key"])
+    yield client
+
+
+def stored(s3: Any, project: str) -> dict[str, list[dict[str, Any]]]:
+    """labels/<project>/*.jsonl, by key."""
+    out = {}
+    for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"labels/{project}/").get("Contents", []):
+        if o["Key"].endswith(".jsonl"):
+            body = s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read().decode()
+            out[o["Key"]] = [json.loads(line) for line in body.splitlines()]
+    return out
+
+
+def test_posted_labels_are_stored_once(api: Api, demo: dict[str, Any], s3: Any) -> None:
+    labels = [{"inference_id": "req-1", "label": "positive"}, {"inference_id": "req-2", "label": "negative"}]
+    status, receipt = api.call("POST", "/projects/demo/feedback", {"labels": labels})
+    assert status == 202, receipt
+    assert receipt["accepted"] == 2 and receipt["refused"] == 0 and not receipt["repeat"]
+    [rows] = stored(s3, "demo").values()
+    assert [(r["inference_id"], r["label"]) for r in rows] == [("req-1", "positive"), ("req-2", "negative")]
+    assert all(r["received_at"].endswith("Z") and r["source"].startswith("api:") for r in rows)
+    # The same rows again, or the same Idempotency-Key with any rows: the first receipt.
+    status, again = api.call("POST", "/projects/demo/feedback", {"labels": labels})
+    assert status == 200 and again["repeat"] and again["delivery"] == receipt["delivery"]
+    first = api.call("POST", "/projects/demo/feedback", {"labels": labels[:1]}, headers={"Idempotency-Key": "k1"})
+    retry = api.call("POST", "/projects/demo/feedback", {"labels": labels[:1]}, headers={"Idempotency-Key": "k1"})
+    assert first[0] == 202 and retry[0] == 200 and retry[1]["delivery"] == first[1]["delivery"]
+    assert len(stored(s3, "demo")) == 2
+    status, listed = api.call("GET", "/projects/demo/feedback")
+    assert status == 200 and {r["delivery"] for r in listed["receipts"]} == {receipt["delivery"], first[1]["delivery"]}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"labels": []}, "labels"),
+        ({"labels": "positive"}, "labels"),
+        ({"labels": [{"inference_id": "a", "label": "x"}, {"inference_id": "b"}]}, "labels[1].label"),
+        ({"labels": [{"inference_id": "", "label": "x"}]}, "labels[0].inference_id"),
+        ({"labels": [{"inference_id": "x" * 65, "label": "x"}]}, "labels[0].inference_id"),
+        ({"labels": [["a", "x"]]}, "labels[0]"),
+        ({"labels": [{"inference_id": "a", "label": "x"}] * 1001}, "labels"),
+        ({"labels": [], "extra": 1}, "extra"),
+    ],
+)
+def test_a_bad_feedback_body_is_a_400_naming_the_field(
+    api: Api, demo: dict[str, Any], s3: Any, body: Any, field: str
+) -> None:
+    status, answer = api.call("POST", "/projects/demo/feedback", body)
+    assert status == 400, answer
+    assert answer["Message"].startswith(f"BadRequestError: {field}") or f"{field}" in answer["Message"], answer
+    assert stored(s3, "demo") == {}
+
+
+def test_feedback_needs_a_classification_project(api: Api, s3: Any) -> None:
+    assert api.call("POST", "/projects/nope/feedback", {"labels": [{"inference_id": "a", "label": "x"}]})[0] == 404
+    config = {**DEMO_CONFIG, "task": "causal-lm", "base_model": "random:llama-tiny"}
+    config.pop("gates", None)
+    status, body = api.call("POST", "/projects", {"name": "lm", "config": config})
+    assert status == 201, body
+    status, answer = api.call("POST", "/projects/lm/feedback", {"labels": [{"inference_id": "a", "label": "x"}]})
+    assert status == 400 and "text-classification" in answer["Message"]
+
+
+def feedback_event(key: str, size: int, etag: str = "e1", event_id: str = "fb-1") -> dict[str, Any]:
+    event = load_event("s3_object_created", id=event_id)
+    event["detail"]["object"].update(key=key, size=size, etag=etag)
+    return event
+
+
+def test_a_dropped_labels_file_is_validated_row_by_row(api: Api, demo: dict[str, Any], s3: Any) -> None:
+    lines = [
+        json.dumps({"inference_id": "req-1", "label": "positive"}),
+        "{not json",
+        json.dumps({"inference_id": "req-2"}),
+        "",
+        json.dumps({"inference_id": "req-3", "label": "negative"}),
+    ]
+    body = "\n".join(lines).encode()
+    s3.put_object(Bucket=BUCKET, Key="feedback/demo/day-1/labels.jsonl", Body=body)
+    result = api.invoke("on_dataset_uploaded", feedback_event("feedback/demo/day-1/labels.jsonl", len(body)))
+    assert result["feedback"]["accepted"] == 2 and result["feedback"]["refused"] == 2
+    [(_, rows)] = stored(s3, "demo").items()
+    assert [r["inference_id"] for r in rows] == ["req-1", "req-3"]
+    assert rows[0]["source"] == f"s3://{BUCKET}/feedback/demo/day-1/labels.jsonl"
+    [receipt] = api.call("GET", "/projects/demo/feedback")[1]["receipts"]
+    assert [(e["line"], e["reason"].split(":")[0]) for e in receipt["errors"]] == [(2, "bad JSON"), (3, "label")]
+    # A redelivery (another event id, same upload) stores nothing again; no run starts.
+    again = api.invoke("on_dataset_uploaded", feedback_event("feedback/demo/day-1/labels.jsonl", len(body),
+                                                                event_id="fb-2"))  # fmt: skip
+    assert again["feedback"]["repeat"] and len(stored(s3, "demo")) == 1
+    assert api.call("GET", "/runs?limit=10")[1]["runs"] == []
+
+
+def test_a_dropped_csv_and_what_is_refused_whole(api: Api, demo: dict[str, Any], s3: Any) -> None:
+    csv = b"label,inference_id\npositive,req-9\n,req-10\n"
+    s3.put_object(Bucket=BUCKET, Key="feedback/demo/labels.csv", Body=csv)
+    result = api.invoke("on_dataset_uploaded", feedback_event("feedback/demo/labels.csv", len(csv), etag="c1"))
+    assert (result["feedback"]["accepted"], result["feedback"]["refused"]) == (1, 1)
+    wrong = b"id,label\nreq-1,positive\n"
+    s3.put_object(Bucket=BUCKET, Key="feedback/demo/wrong.csv", Body=wrong)
+    result = api.invoke("on_dataset_uploaded", feedback_event("feedback/demo/wrong.csv", len(wrong), etag="c2"))
+    assert result["feedback"]["accepted"] == 0
+    receipt = next(r for r in api.call("GET", "/projects/demo/feedback")[1]["receipts"] if r["accepted"] == 0)
+    assert "lacks inference_id" in receipt["errors"][0]["reason"]
+    latin = "inference_id,label\nreq-1,n\xe9gatif\n".encode("latin-1")
+    s3.put_object(Bucket=BUCKET, Key="feedback/demo/latin.csv", Body=latin)
+    result = api.invoke("on_dataset_uploaded", feedback_event("feedback/demo/latin.csv", len(latin), etag="c3"))
+    assert result["feedback"]["accepted"] == 0 and result["feedback"]["refused"] == 1
+    # Not a labels file, an unknown project: logged and ignored, nothing stored.
+    for key in ("feedback/demo/notes.txt", "feedback/ghost/labels.jsonl", "feedback/labels.jsonl"):
+        assert "ignored" in api.invoke("on_dataset_uploaded", feedback_event(key, 10))
+    assert not s3.list_objects_v2(Bucket=BUCKET, Prefix="labels/ghost/").get("Contents")
