@@ -234,11 +234,20 @@ def evaluate_request(
     )
 
 
-def drift_request(command: StartProcessingJob, run: Run, settings: Settings) -> dict[str, Any]:
+def labels_uri(settings: Settings, project: str) -> str:
+    """Where the feedback doors store the labels that arrived for captured requests."""
+    return f"s3://{settings.bucket}/labels/{project}/"
+
+
+def drift_request(command: StartProcessingJob, run: Run, settings: Settings, labels: bool = False) -> dict[str, Any]:
     """The drift check of a deployed run: its captured traffic (``command.input_uri``)
-    against its training data, measured with its own model; metrics go to CloudWatch."""
+    against its training data, measured with its own model; with ``labels`` (the project
+    has feedback; SageMaker refuses an empty input prefix), production quality too.
+    Metrics go to CloudWatch."""
     prefix = run_prefix(settings, run.run_id)
     drift = run.config["drift"]
+    quality = run.config.get("quality") or {"thresholds": {}, "min_labels": 30}
+    extra = [_processing_input("labels", labels_uri(settings, run.project), f"{PROCESSING_ROOT}/input/labels")]
     return _processing_job(
         command,
         settings,
@@ -253,6 +262,10 @@ def drift_request(command: StartProcessingJob, run: Run, settings: Settings) -> 
             json.dumps(drift["thresholds"], sort_keys=True),
             "--window-minutes",
             str(drift["schedule_minutes"]),
+            "--quality-thresholds",
+            json.dumps(quality["thresholds"], sort_keys=True),
+            "--min-labels",
+            str(quality["min_labels"]),
             "--region",
             settings.region,
         ],
@@ -265,6 +278,7 @@ def drift_request(command: StartProcessingJob, run: Run, settings: Settings) -> 
                 model_artifact_uri(settings, run, _require(run.model_source, "the deployed model")),
                 f"{PROCESSING_ROOT}/input/model",
             ),
+            *(extra if labels else []),
         ],
         outputs=[_processing_output("drift", f"{prefix}/drift/{command.job_name}/")],
     )
@@ -577,11 +591,14 @@ class SageMakerExecutors:
         self._s3 = s3
         self._failed_datasets = failed_datasets or (lambda project: ())
 
-    def _holdout_exists(self, project: str) -> bool:
+    def _has_keys(self, uri: str) -> bool:
         if self._s3 is None:
             return False
-        bucket, _, prefix = holdout_prefix(self._settings, project)[len("s3://") :].partition("/")
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
         return bool(self._s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount"))
+
+    def _holdout_exists(self, project: str) -> bool:
+        return self._has_keys(holdout_prefix(self._settings, project))
 
     def _prepare(self, command: StartProcessingJob, run: Run) -> Outcome:
         data = dataset_input(command.input_uri)
@@ -617,7 +634,9 @@ class SageMakerExecutors:
         if command.step == "evaluate":
             request = evaluate_request(command, run, self._settings, self._champion(run.project, run.run_id))
         elif command.step == "drift":
-            request = drift_request(command, run, self._settings)
+            request = drift_request(
+                command, run, self._settings, self._has_keys(labels_uri(self._settings, run.project))
+            )
         else:
             raise PermanentCommandError(f"no processing job is defined for step {command.step!r}")
         return self._create("create_processing_job", request)

@@ -6,6 +6,7 @@ Inputs, under ``/opt/ml/processing/input/``:
     baseline/profile/profile.json   prepare.py's profile (lengths, vocabulary, labels)
     baseline/train/*.jsonl          the training split (texts for the embedding check)
     capture/**.jsonl                SageMaker data capture records of the endpoint
+    labels/*.jsonl                  labels received for captured requests (optional)
     model/model.tar.gz              the deployed model (its encoder embeds the texts)
 
 Metrics (each a number where larger means more drift):
@@ -23,6 +24,14 @@ at these sample sizes (permutations of the pooled samples). A value inside that 
 is published *clipped to its alarm threshold*, so small samples never alarm on noise; the
 raw value and the band are in the report. Fewer than ``--min-samples`` captured records
 publish nothing (the alarms treat missing data as not breaching).
+
+Production quality (``quality.py``), when labels have arrived for captured requests
+(``labels/*.jsonl``, written by the feedback doors): the window's predictions joined with
+them by inference id give ``production_accuracy`` and ``production_macro_f1`` (at least
+``--min-labels`` labelled predictions; the same noise-band clipping, below a floor), the
+``label_coverage``, and, from the calibrated scores of all the window's predictions,
+``estimated_accuracy`` (CBPE). Unknown ids, unknown labels, repeats and conflicts are
+counted in the report.
 
 Outputs: ``drift.json`` and ``report.html`` in ``processing/output/drift/``, and the metrics
 in CloudWatch (namespace ``tuneloop``, dimensions ``project`` and ``endpoint``).
@@ -42,9 +51,13 @@ import sys
 import tarfile
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import quality
 
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 EPS = 1e-4
@@ -58,31 +71,68 @@ class DriftError(Exception):
 # --- reading ------------------------------------------------------------------------------
 
 
-def captured(folder: Path, since: str = "") -> list[tuple[str, dict[str, Any] | None]]:
-    """(text, prediction) for every request captured at or after ``since`` (ISO 8601, UTC);
-    a batch request gives one per text."""
-    out: list[tuple[str, dict[str, Any] | None]] = []
+def capture_records(folder: Path) -> Iterator[tuple[str, str, list[str], list[dict[str, Any] | None]]]:
+    """(inference time, inference id, texts, answers) of every captured request. The id is
+    the caller's ``InferenceId``, else the capture's event id (what the caller was given)."""
     for path in sorted(folder.rglob("*.jsonl")):
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                if since and str(record.get("eventMetadata", {}).get("inferenceTime", "")) < since:
-                    continue
+                metadata = record.get("eventMetadata") or {}
+                metadata = metadata if isinstance(metadata, dict) else {}
                 data = record["captureData"]
                 texts = _payload(data["endpointInput"])
                 answer = _payload(data.get("endpointOutput") or {}) if data.get("endpointOutput") else None
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise DriftError(f"{path.name}:{number}: not a SageMaker capture record ({exc})") from exc
             if isinstance(texts, dict):
                 texts = texts.get("inputs")
             texts = [texts] if isinstance(texts, str) else texts
             answers = [answer] if isinstance(answer, dict) else answer if isinstance(answer, list) else []
-            for n, text in enumerate(texts or []):
+            kept, said = [], []
+            for n, text in enumerate(texts if isinstance(texts, list) else []):
                 if isinstance(text, str):
-                    out.append((text, answers[n] if n < len(answers) and isinstance(answers[n], dict) else None))
-    return out
+                    kept.append(text)
+                    said.append(answers[n] if n < len(answers) and isinstance(answers[n], dict) else None)
+            when = str(metadata.get("inferenceTime", ""))
+            yield when, str(metadata.get("inferenceId") or metadata.get("eventId") or ""), kept, said
+
+
+def captured(folder: Path, since: str = "") -> list[tuple[str, dict[str, Any] | None]]:
+    """(text, prediction) for every request captured at or after ``since`` (ISO 8601, UTC);
+    a batch request gives one per text."""
+    return [
+        (text, answer)
+        for when, _, texts, answers in capture_records(folder)
+        if not since or when >= since
+        for text, answer in zip(texts, answers, strict=True)
+    ]
+
+
+def predictions(folder: Path, since: str = "") -> tuple[list[quality.Prediction], set[str], set[str]]:
+    """The window's single-text requests as predictions a label can join, the ids captured
+    before the window, and the ids of requests that carried several texts."""
+    window: list[quality.Prediction] = []
+    earlier: set[str] = set()
+    several: set[str] = set()
+    for when, inference_id, texts, answers in capture_records(folder):
+        if since and when < since:
+            earlier.add(inference_id)
+        elif len(texts) != 1:
+            several.add(inference_id)
+        else:
+            answer = answers[0] or {}
+            scores = answer.get("scores")
+            label = answer.get("label")
+            confidence = None
+            if isinstance(scores, dict) and scores:
+                values = [v for v in scores.values() if isinstance(v, (int, float)) and math.isfinite(v)]
+                confidence = max(values) if values else None
+            window.append(quality.Prediction(texts[0], str(label) if label is not None else None, confidence,
+                                             inference_id, when))  # fmt: skip
+    return window, earlier, several
 
 
 def _payload(half: dict[str, Any]) -> Any:
@@ -322,6 +372,22 @@ def report_html(result: dict[str, Any], project: str, endpoint: str) -> str:
         for name, m in sorted(result["metrics"].items())
     )
     samples = result["samples"]
+    production = result.get("quality") or {}
+    quality_rows = "".join(
+        f"<tr><th>{html.escape(name)}</th><td>{m['value']:.4f}</td><td>{m.get('noise', math.nan):.4f}</td>"
+        f"<td>{m.get('threshold', math.nan):.4g}</td><td>{m['published']:.4f}</td>"
+        f"<td>{'BELOW' if m.get('below') else 'ok'}</td></tr>"
+        for name, m in sorted(production.get("metrics", {}).items())
+    )
+    feedback = production.get("feedback") or {}
+    counts = ", ".join(f"{html.escape(str(k).replace('_', ' '))}: {html.escape(str(v))}" for k, v in feedback.items())
+    versus = production.get("estimate_vs_measured")
+    compared = (
+        f'<p id="cbpe">On the {versus["requests"]} labelled requests: estimated accuracy '
+        f"{versus['estimated_accuracy']:.4f}, measured {versus['production_accuracy']:.4f}.</p>"
+        if versus
+        else ""
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>tuneloop drift: {html.escape(endpoint)}</title>
 <style>body {{ font-family: system-ui, sans-serif; margin: 2rem }} td, th {{ border: 1px solid #ccc;
@@ -329,7 +395,12 @@ padding: .3rem .6rem }} table {{ border-collapse: collapse }}</style></head><bod
 <h1>Drift of {html.escape(endpoint)} ({html.escape(project)})</h1>
 <p>{samples["live"]} captured texts against {samples["baseline"]} training texts.</p>
 <table id="drift"><tr><th>metric</th><th>value</th><th>noise (95%)</th><th>threshold</th><th>published</th>
-<th></th></tr>{rows}</table></body></html>
+<th></th></tr>{rows}</table>
+<h2>Production quality</h2>
+<p>{html.escape(production.get("note", ""))}</p>
+<table id="quality"><tr><th>metric</th><th>value</th><th>noise (95%)</th><th>floor</th><th>published</th>
+<th></th></tr>{quality_rows}</table>{compared}
+<p id="feedback">Feedback: {counts}</p></body></html>
 """
 
 
@@ -337,9 +408,10 @@ def publish(result: dict[str, Any], project: str, endpoint: str, region: str) ->
     import boto3
 
     dimensions = [{"Name": "project", "Value": project}, {"Name": "endpoint", "Value": endpoint}]
+    entries = {**result["metrics"], **(result.get("quality") or {}).get("metrics", {})}
     data = [
         {"MetricName": name, "Dimensions": dimensions, "Value": float(m["published"]), "Unit": "None"}
-        for name, m in sorted(result["metrics"].items())
+        for name, m in sorted(entries.items())
         if math.isfinite(m["published"])
     ]
     if data:
@@ -356,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--thresholds", default="{}", help='JSON: {"prediction_psi": 0.2, ...}')
     parser.add_argument("--min-samples", type=int, default=30)
+    parser.add_argument("--quality-thresholds", default="{}", help='JSON floors: {"production_macro_f1": 0.7, ...}')
+    parser.add_argument("--min-labels", type=int, default=30, help="labelled predictions needed to measure quality")
     parser.add_argument("--window-minutes", type=int, default=0, help="only traffic this recent (0: all captured)")
     parser.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"))
     parser.add_argument("--no-publish", action="store_true")
@@ -375,6 +449,13 @@ def main(argv: list[str] | None = None) -> int:
 
             since = (datetime.now(UTC) - timedelta(minutes=args.window_minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
         live = captured(inputs / "capture", since)
+        window, earlier, several = predictions(inputs / "capture", since)
+        labels, invalid = quality.read_labels(inputs / "labels")
+        classes = [str(k) for k in profile.get("label_distribution", {})]
+        production = quality.quality(window, labels, classes, json.loads(args.quality_thresholds), args.min_labels,
+                                     invalid, earlier, several)  # fmt: skip
+        if len(window) < args.min_samples:
+            production["metrics"].pop("estimated_accuracy", None)  # too few predictions to say
         output.mkdir(parents=True, exist_ok=True)
         if len(live) < args.min_samples:
             result: dict[str, Any] = {
@@ -392,8 +473,9 @@ def main(argv: list[str] | None = None) -> int:
                     with tarfile.open(archive) as tar:
                         tar.extractall(model_dir, filter="data")
                 result = check(profile, baseline, live, json.loads(args.thresholds), model_dir)
-            if not args.no_publish:
-                publish(result, args.project, args.endpoint, args.region)
+        result["quality"] = production
+        if not args.no_publish:
+            publish(result, args.project, args.endpoint, args.region)
         (output / "drift.json").write_text(json.dumps(result, indent=2))
         (output / "report.html").write_text(report_html(result, args.project, args.endpoint))
     except (DriftError, OSError, ValueError, KeyError) as exc:
@@ -405,6 +487,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     drifted = ", ".join(result["drifted"]) or "none"
     print(f"drift: {len(result['metrics'])} metric(s) on {result['samples']['live']} texts; drifted: {drifted}")
+    feedback = production["feedback"]
+    below = ", ".join(production["below"]) or "none"
+    print(f"quality: {feedback['labelled']} labelled of {len(window)} predictions "
+          f"({feedback['unknown_ids']} unknown ids, {sum(feedback['unknown_labels'].values())} unknown labels); "
+          f"below floor: {below}")  # fmt: skip
     return 0
 
 

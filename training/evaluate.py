@@ -89,18 +89,7 @@ def classification_metrics(
     return metrics
 
 
-def expected_calibration_error(y_true: list[int], probabilities: list[list[float]], bins: int = 10) -> float:
-    """Sum over equal-width confidence bins of |accuracy - confidence| weighted by bin size."""
-    totals = [[0, 0.0, 0.0] for _ in range(bins)]  # count, correct, confidence
-    for truth, probs in zip(y_true, probabilities, strict=True):
-        confidence = max(probs)
-        predicted = probs.index(confidence)
-        b = min(bins - 1, int(confidence * bins))
-        totals[b][0] += 1
-        totals[b][1] += float(predicted == truth)
-        totals[b][2] += confidence
-    count = len(y_true)
-    return sum(abs(c / k - conf / k) * k / count for k, c, conf in totals if k)
+expected_calibration_error = spec.expected_calibration_error
 
 
 # --- confidence intervals: the bootstrap, paired for the champion comparison --------------

@@ -2,7 +2,8 @@
 
 ``model_fn`` loads the model directory train.py wrote; ``input_fn`` takes JSON: a text,
 a list of texts, or ``{"inputs": text | [texts], "parameters": {...}}``; ``predict_fn``
-returns labels with scores (classification) or generated text (causal LMs); ``output_fn``
+returns labels with calibrated scores (classification: softmax of the logits over the
+temperature train.py fitted, in ``tuneloop.json``) or generated text (causal LMs); ``output_fn``
 writes JSON. Bad payloads raise ``PayloadError`` (a ``ValueError``), which servers answer
 with a 4xx and the message.
 """
@@ -74,7 +75,8 @@ def predict_fn(data: dict[str, Any], loaded: dict[str, Any]) -> Any:
                 texts, truncation=True, max_length=meta.get("max_length", 256), padding=True, return_tensors="pt"
             )
             logits = model(**{k: v.to(loaded["device"]) for k, v in batch.items()}).logits
-            probabilities = logits.softmax(-1).cpu()
+            # The temperature train.py fitted on the validation split: calibrated scores.
+            probabilities = (logits.float() / float(meta.get("temperature") or 1.0)).softmax(-1).cpu()
             labels = model.config.id2label
             results = [
                 {

@@ -6,6 +6,7 @@
 - ``HYPERPARAMETERS``: train.py's hyperparameters: type, default, range, the names other
   tools give them. Config validation answers from it; train.py builds its parser from it.
 - ``row_key``: a row's identity for the frozen holdout (prepare, train and evaluate agree).
+- ``expected_calibration_error``: what train.py's calibration and evaluate.py report.
 - ``parse_feedback``: the labels that arrive for captured requests (the S3 drop, the API
   and the monitoring job read them alike).
 
@@ -61,6 +62,9 @@ _METRICS = (
     Metric("validation_accuracy", HIGHER, "accuracy on the validation split"),
     Metric("validation_macro_f1", HIGHER, "macro-F1 on the validation split"),
     Metric("validation_perplexity", LOWER, "perplexity on the validation split"),
+    Metric("validation_ece", LOWER, "ECE on the validation split after temperature scaling"),
+    Metric("validation_ece_uncalibrated", LOWER, "ECE on the validation split before temperature scaling"),
+    Metric("temperature", None, "the softmax temperature fitted on the validation split"),
     # What the monitoring job publishes about production traffic (CloudWatch, next to drift).
     Metric("production_accuracy", HIGHER, "accuracy on the window's captured requests that have labels"),
     Metric("production_macro_f1", HIGHER, "macro-F1 on the window's captured requests that have labels"),
@@ -242,6 +246,20 @@ def row_key(record: dict[str, Any], task: str) -> str:
         identity = record
     data = json.dumps(identity, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def expected_calibration_error(y_true: list[int], probabilities: list[list[float]], bins: int = 10) -> float:
+    """Sum over equal-width confidence bins of |accuracy - confidence| weighted by bin size."""
+    totals = [[0, 0.0, 0.0] for _ in range(bins)]  # count, correct, confidence
+    for truth, probs in zip(y_true, probabilities, strict=True):
+        confidence = max(probs)
+        predicted = probs.index(confidence)
+        b = min(bins - 1, int(confidence * bins))
+        totals[b][0] += 1
+        totals[b][1] += float(predicted == truth)
+        totals[b][2] += confidence
+    count = len(y_true)
+    return sum(abs(c / k - conf / k) * k / count for k, c, conf in totals if k)
 
 
 # --- feedback -----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -97,6 +98,22 @@ def test_drift_request_is_valid(settings: Any) -> None:
     args = request["AppSpecification"]["ContainerArguments"]
     assert args[args.index("--window-minutes") + 1] == str(run.config["drift"]["schedule_minutes"])
     assert args[args.index("--endpoint") + 1] == "tl-demo"
+    assert "labels" not in inputs  # no feedback yet: an empty prefix would fail the job
+    # Once labels have arrived, the job reads them (and the project's quality floors).
+    s3 = boto3.client("s3")
+    if not any(b["Name"] == "tuneloop-test" for b in s3.list_buckets()["Buckets"]):
+        s3.create_bucket(Bucket="tuneloop-test")
+    s3.put_object(Bucket="tuneloop-test", Key="labels/demo/d1.jsonl", Body=b"{}\n")
+    labelled = drift_request(command, run, configured, labels=True)
+    stub.add_response("create_processing_job", {"ProcessingJobArn": "arn:aws:sagemaker:us-east-1:1:processing-job/x"},
+                      labelled)  # fmt: skip
+    with stub:
+        assert SageMakerExecutors(client, configured, s3=s3).start_processing_job(command, run).done
+    inputs = {i["InputName"]: i["S3Input"] for i in labelled["ProcessingInputs"]}
+    assert inputs["labels"]["S3Uri"] == "s3://tuneloop-test/labels/demo/"
+    args = labelled["AppSpecification"]["ContainerArguments"]
+    assert json.loads(args[args.index("--quality-thresholds") + 1]) == run.config["quality"]["thresholds"]
+    s3.delete_object(Bucket="tuneloop-test", Key="labels/demo/d1.jsonl")
 
 
 def test_drift_checks_by_hand_are_limited_per_hour(service: Any) -> None:

@@ -80,6 +80,29 @@ def test_minilm_fine_tune_beats_the_majority_baseline(
     assert validation and validation[-1]["validation_macro_f1"] > 0.7
 
 
+def test_the_classifier_is_calibrated_on_the_validation_split(classifier: tuple[toolkit.TrainingLayout, str]) -> None:
+    """Temperature scaling: a temperature in tuneloop.json, which the served scores use,
+    and the validation ECE after it no worse than before (it minimises the same split's NLL)."""
+    layout, log = classifier
+    summary = json.loads((layout.model_dir / "metrics.json").read_text())
+    meta = json.loads((layout.model_dir / "tuneloop.json").read_text())
+    assert meta["temperature"] == summary["temperature"] and 0.05 <= summary["temperature"] <= 20
+    assert summary["validation_ece"] <= summary["validation_ece_uncalibrated"] + 0.02, summary
+    print(f"temperature {summary['temperature']:.3f}: validation ECE "
+          f"{summary['validation_ece_uncalibrated']:.4f} -> {summary['validation_ece']:.4f}")  # fmt: skip
+    assert any("validation_ece" in m for m in metrics(log))  # the job's last [metric] line reports it
+    loaded = inference.model_fn(str(layout.model_dir))
+    text = "Excellent kettle, works perfectly."
+    served = inference.predict_fn(inference.input_fn(json.dumps(text)), loaded)["scores"]
+    import torch
+
+    batch = loaded["tokenizer"]([text], return_tensors="pt")
+    with torch.no_grad():
+        raw = (loaded["model"](**batch).logits[0] / meta["temperature"]).softmax(-1)
+    labels = loaded["model"].config.id2label
+    assert {labels[i]: round(float(p), 6) for i, p in enumerate(raw)} == pytest.approx(served, abs=1e-5)
+
+
 def test_inference_payloads(classifier: tuple[toolkit.TrainingLayout, str]) -> None:
     loaded = inference.model_fn(str(classifier[0].model_dir))
     one = inference.predict_fn(inference.input_fn('{"inputs": "Excellent kettle, works perfectly."}'), loaded)

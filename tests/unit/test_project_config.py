@@ -61,6 +61,17 @@ def test_demo_config_is_valid() -> None:
         ({"gates": {"metrics": {"macro_f1": "high"}}}, "gates.metrics.macro_f1"),
         ({"colour": "blue"}, "colour"),
         ({"retrain": {"cooldown": 5}}, "retrain.cooldown"),
+        ({"quality": {"thresholds": {"accuracy": 0.8}}}, "quality.thresholds.accuracy"),
+        ({"quality": {"thresholds": {"production_macro_f1": 1.5}}}, "quality.thresholds.production_macro_f1"),
+        ({"quality": {"min_labels": 0}}, "quality.min_labels"),
+        (
+            {
+                "task": "causal-lm",
+                "base_model": "random:llama-tiny",
+                "quality": {"thresholds": {"estimated_accuracy": 0.5}},
+            },
+            "quality.thresholds",
+        ),
     ],
 )
 def test_errors_name_the_field(patch: dict[str, Any], field: str) -> None:

@@ -1,0 +1,238 @@
+"""Production quality, for the monitoring job (drift.py): captured predictions joined with
+the labels that arrived for them (feedback), measured; and estimated before labels come.
+
+- ``join``: each captured prediction's id (the caller's ``InferenceId``, else the capture's
+  event id) matched with the labels received for it. A later label for the same id wins
+  (corrections happen); repeats and conflicts are counted. Labels for ids no capture holds,
+  and labels the model does not know, are counted and reported, never used.
+- ``measure``: accuracy and macro-F1 over the labelled predictions of the window, with
+  a one-sided 95% bootstrap band: how far above the value the truth may lie at this sample
+  size. A value below a floor by less than that band is noise, and is published clipped to
+  the floor, as the drift metrics are (no alarm on a handful of labels).
+- ``estimate``: confidence-based performance estimation (CBPE). With calibrated scores
+  (train.py's temperature), a prediction's top score is its probability of being right,
+  so the mean top score over unlabelled traffic estimates accuracy; its noise band is the
+  Poisson-binomial standard deviation of that mean.
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import spec
+
+RESAMPLES = 400
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One captured text and what the model answered; ``inference_id`` joins labels to it."""
+
+    text: str
+    label: str | None
+    confidence: float | None
+    inference_id: str
+    time: str = ""
+
+
+@dataclass
+class Joined:
+    """Labelled predictions of the window, and what the labels could not be used for."""
+
+    pairs: list[tuple[Prediction, str]] = field(default_factory=list)
+    labels_read: int = 0
+    invalid_rows: int = 0
+    repeats: int = 0  # the same label again for an id
+    conflicts: int = 0  # another label for an id: the latest received wins
+    unknown_ids: int = 0  # ids no captured request has
+    unknown_labels: Counter[str] = field(default_factory=Counter)
+    outside_window: int = 0  # labels for requests captured before the window
+    unjoinable: int = 0  # requests of several texts: one id cannot label each
+
+    def summary(self, window_predictions: int) -> dict[str, Any]:
+        return {
+            "labels_read": self.labels_read,
+            "invalid_rows": self.invalid_rows,
+            "repeats": self.repeats,
+            "conflicts": self.conflicts,
+            "unknown_ids": self.unknown_ids,
+            "unknown_labels": dict(self.unknown_labels.most_common(20)),
+            "outside_window": self.outside_window,
+            "unjoinable_requests": self.unjoinable,
+            "labelled": len(self.pairs),
+            "coverage": len(self.pairs) / window_predictions if window_predictions else 0.0,
+        }
+
+
+def read_labels(folder: Path) -> tuple[list[dict[str, str]], int]:
+    """Every stored label row (labels/<project>/*.jsonl), oldest received first, and how
+    many rows were not valid labels (the doors validate; a hand-written file may not)."""
+    rows: list[tuple[str, int, dict[str, str]]] = []
+    invalid = 0
+    order = 0
+    for path in sorted(folder.rglob("*.jsonl")) if folder.is_dir() else []:
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                invalid += 1
+                continue
+            row, _ = spec.check_feedback_row(record)
+            if row is None:
+                invalid += 1
+                continue
+            order += 1
+            rows.append((str(record.get("received_at", "")), order, row))
+    rows.sort(key=lambda item: (item[0], item[1]))
+    return [row for _, _, row in rows], invalid
+
+
+def join(
+    window: Sequence[Prediction],
+    labels: Sequence[dict[str, str]],
+    known_labels: Sequence[str],
+    earlier_ids: set[str] | frozenset[str] = frozenset(),
+    unjoinable_ids: set[str] | frozenset[str] = frozenset(),
+) -> Joined:
+    """Match ``labels`` (oldest received first) to the window's predictions by inference id.
+
+    ``earlier_ids``: ids captured before the window (their labels are not this window's,
+    nor unknown); ``unjoinable_ids``: ids of requests that carried several texts."""
+    joined = Joined(labels_read=len(labels))
+    latest: dict[str, str] = {}
+    for row in labels:
+        inference_id, label = row["inference_id"], row["label"]
+        if inference_id in latest:
+            if latest[inference_id] == label:
+                joined.repeats += 1
+            else:
+                joined.conflicts += 1
+        latest[inference_id] = label
+    by_id = {p.inference_id: p for p in window}
+    known = set(known_labels)
+    for inference_id, label in latest.items():
+        prediction = by_id.get(inference_id)
+        if prediction is None:
+            if inference_id in unjoinable_ids:
+                joined.unjoinable += 1
+            elif inference_id in earlier_ids:
+                joined.outside_window += 1
+            else:
+                joined.unknown_ids += 1
+            continue
+        if known and label not in known:
+            joined.unknown_labels[label] += 1
+            continue
+        joined.pairs.append((prediction, label))
+    return joined
+
+
+def accuracy(pairs: Sequence[tuple[str | None, str]]) -> float:
+    return sum(1 for predicted, truth in pairs if predicted == truth) / len(pairs) if pairs else math.nan
+
+
+def macro_f1(pairs: Sequence[tuple[str | None, str]], classes: Sequence[str]) -> float:
+    """F1 averaged over ``classes`` (the model's labels), as evaluate.py counts it."""
+    if not pairs or not classes:
+        return math.nan
+    scores = []
+    for c in classes:
+        tp = sum(1 for p, t in pairs if p == c and t == c)
+        fp = sum(1 for p, t in pairs if p == c and t != c)
+        fn = sum(1 for p, t in pairs if p != c and t == c)
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return sum(scores) / len(scores)
+
+
+def upper_band(pairs: Sequence[tuple[str | None, str]], classes: Sequence[str], metric: str, seed: int = 0) -> float:
+    """How far above the observed value the metric's bootstrap 95th percentile lies: the
+    sample-size noise a drop below a floor must exceed to count."""
+    value = accuracy(pairs) if metric == "accuracy" else macro_f1(pairs, classes)
+    if len(pairs) < 2:
+        return math.inf
+    rng = random.Random(seed)
+    values = []
+    for _ in range(RESAMPLES):
+        sample = [pairs[rng.randrange(len(pairs))] for _ in pairs]
+        values.append(accuracy(sample) if metric == "accuracy" else macro_f1(sample, classes))
+    values.sort()
+    return max(0.0, values[int(0.95 * (len(values) - 1))] - value)
+
+
+def estimate(confidences: Sequence[float]) -> tuple[float, float]:
+    """(CBPE estimated accuracy, its one-sided 95% band): the mean calibrated top score,
+    and 1.645 standard deviations of a Poisson-binomial mean."""
+    if not confidences:
+        return math.nan, math.inf
+    n = len(confidences)
+    mean = sum(confidences) / n
+    sd = math.sqrt(sum(c * (1 - c) for c in confidences)) / n
+    return mean, 1.645 * sd
+
+
+def floor_entry(value: float, band: float, threshold: float | None) -> dict[str, Any]:
+    """A quality metric's report entry. Below the floor by more than the band: published as
+    measured (the alarm fires); within the band: published clipped to the floor."""
+    significant = threshold is not None and math.isfinite(value) and value + band < threshold
+    published = value if threshold is None or significant or not math.isfinite(value) else max(value, threshold)
+    return {
+        "value": value,
+        "noise": band,
+        "threshold": threshold if threshold is not None else math.nan,
+        "below": bool(significant),
+        "published": published,
+    }
+
+
+def quality(
+    window: Sequence[Prediction],
+    labels: Sequence[dict[str, str]],
+    classes: Sequence[str],
+    floors: dict[str, float],
+    min_labels: int,
+    invalid_rows: int = 0,
+    earlier_ids: set[str] | frozenset[str] = frozenset(),
+    unjoinable_ids: set[str] | frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """The window's production metrics: measured where labels allow, estimated throughout."""
+    joined = join(window, labels, classes, earlier_ids, unjoinable_ids)
+    joined.invalid_rows = invalid_rows
+    predicted = [p for p in window if p.label is not None]
+    report: dict[str, Any] = {"feedback": joined.summary(len(predicted)), "metrics": {}}
+    metrics: dict[str, dict[str, Any]] = report["metrics"]
+    confidences = [p.confidence for p in predicted if p.confidence is not None]
+    if confidences:
+        value, band = estimate(confidences)
+        metrics["estimated_accuracy"] = floor_entry(value, band, floors.get("estimated_accuracy"))
+    metrics["label_coverage"] = {"value": report["feedback"]["coverage"], "published": report["feedback"]["coverage"]}
+    pairs = [(p.label, truth) for p, truth in joined.pairs]
+    if len(pairs) >= min_labels:
+        for name, metric in (("production_accuracy", "accuracy"), ("production_macro_f1", "macro_f1")):
+            value = accuracy(pairs) if metric == "accuracy" else macro_f1(pairs, classes)
+            metrics[name] = floor_entry(value, upper_band(pairs, classes, metric), floors.get(name))
+        labelled_confidences = [p.confidence for p, _ in joined.pairs if p.confidence is not None]
+        if labelled_confidences:
+            # The estimate and the measurement over the same labelled requests: how well CBPE did.
+            report["estimate_vs_measured"] = {
+                "requests": len(labelled_confidences),
+                "estimated_accuracy": estimate(labelled_confidences)[0],
+                "production_accuracy": accuracy([(p.label, t) for p, t in joined.pairs if p.confidence is not None]),
+            }
+    else:
+        report["note"] = f"{len(pairs)} labelled predictions in the window; {min_labels} are needed to measure"
+    report["below"] = sorted(name for name, entry in metrics.items() if entry.get("below"))
+    return report
