@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import itertools
 import json
 import math
 import os
@@ -240,7 +241,7 @@ def domain_auc(baseline: Any, live: Any, folds: int = 5, seed: int = 0) -> float
     return auc(scores, [int(v) for v in y.tolist()])
 
 
-def _logistic(x: Any, y: Any) -> tuple[Any, Any]:
+def _logistic(x: Any, y: Any, penalty: float = 1e-2) -> tuple[Any, Any]:
     """L2-regularised logistic regression fitted by L-BFGS."""
     import torch
 
@@ -251,7 +252,7 @@ def _logistic(x: Any, y: Any) -> tuple[Any, Any]:
     def closure() -> Any:
         optimiser.zero_grad()
         logits = x @ weights + bias
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y) + 1e-2 * (weights**2).sum()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y) + penalty * (weights**2).sum()
         loss.backward()
         return loss
 
@@ -293,6 +294,88 @@ def noise_band(
         values.append(metric(pooled[: len(a)], pooled[len(a) :]))
     values.sort()
     return values[int(0.95 * (len(values) - 1))]
+
+
+# --- what drifted ------------------------------------------------------------------------
+
+
+def _terms(text: str) -> set[str]:
+    """A text's words and two-word phrases (presence, not counts)."""
+    words = _WORD_RE.findall(text.lower())
+    return set(words) | {f"{a} {b}" for a, b in itertools.pairwise(words)}
+
+
+def explain(
+    baseline: Sequence[str],
+    live: Sequence[str],
+    expected: dict[str, float] | None = None,
+    predicted: Sequence[str] = (),
+    top: int = 10,
+    examples: int = 3,
+    sample: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """What separates live traffic from the training data, in words a person can check:
+    the terms a linear domain classifier (L2 logistic regression on word and two-word
+    phrase presence) weighs most towards each side, the labels whose predicted share moved
+    most against the training mix, and the texts the classifier finds most typical of each
+    side."""
+    import torch
+
+    rng = random.Random(seed)
+    a = rng.sample(list(baseline), min(sample, len(baseline)))
+    b = rng.sample(list(live), min(sample, len(live)))
+    out: dict[str, Any] = {
+        "terms": {"live": [], "baseline": []},
+        "labels": [],
+        "examples": {"live": [], "baseline": []},
+    }
+    if predicted and expected:
+        counts = Counter(predicted)
+        shifts = [
+            {"label": label, "training_share": share, "live_share": counts.get(label, 0) / len(predicted),
+             "change": counts.get(label, 0) / len(predicted) - share}
+            for label, share in expected.items()
+        ]  # fmt: skip
+        out["labels"] = sorted(shifts, key=lambda s: -abs(s["change"]))[:top]
+    if not a or not b:
+        return out
+    docs = [_terms(t) for t in a + b]
+    frequency = Counter(term for doc in docs for term in doc)
+    vocabulary = [term for term, n in frequency.most_common(3000) if n >= 2]
+    if not vocabulary:
+        return out
+    index = {term: i for i, term in enumerate(vocabulary)}
+    x = torch.zeros(len(docs), len(vocabulary))
+    for row, doc in enumerate(docs):
+        for term in doc:
+            if term in index:
+                x[row, index[term]] = 1.0
+    y = torch.cat([torch.zeros(len(a)), torch.ones(len(b))])
+    # A strong penalty: weight goes to the terms that separate many texts, not to the few
+    # words that single out one text (which would fit, and explain nothing).
+    weights, bias = _logistic(x, y, penalty=0.1)
+    w = weights.detach()
+    order = torch.argsort(w)
+    side_share = {
+        "live": x[len(a) :].mean(0),
+        "baseline": x[: len(a)].mean(0),
+    }
+
+    def entry(i: int) -> dict[str, Any]:
+        return {"term": vocabulary[i], "weight": round(float(w[i]), 4),
+                "live_share": round(float(side_share["live"][i]), 4),
+                "baseline_share": round(float(side_share["baseline"][i]), 4)}  # fmt: skip
+
+    out["terms"]["live"] = [entry(int(i)) for i in reversed(order[-top:].tolist()) if w[i] > 0]
+    out["terms"]["baseline"] = [entry(int(i)) for i in order[:top].tolist() if w[i] < 0]
+    with torch.no_grad():
+        scores = (x @ w + bias.detach()).tolist()
+    live_scores = sorted(range(len(b)), key=lambda i: -scores[len(a) + i])
+    base_scores = sorted(range(len(a)), key=lambda i: scores[i])
+    out["examples"]["live"] = [b[i][:300] for i in live_scores[:examples]]
+    out["examples"]["baseline"] = [a[i][:300] for i in base_scores[:examples]]
+    return out
 
 
 # --- the check ----------------------------------------------------------------------------
@@ -358,10 +441,13 @@ def check(
         noisy = entry["value"] <= entry["noise"]
         entry["drifted"] = bool(threshold is not None and not noisy and entry["value"] > threshold)
         entry["published"] = min(entry["value"], threshold) if (noisy and threshold is not None) else entry["value"]
+    drifted = sorted(name for name, entry in metrics.items() if entry["drifted"])
     return {
         "samples": {"baseline": len(baseline), "live": len(texts), "predictions": len(predicted)},
         "metrics": metrics,
-        "drifted": sorted(name for name, entry in metrics.items() if entry["drifted"]),
+        "drifted": drifted,
+        # What moved, named: every check carries it; the report leads with it when drifted.
+        "explanation": explain(baseline, texts, profile.get("label_distribution") or None, predicted),
     }
 
 
@@ -378,6 +464,33 @@ def report_html(result: dict[str, Any], project: str, endpoint: str) -> str:
         f"<td>{m.get('threshold', math.nan):.4g}</td><td>{m['published']:.4f}</td>"
         f"<td>{'BELOW' if m.get('below') else 'ok'}</td></tr>"
         for name, m in sorted(production.get("metrics", {}).items())
+    )
+    explanation = result.get("explanation") or {}
+
+    def terms(side: str) -> str:
+        return "".join(
+            f"<li><code>{html.escape(t['term'])}</code> ({t['live_share']:.0%} of live texts, "
+            f"{t['baseline_share']:.0%} of training texts)</li>"
+            for t in explanation.get("terms", {}).get(side, [])
+        )
+
+    def texts(side: str) -> str:
+        return "".join(f"<li>{html.escape(t)}</li>" for t in explanation.get("examples", {}).get(side, []))
+
+    shifts = "".join(
+        f"<tr><th>{html.escape(str(s['label']))}</th><td>{s['training_share']:.1%}</td><td>{s['live_share']:.1%}</td>"
+        f"<td>{s['change']:+.1%}</td></tr>"
+        for s in explanation.get("labels", [])
+    )
+    explained = (
+        f"""<h2>What drifted</h2>
+<div id="explanation"><h3>Terms that mark live traffic</h3><ol>{terms("live")}</ol>
+<h3>Terms that mark the training data</h3><ol>{terms("baseline")}</ol>
+<h3>Predicted label shares</h3><table id="labels"><tr><th>label</th><th>training</th><th>live</th><th>change</th></tr>
+{shifts}</table>
+<h3>Typical live texts</h3><ul>{texts("live")}</ul><h3>Typical training texts</h3><ul>{texts("baseline")}</ul></div>"""
+        if explanation
+        else ""
     )
     feedback = production.get("feedback") or {}
     counts = ", ".join(f"{html.escape(str(k).replace('_', ' '))}: {html.escape(str(v))}" for k, v in feedback.items())
@@ -396,6 +509,7 @@ padding: .3rem .6rem }} table {{ border-collapse: collapse }}</style></head><bod
 <p>{samples["live"]} captured texts against {samples["baseline"]} training texts.</p>
 <table id="drift"><tr><th>metric</th><th>value</th><th>noise (95%)</th><th>threshold</th><th>published</th>
 <th></th></tr>{rows}</table>
+{explained}
 <h2>Production quality</h2>
 <p>{html.escape(production.get("note", ""))}</p>
 <table id="quality"><tr><th>metric</th><th>value</th><th>noise (95%)</th><th>floor</th><th>published</th>

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import random
 from pathlib import Path
@@ -67,6 +68,29 @@ def test_a_shifted_label_mix_and_topic_is_drift() -> None:
     result = drift.check(profile_of(train), [r["text"] for r in train], shifted, THRESHOLDS)
     assert {"prediction_psi", "prediction_js", "input_js"} <= set(result["drifted"]), result["metrics"]
     assert result["metrics"]["prediction_psi"]["published"] == result["metrics"]["prediction_psi"]["value"]
+
+
+def test_the_report_names_what_drifted() -> None:
+    """Off-topic traffic: the domain classifier's live-side terms come from the off-topic
+    texts, the label that gained share is named, and the typical live texts are off-topic."""
+    rows = ROWS[:]
+    random.Random(7).shuffle(rows)
+    train = rows[:160]
+    shifted = [(text, {"label": "negative"}) for text in OFF_TOPIC * 12]
+    shifted += [(r["text"], {"label": r["label"]}) for r in rows[160:168]]
+    result = drift.check(profile_of(train), [r["text"] for r in train], shifted, THRESHOLDS)
+    explanation = result["explanation"]
+    off_topic_words = {w for text in OFF_TOPIC for w in drift._terms(text)}
+    live_terms = [t["term"] for t in explanation["terms"]["live"]]
+    assert len(live_terms) == 10 and set(live_terms) <= off_topic_words, live_terms
+    assert all(t["live_share"] > t["baseline_share"] for t in explanation["terms"]["live"])
+    assert explanation["terms"]["baseline"] and all(t["weight"] < 0 for t in explanation["terms"]["baseline"])
+    top = explanation["labels"][0]
+    assert top["label"] == "negative" and top["change"] > 0.3, explanation["labels"]
+    assert all(text in OFF_TOPIC for text in explanation["examples"]["live"])
+    assert all(text in [r["text"] for r in train] for text in explanation["examples"]["baseline"])
+    report = drift.report_html(result, "demo", "tl-demo")
+    assert '<div id="explanation">' in report and html.escape(live_terms[0]) in report
 
 
 def test_a_tiny_sample_never_alarms_on_noise() -> None:
