@@ -287,6 +287,9 @@ def get_run(run_id: str) -> dict[str, Any]:
     if reports is not None:
         view["tuning"] = reports.tuning(stored.run)
         view["cost"] = reports.cost(stored.run)
+        production = reports.production(stored.run)
+        if production is not None:
+            view["production"] = production
         view["links"].update(reports.links(stored.run))
     return view
 

@@ -8,6 +8,7 @@ the local cloud's S3 alike.
 
 from __future__ import annotations
 
+import json
 import posixpath
 from typing import Any
 
@@ -16,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .config import Settings
 from .domain.run import Run
-from .sagemaker import SageMakerExecutors, evaluation_prefix
+from .sagemaker import SageMakerExecutors, evaluation_prefix, run_prefix
 
 LINK_EXPIRY_S = 3600
 # Presigned links must be SigV4: the bucket's objects are KMS-encrypted, and S3 refuses
@@ -63,6 +64,35 @@ class RunReports:
             return [t["training_job"] for t in self._sagemaker.tuning_trials(job)]
 
         return run_cost(run, self._settings.region, self._sagemaker.describe_job, trials, datetime.now(UTC))
+
+    def _json(self, uri: str) -> Any:
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        try:
+            return json.loads(self._s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    def production(self, run: Run) -> dict[str, Any] | None:
+        """Lineage of a retraining run's production data: how many labelled production
+        examples it learned from, from which window, in which split (prepare's report), and
+        how champion and challenger did on the held-out ones (the evaluation)."""
+        if not run.parent_run_id:
+            return None
+        try:
+            report = self._json(f"{run_prefix(self._settings, run.run_id)}/prepare/report/report.json")
+            made = report.get("production") if isinstance(report, dict) else None
+            if not made:
+                return None
+            view: dict[str, Any] = {"data": made}
+            if "evaluation" in run.metrics:
+                evaluation = self._json(evaluation_prefix(self._settings, run.run_id) + "evaluation.json")
+                if isinstance(evaluation, dict) and evaluation.get("production"):
+                    view["held_out"] = evaluation["production"]
+            return view
+        except (ClientError, BotoCoreError, ValueError) as exc:
+            return {"error": f"the run's production lineage could not be read: {exc}"}
 
     def links(self, run: Run) -> dict[str, str]:
         """Presigned links to evaluation.json, report.html and each plot the evaluation wrote."""

@@ -152,6 +152,7 @@ def prepare_request(
     settings: Settings,
     holdout: bool = False,
     skipped: Sequence[tuple[str, str]] = (),
+    production: bool = False,
 ) -> dict[str, Any]:
     """The prepare job: validate, split by the project's frozen holdout (``holdout``: the
     prefix has keys already; SageMaker refuses an empty input prefix), profile. A
@@ -175,6 +176,18 @@ def prepare_request(
         inputs.append(
             _processing_input("holdout", holdout_prefix(settings, run.project), f"{PROCESSING_ROOT}/input/holdout")
         )
+    if production:
+        # A retraining run learns from the labelled production traffic: the project's
+        # captured requests joined with the labels that arrived for them.
+        inputs += [
+            _processing_input(
+                "capture", capture_prefix(settings, run.project), f"{PROCESSING_ROOT}/input/production/capture"
+            ),
+            _processing_input(
+                "labels", labels_uri(settings, run.project), f"{PROCESSING_ROOT}/input/production/labels"
+            ),
+        ]
+        arguments += ["--production-dir", f"{PROCESSING_ROOT}/input/production"]
     return _processing_job(
         command,
         settings,
@@ -187,6 +200,16 @@ def prepare_request(
             _processing_output("holdout", holdout_prefix(settings, run.project)),
         ],
     )
+
+
+def capture_prefix(settings: Settings, project: str) -> str:
+    """Everything captured for the project: its endpoint's requests and its transforms'."""
+    return f"s3://{settings.bucket}/capture/{project}/"
+
+
+def labels_uri(settings: Settings, project: str) -> str:
+    """Where the feedback doors store the labels that arrived for captured requests."""
+    return f"s3://{settings.bucket}/labels/{project}/"
 
 
 def model_artifact_uri(settings: Settings, run: Run, training_job: str) -> str:
@@ -232,11 +255,6 @@ def evaluate_request(
         inputs=inputs,
         outputs=[_processing_output("evaluation", evaluation_prefix(settings, run.run_id))],
     )
-
-
-def labels_uri(settings: Settings, project: str) -> str:
-    """Where the feedback doors store the labels that arrived for captured requests."""
-    return f"s3://{settings.bucket}/labels/{project}/"
 
 
 def drift_request(command: StartProcessingJob, run: Run, settings: Settings, labels: bool = False) -> dict[str, Any]:
@@ -606,8 +624,17 @@ class SageMakerExecutors:
         failed = self._failed_datasets(run.project) if data.endswith("/") else ()
         skipped = [(uri, why) for uri, why in failed if uri.startswith(data)]
         holdout = self._holdout_exists(run.project)
-        outcome = self._create("create_processing_job", prepare_request(command, run, self._settings, holdout, skipped))
+        production = bool(
+            run.parent_run_id
+            and run.config["task"] == "text-classification"
+            and self._has_keys(labels_uri(self._settings, run.project))
+            and self._has_keys(capture_prefix(self._settings, run.project))
+        )
+        request = prepare_request(command, run, self._settings, holdout, skipped, production)
+        outcome = self._create("create_processing_job", request)
         notes = [outcome.note, "split by the project's frozen holdout" if holdout else "the project's first holdout"]
+        if production:
+            notes.append("with the labelled production traffic")
         excluded = set(excludable(data, skipped))
         for uri, why in skipped:
             path = dataset_input(uri)[len(data) :]

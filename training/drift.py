@@ -40,7 +40,6 @@ in CloudWatch (namespace ``tuneloop``, dimensions ``project`` and ``endpoint``).
 from __future__ import annotations
 
 import argparse
-import base64
 import html
 import itertools
 import json
@@ -52,7 +51,7 @@ import sys
 import tarfile
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,39 +65,10 @@ PERMUTATIONS = 60
 
 
 class DriftError(Exception):
-    """The inputs cannot be compared (no baseline, unreadable capture)."""
+    """The inputs cannot be compared (no baseline)."""
 
 
 # --- reading ------------------------------------------------------------------------------
-
-
-def capture_records(folder: Path) -> Iterator[tuple[str, str, list[str], list[dict[str, Any] | None]]]:
-    """(inference time, inference id, texts, answers) of every captured request. The id is
-    the caller's ``InferenceId``, else the capture's event id (what the caller was given)."""
-    for path in sorted(folder.rglob("*.jsonl")):
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                metadata = record.get("eventMetadata") or {}
-                metadata = metadata if isinstance(metadata, dict) else {}
-                data = record["captureData"]
-                texts = _payload(data["endpointInput"])
-                answer = _payload(data.get("endpointOutput") or {}) if data.get("endpointOutput") else None
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise DriftError(f"{path.name}:{number}: not a SageMaker capture record ({exc})") from exc
-            if isinstance(texts, dict):
-                texts = texts.get("inputs")
-            texts = [texts] if isinstance(texts, str) else texts
-            answers = [answer] if isinstance(answer, dict) else answer if isinstance(answer, list) else []
-            kept, said = [], []
-            for n, text in enumerate(texts if isinstance(texts, list) else []):
-                if isinstance(text, str):
-                    kept.append(text)
-                    said.append(answers[n] if n < len(answers) and isinstance(answers[n], dict) else None)
-            when = str(metadata.get("inferenceTime", ""))
-            yield when, str(metadata.get("inferenceId") or metadata.get("eventId") or ""), kept, said
 
 
 def captured(folder: Path, since: str = "") -> list[tuple[str, dict[str, Any] | None]]:
@@ -106,7 +76,7 @@ def captured(folder: Path, since: str = "") -> list[tuple[str, dict[str, Any] | 
     a batch request gives one per text."""
     return [
         (text, answer)
-        for when, _, texts, answers in capture_records(folder)
+        for when, _, texts, answers in quality.capture_records(folder)
         if not since or when >= since
         for text, answer in zip(texts, answers, strict=True)
     ]
@@ -118,7 +88,7 @@ def predictions(folder: Path, since: str = "") -> tuple[list[quality.Prediction]
     window: list[quality.Prediction] = []
     earlier: set[str] = set()
     several: set[str] = set()
-    for when, inference_id, texts, answers in capture_records(folder):
+    for when, inference_id, texts, answers in quality.capture_records(folder):
         if since and when < since:
             earlier.add(inference_id)
         elif len(texts) != 1:
@@ -134,13 +104,6 @@ def predictions(folder: Path, since: str = "") -> tuple[list[quality.Prediction]
             window.append(quality.Prediction(texts[0], str(label) if label is not None else None, confidence,
                                              inference_id, when))  # fmt: skip
     return window, earlier, several
-
-
-def _payload(half: dict[str, Any]) -> Any:
-    data = half["data"]
-    if half.get("encoding") == "BASE64":
-        data = base64.b64decode(data).decode("utf-8")
-    return json.loads(data)
 
 
 def baseline_texts(folder: Path) -> list[str]:

@@ -311,6 +311,16 @@ def report_html(evaluation: dict[str, Any], images: dict[str, bytes], context: d
             for label, m in metrics["per_class"].items()
         )
         per_class += "</table>"
+    production = evaluation.get("production")
+    if production:
+        facts = [("examples", str(production["examples"]))]
+        for who, name in (("challenger", "this model"), ("champion", "champion")):
+            if production.get(who):
+                measured = production[who]
+                facts.append(
+                    (f"{name}: accuracy / macro-F1", f"{measured['accuracy']:.4f} / {measured['macro_f1']:.4f}")
+                )
+        per_class = "<h2>Held-out production traffic</h2>" + _table(facts, "production") + per_class
     champion = ""
     comparison = evaluation.get("comparison") or {}
     if evaluation.get("champion"):
@@ -399,6 +409,30 @@ def measure(
     metrics = classification_metrics(y_true, y_pred, None, space)
     metrics["ece"] = expected_calibration_error(own_truth, probabilities)
     return metrics, {"truth": y_true, "pred": y_pred, "classes": len(space)}
+
+
+def production_subset(
+    rows: list[dict[str, Any]], ours: dict[str, Any], theirs: dict[str, Any] | None, labels: list[str] | None
+) -> dict[str, Any] | None:
+    """Accuracy and macro-F1 of this model (and the champion) on the test rows that came
+    from labelled production traffic (``source: production``): how each does on what
+    production sends now, next to the whole test split."""
+    chosen = [i for i, row in enumerate(rows) if row.get("source") == "production"]
+    if not chosen or not labels or "truth" not in ours:
+        return None
+
+    def on_subset(per_row: dict[str, Any]) -> dict[str, float]:
+        measured = classification_metrics([per_row["truth"][i] for i in chosen], [per_row["pred"][i] for i in chosen],
+                                          None, labels)  # fmt: skip
+        return {"accuracy": measured["accuracy"], "macro_f1": measured["macro_f1"]}
+
+    times = sorted(str(rows[i].get("inference_time", "")) for i in chosen if rows[i].get("inference_time"))
+    return {
+        "examples": len(chosen),
+        "window": {"first": times[0], "last": times[-1]} if times else None,
+        "challenger": on_subset(ours),
+        "champion": on_subset(theirs) if theirs and "truth" in theirs else None,
+    }
 
 
 def causal_metrics(
@@ -549,6 +583,7 @@ def evaluate(
             champion, champion_rows = measure(champion_dir, rows, metrics.get("labels"))
             theirs = (champion_rows, trained_on(champion_dir))
     task = meta["task"]
+    production = production_subset(rows, ours[0], theirs[0] if theirs else None, metrics.get("labels"))
     metric = primary_metric or PRIMARY[task][0]
     if metric not in PRIMARY[task]:
         raise EvaluationError(f"primary metric {metric!r} is not one of {', '.join(PRIMARY[task])} for {task}")
@@ -566,6 +601,8 @@ def evaluate(
         "champion_run_id": champion_run_id if champion else None,
         "comparison": comparison if champion else None,
         "overlap": comparison["overlap"],
+        # The test rows that came from labelled production traffic, measured on their own.
+        "production": production,
     }
     images = plots(metrics, history, evaluation["champion"], comparison if champion else None)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,14 @@ nothing else; a new row lands by a seeded hash of its key, so the same row alway
 in the same split, whatever else the dataset holds. Classification gives every class at
 least one validation and one test row, promoting its lowest-hashed training rows.
 
+A retraining run also learns from production (``--production-dir``, with ``capture/``, the
+endpoint's captured requests, and ``labels/``, the feedback received for them): every
+captured single-text request that has a label becomes a row (``source: production``,
+its inference id and time kept), unless its text is already in the data or its label is
+not one the data has. Those rows are split like any other, so their test rows join the
+frozen holdout and the gate measures champion and challenger on recent production traffic
+too. ``report.json``'s ``production`` says how many, from which window, in which split.
+
 Rows with errors are dropped and reported. The job fails (exit 1, the reason in
 ``/opt/ml/output/message`` and ``/opt/ml/output/failure``) when the data is unusable: too
 many invalid rows, too few rows, or too few examples of a class.
@@ -43,7 +51,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import quality
 import spec
+
+PRODUCTION = "production"  # the file name production rows carry in reports
 
 TASKS = ("text-classification", "causal-lm")
 SPLITS = ("train", "validation", "test")
@@ -74,6 +85,8 @@ class Report:
     files: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     holdout: dict[str, int] = field(default_factory=dict)
+    # Labelled production traffic a retraining run learned from: counts, splits, window.
+    production: dict[str, Any] = field(default_factory=dict)
 
     def error(self, file: str, line: int, reason: str) -> None:
         self.issues.append(Issue(file, line, "error", reason))
@@ -98,6 +111,7 @@ class Report:
             "files": self.files,
             "skipped": self.skipped,
             "holdout": self.holdout,
+            "production": self.production,
             "issues": [vars(i) for i in self.issues],
         }
 
@@ -248,6 +262,41 @@ def load_rows(files: Iterable[Path], options: Options, report: Report) -> list[R
                 )
             rows.append(row)
     return rows
+
+
+def production_rows(folder: Path, rows: list[Row], options: Options, report: Report) -> list[Row]:
+    """The labelled production traffic (``folder/capture`` joined with ``folder/labels``) as
+    rows: ``source: production``, deduplicated against the dataset's texts and each other,
+    labels the dataset does not have left out (a model cannot learn a class from a few
+    stray labels, and the champion could not be scored on it). Counted in the report."""
+    examples, counts = quality.labelled_examples(folder / "capture", folder / "labels")
+    seen = {str(row.record["text"]).strip() for row in rows}
+    known = {str(row.record["label"]) for row in rows}
+    kept, duplicates, unknown = [], 0, Counter[str]()
+    for n, example in enumerate(examples, 1):
+        record, problem = check_record({"text": example["text"], "label": example["label"]}, options.task)
+        if record is None:
+            report.error(PRODUCTION, n, f"{example['inference_id']}: {problem}")
+            continue
+        text = str(record["text"]).strip()
+        if text in seen:
+            duplicates += 1
+            continue
+        if str(record["label"]) not in known:
+            unknown[str(record["label"])] += 1
+            continue
+        seen.add(text)
+        kept.append(Row(PRODUCTION, n, {**record, "source": PRODUCTION, "inference_id": example["inference_id"],
+                                        "inference_time": example["inference_time"]}))  # fmt: skip
+    times = [row.record["inference_time"] for row in kept if row.record["inference_time"]]
+    report.production = {
+        **counts,
+        "rows": len(kept),
+        "duplicates": duplicates,
+        "unknown_labels": dict(unknown),
+        "window": {"first": min(times), "last": max(times)} if times else None,
+    }
+    return kept
 
 
 def drop_duplicates(rows: list[Row], task: str, report: Report) -> list[Row]:
@@ -478,12 +527,15 @@ def prepare(
     options: Options,
     holdout_dir: Path | None = None,
     run_id: str = "run",
+    production_dir: Path | None = None,
 ) -> tuple[Report, dict[str, Any]]:
     report = Report()
     files, user_splits = find_inputs(input_dir, options.exclude)
     report.files = [p.relative_to(input_dir).as_posix() for p in files]
     report.skipped = list(options.exclude)
     rows = drop_duplicates(load_rows(files, options, report), options.task, report)
+    if production_dir is not None and options.task == "text-classification" and (production_dir / "labels").is_dir():
+        rows += production_rows(production_dir, rows, options, report)
     report.rows_kept = len(rows)
     holdout = read_holdout(holdout_dir)
     if user_splits:
@@ -502,6 +554,8 @@ def prepare(
     test_keys = {spec.row_key(r.record, options.task) for r in splits["test"]}
     added = sorted(test_keys - holdout)
     report.holdout = {"test_rows": len(splits["test"]), "from_holdout": len(test_keys & holdout), "added": len(added)}
+    if report.production:
+        report.production["splits"] = {name: sum(r.file == PRODUCTION for r in splits[name]) for name in SPLITS}
     result = profile(splits, options.task)
     for name in SPLITS:
         target = output_dir / name / f"{name}.jsonl"
@@ -538,6 +592,11 @@ def summary(report: Report, result: dict[str, Any]) -> str:
     if flagged:
         first = "; ".join(str(i) for i in (report.errors + report.warnings)[:3])
         text += f"; {', '.join(flagged)} (first: {first}; all in report/report.json)"
+    if report.production:
+        made = report.production
+        window = made.get("window") or {}
+        text += (f"; {made['rows']} labelled production examples"
+                 + (f" ({window['first']} to {window['last']})" if window else ""))  # fmt: skip
     held = report.holdout
     text += (
         f"; train {splits['train']}, validation {splits['validation']}, test {splits['test']} "
@@ -563,6 +622,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Optio
     parser.add_argument("--max-invalid-fraction", type=float, default=0.05)
     parser.add_argument("--holdout-dir", default=os.path.join(base, "processing/input/holdout"))
     parser.add_argument("--run-id", default="run", help="names the holdout keys this run adds")
+    parser.add_argument("--production-dir", default="", help="capture/ and labels/: labelled production traffic")
     parser.add_argument("--exclude", action="append", default=[], help="a dataset path to leave out")
     args, _unknown = parser.parse_known_args(argv)
     options = Options(
@@ -585,7 +645,9 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = Path(args.output_dir)
     report = Report()
     try:
-        report, result = prepare(Path(args.input_dir), output_dir, options, Path(args.holdout_dir), args.run_id)
+        production = Path(args.production_dir) if args.production_dir else None
+        report, result = prepare(Path(args.input_dir), output_dir, options, Path(args.holdout_dir), args.run_id,
+                                 production)  # fmt: skip
     except DatasetError as exc:
         write_json(output_dir / "report" / "report.json", {**report.to_dict(), "failure": str(exc)})
         message = f"DatasetError: {exc}"[:1024]

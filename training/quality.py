@@ -19,12 +19,13 @@ Standard library only.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import random
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import spec
 
 RESAMPLES = 400
+
+
+class CaptureError(ValueError):
+    """A capture file holds something that is not a SageMaker capture record."""
+
+
+def capture_records(folder: Path) -> Iterator[tuple[str, str, list[str], list[dict[str, Any] | None]]]:
+    """(inference time, inference id, texts, answers) of every captured request. The id is
+    the caller's ``InferenceId``, else the capture's event id (what the caller was given)."""
+    for path in sorted(folder.rglob("*.jsonl")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                metadata = record.get("eventMetadata") or {}
+                metadata = metadata if isinstance(metadata, dict) else {}
+                data = record["captureData"]
+                texts = _payload(data["endpointInput"])
+                answer = _payload(data.get("endpointOutput") or {}) if data.get("endpointOutput") else None
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise CaptureError(f"{path.name}:{number}: not a SageMaker capture record ({exc})") from exc
+            if isinstance(texts, dict):
+                texts = texts.get("inputs")
+            texts = [texts] if isinstance(texts, str) else texts
+            answers = [answer] if isinstance(answer, dict) else answer if isinstance(answer, list) else []
+            kept, said = [], []
+            for n, text in enumerate(texts if isinstance(texts, list) else []):
+                if isinstance(text, str):
+                    kept.append(text)
+                    said.append(answers[n] if n < len(answers) and isinstance(answers[n], dict) else None)
+            when = str(metadata.get("inferenceTime", ""))
+            yield when, str(metadata.get("inferenceId") or metadata.get("eventId") or ""), kept, said
+
+
+def _payload(half: dict[str, Any]) -> Any:
+    data = half["data"]
+    if half.get("encoding") == "BASE64":
+        data = base64.b64decode(data).decode("utf-8")
+    return json.loads(data)
 
 
 @dataclass(frozen=True)
@@ -236,3 +277,33 @@ def quality(
         report["note"] = f"{len(pairs)} labelled predictions in the window; {min_labels} are needed to measure"
     report["below"] = sorted(name for name, entry in metrics.items() if entry.get("below"))
     return report
+
+
+def labelled_examples(capture: Path, labels_folder: Path) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """Every captured single-text request that has a label, as a training example
+    ``{"text", "label", "inference_id", "inference_time"}`` (the latest label received
+    for its id), and what could not be joined: what a retraining run learns from production."""
+    texts: dict[str, tuple[str, str]] = {}
+    several = 0
+    for when, inference_id, request_texts, _ in capture_records(capture) if capture.is_dir() else iter(()):
+        if len(request_texts) == 1 and inference_id:
+            texts[inference_id] = (request_texts[0], when)
+        else:
+            several += 1
+    labels, invalid = read_labels(labels_folder)
+    latest: dict[str, str] = {}
+    for row in labels:
+        latest[row["inference_id"]] = row["label"]
+    examples = [
+        {"text": texts[i][0], "label": label, "inference_id": i, "inference_time": texts[i][1]}
+        for i, label in sorted(latest.items())
+        if i in texts
+    ]
+    examples.sort(key=lambda e: (e["inference_time"], e["inference_id"]))
+    return examples, {
+        "labels_read": len(labels),
+        "invalid_rows": invalid,
+        "unknown_ids": sum(1 for i in latest if i not in texts),
+        "unjoinable_requests": several,
+        "joined": len(examples),
+    }

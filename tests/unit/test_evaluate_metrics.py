@@ -102,3 +102,18 @@ def test_a_champion_label_outside_the_challengers_counts_as_wrong() -> None:
     assert ours["accuracy"] == pytest.approx(2 / 3)
     assert ours["per_class"]["b"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
     assert "ece" not in ours
+
+
+def test_held_out_production_rows_are_measured_on_their_own() -> None:
+    from training.evaluate import production_subset
+
+    rows = [{"text": "a", "label": "x"}, {"text": "b", "label": "y", "source": "production",
+            "inference_time": "2026-12-01T10:00:00Z"}, {"text": "c", "label": "y", "source": "production",
+            "inference_time": "2026-12-01T09:00:00Z"}]  # fmt: skip
+    ours = {"truth": [0, 1, 1], "pred": [0, 1, 0], "classes": 2}
+    theirs = {"truth": [0, 1, 1], "pred": [1, 0, 0], "classes": 2}
+    subset = production_subset(rows, ours, theirs, ["x", "y"])
+    assert subset is not None and subset["examples"] == 2
+    assert subset["challenger"]["accuracy"] == 0.5 and subset["champion"]["accuracy"] == 0.0
+    assert subset["window"] == {"first": "2026-12-01T09:00:00Z", "last": "2026-12-01T10:00:00Z"}
+    assert production_subset(rows[:1], ours, theirs, ["x", "y"]) is None

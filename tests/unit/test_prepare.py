@@ -317,3 +317,53 @@ def test_a_deeply_nested_inference_payload_is_a_payload_error() -> None:
 
     with pytest.raises(inference.PayloadError, match="nested too deeply"):
         inference.input_fn(b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+
+
+def capture_line(text: str, inference_id: str, when: str) -> str:
+    return json.dumps({
+        "captureData": {
+            "endpointInput": {"observedContentType": "application/json", "mode": "INPUT", "data": json.dumps(text),
+                              "encoding": "JSON"},
+            "endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT",
+                               "data": json.dumps({"label": "pos"}), "encoding": "JSON"},
+        },
+        "eventMetadata": {"eventId": f"e-{inference_id}", "inferenceId": inference_id, "inferenceTime": when},
+        "eventVersion": "0",
+    })  # fmt: skip
+
+
+def test_a_retraining_run_learns_from_labelled_production_traffic(tmp_path: Path) -> None:
+    """Captured requests with labels become rows (source: production); a text the data has
+    already, a label the data lacks, and a capture without a label are left out; the
+    production rows split like any other, and the report says how many, when, where."""
+    write_jsonl(tmp_path / "in" / "data.jsonl", good_rows(60))
+    production = tmp_path / "production"
+    texts = [f"live request {i} sounds {'fine' if i % 2 else 'awful'}" for i in range(40)]
+    lines = [capture_line(t, f"req-{i}", f"2026-12-01T10:{i:02d}:00Z") for i, t in enumerate(texts)]
+    lines.append(capture_line("review number 1 is good", "req-dup", "2026-12-01T11:00:00Z"))  # the data has it
+    lines.append(capture_line("a brand new kind of text", "req-new-label", "2026-12-01T11:01:00Z"))
+    lines.append(capture_line("nobody labelled this one", "req-unlabelled", "2026-12-01T11:02:00Z"))
+    write_jsonl(production / "capture" / "tl-demo" / "AllTraffic" / "00.jsonl", lines)
+    labels = [{"inference_id": f"req-{i}", "label": "pos" if i % 2 else "neg", "received_at": "2026-12-02T00:00:00Z"}
+              for i in range(40)]  # fmt: skip
+    labels += [{"inference_id": "req-dup", "label": "pos"}, {"inference_id": "req-new-label", "label": "meh"},
+               {"inference_id": "req-ghost", "label": "pos"}]  # fmt: skip
+    write_jsonl(production / "labels" / "d1.jsonl", labels)
+    code, report = run(tmp_path, "--task", "text-classification", "--production-dir", str(production))
+    assert code == 0, report
+    made = report["production"]
+    assert (made["rows"], made["duplicates"], made["unknown_labels"], made["unknown_ids"]) == (40, 1, {"meh": 1}, 1)
+    assert made["window"] == {"first": "2026-12-01T10:00:00Z", "last": "2026-12-01T10:39:00Z"}
+    assert sum(made["splits"].values()) == 40 and made["splits"]["test"] > 0
+    rows = {name: [json.loads(x) for x in (tmp_path / "out" / name / f"{name}.jsonl").read_text().splitlines()]
+            for name in ("train", "validation", "test")}  # fmt: skip
+    from_production = [r for split in rows.values() for r in split if r.get("source") == "production"]
+    assert len(from_production) == 40 and {r["text"] for r in from_production} == set(texts)
+    assert len([r for r in rows["test"] if r.get("source") == "production"]) == made["splits"]["test"]
+    # Production test rows join the frozen holdout: a later run keeps them as test rows.
+    added = set((tmp_path / "out" / "holdout" / "run.keys").read_text().split())
+    assert {spec.row_key(r, "text-classification") for r in rows["test"] if r.get("source")} <= added
+    assert (
+        "40 labelled production examples (2026-12-01T10:00:00Z to 2026-12-01T10:39:00Z)"
+        in (tmp_path / "fail" / "message").read_text()
+    )

@@ -136,6 +136,42 @@ def test_a_later_run_splits_by_the_projects_holdout_and_skips_failed_datasets() 
     assert "skipped s3://tuneloop-test/datasets/demo/pc.jsonl: its run bbbbbbbbbbbb failed preparing" in outcome.note
 
 
+def test_a_retraining_run_learns_from_labelled_production_traffic() -> None:
+    """A child run of a project that has labels gets the project's capture and labels as
+    prepare inputs; a first run (no parent) does not, nor a child before any label came."""
+    command = dataclasses.replace(PREPARE, input_uri="s3://tuneloop-test/datasets/demo/")
+    child = dataclasses.replace(run_with(), parent_run_id="bbbbbbbbbbbb")
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    s3_stub = Stubber(s3)
+    for prefix in ("holdout/demo/", "labels/demo/", "capture/demo/"):
+        s3_stub.add_response("list_objects_v2", {"KeyCount": 1, "IsTruncated": False},
+                             {"Bucket": "tuneloop-test", "Prefix": prefix, "MaxKeys": 1})  # fmt: skip
+    request = prepare_request(command, child, SETTINGS, holdout=True, production=True)
+    client, stub = stubbed()
+    stub.add_response("create_processing_job", {"ProcessingJobArn": "arn:aws:sagemaker:us-east-1:1:processing-job/x"},
+                      request)  # fmt: skip
+    with stub, s3_stub:
+        outcome = SageMakerExecutors(client, SETTINGS, s3=s3).start_processing_job(command, child)
+    assert "with the labelled production traffic" in outcome.note
+    inputs = {i["InputName"]: i["S3Input"] for i in request["ProcessingInputs"]}
+    assert inputs["capture"]["S3Uri"] == "s3://tuneloop-test/capture/demo/"
+    assert inputs["labels"]["S3Uri"] == "s3://tuneloop-test/labels/demo/"
+    arguments = request["AppSpecification"]["ContainerArguments"]
+    assert arguments[arguments.index("--production-dir") + 1] == "/opt/ml/processing/input/production"
+    assert inputs["capture"]["LocalPath"] == "/opt/ml/processing/input/production/capture"
+    # No labels yet: the same child run prepares from the project's data alone.
+    s3_stub.add_response("list_objects_v2", {"KeyCount": 1, "IsTruncated": False},
+                         {"Bucket": "tuneloop-test", "Prefix": "holdout/demo/", "MaxKeys": 1})  # fmt: skip
+    s3_stub.add_response("list_objects_v2", {"KeyCount": 0, "IsTruncated": False},
+                         {"Bucket": "tuneloop-test", "Prefix": "labels/demo/", "MaxKeys": 1})  # fmt: skip
+    plain = prepare_request(command, child, SETTINGS, holdout=True)
+    stub.add_response("create_processing_job", {"ProcessingJobArn": "arn:aws:sagemaker:us-east-1:1:processing-job/x"},
+                      plain)  # fmt: skip
+    with stub, s3_stub:
+        SageMakerExecutors(client, SETTINGS, s3=s3).start_processing_job(command, child)
+    assert "--production-dir" not in plain["AppSpecification"]["ContainerArguments"]
+
+
 def test_a_manifest_dataset_is_read_as_its_folder() -> None:
     command = dataclasses.replace(PREPARE, input_uri="s3://tuneloop-test/datasets/demo/ds/manifest.json")
     inputs = {i["InputName"]: i["S3Input"] for i in prepare_request(command, run_with(), SETTINGS)["ProcessingInputs"]}
