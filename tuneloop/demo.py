@@ -1,14 +1,19 @@
 """`make demo`: the whole loop on the local cloud, with a timeline.
 
-drop → tune → evaluate → register → deploy → traffic → drift check (none) → drifted
-traffic → drift check → drift alarm → retraining run (warm-started tuning, gated against
-the deployed champion) → deployed blue/green, or rejected with the reason.
+drop → tune → evaluate → register → deploy → traffic → drift check (none) → production
+changes: off-topic traffic, and service reviews whose wording turns the training data's
+cues around (labels for them come back as feedback) → drift check: drift, and production
+macro-F1 measured below the project's floor → alarms → retraining run that learns from the
+labelled production traffic (warm-started tuning, gated against the deployed champion) →
+deployed blue/green, or rejected with the reason → both models on held-out production
+traffic.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from typing import Any
 
@@ -31,6 +36,50 @@ DRIFTED = [
 ]
 
 
+# Production that changed: reviews of services, not products, whose wording turns the
+# training data's cues around (praise words in complaints, complaint words in praise).
+# A model that learned the words misreads them; the outcomes they describe are learnable.
+_THINGS = ("hotel room", "delivery", "flight", "dinner", "haircut", "repair visit", "taxi ride", "concert",
+           "train journey", "pharmacy order", "spa day", "cooking class", "guided tour", "moving crew",
+           "dental check-up")  # fmt: skip
+_PRAISE = ("superb", "sturdy", "reliable", "lovely", "delightful", "great", "quiet")
+_POOR = ("faulty", "noisy", "cheap", "useless", "clumsy", "disappointing", "terrible", "broken")
+_BAD = ("we waited two hours and nobody apologised", "the staff lost our booking", "it arrived cold and late",
+        "they charged us twice", "the room smelled of smoke", "nobody answered the phone for days",
+        "half of it was missing", "we left hungry and angry", "the manager shrugged at our complaint",
+        "it was cancelled without a word")  # fmt: skip
+_GOOD = ("the staff went out of their way for us", "everything arrived on time", "we will certainly come back",
+         "the price was fair and the service quick", "they remembered every little request",
+         "it was the highlight of our week", "the team fixed everything in minutes", "we left smiling",
+         "I have already recommended them to friends", "they even followed up to check on us")  # fmt: skip
+_COMPLAINTS = ("The {thing} was anything but {word}; {outcome}.", "I expected a {word} {thing}, but {outcome}.",
+               "Far from {word}, the {thing} was a mess: {outcome}.", "{Word} {thing}? Hardly. {Outcome}.")  # fmt: skip
+_PRAISES = ("Nothing {word} about the {thing}; {outcome}.", "I feared the {thing} would be {word}, yet {outcome}.",
+            "Not {word} at all, the {thing}: {outcome}.",
+            "No {word} surprises with the {thing}, and {outcome}.")  # fmt: skip
+
+
+def shifted_reviews(count: int, seed: int = 0) -> list[dict[str, str]]:
+    """``count`` distinct labelled texts of the changed production traffic, half each label."""
+    rng = random.Random(seed)
+    rows: list[dict[str, str]] = []
+    seen: set[str] = set()
+    while len(rows) < count:
+        negative = len(rows) % 2 == 1
+        template = rng.choice(_COMPLAINTS if negative else _PRAISES)
+        word = rng.choice(_PRAISE if negative else _POOR)
+        outcome = rng.choice(_BAD if negative else _GOOD)
+        text = template.format(thing=rng.choice(_THINGS), word=word, Word=word.capitalize(), outcome=outcome,
+                               Outcome=outcome[0].upper() + outcome[1:])  # fmt: skip
+        if text not in seen:
+            seen.add(text)
+            rows.append({"text": text, "label": "negative" if negative else "positive"})
+    return rows
+
+
+SHIFTED = 200  # labelled requests of the changed production traffic
+
+
 class Timeline:
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -47,13 +96,18 @@ class Timeline:
             print(f"  {at:7.1f}s  {text}")
 
 
-def send(state: cloud.CloudState, endpoint: str, texts: list[str], count: int) -> list[float]:
+def send(
+    state: cloud.CloudState, endpoint: str, texts: list[str], count: int, ids: list[str] | None = None
+) -> list[float]:
+    """``count`` requests, one text each; with ``ids``, each carries its InferenceId (what
+    feedback labels join on)."""
     runtime = state.client("sagemaker-runtime")
     latencies = []
     for n in range(count):
         began = time.perf_counter()
+        extra = {"InferenceId": ids[n]} if ids else {}
         runtime.invoke_endpoint(
-            EndpointName=endpoint, ContentType="application/json", Body=json.dumps(texts[n % len(texts)])
+            EndpointName=endpoint, ContentType="application/json", Body=json.dumps(texts[n % len(texts)]), **extra
         )
         latencies.append((time.perf_counter() - began) * 1000)
     return latencies
@@ -110,6 +164,38 @@ def describe_drift(result: dict[str, Any]) -> str:
     ]
     verdict = f"DRIFT in {', '.join(result['drifted'])}" if result["drifted"] else "no drift"
     return f"{verdict} ({result['samples']['live']} texts: {'; '.join(parts)})"
+
+
+def describe_quality(result: dict[str, Any]) -> str:
+    """Production quality from the same check: measured where labels came, estimated (CBPE)."""
+    production = result.get("quality") or {}
+    metrics, feedback = production.get("metrics", {}), production.get("feedback", {})
+    parts = []
+    for name in ("production_macro_f1", "production_accuracy", "estimated_accuracy"):
+        if name in metrics:
+            m = metrics[name]
+            floor = f" < floor {m['threshold']:g}" if m.get("below") else ""
+            parts.append(f"{name} {m['value']:.3f}{floor}")
+    verdict = f"BELOW FLOOR in {', '.join(production['below'])}" if production.get("below") else "within floors"
+    labelled = f"{feedback.get('labelled', 0)} labelled predictions ({feedback.get('coverage', 0):.0%} coverage)"
+    return f"{verdict}: {'; '.join(parts) or 'nothing measured'}; {labelled}"
+
+
+def explain_drift(result: dict[str, Any]) -> str:
+    """What the drift report names: the terms that mark live traffic and the label that moved."""
+    explanation = result.get("explanation") or {}
+    terms = ", ".join(t["term"] for t in explanation.get("terms", {}).get("live", [])[:5])
+    moved = (explanation.get("labels") or [{}])[0]
+    label = (
+        f"; {moved['label']} {moved['training_share']:.0%} → {moved['live_share']:.0%} of predictions" if moved else ""
+    )
+    return f"live traffic is marked by: {terms or 'nothing'}{label}"
+
+
+def send_feedback(api: client.Api, project: str, rows: list[dict[str, str]], ids: list[str]) -> dict[str, Any]:
+    labels = [{"inference_id": i, "label": r["label"]} for i, r in zip(ids, rows, strict=True)]
+    receipt: dict[str, Any] = api.call("POST", f"/projects/{project}/feedback", {"labels": labels})
+    return receipt
 
 
 def trial_overheads(state: cloud.CloudState, run: dict[str, Any]) -> str:
@@ -176,15 +262,26 @@ def run(args: argparse.Namespace) -> int:
         timeline.mark(f"60 requests like the training data, captured: {percentiles(latencies)}")
         timeline.mark(f"drift check: {describe_drift(drift_check(api, state, project, first['run_id']))}")
         latencies = send(state, endpoint, DRIFTED, 60)
-        wait_captured(state, project, endpoint, 120)
-        timeline.mark(f"60 off-topic requests, captured: {percentiles(latencies)}")
-        timeline.mark(f"drift check: {describe_drift(drift_check(api, state, project, first['run_id']))}")
+        changed = shifted_reviews(SHIFTED)
+        ids = [f"shifted-{n:04d}" for n in range(len(changed))]
+        latencies += send(state, endpoint, [r["text"] for r in changed], len(changed), ids)
+        wait_captured(state, project, endpoint, 120 + len(changed))
+        receipt = send_feedback(api, project, changed, ids)
+        timeline.mark(
+            f"production changed: 60 off-topic requests and {len(changed)} service reviews, captured "
+            f"({percentiles(latencies)}); labels for the reviews came back: {receipt['accepted']} accepted"
+        )
+        result = drift_check(api, state, project, first["run_id"])
+        timeline.mark(f"drift check: {describe_drift(result)}")
+        print(f"  {explain_drift(result)}")
+        timeline.mark(f"production quality: {describe_quality(result)}")
         child = wait_child(api, project, first["run_id"], timeout=120)
         parent_history = api.call("GET", f"/runs/{first['run_id']}")["history"]
         alarms = [h for h in parent_history if h["event_kind"] == "alarm.alarm"]
         started = next((h["reason"] for h in alarms if "StartChildRun" in h["commands"]), "")
         held = [h["reason"] for h in alarms if "StartChildRun" not in h["commands"]]
-        timeline.mark(f"drift alarm → retraining run {child['run_id']} ({started})")
+        kind = "quality" if "-quality-" in started else "drift"
+        timeline.mark(f"{kind} alarm → retraining run {child['run_id']} ({started})")
         for reason in held:
             print(f"  also recorded: {reason}")
         child = client.watch(state, child["run_id"], timeout=900)
@@ -195,6 +292,17 @@ def run(args: argparse.Namespace) -> int:
             f"retraining run {child['run_id']} is {child['state'].upper()}: {gate or child['history'][-1]['reason']}"
         )
         print(f"  trials, overhead beyond the training loop: {trial_overheads(state, child)}")
+        production = api.call("GET", f"/runs/{child['run_id']}").get("production") or {}
+        data, measured = production.get("data") or {}, production.get("held_out") or {}
+        if data:
+            window = data.get("window") or {}
+            print(f"  learned from {data['rows']} labelled production examples ({window.get('first')} to "
+                  f"{window.get('last')}; train/validation/test {data.get('splits')})")  # fmt: skip
+        if measured.get("champion"):
+            timeline.mark(
+                f"held-out production traffic ({measured['examples']} requests): macro-F1 first model "
+                f"{measured['champion']['macro_f1']:.3f} → retrained {measured['challenger']['macro_f1']:.3f}"
+            )
         loop_s = time.monotonic() - loop_began
         serving = state.client("sagemaker").describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
         parent_state = api.call("GET", f"/runs/{first['run_id']}")["state"]

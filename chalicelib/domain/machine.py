@@ -505,7 +505,14 @@ ROWS: tuple[Row, ...] = (
     Row(S.TRANSFORMING, "transform_job.completed", S.COMPLETED, "batch transform done"),
     Row(S.TRANSFORMING, "transform_job.failed", S.FAILED, "batch transform failed"),
     Row(S.TRANSFORMING, "transform_job.stopped", S.STOPPED, "batch transform stopped outside tuneloop"),
-    Row(S.DEPLOYED, "alarm.alarm", S.DEPLOYED, "drift detected; start a retraining run", _RETRAIN_ALLOWED, _child_run),
+    Row(
+        S.DEPLOYED,
+        "alarm.alarm",
+        S.DEPLOYED,
+        "drift or quality alarm; start a retraining run",
+        _RETRAIN_ALLOWED,
+        _child_run,
+    ),
     # Alarms that start nothing are still recorded: the history says why no run started.
     Row(S.DEPLOYED, "alarm.alarm", S.DEPLOYED, "alarm in ALARM; no retraining", _RETRAIN_BLOCKED),
     Row(S.DEPLOYED, "alarm.ok", S.DEPLOYED, "alarm back to OK; nothing to do"),
@@ -677,6 +684,8 @@ def _note(run: Run, event: DomainEvent, row: Row) -> str:
         blocked = _retrain_block(run, event) if not row.effect else None
         if blocked:
             return f"{row.note}: {event.alarm_name}: {blocked}"
+        if row.effect:  # which alarm started the retraining run, and what it said
+            return f"{row.note}: {event.alarm_name}" + (f": {event.reason}" if event.reason else "")
     if isinstance(event, (JobChanged, EndpointChanged)) and event.failure_reason:
         return f"{row.note}: {event.failure_reason}"
     if isinstance(event, ProcessingJobChanged) and event.details.get("exit_message"):

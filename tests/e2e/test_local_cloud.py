@@ -190,12 +190,30 @@ def check_report(home: Path, run: dict[str, Any], tmp_path: Path) -> None:
 
 def test_make_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     """What `make demo` runs: drop → tune → deploy → traffic → drift → alarm → retraining run
-    → gated against the champion → deployed blue/green (or rejected, with the reason)."""
+    → gated against the champion → deployed blue/green (or rejected, with the reason).
+
+    And the loop learns from production: a model trained on product reviews serves changed
+    traffic (service reviews that turn its cues around), labels for it come back through
+    the feedback API, production macro-F1 is measured below the project's floor and its
+    alarm fires, and the retraining run, which learned from the labelled production traffic,
+    does better on the held-out part of it than the first model."""
     result = tuneloop(tmp_path / "home", "demo", timeout=900)
     out = result.stdout
     assert "drift check: no drift" in out, out[-3000:]
     assert "drift check: DRIFT in" in out
-    assert "drift alarm → retraining run" in out
+    assert re.search(r"(drift|quality) alarm → retraining run", out), out[-3000:]
+    assert "production quality: BELOW FLOOR in production_macro_f1" in out, out[-3000:]
+    assert "-quality-production-macro-f1" in out  # its alarm fired: it started the run, or was recorded
+    learned = re.search(r"learned from (\d+) labelled production examples", out)
+    assert learned and int(learned[1]) >= 150, out[-3000:]
+    measured = re.search(r"held-out production traffic \((\d+) requests\): macro-F1 first model ([\d.]+) → "
+                         r"retrained ([\d.]+)", out)  # fmt: skip
+    assert measured, out[-3000:]
+    requests, before, after = int(measured[1]), float(measured[2]), float(measured[3])
+    print(f"held-out production macro-F1 on {requests} requests: first model {before:.3f}, retrained {after:.3f}")
+    # About 20 held-out requests: a margin of 0.25 is several times the sampling noise of a
+    # macro-F1 at that size, and the first model reads the changed wording backwards.
+    assert requests >= 10 and after >= before + 0.25, (before, after)
     child = re.search(r"retraining run (\w{12}) is (DEPLOYED|REJECTED): (.*)", out)
     assert child, out[-3000:]
     assert "vs champion" in child[3] or "does not beat champion" in child[3]  # gated against the deployed model

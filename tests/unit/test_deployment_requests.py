@@ -247,6 +247,8 @@ def test_drift_alarms_follow_the_project_config_and_stop_deletes() -> None:
     cloudwatch, sagemaker = stubs["cloudwatch"][1], stubs["sagemaker"][1]
     [alarm] = drift_alarm_requests(run)
     cloudwatch.add_response("put_metric_alarm", {}, alarm)
+    for floor in quality_alarm_requests(run):  # the demo project's floor on production macro-F1
+        cloudwatch.add_response("put_metric_alarm", {}, floor)
     with cloudwatch:
         executors(stubs).create_drift_alarms(CreateDriftAlarms(RUN_ID, "demo", ENDPOINT), run)
     assert alarm["AlarmName"] == names.drift_alarm_name(RUN_ID, "prediction_psi")
@@ -255,7 +257,10 @@ def test_drift_alarms_follow_the_project_config_and_stop_deletes() -> None:
     assert alarm["TreatMissingData"] == "notBreaching"
     assert alarm["Period"] == run.config["drift"]["schedule_minutes"] * 60
     sagemaker.add_response("delete_endpoint", {}, {"EndpointName": ENDPOINT})
-    cloudwatch.add_response("delete_alarms", {}, {"AlarmNames": [alarm["AlarmName"]]})
+    # Stopping deletes the run's drift alarms and its production-quality alarms alike.
+    quality = [a["AlarmName"] for a in quality_alarm_requests(run)]
+    assert quality == [names.quality_alarm_name(RUN_ID, "production_macro_f1")]  # the demo project's floor
+    cloudwatch.add_response("delete_alarms", {}, {"AlarmNames": [alarm["AlarmName"], *quality]})
     with sagemaker, cloudwatch:
         executors(stubs).delete_endpoint(DeleteEndpoint(RUN_ID, ENDPOINT), run)
     cloudwatch.assert_no_pending_responses()
@@ -318,9 +323,11 @@ def test_a_superseded_or_rolled_back_run_retires_its_model_config_and_alarms() -
     sagemaker, cloudwatch = stubs["sagemaker"][1], stubs["cloudwatch"][1]
     sagemaker.add_response("delete_endpoint_config", {}, {"EndpointConfigName": f"tl-{RUN_ID}-config-1"})
     sagemaker.add_client_error("delete_model", "ValidationException", f'Could not find model "tl-{RUN_ID}-model-1".')
-    alarms = [a["AlarmName"] for a in (*drift_alarm_requests(run), *rollback_alarm_requests(run))]
+    alarms = [a["AlarmName"] for a in (*drift_alarm_requests(run), *quality_alarm_requests(run),
+                                       *rollback_alarm_requests(run))]  # fmt: skip
     cloudwatch.add_response("delete_alarms", {}, {"AlarmNames": alarms})
     with sagemaker, cloudwatch:
         outcome = executors(stubs).retire_deployment(RetireDeployment(RUN_ID, "demo"), run)
-    assert f"deleted tl-{RUN_ID}-config-1 and 5 alarm(s)" == outcome.note
-    assert len(alarms) == 5 and any("rollback" in a for a in alarms) and any("drift" in a for a in alarms)
+    assert f"deleted tl-{RUN_ID}-config-1 and 6 alarm(s)" == outcome.note
+    assert len(alarms) == 6 and any("rollback" in a for a in alarms) and any("drift" in a for a in alarms)
+    assert any("quality" in a for a in alarms)
