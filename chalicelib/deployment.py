@@ -235,51 +235,55 @@ def drift_dimensions(project: str) -> list[dict[str, str]]:
     return [{"Name": "project", "Value": project}, {"Name": "endpoint", "Value": names.endpoint_name(project)}]
 
 
+def _monitoring_alarm(run: Run, name: str, metric: str, threshold: float, below: bool, about: str) -> dict[str, Any]:
+    """An alarm on a metric the monitoring job publishes (namespace ``tuneloop``, the
+    project's endpoint), evaluated once per check window; no data is not breaching."""
+    drift = run.config["drift"]
+    return {
+        "AlarmName": name,
+        "AlarmDescription": f"{metric} of {names.endpoint_name(run.project)}'s {about}; ALARM starts a retraining run",
+        "Namespace": DRIFT_NAMESPACE,
+        "MetricName": metric,
+        "Dimensions": drift_dimensions(run.project),
+        "Statistic": "Minimum" if below else "Maximum",
+        "Period": drift["schedule_minutes"] * 60,
+        "EvaluationPeriods": drift["evaluation_periods"],
+        "Threshold": float(threshold),
+        "ComparisonOperator": "LessThanThreshold" if below else "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+        "Tags": [{"Key": PROJECT_TAG, "Value": run.project}],
+    }
+
+
 def drift_alarm_requests(run: Run) -> list[dict[str, Any]]:
     """One alarm per drift metric the project sets a threshold for; no data is no drift."""
-    drift = run.config["drift"]
     return [
-        {
-            "AlarmName": names.drift_alarm_name(run.run_id, metric),
-            "AlarmDescription": f"{metric} of {names.endpoint_name(run.project)}'s traffic against run "
-            f"{run.run_id}'s training data; ALARM starts a retraining run",
-            "Namespace": DRIFT_NAMESPACE,
-            "MetricName": metric,
-            "Dimensions": drift_dimensions(run.project),
-            "Statistic": "Maximum",
-            "Period": drift["schedule_minutes"] * 60,
-            "EvaluationPeriods": drift["evaluation_periods"],
-            "Threshold": float(threshold),
-            "ComparisonOperator": "GreaterThanThreshold",
-            "TreatMissingData": "notBreaching",
-            "Tags": [{"Key": PROJECT_TAG, "Value": run.project}],
-        }
-        for metric, threshold in sorted(drift["thresholds"].items())
+        _monitoring_alarm(
+            run,
+            names.drift_alarm_name(run.run_id, metric),
+            metric,
+            threshold,
+            False,
+            f"traffic against run {run.run_id}'s training data",
+        )
+        for metric, threshold in sorted(run.config["drift"]["thresholds"].items())
     ]
 
 
 def quality_alarm_requests(run: Run) -> list[dict[str, Any]]:
     """One alarm per production metric the project sets a floor for: below it (by more than
     the sample's noise, which the job clips away) is ALARM; no labels yet is not breaching."""
-    quality = run.config.get("quality") or {}
-    drift = run.config["drift"]
+    floors = (run.config.get("quality") or {}).get("thresholds") or {}
     return [
-        {
-            "AlarmName": names.quality_alarm_name(run.run_id, metric),
-            "AlarmDescription": f"{metric} of {names.endpoint_name(run.project)}'s labelled traffic below "
-            f"{threshold:g} (run {run.run_id}'s model); ALARM starts a retraining run",
-            "Namespace": DRIFT_NAMESPACE,
-            "MetricName": metric,
-            "Dimensions": drift_dimensions(run.project),
-            "Statistic": "Minimum",
-            "Period": drift["schedule_minutes"] * 60,
-            "EvaluationPeriods": drift["evaluation_periods"],
-            "Threshold": float(threshold),
-            "ComparisonOperator": "LessThanThreshold",
-            "TreatMissingData": "notBreaching",
-            "Tags": [{"Key": PROJECT_TAG, "Value": run.project}],
-        }
-        for metric, threshold in sorted((quality.get("thresholds") or {}).items())
+        _monitoring_alarm(
+            run,
+            names.quality_alarm_name(run.run_id, metric),
+            metric,
+            threshold,
+            True,
+            f"labelled traffic below {threshold:g} (run {run.run_id}'s model)",
+        )
+        for metric, threshold in sorted(floors.items())
     ]
 
 

@@ -59,13 +59,18 @@ def test_held_out_traffic_from_the_training_distribution_is_not_drift() -> None:
     assert result["samples"] == {"baseline": 160, "live": 80, "predictions": 80}
 
 
-def test_a_shifted_label_mix_and_topic_is_drift() -> None:
+def off_topic_check() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The training rows, and the check of off-topic traffic (all predicted negative) against them."""
     rows = ROWS[:]
     random.Random(7).shuffle(rows)
     train = rows[:160]
     shifted = [(text, {"label": "negative"}) for text in OFF_TOPIC * 12]
     shifted += [(r["text"], {"label": r["label"]}) for r in rows[160:168]]
-    result = drift.check(profile_of(train), [r["text"] for r in train], shifted, THRESHOLDS)
+    return train, drift.check(profile_of(train), [r["text"] for r in train], shifted, THRESHOLDS)
+
+
+def test_a_shifted_label_mix_and_topic_is_drift() -> None:
+    _, result = off_topic_check()
     assert {"prediction_psi", "prediction_js", "input_js"} <= set(result["drifted"]), result["metrics"]
     assert result["metrics"]["prediction_psi"]["published"] == result["metrics"]["prediction_psi"]["value"]
 
@@ -73,12 +78,7 @@ def test_a_shifted_label_mix_and_topic_is_drift() -> None:
 def test_the_report_names_what_drifted() -> None:
     """Off-topic traffic: the domain classifier's live-side terms come from the off-topic
     texts, the label that gained share is named, and the typical live texts are off-topic."""
-    rows = ROWS[:]
-    random.Random(7).shuffle(rows)
-    train = rows[:160]
-    shifted = [(text, {"label": "negative"}) for text in OFF_TOPIC * 12]
-    shifted += [(r["text"], {"label": r["label"]}) for r in rows[160:168]]
-    result = drift.check(profile_of(train), [r["text"] for r in train], shifted, THRESHOLDS)
+    train, result = off_topic_check()
     explanation = result["explanation"]
     off_topic_words = {w for text in OFF_TOPIC for w in drift._terms(text)}
     live_terms = [t["term"] for t in explanation["terms"]["live"]]
