@@ -12,7 +12,18 @@ from typing import Any
 
 from chalicelib.events import json_type
 
-from .client import REPO_ROOT, CliError, drop, local_api, local_state, save_report, show_run, watch
+from .client import (
+    REPO_ROOT,
+    CliError,
+    describe_receipt,
+    drop,
+    local_api,
+    local_state,
+    save_report,
+    send_feedback,
+    show_run,
+    watch,
+)
 from .local import cloud
 
 DOCS = REPO_ROOT / "docs" / "state-machine.md"
@@ -87,6 +98,21 @@ def cmd_project_show(args: argparse.Namespace) -> int:
 def cmd_drop(args: argparse.Namespace) -> int:
     uri, run_id = drop(local_state(), Path(args.file), args.project, args.dataset_id)
     print(f"uploaded {uri}: run {run_id} started (tuneloop watch {run_id})")
+    return 0
+
+
+def cmd_feedback_send(args: argparse.Namespace) -> int:
+    receipt = send_feedback(local_state(), Path(args.file), args.project)
+    print(describe_receipt(receipt))
+    return 0 if receipt["accepted"] else 1
+
+
+def cmd_feedback_list(args: argparse.Namespace) -> int:
+    receipts = local_api().call("GET", f"/projects/{args.project}/feedback?limit={args.limit}")["receipts"]
+    for receipt in receipts:
+        print(f"{receipt['delivery']}  {describe_receipt(receipt)}")
+    if not receipts:
+        print(f"no feedback for {args.project} yet")
     return 0
 
 
@@ -318,6 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", required=True)
     p.add_argument("--dataset-id", help="default: a UTC timestamp")
     p.set_defaults(func=cmd_drop)
+
+    feedback = sub.add_parser("feedback", help="labels for captured requests").add_subparsers(
+        dest="feedback_command", required=True
+    )
+    p = feedback.add_parser("send", help="upload a JSONL/CSV of {inference_id, label} under feedback/<project>/")
+    p.add_argument("file")
+    p.add_argument("--project", required=True)
+    p.set_defaults(func=cmd_feedback_send)
+    p = feedback.add_parser("list", help="the newest feedback receipts (both doors)")
+    p.add_argument("--project", required=True)
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_feedback_list)
 
     p = sub.add_parser("runs", help="list runs")
     p.add_argument("--project")

@@ -110,6 +110,56 @@ def drop(
         time.sleep(0.25)
 
 
+def send_feedback(state: cloud.CloudState, path: Path, project: str, timeout: float = 60) -> dict[str, Any]:
+    """Upload a labels file under ``feedback/<project>/`` (the S3 door) and return the
+    receipt the intake wrote for it: rows accepted, rows refused with line and reason."""
+    from chalicelib.domain import names
+    from chalicelib.intake import IntakeIgnored, check_feedback_key, upload_identity
+
+    if not path.is_file():
+        raise CliError(f"{path} is not a file")
+    key = f"feedback/{project}/{datetime.now(UTC):%Y%m%dT%H%M%SZ}/{path.name}"
+    try:
+        check_feedback_key(key)
+    except IntakeIgnored as exc:
+        raise CliError(f"nothing would be stored: {exc}") from exc
+    if path.stat().st_size == 0:
+        raise CliError(f"nothing would be stored: {path} is empty")
+    api = Api(state)
+    try:
+        task = api.call("GET", f"/projects/{project}")["config"].get("task")
+    except CliError as exc:
+        if "→ 404" in str(exc):
+            raise CliError(f"nothing would be stored: there is no project {project!r}") from exc
+        raise
+    if task != "text-classification":
+        raise CliError(f"nothing would be stored: {project!r} is a {task} project; labels are for text-classification")
+    s3 = state.client("s3")
+    s3.upload_file(str(path), state.bucket, key)
+    head = s3.head_object(Bucket=state.bucket, Key=key)
+    identity = upload_identity(head.get("VersionId"), head.get("ETag"), head.get("ContentLength"))
+    if identity is None:
+        raise CliError(f"uploaded s3://{state.bucket}/{key}, but S3 gave it no ETag to find its receipt by")
+    delivery = names.derive_id("feedback", state.bucket, key, identity)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for receipt in api.call("GET", f"/projects/{project}/feedback?limit=100")["receipts"]:
+            if receipt.get("delivery") == delivery:
+                return dict(receipt)
+        time.sleep(0.25)
+    raise CliError(f"uploaded s3://{state.bucket}/{key}, but no receipt within {timeout:.0f}s "
+                   f"(see `tuneloop dlq list` and {cloud.home() / 'logs' / 'host.log'})")  # fmt: skip
+
+
+def describe_receipt(receipt: dict[str, Any]) -> str:
+    """``stored 98 labels from <source>; refused 2: line 3: label: missing or not a string; …``."""
+    text = f"stored {receipt['accepted']} label(s) from {receipt['source']} at {receipt['received_at']}"
+    if receipt["refused"]:
+        reasons = "; ".join(f"line {e['line']}: {e['reason']}" for e in receipt["errors"][:5])
+        text += f"; refused {receipt['refused']}: {reasons}"
+    return text
+
+
 def show_run(run: dict[str, Any]) -> None:
     print(f"run {run['run_id']} · project {run['project']} · {run['state'].upper()}")
     print(f"  dataset   {run['dataset_uri']}")
@@ -145,6 +195,18 @@ def show_run(run: dict[str, Any]) -> None:
             print(f"    {trial['training_job']}  {trial['status']:<10} {objective:>8}  {values}{best}")
         if tuning.get("trials_error"):
             print(f"    (trials unavailable: {tuning['trials_error']})")
+    production = run.get("production") or {}
+    if production.get("data"):
+        data, window = production["data"], production["data"].get("window") or {}
+        when = f"{window.get('first')} to {window.get('last')}"
+        known = data.get("duplicates", 0)
+        print(f"  learned   {data['rows']} labelled production examples, {when} "
+              f"(train/validation/test {data.get('splits')}; {known} already in the data)")  # fmt: skip
+    held = production.get("held_out") or {}
+    for who in ("challenger", "champion"):
+        if held.get(who):
+            print(f"  held-out  production ({held['examples']} rows), {who}: accuracy {held[who]['accuracy']:.4f}, "
+                  f"macro-F1 {held[who]['macro_f1']:.4f}")  # fmt: skip
     if run["links"].get("prepare_report"):
         print(f"  data      every dropped or flagged row: {run['links']['prepare_report']}")
     if run["links"].get("transform_output"):

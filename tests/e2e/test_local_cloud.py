@@ -15,7 +15,7 @@ import pytest
 from chalicelib.domain import names
 from chalicelib.domain.project import normalise_config
 from tests.conftest import DEMO_TUNED_CONFIG, load_event
-from tests.e2e.conftest import REPO, cloudwatch, http, invoke, s3, tuneloop, wait_for
+from tests.e2e.conftest import REPO, client, cloudwatch, http, invoke, s3, tuneloop, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -104,6 +104,22 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     run = wait_for(lambda: not (r := http(state, "GET", f"/runs/{run_id}")[1])["pending_commands"] and r)
     alarms = cloudwatch(state).describe_alarms(AlarmNamePrefix=f"tl-{run_id}-drift-")["MetricAlarms"]
     assert {a["MetricName"] for a in alarms} == set(normalise_config(config)["drift"]["thresholds"])
+
+    # Feedback through the S3 door, as a user drops it: the upload reaches the intake by the
+    # same rule as datasets; valid rows are stored, the bad one refused with its line.
+    answer = client(state, "sagemaker-runtime").invoke_endpoint(
+        EndpointName="tl-demo", ContentType="application/json", Body=json.dumps("a kettle that works"),
+        InferenceId="order-17",
+    )  # fmt: skip
+    assert answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-sagemaker-inference-id"] == "order-17"
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text('{"inference_id": "order-17", "label": "positive"}\n{"inference_id": "order-18"}\n')
+    sent = tuneloop(home, "feedback", "send", str(labels), "--project", "demo")
+    assert "stored 1 label(s)" in sent.stdout and "refused 1: line 2: label: missing" in sent.stdout, sent.stdout
+    assert "stored 1 label(s)" in tuneloop(home, "feedback", "list", "--project", "demo").stdout
+    assert len([o for o in s3(state).list_objects_v2(Bucket=state["bucket"], Prefix="labels/demo/")["Contents"]
+                if o["Key"].endswith(".jsonl")]) == 1  # fmt: skip
+    assert len(http(state, "GET", "/runs?project=demo")[1]["runs"]) == 1  # feedback starts no run
 
     # A replayed SageMaker event, delivered through the router as EventBridge would: the
     # prepare job finished long ago, so the run ignores it as stale.

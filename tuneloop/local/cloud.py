@@ -27,7 +27,6 @@ from .services import (
     REPO_ROOT,
     ServiceError,
     aws_env,
-    free_port,
     start_dynamodb_local,
     start_moto,
     wait_until,
@@ -183,22 +182,25 @@ def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
         raise
     assert dynamodb.proc is not None and moto.proc is not None
     fresh = CloudState(
-        dynamodb.port, dynamodb.proc.pid, moto.port, moto.proc.pid, 0, api_port or free_port(),
+        dynamodb.port, dynamodb.proc.pid, moto.port, moto.proc.pid, 0, api_port,
         secrets.token_urlsafe(24), DEFAULT_BUCKET,
         dynamodb_started=start_ticks(dynamodb.proc.pid), moto_started=start_ticks(moto.proc.pid),
         access_key_id=credentials.access_key, secret_access_key=credentials.secret_key,
     )  # fmt: skip
-    return _start_host(root, fresh, log)
+    return _start_host(root, fresh, log, fixed_port=bool(api_port))
 
 
-def _start_host(root: Path, state: CloudState, log: Any) -> CloudState:
+def _start_host(root: Path, state: CloudState, log: Any, fixed_port: bool = False) -> CloudState:
     """The app host (API, event router, local SageMaker) beside running DynamoDB Local and moto."""
     env = {
         **os.environ,
         **state.env,
         "TUNELOOP_HOME": str(root),
         "TUNELOOP_API_TOKEN": state.token,
+        # 0: the host binds a free port itself (no window for another process to take one
+        # picked here); host.json says which.
         "TUNELOOP_API_PORT": str(state.api_port),
+        "TUNELOOP_API_PORT_FIXED": "1" if fixed_port else "0",
         "PYTHONUNBUFFERED": "1",
     }
     (root / "host.json").unlink(missing_ok=True)
@@ -222,7 +224,9 @@ def _start_host(root: Path, state: CloudState, log: Any) -> CloudState:
         log(f"the app host did not start; see {root / 'logs' / 'host.log'}")
         down(log=lambda *_: None, save=False)
         raise
-    state.sagemaker_port = int(json.loads((root / "host.json").read_text()).get("sagemaker_port", 0))
+    started = json.loads((root / "host.json").read_text())
+    state.sagemaker_port = int(started.get("sagemaker_port", 0))
+    state.api_port = int(started.get("api_port", state.api_port))
     state.save(root / "state.json")
     log(f"  local SageMaker on http://127.0.0.1:{state.sagemaker_port}")
     log(f"  API on {state.api_url} (bearer token in {root / 'state.json'})")

@@ -6,6 +6,7 @@ environment (``AWS_ENDPOINT_URL_*``). The app code is the same that ships to Lam
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import logging
@@ -154,7 +155,15 @@ def main() -> None:
         boto3.client("cloudwatch"), router.send, float(os.environ.get("TUNELOOP_ALARM_INTERVAL_S", "10"))
     )
     alarms.start()
-    server = ApiServer(app_module.app, token, port)
+    try:
+        server = ApiServer(app_module.app, token, port)
+    except OSError as exc:
+        # The port `up` last had (or one it picked) was taken meanwhile: any free one will
+        # do, and host.json tells `up` which. A port the user asked for is kept or fails.
+        if exc.errno != errno.EADDRINUSE or not port or os.environ.get("TUNELOOP_API_PORT_FIXED") == "1":
+            raise
+        log.warning("API port %d is taken; listening on a free one", port)
+        server = ApiServer(app_module.app, token, 0)
     (home / "host.json").write_text(
         json.dumps({"api_port": server.port, "sagemaker_port": sagemaker.port, "pid": os.getpid()})
     )
