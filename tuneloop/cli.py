@@ -209,6 +209,52 @@ def cmd_event_send(args: argparse.Namespace) -> int:
     return 0
 
 
+def ui_backend(args: argparse.Namespace) -> Any:
+    """The API the dashboard forwards to: the local cloud's, or a deployed stage's (signed
+    with the caller's AWS credentials; its URL from --api-url or the stack's EndpointURL)."""
+    from .ui.server import LocalBackend, StageBackend
+
+    if not args.stage:
+        return LocalBackend(cloud.load_state)
+    import boto3
+
+    session = boto3.session.Session(region_name=args.region)
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise CliError("no AWS credentials: the dashboard signs each call to a deployed API with yours")
+    url = args.api_url
+    if not url:
+        stack = args.stack or f"tuneloop-{args.stage}"
+        try:
+            described = session.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0]
+        except Exception as exc:  # botocore's errors, or no region configured
+            raise CliError(f"cannot read stack {stack}: {exc}; pass --api-url") from exc
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
+        url = outputs.get("EndpointURL")
+        if not url:
+            raise CliError(f"stack {stack} has no EndpointURL output; pass --api-url")
+    return StageBackend(url, session.region_name or "us-east-1", credentials, args.stage)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from .ui.server import UiServer
+
+    server = UiServer(ui_backend(args), args.port)
+    print(f"dashboard ({server.backend.name}): {server.url}", flush=True)
+    print("only this link opens it (it carries the session secret); Ctrl-C stops it", flush=True)
+    if not args.no_open:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def dead_letters(args: argparse.Namespace) -> Any:
     """A deployed stage's dead-letter queues (--stage), or the local router's file."""
     from .dlq import LocalDeadLetters, StackDeadLetters
@@ -428,6 +474,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("docs", help="regenerate docs/state-machine.md from the transition table")
     p.add_argument("--check", action="store_true", help="fail if the file is out of date")
     p.set_defaults(func=cmd_docs)
+
+    p = sub.add_parser("ui", help="the dashboard: projects, runs, tuning, evaluation, cost (127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="default: a free one")
+    p.add_argument(
+        "--stage", help="a deployed stage's API, signed with your AWS credentials (default: the local cloud)"
+    )
+    p.add_argument("--region", help="the stage's region (default: the AWS configuration's)")
+    p.add_argument("--stack", help="the stage's CloudFormation stack (default: tuneloop-<stage>)")
+    p.add_argument("--api-url", help="the stage's API URL, instead of the stack's EndpointURL output")
+    p.add_argument("--no-open", action="store_true", help="print the link; do not open a browser")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("demo", help="the whole local loop, start to end")
     p.add_argument("--keep", action="store_true", help="leave the local cloud up afterwards")

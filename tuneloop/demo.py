@@ -230,9 +230,14 @@ def wait_child(api: client.Api, project: str, parent: str, timeout: float) -> di
 
 
 def run(args: argparse.Namespace) -> int:
+    from .ui.server import LocalBackend, UiServer
+
     timeline = Timeline()
     cloud.up(clean=True)
+    dashboard = UiServer(LocalBackend(cloud.load_state))
+    dashboard.serve_in_background()
     try:
+        print(f"\nwatch it in the dashboard while it runs: {dashboard.url}")
         api = client.local_api()
         spec = json.loads((client.REPO_ROOT / "examples" / "demo-project.json").read_text())
         project, endpoint = spec["name"], f"tl-{spec['name']}"
@@ -318,10 +323,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nthe loop (drop → tuned → deployed → drift → retrained → redeployed): {loop_s:.1f}s")
         print(f"demo finished in {time.monotonic() - timeline.started:.1f}s")
         if args.keep:
-            print(f"the demo's cloud is still up: TUNELOOP_HOME={cloud.home()} tuneloop status")
+            print(f"the demo's cloud is still up: TUNELOOP_HOME={cloud.home()} tuneloop status; "
+                  f"TUNELOOP_HOME={cloud.home()} tuneloop ui opens its dashboard")  # fmt: skip
         if child["state"] in ("failed", "stopped"):
             raise CliError(f"the retraining run ended {child['state']}: {child['history'][-1]['reason']}")
     finally:
+        dashboard.shutdown()
+        dashboard.server_close()
         if not args.keep:
             cloud.down()
     return 0

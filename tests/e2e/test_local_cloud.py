@@ -16,6 +16,7 @@ from chalicelib.domain import names
 from chalicelib.domain.project import normalise_config
 from tests.conftest import DEMO_TUNED_CONFIG, load_event
 from tests.e2e.conftest import REPO, client, cloudwatch, http, invoke, s3, tuneloop, wait_for
+from tests.e2e.dashboard import check_dashboard
 
 pytestmark = pytest.mark.e2e
 
@@ -145,6 +146,10 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     # The restore itself started no new run.
     assert len(http(state, "GET", "/runs?project=demo")[1]["runs"]) == 1
 
+    # The dashboard, in a real browser, over this run (its screenshots go to TUNELOOP_ARTIFACTS).
+    artifacts = Path(os.environ.get("TUNELOOP_ARTIFACTS") or tmp_path) / "dashboard"
+    check_dashboard(home, state, http(state, "GET", f"/runs/{run_id}")[1], artifacts)
+
     # `up --clean` starts from nothing: no runs, and no SageMaker jobs, packages or endpoints
     # that would make a new run's deterministic job names look already done.
     tuneloop(home, "down")
@@ -215,6 +220,7 @@ def test_make_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     does better on the held-out part of it than the first model."""
     result = tuneloop(tmp_path / "home", "demo", timeout=900)
     out = result.stdout
+    assert re.search(r"watch it in the dashboard while it runs: http://127\.0\.0\.1:\d+/\?session=", out)
     assert "drift check: no drift" in out, out[-3000:]
     assert "drift check: DRIFT in" in out
     assert re.search(r"(drift|quality) alarm → retraining run", out), out[-3000:]

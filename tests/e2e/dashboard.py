@@ -1,0 +1,160 @@
+"""The dashboard in a real browser, against the local cloud after a real run (called by the
+end-to-end test): every page loads with no console error and no failed request, what it
+shows equals the API's answer, actions round-trip, axe-core finds no serious violation, and
+each page's screenshot is saved."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import REPO, http, wait_for
+
+CHROMIUM = Path("/usr/bin/chromium")
+AXE = REPO / "node_modules" / "axe-core" / "axe.min.js"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+SERIOUS = """async () => {
+  const result = await axe.run(document, {resultTypes: ["violations"]});
+  return result.violations.filter((v) => ["serious", "critical"].includes(v.impact))
+    .map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).join(", ")})`);
+}"""
+
+
+def shown(value: float) -> str:
+    """A number as the dashboard's fmt() writes it (3 decimals, trailing zeros dropped)."""
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+@contextmanager
+def dashboard(home: Path) -> Iterator[str]:
+    """`tuneloop ui --no-open` for this home; yields the link it prints."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL") and k != "TUNELOOP_BUCKET"}
+    env["TUNELOOP_HOME"] = str(home)
+    process = subprocess.Popen([sys.executable, "-m", "tuneloop.cli", "ui", "--no-open"], env=env, cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        match = re.search(r"(http://127\.0\.0\.1:\d+/\?session=\S+)", first)
+        assert match, first
+        yield match[1]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def check_dashboard(home: Path, state: dict[str, Any], run: dict[str, Any], artifacts: Path) -> None:
+    if not CHROMIUM.exists() or not AXE.exists():
+        if os.environ.get("TUNELOOP_REQUIRE_BROWSER"):
+            raise AssertionError(f"{CHROMIUM} or {AXE} is missing; .ci/run and make setup install them")
+        pytest.skip("the dashboard's browser check needs chromium and node_modules/axe-core")
+    from playwright.sync_api import sync_playwright
+
+    artifacts.mkdir(parents=True, exist_ok=True)
+    run_id = run["run_id"]
+    with dashboard(home) as url, sync_playwright() as playwright:
+        origin = url.split("/?")[0]
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+            # ERR_ABORTED: the browser cancelled a poll when the test navigated away; any other
+            # failure (refused, reset, timed out) is the dashboard's.
+            page.on("requestfailed", lambda r: errors.append(f"failed: {r.url} {r.failure}")
+                    if "ERR_ABORTED" not in (r.failure or "") else None)  # fmt: skip
+            page.on("response", lambda r: errors.append(f"{r.status}: {r.url}") if r.status >= 400 else None)
+
+            try:
+                # The link trades its secret for the session cookie; without it, nothing opens.
+                page.goto(url)
+                page.wait_for_selector("table")
+                assert page.url == f"{origin}/", page.url
+                assert page.locator("main").get_by_role("link", name=run_id).count() >= 1
+                page.screenshot(path=str(artifacts / "projects.png"), full_page=True)
+
+                page.goto(f"{origin}/runs?project=demo")
+                page.wait_for_selector(f"a[href='/runs/{run_id}']")
+                listed = http(state, "GET", "/runs?project=demo")[1]["runs"]
+                rows = page.locator("#runs tbody tr")
+                assert rows.count() == len(listed)
+                for n, api_run in enumerate(listed):
+                    cells = rows.nth(n).locator("td").all_inner_texts()
+                    assert cells[0] == api_run["run_id"] and cells[2].lower() == api_run["state"].replace("_", " ")
+                page.screenshot(path=str(artifacts / "runs.png"), full_page=True)
+
+                page.goto(f"{origin}/runs/{run_id}")
+                page.wait_for_selector("#tuning")
+                current = http(state, "GET", f"/runs/{run_id}")[1]
+                text = page.locator("main").inner_text()
+                assert f"State {current['state'].replace('_', ' ').upper()}" in text.replace("\n", " ")
+                evaluation = current["metrics"]["evaluation"]
+                rows = page.locator("table:has(caption:text-is('evaluation metrics')) tbody tr").all()
+                metric_rows = {r.locator("td").nth(0).inner_text(): r.locator("td").nth(1).inner_text() for r in rows}
+                assert metric_rows["macro_f1"] == shown(evaluation["macro_f1"]), metric_rows
+                # The tuning chart: one point per trial, and a text alternative that lists them.
+                chart = page.get_by_role("img", name=re.compile("Tuning trials"))
+                assert chart.count() == 1
+                assert page.locator("figure svg circle").count() >= 2 * len(current["tuning"]["trials"]) - 1
+                assert len(current["history"]) == page.locator("ol.timeline li").count()
+                page.screenshot(path=str(artifacts / "run.png"), full_page=True)
+
+                page.goto(f"{origin}/projects/demo")
+                page.wait_for_selector("#config")
+                # A config the server refuses: its message, naming the field, shown at the editor.
+                config = page.locator("#config").input_value().replace('"instance_count": 1', '"instance_count": 0', 1)
+                page.locator("#config").fill(config)
+                page.get_by_role("button", name="Save config").click()
+                page.wait_for_selector("#config-error:has-text('instance_count')")
+                assert page.locator("#config").get_attribute("aria-invalid") == "true"
+                errors[:] = [e for e in errors if not (e.startswith("400: ") or "status of 400" in e)]  # that refusal
+                page.screenshot(path=str(artifacts / "project.png"), full_page=True)
+
+                # Actions round-trip: retrain the deployed run, then stop the child it started.
+                page.goto(f"{origin}/runs/{run_id}")
+                page.get_by_role("button", name="Retrain").click()
+                page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+                page.wait_for_selector("pre.answer:has-text('child_run_id')")
+                child = re.search(r'"child_run_id":"(\w+)"', page.locator("pre.answer").inner_text())
+                assert child, page.locator("pre.answer").inner_text()
+                # The child exists once its parent's outbox ran StartChildRun (at once, or by
+                # the reconciler after a transient failure).
+                wait_for(lambda: http(state, "GET", f"/runs/{child[1]}")[0] == 200, 60)
+                page.goto(f"{origin}/runs/{child[1]}")
+                page.get_by_role("button", name="Stop").wait_for()
+                wait_for(lambda: page.get_by_role("button", name="Stop").is_enabled(), 30)
+                page.get_by_role("button", name="Stop").click()
+                page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+                page.wait_for_selector("pre.answer:has-text('Stop:')")
+                stopped = wait_for(
+                    lambda: (r := http(state, "GET", f"/runs/{child[1]}")[1])["state"] == "stopped" and r, 60
+                )
+                page.wait_for_selector(".state.stopped")
+                assert stopped["history"][-1]["actor"] == "local"
+                assert errors == [], errors
+            except Exception as exc:  # say what the page showed, for a failure seen once in CI
+                page.screenshot(path=str(artifacts / "failure.png"), full_page=True)
+                shown_text = page.locator("main").inner_text()[:2000] if page.locator("main").count() else ""
+                raise AssertionError(
+                    f"{exc}\nat {page.url}\nrequests and console: {errors}\npage: {shown_text}"
+                ) from exc
+            # axe-core in each page (its script is injected, so this context lets it past the CSP).
+            audit = browser.new_context(bypass_csp=True).new_page()
+            audit.goto(url)
+            for path in ("/", "/runs", f"/runs/{run_id}", "/projects/demo"):
+                audit.goto(f"{origin}{path}")
+                audit.wait_for_selector("main table, main textarea")
+                audit.add_script_tag(path=str(AXE))
+                assert audit.evaluate(SERIOUS) == [], path
+        finally:
+            browser.close()

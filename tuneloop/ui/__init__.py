@@ -1,0 +1,1 @@
+"""The dashboard (`tuneloop ui`): a local page over tuneloop's API."""

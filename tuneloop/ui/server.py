@@ -1,0 +1,257 @@
+"""`tuneloop ui`: the dashboard, served on 127.0.0.1 to the user who started it.
+
+The page (``static/``: plain HTML, CSS and JavaScript that ship with the package; nothing
+is fetched from elsewhere) calls ``/api/…``, which this server forwards to tuneloop's API:
+
+- the local cloud's, with its bearer token (``LocalBackend``);
+- a deployed stage's, signed with the user's own AWS credentials (SigV4 for
+  ``execute-api``, as any IAM caller of the API), so the deployed API stays IAM-only
+  (``StageBackend``).
+
+Only the person who ran ``tuneloop ui`` gets in: the URL it prints carries a one-time
+session secret, which the first visit trades for an HttpOnly, SameSite=Strict cookie;
+every later request needs that cookie, a loopback ``Host`` (no DNS rebinding) and, for
+anything that changes state, no foreign ``Origin``. Every page is a URL that reloads:
+the server answers any page path with the app, which routes on it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import mimetypes
+import secrets
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("tuneloop.ui")
+STATIC = Path(__file__).with_name("static")
+COOKIE = "tl_session"
+PAGES = ("/", "/projects", "/runs")  # and anything under them: the app routes on the path
+MAX_BODY_BYTES = 256 * 1024  # the API's own limit
+LOOPBACK = ("127.0.0.1", "localhost")
+
+
+class Backend:
+    """Forwards one API call; returns (status, body)."""
+
+    name = "api"
+
+    def call(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+        raise NotImplementedError
+
+
+def _send(request: urllib.request.Request) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # nosec B310 - the API's http(s) URL
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+    except OSError as exc:
+        message = {"Code": "BadGateway", "Message": f"the API did not answer: {exc}"}
+        return 502, json.dumps(message).encode()
+
+
+class LocalBackend(Backend):
+    """The local cloud's API, with its bearer token (read from its state each call: a
+    `tuneloop up` after the dashboard started is picked up)."""
+
+    name = "the local cloud"
+
+    def __init__(self, state: Callable[[], Any]) -> None:
+        self._state = state
+
+    def call(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+        state = self._state()
+        if state is None:
+            return 503, json.dumps(
+                {"Code": "Unavailable", "Message": "the local cloud is not up: tuneloop up"}
+            ).encode()
+        request = urllib.request.Request(state.api_url + path, data=body, method=method)
+        request.add_header("Authorization", f"Bearer {state.token}")
+        if body is not None:
+            request.add_header("Content-Type", "application/json")
+        return _send(request)
+
+
+class StageBackend(Backend):
+    """A deployed stage's API Gateway URL, each call signed with SigV4 (``execute-api``)
+    by the caller's own credentials (the AWS configuration's chain)."""
+
+    def __init__(self, url: str, region: str, credentials: Any, stage: str = "") -> None:
+        self._url = url.rstrip("/")
+        self._region = region
+        self._credentials = credentials
+        self.name = f"stage {stage}" if stage else self._url
+
+    def call(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        signed = AWSRequest(method=method, url=self._url + path, data=body or b"", headers=headers)
+        SigV4Auth(self._credentials.get_frozen_credentials(), "execute-api", self._region).add_auth(signed)
+        request = urllib.request.Request(self._url + path, data=body, method=method, headers=dict(signed.headers))
+        return _send(request)
+
+
+class UiServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, backend: Backend, port: int = 0, secret: str | None = None) -> None:
+        self.backend = backend
+        self.secret = secret or secrets.token_urlsafe(24)
+        super().__init__(("127.0.0.1", port), _Handler)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """What to open: the first visit trades the secret for the session cookie."""
+        return f"http://127.0.0.1:{self.port}/?session={self.secret}"
+
+    def serve_in_background(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+        thread.start()
+        return thread
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: UiServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format, *args)
+
+    def _reply(
+        self, status: int, body: bytes, mime: str = "application/json", extra: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", mime)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        # Everything is this origin's but the run's presigned report and plots (images,
+        # frames) on S3, which the browser loads straight from the bucket.
+        self.send_header(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' http: https: data:; frame-src http: https:; "
+            "style-src 'self'; script-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'",
+        )
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _error(self, status: int, message: str) -> None:
+        self._reply(status, json.dumps({"Code": str(status), "Message": message}).encode())
+
+    def _allowed(self) -> bool:
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
+        if host not in LOOPBACK:
+            self.close_connection = True
+            self._error(403, "the dashboard answers only on 127.0.0.1")
+            return False
+        origin = self.headers.get("Origin")
+        if origin and urllib.parse.urlsplit(origin).hostname not in LOOPBACK:
+            self._error(403, "requests from other sites are refused")
+            return False
+        return True
+
+    def _has_session(self) -> bool:
+        cookies = dict(
+            part.strip().split("=", 1) for part in (self.headers.get("Cookie") or "").split(";") if "=" in part
+        )
+        return hmac.compare_digest(cookies.get(COOKIE, "").encode(), self.server.secret.encode())
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        if not self._allowed():
+            return
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        offered = (query.get("session") or [""])[0]
+        if offered:
+            if not hmac.compare_digest(offered.encode(), self.server.secret.encode()):
+                self._error(403, "that session link is not this dashboard's; run tuneloop ui again")
+                return
+            rest = urllib.parse.urlencode([(k, v) for k, values in query.items() if k != "session" for v in values])
+            cookie = f"{COOKIE}={self.server.secret}; HttpOnly; SameSite=Strict; Path=/"
+            self._reply(
+                303, b"", "text/plain", {"Location": url.path + (f"?{rest}" if rest else ""), "Set-Cookie": cookie}
+            )
+            return
+        if url.path.startswith("/static/"):
+            self._static(url.path[len("/static/") :])  # the app's own files need no session
+            return
+        if not self._has_session():
+            page = (STATIC / "signin.html").read_bytes()
+            self._reply(401, page, "text/html; charset=utf-8")
+            return
+        if url.path.startswith("/api/"):
+            self._forward("GET", url, None)
+        elif url.path == "/ui/info":
+            self._reply(200, json.dumps({"backend": self.server.backend.name}).encode())
+        elif url.path in PAGES or url.path.startswith(("/projects/", "/runs/", "/endpoints/")):
+            self._reply(200, (STATIC / "index.html").read_bytes(), "text/html; charset=utf-8")
+        elif url.path == "/favicon.ico":
+            self._reply(204, b"", "image/x-icon")
+        else:
+            self._error(404, f"no page {url.path}")
+
+    def _body(self) -> bytes | None:
+        declared = self.headers.get("Content-Length") or "0"
+        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+            return None
+        return self.rfile.read(int(declared))
+
+    def _write(self, method: str) -> None:
+        if not self._allowed():
+            return
+        url = urllib.parse.urlsplit(self.path)
+        if not self._has_session():
+            self._error(401, "no dashboard session: open the URL tuneloop ui printed")
+            return
+        if not url.path.startswith("/api/"):
+            self._error(405, f"{method} {url.path} is not allowed")
+            return
+        body = self._body()
+        if body is None:
+            self.close_connection = True
+            self._error(413, f"bodies are at most {MAX_BODY_BYTES // 1024} KB")
+            return
+        self._forward(method, url, body)
+
+    def do_POST(self) -> None:
+        self._write("POST")
+
+    def do_PUT(self) -> None:
+        self._write("PUT")
+
+    def _forward(self, method: str, url: urllib.parse.SplitResult, body: bytes | None) -> None:
+        path = url.path[len("/api") :] + (f"?{url.query}" if url.query else "")
+        status, answer = self.server.backend.call(method, path, body)
+        self._reply(status, answer)
+
+    def _static(self, name: str) -> None:
+        path = (STATIC / name).resolve()
+        if STATIC.resolve() not in path.parents or not path.is_file():
+            self._error(404, f"no file {name}")
+            return
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if mime.startswith("text/") or mime in ("application/javascript", "image/svg+xml"):
+            mime += "; charset=utf-8"
+        self._reply(200, path.read_bytes(), mime)
