@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from chalice import (
     BadRequestError,
     Chalice,
@@ -222,18 +223,37 @@ def post_feedback(name: str) -> Response:
         receipt = current.feedback.store(name, delivery, f"api:{_caller()}", rows)
     except FeedbackRefused as exc:
         raise BadRequestError(str(exc)) from exc
+    except (ClientError, BotoCoreError) as exc:
+        # Nothing half-stored: the receipt is written last. A retry (same rows or key) is safe.
+        logger.exception("feedback not stored", extra={"project": name})
+        return _unavailable(f"the labels could not be stored ({_aws_error(exc)}); nothing was stored, retry")
     return Response(receipt, status_code=200 if receipt["repeat"] else 202)
+
+
+def _aws_error(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        return f"S3 said {exc.response.get('Error', {}).get('Code', 'an error')}"
+    return type(exc).__name__
+
+
+def _unavailable(message: str) -> Response:
+    return Response({"Code": "ServiceUnavailable", "Message": message}, status_code=503, headers={"Retry-After": "5"})
 
 
 @app.route("/projects/{name}/feedback", methods=["GET"], authorizer=iam)
 @_http_errors
-def list_feedback(name: str) -> dict[str, Any]:
+def list_feedback(name: str) -> dict[str, Any] | Response:
     """The receipts of the project's newest feedback deliveries (both doors), newest first."""
     current = deps.get()
     current.service.get_project(name)
     if current.feedback is None:
         return {"receipts": []}
-    return {"receipts": current.feedback.receipts(name, parse_limit(_params()))}
+    limit = parse_limit(_params())
+    try:
+        return {"receipts": current.feedback.receipts(name, limit)}
+    except (ClientError, BotoCoreError) as exc:
+        logger.exception("feedback receipts not read", extra={"project": name})
+        return _unavailable(f"the receipts could not be read ({_aws_error(exc)}); retry")
 
 
 # --- runs --------------------------------------------------------------------------------

@@ -4,10 +4,13 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError
 from chalice.test import Client
 
 import app as app_module
+from tests.conftest import BUCKET
 
 
 class Api:
@@ -40,3 +43,18 @@ def demo(api: Api) -> dict[str, Any]:
     status, body = api.call("POST", "/projects", {"name": "demo", "config": DEMO_CONFIG})
     assert status == 201, body
     return body
+
+
+@pytest.fixture
+def s3(deps: Any) -> Iterator[Any]:
+    client = boto3.client("s3")
+    try:
+        client.create_bucket(Bucket=BUCKET)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+    # The bucket outlives a test (the tables do not): start from no labels.
+    for prefix in ("labels/", "feedback/"):
+        for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []):
+            client.delete_object(Bucket=BUCKET, Key=o["Key"])
+    yield client

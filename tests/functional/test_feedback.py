@@ -5,30 +5,12 @@ leave a receipt that says what was accepted and what was refused, with line and 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from botocore.exceptions import ClientError
 
 from tests.conftest import BUCKET, DEMO_CONFIG, load_event
 from tests.functional.conftest import Api
-
-
-@pytest.fixture
-def s3(deps: Any) -> Iterator[Any]:
-    client = boto3.client("s3")
-    try:
-        client.create_bucket(Bucket=BUCKET)
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            raise
-    # The bucket outlives a test (the tables do not): start from no labels.
-    for prefix in ("labels/", "feedback/"):
-        for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []):
-            client.delete_object(Bucket=BUCKET, Key=o["Key"])
-    yield client
 
 
 def stored(s3: Any, project: str) -> dict[str, list[dict[str, Any]]]:
@@ -142,3 +124,21 @@ def test_a_dropped_csv_and_what_is_refused_whole(api: Api, demo: dict[str, Any],
     for key in ("feedback/demo/notes.txt", "feedback/ghost/labels.jsonl", "feedback/labels.jsonl"):
         assert "ignored" in api.invoke("on_dataset_uploaded", feedback_event(key, 10))
     assert not s3.list_objects_v2(Bucket=BUCKET, Prefix="labels/ghost/").get("Contents")
+
+
+def test_an_s3_failure_is_a_503_that_says_nothing_was_stored(
+    api: Api, demo: dict[str, Any], s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from chalicelib.feedback import FeedbackInbox
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise ClientError({"Error": {"Code": "SlowDown", "Message": "reduce your request rate"}}, "PutObject")
+
+    monkeypatch.setattr(FeedbackInbox, "store", refuse)
+    status, answer = api.call("POST", "/projects/demo/feedback", {"labels": [{"inference_id": "a", "label": "x"}]})
+    assert status == 503 and "S3 said SlowDown" in answer["Message"] and "nothing was stored" in answer["Message"]
+    monkeypatch.setattr(FeedbackInbox, "receipts", refuse)
+    status, answer = api.call("GET", "/projects/demo/feedback")
+    assert status == 503 and "retry" in answer["Message"]

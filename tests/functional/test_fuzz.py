@@ -24,6 +24,8 @@ ROUTES = [
     ("GET", "/projects/{name}"),
     ("PUT", "/projects/{name}"),
     ("POST", "/projects/{name}/drift-check"),
+    ("POST", "/projects/{name}/feedback"),
+    ("GET", "/projects/{name}/feedback"),
     ("POST", "/runs"),
     ("GET", "/runs"),
     ("GET", "/runs/{run_id}"),
@@ -88,7 +90,7 @@ def near_valid_config(draw: Any) -> Any:
 
 @st.composite
 def bodies(draw: Any) -> bytes:
-    kind = draw(st.sampled_from(["json", "project", "run", "raw"]))
+    kind = draw(st.sampled_from(["json", "project", "run", "feedback", "raw"]))
     if kind == "json":
         return json.dumps(draw(json_values)).encode()
     if kind == "project":
@@ -99,6 +101,9 @@ def bodies(draw: Any) -> bytes:
                 "dataset_uri": draw(st.one_of(st.just("s3://tuneloop-test/datasets/demo/x.jsonl"), json_values)),
                 "reason": draw(json_values)}  # fmt: skip
         return json.dumps(body).encode()
+    if kind == "feedback":
+        good = st.fixed_dictionaries({"inference_id": st.text(min_size=1, max_size=70), "label": st.text(max_size=10)})
+        return json.dumps({"labels": draw(st.lists(st.one_of(good, json_values), max_size=5))}).encode()
     return draw(st.binary(max_size=200))
 
 
@@ -124,7 +129,7 @@ SEEN: dict[int, int] = {}
 
 @settings(max_examples=400, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
 @given(request=requests())
-def test_no_request_gets_a_5xx(api: Api, demo: dict[str, Any], request: tuple[str, str, bytes]) -> None:
+def test_no_request_gets_a_5xx(api: Api, demo: dict[str, Any], s3: Any, request: tuple[str, str, bytes]) -> None:
     method, path, body = request
     status, answer = api.call(method, path, body)
     SEEN[status] = SEEN.get(status, 0) + 1

@@ -298,8 +298,9 @@ function productionSection(production) {
   return h("section", { "aria-labelledby": "production" }, out);
 }
 
-function actions(run, refresh) {
-  const answer = h("pre", { class: "answer", role: "status", "aria-live": "polite" });
+// ``answer`` outlives the page's refreshes (it is the same element each time): the API's
+// reply stays on screen after the run is drawn again.
+function actions(run, refresh, answer) {
   const act = (label, path, text, enabled, body = (reason) => (reason ? { reason } : undefined)) =>
     h("button", { type: "button", disabled: !enabled, onclick: async () => {
       const confirmed = await confirmAction(text);
@@ -324,6 +325,7 @@ function actions(run, refresh) {
 
 async function runPage(id) {
   const holder = h("div");
+  const answer = h("pre", { class: "answer", role: "status", "aria-live": "polite" });
   const refresh = async () => {
     let run;
     try {
@@ -344,7 +346,7 @@ async function runPage(id) {
       children.length ? h("p", {}, "Retraining runs: ", children.flatMap((c, i) =>
         [i ? ", " : "", link(`/runs/${c.run_id}`, c.run_id), " ", stateBadge(c.state)])) : null,
       h("p", { class: "muted" }, `dataset ${run.dataset_uri}`),
-      actions(run, refresh),
+      actions(run, refresh, answer),
       h("section", { "aria-labelledby": "history" }, h("h2", { id: "history" }, "Timeline"), timeline(run)),
       h("section", { "aria-labelledby": "metrics" }, h("h2", { id: "metrics" }, "Metrics"), metricsSection(run)),
       tuningSection(run.tuning), evaluationSection(run), productionSection(run.production), costSection(run.cost)]));
