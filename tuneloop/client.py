@@ -10,6 +10,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,38 +64,57 @@ def local_api() -> Api:
     return Api(local_state())
 
 
-def drop(
-    state: cloud.CloudState, path: Path, project: str, dataset_id: str | None = None, timeout: float = 60
-) -> tuple[str, str]:
-    """Upload a dataset file under the project's drop prefix and return (its URI, the run
-    its upload started). Checks first what the intake would refuse, so nothing is uploaded
-    that starts no run; CliError says why none will, or why none did."""
-    from chalicelib.intake import IntakeIgnored, check_dataset_key, run_id_for, upload_identity
+def _upload(
+    state: cloud.CloudState,
+    path: Path,
+    project: str,
+    key: str,
+    check_key: Callable[[str], Any],
+    refused: str,
+    check_project: Callable[[dict[str, Any]], str | None] = lambda project: None,
+) -> tuple[Api, str, str]:
+    """Check first what the intake would refuse (the key, an empty file, the project), so
+    nothing is uploaded that it would ignore; then upload. Returns (the API, the object's
+    URI, the upload's identity, which names what the intake makes of it)."""
+    from chalicelib.intake import IntakeIgnored, upload_identity
 
     if not path.is_file():
         raise CliError(f"{path} is not a file")
-    dataset_id = dataset_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    key = f"datasets/{project}/{dataset_id}/{path.name}"
     try:
-        check_dataset_key(key)
+        check_key(key)
     except IntakeIgnored as exc:
-        raise CliError(f"no run would start: {exc}") from exc
+        raise CliError(f"{refused}: {exc}") from exc
     if path.stat().st_size == 0:
-        raise CliError(f"no run would start: {path} is empty")
+        raise CliError(f"{refused}: {path} is empty")
     api = Api(state)
     try:
-        api.call("GET", f"/projects/{project}")
+        why = check_project(api.call("GET", f"/projects/{project}"))
     except CliError as exc:
         if "→ 404" in str(exc):
-            raise CliError(f"no run would start: there is no project {project!r} (tuneloop project create)") from exc
+            raise CliError(f"{refused}: there is no project {project!r} (tuneloop project create)") from exc
         raise
+    if why:
+        raise CliError(f"{refused}: {why}")
     s3 = state.client("s3")
     s3.upload_file(str(path), state.bucket, key)
     head = s3.head_object(Bucket=state.bucket, Key=key)
     identity = upload_identity(head.get("VersionId"), head.get("ETag"), head.get("ContentLength"))
     uri = f"s3://{state.bucket}/{key}"
     if identity is None:
-        raise CliError(f"uploaded {uri}, but S3 gave it no ETag to find its run by")
+        raise CliError(f"uploaded {uri}, but S3 gave it no ETag to find what it started by")
+    return api, uri, identity
+
+
+def drop(
+    state: cloud.CloudState, path: Path, project: str, dataset_id: str | None = None, timeout: float = 60
+) -> tuple[str, str]:
+    """Upload a dataset file under the project's drop prefix and return (its URI, the run
+    its upload started). CliError says why no run will start, or why none did."""
+    from chalicelib.intake import check_dataset_key, run_id_for
+
+    dataset_id = dataset_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    key = f"datasets/{project}/{dataset_id}/{path.name}"
+    api, uri, identity = _upload(state, path, project, key, check_dataset_key, "no run would start")
     run_id = run_id_for(state.bucket, key, identity)
     deadline = time.monotonic() + timeout
     while True:
@@ -114,32 +134,18 @@ def send_feedback(state: cloud.CloudState, path: Path, project: str, timeout: fl
     """Upload a labels file under ``feedback/<project>/`` (the S3 door) and return the
     receipt the intake wrote for it: rows accepted, rows refused with line and reason."""
     from chalicelib.domain import names
-    from chalicelib.intake import IntakeIgnored, check_feedback_key, upload_identity
+    from chalicelib.intake import check_feedback_key
 
-    if not path.is_file():
-        raise CliError(f"{path} is not a file")
+    def classifies(view: dict[str, Any]) -> str | None:
+        task = (view.get("config") or {}).get("task")
+        return (
+            None
+            if task == "text-classification"
+            else f"{project!r} is a {task} project; labels are for text-classification"
+        )
+
     key = f"feedback/{project}/{datetime.now(UTC):%Y%m%dT%H%M%SZ}/{path.name}"
-    try:
-        check_feedback_key(key)
-    except IntakeIgnored as exc:
-        raise CliError(f"nothing would be stored: {exc}") from exc
-    if path.stat().st_size == 0:
-        raise CliError(f"nothing would be stored: {path} is empty")
-    api = Api(state)
-    try:
-        task = api.call("GET", f"/projects/{project}")["config"].get("task")
-    except CliError as exc:
-        if "→ 404" in str(exc):
-            raise CliError(f"nothing would be stored: there is no project {project!r}") from exc
-        raise
-    if task != "text-classification":
-        raise CliError(f"nothing would be stored: {project!r} is a {task} project; labels are for text-classification")
-    s3 = state.client("s3")
-    s3.upload_file(str(path), state.bucket, key)
-    head = s3.head_object(Bucket=state.bucket, Key=key)
-    identity = upload_identity(head.get("VersionId"), head.get("ETag"), head.get("ContentLength"))
-    if identity is None:
-        raise CliError(f"uploaded s3://{state.bucket}/{key}, but S3 gave it no ETag to find its receipt by")
+    api, uri, identity = _upload(state, path, project, key, check_feedback_key, "nothing would be stored", classifies)
     delivery = names.derive_id("feedback", state.bucket, key, identity)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -147,7 +153,7 @@ def send_feedback(state: cloud.CloudState, path: Path, project: str, timeout: fl
             if receipt.get("delivery") == delivery:
                 return dict(receipt)
         time.sleep(0.25)
-    raise CliError(f"uploaded s3://{state.bucket}/{key}, but no receipt within {timeout:.0f}s "
+    raise CliError(f"uploaded {uri}, but no receipt within {timeout:.0f}s "
                    f"(see `tuneloop dlq list` and {cloud.home() / 'logs' / 'host.log'})")  # fmt: skip
 
 

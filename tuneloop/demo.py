@@ -217,6 +217,25 @@ def trial_overheads(state: cloud.CloudState, run: dict[str, Any]) -> str:
     return "; ".join(parts) or "no trials"
 
 
+def wait_alarms(api: client.Api, run_id: str, result: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
+    """The run's alarm.alarm history entries, once every alarm the check's results should
+    fire has reached the run (the evaluator takes each alarm in its own time): each drifted
+    metric and each production metric below its floor."""
+    names = [f"-drift-{m.replace('_', '-')}" for m in result.get("drifted", [])]
+    names += [f"-quality-{m.replace('_', '-')}" for m in (result.get("quality") or {}).get("below", [])]
+    deadline = time.monotonic() + timeout
+    while True:
+        history = api.call("GET", f"/runs/{run_id}")["history"]
+        alarms = [h for h in history if h["event_kind"] == "alarm.alarm"]
+        missing = [n for n in names if not any(n in h["reason"] for h in alarms)]
+        if not missing:
+            return alarms
+        if time.monotonic() > deadline:
+            print(f"  not yet arrived after {timeout:.0f}s: the alarms ending {', '.join(missing)}")
+            return alarms
+        time.sleep(1)
+
+
 def wait_child(api: client.Api, project: str, parent: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -281,8 +300,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {explain_drift(result)}")
         timeline.mark(f"production quality: {describe_quality(result)}")
         child = wait_child(api, project, first["run_id"], timeout=120)
-        parent_history = api.call("GET", f"/runs/{first['run_id']}")["history"]
-        alarms = [h for h in parent_history if h["event_kind"] == "alarm.alarm"]
+        alarms = wait_alarms(api, first["run_id"], result, timeout=90)
         started = next((h["reason"] for h in alarms if "StartChildRun" in h["commands"]), "")
         held = [h["reason"] for h in alarms if "StartChildRun" not in h["commands"]]
         kind = "quality" if "-quality-" in started else "drift"
