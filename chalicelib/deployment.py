@@ -33,7 +33,7 @@ from .domain.commands import (
 from .domain.run import Run
 from .events import PROJECT_TAG
 from .executors import Outcome, PermanentCommandError
-from .sagemaker import _code, _require, _vpc, model_artifact_uri, run_prefix, run_tags, tags
+from .sagemaker import _code, _require, _vpc, capture_uri, model_artifact_uri, run_prefix, run_tags, tags
 
 VARIANT = "AllTraffic"
 DRIFT_NAMESPACE = "tuneloop"
@@ -51,10 +51,6 @@ def endpoint_config_name(run_id: str) -> str:
 
 def rollback_alarm_name(run_id: str, metric: str) -> str:
     return f"tl-{run_id}-rollback-{metric.lower()}"
-
-
-def capture_uri(settings: Settings, project: str) -> str:
-    return f"s3://{settings.bucket}/capture/{project}"
 
 
 def batch_capture_uri(settings: Settings, project: str) -> str:

@@ -37,6 +37,7 @@ from .domain.run import Run
 from .domain.waits import PROCESSING_MAX_RUNTIME_S
 from .events import PROJECT_TAG, RUN_ID_TAG, TUNING, MalformedEventError, parse_described
 from .executors import Outcome, PermanentCommandError
+from .feedback import labels_prefix
 
 PROCESSING_ROOT = "/opt/ml/processing"
 PREPARE_OUTPUTS = ("train", "validation", "test", "profile", "report")
@@ -181,7 +182,7 @@ def prepare_request(
         # captured requests joined with the labels that arrived for them.
         inputs += [
             _processing_input(
-                "capture", capture_prefix(settings, run.project), f"{PROCESSING_ROOT}/input/production/capture"
+                "capture", f"{capture_uri(settings, run.project)}/", f"{PROCESSING_ROOT}/input/production/capture"
             ),
             _processing_input(
                 "labels", labels_uri(settings, run.project), f"{PROCESSING_ROOT}/input/production/labels"
@@ -202,14 +203,14 @@ def prepare_request(
     )
 
 
-def capture_prefix(settings: Settings, project: str) -> str:
+def capture_uri(settings: Settings, project: str) -> str:
     """Everything captured for the project: its endpoint's requests and its transforms'."""
-    return f"s3://{settings.bucket}/capture/{project}/"
+    return f"s3://{settings.bucket}/capture/{project}"
 
 
 def labels_uri(settings: Settings, project: str) -> str:
     """Where the feedback doors store the labels that arrived for captured requests."""
-    return f"s3://{settings.bucket}/labels/{project}/"
+    return f"s3://{settings.bucket}/{labels_prefix(project)}"
 
 
 def model_artifact_uri(settings: Settings, run: Run, training_job: str) -> str:
@@ -628,7 +629,7 @@ class SageMakerExecutors:
             run.parent_run_id
             and run.config["task"] == "text-classification"
             and self._has_keys(labels_uri(self._settings, run.project))
-            and self._has_keys(capture_prefix(self._settings, run.project))
+            and self._has_keys(f"{capture_uri(self._settings, run.project)}/")
         )
         request = prepare_request(command, run, self._settings, holdout, skipped, production)
         outcome = self._create("create_processing_job", request)

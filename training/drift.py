@@ -71,24 +71,27 @@ class DriftError(Exception):
 # --- reading ------------------------------------------------------------------------------
 
 
-def captured(folder: Path, since: str = "") -> list[tuple[str, dict[str, Any] | None]]:
+Record = tuple[str, str, list[str], list[dict[str, Any] | None]]
+
+
+def captured(records: Sequence[Record], since: str = "") -> list[tuple[str, dict[str, Any] | None]]:
     """(text, prediction) for every request captured at or after ``since`` (ISO 8601, UTC);
     a batch request gives one per text."""
     return [
         (text, answer)
-        for when, _, texts, answers in quality.capture_records(folder)
+        for when, _, texts, answers in records
         if not since or when >= since
         for text, answer in zip(texts, answers, strict=True)
     ]
 
 
-def predictions(folder: Path, since: str = "") -> tuple[list[quality.Prediction], set[str], set[str]]:
+def predictions(records: Sequence[Record], since: str = "") -> tuple[list[quality.Prediction], set[str], set[str]]:
     """The window's single-text requests as predictions a label can join, the ids captured
     before the window, and the ids of requests that carried several texts."""
     window: list[quality.Prediction] = []
     earlier: set[str] = set()
     several: set[str] = set()
-    for when, inference_id, texts, answers in quality.capture_records(folder):
+    for when, inference_id, texts, answers in records:
         if since and when < since:
             earlier.add(inference_id)
         elif len(texts) != 1:
@@ -525,8 +528,9 @@ def main(argv: list[str] | None = None) -> int:
             from datetime import UTC, datetime, timedelta
 
             since = (datetime.now(UTC) - timedelta(minutes=args.window_minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        live = captured(inputs / "capture", since)
-        window, earlier, several = predictions(inputs / "capture", since)
+        records = list(quality.capture_records(inputs / "capture"))  # read once: drift and quality
+        live = captured(records, since)
+        window, earlier, several = predictions(records, since)
         labels, invalid = quality.read_labels(inputs / "labels")
         classes = [str(k) for k in profile.get("label_distribution", {})]
         production = quality.quality(window, labels, classes, json.loads(args.quality_thresholds), args.min_labels,

@@ -205,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._forward("GET", url, None)
         elif url.path == "/ui/info":
             self._reply(200, json.dumps({"backend": self.server.backend.name}).encode())
-        elif url.path in PAGES or url.path.startswith(("/projects/", "/runs/", "/endpoints/")):
+        elif url.path in PAGES or url.path.startswith(("/projects/", "/runs/")):
             self._reply(200, (STATIC / "index.html").read_bytes(), "text/html; charset=utf-8")
         elif url.path == "/favicon.ico":
             self._reply(204, b"", "image/x-icon")
