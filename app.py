@@ -25,6 +25,7 @@ from chalicelib.api import (
     only_fields,
     page_view,
     parse_body,
+    parse_hours,
     parse_limit,
     parse_project_filter,
     parse_state,
@@ -33,11 +34,13 @@ from chalicelib.api import (
     run_summary,
     run_view,
 )
+from chalicelib.cost import month_spend
 from chalicelib.domain import names
 from chalicelib.domain.commands import StartChildRun
 from chalicelib.domain.events import ApprovalDecided, RetrainRequested, StopRequested
 from chalicelib.domain.project import ConfigError, check_project_name
 from chalicelib.domain.states import RunState
+from chalicelib.endpoints import MAX_WINDOW_H
 from chalicelib.events import MalformedEventError, UnknownEventError, event_id, parse_event
 from chalicelib.feedback import FeedbackRefused, api_delivery, check_api_rows
 from chalicelib.intake import FEEDBACK_PREFIX as FEEDBACK_DROP_PREFIX
@@ -184,6 +187,58 @@ def update_project(name: str) -> dict[str, Any]:
     return project_view(project)
 
 
+# How many of a project's newest runs the month's spend reads (each costs Describe calls).
+SPEND_RUNS = 50
+
+
+def _serving(name: str) -> Any:
+    """The project's deployed run (the newest, should there be two for a moment), or None."""
+    service = deps.get().service
+    found = [s.run for s in (service.runs.get(run_id) for run_id in service.runs.deployed_runs(name)) if s]
+    return max(found, key=lambda r: r.created_at, default=None)
+
+
+@app.route("/projects/{name}/status", methods=["GET"], authorizer=iam)
+@_http_errors
+def project_status(name: str) -> dict[str, Any]:
+    """One line of the projects page: deployed run, endpoint status, open alarms, last run,
+    and what the project spent this month."""
+    d = deps.get()
+    d.service.get_project(name)
+    serving = _serving(name)
+    runs = d.service.runs.page(project=name, limit=SPEND_RUNS)
+    view: dict[str, Any] = {
+        "project": name,
+        "deployed_run_id": serving.run_id if serving else None,
+        "last_run": run_summary(runs.items[0]) if runs.items else None,
+    }
+    if d.endpoints is not None:
+        view.update(d.endpoints.status(name, serving))
+    else:
+        view.update({"endpoint": None, "open_alarms": [], "errors": ["SageMaker is not configured"]})
+    if d.reports is not None:
+        reports = d.reports
+        view["spend"] = month_spend(
+            [s.run for s in runs.items], d.settings.region, reports.cost, utcnow(), more=runs.next_token is not None
+        )
+    return view
+
+
+@app.route("/projects/{name}/endpoint", methods=["GET"], authorizer=iam)
+@_http_errors
+def project_endpoint(name: str) -> dict[str, Any]:
+    """The project's endpoint over the last ``hours`` (default 6): which run serves, the
+    traffic split while a new model takes over, invocations, errors, latency, the
+    monitoring metrics against their thresholds, and the alarms' state changes."""
+    d = deps.get()
+    d.service.get_project(name)
+    hours = parse_hours(_params(), 6.0, MAX_WINDOW_H)
+    if d.endpoints is None:
+        raise ConflictError("SageMaker is not configured: there is no endpoint to show (see `tuneloop configure`)")
+    deploying = d.service.runs.page(project=name, state=RunState.DEPLOYING, limit=100).items
+    return d.endpoints.endpoint(name, _serving(name), deploying[0].run if deploying else None, hours)
+
+
 @app.route("/projects/{name}/drift-check", methods=["POST"], authorizer=iam)
 @_http_errors
 def check_project_drift(name: str) -> Response:
@@ -307,7 +362,14 @@ def get_run(run_id: str) -> dict[str, Any]:
     if reports is not None:
         view["tuning"] = reports.tuning(stored.run)
         view["cost"] = reports.cost(stored.run)
-        production = reports.production(stored.run)
+        try:
+            evaluation = reports.evaluation_file(stored.run)
+        except (ClientError, BotoCoreError, ValueError) as exc:
+            evaluation = None
+            view["evaluation"] = {"error": f"the run's evaluation could not be read: {exc}"}
+        if evaluation is not None:
+            view["evaluation"] = reports.evaluation(stored.run, evaluation)
+        production = reports.production(stored.run, evaluation)
         if production is not None:
             view["production"] = production
         view["links"].update(reports.links(stored.run))

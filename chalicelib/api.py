@@ -76,6 +76,20 @@ def parse_limit(params: Mapping[str, str]) -> int:
     return limit
 
 
+def parse_hours(params: Mapping[str, str], default: float, most: float) -> float:
+    """The window a view covers, in hours: a finite number in (0, most]."""
+    raw = params.get("hours")
+    if raw is None:
+        return default
+    try:
+        hours = float(raw)
+    except ValueError as exc:
+        raise InvalidRequestError("hours", f"must be a number, got {raw!r}") from exc
+    if not math.isfinite(hours) or not 0 < hours <= most:
+        raise InvalidRequestError("hours", f"must be more than 0 and at most {most:g}, got {raw}")
+    return hours
+
+
 def parse_state(params: Mapping[str, str]) -> RunState | None:
     raw = params.get("state")
     if raw is None:

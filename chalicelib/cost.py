@@ -108,7 +108,8 @@ def jobs_of(run: Run) -> list[tuple[str, str]]:
     return out
 
 
-def endpoint_line(run: Run, region: str, now: datetime) -> dict[str, Any] | None:
+def endpoint_line(run: Run, region: str, now: datetime, since: datetime | None = None) -> dict[str, Any] | None:
+    """The endpoint's hours while this run served (only those after ``since``, if given)."""
     deployed = next((e.time for e in run.history if e.to_state is RunState.DEPLOYED), None)
     if deployed is None:
         return None
@@ -116,6 +117,10 @@ def endpoint_line(run: Run, region: str, now: datetime) -> dict[str, Any] | None
         (e.time for e in run.history if e.from_state is RunState.DEPLOYED and e.to_state is not RunState.DEPLOYED),
         now,
     )
+    if since is not None:
+        if ended <= since:
+            return None
+        deployed = max(deployed, since)
     deployment = run.config["deployment"]
     hours = _seconds(deployed, ended) / 3600
     price = hourly(region, "hosting", deployment["instance_type"])
@@ -161,5 +166,46 @@ def run_cost(
         "lines": lines,
         "total_usd": round(sum(known), 4),
         "complete": len(known) == len(lines),
+        "prices_as_of": prices()["as_of"],
+    }
+
+
+def month_start(now: datetime) -> datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def month_spend(
+    runs: Iterable[Run],
+    region: str,
+    cost_of: Callable[[Run], dict[str, Any]],
+    now: datetime,
+    more: bool = False,
+) -> dict[str, Any]:
+    """What a project spent this calendar month (UTC): every job of the runs started this
+    month, and the endpoint's hours this month whichever run served them. ``runs`` newest
+    first; ``more`` says runs older than those given exist (their endpoint hours this month,
+    if any, are then not counted: ``partial``)."""
+    start = month_start(now)
+    usd = 0.0
+    complete = True
+    counted = 0
+    for run in runs:
+        if run.created_at >= start:
+            cost = cost_of(run)
+            usd += cost["total_usd"]
+            complete = complete and cost["complete"]
+            counted += 1
+            continue
+        line = endpoint_line(run, region, now, since=start)
+        if line is not None:
+            complete = complete and line["usd"] is not None
+            usd += line["usd"] or 0.0
+    return {
+        "month": f"{start:%Y-%m}",
+        "usd": round(usd, 4),
+        "runs": counted,
+        "complete": complete,
+        # Runs not read may have started, or served, this month.
+        "partial": more,
         "prices_as_of": prices()["as_of"],
     }

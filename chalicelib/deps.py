@@ -13,6 +13,7 @@ from .config import Settings, settings
 from .service import RunService
 
 if TYPE_CHECKING:
+    from .endpoints import EndpointViews
     from .feedback import FeedbackInbox
     from .reports import RunReports
 
@@ -25,6 +26,8 @@ class Deps:
     reports: RunReports | None = None
     # Labels for captured requests (POST /projects/{name}/feedback, feedback/ drops).
     feedback: FeedbackInbox | None = None
+    # The endpoint's status, traffic, monitoring metrics and alarms; None until SageMaker is configured.
+    endpoints: EndpointViews | None = None
 
 
 _lock = threading.Lock()
@@ -59,6 +62,7 @@ def build(
 ) -> Deps:
     from . import models
     from .deployment import DeploymentExecutors
+    from .endpoints import EndpointViews
     from .feedback import FeedbackInbox
     from .reports import S3_CONFIG, RunReports
     from .sagemaker import EvaluationLoader, SageMakerExecutors
@@ -107,7 +111,10 @@ def build(
     )
     reports = RunReports(s3, sagemaker, config) if sagemaker else None
     feedback = FeedbackInbox(s3, config.bucket, service.clock) if config.bucket else None
-    return Deps(settings=config, service=service, reports=reports, feedback=feedback)
+    cloudwatch = cloudwatch_client or LazyClient("cloudwatch")
+    endpoints = EndpointViews(sagemaker_client or LazyClient("sagemaker"), cloudwatch, service.clock)
+    return Deps(settings=config, service=service, reports=reports, feedback=feedback,
+                endpoints=endpoints if config.role_arn else None)  # fmt: skip
 
 
 def get() -> Deps:

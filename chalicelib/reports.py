@@ -74,25 +74,46 @@ class RunReports:
                 return None
             raise
 
-    def production(self, run: Run) -> dict[str, Any] | None:
+    def evaluation_file(self, run: Run) -> dict[str, Any] | None:
+        """The run's evaluation.json, or None before its evaluation (or if it is gone)."""
+        if "evaluation" not in run.metrics:
+            return None
+        data = self._json(evaluation_prefix(self._settings, run.run_id) + "evaluation.json")
+        return data if isinstance(data, dict) else None
+
+    def evaluation(self, run: Run, data: dict[str, Any] | None) -> dict[str, Any] | None:
+        """What a page draws beyond the metric summary: per-class scores, the confusion
+        matrix, the reliability bins, the metrics' intervals and the training curves."""
+        if data is None:
+            return None
+        found = data.get("metrics")
+        metrics: dict[str, Any] = found if isinstance(found, dict) else {}
+        view: dict[str, Any] = {
+            k: metrics[k] for k in ("labels", "per_class", "confusion_matrix", "calibration") if k in metrics
+        }
+        view["intervals"] = data.get("intervals") if isinstance(data.get("intervals"), dict) else {}
+        view["confidence"] = data.get("confidence", 0.95)
+        history = data.get("training_history")
+        view["training_history"] = history if isinstance(history, list) else []
+        return view
+
+    def production(self, run: Run, evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
         """Lineage of a retraining run's production data: how many labelled production
         examples it learned from, from which window, in which split (prepare's report), and
-        how champion and challenger did on the held-out ones (the evaluation)."""
+        how champion and challenger did on the held-out ones (``evaluation``: its file)."""
         if not run.parent_run_id:
             return None
         try:
             report = self._json(f"{run_prefix(self._settings, run.run_id)}/prepare/report/report.json")
-            made = report.get("production") if isinstance(report, dict) else None
-            if not made:
-                return None
-            view: dict[str, Any] = {"data": made}
-            if "evaluation" in run.metrics:
-                evaluation = self._json(evaluation_prefix(self._settings, run.run_id) + "evaluation.json")
-                if isinstance(evaluation, dict) and evaluation.get("production"):
-                    view["held_out"] = evaluation["production"]
-            return view
         except (ClientError, BotoCoreError, ValueError) as exc:
             return {"error": f"the run's production lineage could not be read: {exc}"}
+        made = report.get("production") if isinstance(report, dict) else None
+        if not made:
+            return None
+        view: dict[str, Any] = {"data": made}
+        if evaluation is not None and evaluation.get("production"):
+            view["held_out"] = evaluation["production"]
+        return view
 
     def links(self, run: Run) -> dict[str, str]:
         """Presigned links to evaluation.json, report.html and each plot the evaluation wrote."""

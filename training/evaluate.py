@@ -86,6 +86,7 @@ def classification_metrics(
     }
     if probabilities is not None:
         metrics["ece"] = expected_calibration_error(y_true, probabilities, bins)
+        metrics["calibration"] = spec.reliability(y_true, probabilities, bins)
     return metrics
 
 
@@ -408,6 +409,7 @@ def measure(
             probabilities.append([result["scores"][label] for label in own])
     metrics = classification_metrics(y_true, y_pred, None, space)
     metrics["ece"] = expected_calibration_error(own_truth, probabilities)
+    metrics["calibration"] = spec.reliability(own_truth, probabilities)
     return metrics, {"truth": y_true, "pred": y_pred, "classes": len(space)}
 
 
@@ -603,6 +605,8 @@ def evaluate(
         "overlap": comparison["overlap"],
         # The test rows that came from labelled production traffic, measured on their own.
         "production": production,
+        # Per epoch (and per logging step): what train.py recorded, for the training curves.
+        "training_history": history,
     }
     images = plots(metrics, history, evaluation["champion"], comparison if champion else None)
     output_dir.mkdir(parents=True, exist_ok=True)

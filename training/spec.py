@@ -248,8 +248,10 @@ def row_key(record: dict[str, Any], task: str) -> str:
     return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def expected_calibration_error(y_true: list[int], probabilities: list[list[float]], bins: int = 10) -> float:
-    """Sum over equal-width confidence bins of |accuracy - confidence| weighted by bin size."""
+def reliability(y_true: list[int], probabilities: list[list[float]], bins: int = 10) -> list[dict[str, float]]:
+    """The reliability diagram's points: for each non-empty equal-width bin of top-class
+    confidence, its bounds, how many predictions fell in it, their mean confidence and the
+    share of them that were right."""
     totals = [[0, 0.0, 0.0] for _ in range(bins)]  # count, correct, confidence
     for truth, probs in zip(y_true, probabilities, strict=True):
         confidence = max(probs)
@@ -258,8 +260,18 @@ def expected_calibration_error(y_true: list[int], probabilities: list[list[float
         totals[b][0] += 1
         totals[b][1] += float(predicted == truth)
         totals[b][2] += confidence
+    return [
+        {"low": b / bins, "high": (b + 1) / bins, "count": int(k), "confidence": conf / k, "accuracy": c / k}
+        for b, (k, c, conf) in enumerate(totals)
+        if k
+    ]
+
+
+def expected_calibration_error(y_true: list[int], probabilities: list[list[float]], bins: int = 10) -> float:
+    """Sum over equal-width confidence bins of |accuracy - confidence| weighted by bin size."""
     count = len(y_true)
-    return sum(abs(c / k - conf / k) * k / count for k, c, conf in totals if k)
+    bins_seen = reliability(y_true, probabilities, bins)
+    return sum(abs(b["accuracy"] - b["confidence"]) * b["count"] / count for b in bins_seen)
 
 
 # --- feedback -----------------------------------------------------------------------------

@@ -81,6 +81,11 @@ def check_dashboard(home: Path, state: dict[str, Any], run: dict[str, Any], arti
                 page.wait_for_selector("table")
                 assert page.url == f"{origin}/", page.url
                 assert page.locator("main").get_by_role("link", name=run_id).count() >= 1
+                status = http(state, "GET", "/projects/demo/status")[1]
+                cells = page.locator("main table tbody tr").first.locator("td").all_inner_texts()
+                assert cells[2] == status["deployed_run_id"] == run_id and cells[3] == status["endpoint"]["status"]
+                assert cells[5] == (", ".join(a["metric"] for a in status["open_alarms"]) or "none")
+                assert cells[6].startswith(f"${status['spend']['usd']:.2f}"), (cells, status["spend"])
                 page.screenshot(path=str(artifacts / "projects.png"), full_page=True)
 
                 page.goto(f"{origin}/runs?project=demo")
@@ -107,7 +112,54 @@ def check_dashboard(home: Path, state: dict[str, Any], run: dict[str, Any], arti
                 assert chart.count() == 1
                 assert page.locator("figure svg circle").count() >= 2 * len(current["tuning"]["trials"]) - 1
                 assert len(current["history"]) == page.locator("ol.timeline li").count()
+                # Training curves, per-class scores, the confusion matrix and calibration, as the API has them.
+                assert page.get_by_role("img", name=re.compile("Loss per training step")).count() == 1
+                assert page.get_by_role("img", name=re.compile("Validation metrics per epoch")).count() == 1
+                assert page.get_by_role("img", name=re.compile("Reliability")).count() == 1
+                detail = current["evaluation"]
+                per_class = page.locator("table:has(caption:text-is('Per-class metrics on the test split')) tbody tr")
+                assert per_class.count() == len(detail["per_class"])
+                for n, (label, m) in enumerate(detail["per_class"].items()):
+                    assert per_class.nth(n).locator("td").all_inner_texts() == [
+                        label,
+                        shown(m["precision"]),
+                        shown(m["recall"]),
+                        shown(m["f1"]),
+                        str(m["support"]),
+                    ]
+                matrix = page.locator("table.matrix tbody tr")
+                assert [[int(c) for c in matrix.nth(r).locator("td").all_inner_texts()]
+                        for r in range(matrix.count())] == detail["confusion_matrix"]  # fmt: skip
                 page.screenshot(path=str(artifacts / "run.png"), full_page=True)
+
+                # The endpoint: status, serving run, traffic and monitoring charts, as the API has them.
+                def served() -> Any:
+                    answer = http(state, "GET", "/projects/demo/endpoint")[1]
+                    return answer["traffic"]["invocations"] and answer
+
+                view = wait_for(served, 30)
+                page.goto(f"{origin}/projects/demo/endpoint")
+                page.wait_for_selector("#endpoint-status")
+                assert page.locator("#endpoint-status").inner_text() == view["status"] == "InService"
+                assert page.locator("main").get_by_role("link", name=run_id).count() >= 1
+                assert page.get_by_role("img", name=re.compile("Model latency")).count() == 1
+                invocations = page.get_by_role("img", name=re.compile("Invocations and errors"))
+                assert invocations.count() == 1
+                figure = page.locator("figure", has=invocations)
+                figure.locator("summary").click()
+                values = [
+                    row.locator("td").all_inner_texts() for row in figure.locator("details table tr:has(td)").all()
+                ]
+                counted = sum(float(cells[2]) for cells in values if cells[0] == "invocations")
+                assert counted == sum(v for _, v in view["traffic"]["invocations"]) >= 1, values
+                assert page.locator("section[aria-labelledby=monitoring] figure").count() == len(view["monitoring"])
+                page.get_by_role("button", name="Check drift now").click()
+                page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+                page.wait_for_selector("pre.answer:has-text('Drift check')")
+                said = page.locator("pre.answer").inner_text()
+                assert '"started":1' in said or "refused: 429" in said, said
+                errors[:] = [e for e in errors if not (e.startswith("429: ") or "status of 429" in e)]  # a repeat
+                page.screenshot(path=str(artifacts / "endpoint.png"), full_page=True)
 
                 page.goto(f"{origin}/projects/demo")
                 page.wait_for_selector("#config")
@@ -151,7 +203,7 @@ def check_dashboard(home: Path, state: dict[str, Any], run: dict[str, Any], arti
             # axe-core in each page (its script is injected, so this context lets it past the CSP).
             audit = browser.new_context(bypass_csp=True).new_page()
             audit.goto(url)
-            for path in ("/", "/runs", f"/runs/{run_id}", "/projects/demo"):
+            for path in ("/", "/runs", f"/runs/{run_id}", "/projects/demo", "/projects/demo/endpoint"):
                 audit.goto(f"{origin}{path}")
                 audit.wait_for_selector("main table, main textarea")
                 audit.add_script_tag(path=str(AXE))

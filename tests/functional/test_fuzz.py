@@ -26,6 +26,8 @@ ROUTES = [
     ("POST", "/projects/{name}/drift-check"),
     ("POST", "/projects/{name}/feedback"),
     ("GET", "/projects/{name}/feedback"),
+    ("GET", "/projects/{name}/status"),
+    ("GET", "/projects/{name}/endpoint"),
     ("POST", "/runs"),
     ("GET", "/runs"),
     ("GET", "/runs/{run_id}"),
@@ -117,7 +119,7 @@ def requests(draw: Any) -> tuple[str, str, bytes]:
     if method == "GET" and draw(st.booleans()):
         query = {
             key: draw(st.one_of(st.text(max_size=60), st.integers(-5, 10**6).map(str)))
-            for key in draw(st.sets(st.sampled_from(["next_token", "limit", "project", "state"]), max_size=4))
+            for key in draw(st.sets(st.sampled_from(["next_token", "limit", "project", "state", "hours"]), max_size=5))
         }
         path += "?" + urllib.parse.urlencode(query)
     body = draw(bodies()) if method in ("POST", "PUT") else b""

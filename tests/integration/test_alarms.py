@@ -77,3 +77,30 @@ def test_drift_metrics_are_published_where_the_alarms_look(local_services: Any) 
         StartTime=now - timedelta(minutes=5), EndTime=now + timedelta(minutes=1), Period=300, Statistics=["Maximum"],
     )  # fmt: skip
     assert [p["Maximum"] for p in stats["Datapoints"]] == [0.31]
+
+
+def test_a_percentile_alarm_follows_the_percentile_not_the_maximum(local_services: Any) -> None:
+    cloudwatch = boto3.client("cloudwatch")
+    name = "tl-bbbbbbbbbbbb-rollback-modellatency"
+    dimensions = [{"Name": "EndpointName", "Value": "tl-p99"}, {"Name": "VariantName", "Value": "AllTraffic"}]
+    cloudwatch.put_metric_alarm(
+        AlarmName=name, Namespace="AWS/SageMaker", MetricName="ModelLatency", Dimensions=dimensions,
+        ExtendedStatistic="p99", Period=60, EvaluationPeriods=1, Threshold=2_000_000.0,
+        ComparisonOperator="GreaterThanThreshold", TreatMissingData="notBreaching",
+    )  # fmt: skip
+    cloudwatch.set_alarm_state(AlarmName=name, StateValue="OK", StateReason="start")
+    evaluator = AlarmEvaluator(cloudwatch, [].append, prefix=name)
+    # One slow answer in 200: the maximum is over the threshold, the 99th percentile is not.
+    latencies = [1000.0] * 199 + [5_000_000.0]
+    cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=[
+        {"MetricName": "ModelLatency", "Dimensions": dimensions, "Values": latencies[:150], "Unit": "Microseconds"},
+        {"MetricName": "ModelLatency", "Dimensions": dimensions, "Values": latencies[150:], "Unit": "Microseconds"},
+    ])  # fmt: skip
+    assert evaluator.evaluate() == []
+    assert cloudwatch.describe_alarms(AlarmNames=[name])["MetricAlarms"][0]["StateValue"] == "OK"
+    # Three slow answers in 203: now the 99th percentile is slow too.
+    cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=[
+        {"MetricName": "ModelLatency", "Dimensions": dimensions, "Values": [5_000_000.0] * 3, "Unit": "Microseconds"},
+    ])  # fmt: skip
+    [fired] = evaluator.evaluate()
+    assert fired["detail"]["state"]["value"] == "ALARM" and "5e+06" in fired["detail"]["state"]["reason"]

@@ -205,6 +205,12 @@ def deployment_states(hosted: dict[str, Any]) -> list[str]:
 
 def test_blue_green_switch_drops_no_request(hosted: dict[str, Any]) -> None:
     client = hosted["client"]
+    seen: list[dict[str, Any]] = []
+
+    def described() -> dict[str, Any]:
+        seen.append(client.describe_endpoint(EndpointName="tl-serving"))
+        return seen[-1]
+
     results = under_load(
         hosted,
         lambda: client.update_endpoint(
@@ -221,8 +227,21 @@ def test_blue_green_switch_drops_no_request(hosted: dict[str, Any]) -> None:
                 }
             },
         ),
-        lambda: client.describe_endpoint(EndpointName="tl-serving")["EndpointStatus"] == "InService",
+        lambda: described()["EndpointStatus"] == "InService",
     )
+    # While traffic shifts, DescribeEndpoint shows the new fleet and its share, as SageMaker does.
+    shifting = [d for d in seen if d["EndpointStatus"] == "Updating" and d.get("PendingDeploymentSummary")]
+    halfway = [
+        d for d in shifting
+        if d["PendingDeploymentSummary"]["ProductionVariants"]
+        and d["PendingDeploymentSummary"]["ProductionVariants"][0]["VariantStatus"][0]["Status"] == "ActivatingTraffic"
+    ]  # fmt: skip
+    assert halfway, [d.get("PendingDeploymentSummary") for d in seen]
+    pending = halfway[0]["PendingDeploymentSummary"]
+    assert pending["EndpointConfigName"] == "tl-config-2"
+    assert pending["ProductionVariants"][0]["CurrentWeight"] == 0.5
+    assert halfway[0]["ProductionVariants"][0]["CurrentWeight"] == 0.5
+    assert "PendingDeploymentSummary" not in seen[-1]
     assert len(results) >= 200 and set(results) == {200}, {s: results.count(s) for s in set(results)}
     assert client.describe_endpoint(EndpointName="tl-serving")["EndpointConfigName"] == "tl-config-2"
     assert deployment_states(hosted)[-4:] == ["TRAFFIC_SHIFTING", "TRAFFIC_SHIFTING", "BAKING", "COMPLETED"]

@@ -6,7 +6,7 @@ import dataclasses
 from datetime import timedelta
 from typing import Any
 
-from chalicelib.cost import hourly, jobs_of, run_cost
+from chalicelib.cost import hourly, jobs_of, month_spend, run_cost
 from chalicelib.domain.run import HistoryEntry
 from chalicelib.domain.states import RunState
 from tests.conftest import T0
@@ -100,3 +100,42 @@ def test_a_warm_pool_bills_the_time_its_instances_waited() -> None:
     assert last["warm_pool"]["status"] == "Terminated" and last["warm_pool"]["retained_seconds"] == 600
     assert last["usd"] == round(round(60 / 3600 * price * 2, 4) + round(600 / 3600 * price * 2, 4), 4)
     assert cost["total_usd"] == round(first["usd"] + last["usd"], 4)
+
+
+def test_the_months_spend_counts_this_months_runs_and_the_endpoint_hours_this_month() -> None:
+    start = T0.replace(day=1, hour=0, minute=0)  # T0 is 27 Nov 10:00 UTC
+    now = start + timedelta(days=2)
+    price = hourly("us-east-1", "hosting", "ml.m5.large")
+    assert price is not None
+    # Deployed since 20 hours before the month began, still serving: only this month's 48 h count.
+    old = dataclasses.replace(
+        tuning_run(),
+        state=S.DEPLOYED,
+        created_at=start - timedelta(days=3),
+        history=(HistoryEntry("e1", "x", S.DEPLOYING, S.DEPLOYED, "r", start - timedelta(hours=20)),),
+    )
+    # Superseded before the month began: nothing this month.
+    older = dataclasses.replace(
+        old,
+        run_id="b" * len(RUN_ID),
+        state=S.SUPERSEDED,
+        created_at=start - timedelta(days=9),
+        history=(
+            HistoryEntry("e1", "x", S.DEPLOYING, S.DEPLOYED, "r", start - timedelta(days=8)),
+            HistoryEntry("e2", "x", S.DEPLOYED, S.SUPERSEDED, "r", start - timedelta(hours=20)),
+        ),
+    )
+    new = dataclasses.replace(old, run_id="c" * len(RUN_ID), state=S.FAILED, created_at=start + timedelta(hours=1),
+                              history=())  # fmt: skip
+    costed = []
+
+    def cost_of(run: Any) -> dict[str, Any]:
+        costed.append(run.run_id)
+        return {"total_usd": 1.25, "complete": True}
+
+    spend = month_spend([new, old, older], "us-east-1", cost_of, now)
+    assert costed == [new.run_id]  # only runs started this month are costed job by job
+    assert spend["month"] == f"{start:%Y-%m}" and spend["runs"] == 1 and spend["complete"]
+    assert spend["usd"] == round(1.25 + 48 * price, 4)
+    assert not spend["partial"]
+    assert month_spend([], "us-east-1", cost_of, now, more=True)["partial"]

@@ -47,6 +47,20 @@ def test_expected_calibration_error() -> None:
     assert expected_calibration_error([0, 1], [[1.0, 0.0], [1.0, 0.0]]) == pytest.approx(0.5)
 
 
+def test_reliability_bins_are_what_the_ece_sums() -> None:
+    from training.spec import reliability
+
+    truth = [0, 0, 1, 1, 0]
+    probabilities = [[0.95, 0.05], [0.91, 0.09], [0.92, 0.08], [0.35, 0.65], [0.4, 0.6]]
+    bins = reliability(truth, probabilities)
+    assert [(b["low"], b["high"], b["count"]) for b in bins] == [(0.6, 0.7, 2), (0.9, 1.0, 3)]
+    assert bins[0]["confidence"] == pytest.approx(0.625) and bins[0]["accuracy"] == pytest.approx(0.5)
+    assert bins[1]["confidence"] == pytest.approx((0.95 + 0.91 + 0.92) / 3)
+    assert bins[1]["accuracy"] == pytest.approx(2 / 3)
+    expected = 2 / 5 * abs(0.5 - 0.625) + 3 / 5 * abs(2 / 3 - (0.95 + 0.91 + 0.92) / 3)
+    assert expected_calibration_error(truth, probabilities) == pytest.approx(expected)
+
+
 def classified(truth: list[int], pred: list[int], classes: int) -> dict[str, object]:
     import numpy as np
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 from urllib.parse import parse_qs, urlparse
 
 import boto3
@@ -96,3 +97,40 @@ def test_the_trial_the_run_took_is_listed_first_even_when_a_stopped_one_scored_h
     assert view is not None
     assert [t["training_job"][len(tune) + 1 : len(tune) + 4] for t in view["trials"]] == ["001", "002", "003"]
     assert [t["chosen"] for t in view["trials"]] == [True, False, False]
+
+
+def test_the_evaluation_view_takes_what_pages_draw_and_survives_odd_files() -> None:
+    s3, s3_stub, sagemaker, _ = clients()
+    reports = RunReports(s3, SageMakerExecutors(sagemaker, SETTINGS), SETTINGS)
+    run = tuned()
+    written = {
+        "metrics": {"accuracy": 0.9, "labels": ["a", "b"], "confusion_matrix": [[4, 1], [0, 5]],
+                    "per_class": {"a": {"precision": 1.0, "recall": 0.8, "f1": 0.89, "support": 5}},
+                    "calibration": [{"low": 0.9, "high": 1.0, "count": 10, "confidence": 0.95, "accuracy": 0.9}]},
+        "intervals": {"accuracy": [0.7, 1.0]},
+        "confidence": 0.9,
+        "training_history": [{"epoch": 1.0, "step": 10, "validation_loss": 0.3}],
+    }  # fmt: skip
+    view = reports.evaluation(run, written)
+    assert view == {
+        "labels": ["a", "b"],
+        "per_class": written["metrics"]["per_class"],
+        "confusion_matrix": [[4, 1], [0, 5]],
+        "calibration": written["metrics"]["calibration"],
+        "intervals": {"accuracy": [0.7, 1.0]},
+        "confidence": 0.9,
+        "training_history": written["training_history"],
+    }
+    # An older evaluation (no history, no calibration) or a damaged one still gives a view.
+    assert reports.evaluation(run, {"metrics": [1, 2], "training_history": "x", "intervals": None}) == {
+        "intervals": {},
+        "confidence": 0.95,
+        "training_history": [],
+    }
+    assert reports.evaluation(run, None) is None
+    # The file is read once per view; a run before its evaluation reads nothing.
+    assert reports.evaluation_file(dataclasses.replace(run, metrics={})) is None
+    key = f"runs/{RUN_ID}/evaluate/evaluation/evaluation.json"
+    s3_stub.add_response("get_object", {"Body": io.BytesIO(b"[1]")}, {"Bucket": SETTINGS.bucket, "Key": key})
+    with s3_stub:
+        assert reports.evaluation_file(run) is None  # not an object: nothing to draw

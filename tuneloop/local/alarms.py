@@ -6,9 +6,8 @@ GetMetricStatistics, applies ``ComparisonOperator``, ``DatapointsToAlarm`` and
 ``TreatMissingData``, and when the state changes it sets it (SetAlarmState) and emits
 the ``CloudWatch Alarm State Change`` event EventBridge would carry.
 
-One approximation, stated: moto computes no percentiles, so an ``ExtendedStatistic``
-(``p99``) is evaluated as ``Maximum``, which is never below it: such an alarm fires at
-least as readily as on AWS.
+An ``ExtendedStatistic`` (``p99``) is read with GetMetricData, whose percentiles the local
+cloud's CloudWatch computes (``tuneloop/local/cloudwatch.py``).
 """
 
 from __future__ import annotations
@@ -95,18 +94,32 @@ class AlarmEvaluator:
         period = int(alarm["Period"])
         periods = int(alarm["EvaluationPeriods"])
         needed = int(alarm.get("DatapointsToAlarm") or periods)
-        statistic = alarm.get("Statistic") or "Maximum"  # ExtendedStatistic: see the module docstring
-        answer = self.cloudwatch.get_metric_statistics(
-            Namespace=alarm["Namespace"],
-            MetricName=alarm["MetricName"],
-            Dimensions=alarm.get("Dimensions", []),
-            StartTime=now - timedelta(seconds=period * periods),
-            EndTime=now + timedelta(seconds=1),
-            Period=period,
-            Statistics=[statistic],
-        )
-        points = sorted(answer.get("Datapoints", []), key=lambda p: p["Timestamp"])[-periods:]
-        values = [float(p[statistic]) for p in points]
+        start, end = now - timedelta(seconds=period * periods), now + timedelta(seconds=1)
+        if alarm.get("ExtendedStatistic"):
+            metric = {"Namespace": alarm["Namespace"], "MetricName": alarm["MetricName"],
+                      "Dimensions": alarm.get("Dimensions", [])}  # fmt: skip
+            result = self.cloudwatch.get_metric_data(
+                MetricDataQueries=[
+                    {"Id": "a", "MetricStat": {"Metric": metric, "Period": period, "Stat": alarm["ExtendedStatistic"]}}
+                ],
+                StartTime=start,
+                EndTime=end,
+            )["MetricDataResults"][0]
+            pairs = sorted(zip(result.get("Timestamps", []), result.get("Values", []), strict=False))
+            values = [float(v) for _, v in pairs][-periods:]
+        else:
+            statistic = alarm.get("Statistic") or "Maximum"
+            answer = self.cloudwatch.get_metric_statistics(
+                Namespace=alarm["Namespace"],
+                MetricName=alarm["MetricName"],
+                Dimensions=alarm.get("Dimensions", []),
+                StartTime=start,
+                EndTime=end,
+                Period=period,
+                Statistics=[statistic],
+            )
+            points = sorted(answer.get("Datapoints", []), key=lambda p: p["Timestamp"])[-periods:]
+            values = [float(p[statistic]) for p in points]
         if not values:
             missing = alarm.get("TreatMissingData", "missing")
             if missing == "notBreaching":

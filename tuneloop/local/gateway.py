@@ -243,6 +243,9 @@ def serve(app: App, port: int) -> None:
 def moto_app() -> App:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
+    from .cloudwatch import extend_moto
+
+    extend_moto()  # percentiles and DescribeAlarmHistory, which moto lacks
     return DomainDispatcherApplication(create_backend_app)
 
 

@@ -165,6 +165,9 @@ class Endpoint:
         self.lock = threading.Lock()
         self.target_config: str | None = None
         self.deployment: dict[str, Any] = {}
+        # While a blue/green update runs: its phase (VariantStatus) and since when.
+        self.phase: tuple[str, str, datetime] | None = None
+        self.update_started: datetime | None = None
         # Set while no fleet is being started: an endpoint in service whose serving process
         # is starting again (after a restart) answers once it is up, not with an error.
         self.settled = threading.Event()
@@ -198,6 +201,25 @@ class Endpoint:
             }
             if self.failure_reason:
                 out["FailureReason"] = self.failure_reason
+            if self.target_config and self.update_started:
+                # The new (green) fleet of a blue/green update, and its share of traffic.
+                green = [(fleet, weight) for fleet, weight in self.fleets if fleet.config == self.target_config]
+                phase = self.phase or ("Creating", "starting the new fleet", self.update_started)
+                out["PendingDeploymentSummary"] = {
+                    "EndpointConfigName": self.target_config,
+                    "StartTime": self.update_started,
+                    "ProductionVariants": [
+                        {
+                            "VariantName": fleet.variant,
+                            "CurrentWeight": weight,
+                            "DesiredWeight": 1.0,
+                            "CurrentInstanceCount": 1,
+                            "DesiredInstanceCount": 1,
+                            "VariantStatus": [{"Status": phase[0], "StatusMessage": phase[1], "StartTime": phase[2]}],
+                        }
+                        for fleet, weight in green
+                    ],
+                }
             config = self.hosting.configs.get(self.config, {})
             capture = config.get("DataCaptureConfig")
             if capture:
@@ -298,6 +320,7 @@ class Hosting:
                 # The serving processes ended with the previous server: serve the old model
                 # again, then carry the update through, with its events, as it would have gone.
                 endpoint.status, endpoint.target_config = "Updating", target
+                endpoint.update_started = now()
                 endpoint.deployment = dict(record.get("deployment") or {})
                 endpoint.settled.clear()
                 threading.Thread(target=self._resume_update, args=(endpoint,), daemon=True).start()
@@ -498,6 +521,8 @@ class Hosting:
                 )
             endpoint.target_config = config
             endpoint.deployment = dict(params.get("DeploymentConfig") or {})
+            endpoint.update_started = now()
+            endpoint.phase = ("Creating", "starting the new fleet", endpoint.update_started)
         endpoint.set_status("Updating")
         threading.Thread(
             target=self._blue_green, args=(endpoint, config, dict(params.get("DeploymentConfig") or {})), daemon=True
@@ -529,11 +554,14 @@ class Hosting:
         for share, hold in steps:
             with endpoint.lock:
                 endpoint.fleets = [(green, share)] + [(fleet, 1.0 - share) for fleet in old]
+                endpoint.phase = ("ActivatingTraffic", f"{share:.0%} of traffic on the new fleet", now())
             self._deployment_event(endpoint, config, "TRAFFIC_SHIFTING", f"{share:.0%} of traffic on the new fleet")
             fired = self._watch(alarms, hold)
             if fired:
                 return self._roll_back(endpoint, config, green, f"alarm {fired} went into ALARM while shifting traffic")
         baking = float(policy.get("TerminationWaitInSeconds", 0))
+        with endpoint.lock:
+            endpoint.phase = ("Baking", f"baking for {baking:.0f}s", now())
         self._deployment_event(endpoint, config, "BAKING", f"baking for {baking:.0f}s")
         fired = self._watch(alarms, baking)
         if fired:
@@ -542,6 +570,7 @@ class Hosting:
             endpoint.fleets = [(green, 1.0)]
             endpoint.config = config
             endpoint.target_config = None
+            endpoint.phase = endpoint.update_started = None
         for fleet in old:
             fleet.stop()
         self._deployment_event(endpoint, config, "COMPLETED", "the new fleet serves all traffic")
@@ -564,6 +593,7 @@ class Hosting:
         with endpoint.lock:
             endpoint.fleets = [(fleet, 1.0) for fleet, _ in endpoint.fleets if fleet is not green]
             endpoint.target_config = None
+            endpoint.phase = endpoint.update_started = None
         if green is not None:
             green.stop()
         self._deployment_event(endpoint, config, "ROLLBACK_COMPLETED", f"Rolled back: {why}")

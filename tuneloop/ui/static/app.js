@@ -101,28 +101,36 @@ function confirmAction(text) {
 
 // --- pages ----------------------------------------------------------------------------
 
+function usd(value) { return Number.isFinite(value) ? `$${value.toFixed(2)}` : "–"; }
+
 async function projectsPage() {
   const page = await api("GET", "/projects?limit=100");
-  const rows = [];
-  for (const project of page.projects) {
-    const [deployed, latest] = await Promise.all([
-      api("GET", `/runs?project=${encodeURIComponent(project.name)}&state=deployed&limit=1`),
-      api("GET", `/runs?project=${encodeURIComponent(project.name)}&limit=1`),
-    ]);
-    const serving = deployed.runs[0];
-    const last = latest.runs[0];
-    rows.push([
-      link(`/projects/${project.name}`, project.name),
+  const statuses = await Promise.all(page.projects.map((project) =>
+    api("GET", `/projects/${encodeURIComponent(project.name)}/status`)));
+  const rows = page.projects.map((project, i) => {
+    const status = statuses[i];
+    const name = encodeURIComponent(project.name);
+    const last = status.last_run;
+    const spend = status.spend;
+    return [
+      link(`/projects/${name}`, project.name),
       project.config.task,
-      project.config.base_model,
-      serving ? link(`/runs/${serving.run_id}`, serving.run_id) : "none",
+      status.deployed_run_id ? link(`/runs/${status.deployed_run_id}`, status.deployed_run_id) : "none",
+      status.endpoint ? link(`/projects/${name}/endpoint`, status.endpoint.status) : "no endpoint",
       last ? h("span", {}, link(`/runs/${last.run_id}`, last.run_id), " ", stateBadge(last.state)) : "no runs",
-      link(`/runs?project=${encodeURIComponent(project.name)}`, "runs"),
-    ]);
-  }
+      status.open_alarms.length
+        ? h("span", { class: "alarm ALARM" }, status.open_alarms.map((a) => a.metric || a.name).join(", "))
+        : "none",
+      spend ? { num: `${usd(spend.usd)}${spend.complete ? "" : " + unpriced"}${spend.partial ? " (partial)" : ""}` } : { num: "–" },
+    ];
+  });
+  const month = statuses.find((s) => s.spend)?.spend.month;
   render("Projects",
-    rows.length ? table(["project", "task", "base model", "deployed run", "last run", ""], rows, "Projects")
-      : h("p", {}, "No projects yet: tuneloop project create --file examples/demo-project.json"));
+    rows.length ? table(["project", "task", "deployed run", "endpoint", "last run", "open alarms",
+      `spend ${month || "this month"}`], rows, "Projects")
+      : h("p", {}, "No projects yet: tuneloop project create --file examples/demo-project.json"),
+    rows.length ? h("p", { class: "muted" }, "Spend: every job of the runs started this month and the endpoint's "
+      + "hours this month, at list prices.") : null);
 }
 
 async function projectPage(name) {
@@ -161,7 +169,8 @@ async function projectPage(name) {
   const runs = await api("GET", `/runs?project=${encodeURIComponent(name)}&limit=20`);
   render(`Project ${name}`,
     h("p", {}, `${project.config.task} on ${project.config.base_model} · `,
-      link(`/runs?project=${encodeURIComponent(name)}`, "all runs")),
+      link(`/runs?project=${encodeURIComponent(name)}`, "all runs"), " · ",
+      link(`/projects/${encodeURIComponent(name)}/endpoint`, "endpoint")),
     h("h2", {}, "Recent runs"),
     runs.runs.length ? runsTable(runs.runs) : h("p", {}, "No runs yet."),
     h("h2", {}, "Config"), form);
@@ -258,12 +267,77 @@ function tuningSection(tuning) {
     table(["trial", "training job", "status", metric, "hyperparameters", ""], rows, "Tuning trials"));
 }
 
+function trainingSection(evaluation) {
+  const history = (evaluation && evaluation.training_history) || [];
+  if (!history.length) return null;
+  const at = (key, x = "step") => history.filter((e) => typeof e[key] === "number").map((e) => [e[x], e[key]]);
+  const losses = [{ name: "training loss", points: at("train_loss") },
+    { name: "validation loss", points: at("validation_loss"), dashed: true }].filter((s) => s.points.length);
+  const scores = Object.keys(Object.assign({}, ...history)).filter((k) => k.startsWith("validation_") && k !== "validation_loss"
+    && !k.includes("ece") && !k.includes("perplexity")).sort();
+  const charts = [];
+  if (losses.length) {
+    charts.push(lineChart({ title: "Loss per training step", xLabel: "step", yLabel: "loss", series: losses,
+      xFormat: (x) => String(Math.round(x)), integerX: true }));
+  }
+  const perEpoch = scores.map((k) => ({ name: k.replace("validation_", "validation "), points: at(k, "epoch") }))
+    .filter((s) => s.points.length);
+  if (perEpoch.length) {
+    charts.push(lineChart({ title: "Validation metrics per epoch", xLabel: "epoch", yLabel: "score (0 to 1)",
+      series: perEpoch, xFormat: (x) => String(Math.round(x)), integerX: true }));
+  }
+  const perplexity = at("validation_perplexity", "epoch");
+  if (perplexity.length) {
+    charts.push(lineChart({ title: "Validation perplexity per epoch", xLabel: "epoch", yLabel: "perplexity",
+      series: [{ name: "validation perplexity", points: perplexity }], xFormat: (x) => String(Math.round(x)), integerX: true }));
+  }
+  return h("section", { "aria-labelledby": "training" }, h("h2", { id: "training" }, "Training curves"),
+    h("p", { class: "muted" }, "What the chosen training job recorded, read from the model it wrote."),
+    h("div", { class: "grid2" }, charts));
+}
+
+function confusionMatrix(labels, matrix) {
+  const t = h("table", { class: "matrix" });
+  t.append(h("caption", {}, "Confusion matrix on the test split: rows are the true label, columns the predicted one"));
+  t.append(h("thead", {}, h("tr", {}, h("td"), labels.map((l) => h("th", { scope: "col" }, `predicted ${l}`)))));
+  t.append(h("tbody", {}, matrix.map((row, r) => h("tr", {}, h("th", { scope: "row" }, `true ${labels[r]}`),
+    row.map((n, c) => h("td", { class: r === c ? "diagonal" : null }, String(n)))))));
+  return t;
+}
+
+function evaluationDetail(run) {
+  const e = run.evaluation;
+  if (!e || e.error) return e && e.error ? [h("p", { class: "error" }, e.error)] : [];
+  const out = [];
+  if (e.per_class) {
+    out.push(h("div", {}, h("h3", {}, "Per class"), table(["label", "precision", "recall", "F1", "test rows"],
+      Object.entries(e.per_class).map(([label, m]) => [label, { num: fmt(m.precision) }, { num: fmt(m.recall) },
+        { num: fmt(m.f1) }, { num: m.support }]), "Per-class metrics on the test split")));
+  }
+  if (e.labels && e.confusion_matrix) out.push(h("div", {}, h("h3", {}, "Confusion matrix"), confusionMatrix(e.labels, e.confusion_matrix)));
+  if (e.calibration && e.calibration.length) {
+    const ece = (run.metrics.evaluation || {}).ece;
+    out.push(h("div", {}, h("h3", {}, "Calibration"), lineChart({
+      title: `Reliability: accuracy against confidence${Number.isFinite(ece) ? ` (ECE ${fmt(ece)})` : ""}`,
+      description: "Each point is a bin of test predictions: their mean confidence and the share that were right. "
+        + "On the dashed diagonal the model is calibrated.",
+      xLabel: "confidence (top class)", yLabel: "accuracy",
+      series: [{ name: "test predictions", points: e.calibration.map((b) => [b.confidence, b.accuracy]) },
+        { name: "perfectly calibrated", points: [[0, 0], [1, 1]], dashed: true }],
+      xRange: [0, 1], yRange: [0, 1],
+    })));
+  }
+  return out;
+}
+
 function evaluationSection(run) {
   const links = run.links || {};
   const plots = Object.entries(links).filter(([k]) => k.startsWith("plot:"));
-  if (!plots.length && !links.report) return null;
+  const detail = evaluationDetail(run);
+  if (!plots.length && !links.report && !detail.length) return null;
   return h("section", { "aria-labelledby": "evaluation" }, h("h2", { id: "evaluation" }, "Evaluation"),
     links.report ? h("p", {}, h("a", { href: links.report, target: "_blank", rel: "noopener" }, "The evaluation report (opens the report page)")) : null,
+    detail.length ? h("div", { class: "grid2" }, detail) : null,
     h("div", { class: "grid2" }, plots.map(([k, url]) => h("figure", { class: "plot" },
       h("figcaption", {}, k.slice(5).replaceAll("_", " ")),
       h("img", { src: url, alt: `${k.slice(5).replaceAll("_", " ")} plot of run ${run.run_id}'s evaluation; the numbers are in the metrics above` })))));
@@ -349,11 +423,114 @@ async function runPage(id) {
       actions(run, refresh, answer),
       h("section", { "aria-labelledby": "history" }, h("h2", { id: "history" }, "Timeline"), timeline(run)),
       h("section", { "aria-labelledby": "metrics" }, h("h2", { id: "metrics" }, "Metrics"), metricsSection(run)),
-      tuningSection(run.tuning), evaluationSection(run), productionSection(run.production), costSection(run.cost)]));
+      tuningSection(run.tuning), trainingSection(run.evaluation), evaluationSection(run), productionSection(run.production), costSection(run.cost)]));
     announce(`run ${id} is ${run.state}`);
     if (ACTIVE.includes(run.state)) poll(refresh);
   };
   render(`Run ${id}`, holder);
+  await refresh();
+}
+
+const WINDOWS = [["1", "1 hour"], ["6", "6 hours"], ["24", "1 day"], ["72", "3 days"], ["168", "1 week"]];
+
+function timeFormat(hours) {
+  return (x) => new Date(x).toLocaleString([], hours > 24
+    ? { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" } : { hour: "2-digit", minute: "2-digit" });
+}
+
+function at(points) { return points.map(([t, v]) => [Date.parse(t), v]); }
+
+function splitSection(view) {
+  if (!view.traffic_split.length) return null;
+  const rows = view.traffic_split.map((f) => [f.role === "new" ? "new model" : "serving",
+    f.run_id ? link(`/runs/${f.run_id}`, f.run_id) : f.config, { num: `${(f.share * 100).toFixed(0)}%` },
+    f.phase ? `${f.phase}: ${f.message}` : "in service"]);
+  const shares = view.traffic_split.filter((f) => f.share > 0).map((f) => {
+    const bar = h("div", { class: `share ${f.role}` }, `${f.role === "new" ? "new" : "serving"} ${(f.share * 100).toFixed(0)}%`);
+    bar.style.width = `${(f.share * 100).toFixed(1)}%`;  // CSSOM, which the page's CSP allows
+    return bar;
+  });
+  return h("section", { "aria-labelledby": "split" }, h("h2", { id: "split" }, "Traffic split"),
+    view.traffic_split.some((f) => f.role === "new")
+      ? h("p", {}, "A blue/green update is shifting traffic to the new model; the alarms below can roll it back.") : null,
+    table(["fleet", "run", "share of traffic", "phase"], rows, "Traffic split"), h("div", { class: "shares", "aria-hidden": "true" }, shares));
+}
+
+function trafficSection(view, hours) {
+  const t = view.traffic;
+  const x = { xLabel: "time", xFormat: timeFormat(hours), xRange: [Date.parse(view.window.start), Date.parse(view.window.end)] };
+  const per = `per ${view.window.period_s / 60} min`;
+  return h("section", { "aria-labelledby": "traffic" }, h("h2", { id: "traffic" }, "Traffic"), h("div", { class: "grid2" },
+    lineChart({ title: `Invocations and errors ${per}`, yLabel: `requests ${per}`, ...x, series: [
+      { name: "invocations", points: at(t.invocations) }, { name: "4XX errors", points: at(t.errors_4xx) },
+      { name: "5XX errors", points: at(t.errors_5xx) }] }),
+    lineChart({ title: "Model latency (ms)", yLabel: "milliseconds", ...x, series: [
+      { name: "p50", points: at(t.latency_p50_ms) }, { name: "p99", points: at(t.latency_p99_ms), dashed: true }] })));
+}
+
+function monitoringSection(view, hours) {
+  if (!view.monitoring.length) {
+    return h("section", { "aria-labelledby": "monitoring" }, h("h2", { id: "monitoring" }, "Drift and quality"),
+      h("p", {}, view.serving_run_id ? "The serving run has no monitoring alarms." : "No run is deployed."));
+  }
+  const charts = view.monitoring.map((m) => {
+    const changes = view.alarm_changes.filter((c) => c.alarm === m.alarm);
+    return lineChart({
+      title: `${m.metric} (${m.kind}); alarm when ${m.breaches} ${fmt(m.threshold)}`,
+      xLabel: "time", yLabel: m.metric, xFormat: timeFormat(hours),
+      xRange: [Date.parse(view.window.start), Date.parse(view.window.end)],
+      series: [{ name: m.metric, points: at(m.points) }],
+      thresholds: [{ value: m.threshold, label: m.breaches === "below" ? "floor" : "threshold" }],
+      markers: changes.map((c) => ({ x: Date.parse(c.time), label: `${c.from} → ${c.to}: ${c.reason}` })),
+    });
+  });
+  return h("section", { "aria-labelledby": "monitoring" }, h("h2", { id: "monitoring" }, "Drift and quality"),
+    h("p", { class: "muted" }, "What each monitoring check published, against its alarm's threshold. "
+      + "An ALARM starts a retraining run."), h("div", { class: "grid2" }, charts));
+}
+
+function alarmsSection(view) {
+  if (!view.alarms.length) return null;
+  return h("section", { "aria-labelledby": "alarms" }, h("h2", { id: "alarms" }, "Alarms"),
+    table(["alarm", "metric", "state", "since", "reason"], view.alarms.map((a) => [a.name, a.metric || "",
+      h("span", { class: `alarm ${a.state}` }, a.state), when(a.since), a.reason]), "Alarms of the serving run"),
+    view.alarm_changes.length ? table(["time", "alarm", "change", "reason"], view.alarm_changes.map((c) =>
+      [when(c.time), c.alarm, `${c.from} → ${c.to}`, c.reason]), "Alarm state changes in the window")
+      : h("p", {}, "No alarm changed state in this window."));
+}
+
+async function endpointPage(name) {
+  const params = new URLSearchParams(location.search);
+  const hours = WINDOWS.some(([v]) => v === params.get("hours")) ? params.get("hours") : "6";
+  const holder = h("div");
+  const answer = h("pre", { class: "answer", role: "status", "aria-live": "polite" });
+  const base = `/projects/${encodeURIComponent(name)}/endpoint`;
+  const windowForm = h("form", { class: "filters", onchange: (event) => navigate(`${base}?hours=${event.target.value}`) },
+    h("div", {}, h("label", { for: "hours" }, "Window"), h("select", { id: "hours", name: "hours" },
+      WINDOWS.map(([v, label]) => h("option", { value: v, selected: v === hours }, label)))));
+  const check = h("button", { type: "button", onclick: async () => {
+    if (!await confirmAction(`Run ${name}'s drift check now?`)) return;
+    try {
+      answer.textContent = `Drift check: ${JSON.stringify(await api("POST", `/projects/${encodeURIComponent(name)}/drift-check`))}`;
+    } catch (error) {
+      answer.textContent = `Drift check refused: ${error.status} ${error.message}`;
+    }
+  } }, "Check drift now");
+  const refresh = async () => {
+    const view = await api("GET", `${base}?hours=${hours}`);
+    holder.replaceChildren(...present([
+      h("p", {}, "Endpoint ", h("strong", {}, view.endpoint), " · status ", h("strong", { id: "endpoint-status" }, view.status || "none"),
+        " · serving run ", view.serving_run_id ? link(`/runs/${view.serving_run_id}`, view.serving_run_id) : "none",
+        view.deploying_run_id ? h("span", {}, " · deploying ", link(`/runs/${view.deploying_run_id}`, view.deploying_run_id)) : null),
+      view.failure_reason ? h("p", { class: "error" }, view.failure_reason) : null,
+      view.errors.length ? h("ul", { class: "error", role: "alert" }, view.errors.map((e) => h("li", {}, e))) : null,
+      splitSection(view), trafficSection(view, Number(hours)), monitoringSection(view, Number(hours)), alarmsSection(view)]));
+    announce(`endpoint ${view.endpoint} is ${view.status || "absent"}`);
+    poll(refresh, view.status === "Updating" || view.deploying_run_id ? 3000 : 15000);
+  };
+  render(`Endpoint of ${name}`, windowForm,
+    h("section", { "aria-labelledby": "endpoint-actions" }, h("h2", { id: "endpoint-actions", class: "sr-only" }, "Actions"),
+      h("div", { class: "buttons" }, check), answer), holder);
   await refresh();
 }
 
@@ -371,6 +548,7 @@ async function route() {
     let match;
     if (path === "/" || path === "/projects") await projectsPage();
     else if ((match = path.match(/^\/projects\/([^/]+)$/))) await projectPage(decodeURIComponent(match[1]));
+    else if ((match = path.match(/^\/projects\/([^/]+)\/endpoint$/))) await endpointPage(decodeURIComponent(match[1]));
     else if (path === "/runs") await runsPage();
     else if ((match = path.match(/^\/runs\/([^/]+)$/))) await runPage(decodeURIComponent(match[1]));
     else render("Not found", h("p", {}, `No page at ${path}. `, link("/", "Projects")));

@@ -25,8 +25,11 @@ function fmt(value) {
   return Number(value.toFixed(abs < 10 ? 3 : 1)).toString();
 }
 
-// series: [{name, points: [[x, y], ...], line: true|false}]; thresholds: [{value, label}]
-export function lineChart({ title, description, xLabel, yLabel, series, thresholds = [], xFormat = fmt, integerX = false }) {
+// series: [{name, points: [[x, y], ...], line: true|false, dashed}]; thresholds: [{value, label}];
+// markers: [{x, label}], vertical lines (an alarm's state change), listed under the chart.
+// xRange/yRange: [min, max] to fix an axis (a time window, a probability's 0..1).
+export function lineChart({ title, description, xLabel, yLabel, series, thresholds = [], markers = [], xFormat = fmt,
+  integerX = false, xRange = null, yRange = null }) {
   const id = `chart-${++counter}`;
   const figure = document.createElement("figure");
   figure.tabIndex = 0;
@@ -42,10 +45,14 @@ export function lineChart({ title, description, xLabel, yLabel, series, threshol
   let [xMin, xMax] = [Math.min(...xs), Math.max(...xs)];
   let [yMin, yMax] = [Math.min(...ys), Math.max(...ys)];
   if (!points.length) { xMin = 0; xMax = 1; yMin = 0; yMax = 1; }
+  if (xRange) [xMin, xMax] = xRange;
+  if (yRange) [yMin, yMax] = [Math.min(yRange[0], yMin), Math.max(yRange[1], yMax)];
   if (xMin === xMax) { xMin -= 1; xMax += 1; }
   if (yMin === yMax) { yMin -= Math.abs(yMin) * 0.1 || 1; yMax += Math.abs(yMax) * 0.1 || 1; }
-  const pad = (yMax - yMin) * 0.08;
-  yMin -= pad; yMax += pad;
+  if (!yRange) {
+    const pad = (yMax - yMin) * 0.08;
+    yMin -= pad; yMax += pad;
+  }
   const X = (x) => left + ((x - xMin) / (xMax - xMin)) * (width - left - right);
   const Y = (y) => top + (1 - (y - yMin) / (yMax - yMin)) * (height - top - bottom);
   const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-labelledby": `${id}-t ${id}-d` });
@@ -58,9 +65,11 @@ export function lineChart({ title, description, xLabel, yLabel, series, threshol
   const xTicks = integerX
     ? [...new Set(ticks(Math.ceil(xMin), Math.floor(xMax)).map(Math.round))].filter((t) => t >= xMin && t <= xMax)
     : ticks(xMin, xMax);
-  for (const t of xTicks) {
-    svg.append(el("text", { x: X(t), y: height - bottom + 16, "text-anchor": "middle" }, xFormat(t)));
-  }
+  xTicks.forEach((t, i) => {
+    // The first and last labels are anchored inside the plot, so neither is cut off.
+    const anchor = xTicks.length > 1 && i === xTicks.length - 1 ? "end" : (xTicks.length > 1 && i === 0 ? "start" : "middle");
+    svg.append(el("text", { x: X(t), y: height - bottom + 16, "text-anchor": anchor }, xFormat(t)));
+  });
   svg.append(el("line", { x1: left, x2: left, y1: top, y2: height - bottom, class: "axis" }));
   svg.append(el("line", { x1: left, x2: width - right, y1: height - bottom, y2: height - bottom, class: "axis" }));
   svg.append(el("text", { x: (left + width - right) / 2, y: height - 6, "text-anchor": "middle" }, xLabel));
@@ -69,6 +78,12 @@ export function lineChart({ title, description, xLabel, yLabel, series, threshol
   for (const t of thresholds) {
     svg.append(el("line", { x1: left, x2: width - right, y1: Y(t.value), y2: Y(t.value), class: "threshold" }));
     svg.append(el("text", { x: width - right - 4, y: Y(t.value) - 4, "text-anchor": "end" }, `${t.label} ${fmt(t.value)}`));
+  }
+  for (const m of markers) {
+    if (!(m.x >= xMin && m.x <= xMax)) continue;
+    const line = el("line", { x1: X(m.x), x2: X(m.x), y1: top, y2: height - bottom, class: "marker" });
+    line.append(el("title", {}, `${xFormat(m.x)}: ${m.label}`));
+    svg.append(line);
   }
   series.forEach((s, i) => {
     const colour = COLOURS[i % COLOURS.length];
@@ -84,12 +99,29 @@ export function lineChart({ title, description, xLabel, yLabel, series, threshol
     }
   });
   figure.append(svg);
-  if (series.length > 1 || thresholds.length) {
+  if (!points.length) {
+    const none = document.createElement("p");
+    none.className = "muted";
+    none.textContent = "No data points in this window.";
+    figure.append(none);
+  }
+  if (series.length > 1 || thresholds.length || markers.length) {
     const legend = document.createElement("p");
     legend.className = "muted";
     legend.textContent = series.map((s, i) => `${["blue", "orange", "green", "purple", "red"][i % 5]}${s.dashed ? " dashed" : ""}: ${s.name}`)
-      .concat(thresholds.map((t) => `red dashed: ${t.label}`)).join(" · ");
+      .concat(thresholds.map((t) => `red dashed: ${t.label}`))
+      .concat(markers.length ? ["grey vertical lines: alarm state changes (listed below)"] : []).join(" · ");
     figure.append(legend);
+  }
+  if (markers.length) {
+    const list = document.createElement("ul");
+    list.className = "markers";
+    for (const m of markers) {
+      const item = document.createElement("li");
+      item.textContent = `${xFormat(m.x)}: ${m.label}`;
+      list.append(item);
+    }
+    figure.append(list);
   }
   const details = document.createElement("details");
   const summary = document.createElement("summary");

@@ -1,0 +1,178 @@
+"""GET /projects/{name}/endpoint and /status: the endpoint's traffic, latency, monitoring
+metrics and alarms from the local cloud's CloudWatch (moto behind the gateway, with the
+percentiles and alarm history tuneloop adds), and SageMaker's DescribeEndpoint through
+botocore's Stubber (each request and answer checked against the service model)."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from chalicelib import deps as deps_module
+from chalicelib.deployment import VARIANT, drift_dimensions, endpoint_config_name, monitoring_alarm_requests
+from chalicelib.domain import names
+from chalicelib.domain.machine import Decision
+from chalicelib.domain.project import normalise_config
+from chalicelib.domain.run import HistoryEntry, Run
+from chalicelib.domain.states import RunState
+from chalicelib.endpoints import EndpointViews, period_for
+from tests.conftest import DEMO_CONFIG
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def commit(deps: Any, project: str, state: RunState, seed: str) -> Run:
+    config = normalise_config({**DEMO_CONFIG, "quality": {"thresholds": {"production_macro_f1": 0.8}}})
+    run_id = names.derive_id(project, seed)
+    since = NOW - timedelta(hours=2)
+    entry = HistoryEntry(f"e-{seed}", "endpoint.in_service", RunState.DEPLOYING, state, "test", since)
+    run = Run(run_id, project, state, config, f"s3://b/datasets/{project}/d.jsonl", NOW - timedelta(hours=3),
+              history=(entry,))  # fmt: skip
+    deps.service.runs.commit(None, Decision(run=run, commands=(), note="test"), NOW)
+    return run
+
+
+def described(project: str, serving: Run, new: Run) -> dict[str, Any]:
+    """DescribeEndpoint while a canary update has 10% of traffic on the new fleet."""
+    return {
+        "EndpointName": names.endpoint_name(project),
+        "EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{names.endpoint_name(project)}",
+        "EndpointConfigName": endpoint_config_name(serving.run_id),
+        "ProductionVariants": [{"VariantName": VARIANT, "CurrentWeight": 0.9, "DesiredWeight": 0.9,
+                                "CurrentInstanceCount": 1, "DesiredInstanceCount": 1}],
+        "EndpointStatus": "Updating",
+        "CreationTime": NOW - timedelta(hours=3),
+        "LastModifiedTime": NOW,
+        "PendingDeploymentSummary": {
+            "EndpointConfigName": endpoint_config_name(new.run_id),
+            "StartTime": NOW - timedelta(minutes=2),
+            "ProductionVariants": [{
+                "VariantName": VARIANT, "CurrentWeight": 0.1, "DesiredWeight": 1.0, "CurrentInstanceCount": 1,
+                "VariantStatus": [{"Status": "ActivatingTraffic", "StatusMessage": "10% of traffic on the new fleet",
+                                   "StartTime": NOW - timedelta(minutes=1)}],
+            }],
+        },
+    }  # fmt: skip
+
+
+@pytest.fixture
+def watched(deps: Any, api: Any, local_services: Any) -> Any:
+    project = f"ep{uuid.uuid4().hex[:8]}"
+    status, body = api.call("POST", "/projects", {"name": project, "config": DEMO_CONFIG})
+    assert status == 201, body
+    serving = commit(deps, project, RunState.DEPLOYED, "serving")
+    new = commit(deps, project, RunState.DEPLOYING, "new")
+    cloudwatch = boto3.client("cloudwatch")
+    endpoint = names.endpoint_name(project)
+    dimensions = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": VARIANT}]
+    minute = NOW.replace(second=0) - timedelta(minutes=10)
+    cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=[
+        {"MetricName": "Invocations", "Dimensions": dimensions, "Value": 40, "Timestamp": minute},
+        {"MetricName": "Invocation4XXErrors", "Dimensions": dimensions, "Value": 2, "Timestamp": minute},
+        {"MetricName": "Invocation5XXErrors", "Dimensions": dimensions, "Value": 1, "Timestamp": minute},
+        {"MetricName": "ModelLatency", "Dimensions": dimensions, "Values": [1000.0 * v for v in range(1, 101)],
+         "Unit": "Microseconds", "Timestamp": minute},
+    ])  # fmt: skip
+    alarms = monitoring_alarm_requests(serving)
+    for alarm in alarms:
+        cloudwatch.put_metric_alarm(**alarm)
+    psi = next(a for a in alarms if a["MetricName"] == "prediction_psi")
+    cloudwatch.put_metric_data(Namespace="tuneloop", MetricData=[
+        {"MetricName": "prediction_psi", "Dimensions": drift_dimensions(project), "Value": v,
+         "Timestamp": minute + timedelta(minutes=n)} for n, v in enumerate((0.05, 0.41))
+    ])  # fmt: skip
+    cloudwatch.set_alarm_state(AlarmName=psi["AlarmName"], StateValue="ALARM", StateReason="0.41 > 0.2")
+    sagemaker = boto3.client("sagemaker", region_name="us-east-1")
+    stubber = Stubber(sagemaker)
+    stubber.activate()
+    views = EndpointViews(sagemaker, cloudwatch, lambda: NOW + timedelta(minutes=1))
+    deps_module.override(dataclasses.replace(deps, endpoints=views))
+    try:
+        yield {"project": project, "serving": serving, "new": new, "stubber": stubber, "psi": psi,
+               "answer": described(project, serving, new)}  # fmt: skip
+    finally:
+        deps_module.override(deps)
+
+
+def test_the_endpoint_view_shows_traffic_latency_drift_and_alarm_changes(api: Any, watched: Any) -> None:
+    project, serving, new = watched["project"], watched["serving"], watched["new"]
+    watched["stubber"].add_response("describe_endpoint", watched["answer"], {"EndpointName": f"tl-{project}"})
+    status, view = api.call("GET", f"/projects/{project}/endpoint?hours=1")
+    assert status == 200, view
+    assert view["errors"] == [] and view["status"] == "Updating"
+    assert view["serving_run_id"] == serving.run_id and view["deploying_run_id"] == new.run_id
+    split = {f["role"]: f for f in view["traffic_split"]}
+    assert split["serving"]["run_id"] == serving.run_id and split["serving"]["share"] == pytest.approx(0.9)
+    assert split["new"]["run_id"] == new.run_id and split["new"]["share"] == pytest.approx(0.1)
+    assert split["new"]["phase"] == "ActivatingTraffic"
+    assert view["window"]["period_s"] == period_for(1) == 60
+
+    traffic = view["traffic"]
+    assert [v for _, v in traffic["invocations"]] == [40.0]
+    assert [v for _, v in traffic["errors_4xx"]] == [2.0] and [v for _, v in traffic["errors_5xx"]] == [1.0]
+    assert [v for _, v in traffic["latency_p50_ms"]] == [50.0]  # nearest rank of 1..100 ms
+    assert [v for _, v in traffic["latency_p99_ms"]] == [99.0]
+
+    monitored = {m["metric"]: m for m in view["monitoring"]}
+    assert set(monitored) == {a["MetricName"] for a in monitoring_alarm_requests(serving)}
+    psi = monitored["prediction_psi"]
+    assert [v for _, v in psi["points"]] == [0.05, 0.41]
+    assert psi["threshold"] == watched["psi"]["Threshold"] and psi["breaches"] == "above" and psi["kind"] == "drift"
+    quality = monitored["production_macro_f1"]
+    assert quality["breaches"] == "below" and quality["kind"] == "quality" and quality["points"] == []
+
+    alarms = {a["name"]: a for a in view["alarms"]}
+    assert alarms[watched["psi"]["AlarmName"]]["state"] == "ALARM"
+    [change] = view["alarm_changes"]
+    assert change["alarm"] == watched["psi"]["AlarmName"] and (change["from"], change["to"]) == ("OK", "ALARM")
+    assert change["reason"] == "0.41 > 0.2"
+    watched["stubber"].assert_no_pending_responses()
+
+
+def test_the_status_line_has_the_endpoint_and_its_open_alarms(api: Any, watched: Any) -> None:
+    project = watched["project"]
+    watched["stubber"].add_response("describe_endpoint", watched["answer"], {"EndpointName": f"tl-{project}"})
+    status, view = api.call("GET", f"/projects/{project}/status")
+    assert status == 200, view
+    assert view["deployed_run_id"] == watched["serving"].run_id
+    assert view["last_run"]["run_id"] in (watched["serving"].run_id, watched["new"].run_id)
+    assert view["endpoint"] == {"name": f"tl-{project}", "status": "Updating"}
+    assert [a["name"] for a in view["open_alarms"]] == [watched["psi"]["AlarmName"]]
+    assert view["errors"] == []
+
+
+def test_a_missing_endpoint_and_a_failing_service_still_give_a_view(api: Any, watched: Any) -> None:
+    project = watched["project"]
+    stubber = watched["stubber"]
+    stubber.add_client_error("describe_endpoint", "ValidationException", f"Could not find endpoint tl-{project}.")
+    status, view = api.call("GET", f"/projects/{project}/status")
+    assert status == 200 and view["endpoint"] is None and view["errors"] == []
+    stubber.add_client_error("describe_endpoint", "ThrottlingException", "Rate exceeded", 400)
+    status, view = api.call("GET", f"/projects/{project}/endpoint")
+    assert status == 200 and view["status"] is None
+    assert [e.split(":")[0] for e in view["errors"]] == ["DescribeEndpoint"]
+    assert [v for _, v in view["traffic"]["invocations"]] == [40.0]  # the rest still comes back
+
+
+@pytest.mark.parametrize("hours", ["0", "-1", "abc", "nan", "inf", "337"])
+def test_a_bad_window_is_a_400_naming_hours(api: Any, watched: Any, hours: str) -> None:
+    status, body = api.call("GET", f"/projects/{watched['project']}/endpoint?hours={hours}")
+    assert status == 400 and body["Message"].startswith("hours:"), body
+
+
+def test_unknown_projects_and_an_unconfigured_stage(api: Any, demo: Any) -> None:
+    assert api.call("GET", "/projects/nope/endpoint")[0] == 404
+    assert api.call("GET", "/projects/nope/status")[0] == 404
+    status, body = api.call("GET", "/projects/demo/endpoint")
+    assert status == 409 and "not configured" in body["Message"]
+    status, body = api.call("GET", "/projects/demo/status")
+    assert status == 200 and body["endpoint"] is None and body["deployed_run_id"] is None
+    assert body["last_run"] is None and "spend" not in body
