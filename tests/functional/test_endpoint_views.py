@@ -176,3 +176,86 @@ def test_unknown_projects_and_an_unconfigured_stage(api: Any, demo: Any) -> None
     status, body = api.call("GET", "/projects/demo/status")
     assert status == 200 and body["endpoint"] is None and body["deployed_run_id"] is None
     assert body["last_run"] is None and "spend" not in body
+
+
+class Described:
+    """SageMaker for the browser test: the page polls, so one canned answer serves every
+    call (its shape is checked by the Stubber tests above)."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self.answer = answer
+
+    def describe_endpoint(self, **_: Any) -> dict[str, Any]:
+        return self.answer
+
+
+def test_the_endpoint_page_during_a_canary_in_a_browser(deps: Any, watched: Any, tmp_path: Any) -> None:
+    """The endpoint page while a blue/green update shifts traffic and a drift alarm fired:
+    the split, the charts with the threshold and the alarm's change marked, no console
+    error or failed request, no serious axe violation; a screenshot for the record."""
+    import os
+    import re
+    import threading
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import app as app_module
+    from tests.e2e.dashboard import AXE, BROWSER_ARGS, CHROMIUM, SERIOUS
+    from tuneloop.local.apiserver import ApiServer
+    from tuneloop.ui.server import LocalBackend, UiServer
+
+    if not CHROMIUM.exists() or not AXE.exists():
+        if os.environ.get("TUNELOOP_REQUIRE_BROWSER"):
+            raise AssertionError(f"{CHROMIUM} or {AXE} is missing; .ci/run and make setup install them")
+        pytest.skip("needs chromium and node_modules/axe-core")
+    from playwright.sync_api import sync_playwright
+
+    project = watched["project"]
+    views = EndpointViews(Described(watched["answer"]), boto3.client("cloudwatch"), lambda: NOW + timedelta(minutes=1))
+    deps_module.override(dataclasses.replace(deps, endpoints=views))
+    api = ApiServer(app_module.app, "token-for-the-test")
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    ui = UiServer(LocalBackend(lambda: SimpleNamespace(api_url=f"http://127.0.0.1:{api.port}", token=api.token)))
+    ui.serve_in_background()
+    artifacts = Path(os.environ.get("TUNELOOP_ARTIFACTS") or tmp_path) / "dashboard"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+            context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=False)
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("response", lambda r: errors.append(f"{r.status}: {r.url}") if r.status >= 400 else None)
+            page.goto(ui.url)
+            page.goto(f"http://127.0.0.1:{ui.port}/projects/{project}/endpoint?hours=1")
+            page.wait_for_selector("#endpoint-status")
+            text = page.locator("main").inner_text()
+            assert "A blue/green update is shifting traffic" in text
+            split = page.locator("table:has(caption:text-is('Traffic split')) tbody tr")
+            assert [split.nth(n).locator("td").all_inner_texts()[:3] for n in range(split.count())] == [
+                ["serving", watched["serving"].run_id, "90%"],
+                ["new model", watched["new"].run_id, "10%"],
+            ]
+            psi = page.locator("figure", has=page.get_by_role("img", name=re.compile("prediction_psi")))
+            assert psi.locator("line.threshold").count() == 1 and psi.locator("line.marker").count() == 1
+            assert psi.locator("ul.markers li").all_inner_texts()[0].endswith("OK → ALARM: 0.41 > 0.2")
+            assert psi.locator("svg circle").count() == 2
+            assert page.locator(".alarm.ALARM").count() >= 1
+            page.screenshot(path=str(artifacts / "endpoint-canary.png"), full_page=True)
+            page.goto(f"http://127.0.0.1:{ui.port}/")
+            page.wait_for_selector("main table")
+            assert page.locator("main tbody tr td").nth(5).inner_text() == "prediction_psi"
+            assert errors == [], errors
+            audit = browser.new_context(bypass_csp=True).new_page()
+            audit.goto(ui.url)
+            for path in ("/", f"/projects/{project}/endpoint"):
+                audit.goto(f"http://127.0.0.1:{ui.port}{path}")
+                audit.wait_for_selector("main table")
+                audit.add_script_tag(path=str(AXE))
+                assert audit.evaluate(SERIOUS) == [], path
+            browser.close()
+    finally:
+        ui.shutdown()
+        api.shutdown()

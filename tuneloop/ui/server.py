@@ -22,6 +22,7 @@ import json
 import logging
 import mimetypes
 import secrets
+import sys
 import threading
 import urllib.error
 import urllib.parse
@@ -113,6 +114,12 @@ class UiServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A browser that navigates away mid-answer (a poll it cancelled) is no error."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:

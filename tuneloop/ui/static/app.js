@@ -103,6 +103,48 @@ function confirmAction(text) {
 
 function usd(value) { return Number.isFinite(value) ? `$${value.toFixed(2)}` : "–"; }
 
+// The API's message starts with the field at fault ("config.training.epochs: …"): mark the
+// control invalid and, in a JSON editor, select that field's key.
+function showAtField(control, error, message) {
+  error.textContent = message;
+  control.setAttribute("aria-invalid", "true");
+  if (control.tagName !== "TEXTAREA") { control.focus(); return; }
+  const field = message.split(":")[0].replace(/^config\./, "").split(".").pop().replace(/\[\d+\]$/, "");
+  const at = control.value.indexOf(`"${field}"`);
+  if (at >= 0) { control.focus(); control.setSelectionRange(at, at + field.length + 2); }
+}
+
+const STARTER_CONFIG = { base_model: "sentence-transformers/all-MiniLM-L6-v2", task: "text-classification" };
+
+function newProjectForm() {
+  const name = h("input", { id: "new-name", name: "name", required: true, "aria-describedby": "new-error",
+    autocomplete: "off", spellcheck: "false" });
+  const config = h("textarea", { id: "new-config", "aria-describedby": "new-help new-error", spellcheck: "false" });
+  config.value = JSON.stringify(STARTER_CONFIG, null, 2);
+  const error = h("p", { id: "new-error", class: "error", role: "alert" });
+  const form = h("form", { onsubmit: async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    for (const control of [name, config]) control.removeAttribute("aria-invalid");
+    let parsed;
+    try { parsed = JSON.parse(config.value); } catch (e) {
+      showAtField(config, error, `config: not valid JSON (${e.message})`);
+      return;
+    }
+    try {
+      const created = await api("POST", "/projects", { name: name.value, config: parsed });
+      navigate(`/projects/${encodeURIComponent(created.name)}`);
+    } catch (e) {
+      const message = e.status === 409 ? `name: ${e.message}` : e.message;
+      showAtField(message.startsWith("name") ? name : config, error, message);
+    }
+  } }, h("label", { for: "new-name" }, "Name"), name,
+  h("label", { for: "new-config" }, "Config (JSON)"),
+  h("p", { id: "new-help", class: "muted" }, "Everything but base_model and task has a default; the server validates the rest."),
+  config, error, h("div", { class: "buttons" }, h("button", { class: "primary", type: "submit" }, "Create project")));
+  return h("details", { class: "create" }, h("summary", {}, "New project"), form);
+}
+
 async function projectsPage() {
   const page = await api("GET", "/projects?limit=100");
   const statuses = await Promise.all(page.projects.map((project) =>
@@ -125,7 +167,7 @@ async function projectsPage() {
     ];
   });
   const month = statuses.find((s) => s.spend)?.spend.month;
-  render("Projects",
+  render("Projects", newProjectForm(),
     rows.length ? table(["project", "task", "deployed run", "endpoint", "last run", "open alarms",
       `spend ${month || "this month"}`], rows, "Projects")
       : h("p", {}, "No projects yet: tuneloop project create --file examples/demo-project.json"),
@@ -146,8 +188,7 @@ async function projectPage(name) {
       error.textContent = ""; saved.textContent = "";
       let config;
       try { config = JSON.parse(editor.value); } catch (e) {
-        error.textContent = `config: not valid JSON (${e.message})`;
-        editor.setAttribute("aria-invalid", "true");
+        showAtField(editor, error, `config: not valid JSON (${e.message})`);
         return;
       }
       try {
@@ -155,12 +196,7 @@ async function projectPage(name) {
         editor.removeAttribute("aria-invalid");
         saved.textContent = "Saved: runs started from now on use this config.";
       } catch (e) {
-        // The API's message starts with the field at fault: point at it in the editor.
-        error.textContent = e.message;
-        editor.setAttribute("aria-invalid", "true");
-        const field = e.message.split(":")[0].replace(/^config\./, "").split(".").pop();
-        const at = editor.value.indexOf(`"${field}"`);
-        if (at >= 0) { editor.focus(); editor.setSelectionRange(at, at + field.length + 2); }
+        showAtField(editor, error, e.message);
       }
     },
   }, h("label", { for: "config" }, "Config (JSON)"),
