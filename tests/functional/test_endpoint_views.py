@@ -6,8 +6,15 @@ botocore's Stubber (each request and answer checked against the service model)."
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -189,18 +196,12 @@ class Described:
         return self.answer
 
 
-def test_the_endpoint_page_during_a_canary_in_a_browser(deps: Any, watched: Any, tmp_path: Any) -> None:
-    """The endpoint page while a blue/green update shifts traffic and a drift alarm fired:
-    the split, the charts with the threshold and the alarm's change marked, no console
-    error or failed request, no serious axe violation; a screenshot for the record."""
-    import os
-    import re
-    import threading
-    from pathlib import Path
-    from types import SimpleNamespace
-
+@contextmanager
+def dashboard_over_the_app() -> Iterator[Any]:
+    """The app behind the local API server, the dashboard's server in front of it, and a
+    headless Chromium on it (signed in); yields (page, origin, errors, browser)."""
     import app as app_module
-    from tests.e2e.dashboard import AXE, BROWSER_ARGS, CHROMIUM, SERIOUS
+    from tests.e2e.dashboard import AXE, BROWSER_ARGS, CHROMIUM
     from tuneloop.local.apiserver import ApiServer
     from tuneloop.ui.server import LocalBackend, UiServer
 
@@ -210,52 +211,81 @@ def test_the_endpoint_page_during_a_canary_in_a_browser(deps: Any, watched: Any,
         pytest.skip("needs chromium and node_modules/axe-core")
     from playwright.sync_api import sync_playwright
 
-    project = watched["project"]
-    views = EndpointViews(Described(watched["answer"]), boto3.client("cloudwatch"), lambda: NOW + timedelta(minutes=1))
-    deps_module.override(dataclasses.replace(deps, endpoints=views))
     api = ApiServer(app_module.app, "token-for-the-test")
     threading.Thread(target=api.serve_forever, daemon=True).start()
     ui = UiServer(LocalBackend(lambda: SimpleNamespace(api_url=f"http://127.0.0.1:{api.port}", token=api.token)))
     ui.serve_in_background()
-    artifacts = Path(os.environ.get("TUNELOOP_ARTIFACTS") or tmp_path) / "dashboard"
-    artifacts.mkdir(parents=True, exist_ok=True)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
-            context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=False)
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("response", lambda r: errors.append(f"{r.status}: {r.url}") if r.status >= 400 else None)
-            page.goto(ui.url)
-            page.goto(f"http://127.0.0.1:{ui.port}/projects/{project}/endpoint?hours=1")
-            page.wait_for_selector("#endpoint-status")
-            text = page.locator("main").inner_text()
-            assert "A blue/green update is shifting traffic" in text
-            split = page.locator("table:has(caption:text-is('Traffic split')) tbody tr")
-            assert [split.nth(n).locator("td").all_inner_texts()[:3] for n in range(split.count())] == [
-                ["serving", watched["serving"].run_id, "90%"],
-                ["new model", watched["new"].run_id, "10%"],
-            ]
-            psi = page.locator("figure", has=page.get_by_role("img", name=re.compile("prediction_psi")))
-            assert psi.locator("line.threshold").count() == 1 and psi.locator("line.marker").count() == 1
-            assert psi.locator("ul.markers li").all_inner_texts()[0].endswith("OK → ALARM: 0.41 > 0.2")
-            assert psi.locator("svg circle").count() == 2
-            assert page.locator(".alarm.ALARM").count() >= 1
-            page.screenshot(path=str(artifacts / "endpoint-canary.png"), full_page=True)
-            page.goto(f"http://127.0.0.1:{ui.port}/")
-            page.wait_for_selector("main table")
-            assert page.locator("main tbody tr td").nth(5).inner_text() == "prediction_psi"
-            assert errors == [], errors
-            audit = browser.new_context(bypass_csp=True).new_page()
-            audit.goto(ui.url)
-            for path in ("/", f"/projects/{project}/endpoint"):
-                audit.goto(f"http://127.0.0.1:{ui.port}{path}")
-                audit.wait_for_selector("main table")
-                audit.add_script_tag(path=str(AXE))
-                assert audit.evaluate(SERIOUS) == [], path
-            browser.close()
+            try:
+                page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+                errors: list[str] = []
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.on("response", lambda r: errors.append(f"{r.status}: {r.url}") if r.status >= 400 else None)
+                page.goto(ui.url)
+                yield page, f"http://127.0.0.1:{ui.port}", errors, browser, ui.url
+            finally:
+                browser.close()
     finally:
         ui.shutdown()
         api.shutdown()
+
+
+def test_the_endpoint_page_during_a_canary_in_a_browser(deps: Any, watched: Any, tmp_path: Path) -> None:
+    """The endpoint page while a blue/green update shifts traffic and a drift alarm fired:
+    the split, the charts with the threshold and the alarm's change marked, no console
+    error or failed request, no serious axe violation; a screenshot for the record."""
+    from tests.e2e.dashboard import AXE, SERIOUS
+
+    project = watched["project"]
+    views = EndpointViews(Described(watched["answer"]), boto3.client("cloudwatch"), lambda: NOW + timedelta(minutes=1))
+    deps_module.override(dataclasses.replace(deps, endpoints=views))
+    artifacts = Path(os.environ.get("TUNELOOP_ARTIFACTS") or tmp_path) / "dashboard"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with dashboard_over_the_app() as (page, origin, errors, browser, signin):
+        page.goto(f"{origin}/projects/{project}/endpoint?hours=1")
+        page.wait_for_selector("#endpoint-status")
+        text = page.locator("main").inner_text()
+        assert "A blue/green update is shifting traffic" in text
+        split = page.locator("table:has(caption:text-is('Traffic split')) tbody tr")
+        assert [split.nth(n).locator("td").all_inner_texts()[:3] for n in range(split.count())] == [
+            ["serving", watched["serving"].run_id, "90%"],
+            ["new model", watched["new"].run_id, "10%"],
+        ]
+        psi = page.locator("figure", has=page.get_by_role("img", name=re.compile("prediction_psi")))
+        assert psi.locator("line.threshold").count() == 1 and psi.locator("line.marker").count() == 1
+        assert psi.locator("ul.markers li").all_inner_texts()[0].endswith("OK → ALARM: 0.41 > 0.2")
+        assert psi.locator("svg circle").count() == 2
+        assert page.locator(".alarm.ALARM").count() >= 1
+        page.screenshot(path=str(artifacts / "endpoint-canary.png"), full_page=True)
+        page.goto(f"{origin}/")
+        page.wait_for_selector("main table")
+        assert page.locator("main tbody tr td").nth(5).inner_text() == "prediction_psi"
+        assert errors == [], errors
+        audit = browser.new_context(bypass_csp=True).new_page()
+        audit.goto(signin)
+        for path in ("/", f"/projects/{project}/endpoint"):
+            audit.goto(f"{origin}{path}")
+            audit.wait_for_selector("main table")
+            audit.add_script_tag(path=str(AXE))
+            assert audit.evaluate(SERIOUS) == [], path
+
+
+def test_approving_a_run_in_the_browser_round_trips(deps: Any, api: Any) -> None:
+    """A run waiting for manual approval: Approve, confirmed with a reason, reaches the API;
+    its answer is shown and the run's history records who approved and why."""
+    status, body = api.call("POST", "/projects", {"name": "approved", "config": DEMO_CONFIG})
+    assert status == 201, body
+    waiting = commit(deps, "approved", RunState.PENDING_APPROVAL, "waiting")
+    with dashboard_over_the_app() as (page, origin, errors, _browser, _signin):
+        page.goto(f"{origin}/runs/{waiting.run_id}")
+        page.get_by_role("button", name="Approve").click()
+        page.locator("#confirm-reason").fill("looked at the report")
+        page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+        page.wait_for_selector("pre.answer:has-text('Approve:')")
+        assert '"decision":"approved"' in page.locator("pre.answer").inner_text()
+        decided = api.call("GET", f"/runs/{waiting.run_id}")[1]["history"][-1]
+        assert decided["event_kind"] == "approval.decided" and "looked at the report" in decided["reason"]
+        assert errors == [], errors
