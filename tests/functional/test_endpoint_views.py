@@ -33,17 +33,20 @@ from tests.conftest import DEMO_CONFIG
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime.now(UTC).replace(microsecond=0)
+
+def now() -> datetime:
+    """Real time: moto stamps alarm changes with it, and the views' window ends at it."""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def commit(deps: Any, project: str, state: RunState, seed: str) -> Run:
     config = normalise_config({**DEMO_CONFIG, "quality": {"thresholds": {"production_macro_f1": 0.8}}})
     run_id = names.derive_id(project, seed)
-    since = NOW - timedelta(hours=2)
+    since = now() - timedelta(hours=2)
     entry = HistoryEntry(f"e-{seed}", "endpoint.in_service", RunState.DEPLOYING, state, "test", since)
-    run = Run(run_id, project, state, config, f"s3://b/datasets/{project}/d.jsonl", NOW - timedelta(hours=3),
+    run = Run(run_id, project, state, config, f"s3://b/datasets/{project}/d.jsonl", now() - timedelta(hours=3),
               history=(entry,))  # fmt: skip
-    deps.service.runs.commit(None, Decision(run=run, commands=(), note="test"), NOW)
+    deps.service.runs.commit(None, Decision(run=run, commands=(), note="test"), now())
     return run
 
 
@@ -56,15 +59,15 @@ def described(project: str, serving: Run, new: Run) -> dict[str, Any]:
         "ProductionVariants": [{"VariantName": VARIANT, "CurrentWeight": 0.9, "DesiredWeight": 0.9,
                                 "CurrentInstanceCount": 1, "DesiredInstanceCount": 1}],
         "EndpointStatus": "Updating",
-        "CreationTime": NOW - timedelta(hours=3),
-        "LastModifiedTime": NOW,
+        "CreationTime": now() - timedelta(hours=3),
+        "LastModifiedTime": now(),
         "PendingDeploymentSummary": {
             "EndpointConfigName": endpoint_config_name(new.run_id),
-            "StartTime": NOW - timedelta(minutes=2),
+            "StartTime": now() - timedelta(minutes=2),
             "ProductionVariants": [{
                 "VariantName": VARIANT, "CurrentWeight": 0.1, "DesiredWeight": 1.0, "CurrentInstanceCount": 1,
                 "VariantStatus": [{"Status": "ActivatingTraffic", "StatusMessage": "10% of traffic on the new fleet",
-                                   "StartTime": NOW - timedelta(minutes=1)}],
+                                   "StartTime": now() - timedelta(minutes=1)}],
             }],
         },
     }  # fmt: skip
@@ -80,7 +83,7 @@ def watched(deps: Any, api: Any, local_services: Any) -> Any:
     cloudwatch = boto3.client("cloudwatch")
     endpoint = names.endpoint_name(project)
     dimensions = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": VARIANT}]
-    minute = NOW.replace(second=0) - timedelta(minutes=10)
+    minute = now().replace(second=0) - timedelta(minutes=10)
     cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=[
         {"MetricName": "Invocations", "Dimensions": dimensions, "Value": 40, "Timestamp": minute},
         {"MetricName": "Invocation4XXErrors", "Dimensions": dimensions, "Value": 2, "Timestamp": minute},
@@ -100,7 +103,7 @@ def watched(deps: Any, api: Any, local_services: Any) -> Any:
     sagemaker = boto3.client("sagemaker", region_name="us-east-1")
     stubber = Stubber(sagemaker)
     stubber.activate()
-    views = EndpointViews(sagemaker, cloudwatch, lambda: NOW + timedelta(minutes=1))
+    views = EndpointViews(sagemaker, cloudwatch, lambda: datetime.now(UTC))
     deps_module.override(dataclasses.replace(deps, endpoints=views))
     try:
         yield {"project": project, "serving": serving, "new": new, "stubber": stubber, "psi": psi,
@@ -240,7 +243,7 @@ def test_the_endpoint_page_during_a_canary_in_a_browser(deps: Any, watched: Any,
     from tests.e2e.dashboard import AXE, SERIOUS
 
     project = watched["project"]
-    views = EndpointViews(Described(watched["answer"]), boto3.client("cloudwatch"), lambda: NOW + timedelta(minutes=1))
+    views = EndpointViews(Described(watched["answer"]), boto3.client("cloudwatch"), lambda: datetime.now(UTC))
     deps_module.override(dataclasses.replace(deps, endpoints=views))
     artifacts = Path(os.environ.get("TUNELOOP_ARTIFACTS") or tmp_path) / "dashboard"
     artifacts.mkdir(parents=True, exist_ok=True)
