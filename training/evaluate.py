@@ -351,7 +351,9 @@ def report_html(evaluation: dict[str, Any], images: dict[str, bytes], context: d
     samples = ""
     if metrics.get("samples"):
         samples = "<h2>Sampled generations</h2>" + "".join(
-            f"<p><b>{html.escape(s['prompt'])}</b><br>{html.escape(s['generated'])}</p>" for s in metrics["samples"]
+            f"<p><b>{html.escape(s['prompt'])}</b><br>expected: {html.escape(s.get('expected', ''))}"
+            f"<br>generated: {html.escape(s['generated'])}</p>"
+            for s in metrics["samples"]
         )
     figures = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
@@ -447,8 +449,7 @@ def causal_metrics(
     pairs = []
     for row in rows:
         if "messages" in row:
-            prompt = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in row["messages"][:-1]) + "<|assistant|>\n"
-            completion = row["messages"][-1]["content"]
+            prompt, completion = inference.render_chat(tokenizer, row["messages"])
         else:
             prompt, completion = row["prompt"], row["completion"]
         pairs.append((prompt, completion))

@@ -233,8 +233,12 @@ def check_record(record: Any, task: str) -> tuple[dict[str, Any] | None, str | N
                 return None, f"messages[{n}] needs a role of system, user or assistant"
             if not _non_empty_string(message.get("content")):
                 return None, f"messages[{n}] has empty content"
+            if message["role"] == "system" and n:
+                return None, f"messages[{n}]: a system message may only come first"
         if messages[-1]["role"] != "assistant":
             return None, "the last message must be the assistant's (what the model learns to say)"
+        if not any(m["role"] == "user" for m in messages[:-1]):
+            return None, "the conversation has no user message before the assistant's answer"
         return {"messages": [{"role": m["role"], "content": m["content"]} for m in messages]}, None
     for name in ("prompt", "completion"):
         if name not in record:
@@ -447,6 +451,20 @@ def profile(splits: dict[str, list[Row]], task: str, top_words: int = 500) -> di
         "vocabulary_size": len(words),
         "fingerprint": digest.hexdigest(),
     }
+    if task == "causal-lm":
+        # Length in characters of what each side says: prompts, completions, and each role's
+        # turns in conversations (a system prompt repeated on every row shows here).
+        parts: dict[str, list[int]] = {"prompt": [], "completion": []}
+        for row in rows:
+            record = row.record
+            if "messages" in record:
+                for message in record["messages"]:
+                    parts.setdefault(message["role"], []).append(len(message["content"]))
+            else:
+                parts["prompt"].append(len(record["prompt"]))
+                parts["completion"].append(len(record["completion"]))
+        result["roles"] = {name: _stats(lengths) for name, lengths in parts.items() if lengths}
+        result["conversations"] = sum("messages" in row.record for row in rows)
     if task == "text-classification":
         result["labels"] = {
             name: {str(k): v for k, v in sorted(Counter(r.record["label"] for r in splits[name]).items(), key=str)}

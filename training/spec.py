@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,6 +255,8 @@ def reliability(y_true: list[int], probabilities: list[list[float]], bins: int =
     share of them that were right."""
     totals = [[0, 0.0, 0.0] for _ in range(bins)]  # count, correct, confidence
     for truth, probs in zip(y_true, probabilities, strict=True):
+        if not all(math.isfinite(p) for p in probs):
+            continue  # a broken score: left out here; the ECE says NaN
         confidence = max(probs)
         predicted = probs.index(confidence)
         b = min(bins - 1, int(confidence * bins))
@@ -270,6 +273,8 @@ def reliability(y_true: list[int], probabilities: list[list[float]], bins: int =
 def expected_calibration_error(y_true: list[int], probabilities: list[list[float]], bins: int = 10) -> float:
     """Sum over equal-width confidence bins of |accuracy - confidence| weighted by bin size."""
     count = len(y_true)
+    if not all(math.isfinite(p) for probs in probabilities for p in probs):
+        return math.nan  # never a number a gate could pass on
     bins_seen = reliability(y_true, probabilities, bins)
     return sum(abs(b["accuracy"] - b["confidence"]) * b["count"] / count for b in bins_seen)
 

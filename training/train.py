@@ -46,6 +46,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import inference
 import spec
 
 METRIC_PREFIX = "[metric]"
@@ -112,6 +113,38 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+def say(line: str) -> None:
+    """print(), except that a reader gone (the launcher relaying this output was stopped
+    too) costs the line, not the checkpoint a stopping job is about to write."""
+    try:
+        print(line, flush=True)
+    except OSError:  # BrokenPipeError and its kin
+        pass
+
+
+def shard(batches: list[Any], rank: int, world: int) -> list[Any]:
+    """This process's share of an epoch's batches. Every process gets the same number,
+    ceil(batches / processes), the last few wrapped around from the start (as PyTorch's
+    DistributedSampler pads), so no process is ever left without a batch to step on."""
+    if world <= 1:
+        return batches
+    if not batches:
+        raise TrainingError("no training batches to share between the processes")
+    per = math.ceil(len(batches) / world)
+    padded = [batches[i % len(batches)] for i in range(per * world)]
+    return padded[rank::world]
+
+
+def stop_everywhere(requested: bool, ranks: Dist, device: Any) -> bool:
+    """Whether any process was asked to stop: every process steps in lock-step, so all stop
+    at the same step (one that stopped alone would leave the others waiting in all-reduce)."""
+    if ranks.world <= 1:
+        return requested
+    flag = torch.tensor([1 if requested else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def init_distributed(device_type: str) -> Dist:
@@ -186,12 +219,6 @@ def load_tokenizer(source: str) -> Any:
     return tokenizer
 
 
-def chat_to_prompt(messages: list[dict[str, str]]) -> tuple[str, str]:
-    """(prompt, completion) from a chat: everything before the last assistant turn is prompt."""
-    context = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages[:-1])
-    return context + "<|assistant|>\n", messages[-1]["content"]
-
-
 def encode_classification(
     rows: list[dict[str, Any]], tokenizer: Any, label_map: dict[str, int], max_length: int
 ) -> list[dict[str, Any]]:
@@ -207,7 +234,12 @@ def encode_classification(
 def encode_causal(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
     if not rows:
         return []
-    pairs = [chat_to_prompt(r["messages"]) if "messages" in r else (r["prompt"], r["completion"]) for r in rows]
+    # A conversation is rendered with the model's chat template (the base model's own, or
+    # inference.DEFAULT_CHAT_TEMPLATE): the model learns its last, assistant, turn.
+    pairs = [
+        inference.render_chat(tokenizer, r["messages"]) if "messages" in r else (r["prompt"], r["completion"])
+        for r in rows
+    ]
     prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
     completions = tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
@@ -492,6 +524,40 @@ def evaluate(
 
 
 @torch.no_grad()
+def fit_temperature(z: torch.Tensor, y: torch.Tensor) -> float:
+    """The T in [0.05, 20] that minimises the NLL of softmax(z / T) on labels ``y``; 1.0
+    (no change) when the fit does not converge to a finite value. With no errors in ``y``
+    the NLL falls for ever as T shrinks and the split cannot say how sure the model should
+    be: soften if it says so, never sharpen."""
+    if not bool(torch.isfinite(z).all()):
+        say("temperature scaling skipped: the model's validation logits are not all finite (T = 1)")
+        return 1.0
+    log_t = torch.zeros(1, requires_grad=True)
+    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> Any:
+        optimiser.zero_grad()
+        with torch.enable_grad():
+            loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
+            loss.backward()
+        return loss
+
+    try:
+        with torch.enable_grad():
+            optimiser.step(closure)
+    except RuntimeError as exc:  # the line search overflowed
+        say(f"temperature scaling did not converge ({exc}); serving the scores uncalibrated (T = 1)")
+        return 1.0
+    fitted = float(log_t.detach().exp())
+    if not math.isfinite(fitted):
+        say(f"temperature scaling did not converge ({fitted}); serving the scores uncalibrated (T = 1)")
+        return 1.0
+    temperature = min(20.0, max(0.05, fitted))
+    if bool((z.argmax(-1) == y).all()):
+        temperature = max(temperature, 1.0)
+    return temperature
+
+
 def calibrate(
     model: Any, args: argparse.Namespace, examples: list[dict[str, Any]], pad_id: int, device: torch.device
 ) -> dict[str, float]:
@@ -509,23 +575,7 @@ def calibrate(
         labels.append(inputs["labels"].cpu())
     model.train()
     z, y = torch.cat(logits), torch.cat(labels)
-    log_t = torch.zeros(1, requires_grad=True)
-    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
-
-    def closure() -> Any:
-        optimiser.zero_grad()
-        with torch.enable_grad():
-            loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
-            loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimiser.step(closure)
-    temperature = float(log_t.exp().clamp(0.05, 20.0))
-    if bool((z.argmax(-1) == y).all()):
-        # No validation errors: the NLL falls for ever as T shrinks, and the split cannot
-        # say how sure the model should be. Soften if it says so; never sharpen.
-        temperature = max(temperature, 1.0)
+    temperature = fit_temperature(z, y)
     truth = y.tolist()
     return {
         "temperature": temperature,
@@ -575,6 +625,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             f"base model {args.base_model!r} cannot be loaded: {str(exc).splitlines()[0]} "
             f"(offline, tuneloop has {', '.join(spec.offline_models())}, or give an s3:// artifact)"
         ) from exc
+    # A decoder's conversations: the base model's chat template, or tuneloop's default.
+    chat_template = inference.ensure_chat_template(tokenizer) if args.task == "causal-lm" else None
     train_rows, val_rows = read_jsonl(args.train), read_jsonl(args.validation) if Path(args.validation).exists() else []
     if not train_rows:
         raise TrainingError(f"the train channel ({args.train}) holds no rows")
@@ -599,10 +651,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             batches: list[Any] = classification_batches(train_ex, args.batch_size, local, args.group_by_length)
         else:
             batches = causal_batches(train_ex, args.batch_size, args.max_length, local, args.packing)
-        usable = len(batches) - len(batches) % ranks.world
-        return batches[ranks.rank : usable : ranks.world] if ranks.world > 1 else batches
+        return shard(batches, ranks.rank, ranks.world)
 
-    steps_per_epoch = max(1, len(epoch_batches(0)))
+    first = epoch_batches(0)
+    if ranks.world > 1 and ranks.main:
+        say(f"distributed: {ranks.world} processes (rank 0 writes), {len(first)} batches each per epoch")
+    steps_per_epoch = max(1, len(first))
     total_steps = args.max_steps or max(1, math.ceil(steps_per_epoch * args.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay, fused=cuda or None)
@@ -680,22 +734,22 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     "train_loss": sum(running) / len(running),
                 }
                 history.append(entry)
-                print(
+                say(
                     metric_line(
                         epoch=round(entry["epoch"], 3),
                         step=step,
                         train_loss=entry["train_loss"],
                         learning_rate=scheduler.get_last_lr()[0],
                         samples_per_second=samples / step_seconds,
-                    ),
-                    flush=True,
+                    )
                 )
                 running = []
-            if stop.requested or time.monotonic() - last_save > args.checkpoint_interval_s:
+            stopping = stop_everywhere(stop.requested, ranks, device)
+            if stopping or time.monotonic() - last_save > args.checkpoint_interval_s:
                 checkpoint(epoch, b + 1)
                 last_save = time.monotonic()
-                if stop.requested:
-                    print("SIGTERM: checkpoint saved; exiting so the job can resume", flush=True)
+                if stopping:
+                    say("SIGTERM: checkpoint saved; exiting so the job can resume")
                     raise SystemExit(143)
             if step >= total_steps:
                 done = True
@@ -707,7 +761,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         metrics = evaluate(model, args, val_ex, pad_id, device, max(2, len(label_map)))
         if ranks.main and metrics:
             history.append({"epoch": float(epoch), "step": step, **metrics})
-            print(metric_line(epoch=epoch, step=step, **metrics), flush=True)
+            say(metric_line(epoch=epoch, step=step, **metrics))
         checkpoint(epoch, 0)
         last_save = time.monotonic()
     elapsed = time.monotonic() - started
@@ -725,12 +779,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "train": sorted({spec.row_key(r, args.task) for r in train_rows}),
             "validation": sorted({spec.row_key(r, args.task) for r in val_rows}),
         }
-        write_model(args, model, tokenizer, label_map, history, summary, row_keys)
+        write_model(args, model, tokenizer, label_map, history, summary, row_keys, chat_template)
         # The model is written: nothing is left to resume, so the checkpoints (weights and
         # optimizer state, three times the model) go rather than weigh on every later trial
         # that shares the checkpoint location and must download it first.
         shutil.rmtree(checkpoint_folder(args), ignore_errors=True)
-        print(metric_line(step=step, **{k: float(v) for k, v in summary.items() if k != "steps"}), flush=True)
+        say(metric_line(step=step, **{k: float(v) for k, v in summary.items() if k != "steps"}))
     if ranks.world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -745,6 +799,7 @@ def write_model(
     history: list[dict[str, Any]],
     summary: dict[str, Any],
     row_keys: dict[str, list[str]],
+    chat_template: str | None = None,
 ) -> None:
     out = Path(args.model_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -767,6 +822,7 @@ def write_model(
                 "method": args.method,
                 "max_length": args.max_length,
                 "temperature": summary.get("temperature", 1.0),
+                **({"chat_template": chat_template} if chat_template else {}),
             },
             indent=2,
         )

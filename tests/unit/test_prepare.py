@@ -170,12 +170,26 @@ def test_causal_lm_prompt_completion_and_chat(tmp_path: Path) -> None:
     ]
     rows.append({"messages": [{"role": "user", "content": "no answer"}]})  # line 25
     rows.append({"prompt": "Q?", "completion": ""})  # line 26
+    rows.append({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "late"},
+                              {"role": "assistant", "content": "b"}]})  # line 27  # fmt: skip
+    rows.append({"messages": [{"role": "system", "content": "be brief"}, {"role": "assistant", "content": "b"}]})
+    rows.append({"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]})  # line 29
+    rows.append({"messages": "hello"})  # line 30
     write_jsonl(tmp_path / "in" / "data.jsonl", rows)
-    code, report = run(tmp_path, "--task", "causal-lm", "--max-invalid-fraction", "0.1")
+    code, report = run(tmp_path, "--task", "causal-lm", "--max-invalid-fraction", "0.3")
     assert code == 0
     errors = {i["line"]: i["reason"] for i in report["issues"]}
     assert "last message must be the assistant's" in errors[25]
     assert errors[26] == "empty completion"
+    assert errors[27] == "messages[1]: a system message may only come first"
+    assert errors[28] == "the conversation has no user message before the assistant's answer"
+    assert errors[29] == "messages[1] needs a role of system, user or assistant"
+    assert errors[30] == "messages must be a non-empty list"
+    # The profile has each side's lengths: prompts and completions, and each role's turns.
+    profile = json.loads((tmp_path / "out" / "profile" / "profile.json").read_text())
+    assert profile["roles"]["prompt"]["count"] == 12 and profile["roles"]["completion"]["count"] == 12
+    assert profile["roles"]["user"]["count"] == 12 and profile["roles"]["assistant"]["count"] == 12
+    assert profile["roles"]["assistant"]["max"] == len("hello") and profile["conversations"] == 12
 
 
 def test_manifest_with_user_splits(tmp_path: Path) -> None:

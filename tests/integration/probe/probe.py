@@ -35,6 +35,8 @@ seen = {
     "stdin_isatty": sys.stdin.isatty() if sys.stdin else None,
     "torch_already_imported": "torch" in sys.modules,
     "omp": os.environ.get("OMP_NUM_THREADS"),
+    "rank": os.environ.get("RANK"),
+    "world": os.environ.get("WORLD_SIZE"),
 }
 if "torch" in sys.modules:  # a warm instance's: its thread count follows the job's environment
     seen["torch_threads"] = sys.modules["torch"].get_num_threads()

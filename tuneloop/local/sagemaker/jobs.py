@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from .. import toolkit
 from ..processes import group_alive, record_child, stop_group, wait_group
+from ..pytorch import INSTANCES_ENV
 from .common import OPT_ML, arn, envelope, now
 from .staging import TRANSFER, Synced, download_prefix, split_s3, upload_folder
 from .warmpool import keep_alive
@@ -413,8 +414,15 @@ class TrainingJob(Job):
             self.advance("Training", "Training image download completed. Training in progress.")
         python = instance.python if instance is not None else None
         environment = dict(self.request.get("Environment") or {})
-        if self.threads:
-            environment.setdefault("OMP_NUM_THREADS", str(self.threads))
+        instances = max(1, int(self.request.get("ResourceConfig", {}).get("InstanceCount", 1)))
+        cores = self.threads or (os.cpu_count() if instances > 1 else None)
+        if cores:
+            # The instances of a job share the trial's (or this host's) cores.
+            environment.setdefault("OMP_NUM_THREADS", str(max(1, cores // instances)))
+        # As SageMaker's PyTorch images do: the framework layer picks the runner (torchrun
+        # when the job is distributed), here with one process per instance on this host.
+        environment["SAGEMAKER_TRAINING_MODULE"] = "tuneloop.local.pytorch:main"
+        environment[INSTANCES_ENV] = str(instances)
         self.launched(toolkit.start(layout, self.log_path, environment, python=python))
         ended = threading.Event()
         scraper = threading.Thread(target=self._scrape, args=(ended,), daemon=True)

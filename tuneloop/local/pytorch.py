@@ -1,0 +1,53 @@
+"""The framework layer of the local training instance, as SageMaker's PyTorch containers
+have it (``SAGEMAKER_TRAINING_MODULE``): the `sagemaker-training` toolkit imports this
+module and calls :func:`main` to run the entry point.
+
+Without ``sagemaker_torch_distributed_enabled`` the entry point runs as one process (the
+toolkit's Process runner). With it, the toolkit's own TorchDistributed runner starts it
+under ``torchrun``, as on AWS — with one difference, stated: a job of ``InstanceCount``
+N runs here on one host, so torchrun starts N processes on this host (``--nproc_per_node
+N``, one per instance, gloo on CPU) where AWS starts one torchrun per instance. Each
+process sees the same contract it would there: ``RANK`` 0..N-1, ``WORLD_SIZE`` N, the
+job's SM_* variables. The rendezvous port is a free one, so parallel jobs never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+INSTANCES_ENV = "TUNELOOP_INSTANCE_COUNT"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def main() -> None:
+    from sagemaker_training import entry_point, environment, params, runner
+
+    env = environment.Environment()
+    distributed = bool(env.additional_framework_parameters.get("sagemaker_torch_distributed_enabled"))
+    extra: dict[str, object] = {}
+    kind = runner.ProcessRunnerType
+    if distributed:
+        kind = runner.TorchDistributedRunnerType
+        per_instance = int(env.num_gpus) or 1
+        instances = max(1, int(os.environ.get(INSTANCES_ENV, "1")))
+        extra[params.MPI_PROCESSES_PER_HOST] = per_instance * instances
+        # torchrun is a console script next to this interpreter; its rendezvous takes
+        # PET_MASTER_PORT when --master_port is not given (one host: it is not).
+        os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+        os.environ.setdefault("PET_MASTER_PORT", str(free_port()))
+        os.environ.setdefault("PET_MASTER_ADDR", "127.0.0.1")
+    entry_point.run(
+        env.module_dir,
+        env.user_entry_point,
+        env.to_cmd_args(),
+        env.to_env_vars(),
+        runner_type=kind,
+        extra_opts=extra,
+    )
