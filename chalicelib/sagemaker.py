@@ -243,6 +243,9 @@ def evaluate_request(
         "--primary-metric", gates["primary_metric"],
         "--confidence", str(gates["confidence"]),
     ]  # fmt: skip
+    if run.config["task"] == "causal-lm":
+        # How the test prompts are generated for and scored (the schema and regex go along).
+        arguments += ["--generation", json.dumps(run.config["generation"], separators=(",", ":"))]
     if champion is not None and champion.model_source and gates["compare_champion"]:
         champion_model = model_artifact_uri(settings, champion, champion.model_source)
         inputs.append(_processing_input("champion", champion_model, f"{PROCESSING_ROOT}/input/champion"))

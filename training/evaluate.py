@@ -36,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import inference
+import scoring
 import spec
 
 PRIMARY = spec.PRIMARY_METRICS
@@ -103,6 +104,8 @@ def _resampled(metric: str, rows: dict[str, Any], index: Any) -> Any:
     if metric in ("loss", "perplexity"):
         loss = rows["loss_sum"][index].sum(axis=1) / np.maximum(1, rows["tokens"][index].sum(axis=1))
         return np.exp(np.minimum(loss, 50)) if metric == "perplexity" else loss
+    if metric in spec.SCORERS:
+        return rows[f"score:{metric}"][index].mean(axis=1)
     truth, pred = rows["truth"][index], rows["pred"][index]
     if metric == "accuracy":
         return (truth == pred).mean(axis=1)
@@ -254,6 +257,39 @@ def _interval(bounds: list[float] | None) -> str:
     return f"{bounds[0]:.4f} to {bounds[1]:.4f}" if bounds else ""
 
 
+def _generations_html(evaluation: dict[str, Any]) -> str:
+    """A causal LM's test generations (worst first) and where it differs from the champion."""
+    generations = evaluation.get("generations") or []
+    if not generations:
+        return ""
+    names = list(generations[0]["scores"])
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    body = "".join(
+        f"<tr><td>{html.escape(g['prompt'])}</td><td>{html.escape(g['expected'])}</td>"
+        f"<td>{html.escape(g['generated'])}</td>" + "".join(f"<td>{g['scores'][n]:.3f}</td>" for n in names) + "</tr>"
+        for g in generations
+    )
+    out = (
+        f'<h2>Generations, worst first</h2><table id="generations"><tr><th>prompt</th><th>expected</th>'
+        f"<th>generated</th>{head}</tr>{body}</table>"
+    )
+    differ = evaluation.get("differences") or []
+    if differ:
+        rows = "".join(
+            f"<tr><td>{html.escape(d['prompt'])}</td><td>{html.escape(d['expected'])}</td>"
+            f"<td>{html.escape(d['challenger'])}</td><td>{html.escape(d['champion'])}</td>"
+            + "".join(f"<td>{d['challenger_scores'][n]:.3f} / {d['champion_scores'][n]:.3f}</td>" for n in names)
+            + "</tr>"
+            for d in differ
+        )
+        out += (
+            f'<h2>Where this model and the champion differ</h2><table id="differences"><tr><th>prompt</th>'
+            f"<th>expected</th><th>this model</th><th>champion</th>{head.replace('</th>', ' (this / champion)</th>')}"
+            f"</tr>{rows}</table>"
+        )
+    return out
+
+
 def report_html(evaluation: dict[str, Any], images: dict[str, bytes], context: dict[str, Any] | None = None) -> str:
     """The run's report: what it is, its data, its metrics with intervals, the comparison."""
     context = context or {}
@@ -348,13 +384,7 @@ def report_html(evaluation: dict[str, Any], images: dict[str, bytes], context: d
             )
         elif comparison.get("error"):
             champion += f"<p>{html.escape(comparison['error'])}</p>"
-    samples = ""
-    if metrics.get("samples"):
-        samples = "<h2>Sampled generations</h2>" + "".join(
-            f"<p><b>{html.escape(s['prompt'])}</b><br>expected: {html.escape(s.get('expected', ''))}"
-            f"<br>generated: {html.escape(s['generated'])}</p>"
-            for s in metrics["samples"]
-        )
+    samples = _generations_html(evaluation)
     figures = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
         f"<figcaption>{html.escape(name)}</figcaption></figure>"
@@ -385,13 +415,18 @@ def read_rows(folder: Path) -> list[dict[str, Any]]:
 
 
 def measure(
-    model_dir: Path, rows: list[dict[str, Any]], labels: list[str] | None = None, batch_size: int = 32
+    model_dir: Path,
+    rows: list[dict[str, Any]],
+    labels: list[str] | None = None,
+    batch_size: int = 32,
+    generation: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(metrics, per-row scores for the bootstrap). ``labels``: score in this label list (a
-    champion is scored in its challenger's, so both count the same classes)."""
+    champion is scored in its challenger's, so both count the same classes). ``generation``:
+    how a causal LM generates and which scorers judge it."""
     loaded = inference.model_fn(str(model_dir))
     if loaded["meta"]["task"] != "text-classification":
-        return causal_metrics(loaded, rows)
+        return causal_metrics(loaded, rows, generation)
     config = loaded["model"].config
     own = [config.id2label[i] for i in range(len(config.id2label))]
     space = labels or own
@@ -439,20 +474,32 @@ def production_subset(
     }
 
 
+DEFAULT_GENERATION = {"max_new_tokens": 64, "scorers": ["token_f1", "exact_match", "rouge_l"]}
+MAX_SHOWN = 200  # generations kept in evaluation.json and the report (the worst ones)
+
+
 def causal_metrics(
-    loaded: dict[str, Any], rows: list[dict[str, Any]], samples: int = 3
+    loaded: dict[str, Any], rows: list[dict[str, Any]], generation: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Loss and perplexity of the expected completions, and what the model generates for
+    each test prompt (greedy, at most ``max_new_tokens``) scored by each scorer."""
     import torch
 
+    generation = {**DEFAULT_GENERATION, **(generation or {})}
     model, tokenizer = loaded["model"], loaded["tokenizer"]
     losses, counts = [], []
     pairs = []
     for row in rows:
         if "messages" in row:
             prompt, completion = inference.render_chat(tokenizer, row["messages"])
+            expected = row["messages"][-1]["content"]
         else:
             prompt, completion = row["prompt"], row["completion"]
-        pairs.append((prompt, completion))
+            expected = completion
+        # Scored as the tokenizer can write it (an uncased tokenizer cannot say "Hello").
+        spoken = tokenizer(expected, add_special_tokens=False)["input_ids"]
+        expected = tokenizer.decode(spoken, skip_special_tokens=True)
+        pairs.append((prompt, expected))
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids = torch.tensor([p_ids + c_ids], device=loaded["device"])
@@ -462,18 +509,50 @@ def causal_metrics(
         losses.append(loss * len(c_ids))
         counts.append(len(c_ids))
     mean = sum(losses) / max(1, sum(counts))
+    options = {"max_new_tokens": int(generation["max_new_tokens"])}
     generated = [
-        {
-            "prompt": p,
-            "expected": c,
-            "generated": inference.predict_fn(
-                {"texts": [p], "single": True, "parameters": {"max_new_tokens": 24}}, loaded
-            )["generated_text"],
-        }
-        for p, c in pairs[:samples]
+        inference.predict_fn({"texts": [p], "single": True, "parameters": options}, loaded)["generated_text"]
+        for p, _ in pairs
     ]
-    metrics = {"loss": mean, "perplexity": math.exp(min(mean, 50)), "samples": generated, "examples": len(rows)}
-    return metrics, {"loss_sum": losses, "tokens": counts}
+    names = list(generation["scorers"])
+    try:
+        scores = scoring.score_all(names, [(g, e) for g, (_, e) in zip(generated, pairs, strict=True)], generation)
+    except ValueError as exc:  # a scorer's option (a JSON schema, a regex) the job cannot use
+        raise EvaluationError(f"generation: {exc}") from exc
+    metrics: dict[str, Any] = {"loss": mean, "perplexity": math.exp(min(mean, 50)), "examples": len(rows)}
+    for name in names:
+        metrics[name] = sum(scores[name]) / max(1, len(rows))
+    metrics["generations"] = [
+        {"prompt": p, "expected": e, "generated": g, "scores": {n: scores[n][i] for n in names}}
+        for i, ((p, e), g) in enumerate(zip(pairs, generated, strict=True))
+    ]
+    per_row: dict[str, Any] = {"loss_sum": losses, "tokens": counts}
+    per_row.update({f"score:{name}": scores[name] for name in names})
+    return metrics, per_row
+
+
+def worst_first(generations: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """The generations in the order a reader wants them: lowest ``metric`` score first."""
+    return sorted(generations, key=lambda g: g["scores"].get(metric, 0.0))[:MAX_SHOWN]
+
+
+def differences(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """The test prompts where challenger and champion generate differently, side by side,
+    those the challenger does worst on (against the champion) first."""
+    out = [
+        {
+            "prompt": a["prompt"],
+            "expected": a["expected"],
+            "challenger": a["generated"],
+            "champion": b["generated"],
+            "challenger_scores": a["scores"],
+            "champion_scores": b["scores"],
+        }
+        for a, b in zip(ours, theirs, strict=True)
+        if a["generated"] != b["generated"]
+    ]
+    out.sort(key=lambda d: d["challenger_scores"].get(metric, 0.0) - d["champion_scores"].get(metric, 0.0))
+    return out[:MAX_SHOWN]
 
 
 def trained_on(model_dir: Path) -> set[str] | None:
@@ -515,8 +594,9 @@ def compare(
     per_row, our_training = ours
     everything = list(range(len(keys)))
     mine = _arrays(per_row, everything)
+    measured = [m for m in PRIMARY[task] if m not in spec.SCORERS or f"score:{m}" in mine]
     intervals = {
-        m: bootstrap(m, mine, resamples=resamples, confidence=confidence, seed=seed)["interval"] for m in PRIMARY[task]
+        m: bootstrap(m, mine, resamples=resamples, confidence=confidence, seed=seed)["interval"] for m in measured
     }
     overlap = {
         "test_rows": len(keys),
@@ -560,9 +640,11 @@ def evaluate(
     resamples: int = 1000,
     seed: int = 0,
     context: dict[str, Any] | None = None,
+    generation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``context``: the run id and dataset, for the report (its data section comes from
-    the prepare job's report, ``input/report/report.json``, when given)."""
+    the prepare job's report, ``input/report/report.json``, when given). ``generation``
+    (causal LMs): ``max_new_tokens``, ``scorers`` and their options."""
     context = dict(context or {})
     archive = input_dir / "model" / "model.tar.gz"
     if not archive.is_file():
@@ -575,7 +657,7 @@ def evaluate(
         meta = json.loads((model_dir / "tuneloop.json").read_text())
         history_file = model_dir / "training_history.json"
         history = json.loads(history_file.read_text()) if history_file.is_file() else []
-        metrics, per_row = measure(model_dir, rows)
+        metrics, per_row = measure(model_dir, rows, generation=generation)
         ours = (per_row, trained_on(model_dir))
         if (model_dir / "data.json").is_file():
             context["hyperparameters"] = json.loads((model_dir / "data.json").read_text()).get("hyperparameters")
@@ -583,13 +665,17 @@ def evaluate(
         champion_archive = input_dir / "champion" / "model.tar.gz"
         if champion_archive.is_file():
             champion_dir = unpack(champion_archive, Path(tmp) / "champion")
-            champion, champion_rows = measure(champion_dir, rows, metrics.get("labels"))
+            champion, champion_rows = measure(champion_dir, rows, metrics.get("labels"), generation=generation)
             theirs = (champion_rows, trained_on(champion_dir))
     task = meta["task"]
     production = production_subset(rows, ours[0], theirs[0] if theirs else None, metrics.get("labels"))
     metric = primary_metric or PRIMARY[task][0]
     if metric not in PRIMARY[task]:
         raise EvaluationError(f"primary metric {metric!r} is not one of {', '.join(PRIMARY[task])} for {task}")
+    if metric in spec.SCORERS and f"score:{metric}" not in per_row:
+        raise EvaluationError(f"primary metric {metric!r} is not among the scorers: {', '.join(generation or {})}")
+    ours_generated = metrics.pop("generations", [])
+    theirs_generated = champion.pop("generations", []) if champion else []
     keys = [spec.row_key(r, task) for r in rows]
     intervals, comparison = compare(task, metric, keys, ours, theirs, confidence, resamples, seed)
     summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -609,6 +695,15 @@ def evaluate(
         # Per epoch (and per logging step): what train.py recorded, for the training curves.
         "training_history": history,
     }
+    if task == "causal-lm":
+        # Each test prompt's generation and scores, worst first; where champion and
+        # challenger differ, both side by side (the challenger's worst first).
+        ranked = (
+            metric if metric in spec.SCORERS else next(iter(ours_generated[0]["scores"]), "") if ours_generated else ""
+        )
+        evaluation["generations"] = worst_first(ours_generated, ranked)
+        if theirs_generated:
+            evaluation["differences"] = differences(ours_generated, theirs_generated, ranked)
     images = plots(metrics, history, evaluation["champion"], comparison if champion else None)
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, data in images.items():
@@ -633,10 +728,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--primary-metric", default="", help="what the champion comparison is on")
     parser.add_argument("--confidence", type=float, default=0.95, help="of every bootstrap interval")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--generation", default="", help='causal LMs, JSON: {"max_new_tokens", "scorers", ...}')
     parser.add_argument("--run-id", default="", help="for the report")
     parser.add_argument("--dataset", default="", help="for the report")
     args, _unknown = parser.parse_known_args(argv)
     try:
+        generation = json.loads(args.generation) if args.generation else None
+        if generation is not None and not isinstance(generation, dict):
+            raise EvaluationError("--generation must be a JSON object")
         evaluation = evaluate(
             Path(args.input_dir),
             Path(args.output_dir),
@@ -645,6 +744,7 @@ def main(argv: list[str] | None = None) -> int:
             args.confidence,
             args.resamples,
             context={"run_id": args.run_id, "dataset": args.dataset},
+            generation=generation,
         )
     except (EvaluationError, OSError, KeyError, ValueError) as exc:
         message = f"{type(exc).__name__}: {exc}"[:1024]

@@ -43,6 +43,20 @@ class Metric:
         return challenger - champion if self.better == HIGHER else champion - challenger
 
 
+# Scorers of generated text (training/scoring.py), each a metric of its own: the mean
+# score over the test split (evaluate) and over a validation sample (train, per epoch).
+SCORERS = ("exact_match", "token_f1", "rouge_l", "json_valid", "json_schema", "regex_match")
+# What train.py scores its validation sample with each epoch (those that need no option).
+VALIDATION_SCORERS = ("exact_match", "token_f1", "rouge_l", "json_valid")
+_SCORER_HELP = {
+    "exact_match": "share of generations equal to the expected completion (whitespace collapsed)",
+    "token_f1": "token F1 of generation and expected completion (SQuAD's normalisation)",
+    "rouge_l": "ROUGE-L F1 (longest common token subsequence) against the expected completion",
+    "json_valid": "share of generations that parse as JSON",
+    "json_schema": "share of generations that validate against the project's JSON schema",
+    "regex_match": "share of generations that match the project's regular expression",
+}
+
 _METRICS = (
     # What the evaluate job measures on the test split.
     Metric("accuracy", HIGHER, "share of test rows classified correctly"),
@@ -51,6 +65,7 @@ _METRICS = (
     Metric("loss", LOWER, "mean cross-entropy per completion token"),
     Metric("perplexity", LOWER, "exp(loss)"),
     Metric("examples", None, "test rows measured"),
+    *(Metric(name, HIGHER, text) for name, text in _SCORER_HELP.items()),
     # What train.py prints as ``[metric]`` lines (the training job's MetricDefinitions).
     Metric("epoch", None, "epochs done"),
     Metric("step", None, "optimizer steps done"),
@@ -66,6 +81,11 @@ _METRICS = (
     Metric("validation_ece", LOWER, "ECE on the validation split after temperature scaling"),
     Metric("validation_ece_uncalibrated", LOWER, "ECE on the validation split before temperature scaling"),
     Metric("temperature", None, "the softmax temperature fitted on the validation split"),
+    *(
+        Metric(f"validation_{name}", HIGHER, f"{text}, on a validation sample")
+        for name, text in _SCORER_HELP.items()
+        if name in VALIDATION_SCORERS
+    ),
     # What the monitoring job publishes about production traffic (CloudWatch, next to drift).
     Metric("production_accuracy", HIGHER, "accuracy on the window's captured requests that have labels"),
     Metric("production_macro_f1", HIGHER, "macro-F1 on the window's captured requests that have labels"),
@@ -75,14 +95,14 @@ _METRICS = (
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
 # The production metrics a project may set a floor for (an alarm when below; see drift).
 QUALITY_METRICS = ("production_accuracy", "production_macro_f1", "estimated_accuracy")
-EVALUATION_METRICS = ("accuracy", "macro_f1", "ece", "loss", "perplexity", "examples")
+EVALUATION_METRICS = ("accuracy", "macro_f1", "ece", "loss", "perplexity", "examples", *SCORERS)
 TRAINING_METRICS = tuple(
     m.name for m in _METRICS if m.name not in EVALUATION_METRICS and m.name not in (*QUALITY_METRICS, "label_coverage")
 )
 # The metrics a paired bootstrap can compare, per task; the first is the default.
 PRIMARY_METRICS: dict[str, tuple[str, ...]] = {
     "text-classification": ("macro_f1", "accuracy"),
-    "causal-lm": ("perplexity", "loss"),
+    "causal-lm": (*SCORERS, "perplexity", "loss"),
 }
 
 
@@ -168,6 +188,15 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         ),
         Hyperparameter("group_by_length", "bool", True, "batch rows of similar length together (classification)"),
         Hyperparameter("packing", "bool", True, "pack causal-LM rows into full sequences without padding"),
+        Hyperparameter(
+            "validation_samples",
+            "int",
+            16,
+            "causal LMs: validation rows generated for and scored after each epoch (0: none)",
+            0,
+            1000,
+        ),
+        Hyperparameter("max_new_tokens", "int", 64, "causal LMs: the longest generation scored in validation", 1, 256),
         Hyperparameter(
             "checkpoint_interval_s", "float", 300, "seconds between spot-safe checkpoints", 1, 86400, ("save_steps",)
         ),

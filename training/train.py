@@ -47,6 +47,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import inference
+import scoring
 import spec
 
 METRIC_PREFIX = "[metric]"
@@ -491,7 +492,10 @@ def evaluate(
     pad_id: int,
     device: torch.device,
     num_labels: int,
+    tokenizer: Any = None,
 ) -> dict[str, float]:
+    """Validation metrics; for a causal LM with ``tokenizer``, its validation sample's
+    generations scored too."""
     if not examples:
         return {}
     model.eval()
@@ -518,9 +522,38 @@ def evaluate(
         if tokens:
             losses.append(float(model(**inputs).loss) * tokens)
             weights.append(tokens)
+    generated = validation_generations(model, args, examples, device, tokenizer) if tokenizer is not None else {}
     model.train()
     loss = sum(losses) / max(1, sum(weights))
-    return {"validation_loss": loss, "validation_perplexity": math.exp(min(loss, 50))}
+    return {"validation_loss": loss, "validation_perplexity": math.exp(min(loss, 50)), **generated}
+
+
+def validation_generations(
+    model: Any, args: argparse.Namespace, examples: list[dict[str, Any]], device: torch.device, tokenizer: Any
+) -> dict[str, float]:
+    """What the model generates (greedy, at most ``max_new_tokens``) for the first
+    ``validation_samples`` validation prompts, scored against their completions: metrics a
+    tuning job can optimise (``validation_token_f1``, ...)."""
+    chosen = examples[: args.validation_samples]
+    if not chosen:
+        return {}
+    generator = base_of(model)
+    pairs = []
+    for example in chosen:
+        ids, labels = example["input_ids"], example["labels"]
+        start = next(i for i, label in enumerate(labels) if label != IGNORE)
+        completion = [t for t in labels[start:] if t != tokenizer.eos_token_id]
+        out = generator.generate(
+            torch.tensor([ids[:start]], device=device),
+            max_new_tokens=args.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        generated = tokenizer.decode(out[0, start:], skip_special_tokens=True)
+        pairs.append((generated, tokenizer.decode(completion, skip_special_tokens=True)))
+    scores = scoring.score_all(list(spec.VALIDATION_SCORERS), pairs)
+    return {f"validation_{name}": sum(values) / len(values) for name, values in scores.items()}
 
 
 @torch.no_grad()
@@ -758,7 +791,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         else:
             epoch += 1
             start_batch = 0
-        metrics = evaluate(model, args, val_ex, pad_id, device, max(2, len(label_map)))
+        metrics = evaluate(model, args, val_ex, pad_id, device, max(2, len(label_map)), tokenizer)
         if ranks.main and metrics:
             history.append({"epoch": float(epoch), "step": step, **metrics})
             say(metric_line(epoch=epoch, step=step, **metrics))

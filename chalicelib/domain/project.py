@@ -269,12 +269,19 @@ def _check_task(config: dict[str, Any]) -> None:
         raise ConfigError("base_model", f"{config['base_model']!r} is a decoder: its task is causal-lm, not {task}")
     gates = config["gates"]
     primary = spec.PRIMARY_METRICS[task]
+    scored = config["generation"]["scorers"] if task == "causal-lm" else []
     if gates["primary_metric"] is None:
-        gates["primary_metric"] = primary[0]
+        # A causal LM is judged by what it generates: its first scorer, by default.
+        gates["primary_metric"] = scored[0] if scored else primary[0]
     elif gates["primary_metric"] not in primary:
         raise ConfigError(
             "gates.primary_metric", f"{gates['primary_metric']!r} is not one of {', '.join(primary)} (for {task})"
         )
+    for field, metric in [("gates.primary_metric", gates["primary_metric"])] + [
+        (f"gates.metrics.{m}", m) for m in gates["metrics"]
+    ]:
+        if metric in spec.SCORERS and metric not in scored:
+            raise ConfigError(field, f"{metric!r} is not scored: add it to generation.scorers")
     if config["quality"]["thresholds"] and task != "text-classification":
         raise ConfigError("quality.thresholds", f"production quality is measured for text-classification, not {task}")
     measured = _TASK_METRICS[task]
@@ -287,8 +294,44 @@ def _check_task(config: dict[str, Any]) -> None:
 
 _TASK_METRICS = {
     "text-classification": ("accuracy", "macro_f1", "ece"),
-    "causal-lm": ("loss", "perplexity"),
+    "causal-lm": ("loss", "perplexity", *spec.SCORERS),
 }
+
+
+def _scorers(path: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(path, f"must be a non-empty list of scorers ({', '.join(spec.SCORERS)})")
+    for n, name in enumerate(value):
+        if name not in spec.SCORERS:
+            raise ConfigError(f"{path}[{n}]", f"{name!r} is not a scorer; one of {', '.join(spec.SCORERS)}")
+    if len(set(value)) != len(value):
+        raise ConfigError(path, "lists a scorer twice")
+    return list(value)
+
+
+def _json_schema(path: str, value: Any) -> dict[str, Any] | None:
+    # Checked as a JSON schema by the evaluate job (the API does not carry a validator).
+    if value is not None and not isinstance(value, Mapping):
+        raise ConfigError(path, f"must be a JSON schema (an object) or null, got {_type_name(value)}")
+    return dict(value) if value is not None else None
+
+
+def _regex(path: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(path, f"must be a regular expression (a string) or null, got {_type_name(value)}")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ConfigError(path, f"is not a valid regular expression: {exc}") from None
+    return value
+
+
+def _check_generation(path: str, generation: dict[str, Any]) -> None:
+    for scorer, option in (("json_schema", "json_schema"), ("regex_match", "regex")):
+        if scorer in generation["scorers"] and generation[option] is None:
+            raise ConfigError(f"{path}.{option}", f"is required by the {scorer} scorer")
 
 
 def _check_base_model(path: str, value: Any) -> str:
@@ -387,6 +430,20 @@ _CONFIG = _obj(
                     # More than "not worse": the challenger's measured gain must reach this.
                     "min_improvement": _Field(_number(0.0), 0.0),
                 }
+            ),
+            _DEFAULTS,
+        ),
+        # Causal LMs: how the evaluate job (and, on a sample, each training epoch) generates
+        # and scores completions. Ignored for text classification.
+        "generation": _Field(
+            _obj(
+                {
+                    "max_new_tokens": _Field(_number(1, 256, integer=True), 64),
+                    "scorers": _Field(_scorers, ["token_f1", "exact_match", "rouge_l"]),
+                    "json_schema": _Field(_json_schema, None),
+                    "regex": _Field(_regex, None),
+                },
+                after=_check_generation,
             ),
             _DEFAULTS,
         ),

@@ -238,10 +238,17 @@ def test_a_two_instance_job_runs_a_process_per_instance_under_torchrun_and_bills
     from chalicelib.cost import hourly, job_line
 
     client, home, code = server
-    body = request(code, "two-instances", None, sagemaker_torch_distributed_enabled="true")
+    body = request(code, "two-instances", 30, sagemaker_torch_distributed_enabled="true")
     body["ResourceConfig"]["InstanceCount"] = 2
     described = run(client, body)
     assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
+    # The next job of the same shape starts from the kept instances' interpreter: torchrun
+    # is still found (it is this environment's, not next to that interpreter).
+    again = run(client, {**body, "TrainingJobName": "two-instances-again",
+                         "CheckpointConfig": {"S3Uri": f"s3://{BUCKET}/warm-tests/checkpoints/again/"}})  # fmt: skip
+    assert again["TrainingJobStatus"] == "Completed", again.get("FailureReason")
+    first = client.describe_training_job(TrainingJobName="two-instances")["WarmPoolStatus"]
+    assert first["Status"] == "Reused" and first["ReusedByJob"] == "two-instances-again", first
     log = (home / "training" / "two-instances" / "job.log").read_text()
     assert "torchrun --nnodes 1 --nproc_per_node 2" in log
     seen = [json.loads(line[len("probe: ") :]) for line in log.splitlines() if line.startswith("probe: {")]

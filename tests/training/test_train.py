@@ -120,9 +120,10 @@ def test_inference_payloads(classifier: tuple[toolkit.TrainingLayout, str]) -> N
         inference.input_fn(b'"x"', "text/csv")
 
 
-def test_tiny_llama_learns_with_the_prompt_masked(arithmetic: Path, tmp_path: Path) -> None:
-    code, log, layout = run_job(
-        tmp_path,
+@pytest.fixture(scope="module")
+def tiny_llama(arithmetic: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, toolkit.TrainingLayout]:
+    return run_job(
+        tmp_path_factory.mktemp("tiny-llama"),
         {
             "task": "causal-lm",
             "base-model": "random:llama-tiny",
@@ -131,10 +132,19 @@ def test_tiny_llama_learns_with_the_prompt_masked(arithmetic: Path, tmp_path: Pa
             "learning-rate": 3e-3,
             "max-length": 64,
             "log-every": 5,
+            "validation-samples": 8,
+            "max-new-tokens": 6,
         },
         {"train": arithmetic / "train", "validation": arithmetic / "validation"},
     )
+
+
+def test_tiny_llama_learns_with_the_prompt_masked(tiny_llama: tuple[int, str, toolkit.TrainingLayout]) -> None:
+    code, log, layout = tiny_llama
     assert code == 0, log[-3000:]
+    # Each epoch also generates for a validation sample and scores it (a tuning objective).
+    scored = [m for m in metrics(log) if "validation_token_f1" in m and "epoch" in m]
+    assert len(scored) == 4 and all(0 <= m["validation_exact_match"] <= 1 for m in scored), scored
     losses = [m["train_loss"] for m in metrics(log) if "train_loss" in m]
     assert losses[-1] < losses[0] * 0.8, losses
     loaded = inference.model_fn(str(layout.model_dir))
@@ -471,3 +481,48 @@ def test_the_calibration_error_of_broken_scores_is_nan_not_a_crash() -> None:
     assert spec.reliability([0, 1], [[float("nan"), 0.5], [0.2, 0.8]]) == [
         {"low": 0.8, "high": 0.9, "count": 1, "confidence": 0.8, "accuracy": 1.0}
     ]
+
+
+def test_a_causal_lm_is_evaluated_by_what_it_generates(
+    tiny_llama: tuple[int, str, toolkit.TrainingLayout], arithmetic: Path, tmp_path: Path
+) -> None:
+    import tarfile
+
+    from training import evaluate
+
+    code, log, layout = tiny_llama
+    assert code == 0, log[-3000:]
+    model_in = tmp_path / "in" / "model"
+    model_in.mkdir(parents=True)
+    with tarfile.open(model_in / "model.tar.gz", "w:gz") as tar:
+        for path in layout.model_dir.iterdir():
+            tar.add(path, arcname=path.name)
+    (tmp_path / "in" / "test").symlink_to(arithmetic / "test", target_is_directory=True)
+    generation = {"max_new_tokens": 6, "scorers": ["token_f1", "exact_match", "rouge_l", "regex_match"],
+                  "regex": r"\d+|hello \d+!"}  # fmt: skip
+    args = ["--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "out"), "--failure-dir",
+            str(tmp_path / "fail"), "--primary-metric", "token_f1", "--generation", json.dumps(generation)]  # fmt: skip
+    assert evaluate.main(args) == 0, (tmp_path / "fail" / "failure").read_text()
+    evaluation = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    rows = len((arithmetic / "test" / "test.jsonl").read_text().splitlines())
+    generations = evaluation["generations"]
+    assert len(generations) == rows == evaluation["summary"]["examples"]
+    for name in generation["scorers"]:
+        mean = sum(g["scores"][name] for g in generations) / rows
+        assert evaluation["summary"][name] == pytest.approx(mean), name
+    assert [g["scores"]["token_f1"] for g in generations] == sorted(g["scores"]["token_f1"] for g in generations)
+    assert set(evaluation["intervals"]) >= {"token_f1", "exact_match", "perplexity"}
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "Generations, worst first" in report and generations[0]["expected"].replace("!", "") in report
+    # Against a champion (here the same model): the comparison is on token F1, and no
+    # prompt is answered differently.
+    (tmp_path / "in" / "champion").mkdir()
+    (tmp_path / "in" / "champion" / "model.tar.gz").symlink_to(model_in / "model.tar.gz")
+    assert evaluate.main([*args, "--champion-run-id", "cccccccccccc"]) == 0
+    evaluation = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert evaluation["comparison"]["metric"] == "token_f1" and evaluation["comparison"]["difference"] == 0
+    assert evaluation["differences"] == []
+    # A scorer's option the job cannot use fails it with the reason.
+    bad = {**generation, "scorers": ["json_schema"], "json_schema": {"type": "nonsense"}}
+    assert evaluate.main([*args[:-2], "--primary-metric", "json_schema", "--generation", json.dumps(bad)]) == 1
+    assert "not a valid JSON schema" in (tmp_path / "fail" / "failure").read_text()

@@ -339,7 +339,11 @@ def test_by_default_a_worse_challenger_is_rejected_with_both_numbers_and_the_int
 
 def test_lower_is_better_metrics_gate_and_compare_the_right_way_round() -> None:
     config = normalise_config(
-        {"base_model": "org/tiny-llama", "task": "causal-lm", "gates": {"metrics": {"perplexity": 100}}}
+        {
+            "base_model": "org/tiny-llama",
+            "task": "causal-lm",
+            "gates": {"metrics": {"perplexity": 100}, "primary_metric": "perplexity"},
+        }
     )
     run = gated(config, {"perplexity": 29607.0, "loss": 10.3})
     assert run.state is S.REJECTED
@@ -691,3 +695,23 @@ def test_history_times_never_run_backwards_and_carry_the_jobs_exit_message() -> 
     after = decide(run, event).run
     assert after.history[-1].time >= late
     assert after.history[-1].reason.endswith(": 230 of 240 rows kept from 1 file(s); 10 invalid dropped")
+
+
+def test_a_causal_lm_is_gated_on_what_it_generates() -> None:
+    """By default a causal LM's gate compares generations (its first scorer, token F1): a
+    challenger worse beyond noise is rejected with the scorer's numbers in the reason, and
+    a threshold on exact match holds it back however its perplexity looks."""
+    config = normalise_config({"base_model": "random:llama-tiny", "task": "causal-lm"})
+    assert config["gates"]["primary_metric"] == "token_f1"
+    worse = Comparison("token_f1", 0.41, 0.93, low=-0.6, high=-0.44, confidence=0.95, rows=40)
+    run = gated(config, {"token_f1": 0.41, "perplexity": 3.1}, worse)
+    assert run.state is S.REJECTED
+    reason = run.history[-1].reason
+    assert "token_f1 0.4100 vs champion run cccccccccccc 0.9300 on the same 40 test rows" in reason
+    assert "worse beyond noise" in reason
+    strict = normalise_config(
+        {"base_model": "random:llama-tiny", "task": "causal-lm", "gates": {"metrics": {"exact_match": 0.9}}}
+    )
+    held = gated(strict, {"exact_match": 0.55, "token_f1": 0.8, "perplexity": 1.2})
+    assert held.state is S.REJECTED and "exact_match 0.55 is below the threshold 0.9" in held.history[-1].reason
+    assert gated(strict, {"exact_match": 0.95, "token_f1": 0.97, "perplexity": 1.2}).state is S.REGISTERING

@@ -137,7 +137,11 @@ def test_train_py_refuses_what_config_validation_refuses(tmp_path: Any) -> None:
 
 def test_metric_directions_drive_thresholds_and_tuning() -> None:
     causal = {"base_model": "org/tiny-llama", "task": "causal-lm"}
-    assert normalise_config(causal)["gates"]["primary_metric"] == "perplexity"
+    # A causal LM is judged by what it generates: its first scorer, unless the gate says.
+    assert normalise_config(causal)["gates"]["primary_metric"] == "token_f1"
+    assert normalise_config({**causal, "gates": {"primary_metric": "perplexity"}})["gates"]["primary_metric"] == (
+        "perplexity"
+    )
     tuning = {
         "objective": {"metric": "validation_loss"},
         "ranges": {"learning_rate": {"type": "continuous", "min": 1e-5, "max": 1e-3}},
@@ -214,3 +218,27 @@ def test_numbers_must_be_finite(patch: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError) as info:
         normalise_config({**MINIMAL, **patch})
     assert info.value.field == field
+
+
+def test_generation_scorers_and_their_options_are_checked() -> None:
+    causal = {"base_model": "org/tiny-llama", "task": "causal-lm"}
+    made = normalise_config({**causal, "generation": {"scorers": ["json_schema", "exact_match"],
+                                                      "json_schema": {"type": "object"}}})  # fmt: skip
+    assert made["gates"]["primary_metric"] == "json_schema" and made["generation"]["max_new_tokens"] == 64
+    for generation, gates, field, needle in [
+        ({"scorers": ["bleu"]}, {}, "generation.scorers[0]", "is not a scorer"),
+        ({"scorers": []}, {}, "generation.scorers", "non-empty list"),
+        ({"scorers": ["rouge_l", "rouge_l"]}, {}, "generation.scorers", "twice"),
+        ({"scorers": ["regex_match"]}, {}, "generation.regex", "required by the regex_match scorer"),
+        ({"scorers": ["regex_match"], "regex": "(unclosed"}, {}, "generation.regex", "not a valid regular"),
+        ({"json_schema": "object"}, {}, "generation.json_schema", "must be a JSON schema"),
+        ({"max_new_tokens": 0}, {}, "generation.max_new_tokens", "at least 1"),
+        ({}, {"primary_metric": "json_valid"}, "gates.primary_metric", "not scored: add it to generation.scorers"),
+        ({}, {"metrics": {"json_valid": 0.5}}, "gates.metrics.json_valid", "not scored"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            normalise_config({**causal, "generation": generation, "gates": gates})
+        assert info.value.field == field and needle in info.value.message, (field, info.value)
+    # A gate on a scorer, in its direction (higher is better): at least the threshold.
+    gated = normalise_config({**causal, "gates": {"metrics": {"exact_match": 0.9}}})
+    assert gated["gates"]["metrics"] == {"exact_match": 0.9}

@@ -2,8 +2,9 @@
 have it (``SAGEMAKER_TRAINING_MODULE``): the `sagemaker-training` toolkit imports this
 module and calls :func:`main` to run the entry point.
 
-Without ``sagemaker_torch_distributed_enabled`` the entry point runs as one process (the
-toolkit's Process runner). With it, the toolkit's own TorchDistributed runner starts it
+Without ``sagemaker_torch_distributed_enabled``, or when the job is one process (one
+instance, no GPU), the entry point runs as one process (the toolkit's Process runner).
+Otherwise the toolkit's own TorchDistributed runner starts it
 under ``torchrun``, as on AWS — with one difference, stated: a job of ``InstanceCount``
 N runs here on one host, so torchrun starts N processes on this host (``--nproc_per_node
 N``, one per instance, gloo on CPU) where AWS starts one torchrun per instance. Each
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
+import sysconfig
 
 INSTANCES_ENV = "TUNELOOP_INSTANCE_COUNT"
 
@@ -30,17 +31,19 @@ def main() -> None:
     from sagemaker_training import entry_point, environment, params, runner
 
     env = environment.Environment()
-    distributed = bool(env.additional_framework_parameters.get("sagemaker_torch_distributed_enabled"))
+    processes = (int(env.num_gpus) or 1) * max(1, int(os.environ.get(INSTANCES_ENV, "1")))
+    # One process (one CPU instance) needs no torchrun: it runs as the Process runner runs
+    # it, so a warm instance can still fork it.
+    distributed = bool(env.additional_framework_parameters.get("sagemaker_torch_distributed_enabled")) and processes > 1
     extra: dict[str, object] = {}
     kind = runner.ProcessRunnerType
     if distributed:
         kind = runner.TorchDistributedRunnerType
-        per_instance = int(env.num_gpus) or 1
-        instances = max(1, int(os.environ.get(INSTANCES_ENV, "1")))
-        extra[params.MPI_PROCESSES_PER_HOST] = per_instance * instances
-        # torchrun is a console script next to this interpreter; its rendezvous takes
+        extra[params.MPI_PROCESSES_PER_HOST] = processes
+        # torchrun is a console script of this environment (whichever interpreter runs
+        # this: a warm instance's is not in its bin folder); its rendezvous takes
         # PET_MASTER_PORT when --master_port is not given (one host: it is not).
-        os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+        os.environ["PATH"] = sysconfig.get_path("scripts") + os.pathsep + os.environ.get("PATH", "")
         os.environ.setdefault("PET_MASTER_PORT", str(free_port()))
         os.environ.setdefault("PET_MASTER_ADDR", "127.0.0.1")
     entry_point.run(

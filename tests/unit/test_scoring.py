@@ -1,0 +1,66 @@
+"""The generation scorers against values worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from training import scoring
+
+
+def test_exact_match_collapses_whitespace_only() -> None:
+    assert scoring.exact_match("  Paris\n", "Paris") == 1.0
+    assert scoring.exact_match("the  answer is 4", "the answer is 4") == 1.0
+    assert scoring.exact_match("paris", "Paris") == 0.0  # case counts
+    assert scoring.exact_match("Paris.", "Paris") == 0.0  # and punctuation
+
+
+def test_token_f1_by_hand() -> None:
+    # generated: the cat sat (3) · expected: the cat sat down (4) · shared 3
+    # precision 3/3, recall 3/4 → F1 = 2·1·0.75 / 1.75 = 6/7
+    assert scoring.token_f1("The cat sat.", "the cat sat down") == pytest.approx(6 / 7)
+    # repeated tokens count as often as both have them: "a a b" vs "a b b" share a, b → 2
+    # precision 2/3, recall 2/3 → F1 2/3
+    assert scoring.token_f1("a a b", "a b b") == pytest.approx(2 / 3)
+    assert scoring.token_f1("x", "y") == 0.0
+    assert scoring.token_f1("", "") == 1.0 and scoring.token_f1("", "y") == 0.0
+
+
+def test_rouge_l_by_hand() -> None:
+    # generated: a b c d (4) · expected: a c e d (4) · LCS "a c d" = 3
+    # precision 3/4, recall 3/4 → F1 0.75
+    assert scoring.rouge_l("A b c d", "a c e d") == pytest.approx(0.75)
+    # generated: police killed the gunman (4) · expected: the gunman was killed by police (6)
+    # LCS: "the gunman" or "police killed"... longest in order is 2 → P 2/4, R 2/6 → F1 0.4
+    assert scoring.lcs(["police", "killed", "the", "gunman"], ["the", "gunman", "was", "killed", "by", "police"]) == 2
+    assert scoring.rouge_l("police killed the gunman", "the gunman was killed by police") == pytest.approx(0.4)
+    assert scoring.rouge_l("", "") == 1.0 and scoring.rouge_l("a", "b") == 0.0
+
+
+def test_json_scorers() -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "n": {"type": "integer", "minimum": 0}},
+              "required": ["city"], "additionalProperties": False}  # fmt: skip
+    assert scoring.json_valid(' {"city": "Oslo"} ') == 1.0
+    assert scoring.json_valid("{city: Oslo}") == 0.0
+    assert scoring.json_schema('{"city": "Oslo", "n": 3}', schema) == 1.0
+    assert scoring.json_schema('{"city": "Oslo", "n": -1}', schema) == 0.0  # below the minimum
+    assert scoring.json_schema('{"n": 3}', schema) == 0.0  # city is required
+    assert scoring.json_schema("not json", schema) == 0.0
+    with pytest.raises(ValueError, match="not a valid JSON schema"):
+        scoring.check_schema({"type": "no-such-type"})
+
+
+def test_regex_matches_the_whole_generation() -> None:
+    assert scoring.regex_match(" 2026-12-01 ", r"\d{4}-\d{2}-\d{2}") == 1.0
+    assert scoring.regex_match("on 2026-12-01", r"\d{4}-\d{2}-\d{2}") == 0.0
+
+
+def test_score_all_and_the_options_scorers_need() -> None:
+    pairs = [("4", "4"), ("five", "5")]
+    assert scoring.score_all(["exact_match", "json_valid"], pairs) == {"exact_match": [1.0, 0.0],
+                                                                       "json_valid": [1.0, 0.0]}  # fmt: skip
+    with pytest.raises(ValueError, match=r"generation\.regex"):
+        scoring.scorer("regex_match", {})
+    with pytest.raises(ValueError, match=r"generation\.json_schema"):
+        scoring.scorer("json_schema", {})
+    with pytest.raises(ValueError, match="unknown scorer"):
+        scoring.scorer("bleu")

@@ -1,0 +1,141 @@
+"""Scorers of generated text: each gives one example a score in [0, 1]; a metric is their
+mean over the test split (or, during training, a validation sample).
+
+- ``exact_match``: the generation equals the expected completion, whitespace collapsed and
+  trimmed (case and punctuation count);
+- ``token_f1``: F1 of the tokens the two share (SQuAD's: lowercase, punctuation dropped,
+  split on whitespace, each shared token counted as often as both have it);
+- ``rouge_l``: ROUGE-L F1 on those tokens (the longest common subsequence, precision and
+  recall weighted equally);
+- ``json_valid``: the generation parses as JSON;
+- ``json_schema``: it parses and validates against the project's JSON schema;
+- ``regex_match``: the whole generation (trimmed) matches the project's regular expression.
+
+Two empty texts agree fully (F1 and ROUGE-L 1); one empty against a non-empty one scores 0.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import spec
+
+SCORERS = spec.SCORERS
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def normalised(text: str) -> str:
+    return " ".join(text.split())
+
+
+def tokens(text: str) -> list[str]:
+    return text.lower().translate(_PUNCTUATION).split()
+
+
+def exact_match(generated: str, expected: str) -> float:
+    return float(normalised(generated) == normalised(expected))
+
+
+def token_f1(generated: str, expected: str) -> float:
+    ours, theirs = tokens(generated), tokens(expected)
+    if not ours or not theirs:
+        return float(ours == theirs)
+    shared = sum((Counter(ours) & Counter(theirs)).values())
+    if not shared:
+        return 0.0
+    precision, recall = shared / len(ours), shared / len(theirs)
+    return 2 * precision * recall / (precision + recall)
+
+
+def lcs(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence (dynamic programming, one row at a time)."""
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(generated: str, expected: str) -> float:
+    ours, theirs = tokens(generated), tokens(expected)
+    if not ours or not theirs:
+        return float(ours == theirs)
+    common = lcs(ours, theirs)
+    if not common:
+        return 0.0
+    precision, recall = common / len(ours), common / len(theirs)
+    return 2 * precision * recall / (precision + recall)
+
+
+def json_valid(generated: str) -> float:
+    try:
+        json.loads(generated.strip())
+    except ValueError:
+        return 0.0
+    return 1.0
+
+
+def check_schema(schema: Any) -> None:
+    """Raise ValueError when ``schema`` is not a valid JSON schema."""
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"not a valid JSON schema: {exc.message}") from exc
+
+
+def json_schema(generated: str, schema: Mapping[str, Any]) -> float:
+    import jsonschema
+
+    try:
+        value = json.loads(generated.strip())
+    except ValueError:
+        return 0.0
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    return float(validator.is_valid(value))
+
+
+def regex_match(generated: str, pattern: str) -> float:
+    return float(re.fullmatch(pattern, generated.strip(), flags=re.S) is not None)
+
+
+def scorer(name: str, options: Mapping[str, Any] | None = None) -> Callable[[str, str], float]:
+    """``name``'s function of (generated, expected); format scorers take their option
+    (``json_schema``: the schema, ``regex_match``: ``regex``) from ``options``."""
+    options = options or {}
+    if name == "exact_match":
+        return exact_match
+    if name == "token_f1":
+        return token_f1
+    if name == "rouge_l":
+        return rouge_l
+    if name == "json_valid":
+        return lambda generated, _expected: json_valid(generated)
+    if name == "json_schema":
+        schema = options.get("json_schema")
+        if not isinstance(schema, dict):
+            raise ValueError("the json_schema scorer needs generation.json_schema (an object)")
+        check_schema(schema)
+        return lambda generated, _expected: json_schema(generated, schema)
+    if name == "regex_match":
+        pattern = options.get("regex")
+        if not isinstance(pattern, str):
+            raise ValueError("the regex_match scorer needs generation.regex")
+        re.compile(pattern)
+        return lambda generated, _expected: regex_match(generated, pattern)
+    raise ValueError(f"unknown scorer {name!r}; one of {', '.join(SCORERS)}")
+
+
+def score_all(
+    names: list[str], pairs: list[tuple[str, str]], options: Mapping[str, Any] | None = None
+) -> dict[str, list[float]]:
+    """Each scorer's per-example scores for (generated, expected) pairs."""
+    return {name: [scorer(name, options)(g, e) for g, e in pairs] for name in names}
