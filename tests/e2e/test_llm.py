@@ -1,0 +1,68 @@
+"""A causal LM through the whole loop on the local cloud: a tiny randomly initialised
+decoder learns the synthetic instruction task (tuneloop/synthetic.py) on the CPU, is judged
+by what it generates, passes a gate on exact match, is registered, deployed, and answers a
+conversation sent to its endpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import client, http, s3, tuneloop, wait_for
+from tuneloop import synthetic
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = {
+    "base_model": "random:llama-small",
+    "task": "causal-lm",
+    "training": {
+        "spot": False,
+        "hyperparameters": {
+            "epochs": 6,
+            "batch_size": 16,
+            "learning_rate": 1e-3,
+            "max_length": 48,
+            "log_every": 50,
+            "validation_samples": 40,
+            "max_new_tokens": 8,
+        },
+    },
+    "generation": {"max_new_tokens": 8, "scorers": ["exact_match", "token_f1", "rouge_l"]},
+    "gates": {"metrics": {"exact_match": 0.9}},
+    "approval": "auto",
+}
+
+
+def test_a_tiny_decoder_learns_an_instruction_task_through_the_whole_loop(
+    cloud: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    home, state = cloud
+    spec = tmp_path / "llm.json"
+    spec.write_text(json.dumps({"name": "llm", "config": CONFIG}))
+    tuneloop(home, "project", "create", "--file", str(spec))
+    body = "".join(json.dumps(row) + "\n" for row in synthetic.rows(800))
+    s3(state).put_object(Bucket=state["bucket"], Key="datasets/llm/tasks-1/tasks.jsonl", Body=body.encode())
+    run_id = wait_for(lambda: http(state, "GET", "/runs?project=llm")[1]["runs"], 60)[0]["run_id"]
+    active = ("received", "preparing", "training", "evaluating", "gating", "registering", "deploying")
+    run = wait_for(lambda: (r := http(state, "GET", f"/runs/{run_id}")[1])["state"] not in active and r, 540)
+    assert run["state"] == "deployed", run["history"][-1]["reason"]
+
+    # What it generates, before and after: the first epoch's validation sample, the test split.
+    epochs = [e for e in run["evaluation"]["training_history"] if "validation_exact_match" in e]
+    before, after = epochs[0]["validation_exact_match"], run["metrics"]["evaluation"]["exact_match"]
+    gate = next(h["reason"] for h in run["history"] if h["from"] == "gating")
+    print(f"\nexact match: {before:.2f} after the first epoch, {after:.2f} on the test split; {gate}")
+    assert before < 0.2 and after >= 0.9
+    assert "exact_match" in gate and "gate passed" in gate
+    assert run["package_arn"].endswith("model-package/tl-llm/1")
+
+    # The deployed model answers a conversation, rendered with the template it learned.
+    runtime = client(state, "sagemaker-runtime")
+    question = {"messages": [{"role": "user", "content": "reverse: apple river stone"}],
+                "parameters": {"max_new_tokens": 8}}  # fmt: skip
+    answer = runtime.invoke_endpoint(EndpointName="tl-llm", ContentType="application/json", Body=json.dumps(question))
+    assert json.loads(answer["Body"].read())["generated_text"] == "stone river apple"
