@@ -13,6 +13,7 @@ with a 4xx and the message.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,44 @@ def predict_fn(data: dict[str, Any], loaded: dict[str, Any]) -> Any:
                 out = model.generate(ids, pad_token_id=tokenizer.pad_token_id, **options)
                 results.append({"generated_text": tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)})
     return results[0] if data["single"] else results
+
+
+def stream_fn(data: dict[str, Any], loaded: dict[str, Any]) -> Iterator[str]:
+    """A causal LM's answer to one input or conversation, as it is generated: text pieces
+    (whole words, as the tokenizer can tell them apart) while generation goes on."""
+    import threading
+
+    from transformers import TextIteratorStreamer
+
+    model, tokenizer, meta = loaded["model"], loaded["tokenizer"], loaded["meta"]
+    if meta["task"] != "causal-lm":
+        raise PayloadError("only a causal LM streams its answer; this model classifies texts")
+    if data.get("messages") is not None:
+        text = chat_prompt(tokenizer, data["messages"])
+    elif data["single"]:
+        text = data["texts"][0]
+    else:
+        raise PayloadError("a streamed request generates for one input or one conversation, not a list")
+    options = generation_options(data["parameters"])
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(loaded["device"])
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    failure: list[BaseException] = []
+
+    def generate() -> None:
+        try:
+            model.generate(ids, pad_token_id=tokenizer.pad_token_id, streamer=streamer, **options)
+        except BaseException as exc:  # reported to the reader below, after what was streamed
+            failure.append(exc)
+            streamer.end()
+
+    worker = threading.Thread(target=generate, daemon=True)
+    worker.start()
+    for piece in streamer:
+        if piece:
+            yield piece
+    worker.join()
+    if failure:
+        raise RuntimeError(f"generation failed: {failure[0]}")
 
 
 def output_fn(prediction: Any, accept: str = "application/json") -> tuple[str, str]:

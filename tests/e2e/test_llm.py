@@ -66,3 +66,25 @@ def test_a_tiny_decoder_learns_an_instruction_task_through_the_whole_loop(
                 "parameters": {"max_new_tokens": 8}}  # fmt: skip
     answer = runtime.invoke_endpoint(EndpointName="tl-llm", ContentType="application/json", Body=json.dumps(question))
     assert json.loads(answer["Body"].read())["generated_text"] == "stone river apple"
+
+    # Streamed: the answer arrives in pieces (a PayloadPart per word as it is generated),
+    # and the capture record holds the whole completion.
+    asked = {"messages": [{"role": "user", "content": "repeat: music light paper ocean"}],
+             "parameters": {"max_new_tokens": 8}}  # fmt: skip
+    streamed = runtime.invoke_endpoint_with_response_stream(
+        EndpointName="tl-llm", ContentType="application/json", Body=json.dumps(asked), InferenceId="streamed-1"
+    )
+    parts = [event["PayloadPart"]["Bytes"] for event in streamed["Body"]]
+    assert len(parts) >= 4 and b"".join(parts).decode().strip() == "music light paper ocean", parts
+    bucket = state["bucket"]
+
+    def captured() -> Any:
+        for item in s3(state).list_objects_v2(Bucket=bucket, Prefix="capture/llm/").get("Contents", []):
+            for line in s3(state).get_object(Bucket=bucket, Key=item["Key"])["Body"].read().decode().splitlines():
+                record = json.loads(line)
+                if record["eventMetadata"].get("inferenceId") == "streamed-1":
+                    return record
+        return None
+
+    record = wait_for(captured, 30)
+    assert json.loads(record["captureData"]["endpointOutput"]["data"]) == {"generated_text": b"".join(parts).decode()}

@@ -30,6 +30,7 @@ import os
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -69,6 +70,32 @@ class Model:
             log.exception("invocation failed")
             return 500, json.dumps({"message": f"{type(exc).__name__}: {exc}"}).encode(), "application/json"
         return 200, text.encode() if isinstance(text, str) else bytes(text), mime
+
+    def stream(self, body: bytes, content_type: str) -> tuple[int, Any]:
+        """(200, text pieces as generated) or (status, an error body): refused input is
+        answered before anything streams."""
+        if not hasattr(self.handlers, "stream_fn"):
+            return 400, json.dumps({"message": "this model's handlers cannot stream"}).encode()
+        try:
+            data = self.handlers.input_fn(body, content_type)
+            pieces = self.handlers.stream_fn(data, self.loaded)
+            first = next(pieces, None)  # input errors surface here, before the 200 goes out
+        except ValueError as exc:
+            return 400, json.dumps({"message": str(exc)}).encode()
+        except Exception as exc:  # the model failed before its first word
+            log.exception("streamed invocation failed")
+            return 500, json.dumps({"message": f"{type(exc).__name__}: {exc}"}).encode()
+
+        def all_pieces() -> Iterator[str]:
+            if first is not None:
+                yield first
+            yield from pieces
+
+        return 200, all_pieces()
+
+
+STREAM_HEADER = "X-Tuneloop-Stream"
+ERROR_MARK = b"\x00"  # a model's text never holds a NUL: what follows it is the failure
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -118,10 +145,38 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path != "/invocations":
             self._send(404, b'{"message": "not found"}')
             return
+        if self.headers.get(STREAM_HEADER) == "1":
+            return self._stream(body)
         status, answer, mime = self.server.model.answer(
             body, self.headers.get("Content-Type", "application/json"), self.headers.get("Accept", "application/json")
         )
         self._send(status, answer, mime)
+
+    def _stream(self, body: bytes) -> None:
+        """The answer as it is generated: each piece one HTTP chunk, then the last chunk.
+        A failure mid-way ends the stream with a chunk of ERROR_MARK and the reason (JSON),
+        which the runtime turns into a ModelStreamError event."""
+        status, answer = self.server.model.stream(body, self.headers.get("Content-Type", "application/json"))
+        if status != 200:
+            self._send(status, answer)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def chunk(data: bytes) -> None:
+            self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
+        try:
+            for piece in answer:
+                chunk(piece.encode())
+        except Exception as exc:
+            log.exception("stream failed mid-way")
+            chunk(ERROR_MARK + json.dumps({"message": f"{type(exc).__name__}: {exc}"}).encode())
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
 
 class _Server(ThreadingHTTPServer):

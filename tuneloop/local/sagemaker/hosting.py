@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..processes import ProcessRecord, reclaim, record_child
-from ..serving import TOKEN_ENV
+from ..serving import STREAM_HEADER, TOKEN_ENV
 from .common import Emit, arn, envelope, now, read_json, write_json
 from .exceptions import ServiceError
 from .staging import TRANSFER, split_s3
@@ -135,6 +135,40 @@ class Fleet:
             with self.cond:
                 self.in_flight -= 1
                 self.cond.notify_all()
+
+    def invoke_stream(self, body: bytes, content_type: str, accept: str) -> tuple[int, Any, str]:
+        """(200, the answer's chunks as they come, mime) or (status, error body, mime)."""
+        with self.cond:
+            self.in_flight += 1
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+            headers = {"Content-Type": content_type, "Accept": accept, STREAM_HEADER: "1", **self.auth}
+            connection.request("POST", "/invocations", body=body, headers=headers)
+            response = connection.getresponse()
+            mime = response.getheader("Content-Type", "application/json")
+        except BaseException:
+            self._done()
+            raise
+        if response.status != 200:
+            answer = response.read()
+            connection.close()
+            self._done()
+            return response.status, answer, mime
+
+        def chunks() -> Any:
+            try:
+                while piece := response.read1(65536):
+                    yield piece
+            finally:
+                connection.close()
+                self._done()
+
+        return 200, chunks(), mime
+
+    def _done(self) -> None:
+        with self.cond:
+            self.in_flight -= 1
+            self.cond.notify_all()
 
     def stop(self, drain_s: float = 60) -> None:
         """Answer what is in flight, then end the process."""

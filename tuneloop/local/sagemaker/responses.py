@@ -101,6 +101,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.path.startswith("/endpoints/") and self.path.endswith("/invocations"):
             return self._invoke(verified)
+        if self.path.startswith("/endpoints/") and self.path.endswith("/invocations-response-stream"):
+            return self._invoke_stream(verified)
         body = verified or b"{}"
         target = self.headers.get("X-Amz-Target", "")
         operation = target.split(".", 1)[1] if target.startswith("SageMaker.") else ""
@@ -132,6 +134,35 @@ class _Handler(BaseHTTPRequestHandler):
             status, headers = exc.status, {"x-amzn-ErrorType": exc.code, "Content-Type": "application/json"}
             payload = json.dumps({"message": exc.message}).encode()
         self._reply(status, payload, headers)
+
+    def _invoke_stream(self, body: bytes) -> None:
+        """SageMaker Runtime InvokeEndpointWithResponseStream: the answer as event-stream
+        messages, each one HTTP chunk as soon as the model has written it."""
+        name = unquote(self.path[len("/endpoints/") : -len("/invocations-response-stream")])
+        try:
+            status, payload, headers = self.server.backend.runtime.invoke_stream(
+                name,
+                body,
+                self.headers.get("Content-Type", "application/json"),
+                self.headers.get("X-Amzn-SageMaker-Accept", "application/json"),
+                self.headers.get("X-Amzn-SageMaker-Inference-Id"),
+            )
+        except ServiceError as exc:
+            status, headers = exc.status, {"x-amzn-ErrorType": exc.code, "Content-Type": "application/json"}
+            payload = json.dumps({"message": exc.message}).encode()
+        if status != 200:
+            return self._reply(status, payload, headers)
+        self.send_response(200)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for message in payload:
+            self.wfile.write(f"{len(message):X}\r\n".encode() + message + b"\r\n")
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
     def _reply(self, status: int, payload: bytes, headers: Mapping[str, str]) -> None:
         self.send_response(status)

@@ -18,6 +18,8 @@ import time
 import uuid
 from typing import Any
 
+from ..serving import ERROR_MARK
+from . import eventstream
 from .common import ACCOUNT, now
 from .exceptions import ServiceError
 from .hosting import READY_TIMEOUT_S, Endpoint, Fleet, Hosting
@@ -46,13 +48,8 @@ class Runtime:
         self.closing = True
         self._flush()
 
-    def invoke(
-        self, name: str, body: bytes, content_type: str, accept: str, inference_id: str | None = None
-    ) -> tuple[int, bytes, dict[str, str]]:
-        """Forward one request. ``inference_id`` is the caller's InferenceId: it goes into
-        the capture record, and the response's X-Amzn-SageMaker-Inference-Id header
-        returns it (or, without one, the capture record's event id) so that labels that
-        arrive later can be joined to the captured request."""
+    def _fleet(self, name: str, inference_id: str | None) -> tuple[Endpoint, Fleet]:
+        """The endpoint and the fleet (by traffic weight) to send a request to, once ready."""
         if inference_id is not None and not _valid_inference_id(inference_id):
             raise ServiceError(
                 "ValidationError",
@@ -67,6 +64,16 @@ class Runtime:
         fleet = endpoint.pick()
         if not fleet.ready.wait(READY_TIMEOUT_S):
             raise ServiceError("ServiceUnavailable", f"Endpoint {name} is not ready", 503)
+        return endpoint, fleet
+
+    def invoke(
+        self, name: str, body: bytes, content_type: str, accept: str, inference_id: str | None = None
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """Forward one request. ``inference_id`` is the caller's InferenceId: it goes into
+        the capture record, and the response's X-Amzn-SageMaker-Inference-Id header
+        returns it (or, without one, the capture record's event id) so that labels that
+        arrive later can be joined to the captured request."""
+        endpoint, fleet = self._fleet(name, inference_id)
         started = time.monotonic()
         status, answer, mime = fleet.invoke(body, content_type, accept)
         latency_us = (time.monotonic() - started) * 1e6
@@ -75,20 +82,43 @@ class Runtime:
         if inference_id or event_id:
             headers[INFERENCE_ID_HEADER] = inference_id or event_id or ""
         if status != 200:
-            message = answer.decode(errors="replace")
-            kind = "CLIENT" if status < 500 else "SERVER"
-            error = {
-                "ErrorCode": f"{kind}_ERROR_FROM_MODEL",
-                "OriginalStatusCode": status,
-                "OriginalMessage": message,
-                "Message": f'Received {kind.lower()} error ({status}) from primary with message "{message}".',
-            }
-            return (
-                424,
-                json.dumps(error).encode(),
-                {"x-amzn-ErrorType": "ModelError", "Content-Type": "application/json"},
-            )
+            return model_error(status, answer)
         return 200, answer, headers
+
+    def invoke_stream(
+        self, name: str, body: bytes, content_type: str, accept: str, inference_id: str | None = None
+    ) -> tuple[int, Any, dict[str, str]]:
+        """InvokeEndpointWithResponseStream: (200, event-stream messages as the model writes
+        its answer, headers), or an error answered as InvokeEndpoint answers it. When the
+        stream ends, the request is counted and captured with the whole completion
+        (``{"generated_text": ...}``), as a non-streamed answer would be."""
+        endpoint, fleet = self._fleet(name, inference_id)
+        started = time.monotonic()
+        status, answer, mime = fleet.invoke_stream(body, content_type, accept)
+        headers = {"x-Amzn-Invoked-Production-Variant": fleet.variant}
+        if status != 200:
+            latency_us = (time.monotonic() - started) * 1e6
+            self._record(endpoint, fleet, body, content_type, answer, mime, status, latency_us, inference_id)
+            return model_error(status, answer)
+
+        def events() -> Any:
+            parts: list[bytes] = []
+            failed = None
+            for piece in answer:
+                text, mark, error = piece.partition(ERROR_MARK)
+                if text:
+                    parts.append(text)
+                    yield eventstream.payload_part(text)
+                if mark:
+                    failed = json.loads(error or b"{}").get("message", "the model failed while streaming")
+                    yield eventstream.model_stream_error(failed)
+                    break
+            latency_us = (time.monotonic() - started) * 1e6
+            whole = json.dumps({"generated_text": b"".join(parts).decode(errors="replace")}).encode()
+            self._record(endpoint, fleet, body, content_type, whole, "application/json", 500 if failed else 200,
+                         latency_us, inference_id)  # fmt: skip
+
+        return 200, events(), {**headers, "Content-Type": "application/vnd.amazon.eventstream"}
 
     def _record(
         self, endpoint: Endpoint, fleet: Fleet, body: bytes, content_type: str, answer: bytes, mime: str,
@@ -154,6 +184,19 @@ class Runtime:
                         data.append({"MetricName": name, "Dimensions": dimensions, "Value": sum(series),
                                      "Unit": "Count", "Timestamp": stamp})  # fmt: skip
                 self.cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=data)
+
+
+def model_error(status: int, answer: bytes) -> tuple[int, bytes, dict[str, str]]:
+    """A model's 4xx or 5xx as SageMaker Runtime answers it: a 424 ModelError."""
+    message = answer.decode(errors="replace")
+    kind = "CLIENT" if status < 500 else "SERVER"
+    error = {
+        "ErrorCode": f"{kind}_ERROR_FROM_MODEL",
+        "OriginalStatusCode": status,
+        "OriginalMessage": message,
+        "Message": f'Received {kind.lower()} error ({status}) from primary with message "{message}".',
+    }
+    return 424, json.dumps(error).encode(), {"x-amzn-ErrorType": "ModelError", "Content-Type": "application/json"}
 
 
 def _captured(data: bytes, content_type: str, mode: str) -> dict[str, Any]:
