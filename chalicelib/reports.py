@@ -20,6 +20,7 @@ from .domain.run import Run
 from .sagemaker import SageMakerExecutors, evaluation_prefix, run_prefix
 
 LINK_EXPIRY_S = 3600
+SHOWN_GENERATIONS = 20
 # Presigned links must be SigV4: the bucket's objects are KMS-encrypted, and S3 refuses
 # SigV2 (still boto3's presigning default in us-east-1) for those.
 S3_CONFIG = Config(signature_version="s3v4")
@@ -95,6 +96,12 @@ class RunReports:
         view["confidence"] = data.get("confidence", 0.95)
         history = data.get("training_history")
         view["training_history"] = history if isinstance(history, list) else []
+        # A causal LM's generations (worst first) and where it differs from the champion:
+        # the first few, for a page; evaluation.json and the report have them all.
+        for key in ("generations", "differences"):
+            found = data.get(key)
+            if isinstance(found, list):
+                view[key] = [g for g in found[:SHOWN_GENERATIONS] if isinstance(g, dict)]
         return view
 
     def production(self, run: Run, evaluation: dict[str, Any] | None) -> dict[str, Any] | None:

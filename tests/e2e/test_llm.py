@@ -59,6 +59,7 @@ def test_a_tiny_decoder_learns_an_instruction_task_through_the_whole_loop(
     assert before < 0.2 and after >= 0.9
     assert "exact_match" in gate and "gate passed" in gate
     assert run["package_arn"].endswith("model-package/tl-llm/1")
+    check_generations_page(home, state, run, tmp_path)
 
     # The deployed model answers a conversation, rendered with the template it learned.
     runtime = client(state, "sagemaker-runtime")
@@ -88,3 +89,39 @@ def test_a_tiny_decoder_learns_an_instruction_task_through_the_whole_loop(
 
     record = wait_for(captured, 30)
     assert json.loads(record["captureData"]["endpointOutput"]["data"]) == {"generated_text": b"".join(parts).decode()}
+
+
+def check_generations_page(home: Path, state: dict[str, Any], run: dict[str, Any], tmp_path: Path) -> None:
+    """The run's page shows its worst generations, as the API has them, with no console
+    error and no serious accessibility violation."""
+    import os
+
+    from tests.e2e.dashboard import AXE, BROWSER_ARGS, CHROMIUM, SERIOUS, dashboard
+
+    if not CHROMIUM.exists() or not AXE.exists():
+        if os.environ.get("TUNELOOP_REQUIRE_BROWSER"):
+            raise AssertionError(f"{CHROMIUM} or {AXE} is missing; .ci/run and make setup install them")
+        return
+    from playwright.sync_api import sync_playwright
+
+    shown = run["evaluation"]["generations"]
+    artifacts = Path(os.environ.get("TUNELOOP_ARTIFACTS") or tmp_path) / "dashboard"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with dashboard(home) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        try:
+            page = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 900}).new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(url)
+            page.goto(f"{url.split('/?')[0]}/runs/{run['run_id']}")
+            page.wait_for_selector("#generations")
+            rows = page.locator("section[aria-labelledby=generations] table tbody tr")
+            assert rows.count() == len(shown) > 0
+            first = rows.first.locator("td").all_inner_texts()
+            assert [c.strip() for c in first[:3]] == [shown[0][k].strip() for k in ("prompt", "expected", "generated")]
+            page.screenshot(path=str(artifacts / "llm-run.png"), full_page=True)
+            page.add_script_tag(path=str(AXE))
+            assert page.evaluate(SERIOUS) == [] and errors == [], errors
+        finally:
+            browser.close()

@@ -111,6 +111,11 @@ def test_the_evaluation_view_takes_what_pages_draw_and_survives_odd_files() -> N
         "confidence": 0.9,
         "training_history": [{"epoch": 1.0, "step": 10, "validation_loss": 0.3}],
     }  # fmt: skip
+    generated = [
+        {"prompt": f"p{n}", "expected": "e", "generated": "g", "scores": {"exact_match": 0.0}} for n in range(30)
+    ]
+    causal = reports.evaluation(run, {"metrics": {}, "generations": [*generated, "junk"], "differences": "junk"})
+    assert causal is not None and causal["generations"] == generated[:20] and "differences" not in causal
     view = reports.evaluation(run, written)
     assert view == {
         "labels": ["a", "b"],

@@ -366,6 +366,25 @@ function evaluationDetail(run) {
   return out;
 }
 
+function generationsSection(evaluation) {
+  const worst = (evaluation && evaluation.generations) || [];
+  if (!worst.length) return null;
+  const names = Object.keys(worst[0].scores || {});
+  const texts = (t) => { t.classList.add("texts"); return t; };  // prompts keep their line breaks
+  const out = [h("h2", { id: "generations" }, "Generations, worst first"),
+    texts(table(["prompt", "expected", "generated", ...names], worst.map((g) => [g.prompt, g.expected, g.generated,
+      ...names.map((n) => ({ num: fmt(g.scores[n]) }))]), "Test prompts, what the model generated, and its scores"))];
+  const differ = evaluation.differences || [];
+  if (differ.length) {
+    out.push(h("h3", {}, "Where this model and the champion differ"),
+      texts(table(["prompt", "expected", "this model", "champion", ...names.map((n) => `${n} (this / champion)`)],
+        differ.map((d) => [d.prompt, d.expected, d.challenger, d.champion,
+          ...names.map((n) => ({ num: `${fmt(d.challenger_scores[n])} / ${fmt(d.champion_scores[n])}` }))]),
+        "Test prompts the two models answer differently")));
+  }
+  return h("section", { "aria-labelledby": "generations" }, out);
+}
+
 function evaluationSection(run) {
   const links = run.links || {};
   const plots = Object.entries(links).filter(([k]) => k.startsWith("plot:"));
@@ -459,7 +478,8 @@ async function runPage(id) {
       actions(run, refresh, answer),
       h("section", { "aria-labelledby": "history" }, h("h2", { id: "history" }, "Timeline"), timeline(run)),
       h("section", { "aria-labelledby": "metrics" }, h("h2", { id: "metrics" }, "Metrics"), metricsSection(run)),
-      tuningSection(run.tuning), trainingSection(run.evaluation), evaluationSection(run), productionSection(run.production), costSection(run.cost)]));
+      tuningSection(run.tuning), trainingSection(run.evaluation), evaluationSection(run),
+      generationsSection(run.evaluation), productionSection(run.production), costSection(run.cost)]));
     announce(`run ${id} is ${run.state}`);
     if (ACTIVE.includes(run.state)) poll(refresh);
   };
