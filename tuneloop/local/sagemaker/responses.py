@@ -119,37 +119,32 @@ class _Handler(BaseHTTPRequestHandler):
             status, payload = 400, json.dumps({"__type": "SerializationException", "message": str(exc)}).encode()
         self._reply(status, payload, {"Content-Type": "application/x-amz-json-1.1"})
 
-    def _invoke(self, body: bytes) -> None:
-        """SageMaker Runtime InvokeEndpoint (REST-JSON): POST /endpoints/<name>/invocations."""
-        name = unquote(self.path[len("/endpoints/") : -len("/invocations")])
+    def _runtime(self, call: Any, suffix: str, accept_header: str, body: bytes) -> tuple[int, Any, Mapping[str, str]]:
+        """A SageMaker Runtime call on ``/endpoints/<name><suffix>``: (status, payload, headers),
+        a refused request answered as the Runtime answers it."""
+        name = unquote(self.path[len("/endpoints/") : -len(suffix)])
         try:
-            status, payload, headers = self.server.backend.runtime.invoke(
+            result: tuple[int, Any, Mapping[str, str]] = call(
                 name,
                 body,
                 self.headers.get("Content-Type", "application/json"),
-                self.headers.get("Accept", "application/json"),
+                self.headers.get(accept_header, "application/json"),
                 self.headers.get("X-Amzn-SageMaker-Inference-Id"),
             )
+            return result
         except ServiceError as exc:
-            status, headers = exc.status, {"x-amzn-ErrorType": exc.code, "Content-Type": "application/json"}
-            payload = json.dumps({"message": exc.message}).encode()
-        self._reply(status, payload, headers)
+            headers = {"x-amzn-ErrorType": exc.code, "Content-Type": "application/json"}
+            return exc.status, json.dumps({"message": exc.message}).encode(), headers
+
+    def _invoke(self, body: bytes) -> None:
+        """SageMaker Runtime InvokeEndpoint (REST-JSON): POST /endpoints/<name>/invocations."""
+        self._reply(*self._runtime(self.server.backend.runtime.invoke, "/invocations", "Accept", body))
 
     def _invoke_stream(self, body: bytes) -> None:
         """SageMaker Runtime InvokeEndpointWithResponseStream: the answer as event-stream
         messages, each one HTTP chunk as soon as the model has written it."""
-        name = unquote(self.path[len("/endpoints/") : -len("/invocations-response-stream")])
-        try:
-            status, payload, headers = self.server.backend.runtime.invoke_stream(
-                name,
-                body,
-                self.headers.get("Content-Type", "application/json"),
-                self.headers.get("X-Amzn-SageMaker-Accept", "application/json"),
-                self.headers.get("X-Amzn-SageMaker-Inference-Id"),
-            )
-        except ServiceError as exc:
-            status, headers = exc.status, {"x-amzn-ErrorType": exc.code, "Content-Type": "application/json"}
-            payload = json.dumps({"message": exc.message}).encode()
+        call = self.server.backend.runtime.invoke_stream
+        status, payload, headers = self._runtime(call, "/invocations-response-stream", "X-Amzn-SageMaker-Accept", body)
         if status != 200:
             return self._reply(status, payload, headers)
         self.send_response(200)
