@@ -673,7 +673,8 @@ def evaluate(
     if metric not in PRIMARY[task]:
         raise EvaluationError(f"primary metric {metric!r} is not one of {', '.join(PRIMARY[task])} for {task}")
     if metric in spec.SCORERS and f"score:{metric}" not in per_row:
-        raise EvaluationError(f"primary metric {metric!r} is not among the scorers: {', '.join(generation or {})}")
+        scorers = {**DEFAULT_GENERATION, **(generation or {})}["scorers"]
+        raise EvaluationError(f"primary metric {metric!r} is not among the scorers: {', '.join(scorers)}")
     ours_generated = metrics.pop("generations", [])
     theirs_generated = champion.pop("generations", []) if champion else []
     keys = [spec.row_key(r, task) for r in rows]

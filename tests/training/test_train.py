@@ -522,7 +522,14 @@ def test_a_causal_lm_is_evaluated_by_what_it_generates(
     evaluation = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     assert evaluation["comparison"]["metric"] == "token_f1" and evaluation["comparison"]["difference"] == 0
     assert evaluation["differences"] == []
-    # A scorer's option the job cannot use fails it with the reason.
+    # A gate metric the project does not score, and a scorer's option the job cannot use,
+    # fail the job with the reason.
+    unscored = [*args[:-4], "--primary-metric", "json_valid", "--generation", json.dumps(generation)]
+    assert evaluate.main(unscored) == 1
+    assert (
+        "not among the scorers: token_f1, exact_match, rouge_l, regex_match"
+        in (tmp_path / "fail" / "failure").read_text()
+    )
     bad = {**generation, "scorers": ["json_schema"], "json_schema": {"type": "nonsense"}}
     assert evaluate.main([*args[:-2], "--primary-metric", "json_schema", "--generation", json.dumps(bad)]) == 1
     assert "not a valid JSON schema" in (tmp_path / "fail" / "failure").read_text()
