@@ -29,6 +29,16 @@ SERIOUS = """async () => {
 }"""
 
 
+def browser_ready() -> bool:
+    """Whether the system's Chromium and axe-core are there; where CI requires them
+    (TUNELOOP_REQUIRE_BROWSER), their absence is a failure, not a skip."""
+    if CHROMIUM.exists() and AXE.exists():
+        return True
+    if os.environ.get("TUNELOOP_REQUIRE_BROWSER"):
+        raise AssertionError(f"{CHROMIUM} or {AXE} is missing; .ci/run and make setup install them")
+    return False
+
+
 def shown(value: float) -> str:
     """A number as the dashboard's fmt() writes it (3 decimals, trailing zeros dropped)."""
     return f"{value:.3f}".rstrip("0").rstrip(".")
@@ -53,9 +63,7 @@ def dashboard(home: Path) -> Iterator[str]:
 
 
 def check_dashboard(home: Path, state: dict[str, Any], run: dict[str, Any], artifacts: Path) -> None:
-    if not CHROMIUM.exists() or not AXE.exists():
-        if os.environ.get("TUNELOOP_REQUIRE_BROWSER"):
-            raise AssertionError(f"{CHROMIUM} or {AXE} is missing; .ci/run and make setup install them")
+    if not browser_ready():
         pytest.skip("the dashboard's browser check needs chromium and node_modules/axe-core")
     from playwright.sync_api import sync_playwright
 

@@ -96,11 +96,9 @@ def check_generations_page(home: Path, state: dict[str, Any], run: dict[str, Any
     error and no serious accessibility violation."""
     import os
 
-    from tests.e2e.dashboard import AXE, BROWSER_ARGS, CHROMIUM, SERIOUS, dashboard
+    from tests.e2e.dashboard import AXE, BROWSER_ARGS, CHROMIUM, SERIOUS, browser_ready, dashboard
 
-    if not CHROMIUM.exists() or not AXE.exists():
-        if os.environ.get("TUNELOOP_REQUIRE_BROWSER"):
-            raise AssertionError(f"{CHROMIUM} or {AXE} is missing; .ci/run and make setup install them")
+    if not browser_ready():
         return
     from playwright.sync_api import sync_playwright
 

@@ -204,13 +204,11 @@ def dashboard_over_the_app() -> Iterator[Any]:
     """The app behind the local API server, the dashboard's server in front of it, and a
     headless Chromium on it (signed in); yields (page, origin, errors, browser)."""
     import app as app_module
-    from tests.e2e.dashboard import AXE, BROWSER_ARGS, CHROMIUM
+    from tests.e2e.dashboard import BROWSER_ARGS, CHROMIUM, browser_ready
     from tuneloop.local.apiserver import ApiServer
     from tuneloop.ui.server import LocalBackend, UiServer
 
-    if not CHROMIUM.exists() or not AXE.exists():
-        if os.environ.get("TUNELOOP_REQUIRE_BROWSER"):
-            raise AssertionError(f"{CHROMIUM} or {AXE} is missing; .ci/run and make setup install them")
+    if not browser_ready():
         pytest.skip("needs chromium and node_modules/axe-core")
     from playwright.sync_api import sync_playwright
 
