@@ -27,6 +27,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import tarfile
 import tempfile
@@ -486,6 +487,11 @@ def causal_metrics(
     import torch
 
     generation = {**DEFAULT_GENERATION, **(generation or {})}
+    names = list(generation["scorers"])
+    try:  # a scorer's option (a JSON schema, a regex) the job cannot use: say so before generating
+        scorers = {name: scoring.scorer(name, generation) for name in names}
+    except (ValueError, re.error) as exc:
+        raise EvaluationError(f"generation: {exc}") from exc
     model, tokenizer = loaded["model"], loaded["tokenizer"]
     losses, counts = [], []
     pairs = []
@@ -514,11 +520,8 @@ def causal_metrics(
         inference.predict_fn({"texts": [p], "single": True, "parameters": options}, loaded)["generated_text"]
         for p, _ in pairs
     ]
-    names = list(generation["scorers"])
-    try:
-        scores = scoring.score_all(names, [(g, e) for g, (_, e) in zip(generated, pairs, strict=True)], generation)
-    except ValueError as exc:  # a scorer's option (a JSON schema, a regex) the job cannot use
-        raise EvaluationError(f"generation: {exc}") from exc
+    answered = [(g, e) for g, (_, e) in zip(generated, pairs, strict=True)]
+    scores = {name: [score(g, e) for g, e in answered] for name, score in scorers.items()}
     metrics: dict[str, Any] = {"loss": mean, "perplexity": math.exp(min(mean, 50)), "examples": len(rows)}
     for name in names:
         metrics[name] = sum(scores[name]) / max(1, len(rows))

@@ -19,9 +19,14 @@ from __future__ import annotations
 import json
 import re
 import string
+import sys
 from collections import Counter
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
+
+# Imported as a job's own module and as training.scoring (tests): spec sits next to it.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import spec
 
