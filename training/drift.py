@@ -8,6 +8,8 @@ Inputs, under ``/opt/ml/processing/input/``:
     capture/**.jsonl                SageMaker data capture records of the endpoint
     labels/*.jsonl                  labels received for captured requests (optional)
     model/model.tar.gz              the deployed model (its encoder embeds the texts)
+    base/                           a LoRA adapter's base model (model.tar.gz or its files),
+                                    when the deployed model is an adapter on an s3:// base
 
 Metrics (each a number where larger means more drift):
 
@@ -48,7 +50,6 @@ import os
 import random
 import re
 import sys
-import tarfile
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -57,6 +58,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import inference
 import quality
 
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
@@ -231,8 +233,13 @@ def embed(model_dir: Path, texts: Sequence[str], batch_size: int = 32) -> Any:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)  # nosec B615 - the model's own folder, no download
-    model = AutoModel.from_pretrained(model_dir)  # nosec B615 - the model's own folder, no download
+    meta_file = model_dir / "tuneloop.json"
+    if meta_file.is_file() and json.loads(meta_file.read_text()).get("artifact") == "adapter":
+        loaded = inference.model_fn(str(model_dir))  # the adapter on its base, as the endpoint serves it
+        tokenizer, model = loaded["tokenizer"], loaded["model"].base_model.cpu()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)  # nosec B615 - the model's own folder, no download
+        model = AutoModel.from_pretrained(model_dir)  # nosec B615 - the model's own folder, no download
     model.eval()
     vectors = []
     with torch.no_grad():
@@ -550,9 +557,7 @@ def main(argv: list[str] | None = None) -> int:
                 model_dir = None
                 archive = inputs / "model" / "model.tar.gz"
                 if archive.is_file():
-                    model_dir = Path(tmp) / "model"
-                    with tarfile.open(archive) as tar:
-                        tar.extractall(model_dir, filter="data")
+                    model_dir = inference.unpack_model(archive, Path(tmp), inputs / "base")
                 result = check(profile, baseline, live, json.loads(args.thresholds), model_dir)
         result["quality"] = production
         if not args.no_publish:

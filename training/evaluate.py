@@ -7,6 +7,8 @@ Inputs (under ``SAGEMAKER_BASE_DIR``, /opt/ml in SageMaker's containers):
     processing/input/test/test.jsonl         prepare.py's test split (the frozen holdout)
     processing/input/report/report.json      optional: prepare's report, for the data section
     processing/input/champion/model.tar.gz   optional: the deployed model, measured on the same rows
+    processing/input/base/, champion-base/   a LoRA adapter's base model (model.tar.gz or its
+                                            files), when the model is an adapter on an s3:// base
 
 Output, ``processing/output/evaluation/``: ``evaluation.json`` (the metrics with bootstrap
 intervals; the champion's beside them and the paired comparison of the two on the task's
@@ -29,7 +31,6 @@ import math
 import os
 import re
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -404,12 +405,6 @@ def report_html(evaluation: dict[str, Any], images: dict[str, bytes], context: d
 # --- the job ----------------------------------------------------------------------------------
 
 
-def unpack(archive: Path, target: Path) -> Path:
-    with tarfile.open(archive) as tar:
-        tar.extractall(target, filter="data")
-    return target
-
-
 def read_rows(folder: Path) -> list[dict[str, Any]]:
     files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else [folder]
     return [json.loads(line) for f in files for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -656,7 +651,8 @@ def evaluate(
     if not rows:
         raise EvaluationError("the test split is empty")
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = unpack(archive, Path(tmp) / "model")
+        # An adapter's base model comes as input/base (the champion's as input/champion-base).
+        model_dir = inference.unpack_model(archive, Path(tmp) / "challenger", input_dir / "base")
         meta = json.loads((model_dir / "tuneloop.json").read_text())
         history_file = model_dir / "training_history.json"
         history = json.loads(history_file.read_text()) if history_file.is_file() else []
@@ -667,7 +663,7 @@ def evaluate(
         champion = theirs = None
         champion_archive = input_dir / "champion" / "model.tar.gz"
         if champion_archive.is_file():
-            champion_dir = unpack(champion_archive, Path(tmp) / "champion")
+            champion_dir = inference.unpack_model(champion_archive, Path(tmp) / "champion", input_dir / "champion-base")
             champion, champion_rows = measure(champion_dir, rows, metrics.get("labels"), generation=generation)
             theirs = (champion_rows, trained_on(champion_dir))
     task = meta["task"]

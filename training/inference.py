@@ -12,6 +12,7 @@ with a 4xx and the message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,9 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
+
+
+BASE_CHANNEL = "base"  # the AdditionalModelDataSources channel that carries an adapter's base
 
 
 class PayloadError(ValueError):
@@ -104,6 +108,91 @@ def generation_options(parameters: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded as it was registered (an adapter's base is missing or is
+    not the one it was trained on)."""
+
+
+def additional_source(model_dir: str | Path, channel: str) -> Path:
+    """Where SageMaker puts a model's AdditionalModelDataSources channel: beside the model
+    folder (/opt/ml/model) as /opt/ml/additional-model-data-sources/<channel>. The local
+    SageMaker and the evaluate and drift jobs lay models out the same way."""
+    return Path(model_dir).parent / "additional-model-data-sources" / channel
+
+
+def unpack_model(archive: Path, root: Path, base: Path | None = None) -> Path:
+    """A model.tar.gz unpacked to ``root/model`` as SageMaker lays an endpoint out; with
+    ``base`` (a job's input folder holding the base model's model.tar.gz, or its files),
+    that too, as the ``base`` data source beside it. Returns the model folder."""
+    import tarfile
+
+    model = root / "model"
+    with tarfile.open(archive) as tar:
+        tar.extractall(model, filter="data")
+    if base is not None and base.is_dir() and any(base.iterdir()):
+        target = additional_source(model, BASE_CHANNEL)
+        archives = sorted(base.glob("*.tar.gz"))
+        if archives:
+            with tarfile.open(archives[0]) as tar:
+                tar.extractall(target, filter="data")
+        else:  # the base's files as they are (an S3 prefix), not copied
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(base.resolve(), target_is_directory=True)
+    return model
+
+
+def base_folder(model_dir: str | Path, meta: dict[str, Any]) -> Path:
+    """The base model a LoRA adapter is served on (the package that ships it, or the
+    model's ``base`` data source), once its weight files are the bytes the adapter was
+    trained on."""
+    import hashlib
+    import importlib
+
+    base = meta.get("base") or {}
+    if base.get("package"):
+        folder = Path(importlib.import_module(base["package"]).get_model_path())
+    else:
+        root = additional_source(model_dir, BASE_CHANNEL)
+        candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []
+        found = next((c for c in candidates if (c / "config.json").is_file()), None)
+        if found is None:
+            raise ModelLoadError(
+                f"this model is a LoRA adapter on {base.get('model')!r}, and its base model is not at {root} "
+                f"(the model's AdditionalModelDataSources channel {BASE_CHANNEL!r})"
+            )
+        folder = found
+    for name, expected in (base.get("files") or {}).items():
+        digest = hashlib.sha256()
+        try:
+            with (folder / name).open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise ModelLoadError(
+                f"the base model at {folder} has no {name}, which the adapter was trained with"
+            ) from exc
+        if digest.hexdigest() != expected:
+            raise ModelLoadError(
+                f"the base model's {name} at {folder} is not the file the adapter was trained on "
+                f"(sha256 {digest.hexdigest()[:16]}…, trained on {expected[:16]}…)"
+            )
+    return folder
+
+
+@contextlib.contextmanager
+def _quiet(on: bool) -> Iterator[None]:
+    """transformers' warnings off while loading, when ``on``."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    if on:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def model_fn(model_dir: str) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -111,10 +200,25 @@ def model_fn(model_dir: str) -> dict[str, Any]:
     folder = Path(model_dir)
     meta = json.loads((folder / "tuneloop.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(folder)  # nosec B615 - the model's own folder, no download
+    adapter = meta.get("artifact") == "adapter"
+    weights = base_folder(folder, meta) if adapter else folder
     if meta["task"] == "text-classification":
-        model = AutoModelForSequenceClassification.from_pretrained(folder)  # nosec B615 - the model's own folder, no download
+        options: dict[str, Any] = {}
+        if adapter:  # the base has no head: the adapter brings the trained one, for these labels
+            label_map = json.loads((folder / "label_map.json").read_text())
+            options = {"num_labels": len(label_map), "label2id": label_map,
+                       "id2label": {n: label for label, n in label_map.items()}}  # fmt: skip
+        with _quiet(adapter):  # not the base's "classifier weights newly initialised" report
+            model = AutoModelForSequenceClassification.from_pretrained(weights, **options)  # nosec B615 - a local folder, no download
     else:
-        model = AutoModelForCausalLM.from_pretrained(folder)  # nosec B615 - the model's own folder, no download
+        model = AutoModelForCausalLM.from_pretrained(weights)  # nosec B615 - a local folder, no download
+    if adapter:
+        from peft import PeftModel
+
+        # The adapter on its base, merged once here: served as fast as a merged model.
+        model = PeftModel.from_pretrained(model, folder).merge_and_unload()
+        if meta["task"] == "causal-lm":
+            model.config.use_cache = True
     model.eval()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return {"model": model.to(device), "tokenizer": tokenizer, "meta": meta, "device": device}

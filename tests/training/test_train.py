@@ -534,3 +534,56 @@ def test_a_causal_lm_is_evaluated_by_what_it_generates(
     bad = {**generation, "scorers": ["json_schema"], "json_schema": {"type": "nonsense"}}
     assert evaluate.main([*args[:-2], "--primary-metric", "json_schema", "--generation", json.dumps(bad)]) == 1
     assert "not a valid JSON schema" in (tmp_path / "fail" / "failure").read_text()
+
+
+def test_a_decoder_adapter_on_an_s3_base_generates_as_its_merged_twin(
+    tiny_llama: tuple[int, str, toolkit.TrainingLayout], arithmetic: Path, tmp_path: Path
+) -> None:
+    """The tiny decoder's model.tar.gz (a run's output) as the base of a LoRA run, written
+    as an adapter and merged: evaluated on the same prompts, with the base as the job's
+    input/base, the adapter generates what its merged twin does, word for word."""
+    import tarfile
+
+    from training import evaluate
+
+    code, log, base_layout = tiny_llama
+    assert code == 0, log[-3000:]
+    channel = tmp_path / "base"
+    channel.mkdir()
+    with tarfile.open(channel / "model.tar.gz", "w:gz") as tar:
+        for path in base_layout.model_dir.iterdir():
+            tar.add(path, arcname=path.name)
+    hyper = {"task": "causal-lm", "base-model": "s3://tuneloop/runs/aaaaaaaaaaaa/train/job/output/model.tar.gz",
+             "method": "lora", "max-steps": 4, "batch-size": 4, "learning-rate": 1e-2, "max-length": 64,
+             "validation-samples": 4, "max-new-tokens": 6}  # fmt: skip
+    channels = {"train": arithmetic / "train", "validation": arithmetic / "validation", "model": channel}
+    inputs = {}
+    for artifact in ("adapter", "merged"):
+        code, log, layout = run_job(tmp_path / artifact, {**hyper, "artifact": artifact}, channels)
+        assert code == 0, log[-3000:]
+        folder = tmp_path / "in" / ("model" if artifact == "adapter" else "champion")
+        folder.mkdir(parents=True)
+        with tarfile.open(folder / "model.tar.gz", "w:gz") as tar:
+            for path in layout.model_dir.iterdir():
+                tar.add(path, arcname=path.name)
+        inputs[artifact] = folder / "model.tar.gz"
+    meta = json.loads((tmp_path / "adapter" / "model" / "tuneloop.json").read_text())
+    assert meta["artifact"] == "adapter" and "package" not in meta["base"]
+    assert set(meta["base"]["files"]) == {"config.json", "model.safetensors"}
+
+    # Served without its base, the adapter says where the base should have been.
+    bare = inference.unpack_model(inputs["adapter"], tmp_path / "bare")
+    with pytest.raises(inference.ModelLoadError, match="AdditionalModelDataSources channel 'base'"):
+        inference.model_fn(str(bare))
+
+    (tmp_path / "in" / "test").symlink_to(arithmetic / "test", target_is_directory=True)
+    (tmp_path / "in" / "base").symlink_to(channel, target_is_directory=True)
+    generation = {"max_new_tokens": 6, "scorers": ["token_f1", "exact_match"]}
+    args = ["--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "out"), "--failure-dir",
+            str(tmp_path / "fail"), "--generation", json.dumps(generation),
+            "--champion-run-id", "cccccccccccc"]  # fmt: skip
+    assert evaluate.main(args) == 0, (tmp_path / "fail" / "failure").read_text()
+    evaluation = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert evaluation["differences"] == [], evaluation["differences"][:3]
+    assert evaluation["comparison"]["difference"] == 0
+    assert evaluation["summary"]["loss"] == pytest.approx(evaluation["champion"]["loss"], rel=1e-4)
