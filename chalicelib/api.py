@@ -14,7 +14,7 @@ from .config import Settings
 from .deployment import transform_output
 from .domain.project import ConfigError, check_project_name
 from .domain.states import RunState
-from .sagemaker import evaluation_prefix, model_artifact_uri, run_prefix
+from .sagemaker import adapter_base_uri, evaluation_prefix, model_artifact_uri, run_prefix
 from .service import InvalidRequestError
 from .store import Page, Project, StoredRun
 
@@ -166,6 +166,9 @@ def run_view(stored: StoredRun, settings: Settings) -> dict[str, Any]:
         links["parent"] = f"/runs/{run.parent_run_id}"
     if run.model_source:
         links["model_artifact"] = model_artifact_uri(settings, run, run.model_source)
+    base = adapter_base_uri(run)
+    if base:  # the model artifact is a LoRA adapter, served on this base model
+        links["base_model_artifact"] = base
     if "evaluation" in run.metrics:
         links["evaluation_report"] = evaluation_prefix(settings, run.run_id) + "report.html"
     if any("StartTransformJob" in entry.commands for entry in run.history):

@@ -33,7 +33,17 @@ from .domain.commands import (
 from .domain.run import Run
 from .events import PROJECT_TAG
 from .executors import Outcome, PermanentCommandError
-from .sagemaker import _code, _require, _vpc, capture_uri, model_artifact_uri, run_prefix, run_tags, tags
+from .sagemaker import (
+    _code,
+    _require,
+    _vpc,
+    base_model_sources,
+    capture_uri,
+    model_artifact_uri,
+    run_prefix,
+    run_tags,
+    tags,
+)
 
 VARIANT = "AllTraffic"
 DRIFT_NAMESPACE = "tuneloop"
@@ -69,6 +79,9 @@ def model_request(run: Run, settings: Settings) -> dict[str, Any]:
             "ModelDataUrl": model_artifact_uri(settings, run, _require(run.model_source, "the run's model")),
             "Environment": {"SAGEMAKER_PROGRAM": "inference.py"},
         }
+        sources = base_model_sources(run)  # a registered package carries its own
+        if sources:
+            container["AdditionalModelDataSources"] = sources
     request: dict[str, Any] = {
         "ModelName": model_name(run.run_id),
         "PrimaryContainer": container,

@@ -218,6 +218,34 @@ def model_artifact_uri(settings: Settings, run: Run, training_job: str) -> str:
     return f"{run_prefix(settings, run.run_id)}/train/{training_job}/output/model.tar.gz"
 
 
+BASE_CHANNEL = "base"  # inference.BASE_CHANNEL: where an adapter's base model arrives
+
+
+def adapter_base_uri(run: Run) -> str | None:
+    """The s3:// base model a run's LoRA adapter is served on; None when the run writes a
+    merged model, or its base ships in a package (the endpoint has it)."""
+    training = run.config.get("training") or {}
+    if training.get("artifact") == "adapter" and run.config["base_model"].startswith("s3://"):
+        return str(run.config["base_model"])
+    return None
+
+
+def base_model_sources(run: Run, etag: str | None = None) -> list[dict[str, Any]]:
+    """AdditionalModelDataSources of a run's model: its adapter's base, if it has one
+    (a model.tar.gz, unpacked by SageMaker, or a prefix of the model's files); ``etag``
+    pins the archive, as ModelDataETag pins the adapter."""
+    uri = adapter_base_uri(run)
+    if uri is None:
+        return []
+    if uri.endswith(".tar.gz"):
+        source: dict[str, Any] = {"S3Uri": uri, "S3DataType": "S3Object", "CompressionType": "Gzip"}
+        if etag:
+            source["ETag"] = etag
+    else:
+        source = {"S3Uri": uri.rstrip("/") + "/", "S3DataType": "S3Prefix", "CompressionType": "None"}
+    return [{"ChannelName": BASE_CHANNEL, "S3DataSource": source}]
+
+
 def evaluation_prefix(settings: Settings, run_id: str) -> str:
     return f"{run_prefix(settings, run_id)}/evaluate/evaluation/"
 
@@ -235,6 +263,7 @@ def evaluate_request(
         ),
         _processing_input("test", f"{prefix}/prepare/test/", f"{PROCESSING_ROOT}/input/test"),
         _processing_input("report", f"{prefix}/prepare/report/", f"{PROCESSING_ROOT}/input/report"),
+        *_base_input("base", run),
     ]
     gates = run.config["gates"]
     arguments = [
@@ -249,6 +278,7 @@ def evaluate_request(
     if champion is not None and champion.model_source and gates["compare_champion"]:
         champion_model = model_artifact_uri(settings, champion, champion.model_source)
         inputs.append(_processing_input("champion", champion_model, f"{PROCESSING_ROOT}/input/champion"))
+        inputs += _base_input("champion-base", champion)
         arguments += ["--champion-run-id", champion.run_id]
     return _processing_job(
         command,
@@ -259,6 +289,12 @@ def evaluate_request(
         inputs=inputs,
         outputs=[_processing_output("evaluation", evaluation_prefix(settings, run.run_id))],
     )
+
+
+def _base_input(name: str, run: Run) -> list[dict[str, Any]]:
+    """A processing input with the base model of a run's adapter (none for other models)."""
+    uri = adapter_base_uri(run)
+    return [_processing_input(name, uri, f"{PROCESSING_ROOT}/input/{name}")] if uri else []
 
 
 def drift_request(command: StartProcessingJob, run: Run, settings: Settings, labels: bool = False) -> dict[str, Any]:
@@ -300,6 +336,7 @@ def drift_request(command: StartProcessingJob, run: Run, settings: Settings, lab
                 model_artifact_uri(settings, run, _require(run.model_source, "the deployed model")),
                 f"{PROCESSING_ROOT}/input/model",
             ),
+            *_base_input("base", run),
             *(extra if labels else []),
         ],
         outputs=[_processing_output("drift", f"{prefix}/drift/{command.job_name}/")],
@@ -318,6 +355,7 @@ def hyperparameters(run: Run, settings: Settings) -> dict[str, str]:
         "task": config["task"],
         "base-model": config["base_model"],
         "method": training["method"],
+        "artifact": training.get("artifact", "merged"),  # runs stored before the field: merged
     }
     out = {k: ("True" if v is True else "False" if v is False else str(v)) for k, v in values.items()}
     out["sagemaker_program"] = '"train.py"'
@@ -487,11 +525,15 @@ def package_group(project: str) -> str:
 
 
 def model_package_request(
-    command: RegisterModelPackage, run: Run, settings: Settings, model_etag: str | None = None
+    command: RegisterModelPackage,
+    run: Run,
+    settings: Settings,
+    model_etag: str | None = None,
+    base_etag: str | None = None,
 ) -> dict[str, Any]:
     """A model package version with its metrics and lineage; ClientToken makes a repeat a no-op.
     ``model_etag`` pins the artifact: replacing model.tar.gz after approval cannot change
-    what serves."""
+    what serves; ``base_etag`` pins an adapter's base model the same way."""
     metadata = {RUN_ID_TAG: run.run_id, PROJECT_TAG: run.project, "tuneloop:dataset": run.dataset_uri}
     if run.parent_run_id:
         metadata["tuneloop:parent-run-id"] = run.parent_run_id
@@ -517,8 +559,12 @@ def model_package_request(
         "CustomerMetadataProperties": metadata,
         "ClientToken": f"tuneloop-{run.run_id}",
     }
+    container = request["InferenceSpecification"]["Containers"][0]
     if model_etag:
-        request["InferenceSpecification"]["Containers"][0]["ModelDataETag"] = model_etag
+        container["ModelDataETag"] = model_etag
+    sources = base_model_sources(run, base_etag)
+    if sources:
+        container["AdditionalModelDataSources"] = sources
     return request
 
 
@@ -765,10 +811,13 @@ class SageMakerExecutors:
             # The group is made once per project; later runs find it there.
             if _code(exc) not in ("ResourceInUse", "ValidationException") or "exist" not in str(exc).lower():
                 raise
-        etag = self._model_etag(model_artifact_uri(self._settings, run, command.model_source))
-        return self._create("create_model_package", model_package_request(command, run, self._settings, etag))
+        etag = self._model_etag(model_artifact_uri(self._settings, run, command.model_source), "the model to register")
+        base = adapter_base_uri(run)
+        base_etag = self._model_etag(base, "the adapter's base model") if base and base.endswith(".tar.gz") else None
+        request = model_package_request(command, run, self._settings, etag, base_etag)
+        return self._create("create_model_package", request)
 
-    def _model_etag(self, uri: str) -> str | None:
+    def _model_etag(self, uri: str, what: str) -> str | None:
         if self._s3 is None:
             return None
         bucket, _, key = uri[len("s3://") :].partition("/")
@@ -776,7 +825,7 @@ class SageMakerExecutors:
             return str(self._s3.head_object(Bucket=bucket, Key=key)["ETag"]).strip('"')
         except ClientError as exc:
             if _code(exc) in ("404", "NoSuchKey", "NotFound"):
-                raise PermanentCommandError(f"the model to register is not at {uri}") from exc
+                raise PermanentCommandError(f"{what} is not at {uri}") from exc
             raise
 
     def update_model_package_approval(self, command: Command, run: Run) -> Outcome:

@@ -206,7 +206,12 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     )
 }
 # Set from the project's config (task, base_model, training.method), never as hyperparameters.
-RESERVED = {"task": "task", "base_model": "base_model", "method": "training.method"}
+RESERVED = {
+    "task": "task",
+    "base_model": "base_model",
+    "method": "training.method",
+    "artifact": "training.artifact",
+}
 
 
 # Base models that need no download: packaged weights, and random decoders (tests, benchmarks).

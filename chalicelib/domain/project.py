@@ -190,6 +190,8 @@ def _list_of_strings(path: str, value: Any) -> list[str]:
 
 
 def _check_training(path: str, training: dict[str, Any]) -> None:
+    if training["artifact"] == "adapter" and training["method"] != "lora":
+        raise ConfigError(f"{path}.artifact", "only a LoRA run has an adapter: set method to lora, or this to merged")
     if training["spot"] and training["max_wait_s"] is not None and training["max_wait_s"] <= training["max_runtime_s"]:
         raise ConfigError(f"{path}.max_wait_s", "must be greater than max_runtime_s when spot is on")
     if training["spot"] and training["max_wait_s"] is None:
@@ -267,6 +269,8 @@ def _check_task(config: dict[str, Any]) -> None:
     task = config["task"]
     if config["base_model"].startswith(spec.RANDOM_PREFIX) and task != "causal-lm":
         raise ConfigError("base_model", f"{config['base_model']!r} is a decoder: its task is causal-lm, not {task}")
+    if config["training"]["artifact"] == "adapter":
+        _check_adapter_base(config["base_model"])
     gates = config["gates"]
     primary = spec.PRIMARY_METRICS[task]
     scored = config["generation"]["scorers"] if task == "causal-lm" else []
@@ -290,6 +294,24 @@ def _check_task(config: dict[str, Any]) -> None:
             raise ConfigError(
                 f"gates.metrics.{metric}", f"the evaluation of a {task} model measures {', '.join(measured)}"
             )
+
+
+def _check_adapter_base(model: str) -> None:
+    """An adapter is served on its base model, so the endpoint must load the very base it
+    was trained on, with no download: an s3:// artifact (a channel of the model) or a
+    packaged model."""
+    if model.startswith("s3://") or model in spec.PACKAGED_MODELS:
+        return
+    why = (
+        "is made inside the training job and no endpoint can load it"
+        if model.startswith(spec.RANDOM_PREFIX)
+        else "would be downloaded by every endpoint that starts"
+    )
+    raise ConfigError(
+        "training.artifact",
+        f"an adapter is served on its base model, and {model!r} {why}: use an s3:// base model "
+        f"(a run's model.tar.gz, say) or {', '.join(spec.PACKAGED_MODELS)}, or set this to merged",
+    )
 
 
 _TASK_METRICS = {
@@ -362,6 +384,9 @@ _CONFIG = _obj(
             _obj(
                 {
                     "method": _Field(_string(("full", "lora")), "full"),
+                    # What a LoRA run registers and serves: the merged model, or the adapter
+                    # alone, served on its base model (smaller artifacts, faster deploys).
+                    "artifact": _Field(_string(("merged", "adapter")), "merged"),
                     "hyperparameters": _Field(_hyperparameters, _DEFAULTS),
                     "instance_type": _Field(_instance, "ml.g5.xlarge"),
                     "instance_count": _Field(_number(1, 64, integer=True), 1),

@@ -331,3 +331,23 @@ def test_a_superseded_or_rolled_back_run_retires_its_model_config_and_alarms() -
     assert f"deleted tl-{RUN_ID}-config-1 and 6 alarm(s)" == outcome.note
     assert len(alarms) == 6 and any("rollback" in a for a in alarms) and any("drift" in a for a in alarms)
     assert any("quality" in a for a in alarms)
+
+
+def test_a_model_made_from_an_adapters_artifact_names_its_base() -> None:
+    """Without a package (a batch model made before registration), CreateModel itself
+    carries the base as an AdditionalModelDataSource; with one, the package does."""
+    from tests.unit.test_sagemaker_requests import BASE, adapter_run
+
+    run = adapter_run()
+    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu")
+    request = model_request(run, settings)
+    assert request["PrimaryContainer"]["AdditionalModelDataSources"] == [
+        {"ChannelName": "base", "S3DataSource": {"S3Uri": BASE, "S3DataType": "S3Object", "CompressionType": "Gzip"}}
+    ]
+    stubs = clients()
+    client, stub = stubs["sagemaker"]
+    stub.add_response("create_model", {"ModelArn": "arn:aws:sagemaker:us-east-1:1:model/x"}, request)
+    with stub:
+        client.create_model(**request)
+    packaged = dataclasses.replace(run, package_arn=PACKAGE)
+    assert model_request(packaged, settings)["PrimaryContainer"] == {"ModelPackageName": PACKAGE}

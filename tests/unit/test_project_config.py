@@ -25,6 +25,24 @@ def test_demo_config_is_valid() -> None:
     assert normalise_config(DEMO_CONFIG)["approval"] == "auto"
 
 
+def test_an_adapter_needs_lora_and_a_base_an_endpoint_can_load() -> None:
+    lora = {"method": "lora", "artifact": "adapter"}
+    packaged = {**MINIMAL, "base_model": "sentence-transformers/all-MiniLM-L6-v2"}
+    assert normalise_config({**packaged, "training": lora})["training"]["artifact"] == "adapter"
+    s3 = {"base_model": "s3://b/runs/aaaaaaaaaaaa/train/x/output/model.tar.gz", "task": "causal-lm"}
+    assert normalise_config({**s3, "training": lora})["training"]["artifact"] == "adapter"
+    assert normalise_config(MINIMAL)["training"]["artifact"] == "merged"
+    for config, needle in [
+        ({**packaged, "training": {"artifact": "adapter"}}, "only a LoRA run has an adapter"),
+        ({**MINIMAL, "training": lora}, "'org/model' would be downloaded by every endpoint that starts"),
+        ({"base_model": "random:llama-tiny", "task": "causal-lm", "training": lora}, "no endpoint can load it"),
+        ({**packaged, "training": {**lora, "artifact": "both"}}, "merged"),
+    ]:
+        with pytest.raises(ConfigError, match=needle) as info:
+            normalise_config(config)
+        assert info.value.field == "training.artifact"
+
+
 @pytest.mark.parametrize(
     "patch,field",
     [

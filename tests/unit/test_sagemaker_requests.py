@@ -654,3 +654,91 @@ def test_a_registered_package_pins_its_artifacts_etag() -> None:
     )
     with stub, s3_stub:
         assert SageMakerExecutors(client, settings, s3=s3).register_model_package(command, run).done
+
+
+BASE = "s3://tuneloop-test/runs/bbbbbbbbbbbb/train/tl-bbbbbbbbbbbb-train-1/output/model.tar.gz"
+
+
+def adapter_run(base: str = BASE, run_id: str = RUN_ID) -> Run:
+    config = normalise_config(
+        {
+            **DEMO_CONFIG,
+            "base_model": base,
+            "training": {**DEMO_CONFIG["training"], "method": "lora", "artifact": "adapter"},
+        }
+    )
+    return Run(run_id, "demo", RunState.EVALUATING, config, "s3://tuneloop-test/datasets/demo/ds/reviews.jsonl", T0,
+               model_source=names.job_name(run_id, "train", 1))  # fmt: skip
+
+
+def test_an_adapter_is_registered_on_its_base_with_both_artifacts_pinned() -> None:
+    from chalicelib.domain.commands import RegisterModelPackage
+
+    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu")
+    run = adapter_run()
+    assert training_request(TRAIN, run, settings)["HyperParameters"]["artifact"] == "adapter"
+    command = RegisterModelPackage(RUN_ID, "demo", names.job_name(RUN_ID, "train", 1), approval_status="Approved")
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    s3_stub = Stubber(s3)
+    key = f"runs/{RUN_ID}/train/{names.job_name(RUN_ID, 'train', 1)}/output/model.tar.gz"
+    s3_stub.add_response("head_object", {"ETag": '"0123abcd"'}, {"Bucket": "tuneloop-test", "Key": key})
+    s3_stub.add_response(
+        "head_object",
+        {"ETag": '"feedbeef"'},
+        {"Bucket": "tuneloop-test", "Key": BASE.removeprefix("s3://tuneloop-test/")},
+    )
+    request = model_package_request(command, run, settings, "0123abcd", "feedbeef")
+    container = request["InferenceSpecification"]["Containers"][0]
+    assert container["AdditionalModelDataSources"] == [
+        {
+            "ChannelName": "base",
+            "S3DataSource": {"S3Uri": BASE, "S3DataType": "S3Object", "CompressionType": "Gzip", "ETag": "feedbeef"},
+        }
+    ]
+    client, stub = stubbed()  # botocore's model checks the request
+    stub.add_response("create_model_package_group", {"ModelPackageGroupArn": "arn:g"})
+    stub.add_response(
+        "create_model_package", {"ModelPackageArn": "arn:aws:sagemaker:us-east-1:1:model-package/tl-demo/1"}, request
+    )
+    with stub, s3_stub:
+        assert SageMakerExecutors(client, settings, s3=s3).register_model_package(command, run).done
+    # A base whose archive is gone: the registration fails, naming it.
+    s3_stub.add_response("head_object", {"ETag": '"0123abcd"'}, {"Bucket": "tuneloop-test", "Key": key})
+    s3_stub.add_client_error("head_object", "404", http_status_code=404)
+    client, stub = stubbed()
+    stub.add_response("create_model_package_group", {"ModelPackageGroupArn": "arn:g"})
+    with stub, s3_stub, pytest.raises(PermanentCommandError, match="the adapter's base model is not at s3://"):
+        SageMakerExecutors(client, settings, s3=s3).register_model_package(command, run)
+    # A base given as a folder of files: a prefix, nothing to unpack, nothing to pin.
+    folder = adapter_run("s3://tuneloop-test/models/base")
+    sources = model_package_request(command, folder, settings)["InferenceSpecification"]["Containers"][0]
+    assert sources["AdditionalModelDataSources"][0]["S3DataSource"] == {
+        "S3Uri": "s3://tuneloop-test/models/base/", "S3DataType": "S3Prefix", "CompressionType": "None"}  # fmt: skip
+    # A packaged base ships with the endpoint's code; a merged model has no base at all.
+    packaged = dataclasses.replace(folder, config={**folder.config, "base_model": DEMO_CONFIG["base_model"]})
+    for other in (packaged, run_with()):
+        container = model_package_request(command, other, settings)["InferenceSpecification"]["Containers"][0]
+        assert "AdditionalModelDataSources" not in container
+
+
+def test_the_jobs_that_load_an_adapter_get_its_base() -> None:
+    """Evaluate (the challenger's and the champion's bases) and the drift check."""
+    from chalicelib.sagemaker import drift_request
+
+    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu")
+    champion = adapter_run("s3://tuneloop-test/models/older.tar.gz", "cccccccccccc")
+    request = evaluate_request(EVALUATE, adapter_run(), settings, champion)
+    client, stub = stubbed()
+    stub.add_response("create_processing_job", {"ProcessingJobArn": "arn:x"}, request)
+    with stub:
+        client.create_processing_job(**request)
+    inputs = {i["InputName"]: i["S3Input"] for i in request["ProcessingInputs"]}
+    assert (inputs["base"]["S3Uri"], inputs["base"]["LocalPath"]) == (BASE, "/opt/ml/processing/input/base")
+    assert inputs["champion-base"]["S3Uri"] == "s3://tuneloop-test/models/older.tar.gz"
+    assert inputs["champion-base"]["LocalPath"] == "/opt/ml/processing/input/champion-base"
+    assert not {"base", "champion-base"} & {
+        i["InputName"] for i in evaluate_request(EVALUATE, run_with(), settings)["ProcessingInputs"]
+    }
+    drift = drift_request(EVALUATE, champion, settings)
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in drift["ProcessingInputs"]}
+    assert inputs["base"] == "s3://tuneloop-test/models/older.tar.gz"

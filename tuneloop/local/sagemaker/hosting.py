@@ -38,7 +38,7 @@ from ..processes import ProcessRecord, reclaim, record_child
 from ..serving import STREAM_HEADER, TOKEN_ENV
 from .common import Emit, arn, envelope, now, read_json, write_json
 from .exceptions import ServiceError
-from .staging import TRANSFER, split_s3
+from .staging import TRANSFER, download_prefix, split_s3
 
 log = logging.getLogger("tuneloop.hosting")
 READY_TIMEOUT_S = 180
@@ -397,25 +397,34 @@ class Hosting:
         self.save()
         return {"ModelArn": arn("model", name)}
 
-    def model_data(self, container: Mapping[str, Any]) -> str:
+    def model_data(self, container: Mapping[str, Any]) -> tuple[str, list[Mapping[str, Any]]]:
+        """(ModelDataUrl, AdditionalModelDataSources) of a container, a package's as it was
+        registered. What was approved is what serves: an artifact whose ETag the package
+        pins, replaced since, is refused."""
         if container.get("ModelPackageName"):
-            package = self.packages.describe(container["ModelPackageName"])
+            name = container["ModelPackageName"]
+            package = self.packages.describe(name)
             registered = package["InferenceSpecification"]["Containers"][0]
             uri = str(registered["ModelDataUrl"])
-            pinned = registered.get("ModelDataETag")
-            if pinned:  # what was approved is what serves: a replaced artifact is refused
-                bucket, key = split_s3(uri)
-                now = str(self.s3.head_object(Bucket=bucket, Key=key)["ETag"]).strip('"')
-                if now != str(pinned).strip('"'):
-                    raise ServiceError(
-                        "ValidationException",
-                        f"the model data at {uri} changed since {container['ModelPackageName']} was registered "
-                        f"(ETag {now}, registered {pinned})",
-                    )
-            return uri
+            self._check_pin(uri, registered.get("ModelDataETag"), name)
+            sources = list(registered.get("AdditionalModelDataSources") or [])
+            for source in sources:
+                self._check_pin(source["S3DataSource"]["S3Uri"], source["S3DataSource"].get("ETag"), name)
+            return uri, sources
         if not container.get("ModelDataUrl"):
             raise ServiceError("ValidationException", "The container names neither ModelDataUrl nor ModelPackageName")
-        return str(container["ModelDataUrl"])
+        return str(container["ModelDataUrl"]), list(container.get("AdditionalModelDataSources") or [])
+
+    def _check_pin(self, uri: str, pinned: Any, package: str) -> None:
+        if not pinned:
+            return
+        bucket, key = split_s3(uri)
+        now = str(self.s3.head_object(Bucket=bucket, Key=key)["ETag"]).strip('"')
+        if now != str(pinned).strip('"'):
+            raise ServiceError(
+                "ValidationException",
+                f"the model data at {uri} changed since {package} was registered (ETag {now}, registered {pinned})",
+            )
 
     def describe_model(self, name: str) -> dict[str, Any]:
         if name not in self.models:
@@ -505,26 +514,45 @@ class Hosting:
         variant = config["ProductionVariants"][0]
         model = self.models[variant["ModelName"]]
         container = model.get("PrimaryContainer") or model["Containers"][0]
-        model_dir = self._unpack(variant["ModelName"], self.model_data(container))
+        model_dir = self.unpack(variant["ModelName"], container)
         fleet = Fleet(endpoint, config_name, variant["VariantName"], model_dir,
                       self.home / "endpoints" / endpoint / f"{config_name}.log")  # fmt: skip
         fleet.start()
         return fleet
 
-    def _unpack(self, model_name: str, uri: str) -> Path:
-        target = self.home / "models" / model_name
-        if (target / ".complete").is_file():
-            return target
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
+    def unpack(self, model_name: str, container: Mapping[str, Any]) -> Path:
+        """A model's data laid out as SageMaker lays out /opt/ml: ``model/`` (model.tar.gz
+        unpacked) and ``additional-model-data-sources/<channel>/`` for each further source.
+        Returns the model folder."""
+        uri, sources = self.model_data(container)
+        root = self.home / "models" / model_name
+        if (root / ".laid-out").is_file():
+            return root / "model"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        self._fetch(uri, "S3Object", "Gzip", root / "model")
+        for source in sources:
+            s3 = source["S3DataSource"]
+            target = root / "additional-model-data-sources" / source["ChannelName"]
+            self._fetch(s3["S3Uri"], s3["S3DataType"], s3.get("CompressionType", "None"), target)
+        (root / ".laid-out").write_text(uri)
+        return root / "model"
+
+    def _fetch(self, uri: str, data_type: str, compression: str, target: Path) -> None:
+        if data_type == "S3Prefix":
+            if download_prefix(self.s3, uri, target) == 0:
+                raise ServiceError("ValidationException", f"no model data under {uri}")
+            return
         bucket, key = split_s3(uri)
-        archive = target.parent / f"{model_name}.tar.gz"
+        target.mkdir(parents=True)
+        if compression != "Gzip":
+            self.s3.download_file(bucket, key, str(target / key.rsplit("/", 1)[-1]), Config=TRANSFER)
+            return
+        archive = target.with_name(f"{target.name}.tar.gz")
         self.s3.download_file(bucket, key, str(archive), Config=TRANSFER)
         with tarfile.open(archive) as tar:
             tar.extractall(target, filter="data")
         archive.unlink()
-        (target / ".complete").write_text(uri)
-        return target
 
     def describe_endpoint(self, name: str) -> dict[str, Any]:
         return self._endpoint(name).describe()

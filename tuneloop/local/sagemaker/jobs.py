@@ -528,7 +528,7 @@ class TransformJob(Job):
         self.emit()
         model = hosting.describe_model(self.request["ModelName"])
         container = model.get("PrimaryContainer") or model["Containers"][0]
-        model_dir = hosting._unpack(self.request["ModelName"], hosting.model_data(container))
+        model_dir = hosting.unpack(self.request["ModelName"], container)
         source = self.request["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
         inputs, outputs = self.folder / "input", self.folder / "output"
         if download_prefix(self.server.s3, source, inputs) == 0:
