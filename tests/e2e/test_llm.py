@@ -1,7 +1,8 @@
 """A causal LM through the whole loop on the local cloud: a tiny randomly initialised
 decoder learns the synthetic instruction task (tuneloop/synthetic.py) on the CPU, is judged
 by what it generates, passes a gate on exact match, is registered, deployed, and answers a
-conversation sent to its endpoint."""
+conversation sent to its endpoint; then a LoRA project on that model registers and serves
+its adapter alone, on that model as its base."""
 
 from __future__ import annotations
 
@@ -89,6 +90,49 @@ def test_a_tiny_decoder_learns_an_instruction_task_through_the_whole_loop(
 
     record = wait_for(captured, 30)
     assert json.loads(record["captureData"]["endpointOutput"]["data"]) == {"generated_text": b"".join(parts).decode()}
+    check_an_adapter_on_this_model(home, state, run, tmp_path)
+
+
+def check_an_adapter_on_this_model(home: Path, state: dict[str, Any], base_run: dict[str, Any], tmp_path: Path) -> None:
+    """The deployed model's artifact as the base of a LoRA project that registers its
+    adapter alone: the package pins both artifacts, and the endpoint, loading the adapter
+    on that base, answers as the evaluated model did."""
+    base = base_run["links"]["model_artifact"]
+    training = {**CONFIG["training"], "method": "lora", "artifact": "adapter"}
+    training["hyperparameters"] = {**training["hyperparameters"], "epochs": 1, "learning_rate": 3e-4,
+                                   "validation_samples": 8}  # fmt: skip
+    spec = tmp_path / "adapter.json"
+    spec.write_text(json.dumps({"name": "llm-lora", "config": {**CONFIG, "base_model": base, "training": training}}))
+    tuneloop(home, "project", "create", "--file", str(spec))
+    body = "".join(json.dumps(row) + "\n" for row in synthetic.rows(400, seed=11))
+    s3(state).put_object(Bucket=state["bucket"], Key="datasets/llm-lora/tasks-1/tasks.jsonl", Body=body.encode())
+    run_id = wait_for(lambda: http(state, "GET", "/runs?project=llm-lora")[1]["runs"], 60)[0]["run_id"]
+    active = ("received", "preparing", "training", "evaluating", "gating", "registering", "deploying")
+    run = wait_for(lambda: (r := http(state, "GET", f"/runs/{run_id}")[1])["state"] not in active and r, 300)
+    assert run["state"] == "deployed", run["history"][-1]["reason"]
+    assert run["metrics"]["evaluation"]["exact_match"] >= 0.9
+
+    sagemaker, bucket = client(state, "sagemaker"), state["bucket"]
+    container = sagemaker.describe_model_package(ModelPackageName=run["package_arn"])["InferenceSpecification"]
+    [source] = container["Containers"][0]["AdditionalModelDataSources"]
+    key = base.removeprefix(f"s3://{bucket}/")
+    head = s3(state).head_object(Bucket=bucket, Key=key)
+    assert source["ChannelName"] == "base" and source["S3DataSource"]["S3Uri"] == base
+    assert source["S3DataSource"]["ETag"] == head["ETag"].strip('"')
+    assert run["links"]["base_model_artifact"] == base
+    adapter = run["links"]["model_artifact"].removeprefix(f"s3://{bucket}/")
+    size = s3(state).head_object(Bucket=bucket, Key=adapter)["ContentLength"]
+    print(f"model.tar.gz: merged {head['ContentLength'] / 1e6:.1f} MB, adapter {size / 1e6:.2f} MB")
+    assert size * 10 < head["ContentLength"]
+
+    # What serves is what was evaluated: the endpoint answers the test prompts (the worst
+    # first, wrong answers included) word for word as the evaluate job's model did.
+    runtime = client(state, "sagemaker-runtime")
+    for shown in run["evaluation"]["generations"][:6]:
+        asked = {"inputs": shown["prompt"], "parameters": {"max_new_tokens": CONFIG["generation"]["max_new_tokens"]}}
+        answer = runtime.invoke_endpoint(EndpointName="tl-llm-lora", ContentType="application/json",
+                                         Body=json.dumps(asked))  # fmt: skip
+        assert json.loads(answer["Body"].read())["generated_text"] == shown["generated"], shown
 
 
 def check_generations_page(home: Path, state: dict[str, Any], run: dict[str, Any], tmp_path: Path) -> None:
