@@ -34,8 +34,26 @@ DEFAULT_CHAT_TEMPLATE = (
 BASE_CHANNEL = "base"  # the AdditionalModelDataSources channel that carries an adapter's base
 
 
-class PayloadError(ValueError):
+try:  # SageMaker's inference toolkit answers its own errors with their status; others are 500s
+    from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
+except ImportError:  # pragma: no cover - where no toolkit serves (the local cloud's model server)
+
+    class _ToolkitError(Exception):  # type: ignore[no-redef]
+        pass
+
+
+class PayloadError(ValueError, _ToolkitError):
+    """The caller's mistake: a 400 with the message, from tuneloop's model server and from
+    SageMaker's inference toolkit (which would make any other exception a 500)."""
+
     status = 400
+
+    def __init__(self, message: str) -> None:
+        ValueError.__init__(self, message)
+        self.status_code, self.message, self.phrase = 400, message, "Bad Request"
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def ensure_chat_template(tokenizer: Any) -> str:
@@ -234,14 +252,18 @@ def input_fn(body: bytes | str, content_type: str = "application/json") -> dict[
     except RecursionError as exc:  # JSON nested thousands deep: the caller's error, not a 500
         raise PayloadError("body is JSON nested too deeply") from exc
     parameters: dict[str, Any] = {}
+    stream = False
     if isinstance(data, dict):
         parameters = data.get("parameters")
         parameters = {} if parameters is None else parameters
         if not isinstance(parameters, dict):
             raise PayloadError('"parameters" must be an object')
+        stream = data.get("stream", False)
+        if not isinstance(stream, bool):
+            raise PayloadError('"stream" must be true or false')
         if "messages" in data and "inputs" not in data:
             return {"texts": None, "messages": check_messages(data["messages"]), "single": True,
-                    "parameters": parameters}  # fmt: skip
+                    "parameters": parameters, "stream": stream}  # fmt: skip
         if "inputs" not in data:
             raise PayloadError(
                 'JSON object bodies need "inputs" (a text or a list of texts) or "messages" (a conversation)'
@@ -253,10 +275,37 @@ def input_fn(body: bytes | str, content_type: str = "application/json") -> dict[
         raise PayloadError("inputs must be a non-empty text or a non-empty list of non-empty texts")
     if len(texts) > MAX_INPUTS:
         raise PayloadError(f"at most {MAX_INPUTS} inputs per request, got {len(texts)}")
-    return {"texts": texts, "single": single, "parameters": parameters}
+    return {"texts": texts, "single": single, "parameters": parameters, "stream": stream}
 
 
-def predict_fn(data: dict[str, Any], loaded: dict[str, Any]) -> Any:
+class Streamed(str):
+    """What is left of an answer streamed through the model server (its last piece), or
+    the whole answer where nothing streams: output_fn sends it as it is, text."""
+
+
+def predict_fn(data: dict[str, Any], loaded: dict[str, Any], context: Any = None) -> Any:
+    """``context``: the model server's request context (SageMaker's PyTorch serving stack,
+    TorchServe, passes it). With ``"stream": true``, a causal LM's answer goes out piece
+    by piece as TorchServe intermediate responses, the chunks of the HTTP response that
+    SageMaker forwards as InvokeEndpointWithResponseStream's PayloadParts; the last piece
+    is the response. Without a context (nothing streams), the whole answer, as text."""
+    if not data.get("stream"):
+        return predict(data, loaded)
+    pieces = stream_fn(data, loaded)
+    if context is None:
+        return Streamed("".join(pieces))
+    from ts.protocol.otf_message_handler import send_intermediate_predict_response
+
+    previous = None
+    for piece in pieces:
+        if previous is not None:
+            send_intermediate_predict_response([previous], context.request_ids, "Intermediate Prediction success",
+                                               200, context)  # fmt: skip
+        previous = piece
+    return Streamed(previous or "")
+
+
+def predict(data: dict[str, Any], loaded: dict[str, Any]) -> Any:
     import torch
 
     model, tokenizer, meta = loaded["model"], loaded["tokenizer"], loaded["meta"]
@@ -330,6 +379,8 @@ def stream_fn(data: dict[str, Any], loaded: dict[str, Any]) -> Iterator[str]:
 
 
 def output_fn(prediction: Any, accept: str = "application/json") -> tuple[str, str]:
+    if isinstance(prediction, Streamed):
+        return str(prediction), "text/plain; charset=utf-8"
     if accept not in ("application/json", "*/*", ""):
         raise PayloadError(f"accept type {accept!r} is not supported; ask for application/json")
     return json.dumps(prediction), "application/json"

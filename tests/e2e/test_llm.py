@@ -70,9 +70,15 @@ def test_a_tiny_decoder_learns_an_instruction_task_through_the_whole_loop(
     assert json.loads(answer["Body"].read())["generated_text"] == "stone river apple"
 
     # Streamed: the answer arrives in pieces (a PayloadPart per word as it is generated),
-    # and the capture record holds the whole completion.
+    # and the capture record holds the whole completion. As on AWS, the request asks for
+    # it ("stream": true); one that does not comes back whole, as one part.
     asked = {"messages": [{"role": "user", "content": "repeat: music light paper ocean"}],
-             "parameters": {"max_new_tokens": 8}}  # fmt: skip
+             "parameters": {"max_new_tokens": 8}, "stream": True}  # fmt: skip
+    whole = runtime.invoke_endpoint_with_response_stream(
+        EndpointName="tl-llm", ContentType="application/json", Body=json.dumps({**asked, "stream": False})
+    )
+    [part] = [event["PayloadPart"]["Bytes"] for event in whole["Body"]]
+    assert json.loads(part) == {"generated_text": "music light paper ocean"}
     streamed = runtime.invoke_endpoint_with_response_stream(
         EndpointName="tl-llm", ContentType="application/json", Body=json.dumps(asked), InferenceId="streamed-1"
     )

@@ -71,27 +71,35 @@ class Model:
             return 500, json.dumps({"message": f"{type(exc).__name__}: {exc}"}).encode(), "application/json"
         return 200, text.encode() if isinstance(text, str) else bytes(text), mime
 
-    def stream(self, body: bytes, content_type: str) -> tuple[int, Any]:
-        """(200, text pieces as generated) or (status, an error body): refused input is
-        answered before anything streams."""
+    def stream(self, body: bytes, content_type: str) -> tuple[int, Any, str]:
+        """(200, text pieces as generated, mime) or (status, an error body, mime): refused
+        input is answered before anything streams. As SageMaker's PyTorch serving stack
+        streams only a request that asks (``"stream": true``), one that does not is
+        answered whole, as one JSON piece."""
         if not hasattr(self.handlers, "stream_fn"):
-            return 400, json.dumps({"message": "this model's handlers cannot stream"}).encode()
+            return 400, json.dumps({"message": "this model's handlers cannot stream"}).encode(), "application/json"
         try:
             data = self.handlers.input_fn(body, content_type)
+        except ValueError as exc:
+            return 400, json.dumps({"message": str(exc)}).encode(), "application/json"
+        if not data.get("stream"):
+            status, answer, mime = self.answer(body, content_type, "application/json")
+            return (status, iter([answer.decode()]), mime) if status == 200 else (status, answer, mime)
+        try:
             pieces = self.handlers.stream_fn(data, self.loaded)
             first = next(pieces, None)  # input errors surface here, before the 200 goes out
         except ValueError as exc:
-            return 400, json.dumps({"message": str(exc)}).encode()
+            return 400, json.dumps({"message": str(exc)}).encode(), "application/json"
         except Exception as exc:  # the model failed before its first word
             log.exception("streamed invocation failed")
-            return 500, json.dumps({"message": f"{type(exc).__name__}: {exc}"}).encode()
+            return 500, json.dumps({"message": f"{type(exc).__name__}: {exc}"}).encode(), "application/json"
 
         def all_pieces() -> Iterator[str]:
             if first is not None:
                 yield first
             yield from pieces
 
-        return 200, all_pieces()
+        return 200, all_pieces(), "text/plain; charset=utf-8"
 
 
 STREAM_HEADER = "X-Tuneloop-Stream"
@@ -156,12 +164,12 @@ class _Handler(BaseHTTPRequestHandler):
         """The answer as it is generated: each piece one HTTP chunk, then the last chunk.
         A failure mid-way ends the stream with a chunk of ERROR_MARK and the reason (JSON),
         which the runtime turns into a ModelStreamError event."""
-        status, answer = self.server.model.stream(body, self.headers.get("Content-Type", "application/json"))
+        status, answer, mime = self.server.model.stream(body, self.headers.get("Content-Type", "application/json"))
         if status != 200:
-            self._send(status, answer)
+            self._send(status, answer, mime)
             return
         self.send_response(200)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Type", mime)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
 

@@ -91,7 +91,8 @@ class Runtime:
         """InvokeEndpointWithResponseStream: (200, event-stream messages as the model writes
         its answer, headers), or an error answered as InvokeEndpoint answers it. When the
         stream ends, the request is counted and captured with the whole completion
-        (``{"generated_text": ...}``), as a non-streamed answer would be."""
+        (``{"generated_text": ...}``), as a non-streamed answer would be; an answer the
+        model sent whole (the request did not ask for ``"stream": true``), as it was sent."""
         endpoint, fleet = self._fleet(name, inference_id)
         started = time.monotonic()
         status, answer, mime = fleet.invoke_stream(body, content_type, accept)
@@ -114,7 +115,9 @@ class Runtime:
                     yield eventstream.model_stream_error(failed)
                     break
             latency_us = (time.monotonic() - started) * 1e6
-            whole = json.dumps({"generated_text": b"".join(parts).decode(errors="replace")}).encode()
+            whole = b"".join(parts)
+            if not mime.startswith("application/json"):  # pieces of text, not an answer sent whole
+                whole = json.dumps({"generated_text": whole.decode(errors="replace")}).encode()
             self._record(endpoint, fleet, body, content_type, whole, "application/json", 500 if failed else 200,
                          latency_us, inference_id)  # fmt: skip
 
