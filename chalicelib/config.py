@@ -37,6 +37,9 @@ class Settings:
     training_image_cpu: str = ""
     processing_image: str = ""
     inference_image: str = ""
+    # Where a causal LM is served: SageMaker's PyTorch inference image, whose model server
+    # (TorchServe) streams an answer as it is generated. Unset: the inference image.
+    streaming_image: str = ""
     code_uri: str = ""
     processing_instance_type: str = "ml.m5.large"
     kms_key_id: str = ""
@@ -81,6 +84,7 @@ class Settings:
             training_image_cpu=env.get("TUNELOOP_TRAINING_IMAGE_CPU", ""),
             processing_image=env.get("TUNELOOP_PROCESSING_IMAGE", ""),
             inference_image=env.get("TUNELOOP_INFERENCE_IMAGE", ""),
+            streaming_image=env.get("TUNELOOP_STREAMING_IMAGE", ""),
             code_uri=env.get("TUNELOOP_CODE_URI", "").rstrip("/"),
             processing_instance_type=processing,
             kms_key_id=env.get("TUNELOOP_KMS_KEY_ID", ""),

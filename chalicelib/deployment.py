@@ -42,6 +42,7 @@ from .sagemaker import (
     model_artifact_uri,
     run_prefix,
     run_tags,
+    serving_image,
     tags,
 )
 
@@ -75,7 +76,7 @@ def model_request(run: Run, settings: Settings) -> dict[str, Any]:
         container = {"ModelPackageName": run.package_arn}
     else:
         container = {
-            "Image": _require(settings.inference_image, "the inference image"),
+            "Image": serving_image(settings, run),
             "ModelDataUrl": model_artifact_uri(settings, run, _require(run.model_source, "the run's model")),
             "Environment": {"SAGEMAKER_PROGRAM": "inference.py"},
         }

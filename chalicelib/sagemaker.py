@@ -520,6 +520,15 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def serving_image(settings: Settings, run: Run) -> str:
+    """The image a run's model serves in: a causal LM's streams its answers (TorchServe,
+    in SageMaker's PyTorch inference image), when one is configured; any other model's is
+    the Hugging Face inference image."""
+    if run.config["task"] == "causal-lm" and settings.streaming_image:
+        return settings.streaming_image
+    return _require(settings.inference_image, "the inference image")
+
+
 def package_group(project: str) -> str:
     return f"tl-{project}"
 
@@ -544,7 +553,7 @@ def model_package_request(
         "InferenceSpecification": {
             "Containers": [
                 {
-                    "Image": _require(settings.inference_image, "the inference image"),
+                    "Image": serving_image(settings, run),
                     "ModelDataUrl": model_artifact_uri(settings, run, command.model_source),
                     "Environment": {"SAGEMAKER_PROGRAM": "inference.py"},
                 }

@@ -943,10 +943,9 @@ def write_model(
     code = out / "code"
     code.mkdir(exist_ok=True)
     shutil.copy(Path(__file__).with_name("inference.py"), code / "inference.py")
-    if base_files is not None:
-        # SageMaker's inference toolkit installs code/requirements.txt when the endpoint
-        # starts: what loading an adapter on its base takes beyond transformers.
-        (code / "requirements.txt").write_text("".join(line + "\n" for line in serving_requirements(args.base_model)))
+    needs = serving_requirements(args.task, args.base_model, base_files is not None)
+    if needs:  # SageMaker's inference toolkits install code/requirements.txt when the endpoint starts
+        (code / "requirements.txt").write_text("".join(line + "\n" for line in needs))
 
 
 def adapter_base(base_model: str, files: dict[str, str]) -> dict[str, Any]:
@@ -956,11 +955,15 @@ def adapter_base(base_model: str, files: dict[str, str]) -> dict[str, Any]:
     return {"model": base_model, **({"package": package} if package else {}), "files": files}
 
 
-def serving_requirements(base_model: str) -> list[str]:
-    """The pinned lines of requirements.txt an endpoint needs to load an adapter."""
-    wanted = {"peft"} | (
-        {spec.PACKAGED_MODELS[base_model].replace("_", "-")} if base_model in spec.PACKAGED_MODELS else set()
-    )
+def serving_requirements(task: str, base_model: str, adapter: bool) -> list[str]:
+    """The pinned lines of requirements.txt an endpoint needs beyond its image: a causal
+    LM serves in SageMaker's PyTorch image (it streams), which has no transformers; an
+    adapter needs peft, and its base's package if one ships it."""
+    wanted = {"transformers", "safetensors"} if task == "causal-lm" else set()
+    if adapter:
+        wanted.add("peft")
+        if base_model in spec.PACKAGED_MODELS:
+            wanted.add(spec.PACKAGED_MODELS[base_model].replace("_", "-"))
     pins = Path(__file__).with_name("requirements.txt").read_text().splitlines()
     return [line for line in pins if line.split("==")[0].strip().lower() in wanted]
 

@@ -58,8 +58,18 @@ def images(region: str) -> dict[str, str]:
         instance_type="ml.m5.large",
         image_scope="inference",
     )
+    # A causal LM streams its answers through TorchServe, which this image runs.
+    streaming = image_uris.retrieve(
+        "pytorch",
+        region=region,
+        version=INFERENCE_PYTORCH_VERSION,
+        py_version=PY_VERSION,
+        instance_type="ml.m5.large",
+        image_scope="inference",
+    )
     return {
         "TUNELOOP_INFERENCE_IMAGE": str(inference),
+        "TUNELOOP_STREAMING_IMAGE": str(streaming),
         "TUNELOOP_TRAINING_IMAGE": hugging_face("ml.g5.xlarge"),
         "TUNELOOP_TRAINING_IMAGE_CPU": cpu,
         "TUNELOOP_PROCESSING_IMAGE": str(processing),

@@ -24,6 +24,8 @@ def test_images_are_the_regions_ecr_images(region: str) -> None:
     assert "huggingface-pytorch-training" in resolved["TUNELOOP_TRAINING_IMAGE"]
     assert f"transformers{configure.TRANSFORMERS_VERSION}" in resolved["TUNELOOP_TRAINING_IMAGE"]
     assert "cpu" in resolved["TUNELOOP_PROCESSING_IMAGE"]
+    # A causal LM serves where TorchServe streams its answers: SageMaker's PyTorch image.
+    assert "/pytorch-inference:" in resolved["TUNELOOP_STREAMING_IMAGE"]
     # The stack's default ImageRepositoryArns cover what configure resolves (the
     # execution role pulls only those), and configure names them exactly.
     import fnmatch

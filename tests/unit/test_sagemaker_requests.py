@@ -742,3 +742,19 @@ def test_the_jobs_that_load_an_adapter_get_its_base() -> None:
     drift = drift_request(EVALUATE, champion, settings)
     inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in drift["ProcessingInputs"]}
     assert inputs["base"] == "s3://tuneloop-test/models/older.tar.gz"
+
+
+def test_a_causal_lm_serves_in_the_image_that_streams() -> None:
+    from chalicelib.domain.commands import RegisterModelPackage
+    from chalicelib.sagemaker import serving_image
+
+    settings = dataclasses.replace(SETTINGS, inference_image="hf-inference", streaming_image="pytorch-inference")
+    decoder = dataclasses.replace(
+        run_with(), config=normalise_config({"base_model": "random:llama-tiny", "task": "causal-lm"})
+    )
+    assert serving_image(settings, decoder) == "pytorch-inference"
+    assert serving_image(settings, run_with()) == "hf-inference"  # a classifier does not stream
+    assert serving_image(dataclasses.replace(settings, streaming_image=""), decoder) == "hf-inference"
+    command = RegisterModelPackage(RUN_ID, "demo", names.job_name(RUN_ID, "train", 1), approval_status="Approved")
+    container = model_package_request(command, decoder, settings)["InferenceSpecification"]["Containers"][0]
+    assert container["Image"] == "pytorch-inference"

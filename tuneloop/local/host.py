@@ -110,6 +110,7 @@ def start_sagemaker(home: Path, bucket: str, router: EventRouter) -> Any:
     os.environ.setdefault("TUNELOOP_TRAINING_IMAGE", "tuneloop-local/huggingface-pytorch-training")
     os.environ.setdefault("TUNELOOP_PROCESSING_IMAGE", "tuneloop-local/pytorch-processing")
     os.environ.setdefault("TUNELOOP_INFERENCE_IMAGE", "tuneloop-local/huggingface-pytorch-inference")
+    os.environ.setdefault("TUNELOOP_STREAMING_IMAGE", "tuneloop-local/pytorch-inference")
     os.environ["TUNELOOP_CODE_URI"] = upload_code(s3, REPO_ROOT / "training", bucket)
     # The reconciler runs every 30 s here (5 minutes on AWS): ask about a silent run after a minute.
     os.environ.setdefault("TUNELOOP_SWEEP_GRACE_S", "60")
