@@ -401,21 +401,20 @@ class Hosting:
         """(ModelDataUrl, AdditionalModelDataSources) of a container, a package's as it was
         registered. What was approved is what serves: an artifact whose ETag the package
         pins, replaced since, is refused."""
-        if container.get("ModelPackageName"):
-            name = container["ModelPackageName"]
-            package = self.packages.describe(name)
-            registered = package["InferenceSpecification"]["Containers"][0]
-            uri = str(registered["ModelDataUrl"])
-            self._check_pin(uri, registered.get("ModelDataETag"), name)
-            sources = list(registered.get("AdditionalModelDataSources") or [])
-            for source in sources:
-                self._check_pin(source["S3DataSource"]["S3Uri"], source["S3DataSource"].get("ETag"), name)
-            return uri, sources
-        if not container.get("ModelDataUrl"):
+        name = container.get("ModelPackageName")
+        if name:
+            container = self.packages.describe(name)["InferenceSpecification"]["Containers"][0]
+        elif not container.get("ModelDataUrl"):
             raise ServiceError("ValidationException", "The container names neither ModelDataUrl nor ModelPackageName")
-        return str(container["ModelDataUrl"]), list(container.get("AdditionalModelDataSources") or [])
+        uri = str(container["ModelDataUrl"])
+        since = f"{name} was registered" if name else "the model was made"
+        self._check_pin(uri, container.get("ModelDataETag"), since)
+        sources = list(container.get("AdditionalModelDataSources") or [])
+        for source in sources:
+            self._check_pin(source["S3DataSource"]["S3Uri"], source["S3DataSource"].get("ETag"), since)
+        return uri, sources
 
-    def _check_pin(self, uri: str, pinned: Any, package: str) -> None:
+    def _check_pin(self, uri: str, pinned: Any, since: str) -> None:
         if not pinned:
             return
         bucket, key = split_s3(uri)
@@ -423,7 +422,7 @@ class Hosting:
         if now != str(pinned).strip('"'):
             raise ServiceError(
                 "ValidationException",
-                f"the model data at {uri} changed since {package} was registered (ETag {now}, registered {pinned})",
+                f"the model data at {uri} changed since {since} (ETag {now}, pinned {pinned})",
             )
 
     def describe_model(self, name: str) -> dict[str, Any]:
