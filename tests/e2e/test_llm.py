@@ -139,6 +139,7 @@ def check_an_adapter_on_this_model(home: Path, state: dict[str, Any], base_run: 
         answer = runtime.invoke_endpoint(EndpointName="tl-llm-lora", ContentType="application/json",
                                          Body=json.dumps(asked))  # fmt: skip
         assert json.loads(answer["Body"].read())["generated_text"] == shown["generated"], shown
+    check_generations_page(home, state, run, tmp_path)
 
 
 def check_generations_page(home: Path, state: dict[str, Any], run: dict[str, Any], tmp_path: Path) -> None:
@@ -168,7 +169,10 @@ def check_generations_page(home: Path, state: dict[str, Any], run: dict[str, Any
             assert rows.count() == len(shown) > 0
             first = rows.first.locator("td").all_inner_texts()
             assert [c.strip() for c in first[:3]] == [shown[0][k].strip() for k in ("prompt", "expected", "generated")]
-            page.screenshot(path=str(artifacts / "llm-run.png"), full_page=True)
+            base = run["links"].get("base_model_artifact")
+            if base:  # an adapter says what it is served on
+                assert page.get_by_text(f"a LoRA adapter served on {base}").is_visible()
+            page.screenshot(path=str(artifacts / f"llm-run-{run['project']}.png"), full_page=True)
             page.add_script_tag(path=str(AXE))
             assert page.evaluate(SERIOUS) == [] and errors == [], errors
         finally:

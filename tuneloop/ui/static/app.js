@@ -475,6 +475,8 @@ async function runPage(id) {
       children.length ? h("p", {}, "Retraining runs: ", children.flatMap((c, i) =>
         [i ? ", " : "", link(`/runs/${c.run_id}`, c.run_id), " ", stateBadge(c.state)])) : null,
       h("p", { class: "muted" }, `dataset ${run.dataset_uri}`),
+      run.links.model_artifact ? h("p", { class: "muted" }, `model ${run.links.model_artifact}`,
+        run.links.base_model_artifact ? `, a LoRA adapter served on ${run.links.base_model_artifact}` : "") : null,
       actions(run, refresh, answer),
       h("section", { "aria-labelledby": "history" }, h("h2", { id: "history" }, "Timeline"), timeline(run)),
       h("section", { "aria-labelledby": "metrics" }, h("h2", { id: "metrics" }, "Metrics"), metricsSection(run)),
