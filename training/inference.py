@@ -292,17 +292,29 @@ def predict_fn(data: dict[str, Any], loaded: dict[str, Any], context: Any = None
     if not data.get("stream"):
         return predict(data, loaded)
     pieces = stream_fn(data, loaded)
-    if context is None:
+    send = _intermediate_sender(context)
+    if send is None:
         return Streamed("".join(pieces))
-    from ts.protocol.otf_message_handler import send_intermediate_predict_response
-
     previous = None
     for piece in pieces:
         if previous is not None:
-            send_intermediate_predict_response([previous], context.request_ids, "Intermediate Prediction success",
-                                               200, context)  # fmt: skip
+            send(previous)
         previous = piece
     return Streamed(previous or "")
+
+
+def _intermediate_sender(context: Any) -> Any:
+    """How a piece goes out before the answer ends: TorchServe's intermediate response;
+    None where the model server does not stream (no context, or not TorchServe)."""
+    if context is None:
+        return None
+    try:
+        from ts.protocol.otf_message_handler import send_intermediate_predict_response
+    except ImportError:
+        return None
+    return lambda piece: send_intermediate_predict_response(
+        [piece], context.request_ids, "Intermediate Prediction success", 200, context
+    )
 
 
 def predict(data: dict[str, Any], loaded: dict[str, Any]) -> Any:

@@ -79,3 +79,26 @@ def test_the_default_chat_template_splits_a_conversation_where_the_answer_starts
     prompt, completion = inference.render_chat(tokenizer, chat)
     assert prompt == "<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\n" and completion == "Hello!"
     assert inference.chat_prompt(tokenizer, chat[:-1]) == prompt  # serving asks exactly as training taught
+
+
+def test_stream_true_is_answered_whole_where_the_model_server_does_not_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No context (tuneloop's own server's InvokeEndpoint), or a context from a server
+    that is not TorchServe: the whole answer, as text. A bad "stream" is refused."""
+    import sys
+
+    monkeypatch.setattr(inference, "stream_fn", lambda data, loaded: iter(["one ", "two"]))
+    data = inference.input_fn(json.dumps({"inputs": "x", "stream": True}))
+    assert data["stream"] is True
+    assert inference.output_fn(inference.predict_fn(data, {})) == ("one two", "text/plain; charset=utf-8")
+    monkeypatch.setitem(sys.modules, "ts.protocol.otf_message_handler", None)  # no TorchServe here
+    assert inference.predict_fn(data, {}, context=object()) == "one two"
+    with pytest.raises(inference.PayloadError, match='"stream" must be true or false'):
+        inference.input_fn(json.dumps({"inputs": "x", "stream": 1}))
+    error = inference.PayloadError("parameters.top_k is not a generation parameter")
+    # SageMaker's inference toolkit answers it with its status, not a 500.
+    from sagemaker_inference.errors import BaseInferenceToolkitError
+
+    assert isinstance(error, BaseInferenceToolkitError) and isinstance(error, ValueError)
+    assert (error.status_code, str(error)) == (400, "parameters.top_k is not a generation parameter")
