@@ -46,8 +46,6 @@ class PayloadError(ValueError, _ToolkitError):
     """The caller's mistake: a 400 with the message, from tuneloop's model server and from
     SageMaker's inference toolkit (which would make any other exception a 500)."""
 
-    status = 400
-
     def __init__(self, message: str) -> None:
         ValueError.__init__(self, message)
         self.status_code, self.message, self.phrase = 400, message, "Bad Request"
