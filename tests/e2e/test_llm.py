@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests import sockets
 from tests.e2e.conftest import client, http, s3, tuneloop, wait_for
 from tuneloop import synthetic
 
@@ -51,6 +52,7 @@ def test_a_tiny_decoder_learns_an_instruction_task_through_the_whole_loop(
     active = ("received", "preparing", "training", "evaluating", "gating", "registering", "deploying")
     run = wait_for(lambda: (r := http(state, "GET", f"/runs/{run_id}")[1])["state"] not in active and r, 540)
     assert run["state"] == "deployed", run["history"][-1]["reason"]
+    check_a_two_process_job_listens_on_loopback_only(home, state, tmp_path)
 
     # What it generates, before and after: the first epoch's validation sample, the test split.
     epochs = [e for e in run["evaluation"]["training_history"] if "validation_exact_match" in e]
@@ -97,6 +99,63 @@ def test_a_tiny_decoder_learns_an_instruction_task_through_the_whole_loop(
     record = wait_for(captured, 30)
     assert json.loads(record["captureData"]["endpointOutput"]["data"]) == {"generated_text": b"".join(parts).decode()}
     check_an_adapter_on_this_model(home, state, run, tmp_path)
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def cloud_processes(state: dict[str, Any]) -> list[int]:
+    """Every process the local cloud started: its three and all they started."""
+    return sockets.process_tree([state["dynamodb_pid"], state["moto_pid"], state["host_pid"]])
+
+
+def two_process_job(state: dict[str, Any]) -> list[tuple[str, int]]:
+    """While a training job runs two processes under tuneloop's torchrun, what its agent
+    listens on (the rendezvous store) and its workers (gloo); empty otherwise."""
+    tree = cloud_processes(state)
+    agents = [pid for pid in tree if b"tuneloop.local.torchrun" in cmdline(pid)]
+    for agent in agents:
+        workers = [pid for pid in sockets.process_tree([agent]) if b"train.py" in cmdline(pid) and pid != agent]
+        store, gloo = sockets.listening([agent]), sockets.listening(workers)
+        if len(workers) >= 2 and store and gloo:
+            return store + gloo
+    return []
+
+
+def check_a_two_process_job_listens_on_loopback_only(home: Path, state: dict[str, Any], tmp_path: Path) -> None:
+    """While a two-instance training job runs two processes under torchrun, and a model
+    server answers for the deployed model, every socket any process of the local cloud
+    listens on is on loopback: the services, DynamoDB Local, the model server, the job's
+    rendezvous store and its workers' gloo sockets. The job is stopped once seen."""
+    training = {**CONFIG["training"], "instance_count": 2}
+    training["hyperparameters"] = {**training["hyperparameters"], "epochs": 3, "validation_samples": 0}
+    spec = tmp_path / "pair.json"
+    spec.write_text(json.dumps({"name": "llm-pair", "config": {**CONFIG, "training": training}}))
+    tuneloop(home, "project", "create", "--file", str(spec))
+    body = "".join(json.dumps(row) + "\n" for row in synthetic.rows(200, seed=5))
+    s3(state).put_object(Bucket=state["bucket"], Key="datasets/llm-pair/tasks-1/tasks.jsonl", Body=body.encode())
+    seen = wait_for(lambda: two_process_job(state), 300, "a two-process training job")
+    servers = [pid for pid in cloud_processes(state) if b"tuneloop.local.serving" in cmdline(pid)]
+    assert servers, "no model server is running"
+    check_loopback_only(state, must_include=seen + sockets.listening(servers))
+    run_id = http(state, "GET", "/runs?project=llm-pair")[1]["runs"][0]["run_id"]
+    assert http(state, "POST", f"/runs/{run_id}/stop")[0] == 202
+    wait_for(lambda: http(state, "GET", f"/runs/{run_id}")[1]["state"] == "stopped", 120, "the pair's run stopped")
+
+
+def check_loopback_only(state: dict[str, Any], must_include: list[tuple[str, int]]) -> None:
+    """No process of the local cloud listens on anything but loopback (TCP or UDP, IPv4 or
+    IPv6); ``must_include``: sockets the list must hold, so it cannot pass empty."""
+    listening = sockets.listening(cloud_processes(state))
+    print(f"\nthe local cloud's processes listen on: {listening}")
+    assert set(must_include) <= set(listening), (must_include, listening)
+    services = {state[f"{name}_port"] for name in ("dynamodb", "moto", "api", "sagemaker")}
+    assert services <= {port for _, port in listening}, listening
+    assert [(address, port) for address, port in listening if not sockets.is_loopback(address)] == []
 
 
 def check_an_adapter_on_this_model(home: Path, state: dict[str, Any], base_run: dict[str, Any], tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from tests import sockets
 from tests.conftest import BUCKET
 from tuneloop.local import sigv4
 
@@ -80,17 +81,25 @@ def test_motos_own_api_is_not_reachable(local_services: Any) -> None:
     assert BUCKET in {b["Name"] for b in s3.list_buckets()["Buckets"]}
 
 
-def test_dynamodb_locals_own_port_keeps_the_tables_to_the_key(local_services: Any) -> None:
-    """DynamoDB Local cannot check a signature, and listens on every interface: it keeps
-    one database per access key ID, so a caller reaching its own port directly, without
-    the local cloud's secret key ID, finds none of the tables."""
+def test_dynamodb_local_listens_on_loopback_and_keeps_the_tables_to_a_key_id_never_published(
+    local_services: Any,
+) -> None:
+    """DynamoDB Local checks no signature and keeps one database per access key ID. Its
+    own port listens on 127.0.0.1 only, and the gateway keeps the tables under a key ID of
+    its own: a caller who reaches that port with the local cloud's public key ID (printed
+    in every presigned link), even with the secret, finds none of them."""
     ours = boto3.client("dynamodb", endpoint_url=local_services["dynamodb"].endpoint)
     ours.create_table(TableName="auth-probe", KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
                       AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
                       BillingMode="PAY_PER_REQUEST")  # fmt: skip
     assert "auth-probe" in ours.list_tables()["TableNames"]
-    pid = local_services["dynamodb"].proc.pid
-    arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    gateway = local_services["dynamodb"].proc.pid
+    arguments = Path(f"/proc/{gateway}/cmdline").read_bytes().split(b"\0")
     backend = int(arguments[arguments.index(b"--backend-port") + 1])
+    [java] = [pid for pid in sockets.process_tree([gateway]) if pid != gateway]
+    listening = sockets.listening([java])
+    assert [address for address, port in listening if port == backend] == ["127.0.0.1"], listening
+    public = boto3.client("dynamodb", endpoint_url=f"http://127.0.0.1:{backend}")  # the key ID and the secret
+    assert "auth-probe" not in public.list_tables()["TableNames"]
     stranger = outsider("dynamodb", f"http://127.0.0.1:{backend}", "another key")
     assert "auth-probe" not in stranger.list_tables()["TableNames"]

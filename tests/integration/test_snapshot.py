@@ -11,6 +11,7 @@ import pytest
 
 from tuneloop.local import cloud
 from tuneloop.local.files import private_folder
+from tuneloop.local.gateway import database_key_id
 from tuneloop.local.sagemaker.staging import download_prefix
 
 pytestmark = pytest.mark.integration
@@ -65,8 +66,12 @@ def test_the_local_clouds_credentials_are_made_once_and_kept_private(tmp_path: P
     path = home / cloud.CREDENTIALS_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert cloud.local_credentials(home) == first  # the same at every up: the tables stay theirs
-    assert (home / "dynamodb" / f"{first.access_key}_us-east-1.db").read_bytes() == b"tables"
+    database = home / "dynamodb" / f"{database_key_id(first)}_us-east-1.db"
+    assert database.read_bytes() == b"tables"  # under the gateway's own key ID, never the public one
     assert first.secret_key not in (home / "dynamodb").iterdir().__repr__()
+    # A home whose tables an older version kept under the public key ID: adopted, not lost.
+    database.rename(home / "dynamodb" / f"{first.access_key}_us-east-1.db")
+    assert cloud.local_credentials(home) == first and database.read_bytes() == b"tables"
     renewed = cloud.local_credentials(home, renew=True)  # up --clean
     assert renewed != first and cloud.local_credentials(home) == renewed
     path.write_text("{}")

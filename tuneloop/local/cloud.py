@@ -21,6 +21,7 @@ from typing import Any
 
 from . import sigv4
 from .files import inside, private_folder, write_atomic
+from .gateway import database_key_id
 from .processes import ProcessRecord, reclaim, start_ticks
 from .services import (
     QUEUE_PREFIX,
@@ -118,23 +119,34 @@ def load_state() -> CloudState | None:
 def local_credentials(root: Path, renew: bool = False) -> sigv4.Credentials:
     """The local cloud's AWS credentials: made at the first ``up`` (or ``up --clean``) and
     kept in ``credentials.json``, mode 600. They stay the same across ``down``/``up``:
-    DynamoDB Local keeps the tables in the database of their access key ID."""
+    DynamoDB Local keeps the tables in the database of the key ID the gateway derives from
+    them."""
     path = root / CREDENTIALS_FILE
     if not renew and path.is_file():
         try:
             saved = json.loads(path.read_text())
-            return sigv4.Credentials(str(saved["aws_access_key_id"]), str(saved["aws_secret_access_key"]))
+            credentials = sigv4.Credentials(str(saved["aws_access_key_id"]), str(saved["aws_secret_access_key"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise ServiceError(f"{path} is not a credentials file this version wrote ({exc}); remove it") from exc
-    credentials = sigv4.generate()
-    body = {"aws_access_key_id": credentials.access_key, "aws_secret_access_key": credentials.secret_key}
-    write_atomic(path, json.dumps(body, indent=2), mode=0o600)
-    # A home from before the credentials: DynamoDB Local kept one shared database.
-    shared = root / "dynamodb" / "shared-local-instance.db"
-    keyed = root / "dynamodb" / f"{credentials.access_key}_us-east-1.db"
-    if shared.is_file() and not keyed.exists():
-        shared.rename(keyed)
+    else:
+        credentials = sigv4.generate()
+        body = {"aws_access_key_id": credentials.access_key, "aws_secret_access_key": credentials.secret_key}
+        write_atomic(path, json.dumps(body, indent=2), mode=0o600)
+    _adopt_databases(root / "dynamodb", credentials)
     return credentials
+
+
+def _adopt_databases(folder: Path, credentials: sigv4.Credentials) -> None:
+    """DynamoDB Local's files under the gateway's own key ID (``database_key_id``). A home
+    from an older version kept them in one shared database, or under the public key ID."""
+    ours = database_key_id(credentials)
+    older = [(folder / "shared-local-instance.db", "us-east-1")]
+    public = credentials.access_key
+    older += [(path, path.name[len(public) + 1 : -3]) for path in folder.glob(f"{public}_*.db")]
+    for path, region in older:
+        keyed = folder / f"{ours}_{region}.db"
+        if path.is_file() and not keyed.exists():
+            path.rename(keyed)
 
 
 def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:

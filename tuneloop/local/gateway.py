@@ -16,12 +16,16 @@ Local sees it.
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import hmac
 import http.client
 import io
 import json
 import logging
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -46,6 +50,19 @@ def credentials_from_env(env: Any = None) -> sigv4.Credentials:
     if not key or not secret:
         raise RuntimeError("the local cloud's credentials are not in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
     return sigv4.Credentials(key, secret)
+
+
+def database_key_id(credentials: sigv4.Credentials) -> str:
+    """The access key ID the gateway uses with DynamoDB Local, which keeps one database per
+    key ID and checks no signature. Derived from the secret key, so it is as secret: the
+    public key ID (in every presigned link) opens nothing there."""
+    digest = hmac.new(credentials.secret_key.encode(), b"tuneloop: DynamoDB Local database", hashlib.sha256)
+    return "TLDB" + base64.b32encode(digest.digest()).decode()[:16]
+
+
+def _relayed_authorization(value: str, key_id: str) -> str:
+    """The request's Authorization header with its credential's key ID replaced."""
+    return re.sub(r"Credential=[^/,\s]*/", f"Credential={key_id}/", value, count=1)
 
 
 def host_name(host: str) -> str:
@@ -158,6 +175,7 @@ class Relay(ThreadingHTTPServer):
     def __init__(self, port: int, backend_port: int, credentials: sigv4.Credentials) -> None:
         self.backend_port = backend_port
         self.credentials = credentials
+        self.database_key_id = database_key_id(credentials)
         self.pool: queue.SimpleQueue[http.client.HTTPConnection] = queue.SimpleQueue()
         super().__init__(("127.0.0.1", port), _RelayHandler)
 
@@ -228,6 +246,9 @@ class _RelayHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return self._answer(403, "Forbidden", headers, payload)
         forwarded = {k: v for k, v in self.headers.items() if k.lower() not in Relay.HOP_BY_HOP}
+        for name in forwarded:
+            if name.lower() == "authorization":
+                forwarded[name] = _relayed_authorization(forwarded[name], self.server.database_key_id)
         self._answer(*self.server.forward(self.command, self.path, forwarded, body))
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle

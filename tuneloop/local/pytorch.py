@@ -9,14 +9,18 @@ under ``torchrun``, as on AWS — with one difference, stated: a job of ``Instan
 N runs here on one host, so torchrun starts N processes on this host (``--nproc_per_node
 N``, one per instance, gloo on CPU) where AWS starts one torchrun per instance. Each
 process sees the same contract it would there: ``RANK`` 0..N-1, ``WORLD_SIZE`` N, the
-job's SM_* variables. The rendezvous port is a free one, so parallel jobs never collide.
+job's SM_* variables. The rendezvous port is a free one, so parallel jobs never collide,
+and it and gloo's listen on 127.0.0.1 only (``torchrun.py``).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import socket
-import sysconfig
+import sys
+import tempfile
+from pathlib import Path
 
 INSTANCES_ENV = "TUNELOOP_INSTANCE_COUNT"
 
@@ -25,6 +29,17 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _torchrun_folder() -> Path:
+    """A folder holding a ``torchrun`` that runs ``tuneloop.local.torchrun`` with this
+    interpreter, in the job's /opt/ml (``SAGEMAKER_BASE_DIR``)."""
+    folder = Path(os.environ.get("SAGEMAKER_BASE_DIR") or tempfile.mkdtemp(prefix="tuneloop-")) / "bin"
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "torchrun"
+    script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m tuneloop.local.torchrun "$@"\n')
+    script.chmod(0o700)
+    return folder
 
 
 def main() -> None:
@@ -40,12 +55,14 @@ def main() -> None:
     if distributed:
         kind = runner.TorchDistributedRunnerType
         extra[params.MPI_PROCESSES_PER_HOST] = processes
-        # torchrun is a console script of this environment (whichever interpreter runs
-        # this: a warm instance's is not in its bin folder); its rendezvous takes
-        # PET_MASTER_PORT when --master_port is not given (one host: it is not).
-        os.environ["PATH"] = sysconfig.get_path("scripts") + os.pathsep + os.environ.get("PATH", "")
+        # The toolkit runs `torchrun` from PATH: here tuneloop's, which keeps the
+        # rendezvous store on 127.0.0.1 (torchrun.py), run by this interpreter (a warm
+        # instance's too). Its rendezvous takes PET_MASTER_PORT when --master_port is not
+        # given (one host: it is not); gloo listens on the loopback interface.
+        os.environ["PATH"] = str(_torchrun_folder()) + os.pathsep + os.environ.get("PATH", "")
         os.environ.setdefault("PET_MASTER_PORT", str(free_port()))
         os.environ.setdefault("PET_MASTER_ADDR", "127.0.0.1")
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     entry_point.run(
         env.module_dir,
         env.user_entry_point,

@@ -8,11 +8,13 @@ fixed sleep.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -138,6 +140,42 @@ def _spawn(
             log.close()  # type: ignore[union-attr]
 
 
+# DynamoDB Local's own main class, but listening on 127.0.0.1 (it has no bind-address option).
+LAUNCHER_SOURCE = Path(__file__).with_name("java") / "LoopbackDynamoDBLocal.java"
+LAUNCHER_CACHE = REPO_ROOT / "build" / "dynamodb-local"
+
+
+def dynamodb_local_classpath(java: str, folder: Path) -> str:
+    """The class path that runs DynamoDB Local through tuneloop's loopback launcher,
+    compiled once per launcher source and DynamoDB Local version (with the JDK's own
+    compiler module: a Debian JRE has it, no ``javac`` needed) and kept under ``build/``."""
+    jars = f"{folder / 'DynamoDBLocal.jar'}{os.pathsep}{folder / 'DynamoDBLocal_lib'}{os.sep}*"
+    digest = hashlib.sha256(LAUNCHER_SOURCE.read_bytes() + str(folder.resolve()).encode()).hexdigest()[:16]
+    target = LAUNCHER_CACHE / digest
+    if not (target / "LoopbackDynamoDBLocal.class").is_file():
+        LAUNCHER_CACHE.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{digest}.", dir=LAUNCHER_CACHE))
+        compiler = [java, "-m", "jdk.compiler/com.sun.tools.javac.Main", "--release", "17", "-proc:none"]
+        done = subprocess.run(
+            [*compiler, "-d", str(staging), "-cp", jars, str(LAUNCHER_SOURCE)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        if done.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ServiceError(
+                "could not compile tuneloop's DynamoDB Local launcher, which binds it to 127.0.0.1 "
+                f"(this Java needs its compiler module, jdk.compiler: install a JDK 17+, e.g. "
+                f"openjdk-17-jdk-headless): {(done.stderr or done.stdout).strip()[-500:]}"
+            )
+        try:
+            staging.rename(target)
+        except OSError:  # another process compiled it meanwhile
+            shutil.rmtree(staging, ignore_errors=True)
+    return f"{target}{os.pathsep}{jars}"
+
+
 def start_dynamodb_local(
     credentials: Credentials,
     port: int | None = None,
@@ -147,19 +185,20 @@ def start_dynamodb_local(
 ) -> Service:
     """DynamoDB Local behind the gateway: in memory, or persisted under ``db_path``.
 
-    DynamoDB Local has no authentication and no bind-address option: it listens on every
-    interface of its own port. So it keeps one database per access key ID (no
-    ``-sharedDb``): the local cloud's tables are in the database of its random, secret key
-    ID, and a caller without it finds none of them. Clients use the gateway's port, which
-    checks the whole signature.
+    DynamoDB Local checks no signature, so it listens on 127.0.0.1 only (through
+    tuneloop's launcher) and only the gateway talks to it: the gateway checks the whole
+    signature, then relays the request under a database key ID of its own
+    (``database_key_id``), which no client ever sees. DynamoDB Local keeps one database per
+    access key ID (no ``-sharedDb``), so a caller that reaches its port with the key ID
+    printed in a presigned link finds none of the tables.
     """
     java = shutil.which("java")
     if java is None:
         raise ServiceError("DynamoDB Local needs Java 17+ (`apt-get install openjdk-17-jre-headless`)")
     folder = find_dynamodb_local()
     port = port or free_port()
-    args = [java, f"-Djava.library.path={folder / 'DynamoDBLocal_lib'}", "-jar", str(folder / "DynamoDBLocal.jar")]
-    args += ["-disableTelemetry"]
+    args = [java, f"-Djava.library.path={folder / 'DynamoDBLocal_lib'}"]
+    args += ["-cp", dynamodb_local_classpath(java, folder), "LoopbackDynamoDBLocal", "-disableTelemetry"]
     if db_path is None:
         args.append("-inMemory")
     else:

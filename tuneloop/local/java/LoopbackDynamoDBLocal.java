@@ -1,0 +1,37 @@
+// DynamoDB Local as its own main class runs it, but listening on 127.0.0.1 only.
+//
+// DynamoDB Local has no bind-address option: its DynamoDBProxyServer builds a Jetty server
+// with `new Server(port)`, whose connector listens on every interface. This sets that
+// connector's host to loopback before the server starts; everything else (arguments,
+// telemetry, the handler) is what ServerRunner.main does. tuneloop compiles it once with
+// the JDK's own compiler module (services.py) and runs it in place of `java -jar`.
+import java.io.File;
+import java.lang.reflect.Field;
+import org.eclipse.jetty.server.Connector;
+import org.eclipse.jetty.server.Server;
+import org.eclipse.jetty.server.ServerConnector;
+import software.amazon.dynamodb.services.local.main.CommandLineInput;
+import software.amazon.dynamodb.services.local.main.ServerRunner;
+import software.amazon.dynamodb.services.local.monitoring.Telemetry;
+import software.amazon.dynamodb.services.local.monitoring.TelemetryUtil;
+import software.amazon.dynamodb.services.local.server.DynamoDBProxyServer;
+
+public class LoopbackDynamoDBLocal {
+    public static void main(String[] args) throws Exception {
+        CommandLineInput input = new CommandLineInput(args);
+        if (!input.init()) {
+            System.exit(2);
+        }
+        DynamoDBProxyServer proxy = ServerRunner.createServerFromCommandLineArgs(args);
+        Field field = DynamoDBProxyServer.class.getDeclaredField("server");
+        field.setAccessible(true);
+        Server server = (Server) field.get(proxy);
+        for (Connector connector : server.getConnectors()) {
+            ((ServerConnector) connector).setHost("127.0.0.1");
+        }
+        String setup = TelemetryUtil.getSetupType(new File("/.dockerenv"), new File("pom.xml"));
+        Telemetry.configureTelemetry(
+                setup, ServerRunner.getSetupMode(input), TelemetryUtil.isTelemetryEnabled(input.isDisableTelemetry()));
+        proxy.start();
+    }
+}
