@@ -4,6 +4,7 @@ unsigned, wrongly signed and foreign-Host requests are refused before they do an
 from __future__ import annotations
 
 import http.client
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -103,3 +104,74 @@ def test_dynamodb_local_listens_on_loopback_and_keeps_the_tables_to_a_key_id_nev
     assert "auth-probe" not in public.list_tables()["TableNames"]
     stranger = outsider("dynamodb", f"http://127.0.0.1:{backend}", "another key")
     assert "auth-probe" not in stranger.list_tables()["TableNames"]
+
+
+def signed_request(service: str, method: str, url: str, body: bytes, headers: dict[str, str], keys: Any = None) -> Any:
+    """A request signed as botocore signs it, with the local cloud's credentials (or ``keys``)."""
+    from botocore.auth import S3SigV4Auth, SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    credentials = keys or boto3.Session().get_credentials().get_frozen_credentials()
+    signer = (S3SigV4Auth if service == "s3" else SigV4Auth)(credentials, service, "us-east-1")
+    request = AWSRequest(method=method, url=url, data=body, headers=headers)
+    signer.add_auth(request)
+    return request.prepare()
+
+
+def test_motos_own_api_is_refused_even_with_a_good_signature(local_services: Any) -> None:
+    """/moto-api/reset would wipe every object written since the last down: no signature opens it."""
+    s3 = boto3.client("s3")
+    if BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=BUCKET)
+    for path in ("/moto-api/reset", "/moto-api/reset-auth", "/moto-api/"):
+        prepared = signed_request("s3", "POST", local_services["moto"].endpoint + path, b"0", {})
+        headers = dict(prepared.headers)
+        request = urllib.request.Request(prepared.url, data=prepared.body, method="POST", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=10)
+        assert info.value.code == 403 and b"/moto-api/" in info.value.read()
+    assert BUCKET in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+
+
+def answer_without_body(port: int, prepared: Any, declared: int) -> tuple[int, bytes]:
+    """Send a request's headers with ``declared`` as its Content-Length and none of the
+    body: what the server answers (it must, without waiting for a byte of the body)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(prepared.url)
+    lines = [f"{prepared.method} {url.path}{'?' + url.query if url.query else ''} HTTP/1.1"]
+    lines += [f"Host: {url.netloc}"]
+    lines += [f"{k}: {v}" for k, v in prepared.headers.items() if k.lower() != "content-length"]
+    lines += [f"Content-Length: {declared}", "", ""]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall("\r\n".join(lines).encode())
+        response = http.client.HTTPResponse(connection)
+        response.begin()
+        return response.status, response.read()
+
+
+def test_a_wrong_signature_is_refused_before_any_of_the_body_is_read(local_services: Any) -> None:
+    """S3 signs the payload's hash in a header, so the gateway verifies the whole signature
+    from the headers: a 500 MB upload signed with the wrong secret is answered at once,
+    never read (the answer comes while the body is still unsent)."""
+    moto = local_services["moto"]
+    wrong = sigv4.Credentials(boto3.Session().get_credentials().access_key, "not the secret")
+    from botocore.credentials import Credentials as BotoCredentials
+
+    keys = BotoCredentials(wrong.access_key, wrong.secret_key)
+    prepared = signed_request("s3", "PUT", f"{moto.endpoint}/{BUCKET}/big", b"x", {}, keys)
+    status, body = answer_without_body(moto.port, prepared, 500_000_000)
+    assert status == 403 and b"signature does not match" in body
+
+
+@pytest.mark.parametrize("service,limit", [("dynamodb", 16 << 20), ("events", 2 << 20), ("monitoring", 2 << 20)])
+def test_a_body_over_its_services_bound_is_refused_before_it_is_read(
+    local_services: Any, service: str, limit: int
+) -> None:
+    """The JSON and query protocols sign a hash they do not send, so their bodies are read
+    before the signature can be checked: each service's bound comes first."""
+    name = "dynamodb" if service == "dynamodb" else "moto"
+    url = local_services[name].endpoint + "/"
+    prepared = signed_request(service, "POST", url, b"{}", {"Content-Type": "application/x-amz-json-1.0"})
+    status, body = answer_without_body(local_services[name].port, prepared, limit + 1)
+    assert status == 413 and f"a {service} request body over {limit} bytes".encode() in body

@@ -130,3 +130,65 @@ def test_generated_credentials_are_random_and_shaped_like_aws() -> None:
     a, b = sigv4.generate(), sigv4.generate()
     assert a != b and len(a.access_key) == 20 and a.access_key.isalnum() and a.access_key.isupper()
     assert len(a.secret_key) >= 40
+
+
+def test_an_unsigned_payload_is_taken_only_where_aws_takes_one() -> None:
+    """UNSIGNED-PAYLOAD is S3's; on any other service it would let a body be swapped under
+    a good signature (a SageMaker request's job definition, say)."""
+    url = "http://127.0.0.1:4000/"
+    body = b'{"ProcessingJobName": "ours"}'
+    unsigned = {"X-Amz-Target": "SageMaker.CreateProcessingJob", "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"}
+    method, target, headers, _ = signed(SigV4Auth(boto(), "sagemaker", "us-east-1"), "POST", url, body, unsigned)
+    reason = sigv4.verify(method, target, headers, b'{"ProcessingJobName": "theirs"}', KEYS)
+    assert reason and "only S3 takes an unsigned payload" in reason
+    assert unsigned["X-Amz-Content-SHA256"] in headers["x-amz-content-sha256"]
+
+    class Unsigned(S3SigV4Auth):  # type: ignore[misc]
+        def payload(self, request: Any) -> str:
+            return "UNSIGNED-PAYLOAD"
+
+    put = signed(Unsigned(boto(), "s3", "us-east-1"), "PUT", "http://127.0.0.1:4000/b/k", b"data")
+    assert put[2]["x-amz-content-sha256"] == ["UNSIGNED-PAYLOAD"] and sigv4.verify(*put, KEYS) is None
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD",
+    ],
+)
+def test_a_streaming_upload_is_refused(mode: str) -> None:
+    """Its chunk signatures are not checked, so it is not taken on its seed signature."""
+
+    class Streaming(S3SigV4Auth):  # type: ignore[misc]
+        def payload(self, request: Any) -> str:
+            return mode
+
+    request = signed(Streaming(boto(), "s3", "us-east-1"), "PUT", "http://127.0.0.1:4000/b/code/train.py",
+                     b"5;chunk-signature=00\r\nhello\r\n0;chunk-signature=00\r\n\r\n",
+                     {"Content-Encoding": "aws-chunked"})  # fmt: skip
+    assert request[2]["x-amz-content-sha256"] == [mode]
+    reason = sigv4.verify(*request, KEYS)
+    assert reason and "streaming (aws-chunked) uploads are not taken" in reason
+
+
+def test_an_s3_signature_is_checked_before_the_body_is_read() -> None:
+    """S3 sends the payload's hash in a signed header: screen() verifies the whole
+    signature from the headers alone, so a wrong secret is refused before a byte of a
+    large body is read. The JSON protocols sign a hash they do not send: screen() checks
+    what it can, and verify() the signature once the (bounded) body is in."""
+    method, target, headers, body = signed(
+        S3SigV4Auth(boto(), "s3", "us-east-1"), "PUT", "http://127.0.0.1:4000/b/k", b"x" * 1000
+    )
+    claim = sigv4.screen(method, target, headers, KEYS)
+    assert isinstance(claim, sigv4.Claim) and claim.checked and claim.service == "s3"
+    wrong = sigv4.screen(method, target, headers, sigv4.Credentials(KEYS.access_key, "not the secret"))
+    assert isinstance(wrong, str) and "does not match" in wrong
+    no_hash = {k: v for k, v in headers.items() if k != "x-amz-content-sha256"}
+    assert "x-amz-content-sha256" in str(sigv4.screen(method, target, no_hash, KEYS))
+    method, target, headers, body = signed(*JSON_CALL)
+    claim = sigv4.screen(method, target, headers, KEYS)
+    assert isinstance(claim, sigv4.Claim) and not claim.checked and claim.service == "sagemaker"
+    assert "does not match" in str(sigv4.verify(method, target, headers, body + b" ", KEYS))

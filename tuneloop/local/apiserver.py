@@ -13,13 +13,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from chalice.config import Config
 from chalice.local import ForbiddenError, LocalGateway, LocalGatewayException
+
+from .httpserve import Handler, LoopbackServer
 
 log = logging.getLogger("tuneloop.api")
 
@@ -29,31 +29,18 @@ MAX_CONCURRENT_REQUESTS = 32
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
-class ApiServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that hangs up mid-request is not an error worth a traceback."""
-        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
-            return
-        super().handle_error(request, client_address)
+class ApiServer(LoopbackServer):
+    idle_timeout_s = 30.0  # a client that stops sending gives its thread back
 
     def __init__(self, app: Any, token: str, port: int = 0) -> None:
         self.gateway = LocalGateway(app, Config(chalice_stage="local", user_provided_params={"app_name": "tuneloop"}))
         self.token = token
         self.slots = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
-        super().__init__(("127.0.0.1", port), _Handler)
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
+        super().__init__(_Handler, port)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler):
     server: ApiServer
-    protocol_version = "HTTP/1.1"
-    timeout = 30  # a client that stops sending gives its thread back
-    disable_nagle_algorithm = True  # see sagemaker.responses._Handler
 
     def log_message(self, format: str, *args: Any) -> None:
         log.info("%s %s", self.address_string(), format % args)

@@ -30,15 +30,26 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
 
 from . import sigv4
+from .httpserve import BoundedThreads, Handler, LoopbackServer
 
 log = logging.getLogger("tuneloop.gateway")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
-# The largest body one request may carry: botocore uploads anything over 8 MB in parts.
-MAX_BODY_BYTES = 1 << 30
+# The largest body a request may carry, by the service its signature names. An S3 body
+# is read only once its signature is verified (S3 signs the payload's hash in a header);
+# the JSON and query protocols sign a hash they do not send, so their bodies are read
+# before the signature can be checked, and are bounded near what AWS takes.
+BODY_LIMITS = {
+    "s3": 1 << 30,  # one PUT; the local cloud's own uploads go in one request up to 1 GiB
+    "dynamodb": 16 << 20,  # BatchWriteItem's 16 MB
+    "sagemaker": 6 * 1024 * 1024 + 1024,  # InvokeEndpoint's 6 MB payload
+}
+DEFAULT_BODY_LIMIT = 2 << 20  # CloudWatch, EventBridge, SQS, Application Auto Scaling: 1 MB requests
+# moto's own API resets every service, or turns its IAM check off, for whoever asks.
+MOTO_API = "/moto-api"
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 App = Callable[[Environ, StartResponse], Iterable[bytes]]
@@ -110,45 +121,95 @@ def received_headers(environ: Environ) -> dict[str, list[str]]:
     return headers
 
 
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    code: str
+    message: str
+
+
+def signature_code(reason: str, json_protocol: bool) -> str:
+    if json_protocol:
+        return "InvalidSignatureException" if "signature" in reason else "UnrecognizedClientException"
+    return "SignatureDoesNotMatch" if "signature" in reason else "AccessDenied"
+
+
+def screen_request(
+    method: str, target: str, headers: dict[str, list[str]], credentials: sigv4.Credentials, json_protocol: bool
+) -> Refusal | int:
+    """What is checked before a body is read: a loopback Host, not moto's own API, a
+    Content-Length that is a byte count, the signature as far as the headers go, and the
+    body's size against its service's bound. The most bytes the body may have, or why not."""
+    host = host_name((headers.get("host") or [""])[0])
+    if host not in LOOPBACK_HOSTS:
+        return Refusal(403, "AccessDenied", f"Host {host!r} is not this machine's loopback")
+    path = target.split("?", 1)[0]
+    if path == MOTO_API or path.startswith(MOTO_API + "/"):
+        return Refusal(403, "AccessDenied", "moto's own API (/moto-api/) is not served by the local cloud")
+    declared = (headers.get("content-length") or [""])[0]
+    if declared and not (declared.isascii() and declared.isdigit()):
+        return Refusal(400, "BadRequest", f"Content-Length {declared[:32]!r} is not a byte count")
+    claim = sigv4.screen(method, target, headers, credentials)
+    if isinstance(claim, str):
+        log.warning("refused %s %s: %s", method, path[:200], claim)
+        return Refusal(403, signature_code(claim, json_protocol), claim)
+    limit = BODY_LIMITS.get(claim.service, DEFAULT_BODY_LIMIT)
+    if declared and int(declared) > limit:
+        return Refusal(413, "EntityTooLarge", f"a {claim.service} request body over {limit} bytes")
+    return limit
+
+
+def check_body(
+    method: str,
+    target: str,
+    headers: dict[str, list[str]],
+    body: bytes,
+    credentials: sigv4.Credentials,
+    json_protocol: bool,
+) -> Refusal | None:
+    """The rest of the signature check, once the (bounded) body is in."""
+    reason = sigv4.verify(method, target, headers, body, credentials)
+    if reason:
+        log.warning("refused %s %s: %s", method, target.split("?")[0][:200], reason)
+        return Refusal(403, signature_code(reason, json_protocol), reason)
+    return None
+
+
 class Verified:
     """WSGI middleware: a request reaches ``app`` only with a loopback Host and a good
-    SigV4 signature; the body it was signed with is what ``app`` reads."""
+    SigV4 signature; the body it was signed with is what ``app`` reads. The headers are
+    screened before any of the body is read."""
 
     def __init__(self, app: App, credentials: sigv4.Credentials) -> None:
         self.app = app
         self.credentials = credentials
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        def refuse(status: int, code: str, message: str) -> Iterable[bytes]:
-            line, headers, body = refusal(environ, status, code, message)
-            start_response(line, headers)
+        def refuse(refused: Refusal) -> Iterable[bytes]:
+            line, headers, body = refusal(environ, refused.status, refused.code, refused.message)
+            start_response(line, [*headers, ("Connection", "close")])
             return [body]
 
-        host = host_name(environ.get("HTTP_HOST", ""))
-        if host not in LOOPBACK_HOSTS:
-            return refuse(403, "AccessDenied", f"Host {host!r} is not this machine's loopback")
+        method = environ["REQUEST_METHOD"]
+        target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/")
+        headers = received_headers(environ)
+        json_protocol = "json" in environ.get("CONTENT_TYPE", "")
+        screened = screen_request(method, target, headers, self.credentials, json_protocol)
+        if isinstance(screened, Refusal):
+            return refuse(screened)
         declared = environ.get("CONTENT_LENGTH") or ""
-        if declared and not (declared.isascii() and declared.isdigit()):
-            return refuse(400, "BadRequest", f"Content-Length {declared[:32]!r} is not a byte count")
-        if declared and int(declared) > MAX_BODY_BYTES:
-            return refuse(413, "EntityTooLarge", f"a request body over {MAX_BODY_BYTES} bytes")
         stream = environ["wsgi.input"]
         if declared:
             body = stream.read(int(declared))
         elif environ.get("wsgi.input_terminated"):
-            body = stream.read(MAX_BODY_BYTES + 1)
-            if len(body) > MAX_BODY_BYTES:
-                return refuse(413, "EntityTooLarge", f"a request body over {MAX_BODY_BYTES} bytes")
+            body = stream.read(screened + 1)
+            if len(body) > screened:
+                return refuse(Refusal(413, "EntityTooLarge", f"a request body over {screened} bytes"))
         else:
             body = b""
-        target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/")
-        reason = sigv4.verify(environ["REQUEST_METHOD"], target, received_headers(environ), body, self.credentials)
-        if reason:
-            log.warning("refused %s %s: %s", environ["REQUEST_METHOD"], target.split("?")[0][:200], reason)
-            code = "SignatureDoesNotMatch" if "signature" in reason else "AccessDenied"
-            if "json" in environ.get("CONTENT_TYPE", ""):
-                code = "InvalidSignatureException" if "signature" in reason else "UnrecognizedClientException"
-            return refuse(403, code, reason)
+        refused = check_body(method, target, headers, body, self.credentials, json_protocol)
+        if refused:
+            return refuse(refused)
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
@@ -156,19 +217,11 @@ class Verified:
         return self.app(environ, start_response)
 
 
-class Relay(ThreadingHTTPServer):
+class Relay(LoopbackServer):
     """DynamoDB Local behind the check, on one loopback port: each verified request goes
     to DynamoDB Local as it came, over kept-alive connections (a pool), and the answer
     comes back the same way. Plain http.server rather than werkzeug's development server,
     which closes every connection: DynamoDB is the local cloud's busiest service."""
-
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that hangs up mid-request is not an error worth a traceback."""
-        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
-            return
-        super().handle_error(request, client_address)
 
     HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"})
 
@@ -177,7 +230,7 @@ class Relay(ThreadingHTTPServer):
         self.credentials = credentials
         self.database_key_id = database_key_id(credentials)
         self.pool: queue.SimpleQueue[http.client.HTTPConnection] = queue.SimpleQueue()
-        super().__init__(("127.0.0.1", port), _RelayHandler)
+        super().__init__(_RelayHandler, port)
 
     def forward(
         self, method: str, target: str, headers: dict[str, str], body: bytes
@@ -202,10 +255,8 @@ class Relay(ThreadingHTTPServer):
         raise AssertionError("unreachable")
 
 
-class _RelayHandler(BaseHTTPRequestHandler):
+class _RelayHandler(Handler):
     server: Relay
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug(format, *args)
@@ -219,32 +270,24 @@ class _RelayHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _refuse(self, refused: Refusal) -> None:
+        self.close_connection = True
+        line, headers, body = refusal({"CONTENT_TYPE": "json", "QUERY_STRING": ""}, refused.status,
+                                      refused.code, refused.message)  # fmt: skip
+        self._answer(refused.status, line.split(" ", 1)[1], headers, body)
+
     def _handle(self) -> None:
-        environ = {"CONTENT_TYPE": self.headers.get("Content-Type", ""), "QUERY_STRING": ""}
-        host = host_name(self.headers.get("Host") or "")
-        declared = self.headers.get("Content-Length") or "0"
-        problem: tuple[int, str, str] | None = None
-        if host not in LOOPBACK_HOSTS:
-            problem = (403, "AccessDenied", f"Host {host!r} is not this machine's loopback")
-        elif not (declared.isascii() and declared.isdigit()):
-            problem = (400, "BadRequest", f"Content-Length {declared[:32]!r} is not a byte count")
-        elif int(declared) > MAX_BODY_BYTES:
-            problem = (413, "EntityTooLarge", f"a request body over {MAX_BODY_BYTES} bytes")
-        if problem:
-            self.close_connection = True
-            line, headers, body = refusal(environ, *problem)
-            return self._answer(problem[0], line.split(" ", 1)[1], headers, body)
-        body = self.rfile.read(int(declared)) if int(declared) else b""
         received: dict[str, list[str]] = {}
         for name, value in self.headers.items():
             received.setdefault(name.lower(), []).append(value)
-        reason = sigv4.verify(self.command, self.path, received, body, self.server.credentials)
-        if reason:
-            log.warning("refused %s %s: %s", self.command, self.path.split("?")[0][:200], reason)
-            code = "InvalidSignatureException" if "signature" in reason else "UnrecognizedClientException"
-            line, headers, payload = refusal({**environ, "CONTENT_TYPE": "json"}, 403, code, reason)
-            self.close_connection = True
-            return self._answer(403, "Forbidden", headers, payload)
+        screened = screen_request(self.command, self.path, received, self.server.credentials, json_protocol=True)
+        if isinstance(screened, Refusal):
+            return self._refuse(screened)
+        declared = int(self.headers.get("Content-Length") or "0")
+        body = self.rfile.read(declared) if declared else b""
+        refused = check_body(self.command, self.path, received, body, self.server.credentials, json_protocol=True)
+        if refused:
+            return self._refuse(refused)
         forwarded = {k: v for k, v in self.headers.items() if k.lower() not in Relay.HOP_BY_HOP}
         for name in forwarded:
             if name.lower() == "authorization":
@@ -254,11 +297,16 @@ class _RelayHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 
 
-def serve(app: App, port: int) -> None:
+def moto_server(app: App, port: int = 0) -> Any:
+    """moto's WSGI app on werkzeug's server (moto's request handler keeps S3's underscored
+    metadata headers), on 127.0.0.1, with bounded threads and the idle timeout."""
     from moto.moto_server.werkzeug_app import MotoRequestHandler
-    from werkzeug.serving import run_simple
+    from werkzeug.serving import BaseWSGIServer
 
-    run_simple("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
+    class MotoServer(BoundedThreads, BaseWSGIServer):
+        multithread = True
+
+    return MotoServer("127.0.0.1", port, app, handler=MotoRequestHandler)
 
 
 def moto_app() -> App:
@@ -315,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             stop()
         return 0
     try:
-        serve(Verified(app, credentials), args.port)
+        moto_server(Verified(app, credentials), args.port).serve_forever(poll_interval=0.5)
     finally:
         stop()
     return 0

@@ -32,10 +32,11 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from tuneloop.local.httpserve import Handler, LoopbackServer
 
 log = logging.getLogger("tuneloop.serving")
 TOKEN_ENV = "TUNELOOP_MODEL_SERVER_TOKEN"
@@ -106,12 +107,8 @@ STREAM_HEADER = "X-Tuneloop-Stream"
 ERROR_MARK = b"\x00"  # a model's text never holds a NUL: what follows it is the failure
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler):
     server: _Server
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out as two writes; with Nagle on, the second waits for the
-    # client's delayed ACK of the first: +40 ms on a kept-alive connection.
-    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug(format, *args)
@@ -187,13 +184,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _Server(LoopbackServer):
     def __init__(self, model: Model, token: str) -> None:
         self.model = model
         self.token = token
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
 
 
 def serve(model_dir: Path, port_file: Path) -> None:

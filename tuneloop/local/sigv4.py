@@ -1,21 +1,25 @@
 """AWS Signature Version 4, checked on the server side: the local cloud's services answer
-only callers that hold its credentials (issue 11).
+only callers that hold its credentials.
 
-``verify`` recomputes the signature a request carries, from what arrived on the wire, as
-AWS does: the canonical request (method, path, query, the headers the caller signed, the
-payload's hash), the string to sign and the key derived from the secret. It takes the
+``screen`` reads what it can of a request's signature from its request line and headers,
+before any of the body is read: the access key ID, the scope, the date, the signed
+headers and, where the headers carry the payload's hash (S3), the whole signature.
+``verify`` finishes the check with the body: the signature over the body's hash (the JSON
+and query protocols), or the body's hash against the one that was signed. They take the
 ``Authorization`` header and presigned URLs (``X-Amz-Signature`` in the query, how a
-report link reaches a browser). It answers ``None`` for a good signature, otherwise the
-one-line reason the request is refused.
+report link reaches a browser). An unsigned payload is taken only where AWS takes one
+(S3); streaming (aws-chunked) uploads, whose chunk signatures are not checked here, are
+refused. Each answers the one-line reason a request is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, unquote
 
@@ -24,8 +28,9 @@ ALGORITHM = "AWS4-HMAC-SHA256"
 CLOCK_SKEW = timedelta(minutes=15)
 # The longest a presigned URL may be valid (SigV4's limit).
 MAX_PRESIGN_EXPIRES_S = 7 * 24 * 3600
-UNSIGNED_PAYLOADS = ("UNSIGNED-PAYLOAD", "STREAMING-")
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+STREAMING_PREFIX = "STREAMING-"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -105,16 +110,32 @@ def _parse_time(value: str) -> datetime | None:
         return None
 
 
-def verify(
+@dataclass(frozen=True)
+class Claim:
+    """What a request's signature says, read from its request line and headers alone.
+
+    ``payload`` is the payload hash the signature covers when the headers name it (S3's
+    ``x-amz-content-sha256``, ``UNSIGNED-PAYLOAD``), and then ``checked`` is true: the
+    signature was verified before any of the body was read. Otherwise (the JSON and query
+    protocols, which sign the body's hash without sending it) it is None, and the signature
+    can only be checked once the body is in."""
+
+    service: str
+    payload: str | None
+    checked: bool
+    signature: _Signed = field(repr=False)
+
+
+def screen(
     method: str,
     target: str,
     headers: Mapping[str, Sequence[str]],
-    body: bytes,
     credentials: Credentials,
     now: datetime | None = None,
-) -> str | None:
-    """``target`` is the request line's path and query, exactly as received; ``headers``
-    maps each lower-case header name to its values. None when the signature is good."""
+) -> Claim | str:
+    """Everything about a request's signature that needs no body: the Claim, or the
+    one-line reason it is refused. A server calls this before it reads the body, so a
+    caller without the secret key gets no further than its headers."""
     now = now or datetime.now(UTC)
     path, _, query = target.partition("?")
 
@@ -167,31 +188,87 @@ def verify(
     if "host" not in names:
         return "the signature does not cover the Host header"
     if presigned:
-        payload = "UNSIGNED-PAYLOAD" if service == "s3" else hashlib.sha256(body).hexdigest()
+        payload: str | None = UNSIGNED_PAYLOAD if service == "s3" else None
     else:
         claimed = header("x-amz-content-sha256")
-        actual = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
-        if claimed and not claimed.startswith(UNSIGNED_PAYLOADS) and claimed != actual:
-            return "the body's SHA-256 is not the x-amz-content-sha256 that was signed"
-        payload = claimed or actual
-    canonical = "\n".join(
-        [
-            method.upper(),
-            _canonical_path(path, service),
-            _canonical_query(query, drop="X-Amz-Signature" if presigned else None),
-            "".join(f"{name}:{header(name)}\n" for name in names),
-            signed,
-            payload,
-        ]
-    )
-    to_sign = "\n".join(
-        [ALGORITHM, stamp, f"{date}/{region}/{service}/aws4_request", hashlib.sha256(canonical.encode()).hexdigest()]
-    )
-    expected = hmac.new(
-        _signing_key(credentials.secret_key, date, region, service), to_sign.encode(), hashlib.sha256
-    ).hexdigest()
-    if not hmac.compare_digest(expected.encode(), signature.encode()):
-        return "the signature does not match: the secret key is not the local cloud's, or the request was changed"
+        if claimed.startswith(STREAMING_PREFIX):
+            # Chunk signatures are not checked here: a signed streaming upload is refused
+            # rather than taken on its seed signature alone.
+            return (
+                f"x-amz-content-sha256 {claimed[:64]!r}: streaming (aws-chunked) uploads are not taken by the "
+                "local cloud; sign the whole payload's SHA-256, as botocore does over http"
+            )
+        if claimed == UNSIGNED_PAYLOAD and service != "s3":
+            return f"x-amz-content-sha256 UNSIGNED-PAYLOAD: only S3 takes an unsigned payload, not {service}"
+        if claimed and claimed != UNSIGNED_PAYLOAD and not _SHA256.fullmatch(claimed):
+            return "x-amz-content-sha256 is not a SHA-256 in hex, nor UNSIGNED-PAYLOAD"
+        if not claimed and service == "s3":
+            return "an S3 request must carry x-amz-content-sha256 (the payload's SHA-256 it signed)"
+        payload = claimed or None
+    canonical_headers = "".join(f"{name}:{header(name)}\n" for name in names)
+    request = _Signed(method, path, query, presigned, canonical_headers, signed, stamp, date, region, service,
+                      signature)  # fmt: skip
+    if payload is None:
+        return Claim(service, None, False, request)
+    reason = request.check(payload, credentials)
+    return reason or Claim(service, payload, True, request)
+
+
+@dataclass(frozen=True)
+class _Signed:
+    """A request's signature and what it says it covers."""
+
+    method: str
+    path: str
+    query: str
+    presigned: bool
+    canonical_headers: str
+    signed: str
+    stamp: str
+    date: str
+    region: str
+    service: str
+    signature: str
+
+    def check(self, payload: str, credentials: Credentials) -> str | None:
+        canonical = "\n".join(
+            [
+                self.method.upper(),
+                _canonical_path(self.path, self.service),
+                _canonical_query(self.query, drop="X-Amz-Signature" if self.presigned else None),
+                self.canonical_headers,
+                self.signed,
+                payload,
+            ]
+        )
+        scope = f"{self.date}/{self.region}/{self.service}/aws4_request"
+        to_sign = "\n".join([ALGORITHM, self.stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+        key = _signing_key(credentials.secret_key, self.date, self.region, self.service)
+        expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected.encode(), self.signature.encode()):
+            return "the signature does not match: the secret key is not the local cloud's, or the request was changed"
+        return None
+
+
+def verify(
+    method: str,
+    target: str,
+    headers: Mapping[str, Sequence[str]],
+    body: bytes,
+    credentials: Credentials,
+    now: datetime | None = None,
+) -> str | None:
+    """``target`` is the request line's path and query, exactly as received; ``headers``
+    maps each lower-case header name to its values. None when the signature is good and
+    covers this body; otherwise the one-line reason the request is refused."""
+    claim = screen(method, target, headers, credentials, now)
+    if isinstance(claim, str):
+        return claim
+    actual = hashlib.sha256(body).hexdigest()
+    if claim.payload is None:  # the signature covers the body's hash, which it does not send
+        return claim.signature.check(actual, credentials)
+    if claim.payload != UNSIGNED_PAYLOAD and claim.payload != actual:
+        return "the body's SHA-256 is not the x-amz-content-sha256 that was signed"
     return None
 
 

@@ -9,51 +9,32 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import threading
 import uuid
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from ..gateway import LOOPBACK_HOSTS, credentials_from_env, host_name
-from ..sigv4 import Credentials, verify
+from ..gateway import Refusal, check_body, credentials_from_env, screen_request
+from ..httpserve import Handler, LoopbackServer
+from ..sigv4 import Credentials
 from .backend import ENTRY_POINTS, LocalSageMaker
 from .common import Emit, json_default
 from .exceptions import ServiceError
 
 log = logging.getLogger("tuneloop.sagemaker")
-# The largest request body: an InvokeEndpoint payload is at most 6 MB on AWS.
-MAX_BODY_BYTES = 6 * 1024 * 1024 + 1024
 
 
-class SageMakerHttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that hangs up mid-request is not an error worth a traceback."""
-        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
-            return
-        super().handle_error(request, client_address)
-
+class SageMakerHttpServer(LoopbackServer):
     def __init__(self, backend: LocalSageMaker, credentials: Credentials, port: int = 0) -> None:
         self.backend = backend
         self.credentials = credentials
-        super().__init__(("127.0.0.1", port), _Handler)
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
+        super().__init__(_Handler, port)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler):
     server: SageMakerHttpServer
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out as two writes; with Nagle on, the second waits for the
-    # client's delayed ACK of the first: +40 ms on a kept-alive connection.
-    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -67,26 +48,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _verified_body(self) -> bytes | None:
         """The request's body once the caller is known to hold the local cloud's
-        credentials; None once refused."""
-        host = host_name(self.headers.get("Host") or "")
-        if host not in LOOPBACK_HOSTS:
-            self._refuse(403, "AccessDeniedException", f"Host {host!r} is not this machine's loopback")
-            return None
-        declared = self.headers.get("Content-Length") or "0"
-        if not (declared.isascii() and declared.isdigit()):
-            self._refuse(400, "ValidationException", f"Content-Length {declared[:32]!r} is not a byte count")
-            return None
-        if int(declared) > MAX_BODY_BYTES:
-            self._refuse(413, "ValidationException", f"a request body over {MAX_BODY_BYTES} bytes")
-            return None
-        body = self.rfile.read(int(declared)) if int(declared) else b""
+        credentials (the headers screened before the body is read); None once refused."""
         headers: dict[str, list[str]] = {}
         for name, value in self.headers.items():
             headers.setdefault(name.lower(), []).append(value)
-        reason = verify(self.command, self.path, headers, body, self.server.credentials)
-        if reason:
-            code = "InvalidSignatureException" if "signature" in reason else "UnrecognizedClientException"
-            self._refuse(403, code, reason)
+        screened = screen_request(self.command, self.path, headers, self.server.credentials, json_protocol=True)
+        if isinstance(screened, Refusal):
+            self._refuse(screened.status, screened.code, screened.message)
+            return None
+        declared = int(self.headers.get("Content-Length") or "0")
+        body = self.rfile.read(declared) if declared else b""
+        refused = check_body(self.command, self.path, headers, body, self.server.credentials, json_protocol=True)
+        if refused:
+            self._refuse(refused.status, refused.code, refused.message)
             return None
         return body
 

@@ -1,0 +1,81 @@
+"""The local cloud's HTTP servers bound their connection threads and time out idle
+sockets: a caller that opens connections and sends nothing cannot hold the server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tuneloop.local.gateway import moto_server
+from tuneloop.local.httpserve import Handler, LoopbackServer
+
+
+class Hello(Handler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        self.wfile.write(b"hello")
+
+
+def hello_app(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Length", "5")])
+    return [b"hello"]
+
+
+@pytest.fixture(params=["http.server", "moto's werkzeug"])
+def server(request: pytest.FixtureRequest) -> Iterator[Any]:
+    built = LoopbackServer(Hello) if request.param == "http.server" else moto_server(hello_app)
+    built.idle_timeout_s, built.max_connections, built.queue_wait_s = 0.5, 2, 0.2
+    thread = threading.Thread(target=built.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield built
+    built.shutdown()
+    built.server_close()
+
+
+def port(server: Any) -> int:
+    return int(server.server_address[1])
+
+
+def get(server: Any) -> bytes:
+    with socket.create_connection(("127.0.0.1", port(server)), timeout=5) as connection:
+        connection.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        return b"".join(iter(lambda: connection.recv(4096), b""))
+
+
+def test_it_listens_on_loopback_only(server: Any) -> None:
+    assert server.server_address[0] == "127.0.0.1"
+    assert get(server).endswith(b"hello")
+
+
+def test_an_idle_connection_is_closed_and_gives_its_thread_back(server: Any) -> None:
+    quiet = socket.create_connection(("127.0.0.1", port(server)), timeout=5)
+    quiet.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers that never end
+    started = time.monotonic()
+    b"".join(iter(lambda: quiet.recv(4096), b""))  # until the server closes it (a 5 s timeout fails the test)
+    waited = time.monotonic() - started
+    assert waited < 3, f"the idle connection stayed open {waited:.1f}s"
+    quiet.close()
+    assert get(server).endswith(b"hello")
+
+
+def test_connections_beyond_the_bound_are_refused_not_given_threads(server: Any) -> None:
+    held = [socket.create_connection(("127.0.0.1", port(server)), timeout=5) for _ in range(2)]
+    try:
+        time.sleep(0.1)  # both accepted, each holding its thread
+        answer = get(server)
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:60]
+    finally:
+        for connection in held:
+            connection.close()
+    time.sleep(0.6)  # the held threads end (closed by their clients, or their idle timeout)
+    assert get(server).endswith(b"hello")
