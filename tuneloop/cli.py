@@ -237,15 +237,18 @@ def ui_backend(args: argparse.Namespace) -> Any:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from .ui.server import UiServer
+    from .ui.server import LINK_TTL_S, UiServer
 
     server = UiServer(ui_backend(args), args.port)
-    print(f"dashboard ({server.backend.name}): {server.url}", flush=True)
-    print("only this link opens it (it carries the session secret); Ctrl-C stops it", flush=True)
+    link = server.link()
+    print(f"dashboard ({server.backend.name}): {link}", flush=True)
+    print(f"the link opens it once, within {LINK_TTL_S / 60:.0f} minutes; Enter prints a new one; Ctrl-C stops it",
+          flush=True)  # fmt: skip
+    server.offer_links()
     if not args.no_open:
         import webbrowser
 
-        webbrowser.open(server.url)
+        webbrowser.open(link)
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

@@ -249,14 +249,16 @@ def wait_child(api: client.Api, project: str, parent: str, timeout: float) -> di
 
 
 def run(args: argparse.Namespace) -> int:
-    from .ui.server import LocalBackend, UiServer
+    from .ui.server import LINK_TTL_S, LocalBackend, UiServer
 
     timeline = Timeline()
     cloud.up(clean=True)
     dashboard = UiServer(LocalBackend(cloud.load_state))
     dashboard.serve_in_background()
     try:
-        print(f"\nwatch it in the dashboard while it runs: {dashboard.url}")
+        print(f"\nwatch it in the dashboard while it runs: {dashboard.link()}")
+        print(f"(the link opens it once, within {LINK_TTL_S / 60:.0f} minutes; Enter prints a new one)")
+        dashboard.offer_links()
         api = client.local_api()
         spec = json.loads((client.REPO_ROOT / "examples" / "demo-project.json").read_text())
         project, endpoint = spec["name"], f"tl-{spec['name']}"

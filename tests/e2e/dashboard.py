@@ -231,8 +231,9 @@ def check_dashboard(home: Path, state: dict[str, Any], run: dict[str, Any], arti
                     f"{exc}\nat {page.url}\nrequests and console: {errors}\npage: {shown_text}"
                 ) from exc
             # axe-core in each page (its script is injected, so this context lets it past the CSP).
-            audit = browser.new_context(bypass_csp=True).new_page()
-            audit.goto(url)
+            # The link opened the dashboard once: this context takes the session it started.
+            audit = browser.new_context(bypass_csp=True, storage_state=context.storage_state()).new_page()
+            assert audit.goto(url).status == 403  # used
             for path in ("/", "/runs", f"/runs/{run_id}", "/projects/demo", "/projects/demo/endpoint"):
                 audit.goto(f"{origin}{path}")
                 audit.locator("main table, main textarea").locator("visible=true").first.wait_for()

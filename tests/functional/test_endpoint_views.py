@@ -202,7 +202,7 @@ class Described:
 @contextmanager
 def dashboard_over_the_app() -> Iterator[Any]:
     """The app behind the local API server, the dashboard's server in front of it, and a
-    headless Chromium on it (signed in); yields (page, origin, errors, browser)."""
+    headless Chromium on it (signed in); yields (page, origin, errors, browser, a maker of sign-in links)."""
     import app as app_module
     from tests.e2e.dashboard import BROWSER_ARGS, CHROMIUM, browser_ready
     from tuneloop.local.apiserver import ApiServer
@@ -225,8 +225,8 @@ def dashboard_over_the_app() -> Iterator[Any]:
                 page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 page.on("response", lambda r: errors.append(f"{r.status}: {r.url}") if r.status >= 400 else None)
-                page.goto(ui.url)
-                yield page, f"http://127.0.0.1:{ui.port}", errors, browser, ui.url
+                page.goto(ui.link())
+                yield page, f"http://127.0.0.1:{ui.port}", errors, browser, ui.link
             finally:
                 browser.close()
     finally:
@@ -266,7 +266,7 @@ def test_the_endpoint_page_during_a_canary_in_a_browser(deps: Any, watched: Any,
         assert page.locator("main tbody tr td").nth(5).inner_text() == "prediction_psi"
         assert errors == [], errors
         audit = browser.new_context(bypass_csp=True).new_page()
-        audit.goto(signin)
+        audit.goto(signin())  # a link opens the dashboard once: a new one
         for path in ("/", f"/projects/{project}/endpoint"):
             audit.goto(f"{origin}{path}")
             audit.wait_for_selector("main table")

@@ -1,6 +1,8 @@
-"""The dashboard's server: only its starter gets in (session secret → cookie, loopback Host,
-no foreign Origin), pages reload at their URLs, /api/ is forwarded, and a deployed stage's
-calls are SigV4-signed with the caller's credentials (checked by the local cloud's verifier)."""
+"""The dashboard's server: only its starter gets in (a single-use, short-lived link code →
+a session cookie; a loopback Host; for changes, this server's own Origin, a JSON body and
+the session's CSRF token), pages reload at their URLs, /api/ is forwarded, and a deployed
+stage's calls are SigV4-signed with the caller's credentials (checked by the local
+cloud's verifier)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pytest
 from botocore.credentials import Credentials
 
 from tuneloop.local import sigv4
-from tuneloop.ui.server import Backend, StageBackend, UiServer
+from tuneloop.ui.server import LINK_TTL_S, Backend, StageBackend, UiServer
 
 
 class Recorder(Backend):
@@ -50,18 +52,27 @@ def request(server: UiServer, method: str, path: str, headers: dict[str, str] | 
 
 
 def signed_in(server: UiServer) -> dict[str, str]:
-    status, headers, _ = request(server, "GET", f"/runs/abc?state=deployed&session={server.secret}")
-    assert status == 303 and headers["location"] == "/runs/abc?state=deployed"  # the secret leaves the URL
+    link = server.link()
+    code = link.split("session=")[1]
+    status, headers, _ = request(server, "GET", f"/runs/abc?state=deployed&session={code}")
+    assert status == 303 and headers["location"] == "/runs/abc?state=deployed"  # the code leaves the URL
     cookie = headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert code not in cookie  # the session is not the code
     return {"Cookie": cookie.split(";")[0]}
+
+
+def csrf(server: UiServer, cookie: dict[str, str]) -> str:
+    status, _, body = request(server, "GET", "/ui/info", cookie)
+    assert status == 200
+    return str(json.loads(body)["csrf"])
 
 
 def test_only_the_session_link_opens_the_dashboard(ui: tuple[UiServer, Recorder]) -> None:
     server, backend = ui
     assert request(server, "GET", "/")[0] == 401
     assert request(server, "GET", "/api/projects")[0] == 401 and backend.calls == []
-    assert request(server, "GET", "/?session=not-the-secret")[0] == 403
+    assert request(server, "GET", "/?session=not-the-code")[0] == 403
     assert request(server, "GET", "/", {"Cookie": "tl_session=guess"})[0] == 401
     cookie = signed_in(server)
     for page in ("/", "/projects", "/projects/demo", "/runs", "/runs/abc"):
@@ -75,24 +86,76 @@ def test_only_the_session_link_opens_the_dashboard(ui: tuple[UiServer, Recorder]
     assert request(server, "GET", "/static/%2e%2e/server.py")[0] == 404
 
 
+def test_a_link_opens_the_dashboard_once_and_only_for_a_while() -> None:
+    """The link goes on the browser's command line and into its history: once used, or
+    after LINK_TTL_S, its code opens nothing."""
+    now = [1000.0]
+    server = UiServer(Recorder(), clock=lambda: now[0])
+    server.serve_in_background()
+    try:
+        code = server.link().split("session=")[1]
+        assert request(server, "GET", f"/?session={code}")[0] == 303
+        assert request(server, "GET", f"/?session={code}")[0] == 403  # used
+        late = server.link().split("session=")[1]
+        now[0] += LINK_TTL_S + 1
+        assert request(server, "GET", f"/?session={late}")[0] == 403  # expired
+        assert request(server, "GET", f"/?session={server.link().split('session=')[1]}")[0] == 303
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_api_calls_are_forwarded_and_foreign_callers_refused(ui: tuple[UiServer, Recorder]) -> None:
     server, backend = ui
     cookie = signed_in(server)
     status, _, body = request(server, "GET", "/api/runs?project=demo&limit=5", cookie)
     assert status == 200 and json.loads(body) == {"echo": "/runs?project=demo&limit=5"}
     payload = json.dumps({"reason": "x"}).encode()
-    same_site = {**cookie, "Origin": f"http://127.0.0.1:{server.port}", "Content-Type": "application/json"}
-    status, _, _ = request(server, "POST", "/api/runs/abc/stop", same_site, payload)
+    token = csrf(server, cookie)
+    own = {**cookie, "Origin": f"http://127.0.0.1:{server.port}", "Content-Type": "application/json",
+           "X-Tuneloop-CSRF": token}  # fmt: skip
+    status, _, _ = request(server, "POST", "/api/runs/abc/stop", own, payload)
     assert status == 200 and backend.calls[-1] == ("POST", "/runs/abc/stop", payload)
     calls = len(backend.calls)
     # Another site's page (a forged form or fetch), a rebinding DNS name, no session: refused.
-    assert request(server, "POST", "/api/runs/abc/stop", {**cookie, "Origin": "https://evil.example"}, b"{}")[0] == 403
+    assert request(server, "POST", "/api/runs/abc/stop", {**own, "Origin": "https://evil.example"}, b"{}")[0] == 403
     assert request(server, "GET", "/api/projects", {**cookie, "Host": "evil.example"})[0] == 403
     assert request(server, "POST", "/api/runs/abc/stop", {}, b"{}")[0] == 401
-    assert request(server, "POST", "/runs/abc", cookie, b"{}")[0] == 405
-    assert request(server, "PUT", "/api/projects/demo", {**cookie, "Content-Length": str(10**7)})[0] == 413
+    assert request(server, "POST", "/runs/abc", own, b"{}")[0] == 405
+    assert request(server, "PUT", "/api/projects/demo", {**own, "Content-Length": str(10**7)})[0] == 413
     assert len(backend.calls) == calls
-    assert json.loads(request(server, "GET", "/ui/info", cookie)[2]) == {"backend": "a recorder"}
+    assert json.loads(request(server, "GET", "/ui/info", cookie)[2]) == {"backend": "a recorder", "csrf": token}
+
+
+def test_a_page_on_another_local_port_cannot_drive_the_dashboard(ui: tuple[UiServer, Recorder]) -> None:
+    """SameSite cookies ignore the port, so a notebook or dev server on another port of
+    127.0.0.1 is a same-site page: its requests carry the cookie. It still cannot change
+    anything: the Origin must be this server's (scheme, host and port), the body JSON (a
+    form or a no-cors fetch can only send text/plain) and the session's CSRF token there
+    (which no other origin can read)."""
+    server, backend = ui
+    cookie = signed_in(server)
+    token = csrf(server, cookie)
+    own = {**cookie, "Origin": f"http://127.0.0.1:{server.port}", "Content-Type": "application/json",
+           "X-Tuneloop-CSRF": token}  # fmt: skip
+    body = json.dumps({"config": {"approval": "auto"}}).encode()
+    for changed, status in [
+        ({"Origin": f"http://127.0.0.1:{server.port + 1}"}, 403),  # another port
+        ({"Origin": f"http://localhost:{server.port + 1}"}, 403),
+        ({"Origin": f"https://127.0.0.1:{server.port}"}, 403),  # another scheme
+        ({"Origin": "null"}, 403),
+        ({"Content-Type": "text/plain"}, 415),  # a form's, a no-cors fetch's
+        ({"X-Tuneloop-CSRF": ""}, 403),
+        ({"X-Tuneloop-CSRF": "a guess"}, 403),
+    ]:
+        assert request(server, "PUT", "/api/projects/demo", {**own, **changed}, body)[0] == status, changed
+    no_origin = {k: v for k, v in own.items() if k != "Origin"}
+    assert request(server, "PUT", "/api/projects/demo", {**no_origin, "Sec-Fetch-Site": "same-site"}, body)[0] == 403
+    assert backend.calls == []
+    assert request(server, "PUT", "/api/projects/demo", own, body)[0] == 200
+    assert request(server, "PUT", "/api/projects/demo", {**own, "Origin": f"http://localhost:{server.port}"},
+                   body)[0] == 200  # fmt: skip
+    assert len(backend.calls) == 2
 
 
 class _Verifier(BaseHTTPRequestHandler):

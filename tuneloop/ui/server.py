@@ -8,11 +8,16 @@ is fetched from elsewhere) calls ``/api/…``, which this server forwards to tun
   ``execute-api``, as any IAM caller of the API), so the deployed API stays IAM-only
   (``StageBackend``).
 
-Only the person who ran ``tuneloop ui`` gets in: the URL it prints carries a one-time
-session secret, which the first visit trades for an HttpOnly, SameSite=Strict cookie;
-every later request needs that cookie, a loopback ``Host`` (no DNS rebinding) and, for
-anything that changes state, no foreign ``Origin``. Every page is a URL that reloads:
-the server answers any page path with the app, which routes on it.
+Only the person who ran ``tuneloop ui`` gets in. The link it prints carries a code that
+opens the dashboard once, within ``LINK_TTL_S``: the first visit trades it for a session
+of its own (an HttpOnly, SameSite=Strict cookie whose value is not the code), so the
+code left in the browser's command line and history opens nothing. Every request needs
+that cookie and a loopback ``Host`` (no DNS rebinding). A request that changes state also
+needs the session's CSRF token (``X-Tuneloop-CSRF``, which the page reads from
+``/ui/info``), an ``application/json`` body and, when the browser sends one, an ``Origin``
+that is exactly this server's (scheme, host and port): a page served from another port
+of this machine cannot drive it. Every page is a URL that reloads: the server answers
+any page path with the app, which routes on it.
 """
 
 from __future__ import annotations
@@ -24,20 +29,26 @@ import mimetypes
 import secrets
 import sys
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from tuneloop.local.httpserve import Handler, LoopbackServer
 
 log = logging.getLogger("tuneloop.ui")
 STATIC = Path(__file__).with_name("static")
 COOKIE = "tl_session"
+CSRF_HEADER = "X-Tuneloop-CSRF"
 PAGES = ("/", "/projects", "/runs")  # and anything under them: the app routes on the path
 MAX_BODY_BYTES = 256 * 1024  # the API's own limit
 LOOPBACK = ("127.0.0.1", "localhost")
+# How long a printed link opens the dashboard (once), and how long a session lasts.
+LINK_TTL_S = 300.0
+SESSION_TTL_S = 12 * 3600.0
 
 
 class Backend:
@@ -103,28 +114,57 @@ class StageBackend(Backend):
         return _send(request)
 
 
-class UiServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, backend: Backend, port: int = 0, secret: str | None = None) -> None:
+class UiServer(LoopbackServer):
+    def __init__(self, backend: Backend, port: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
         self.backend = backend
-        self.secret = secret or secrets.token_urlsafe(24)
-        super().__init__(("127.0.0.1", port), _Handler)
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.codes: dict[str, float] = {}  # a link's code → when it stops opening anything
+        self.sessions: dict[str, tuple[str, float]] = {}  # session id → (its CSRF token, when it ends)
+        super().__init__(_Handler, port)
 
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
+    def link(self) -> str:
+        """A new link to open: its code opens the dashboard once, within LINK_TTL_S."""
+        code = secrets.token_urlsafe(24)
+        with self.lock:
+            self.codes[code] = self.clock() + LINK_TTL_S
+        return f"http://127.0.0.1:{self.port}/?session={code}"
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A browser that navigates away mid-answer (a poll it cancelled) is no error."""
-        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
-            return
-        super().handle_error(request, client_address)
+    def redeem(self, code: str) -> str | None:
+        """A new session for a link's code, which opens nothing again; None when the code is
+        not one of this server's, was used, or has expired."""
+        with self.lock:
+            now = self.clock()
+            for known, ends in list(self.codes.items()):
+                if ends < now:
+                    del self.codes[known]
+            if not any(hmac.compare_digest(code.encode(), known.encode()) for known in self.codes):
+                return None
+            del self.codes[code]
+            session = secrets.token_urlsafe(32)
+            self.sessions[session] = (secrets.token_urlsafe(32), now + SESSION_TTL_S)
+            return session
 
-    @property
-    def url(self) -> str:
-        """What to open: the first visit trades the secret for the session cookie."""
-        return f"http://127.0.0.1:{self.port}/?session={self.secret}"
+    def csrf(self, session: str) -> str | None:
+        """The session's CSRF token; None for no live session."""
+        with self.lock:
+            found = next((s for s in self.sessions if hmac.compare_digest(s.encode(), session.encode())), None)
+            if found is None:
+                return None
+            token, ends = self.sessions[found]
+            if ends < self.clock():
+                del self.sessions[found]
+                return None
+            return token
+
+    def offer_links(self, stream: Any = None) -> None:
+        """Print a new link each time Enter is pressed (in the background, until the input ends)."""
+
+        def answer() -> None:
+            for _ in stream if stream is not None else sys.stdin:
+                print(f"a new dashboard link: {self.link()}", flush=True)
+
+        threading.Thread(target=answer, daemon=True).start()
 
     def serve_in_background(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
@@ -132,9 +172,8 @@ class UiServer(ThreadingHTTPServer):
         return thread
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler):
     server: UiServer
-    protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug(format, *args)
@@ -170,17 +209,28 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._error(403, "the dashboard answers only on 127.0.0.1")
             return False
-        origin = self.headers.get("Origin")
-        if origin and urllib.parse.urlsplit(origin).hostname not in LOOPBACK:
-            self._error(403, "requests from other sites are refused")
-            return False
         return True
 
-    def _has_session(self) -> bool:
+    def _session(self) -> str | None:
+        """The request's session id when it is a live one of this server's."""
         cookies = dict(
             part.strip().split("=", 1) for part in (self.headers.get("Cookie") or "").split(";") if "=" in part
         )
-        return hmac.compare_digest(cookies.get(COOKIE, "").encode(), self.server.secret.encode())
+        session = cookies.get(COOKIE, "")
+        return session if session and self.server.csrf(session) is not None else None
+
+    def _same_origin(self) -> bool:
+        """An Origin, when the browser sends one, must be this server's own: the same
+        scheme, host and port (another port of this machine is another site)."""
+        origin = self.headers.get("Origin")
+        if origin is None:
+            return self.headers.get("Sec-Fetch-Site") in (None, "same-origin")
+        parts = urllib.parse.urlsplit(origin)
+        try:
+            port = parts.port
+        except ValueError:
+            return False
+        return parts.scheme == "http" and parts.hostname in LOOPBACK and port == self.server.port
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -192,11 +242,13 @@ class _Handler(BaseHTTPRequestHandler):
         query = urllib.parse.parse_qs(url.query)
         offered = (query.get("session") or [""])[0]
         if offered:
-            if not hmac.compare_digest(offered.encode(), self.server.secret.encode()):
-                self._error(403, "that session link is not this dashboard's; run tuneloop ui again")
+            session = self.server.redeem(offered)
+            if session is None:
+                page = (STATIC / "signin.html").read_bytes()
+                self._reply(403, page, "text/html; charset=utf-8")
                 return
             rest = urllib.parse.urlencode([(k, v) for k, values in query.items() if k != "session" for v in values])
-            cookie = f"{COOKIE}={self.server.secret}; HttpOnly; SameSite=Strict; Path=/"
+            cookie = f"{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/"
             self._reply(
                 303, b"", "text/plain", {"Location": url.path + (f"?{rest}" if rest else ""), "Set-Cookie": cookie}
             )
@@ -204,14 +256,16 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/static/"):
             self._static(url.path[len("/static/") :])  # the app's own files need no session
             return
-        if not self._has_session():
+        session = self._session()
+        if session is None:
             page = (STATIC / "signin.html").read_bytes()
             self._reply(401, page, "text/html; charset=utf-8")
             return
         if url.path.startswith("/api/"):
             self._forward("GET", url, None)
         elif url.path == "/ui/info":
-            self._reply(200, json.dumps({"backend": self.server.backend.name}).encode())
+            info = {"backend": self.server.backend.name, "csrf": self.server.csrf(session)}
+            self._reply(200, json.dumps(info).encode())
         elif url.path in PAGES or url.path.startswith(("/projects/", "/runs/")):
             self._reply(200, (STATIC / "index.html").read_bytes(), "text/html; charset=utf-8")
         elif url.path == "/favicon.ico":
@@ -226,14 +280,32 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(int(declared))
 
     def _write(self, method: str) -> None:
+        """A state-changing request: the session, its CSRF token, this server's own
+        Origin and a JSON body, all checked before the body is read."""
         if not self._allowed():
             return
         url = urllib.parse.urlsplit(self.path)
-        if not self._has_session():
-            self._error(401, "no dashboard session: open the URL tuneloop ui printed")
+        session = self._session()
+        if session is None:
+            self.close_connection = True
+            self._error(401, "no dashboard session: open the link tuneloop ui printed")
             return
         if not url.path.startswith("/api/"):
+            self.close_connection = True
             self._error(405, f"{method} {url.path} is not allowed")
+            return
+        if not self._same_origin():
+            self.close_connection = True
+            self._error(403, f"requests from other sites are refused (Origin {self.headers.get('Origin')!r})")
+            return
+        token = self.headers.get(CSRF_HEADER) or ""
+        if not hmac.compare_digest(token.encode(), (self.server.csrf(session) or "").encode()):
+            self.close_connection = True
+            self._error(403, f"missing or wrong {CSRF_HEADER} header: reload the page")
+            return
+        if (self.headers.get("Content-Type") or "").split(";")[0].strip().lower() != "application/json":
+            self.close_connection = True
+            self._error(415, "state-changing requests must be application/json")
             return
         body = self._body()
         if body is None:

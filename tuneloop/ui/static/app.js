@@ -16,11 +16,15 @@ class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
+// This session's own facts: the API's name, and the CSRF token every change must carry.
+const info = fetch("/ui/info").then((r) => r.json());
+
 async function api(method, path, body) {
   const options = { method, headers: {} };
-  if (body !== undefined) {
-    options.body = JSON.stringify(body);
+  if (method !== "GET") {
+    options.body = JSON.stringify(body === undefined ? {} : body);
     options.headers["Content-Type"] = "application/json";
+    options.headers["X-Tuneloop-CSRF"] = (await info).csrf;
   }
   const response = await fetch(`/api${path}`, options);
   const text = await response.text();
@@ -627,7 +631,7 @@ document.addEventListener("click", (event) => {
   navigate(a.pathname + a.search);
 });
 window.addEventListener("popstate", route);
-fetch("/ui/info").then((r) => r.json()).then((info) => {
-  document.getElementById("backend").textContent = `API: ${info.backend}`;
+info.then((facts) => {
+  document.getElementById("backend").textContent = `API: ${facts.backend}`;
 }, () => {});
 route();
