@@ -105,7 +105,7 @@ def test_the_lambda_roles_enforce_the_same_limits(stage: str) -> None:
                 if action not in ("sagemaker:CreateTransformJob", "sagemaker:CreateEndpointConfig"):
                     runtime = condition["NumericLessThanEquals"]["sagemaker:MaxRuntimeInSeconds"]
                     assert int(runtime) == limits.max_runtime_s, (path.name, action)
-            if sid in ("DataBucketObjects", "DataBucketList"):  # the stage's bucket in this account
+            if sid in ("DataBucketObjects", "DataBucketList", "FeedbackLabels"):  # the stage's bucket in this account
                 assert statement["Condition"] == {"StringEquals": {"s3:ResourceAccount": "${aws:PrincipalAccount}"}}
     assert {
         "sagemaker:CreateProcessingJob", "sagemaker:CreateTrainingJob", "sagemaker:CreateHyperParameterTuningJob",
