@@ -86,7 +86,7 @@ def main() -> int:
             stage="bench", region="us-east-1", bucket="bench", projects_table="p", runs_table="r",
             role_arn="arn:aws:iam::123456789012:role/bench", training_image="local/training",
             processing_image="local/processing",
-            code_uri=sagemaker_server.upload_code(s3, REPO / "training", "bench"),
+            code_uri=http_server.backend.stage_code(REPO / "training", "bench"),
         )  # fmt: skip
         run = Run(run_id, "bench", RunState.TRAINING, config, "s3://bench/datasets/x.jsonl", datetime.now(UTC))
 

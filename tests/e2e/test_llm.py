@@ -142,6 +142,14 @@ def check_a_two_process_job_listens_on_loopback_only(home: Path, state: dict[str
     servers = [pid for pid in cloud_processes(state) if b"tuneloop.local.serving" in cmdline(pid)]
     assert servers, "no model server is running"
     check_loopback_only(state, must_include=seen + sockets.listening(servers))
+    for pid in servers:  # a model server holds no AWS credentials and none of the local cloud's secrets
+        environ = [item.split(b"=", 1)[0].decode() for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")]
+        held = [
+            n
+            for n in environ
+            if n.startswith("AWS_") or (n.startswith("TUNELOOP_") and n != "TUNELOOP_MODEL_SERVER_TOKEN")
+        ]
+        assert held == [], held
     run_id = http(state, "GET", "/runs?project=llm-pair")[1]["runs"][0]["run_id"]
     assert http(state, "POST", f"/runs/{run_id}/stop")[0] == 202
     wait_for(lambda: http(state, "GET", f"/runs/{run_id}")[1]["state"] == "stopped", 120, "the pair's run stopped")

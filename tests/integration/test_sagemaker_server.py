@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 RUN_ID = "sssssssssss2"
 # tuneloop's own entry points, and the test objective some jobs here run.
 ENTRY_POINTS = sagemaker_server.ENTRY_POINTS | {"objective.py"}
+OBJECTIVE = Path(__file__).parent / "objective"
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,9 @@ def server(
         stage="test", region="us-east-1", bucket=BUCKET, projects_table="p", runs_table="r",
         role_arn="arn:aws:iam::123456789012:role/tuneloop-test-sagemaker-execution",
         training_image="local/training", processing_image="local/processing",
-        code_uri=sagemaker_server.upload_code(s3, REPO / "training", BUCKET),
+        code_uri=http.backend.stage_code(REPO / "training", BUCKET),
     )  # fmt: skip
+    http.backend.stage_code(OBJECTIVE, BUCKET)
     yield client, events, settings
     http.shutdown()
 
@@ -217,6 +219,7 @@ def test_a_restart_resumes_training_from_its_checkpoint(server: Any, tmp_path: P
     ensure_prepared(client, settings)
     s3 = boto3.client("s3")
     backend = sagemaker_server.LocalSageMaker(tmp_path, s3, lambda event: None)
+    backend.stage_code(REPO / "training", BUCKET)
     # No timed checkpoint: what the job resumes from is what its SIGTERM saved.
     run = run_for(hyperparameters={"max_steps": 40, "batch_size": 4, "log_every": 1, "checkpoint_interval_s": 3600})
     request = training_request(
@@ -259,6 +262,7 @@ def test_a_dead_servers_job_process_is_reclaimed_and_the_job_run_again(server: A
     _, _, settings = server
     s3 = boto3.client("s3")
     dead = sagemaker_server.LocalSageMaker(tmp_path, s3, lambda event: None, entry_points=ENTRY_POINTS)
+    dead.stage_code(REPO / "training", BUCKET)
     run = run_for()
     request = prepare_request(
         StartProcessingJob(RUN_ID, "demo", names.job_name(RUN_ID, "prepare", 7), "prepare", run.dataset_uri),
@@ -266,7 +270,7 @@ def test_a_dead_servers_job_process_is_reclaimed_and_the_job_run_again(server: A
         settings,
     )
     # A long job: objective.py's epochs, as the job's code.
-    code = sagemaker_server.upload_code(s3, Path(__file__).parent / "objective", BUCKET)
+    code = dead.stage_code(OBJECTIVE, BUCKET)
     request["ProcessingInputs"][0]["S3Input"]["S3Uri"] = f"{code}/source/"
     request["AppSpecification"] = {
         "ImageUri": "local/processing",
@@ -338,8 +342,7 @@ def test_model_registry(server: Any) -> None:
 
 def objective_tuning_request(settings: Settings, name: str, **config: Any) -> dict[str, Any]:
     """A tuning job over objective.py: one continuous hyperparameter with a known optimum."""
-    s3 = boto3.client("s3")
-    code = sagemaker_server.upload_code(s3, Path(__file__).parent / "objective", BUCKET)
+    code = sagemaker_server.upload_code(boto3.client("s3"), OBJECTIVE, BUCKET)  # staged by the fixture
     return {
         "HyperParameterTuningJobName": name,
         "HyperParameterTuningJobConfig": {
@@ -449,6 +452,7 @@ def test_a_restart_resumes_a_tuning_job_with_its_trials(server: Any, tmp_path: P
     request["HyperParameterTuningJobConfig"]["TrainingJobEarlyStoppingType"] = "Off"
     request["TrainingJobDefinition"]["StaticHyperParameters"]["epoch-seconds"] = "0.8"
     first = sagemaker_server.LocalSageMaker(tmp_path, s3, lambda event: None, entry_points=ENTRY_POINTS)
+    first.stage_code(OBJECTIVE, BUCKET)  # the second server trusts it too: it is kept in its home
     first.call("CreateHyperParameterTuningJob", request)
     wait_for(lambda: first.describe("tuning", name)["TrainingJobStatusCounters"]["Completed"] >= 1, 120)
     first.close()
@@ -564,3 +568,112 @@ def test_only_the_local_clouds_callers_reach_it_and_only_tuneloops_programs_run(
     with pytest.raises(ClientError) as info:
         client.create_training_job(**train)
     assert "runs only" in info.value.response["Error"]["Message"]
+
+
+def refused(create: Any, request: dict[str, Any]) -> str:
+    """The ValidationException message a create call is refused with."""
+    with pytest.raises(ClientError) as info:
+        create(**request)
+    assert info.value.response["Error"]["Code"] == "ValidationException", info.value.response
+    return str(info.value.response["Error"]["Message"])
+
+
+def test_jobs_run_only_the_code_tuneloop_staged_with_no_environment_that_changes_what_runs(server: Any) -> None:
+    """The entry point's name is not enough: its code must be the code tuneloop staged
+    (the location, and the bytes, pinned by SHA-256); no environment variable may change how
+    Python, the loader or pip behave; and a processing job reads and writes only under
+    /opt/ml/processing/, as on AWS."""
+    import copy
+
+    client, _, settings = server
+    run = run_for()
+    prepare = prepare_request(
+        StartProcessingJob(RUN_ID, "demo", names.job_name(RUN_ID, "prepare", 60), "prepare", run.dataset_uri),
+        run,
+        settings,
+    )
+    s3 = boto3.client("s3")
+    # Another copy of prepare.py, uploaded by whoever can write to the bucket.
+    s3.put_object(Bucket=BUCKET, Key="code/theirs/source/prepare.py", Body=b"import os; os.system('id')\n")
+    theirs = copy.deepcopy(prepare)
+    theirs["ProcessingInputs"][0]["S3Input"]["S3Uri"] = f"s3://{BUCKET}/code/theirs/source/"
+    assert "runs only code tuneloop staged" in refused(client.create_processing_job, theirs)
+    twice = copy.deepcopy(prepare)
+    extra = copy.deepcopy(prepare["ProcessingInputs"][0])
+    extra["InputName"], extra["S3Input"]["LocalPath"] = "more", "/opt/ml/processing/input/code/lib"
+    twice["ProcessingInputs"].append(extra)
+    assert "only the code input" in refused(client.create_processing_job, twice)
+    for path in ("/opt/ml/processing/input/../../../../tmp/escaped", "/tmp/escaped", "/opt/ml/processing/./x"):
+        outside = copy.deepcopy(prepare)
+        outside["ProcessingInputs"][1]["S3Input"]["LocalPath"] = path
+        assert "must be a path under /opt/ml/processing/" in refused(client.create_processing_job, outside)
+        outside = copy.deepcopy(prepare)
+        outside["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["LocalPath"] = path
+        assert "must be a path under /opt/ml/processing/" in refused(client.create_processing_job, outside)
+    for name, value in (("LD_PRELOAD", "/tmp/x.so"), ("PYTHONPATH", "/tmp"), ("PIP_INDEX_URL", "http://x"),
+                        ("PATH", "/tmp"), ("AWS_ENDPOINT_URL_S3", "http://x")):  # fmt: skip
+        loaded = {**copy.deepcopy(prepare), "Environment": {name: value}}
+        assert f"Environment.{name}: the local SageMaker does not let a job set" in refused(
+            client.create_processing_job, loaded
+        )
+    train = training_request(StartTrainingJob(RUN_ID, "demo", names.job_name(RUN_ID, "train", 60), attempt=60), run,
+                             settings)  # fmt: skip
+    for submit in ('"/tmp/their-code"', f'"s3://{BUCKET}/code/theirs/sourcedir.tar.gz"'):
+        elsewhere = copy.deepcopy(train)
+        elsewhere["HyperParameters"]["sagemaker_submit_directory"] = submit
+        assert "runs only code tuneloop staged" in refused(client.create_training_job, elsewhere)
+    preloaded = {**train, "Environment": {"LD_PRELOAD": "x"}}
+    assert "Environment.LD_PRELOAD" in refused(client.create_training_job, preloaded)
+
+    # The staged code replaced after it was staged: the job fails, and says why.
+    key = settings.code_uri.removeprefix(f"s3://{BUCKET}/") + "/source/prepare.py"
+    original = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    s3.put_object(Bucket=BUCKET, Key=key, Body=original + b"\nimport os; os.system('id')\n")
+    try:
+        client.create_processing_job(**prepare)
+        done = wait_done(lambda: client.describe_processing_job(ProcessingJobName=prepare["ProcessingJobName"]),
+                         "ProcessingJobStatus")  # fmt: skip
+    finally:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=original)
+    assert done["ProcessingJobStatus"] == "Failed"
+    assert "is not the code tuneloop staged there" in done["FailureReason"]
+
+
+def test_a_job_gets_the_execution_roles_view_of_the_environment_only(
+    server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's processes see neither the API's bearer token nor the local cloud's own
+    settings and endpoints: only the credentials and the endpoints of what the execution
+    role reaches (S3, CloudWatch)."""
+    _, _, settings = server
+    monkeypatch.setenv("TUNELOOP_API_TOKEN", "the-apis-token")
+    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path))
+    s3 = boto3.client("s3")
+    backend = sagemaker_server.LocalSageMaker(tmp_path, s3, lambda event: None, entry_points=ENTRY_POINTS)
+    code = backend.stage_code(OBJECTIVE, BUCKET)
+    run = run_for()
+    request = prepare_request(
+        StartProcessingJob(RUN_ID, "demo", names.job_name(RUN_ID, "prepare", 61), "prepare", run.dataset_uri),
+        run,
+        settings,
+    )
+    request["ProcessingInputs"][0]["S3Input"]["S3Uri"] = f"{code}/source/"
+    request["AppSpecification"] = {
+        "ImageUri": "local/processing",
+        "ContainerEntrypoint": ["python3", "/opt/ml/processing/input/code/objective.py"],
+        "ContainerArguments": ["--knob", "0.3", "--epoch-seconds", "600"],
+    }
+    backend.call("CreateProcessingJob", request)
+    job = backend.jobs[("processing", request["ProcessingJobName"])]
+    try:
+        wait_for(lambda: job.process is not None, 120)
+        assert job.process is not None
+        raw = Path(f"/proc/{job.process.pid}/environ").read_bytes().split(b"\0")
+        environ = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+        assert not [name for name in environ if name.startswith("TUNELOOP_")], environ.keys()
+        assert {"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_CLOUDWATCH", "AWS_ACCESS_KEY_ID"} <= set(environ)
+        assert "AWS_ENDPOINT_URL_DYNAMODB" not in environ and "AWS_ENDPOINT_URL_SQS" not in environ
+    finally:
+        backend.call("StopProcessingJob", {"ProcessingJobName": request["ProcessingJobName"]})
+        wait_done(lambda: backend.describe("processing", request["ProcessingJobName"]), "ProcessingJobStatus")
+        backend.close()

@@ -31,7 +31,7 @@ def server(local_services: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
     events: list[dict[str, Any]] = []
     http = sagemaker_server.serve(home, s3, events.append, entry_points=sagemaker_server.ENTRY_POINTS | {"probe.py"})
     client = boto3.client("sagemaker", endpoint_url=f"http://127.0.0.1:{http.port}")
-    code = sagemaker_server.upload_code(s3, PROBE, BUCKET)
+    code = http.backend.stage_code(PROBE, BUCKET)
     yield client, home, code
     http.shutdown()
     http.backend.close()  # its warm instances end with it
@@ -173,6 +173,7 @@ def test_a_restarted_server_finds_its_predecessors_pools_gone(server: Any, tmp_p
     _, _, code = server
     s3 = boto3.client("s3")
     first = sagemaker_server.LocalSageMaker(tmp_path, s3, lambda event: None, entry_points=frozenset({"probe.py"}))
+    first.stage_code(PROBE, BUCKET)
     first.call("CreateTrainingJob", request(code, "warm-restart", 60))
     wait_for(
         lambda: first.describe("training", "warm-restart")["TrainingJobStatus"] == "Completed",

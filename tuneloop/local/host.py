@@ -98,7 +98,7 @@ LOCAL_ROLE = "arn:aws:iam::123456789012:role/tuneloop-local-sagemaker-execution"
 
 def start_sagemaker(home: Path, bucket: str, router: EventRouter) -> Any:
     """The local SageMaker server, and the app's settings that point jobs at it."""
-    from .sagemaker import serve, upload_code
+    from .sagemaker import serve
 
     s3 = boto3.client("s3")
     port = int(os.environ.get("TUNELOOP_SAGEMAKER_PORT", "0"))
@@ -111,7 +111,8 @@ def start_sagemaker(home: Path, bucket: str, router: EventRouter) -> Any:
     os.environ.setdefault("TUNELOOP_PROCESSING_IMAGE", "tuneloop-local/pytorch-processing")
     os.environ.setdefault("TUNELOOP_INFERENCE_IMAGE", "tuneloop-local/huggingface-pytorch-inference")
     os.environ.setdefault("TUNELOOP_STREAMING_IMAGE", "tuneloop-local/pytorch-inference")
-    os.environ["TUNELOOP_CODE_URI"] = upload_code(s3, REPO_ROOT / "training", bucket)
+    # The only code its jobs may run: this version of training/, pinned by its SHA-256.
+    os.environ["TUNELOOP_CODE_URI"] = server.backend.stage_code(REPO_ROOT / "training", bucket)
     # The reconciler runs every 30 s here (5 minutes on AWS): ask about a silent run after a minute.
     os.environ.setdefault("TUNELOOP_SWEEP_GRACE_S", "60")
     os.environ.setdefault("TUNELOOP_OFFLINE_MODELS", "1")  # its jobs reach no model hub
@@ -135,7 +136,7 @@ def build_router(app_module: ModuleType, dead_letters: Path | None, dropped: Pat
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     home = Path(os.environ["TUNELOOP_HOME"])
-    token = os.environ["TUNELOOP_API_TOKEN"]
+    token = os.environ.pop("TUNELOOP_API_TOKEN")  # the API's alone: no job or model server inherits it
     port = int(os.environ.get("TUNELOOP_API_PORT", "0"))
     bucket = os.environ["TUNELOOP_BUCKET"]
     app_module = load_app()

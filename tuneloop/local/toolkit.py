@@ -88,10 +88,33 @@ def lay_out(base: Path, hyperparameters: Mapping[str, str], channels: Mapping[st
     return layout
 
 
+# What the execution role reaches: a job's processes get the local cloud's endpoints for
+# these and no other (on AWS its role allows S3 and CloudWatch's PutMetricData).
+ROLE_SERVICES = ("S3", "CLOUDWATCH")
+_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def role_environment(aws: bool = True) -> dict[str, str]:
+    """The environment a job's or a model server's processes start from: this process's,
+    less what is the local cloud's own (the API's bearer token, its settings, the other
+    services' endpoints). ``aws``: with the credentials and the endpoints of the services
+    the execution role reaches; a model server gets none (the runtime captures for it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TUNELOOP_"))}
+    if "TUNELOOP_LOG_LEVEL" in os.environ:
+        env["TUNELOOP_LOG_LEVEL"] = os.environ["TUNELOOP_LOG_LEVEL"]
+    if aws:
+        env.update({k: os.environ[k] for k in _CREDENTIALS if k in os.environ})
+        for service in ROLE_SERVICES:
+            endpoint = os.environ.get(f"AWS_ENDPOINT_URL_{service}")
+            if endpoint:
+                env[f"AWS_ENDPOINT_URL_{service}"] = endpoint
+    return env
+
+
 def instance_environment() -> dict[str, str]:
     """What every training process here starts with (a warm instance too)."""
     return {
-        **os.environ,
+        **role_environment(),
         "PIP_NO_INDEX": "1",  # a requirements.txt must be satisfied already: never a network install
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         "HF_HUB_OFFLINE": "1",

@@ -3,6 +3,7 @@ wire protocol dispatches to. Persisted under ``home`` so Describe survives resta
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import threading
@@ -13,20 +14,39 @@ from typing import Any
 
 from .. import toolkit
 from ..processes import ProcessRecord, reclaim
-from .common import Emit, envelope, read_json, write_json
+from .common import PROCESSING_CODE, PROCESSING_ROOT, Emit, envelope, read_json, write_json
 from .exceptions import ServiceError
 from .hosting import Hosting
 from .jobs import PROCESS_FILE, REQUEST_FILE, STOP_GRACE_S, Job, ProcessingJob, TrainingJob, TransformJob
 from .registry import Registry
 from .runtime import Runtime
+from .staging import code_digest, upload_code
 from .tuning import TuningJob
 from .validation import validate
 from .warmpool import WarmPools, terminated
 
 # The programs tuneloop's jobs run: the processing scripts and the training entry point.
 ENTRY_POINTS = frozenset({"prepare.py", "evaluate.py", "drift.py", "train.py"})
-PROCESSING_CODE = "/opt/ml/processing/input/code"
+# The code versions this server may run (their S3 location → SHA-256), kept across restarts.
+TRUSTED_CODE_FILE = "trusted-code.json"
+# Environment variables a job's request may not set: they change how Python, the dynamic
+# loader, pip or the training toolkit behave (which code runs, from where), or are the
+# local cloud's own (credentials, endpoints, settings).
+REFUSED_ENVIRONMENT_PREFIXES = ("LD_", "DYLD_", "PYTHON", "PIP_", "SAGEMAKER_", "SM_", "AWS_", "TUNELOOP_")
+REFUSED_ENVIRONMENT_NAMES = frozenset({"PATH", "HOME", "BASH_ENV", "ENV", "GLIBC_TUNABLES", "GCONV_PATH", "LOCPATH"})
 log = logging.getLogger("tuneloop.sagemaker")
+
+
+def _refused_variable(name: str) -> bool:
+    upper = name.upper()
+    return upper in REFUSED_ENVIRONMENT_NAMES or upper.startswith(REFUSED_ENVIRONMENT_PREFIXES)
+
+
+def _processing_path(path: object) -> bool:
+    """Under /opt/ml/processing/, as SageMaker requires, with no '.' or '..' segments."""
+    if not isinstance(path, str) or not path.startswith(PROCESSING_ROOT + "/"):
+        return False
+    return all(part not in ("", ".", "..") for part in path[len(PROCESSING_ROOT) + 1 :].rstrip("/").split("/"))
 
 
 class LocalSageMaker:
@@ -44,6 +64,8 @@ class LocalSageMaker:
     ) -> None:
         self.home = home
         self.entry_points = entry_points
+        trusted = read_json(home / TRUSTED_CODE_FILE)
+        self.trusted_code: dict[str, str] = dict(trusted) if isinstance(trusted, dict) else {}
         self.s3 = s3
         self.emit = emit
         self.jobs: dict[tuple[str, str], Job] = {}
@@ -133,36 +155,129 @@ class LocalSageMaker:
         if job is not None:
             self.save(job)
 
-    def check_entry_point(self, kind: str, request: dict[str, Any]) -> None:
-        """Only the programs tuneloop's own jobs run: a job runs as the user who started the
-        local cloud, so a request naming another program (``bash -c …``) is refused."""
+    def stage_code(self, source: Path, bucket: str) -> str:
+        """Upload a code folder as SageMaker jobs read it (``staging.upload_code``) and
+        trust that version: its location and SHA-256 are the only code jobs may run."""
+        uri = upload_code(self.s3, source, bucket)
+        with self.lock:
+            self.trusted_code[uri] = code_digest(source)
+            write_json(self.home / TRUSTED_CODE_FILE, self.trusted_code)
+        return uri
+
+    def verify_code(self, uri: str, folder: Path) -> None:
+        """The code a job downloaded from ``uri`` must be, byte for byte, what was staged there."""
+        expected = self.trusted_code.get(uri)
+        actual = code_digest(folder)
+        if expected is None or not hmac.compare_digest(actual, expected):
+            raise ServiceError(
+                "ValidationException",
+                f"the code at {uri} is not the code tuneloop staged there (SHA-256 {actual[:16]}…): "
+                "it was changed after it was staged; the job does not run it",
+            )
+
+    def _staged(self, uri: object, suffix: str, field: str) -> None:
+        staged = [known for known in self.trusted_code if uri == known + suffix]
+        if not staged:
+            raise ServiceError(
+                "ValidationException",
+                f"{field} {str(uri)[:200]!r}: the local SageMaker runs only code tuneloop staged "
+                f"(one of {sorted(self.trusted_code)[:3]}…, with {suffix!r})",
+            )
+
+    def check_request(self, kind: str, request: dict[str, Any]) -> None:
+        """What a job may run: a job runs as the user who started the local cloud, so only
+        tuneloop's own entry points, from code tuneloop staged (pinned by its SHA-256), with
+        no environment variable that changes how Python, the loader or pip behave, reading
+        and writing only under /opt/ml/processing/ (processing jobs, as on AWS)."""
         if kind == "processing":
-            command = list(request.get("AppSpecification", {}).get("ContainerEntrypoint") or [])
-            script = command[1].rsplit("/", 1)[-1] if len(command) == 2 else ""
-            if command[:1] not in (["python3"], ["python"]) or command[1:] != [f"{PROCESSING_CODE}/{script}"]:
-                raise ServiceError(
-                    "ValidationException",
-                    f"ContainerEntrypoint {command!r}: the local SageMaker runs only "
-                    f"['python3', '{PROCESSING_CODE}/<script>'] with one of {sorted(self.entry_points)}",
-                )
-        elif kind in ("training", "tuning"):
-            hyper = request.get("HyperParameters") if kind == "training" else (
-                request.get("TrainingJobDefinition", {}).get("StaticHyperParameters"))  # fmt: skip
-            try:
-                script = json.loads((hyper or {}).get("sagemaker_program", '""'))
-            except ValueError:
-                script = None
-        else:
-            return
+            self._check_processing(request)
+        elif kind == "training":
+            self._check_training(request, "HyperParameters", "")
+        elif kind == "tuning":
+            definitions = [("TrainingJobDefinition", request.get("TrainingJobDefinition"))]
+            definitions += [(f"TrainingJobDefinitions.{n}", d) for n, d in
+                            enumerate(request.get("TrainingJobDefinitions") or [], 1)]  # fmt: skip
+            for field, definition in definitions:
+                if definition is not None:
+                    self._check_training(definition, "StaticHyperParameters", f"{field}.")
+        elif kind == "transform":
+            self._check_environment(request.get("Environment"), "Environment")
+
+    def _check_training(self, definition: dict[str, Any], key: str, prefix: str) -> None:
+        hyper = definition.get(key) or {}
+        try:
+            script = json.loads(hyper.get("sagemaker_program", '""'))
+            submit = json.loads(hyper.get("sagemaker_submit_directory", '""'))
+        except ValueError:
+            script = submit = None
         if script not in self.entry_points:
             raise ServiceError(
                 "ValidationException",
                 f"entry point {script!r}: the local SageMaker runs only tuneloop's own ({sorted(self.entry_points)})",
             )
+        self._staged(submit, "/sourcedir.tar.gz", f"{prefix}{key}.sagemaker_submit_directory")
+        self._check_environment(definition.get("Environment"), f"{prefix}Environment")
+
+    def _check_environment(self, environment: Any, field: str) -> None:
+        for name in environment or {}:
+            if _refused_variable(name):
+                raise ServiceError(
+                    "ValidationException",
+                    f"{field}.{name}: the local SageMaker does not let a job set {name}: it changes how Python, "
+                    "the loader, pip or the training toolkit behave, or is the local cloud's own",
+                )
+
+    def _check_processing(self, request: dict[str, Any]) -> None:
+        command = list(request.get("AppSpecification", {}).get("ContainerEntrypoint") or [])
+        script = command[1].rsplit("/", 1)[-1] if len(command) == 2 else ""
+        if (
+            command[:1] not in (["python3"], ["python"])
+            or command[1:] != [f"{PROCESSING_CODE}/{script}"]
+            or script not in self.entry_points
+        ):
+            raise ServiceError(
+                "ValidationException",
+                f"ContainerEntrypoint {command!r}: the local SageMaker runs only "
+                f"['python3', '{PROCESSING_CODE}/<script>'] with one of {sorted(self.entry_points)}",
+            )
+        code = []
+        for n, item in enumerate(request.get("ProcessingInputs") or [], 1):
+            for kind in ("S3Input", "DatasetDefinition"):
+                local = (item.get(kind) or {}).get("LocalPath")
+                if local is None:
+                    continue
+                if not _processing_path(local):
+                    raise ServiceError(
+                        "ValidationException",
+                        f"ProcessingInputs.{n}.{kind}.LocalPath {str(local)[:200]!r}: must be a path under "
+                        f"{PROCESSING_ROOT}/ with no '.' or '..' segments",
+                    )
+                if local.rstrip("/") == PROCESSING_CODE:
+                    code.append((item.get("S3Input") or {}).get("S3Uri"))
+                elif local.startswith(PROCESSING_CODE + "/") or PROCESSING_CODE.startswith(local.rstrip("/") + "/"):
+                    raise ServiceError(
+                        "ValidationException",
+                        f"ProcessingInputs.{n}.{kind}.LocalPath {local!r}: only the code input may write to or "
+                        f"over {PROCESSING_CODE}",
+                    )
+        for n, output in enumerate((request.get("ProcessingOutputConfig") or {}).get("Outputs") or [], 1):
+            local = (output.get("S3Output") or {}).get("LocalPath")
+            if local is not None and (not _processing_path(local) or local.rstrip("/") == PROCESSING_CODE):
+                raise ServiceError(
+                    "ValidationException",
+                    f"ProcessingOutputConfig.Outputs.{n}.S3Output.LocalPath {str(local)[:200]!r}: must be a path "
+                    f"under {PROCESSING_ROOT}/ with no '.' or '..' segments, not the code's",
+                )
+        if len(code) != 1:
+            raise ServiceError(
+                "ValidationException", f"ProcessingInputs: exactly one input must bring the code to {PROCESSING_CODE}"
+            )
+        self._staged(code[0], "/source/", "the code input's S3Uri")
+        self._check_environment(request.get("Environment"), "Environment")
 
     def create(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
         cls = self.JOB_TYPES[kind]
-        self.check_entry_point(kind, request)
+        self.check_request(kind, request)
         name = request[cls.name_key]
         with self.lock:
             if (kind, name) in self.records or (kind, name) in self.jobs:

@@ -15,6 +15,8 @@ from ..files import write_atomic
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
 OPT_ML = "/opt/ml"
+PROCESSING_ROOT = f"{OPT_ML}/processing"
+PROCESSING_CODE = f"{PROCESSING_ROOT}/input/code"
 Emit = Callable[[dict[str, Any]], object]
 
 

@@ -20,7 +20,6 @@ import http.client
 import json
 import logging
 import math
-import os
 import random
 import secrets
 import shutil
@@ -34,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .. import toolkit
 from ..processes import ProcessRecord, reclaim, record_child
 from ..serving import STREAM_HEADER, TOKEN_ENV
 from .common import Emit, arn, envelope, now, read_json, write_json
@@ -79,7 +79,7 @@ class Fleet:
     def start(self) -> None:
         self.port_file.unlink(missing_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, TOKEN_ENV: self.token}
+        env = {**toolkit.role_environment(aws=False), TOKEN_ENV: self.token}
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tuneloop.local.serving", "--model-dir", str(self.model_dir),

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import toolkit
+from ..files import inside
 from ..processes import group_alive, record_child, stop_group, wait_group
 from ..pytorch import INSTANCES_ENV
-from .common import OPT_ML, arn, envelope, now
+from .common import OPT_ML, PROCESSING_CODE, arn, envelope, now
+from .exceptions import ServiceError
 from .staging import TRANSFER, Synced, download_prefix, split_s3, upload_folder
 from .warmpool import keep_alive
 
@@ -60,6 +62,8 @@ class Backend(Protocol):
     def emit(self, event: dict[str, Any]) -> object: ...
 
     def save(self, job: Job) -> None: ...
+
+    def verify_code(self, uri: str, folder: Path) -> None: ...
 
     def start(self, job: Job) -> Job: ...
 
@@ -114,9 +118,14 @@ class Job:
         return self.folder / "opt" / "ml"
 
     def local(self, path: str) -> Path:
+        """Where a container path is in this job's folder; never outside it."""
         if path == OPT_ML or path.startswith(OPT_ML + "/"):
-            return self.root / path[len(OPT_ML) :].lstrip("/")
-        return self.folder / path.lstrip("/")
+            found = self.root / path[len(OPT_ML) :].lstrip("/")
+        else:
+            found = self.folder / path.lstrip("/")
+        if inside(self.folder, found.relative_to(self.folder).as_posix()) is None:
+            raise ServiceError("ValidationException", f"the path {path[:200]!r} leads outside the job's folder")
+        return found
 
     @property
     def log_path(self) -> Path:
@@ -238,10 +247,15 @@ class ProcessingJob(Job):
     def execute(self) -> None:
         s3 = self.server.s3
         self.emit()
+        code_uri = ""
         for item in self.request.get("ProcessingInputs", []):
             source = item.get("S3Input")
             if source:
                 download_prefix(s3, source["S3Uri"], self.local(source["LocalPath"]))
+                if source["LocalPath"].rstrip("/") == PROCESSING_CODE:
+                    code_uri = source["S3Uri"].removesuffix("/source/")
+        # What runs is what tuneloop staged, byte for byte (every input is in by now).
+        self.server.verify_code(code_uri, self.local(PROCESSING_CODE))
         spec = self.request["AppSpecification"]
         command = [self._map(part) for part in (spec.get("ContainerEntrypoint") or [])]
         command += [self._map(part) for part in (spec.get("ContainerArguments") or [])]
@@ -252,7 +266,7 @@ class ProcessingJob(Job):
             shutil.rmtree(folder, ignore_errors=True)  # a resumed job starts its outputs afresh
             folder.mkdir(parents=True, exist_ok=True)
         env = {
-            **os.environ,
+            **toolkit.role_environment(),
             **self.request.get("Environment", {}),
             "SAGEMAKER_BASE_DIR": str(self.root),
             "PIP_NO_INDEX": "1",
@@ -468,6 +482,7 @@ class TrainingJob(Job):
         self.server.s3.download_file(bucket, key, str(archive), Config=TRANSFER)
         with tarfile.open(archive) as tar:
             tar.extractall(target, filter="data")
+        self.server.verify_code(uri.removesuffix("/sourcedir.tar.gz"), target)
         return target
 
     def _scrape_once(self) -> None:
@@ -539,9 +554,10 @@ class TransformJob(Job):
         captured = self.folder / "capture"
         if capture.get("GenerateInferenceId"):
             command += ["--capture-output", str(captured)]
+        env = toolkit.role_environment(aws=False)  # it reads and writes local files only
         with self.log_path.open("ab") as out:
             self.launched(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           start_new_session=True))  # fmt: skip
+                                           start_new_session=True, env=env))  # fmt: skip
         code = self.wait(self.request.get("ModelClientConfig", {}).get("InvocationsTimeoutInSeconds", 3600) * 24)
         if self.stop_requested:
             return self.finish("Stopped")

@@ -80,12 +80,17 @@ def upload_folder(s3: Any, folder: Path, uri: str, synced: Synced | None = None)
     return count
 
 
-def code_version(source: Path) -> str:
+def code_digest(source: Path) -> str:
+    """The SHA-256 of a code folder: every file's path and bytes (``__pycache__`` aside)."""
     digest = hashlib.sha256()
     for path in sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         digest.update(path.relative_to(source).as_posix().encode())
         digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def code_version(source: Path) -> str:
+    return code_digest(source)[:16]
 
 
 def upload_code(s3: Any, source: Path, bucket: str) -> str:
