@@ -28,6 +28,7 @@ from chalicelib.api import (
     parse_hours,
     parse_limit,
     parse_project_filter,
+    parse_reason,
     parse_state,
     prefixed,
     project_view,
@@ -392,9 +393,7 @@ def stop_run(run_id: str) -> Response:
 def _decide_approval(run_id: str, approved: bool) -> Response:
     raw = app.current_request.raw_body
     body = _body(("reason",)) if raw else {}
-    reason = body.get("reason", "")
-    if not isinstance(reason, str):
-        raise InvalidRequestError("reason", "must be a string")
+    reason = parse_reason(body, "")
     verdict = "approved" if approved else "rejected"
     event = ApprovalDecided(
         event_id=f"approval-{run_id}-{verdict}",
@@ -421,9 +420,7 @@ def retrain_run(run_id: str) -> Response:
     """Start a retraining run of a deployed run by hand (same guards as a drift alarm's,
     but for the alarm's own checks). An Idempotency-Key header makes a retried POST one request."""
     body = _body(("reason",)) if app.current_request.raw_body else {}
-    reason = body.get("reason", "retraining requested through the API")
-    if not isinstance(reason, str) or not reason:
-        raise InvalidRequestError("reason", "must be a non-empty string")
+    reason = parse_reason(body, "retraining requested through the API", allow_empty=False)
     key = app.current_request.headers.get("idempotency-key") or utcnow().isoformat()
     event = RetrainRequested(event_id=f"retrain-{names.derive_id(run_id, key)}", time=utcnow(), run_id=run_id,
                              reason=reason, actor=_caller())  # fmt: skip

@@ -19,6 +19,9 @@ from .service import InvalidRequestError
 from .store import Page, Project, StoredRun
 
 MAX_PAGE = 100
+# A request's free text is kept in the run's history: bounded, so no run's item can be
+# pushed toward DynamoDB's 400 KB.
+MAX_REASON_CHARS = 1000
 
 
 class PayloadTooLargeError(ValueError):
@@ -52,6 +55,16 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):  # 1e999
         raise InvalidRequestError("body", f"{text} is too large; every number must be finite")
     return value
+
+
+def parse_reason(body: Mapping[str, Any], default: str, allow_empty: bool = True) -> str:
+    """The body's ``reason``: a string of at most MAX_REASON_CHARS characters."""
+    reason = body.get("reason", default)
+    if not isinstance(reason, str) or not (reason or allow_empty):
+        raise InvalidRequestError("reason", "must be a string" if allow_empty else "must be a non-empty string")
+    if len(reason) > MAX_REASON_CHARS:
+        raise InvalidRequestError("reason", f"must be at most {MAX_REASON_CHARS} characters, got {len(reason)}")
+    return reason
 
 
 def only_fields(body: Mapping[str, Any], allowed: tuple[str, ...]) -> None:

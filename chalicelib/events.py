@@ -198,10 +198,17 @@ def _common(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {"event_id": raw["id"], "time": parse_time(raw["time"])}
 
 
+# As SageMaker's model has it (FinalMetricDataList: at most 40): they are kept in the run's item.
+MAX_FINAL_METRICS = 40
+
+
 def _final_metrics(d: Fields) -> dict[str, float]:
     """The last value of each metric (FinalMetricDataList); non-finite values are left out."""
     metrics = {}
-    for n, item in enumerate(d.array("FinalMetricDataList")):
+    found = d.array("FinalMetricDataList")
+    if len(found) > MAX_FINAL_METRICS:
+        raise MalformedEventError(f"detail.FinalMetricDataList has {len(found)} items; SageMaker reports at most 40")
+    for n, item in enumerate(found):
         metric = Fields(item, f"detail.FinalMetricDataList[{n}]")
         name, value = metric.text("MetricName", required=True), metric.data.get("Value")
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):

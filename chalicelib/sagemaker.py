@@ -601,9 +601,19 @@ class EvaluationLoader:
         return Outcome(done=True, note=f"read {uri}", events=(event,))
 
 
+# What an evaluation's summary may hold: its numbers are kept in the run's item.
+MAX_METRICS = 200
+MAX_METRIC_NAME = 128
+
+
 def _numbers(value: Any, what: str) -> dict[str, float]:
     if not isinstance(value, Mapping):
         raise ValueError(f"{what} is {type(value).__name__}, not an object")
+    if len(value) > MAX_METRICS:
+        raise ValueError(f"{what} has {len(value)} metrics; at most {MAX_METRICS}")
+    long = next((str(k) for k in value if len(str(k)) > MAX_METRIC_NAME), None)
+    if long is not None:
+        raise ValueError(f"{what} names a metric of {len(long)} characters; at most {MAX_METRIC_NAME}")
     return {str(k): float(v) for k, v in value.items() if not isinstance(v, bool)}
 
 

@@ -618,14 +618,14 @@ def _apply(run: Run, event: DomainEvent, row: Row) -> Decision:
         event_kind=event.kind,
         from_state=run.state,
         to_state=row.target,
-        reason=note,
+        reason=_clip(note, MAX_REASON_CHARS),
         # AWS stamps events in whole seconds: never before the entry it follows, or a
         # stage's duration would come out negative.
         time=max(event.time, run.history[-1].time) if run.history else event.time,
         commands=tuple(type(c).__name__ for c in commands),
         awaits=awaits,
         key=event.status_key,
-        actor=event.actor,
+        actor=_clip(event.actor, MAX_ACTOR_CHARS) if event.actor is not None else None,
     )
     new_run = dataclasses.replace(
         run,
@@ -639,18 +639,46 @@ def _apply(run: Run, event: DomainEvent, row: Row) -> Decision:
     return Decision(run=new_run, commands=commands, note=note, from_state=run.state)
 
 
-# A deployed run can live for months; its alarms' OK/ALARM flips are recorded but must not
-# grow the item toward DynamoDB's 400 KB: beyond this many, the oldest such records go.
+# A run's item must stay under DynamoDB's 400 KB whatever its history: a commit it refused
+# would stop every later transition of the run. A deployed run can live for months, its
+# alarms' flips and retraining requests recorded; each entry's text is bounded, and so is
+# the history: past MAX_RECORDED_NOOPS records that changed nothing, or past
+# HISTORY_BUDGET_BYTES in all, the oldest entries go, those that changed no state first.
 MAX_RECORDED_NOOPS = 100
+MAX_REASON_CHARS = 2000
+MAX_ACTOR_CHARS = 512
+HISTORY_BUDGET_BYTES = 150_000
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def entry_bytes(entry: HistoryEntry) -> int:
+    """About what an entry takes in the run's item: its attributes' names and values."""
+    texts = (entry.event_id, entry.event_kind, entry.from_state.value, entry.to_state.value, entry.reason,
+             entry.awaits or "", entry.key or "", entry.actor or "", *entry.commands)  # fmt: skip
+    return 120 + sum(len(text.encode("utf-8")) for text in texts)
 
 
 def _bounded(history: tuple[HistoryEntry, ...]) -> tuple[HistoryEntry, ...]:
-    """Drop the oldest entries that changed nothing (same state, no commands) past the cap."""
+    """The history within its caps: the oldest records that changed nothing (same state,
+    no commands) past MAX_RECORDED_NOOPS go; then, while it is over HISTORY_BUDGET_BYTES,
+    the oldest records that changed nothing, then the oldest self-loops that issued
+    commands, then the oldest transitions (the run's creation and the newest entry stay)."""
     quiet = [n for n, e in enumerate(history) if e.from_state is e.to_state and not e.commands]
-    if len(quiet) <= MAX_RECORDED_NOOPS:
-        return history
-    drop = set(quiet[: len(quiet) - MAX_RECORDED_NOOPS])
-    return tuple(e for n, e in enumerate(history) if n not in drop)
+    drop = set(quiet[: max(0, len(quiet) - MAX_RECORDED_NOOPS)])
+    size = sum(entry_bytes(e) for n, e in enumerate(history) if n not in drop)
+    if size > HISTORY_BUDGET_BYTES:
+        loops = [n for n, e in enumerate(history) if e.from_state is e.to_state and e.commands]
+        moves = [n for n, e in enumerate(history) if e.from_state is not e.to_state]
+        for n in [*quiet, *loops, *moves]:
+            if size <= HISTORY_BUDGET_BYTES:
+                break
+            if n not in drop and 0 < n < len(history) - 1:  # the run's creation, and what just happened, stay
+                drop.add(n)
+                size -= entry_bytes(history[n])
+    return history if not drop else tuple(e for n, e in enumerate(history) if n not in drop)
 
 
 def _with_metrics(run: Run, event: DomainEvent) -> Mapping[str, Any]:

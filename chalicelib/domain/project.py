@@ -8,6 +8,7 @@ in, or raises ``ConfigError`` naming the offending field by its dotted path
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -25,6 +26,8 @@ class ConfigError(ValueError):
 
 
 Validator = Callable[[str, Any], Any]
+# A complete config, as JSON: each run keeps a copy in its item (DynamoDB's limit is 400 KB).
+MAX_CONFIG_BYTES = 32 * 1024
 _MISSING = object()
 # org/name, optionally @revision (a commit, tag or branch) to pin what a job downloads.
 _HF_MODEL_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w.-]{1,64})?$")
@@ -545,6 +548,9 @@ def normalise_config(data: Any, offline: bool = False) -> dict[str, Any]:
     ``offline`` (the local cloud): the base model must be one a job loads without a
     download, so a project cannot be made that fails only once its job starts."""
     result: dict[str, Any] = _CONFIG("", data)
+    size = len(json.dumps(result, separators=(",", ":")).encode("utf-8"))
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError("", f"is {size} bytes as JSON; at most {MAX_CONFIG_BYTES} (every run keeps a copy of it)")
     model = result["base_model"]
     if offline and not model.startswith("s3://") and model not in spec.offline_models():
         raise ConfigError(

@@ -187,6 +187,11 @@ def test_manual_approval_through_the_api(api: Api, deps: Any) -> None:
     assert pending[-1]["type"] == "UpdateModelPackageApproval" and pending[-1]["package_arn"].endswith("/tl-manual/1")
     assert api.call("POST", f"/runs/{run_id}/approve")[0] == 202  # a retried approval is harmless
     assert api.call("POST", f"/runs/{run_id}/reject", {"reason": 7})[0] == 400
+    # Free text is kept in the run's history: bounded, so no request can push the run's item
+    # toward DynamoDB's 400 KB (which would stop every later transition).
+    for verb in ("approve", "reject", "retrain"):
+        status, body = api.call("POST", f"/runs/{run_id}/{verb}", {"reason": "x" * 1001})
+        assert status == 400 and "reason: must be at most 1000 characters, got 1001" in body["Message"], verb
     # SageMaker reports the approval: the run moves on to deployment.
     service.handle(
         ModelPackageChanged(
@@ -310,3 +315,10 @@ def test_a_config_over_the_stages_limits_is_a_400_and_a_run_of_one_too(api: Api,
     elsewhere = {**DEMO_CONFIG, "base_model": "s3://someone-elses-bucket/model.tar.gz"}
     status, body = api.call("POST", "/projects", {"name": "elsewhere", "config": elsewhere})
     assert status == 400 and body["Message"].startswith("config.base_model: an s3:// base model must be under")
+
+
+def test_a_config_too_large_to_copy_into_every_run_is_a_400(api: Api) -> None:
+    """Every run keeps a snapshot of its project's config in its item."""
+    big = {**DEMO_CONFIG, "generation": {"regex": "a" * 40_000}}
+    status, body = api.call("POST", "/projects", {"name": "big", "config": big})
+    assert status == 400 and "config: is" in body["Message"] and "at most 32768" in body["Message"], body

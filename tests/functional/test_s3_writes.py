@@ -39,9 +39,9 @@ def write_sites() -> set[tuple[str, str]]:
             if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for node in ast.walk(function):
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-                    if node.func.attr in WRITE_METHODS:
-                        sites.add((path.relative_to(REPO).as_posix(), function.name))
+                called = node.func if isinstance(node, ast.Call) else None
+                if isinstance(called, ast.Attribute) and called.attr in WRITE_METHODS:
+                    sites.add((path.relative_to(REPO).as_posix(), function.name))
     return sites
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 from typing import Any
@@ -282,3 +283,35 @@ def test_a_run_decided_on_its_own_latest_copy_is_not_read_per_event(service: Any
     assert reads == []
     service.runs.get = table_get
     assert [h.event_id for h in service.runs.get(run_id).run.history] == ["request-" + run_id, "e1", "e2", "e3"]
+
+
+def test_a_run_at_every_bound_still_commits(service: Any, project: Any) -> None:
+    """The largest run item a sender can cause: the largest config a project may have, the
+    most metrics an evaluation may report, a history past its budget with the longest texts.
+    DynamoDB refuses an item over 400 KB, which would stop every later transition of the
+    run: this one commits, and the next transition after it too."""
+    import dataclasses
+
+    from chalicelib.domain.events import RetrainRequested
+    from chalicelib.domain.machine import decide
+    from chalicelib.domain.project import MAX_CONFIG_BYTES
+    from chalicelib.sagemaker import MAX_METRIC_NAME, MAX_METRICS
+
+    stored, _ = service.start_run("demo", DATASET)
+    config = {**stored.run.config, "retrain": {**stored.run.config["retrain"], "cooldown_s": 0, "max_per_day": 100}}
+    padding = MAX_CONFIG_BYTES - len(str(config).encode())
+    config["padding"] = "p" * max(0, padding - 100)
+    metrics = {f"{n:04d}".ljust(MAX_METRIC_NAME, "m"): 0.5 for n in range(MAX_METRICS)}
+    run = dataclasses.replace(stored.run, state=RunState.DEPLOYED, config=config, metrics={"evaluation": metrics})
+    for n in range(600):
+        event = RetrainRequested(event_id=f"r{n}", time=T0 + timedelta(hours=n), run_id=run.run_id,
+                                 reason="x" * 1000, actor="arn:aws:iam::123456789012:user/" + "u" * 2000)  # fmt: skip
+        decision = decide(run, event)
+        run = decision.run
+    committed = service.runs.commit(service.runs.get(run.run_id), decision, T0)
+    item = service.runs._model._get_connection().get_item(run.run_id)["Item"]
+    size = len(json.dumps(item).encode())  # more than DynamoDB counts: type tags, quotes
+    print(f"\nthe largest run item: under {size / 1024:.0f} KB, {len(committed.run.history)} history entries")
+    assert size < 350 * 1024
+    later = RetrainRequested(event_id="later", time=T0 + timedelta(days=40), run_id=run.run_id, reason="y" * 1000)
+    assert service.apply(run.run_id, later).decision.changed

@@ -35,7 +35,7 @@ from chalicelib.domain.events import (
 )
 from chalicelib.domain.machine import NO_OPS, ROWS, Row, decide, rows_for
 from chalicelib.domain.project import normalise_config
-from chalicelib.domain.run import Run
+from chalicelib.domain.run import HistoryEntry, Run
 from chalicelib.domain.states import TERMINAL_STATES, RunState
 from tests.conftest import DEMO_CONFIG, T0
 
@@ -715,3 +715,30 @@ def test_a_causal_lm_is_gated_on_what_it_generates() -> None:
     held = gated(strict, {"exact_match": 0.55, "token_f1": 0.8, "perplexity": 1.2})
     assert held.state is S.REJECTED and "exact_match 0.55 is below the threshold 0.9" in held.history[-1].reason
     assert gated(strict, {"exact_match": 0.95, "token_f1": 0.97, "perplexity": 1.2}).state is S.REGISTERING
+
+
+def test_a_runs_history_stays_within_its_budget_whatever_comes() -> None:
+    """Months of alarms and retraining requests, each with as much text as any sender can
+    put in: the history stays within HISTORY_BUDGET_BYTES (so the run's item stays well
+    under DynamoDB's 400 KB and every later transition can commit); the run's creation and
+    the newest entries stay, and the retraining guards still see the recent starts."""
+    from chalicelib.domain.machine import HISTORY_BUDGET_BYTES, MAX_REASON_CHARS, entry_bytes
+
+    config = base_config()
+    config["retrain"] = {**config["retrain"], "cooldown_s": 0, "max_per_day": 100}
+    first = HistoryEntry("created", "run.requested", S.RECEIVED, S.PREPARING, "dataset dropped", T0)
+    run = make_run(S.DEPLOYED, config, history=(first,))
+    for n in range(3000):
+        at = T0 + timedelta(hours=n)
+        if n % 3 == 0:
+            event: DomainEvent = RetrainRequested(event_id=f"r{n}", time=at, run_id=RUN_ID, reason="x" * 50_000,
+                                                  actor="arn:aws:iam::1:user/" + "u" * 5000)  # fmt: skip
+        else:
+            kind = "alarm.alarm" if n % 3 == 1 else "alarm.ok"
+            event = dataclasses.replace(event_of(kind, run, f"a{n}"), time=at)
+        run = decide(run, event).run
+        assert sum(entry_bytes(e) for e in run.history) <= HISTORY_BUDGET_BYTES + entry_bytes(run.history[-1])
+    assert all(len(e.reason) <= MAX_REASON_CHARS and len(e.actor or "") <= 512 for e in run.history)
+    assert run.history[0] == first and run.history[-1].event_id == "a2999"
+    started = [e.event_id for e in run.history if e.commands == ("StartChildRun",)]
+    assert started[-2:] == ["r2997", "a2998"]
