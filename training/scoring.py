@@ -12,6 +12,11 @@ mean over the test split (or, during training, a validation sample).
 - ``regex_match``: the whole generation (trimmed) matches the project's regular expression.
 
 Two empty texts agree fully (F1 and ROUGE-L 1); one empty against a non-empty one scores 0.
+
+The project's patterns (``regex``, a JSON schema's ``pattern`` and ``patternProperties``)
+run on every generation with a time bound (``PATTERN_TIMEOUT_S``, the ``regex`` module's
+timeout): a catastrophic pattern such as ``(a+)+$`` cannot burn the job to its MaxRuntime.
+A match that runs out of time counts as no match.
 """
 
 from __future__ import annotations
@@ -97,19 +102,55 @@ def check_schema(schema: Any) -> None:
         raise ValueError(f"not a valid JSON schema: {exc.message}") from exc
 
 
-def json_schema(generated: str, schema: Mapping[str, Any]) -> float:
+# How long one pattern may take on one text before it counts as no match.
+PATTERN_TIMEOUT_S = 0.25
+
+
+def matches(pattern: str, text: str, whole: bool = False) -> bool:
+    """``pattern`` found in ``text`` (``whole``: matching all of it, dot matching newlines),
+    within PATTERN_TIMEOUT_S; False when it took longer."""
+    import regex
+
+    try:
+        if whole:
+            return regex.fullmatch(pattern, text, flags=regex.S, timeout=PATTERN_TIMEOUT_S) is not None
+        return regex.search(pattern, text, timeout=PATTERN_TIMEOUT_S) is not None
+    except TimeoutError:
+        return False
+
+
+def _bounded_validator(schema: Mapping[str, Any]) -> Any:
+    """The schema's validator, its ``pattern`` and ``patternProperties`` keywords run with
+    the time bound (jsonschema's own use ``re.search``, with none)."""
     import jsonschema
 
+    def pattern(validator: Any, expected: str, instance: Any, _schema: Any) -> Any:
+        if validator.is_type(instance, "string") and not matches(expected, instance):
+            yield jsonschema.ValidationError(f"{instance!r} does not match {expected!r}")
+
+    def pattern_properties(validator: Any, patterns: Mapping[str, Any], instance: Any, _schema: Any) -> Any:
+        if not validator.is_type(instance, "object"):
+            return
+        for expected, subschema in patterns.items():
+            for key, value in instance.items():
+                if matches(expected, key):
+                    yield from validator.descend(value, subschema, path=key, schema_path=expected)
+
+    base = jsonschema.validators.validator_for(schema)
+    bounded = jsonschema.validators.extend(base, {"pattern": pattern, "patternProperties": pattern_properties})
+    return bounded(schema)
+
+
+def json_schema(generated: str, schema: Mapping[str, Any]) -> float:
     try:
         value = json.loads(generated.strip())
     except ValueError:
         return 0.0
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    return float(validator.is_valid(value))
+    return float(_bounded_validator(schema).is_valid(value))
 
 
 def regex_match(generated: str, pattern: str) -> float:
-    return float(re.fullmatch(pattern, generated.strip(), flags=re.S) is not None)
+    return float(matches(pattern, generated.strip(), whole=True))
 
 
 def scorer(name: str, options: Mapping[str, Any] | None = None) -> Callable[[str, str], float]:

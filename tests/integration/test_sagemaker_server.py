@@ -677,3 +677,28 @@ def test_a_job_gets_the_execution_roles_view_of_the_environment_only(
         backend.call("StopProcessingJob", {"ProcessingJobName": request["ProcessingJobName"]})
         wait_done(lambda: backend.describe("processing", request["ProcessingJobName"]), "ProcessingJobStatus")
         backend.close()
+
+
+def test_a_metric_definition_whose_regex_runs_away_is_dropped_not_run_for_ever(tmp_path: Path) -> None:
+    """MetricDefinitions come with the request: (a|aa)+$ over a log line of a's backtracks
+    for hours. It runs with a time bound, is dropped for the job (its log says so), and the
+    job's other metrics are still scraped."""
+    import threading
+
+    from tuneloop.local.sagemaker.jobs import SCRAPE_TIMEOUT_S, TrainingJob
+
+    backend = sagemaker_server.LocalSageMaker(tmp_path, None, lambda event: None)
+    definitions = [{"Name": "runaway", "Regex": r"(a|aa)+$"}, {"Name": "loss", "Regex": r"loss=([0-9.]+)"}]
+    job = TrainingJob(backend, {"TrainingJobName": "tl-scrape-1",
+                                "AlgorithmSpecification": {"MetricDefinitions": definitions}})  # fmt: skip
+    job.log_path.parent.mkdir(parents=True)
+    job.log_path.write_text("[metric] loss=0.25\n" + "a" * 60 + "!\n")
+    scraper = threading.Thread(target=lambda: (job._scrape_once(), job._scrape_once()), daemon=True)
+    began = time.monotonic()
+    scraper.start()
+    scraper.join(30)
+    assert not scraper.is_alive(), "the scrape did not end"
+    assert time.monotonic() - began < SCRAPE_TIMEOUT_S * 3
+    assert job.metrics["loss"]["Value"] == 0.25 and "runaway" not in job.metrics
+    assert job.log_path.read_text().count("MetricDefinitions 'runaway': its Regex took over 1 s; not scraped") == 1
+    backend.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from training import scoring
@@ -64,3 +67,32 @@ def test_score_all_and_the_options_scorers_need() -> None:
         scoring.scorer("json_schema", {})
     with pytest.raises(ValueError, match="unknown scorer"):
         scoring.scorer("bleu")
+
+
+def bounded(call: Any, limit_s: float = 10) -> Any:
+    """``call()``'s answer, which must come within ``limit_s`` (it runs in a daemon thread:
+    an unbounded match would otherwise hold the test for minutes, or hours)."""
+    import threading
+
+    answer: list[Any] = []
+    thread = threading.Thread(target=lambda: answer.append(call()), daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    assert answer, f"no answer within {limit_s}s"
+    return answer[0]
+
+
+@pytest.mark.parametrize("runaway", [r"(a+)+$", r"(a|aa)+$"])
+def test_a_catastrophic_pattern_cannot_burn_the_job(runaway: str) -> None:
+    """(a+)+$ or (a|aa)+$ on 'aaaa…!' backtracks exponentially under Python's re (hours at
+    40 a's). The regex module takes the first in linear time and stops the second at the
+    time bound: either way no match, quickly, whether it is the project's regex or a
+    pattern in its JSON schema."""
+    hostile = "a" * 40 + "!"
+    assert bounded(lambda: scoring.regex_match(hostile, runaway)) == 0.0
+    assert bounded(lambda: scoring.regex_match("aaaa", runaway)) == 1.0  # a fine match still matches
+    schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^" + runaway}},
+              "patternProperties": {"^" + runaway.replace("a", "b"): {"type": "integer"}}}  # fmt: skip
+    assert bounded(lambda: scoring.json_schema(json.dumps({"s": hostile}), schema)) == 0.0
+    assert bounded(lambda: scoring.json_schema(json.dumps({"s": "aaa", "b" * 40 + "!": "x"}), schema)) == 1.0
+    assert bounded(lambda: scoring.json_schema(json.dumps({"s": "aaa", "bbb": "x"}), schema)) == 0.0

@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import regex
+
 from .. import toolkit
 from ..files import inside
 from ..processes import group_alive, record_child, stop_group, wait_group
@@ -41,6 +43,8 @@ REQUEST_FILE = "request.json"
 PROCESS_FILE = "process.json"
 # How long a stopped job's processes may take to checkpoint and exit before SIGKILL.
 STOP_GRACE_S = 30
+# How long one metric definition's regex may take over the job's log.
+SCRAPE_TIMEOUT_S = 1.0
 # What an ended job's folder keeps: its record, request and log. The rest (inputs, code,
 # /opt/ml with its checkpoints and model) is the instance SageMaker gives back when a job
 # ends; everything the job produced is in S3 by then.
@@ -320,6 +324,8 @@ class TrainingJob(Job):
         self.model_artifact = ""
         self.tuning_arn = tuning_arn
         self.stopped_early = False
+        # Metric definitions whose regex ran out of time (or did not compile): not scraped again.
+        self.dropped_metrics: set[str] = set()
         # A pool this job's record knew before a restart (the server's pools know the rest).
         self.warm_pool_record: dict[str, Any] | None = None
         self.on_end: Callable[[], None] | None = None
@@ -486,12 +492,25 @@ class TrainingJob(Job):
         return target
 
     def _scrape_once(self) -> None:
+        """Each metric definition's values in the log so far. A definition's regex runs with
+        a time bound (``SCRAPE_TIMEOUT_S``, the regex module's timeout): one that takes longer,
+        such as ``(a+)+$`` on a line of a's, is dropped for this job and said so in its log,
+        never left to hold the job's thread."""
         definitions = self.request["AlgorithmSpecification"].get("MetricDefinitions", [])
         if not definitions or not self.log_path.exists():
             return
         text = self.log_path.read_text(errors="replace")
         for definition in definitions:
-            matches = re.findall(definition["Regex"], text, flags=re.M)
+            if definition["Name"] in self.dropped_metrics:
+                continue
+            try:
+                matches = regex.findall(definition["Regex"], text, flags=regex.M, timeout=SCRAPE_TIMEOUT_S)
+            except (TimeoutError, regex.error) as exc:
+                self.dropped_metrics.add(definition["Name"])
+                why = f"took over {SCRAPE_TIMEOUT_S:g} s" if isinstance(exc, TimeoutError) else f"is not valid: {exc}"
+                with self.log_path.open("a") as log_file:
+                    log_file.write(f"MetricDefinitions {definition['Name']!r}: its Regex {why}; not scraped\n")
+                continue
             values = []
             for match in matches:
                 try:
