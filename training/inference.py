@@ -124,6 +124,32 @@ def generation_options(parameters: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def context_length(model: Any, tokenizer: Any) -> int | None:
+    """How many tokens the model attends to (its position embeddings; else the tokenizer's
+    limit, when it states a real one)."""
+    for value in (getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)):
+        if isinstance(value, int) and 0 < value < 10_000_000:
+            return value
+    return None
+
+
+def prompt_ids(loaded: dict[str, Any], text: str, field: str, max_new_tokens: int) -> Any:
+    """The prompt's token ids, or a PayloadError naming ``field`` when the prompt and the
+    tokens to generate do not fit the model's context (a 6 MB prompt would otherwise run
+    the endpoint out of memory). Nothing is truncated: a cut prompt asks something else."""
+    tokenizer, context = loaded["tokenizer"], loaded.get("context")
+    if context is not None and len(text) > 64 * context:  # past any tokenization's reach: no need to count
+        raise PayloadError(f"{field}: the prompt is {len(text)} characters, far over this model's context "
+                           f"of {context} tokens")  # fmt: skip
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    if context is not None and ids.shape[1] + max_new_tokens > context:
+        raise PayloadError(
+            f"{field}: the prompt is {ids.shape[1]} tokens; this model's context is {context} tokens, "
+            f"{context - max_new_tokens} for the prompt with parameters.max_new_tokens {max_new_tokens}"
+        )
+    return ids.to(loaded["device"])
+
+
 class ModelLoadError(RuntimeError):
     """The model cannot be loaded as it was registered (an adapter's base is missing or is
     not the one it was trained on)."""
@@ -237,7 +263,9 @@ def model_fn(model_dir: str) -> dict[str, Any]:
             model.config.use_cache = True
     model.eval()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return {"model": model.to(device), "tokenizer": tokenizer, "meta": meta, "device": device}
+    loaded = {"model": model.to(device), "tokenizer": tokenizer, "meta": meta, "device": device}
+    loaded["context"] = context_length(model, tokenizer) if meta["task"] == "causal-lm" else None
+    return loaded
 
 
 def input_fn(body: bytes | str, content_type: str = "application/json") -> dict[str, Any]:
@@ -343,8 +371,13 @@ def predict(data: dict[str, Any], loaded: dict[str, Any]) -> Any:
         else:
             options = generation_options(data["parameters"])
             results = []
-            for text in texts:
-                ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(loaded["device"])
+            fields = ["messages"] if data.get("messages") is not None else (
+                ["inputs"] if data["single"] else [f"inputs[{n}]" for n in range(len(texts))])  # fmt: skip
+            every = [
+                prompt_ids(loaded, text, field, options["max_new_tokens"])
+                for text, field in zip(texts, fields, strict=True)
+            ]
+            for ids in every:
                 out = model.generate(ids, pad_token_id=tokenizer.pad_token_id, **options)
                 results.append({"generated_text": tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)})
     return results[0] if data["single"] else results
@@ -361,13 +394,13 @@ def stream_fn(data: dict[str, Any], loaded: dict[str, Any]) -> Iterator[str]:
     if meta["task"] != "causal-lm":
         raise PayloadError("only a causal LM streams its answer; this model classifies texts")
     if data.get("messages") is not None:
-        text = chat_prompt(tokenizer, data["messages"])
+        text, field = chat_prompt(tokenizer, data["messages"]), "messages"
     elif data["single"]:
-        text = data["texts"][0]
+        text, field = data["texts"][0], "inputs"
     else:
         raise PayloadError("a streamed request generates for one input or one conversation, not a list")
     options = generation_options(data["parameters"])
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(loaded["device"])
+    ids = prompt_ids(loaded, text, field, options["max_new_tokens"])
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
     failure: list[BaseException] = []
 

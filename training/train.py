@@ -32,6 +32,7 @@ import math
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import sys
@@ -252,6 +253,8 @@ def pinned(source: str) -> tuple[str, str | None]:
     if Path(source).is_dir() or "@" not in source:
         return source, None
     name, _, revision = source.partition("@")
+    if not re.fullmatch(r"[0-9a-f]{40}", revision):
+        raise TrainingError(f"base model {source!r}: pin a commit (its 40-character hash); @{revision} pins nothing")
     return name, revision
 
 

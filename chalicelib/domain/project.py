@@ -29,8 +29,9 @@ Validator = Callable[[str, Any], Any]
 # A complete config, as JSON: each run keeps a copy in its item (DynamoDB's limit is 400 KB).
 MAX_CONFIG_BYTES = 32 * 1024
 _MISSING = object()
-# org/name, optionally @revision (a commit, tag or branch) to pin what a job downloads.
-_HF_MODEL_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w.-]{1,64})?$")
+# org/name, optionally @<commit> (a full 40-hex commit hash) to pin what a job downloads:
+# a branch or a tag (@main) moves, so it pins nothing.
+_HF_MODEL_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[0-9a-f]{40})?$")
 _INSTANCE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 
 # The metrics train.py prints as ``[metric] name=value`` lines; the training job's
@@ -370,6 +371,12 @@ def _check_base_model(path: str, value: Any) -> str:
             choices = ", ".join(spec.RANDOM_PREFIX + name for name in spec.RANDOM_DECODERS)
             raise ConfigError(path, f"{model!r} is not a random decoder tuneloop has; one of {choices}")
         return model
+    if "@" in model and _HF_MODEL_RE.match(model.split("@", 1)[0]) and not _HF_MODEL_RE.match(model):
+        raise ConfigError(
+            path,
+            f"{model!r}: pin a Hub model to a commit, org/name@<the commit's 40-character hash>; a branch or tag "
+            "such as @main moves, so it pins nothing",
+        )
     if not _HF_MODEL_RE.match(model) or ".." in model:
         raise ConfigError(path, f"{model!r} is neither a Hugging Face model id (org/name) nor an s3:// URI")
     return model

