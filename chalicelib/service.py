@@ -127,23 +127,50 @@ class RunService:
 
     # --- projects ------------------------------------------------------------------------
 
-    def checked_config(self, config: Any) -> dict[str, Any]:
-        """A complete config within this stage's limits; ConfigError names the field."""
+    def checked_config(self, config: Any, project: str) -> dict[str, Any]:
+        """A complete config within this stage's limits, reading only what is the project's
+        own (or shared under models/); ConfigError names the field."""
         normalised = normalise_config(config, self.offline_models)
         self.limits.check(normalised)
-        model = normalised["base_model"]
-        allowed = (f"s3://{self.bucket}/models/", f"s3://{self.bucket}/runs/")
-        if model.startswith("s3://") and not model.startswith(allowed):
-            # SageMaker's execution role reads base models there and nowhere else.
-            raise ConfigError("base_model", f"an s3:// base model must be under {allowed[0]} (or a run's output)")
+        self._check_base_model(normalised["base_model"], project)
+        batch = normalised["deployment"]["batch_input_uri"]
+        own = f"s3://{self.bucket}/batch/{project}/"
+        if batch is not None and (not batch.startswith(own) or "/../" in batch or batch.endswith("/..")):
+            raise ConfigError(
+                "deployment.batch_input_uri", f"must be under {own} (the project's own batch inputs), got {batch!r}"
+            )
         return normalised
+
+    def _check_base_model(self, model: str, project: str) -> None:
+        """An s3:// base model is one shared under models/, or a model one of the project's
+        own runs made: a project cannot read another's data through its base model."""
+        if not model.startswith("s3://"):
+            return
+        shared, runs = f"s3://{self.bucket}/models/", f"s3://{self.bucket}/runs/"
+        if "/../" in model or model.endswith("/.."):
+            raise ConfigError("base_model", "must not contain '..' segments")
+        if model.startswith(shared):
+            return
+        if not model.startswith(runs):
+            # SageMaker's execution role reads base models there and nowhere else.
+            raise ConfigError("base_model", f"an s3:// base model must be under {shared} or a model of this "
+                                            f"project's own runs ({runs}<run id>/…)")  # fmt: skip
+        run_id = model[len(runs) :].split("/", 1)[0]
+        stored = self.runs.get(run_id) if names.RUN_ID_RE.match(run_id) else None
+        if stored is None or stored.run.project != project:
+            owner = f"of project {stored.run.project!r}" if stored else "that no project has"
+            raise ConfigError(
+                "base_model",
+                f"{model!r} is an output of run {run_id!r} {owner}: a project builds only on its own runs' "
+                f"models, or on one shared under {shared} (copy it there to share it)",
+            )
 
     def create_project(self, name: Any, config: Any, actor: str | None = None) -> Project:
         name = check_project_name(name)
-        return self.projects.create(name, self.checked_config(config), self.clock(), actor)
+        return self.projects.create(name, self.checked_config(config, name), self.clock(), actor)
 
     def update_project(self, name: str, config: Any, actor: str | None = None) -> Project:
-        project = self.projects.update(name, self.checked_config(config), self.clock(), actor)
+        project = self.projects.update(name, self.checked_config(config, name), self.clock(), actor)
         if project is None:
             raise ProjectNotFoundError(name)
         return project

@@ -167,10 +167,14 @@ def check_loopback_only(state: dict[str, Any], must_include: list[tuple[str, int
 
 
 def check_an_adapter_on_this_model(home: Path, state: dict[str, Any], base_run: dict[str, Any], tmp_path: Path) -> None:
-    """The deployed model's artifact as the base of a LoRA project that registers its
-    adapter alone: the package pins both artifacts, and the endpoint, loading the adapter
-    on that base, answers as the evaluated model did."""
-    base = base_run["links"]["model_artifact"]
+    """The deployed model's artifact, shared under models/, as the base of a LoRA project
+    that registers its adapter alone: the package pins both artifacts, and the endpoint,
+    loading the adapter on that base, answers as the evaluated model did."""
+    # Another project builds on it: the model is shared under models/ (a copy), as a user shares one.
+    bucket = state["bucket"]
+    made = base_run["links"]["model_artifact"].removeprefix(f"s3://{bucket}/")
+    s3(state).copy_object(Bucket=bucket, Key="models/llm/model.tar.gz", CopySource={"Bucket": bucket, "Key": made})
+    base = f"s3://{bucket}/models/llm/model.tar.gz"
     training = {**CONFIG["training"], "method": "lora", "artifact": "adapter"}
     training["hyperparameters"] = {**training["hyperparameters"], "epochs": 1, "learning_rate": 3e-4,
                                    "validation_samples": 8}  # fmt: skip

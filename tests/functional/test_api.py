@@ -322,3 +322,32 @@ def test_a_config_too_large_to_copy_into_every_run_is_a_400(api: Api) -> None:
     big = {**DEMO_CONFIG, "generation": {"regex": "a" * 40_000}}
     status, body = api.call("POST", "/projects", {"name": "big", "config": big})
     assert status == 400 and "config: is" in body["Message"] and "at most 32768" in body["Message"], body
+
+
+def test_a_project_reads_only_its_own_inputs(api: Api, deps: Any) -> None:
+    """A base model is one shared under models/ or a model of the project's own runs; batch
+    inputs are under batch/<project>/: through its config, project A cannot make SageMaker
+    read project B's data or models."""
+    assert api.call("POST", "/projects", {"name": "other", "config": DEMO_CONFIG})[0] == 201
+    theirs = api.call("POST", "/runs", {"project": "other", "dataset_uri": f"s3://{BUCKET}/datasets/other/x.jsonl"})
+    their_model = f"s3://{BUCKET}/runs/{theirs[1]['run_id']}/train/output/model.tar.gz"
+    for config, field, needle in [
+        ({**DEMO_CONFIG, "base_model": their_model}, "config.base_model", "of project 'other'"),
+        ({**DEMO_CONFIG, "base_model": f"s3://{BUCKET}/runs/aaaaaaaaaaaa/model.tar.gz"}, "config.base_model",
+         "that no project has"),
+        ({**DEMO_CONFIG, "base_model": f"s3://{BUCKET}/models/../runs/x/model.tar.gz"}, "config.base_model", ".."),
+        ({**DEMO_CONFIG, "base_model": f"s3://{BUCKET}/datasets/other/model.tar.gz"}, "config.base_model",
+         "must be under"),
+        ({**DEMO_CONFIG, "deployment": {"mode": "batch", "batch_input_uri": f"s3://{BUCKET}/batch/other/"}},
+         "config.deployment.batch_input_uri", f"s3://{BUCKET}/batch/mine/"),
+        ({**DEMO_CONFIG, "deployment": {"mode": "batch", "batch_input_uri": f"s3://{BUCKET}/datasets/other/"}},
+         "config.deployment.batch_input_uri", "the project's own batch inputs"),
+    ]:  # fmt: skip
+        status, body = api.call("POST", "/projects", {"name": "mine", "config": config})
+        assert status == 400 and body["Message"].startswith(f"{field}:") and needle in body["Message"], body
+    shared = {**DEMO_CONFIG, "base_model": f"s3://{BUCKET}/models/minilm/model.tar.gz",
+              "deployment": {"mode": "batch", "batch_input_uri": f"s3://{BUCKET}/batch/mine/2026-12/"}}  # fmt: skip
+    assert api.call("POST", "/projects", {"name": "mine", "config": shared})[0] == 201
+    ours = api.call("POST", "/runs", {"project": "mine", "dataset_uri": f"s3://{BUCKET}/datasets/mine/x.jsonl"})
+    own_model = f"s3://{BUCKET}/runs/{ours[1]['run_id']}/train/output/model.tar.gz"
+    assert api.call("PUT", "/projects/mine", {"config": {**shared, "base_model": own_model}})[0] == 200

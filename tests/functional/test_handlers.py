@@ -272,7 +272,7 @@ def run_to_deploying_existing(api: Api, deps: Any, run_id: str) -> dict[str, Any
 
 
 def test_transform_job_events_finish_batch_runs(api: Api, deps: Any) -> None:
-    config = {**DEMO_CONFIG, "deployment": {"mode": "batch", "batch_input_uri": "s3://tuneloop-test/batch/in/"}}
+    config = {**DEMO_CONFIG, "deployment": {"mode": "batch", "batch_input_uri": "s3://tuneloop-test/batch/batch/in/"}}
     run_id = run_to_deploying(api, deps, "batch", config)
     assert api.call("GET", f"/runs/{run_id}")[1]["state"] == "transforming"
     transform = names.job_name(run_id, "transform")
