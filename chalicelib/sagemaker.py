@@ -601,6 +601,13 @@ class EvaluationLoader:
         return Outcome(done=True, note=f"read {uri}", events=(event,))
 
 
+def approval_description(command: UpdateModelPackageApproval) -> str:
+    """ "approved by <who>: <why>", within ApprovalDescription's 1,024 characters."""
+    verdict = "approved" if command.approved else "rejected"
+    who = f" by {command.approver}" if command.approver else ""
+    return f"{verdict} through tuneloop{who}: {command.reason or 'no reason given'}"[:1024]
+
+
 # What an evaluation's summary may hold: its numbers are kept in the run's item.
 MAX_METRICS = 200
 MAX_METRIC_NAME = 128
@@ -848,13 +855,14 @@ class SageMakerExecutors:
             raise
 
     def update_model_package_approval(self, command: Command, run: Run) -> Outcome:
+        """Approve or reject the package, saying who decided and why (ApprovalDescription)."""
         assert isinstance(command, UpdateModelPackageApproval)
         if not command.package_arn:
             raise PermanentCommandError("the run has no model package to approve or reject")
         self._client.update_model_package(
             ModelPackageArn=command.package_arn,
             ModelApprovalStatus="Approved" if command.approved else "Rejected",
-            ApprovalDescription=(command.reason or "decided through tuneloop")[:1024],
+            ApprovalDescription=approval_description(command),
         )
         return Outcome(done=True, note=f"package {'approved' if command.approved else 'rejected'}")
 

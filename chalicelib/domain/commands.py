@@ -99,6 +99,8 @@ class UpdateModelPackageApproval(Command):
     package_arn: str
     approved: bool
     reason: str
+    # Who decided (the IAM principal API Gateway verified): the package records it too.
+    approver: str | None = None
 
 
 @dataclass(frozen=True)

@@ -315,7 +315,8 @@ def _register(run: Run, _: Any) -> list[Command]:
 
 
 def _update_approval(run: Run, event: ApprovalDecided) -> list[Command]:
-    return [UpdateModelPackageApproval(run.run_id, run.package_arn or "", approved=event.approved, reason=event.reason)]
+    return [UpdateModelPackageApproval(run.run_id, run.package_arn or "", approved=event.approved, reason=event.reason,
+                                       approver=event.actor)]  # fmt: skip
 
 
 def _deploy(run: Run, _: Any) -> list[Command]:

@@ -61,7 +61,8 @@ IMAGE_REPOSITORIES = TEMPLATE["Parameters"]["ImageRepositoryArns"]["Default"].sp
 
 
 def policies() -> list[tuple[str, dict[str, Any]]]:
-    found = [(path.name, json.loads(path.read_text())) for path in sorted((REPO / ".chalice").glob("policy-*.json"))]
+    files = [*sorted((REPO / ".chalice").glob("policy-*.json")), *sorted((REPO / "infra" / "operators").glob("*.json"))]
+    found = [(path.name, json.loads(path.read_text())) for path in files]
     bucket = f"arn:aws:s3:::tuneloop-dev-{ACCOUNT}-{REGION}"
     for name, resource in TEMPLATE["Resources"].items():
         if resource.get("Type") == "AWS::IAM::Role":

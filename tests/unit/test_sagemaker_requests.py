@@ -405,13 +405,14 @@ def test_register_model_package_request() -> None:
     stub.add_response(
         "update_model_package",
         {"ModelPackageArn": arn},
-        {"ModelPackageArn": arn, "ModelApprovalStatus": "Approved", "ApprovalDescription": "ok"},
-    )
+        {"ModelPackageArn": arn, "ModelApprovalStatus": "Approved",
+         "ApprovalDescription": "approved through tuneloop by arn:aws:iam::1:user/ana: ok"},
+    )  # fmt: skip
     with stub:
         executors = SageMakerExecutors(client, settings)
         assert executors.register_model_package(command, run).done
-        assert executors.update_model_package_approval(
-            UpdateModelPackageApproval(RUN_ID, arn, approved=True, reason="ok"), run
+        assert executors.update_model_package_approval(  # the package records who approved, and why
+            UpdateModelPackageApproval(RUN_ID, arn, approved=True, reason="ok", approver="arn:aws:iam::1:user/ana"), run
         ).done
     assert request["ModelPackageGroupName"] == "tl-demo" and request["ClientToken"] == f"tuneloop-{RUN_ID}"
     assert request["CustomerMetadataProperties"]["tuneloop:run-id"] == RUN_ID
