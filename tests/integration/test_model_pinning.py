@@ -29,10 +29,34 @@ def test_a_replaced_artifact_is_not_served(local_services: Any, tmp_path: Path) 
         {"ModelPackageGroupName": "tl-demo", "InferenceSpecification": {"Containers": [container]}}
     )["ModelPackageArn"]
     hosting = Hosting(tmp_path / "hosting", s3, lambda event: None, packages=registry)
-    assert hosting.model_data({"ModelPackageName": arn}) == (f"s3://{BUCKET}/{key}", [])
+    served, _ = hosting.model_data({"ModelPackageName": arn})
+    assert (served["ModelDataUrl"], served["ModelDataETag"]) == (f"s3://{BUCKET}/{key}", etag)
     s3.put_object(Bucket=BUCKET, Key=key, Body=b"something else, after approval")
     with pytest.raises(ServiceError, match=r"changed since .* was registered"):
         hosting.model_data({"ModelPackageName": arn})
+
+
+def test_an_artifact_replaced_between_the_check_and_the_fetch_is_not_served(
+    local_services: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pin is checked when the model is made and again by the fetch itself, which asks
+    for the pinned ETag (If-Match): an artifact swapped in the moment between a check and a
+    plain download cannot slip through."""
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    key = "runs/cccccccccccc/train/tl-cccccccccccc-train-1/output/model.tar.gz"
+    etag = s3.put_object(Bucket=BUCKET, Key=key, Body=_archive(tmp_path / "ok.tar.gz", {"w": b"ok"}))["ETag"]
+    hosting = Hosting(tmp_path / "hosting", s3, lambda event: None)
+    container = {"Image": "inference:cpu", "ModelDataUrl": f"s3://{BUCKET}/{key}", "ModelDataETag": etag.strip('"')}
+    checked = hosting._check_pin
+
+    def check_then_swap(uri: str, pinned: Any, since: str) -> None:
+        checked(uri, pinned, since)  # the pin holds here …
+        s3.put_object(Bucket=BUCKET, Key=key, Body=_archive(tmp_path / "bad.tar.gz", {"w": b"swapped"}))
+
+    monkeypatch.setattr(hosting, "_check_pin", check_then_swap)
+    with pytest.raises(ServiceError, match="not the pinned ETag"):  # … and the fetch still refuses the swap
+        hosting.unpack("tl-cccccccccccc-model-1", container)
 
 
 def _archive(path: Path, files: dict[str, bytes]) -> bytes:

@@ -33,6 +33,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from .. import toolkit
 from ..processes import ProcessRecord, reclaim, record_child
 from ..serving import STREAM_HEADER, TOKEN_ENV
@@ -397,22 +399,21 @@ class Hosting:
         self.save()
         return {"ModelArn": arn("model", name)}
 
-    def model_data(self, container: Mapping[str, Any]) -> tuple[str, list[Mapping[str, Any]]]:
-        """(ModelDataUrl, AdditionalModelDataSources) of a container, a package's as it was
-        registered. What was approved is what serves: an artifact whose ETag the package
-        pins, replaced since, is refused."""
+    def model_data(self, container: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+        """The container as it serves (a package's as it was registered) and since when its
+        pins hold. What was approved is what serves: an artifact whose ETag the package pins,
+        replaced since, is refused here and, should it be replaced meanwhile, when it is
+        fetched (``_fetch`` asks for the pinned ETag)."""
         name = container.get("ModelPackageName")
         if name:
             container = self.packages.describe(name)["InferenceSpecification"]["Containers"][0]
         elif not container.get("ModelDataUrl"):
             raise ServiceError("ValidationException", "The container names neither ModelDataUrl nor ModelPackageName")
-        uri = str(container["ModelDataUrl"])
         since = f"{name} was registered" if name else "the model was made"
-        self._check_pin(uri, container.get("ModelDataETag"), since)
-        sources = list(container.get("AdditionalModelDataSources") or [])
-        for source in sources:
+        self._check_pin(str(container["ModelDataUrl"]), container.get("ModelDataETag"), since)
+        for source in container.get("AdditionalModelDataSources") or []:
             self._check_pin(source["S3DataSource"]["S3Uri"], source["S3DataSource"].get("ETag"), since)
-        return uri, sources
+        return container, since
 
     def _check_pin(self, uri: str, pinned: Any, since: str) -> None:
         if not pinned:
@@ -420,10 +421,11 @@ class Hosting:
         bucket, key = split_s3(uri)
         now = str(self.s3.head_object(Bucket=bucket, Key=key)["ETag"]).strip('"')
         if now != str(pinned).strip('"'):
-            raise ServiceError(
-                "ValidationException",
-                f"the model data at {uri} changed since {since} (ETag {now}, pinned {pinned})",
-            )
+            raise self._changed(uri, since, f"ETag {now}, pinned {pinned}")
+
+    @staticmethod
+    def _changed(uri: str, since: str, detail: str) -> ServiceError:
+        return ServiceError("ValidationException", f"the model data at {uri} changed since {since} ({detail})")
 
     def describe_model(self, name: str) -> dict[str, Any]:
         if name not in self.models:
@@ -523,35 +525,51 @@ class Hosting:
         """A model's data laid out as SageMaker lays out /opt/ml: ``model/`` (model.tar.gz
         unpacked) and ``additional-model-data-sources/<channel>/`` for each further source.
         Returns the model folder."""
-        uri, sources = self.model_data(container)
+        container, since = self.model_data(container)
+        uri = str(container["ModelDataUrl"])
         root = self.home / "models" / model_name
         if (root / ".laid-out").is_file():
             return root / "model"
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        self._fetch(uri, "S3Object", "Gzip", root / "model")
-        for source in sources:
+        self._fetch(uri, "S3Object", "Gzip", root / "model", container.get("ModelDataETag"), since)
+        for source in container.get("AdditionalModelDataSources") or []:
             s3 = source["S3DataSource"]
             target = root / "additional-model-data-sources" / source["ChannelName"]
-            self._fetch(s3["S3Uri"], s3["S3DataType"], s3.get("CompressionType", "None"), target)
+            self._fetch(s3["S3Uri"], s3["S3DataType"], s3.get("CompressionType", "None"), target, s3.get("ETag"), since)
         (root / ".laid-out").write_text(uri)
         return root / "model"
 
-    def _fetch(self, uri: str, data_type: str, compression: str, target: Path) -> None:
+    def _fetch(
+        self, uri: str, data_type: str, compression: str, target: Path, pinned: Any = None, since: str = ""
+    ) -> None:
         if data_type == "S3Prefix":
             if download_prefix(self.s3, uri, target) == 0:
                 raise ServiceError("ValidationException", f"no model data under {uri}")
             return
         bucket, key = split_s3(uri)
         target.mkdir(parents=True)
-        if compression != "Gzip":
-            self.s3.download_file(bucket, key, str(target / key.rsplit("/", 1)[-1]), Config=TRANSFER)
+        path = target / key.rsplit("/", 1)[-1] if compression != "Gzip" else target.with_name(f"{target.name}.tar.gz")
+        self._download(bucket, key, path, pinned, since)
+        if compression == "Gzip":
+            with tarfile.open(path) as tar:
+                tar.extractall(target, filter="data")
+            path.unlink()
+
+    def _download(self, bucket: str, key: str, path: Path, pinned: Any, since: str) -> None:
+        """The object into ``path``; a pinned one only as it was pinned (GetObject with
+        If-Match: no window between the pin's check and the bytes read)."""
+        if not pinned:
+            self.s3.download_file(bucket, key, str(path), Config=TRANSFER)
             return
-        archive = target.with_name(f"{target.name}.tar.gz")
-        self.s3.download_file(bucket, key, str(archive), Config=TRANSFER)
-        with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")
-        archive.unlink()
+        try:
+            body = self.s3.get_object(Bucket=bucket, Key=key, IfMatch='"' + str(pinned).strip('"') + '"')["Body"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                raise self._changed(f"s3://{bucket}/{key}", since, f"not the pinned ETag {pinned}") from exc
+            raise
+        with path.open("wb") as out:
+            shutil.copyfileobj(body, out, 1 << 20)
 
     def describe_endpoint(self, name: str) -> dict[str, Any]:
         return self._endpoint(name).describe()
