@@ -36,6 +36,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/bandit -q -ll -r app.py chalicelib tuneloop training
 	$(BIN)/tuneloop docs --check
 
 # The CloudFormation template AWS would get, checked by cfn-lint.

@@ -238,8 +238,8 @@ def embed(model_dir: Path, texts: Sequence[str], batch_size: int = 32) -> Any:
         loaded = inference.model_fn(str(model_dir))  # the adapter on its base, as the endpoint serves it
         tokenizer, model = loaded["tokenizer"], loaded["model"].base_model.cpu()
     else:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)  # nosec B615 - the model's own folder, no download
-        model = AutoModel.from_pretrained(model_dir)  # nosec B615 - the model's own folder, no download
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)  # nosec B615  # the model's own folder, no download
+        model = AutoModel.from_pretrained(model_dir)  # nosec B615  # the model's own folder, no download
     model.eval()
     vectors = []
     with torch.no_grad():

@@ -241,7 +241,7 @@ def model_fn(model_dir: str) -> dict[str, Any]:
 
     folder = Path(model_dir)
     meta = json.loads((folder / "tuneloop.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(folder)  # nosec B615 - the model's own folder, no download
+    tokenizer = AutoTokenizer.from_pretrained(folder)  # nosec B615  # the model's own folder, no download
     adapter = meta.get("artifact") == "adapter"
     weights = base_folder(folder, meta) if adapter else folder
     if meta["task"] == "text-classification":
@@ -251,9 +251,9 @@ def model_fn(model_dir: str) -> dict[str, Any]:
             options = {"num_labels": len(label_map), "label2id": label_map,
                        "id2label": {n: label for label, n in label_map.items()}}  # fmt: skip
         with _quiet(adapter):  # not the base's "classifier weights newly initialised" report
-            model = AutoModelForSequenceClassification.from_pretrained(weights, **options)  # nosec B615 - a local folder, no download
+            model = AutoModelForSequenceClassification.from_pretrained(weights, **options)  # nosec B615  # a local folder, no download
     else:
-        model = AutoModelForCausalLM.from_pretrained(weights)  # nosec B615 - a local folder, no download
+        model = AutoModelForCausalLM.from_pretrained(weights)  # nosec B615  # a local folder, no download
     if adapter:
         from peft import PeftModel
 

@@ -39,7 +39,7 @@ class Api:
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # nosec B310 - the API's http(s) URL
+            with urllib.request.urlopen(request, timeout=30) as response:  # nosec B310  # the API's http(s) URL
                 payload = response.read()
                 status = response.status
         except urllib.error.HTTPError as exc:
@@ -387,6 +387,6 @@ def save_report(run: dict[str, Any], out: Path | None = None) -> Path:
         raise CliError(f"run {run['run_id']}'s report link {str(link)[:80]!r} is not an https or loopback URL")
     target = out or cloud.home() / "reports" / run["run_id"] / "report.html"
     target.parent.mkdir(parents=True, exist_ok=True)
-    with urllib.request.urlopen(link, timeout=30) as response:  # nosec B310 - https or loopback, checked above
+    with urllib.request.urlopen(link, timeout=30) as response:  # nosec B310  # https or loopback, checked above
         target.write_bytes(response.read())
     return target

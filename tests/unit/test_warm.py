@@ -54,9 +54,13 @@ def test_a_forked_program_sees_what_a_cold_one_sees(instance: Instance, tmp_path
     )
     warm, cold = both(instance.python, "--", str(script), "a", "--b", cwd=tmp_path, env={"TL_X": "1", "TL_CODE": "3"})
     assert warm == cold and cold.startswith("rc=3\n")
+    # Code given as text (-c) is never run by the instance: it runs cold, with the same result.
     warm, cold = both(instance.python, "-c", "import sys; print(sys.argv, sys.path[0]); raise SystemExit('no')", "z",
                       cwd=tmp_path)  # fmt: skip
     assert warm == cold and cold.startswith("rc=1\n")
+    from tuneloop.local.warm_launcher import warm_form
+
+    assert not warm_form(["-c", "print(1)"]) and not warm_form(["-u", "-c", "0"]) and warm_form(["-m", "helper"])
     warm, cold = both(instance.python, "-m", "helper", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
     assert warm == cold == "rc=0\n"
     # A command line the instance does not take (here -W) runs cold, with the same result.

@@ -62,7 +62,7 @@ def wait_until(
 def _answers(url: str) -> Callable[[], bool]:
     def check() -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=1):  # nosec B310 - a loopback http URL built here
+            with urllib.request.urlopen(url, timeout=1):  # nosec B310  # a loopback http URL built here
                 return True
         except urllib.error.HTTPError:
             return True  # it answered, even if with an error status

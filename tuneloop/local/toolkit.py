@@ -135,7 +135,7 @@ def start(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [str(python or sys.executable), "-c", "from sagemaker_training.cli.train import main; main()"],
+            [str(python or sys.executable), "-m", "sagemaker_training.cli.train"],
             env=job_environment(layout, extra_env),
             cwd=layout.base,
             stdout=log,

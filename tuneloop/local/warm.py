@@ -278,8 +278,6 @@ class Instance:
             argv.pop(0)
         if argv[0] == "-m":
             kind, target, args, first = "module", argv[1], argv[2:], os.getcwd()
-        elif argv[0] == "-c":
-            kind, target, args, first = "code", argv[1], argv[2:], ""
         else:
             script = argv[1] if argv[0] == "--" else argv[0]
             rest = argv[2:] if argv[0] == "--" else argv[1:]
@@ -418,9 +416,6 @@ def _run(kind: str, target: str, args: list[str]) -> int:
         if kind == "module":
             sys.argv = [target, *args]
             runpy.run_module(target, run_name="__main__", alter_sys=True)
-        elif kind == "code":
-            sys.argv = ["-c", *args]
-            exec(compile(target, "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
         else:
             sys.argv = [target, *args]
             runpy.run_path(target, run_name="__main__")

@@ -29,13 +29,14 @@ MAX_FDS = 250
 
 
 def warm_form(argv: list[str]) -> bool:
-    """True for ``[flags] [--] script args``, ``-m module args`` and ``-c code args``."""
+    """True for ``[flags] [--] script args`` and ``-m module args``. ``-c code`` runs cold:
+    the instance runs programs and modules from files, never code handed to it as text."""
     i = 0
     while i < len(argv) and argv[i] in HARMLESS_FLAGS:
         i += 1
-    if i >= len(argv):
+    if i >= len(argv) or argv[i] == "-c":
         return False
-    if argv[i] in ("-m", "-c"):
+    if argv[i] == "-m":
         return i + 1 < len(argv)
     if argv[i] == "--":
         i += 1

@@ -62,7 +62,7 @@ class Backend:
 
 def _send(request: urllib.request.Request) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:  # nosec B310 - the API's http(s) URL
+        with urllib.request.urlopen(request, timeout=60) as response:  # nosec B310  # the API's http(s) URL
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
