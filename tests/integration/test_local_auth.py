@@ -95,11 +95,9 @@ def test_dynamodb_local_listens_on_loopback_and_keeps_the_tables_to_a_key_id_nev
                       BillingMode="PAY_PER_REQUEST")  # fmt: skip
     assert "auth-probe" in ours.list_tables()["TableNames"]
     gateway = local_services["dynamodb"].proc.pid
-    arguments = Path(f"/proc/{gateway}/cmdline").read_bytes().split(b"\0")
-    backend = int(arguments[arguments.index(b"--backend-port") + 1])
     [java] = [pid for pid in sockets.process_tree([gateway]) if pid != gateway]
-    listening = sockets.listening([java])
-    assert [address for address, port in listening if port == backend] == ["127.0.0.1"], listening
+    [(address, backend)] = sockets.listening([java])  # one port, the kernel's pick, on loopback
+    assert address == "127.0.0.1"
     public = boto3.client("dynamodb", endpoint_url=f"http://127.0.0.1:{backend}")  # the key ID and the secret
     assert "auth-probe" not in public.list_tables()["TableNames"]
     stranger = outsider("dynamodb", f"http://127.0.0.1:{backend}", "another key")
@@ -118,19 +116,55 @@ def signed_request(service: str, method: str, url: str, body: bytes, headers: di
     return request.prepare()
 
 
+def raw_answer(port: int, request_line: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, bytes]:
+    """What the server answers a request sent exactly as given (no client normalises it)."""
+    lines = [request_line, f"Host: 127.0.0.1:{port}", *(f"{k}: {v}" for k, v in headers.items())]
+    lines += [f"Content-Length: {len(body)}", "", ""]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall("\r\n".join(lines).encode() + body)
+        response = http.client.HTTPResponse(connection)
+        response.begin()
+        return response.status, response.read()
+
+
 def test_motos_own_api_is_refused_even_with_a_good_signature(local_services: Any) -> None:
-    """/moto-api/reset would wipe every object written since the last down: no signature opens it."""
+    """/moto-api/reset would wipe every object written since the last down: no signature
+    opens it, however the path is spelled (escaped, doubled slashes, a full URL)."""
     s3 = boto3.client("s3")
     if BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
         s3.create_bucket(Bucket=BUCKET)
-    for path in ("/moto-api/reset", "/moto-api/reset-auth", "/moto-api/"):
-        prepared = signed_request("s3", "POST", local_services["moto"].endpoint + path, b"0", {})
-        headers = dict(prepared.headers)
-        request = urllib.request.Request(prepared.url, data=prepared.body, method="POST", headers=headers)
-        with pytest.raises(urllib.error.HTTPError) as info:
-            urllib.request.urlopen(request, timeout=10)
-        assert info.value.code == 403 and b"/moto-api/" in info.value.read()
+    moto = local_services["moto"]
+    for path in ("/moto-api/reset", "/moto-api/reset-auth", "/moto-api/", "/moto%2Dapi/reset", "/%6Doto-api/reset"):
+        prepared = signed_request("s3", "POST", moto.endpoint + path, b"0", {})
+        status, body = raw_answer(moto.port, f"POST {path} HTTP/1.1", dict(prepared.headers), b"0")
+        assert status == 403 and b"/moto-api/" in body, (path, status, body[:200])
+    for target in ("//moto-api/reset", f"http://127.0.0.1:{moto.port}/moto-api/reset"):
+        prepared = signed_request("s3", "POST", moto.endpoint + "/moto-api/reset", b"0", {})
+        status, body = raw_answer(moto.port, f"POST {target} HTTP/1.1", dict(prepared.headers), b"0")
+        assert status in (400, 403), (target, status, body[:200])
     assert BUCKET in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+
+
+@pytest.mark.parametrize("server,signed_for", [("moto", "dynamodb"), ("moto", "sagemaker"), ("dynamodb", "s3")])
+def test_a_server_answers_only_the_services_it_serves(local_services: Any, server: str, signed_for: str) -> None:
+    """A request signed for another service is refused before its body is read (its
+    body's bound is the service's this server serves, not the one the caller names)."""
+    endpoint = local_services[server].endpoint + "/"
+    prepared = signed_request(signed_for, "POST", endpoint, b"{}", {"Content-Type": "application/x-amz-json-1.0"})
+    status, body = answer_without_body(local_services[server].port, prepared, 15 << 20)
+    assert status == 403 and f"signed for {signed_for}".encode() in body, body[:300]
+
+
+def test_no_port_is_chosen_first_and_bound_later(local_services: Any) -> None:
+    """Each gateway and DynamoDB Local bind a port the kernel picks and say which once they
+    listen: no port number is on any command line for another process to take first."""
+    gateway = local_services["dynamodb"].proc.pid
+    [java] = [pid for pid in sockets.process_tree([gateway]) if pid != gateway]
+    [(_, backend)] = sockets.listening([java])
+    for pid in (gateway, java, local_services["moto"].proc.pid):
+        arguments = (Path(f"/proc/{pid}") / "cmdline").read_bytes().split(b"\0")
+        assert str(backend).encode() not in arguments, arguments
+        assert b"--port" not in arguments or arguments[arguments.index(b"--port") + 1] == b"0", arguments
 
 
 def answer_without_body(port: int, prepared: Any, declared: int) -> tuple[int, bytes]:

@@ -8,17 +8,17 @@ import sys
 
 import pytest
 
-from tuneloop.local import services
+from tuneloop.local import services, sigv4
 
 
 def test_an_interrupted_start_stops_the_started_service(monkeypatch: pytest.MonkeyPatch) -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    service = services.Service("moto", services.free_port(), proc, None)
+    monkeypatch.setattr(services, "_spawn", lambda *args, **kwargs: proc)
 
     def interrupted(*_: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(services, "wait_until", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        services._await(service, 60, "moto")
+        services.start_moto(sigv4.generate())
     assert proc.poll() is not None

@@ -1,10 +1,12 @@
 """The local cloud's stand-ins for AWS behind a SigV4 check, on loopback only.
 
-``python -m tuneloop.local.gateway moto --port P`` serves moto (S3, CloudWatch,
-EventBridge, SQS, Application Auto Scaling) in this process: moto's own port, and its
-``/moto-api/`` (which resets every service or turns moto's IAM check off for anyone who
-asks), are never opened. ``… dynamodb --port P`` starts DynamoDB Local as its child and
-relays each verified request to it.
+``python -m tuneloop.local.gateway moto --port-file F`` serves moto (S3, CloudWatch,
+EventBridge, SQS, Application Auto Scaling) in this process: moto's own port is never
+opened, and its ``/moto-api/`` (which resets every service or turns moto's IAM check off
+for anyone who asks) is refused. ``… dynamodb --port-file F --backend-port-file B -- java
+…`` starts DynamoDB Local as its child and relays each verified request to it. Each binds
+a port the kernel picks (``--port 0``, the default) and writes it to its port file once
+it listens: no port is chosen first and bound later, so no other process can take it.
 
 Every request must carry a SigV4 signature made with the local cloud's credentials
 (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` in this process's environment, never on
@@ -31,10 +33,12 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from . import sigv4
-from .httpserve import BoundedThreads, Handler, LoopbackServer
+from .httpserve import DEADLINES, BoundedThreads, Deadlined, Handler, LoopbackServer
 
 log = logging.getLogger("tuneloop.gateway")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
@@ -50,6 +54,10 @@ BODY_LIMITS = {
 DEFAULT_BODY_LIMIT = 2 << 20  # CloudWatch, EventBridge, SQS, Application Auto Scaling: 1 MB requests
 # moto's own API resets every service, or turns its IAM check off, for whoever asks.
 MOTO_API = "/moto-api"
+# What each server serves, by the service name a signature's scope carries.
+MOTO_SERVICES = frozenset({"s3", "monitoring", "events", "sqs", "application-autoscaling"})
+DYNAMODB_SERVICES = frozenset({"dynamodb"})
+SAGEMAKER_SERVICES = frozenset({"sagemaker"})  # SageMaker and SageMaker Runtime sign as "sagemaker"
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 App = Callable[[Environ, StartResponse], Iterable[bytes]]
@@ -134,17 +142,32 @@ def signature_code(reason: str, json_protocol: bool) -> str:
     return "SignatureDoesNotMatch" if "signature" in reason else "AccessDenied"
 
 
+def moto_api(path: str) -> bool:
+    """Whether ``path`` (as sent, or as decoded) would reach moto's own API: percent-escapes
+    decoded and repeated slashes collapsed first, as a router may see it."""
+    collapsed = re.sub("/+", "/", unquote(path.split("?", 1)[0]))
+    return collapsed == MOTO_API or collapsed.startswith(MOTO_API + "/")
+
+
 def screen_request(
-    method: str, target: str, headers: dict[str, list[str]], credentials: sigv4.Credentials, json_protocol: bool
+    method: str,
+    target: str,
+    headers: dict[str, list[str]],
+    credentials: sigv4.Credentials,
+    json_protocol: bool,
+    services: frozenset[str],
 ) -> Refusal | int:
-    """What is checked before a body is read: a loopback Host, not moto's own API, a
-    Content-Length that is a byte count, the signature as far as the headers go, and the
-    body's size against its service's bound. The most bytes the body may have, or why not."""
+    """What is checked before a body is read: a loopback Host, an origin-form target that is
+    not moto's own API, a Content-Length that is a byte count, the signature as far as the
+    headers go, made for one of the ``services`` this server serves, and the body's size
+    against that service's bound. The most bytes the body may have, or why not."""
     host = host_name((headers.get("host") or [""])[0])
     if host not in LOOPBACK_HOSTS:
         return Refusal(403, "AccessDenied", f"Host {host!r} is not this machine's loopback")
     path = target.split("?", 1)[0]
-    if path == MOTO_API or path.startswith(MOTO_API + "/"):
+    if not path.startswith("/") or path.startswith("//"):
+        return Refusal(400, "BadRequest", "the request target must be a path (/…), not a URL or a network path")
+    if moto_api(path):
         return Refusal(403, "AccessDenied", "moto's own API (/moto-api/) is not served by the local cloud")
     declared = (headers.get("content-length") or [""])[0]
     if declared and not (declared.isascii() and declared.isdigit()):
@@ -153,6 +176,9 @@ def screen_request(
     if isinstance(claim, str):
         log.warning("refused %s %s: %s", method, path[:200], claim)
         return Refusal(403, signature_code(claim, json_protocol), claim)
+    if claim.service not in services:
+        reason = f"this endpoint serves {', '.join(sorted(services))}; the request is signed for {claim.service}"
+        return Refusal(403, signature_code(reason, json_protocol), reason)
     limit = BODY_LIMITS.get(claim.service, DEFAULT_BODY_LIMIT)
     if declared and int(declared) > limit:
         return Refusal(413, "EntityTooLarge", f"a {claim.service} request body over {limit} bytes")
@@ -194,7 +220,9 @@ class Verified:
         target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/")
         headers = received_headers(environ)
         json_protocol = "json" in environ.get("CONTENT_TYPE", "")
-        screened = screen_request(method, target, headers, self.credentials, json_protocol)
+        if moto_api(environ.get("PATH_INFO", "")):  # the path moto routes on, as the server decoded it
+            return refuse(Refusal(403, "AccessDenied", "moto's own API (/moto-api/) is not served by the local cloud"))
+        screened = screen_request(method, target, headers, self.credentials, json_protocol, MOTO_SERVICES)
         if isinstance(screened, Refusal):
             return refuse(screened)
         declared = environ.get("CONTENT_LENGTH") or ""
@@ -207,6 +235,7 @@ class Verified:
                 return refuse(Refusal(413, "EntityTooLarge", f"a request body over {screened} bytes"))
         else:
             body = b""
+        DEADLINES.done(environ.get("werkzeug.socket"))  # the request is in
         refused = check_body(method, target, headers, body, self.credentials, json_protocol)
         if refused:
             return refuse(refused)
@@ -280,11 +309,12 @@ class _RelayHandler(Handler):
         received: dict[str, list[str]] = {}
         for name, value in self.headers.items():
             received.setdefault(name.lower(), []).append(value)
-        screened = screen_request(self.command, self.path, received, self.server.credentials, json_protocol=True)
+        screened = screen_request(
+            self.command, self.path, received, self.server.credentials, json_protocol=True, services=DYNAMODB_SERVICES
+        )
         if isinstance(screened, Refusal):
             return self._refuse(screened)
-        declared = int(self.headers.get("Content-Length") or "0")
-        body = self.rfile.read(declared) if declared else b""
+        body = self.read_body(int(self.headers.get("Content-Length") or "0"))
         refused = check_body(self.command, self.path, received, body, self.server.credentials, json_protocol=True)
         if refused:
             return self._refuse(refused)
@@ -303,10 +333,13 @@ def moto_server(app: App, port: int = 0) -> Any:
     from moto.moto_server.werkzeug_app import MotoRequestHandler
     from werkzeug.serving import BaseWSGIServer
 
+    class MotoHandler(Deadlined, MotoRequestHandler):
+        pass
+
     class MotoServer(BoundedThreads, BaseWSGIServer):
         multithread = True
 
-    return MotoServer("127.0.0.1", port, app, handler=MotoRequestHandler)
+    return MotoServer("127.0.0.1", port, app, handler=MotoHandler)
 
 
 def moto_app() -> App:
@@ -318,19 +351,34 @@ def moto_app() -> App:
     return DomainDispatcherApplication(create_backend_app)
 
 
-def start_dynamodb(java_args: list[str], port: int) -> subprocess.Popen[bytes]:
+def start_dynamodb(java_args: list[str], port_file: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """DynamoDB Local as this process's child, and the port it listens on: its launcher
+    binds a port the kernel picks and writes it to ``port_file``."""
     from .services import _answers, wait_until
 
-    proc = subprocess.Popen([*java_args, "-port", str(port)], stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(java_args, stdin=subprocess.DEVNULL)
+    wait_until(port_file.is_file, 60, "DynamoDB Local", proc)
+    port = int(port_file.read_text())
     wait_until(_answers(f"http://127.0.0.1:{port}"), 60, "DynamoDB Local", proc)
-    return proc
+    return proc, port
+
+
+def announce(port: int, port_file: Path | None) -> None:
+    """Say where this gateway listens: ``port_file`` appears whole, once it does."""
+    if port_file is not None:
+        partial = port_file.with_name(port_file.name + ".tmp")
+        partial.write_text(str(port))
+        partial.replace(port_file)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("service", choices=("moto", "dynamodb"))
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--backend-port", type=int, help="dynamodb: DynamoDB Local's own port")
+    parser.add_argument("--port", type=int, default=0, help="0 (the default): one the kernel picks")
+    parser.add_argument("--port-file", type=Path, help="where to write the port once listening")
+    parser.add_argument(
+        "--backend-port-file", type=Path, help="dynamodb: where DynamoDB Local's launcher writes its port"
+    )
     argv = sys.argv[1:] if argv is None else argv
     own, java = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser.epilog = "dynamodb: after --, the command that runs DynamoDB Local"
@@ -351,19 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     if args.service == "moto":
-        app = moto_app()
+        server = moto_server(Verified(moto_app(), credentials), args.port)
     else:
-        if not java or not args.backend_port:
-            parser.error("dynamodb needs --backend-port and, after --, the command that runs DynamoDB Local")
-        child = start_dynamodb(java, args.backend_port)
-        relay = Relay(args.port, args.backend_port, credentials)
-        try:
-            relay.serve_forever(poll_interval=0.5)
-        finally:
-            stop()
-        return 0
+        if not java or not args.backend_port_file:
+            parser.error("dynamodb needs --backend-port-file and, after --, the command that runs DynamoDB Local")
+        child, backend_port = start_dynamodb(java, args.backend_port_file)
+        server = Relay(args.port, backend_port, credentials)
+    announce(int(server.server_address[1]), args.port_file)
     try:
-        moto_server(Verified(app, credentials), args.port).serve_forever(poll_interval=0.5)
+        server.serve_forever(poll_interval=0.5)
     finally:
         stop()
     return 0

@@ -9,26 +9,19 @@ under ``torchrun``, as on AWS — with one difference, stated: a job of ``Instan
 N runs here on one host, so torchrun starts N processes on this host (``--nproc_per_node
 N``, one per instance, gloo on CPU) where AWS starts one torchrun per instance. Each
 process sees the same contract it would there: ``RANK`` 0..N-1, ``WORLD_SIZE`` N, the
-job's SM_* variables. The rendezvous port is a free one, so parallel jobs never collide,
-and it and gloo's listen on 127.0.0.1 only (``torchrun.py``).
+job's SM_* variables. The rendezvous port is one the kernel picks, so parallel jobs never
+collide, and it and gloo's listen on 127.0.0.1 only (``torchrun.py``).
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import socket
 import sys
 import tempfile
 from pathlib import Path
 
 INSTANCES_ENV = "TUNELOOP_INSTANCE_COUNT"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _torchrun_folder() -> Path:
@@ -56,12 +49,10 @@ def main() -> None:
         kind = runner.TorchDistributedRunnerType
         extra[params.MPI_PROCESSES_PER_HOST] = processes
         # The toolkit runs `torchrun` from PATH: here tuneloop's, which keeps the
-        # rendezvous store on 127.0.0.1 (torchrun.py), run by this interpreter (a warm
-        # instance's too). Its rendezvous takes PET_MASTER_PORT when --master_port is not
-        # given (one host: it is not); gloo listens on the loopback interface.
+        # rendezvous store on 127.0.0.1, on a port the kernel picks (torchrun.py), run by
+        # this interpreter (a warm instance's too); gloo listens on the loopback interface.
         os.environ["PATH"] = str(_torchrun_folder()) + os.pathsep + os.environ.get("PATH", "")
-        os.environ.setdefault("PET_MASTER_PORT", str(free_port()))
-        os.environ.setdefault("PET_MASTER_ADDR", "127.0.0.1")
+        os.environ["PET_MASTER_ADDR"] = "127.0.0.1"
         os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     entry_point.run(
         env.module_dir,

@@ -196,20 +196,16 @@ def start_dynamodb_local(
     if java is None:
         raise ServiceError("DynamoDB Local needs Java 17+ (`apt-get install openjdk-17-jre-headless`)")
     folder = find_dynamodb_local()
-    port = port or free_port()
-    args = [java, f"-Djava.library.path={folder / 'DynamoDBLocal_lib'}"]
+    ports = Path(tempfile.mkdtemp(prefix="tuneloop-ports-"))  # the owner's alone (mode 700)
+    args = [java, f"-Djava.library.path={folder / 'DynamoDBLocal_lib'}", f"-Dtuneloop.portFile={ports / 'backend'}"]
     args += ["-cp", dynamodb_local_classpath(java, folder), "LoopbackDynamoDBLocal", "-disableTelemetry"]
     if db_path is None:
         args.append("-inMemory")
     else:
         db_path.mkdir(parents=True, exist_ok=True)
         args += ["-dbPath", str(db_path)]
-    gateway = [sys.executable, "-m", "tuneloop.local.gateway", "dynamodb", "--port", str(port)]
-    gateway += ["--backend-port", str(free_port()), "--", *args]
-    proc = _spawn(gateway, log_path, cwd=REPO_ROOT, detach=detach, credentials=credentials)
-    service = Service("dynamodb", port, proc, log_path)
-    _await(service, 90, "DynamoDB Local")
-    return service
+    extra = ["--backend-port-file", str(ports / "backend"), "--", *args]
+    return _start_gateway("dynamodb", credentials, port, log_path, detach, 90, "DynamoDB Local", ports, extra)
 
 
 def start_moto(
@@ -217,22 +213,39 @@ def start_moto(
 ) -> Service:
     """moto (S3, CloudWatch, EventBridge, SQS, Application Auto Scaling) in the gateway's
     process, on 127.0.0.1."""
-    port = port or free_port()
-    args = [sys.executable, "-m", "tuneloop.local.gateway", "moto", "--port", str(port)]
+    ports = Path(tempfile.mkdtemp(prefix="tuneloop-ports-"))
+    return _start_gateway("moto", credentials, port, log_path, detach, 60, "moto", ports, [])
+
+
+def _start_gateway(
+    name: str,
+    credentials: Credentials,
+    port: int | None,
+    log_path: Path | None,
+    detach: bool,
+    timeout_s: float,
+    what: str,
+    ports: Path,
+    extra: list[str],
+) -> Service:
+    """The gateway for ``name``, on ``port`` or (None) one the kernel picks, which it
+    writes to a port file in ``ports`` once it listens; ready once it answers. If it is
+    not, or the wait is interrupted (Ctrl-C), it is stopped: nothing is left running that
+    no state file knows of."""
+    args = [sys.executable, "-m", "tuneloop.local.gateway", name, "--port", str(port or 0)]
+    args += ["--port-file", str(ports / "gateway"), *extra]
     proc = _spawn(args, log_path, cwd=REPO_ROOT, detach=detach, credentials=credentials)
-    service = Service("moto", port, proc, log_path)
-    _await(service, 60, "moto")
-    return service
-
-
-def _await(service: Service, timeout_s: float, what: str) -> None:
-    """Wait for a started service to answer; if it does not, or the wait is interrupted
-    (Ctrl-C), stop it: nothing is left running that no state file knows of."""
+    service = Service(name, port or 0, proc, log_path)
     try:
-        wait_until(_answers(service.endpoint), timeout_s, what, service.proc)
+        wait_until((ports / "gateway").is_file, timeout_s, what, proc)
+        service.port = int((ports / "gateway").read_text())
+        wait_until(_answers(service.endpoint), timeout_s, what, proc)
     except BaseException:
         service.stop()
         raise
+    finally:
+        shutil.rmtree(ports, ignore_errors=True)
+    return service
 
 
 def aws_env(dynamodb: str, moto: str, credentials: Credentials, region: str = "us-east-1") -> dict[str, str]:

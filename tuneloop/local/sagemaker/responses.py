@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from ..gateway import Refusal, check_body, credentials_from_env, screen_request
+from ..gateway import SAGEMAKER_SERVICES, Refusal, check_body, credentials_from_env, screen_request
 from ..httpserve import Handler, LoopbackServer
 from ..sigv4 import Credentials
 from .backend import ENTRY_POINTS, LocalSageMaker
@@ -52,12 +52,13 @@ class _Handler(Handler):
         headers: dict[str, list[str]] = {}
         for name, value in self.headers.items():
             headers.setdefault(name.lower(), []).append(value)
-        screened = screen_request(self.command, self.path, headers, self.server.credentials, json_protocol=True)
+        screened = screen_request(
+            self.command, self.path, headers, self.server.credentials, json_protocol=True, services=SAGEMAKER_SERVICES
+        )
         if isinstance(screened, Refusal):
             self._refuse(screened.status, screened.code, screened.message)
             return None
-        declared = int(self.headers.get("Content-Length") or "0")
-        body = self.rfile.read(declared) if declared else b""
+        body = self.read_body(int(self.headers.get("Content-Length") or "0"))
         refused = check_body(self.command, self.path, headers, body, self.server.credentials, json_protocol=True)
         if refused:
             self._refuse(refused.status, refused.code, refused.message)
