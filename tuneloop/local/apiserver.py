@@ -92,7 +92,7 @@ class _Handler(Handler):
         length = int(declared)
         if length > MAX_REQUEST_BYTES:
             return self._refuse(413, "PayloadTooLarge", f"request body over {MAX_REQUEST_BYTES} bytes")
-        body = self.rfile.read(length) if length else None
+        body = self.read_body(length) if length else None
         headers = {k.lower(): v for k, v in self.headers.items() if k.lower() != "authorization"}
         try:
             response = self.server.gateway.handle_request(self.command, self.path, headers, body)

@@ -1,12 +1,14 @@
 """The local cloud's HTTP servers' common ground: 127.0.0.1 only, a bounded number of
-connection threads, and idle sockets timed out.
+connection threads, and clients that cannot hold them.
 
 ``ThreadingHTTPServer`` starts a thread per connection with no limit, and a connection
 that sends nothing holds its thread for ever. Here a connection gets a thread only while
 fewer than ``max_connections`` are open; the next waits up to ``queue_wait_s`` for one to
 end, then is answered 503 and closed. Every accepted socket times out after
-``idle_timeout_s`` without a byte from the client (a kept-alive connection that went
-quiet, headers or a body that never come), which ends its connection and frees its thread.
+``idle_timeout_s`` without a byte from the client, and a request must arrive whole (its
+line, headers and body) within ``idle_timeout_s + read_deadline_s`` of the start of the
+wait for it: a client that sends a byte now and then cannot hold a thread either
+(``DEADLINES`` shuts such a connection down). Handlers read a body with ``read_body``.
 """
 
 from __future__ import annotations
@@ -15,13 +17,53 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 IDLE_TIMEOUT_S = 60.0
+READ_DEADLINE_S = 60.0
 MAX_CONNECTIONS = 128
 QUEUE_WAIT_S = 10.0
 BUSY = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class Deadlines:
+    """Connections whose request must be in by a time: past it, the connection is shut
+    down, which ends the read that holds its thread. One watcher thread per process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.due: dict[Any, float] = {}
+        self.thread: threading.Thread | None = None
+
+    def watch(self, connection: Any, seconds: float) -> None:
+        with self.lock:
+            self.due[connection] = time.monotonic() + seconds
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="http-deadlines", daemon=True)
+                self.thread.start()
+
+    def done(self, connection: Any) -> None:
+        with self.lock:
+            self.due.pop(connection, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.25)
+            now = time.monotonic()
+            with self.lock:
+                late = [connection for connection, due in self.due.items() if due <= now]
+                for connection in late:
+                    del self.due[connection]
+            for connection in late:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+DEADLINES = Deadlines()
 
 
 class BoundedThreads(socketserver.ThreadingMixIn):
@@ -31,6 +73,7 @@ class BoundedThreads(socketserver.ThreadingMixIn):
     daemon_threads = True
     max_connections = MAX_CONNECTIONS
     idle_timeout_s = IDLE_TIMEOUT_S
+    read_deadline_s = READ_DEADLINE_S
     queue_wait_s = QUEUE_WAIT_S
 
     def _slots(self) -> threading.BoundedSemaphore:
@@ -58,6 +101,7 @@ class BoundedThreads(socketserver.ThreadingMixIn):
         try:
             super().process_request_thread(request, client_address)
         finally:
+            DEADLINES.done(request)
             self._slots().release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -78,7 +122,36 @@ class LoopbackServer(BoundedThreads, ThreadingHTTPServer):
         return int(self.server_address[1])
 
 
-class Handler(BaseHTTPRequestHandler):
+class Deadlined(BaseHTTPRequestHandler):
+    """A request's line, headers and body must arrive within the server's idle timeout plus
+    its read deadline, counted from the start of the wait for the request. The deadline
+    ends once the headers are in for a request without a body, else once ``read_body``
+    has read it."""
+
+    server: Any
+
+    def handle_one_request(self) -> None:
+        DEADLINES.watch(self.connection, self.server.idle_timeout_s + self.server.read_deadline_s)
+        try:
+            super().handle_one_request()
+        finally:
+            DEADLINES.done(self.connection)
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        length = self.headers.get("Content-Length", "0") if parsed else "0"
+        if parsed and length in ("", "0") and not self.headers.get("Transfer-Encoding"):
+            DEADLINES.done(self.connection)
+        return parsed
+
+    def read_body(self, length: int) -> bytes:
+        try:
+            return self.rfile.read(length) if length else b""
+        finally:
+            DEADLINES.done(self.connection)
+
+
+class Handler(Deadlined):
     """HTTP/1.1 (kept-alive connections) with Nagle off. The idle timeout is the
     server's (set on each accepted socket)."""
 

@@ -146,7 +146,7 @@ class _Handler(Handler):
             self.close_connection = True
             self._send(413 if declared.isdigit() else 400, b'{"message": "bad or too large Content-Length"}')
             return
-        body = self.rfile.read(int(declared))
+        body = self.read_body(int(declared))
         if self.path != "/invocations":
             self._send(404, b'{"message": "not found"}')
             return
