@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import toolkit
 from ..processes import ProcessRecord, reclaim
-from .common import PROCESSING_CODE, PROCESSING_ROOT, Emit, envelope, read_json, write_json
+from .common import PROCESSING_CODE, PROCESSING_ROOT, Emit, check_channel, envelope, read_json, write_json
 from .exceptions import ServiceError
 from .hosting import Hosting
 from .jobs import PROCESS_FILE, REQUEST_FILE, STOP_GRACE_S, Job, ProcessingJob, TrainingJob, TransformJob
@@ -29,17 +29,16 @@ from .warmpool import WarmPools, terminated
 ENTRY_POINTS = frozenset({"prepare.py", "evaluate.py", "drift.py", "train.py"})
 # The code versions this server may run (their S3 location → SHA-256), kept across restarts.
 TRUSTED_CODE_FILE = "trusted-code.json"
-# Environment variables a job's request may not set: they change how Python, the dynamic
-# loader, pip or the training toolkit behave (which code runs, from where), or are the
-# local cloud's own (credentials, endpoints, settings).
-REFUSED_ENVIRONMENT_PREFIXES = ("LD_", "DYLD_", "PYTHON", "PIP_", "SAGEMAKER_", "SM_", "AWS_", "TUNELOOP_")
-REFUSED_ENVIRONMENT_NAMES = frozenset({"PATH", "HOME", "BASH_ENV", "ENV", "GLIBC_TUNABLES", "GCONV_PATH", "LOCPATH"})
+# What a job's request may set in its Environment. Almost any other variable can change what
+# runs or from where: the dynamic loader (LD_*), Python (PYTHON*), pip (PIP_*, XDG_* config),
+# OpenSSL (OPENSSL_CONF loads modules), torchrun (PET_*: a rendezvous on every interface),
+# the model hub (HF_*), the toolkit (SAGEMAKER_*, SM_*), the local cloud's own (AWS_*,
+# TUNELOOP_*). tuneloop's own jobs set none; these tune threads and logging only.
+ALLOWED_ENVIRONMENT = frozenset({"OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM", "TQDM_DISABLE",
+                                 "PYTORCH_CUDA_ALLOC_CONF", "TRANSFORMERS_VERBOSITY"})  # fmt: skip
+# Hyperparameters the toolkit reads to choose what runs: never a tuning range's.
+RESERVED_HYPERPARAMETERS = ("sagemaker_", "_tuning")
 log = logging.getLogger("tuneloop.sagemaker")
-
-
-def _refused_variable(name: str) -> bool:
-    upper = name.upper()
-    return upper in REFUSED_ENVIRONMENT_NAMES or upper.startswith(REFUSED_ENVIRONMENT_PREFIXES)
 
 
 def _processing_path(path: object) -> bool:
@@ -167,7 +166,7 @@ class LocalSageMaker:
     def verify_code(self, uri: str, folder: Path) -> None:
         """The code a job downloaded from ``uri`` must be, byte for byte, what was staged there."""
         expected = self.trusted_code.get(uri)
-        actual = code_digest(folder)
+        actual = code_digest(folder, staged_only=False)
         if expected is None or not hmac.compare_digest(actual, expected):
             raise ServiceError(
                 "ValidationException",
@@ -194,16 +193,36 @@ class LocalSageMaker:
         elif kind == "training":
             self._check_training(request, "HyperParameters", "")
         elif kind == "tuning":
-            definitions = [("TrainingJobDefinition", request.get("TrainingJobDefinition"))]
-            definitions += [(f"TrainingJobDefinitions.{n}", d) for n, d in
-                            enumerate(request.get("TrainingJobDefinitions") or [], 1)]  # fmt: skip
-            for field, definition in definitions:
-                if definition is not None:
-                    self._check_training(definition, "StaticHyperParameters", f"{field}.")
+            self._check_tuning(request)
         elif kind == "transform":
             self._check_environment(request.get("Environment"), "Environment")
 
+    def _check_tuning(self, request: dict[str, Any]) -> None:
+        """Each training definition as a training job's; no range may set the toolkit's own
+        hyperparameters (sagemaker_submit_directory would choose what each trial runs)."""
+        definitions = [("TrainingJobDefinition", request.get("TrainingJobDefinition"))]
+        definitions += [(f"TrainingJobDefinitions.{n}", d) for n, d in
+                        enumerate(request.get("TrainingJobDefinitions") or [], 1)]  # fmt: skip
+        config = request.get("HyperParameterTuningJobConfig") or {}
+        ranges = [("HyperParameterTuningJobConfig.ParameterRanges", config.get("ParameterRanges"))]
+        for field, definition in definitions:
+            if definition is not None:
+                self._check_training(definition, "StaticHyperParameters", f"{field}.")
+                ranges.append((f"{field}.HyperParameterRanges", definition.get("HyperParameterRanges")))
+        for field, by_kind in ranges:
+            for kind, items in (by_kind or {}).items():
+                for n, item in enumerate(items or [], 1):
+                    name = str(item.get("Name"))
+                    if name.startswith(RESERVED_HYPERPARAMETERS):
+                        raise ServiceError(
+                            "ValidationException",
+                            f"{field}.{kind}.{n}.Name {name[:64]!r}: a tuning range may not set the toolkit's own "
+                            "hyperparameters",
+                        )
+
     def _check_training(self, definition: dict[str, Any], key: str, prefix: str) -> None:
+        for n, channel in enumerate(definition.get("InputDataConfig") or [], 1):
+            check_channel(channel.get("ChannelName"), f"{prefix}InputDataConfig.{n}.ChannelName")
         hyper = definition.get(key) or {}
         try:
             script = json.loads(hyper.get("sagemaker_program", '""'))
@@ -220,11 +239,12 @@ class LocalSageMaker:
 
     def _check_environment(self, environment: Any, field: str) -> None:
         for name in environment or {}:
-            if _refused_variable(name):
+            if name not in ALLOWED_ENVIRONMENT:
                 raise ServiceError(
                     "ValidationException",
-                    f"{field}.{name}: the local SageMaker does not let a job set {name}: it changes how Python, "
-                    "the loader, pip or the training toolkit behave, or is the local cloud's own",
+                    f"{field}.{name}: the local SageMaker lets a job set only "
+                    f"{', '.join(sorted(ALLOWED_ENVIRONMENT))}; {name} could change how the loader, Python, pip, "
+                    "torchrun or the toolkit behave, or is the local cloud's own",
                 )
 
     def _check_processing(self, request: dict[str, Any]) -> None:

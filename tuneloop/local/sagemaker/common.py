@@ -1,9 +1,11 @@
 """What every part of the local SageMaker shares: account, region, time, ARNs, event
-envelopes and durable JSON files. Imports nothing of the package's own."""
+envelopes, durable JSON files and channel names. Imports nothing of the package's own but
+its exceptions."""
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_atomic
+from .exceptions import ServiceError
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -18,6 +21,21 @@ OPT_ML = "/opt/ml"
 PROCESSING_ROOT = f"{OPT_ML}/processing"
 PROCESSING_CODE = f"{PROCESSING_ROOT}/input/code"
 Emit = Callable[[dict[str, Any]], object]
+
+
+# A channel's name becomes a folder: a name SageMaker's pattern allows but that would not stay
+# inside the job's channels (".", "..") is refused.
+_CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]{0,63}$")
+
+
+def check_channel(name: object, field: str) -> None:
+    """A channel name that is a folder of its own; ValidationException otherwise."""
+    if not isinstance(name, str) or not _CHANNEL_RE.match(name):
+        raise ServiceError(
+            "ValidationException",
+            f"{field} {str(name)[:64]!r}: the local SageMaker takes channel names of letters, digits, '.', '-' and "
+            "'_', starting with a letter or digit",
+        )
 
 
 def now() -> datetime:

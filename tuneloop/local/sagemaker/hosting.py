@@ -38,7 +38,7 @@ from botocore.exceptions import ClientError
 from .. import toolkit
 from ..processes import ProcessRecord, reclaim, record_child
 from ..serving import STREAM_HEADER, TOKEN_ENV
-from .common import Emit, arn, envelope, now, read_json, write_json
+from .common import Emit, arn, check_channel, envelope, now, read_json, write_json
 from .exceptions import ServiceError
 from .staging import TRANSFER, download_prefix, split_s3
 
@@ -411,7 +411,8 @@ class Hosting:
             raise ServiceError("ValidationException", "The container names neither ModelDataUrl nor ModelPackageName")
         since = f"{name} was registered" if name else "the model was made"
         self._check_pin(str(container["ModelDataUrl"]), container.get("ModelDataETag"), since)
-        for source in container.get("AdditionalModelDataSources") or []:
+        for n, source in enumerate(container.get("AdditionalModelDataSources") or [], 1):
+            check_channel(source.get("ChannelName"), f"AdditionalModelDataSources.{n}.ChannelName")
             self._check_pin(source["S3DataSource"]["S3Uri"], source["S3DataSource"].get("ETag"), since)
         return container, since
 

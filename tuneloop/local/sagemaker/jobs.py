@@ -31,7 +31,7 @@ from .. import toolkit
 from ..files import inside
 from ..processes import group_alive, record_child, stop_group, wait_group
 from ..pytorch import INSTANCES_ENV
-from .common import OPT_ML, PROCESSING_CODE, arn, envelope, now
+from .common import OPT_ML, PROCESSING_CODE, arn, check_channel, envelope, now
 from .exceptions import ServiceError
 from .staging import TRANSFER, Synced, download_prefix, split_s3, upload_folder
 from .warmpool import keep_alive
@@ -68,6 +68,8 @@ class Backend(Protocol):
     def save(self, job: Job) -> None: ...
 
     def verify_code(self, uri: str, folder: Path) -> None: ...
+
+    def check_request(self, kind: str, request: dict[str, Any]) -> None: ...
 
     def start(self, job: Job) -> Job: ...
 
@@ -255,7 +257,9 @@ class ProcessingJob(Job):
         for item in self.request.get("ProcessingInputs", []):
             source = item.get("S3Input")
             if source:
-                download_prefix(s3, source["S3Uri"], self.local(source["LocalPath"]))
+                local = self.local(source["LocalPath"])
+                shutil.rmtree(local, ignore_errors=True)  # a resumed job's earlier files (its __pycache__) go
+                download_prefix(s3, source["S3Uri"], local)
                 if source["LocalPath"].rstrip("/") == PROCESSING_CODE:
                     code_uri = source["S3Uri"].removesuffix("/source/")
         # What runs is what tuneloop staged, byte for byte (every input is in by now).
@@ -411,14 +415,17 @@ class TrainingJob(Job):
         channels: dict[str, Path] = {}
         for channel in self.request.get("InputDataConfig", []):
             source = channel["DataSource"]["S3DataSource"]["S3Uri"]
+            check_channel(channel["ChannelName"], "InputDataConfig.ChannelName")
             target = self.folder / "channels" / channel["ChannelName"]
             download_prefix(s3, source, target)
             channels[channel["ChannelName"]] = target
         hyper = dict(self.request.get("HyperParameters", {}))
         code = self._fetch_code(json.loads(hyper.get("sagemaker_submit_directory", '""')))
-        if code is not None:
-            hyper["sagemaker_submit_directory"] = json.dumps(str(code))
+        hyper["sagemaker_submit_directory"] = json.dumps(str(code))
         layout = toolkit.lay_out(self.root, hyper, channels)
+        # The toolkit copies the checked code into /opt/ml/code only when that folder is
+        # empty: whatever an earlier attempt left there goes first.
+        shutil.rmtree(layout.base / "code", ignore_errors=True)
         checkpoints = self.request.get("CheckpointConfig")
         if checkpoints:
             if self.resumed:
@@ -479,12 +486,15 @@ class TrainingJob(Job):
         self.model_artifact = f"s3://{bucket}/{key}"
         self.finish_training("Completed", "Completed", "Training job completed")
 
-    def _fetch_code(self, uri: str) -> Path | None:
+    def _fetch_code(self, uri: str) -> Path:
+        """The staged code the job runs, downloaded and checked against what was staged;
+        a submit directory anywhere else (a local folder) is never run."""
         if not uri.startswith("s3://"):
-            return None
+            raise ServiceError("ValidationException", f"sagemaker_submit_directory {uri[:200]!r} is not staged code")
         bucket, key = split_s3(uri)
         target = self.folder / "sourcedir"
         archive = self.folder / "sourcedir.tar.gz"
+        shutil.rmtree(target, ignore_errors=True)  # a resumed job's earlier copy is not trusted either
         self.server.s3.download_file(bucket, key, str(archive), Config=TRANSFER)
         with tarfile.open(archive) as tar:
             tar.extractall(target, filter="data")

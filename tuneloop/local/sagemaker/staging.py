@@ -80,12 +80,18 @@ def upload_folder(s3: Any, folder: Path, uri: str, synced: Synced | None = None)
     return count
 
 
-def code_digest(source: Path) -> str:
-    """The SHA-256 of a code folder: every file's path and bytes (``__pycache__`` aside)."""
+def code_digest(source: Path, staged_only: bool = True) -> str:
+    """The SHA-256 of a code folder: every file's path and bytes, each length-prefixed (no
+    two folders share a digest by splitting paths and contents differently).
+    ``staged_only``: without ``__pycache__``, as the code is staged; a folder a job
+    downloaded is hashed whole, so a byte-compiled file planted beside the code (which
+    Python would load in place of its source) fails the check."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(path.relative_to(source).as_posix().encode())
-        digest.update(path.read_bytes())
+    files = (p for p in source.rglob("*") if p.is_file() and not (staged_only and "__pycache__" in p.parts))
+    for path in sorted(files):
+        name, data = path.relative_to(source).as_posix().encode(), path.read_bytes()
+        digest.update(len(name).to_bytes(8, "big") + name + len(data).to_bytes(8, "big"))
+        digest.update(data)
     return digest.hexdigest()
 
 

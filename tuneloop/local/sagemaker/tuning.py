@@ -191,6 +191,7 @@ class TuningJob(Job):
             "Tags": [*self.request.get("Tags", []), {"Key": "tuneloop:tuning-job", "Value": self.name}],
         }
         validate("CreateTrainingJob", request)
+        self.server.check_request("training", request)  # what a trial runs, as a training job's
         job = TrainingJob(self.server, request, tuning_arn=self.arn)
         job.threads = self.threads_per_trial()
         job.on_end = self.wake.set
