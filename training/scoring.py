@@ -93,35 +93,47 @@ def json_valid(generated: str) -> float:
 
 
 def check_schema(schema: Any) -> None:
-    """Raise ValueError when ``schema`` is not a valid JSON schema."""
+    """Raise ValueError when ``schema`` is not a valid JSON schema, or one whose patterns
+    would run with no time bound (spec.unbounded_patterns)."""
     import jsonschema
 
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise ValueError(f"not a valid JSON schema: {exc.message}") from exc
+    if spec.unbounded_patterns(schema):
+        raise ValueError(spec.UNBOUNDED_PATTERNS)
 
 
-# How long one pattern may take on one text before it counts as no match.
+# How long one pattern may take on one text before it counts as no match. A pattern that
+# once ran out of time matches nothing again in this job (RUNAWAY): each costs the job at
+# most this long, however many generations are scored.
 PATTERN_TIMEOUT_S = 0.25
+RUNAWAY: set[str] = set()
 
 
 def matches(pattern: str, text: str, whole: bool = False) -> bool:
     """``pattern`` found in ``text`` (``whole``: matching all of it, dot matching newlines),
-    within PATTERN_TIMEOUT_S; False when it took longer."""
+    within PATTERN_TIMEOUT_S; False when it took longer, and from then on."""
     import regex
 
+    if pattern in RUNAWAY:
+        return False
     try:
         if whole:
             return regex.fullmatch(pattern, text, flags=regex.S, timeout=PATTERN_TIMEOUT_S) is not None
         return regex.search(pattern, text, timeout=PATTERN_TIMEOUT_S) is not None
     except TimeoutError:
+        print(f"pattern {pattern[:80]!r} took over {PATTERN_TIMEOUT_S} s; it matches nothing from here on",
+              file=sys.stderr)  # fmt: skip
+        RUNAWAY.add(pattern)
         return False
 
 
 def _bounded_validator(schema: Mapping[str, Any]) -> Any:
-    """The schema's validator, its ``pattern`` and ``patternProperties`` keywords run with
-    the time bound (jsonschema's own use ``re.search``, with none)."""
+    """The schema's validator, its ``pattern``, ``patternProperties`` and
+    ``additionalProperties`` keywords run with the time bound (jsonschema's own use
+    ``re.search``, with none)."""
     import jsonschema
 
     def pattern(validator: Any, expected: str, instance: Any, _schema: Any) -> Any:
@@ -136,9 +148,21 @@ def _bounded_validator(schema: Mapping[str, Any]) -> Any:
                 if matches(expected, key):
                     yield from validator.descend(value, subschema, path=key, schema_path=expected)
 
+    def additional_properties(validator: Any, allowed: Any, instance: Any, schema: Mapping[str, Any]) -> Any:
+        if not validator.is_type(instance, "object"):
+            return
+        known, patterns = schema.get("properties", {}), list(schema.get("patternProperties", {}))
+        extras = [key for key in instance if key not in known and not any(matches(p, key) for p in patterns)]
+        if validator.is_type(allowed, "object"):
+            for extra in extras:
+                yield from validator.descend(instance[extra], allowed, path=extra)
+        elif not allowed and extras:
+            yield jsonschema.ValidationError(f"additional properties are not allowed ({', '.join(map(repr, extras))})")
+
     base = jsonschema.validators.validator_for(schema)
-    bounded = jsonschema.validators.extend(base, {"pattern": pattern, "patternProperties": pattern_properties})
-    return bounded(schema)
+    keywords = {"pattern": pattern, "patternProperties": pattern_properties}
+    keywords["additionalProperties"] = additional_properties
+    return jsonschema.validators.extend(base, keywords)(schema)
 
 
 def json_schema(generated: str, schema: Mapping[str, Any]) -> float:

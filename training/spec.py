@@ -238,6 +238,28 @@ RANDOM_DECODERS = {
 RANDOM_PREFIX = "random:"
 
 
+UNBOUNDED_PATTERNS = (
+    "unevaluatedProperties with patternProperties is not taken: jsonschema matches those patterns with no time "
+    "bound (a pattern such as (a|aa)+$ could run for hours on one generation)"
+)
+
+
+def unbounded_patterns(schema: Any) -> bool:
+    """Whether a JSON schema has ``unevaluatedProperties`` and ``patternProperties``
+    anywhere: jsonschema matches the patterns of such a schema itself, with Python's re, so
+    scoring could not bound their time (every other use of a pattern it bounds)."""
+    keys: set[str] = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            keys.update(str(key) for key in node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return {"unevaluatedProperties", "patternProperties"} <= keys
+
+
 def offline_models() -> list[str]:
     """Every base model id a job can load with no network (plus any s3:// artifact)."""
     return [*PACKAGED_MODELS, *(RANDOM_PREFIX + name for name in RANDOM_DECODERS)]

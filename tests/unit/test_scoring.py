@@ -83,16 +83,50 @@ def bounded(call: Any, limit_s: float = 10) -> Any:
 
 
 @pytest.mark.parametrize("runaway", [r"(a+)+$", r"(a|aa)+$"])
-def test_a_catastrophic_pattern_cannot_burn_the_job(runaway: str) -> None:
+def test_a_catastrophic_pattern_cannot_burn_the_job(runaway: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """(a+)+$ or (a|aa)+$ on 'aaaa…!' backtracks exponentially under Python's re (hours at
     40 a's). The regex module takes the first in linear time and stops the second at the
     time bound: either way no match, quickly, whether it is the project's regex or a
-    pattern in its JSON schema."""
+    pattern in its JSON schema (pattern, patternProperties, additionalProperties)."""
+    monkeypatch.setattr(scoring, "RUNAWAY", set())
     hostile = "a" * 40 + "!"
+    assert bounded(lambda: scoring.regex_match("aaaa", runaway)) == 1.0  # a fine match matches
     assert bounded(lambda: scoring.regex_match(hostile, runaway)) == 0.0
-    assert bounded(lambda: scoring.regex_match("aaaa", runaway)) == 1.0  # a fine match still matches
+    keyed = "^" + runaway.replace("a", "b")
     schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^" + runaway}},
-              "patternProperties": {"^" + runaway.replace("a", "b"): {"type": "integer"}}}  # fmt: skip
-    assert bounded(lambda: scoring.json_schema(json.dumps({"s": hostile}), schema)) == 0.0
+              "patternProperties": {keyed: {"type": "integer"}}}  # fmt: skip
+    assert bounded(lambda: scoring.json_schema(json.dumps({"s": "aaa", "bbb": 1}), schema)) == 1.0
     assert bounded(lambda: scoring.json_schema(json.dumps({"s": "aaa", "b" * 40 + "!": "x"}), schema)) == 1.0
-    assert bounded(lambda: scoring.json_schema(json.dumps({"s": "aaa", "bbb": "x"}), schema)) == 0.0
+    assert bounded(lambda: scoring.json_schema(json.dumps({"s": hostile}), schema)) == 0.0
+    closed = {"type": "object", "patternProperties": {"^" + runaway.replace("a", "c"): {}},
+              "additionalProperties": False}  # fmt: skip
+    assert bounded(lambda: scoring.json_schema(json.dumps({"c" * 40 + "!": 1}), closed)) == 0.0
+
+
+def test_a_pattern_that_ran_out_of_time_costs_the_job_no_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each runaway pattern costs the job its time bound once, however many generations:
+    after it ran out of time, the regex engine is never asked to run it again."""
+    import regex
+
+    monkeypatch.setattr(scoring, "RUNAWAY", set())
+    runs: list[str] = []
+    real = regex.fullmatch
+    monkeypatch.setattr(regex, "fullmatch", lambda pattern, *a, **k: (runs.append(pattern), real(pattern, *a, **k))[1])
+    assert scoring.regex_match("a" * 40 + "!", r"(a|aa)+$") == 0.0
+    assert [scoring.regex_match("a" * 40 + "!", r"(a|aa)+$") for _ in range(100)] == [0.0] * 100
+    assert runs == [r"(a|aa)+$"]
+
+
+def test_a_schema_whose_patterns_jsonschema_would_match_unbounded_is_refused() -> None:
+    """unevaluatedProperties with patternProperties: jsonschema matches those patterns
+    itself, with Python's re, where no time bound reaches."""
+    from chalicelib.domain.project import ConfigError, normalise_config
+    from tests.conftest import DEMO_CONFIG
+
+    schema = {"type": "object", "allOf": [{"patternProperties": {"^(a|aa)+$": {}}}], "unevaluatedProperties": False}
+    with pytest.raises(ValueError, match="unevaluatedProperties with patternProperties"):
+        scoring.scorer("json_schema", {"json_schema": schema})
+    config = {**DEMO_CONFIG, "generation": {"scorers": ["json_schema"], "json_schema": schema}}
+    with pytest.raises(ConfigError, match="unevaluatedProperties") as info:
+        normalise_config(config)
+    assert info.value.field == "generation.json_schema"
