@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import BUCKET
 from tests.functional.conftest import Api
 from tests.functional.test_feedback import feedback_event
+from tests.iam import BUCKET_ARN, allowed, resolve
 
 REPO = Path(__file__).resolve().parents[2]
 # What writes an object: the S3 operations, and boto3's transfer helpers that make them.
@@ -46,16 +47,16 @@ def write_sites() -> set[tuple[str, str]]:
 
 
 def policy_write_prefixes(path: Path) -> set[str]:
-    """The key prefixes a policy's s3:PutObject statements allow in the data bucket."""
+    """The key prefixes a policy's s3:PutObject statements allow, each in the data bucket."""
     prefixes = set()
-    for statement in json.loads(path.read_text())["Statement"]:
+    for statement in resolve(json.loads(path.read_text()))["Statement"]:
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         if not any(fnmatch.fnmatchcase("s3:PutObject", action) for action in actions):
             continue
         resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
         for resource in resources:
-            bucket, _, key = resource.removeprefix("arn:aws:s3:::").partition("/")
-            assert bucket.endswith("-${aws:PrincipalAccount}-*"), f"{path.name}: {resource} is not the data bucket"
+            bucket, _, key = resource.partition("/")
+            assert bucket == BUCKET_ARN, f"{path.name}: {resource} is not the data bucket"
             prefixes.add(key.removesuffix("*"))
     return prefixes
 
@@ -91,7 +92,12 @@ def test_the_lambda_roles_write_only_under_the_prefixes_the_code_writes(
     written = {key.split("/", 1)[0] + "/" for _, _, key in recorded}
     assert written == {"labels/"}
     for path in sorted((REPO / ".chalice").glob("policy-*.json")):
-        allowed = policy_write_prefixes(path)
-        assert allowed <= written, f"{path.name} lets the functions write under {sorted(allowed - written)}"
+        prefixes = policy_write_prefixes(path)
+        assert prefixes <= written, f"{path.name} lets the functions write under {sorted(prefixes - written)}"
+        # As IAM decides it (its * spans /): no key elsewhere that merely contains the prefix.
+        policy = resolve(json.loads(path.read_text()))
+        for key in ("code/v1/train.py", "runs/x/labels/y.jsonl", "datasets/p/labels/x.jsonl", "models/labels/m"):
+            assert not allowed(policy, "s3:PutObject", f"{BUCKET_ARN}/{key}"), (path.name, key)
+        assert not allowed(policy, "s3:PutObject", f"{BUCKET_ARN.replace('-dev-', '-dev-logs-')}/labels/x")
     for stage in ("dev", "prod"):  # the full policy allows what the code writes
         assert policy_write_prefixes(REPO / ".chalice" / f"policy-{stage}.json") == written

@@ -1,5 +1,5 @@
-"""parliament (an IAM policy linter) over every policy tuneloop deploys: the Lambda role's
-per stage and the SageMaker execution role's. Unknown actions, condition keys that an
+"""parliament (an IAM policy linter) over every policy tuneloop deploys: the Lambda roles'
+per stage, the SageMaker execution role's and the starter policies for people. Unknown actions, condition keys that an
 action does not support, malformed ARNs and needless Resource "*" are findings."""
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-ACCOUNT, REGION = "123456789012", "eu-west-1"
+from tests.iam import REPO, TEMPLATE, resolve
 
 
 def parliament() -> Any:
@@ -35,39 +34,18 @@ def parliament() -> Any:
     return linter
 
 
-def resolve(value: Any, bucket_arn: str) -> Any:
-    """CloudFormation's intrinsics, as they resolve in one account and region."""
-    if isinstance(value, dict) and len(value) == 1:
-        ((key, inner),) = value.items()
-        if key == "Fn::Sub":
-            text = inner if isinstance(inner, str) else inner[0]
-            for name, real in {"${AWS::Partition}": "aws", "${AWS::Region}": REGION, "${AWS::AccountId}": ACCOUNT,
-                               "${DataBucket.Arn}": bucket_arn}.items():  # fmt: skip
-                text = text.replace(name, real)
-            return text
-        if key == "Fn::GetAtt":
-            return bucket_arn
-        if key == "Ref":
-            return {"AWS::AccountId": ACCOUNT, "ImageRepositoryArns": IMAGE_REPOSITORIES}.get(inner, inner)
-    if isinstance(value, dict):
-        return {k: resolve(v, bucket_arn) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve(v, bucket_arn) for v in value]
-    return value
-
-
-TEMPLATE = json.loads((REPO / "infra" / "resources.json").read_text())
-IMAGE_REPOSITORIES = TEMPLATE["Parameters"]["ImageRepositoryArns"]["Default"].split(",")
-
-
 def policies() -> list[tuple[str, dict[str, Any]]]:
-    files = [*sorted((REPO / ".chalice").glob("policy-*.json")), *sorted((REPO / "infra" / "operators").glob("*.json"))]
-    found = [(path.name, json.loads(path.read_text())) for path in files]
-    bucket = f"arn:aws:s3:::tuneloop-dev-{ACCOUNT}-{REGION}"
+    """Every policy tuneloop deploys: the Lambda roles' per stage, and the template's roles
+    and managed policies (the execution role, the starter policies for people)."""
+    found = [
+        (path.name, resolve(json.loads(path.read_text()))) for path in sorted((REPO / ".chalice").glob("policy-*.json"))
+    ]
     for name, resource in TEMPLATE["Resources"].items():
         if resource.get("Type") == "AWS::IAM::Role":
             for policy in resource["Properties"].get("Policies", []):
-                found.append((f"{name}/{policy['PolicyName']}", resolve(policy["PolicyDocument"], bucket)))
+                found.append((f"{name}/{policy['PolicyName']}", resolve(policy["PolicyDocument"])))
+        elif resource.get("Type") == "AWS::IAM::ManagedPolicy":
+            found.append((name, resolve(resource["Properties"]["PolicyDocument"])))
     return found
 
 

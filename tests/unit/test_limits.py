@@ -14,6 +14,7 @@ from chalicelib.config import Settings, SettingsError
 from chalicelib.domain.limits import Limits
 from chalicelib.domain.project import ConfigError, normalise_config
 from tests.conftest import DEMO_CONFIG, DEMO_TUNED_CONFIG
+from tests.iam import resolve
 
 REPO = Path(__file__).resolve().parents[2]
 CHALICE = json.loads((REPO / ".chalice" / "config.json").read_text())
@@ -73,7 +74,7 @@ def test_limits_from_the_environment_are_checked() -> None:
 
 
 def statements(path: Path) -> dict[str, dict[str, Any]]:
-    return {s["Sid"]: s for s in json.loads(path.read_text())["Statement"]}
+    return {s["Sid"]: s for s in resolve(json.loads(path.read_text()))["Statement"]}
 
 
 def policy_files(stage: str) -> list[Path]:

@@ -1,0 +1,55 @@
+"""IAM policies as tests read them: CloudFormation's intrinsics resolved for one account,
+region and stage, and an identity policy's decision for one action on one resource."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+ACCOUNT, REGION, STAGE = "123456789012", "eu-west-1", "dev"
+BUCKET_ARN = f"arn:aws:s3:::tuneloop-{STAGE}-{ACCOUNT}-{REGION}"
+API_ID = "a1b2c3d4e5"
+TEMPLATE = json.loads((REPO / "infra" / "resources.json").read_text())
+IMAGE_REPOSITORIES = TEMPLATE["Parameters"]["ImageRepositoryArns"]["Default"].split(",")
+
+
+def resolve(value: Any) -> Any:
+    """CloudFormation's intrinsics, as they resolve in that account, region and stage."""
+    names = {"${AWS::Partition}": "aws", "${AWS::Region}": REGION, "${AWS::AccountId}": ACCOUNT,
+             "${DataBucket.Arn}": BUCKET_ARN, "${RestAPI}": API_ID, "${Stage}": STAGE}  # fmt: skip
+    if isinstance(value, dict) and len(value) == 1:
+        ((key, inner),) = value.items()
+        if key == "Fn::Sub":
+            text = inner if isinstance(inner, str) else inner[0]
+            for name, real in names.items():
+                text = text.replace(name, real)
+            return text
+        if key == "Fn::GetAtt":
+            return BUCKET_ARN
+        if key == "Ref":
+            return {"AWS::AccountId": ACCOUNT, "ImageRepositoryArns": IMAGE_REPOSITORIES}.get(inner, inner)
+    if isinstance(value, dict):
+        return {k: resolve(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v) for v in value]
+    return value
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def allowed(policy: dict[str, Any], action: str, resource: str) -> bool:
+    """IAM's decision for one identity policy (resolved): an explicit Deny wins, then any
+    Allow. Wildcards as IAM reads them: ``*`` any run of characters, ``/`` included."""
+
+    def matches(statement: dict[str, Any]) -> bool:
+        return any(fnmatch.fnmatch(action.lower(), a.lower()) for a in _listed(statement["Action"])) and any(
+            fnmatch.fnmatchcase(resource, r) for r in _listed(statement["Resource"])
+        )
+
+    found = [s["Effect"] for s in policy["Statement"] if matches(s)]
+    return "Deny" not in found and "Allow" in found
