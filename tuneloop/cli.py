@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,7 @@ def ui_backend(args: argparse.Namespace) -> Any:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from .ui.server import LINK_TTL_S, UiServer
+    from .ui.server import LINK_TTL_S, UiServer, open_privately
 
     server = UiServer(ui_backend(args), args.port)
     link = server.link()
@@ -245,16 +246,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(f"the link opens it once, within {LINK_TTL_S / 60:.0f} minutes; Enter prints a new one; Ctrl-C stops it",
           flush=True)  # fmt: skip
     server.offer_links()
-    if not args.no_open:
-        import webbrowser
-
-        webbrowser.open(link)
+    opened = open_privately(link) if not args.no_open else None
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        if opened is not None:
+            shutil.rmtree(opened, ignore_errors=True)
     return 0
 
 

@@ -1,8 +1,8 @@
 """The dashboard's server: only its starter gets in (a single-use, short-lived link code →
-a session cookie; a loopback Host; for changes, this server's own Origin, a JSON body and
-the session's CSRF token), pages reload at their URLs, /api/ is forwarded, and a deployed
-stage's calls are SigV4-signed with the caller's credentials (checked by the local
-cloud's verifier)."""
+a session cookie and a token only the page's origin keeps; a loopback Host; for changes,
+this server's own Origin and a JSON body), pages reload at their URLs, /api/ is forwarded,
+and a deployed stage's calls are SigV4-signed with the caller's credentials (checked by
+the local cloud's verifier)."""
 
 from __future__ import annotations
 
@@ -52,20 +52,18 @@ def request(server: UiServer, method: str, path: str, headers: dict[str, str] | 
 
 
 def signed_in(server: UiServer) -> dict[str, str]:
+    """A new session's headers: its cookie, and the token the redirect's fragment hands the page."""
     link = server.link()
     code = link.split("session=")[1]
     status, headers, _ = request(server, "GET", f"/runs/abc?state=deployed&session={code}")
-    assert status == 303 and headers["location"] == "/runs/abc?state=deployed"  # the code leaves the URL
+    location, _, fragment = headers["location"].partition("#")
+    assert status == 303 and location == "/runs/abc?state=deployed"  # the code leaves the URL
+    assert fragment.startswith("tuneloop-token=")  # a fragment: no server ever sees it
     cookie = headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
-    assert code not in cookie  # the session is not the code
-    return {"Cookie": cookie.split(";")[0]}
-
-
-def csrf(server: UiServer, cookie: dict[str, str]) -> str:
-    status, _, body = request(server, "GET", "/ui/info", cookie)
-    assert status == 200
-    return str(json.loads(body)["csrf"])
+    token = fragment.split("=", 1)[1]
+    assert code not in cookie and code != token  # the session is not the code
+    return {"Cookie": cookie.split(";")[0], "X-Tuneloop-Token": token}
 
 
 def test_only_the_session_link_opens_the_dashboard(ui: tuple[UiServer, Recorder]) -> None:
@@ -74,12 +72,12 @@ def test_only_the_session_link_opens_the_dashboard(ui: tuple[UiServer, Recorder]
     assert request(server, "GET", "/api/projects")[0] == 401 and backend.calls == []
     assert request(server, "GET", "/?session=not-the-code")[0] == 403
     assert request(server, "GET", "/", {"Cookie": "tl_session=guess"})[0] == 401
-    cookie = signed_in(server)
+    session = signed_in(server)
     for page in ("/", "/projects", "/projects/demo", "/runs", "/runs/abc"):
-        status, headers, body = request(server, "GET", page, cookie)
+        status, headers, body = request(server, "GET", page, session)
         assert status == 200 and b'<script type="module" src="/static/app.js">' in body, page
         assert "script-src 'self'" in headers["content-security-policy"]
-    assert request(server, "GET", "/nowhere", cookie)[0] == 404
+    assert request(server, "GET", "/nowhere", session)[0] == 404
     # The app's own files; nothing outside them.
     assert request(server, "GET", "/static/app.js")[0] == 200
     assert request(server, "GET", "/static/../server.py")[0] == 404
@@ -87,8 +85,8 @@ def test_only_the_session_link_opens_the_dashboard(ui: tuple[UiServer, Recorder]
 
 
 def test_a_link_opens_the_dashboard_once_and_only_for_a_while() -> None:
-    """The link goes on the browser's command line and into its history: once used, or
-    after LINK_TTL_S, its code opens nothing."""
+    """The link goes into the browser's history: once used, or after LINK_TTL_S, its code
+    opens nothing."""
     now = [1000.0]
     server = UiServer(Recorder(), clock=lambda: now[0])
     server.serve_in_background()
@@ -105,39 +103,49 @@ def test_a_link_opens_the_dashboard_once_and_only_for_a_while() -> None:
         server.server_close()
 
 
+def test_the_cookie_alone_opens_no_data(ui: tuple[UiServer, Recorder]) -> None:
+    """A browser sends the cookie to every port of 127.0.0.1: a server on another port may
+    receive it. Without the page's token (which stays in this origin's storage) it reads and
+    changes nothing."""
+    server, backend = ui
+    session = signed_in(server)
+    cookie = {"Cookie": session["Cookie"]}
+    for path in ("/api/projects", "/ui/info"):
+        assert request(server, "GET", path, cookie)[0] == 403
+        assert request(server, "GET", path, {**cookie, "X-Tuneloop-Token": "a guess"})[0] == 403
+    assert backend.calls == []
+    assert json.loads(request(server, "GET", "/ui/info", session)[2]) == {"backend": "a recorder"}  # no secret in it
+
+
 def test_api_calls_are_forwarded_and_foreign_callers_refused(ui: tuple[UiServer, Recorder]) -> None:
     server, backend = ui
-    cookie = signed_in(server)
-    status, _, body = request(server, "GET", "/api/runs?project=demo&limit=5", cookie)
+    session = signed_in(server)
+    status, _, body = request(server, "GET", "/api/runs?project=demo&limit=5", session)
     assert status == 200 and json.loads(body) == {"echo": "/runs?project=demo&limit=5"}
     payload = json.dumps({"reason": "x"}).encode()
-    token = csrf(server, cookie)
-    own = {**cookie, "Origin": f"http://127.0.0.1:{server.port}", "Content-Type": "application/json",
-           "X-Tuneloop-CSRF": token}  # fmt: skip
+    own = {**session, "Origin": f"http://127.0.0.1:{server.port}", "Content-Type": "application/json"}
     status, _, _ = request(server, "POST", "/api/runs/abc/stop", own, payload)
     assert status == 200 and backend.calls[-1] == ("POST", "/runs/abc/stop", payload)
     calls = len(backend.calls)
     # Another site's page (a forged form or fetch), a rebinding DNS name, no session: refused.
     assert request(server, "POST", "/api/runs/abc/stop", {**own, "Origin": "https://evil.example"}, b"{}")[0] == 403
-    assert request(server, "GET", "/api/projects", {**cookie, "Host": "evil.example"})[0] == 403
+    assert request(server, "GET", "/api/projects", {**session, "Host": "evil.example"})[0] == 403
     assert request(server, "POST", "/api/runs/abc/stop", {}, b"{}")[0] == 401
     assert request(server, "POST", "/runs/abc", own, b"{}")[0] == 405
     assert request(server, "PUT", "/api/projects/demo", {**own, "Content-Length": str(10**7)})[0] == 413
+    assert request(server, "PUT", "/api/projects/demo", {**own, "Content-Length": "\u00b2"})[0] == 413  # '²'.isdigit()
     assert len(backend.calls) == calls
-    assert json.loads(request(server, "GET", "/ui/info", cookie)[2]) == {"backend": "a recorder", "csrf": token}
 
 
 def test_a_page_on_another_local_port_cannot_drive_the_dashboard(ui: tuple[UiServer, Recorder]) -> None:
     """SameSite cookies ignore the port, so a notebook or dev server on another port of
     127.0.0.1 is a same-site page: its requests carry the cookie. It still cannot change
     anything: the Origin must be this server's (scheme, host and port), the body JSON (a
-    form or a no-cors fetch can only send text/plain) and the session's CSRF token there
-    (which no other origin can read)."""
+    form or a no-cors fetch can only send text/plain) and the session's token there (which
+    no other origin can read)."""
     server, backend = ui
-    cookie = signed_in(server)
-    token = csrf(server, cookie)
-    own = {**cookie, "Origin": f"http://127.0.0.1:{server.port}", "Content-Type": "application/json",
-           "X-Tuneloop-CSRF": token}  # fmt: skip
+    session = signed_in(server)
+    own = {**session, "Origin": f"http://127.0.0.1:{server.port}", "Content-Type": "application/json"}
     body = json.dumps({"config": {"approval": "auto"}}).encode()
     for changed, status in [
         ({"Origin": f"http://127.0.0.1:{server.port + 1}"}, 403),  # another port
@@ -145,8 +153,8 @@ def test_a_page_on_another_local_port_cannot_drive_the_dashboard(ui: tuple[UiSer
         ({"Origin": f"https://127.0.0.1:{server.port}"}, 403),  # another scheme
         ({"Origin": "null"}, 403),
         ({"Content-Type": "text/plain"}, 415),  # a form's, a no-cors fetch's
-        ({"X-Tuneloop-CSRF": ""}, 403),
-        ({"X-Tuneloop-CSRF": "a guess"}, 403),
+        ({"X-Tuneloop-Token": ""}, 403),
+        ({"X-Tuneloop-Token": "a guess"}, 403),
     ]:
         assert request(server, "PUT", "/api/projects/demo", {**own, **changed}, body)[0] == status, changed
     no_origin = {k: v for k, v in own.items() if k != "Origin"}
@@ -156,6 +164,30 @@ def test_a_page_on_another_local_port_cannot_drive_the_dashboard(ui: tuple[UiSer
     assert request(server, "PUT", "/api/projects/demo", {**own, "Origin": f"http://localhost:{server.port}"},
                    body)[0] == 200  # fmt: skip
     assert len(backend.calls) == 2
+
+
+def test_the_browser_is_handed_a_private_file_not_the_link(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tuneloop ui` opens the browser on a file only its user can read that redirects to
+    the link: the browser's command line (readable by every user) never holds the code."""
+    import stat
+    import webbrowser
+
+    from tuneloop.ui.server import open_privately
+
+    opened: list[str] = []
+    monkeypatch.setattr(webbrowser, "open", opened.append)
+    link = "http://127.0.0.1:8123/?session=the-code"
+    folder = open_privately(link)
+    try:
+        [uri] = opened
+        assert uri.startswith("file://") and "the-code" not in uri
+        page = folder / "open.html"
+        assert f'url={link}"' in page.read_text()
+        assert stat.S_IMODE(page.stat().st_mode) == 0o600 and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    finally:
+        import shutil
+
+        shutil.rmtree(folder)
 
 
 class _Verifier(BaseHTTPRequestHandler):

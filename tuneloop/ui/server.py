@@ -10,14 +10,18 @@ is fetched from elsewhere) calls ``/api/…``, which this server forwards to tun
 
 Only the person who ran ``tuneloop ui`` gets in. The link it prints carries a code that
 opens the dashboard once, within ``LINK_TTL_S``: the first visit trades it for a session
-of its own (an HttpOnly, SameSite=Strict cookie whose value is not the code), so the
-code left in the browser's command line and history opens nothing. Every request needs
-that cookie and a loopback ``Host`` (no DNS rebinding). A request that changes state also
-needs the session's CSRF token (``X-Tuneloop-CSRF``, which the page reads from
-``/ui/info``), an ``application/json`` body and, when the browser sends one, an ``Origin``
-that is exactly this server's (scheme, host and port): a page served from another port
-of this machine cannot drive it. Every page is a URL that reloads: the server answers
-any page path with the app, which routes on it.
+of its own, so the code left in the browser's history opens nothing (``tuneloop ui`` hands
+the browser a private file that redirects to it, not the link: no command line shows it).
+A session is two secrets, neither the code: an HttpOnly, SameSite=Strict cookie, and a
+token the redirect's URL fragment (which no server sees) hands the page, which keeps it in
+its origin's own storage and sends it (``X-Tuneloop-Token``) with every data request. A
+cookie goes to every port of 127.0.0.1; the token stays with this origin (scheme, host and
+port), so a server on another port that received the cookie can use it for nothing. A
+request that changes state also needs an ``application/json`` body and, when the browser
+sends one, an ``Origin`` that is exactly this server's: a page served from another port of
+this machine cannot drive it. Every request needs a loopback ``Host`` (no DNS rebinding).
+Every page is a URL that reloads: the server answers any page path with the app, which
+routes on it.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from tuneloop.local.httpserve import Handler, LoopbackServer
 log = logging.getLogger("tuneloop.ui")
 STATIC = Path(__file__).with_name("static")
 COOKIE = "tl_session"
-CSRF_HEADER = "X-Tuneloop-CSRF"
+TOKEN_HEADER = "X-Tuneloop-Token"
+TOKEN_FRAGMENT = "tuneloop-token"
 PAGES = ("/", "/projects", "/runs")  # and anything under them: the app routes on the path
 MAX_BODY_BYTES = 256 * 1024  # the API's own limit
 LOOPBACK = ("127.0.0.1", "localhost")
@@ -114,13 +119,33 @@ class StageBackend(Backend):
         return _send(request)
 
 
+def open_privately(link: str) -> Path:
+    """Open ``link`` in the browser without putting it on a command line others can read
+    (``/proc/*/cmdline``): the browser gets a file of the user's own, in a folder only they
+    can read, that redirects to the link. Returns the folder, for the caller to remove."""
+    import html
+    import tempfile
+    import webbrowser
+
+    folder = Path(tempfile.mkdtemp(prefix="tuneloop-ui-"))
+    page = folder / "open.html"
+    quoted = html.escape(link, quote=True)
+    page.write_text(
+        f'<!DOCTYPE html><meta charset="utf-8"><meta http-equiv="refresh" content="0; url={quoted}">'
+        f'<title>tuneloop</title><a href="{quoted}">Open the dashboard</a>\n'
+    )
+    page.chmod(0o600)
+    webbrowser.open(page.as_uri())
+    return folder
+
+
 class UiServer(LoopbackServer):
     def __init__(self, backend: Backend, port: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
         self.backend = backend
         self.clock = clock
         self.lock = threading.Lock()
         self.codes: dict[str, float] = {}  # a link's code → when it stops opening anything
-        self.sessions: dict[str, tuple[str, float]] = {}  # session id → (its CSRF token, when it ends)
+        self.sessions: dict[str, tuple[str, float]] = {}  # session id → (its token, when it ends)
         super().__init__(_Handler, port)
 
     def link(self) -> str:
@@ -130,9 +155,9 @@ class UiServer(LoopbackServer):
             self.codes[code] = self.clock() + LINK_TTL_S
         return f"http://127.0.0.1:{self.port}/?session={code}"
 
-    def redeem(self, code: str) -> str | None:
-        """A new session for a link's code, which opens nothing again; None when the code is
-        not one of this server's, was used, or has expired."""
+    def redeem(self, code: str) -> tuple[str, str] | None:
+        """A new session (its cookie, its token) for a link's code, which opens nothing
+        again; None when the code is not one of this server's, was used, or has expired."""
         with self.lock:
             now = self.clock()
             for known, ends in list(self.codes.items()):
@@ -141,12 +166,12 @@ class UiServer(LoopbackServer):
             if not any(hmac.compare_digest(code.encode(), known.encode()) for known in self.codes):
                 return None
             del self.codes[code]
-            session = secrets.token_urlsafe(32)
-            self.sessions[session] = (secrets.token_urlsafe(32), now + SESSION_TTL_S)
-            return session
+            session, token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+            self.sessions[session] = (token, now + SESSION_TTL_S)
+            return session, token
 
-    def csrf(self, session: str) -> str | None:
-        """The session's CSRF token; None for no live session."""
+    def token(self, session: str) -> str | None:
+        """The session's token; None for no live session."""
         with self.lock:
             found = next((s for s in self.sessions if hmac.compare_digest(s.encode(), session.encode())), None)
             if found is None:
@@ -217,7 +242,16 @@ class _Handler(Handler):
             part.strip().split("=", 1) for part in (self.headers.get("Cookie") or "").split(";") if "=" in part
         )
         session = cookies.get(COOKIE, "")
-        return session if session and self.server.csrf(session) is not None else None
+        return session if session and self.server.token(session) is not None else None
+
+    def _with_token(self, session: str) -> bool:
+        """The session's token came with the request (the page's, which no other origin has)."""
+        sent = self.headers.get(TOKEN_HEADER) or ""
+        if hmac.compare_digest(sent.encode(), (self.server.token(session) or "").encode()):
+            return True
+        self.close_connection = True
+        self._error(403, f"missing or wrong {TOKEN_HEADER}: open a new link (Enter in tuneloop ui's terminal)")
+        return False
 
     def _same_origin(self) -> bool:
         """An Origin, when the browser sends one, must be this server's own: the same
@@ -242,16 +276,16 @@ class _Handler(Handler):
         query = urllib.parse.parse_qs(url.query)
         offered = (query.get("session") or [""])[0]
         if offered:
-            session = self.server.redeem(offered)
-            if session is None:
+            redeemed = self.server.redeem(offered)
+            if redeemed is None:
                 page = (STATIC / "signin.html").read_bytes()
                 self._reply(403, page, "text/html; charset=utf-8")
                 return
+            new_session, token = redeemed
             rest = urllib.parse.urlencode([(k, v) for k, values in query.items() if k != "session" for v in values])
-            cookie = f"{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/"
-            self._reply(
-                303, b"", "text/plain", {"Location": url.path + (f"?{rest}" if rest else ""), "Set-Cookie": cookie}
-            )
+            cookie = f"{COOKIE}={new_session}; HttpOnly; SameSite=Strict; Path=/"
+            location = url.path + (f"?{rest}" if rest else "") + f"#{TOKEN_FRAGMENT}={token}"
+            self._reply(303, b"", "text/plain", {"Location": location, "Set-Cookie": cookie})
             return
         if url.path.startswith("/static/"):
             self._static(url.path[len("/static/") :])  # the app's own files need no session
@@ -262,10 +296,11 @@ class _Handler(Handler):
             self._reply(401, page, "text/html; charset=utf-8")
             return
         if url.path.startswith("/api/"):
-            self._forward("GET", url, None)
+            if self._with_token(session):
+                self._forward("GET", url, None)
         elif url.path == "/ui/info":
-            info = {"backend": self.server.backend.name, "csrf": self.server.csrf(session)}
-            self._reply(200, json.dumps(info).encode())
+            if self._with_token(session):
+                self._reply(200, json.dumps({"backend": self.server.backend.name}).encode())
         elif url.path in PAGES or url.path.startswith(("/projects/", "/runs/")):
             self._reply(200, (STATIC / "index.html").read_bytes(), "text/html; charset=utf-8")
         elif url.path == "/favicon.ico":
@@ -275,13 +310,13 @@ class _Handler(Handler):
 
     def _body(self) -> bytes | None:
         declared = self.headers.get("Content-Length") or "0"
-        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+        if not (declared.isascii() and declared.isdigit()) or int(declared) > MAX_BODY_BYTES:
             return None
-        return self.rfile.read(int(declared))
+        return self.read_body(int(declared))
 
     def _write(self, method: str) -> None:
-        """A state-changing request: the session, its CSRF token, this server's own
-        Origin and a JSON body, all checked before the body is read."""
+        """A state-changing request: the session, its token, this server's own Origin and
+        a JSON body, all checked before the body is read."""
         if not self._allowed():
             return
         url = urllib.parse.urlsplit(self.path)
@@ -298,10 +333,7 @@ class _Handler(Handler):
             self.close_connection = True
             self._error(403, f"requests from other sites are refused (Origin {self.headers.get('Origin')!r})")
             return
-        token = self.headers.get(CSRF_HEADER) or ""
-        if not hmac.compare_digest(token.encode(), (self.server.csrf(session) or "").encode()):
-            self.close_connection = True
-            self._error(403, f"missing or wrong {CSRF_HEADER} header: reload the page")
+        if not self._with_token(session):
             return
         if (self.headers.get("Content-Type") or "").split(";")[0].strip().lower() != "application/json":
             self.close_connection = True

@@ -16,15 +16,23 @@ class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
-// This session's own facts: the API's name, and the CSRF token every change must carry.
-const info = fetch("/ui/info").then((r) => r.json());
+// The session's token: the sign-in redirect hands it over in the URL's fragment (no server
+// sees it); this origin's own storage keeps it, and every data request carries it.
+const TOKEN = "tuneloop-token";
+const handed = new URLSearchParams(location.hash.slice(1)).get(TOKEN);
+if (handed) {
+  localStorage.setItem(TOKEN, handed);
+  history.replaceState(history.state, "", location.pathname + location.search);
+}
+const session = () => ({ "X-Tuneloop-Token": localStorage.getItem(TOKEN) || "" });
+// This session's own facts: the API's name.
+const info = fetch("/ui/info", { headers: session() }).then((r) => r.json());
 
 async function api(method, path, body) {
-  const options = { method, headers: {} };
+  const options = { method, headers: session() };
   if (method !== "GET") {
     options.body = JSON.stringify(body === undefined ? {} : body);
     options.headers["Content-Type"] = "application/json";
-    options.headers["X-Tuneloop-CSRF"] = (await info).csrf;
   }
   const response = await fetch(`/api${path}`, options);
   const text = await response.text();
