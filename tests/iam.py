@@ -28,6 +28,7 @@ def resolve(value: Any) -> Any:
                 text = text.replace(name, real)
             return text
         if key == "Fn::GetAtt":
+            assert inner == ["DataBucket", "Arn"], f"resolve() knows the data bucket's ARN only, not {inner}"
             return BUCKET_ARN
         if key == "Ref":
             return {"AWS::AccountId": ACCOUNT, "ImageRepositoryArns": IMAGE_REPOSITORIES}.get(inner, inner)

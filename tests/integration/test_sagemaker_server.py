@@ -570,6 +570,21 @@ def test_only_the_local_clouds_callers_reach_it_and_only_tuneloops_programs_run(
     assert "runs only" in info.value.response["Error"]["Message"]
 
 
+def test_the_server_answers_only_requests_signed_for_sagemaker(server: Any) -> None:
+    """A request signed for another service (with its larger body bound, DynamoDB's 16 MiB)
+    is refused before a byte of its body is read; SageMaker's own is bounded at 6 MiB."""
+    from tests.integration.test_local_auth import answer_without_body, signed_request
+
+    client, _, _ = server
+    port = int(client.meta.endpoint_url.rsplit(":", 1)[1])
+    url = f"http://127.0.0.1:{port}/"
+    for service, declared, status, said in (("dynamodb", 15 << 20, 403, b"signed for dynamodb"),
+                                            ("sagemaker", 7 << 20, 413, b"a sagemaker request body over")):  # fmt: skip
+        prepared = signed_request(service, "POST", url, b"{}", {"X-Amz-Target": "SageMaker.ListModels"})
+        answered, body = answer_without_body(port, prepared, declared)
+        assert answered == status and said in body, (service, answered, body[:200])
+
+
 def refused(create: Any, request: dict[str, Any]) -> str:
     """The ValidationException message a create call is refused with."""
     with pytest.raises(ClientError) as info:

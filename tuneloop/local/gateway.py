@@ -143,10 +143,10 @@ def signature_code(reason: str, json_protocol: bool) -> str:
 
 
 def moto_api(path: str) -> bool:
-    """Whether ``path`` (as sent, or as decoded) would reach moto's own API: percent-escapes
-    decoded and repeated slashes collapsed first, as a router may see it."""
-    collapsed = re.sub("/+", "/", unquote(path.split("?", 1)[0]))
-    return collapsed == MOTO_API or collapsed.startswith(MOTO_API + "/")
+    """Whether ``path`` (as sent, or as decoded) would reach moto's own API, which moto
+    routes by the prefix alone: percent-escapes decoded and repeated slashes collapsed
+    first, as a router may see it."""
+    return re.sub("/+", "/", unquote(path.split("?", 1)[0])).startswith(MOTO_API)
 
 
 def screen_request(
@@ -239,6 +239,10 @@ class Verified:
         refused = check_body(method, target, headers, body, self.credentials, json_protocol)
         if refused:
             return refuse(refused)
+        if "X-Amz-Signature=" in target.partition("?")[2]:
+            # A presigned request was checked by its query: moto must not route on an
+            # Authorization header the signature does not cover.
+            environ.pop("HTTP_AUTHORIZATION", None)
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
@@ -357,9 +361,14 @@ def start_dynamodb(java_args: list[str], port_file: Path) -> tuple[subprocess.Po
     from .services import _answers, wait_until
 
     proc = subprocess.Popen(java_args, stdin=subprocess.DEVNULL)
-    wait_until(port_file.is_file, 60, "DynamoDB Local", proc)
-    port = int(port_file.read_text())
-    wait_until(_answers(f"http://127.0.0.1:{port}"), 60, "DynamoDB Local", proc)
+    try:
+        wait_until(port_file.is_file, 60, "DynamoDB Local", proc)
+        port = int(port_file.read_text())
+        wait_until(_answers(f"http://127.0.0.1:{port}"), 60, "DynamoDB Local", proc)
+    except BaseException:  # not left running where nothing knows of it
+        proc.kill()
+        proc.wait(10)
+        raise
     return proc, port
 
 

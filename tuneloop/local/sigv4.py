@@ -95,8 +95,11 @@ def _parse_authorization(header: str) -> dict[str, str] | str:
     fields: dict[str, str] = {}
     for part in rest.split(","):
         key, sep, value = part.strip().partition("=")
-        if sep:
-            fields[key] = value
+        if not sep or key not in ("Credential", "SignedHeaders", "Signature"):
+            return f"the Authorization header has a field SigV4 does not: {part.strip()[:40]!r}"
+        if key in fields:  # a router may read the first, the check the last: neither is taken
+            return f"the Authorization header names {key} twice"
+        fields[key] = value
     missing = [k for k in ("Credential", "SignedHeaders", "Signature") if not fields.get(k)]
     if missing:
         return f"the Authorization header has no {', '.join(missing)}"
