@@ -704,6 +704,8 @@ def evaluate(
         evaluation["generations"] = worst_first(ours_generated, ranked)
         if theirs_generated:
             evaluation["differences"] = differences(ours_generated, theirs_generated, ranked)
+        # A pattern that ran out of time scored those generations as no match: said, with how often.
+        evaluation["patterns_out_of_time"] = dict(scoring.RUNAWAY)
     images = plots(metrics, history, evaluation["champion"], comparison if champion else None)
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, data in images.items():

@@ -242,22 +242,31 @@ UNBOUNDED_PATTERNS = (
     "unevaluatedProperties with patternProperties is not taken: jsonschema matches those patterns with no time "
     "bound (a pattern such as (a|aa)+$ could run for hours on one generation)"
 )
+REFERENCE_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
 
 
-def unbounded_patterns(schema: Any) -> bool:
-    """Whether a JSON schema has ``unevaluatedProperties`` and ``patternProperties``
-    anywhere: jsonschema matches the patterns of such a schema itself, with Python's re, so
-    scoring could not bound their time (every other use of a pattern it bounds)."""
+def schema_refusal(schema: Any) -> str | None:
+    """Why a project's JSON schema is not taken, or None. A reference outside the schema
+    (a URL, a file) would make the evaluate job fetch it, and what it fetched could hold
+    any pattern; ``unevaluatedProperties`` with ``patternProperties`` anywhere has
+    jsonschema match those patterns itself, with Python's re, out of reach of scoring's
+    time bound (every other use of a pattern it bounds)."""
     keys: set[str] = set()
     stack = [schema]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
-            keys.update(str(key) for key in node)
+            for key, value in node.items():
+                keys.add(str(key))
+                if key in REFERENCE_KEYWORDS and not (isinstance(value, str) and value.startswith("#")):
+                    where = f"{key} {str(value)[:80]!r}"
+                    return f"{where} points outside the schema: only references within it (#/…) are taken"
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
-    return {"unevaluatedProperties", "patternProperties"} <= keys
+    if {"unevaluatedProperties", "patternProperties"} <= keys:
+        return UNBOUNDED_PATTERNS
+    return None
 
 
 def offline_models() -> list[str]:

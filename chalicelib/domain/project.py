@@ -339,8 +339,9 @@ def _json_schema(path: str, value: Any) -> dict[str, Any] | None:
     # Checked as a JSON schema by the evaluate job (the API does not carry a validator).
     if value is not None and not isinstance(value, Mapping):
         raise ConfigError(path, f"must be a JSON schema (an object) or null, got {_type_name(value)}")
-    if value is not None and spec.unbounded_patterns(value):
-        raise ConfigError(path, spec.UNBOUNDED_PATTERNS)
+    refusal = spec.schema_refusal(value) if value is not None else None
+    if refusal:
+        raise ConfigError(path, refusal)
     return dict(value) if value is not None else None
 
 

@@ -551,6 +551,7 @@ def test_a_causal_lm_is_evaluated_by_what_it_generates(
     evaluation = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     assert evaluation["comparison"]["metric"] == "token_f1" and evaluation["comparison"]["difference"] == 0
     assert evaluation["differences"] == []
+    assert evaluation["patterns_out_of_time"] == {}  # none of this project's patterns ran out of time
     # A gate metric the project does not score, and a scorer's option the job cannot use,
     # fail the job with the reason.
     unscored = [*args[:-4], "--primary-metric", "json_valid", "--generation", json.dumps(generation)]

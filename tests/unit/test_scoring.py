@@ -88,7 +88,8 @@ def test_a_catastrophic_pattern_cannot_burn_the_job(runaway: str, monkeypatch: p
     40 a's). The regex module takes the first in linear time and stops the second at the
     time bound: either way no match, quickly, whether it is the project's regex or a
     pattern in its JSON schema (pattern, patternProperties, additionalProperties)."""
-    monkeypatch.setattr(scoring, "RUNAWAY", set())
+    monkeypatch.setattr(scoring, "RUNAWAY", {})
+    monkeypatch.setattr(scoring, "RUNAWAY_AFTER", 1)  # dropped at its first timeout, for the order below
     hostile = "a" * 40 + "!"
     assert bounded(lambda: scoring.regex_match("aaaa", runaway)) == 1.0  # a fine match matches
     assert bounded(lambda: scoring.regex_match(hostile, runaway)) == 0.0
@@ -104,17 +105,18 @@ def test_a_catastrophic_pattern_cannot_burn_the_job(runaway: str, monkeypatch: p
 
 
 def test_a_pattern_that_ran_out_of_time_costs_the_job_no_more(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each runaway pattern costs the job its time bound once, however many generations:
-    after it ran out of time, the regex engine is never asked to run it again."""
+    """Each runaway pattern costs the job its time bound RUNAWAY_AFTER times, however many
+    generations: then the regex engine is never asked to run it again, and RUNAWAY (which
+    the evaluation reports) says how often it ran out."""
     import regex
 
-    monkeypatch.setattr(scoring, "RUNAWAY", set())
+    monkeypatch.setattr(scoring, "RUNAWAY", {})
     runs: list[str] = []
     real = regex.fullmatch
     monkeypatch.setattr(regex, "fullmatch", lambda pattern, *a, **k: (runs.append(pattern), real(pattern, *a, **k))[1])
-    assert scoring.regex_match("a" * 40 + "!", r"(a|aa)+$") == 0.0
     assert [scoring.regex_match("a" * 40 + "!", r"(a|aa)+$") for _ in range(100)] == [0.0] * 100
-    assert runs == [r"(a|aa)+$"]
+    assert runs == [r"(a|aa)+$"] * scoring.RUNAWAY_AFTER
+    assert scoring.RUNAWAY == {r"(a|aa)+$": scoring.RUNAWAY_AFTER}
 
 
 def test_a_schema_whose_patterns_jsonschema_would_match_unbounded_is_refused() -> None:
@@ -130,3 +132,25 @@ def test_a_schema_whose_patterns_jsonschema_would_match_unbounded_is_refused() -
     with pytest.raises(ConfigError, match="unevaluatedProperties") as info:
         normalise_config(config)
     assert info.value.field == "generation.json_schema"
+
+
+@pytest.mark.parametrize("reference", ["http://127.0.0.1:9/evil.json", "file:///etc/passwd", "other.json#/x"])
+def test_a_schema_that_reaches_outside_itself_is_refused(reference: str) -> None:
+    """A reference outside the schema would have the evaluate job fetch it (and what it
+    fetched could hold any pattern): only references within the schema are taken, and
+    the validator resolves nothing else, ever."""
+    from chalicelib.domain.project import ConfigError, normalise_config
+    from tests.conftest import DEMO_CONFIG
+
+    schema = {"type": "object", "unevaluatedProperties": False, "allOf": [{"$ref": reference}]}
+    with pytest.raises(ValueError, match="points outside the schema"):
+        scoring.scorer("json_schema", {"json_schema": schema})
+    with pytest.raises(ConfigError, match="points outside the schema"):
+        normalise_config({**DEMO_CONFIG, "generation": {"scorers": ["json_schema"], "json_schema": schema}})
+    local = {"$defs": {"city": {"type": "string"}}, "type": "object", "properties": {"c": {"$ref": "#/$defs/city"}}}
+    assert scoring.json_schema('{"c": "Oslo"}', local) == 1.0 and scoring.json_schema('{"c": 1}', local) == 0.0
+    # Even a schema that was never checked fetches nothing: the reference is simply unresolvable.
+    import referencing.exceptions
+
+    with pytest.raises(referencing.exceptions.Unresolvable):
+        scoring.json_schema('{"c": 1}', {"properties": {"c": {"$ref": reference}}})
