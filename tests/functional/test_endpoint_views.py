@@ -290,3 +290,33 @@ def test_approving_a_run_in_the_browser_round_trips(deps: Any, api: Any) -> None
         decided = api.call("GET", f"/runs/{waiting.run_id}")[1]["history"][-1]
         assert decided["event_kind"] == "approval.decided" and "looked at the report" in decided["reason"]
         assert errors == [], errors
+
+
+def test_the_private_file_tuneloop_ui_opens_signs_the_browser_in(
+    deps: Any, api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tuneloop ui` hands the browser a file (no command line shows the link) that
+    redirects to it: from a file:// page the browser treats the dashboard as another site,
+    yet the sign-in page opens the dashboard from its own origin, so the session's cookie
+    and token both arrive, and the projects page shows the API's data."""
+    import shutil
+    import webbrowser
+
+    from tuneloop.ui.server import open_privately
+
+    assert api.call("POST", "/projects", {"name": "opened", "config": DEMO_CONFIG})[0] == 201
+    with dashboard_over_the_app() as (_page, origin, _errors, browser, signin):
+        handed: list[str] = []
+        monkeypatch.setattr(webbrowser, "open", handed.append)
+        folder = open_privately(signin())
+        try:
+            page = browser.new_context().new_page()  # a browser with no session yet
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("response", lambda r: errors.append(f"{r.status}: {r.url}") if r.status >= 400 else None)
+            page.goto(handed[0])
+            page.wait_for_url(f"{origin}/")
+            page.wait_for_selector("main a[href='/projects/opened']")
+            assert page.locator("#backend").inner_text().startswith("API: ") and errors == [], errors
+        finally:
+            shutil.rmtree(folder)

@@ -52,18 +52,21 @@ def request(server: UiServer, method: str, path: str, headers: dict[str, str] | 
 
 
 def signed_in(server: UiServer) -> dict[str, str]:
-    """A new session's headers: its cookie, and the token the redirect's fragment hands the page."""
+    """A new session's headers: its cookie, and the token the sign-in page keeps for the page."""
+    import re
+
     link = server.link()
     code = link.split("session=")[1]
-    status, headers, _ = request(server, "GET", f"/runs/abc?state=deployed&session={code}")
-    location, _, fragment = headers["location"].partition("#")
-    assert status == 303 and location == "/runs/abc?state=deployed"  # the code leaves the URL
-    assert fragment.startswith("tuneloop-token=")  # a fragment: no server ever sees it
+    status, headers, page = request(server, "GET", f"/runs/abc?state=deployed&session={code}")
+    assert status == 200 and code.encode() not in page  # the code opens nothing again
+    token = re.search(rb'name="tuneloop-token" content="([^"]+)"', page)
+    following = re.search(rb'name="tuneloop-next" content="([^"]+)"', page)
+    assert token and following and following[1] == b"/runs/abc?state=deployed"  # the code leaves the URL
+    assert b'src="/static/signed-in.js"' in page  # which keeps the token, then opens that page
     cookie = headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
-    token = fragment.split("=", 1)[1]
-    assert code not in cookie and code != token  # the session is not the code
-    return {"Cookie": cookie.split(";")[0], "X-Tuneloop-Token": token}
+    assert code not in cookie and code.encode() != token[1]  # the session is not the code
+    return {"Cookie": cookie.split(";")[0], "X-Tuneloop-Token": token[1].decode()}
 
 
 def test_only_the_session_link_opens_the_dashboard(ui: tuple[UiServer, Recorder]) -> None:
@@ -92,12 +95,12 @@ def test_a_link_opens_the_dashboard_once_and_only_for_a_while() -> None:
     server.serve_in_background()
     try:
         code = server.link().split("session=")[1]
-        assert request(server, "GET", f"/?session={code}")[0] == 303
+        assert request(server, "GET", f"/?session={code}")[0] == 200
         assert request(server, "GET", f"/?session={code}")[0] == 403  # used
         late = server.link().split("session=")[1]
         now[0] += LINK_TTL_S + 1
         assert request(server, "GET", f"/?session={late}")[0] == 403  # expired
-        assert request(server, "GET", f"/?session={server.link().split('session=')[1]}")[0] == 303
+        assert request(server, "GET", f"/?session={server.link().split('session=')[1]}")[0] == 200
     finally:
         server.shutdown()
         server.server_close()

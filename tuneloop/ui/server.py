@@ -13,10 +13,12 @@ opens the dashboard once, within ``LINK_TTL_S``: the first visit trades it for a
 of its own, so the code left in the browser's history opens nothing (``tuneloop ui`` hands
 the browser a private file that redirects to it, not the link: no command line shows it).
 A session is two secrets, neither the code: an HttpOnly, SameSite=Strict cookie, and a
-token the redirect's URL fragment (which no server sees) hands the page, which keeps it in
-its origin's own storage and sends it (``X-Tuneloop-Token``) with every data request. A
-cookie goes to every port of 127.0.0.1; the token stays with this origin (scheme, host and
-port), so a server on another port that received the cookie can use it for nothing. A
+token the sign-in page (``static/signed-in.html``, the answer to the code) keeps in its
+origin's own storage before it opens the page the link named, from this origin (so the
+Strict cookie goes with it, whatever opened the link). Every data request carries the
+token (``X-Tuneloop-Token``). A cookie goes to every port of 127.0.0.1; the token stays
+with this origin (scheme, host and port), so a server on another port that received the
+cookie can use it for nothing. A
 request that changes state also needs an ``application/json`` body and, when the browser
 sends one, an ``Origin`` that is exactly this server's: a page served from another port of
 this machine cannot drive it. Every request needs a loopback ``Host`` (no DNS rebinding).
@@ -27,6 +29,7 @@ routes on it.
 from __future__ import annotations
 
 import hmac
+import html
 import json
 import logging
 import mimetypes
@@ -47,7 +50,6 @@ log = logging.getLogger("tuneloop.ui")
 STATIC = Path(__file__).with_name("static")
 COOKIE = "tl_session"
 TOKEN_HEADER = "X-Tuneloop-Token"
-TOKEN_FRAGMENT = "tuneloop-token"
 PAGES = ("/", "/projects", "/runs")  # and anything under them: the app routes on the path
 MAX_BODY_BYTES = 256 * 1024  # the API's own limit
 LOOPBACK = ("127.0.0.1", "localhost")
@@ -123,7 +125,6 @@ def open_privately(link: str) -> Path:
     """Open ``link`` in the browser without putting it on a command line others can read
     (``/proc/*/cmdline``): the browser gets a file of the user's own, in a folder only they
     can read, that redirects to the link. Returns the folder, for the caller to remove."""
-    import html
     import tempfile
     import webbrowser
 
@@ -283,9 +284,13 @@ class _Handler(Handler):
                 return
             new_session, token = redeemed
             rest = urllib.parse.urlencode([(k, v) for k, values in query.items() if k != "session" for v in values])
+            target = url.path + (f"?{rest}" if rest else "")
+            if not target.startswith("/") or target.startswith("//"):
+                target = "/"
             cookie = f"{COOKIE}={new_session}; HttpOnly; SameSite=Strict; Path=/"
-            location = url.path + (f"?{rest}" if rest else "") + f"#{TOKEN_FRAGMENT}={token}"
-            self._reply(303, b"", "text/plain", {"Location": location, "Set-Cookie": cookie})
+            signed_in = (STATIC / "signed-in.html").read_text()
+            signed_in = signed_in.replace("{token}", html.escape(token)).replace("{next}", html.escape(target))
+            self._reply(200, signed_in.encode(), "text/html; charset=utf-8", {"Set-Cookie": cookie})
             return
         if url.path.startswith("/static/"):
             self._static(url.path[len("/static/") :])  # the app's own files need no session

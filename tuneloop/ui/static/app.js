@@ -16,15 +16,9 @@ class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
-// The session's token: the sign-in redirect hands it over in the URL's fragment (no server
-// sees it); this origin's own storage keeps it, and every data request carries it.
-const TOKEN = "tuneloop-token";
-const handed = new URLSearchParams(location.hash.slice(1)).get(TOKEN);
-if (handed) {
-  localStorage.setItem(TOKEN, handed);
-  history.replaceState(history.state, "", location.pathname + location.search);
-}
-const session = () => ({ "X-Tuneloop-Token": localStorage.getItem(TOKEN) || "" });
+// The session's token: the sign-in page put it in this origin's own storage; every data
+// request carries it.
+const session = () => ({ "X-Tuneloop-Token": localStorage.getItem("tuneloop-token") || "" });
 // This session's own facts: the API's name.
 const info = fetch("/ui/info", { headers: session() }).then((r) => r.json());
 
