@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import wait_for
 from tuneloop.local.gateway import moto_server
 from tuneloop.local.httpserve import Handler, LoopbackServer
 
@@ -86,7 +87,11 @@ def test_a_client_that_sends_a_byte_now_and_then_cannot_hold_a_thread(server: An
 
 
 def test_connections_beyond_the_bound_are_refused_not_given_threads(server: Any) -> None:
+    """Two connections in the middle of their requests (not idle: nothing to shed) hold both
+    threads: the next is answered 503 once it has waited queue_wait_s, not given a thread."""
     held = [socket.create_connection(("127.0.0.1", port(server)), timeout=5) for _ in range(2)]
+    for connection in held:
+        connection.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # its headers still coming
     try:
         time.sleep(0.1)  # both accepted, each holding its thread
         answer = get(server)
@@ -96,3 +101,22 @@ def test_connections_beyond_the_bound_are_refused_not_given_threads(server: Any)
             connection.close()
     time.sleep(0.6)  # the held threads end (closed by their clients, or their idle timeout)
     assert get(server).endswith(b"hello")
+
+
+def test_when_every_thread_is_taken_the_longest_idle_connection_makes_room(server: Any) -> None:
+    """Clients keep connections alive (a boto3 client each): past max_connections, the one
+    that has waited longest for its next request is closed for the new one, at once, and
+    every connection's slot comes back when it ends."""
+    kept = []
+    for n in range(12):  # six times the server's two threads
+        connection = socket.create_connection(("127.0.0.1", port(server)), timeout=5)
+        began = time.monotonic()
+        connection.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"hello") and (piece := connection.recv(4096)):
+            answer += piece
+        assert answer.endswith(b"hello") and time.monotonic() - began < server.queue_wait_s + 1, (n, answer[:40])
+        kept.append(connection)
+    for connection in kept:
+        connection.close()
+    wait_for(lambda: server._slots()._value == server.max_connections, 10, "every slot back")

@@ -3,12 +3,15 @@ connection threads, and clients that cannot hold them.
 
 ``ThreadingHTTPServer`` starts a thread per connection with no limit, and a connection
 that sends nothing holds its thread for ever. Here a connection gets a thread only while
-fewer than ``max_connections`` are open; the next waits up to ``queue_wait_s`` for one to
-end, then is answered 503 and closed. Every accepted socket times out after
-``idle_timeout_s`` without a byte from the client, and a request must arrive whole (its
-line, headers and body) within ``idle_timeout_s + read_deadline_s`` of the start of the
-wait for it: a client that sends a byte now and then cannot hold a thread either
-(``DEADLINES`` shuts such a connection down). Handlers read a body with ``read_body``.
+fewer than ``max_connections`` are open. When they all are, the connection that has waited
+longest for its next request (a client's kept-alive connection, gone quiet) is closed to
+make room, as a busy server sheds idle keep-alives; with none idle, the new one waits up
+to ``queue_wait_s`` for a thread, then is answered 503 and closed. Every accepted socket
+times out after ``idle_timeout_s`` without a byte from the client, and a request must
+arrive whole (its line, headers and body) within ``idle_timeout_s + read_deadline_s`` of
+the start of the wait for it: a client that sends a byte now and then cannot hold a thread
+either (``DEADLINES`` shuts such a connection down). Handlers read a body with
+``read_body``.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class Deadlines:
 
 
 DEADLINES = Deadlines()
+IDLE_LOCK = threading.Lock()
 
 
 class BoundedThreads(socketserver.ThreadingMixIn):
@@ -82,14 +86,43 @@ class BoundedThreads(socketserver.ThreadingMixIn):
             slots = self.__dict__.setdefault("_connection_slots", threading.BoundedSemaphore(self.max_connections))
         return slots
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots().acquire(timeout=self.queue_wait_s):
+    def _idle(self) -> dict[Any, float]:
+        """Connections waiting for their next request, and since when (under IDLE_LOCK)."""
+        return self.__dict__.setdefault("_idle_connections", {})
+
+    def mark_idle(self, connection: Any) -> None:
+        with IDLE_LOCK:
+            self._idle()[connection] = time.monotonic()
+
+    def mark_busy(self, connection: Any) -> None:
+        with IDLE_LOCK:
+            self._idle().pop(connection, None)
+
+    def _shed_idle(self) -> None:
+        """Close the connection that has waited longest for a request: its thread ends."""
+        with IDLE_LOCK:
+            idle = self._idle()
+            oldest = min(idle, key=idle.__getitem__, default=None)
+            if oldest is not None:
+                del idle[oldest]
+        if oldest is not None:
             try:
-                request.sendall(BUSY)
+                oldest.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            self.shutdown_request(request)  # type: ignore[attr-defined]
-            return
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One slot per connection, released when its thread ends."""
+        slots = self._slots()
+        if not slots.acquire(blocking=False):
+            self._shed_idle()
+            if not slots.acquire(timeout=self.queue_wait_s):
+                try:
+                    request.sendall(BUSY)
+                except OSError:
+                    pass
+                self.shutdown_request(request)  # type: ignore[attr-defined]
+                return
         try:
             request.settimeout(self.idle_timeout_s)
             super().process_request(request, client_address)
@@ -102,6 +135,7 @@ class BoundedThreads(socketserver.ThreadingMixIn):
             super().process_request_thread(request, client_address)
         finally:
             DEADLINES.done(request)
+            self.mark_busy(request)
             self._slots().release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -132,12 +166,14 @@ class Deadlined(BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         DEADLINES.watch(self.connection, self.server.idle_timeout_s + self.server.read_deadline_s)
+        self.server.mark_idle(self.connection)  # until its request line is in: the first to go when full
         try:
             super().handle_one_request()
         finally:
             DEADLINES.done(self.connection)
 
     def parse_request(self) -> bool:
+        self.server.mark_busy(self.connection)
         parsed = super().parse_request()
         length = self.headers.get("Content-Length", "0") if parsed else "0"
         if parsed and length in ("", "0") and not self.headers.get("Transfer-Encoding"):
