@@ -72,7 +72,9 @@ def signed_in(server: UiServer) -> dict[str, str]:
 def test_only_the_session_link_opens_the_dashboard(ui: tuple[UiServer, Recorder]) -> None:
     server, backend = ui
     assert request(server, "GET", "/")[0] == 401
-    assert request(server, "GET", "/api/projects")[0] == 401 and backend.calls == []
+    status, headers, body = request(server, "GET", "/api/projects")
+    assert status == 401 and headers["content-type"] == "application/json" and backend.calls == []
+    assert "no dashboard session" in json.loads(body)["Message"]
     assert request(server, "GET", "/?session=not-the-code")[0] == 403
     assert request(server, "GET", "/", {"Cookie": "tl_session=guess"})[0] == 401
     session = signed_in(server)
@@ -96,7 +98,8 @@ def test_a_link_opens_the_dashboard_once_and_only_for_a_while() -> None:
     try:
         code = server.link().split("session=")[1]
         assert request(server, "GET", f"/?session={code}")[0] == 200
-        assert request(server, "GET", f"/?session={code}")[0] == 403  # used
+        status, _, page = request(server, "GET", f"/?session={code}")  # used
+        assert status == 403 and b"has been used, or has expired" in page and b"Press Enter" in page
         late = server.link().split("session=")[1]
         now[0] += LINK_TTL_S + 1
         assert request(server, "GET", f"/?session={late}")[0] == 403  # expired

@@ -187,7 +187,7 @@ def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
         log("starting moto (S3, CloudWatch, EventBridge, SQS) …")
         moto = start_moto(credentials, log_path=root / "logs" / "moto.log", detach=True)
         started.append(moto)
-        log(f"  moto server on {moto.endpoint}")
+        log(f"  moto (behind tuneloop's SigV4 gateway) on {moto.endpoint}")
     except BaseException:  # a failure or Ctrl-C: what started stops (no state file knows of it yet)
         for service in started:
             service.stop()

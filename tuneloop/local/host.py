@@ -23,6 +23,7 @@ from boto3.s3.transfer import TransferConfig
 
 from .apiserver import ApiServer
 from .cloud import QUEUED_EVENTS, etag_file
+from .files import write_atomic
 from .router import EventRouter
 from .services import REPO_ROOT
 
@@ -166,9 +167,8 @@ def main() -> None:
             raise
         log.warning("API port %d is taken; listening on a free one", port)
         server = ApiServer(app_module.app, token, 0)
-    (home / "host.json").write_text(
-        json.dumps({"api_port": server.port, "sagemaker_port": sagemaker.port, "pid": os.getpid()})
-    )
+    ports = {"api_port": server.port, "sagemaker_port": sagemaker.port, "pid": os.getpid()}
+    write_atomic(home / "host.json", json.dumps(ports), mode=0o600)  # appears whole, the owner's alone
     log.info("API on http://127.0.0.1:%d; routes: %s", server.port, [r.name for r in router.routes])
 
     def shut_down(*_: Any) -> None:

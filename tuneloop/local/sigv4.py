@@ -159,6 +159,11 @@ def screen(
         stamp = params.get("X-Amz-Date", "")
     else:
         authorization = header("authorization")
+        if not authorization and "AWSAccessKeyId=" in query:
+            return (
+                "the presigned URL is signed with SigV2 (AWSAccessKeyId, Signature): the local cloud takes SigV4 "
+                "only; presign with botocore Config(signature_version='s3v4')"
+            )
         if not authorization:
             return "the request is not signed: no Authorization header (SigV4, with the local cloud's credentials)"
         fields = _parse_authorization(authorization)

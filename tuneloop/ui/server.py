@@ -279,8 +279,7 @@ class _Handler(Handler):
         if offered:
             redeemed = self.server.redeem(offered)
             if redeemed is None:
-                page = (STATIC / "signin.html").read_bytes()
-                self._reply(403, page, "text/html; charset=utf-8")
+                self._reply(403, (STATIC / "link-spent.html").read_bytes(), "text/html; charset=utf-8")
                 return
             new_session, token = redeemed
             rest = urllib.parse.urlencode([(k, v) for k, values in query.items() if k != "session" for v in values])
@@ -296,6 +295,9 @@ class _Handler(Handler):
             self._static(url.path[len("/static/") :])  # the app's own files need no session
             return
         session = self._session()
+        if session is None and url.path.startswith(("/api/", "/ui/")):
+            self._error(401, "no dashboard session: open a link tuneloop ui prints (Enter in its terminal)")
+            return
         if session is None:
             page = (STATIC / "signin.html").read_bytes()
             self._reply(401, page, "text/html; charset=utf-8")
