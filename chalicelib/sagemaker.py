@@ -255,7 +255,8 @@ def evaluate_request(
 ) -> dict[str, Any]:
     """The evaluate job: the trained model on the test split, in the inference image, the
     stack that will serve it (torch and transformers, CPU). With a deployed champion, its
-    model is measured on the same split, for the gate's champion/challenger comparison."""
+    model is measured on the same split, for the gate's champion/challenger comparison;
+    without one, a trivial baseline is (the majority class, or a causal LM's untuned base)."""
     prefix = run_prefix(settings, run.run_id)
     inputs = [
         _processing_input(
@@ -263,6 +264,8 @@ def evaluate_request(
         ),
         _processing_input("test", f"{prefix}/prepare/test/", f"{PROCESSING_ROOT}/input/test"),
         _processing_input("report", f"{prefix}/prepare/report/", f"{PROCESSING_ROOT}/input/report"),
+        # The training split's label counts: the majority-class baseline a first model must beat.
+        _processing_input("profile", f"{prefix}/prepare/profile/", f"{PROCESSING_ROOT}/input/profile"),
         *_base_input("base", run),
     ]
     gates = run.config["gates"]
@@ -280,6 +283,15 @@ def evaluate_request(
         inputs.append(_processing_input("champion", champion_model, f"{PROCESSING_ROOT}/input/champion"))
         inputs += _base_input("champion-base", champion)
         arguments += ["--champion-run-id", champion.run_id]
+    elif (
+        run.config["task"] == "causal-lm"
+        and gates["compare_baseline"]
+        and run.config["base_model"].startswith("s3://")
+        and not adapter_base_uri(run)
+    ):
+        # A first causal LM is measured against its untuned base: here, the s3:// model it
+        # was fine-tuned from in full (an adapter's base comes as input/base).
+        inputs.append(_processing_input("untuned", run.config["base_model"], f"{PROCESSING_ROOT}/input/untuned"))
     return _processing_job(
         command,
         settings,
@@ -632,23 +644,8 @@ def evaluation_event(evaluation: Any, event_id: str, run_id: str) -> EvaluationL
     metrics = _numbers(evaluation["summary"], "summary")
     champion = _numbers(evaluation["champion"], "champion") if evaluation.get("champion") else None
     champion_run_id = evaluation.get("champion_run_id") if champion else None
-    comparison, error = None, None
-    raw = evaluation.get("comparison") if champion else None
-    if isinstance(raw, Mapping) and raw.get("error"):
-        error = str(raw["error"])
-    elif isinstance(raw, Mapping) and raw.get("metric"):
-        low, high = (float(v) for v in raw["difference_interval"])
-        trained = (raw.get("overlap") or {}).get("champion_trained_on_test")
-        comparison = Comparison(
-            metric=str(raw["metric"]),
-            challenger=float(raw["challenger"]),
-            champion=float(raw["champion"]),
-            low=low,
-            high=high,
-            confidence=float(raw["confidence"]),
-            rows=int(raw["rows"]),
-            champion_trained_on_test=int(trained) if isinstance(trained, int) else None,
-        )
+    comparison, error = _comparison(evaluation.get("comparison") if champion else None)
+    baseline, baseline_error = _comparison(None if champion else evaluation.get("baseline"))
     return EvaluationLoaded(
         event_id=event_id,
         time=datetime.now(UTC),
@@ -658,7 +655,36 @@ def evaluation_event(evaluation: Any, event_id: str, run_id: str) -> EvaluationL
         champion_run_id=str(champion_run_id) if champion_run_id else None,
         comparison=comparison,
         comparison_error=error,
+        baseline=baseline,
+        baseline_error=baseline_error,
     )
+
+
+def _comparison(raw: Any) -> tuple[Comparison | None, str | None]:
+    """A paired comparison of evaluation.json (the champion's or the baseline's), or why
+    there is none."""
+    if not isinstance(raw, Mapping):
+        return None, None
+    if raw.get("error"):
+        return None, str(raw["error"])[:500]
+    if not raw.get("metric"):
+        return None, None
+    low, high = (float(v) for v in raw["difference_interval"])
+    trained = (raw.get("overlap") or {}).get("champion_trained_on_test")
+    differing = raw.get("differing_rows")
+    comparison = Comparison(
+        metric=str(raw["metric"])[:MAX_METRIC_NAME],
+        challenger=float(raw["challenger"]),
+        champion=float(raw["champion"]),
+        low=low,
+        high=high,
+        confidence=float(raw["confidence"]),
+        rows=int(raw["rows"]),
+        champion_trained_on_test=int(trained) if isinstance(trained, int) else None,
+        differing_rows=int(differing) if isinstance(differing, int) and not isinstance(differing, bool) else None,
+        against=str(raw.get("against") or "")[:200],
+    )
+    return comparison, None
 
 
 # (project, run id) → the project's deployed run other than that one, if any.

@@ -17,6 +17,7 @@ from aws_xray_sdk import global_sdk_config
 from aws_xray_sdk.core import xray_recorder
 from aws_xray_sdk.core.context import Context
 
+from chalicelib.domain.events import Comparison
 from tuneloop.local import sigv4
 from tuneloop.local.services import Service, aws_env, start_dynamodb_local, start_moto
 
@@ -112,6 +113,11 @@ def deps(settings: Any) -> Iterator[Any]:
 def service(deps: Any) -> Any:
     return deps.service
 
+
+# What the evaluation of a first classifier says when it beats the majority class.
+BEATS_BASELINE = Comparison(metric="macro_f1", challenger=0.9, champion=0.33, low=0.4, high=0.7, confidence=0.95,
+                            rows=26, differing_rows=13,
+                            against="the majority-class predictor ('negative', 50% of the training split)")  # fmt: skip
 
 # The demo project tunes; most tests want its single-training-job twin.
 DEMO_TUNED_CONFIG = json.loads((Path(__file__).parents[1] / "examples" / "demo-project.json").read_text())["config"]

@@ -7,12 +7,18 @@ Inputs (under ``SAGEMAKER_BASE_DIR``, /opt/ml in SageMaker's containers):
     processing/input/test/test.jsonl         prepare.py's test split (the frozen holdout)
     processing/input/report/report.json      optional: prepare's report, for the data section
     processing/input/champion/model.tar.gz   optional: the deployed model, measured on the same rows
+    processing/input/profile/profile.json    prepare's profile: the training split's label counts
+                                            (the majority-class baseline of a first model)
+    processing/input/untuned/                optional: the untuned base model of a causal LM
+                                            fine-tuned in full from an s3:// base
     processing/input/base/, champion-base/   a LoRA adapter's base model (model.tar.gz or its
                                             files), when the model is an adapter on an s3:// base
 
 Output, ``processing/output/evaluation/``: ``evaluation.json`` (the metrics with bootstrap
 intervals; the champion's beside them and the paired comparison of the two on the task's
-primary metric), PNG plots (confusion matrix, training and validation curves, comparison
+primary metric, with how many test rows the two answer differently; with no champion, the
+same comparison with a trivial baseline: the majority-class predictor of the training
+split, or a causal LM's untuned base model), PNG plots (confusion matrix, training and validation curves, comparison
 with the champion) and a self-contained ``report.html`` that embeds them.
 
 Classification: accuracy, macro-F1, per-class precision/recall/F1/support, the
@@ -380,12 +386,32 @@ def report_html(evaluation: dict[str, Any], images: dict[str, bytes], context: d
                         f"{comparison['resamples']} resamples)",
                     ),
                     ("rows compared", str(comparison["rows"])),
+                    ("rows answered differently", str(comparison.get("differing_rows", "not recorded"))),
                     ("test rows the champion trained on", str(overlap.get("champion_trained_on_test", "not recorded"))),
                 ],
                 "comparison",
             )
         elif comparison.get("error"):
             champion += f"<p>{html.escape(comparison['error'])}</p>"
+    baseline = evaluation.get("baseline") or {}
+    if baseline.get("metric"):
+        champion += "<h2>Against a trivial baseline</h2>" + _table(
+            [
+                ("baseline", html.escape(baseline["against"])),
+                ("metric", f"{baseline['metric']} ({baseline['better']} is better)"),
+                ("this model", f"{baseline['challenger']:.4f} ({_interval(baseline['interval'])})"),
+                ("the baseline scores", f"{baseline['champion']:.4f}"),
+                (
+                    "difference",
+                    f"{baseline['difference']:+.4f} ({confidence:.0%} interval "
+                    f"{_interval(baseline['difference_interval'])}, paired bootstrap)",
+                ),
+                ("rows answered differently", f"{baseline['differing_rows']} of {baseline['rows']}"),
+            ],
+            "baseline",
+        )
+    elif baseline.get("error"):
+        champion += f"<h2>Against a trivial baseline</h2><p>{html.escape(baseline['error'])}</p>"
     samples = _generations_html(evaluation)
     figures = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
@@ -524,7 +550,7 @@ def causal_metrics(
         {"prompt": p, "expected": e, "generated": g, "scores": {n: scores[n][i] for n in names}}
         for i, ((p, e), g) in enumerate(zip(pairs, generated, strict=True))
     ]
-    per_row: dict[str, Any] = {"loss_sum": losses, "tokens": counts}
+    per_row: dict[str, Any] = {"loss_sum": losses, "tokens": counts, "generated": generated}
     per_row.update({f"score:{name}": scores[name] for name in names})
     return metrics, per_row
 
@@ -610,23 +636,123 @@ def compare(
     if not keep:
         comparison["error"] = "the champion trained on every test row; nothing left to compare on"
         return intervals, comparison
-    a, b = _arrays(per_row, keep), _arrays(champion_rows, keep)
+    comparison.update(paired(metric, per_row, champion_rows, keep, confidence, resamples, seed))
+    return intervals, comparison
+
+
+def answers(per_row: dict[str, Any]) -> list[Any]:
+    """What a model answered on each test row: its predicted class, or the text it generated."""
+    return list(per_row["pred"] if "pred" in per_row else per_row["generated"])
+
+
+def paired(
+    metric: str,
+    ours: dict[str, Any],
+    theirs: dict[str, Any],
+    keep: list[int],
+    confidence: float,
+    resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The paired comparison of two models' answers on the rows ``keep``: both values, the
+    interval of each and of their difference (each resample draws the same rows for both),
+    and on how many of those rows the two answer differently."""
+    a, b = _arrays(ours, keep), _arrays(theirs, keep)
     boot = bootstrap(metric, a, b, resamples=resamples, confidence=confidence, seed=seed)
     challenger, champion = _value(metric, a), _value(metric, b)
-    comparison.update(
-        metric=metric,
-        better=spec.METRICS[metric].better,
-        challenger=challenger,
-        champion=champion,
-        difference=challenger - champion,
-        interval=boot["interval"],
-        champion_interval=boot["champion_interval"],
-        difference_interval=boot["difference_interval"],
-        confidence=confidence,
-        resamples=resamples,
-        rows=len(keep),
-    )
-    return intervals, comparison
+    mine, other = answers(ours), answers(theirs)
+    return {
+        "metric": metric,
+        "better": spec.METRICS[metric].better,
+        "challenger": challenger,
+        "champion": champion,
+        "difference": challenger - champion,
+        "interval": boot["interval"],
+        "champion_interval": boot["champion_interval"],
+        "difference_interval": boot["difference_interval"],
+        "confidence": confidence,
+        "resamples": resamples,
+        "rows": len(keep),
+        "differing_rows": sum(mine[i] != other[i] for i in keep),
+    }
+
+
+def majority_baseline(profile_file: Path, per_row: dict[str, Any], labels: list[str]) -> tuple[dict[str, Any], str]:
+    """(per-row answers, what it is) of the predictor that always says the training split's
+    most common class (ties: the first by name): what a model must beat to be worth serving."""
+    if not profile_file.is_file():
+        raise EvaluationError(f"no profile at {profile_file}: the training split's label counts are unknown")
+    counts = (json.loads(profile_file.read_text()).get("labels") or {}).get("train") or {}
+    counts = {str(k): int(v) for k, v in counts.items() if str(k) in labels}
+    if not counts:
+        raise EvaluationError("the profile counts no training label this model knows")
+    majority = min(counts, key=lambda k: (-counts[k], k))
+    share = counts[majority] / sum(counts.values())
+    predicted = [labels.index(majority)] * len(per_row["truth"])
+    what = f"the majority-class predictor ({majority!r}, {share:.0%} of the training split)"
+    return {"truth": list(per_row["truth"]), "pred": predicted, "classes": per_row["classes"]}, what
+
+
+def trivial_baseline(
+    model_dir: Path,
+    meta: dict[str, Any],
+    input_dir: Path,
+    per_row: dict[str, Any],
+    metrics: dict[str, Any],
+    rows: list[dict[str, Any]],
+    generation: dict[str, Any] | None,
+    scratch: Path,
+) -> tuple[dict[str, Any], str] | str:
+    """(per-row answers, what it is) of the baseline a first model must beat, or why there
+    is none: the majority class (classification) or the untuned base model (causal LM)."""
+    try:
+        if meta["task"] == "text-classification":
+            return majority_baseline(input_dir / "profile" / "profile.json", per_row, list(metrics["labels"]))
+        loaded = inference.model_fn(str(model_dir))
+        model, what = untuned_model(model_dir, meta, input_dir, loaded, scratch / "untuned")
+        _, answered = causal_metrics({**loaded, "model": model}, rows, generation)
+        return answered, what
+    except (EvaluationError, OSError, ValueError, ImportError) as exc:
+        return f"no trivial baseline could be measured: {exc}"[:500]
+
+
+def untuned_model(
+    model_dir: Path, meta: dict[str, Any], input_dir: Path, loaded: dict[str, Any], scratch: Path
+) -> tuple[Any, str]:
+    """(model, what it is): a causal LM's base before fine-tuning, with the tuned model's
+    tokenizer (the same prompts): an adapter's base, the s3:// base a merged model was
+    trained from (``input/untuned``), a packaged or Hub base, or a random decoder's
+    initialisation."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base = str(meta.get("base_model", ""))
+    if meta.get("artifact") == "adapter":
+        folder = inference.base_folder(model_dir, meta)
+        model = AutoModelForCausalLM.from_pretrained(folder)  # nosec B615  # a local folder, no download
+    elif base.startswith(spec.RANDOM_PREFIX):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(loaded["model"].config)
+    else:
+        untuned = input_dir / "untuned"
+        archives = sorted(untuned.glob("*.tar.gz")) if untuned.is_dir() else []
+        if archives:
+            folder = inference.unpack_model(archives[0], scratch)
+            found = next((p.parent for p in sorted(folder.rglob("config.json"))), folder)
+            model = AutoModelForCausalLM.from_pretrained(found)  # nosec B615  # a local folder, no download
+        elif untuned.is_dir() and any(untuned.rglob("config.json")):
+            found = next(p.parent for p in sorted(untuned.rglob("config.json")))
+            model = AutoModelForCausalLM.from_pretrained(found)  # nosec B615  # a local folder, no download
+        elif base.startswith("s3://"):
+            raise EvaluationError(f"the untuned base {base} was not given to the job (input/untuned)")
+        else:
+            package = spec.PACKAGED_MODELS.get(base)
+            name, _, revision = base.partition("@")
+            source = str(__import__(package).get_model_path()) if package else name
+            model = AutoModelForCausalLM.from_pretrained(source, revision=revision or None)  # nosec B615  # pinned by commit
+    model.config.use_cache = True
+    model.eval()
+    return model.to(loaded["device"]), f"the untuned base model {base}"
 
 
 def evaluate(
@@ -661,11 +787,14 @@ def evaluate(
         if (model_dir / "data.json").is_file():
             context["hyperparameters"] = json.loads((model_dir / "data.json").read_text()).get("hyperparameters")
         champion = theirs = None
+        baseline: tuple[dict[str, Any], str] | str = "a champion was measured"
         champion_archive = input_dir / "champion" / "model.tar.gz"
         if champion_archive.is_file():
             champion_dir = inference.unpack_model(champion_archive, Path(tmp) / "champion", input_dir / "champion-base")
             champion, champion_rows = measure(champion_dir, rows, metrics.get("labels"), generation=generation)
             theirs = (champion_rows, trained_on(champion_dir))
+        else:  # a first model: what would a trivial model score on these rows?
+            baseline = trivial_baseline(model_dir, meta, input_dir, per_row, metrics, rows, generation, Path(tmp))
     task = meta["task"]
     production = production_subset(rows, ours[0], theirs[0] if theirs else None, metrics.get("labels"))
     metric = primary_metric or PRIMARY[task][0]
@@ -678,6 +807,14 @@ def evaluate(
     theirs_generated = champion.pop("generations", []) if champion else []
     keys = [spec.row_key(r, task) for r in rows]
     intervals, comparison = compare(task, metric, keys, ours, theirs, confidence, resamples, seed)
+    against: dict[str, Any] | None = None
+    if champion is None:
+        if isinstance(baseline, str):
+            against = {"error": baseline}
+        else:
+            everything = list(range(len(rows)))
+            against = {"against": baseline[1], **paired(metric, per_row, baseline[0], everything, confidence,
+                                                        resamples, seed)}  # fmt: skip
     summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     evaluation = {
         "task": task,
@@ -689,6 +826,8 @@ def evaluate(
         "champion": {k: v for k, v in champion.items() if isinstance(v, (int, float))} if champion else None,
         "champion_run_id": champion_run_id if champion else None,
         "comparison": comparison if champion else None,
+        # With no champion: the same paired comparison with a trivial baseline (or why none).
+        "baseline": against,
         "overlap": comparison["overlap"],
         # The test rows that came from labelled production traffic, measured on their own.
         "production": production,

@@ -187,6 +187,9 @@ def show_run(run: dict[str, Any]) -> None:
         if group == "comparison":
             print(f"  champion  {describe_comparison(values)}")
             continue
+        if group == "baseline":
+            print(f"  baseline  {describe_comparison(values)}")
+            continue
         for name, value in sorted(values.items()):
             shown = f"{value:.6g}" if isinstance(value, (int, float)) else str(value)
             print(f"  metric    {group}.{name} = {shown}")
@@ -240,10 +243,12 @@ def show_run(run: dict[str, Any]) -> None:
 def describe_comparison(c: dict[str, Any]) -> str:
     """``macro_f1 0.8120 vs 0.9110 (run X) on 265 rows: -0.0990, 95% interval -0.14 to -0.06``."""
     try:
+        against = f"run {c.get('champion_run_id')}" if c.get("champion_run_id") else c.get("against", "?")
+        differing = f"; {c['differing_rows']} answered differently" if c.get("differing_rows") is not None else ""
         return (
-            f"{c['metric']} {c['challenger']:.4f} vs {c['champion']:.4f} (run {c.get('champion_run_id')}) "
+            f"{c['metric']} {c['challenger']:.4f} vs {c['champion']:.4f} ({against}) "
             f"on {c['rows']} test rows: {c['challenger'] - c['champion']:+.4f}, "
-            f"{c['confidence']:.0%} interval {c['low']:+.4f} to {c['high']:+.4f}"
+            f"{c['confidence']:.0%} interval {c['low']:+.4f} to {c['high']:+.4f}{differing}"
         )
     except (KeyError, TypeError, ValueError):
         return str(c)

@@ -104,7 +104,8 @@ class RunSuperseded(DomainEvent):
 
 @dataclass(frozen=True)
 class Comparison:
-    """The evaluate job's paired comparison of challenger and champion on the same rows."""
+    """The evaluate job's paired comparison of challenger and champion (or, for a first
+    model, a trivial baseline: ``against`` says which) on the same rows."""
 
     metric: str
     challenger: float
@@ -115,6 +116,9 @@ class Comparison:
     confidence: float
     rows: int
     champion_trained_on_test: int | None = None
+    # Of ``rows``, how many the two answer differently (None: not recorded).
+    differing_rows: int | None = None
+    against: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,6 +132,9 @@ class EvaluationLoaded(DomainEvent):
     comparison: Comparison | None = None
     # Why there is no comparison although a champion was measured (it trained on every test row).
     comparison_error: str | None = None
+    # With no champion: the comparison with a trivial baseline, or why there is none.
+    baseline: Comparison | None = None
+    baseline_error: str | None = None
 
     @property
     def kind(self) -> str:

@@ -157,7 +157,9 @@ def _threshold(name: str, value: float | None, threshold: float) -> tuple[bool, 
 def gate_verdict(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bool, str]:
     """The quality gate: thresholds (each in its metric's direction), then, by default, the
     champion: a challenger worse on the primary metric beyond the paired comparison's
-    noise, or short of ``min_improvement``, is rejected. Nothing passes on a NaN."""
+    noise, short of ``min_improvement``, or answering every test row as the champion does,
+    is rejected; with no champion, a model not better than a trivial baseline beyond noise
+    is. Nothing passes on a NaN."""
     gates = config["gates"]
     reasons = []
     for name, value in sorted(event.metrics.items()):
@@ -168,16 +170,39 @@ def gate_verdict(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bo
         if not met:
             return False, why
         reasons.append(why)
-    if not gates.get("compare_champion", True):
-        reasons.append("champion comparison off")
-    elif event.champion_metrics:
+    if gates.get("compare_champion", True) and event.champion_metrics:
         passed, reason = _versus_champion(config, event)
-        if not passed:
-            return False, reason
-        reasons.append(reason)
+    elif gates.get("compare_baseline", True):
+        passed, reason = _versus_baseline(config, event)
     else:
-        reasons.append("no champion deployed yet")
+        passed, reason = True, "no champion compared; baseline comparison off"
+    if not passed:
+        return False, reason
+    reasons.append(reason)
     return True, "; ".join(reasons)
+
+
+def _versus_baseline(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bool, str]:
+    """A first model (no champion to beat) must beat a trivial baseline on the same test
+    rows beyond the paired bootstrap's noise: a model no better than always answering the
+    majority class, or than its untuned base, is not worth serving."""
+    primary = config["gates"].get("primary_metric") or spec.PRIMARY_METRICS[config["task"]][0]
+    c = event.baseline
+    if c is None:
+        why = event.baseline_error or "the evaluation holds no comparison with a trivial baseline"
+        return False, f"no champion deployed yet, and {why}; a first model must beat one (gates.compare_baseline)"
+    if c.metric != primary or not all(math.isfinite(v) for v in (c.challenger, c.champion, c.low, c.high)):
+        return False, f"the comparison with {c.against or 'the baseline'} is not finite or not on {primary}"
+    metric = spec.METRICS[primary]
+    low = c.low if metric.better == spec.HIGHER else -c.high
+    facts = (
+        f"no champion deployed yet; {primary} {c.challenger:.4f} vs {c.against or 'a trivial baseline'} "
+        f"{c.champion:.4f} on the same {c.rows} test rows: {c.challenger - c.champion:+.4f}, "
+        f"{c.confidence:.0%} interval {c.low:+.4f} to {c.high:+.4f} (paired bootstrap; {metric.better} is better)"
+    )
+    if low > 0:
+        return True, f"{facts}: better beyond noise"
+    return False, f"{facts}: not better than the baseline beyond noise"
 
 
 def _versus_champion(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bool, str]:
@@ -188,6 +213,11 @@ def _versus_champion(config: Mapping[str, Any], event: EvaluationLoaded) -> tupl
     c = event.comparison
     if event.comparison_error:
         return False, f"no fair comparison with {champion_run}: {event.comparison_error}"
+    if c is not None and c.differing_rows == 0:
+        return False, (
+            f"its answers equal {champion_run}'s on every one of the {c.rows} test rows compared: "
+            "the same model, nothing to deploy"
+        )
     if c is None or c.metric != primary:
         # An evaluation without the paired comparison: the point values, in the metric's direction.
         ours, theirs = event.metrics.get(primary), (event.champion_metrics or {}).get(primary)
@@ -692,6 +722,8 @@ def _with_metrics(run: Run, event: DomainEvent) -> Mapping[str, Any]:
         out = {**run.metrics, "evaluation": dict(event.metrics)}
         if event.comparison is not None:
             out["comparison"] = {**dataclasses.asdict(event.comparison), "champion_run_id": event.champion_run_id}
+        if event.baseline is not None:
+            out["baseline"] = dataclasses.asdict(event.baseline)
         return out
     return run.metrics
 

@@ -462,6 +462,9 @@ _CONFIG = _obj(
                     # What the champion comparison is on: the task's primary metric by default.
                     "primary_metric": _Field(_string(), None),
                     "compare_champion": _Field(_boolean, True),
+                    # With no champion: the model must beat a trivial baseline (the majority
+                    # class; a causal LM's untuned base) beyond the same paired bootstrap's noise.
+                    "compare_baseline": _Field(_boolean, True),
                     # The paired bootstrap's confidence: a challenger is worse when the whole
                     # interval of its difference to the champion is worse.
                     "confidence": _Field(_number(0.5, 0.999), 0.95),

@@ -61,6 +61,8 @@ def test_a_tiny_decoder_learns_an_instruction_task_through_the_whole_loop(
     print(f"\nexact match: {before:.2f} after the first epoch, {after:.2f} on the test split; {gate}")
     assert before < 0.2 and after >= 0.9
     assert "exact_match" in gate and "gate passed" in gate
+    # A first model, so measured against its untuned base (a random decoder) on the same rows.
+    assert "vs the untuned base model random:llama-small" in gate and "better beyond noise" in gate, gate
     assert run["package_arn"].endswith("model-package/tl-llm/1")
     check_generations_page(home, state, run, tmp_path)
 
@@ -178,8 +180,12 @@ def check_an_adapter_on_this_model(home: Path, state: dict[str, Any], base_run: 
     training = {**CONFIG["training"], "method": "lora", "artifact": "adapter"}
     training["hyperparameters"] = {**training["hyperparameters"], "epochs": 1, "learning_rate": 3e-4,
                                    "validation_samples": 8}  # fmt: skip
+    # Its base already does the task, so the adapter cannot beat its untuned base beyond
+    # noise: this checks how an adapter is registered and served, not whether it is worth it.
+    gates = {**CONFIG["gates"], "compare_baseline": False}
+    adapter = {**CONFIG, "base_model": base, "training": training, "gates": gates}
     spec = tmp_path / "adapter.json"
-    spec.write_text(json.dumps({"name": "llm-lora", "config": {**CONFIG, "base_model": base, "training": training}}))
+    spec.write_text(json.dumps({"name": "llm-lora", "config": adapter}))
     tuneloop(home, "project", "create", "--file", str(spec))
     body = "".join(json.dumps(row) + "\n" for row in synthetic.rows(400, seed=11))
     s3(state).put_object(Bucket=state["bucket"], Key="datasets/llm-lora/tasks-1/tasks.jsonl", Body=body.encode())

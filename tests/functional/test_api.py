@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BUCKET, DEMO_CONFIG
+from tests.conftest import BEATS_BASELINE, BUCKET, DEMO_CONFIG
 from tests.functional.conftest import Api
 
 DATASET = f"s3://{BUCKET}/datasets/demo/ds-1/reviews.jsonl"
@@ -168,7 +168,7 @@ def test_manual_approval_through_the_api(api: Api, deps: Any) -> None:
         ProcessingJobChanged(event_id="p", time=T0, job_name=names.job_name(run_id, "prepare"), status="Completed"),
         TrainingJobChanged(event_id="t", time=T0, job_name=names.job_name(run_id, "train", 1), status="Completed"),
         ProcessingJobChanged(event_id="e", time=T0, job_name=names.job_name(run_id, "evaluate"), status="Completed"),
-        EvaluationLoaded(event_id="l", time=T0, run_id=run_id, metrics={"macro_f1": 0.9}),
+        EvaluationLoaded(event_id="l", time=T0, run_id=run_id, metrics={"macro_f1": 0.9}, baseline=BEATS_BASELINE),
         ModelPackageChanged(
             event_id="m1",
             time=T0,

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chalicelib.domain import names
-from tests.conftest import DEMO_CONFIG, load_event
+from tests.conftest import BEATS_BASELINE, DEMO_CONFIG, load_event
 from tests.functional.conftest import Api
 from tests.unit.test_event_shapes import json_values, mutated_events
 
@@ -257,7 +257,9 @@ def run_to_deploying_existing(api: Api, deps: Any, run_id: str) -> dict[str, Any
         event = sagemaker(fixture, run_id, f"{run_id}-{step}-done", **{key: names.job_name(run_id, step)})
         api.invoke("on_sagemaker_event", event)
     deps.service.handle(
-        EvaluationLoaded(event_id=f"loaded-{run_id}", time=T0, run_id=run_id, metrics={"macro_f1": 0.9})
+        EvaluationLoaded(
+            event_id=f"loaded-{run_id}", time=T0, run_id=run_id, metrics={"macro_f1": 0.9}, baseline=BEATS_BASELINE
+        )
     )
     deps.service.handle(
         ModelPackageChanged(

@@ -24,7 +24,7 @@ from chalicelib.domain.run import Run
 from chalicelib.domain.states import RunState
 from chalicelib.executors import Executors, Outcome
 from chalicelib.sagemaker import SageMakerExecutors, drift_request
-from tests.conftest import DEMO_CONFIG, T0
+from tests.conftest import BEATS_BASELINE, DEMO_CONFIG, T0
 
 pytestmark = pytest.mark.integration
 DATASET = "s3://tuneloop-test/datasets/demo/ds-1/reviews.jsonl"
@@ -39,7 +39,7 @@ def deployed(service: Any) -> str:
                            status="Completed"),
         ProcessingJobChanged(event_id="3", time=T0, run_id=run_id, job_name=names.job_name(run_id, "evaluate"),
                              status="Completed"),
-        EvaluationLoaded(event_id="4", time=T0, run_id=run_id, metrics={"macro_f1": 0.9}),
+        EvaluationLoaded(event_id="4", time=T0, run_id=run_id, metrics={"macro_f1": 0.9}, baseline=BEATS_BASELINE),
         ModelPackageChanged(event_id="5", time=T0, run_id=run_id, package_arn="arn:p", approval_status="Approved"),
         EndpointChanged(event_id="6", time=T0, run_id=run_id, endpoint_name="tl-demo", status="IN_SERVICE"),
     ):  # fmt: skip

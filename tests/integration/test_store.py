@@ -14,7 +14,7 @@ from chalicelib.domain.events import ProcessingJobChanged, StopRequested, Traini
 from chalicelib.domain.project import normalise_config
 from chalicelib.domain.states import RunState
 from chalicelib.store import ConflictError
-from tests.conftest import DEMO_CONFIG, T0
+from tests.conftest import BEATS_BASELINE, DEMO_CONFIG, T0
 
 pytestmark = pytest.mark.integration
 
@@ -184,7 +184,7 @@ def test_the_champion_is_the_projects_deployed_run(service: Any, project: Any) -
         job_event(ProcessingJobChanged, first, "prepare", "Completed", "e1"),
         job_event(TrainingJobChanged, first, "train", "Completed", "e2"),
         job_event(ProcessingJobChanged, first, "evaluate", "Completed", "e3"),
-        EvaluationLoaded(event_id="e4", time=T0, run_id=first, metrics={"macro_f1": 0.9}),
+        EvaluationLoaded(event_id="e4", time=T0, run_id=first, metrics={"macro_f1": 0.9}, baseline=BEATS_BASELINE),
         ModelPackageChanged(event_id="e5", time=T0, run_id=first, package_arn="arn:pkg/1", approval_status="Approved"),
         EndpointChanged(event_id="e6", time=T0, run_id=first, endpoint_name="tl-demo", status="IN_SERVICE"),
     ):

@@ -13,6 +13,10 @@ from typing import Any
 import pytest
 import torch
 
+from chalicelib.domain.machine import gate_verdict
+from chalicelib.domain.project import normalise_config
+from chalicelib.sagemaker import evaluation_event
+from tests.conftest import DEMO_CONFIG
 from tests.training.conftest import SOURCE, run_job
 from training import inference, prepare
 from training import train as train_module
@@ -382,6 +386,7 @@ def test_evaluate_writes_metrics_plots_and_report(
         for path in classifier[0].model_dir.iterdir():
             tar.add(path, arcname=path.name)
     (tmp_path / "in" / "test").symlink_to(reviews / "test", target_is_directory=True)
+    (tmp_path / "in" / "profile").symlink_to(reviews / "profile", target_is_directory=True)
     out = tmp_path / "out"
     assert (
         evaluate.main(
@@ -397,6 +402,15 @@ def test_evaluate_writes_metrics_plots_and_report(
             assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
     report = (out / "report.html").read_text()
     assert f"{evaluation['summary']['macro_f1']:.4f}" in report and report.count("data:image/png;base64,") == 2
+    # A first model (no champion) against the majority class of its training split, on the
+    # same rows: the trained classifier beats it beyond noise, and the gate says so.
+    baseline = evaluation["baseline"]
+    assert baseline["against"].startswith("the majority-class predictor (") and baseline["metric"] == "macro_f1"
+    assert baseline["rows"] == evaluation["metrics"]["examples"] and baseline["differing_rows"] > 0
+    assert baseline["difference_interval"][0] > 0 and 'id="baseline"' in report
+    first = evaluation_event(evaluation, "e", "r")
+    passed, why = gate_verdict(normalise_config(DEMO_CONFIG), first)
+    assert passed and "vs the majority-class predictor" in why and "better beyond noise" in why, why
     assert (
         evaluate.main(
             [
@@ -424,6 +438,10 @@ def test_evaluate_writes_metrics_plots_and_report(
     comparison = against["comparison"]
     assert comparison["metric"] == "macro_f1" and comparison["difference_interval"] == [0.0, 0.0]
     assert comparison["rows"] == evaluation["metrics"]["examples"]
+    # ... and the same answer on every row: the gate deploys no model that changes nothing.
+    assert comparison["differing_rows"] == 0 and against["baseline"] is None
+    passed, why = gate_verdict(normalise_config(DEMO_CONFIG), evaluation_event(against, "e", "r"))
+    assert not passed and "every one of the" in why and "nothing to deploy" in why, why
     # Neither trained on a test row: data.json records each model's training rows by key.
     assert comparison["overlap"]["champion_trained_on_test"] == 0
     assert against["overlap"]["challenger_trained_on_test"] == 0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
@@ -131,3 +134,47 @@ def test_held_out_production_rows_are_measured_on_their_own() -> None:
     assert subset["challenger"]["accuracy"] == 0.5 and subset["champion"]["accuracy"] == 0.0
     assert subset["window"] == {"first": "2026-12-01T09:00:00Z", "last": "2026-12-01T10:00:00Z"}
     assert production_subset(rows[:1], ours, theirs, ["x", "y"]) is None
+
+
+def test_a_first_model_that_predicts_only_the_majority_class_is_rejected(tmp_path: Path) -> None:
+    """The issue's first model: six classes, 26 test rows, a model that answers the largest
+    class for every row (accuracy = that class's share). Against the majority-class
+    predictor of its training split it differs on no row, so the gate rejects it, naming
+    the baseline and both numbers; a model that learned something passes."""
+    from chalicelib.domain.machine import gate_verdict
+    from chalicelib.domain.project import normalise_config
+    from chalicelib.sagemaker import evaluation_event
+    from training.evaluate import EvaluationError, majority_baseline, paired
+
+    labels = ["billing", "delivery", "other", "praise", "refund", "technical"]
+    truth = [0] * 10 + [1] * 4 + [2] * 3 + [3] * 3 + [4] * 3 + [5] * 3
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"labels": {"train": {"billing": 92, "delivery": 37, "other": 28, "praise": 28,
+                                                        "refund": 28, "technical": 27}}}))  # fmt: skip
+    config = normalise_config({"base_model": "sentence-transformers/all-MiniLM-L6-v2", "task": "text-classification"})
+
+    def gate(pred: list[int]) -> tuple[bool, str, dict[str, Any]]:
+        ours = {"truth": truth, "pred": pred, "classes": len(labels)}
+        baseline, what = majority_baseline(profile, ours, labels)
+        measured = classification_metrics(truth, pred, None, labels)
+        comparison = {"against": what, **paired("macro_f1", ours, baseline, list(range(len(truth))), 0.95, 1000, 0)}
+        evaluation = {"summary": {k: measured[k] for k in ("accuracy", "macro_f1")}, "champion": None,
+                      "baseline": comparison}  # fmt: skip
+        passed, why = gate_verdict(config, evaluation_event(json.loads(json.dumps(evaluation)), "e", "r"))
+        return passed, why, comparison
+
+    passed, why, comparison = gate([0] * len(truth))
+    assert comparison["differing_rows"] == 0 and comparison["difference"] == 0.0
+    assert not passed, why
+    assert "vs the majority-class predictor ('billing', 38% of the training split)" in why
+    assert "not better than the baseline beyond noise" in why
+    # Learned most rows of every class: better beyond noise, and registered.
+    learned = [t if i % 5 else (t + 1) % len(labels) for i, t in enumerate(truth)]
+    passed, why, _ = gate(learned)
+    assert passed and "better beyond noise" in why, why
+    # No profile, no baseline: nothing is promoted on a comparison that was never made.
+    with pytest.raises(EvaluationError, match="label counts are unknown"):
+        majority_baseline(tmp_path / "missing.json", {"truth": truth, "pred": truth, "classes": 6}, labels)
+    passed, why = gate_verdict(config, evaluation_event({"summary": {"macro_f1": 0.9}, "champion": None,
+                                                         "baseline": {"error": "no profile"}}, "e", "r"))  # fmt: skip
+    assert not passed and "no profile; a first model must beat one" in why, why

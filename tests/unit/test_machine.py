@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chalicelib import spec
 from chalicelib.domain import names
 from chalicelib.domain.commands import Command, StartChildRun
 from chalicelib.domain.events import (
@@ -37,7 +38,7 @@ from chalicelib.domain.machine import NO_OPS, ROWS, Row, decide, rows_for
 from chalicelib.domain.project import normalise_config
 from chalicelib.domain.run import HistoryEntry, Run
 from chalicelib.domain.states import TERMINAL_STATES, RunState
-from tests.conftest import DEMO_CONFIG, T0
+from tests.conftest import BEATS_BASELINE, DEMO_CONFIG, T0
 
 RUN_ID = "aaaaaaaaaaaa"
 S = RunState
@@ -118,7 +119,9 @@ def event_of(kind: str, run: Run, event_id: str = "evt-1", **fields: Any) -> Dom
         "approval.decided": lambda: ApprovalDecided(**common, approved=True),
         "retrain.requested": lambda: RetrainRequested(**common),
         "run.superseded": lambda: RunSuperseded(**common, by_run_id="bbbbbbbbbbbb"),
-        "evaluation.loaded": lambda: EvaluationLoaded(**common, metrics=fields.get("metrics", {"macro_f1": 0.9})),
+        "evaluation.loaded": lambda: EvaluationLoaded(
+            **common, metrics=fields.get("metrics", {"macro_f1": 0.9}), baseline=fields.get("baseline", BEATS_BASELINE)
+        ),
         "command.failed": lambda: CommandFailed(**common, command="StartTrainingJob", error="ValidationException"),
         "run.timed_out": lambda: RunTimedOut(
             **common, state=run.state.value, waited_s=7300, limit_s=7200, awaiting=run.awaiting
@@ -292,6 +295,7 @@ def test_gate_against_champion() -> None:
             metrics=metrics,
             champion_run_id="cccccccccccc",
             champion_metrics=champion,
+            baseline=None if champion else BEATS_BASELINE,
         )
         return decide(run, event).run.state
 
@@ -303,7 +307,12 @@ def test_gate_against_champion() -> None:
     assert loaded({"accuracy": 0.9}, None) is S.REJECTED  # gated metric missing
 
 
-def gated(config: dict[str, Any], metrics: dict[str, float], comparison: Comparison | None = None) -> Any:
+def gated(
+    config: dict[str, Any],
+    metrics: dict[str, float],
+    comparison: Comparison | None = None,
+    baseline: Comparison | None = BEATS_BASELINE,
+) -> Any:
     event = EvaluationLoaded(
         event_id="ev",
         time=T0,
@@ -312,8 +321,58 @@ def gated(config: dict[str, Any], metrics: dict[str, float], comparison: Compari
         champion_run_id="cccccccccccc" if comparison else None,
         champion_metrics={comparison.metric: comparison.champion} if comparison else None,
         comparison=comparison,
+        # The default baseline is beaten on whatever the project's primary metric is.
+        baseline=None if comparison else _on_primary(config, baseline),
     )
     return decide(make_run(S.GATING, config), event).run
+
+
+def _on_primary(config: dict[str, Any], baseline: Comparison | None) -> Comparison | None:
+    if baseline is not BEATS_BASELINE:
+        return baseline
+    primary = config["gates"]["primary_metric"] or spec.PRIMARY_METRICS[config["task"]][0]
+    higher = spec.METRICS[primary].better == spec.HIGHER
+    return dataclasses.replace(baseline, metric=primary, low=0.4 if higher else -0.7, high=0.7 if higher else -0.4)
+
+
+def test_a_challenger_answering_every_row_as_the_champion_does_is_not_deployed() -> None:
+    """A retrain that learned nothing new: the same macro-F1, the same answers on all 26
+    rows, an interval of +0.0000 to +0.0000. "Not worse" is not a reason to deploy it."""
+    config = normalise_config({"base_model": "sentence-transformers/all-MiniLM-L6-v2", "task": "text-classification"})
+    same = Comparison("macro_f1", 0.1843, 0.1843, low=0.0, high=0.0, confidence=0.95, rows=26, differing_rows=0)
+    run = gated(config, {"macro_f1": 0.1843}, same)
+    assert run.state is S.REJECTED
+    assert "equal champion run cccccccccccc's on every one of the 26 test rows" in run.history[-1].reason
+    # One row answered differently, within noise: not worse, deployed as before.
+    other = dataclasses.replace(same, differing_rows=1, low=-0.04, high=0.04)
+    assert gated(config, {"macro_f1": 0.1843}, other).state is S.REGISTERING
+
+
+def test_a_first_model_must_beat_a_trivial_baseline_beyond_noise() -> None:
+    """No champion: the gate compares with the baseline the evaluation measured, in the
+    primary metric's direction; no baseline (or one not measured) promotes nothing, unless
+    the project turns the comparison off."""
+    config = normalise_config({"base_model": "sentence-transformers/all-MiniLM-L6-v2", "task": "text-classification"})
+    tie = dataclasses.replace(BEATS_BASELINE, challenger=0.184, champion=0.110, low=-0.02, high=0.19)
+    run = gated(config, {"macro_f1": 0.184}, baseline=tie)
+    assert run.state is S.REJECTED and "not better than the baseline beyond noise" in run.history[-1].reason
+    assert "macro_f1 0.1840 vs the majority-class predictor" in run.history[-1].reason
+    assert run.metrics["baseline"]["against"] == BEATS_BASELINE.against  # recorded on the run
+    assert gated(config, {"macro_f1": 0.9}).state is S.REGISTERING
+    missing = gated(config, {"macro_f1": 0.9}, baseline=None)
+    assert missing.state is S.REJECTED and "no comparison with a trivial baseline" in missing.history[-1].reason
+    nan = dataclasses.replace(BEATS_BASELINE, low=float("nan"))
+    assert gated(config, {"macro_f1": 0.9}, baseline=nan).state is S.REJECTED
+    # Perplexity: lower is better, so the whole interval must be below zero.
+    llm = normalise_config({"base_model": "random:llama-small", "task": "causal-lm",
+                            "gates": {"primary_metric": "perplexity"}})  # fmt: skip
+    lower = Comparison("perplexity", 3.1, 40.0, low=-45.0, high=-30.0, confidence=0.95, rows=40,
+                       against="the untuned base model random:llama-small")  # fmt: skip
+    assert gated(llm, {"perplexity": 3.1}, baseline=lower).state is S.REGISTERING
+    higher = dataclasses.replace(lower, challenger=41.0, low=-2.0, high=4.0)
+    assert gated(llm, {"perplexity": 41.0}, baseline=higher).state is S.REJECTED
+    off = {**config, "gates": {**config["gates"], "compare_baseline": False}}
+    assert gated(off, {"macro_f1": 0.184}, baseline=None).state is S.REGISTERING
 
 
 def test_by_default_a_worse_challenger_is_rejected_with_both_numbers_and_the_interval() -> None:
@@ -348,7 +407,9 @@ def test_lower_is_better_metrics_gate_and_compare_the_right_way_round() -> None:
     run = gated(config, {"perplexity": 29607.0, "loss": 10.3})
     assert run.state is S.REJECTED
     assert run.history[-1].reason.endswith("perplexity 2.961e+04 is above the threshold 100 (lower is better)")
-    assert gated(config, {"perplexity": 29.6, "loss": 3.39}).state is S.REGISTERING
+    untuned = Comparison("perplexity", 29.6, 29607.0, low=-31000.0, high=-28000.0, confidence=0.95, rows=50,
+                         against="the untuned base model org/tiny-llama")  # fmt: skip
+    assert gated(config, {"perplexity": 29.6, "loss": 3.39}, baseline=untuned).state is S.REGISTERING
     # A challenger whose perplexity is clearly higher is worse, not better.
     higher = Comparison("perplexity", 40.0, 30.0, low=6.0, high=14.0, confidence=0.95, rows=50)
     assert gated(config, {"perplexity": 40.0, "loss": 3.7}, higher).state is S.REJECTED

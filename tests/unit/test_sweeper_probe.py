@@ -26,7 +26,7 @@ from chalicelib.domain.run import Run
 from chalicelib.domain.states import RunState
 from chalicelib.executors import Outcome
 from chalicelib.sweeper import ResourceProbe
-from tests.conftest import T0
+from tests.conftest import BEATS_BASELINE, T0
 from tests.unit.test_machine import RUN_ID, make_run
 
 S = RunState
@@ -197,7 +197,7 @@ def test_a_gating_run_gets_its_evaluation_read_again(stub: Stubber) -> None:
         def load(self, command: LoadEvaluation, run: Run) -> Outcome:
             assert command.job_name == names.job_name(RUN_ID, "evaluate")
             loaded = EvaluationLoaded(event_id=f"evaluation-{command.job_name}", time=NOW, run_id=run.run_id,
-                                      metrics={"macro_f1": 0.9})  # fmt: skip
+                                      metrics={"macro_f1": 0.9}, baseline=BEATS_BASELINE)  # fmt: skip
             return Outcome(done=True, events=(loaded,))
 
     event = probe(stub, Evaluation()).observe(make_run(S.GATING), NOW)

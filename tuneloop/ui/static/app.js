@@ -267,7 +267,7 @@ function timeline(run) {
 function metricsSection(run) {
   const out = [];
   for (const [group, values] of Object.entries(run.metrics || {})) {
-    if (group === "comparison") continue;
+    if (group === "comparison" || group === "baseline") continue;
     const rows = Object.entries(values).filter(([, v]) => typeof v === "number").map(([k, v]) => [k, { num: fmt(v) }]);
     if (rows.length) out.push(h("div", {}, h("h3", {}, group), table(["metric", "value"], rows, `${group} metrics`)));
   }
@@ -279,7 +279,17 @@ function metricsSection(run) {
       ["difference", { num: fmt(c.challenger - c.champion) }],
       [`${Math.round((c.confidence || 0.95) * 100)}% interval`, `${fmt(c.low)} to ${fmt(c.high)}`],
       ["test rows", { num: c.rows }],
+      ["answered differently", c.differing_rows == null ? "–" : { num: c.differing_rows }],
     ], "Champion comparison")));
+  }
+  const b = (run.metrics || {}).baseline;
+  if (b && b.metric) {
+    out.push(h("div", {}, h("h3", {}, "Against a trivial baseline"), table(["", "value"], [
+      ["baseline", b.against || "–"], ["metric", b.metric], ["this model", { num: fmt(b.challenger) }],
+      ["baseline scores", { num: fmt(b.champion) }], ["difference", { num: fmt(b.challenger - b.champion) }],
+      [`${Math.round((b.confidence || 0.95) * 100)}% interval`, `${fmt(b.low)} to ${fmt(b.high)}`],
+      ["test rows", { num: b.rows }],
+    ], "Baseline comparison")));
   }
   return out.length ? h("div", { class: "grid2" }, out) : h("p", {}, "No metrics yet.");
 }
