@@ -237,7 +237,8 @@ def project_endpoint(name: str) -> dict[str, Any]:
     if d.endpoints is None:
         raise ConflictError("SageMaker is not configured: there is no endpoint to show (see `tuneloop configure`)")
     deploying = d.service.runs.page(project=name, state=RunState.DEPLOYING, limit=100).items
-    return d.endpoints.endpoint(name, _serving(name), deploying[0].run if deploying else None, hours)
+    recent = [s.run for s in d.service.runs.page(project=name, limit=20).items]
+    return d.endpoints.endpoint(name, _serving(name), deploying[0].run if deploying else None, hours, recent)
 
 
 @app.route("/projects/{name}/drift-check", methods=["POST"], authorizer=iam)
@@ -283,7 +284,22 @@ def post_feedback(name: str) -> Response:
         # Nothing half-stored: the receipt is written last. A retry (same rows or key) is safe.
         logger.exception("feedback not stored", extra={"project": name})
         return _unavailable(f"the labels could not be stored ({_aws_error(exc)}); nothing was stored, retry")
+    _data_arrived(name, receipt)
     return Response(receipt, status_code=200 if receipt["repeat"] else 202)
+
+
+def _data_arrived(project: str, receipt: dict[str, Any]) -> None:
+    """Stored labels may start a retraining run that waited for them. The labels are kept
+    whatever happens here: the scheduled drift check looks again for any run that waits."""
+    if not receipt.get("accepted"):
+        return
+    try:
+        started = deps.get().service.data_arrived(project, f"labels-{receipt['delivery']}")
+    except Exception:
+        logger.exception("waiting retraining runs not told of the labels", extra={"project": project})
+        return
+    if started:
+        logger.info("labels started a waiting retraining run", extra={"project": project, "started": started})
 
 
 def _aws_error(exc: Exception) -> str:
@@ -495,6 +511,7 @@ def _feedback_uploaded(raw: dict[str, Any]) -> dict[str, Any]:
         extra={"project": drop.project, "key": drop.key, "accepted": receipt["accepted"], "refused": receipt["refused"],
                "errors": receipt["errors"][:5], "repeat": receipt["repeat"]},
     )  # fmt: skip
+    _data_arrived(drop.project, receipt)
     return {"feedback": {k: receipt[k] for k in ("delivery", "accepted", "refused", "repeat")}}
 
 

@@ -64,6 +64,14 @@ def rollback_alarm_name(run_id: str, metric: str) -> str:
     return f"tl-{run_id}-rollback-{metric.lower()}"
 
 
+def model_capture_uri(settings: Settings, run: Run) -> str:
+    """Where an endpoint config captures the requests its model answers: a prefix per run,
+    so each model's traffic is its own (during a canary each fleet writes under its own
+    config's), and a model is measured only on requests it answered. SageMaker adds
+    ``<endpoint>/<variant>/yyyy/mm/dd/hh/``."""
+    return f"{capture_uri(settings, run.project)}/{run.run_id}"
+
+
 def batch_capture_uri(settings: Settings, project: str) -> str:
     """Where a batch project's transform jobs capture their records."""
     return f"{capture_uri(settings, project)}/batch"
@@ -118,7 +126,7 @@ def endpoint_config_request(run: Run, settings: Settings) -> dict[str, Any]:
         request["DataCaptureConfig"] = {
             "EnableCapture": True,
             "InitialSamplingPercentage": deployment["data_capture_percent"],
-            "DestinationS3Uri": capture_uri(settings, run.project),
+            "DestinationS3Uri": model_capture_uri(settings, run),
             "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
             "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
         }
@@ -241,20 +249,27 @@ def autoscaling_requests(run: Run) -> tuple[dict[str, Any], dict[str, Any]]:
     return target, policy
 
 
-def drift_dimensions(project: str) -> list[dict[str, str]]:
-    return [{"Name": "project", "Value": project}, {"Name": "endpoint", "Value": names.endpoint_name(project)}]
+def drift_dimensions(project: str, run_id: str) -> list[dict[str, str]]:
+    """A monitoring metric's dimensions: the project, its endpoint and the run whose model
+    answered. Each run's alarms watch its own series, so a new model's start with no data
+    rather than its predecessor's numbers."""
+    return [
+        {"Name": "project", "Value": project},
+        {"Name": "endpoint", "Value": names.endpoint_name(project)},
+        {"Name": "run", "Value": run_id},
+    ]
 
 
 def _monitoring_alarm(run: Run, name: str, metric: str, threshold: float, below: bool, about: str) -> dict[str, Any]:
-    """An alarm on a metric the monitoring job publishes (namespace ``tuneloop``, the
-    project's endpoint), evaluated once per check window; no data is not breaching."""
+    """An alarm on a metric the monitoring job publishes (namespace ``tuneloop``) for this
+    run's model alone, evaluated once per check window; no data is not breaching."""
     drift = run.config["drift"]
     return {
         "AlarmName": name,
         "AlarmDescription": f"{metric} of {names.endpoint_name(run.project)}'s {about}; ALARM starts a retraining run",
         "Namespace": DRIFT_NAMESPACE,
         "MetricName": metric,
-        "Dimensions": drift_dimensions(run.project),
+        "Dimensions": drift_dimensions(run.project, run.run_id),
         "Statistic": "Minimum" if below else "Maximum",
         "Period": drift["schedule_minutes"] * 60,
         "EvaluationPeriods": drift["evaluation_periods"],
@@ -274,7 +289,7 @@ def drift_alarm_requests(run: Run) -> list[dict[str, Any]]:
             metric,
             threshold,
             False,
-            f"traffic against run {run.run_id}'s training data",
+            f"traffic run {run.run_id}'s model answered, against its training data",
         )
         for metric, threshold in sorted(run.config["drift"]["thresholds"].items())
     ]

@@ -63,7 +63,7 @@ def build(
     from . import models
     from .deployment import DeploymentExecutors
     from .endpoints import EndpointViews
-    from .feedback import FeedbackInbox
+    from .feedback import FeedbackInbox, NewDataCounter
     from .reports import S3_CONFIG, RunReports
     from .sagemaker import EvaluationLoader, SageMakerExecutors
     from .store import ProjectRepository, RunRepository
@@ -108,6 +108,7 @@ def build(
         sweep_budget_s=config.sweep_budget_s,
         offline_models=config.offline_models,
         limits=config.limits,
+        new_data=NewDataCounter(s3, config.bucket, config.dataset_prefix) if config.bucket else None,
     )
     reports = RunReports(s3, sagemaker, config) if sagemaker else None
     feedback = FeedbackInbox(s3, config.bucket, service.clock) if config.bucket else None

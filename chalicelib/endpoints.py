@@ -6,8 +6,9 @@ Read live from the services that know, so nothing is copied into the run items:
 - DescribeEndpoint: status, the config (and so the run) that serves, and during a
   blue/green update the new fleet's share of traffic (``PendingDeploymentSummary``);
 - one GetMetricData call over the window: the endpoint's invocations, 4XX and 5XX errors
-  and model latency p50/p99 (``AWS/SageMaker``), and every drift and production-quality
-  metric the serving run has an alarm on (namespace ``tuneloop``);
+  and model latency p50/p99 (``AWS/SageMaker``), and, for each model that served in the
+  window, every drift and production-quality metric it has an alarm on (namespace
+  ``tuneloop``, its own series: the ``run`` dimension), with when each model took over;
 - DescribeAlarms and DescribeAlarmHistory for the serving run's alarms: their state now
   and each state change in the window.
 
@@ -34,9 +35,11 @@ from .deployment import (
 )
 from .domain import names
 from .domain.run import Run
+from .domain.states import RunState
 
 MAX_WINDOW_H = 24 * 14  # two weeks: CloudWatch keeps 1-minute points for 15 days
 MAX_POINTS = 240
+MAX_MODELS = 8  # the newest models that served in the window (GetMetricData takes 500 queries)
 Failure = (ClientError, BotoCoreError)
 
 # Endpoint metrics: (key in the view, metric, statistic, scale to the view's unit).
@@ -135,9 +138,10 @@ class EndpointViews:
         ]
 
     def metrics(
-        self, project: str, run: Run | None, start: datetime, end: datetime, period: int, errors: list[str]
+        self, project: str, models: Sequence[Run], start: datetime, end: datetime, period: int, errors: list[str]
     ) -> tuple[dict[str, list[list[Any]]], list[dict[str, Any]]]:
-        """The endpoint's traffic series and the monitoring metrics of the run's alarms."""
+        """The endpoint's traffic series, and each model's monitoring metrics (those of its
+        alarms, on its own series)."""
         endpoint = names.endpoint_name(project)
         dimensions = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": VARIANT}]
         queries = [
@@ -151,8 +155,8 @@ class EndpointViews:
             }
             for n, (_key, metric, stat, _scale) in enumerate(TRAFFIC)
         ]
-        monitored = monitoring_alarm_requests(run) if run is not None else []
-        for n, alarm in enumerate(monitored):
+        monitored = [(run, alarm) for run in models for alarm in monitoring_alarm_requests(run)]
+        for n, (run, alarm) in enumerate(monitored):
             queries.append(
                 {
                     "Id": f"m{n}",
@@ -160,7 +164,7 @@ class EndpointViews:
                         "Metric": {
                             "Namespace": DRIFT_NAMESPACE,
                             "MetricName": alarm["MetricName"],
-                            "Dimensions": drift_dimensions(project),
+                            "Dimensions": drift_dimensions(project, run.run_id),
                         },
                         "Period": period,
                         "Stat": alarm["Statistic"],
@@ -187,6 +191,7 @@ class EndpointViews:
         }
         monitoring = [
             {
+                "run_id": run.run_id,
                 "metric": alarm["MetricName"],
                 "kind": "quality" if "-quality-" in alarm["AlarmName"] else "drift",
                 "alarm": alarm["AlarmName"],
@@ -196,7 +201,7 @@ class EndpointViews:
                 "statistic": alarm["Statistic"],
                 "points": _series(results.get(f"m{n}", {})),
             }
-            for n, alarm in enumerate(monitored)
+            for n, (run, alarm) in enumerate(monitored)
         ]
         return traffic, monitoring
 
@@ -233,8 +238,11 @@ class EndpointViews:
                 _error(errors, f"DescribeAlarmHistory {name}", exc)
         return sorted(changes, key=lambda c: c["time"])
 
-    def endpoint(self, project: str, serving: Run | None, deploying: Run | None, hours: float) -> dict[str, Any]:
-        """The endpoint page's data over the last ``hours``."""
+    def endpoint(
+        self, project: str, serving: Run | None, deploying: Run | None, hours: float, recent: Sequence[Run] = ()
+    ) -> dict[str, Any]:
+        """The endpoint page's data over the last ``hours``; ``recent``: the project's newest
+        runs, among which the models that served in the window are found."""
         errors: list[str] = []
         end = self._clock()
         start = end - timedelta(hours=hours)
@@ -250,7 +258,20 @@ class EndpointViews:
             "traffic_split": self.traffic_split(described) if described else [],
             "window": {"start": start.isoformat(), "end": end.isoformat(), "hours": hours, "period_s": period},
         }
-        view["traffic"], view["monitoring"] = self.metrics(project, serving, start, end, period, errors)
+        models = served(recent, serving, deploying, start)
+        view["models"] = [
+            {"run_id": run.run_id, "since": _iso(since), "until": _iso(until) if until else None}
+            for run, since, until in models
+        ]
+        # Each model's series starts where it took over: the switches in the window, marked.
+        view["switches"] = [
+            {"time": _iso(since), "run_id": run.run_id, "replaced": models[n - 1][0].run_id}
+            for n, (run, since, _) in enumerate(models)
+            if n > 0 and since >= start
+        ]
+        view["traffic"], view["monitoring"] = self.metrics(
+            project, [run for run, _, _ in models], start, end, period, errors
+        )
         alarms = self.alarms(serving, errors) if serving else []
         view["alarms"] = alarms
         view["alarm_changes"] = self.alarm_changes([a["name"] for a in alarms], start, end, errors)
@@ -274,3 +295,23 @@ class EndpointViews:
             "open_alarms": [a for a in alarms if a["state"] == "ALARM"],
             "errors": errors,
         }
+
+
+def served(
+    recent: Sequence[Run], serving: Run | None, deploying: Run | None, start: datetime
+) -> list[tuple[Run, datetime, datetime | None]]:
+    """(run, since, until) of each model that served the endpoint in the window (or serves,
+    or is being deployed), oldest first: since it reached ``deployed`` (a model being
+    deployed: since now, none of its own data yet), until it left."""
+    found: dict[str, tuple[Run, datetime, datetime | None]] = {}
+    for run in [*recent, *(r for r in (serving, deploying) if r is not None)]:
+        since = next((e.time for e in run.history if e.to_state is RunState.DEPLOYED), None)
+        until = next(
+            (e.time for e in run.history if e.from_state is RunState.DEPLOYED and e.to_state is not RunState.DEPLOYED),
+            None,
+        )
+        if since is None and run is deploying:
+            since = run.history[-1].time if run.history else run.created_at
+        if since is not None and (until is None or until >= start):
+            found[run.run_id] = (run, since, until)
+    return sorted(found.values(), key=lambda m: m[1])[-MAX_MODELS:]

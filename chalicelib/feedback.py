@@ -26,6 +26,7 @@ from botocore.exceptions import ClientError
 
 from . import spec
 from .domain import names
+from .domain.events import NewData
 from .intake import FeedbackDrop
 
 LABELS_PREFIX = "labels/"
@@ -157,3 +158,41 @@ class FeedbackInbox:
         return [
             json.loads(self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()) for _, key in found[:limit]
         ]
+
+
+class NewDataCounter:
+    """What a project holds that a run created at ``since`` did not learn from: the labels
+    of the deliveries received since (their receipts' ``accepted``), and the datasets
+    (``datasets/<project>/<dataset>/``) with a file written since, other than the run's own.
+    S3 and receipts keep whole seconds: what arrived in the second the run was created
+    counts as new (a retrain too many, never data missed)."""
+
+    def __init__(self, s3: Any, bucket: str, dataset_prefix: str = "datasets/") -> None:
+        self._s3 = s3
+        self._bucket = bucket
+        self._dataset_prefix = dataset_prefix
+
+    def _newer(self, prefix: str, since: datetime) -> list[str]:
+        keys = []
+        for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=prefix):
+            keys += [o["Key"] for o in page.get("Contents", []) if o["LastModified"] >= since]
+        return keys
+
+    def __call__(self, project: str, since: datetime, own: str = "") -> NewData:
+        """``own``: the dataset URI the run was started on; files under it are its own."""
+        stamp = since.strftime("%Y-%m-%dT%H:%M:%SZ")
+        since = since.replace(microsecond=0)
+        labels = 0
+        for key in self._newer(labels_prefix(project), since):
+            if key.endswith(".receipt.json"):
+                receipt = json.loads(self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read())
+                if str(receipt.get("received_at", "")) >= stamp and isinstance(receipt.get("accepted"), int):
+                    labels += receipt["accepted"]
+        prefix = f"{self._dataset_prefix}{project}/"
+        # A drop's own files (the object, or a manifest's folder) are the run's; a retraining
+        # run's is the whole prefix, where only the time tells.
+        mine = own.removeprefix(f"s3://{self._bucket}/")
+        mine = mine.rsplit("/", 1)[0] + "/" if mine.endswith("/manifest.json") else mine
+        mine = "" if mine == prefix else mine
+        keys = [key for key in self._newer(prefix, since) if not (mine and key.startswith(mine))]
+        return NewData(labels=labels, datasets=len({key[len(prefix) :].split("/", 1)[0] for key in keys}))

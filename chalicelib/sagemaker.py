@@ -310,8 +310,8 @@ def _base_input(name: str, run: Run) -> list[dict[str, Any]]:
 
 
 def drift_request(command: StartProcessingJob, run: Run, settings: Settings, labels: bool = False) -> dict[str, Any]:
-    """The drift check of a deployed run: its captured traffic (``command.input_uri``)
-    against its training data, measured with its own model; with ``labels`` (the project
+    """The drift check of a deployed run: the traffic its model answered (``command.input_uri``,
+    the run's own capture prefix) against its training data, measured with its own model; with ``labels`` (the project
     has feedback; SageMaker refuses an empty input prefix), production quality too.
     Metrics go to CloudWatch."""
     prefix = run_prefix(settings, run.run_id)
@@ -328,6 +328,8 @@ def drift_request(command: StartProcessingJob, run: Run, settings: Settings, lab
             run.project,
             "--endpoint",
             names.endpoint_name(run.project),
+            "--run-id",
+            run.run_id,
             "--thresholds",
             json.dumps(drift["thresholds"], sort_keys=True),
             "--window-minutes",

@@ -19,6 +19,8 @@ from .domain.events import (
     AlarmChanged,
     CommandFailed,
     DomainEvent,
+    LabelsArrived,
+    NewData,
     RetrainRequested,
     RunRequested,
     RunSuperseded,
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
     from .sweeper import ResourceProbe
 
 Clock = Callable[[], datetime]
+# (project, since) → what the project holds that a run created at ``since`` did not learn from.
+NewDataCount = Callable[[str, datetime, str], NewData]
 
 # Commits retried on ConflictError before giving up; under heavy contention each retry
 # reloads the run and decides again (usually into a duplicate no-op).
@@ -110,9 +114,12 @@ class RunService:
         sweep_budget_s: float = 30.0,
         offline_models: bool = False,
         limits: Limits | None = None,
+        new_data: NewDataCount | None = None,
     ) -> None:
         self.projects = projects
         self.runs = runs
+        # None: nothing counts new data (no bucket to look in), and alarms retrain as before.
+        self.new_data = new_data
         self.bucket = bucket
         self.dataset_prefix = dataset_prefix
         self.executors = executors or Executors.default(self, sagemaker, evaluation, deployment)
@@ -339,11 +346,31 @@ class RunService:
     def _with_project_facts(self, run: Run, event: DomainEvent) -> DomainEvent:
         """What decide() cannot look up itself: the project's other retraining runs (one may
         be on its way; the cooldown and the daily cap count them all, not this run's alone)."""
-        relevant = event.kind in ("alarm.alarm", "retrain.requested")
-        if run.state is RunState.DEPLOYED and relevant and isinstance(event, (AlarmChanged, RetrainRequested)):
-            active, starts = self.runs.retraining_facts(run.project, since=event.time - timedelta(days=1))
-            return dataclasses.replace(event, active_retraining_run=active, project_retraining_starts=starts)
+        relevant = event.kind in ("alarm.alarm", "retrain.requested", "labels.arrived")
+        triggers = (AlarmChanged, RetrainRequested, LabelsArrived)
+        if run.state is not RunState.DEPLOYED or not relevant or not isinstance(event, triggers):
+            return event
+        if isinstance(event, LabelsArrived) and not run.waiting_for_data:
+            return event  # nothing waits: no lookups
+        active, starts = self.runs.retraining_facts(run.project, since=event.time - timedelta(days=1))
+        event = dataclasses.replace(event, active_retraining_run=active, project_retraining_starts=starts)
+        if self.new_data is not None and isinstance(event, (AlarmChanged, LabelsArrived)):
+            # What the run has not learned from: labels received and datasets dropped since
+            # it was created (its prepare job read everything there was then).
+            event = dataclasses.replace(event, new_data=self.new_data(run.project, run.created_at, run.dataset_uri))
         return event
+
+    def data_arrived(self, project: str, event_id: str) -> int:
+        """Labels (or a dataset) arrived for ``project``: each deployed run whose retraining
+        waits for data looks again (``event_id`` per delivery, so a redelivery is one).
+        Returns how many retraining runs that started."""
+        started = 0
+        for run_id in self.runs.deployed_runs(project):
+            event = LabelsArrived(event_id=f"{event_id}-{run_id}", time=self.clock(), run_id=run_id)
+            decision = self.apply(run_id, event).decision
+            if decision is not None and decision.changed and decision.commands:
+                started += 1
+        return started
 
     def _resolve(self, event: DomainEvent) -> str | None:
         if event.kind.startswith("endpoint") and event.resource:
@@ -488,6 +515,14 @@ class RunService:
         while True:
             for stored in page.items:
                 run = stored.run
+                if run.waiting_for_data:
+                    # Its retraining waits for data: look again each check, so a lost
+                    # arrival (or a cooldown that has since passed) still starts it.
+                    try:
+                        self.apply(run.run_id, LabelsArrived(event_id=f"data-check-{int(now.timestamp())}",
+                                                             time=now, run_id=run.run_id))  # fmt: skip
+                    except Exception:
+                        logger.exception("new data not looked for", extra={"run_id": run.run_id})
                 minutes = int(run.config["drift"]["schedule_minutes"])
                 window = int(now.timestamp() // slot) if force else int(now.timestamp() // (minutes * 60))
                 name = names.job_name(run.run_id, "drift", window)
@@ -496,7 +531,8 @@ class RunService:
                     run.project,
                     name,
                     step="drift",
-                    input_uri=f"s3://{self.bucket}/capture/{run.project}/{names.endpoint_name(run.project)}/",
+                    # What this run's model answered, nothing its predecessor did.
+                    input_uri=f"s3://{self.bucket}/capture/{run.project}/{run.run_id}/",
                 )
                 try:
                     outcome = self.executors.execute(command, run)

@@ -444,6 +444,7 @@ class RunRepository:
             model_source=run.model_source,
             package_arn=run.package_arn,
             metrics=dict(run.metrics),
+            waiting_for_data=run.waiting_for_data,
             history=[
                 HistoryAttribute(
                     event_id=e.event_id,
@@ -475,6 +476,7 @@ class RunRepository:
             model_source=item.model_source,
             package_arn=item.package_arn,
             metrics=item.metrics or {},
+            waiting_for_data=item.waiting_for_data,
             history=tuple(
                 HistoryEntry(
                     event_id=h.event_id,

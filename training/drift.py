@@ -36,7 +36,8 @@ them by inference id give ``production_accuracy`` and ``production_macro_f1`` (a
 counted in the report.
 
 Outputs: ``drift.json`` and ``report.html`` in ``processing/output/drift/``, and the metrics
-in CloudWatch (namespace ``tuneloop``, dimensions ``project`` and ``endpoint``).
+in CloudWatch (namespace ``tuneloop``, dimensions ``project``, ``endpoint`` and ``run``: the
+run whose model answered the captured requests, so each model's alarms watch its own series).
 """
 
 from __future__ import annotations
@@ -491,10 +492,11 @@ padding: .3rem .6rem }} table {{ border-collapse: collapse }}</style></head><bod
 """
 
 
-def publish(result: dict[str, Any], project: str, endpoint: str, region: str) -> None:
+def publish(result: dict[str, Any], project: str, endpoint: str, run_id: str, region: str) -> None:
     import boto3
 
-    dimensions = [{"Name": "project", "Value": project}, {"Name": "endpoint", "Value": endpoint}]
+    dimensions = [{"Name": "project", "Value": project}, {"Name": "endpoint", "Value": endpoint},
+                  {"Name": "run", "Value": run_id}]  # fmt: skip
     entries = {**result["metrics"], **(result.get("quality") or {}).get("metrics", {})}
     data = [
         {"MetricName": name, "Dimensions": dimensions, "Value": float(m["published"]), "Unit": "None"}
@@ -513,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--failure-dir", default=os.path.join(base, "output"))
     parser.add_argument("--project", required=True)
     parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--run-id", required=True, help="the run whose model answered the captured requests")
     parser.add_argument("--thresholds", default="{}", help='JSON: {"prediction_psi": 0.2, ...}')
     parser.add_argument("--min-samples", type=int, default=30)
     parser.add_argument("--quality-thresholds", default="{}", help='JSON floors: {"production_macro_f1": 0.7, ...}')
@@ -561,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = check(profile, baseline, live, json.loads(args.thresholds), model_dir)
         result["quality"] = production
         if not args.no_publish:
-            publish(result, args.project, args.endpoint, args.region)
+            publish(result, args.project, args.endpoint, args.run_id, args.region)
         (output / "drift.json").write_text(json.dumps(result, indent=2))
         (output / "report.html").write_text(report_html(result, args.project, args.endpoint))
     except (DriftError, OSError, ValueError, KeyError) as exc:

@@ -120,9 +120,10 @@ def percentiles(latencies: list[float]) -> str:
 
 
 def wait_captured(state: cloud.CloudState, project: str, endpoint: str, total: int, timeout: float = 60) -> int:
-    """Until the endpoint's capture in S3 holds ``total`` records (it is flushed in batches)."""
+    """Until the endpoint's capture in S3 holds ``total`` records (it is flushed in batches;
+    each model's under its own run's prefix)."""
     s3 = state.client("s3")
-    prefix = f"capture/{project}/{endpoint}/"
+    prefix = f"capture/{project}/"
     deadline = time.monotonic() + timeout
     count = 0
     while time.monotonic() < deadline:
@@ -248,6 +249,18 @@ def wait_child(api: client.Api, project: str, parent: str, timeout: float) -> di
     raise CliError(f"no retraining run within {timeout:.0f}s; the parent's last decision: {history[-1]['reason']}")
 
 
+def new_model_alarms(api: client.Api, project: str, run_id: str) -> str:
+    """The retrained model's alarms as the endpoint page shows them: on its own series, so
+    none is in ALARM on its predecessor's numbers before a check of its own traffic."""
+    view = api.call("GET", f"/projects/{project}/endpoint?hours=1")
+    alarms = [
+        a for a in view.get("alarms", []) if a["name"].startswith(f"tl-{run_id}-") and "-rollback-" not in a["name"]
+    ]
+    states = ", ".join(f"{a['metric']} {a['state']}" for a in alarms) or "none yet"
+    switched = next((w["time"] for w in view.get("switches", []) if w["run_id"] == run_id), "?")
+    return f"run {run_id} serves since {switched}; its own monitoring alarms: {states}"
+
+
 def run(args: argparse.Namespace) -> int:
     from .ui.server import LINK_TTL_S, LocalBackend, UiServer
 
@@ -334,6 +347,7 @@ def run(args: argparse.Namespace) -> int:
         timeline.mark(f"{endpoint} serves {serving}; run {first['run_id']} is {parent_state}")
         if child["state"] == "deployed":
             timeline.mark(f"after the switch: {percentiles(send(state, endpoint, held_out, 60))}")
+            print(f"  {new_model_alarms(api, project, child['run_id'])}")
         for shown in (first["run_id"], child["run_id"]):
             cost = api.call("GET", f"/runs/{shown}").get("cost") or {}
             if cost:

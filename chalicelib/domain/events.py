@@ -355,9 +355,11 @@ class AlarmChanged(DomainEvent):
     previous_state: str
     reason: str = ""
     # Filled in by the service before deciding: the project's retraining run still on its
-    # way, and when the project's retraining runs of the last day were created.
+    # way, and when the project's retraining runs of the last day were created; what the
+    # project has that the run did not learn from (None: not counted).
     active_retraining_run: str | None = None
     project_retraining_starts: tuple[datetime, ...] = ()
+    new_data: NewData | None = None
 
     @property
     def kind(self) -> str:
@@ -366,6 +368,33 @@ class AlarmChanged(DomainEvent):
     @property
     def resource(self) -> str:
         return self.alarm_name
+
+
+@dataclass(frozen=True)
+class NewData:
+    """What a project holds that a deployed run did not learn from: labels received for its
+    captured requests, and datasets dropped, since the run read its data."""
+
+    labels: int
+    datasets: int
+
+    def describe(self) -> str:
+        return f"{self.labels} labelled production row(s), {self.datasets} new dataset(s)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelsArrived(DomainEvent):
+    """Labels for a project's captured requests were stored (either feedback door), or the
+    scheduled check looked again: a retraining run that waits for data may start now."""
+
+    run_id: str
+    active_retraining_run: str | None = None
+    project_retraining_starts: tuple[datetime, ...] = ()
+    new_data: NewData | None = None
+
+    @property
+    def kind(self) -> str:
+        return "labels.arrived"
 
 
 ALL_EVENT_KINDS: tuple[str, ...] = (
@@ -392,4 +421,5 @@ ALL_EVENT_KINDS: tuple[str, ...] = (
     "alarm.ok",
     "alarm.alarm",
     "alarm.insufficient_data",
+    "labels.arrived",
 )

@@ -45,6 +45,7 @@ from .events import (
     EndpointDeploymentChanged,
     EvaluationLoaded,
     JobChanged,
+    LabelsArrived,
     ModelPackageChanged,
     ProcessingJobChanged,
     RetrainRequested,
@@ -252,14 +253,41 @@ def _gate_passes(run: Run, event: EvaluationLoaded) -> bool:
     return gate_verdict(run.config, event)[0]
 
 
-def _may_retrain(run: Run, event: AlarmChanged | RetrainRequested) -> bool:
+Trigger = AlarmChanged | RetrainRequested | LabelsArrived
+
+
+def _may_retrain(run: Run, event: Trigger) -> bool:
     return _retrain_block(run, event) is None
 
 
-def _retrain_block(run: Run, event: AlarmChanged | RetrainRequested) -> str | None:
+def _waits_for_data(run: Run, event: Trigger) -> bool:
+    """The retraining run would start but for data: it waits for labels or a dataset."""
+    return _retrain_block(run, event, evidence=False) is None and _nothing_new(run, event) is not None
+
+
+def _nothing_new(run: Run, event: Trigger) -> str | None:
+    """Why there is nothing to learn from yet (None: there is, or it was not counted). A
+    request by hand is the operator's call and is not asked."""
+    data = event.new_data if isinstance(event, (AlarmChanged, LabelsArrived)) else None
+    if data is None:
+        return None
+    needed = int(run.config["retrain"].get("min_new_labels", 30))
+    if data.datasets > 0 or data.labels >= needed:
+        return None
+    alarm = event.alarm_name if isinstance(event, AlarmChanged) else run.waiting_for_data or ""
+    return (
+        f"{names.monitored(alarm)}; nothing new to learn from yet: {data.describe()}; "
+        f"a retraining run starts when {needed} labels have arrived"
+    )
+
+
+def _retrain_block(run: Run, event: Trigger, evidence: bool = True) -> str | None:
     """Why this event may not start a retraining run, or None. A request by hand skips the
-    alarm's own checks and the drift switch, never the one-at-a-time rule, cooldown or cap."""
+    alarm's own checks, the drift switch and the new-data rule, never the one-at-a-time
+    rule, cooldown or cap. Labels that arrive start one only for an alarm that waits."""
     policy = run.config["retrain"]
+    if isinstance(event, LabelsArrived) and not run.waiting_for_data:
+        return "no retraining run waits for data"
     if isinstance(event, AlarmChanged):
         if not names.is_monitoring_alarm_of(event.alarm_name, run.run_id):
             return f"alarm {event.alarm_name} is neither a drift nor a quality alarm of this run"
@@ -272,11 +300,13 @@ def _retrain_block(run: Run, event: AlarmChanged | RetrainRequested) -> str | No
     # The project's retraining runs when the service supplied them (they include this run's
     # children); else what this run's own history knows.
     earlier = list(event.project_retraining_starts) or run.times_of("StartChildRun")
-    if earlier and event.time - max(earlier) < timedelta(seconds=policy["cooldown_s"]):
+    # (AWS stamps events in whole seconds: with no cooldown, one a moment "before" the last
+    # start is not inside it.)
+    if policy["cooldown_s"] and earlier and event.time - max(earlier) < timedelta(seconds=policy["cooldown_s"]):
         return f"within the retrain cooldown of {policy['cooldown_s']}s"
     if len([t for t in earlier if event.time - t < timedelta(days=1)]) >= policy["max_per_day"]:
         return f"daily cap of {policy['max_per_day']} retraining runs reached"
-    return None
+    return _nothing_new(run, event) if evidence else None
 
 
 # --- effects ---------------------------------------------------------------------------
@@ -372,7 +402,10 @@ def _retire(run: Run, _: Any) -> list[Command]:
 
 
 def _child_run(run: Run, event: DomainEvent) -> list[Command]:
-    if isinstance(event, AlarmChanged):
+    if isinstance(event, LabelsArrived):
+        data = event.new_data.describe() if event.new_data else "new data"
+        reason = f"{names.monitored(run.waiting_for_data or '')} ({run.waiting_for_data}) waited for data: {data}"
+    elif isinstance(event, AlarmChanged):
         kind = "quality" if "-quality-" in event.alarm_name else "drift"
         reason = f"{kind} alarm {event.alarm_name} went {event.previous_state or '?'}→{event.state}"
         if event.reason:
@@ -421,6 +454,13 @@ _RETRAIN_ALLOWED = Guard(
     "drift or quality alarm of this run (or a request), OK→ALARM, none active, cooldown and cap allow", _may_retrain
 )
 _RETRAIN_BLOCKED = Guard("retraining not allowed", lambda run, e: not _may_retrain(run, e))
+_DATA_CAME = Guard(
+    "a retraining run waits for data, and now has it (none active, cooldown and cap allow)", _may_retrain
+)
+_STILL_WAITING = Guard(
+    "a retraining run waits for data",
+    lambda run, e: bool(run.waiting_for_data) and not _may_retrain(run, e),
+)
 
 _ACTIVE = [s for s in RunState if not s.terminal]
 # States with a time limit (domain/waits.py): past it, the reconciler times the run out.
@@ -547,6 +587,15 @@ ROWS: tuple[Row, ...] = (
     # Alarms that start nothing are still recorded: the history says why no run started.
     Row(S.DEPLOYED, "alarm.alarm", S.DEPLOYED, "alarm in ALARM; no retraining", _RETRAIN_BLOCKED),
     Row(S.DEPLOYED, "alarm.ok", S.DEPLOYED, "alarm back to OK; nothing to do"),
+    Row(
+        S.DEPLOYED,
+        "labels.arrived",
+        S.DEPLOYED,
+        "new data arrived; start the retraining run that waited for it",
+        _DATA_CAME,
+        _child_run,
+    ),
+    Row(S.DEPLOYED, "labels.arrived", S.DEPLOYED, "labels arrived; the retraining run still waits", _STILL_WAITING),
     Row(S.DEPLOYED, "alarm.insufficient_data", S.DEPLOYED, "alarm has insufficient data; nothing to do"),
     Row(
         S.DEPLOYED,
@@ -609,7 +658,7 @@ def decide(run: Run, event: DomainEvent) -> Decision:
         if row.guard is None or row.guard.holds(run, event):
             return _apply(run, event, row)
     reason = "; ".join(f"not {row.guard.description}" for row in rows if row.guard)
-    if isinstance(event, (AlarmChanged, RetrainRequested)):
+    if isinstance(event, (AlarmChanged, RetrainRequested, LabelsArrived)):
         reason = _retrain_block(run, event) or reason
     return _noop(run, GUARDED, reason)
 
@@ -666,8 +715,22 @@ def _apply(run: Run, event: DomainEvent, row: Row) -> Decision:
         metrics=_with_metrics(run, event),
         package_arn=event.package_arn if isinstance(event, ModelPackageChanged) else run.package_arn,
         history=_bounded((*run.history, entry)),
+        waiting_for_data=_waiting_for_data(run, event, row, commands),
     )
     return Decision(run=new_run, commands=commands, note=note, from_state=run.state)
+
+
+def _waiting_for_data(run: Run, event: DomainEvent, row: Row, commands: Sequence[Command]) -> str | None:
+    """The alarm whose retraining run waits for data after this row: set when an alarm is
+    held for nothing new to learn from, gone when a retraining run starts, that alarm
+    returns to OK, or the run moves on."""
+    if row.target is not run.state or any(isinstance(c, StartChildRun) for c in commands):
+        return None
+    if isinstance(event, AlarmChanged) and event.kind == "alarm.alarm" and _waits_for_data(run, event):
+        return event.alarm_name
+    if isinstance(event, AlarmChanged) and event.kind == "alarm.ok" and event.alarm_name == run.waiting_for_data:
+        return None
+    return run.waiting_for_data
 
 
 # A run's item must stay under DynamoDB's 400 KB whatever its history: a commit it refused
@@ -741,6 +804,10 @@ def _note(run: Run, event: DomainEvent, row: Row) -> str:
     """The history reason: the row's note plus what the event said that matters later."""
     if isinstance(event, EvaluationLoaded):
         return f"{row.note}: {gate_verdict(run.config, event)[1]}"
+    if isinstance(event, LabelsArrived):
+        data = event.new_data.describe() if event.new_data else "not counted"
+        blocked = _retrain_block(run, event) if not row.effect else None
+        return f"{row.note} ({run.waiting_for_data}; {data})" + (f": {blocked}" if blocked else "")
     if isinstance(event, AlarmChanged) and event.kind == "alarm.alarm" and row.target is row.state:
         blocked = _retrain_block(run, event) if not row.effect else None
         if blocked:

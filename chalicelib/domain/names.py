@@ -65,6 +65,15 @@ def quality_alarm_name(run_id: str, metric: str) -> str:
     return f"tl-{run_id}-quality-{metric.replace('_', '-')}"
 
 
+def monitored(alarm_name: str) -> str:
+    """``drift in prediction_psi`` for ``tl-<run>-drift-prediction-psi``: what an alarm watches."""
+    for kind in ("drift", "quality"):
+        head, found, metric = alarm_name.partition(f"-{kind}-")
+        if found and head.startswith("tl-"):
+            return f"{kind} in {metric.replace('-', '_')}"
+    return alarm_name
+
+
 def is_monitoring_alarm_of(alarm_name: str, run_id: str) -> bool:
     """A drift or production-quality alarm of this run: its ALARM may start a retraining run."""
     return alarm_name.startswith((f"tl-{run_id}-drift-", f"tl-{run_id}-quality-"))

@@ -547,6 +547,10 @@ _CONFIG = _obj(
                     "on_drift": _Field(_boolean, True),
                     "cooldown_s": _Field(_number(0, 30 * 86400, integer=True), 86400),
                     "max_per_day": _Field(_number(0, 100, integer=True), 1),
+                    # An alarm starts a retraining run only with something new to learn from:
+                    # a new dataset, or at least this many labels received since the
+                    # deployed run read its data. Until then the run waits for them.
+                    "min_new_labels": _Field(_number(1, 1_000_000, integer=True), 30),
                 }
             ),
             _DEFAULTS,

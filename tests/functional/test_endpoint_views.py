@@ -50,6 +50,22 @@ def commit(deps: Any, project: str, state: RunState, seed: str) -> Run:
     return run
 
 
+def predecessor(deps: Any, project: str) -> Run:
+    """The model that served before: deployed four hours ago, superseded two hours ago."""
+    config = normalise_config({**DEMO_CONFIG, "quality": {"thresholds": {"production_macro_f1": 0.8}}})
+    run_id = names.derive_id(project, "old")
+    history = (
+        HistoryEntry("e-old-1", "endpoint.in_service", RunState.DEPLOYING, RunState.DEPLOYED, "test",
+                     now() - timedelta(hours=4)),
+        HistoryEntry("e-old-2", "run.superseded", RunState.DEPLOYED, RunState.SUPERSEDED, "test",
+                     now() - timedelta(hours=2)),
+    )  # fmt: skip
+    run = Run(run_id, project, RunState.SUPERSEDED, config, f"s3://b/datasets/{project}/d.jsonl",
+              now() - timedelta(hours=5), history=history)  # fmt: skip
+    deps.service.runs.commit(None, Decision(run=run, commands=(), note="test"), now())
+    return run
+
+
 def described(project: str, serving: Run, new: Run) -> dict[str, Any]:
     """DescribeEndpoint while a canary update has 10% of traffic on the new fleet."""
     return {
@@ -80,6 +96,7 @@ def watched(deps: Any, api: Any, local_services: Any) -> Any:
     assert status == 201, body
     serving = commit(deps, project, RunState.DEPLOYED, "serving")
     new = commit(deps, project, RunState.DEPLOYING, "new")
+    old = predecessor(deps, project)
     cloudwatch = boto3.client("cloudwatch")
     endpoint = names.endpoint_name(project)
     dimensions = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": VARIANT}]
@@ -96,9 +113,13 @@ def watched(deps: Any, api: Any, local_services: Any) -> Any:
         cloudwatch.put_metric_alarm(**alarm)
     psi = next(a for a in alarms if a["MetricName"] == "prediction_psi")
     cloudwatch.put_metric_data(Namespace="tuneloop", MetricData=[
-        {"MetricName": "prediction_psi", "Dimensions": drift_dimensions(project), "Value": v,
+        {"MetricName": "prediction_psi", "Dimensions": drift_dimensions(project, serving.run_id), "Value": v,
          "Timestamp": minute + timedelta(minutes=n)} for n, v in enumerate((0.05, 0.41))
     ])  # fmt: skip
+    # The model it replaced two hours ago drifted far more: its own series, not the serving one's.
+    cloudwatch.put_metric_data(Namespace="tuneloop", MetricData=[
+        {"MetricName": "prediction_psi", "Dimensions": drift_dimensions(project, old.run_id), "Value": 2.98,
+         "Timestamp": now() - timedelta(hours=3)}])  # fmt: skip
     cloudwatch.set_alarm_state(AlarmName=psi["AlarmName"], StateValue="ALARM", StateReason="0.41 > 0.2")
     sagemaker = boto3.client("sagemaker", region_name="us-east-1")
     stubber = Stubber(sagemaker)
@@ -106,7 +127,7 @@ def watched(deps: Any, api: Any, local_services: Any) -> Any:
     views = EndpointViews(sagemaker, cloudwatch, lambda: datetime.now(UTC))
     deps_module.override(dataclasses.replace(deps, endpoints=views))
     try:
-        yield {"project": project, "serving": serving, "new": new, "stubber": stubber, "psi": psi,
+        yield {"project": project, "serving": serving, "new": new, "old": old, "stubber": stubber, "psi": psi,
                "answer": described(project, serving, new)}  # fmt: skip
     finally:
         deps_module.override(deps)
@@ -131,7 +152,12 @@ def test_the_endpoint_view_shows_traffic_latency_drift_and_alarm_changes(api: An
     assert [v for _, v in traffic["latency_p50_ms"]] == [50.0]  # nearest rank of 1..100 ms
     assert [v for _, v in traffic["latency_p99_ms"]] == [99.0]
 
-    monitored = {m["metric"]: m for m in view["monitoring"]}
+    # The model that left before the window is not drawn; the serving one and the one being
+    # deployed are, each on its own series (the new one has none of its own yet).
+    assert [m["run_id"] for m in view["models"]] == [serving.run_id, new.run_id]
+    assert {m["run_id"] for m in view["monitoring"]} == {serving.run_id, new.run_id}
+    assert all(m["points"] == [] for m in view["monitoring"] if m["run_id"] == new.run_id)
+    monitored = {m["metric"]: m for m in view["monitoring"] if m["run_id"] == serving.run_id}
     assert set(monitored) == {a["MetricName"] for a in monitoring_alarm_requests(serving)}
     psi = monitored["prediction_psi"]
     assert [v for _, v in psi["points"]] == [0.05, 0.41]
@@ -145,6 +171,17 @@ def test_the_endpoint_view_shows_traffic_latency_drift_and_alarm_changes(api: An
     assert change["alarm"] == watched["psi"]["AlarmName"] and (change["from"], change["to"]) == ("OK", "ALARM")
     assert change["reason"] == "0.41 > 0.2"
     watched["stubber"].assert_no_pending_responses()
+
+    # Over six hours: the model it replaced too, its series apart, and the switch marked.
+    watched["stubber"].add_response("describe_endpoint", watched["answer"], {"EndpointName": f"tl-{project}"})
+    status, view = api.call("GET", f"/projects/{project}/endpoint?hours=6")
+    old = watched["old"]
+    assert status == 200 and [m["run_id"] for m in view["models"]][:2] == [old.run_id, serving.run_id], view["models"]
+    assert view["switches"][0] == {"time": view["models"][1]["since"], "run_id": serving.run_id,
+                                   "replaced": old.run_id}  # fmt: skip
+    series = {m["run_id"]: m for m in view["monitoring"] if m["metric"] == "prediction_psi"}
+    assert [v for _, v in series[old.run_id]["points"]] == [2.98]
+    assert [v for _, v in series[serving.run_id]["points"]] == [0.05, 0.41]
 
 
 def test_the_status_line_has_the_endpoint_and_its_open_alarms(api: Any, watched: Any) -> None:

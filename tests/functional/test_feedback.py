@@ -142,3 +142,88 @@ def test_an_s3_failure_is_a_503_that_says_nothing_was_stored(
     monkeypatch.setattr(FeedbackInbox, "receipts", refuse)
     status, answer = api.call("GET", "/projects/demo/feedback")
     assert status == 503 and "retry" in answer["Message"]
+
+
+def test_a_drift_alarm_waits_for_labels_and_their_arrival_starts_exactly_one_retraining_run(
+    api: Api, deps: Any, s3: Any
+) -> None:
+    """The scheduled check fires a drift alarm before any label came back, on a model that
+    has learned from every row there is: no retraining run starts, and the run says what
+    it waits for. Labels that fall short are counted; the delivery that reaches
+    retrain.min_new_labels starts exactly one retraining run, whose prepare job learns
+    from them (the labels and the captured requests they label); later ones start none."""
+    import dataclasses
+
+    import boto3
+    from botocore.stub import ANY, Stubber
+
+    from chalicelib.domain import names
+    from chalicelib.domain.commands import StartProcessingJob
+    from chalicelib.sagemaker import SageMakerExecutors
+    from tests.integration.test_drift_schedule import deployed
+
+    for prefix in ("datasets/waits/", "capture/waits/"):
+        for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []):
+            s3.delete_object(Bucket=BUCKET, Key=o["Key"])
+    s3.put_object(
+        Bucket=BUCKET, Key="datasets/waits/ds-1/reviews.jsonl", Body=b'{"text": "fine", "label": "positive"}\n'
+    )
+    config = {**DEMO_CONFIG, "retrain": {"cooldown_s": 0, "max_per_day": 5}}
+    assert api.call("POST", "/projects", {"name": "waits", "config": config})[0] == 201
+    parent = deployed(deps.service, "waits", "s3://tuneloop-test/datasets/waits/ds-1/reviews.jsonl")
+    capture = "".join(json.dumps({"eventMetadata": {"inferenceId": f"req-{n}"}}) + "\n" for n in range(40))
+    s3.put_object(Bucket=BUCKET, Key="capture/waits/tl-waits/AllTraffic/2026/12/06/10/c.jsonl", Body=capture.encode())
+
+    alarm = load_event("alarm_drift", id="drift-waits")
+    alarm["detail"]["alarmName"] = names.drift_alarm_name(parent, "prediction_psi")
+    assert api.invoke("on_alarm", alarm)["state"] == "deployed"
+
+    def children() -> list[dict[str, Any]]:
+        return [r for r in api.call("GET", "/runs?project=waits")[1]["runs"] if r["parent_run_id"] == parent]
+
+    run = api.call("GET", f"/runs/{parent}")[1]
+    assert children() == [] and run["retraining_waits_for_data"] == alarm["detail"]["alarmName"]
+    assert run["history"][-1]["reason"].endswith(
+        "drift in prediction_psi; nothing new to learn from yet: 0 labelled production row(s), 0 new dataset(s); "
+        "a retraining run starts when 30 labels have arrived"
+    ), run["history"][-1]["reason"]
+
+    def send(first: int, count: int) -> None:
+        labels = [{"inference_id": f"req-{n}", "label": "negative"} for n in range(first, first + count)]
+        assert api.call("POST", "/projects/waits/feedback", {"labels": labels})[0] == 202
+
+    send(0, 12)
+    reason = api.call("GET", f"/runs/{parent}")[1]["history"][-1]["reason"]
+    assert children() == [] and "still waits" in reason and "12 labelled production row(s)" in reason, reason
+    send(12, 20)
+    [child] = children()
+    send(32, 8)
+    assert [c["run_id"] for c in children()] == [child["run_id"]]  # exactly one
+    shown = api.call("GET", f"/runs/{child['run_id']}")[1]
+    assert "waited for data: 32 labelled production row(s)" in shown["history"][0]["reason"], shown["history"][0]
+    assert api.call("GET", f"/runs/{parent}")[1]["retraining_waits_for_data"] is None
+
+    # What its prepare job is asked to read: the project's datasets, the labels that
+    # arrived and the captured requests they label (request checked against botocore's model).
+    client = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    seen: dict[str, Any] = {}
+    client.meta.events.register("provide-client-params.sagemaker.CreateProcessingJob",
+                                lambda params, **_: seen.update(params))  # fmt: skip
+    configured = dataclasses.replace(deps.settings, role_arn="arn:aws:iam::123456789012:role/r",
+                                     processing_image="processing:latest",
+                                     code_uri="s3://tuneloop-test/code/v1")  # fmt: skip
+    executors = SageMakerExecutors(client, configured, champion=lambda *_: None, s3=boto3.client("s3"),
+                                   failed_datasets=lambda _: [])  # fmt: skip
+    stored = deps.service.runs.get(child["run_id"])
+    command = StartProcessingJob(child["run_id"], "waits", names.job_name(child["run_id"], "prepare"), step="prepare",
+                                 input_uri=stored.run.dataset_uri)  # fmt: skip
+    with Stubber(client) as stub:
+        stub.add_response("create_processing_job", {"ProcessingJobArn": "arn:x"}, {k: ANY for k in (
+            "ProcessingJobName", "RoleArn", "AppSpecification", "ProcessingInputs", "ProcessingOutputConfig",
+            "ProcessingResources", "StoppingCondition", "Tags")})  # fmt: skip
+        outcome = executors.start_processing_job(command, stored.run)
+    assert "with the labelled production traffic" in outcome.note
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in seen["ProcessingInputs"]}
+    assert inputs["labels"] == "s3://tuneloop-test/labels/waits/"
+    assert inputs["capture"] == "s3://tuneloop-test/capture/waits/"
+    assert inputs["data"] == "s3://tuneloop-test/datasets/waits/"

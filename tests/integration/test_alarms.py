@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
 import pytest
 
+from chalicelib.domain import names
 from chalicelib.domain.events import AlarmChanged
 from chalicelib.events import parse_event
 from tuneloop.local.alarms import AlarmEvaluator
@@ -67,13 +69,14 @@ def test_drift_metrics_are_published_where_the_alarms_look(local_services: Any) 
             "prediction_psi": {"published": float("nan")},  # not computed: not published
         }
     }
-    drift.publish(result, "published", "tl-published", "us-east-1")
+    drift.publish(result, "published", "tl-published", "pppppppppppp", "us-east-1")
     cloudwatch = boto3.client("cloudwatch")
-    listed = cloudwatch.list_metrics(Namespace=DRIFT_NAMESPACE, Dimensions=drift_dimensions("published"))["Metrics"]
+    mine = drift_dimensions("published", "pppppppppppp")
+    listed = cloudwatch.list_metrics(Namespace=DRIFT_NAMESPACE, Dimensions=mine)["Metrics"]
     assert {m["MetricName"] for m in listed} == {"input_js", "embedding_auc"}
     now = datetime.now(UTC)
     stats = cloudwatch.get_metric_statistics(
-        Namespace=DRIFT_NAMESPACE, MetricName="input_js", Dimensions=drift_dimensions("published"),
+        Namespace=DRIFT_NAMESPACE, MetricName="input_js", Dimensions=mine,
         StartTime=now - timedelta(minutes=5), EndTime=now + timedelta(minutes=1), Period=300, Statistics=["Maximum"],
     )  # fmt: skip
     assert [p["Maximum"] for p in stats["Datapoints"]] == [0.31]
@@ -104,3 +107,70 @@ def test_a_percentile_alarm_follows_the_percentile_not_the_maximum(local_service
     ])  # fmt: skip
     [fired] = evaluator.evaluate()
     assert fired["detail"]["state"]["value"] == "ALARM" and "5e+06" in fired["detail"]["state"]["reason"]
+
+
+def test_a_retrained_model_starts_with_alarms_of_its_own(service: Any, local_services: Any) -> None:
+    """With cooldown_s 0: the first model's drift fires and retrains; the retrained model is
+    deployed, and its alarms (on its own series) start with no data, so nothing retrains
+    again, whatever its predecessor's numbers were. Only a check of the new model's own
+    traffic that breaches starts the next retraining run."""
+    from chalicelib.deployment import monitoring_alarm_requests
+    from chalicelib.domain.states import RunState
+    from tests.conftest import BUCKET, DEMO_CONFIG
+    from tests.integration.test_drift_schedule import deployed, to_deployed
+    from training import drift
+
+    s3, cloudwatch = boto3.client("s3"), boto3.client("cloudwatch")
+    try:
+        s3.create_bucket(Bucket=BUCKET)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    project = f"fresh{uuid.uuid4().hex[:6]}"
+    service.create_project(project, {**DEMO_CONFIG, "retrain": {"cooldown_s": 0, "max_per_day": 10}})
+    first = deployed(service, project, f"s3://{BUCKET}/datasets/{project}/ds-1/reviews.jsonl")
+    evaluator = AlarmEvaluator(cloudwatch, lambda _: None)
+
+    def deploy_alarms(run_id: str) -> None:  # what CreateDriftAlarms sends (the outbox waits on SageMaker here)
+        for alarm in monitoring_alarm_requests(service.runs.get(run_id).run):
+            cloudwatch.put_metric_alarm(**alarm)
+
+    def check(run_id: str, psi: float) -> None:  # a drift check's metrics, as drift.py publishes them
+        drift.publish({"metrics": {"prediction_psi": {"published": psi}, "input_js": {"published": 0.48}}},
+                      project, f"tl-{project}", run_id, "us-east-1")  # fmt: skip
+
+    def evaluate(*run_ids: str) -> list[str]:
+        """One evaluation of every alarm; each event about these runs goes to the service."""
+        fired = []
+        for event in evaluator.evaluate():
+            parsed = parse_event(event)
+            if isinstance(parsed, AlarmChanged) and parsed.run_id in run_ids:
+                service.handle(parsed)
+                fired.append(f"{parsed.alarm_name}:{parsed.state}")
+        return fired
+
+    def children(run_id: str) -> list[str]:
+        return [s.run.run_id for s in service.runs.page(project=project, limit=50).items
+                if s.run.parent_run_id == run_id]  # fmt: skip
+
+    deploy_alarms(first)
+    evaluate(first)  # no data yet: every alarm OK
+    check(first, 2.98)
+    s3.put_object(Bucket=BUCKET, Key=f"datasets/{project}/ds-2/more.jsonl", Body=b"{}\n")  # something new
+    assert f"{names.drift_alarm_name(first, 'prediction_psi')}:ALARM" in evaluate(first)
+    [second] = children(first)
+    to_deployed(service, second, project)
+    assert service.runs.get(first).run.state is RunState.SUPERSEDED
+    deploy_alarms(second)
+
+    # The predecessor's 2.98 is not the new model's: its alarms see no data, not breaching.
+    assert all(change.endswith(":OK") for change in evaluate(first, second))
+    states = {a["AlarmName"]: a["StateValue"] for a in cloudwatch.describe_alarms(AlarmNamePrefix=f"tl-{second}-")[
+        "MetricAlarms"]}  # fmt: skip
+    assert states and set(states.values()) == {"OK"}, states
+    assert children(second) == [] and len(service.runs.page(project=project, limit=50).items) == 2
+
+    # The new model's own traffic drifts: its own check breaches, and that starts the next run.
+    s3.put_object(Bucket=BUCKET, Key=f"datasets/{project}/ds-3/more.jsonl", Body=b"{}\n")
+    check(second, 0.9)
+    assert f"{names.drift_alarm_name(second, 'prediction_psi')}:ALARM" in evaluate(second)
+    assert len(children(second)) == 1, service.runs.get(second).run.history[-1].reason

@@ -30,18 +30,20 @@ pytestmark = pytest.mark.integration
 DATASET = "s3://tuneloop-test/datasets/demo/ds-1/reviews.jsonl"
 
 
-def deployed(service: Any) -> str:
-    run_id = service.start_run("demo", DATASET)[0].run.run_id
+def deployed(service: Any, project: str = "demo", dataset: str = DATASET) -> str:
+    return to_deployed(service, service.start_run(project, dataset)[0].run.run_id, project)
+
+
+def to_deployed(service: Any, run_id: str, project: str) -> str:
+    """The run through prepare, train, evaluate, register and deploy, by its events."""
+    job, ok = names.job_name, "Completed"
     for event in (
-        ProcessingJobChanged(event_id="1", time=T0, run_id=run_id, job_name=names.job_name(run_id, "prepare"),
-                             status="Completed"),
-        TrainingJobChanged(event_id="2", time=T0, run_id=run_id, job_name=names.job_name(run_id, "train"),
-                           status="Completed"),
-        ProcessingJobChanged(event_id="3", time=T0, run_id=run_id, job_name=names.job_name(run_id, "evaluate"),
-                             status="Completed"),
+        ProcessingJobChanged(event_id="1", time=T0, run_id=run_id, job_name=job(run_id, "prepare"), status=ok),
+        TrainingJobChanged(event_id="2", time=T0, run_id=run_id, job_name=job(run_id, "train"), status=ok),
+        ProcessingJobChanged(event_id="3", time=T0, run_id=run_id, job_name=job(run_id, "evaluate"), status=ok),
         EvaluationLoaded(event_id="4", time=T0, run_id=run_id, metrics={"macro_f1": 0.9}, baseline=BEATS_BASELINE),
         ModelPackageChanged(event_id="5", time=T0, run_id=run_id, package_arn="arn:p", approval_status="Approved"),
-        EndpointChanged(event_id="6", time=T0, run_id=run_id, endpoint_name="tl-demo", status="IN_SERVICE"),
+        EndpointChanged(event_id="6", time=T0, run_id=run_id, endpoint_name=f"tl-{project}", status="IN_SERVICE"),
     ):  # fmt: skip
         service.apply(run_id, event)
     assert service.runs.get(run_id).run.state is RunState.DEPLOYED
@@ -71,7 +73,7 @@ def test_one_drift_job_per_run_per_window(service: Any) -> None:
     assert jobs[0] == jobs[1] == names.job_name(run_id, "drift", window)  # the same window: one job name
     assert jobs[2] == names.job_name(run_id, "drift", window + 1)
     assert jobs[3] not in jobs[:3]  # forced: a check of its own
-    assert all(c.step == "drift" and c.input_uri == "s3://tuneloop-test/capture/demo/tl-demo/" for c in asked)
+    assert all(c.step == "drift" and c.input_uri == f"s3://tuneloop-test/capture/demo/{run_id}/" for c in asked)
 
 
 def test_drift_request_is_valid(settings: Any) -> None:
@@ -84,7 +86,7 @@ def test_drift_request_is_valid(settings: Any) -> None:
     run = Run("aaaaaaaaaaaa", "demo", RunState.DEPLOYED, normalise_config(DEMO_CONFIG), DATASET, T0,
               model_source="tl-aaaaaaaaaaaa-train-1")  # fmt: skip
     command = StartProcessingJob("aaaaaaaaaaaa", "demo", "tl-aaaaaaaaaaaa-drift-491", step="drift",
-                                 input_uri="s3://tuneloop-test/capture/demo/tl-demo/")  # fmt: skip
+                                 input_uri="s3://tuneloop-test/capture/demo/aaaaaaaaaaaa/")  # fmt: skip
     request = drift_request(command, run, configured)
     client = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     stub = Stubber(client)
@@ -93,11 +95,12 @@ def test_drift_request_is_valid(settings: Any) -> None:
     with stub:
         assert SageMakerExecutors(client, configured).start_processing_job(command, run).done
     inputs = {i["InputName"]: i["S3Input"] for i in request["ProcessingInputs"]}
-    assert inputs["capture"]["S3Uri"] == "s3://tuneloop-test/capture/demo/tl-demo/"
+    assert inputs["capture"]["S3Uri"] == "s3://tuneloop-test/capture/demo/aaaaaaaaaaaa/"
     assert inputs["model"]["S3Uri"].endswith("/train/tl-aaaaaaaaaaaa-train-1/output/model.tar.gz")
     args = request["AppSpecification"]["ContainerArguments"]
     assert args[args.index("--window-minutes") + 1] == str(run.config["drift"]["schedule_minutes"])
     assert args[args.index("--endpoint") + 1] == "tl-demo"
+    assert args[args.index("--run-id") + 1] == "aaaaaaaaaaaa"  # the metrics' run dimension
     assert "labels" not in inputs  # no feedback yet: an empty prefix would fail the job
     # Once labels have arrived, the job reads them (and the project's quality floors).
     s3 = boto3.client("s3")

@@ -106,7 +106,8 @@ def test_first_model_creates_the_endpoint_with_data_capture() -> None:
     config = endpoint_config_request(run, SETTINGS)
     capture = config["DataCaptureConfig"]
     assert (
-        capture["InitialSamplingPercentage"] == 50 and capture["DestinationS3Uri"] == "s3://tuneloop-test/capture/demo"
+        capture["InitialSamplingPercentage"] == 50
+        and capture["DestinationS3Uri"] == f"s3://tuneloop-test/capture/demo/{RUN_ID}"
     )
     assert {o["CaptureMode"] for o in capture["CaptureOptions"]} == {"Input", "Output"}
     assert config["ProductionVariants"][0]["InitialInstanceCount"] == 1
@@ -253,7 +254,8 @@ def test_drift_alarms_follow_the_project_config_and_stop_deletes() -> None:
         executors(stubs).create_drift_alarms(CreateDriftAlarms(RUN_ID, "demo", ENDPOINT), run)
     assert alarm["AlarmName"] == names.drift_alarm_name(RUN_ID, "prediction_psi")
     assert alarm["Namespace"] == "tuneloop" and alarm["Threshold"] == 0.25
-    assert alarm["Dimensions"] == [{"Name": "project", "Value": "demo"}, {"Name": "endpoint", "Value": ENDPOINT}]
+    # Its own series: a later model's alarms never see this model's numbers.
+    assert alarm["Dimensions"] == OWN_SERIES
     assert alarm["TreatMissingData"] == "notBreaching"
     assert alarm["Period"] == run.config["drift"]["schedule_minutes"] * 60
     sagemaker.add_response("delete_endpoint", {}, {"EndpointName": ENDPOINT})
@@ -264,6 +266,14 @@ def test_drift_alarms_follow_the_project_config_and_stop_deletes() -> None:
     with sagemaker, cloudwatch:
         executors(stubs).delete_endpoint(DeleteEndpoint(RUN_ID, ENDPOINT), run)
     cloudwatch.assert_no_pending_responses()
+
+
+# A monitoring metric's dimensions: the project, its endpoint and the run whose model answered.
+OWN_SERIES = [
+    {"Name": "project", "Value": "demo"},
+    {"Name": "endpoint", "Value": ENDPOINT},
+    {"Name": "run", "Value": RUN_ID},
+]
 
 
 def test_quality_floors_make_alarms_below_them() -> None:
@@ -283,7 +293,7 @@ def test_quality_floors_make_alarms_below_them() -> None:
     cloudwatch.assert_no_pending_responses()
     assert alarm["AlarmName"] == names.quality_alarm_name(RUN_ID, "production_macro_f1") in outcome.note
     assert alarm["ComparisonOperator"] == "LessThanThreshold" and alarm["Threshold"] == 0.7
-    assert alarm["Dimensions"] == [{"Name": "project", "Value": "demo"}, {"Name": "endpoint", "Value": ENDPOINT}]
+    assert alarm["Dimensions"] == OWN_SERIES
     assert alarm["TreatMissingData"] == "notBreaching" and names.is_monitoring_alarm_of(alarm["AlarmName"], RUN_ID)
 
 

@@ -131,8 +131,8 @@ def test_the_job_reads_capture_files_and_reports(tmp_path: Path) -> None:
     lines.append(capture_line({"inputs": ["a b", "c d"]}, [{"label": "negative"}, {"label": "negative"}]))
     (hour / "00-01.jsonl").write_text("\n".join(lines) + "\n")
     args = ["--input-dir", str(inputs), "--output-dir", str(tmp_path / "out"), "--failure-dir", str(tmp_path / "f"),
-            "--project", "demo", "--endpoint", "tl-demo", "--thresholds", json.dumps(THRESHOLDS),
-            "--no-publish"]  # fmt: skip
+            "--project", "demo", "--endpoint", "tl-demo", "--run-id", "aaaaaaaaaaaa",
+            "--thresholds", json.dumps(THRESHOLDS), "--no-publish"]  # fmt: skip
     assert drift.main(args) == 0
     result = json.loads((tmp_path / "out" / "drift.json").read_text())
     assert result["samples"]["live"] == 38 and "prediction_psi" in result["drifted"]

@@ -23,7 +23,9 @@ from chalicelib.domain.events import (
     EndpointChanged,
     EndpointDeploymentChanged,
     EvaluationLoaded,
+    LabelsArrived,
     ModelPackageChanged,
+    NewData,
     ProcessingJobChanged,
     RetrainRequested,
     RunRequested,
@@ -137,6 +139,9 @@ def event_of(kind: str, run: Run, event_id: str = "evt-1", **fields: Any) -> Dom
         "endpoint_deployment.rolled_back": lambda: EndpointDeploymentChanged(
             **common, endpoint_name="tl-demo", state="ROLLBACK_COMPLETED"
         ),
+        "labels.arrived": lambda: LabelsArrived(
+            **common, new_data=fields.get("new_data", NewData(labels=40, datasets=0))
+        ),
         "endpoint_deployment.progress": lambda: EndpointDeploymentChanged(
             **common, endpoint_name="tl-demo", state="BAKING"
         ),
@@ -171,6 +176,10 @@ def scenario(row: Row) -> tuple[Run, DomainEvent]:
         fields.update(best_training_job=None, described=True)
     if guard == "quality gate fails":
         fields["metrics"] = {"macro_f1": 0.1}
+    if guard.startswith("a retraining run waits for data"):
+        run_changes["waiting_for_data"] = names.drift_alarm_name(RUN_ID, "prediction_psi")
+    if guard == "a retraining run waits for data":
+        fields["new_data"] = NewData(labels=3, datasets=0)
     if guard.startswith("deployment mode is"):
         config["deployment"] = {**config["deployment"], "mode": guard.rsplit(" ", 1)[1]}
     run = make_run(row.state, config, **run_changes)
@@ -441,6 +450,56 @@ def test_retrain_guards() -> None:
     assert isinstance(child, StartChildRun) and child.reason.startswith("quality alarm tl-")
     accuracy_alarm = names.quality_alarm_name(RUN_ID, "production_accuracy")
     blocked(decide(quality.run, event_of("alarm.alarm", run, "a7", alarm_name=accuracy_alarm)), "cooldown")
+
+
+def test_a_retrain_waits_until_there_is_something_new_to_learn_from() -> None:
+    """A drift alarm with no labels back and no new dataset starts nothing: the history
+    says what it waits for, and the run remembers the alarm. Labels that fall short are
+    recorded; enough of them start exactly one retraining run. A new dataset needs no
+    labels; an alarm back to OK stops the wait; a request by hand is not asked."""
+    config = base_config()
+    config["retrain"] = {**config["retrain"], "cooldown_s": 0, "max_per_day": 5}
+    run = make_run(S.DEPLOYED, config)
+    psi = names.drift_alarm_name(RUN_ID, "prediction_psi")
+    nothing = dataclasses.replace(event_of("alarm.alarm", run, "w1"), new_data=NewData(labels=0, datasets=0))
+    held = decide(run, nothing)
+    assert held.changed and held.commands == () and held.run.waiting_for_data == psi
+    assert held.run.history[-1].reason == (
+        f"alarm in ALARM; no retraining: {psi}: drift in prediction_psi; nothing new to learn from yet: "
+        "0 labelled production row(s), 0 new dataset(s); a retraining run starts when 30 labels have arrived"
+    )
+
+    def arrived(current: Run, event_id: str, labels: int, datasets: int = 0) -> Any:
+        return decide(current, LabelsArrived(event_id=event_id, time=T0 + timedelta(minutes=5), run_id=RUN_ID,
+                                             new_data=NewData(labels=labels, datasets=datasets)))  # fmt: skip
+
+    short = arrived(held.run, "l1", 12)
+    assert short.commands == () and short.run.waiting_for_data == psi
+    assert (
+        "still waits" in short.run.history[-1].reason
+        and "12 labelled production row(s)" in short.run.history[-1].reason
+    )
+    enough = arrived(short.run, "l2", 31)
+    [child] = enough.commands
+    assert isinstance(child, StartChildRun) and enough.run.waiting_for_data is None
+    assert (
+        child.reason
+        == f"drift in prediction_psi ({psi}) waited for data: 31 labelled production row(s), 0 new dataset(s)"
+    )
+    again = arrived(enough.run, "l3", 60)  # nothing waits any more: a second delivery starts nothing
+    assert again.noop == "guarded" and again.commands == ()
+
+    # A new dataset is something new: the alarm retrains at once, no wait.
+    dataset = dataclasses.replace(nothing, event_id="w2", new_data=NewData(labels=0, datasets=1))
+    assert [type(c).__name__ for c in decide(run, dataset).commands] == ["StartChildRun"]
+    # The alarm back to OK: the drift went away, and so does the wait.
+    calm = decide(held.run, dataclasses.replace(event_of("alarm.ok", run, "w3"), alarm_name=psi))
+    assert calm.run.waiting_for_data is None and arrived(calm.run, "l4", 100).commands == ()
+    # An operator's request is theirs to make: it starts a run with nothing new, and ends the wait.
+    by_hand = decide(held.run, RetrainRequested(event_id="r1", time=T0, run_id=RUN_ID))
+    assert [type(c).__name__ for c in by_hand.commands] == ["StartChildRun"] and by_hand.run.waiting_for_data is None
+    # Not counted (no bucket to look in): the alarm retrains as it always did.
+    assert [type(c).__name__ for c in decide(run, event_of("alarm.alarm", run, "w4")).commands] == ["StartChildRun"]
 
 
 def test_one_retraining_run_at_a_time_and_a_daily_cap() -> None:

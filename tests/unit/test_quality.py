@@ -149,7 +149,8 @@ def test_the_monitoring_job_joins_capture_and_labels(tmp_path: Path) -> None:
     (inputs / "capture/tl-demo/AllTraffic/00.jsonl").write_text("\n".join(lines) + "\n")
     (inputs / "labels/d1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
     args = ["--input-dir", str(inputs), "--output-dir", str(tmp_path / "out"), "--failure-dir", str(tmp_path / "f"),
-            "--project", "demo", "--endpoint", "tl-demo", "--no-publish", "--min-labels", "20",
+            "--project", "demo", "--endpoint", "tl-demo", "--run-id", "aaaaaaaaaaaa", "--no-publish",
+            "--min-labels", "20",
             "--quality-thresholds", json.dumps({"production_accuracy": 0.9})]  # fmt: skip
     assert drift.main(args) == 0
     result = json.loads((tmp_path / "out" / "drift.json").read_text())["quality"]

@@ -547,20 +547,31 @@ function monitoringSection(view, hours) {
     return h("section", { "aria-labelledby": "monitoring" }, h("h2", { id: "monitoring" }, "Drift and quality"),
       h("p", {}, view.serving_run_id ? "The serving run has no monitoring alarms." : "No run is deployed."));
   }
-  const charts = view.monitoring.map((m) => {
-    const changes = view.alarm_changes.filter((c) => c.alarm === m.alarm);
+  // One chart per metric, one series per model (each measured on the traffic it answered),
+  // marked where a model took over; the threshold is the newest model's.
+  const metrics = [...new Set(view.monitoring.map((m) => `${m.kind}:${m.metric}`))];
+  const switches = view.switches || [];
+  const charts = metrics.map((key) => {
+    const series = view.monitoring.filter((m) => `${m.kind}:${m.metric}` === key);
+    const m = series[series.length - 1];
+    const alarms = new Set(series.map((s) => s.alarm));
+    const changes = view.alarm_changes.filter((c) => alarms.has(c.alarm));
     return lineChart({
       title: `${m.metric} (${m.kind}); alarm when ${m.breaches} ${fmt(m.threshold)}`,
       xLabel: "time", yLabel: m.metric, xFormat: timeFormat(hours),
       xRange: [Date.parse(view.window.start), Date.parse(view.window.end)],
-      series: [{ name: m.metric, points: at(m.points) }],
+      series: series.map((s, i) => ({ name: `run ${s.run_id}`, points: at(s.points), dashed: i < series.length - 1 })),
       thresholds: [{ value: m.threshold, label: m.breaches === "below" ? "floor" : "threshold" }],
-      markers: changes.map((c) => ({ x: Date.parse(c.time), label: `${c.from} → ${c.to}: ${c.reason}` })),
+      markers: [...switches.map((w) => ({ x: Date.parse(w.time), label: `run ${w.run_id} takes over from ${w.replaced}` })),
+        ...changes.map((c) => ({ x: Date.parse(c.time), label: `${c.from} → ${c.to}: ${c.reason}` }))],
     });
   });
   return h("section", { "aria-labelledby": "monitoring" }, h("h2", { id: "monitoring" }, "Drift and quality"),
-    h("p", { class: "muted" }, "What each monitoring check published, against its alarm's threshold. "
-      + "An ALARM starts a retraining run."), h("div", { class: "grid2" }, charts));
+    h("p", { class: "muted" }, "What each monitoring check published, against its alarm's threshold, for each model "
+      + "on the traffic it answered (a new model starts with no data of its own). An ALARM starts a retraining run."),
+    switches.length ? h("ul", { id: "switches" }, switches.map((w) => h("li", {}, when(w.time), " · ",
+      link(`/runs/${w.run_id}`, w.run_id), ` took over from ${w.replaced}`))) : null,
+    h("div", { class: "grid2" }, charts));
 }
 
 function alarmsSection(view) {
