@@ -237,7 +237,7 @@ def project_endpoint(name: str) -> dict[str, Any]:
     if d.endpoints is None:
         raise ConflictError("SageMaker is not configured: there is no endpoint to show (see `tuneloop configure`)")
     deploying = d.service.runs.page(project=name, state=RunState.DEPLOYING, limit=100).items
-    recent = [s.run for s in d.service.runs.page(project=name, limit=20).items]
+    recent = [s.run for s in d.service.runs.page(project=name, limit=50).items]
     return d.endpoints.endpoint(name, _serving(name), deploying[0].run if deploying else None, hours, recent)
 
 

@@ -155,8 +155,8 @@ def run_view(stored: StoredRun, settings: Settings) -> dict[str, Any]:
         {
             "dataset_uri": run.dataset_uri,
             "awaiting": run.awaiting,
-            # The alarm whose retraining run waits for something new to learn from.
-            "retraining_waits_for_data": run.waiting_for_data,
+            # The alarms whose retraining run waits for something new to learn from.
+            "retraining_waits_for_data": list(run.waiting_for_data),
             "model_source": run.model_source,
             "package_arn": run.package_arn,
             "metrics": dict(run.metrics),

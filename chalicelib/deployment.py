@@ -40,6 +40,7 @@ from .sagemaker import (
     base_model_sources,
     capture_uri,
     model_artifact_uri,
+    run_capture_uri,
     run_prefix,
     run_tags,
     serving_image,
@@ -69,7 +70,7 @@ def model_capture_uri(settings: Settings, run: Run) -> str:
     so each model's traffic is its own (during a canary each fleet writes under its own
     config's), and a model is measured only on requests it answered. SageMaker adds
     ``<endpoint>/<variant>/yyyy/mm/dd/hh/``."""
-    return f"{capture_uri(settings, run.project)}/{run.run_id}"
+    return run_capture_uri(settings.bucket, run)
 
 
 def batch_capture_uri(settings: Settings, project: str) -> str:

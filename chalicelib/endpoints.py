@@ -264,11 +264,13 @@ class EndpointViews:
             for run, since, until in models
         ]
         # Each model's series starts where it took over: the switches in the window, marked.
+        # (A model being deployed has not taken over yet: its canary is marked as such.)
         view["switches"] = [
-            {"time": _iso(since), "run_id": run.run_id, "replaced": models[n - 1][0].run_id}
+            {"time": _iso(since), "run_id": run.run_id, "replaced": models[n - 1][0].run_id,
+             "deploying": deploying is not None and run.run_id == deploying.run_id}
             for n, (run, since, _) in enumerate(models)
             if n > 0 and since >= start
-        ]
+        ]  # fmt: skip
         view["traffic"], view["monitoring"] = self.metrics(
             project, [run for run, _, _ in models], start, end, period, errors
         )

@@ -161,8 +161,9 @@ class FeedbackInbox:
 
 
 class NewDataCounter:
-    """What a project holds that a run created at ``since`` did not learn from: the labels
-    of the deliveries received since (their receipts' ``accepted``), and the datasets
+    """What a project holds that a run created at ``since`` did not learn from: the requests
+    labelled by the deliveries received since (each inference id once, however often it was
+    sent), and the datasets
     (``datasets/<project>/<dataset>/``) with a file written since, other than the run's own.
     S3 and receipts keep whole seconds: what arrived in the second the run was created
     counts as new (a retrain too many, never data missed)."""
@@ -182,12 +183,20 @@ class NewDataCounter:
         """``own``: the dataset URI the run was started on; files under it are its own."""
         stamp = since.strftime("%Y-%m-%dT%H:%M:%SZ")
         since = since.replace(microsecond=0)
-        labels = 0
+        labelled: set[str] = set()
         for key in self._newer(labels_prefix(project), since):
-            if key.endswith(".receipt.json"):
-                receipt = json.loads(self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read())
-                if str(receipt.get("received_at", "")) >= stamp and isinstance(receipt.get("accepted"), int):
-                    labels += receipt["accepted"]
+            if not key.endswith(".receipt.json"):
+                continue
+            receipt = json.loads(self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read())
+            if not isinstance(receipt, dict) or str(receipt.get("received_at", "")) < stamp:
+                continue
+            if receipt.get("labels_uri"):  # the delivery's rows: each request labelled counts once
+                rows = self._s3.get_object(Bucket=self._bucket, Key=key.removesuffix(".receipt.json") + ".jsonl")
+                for line in rows["Body"].read().decode("utf-8").splitlines():
+                    row = json.loads(line) if line.strip() else {}
+                    if isinstance(row, dict) and isinstance(row.get("inference_id"), str):
+                        labelled.add(row["inference_id"])
+        labels = len(labelled)
         prefix = f"{self._dataset_prefix}{project}/"
         # A drop's own files (the object, or a manifest's folder) are the run's; a retraining
         # run's is the whole prefix, where only the time tells.

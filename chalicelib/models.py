@@ -108,7 +108,7 @@ class RunModel(Model):
     model_source = UnicodeAttribute(null=True)
     package_arn = UnicodeAttribute(null=True)
     metrics = JSONAttribute(default=dict)
-    waiting_for_data = UnicodeAttribute(null=True)
+    waiting_for_data = ListAttribute(of=UnicodeAttribute, default=list)
     history = ListAttribute(of=HistoryAttribute, default=list)
     # Commands of the last decision that have not run yet, as [{command, status, note}].
     outbox = JSONAttribute(null=True)

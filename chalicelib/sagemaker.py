@@ -208,6 +208,11 @@ def capture_uri(settings: Settings, project: str) -> str:
     return f"s3://{settings.bucket}/capture/{project}"
 
 
+def run_capture_uri(bucket: str, run: Run) -> str:
+    """Where an endpoint config of ``run`` captures the requests its model answers."""
+    return f"s3://{bucket}/capture/{run.project}/{run.run_id}"
+
+
 def labels_uri(settings: Settings, project: str) -> str:
     """Where the feedback doors store the labels that arrived for captured requests."""
     return f"s3://{settings.bucket}/{labels_prefix(project)}"
@@ -278,20 +283,20 @@ def evaluate_request(
     if run.config["task"] == "causal-lm":
         # How the test prompts are generated for and scored (the schema and regex go along).
         arguments += ["--generation", json.dumps(run.config["generation"], separators=(",", ":"))]
+    if champion is not None and not champion.model_source:
+        champion = None
     if champion is not None and champion.model_source and gates["compare_champion"]:
         champion_model = model_artifact_uri(settings, champion, champion.model_source)
         inputs.append(_processing_input("champion", champion_model, f"{PROCESSING_ROOT}/input/champion"))
         inputs += _base_input("champion-base", champion)
         arguments += ["--champion-run-id", champion.run_id]
-    elif (
-        run.config["task"] == "causal-lm"
-        and gates["compare_baseline"]
-        and run.config["base_model"].startswith("s3://")
-        and not adapter_base_uri(run)
-    ):
-        # A first causal LM is measured against its untuned base: here, the s3:// model it
-        # was fine-tuned from in full (an adapter's base comes as input/base).
-        inputs.append(_processing_input("untuned", run.config["base_model"], f"{PROCESSING_ROOT}/input/untuned"))
+    elif champion is None and gates.get("compare_baseline", True):
+        # A first model is measured against a trivial baseline: the majority class (from the
+        # profile), or a causal LM's untuned base (an adapter's comes as input/base; the
+        # s3:// model it was fine-tuned from in full, as input/untuned).
+        arguments.append("--baseline")
+        if run.config["base_model"].startswith("s3://") and not adapter_base_uri(run):
+            inputs.append(_processing_input("untuned", run.config["base_model"], f"{PROCESSING_ROOT}/input/untuned"))
     return _processing_job(
         command,
         settings,
@@ -689,6 +694,8 @@ def _comparison(raw: Any) -> tuple[Comparison | None, str | None]:
     return comparison, None
 
 
+NOTHING_CAPTURED = "nothing captured yet"
+
 # (project, run id) → the project's deployed run other than that one, if any.
 Champion = Callable[[str, str], Run | None]
 # project → (dataset URI, why) for each dataset whose newest run failed preparing.
@@ -765,6 +772,10 @@ class SageMakerExecutors:
         if command.step == "evaluate":
             request = evaluate_request(command, run, self._settings, self._champion(run.project, run.run_id))
         elif command.step == "drift":
+            if self._s3 is not None and not self._has_keys(command.input_uri):
+                # SageMaker refuses an empty input prefix: a model that has answered nothing
+                # yet (or captures nothing) has nothing to check, and its alarms no data.
+                return Outcome(done=True, note=f"{NOTHING_CAPTURED} under {command.input_uri}: no check this window")
             request = drift_request(
                 command, run, self._settings, self._has_keys(labels_uri(self._settings, run.project))
             )

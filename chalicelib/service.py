@@ -35,6 +35,7 @@ from .domain.waits import SWEPT_STATES, overdue
 from .executors import DeploymentPort, EvaluationPort, Executors, PermanentCommandError, SageMakerPort
 from .intake import DatasetDrop
 from .observability import logger, transition_segment
+from .sagemaker import NOTHING_CAPTURED, run_capture_uri
 from .store import (
     DONE,
     ConflictError,
@@ -71,6 +72,20 @@ class InvalidRequestError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+def _may_need_new_data(run: Run, event: DomainEvent) -> bool:
+    """Whether the new-data rule can decide this event: a monitoring alarm of the run going
+    OK→ALARM, or labels for a run that waits, with no other run of the project on its way.
+    Only then is S3 listed."""
+    if isinstance(event, LabelsArrived):
+        return bool(run.waiting_for_data) and event.active_retraining_run is None
+    return (
+        isinstance(event, AlarmChanged)
+        and names.is_monitoring_alarm_of(event.alarm_name, run.run_id)
+        and event.previous_state != "ALARM"
+        and event.active_retraining_run is None
+    )
 
 
 def utcnow() -> datetime:
@@ -352,12 +367,23 @@ class RunService:
             return event
         if isinstance(event, LabelsArrived) and not run.waiting_for_data:
             return event  # nothing waits: no lookups
-        active, starts = self.runs.retraining_facts(run.project, since=event.time - timedelta(days=1))
+        active, starts, latest = self.runs.retraining_facts(run.project, since=event.time - timedelta(days=1))
         event = dataclasses.replace(event, active_retraining_run=active, project_retraining_starts=starts)
-        if self.new_data is not None and isinstance(event, (AlarmChanged, LabelsArrived)):
+        if (
+            self.new_data is not None
+            and isinstance(event, (AlarmChanged, LabelsArrived))
+            and _may_need_new_data(run, event)
+        ):
             # What the run has not learned from: labels received and datasets dropped since
-            # it was created (its prepare job read everything there was then).
-            event = dataclasses.replace(event, new_data=self.new_data(run.project, run.created_at, run.dataset_uri))
+            # it read its data, or since the project's last retraining run did (a retrain the
+            # gate rejected has used them: they start no second one).
+            since = max(run.created_at, latest) if latest else run.created_at
+            try:
+                counted = self.new_data(run.project, since, run.dataset_uri)
+            except Exception:  # S3 unreadable: the guards decide without it, as with no bucket
+                logger.exception("new data not counted", extra={"run_id": run.run_id})
+            else:
+                event = dataclasses.replace(event, new_data=counted)
         return event
 
     def data_arrived(self, project: str, event_id: str) -> int:
@@ -509,21 +535,22 @@ class RunService:
         ``next_at`` says when the next slot opens).
         """
         now = self.clock()
-        started = failed = repeated = 0
+        started = failed = repeated = idle = 0
         slot = self.limits.drift_slot_s
         page = self.runs.page(project=project, state=RunState.DEPLOYED, limit=100)
         while True:
             for stored in page.items:
                 run = stored.run
+                minutes = int(run.config["drift"]["schedule_minutes"])
                 if run.waiting_for_data:
-                    # Its retraining waits for data: look again each check, so a lost
+                    # Its retraining waits for data: look again once a window, so a lost
                     # arrival (or a cooldown that has since passed) still starts it.
+                    looked = int(now.timestamp() // (minutes * 60))
                     try:
-                        self.apply(run.run_id, LabelsArrived(event_id=f"data-check-{int(now.timestamp())}",
-                                                             time=now, run_id=run.run_id))  # fmt: skip
+                        self.apply(run.run_id, LabelsArrived(event_id=f"data-check-{looked}", time=now,
+                                                             run_id=run.run_id, scheduled=True))  # fmt: skip
                     except Exception:
                         logger.exception("new data not looked for", extra={"run_id": run.run_id})
-                minutes = int(run.config["drift"]["schedule_minutes"])
                 window = int(now.timestamp() // slot) if force else int(now.timestamp() // (minutes * 60))
                 name = names.job_name(run.run_id, "drift", window)
                 command = StartProcessingJob(
@@ -532,12 +559,14 @@ class RunService:
                     name,
                     step="drift",
                     # What this run's model answered, nothing its predecessor did.
-                    input_uri=f"s3://{self.bucket}/capture/{run.project}/{run.run_id}/",
+                    input_uri=f"{run_capture_uri(self.bucket, run)}/",
                 )
                 try:
                     outcome = self.executors.execute(command, run)
                     if outcome.done and "repeat" in (outcome.note or ""):
                         repeated += 1
+                    elif outcome.done and NOTHING_CAPTURED in (outcome.note or ""):
+                        idle += 1
                     elif outcome.done:
                         started += 1
                 except Exception:  # the next window tries again; one run's failure stops no other
@@ -547,6 +576,8 @@ class RunService:
                 break
             page = self.runs.page(project=project, state=RunState.DEPLOYED, limit=100, next_token=page.next_token)
         result: dict[str, Any] = {"started": started, "failed": failed}
+        if idle:
+            result["nothing_captured"] = idle
         if repeated:
             result["repeated"] = repeated
             opens = datetime.fromtimestamp((int(now.timestamp() // slot) + 1) * slot, UTC)

@@ -317,18 +317,25 @@ class RunRepository:
                 failed.append((uri, f"its run {run.run_id} failed preparing: {ended.reason}"))
         return failed
 
-    def retraining_facts(self, project: str, since: datetime) -> tuple[str | None, tuple[datetime, ...]]:
-        """(a retraining run of the project still on its way, the creation times of the
-        project's retraining runs since ``since``): what the retraining guards need."""
+    def retraining_facts(
+        self, project: str, since: datetime
+    ) -> tuple[str | None, tuple[datetime, ...], datetime | None]:
+        """What the retraining guards need: a run of the project still on its way (a retraining
+        run, or a run a dataset drop started), the creation times of the project's retraining
+        runs since ``since``, and the newest retraining run's creation (whenever it was)."""
         busy = [state.value for state in RunState if state.terminal] + [RunState.DEPLOYED.value]
         active: str | None = None
         starts = []
-        for item in self._model.by_project.query(project, filter_condition=self._model.parent_run_id.exists()):
+        latest: datetime | None = None
+        for item in self._model.by_project.query(project):
             if item.state not in busy and active is None:
                 active = str(item.run_id)
+            if item.parent_run_id is None:
+                continue
+            latest = item.created_at if latest is None else max(latest, item.created_at)
             if item.created_at >= since:
                 starts.append(item.created_at)
-        return active, tuple(sorted(starts))
+        return active, tuple(sorted(starts)), latest
 
     def champion(self, project: str, excluding: str) -> Run | None:
         """The project's deployed run (not ``excluding``) whose model a challenger must beat."""
@@ -444,7 +451,7 @@ class RunRepository:
             model_source=run.model_source,
             package_arn=run.package_arn,
             metrics=dict(run.metrics),
-            waiting_for_data=run.waiting_for_data,
+            waiting_for_data=list(run.waiting_for_data),
             history=[
                 HistoryAttribute(
                     event_id=e.event_id,
@@ -476,7 +483,7 @@ class RunRepository:
             model_source=item.model_source,
             package_arn=item.package_arn,
             metrics=item.metrics or {},
-            waiting_for_data=item.waiting_for_data,
+            waiting_for_data=tuple(str(a) for a in item.waiting_for_data or ()),
             history=tuple(
                 HistoryEntry(
                     event_id=h.event_id,

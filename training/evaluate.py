@@ -682,8 +682,14 @@ def majority_baseline(profile_file: Path, per_row: dict[str, Any], labels: list[
     most common class (ties: the first by name): what a model must beat to be worth serving."""
     if not profile_file.is_file():
         raise EvaluationError(f"no profile at {profile_file}: the training split's label counts are unknown")
-    counts = (json.loads(profile_file.read_text()).get("labels") or {}).get("train") or {}
-    counts = {str(k): int(v) for k, v in counts.items() if str(k) in labels}
+    profile = json.loads(profile_file.read_text())
+    splits = profile.get("labels") if isinstance(profile, dict) else None
+    counts = splits.get("train") if isinstance(splits, dict) else None
+    counts = {
+        str(k): int(v)
+        for k, v in (counts.items() if isinstance(counts, dict) else ())
+        if str(k) in labels and isinstance(v, int) and not isinstance(v, bool) and v > 0
+    }
     if not counts:
         raise EvaluationError("the profile counts no training label this model knows")
     majority = min(counts, key=lambda k: (-counts[k], k))
@@ -708,23 +714,33 @@ def trivial_baseline(
     try:
         if meta["task"] == "text-classification":
             return majority_baseline(input_dir / "profile" / "profile.json", per_row, list(metrics["labels"]))
-        loaded = inference.model_fn(str(model_dir))
-        model, what = untuned_model(model_dir, meta, input_dir, loaded, scratch / "untuned")
-        _, answered = causal_metrics({**loaded, "model": model}, rows, generation)
+        import torch
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)  # nosec B615  # the model's own folder, no download
+        model, what = untuned_model(model_dir, meta, input_dir, scratch / "untuned")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        loaded = {"model": model.to(device), "tokenizer": tokenizer, "meta": meta, "device": device,
+                  "context": inference.context_length(model, tokenizer)}  # fmt: skip
+        _, answered = causal_metrics(loaded, rows, generation)
         return answered, what
-    except (EvaluationError, OSError, ValueError, ImportError) as exc:
-        return f"no trivial baseline could be measured: {exc}"[:500]
+    except Exception as exc:  # any failure is the gate's to weigh ("no baseline"), not a crash
+        return f"no trivial baseline could be measured: {type(exc).__name__}: {exc}"[:500]
 
 
-def untuned_model(
-    model_dir: Path, meta: dict[str, Any], input_dir: Path, loaded: dict[str, Any], scratch: Path
-) -> tuple[Any, str]:
+def untuned_model(model_dir: Path, meta: dict[str, Any], input_dir: Path, scratch: Path) -> tuple[Any, str]:
     """(model, what it is): a causal LM's base before fine-tuning, with the tuned model's
     tokenizer (the same prompts): an adapter's base, the s3:// base a merged model was
     trained from (``input/untuned``), a packaged or Hub base, or a random decoder's
     initialisation."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    def shallowest(folder: Path) -> Path:
+        found = sorted(folder.rglob("config.json"), key=lambda p: (len(p.parts), str(p)))
+        if not found:
+            raise EvaluationError(f"no config.json under {folder}")
+        return found[0].parent
 
     base = str(meta.get("base_model", ""))
     if meta.get("artifact") == "adapter":
@@ -732,17 +748,15 @@ def untuned_model(
         model = AutoModelForCausalLM.from_pretrained(folder)  # nosec B615  # a local folder, no download
     elif base.startswith(spec.RANDOM_PREFIX):
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(loaded["model"].config)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))  # nosec B615  # its own folder
     else:
         untuned = input_dir / "untuned"
         archives = sorted(untuned.glob("*.tar.gz")) if untuned.is_dir() else []
         if archives:
-            folder = inference.unpack_model(archives[0], scratch)
-            found = next((p.parent for p in sorted(folder.rglob("config.json"))), folder)
-            model = AutoModelForCausalLM.from_pretrained(found)  # nosec B615  # a local folder, no download
+            folder = shallowest(inference.unpack_model(archives[0], scratch))
+            model = AutoModelForCausalLM.from_pretrained(folder)  # nosec B615  # a local folder, no download
         elif untuned.is_dir() and any(untuned.rglob("config.json")):
-            found = next(p.parent for p in sorted(untuned.rglob("config.json")))
-            model = AutoModelForCausalLM.from_pretrained(found)  # nosec B615  # a local folder, no download
+            model = AutoModelForCausalLM.from_pretrained(shallowest(untuned))  # nosec B615  # a local folder
         elif base.startswith("s3://"):
             raise EvaluationError(f"the untuned base {base} was not given to the job (input/untuned)")
         else:
@@ -752,7 +766,7 @@ def untuned_model(
             model = AutoModelForCausalLM.from_pretrained(source, revision=revision or None)  # nosec B615  # pinned by commit
     model.config.use_cache = True
     model.eval()
-    return model.to(loaded["device"]), f"the untuned base model {base}"
+    return model, f"the untuned base model {base}"
 
 
 def evaluate(
@@ -765,6 +779,7 @@ def evaluate(
     seed: int = 0,
     context: dict[str, Any] | None = None,
     generation: dict[str, Any] | None = None,
+    measure_baseline: bool = False,
 ) -> dict[str, Any]:
     """``context``: the run id and dataset, for the report (its data section comes from
     the prepare job's report, ``input/report/report.json``, when given). ``generation``
@@ -787,13 +802,13 @@ def evaluate(
         if (model_dir / "data.json").is_file():
             context["hyperparameters"] = json.loads((model_dir / "data.json").read_text()).get("hyperparameters")
         champion = theirs = None
-        baseline: tuple[dict[str, Any], str] | str = "a champion was measured"
+        baseline: tuple[dict[str, Any], str] | str | None = None
         champion_archive = input_dir / "champion" / "model.tar.gz"
         if champion_archive.is_file():
             champion_dir = inference.unpack_model(champion_archive, Path(tmp) / "champion", input_dir / "champion-base")
             champion, champion_rows = measure(champion_dir, rows, metrics.get("labels"), generation=generation)
             theirs = (champion_rows, trained_on(champion_dir))
-        else:  # a first model: what would a trivial model score on these rows?
+        elif measure_baseline:  # a first model: what would a trivial model score on these rows?
             baseline = trivial_baseline(model_dir, meta, input_dir, per_row, metrics, rows, generation, Path(tmp))
     task = meta["task"]
     production = production_subset(rows, ours[0], theirs[0] if theirs else None, metrics.get("labels"))
@@ -808,7 +823,7 @@ def evaluate(
     keys = [spec.row_key(r, task) for r in rows]
     intervals, comparison = compare(task, metric, keys, ours, theirs, confidence, resamples, seed)
     against: dict[str, Any] | None = None
-    if champion is None:
+    if baseline is not None:
         if isinstance(baseline, str):
             against = {"error": baseline}
         else:
@@ -870,6 +885,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confidence", type=float, default=0.95, help="of every bootstrap interval")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--generation", default="", help='causal LMs, JSON: {"max_new_tokens", "scorers", ...}')
+    parser.add_argument("--baseline", action="store_true", help="no champion: measure a trivial baseline too")
     parser.add_argument("--run-id", default="", help="for the report")
     parser.add_argument("--dataset", default="", help="for the report")
     args, _unknown = parser.parse_known_args(argv)
@@ -886,6 +902,7 @@ def main(argv: list[str] | None = None) -> int:
             args.resamples,
             context={"run_id": args.run_id, "dataset": args.dataset},
             generation=generation,
+            measure_baseline=args.baseline,
         )
     except (EvaluationError, OSError, KeyError, ValueError) as exc:
         message = f"{type(exc).__name__}: {exc}"[:1024]

@@ -119,7 +119,7 @@ def percentiles(latencies: list[float]) -> str:
     return f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
 
 
-def wait_captured(state: cloud.CloudState, project: str, endpoint: str, total: int, timeout: float = 60) -> int:
+def wait_captured(state: cloud.CloudState, project: str, total: int, timeout: float = 60) -> int:
     """Until the endpoint's capture in S3 holds ``total`` records (it is flushed in batches;
     each model's under its own run's prefix)."""
     s3 = state.client("s3")
@@ -297,14 +297,14 @@ def run(args: argparse.Namespace) -> int:
         rows = [json.loads(line) for line in dataset.read_text().splitlines()]
         held_out = [row["text"] for row in rows[-60:]]
         latencies = send(state, endpoint, held_out, 60)
-        wait_captured(state, project, endpoint, 60)
+        wait_captured(state, project, 60)
         timeline.mark(f"60 requests like the training data, captured: {percentiles(latencies)}")
         timeline.mark(f"drift check: {describe_drift(drift_check(api, state, project, first['run_id']))}")
         latencies = send(state, endpoint, DRIFTED, 60)
         changed = shifted_reviews(SHIFTED)
         ids = [f"shifted-{n:04d}" for n in range(len(changed))]
         latencies += send(state, endpoint, [r["text"] for r in changed], len(changed), ids)
-        wait_captured(state, project, endpoint, 120 + len(changed))
+        wait_captured(state, project, 120 + len(changed))
         receipt = send_feedback(api, project, changed, ids)
         timeline.mark(
             f"production changed: 60 off-topic requests and {len(changed)} service reviews, captured "

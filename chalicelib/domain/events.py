@@ -388,6 +388,8 @@ class LabelsArrived(DomainEvent):
     scheduled check looked again: a retraining run that waits for data may start now."""
 
     run_id: str
+    # The scheduled check looking again (a delivery is not): a wait it does not end is not recorded.
+    scheduled: bool = False
     active_retraining_run: str | None = None
     project_retraining_starts: tuple[datetime, ...] = ()
     new_data: NewData | None = None

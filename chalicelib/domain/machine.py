@@ -173,10 +173,15 @@ def gate_verdict(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bo
         reasons.append(why)
     if gates.get("compare_champion", True) and event.champion_metrics:
         passed, reason = _versus_champion(config, event)
-    elif gates.get("compare_baseline", True):
+    elif event.baseline is not None or event.baseline_error:
         passed, reason = _versus_baseline(config, event)
-    else:
+    elif not gates.get("compare_baseline", True):
         passed, reason = True, "no champion compared; baseline comparison off"
+    elif not gates.get("compare_champion", True):
+        # A champion may be deployed: the job measured neither it nor a baseline.
+        passed, reason = True, "champion comparison off"
+    else:  # no champion, and the evaluation holds no baseline to compare with
+        passed, reason = _versus_baseline(config, event)
     if not passed:
         return False, reason
     reasons.append(reason)
@@ -214,7 +219,7 @@ def _versus_champion(config: Mapping[str, Any], event: EvaluationLoaded) -> tupl
     c = event.comparison
     if event.comparison_error:
         return False, f"no fair comparison with {champion_run}: {event.comparison_error}"
-    if c is not None and c.differing_rows == 0:
+    if c is not None and c.differing_rows == 0 and c.challenger == c.champion:
         return False, (
             f"its answers equal {champion_run}'s on every one of the {c.rows} test rows compared: "
             "the same model, nothing to deploy"
@@ -274,10 +279,10 @@ def _nothing_new(run: Run, event: Trigger) -> str | None:
     needed = int(run.config["retrain"].get("min_new_labels", 30))
     if data.datasets > 0 or data.labels >= needed:
         return None
-    alarm = event.alarm_name if isinstance(event, AlarmChanged) else run.waiting_for_data or ""
+    alarms = [event.alarm_name] if isinstance(event, AlarmChanged) else list(run.waiting_for_data)
     return (
-        f"{names.monitored(alarm)}; nothing new to learn from yet: {data.describe()}; "
-        f"a retraining run starts when {needed} labels have arrived"
+        f"{', '.join(names.monitored(a) for a in alarms)}; nothing new to learn from yet: {data.describe()}; "
+        f"a retraining run starts when {needed} labels (or a new dataset) have arrived"
     )
 
 
@@ -296,7 +301,7 @@ def _retrain_block(run: Run, event: Trigger, evidence: bool = True) -> str | Non
         if not policy["on_drift"]:
             return "retraining on drift is off for this project"
     if event.active_retraining_run:
-        return f"retraining run {event.active_retraining_run} of this project is still active"
+        return f"run {event.active_retraining_run} of this project is still active"
     # The project's retraining runs when the service supplied them (they include this run's
     # children); else what this run's own history knows.
     earlier = list(event.project_retraining_starts) or run.times_of("StartChildRun")
@@ -404,7 +409,8 @@ def _retire(run: Run, _: Any) -> list[Command]:
 def _child_run(run: Run, event: DomainEvent) -> list[Command]:
     if isinstance(event, LabelsArrived):
         data = event.new_data.describe() if event.new_data else "new data"
-        reason = f"{names.monitored(run.waiting_for_data or '')} ({run.waiting_for_data}) waited for data: {data}"
+        waited = ", ".join(f"{names.monitored(a)} ({a})" for a in run.waiting_for_data)
+        reason = f"{waited} waited for data: {data}"
     elif isinstance(event, AlarmChanged):
         kind = "quality" if "-quality-" in event.alarm_name else "drift"
         reason = f"{kind} alarm {event.alarm_name} went {event.previous_state or '?'}→{event.state}"
@@ -459,7 +465,8 @@ _DATA_CAME = Guard(
 )
 _STILL_WAITING = Guard(
     "a retraining run waits for data",
-    lambda run, e: bool(run.waiting_for_data) and not _may_retrain(run, e),
+    # A delivery that does not end the wait is recorded; the scheduled look again is not.
+    lambda run, e: bool(run.waiting_for_data) and not e.scheduled and not _may_retrain(run, e),
 )
 
 _ACTIVE = [s for s in RunState if not s.terminal]
@@ -720,17 +727,18 @@ def _apply(run: Run, event: DomainEvent, row: Row) -> Decision:
     return Decision(run=new_run, commands=commands, note=note, from_state=run.state)
 
 
-def _waiting_for_data(run: Run, event: DomainEvent, row: Row, commands: Sequence[Command]) -> str | None:
-    """The alarm whose retraining run waits for data after this row: set when an alarm is
-    held for nothing new to learn from, gone when a retraining run starts, that alarm
-    returns to OK, or the run moves on."""
+def _waiting_for_data(run: Run, event: DomainEvent, row: Row, commands: Sequence[Command]) -> tuple[str, ...]:
+    """The alarms whose retraining run waits for data after this row: one is added when it
+    is held for nothing new to learn from, and leaves when it returns to OK; all go when a
+    retraining run starts or the run moves on."""
     if row.target is not run.state or any(isinstance(c, StartChildRun) for c in commands):
-        return None
+        return ()
+    waiting = run.waiting_for_data
     if isinstance(event, AlarmChanged) and event.kind == "alarm.alarm" and _waits_for_data(run, event):
-        return event.alarm_name
-    if isinstance(event, AlarmChanged) and event.kind == "alarm.ok" and event.alarm_name == run.waiting_for_data:
-        return None
-    return run.waiting_for_data
+        return waiting if event.alarm_name in waiting else (*waiting, event.alarm_name)
+    if isinstance(event, AlarmChanged) and event.kind == "alarm.ok":
+        return tuple(a for a in waiting if a != event.alarm_name)
+    return waiting
 
 
 # A run's item must stay under DynamoDB's 400 KB whatever its history: a commit it refused
@@ -807,7 +815,7 @@ def _note(run: Run, event: DomainEvent, row: Row) -> str:
     if isinstance(event, LabelsArrived):
         data = event.new_data.describe() if event.new_data else "not counted"
         blocked = _retrain_block(run, event) if not row.effect else None
-        return f"{row.note} ({run.waiting_for_data}; {data})" + (f": {blocked}" if blocked else "")
+        return f"{row.note} ({', '.join(run.waiting_for_data)}; {data})" + (f": {blocked}" if blocked else "")
     if isinstance(event, AlarmChanged) and event.kind == "alarm.alarm" and row.target is row.state:
         blocked = _retrain_block(run, event) if not row.effect else None
         if blocked:

@@ -74,9 +74,9 @@ class Run:
     package_arn: str | None = None
     history: tuple[HistoryEntry, ...] = ()
     metrics: Mapping[str, Any] = field(default_factory=dict)
-    # The drift or quality alarm whose retraining run waits for something new to learn
-    # from (labels, a dataset); it starts when that arrives.
-    waiting_for_data: str | None = None
+    # The drift and quality alarms in ALARM whose retraining run waits for something new
+    # to learn from (labels, a dataset); it starts when that arrives.
+    waiting_for_data: tuple[str, ...] = ()
 
     def has_seen(self, event_id: str) -> bool:
         return any(entry.event_id == event_id for entry in self.history)

@@ -98,9 +98,9 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     assert shown["state"] == "deployed"
     check_report(home, run, tmp_path)
     # The model serves on the project's endpoint, through SageMaker Runtime, and its
-    # traffic is captured for the drift checks.
+    # traffic is captured for the drift checks, under the run whose model answered.
     assert invoke(state, "a superb, sturdy kettle that works")["label"] in ("positive", "negative")
-    capture = "capture/demo/tl-demo/AllTraffic/"
+    capture = f"capture/demo/{run_id}/tl-demo/AllTraffic/"
     wait_for(lambda: s3(state).list_objects_v2(Bucket=state["bucket"], Prefix=capture).get("KeyCount"), 30)
     run = wait_for(lambda: not (r := http(state, "GET", f"/runs/{run_id}")[1])["pending_commands"] and r)
     alarms = cloudwatch(state).describe_alarms(AlarmNamePrefix=f"tl-{run_id}-drift-")["MetricAlarms"]
@@ -241,4 +241,9 @@ def test_make_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert "vs champion" in child[3] or "does not beat champion" in child[3]  # gated against the deployed model
     if child[2] == "DEPLOYED":
         assert f"tl-demo serves tl-{child[1]}-config-1" in out and "is superseded" in out
+        # The new model's alarms watch its own series: none is in ALARM on its predecessor's numbers.
+        alarms = re.search(r"its own monitoring alarms: (.*)", out)
+        assert alarms and "prediction_psi" in alarms[1] and " ALARM" not in alarms[1], out[-3000:]
+    # The first model had no champion: it had to beat the majority class of its training split.
+    assert "vs the majority-class predictor" in out and "better beyond noise" in out
     assert re.search(r"demo finished in \d+\.\ds", out)

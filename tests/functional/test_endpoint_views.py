@@ -178,7 +178,8 @@ def test_the_endpoint_view_shows_traffic_latency_drift_and_alarm_changes(api: An
     old = watched["old"]
     assert status == 200 and [m["run_id"] for m in view["models"]][:2] == [old.run_id, serving.run_id], view["models"]
     assert view["switches"][0] == {"time": view["models"][1]["since"], "run_id": serving.run_id,
-                                   "replaced": old.run_id}  # fmt: skip
+                                   "replaced": old.run_id, "deploying": False}  # fmt: skip
+    assert view["switches"][-1]["run_id"] == new.run_id and view["switches"][-1]["deploying"]
     series = {m["run_id"]: m for m in view["monitoring"] if m["metric"] == "prediction_psi"}
     assert [v for _, v in series[old.run_id]["points"]] == [2.98]
     assert [v for _, v in series[serving.run_id]["points"]] == [0.05, 0.41]

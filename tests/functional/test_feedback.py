@@ -172,7 +172,9 @@ def test_a_drift_alarm_waits_for_labels_and_their_arrival_starts_exactly_one_ret
     assert api.call("POST", "/projects", {"name": "waits", "config": config})[0] == 201
     parent = deployed(deps.service, "waits", "s3://tuneloop-test/datasets/waits/ds-1/reviews.jsonl")
     capture = "".join(json.dumps({"eventMetadata": {"inferenceId": f"req-{n}"}}) + "\n" for n in range(40))
-    s3.put_object(Bucket=BUCKET, Key="capture/waits/tl-waits/AllTraffic/2026/12/06/10/c.jsonl", Body=capture.encode())
+    s3.put_object(
+        Bucket=BUCKET, Key=f"capture/waits/{parent}/tl-waits/AllTraffic/2026/12/06/10/c.jsonl", Body=capture.encode()
+    )
 
     alarm = load_event("alarm_drift", id="drift-waits")
     alarm["detail"]["alarmName"] = names.drift_alarm_name(parent, "prediction_psi")
@@ -182,10 +184,10 @@ def test_a_drift_alarm_waits_for_labels_and_their_arrival_starts_exactly_one_ret
         return [r for r in api.call("GET", "/runs?project=waits")[1]["runs"] if r["parent_run_id"] == parent]
 
     run = api.call("GET", f"/runs/{parent}")[1]
-    assert children() == [] and run["retraining_waits_for_data"] == alarm["detail"]["alarmName"]
+    assert children() == [] and run["retraining_waits_for_data"] == [alarm["detail"]["alarmName"]]
     assert run["history"][-1]["reason"].endswith(
         "drift in prediction_psi; nothing new to learn from yet: 0 labelled production row(s), 0 new dataset(s); "
-        "a retraining run starts when 30 labels have arrived"
+        "a retraining run starts when 30 labels (or a new dataset) have arrived"
     ), run["history"][-1]["reason"]
 
     def send(first: int, count: int) -> None:
@@ -201,7 +203,7 @@ def test_a_drift_alarm_waits_for_labels_and_their_arrival_starts_exactly_one_ret
     assert [c["run_id"] for c in children()] == [child["run_id"]]  # exactly one
     shown = api.call("GET", f"/runs/{child['run_id']}")[1]
     assert "waited for data: 32 labelled production row(s)" in shown["history"][0]["reason"], shown["history"][0]
-    assert api.call("GET", f"/runs/{parent}")[1]["retraining_waits_for_data"] is None
+    assert api.call("GET", f"/runs/{parent}")[1]["retraining_waits_for_data"] == []
 
     # What its prepare job is asked to read: the project's datasets, the labels that
     # arrived and the captured requests they label (request checked against botocore's model).

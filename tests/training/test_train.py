@@ -390,7 +390,15 @@ def test_evaluate_writes_metrics_plots_and_report(
     out = tmp_path / "out"
     assert (
         evaluate.main(
-            ["--input-dir", str(tmp_path / "in"), "--output-dir", str(out), "--failure-dir", str(tmp_path / "fail")]
+            [
+                "--input-dir",
+                str(tmp_path / "in"),
+                "--output-dir",
+                str(out),
+                "--failure-dir",
+                str(tmp_path / "fail"),
+                "--baseline",
+            ]
         )
         == 0
     )

@@ -177,7 +177,7 @@ def scenario(row: Row) -> tuple[Run, DomainEvent]:
     if guard == "quality gate fails":
         fields["metrics"] = {"macro_f1": 0.1}
     if guard.startswith("a retraining run waits for data"):
-        run_changes["waiting_for_data"] = names.drift_alarm_name(RUN_ID, "prediction_psi")
+        run_changes["waiting_for_data"] = (names.drift_alarm_name(RUN_ID, "prediction_psi"),)
     if guard == "a retraining run waits for data":
         fields["new_data"] = NewData(labels=3, datasets=0)
     if guard.startswith("deployment mode is"):
@@ -382,6 +382,11 @@ def test_a_first_model_must_beat_a_trivial_baseline_beyond_noise() -> None:
     assert gated(llm, {"perplexity": 41.0}, baseline=higher).state is S.REJECTED
     off = {**config, "gates": {**config["gates"], "compare_baseline": False}}
     assert gated(off, {"macro_f1": 0.184}, baseline=None).state is S.REGISTERING
+    # Champion comparison off while a champion serves: the job measured neither it nor a
+    # baseline (that is for a first model); the gate says so and passes.
+    no_champion = {**config, "gates": {**config["gates"], "compare_champion": False}}
+    passed = gated(no_champion, {"macro_f1": 0.5}, baseline=None)
+    assert passed.state is S.REGISTERING and passed.history[-1].reason.endswith("champion comparison off")
 
 
 def test_by_default_a_worse_challenger_is_rejected_with_both_numbers_and_the_interval() -> None:
@@ -463,10 +468,11 @@ def test_a_retrain_waits_until_there_is_something_new_to_learn_from() -> None:
     psi = names.drift_alarm_name(RUN_ID, "prediction_psi")
     nothing = dataclasses.replace(event_of("alarm.alarm", run, "w1"), new_data=NewData(labels=0, datasets=0))
     held = decide(run, nothing)
-    assert held.changed and held.commands == () and held.run.waiting_for_data == psi
+    assert held.changed and held.commands == () and held.run.waiting_for_data == (psi,)
     assert held.run.history[-1].reason == (
         f"alarm in ALARM; no retraining: {psi}: drift in prediction_psi; nothing new to learn from yet: "
-        "0 labelled production row(s), 0 new dataset(s); a retraining run starts when 30 labels have arrived"
+        "0 labelled production row(s), 0 new dataset(s); "
+        "a retraining run starts when 30 labels (or a new dataset) have arrived"
     )
 
     def arrived(current: Run, event_id: str, labels: int, datasets: int = 0) -> Any:
@@ -474,14 +480,14 @@ def test_a_retrain_waits_until_there_is_something_new_to_learn_from() -> None:
                                              new_data=NewData(labels=labels, datasets=datasets)))  # fmt: skip
 
     short = arrived(held.run, "l1", 12)
-    assert short.commands == () and short.run.waiting_for_data == psi
+    assert short.commands == () and short.run.waiting_for_data == (psi,)
     assert (
         "still waits" in short.run.history[-1].reason
         and "12 labelled production row(s)" in short.run.history[-1].reason
     )
     enough = arrived(short.run, "l2", 31)
     [child] = enough.commands
-    assert isinstance(child, StartChildRun) and enough.run.waiting_for_data is None
+    assert isinstance(child, StartChildRun) and enough.run.waiting_for_data == ()
     assert (
         child.reason
         == f"drift in prediction_psi ({psi}) waited for data: 31 labelled production row(s), 0 new dataset(s)"
@@ -489,15 +495,26 @@ def test_a_retrain_waits_until_there_is_something_new_to_learn_from() -> None:
     again = arrived(enough.run, "l3", 60)  # nothing waits any more: a second delivery starts nothing
     assert again.noop == "guarded" and again.commands == ()
 
+    # Two alarms wait: one back to OK leaves the other waiting; the scheduled look again,
+    # short of labels, records nothing (a delivery that falls short is recorded).
+    js = names.drift_alarm_name(RUN_ID, "input_js")
+    both = decide(held.run, dataclasses.replace(nothing, event_id="w5", alarm_name=js)).run
+    assert both.waiting_for_data == (psi, js)
+    one = decide(both, dataclasses.replace(event_of("alarm.ok", run, "w6"), alarm_name=js)).run
+    assert one.waiting_for_data == (psi,)
+    looked = decide(one, LabelsArrived(event_id="s1", time=T0, run_id=RUN_ID, scheduled=True,
+                                       new_data=NewData(labels=3, datasets=0)))  # fmt: skip
+    assert looked.noop == "guarded" and "30 labels" in looked.note
+    assert [type(c).__name__ for c in arrived(one, "l5", 30).commands] == ["StartChildRun"]
     # A new dataset is something new: the alarm retrains at once, no wait.
     dataset = dataclasses.replace(nothing, event_id="w2", new_data=NewData(labels=0, datasets=1))
     assert [type(c).__name__ for c in decide(run, dataset).commands] == ["StartChildRun"]
     # The alarm back to OK: the drift went away, and so does the wait.
     calm = decide(held.run, dataclasses.replace(event_of("alarm.ok", run, "w3"), alarm_name=psi))
-    assert calm.run.waiting_for_data is None and arrived(calm.run, "l4", 100).commands == ()
+    assert calm.run.waiting_for_data == () and arrived(calm.run, "l4", 100).commands == ()
     # An operator's request is theirs to make: it starts a run with nothing new, and ends the wait.
     by_hand = decide(held.run, RetrainRequested(event_id="r1", time=T0, run_id=RUN_ID))
-    assert [type(c).__name__ for c in by_hand.commands] == ["StartChildRun"] and by_hand.run.waiting_for_data is None
+    assert [type(c).__name__ for c in by_hand.commands] == ["StartChildRun"] and by_hand.run.waiting_for_data == ()
     # Not counted (no bucket to look in): the alarm retrains as it always did.
     assert [type(c).__name__ for c in decide(run, event_of("alarm.alarm", run, "w4")).commands] == ["StartChildRun"]
 
@@ -506,7 +523,7 @@ def test_one_retraining_run_at_a_time_and_a_daily_cap() -> None:
     run = make_run(S.DEPLOYED)
     busy = dataclasses.replace(event_of("alarm.alarm", run, "b1"), active_retraining_run="cccccccccccc")
     decision = decide(run, busy)
-    assert decision.commands == () and "retraining run cccccccccccc of this project is still active" in (
+    assert decision.commands == () and "run cccccccccccc of this project is still active" in (
         decision.run.history[-1].reason
     )
     by_hand = decide(run, RetrainRequested(event_id="r1", time=T0, run_id=RUN_ID, active_retraining_run="cccccccccccc"))

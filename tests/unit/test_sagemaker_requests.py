@@ -348,8 +348,27 @@ def test_the_deployed_champion_is_measured_on_the_same_split() -> None:
     assert request["AppSpecification"]["ContainerArguments"][-2:] == ["--champion-run-id", "cccccccccccc"]
     # compare_champion off: no champion input at all.
     off = dataclasses.replace(run, config={**run.config, "gates": {**run.config["gates"], "compare_champion": False}})
-    inputs = {i["InputName"] for i in evaluate_request(EVALUATE, off, settings, champion)["ProcessingInputs"]}
-    assert "champion" not in inputs
+    request = evaluate_request(EVALUATE, off, settings, champion)
+    assert "champion" not in {i["InputName"] for i in request["ProcessingInputs"]}
+    assert "--baseline" not in request["AppSpecification"]["ContainerArguments"]  # a champion is deployed
+
+
+def test_a_first_model_is_measured_against_a_trivial_baseline() -> None:
+    """No champion: the job measures the majority class from the profile (a causal LM
+    fine-tuned in full from an s3:// base: that base, untuned); compare_baseline off: not."""
+    run = run_with()
+    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu")
+    request = evaluate_request(EVALUATE, run, settings, None)
+    assert "--baseline" in request["AppSpecification"]["ContainerArguments"]
+    inputs = {i["InputName"]: i["S3Input"] for i in request["ProcessingInputs"]}
+    assert inputs["profile"]["S3Uri"] == f"s3://tuneloop-test/runs/{RUN_ID}/prepare/profile/"
+    assert "untuned" not in inputs
+    base = "s3://tuneloop-test/models/llm/model.tar.gz"
+    llm = dataclasses.replace(run, config=normalise_config({"base_model": base, "task": "causal-lm"}))
+    inputs = {i["InputName"]: i["S3Input"] for i in evaluate_request(EVALUATE, llm, settings, None)["ProcessingInputs"]}
+    assert inputs["untuned"]["S3Uri"] == base and inputs["untuned"]["LocalPath"] == "/opt/ml/processing/input/untuned"
+    off = dataclasses.replace(run, config={**run.config, "gates": {**run.config["gates"], "compare_baseline": False}})
+    assert "--baseline" not in evaluate_request(EVALUATE, off, settings, None)["AppSpecification"]["ContainerArguments"]
 
 
 def test_loaded_evaluation_becomes_an_event() -> None:

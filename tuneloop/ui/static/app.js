@@ -562,7 +562,8 @@ function monitoringSection(view, hours) {
       xRange: [Date.parse(view.window.start), Date.parse(view.window.end)],
       series: series.map((s, i) => ({ name: `run ${s.run_id}`, points: at(s.points), dashed: i < series.length - 1 })),
       thresholds: [{ value: m.threshold, label: m.breaches === "below" ? "floor" : "threshold" }],
-      markers: [...switches.map((w) => ({ x: Date.parse(w.time), label: `run ${w.run_id} takes over from ${w.replaced}` })),
+      markers: [...switches.map((w) => ({ x: Date.parse(w.time),
+        label: w.deploying ? `run ${w.run_id} deploying beside ${w.replaced}` : `run ${w.run_id} takes over from ${w.replaced}` })),
         ...changes.map((c) => ({ x: Date.parse(c.time), label: `${c.from} → ${c.to}: ${c.reason}` }))],
     });
   });
@@ -570,7 +571,7 @@ function monitoringSection(view, hours) {
     h("p", { class: "muted" }, "What each monitoring check published, against its alarm's threshold, for each model "
       + "on the traffic it answered (a new model starts with no data of its own). An ALARM starts a retraining run."),
     switches.length ? h("ul", { id: "switches" }, switches.map((w) => h("li", {}, when(w.time), " · ",
-      link(`/runs/${w.run_id}`, w.run_id), ` took over from ${w.replaced}`))) : null,
+      link(`/runs/${w.run_id}`, w.run_id), w.deploying ? ` is being deployed beside ${w.replaced}` : ` took over from ${w.replaced}`))) : null,
     h("div", { class: "grid2" }, charts));
 }
 
