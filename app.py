@@ -254,6 +254,8 @@ def check_project_drift(name: str) -> Response:
             f"project {name!r} had its drift check for this slot already: at most {limit} an hour on stage "
             f"{service.limits.stage}; the next can start at {result['next_at']}"
         )
+    if result.get("nothing_captured") and not result["started"] and not result["failed"]:
+        raise ConflictError(f"project {name!r}'s deployed model has answered no captured request yet: nothing to check")
     if not result["started"] and not result["failed"]:
         raise ConflictError(f"project {name!r} has no deployed run to check")
     return Response(result, status_code=202)

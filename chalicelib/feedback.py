@@ -165,8 +165,9 @@ class NewDataCounter:
     labelled by the deliveries received since (each inference id once, however often it was
     sent), and the datasets
     (``datasets/<project>/<dataset>/``) with a file written since, other than the run's own.
-    S3 and receipts keep whole seconds: what arrived in the second the run was created
-    counts as new (a retrain too many, never data missed)."""
+    S3 and receipts keep whole seconds: only what arrived in a later second than the run's
+    creation is new (what came in that second, such as the delivery that started it, its
+    prepare job read: it starts later)."""
 
     def __init__(self, s3: Any, bucket: str, dataset_prefix: str = "datasets/") -> None:
         self._s3 = s3
@@ -174,9 +175,10 @@ class NewDataCounter:
         self._dataset_prefix = dataset_prefix
 
     def _newer(self, prefix: str, since: datetime) -> list[str]:
+        """Keys written in a later second than ``since``."""
         keys = []
         for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=prefix):
-            keys += [o["Key"] for o in page.get("Contents", []) if o["LastModified"] >= since]
+            keys += [o["Key"] for o in page.get("Contents", []) if o["LastModified"].replace(microsecond=0) > since]
         return keys
 
     def __call__(self, project: str, since: datetime, own: str = "") -> NewData:
@@ -188,7 +190,7 @@ class NewDataCounter:
             if not key.endswith(".receipt.json"):
                 continue
             receipt = json.loads(self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read())
-            if not isinstance(receipt, dict) or str(receipt.get("received_at", "")) < stamp:
+            if not isinstance(receipt, dict) or str(receipt.get("received_at", "")) <= stamp:
                 continue
             if receipt.get("labels_uri"):  # the delivery's rows: each request labelled counts once
                 rows = self._s3.get_object(Bucket=self._bucket, Key=key.removesuffix(".receipt.json") + ".jsonl")

@@ -295,7 +295,11 @@ def evaluate_request(
         # profile), or a causal LM's untuned base (an adapter's comes as input/base; the
         # s3:// model it was fine-tuned from in full, as input/untuned).
         arguments.append("--baseline")
-        if run.config["base_model"].startswith("s3://") and not adapter_base_uri(run):
+        if (
+            run.config["task"] == "causal-lm"
+            and run.config["base_model"].startswith("s3://")
+            and not adapter_base_uri(run)
+        ):
             inputs.append(_processing_input("untuned", run.config["base_model"], f"{PROCESSING_ROOT}/input/untuned"))
     return _processing_job(
         command,

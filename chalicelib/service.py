@@ -563,10 +563,10 @@ class RunService:
                 )
                 try:
                     outcome = self.executors.execute(command, run)
-                    if outcome.done and "repeat" in (outcome.note or ""):
-                        repeated += 1
-                    elif outcome.done and NOTHING_CAPTURED in (outcome.note or ""):
+                    if outcome.done and (outcome.note or "").startswith(NOTHING_CAPTURED):
                         idle += 1
+                    elif outcome.done and "repeat" in (outcome.note or ""):
+                        repeated += 1
                     elif outcome.done:
                         started += 1
                 except Exception:  # the next window tries again; one run's failure stops no other

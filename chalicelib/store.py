@@ -324,17 +324,23 @@ class RunRepository:
         run, or a run a dataset drop started), the creation times of the project's retraining
         runs since ``since``, and the newest retraining run's creation (whenever it was)."""
         busy = [state.value for state in RunState if state.terminal] + [RunState.DEPLOYED.value]
+        # A drop's run waiting for a person holds nothing up (it has no time limit).
+        idle = [*busy, RunState.PENDING_APPROVAL.value]
         active: str | None = None
         starts = []
         latest: datetime | None = None
         for item in self._model.by_project.query(project):
-            if item.state not in busy and active is None:
+            if active is None and item.state not in (idle if item.parent_run_id is None else busy):
                 active = str(item.run_id)
             if item.parent_run_id is None:
                 continue
-            latest = item.created_at if latest is None else max(latest, item.created_at)
             if item.created_at >= since:
                 starts.append(item.created_at)
+            # Used the data there was at its creation: its prepare job read it and finished.
+            read = any(h.from_state == RunState.PREPARING.value and h.to_state != RunState.FAILED.value
+                       and h.to_state != RunState.STOPPED.value for h in item.history or ())  # fmt: skip
+            if read:
+                latest = item.created_at if latest is None else max(latest, item.created_at)
         return active, tuple(sorted(starts)), latest
 
     def champion(self, project: str, excluding: str) -> Run | None:

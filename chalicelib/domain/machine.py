@@ -158,8 +158,8 @@ def _threshold(name: str, value: float | None, threshold: float) -> tuple[bool, 
 def gate_verdict(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bool, str]:
     """The quality gate: thresholds (each in its metric's direction), then, by default, the
     champion: a challenger worse on the primary metric beyond the paired comparison's
-    noise, short of ``min_improvement``, or answering every test row as the champion does,
-    is rejected; with no champion, a model not better than a trivial baseline beyond noise
+    noise, short of ``min_improvement``, or answering every test row as the champion does
+    (with the same metric), is rejected; with no champion, a model not better than a trivial baseline beyond noise
     is. Nothing passes on a NaN."""
     gates = config["gates"]
     reasons = []
@@ -274,6 +274,8 @@ def _nothing_new(run: Run, event: Trigger) -> str | None:
     """Why there is nothing to learn from yet (None: there is, or it was not counted). A
     request by hand is the operator's call and is not asked."""
     data = event.new_data if isinstance(event, (AlarmChanged, LabelsArrived)) else None
+    if data is None and isinstance(event, LabelsArrived):
+        return "what is new could not be counted; the next check looks again"  # labels are only evidence
     if data is None:
         return None
     needed = int(run.config["retrain"].get("min_new_labels", 30))

@@ -5,6 +5,7 @@ leave a receipt that says what was accepted and what was refused, with line and 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -170,7 +171,10 @@ def test_a_drift_alarm_waits_for_labels_and_their_arrival_starts_exactly_one_ret
     )
     config = {**DEMO_CONFIG, "retrain": {"cooldown_s": 0, "max_per_day": 5}}
     assert api.call("POST", "/projects", {"name": "waits", "config": config})[0] == 201
+    clock = deps.service.clock  # the run was created a minute ago: every label below came after it
+    deps.service.clock = lambda: clock() - timedelta(minutes=1)
     parent = deployed(deps.service, "waits", "s3://tuneloop-test/datasets/waits/ds-1/reviews.jsonl")
+    deps.service.clock = clock
     capture = "".join(json.dumps({"eventMetadata": {"inferenceId": f"req-{n}"}}) + "\n" for n in range(40))
     s3.put_object(
         Bucket=BUCKET, Key=f"capture/waits/{parent}/tl-waits/AllTraffic/2026/12/06/10/c.jsonl", Body=capture.encode()
@@ -229,3 +233,27 @@ def test_a_drift_alarm_waits_for_labels_and_their_arrival_starts_exactly_one_ret
     assert inputs["labels"] == "s3://tuneloop-test/labels/waits/"
     assert inputs["capture"] == "s3://tuneloop-test/capture/waits/"
     assert inputs["data"] == "s3://tuneloop-test/datasets/waits/"
+
+
+def test_what_counts_as_new_data(deps: Any, s3: Any) -> None:
+    """Labels count once per inference id, however often sent, and only deliveries received
+    in a later second than the run's creation; datasets count by folder, never the run's own."""
+    from chalicelib.domain.events import NewData
+    from chalicelib.feedback import FeedbackInbox, NewDataCounter
+
+    for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="datasets/counted/").get("Contents", []):
+        s3.delete_object(Bucket=BUCKET, Key=o["Key"])
+    counter = NewDataCounter(s3, BUCKET)
+    created = datetime.now(UTC) - timedelta(minutes=1)
+    inbox = FeedbackInbox(s3, BUCKET, lambda: datetime.now(UTC))
+    inbox.store("counted", "d1", "test", [{"inference_id": "a", "label": "x"}, {"inference_id": "b", "label": "y"}])
+    inbox.store("counted", "d2", "test", [{"inference_id": "a", "label": "z"}])  # a again: one request
+    inbox.store("counted", "d3", "test", [], errors=[(1, "label: missing")])  # nothing accepted
+    for key in ("ds-1/reviews.jsonl", "ds-2/a.jsonl", "ds-2/b.jsonl", "ds-3/manifest.json"):
+        s3.put_object(Bucket=BUCKET, Key=f"datasets/counted/{key}", Body=b"{}\n")
+    own = f"s3://{BUCKET}/datasets/counted/ds-1/reviews.jsonl"
+    assert counter("counted", created, own) == NewData(labels=2, datasets=2)
+    assert counter("counted", created, f"s3://{BUCKET}/datasets/counted/ds-3/manifest.json").datasets == 2
+    assert counter("counted", created, f"s3://{BUCKET}/datasets/counted/") == NewData(labels=2, datasets=3)
+    later = datetime.now(UTC) + timedelta(seconds=1)  # a run created after all of it
+    assert counter("counted", later, own) == NewData(labels=0, datasets=0)

@@ -106,17 +106,25 @@ def test_drift_request_is_valid(settings: Any) -> None:
     s3 = boto3.client("s3")
     if not any(b["Name"] == "tuneloop-test" for b in s3.list_buckets()["Buckets"]):
         s3.create_bucket(Bucket="tuneloop-test")
+    executors = SageMakerExecutors(client, configured, s3=s3)
+    # Nothing captured under the run's prefix yet: no job (SageMaker refuses an empty input).
+    skipped = executors.start_processing_job(command, run)
+    assert skipped.done and skipped.note.startswith("nothing captured yet under s3://tuneloop-test/capture/demo/")
+    captured = "capture/demo/aaaaaaaaaaaa/tl-demo/AllTraffic/2026/12/06/10/c.jsonl"
+    s3.put_object(Bucket="tuneloop-test", Key=captured, Body=b"{}\n")
     s3.put_object(Bucket="tuneloop-test", Key="labels/demo/d1.jsonl", Body=b"{}\n")
     labelled = drift_request(command, run, configured, labels=True)
     stub.add_response("create_processing_job", {"ProcessingJobArn": "arn:aws:sagemaker:us-east-1:1:processing-job/x"},
                       labelled)  # fmt: skip
     with stub:
-        assert SageMakerExecutors(client, configured, s3=s3).start_processing_job(command, run).done
+        assert executors.start_processing_job(command, run).done
+    stub.assert_no_pending_responses()
     inputs = {i["InputName"]: i["S3Input"] for i in labelled["ProcessingInputs"]}
     assert inputs["labels"]["S3Uri"] == "s3://tuneloop-test/labels/demo/"
     args = labelled["AppSpecification"]["ContainerArguments"]
     assert json.loads(args[args.index("--quality-thresholds") + 1]) == run.config["quality"]["thresholds"]
     s3.delete_object(Bucket="tuneloop-test", Key="labels/demo/d1.jsonl")
+    s3.delete_object(Bucket="tuneloop-test", Key=captured)
 
 
 def test_drift_checks_by_hand_are_limited_per_hour(service: Any) -> None:

@@ -352,6 +352,11 @@ def test_a_challenger_answering_every_row_as_the_champion_does_is_not_deployed()
     run = gated(config, {"macro_f1": 0.1843}, same)
     assert run.state is S.REJECTED
     assert "equal champion run cccccccccccc's on every one of the 26 test rows" in run.history[-1].reason
+    # A causal LM that generates alike but improved its loss is not the same model.
+    llm = normalise_config({"base_model": "random:llama-small", "task": "causal-lm",
+                            "gates": {"primary_metric": "perplexity"}})  # fmt: skip
+    alike = Comparison("perplexity", 3.1, 3.4, low=-0.5, high=-0.1, confidence=0.95, rows=40, differing_rows=0)
+    assert gated(llm, {"perplexity": 3.1}, alike).state is S.REGISTERING
     # One row answered differently, within noise: not worse, deployed as before.
     other = dataclasses.replace(same, differing_rows=1, low=-0.04, high=0.04)
     assert gated(config, {"macro_f1": 0.1843}, other).state is S.REGISTERING
@@ -506,6 +511,9 @@ def test_a_retrain_waits_until_there_is_something_new_to_learn_from() -> None:
                                        new_data=NewData(labels=3, datasets=0)))  # fmt: skip
     assert looked.noop == "guarded" and "30 labels" in looked.note
     assert [type(c).__name__ for c in arrived(one, "l5", 30).commands] == ["StartChildRun"]
+    # Labels are only evidence: when they could not be counted (S3 failed), nothing starts.
+    uncounted = decide(one, LabelsArrived(event_id="l6", time=T0, run_id=RUN_ID))
+    assert uncounted.commands == () and "could not be counted" in uncounted.run.history[-1].reason
     # A new dataset is something new: the alarm retrains at once, no wait.
     dataset = dataclasses.replace(nothing, event_id="w2", new_data=NewData(labels=0, datasets=1))
     assert [type(c).__name__ for c in decide(run, dataset).commands] == ["StartChildRun"]
