@@ -65,14 +65,6 @@ def rollback_alarm_name(run_id: str, metric: str) -> str:
     return f"tl-{run_id}-rollback-{metric.lower()}"
 
 
-def model_capture_uri(settings: Settings, run: Run) -> str:
-    """Where an endpoint config captures the requests its model answers: a prefix per run,
-    so each model's traffic is its own (during a canary each fleet writes under its own
-    config's), and a model is measured only on requests it answered. SageMaker adds
-    ``<endpoint>/<variant>/yyyy/mm/dd/hh/``."""
-    return run_capture_uri(settings.bucket, run)
-
-
 def batch_capture_uri(settings: Settings, project: str) -> str:
     """Where a batch project's transform jobs capture their records."""
     return f"{capture_uri(settings, project)}/batch"
@@ -127,7 +119,9 @@ def endpoint_config_request(run: Run, settings: Settings) -> dict[str, Any]:
         request["DataCaptureConfig"] = {
             "EnableCapture": True,
             "InitialSamplingPercentage": deployment["data_capture_percent"],
-            "DestinationS3Uri": model_capture_uri(settings, run),
+            # A prefix per run: each model's traffic is its own (during a canary, each fleet
+            # writes under its own config's); SageMaker adds <endpoint>/<variant>/yyyy/mm/dd/hh/.
+            "DestinationS3Uri": run_capture_uri(settings.bucket, run),
             "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
             "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
         }

@@ -163,8 +163,8 @@ class FeedbackInbox:
 class NewDataCounter:
     """What a project holds that a run created at ``since`` did not learn from: the requests
     labelled by the deliveries received since (each inference id once, however often it was
-    sent), and the datasets
-    (``datasets/<project>/<dataset>/``) with a file written since, other than the run's own.
+    sent), and the datasets (``datasets/<project>/<dataset>/``) with a file written since,
+    other than the run's own.
     S3 and receipts keep whole seconds: only what arrived in a later second than the run's
     creation is new (what came in that second, such as the delivery that started it, its
     prepare job read: it starts later)."""

@@ -209,7 +209,8 @@ def capture_uri(settings: Settings, project: str) -> str:
 
 
 def run_capture_uri(bucket: str, run: Run) -> str:
-    """Where an endpoint config of ``run`` captures the requests its model answers."""
+    """Where an endpoint config of ``run`` captures the requests its model answers, so a
+    model is measured only on requests it answered."""
     return f"s3://{bucket}/capture/{run.project}/{run.run_id}"
 
 

@@ -51,7 +51,8 @@ if TYPE_CHECKING:
     from .sweeper import ResourceProbe
 
 Clock = Callable[[], datetime]
-# (project, since) → what the project holds that a run created at ``since`` did not learn from.
+# (project, since, the run's dataset URI) → what the project holds that a run created at
+# ``since`` did not learn from.
 NewDataCount = Callable[[str, datetime, str], NewData]
 
 # Commits retried on ConflictError before giving up; under heavy contention each retry
@@ -387,8 +388,8 @@ class RunService:
         return event
 
     def data_arrived(self, project: str, event_id: str) -> int:
-        """Labels (or a dataset) arrived for ``project``: each deployed run whose retraining
-        waits for data looks again (``event_id`` per delivery, so a redelivery is one).
+        """Labels arrived for ``project``: each deployed run whose retraining waits for data
+        looks again (``event_id`` per delivery, so a redelivery is one).
         Returns how many retraining runs that started."""
         started = 0
         for run_id in self.runs.deployed_runs(project):
