@@ -30,6 +30,18 @@ from .local import cloud
 DOCS = REPO_ROOT / "docs" / "state-machine.md"
 
 
+def version() -> str:
+    """The installed distribution's version; from a checkout, pyproject.toml's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("tuneloop")
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        return str(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"])
+
+
 # --- commands ---------------------------------------------------------------------------
 
 
@@ -366,6 +378,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneloop", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tuneloop {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("up", help="start the local cloud (state persists unless --clean)")

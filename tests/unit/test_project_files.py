@@ -77,3 +77,26 @@ def test_chalice_config_traces_and_uses_the_policy_files() -> None:
                 # Only actions IAM cannot scope to a resource (they have no resource types).
                 unscoped = ("xray:PutTraceSegments", "xray:PutTelemetryRecords", "cloudwatch:GetMetricData")
                 assert all(a in unscoped for a in statement["Action"]), statement["Sid"]
+
+
+def test_the_package_declares_the_pins_the_code_runs_with() -> None:
+    """`pip install .` installs what ships to Lambda (what the CLI needs: boto3 and the
+    backend's libraries), and `.[training]` what the training and serving code runs with:
+    the same pins as the requirement files, one set. `tuneloop --version` is pyproject's."""
+    import subprocess
+    import sys
+    import tomllib
+
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    def pins(path: Path) -> list[str]:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+    project = read_configuration(REPO / "pyproject.toml", expand=True)["project"]
+    assert project["dependencies"] == pins(REPO / "requirements.txt")
+    assert "boto3" in {p.split("==")[0] for p in project["dependencies"]}
+    assert project["optional_dependencies"]["training"] == pins(REPO / "training" / "requirements.txt")
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    shown = subprocess.run([sys.executable, "-m", "tuneloop.cli", "--version"], capture_output=True, text=True,
+                           cwd=REPO, check=True)  # fmt: skip
+    assert shown.stdout.strip() == f"tuneloop {declared}"
