@@ -188,7 +188,7 @@ def show_run(run: dict[str, Any]) -> None:
             print(f"  champion  {describe_comparison(values)}")
             continue
         if group == "baseline":
-            print(f"  baseline  {describe_comparison(values)}")
+            print(f"  baseline  {describe_comparison({**values, 'champion': values.get('baseline')})}")
             continue
         for name, value in sorted(values.items()):
             shown = f"{value:.6g}" if isinstance(value, (int, float)) else str(value)

@@ -795,8 +795,10 @@ def _with_metrics(run: Run, event: DomainEvent) -> Mapping[str, Any]:
         out = {**run.metrics, "evaluation": dict(event.metrics)}
         if event.comparison is not None:
             out["comparison"] = {**dataclasses.asdict(event.comparison), "champion_run_id": event.champion_run_id}
-        if event.baseline is not None:
-            out["baseline"] = dataclasses.asdict(event.baseline)
+        if event.baseline is not None:  # the baseline's score under its own name
+            compared = dataclasses.asdict(event.baseline)
+            out["baseline"] = {k: v for k, v in compared.items() if not k.startswith("champion")}
+            out["baseline"]["baseline"] = event.baseline.champion
         return out
     return run.metrics
 

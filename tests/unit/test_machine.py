@@ -371,7 +371,8 @@ def test_a_first_model_must_beat_a_trivial_baseline_beyond_noise() -> None:
     run = gated(config, {"macro_f1": 0.184}, baseline=tie)
     assert run.state is S.REJECTED and "not better than the baseline beyond noise" in run.history[-1].reason
     assert "macro_f1 0.1840 vs the majority-class predictor" in run.history[-1].reason
-    assert run.metrics["baseline"]["against"] == BEATS_BASELINE.against  # recorded on the run
+    assert run.metrics["baseline"]["against"] == BEATS_BASELINE.against  # recorded on the run,
+    assert run.metrics["baseline"]["baseline"] == 0.110 and "champion" not in run.metrics["baseline"]  # as itself
     assert gated(config, {"macro_f1": 0.9}).state is S.REGISTERING
     missing = gated(config, {"macro_f1": 0.9}, baseline=None)
     assert missing.state is S.REJECTED and "no comparison with a trivial baseline" in missing.history[-1].reason

@@ -286,7 +286,7 @@ function metricsSection(run) {
   if (b && b.metric) {
     out.push(h("div", {}, h("h3", {}, "Against a trivial baseline"), table(["", "value"], [
       ["baseline", b.against || "–"], ["metric", b.metric], ["this model", { num: fmt(b.challenger) }],
-      ["baseline scores", { num: fmt(b.champion) }], ["difference", { num: fmt(b.challenger - b.champion) }],
+      ["baseline scores", { num: fmt(b.baseline) }], ["difference", { num: fmt(b.challenger - b.baseline) }],
       [`${Math.round((b.confidence || 0.95) * 100)}% interval`, `${fmt(b.low)} to ${fmt(b.high)}`],
       ["test rows", { num: b.rows }],
     ], "Baseline comparison")));
