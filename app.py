@@ -330,6 +330,21 @@ def list_feedback(name: str) -> dict[str, Any] | Response:
         return _unavailable(f"the receipts could not be read ({_aws_error(exc)}); retry")
 
 
+@app.route("/drops", methods=["GET"], authorizer=iam)
+@_http_errors
+def list_refused_drops() -> dict[str, Any] | Response:
+    """Uploads under datasets/ or feedback/ that started nothing, newest first, with why."""
+    current = deps.get()
+    if current.refused is None:
+        return {"refused": []}
+    limit = parse_limit(_params())
+    try:
+        return {"refused": current.refused.newest(limit)}
+    except (ClientError, BotoCoreError) as exc:
+        logger.exception("refused uploads not read")
+        return _unavailable(f"the refused uploads could not be read ({_aws_error(exc)}); retry")
+
+
 # --- runs --------------------------------------------------------------------------------
 
 
@@ -484,7 +499,20 @@ def on_dataset_uploaded(event: AnyEvent) -> dict[str, Any]:
         logger.info("upload starts no run", extra={"event_id": event_id(raw), "reason": str(exc)})
         return {"ignored": str(exc)}
     applied = deps.get().service.intake(drop)
+    if applied.run_id is None and applied.ignored:
+        _record_refusal(drop.key, drop.idempotency_key, applied.ignored)
     return {"run_id": applied.run_id, "ignored": applied.ignored}
+
+
+def _record_refusal(key: str, identity: str, reason: str) -> None:
+    """An upload that starts nothing is listed by GET /drops: its uploader sees why."""
+    refused = deps.get().refused
+    if refused is None:
+        return
+    try:
+        refused.record(key, identity, reason)
+    except (ClientError, BotoCoreError):
+        logger.exception("refused upload not recorded", extra={"key": key, "reason": reason})
 
 
 def _is_feedback(raw: Any) -> bool:
@@ -506,6 +534,8 @@ def _feedback_uploaded(raw: dict[str, Any]) -> dict[str, Any]:
     except (MalformedEventError, IntakeIgnored, ProjectNotFoundError, InvalidRequestError) as exc:
         reason = f"no project named {exc.args[0]!r}" if isinstance(exc, ProjectNotFoundError) else str(exc)
         logger.warning("feedback upload ignored", extra={"event_id": event_id(raw), "reason": reason})
+        if isinstance(exc, (ProjectNotFoundError, InvalidRequestError)):
+            _record_refusal(drop.key, drop.identity, reason)
         return {"ignored": reason}
     receipt = current.feedback.intake(drop)
     logger.info(

@@ -15,6 +15,7 @@ from .service import RunService
 if TYPE_CHECKING:
     from .endpoints import EndpointViews
     from .feedback import FeedbackInbox
+    from .refusals import RefusedUploads
     from .reports import RunReports
 
 
@@ -28,6 +29,8 @@ class Deps:
     feedback: FeedbackInbox | None = None
     # The endpoint's status, traffic, monitoring metrics and alarms; None until SageMaker is configured.
     endpoints: EndpointViews | None = None
+    # Uploads that started nothing (a drop for an unknown project), for GET /drops.
+    refused: RefusedUploads | None = None
 
 
 _lock = threading.Lock()
@@ -64,6 +67,7 @@ def build(
     from .deployment import DeploymentExecutors
     from .endpoints import EndpointViews
     from .feedback import FeedbackInbox, NewDataCounter
+    from .refusals import RefusedUploads
     from .reports import S3_CONFIG, RunReports
     from .sagemaker import EvaluationLoader, SageMakerExecutors
     from .store import ProjectRepository, RunRepository
@@ -114,8 +118,9 @@ def build(
     feedback = FeedbackInbox(s3, config.bucket, service.clock) if config.bucket else None
     cloudwatch = cloudwatch_client or LazyClient("cloudwatch")
     endpoints = EndpointViews(sagemaker_client or LazyClient("sagemaker"), cloudwatch, service.clock)
+    refused = RefusedUploads(s3, config.bucket, service.clock) if config.bucket else None
     return Deps(settings=config, service=service, reports=reports, feedback=feedback,
-                endpoints=endpoints if config.role_arn else None)  # fmt: skip
+                endpoints=endpoints if config.role_arn else None, refused=refused)  # fmt: skip
 
 
 def get() -> Deps:

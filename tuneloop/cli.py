@@ -18,7 +18,6 @@ from .client import (
     CliError,
     describe_receipt,
     drop,
-    local_api,
     local_state,
     save_report,
     send_feedback,
@@ -26,6 +25,7 @@ from .client import (
     watch,
 )
 from .local import cloud
+from .stages import target
 
 DOCS = REPO_ROOT / "docs" / "state-machine.md"
 
@@ -56,6 +56,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.stage or os.environ.get("TUNELOOP_STAGE"):
+        return stage_status(args)
     info = cloud.status()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -70,6 +72,39 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  token     in {info['token_file']}")
         print(f'  AWS credentials in {info["credentials_file"]} (`eval "$(tuneloop env)"` for a shell)')
     return 0 if info.get("up") else 1
+
+
+def stage_status(args: argparse.Namespace) -> int:
+    reached = target(args)
+    info: dict[str, Any] = {"stage": reached.name.removeprefix("stage "), "api": reached.api.base,
+                            "region": reached.api.region, "bucket": reached.bucket}  # fmt: skip
+    try:
+        reached.api.call("GET", "/projects?limit=1")
+        info["reachable"] = True
+    except CliError as exc:
+        info["reachable"], info["error"] = False, str(exc)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"{reached.name} ({info['region']}): {'reachable' if info['reachable'] else 'NOT REACHABLE'}")
+        print(f"  api       {info['api']}")
+        print(f"  bucket    s3://{info['bucket']}")
+        if not info["reachable"]:
+            print(f"  error     {info['error']}")
+    return 0 if info["reachable"] else 1
+
+
+def cmd_drops(args: argparse.Namespace) -> int:
+    """Uploads that started nothing (an unknown project, an invalid config), with why."""
+    refused = target(args).api.call("GET", f"/drops?limit={args.limit}")["refused"]
+    if args.json:
+        print(json.dumps(refused, indent=2))
+        return 0
+    for record in refused:
+        print(f"{record['refused_at']}  {record['uri']}: {record['reason']}")
+    if not refused:
+        print("no refused uploads")
+    return 0
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -92,36 +127,36 @@ def cmd_project_create(args: argparse.Namespace) -> int:
     spec = json.loads(Path(args.file).read_text())
     if args.name:
         spec["name"] = args.name
-    project = local_api().call("POST", "/projects", spec)
+    project = target(args).api.call("POST", "/projects", spec)
     print(f"project {project['name']} created")
     return 0
 
 
 def cmd_project_list(args: argparse.Namespace) -> int:
-    for project in local_api().call("GET", "/projects?limit=100")["projects"]:
+    for project in target(args).api.call("GET", "/projects?limit=100")["projects"]:
         print(f"{project['name']:<24} {project['config']['task']:<20} {project['config']['base_model']}")
     return 0
 
 
 def cmd_project_show(args: argparse.Namespace) -> int:
-    print(json.dumps(local_api().call("GET", f"/projects/{args.name}"), indent=2))
+    print(json.dumps(target(args).api.call("GET", f"/projects/{args.name}"), indent=2))
     return 0
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
-    uri, run_id = drop(local_state(), Path(args.file), args.project, args.dataset_id)
+    uri, run_id = drop(target(args), Path(args.file), args.project, args.dataset_id)
     print(f"uploaded {uri}: run {run_id} started (tuneloop watch {run_id})")
     return 0
 
 
 def cmd_feedback_send(args: argparse.Namespace) -> int:
-    receipt = send_feedback(local_state(), Path(args.file), args.project)
+    receipt = send_feedback(target(args), Path(args.file), args.project)
     print(describe_receipt(receipt))
     return 0 if receipt["accepted"] else 1
 
 
 def cmd_feedback_list(args: argparse.Namespace) -> int:
-    receipts = local_api().call("GET", f"/projects/{args.project}/feedback?limit={args.limit}")["receipts"]
+    receipts = target(args).api.call("GET", f"/projects/{args.project}/feedback?limit={args.limit}")["receipts"]
     for receipt in receipts:
         print(f"{receipt['delivery']}  {describe_receipt(receipt)}")
     if not receipts:
@@ -141,18 +176,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
         query.append(f"project={args.project}")
     if args.state:
         query.append(f"state={args.state}")
-    _print_runs(local_api().call("GET", "/runs?" + "&".join(query))["runs"])
+    _print_runs(target(args).api.call("GET", "/runs?" + "&".join(query))["runs"])
     return 0
 
 
 def cmd_run_show(args: argparse.Namespace) -> int:
-    run = local_api().call("GET", f"/runs/{args.run_id}")
+    run = target(args).api.call("GET", f"/runs/{args.run_id}")
     print(json.dumps(run, indent=2)) if args.json else show_run(run)
     return 0
 
 
 def cmd_run_stop(args: argparse.Namespace) -> int:
-    result = local_api().call("POST", f"/runs/{args.run_id}/stop")
+    result = target(args).api.call("POST", f"/runs/{args.run_id}/stop")
     print(f"run {result['run_id']} is {result['state']}")
     return 0
 
@@ -160,7 +195,7 @@ def cmd_run_stop(args: argparse.Namespace) -> int:
 def cmd_run_decide(args: argparse.Namespace) -> int:
     """approve / reject a run waiting for a person; retrain a deployed run."""
     body = {"reason": args.reason} if args.reason else None
-    result = local_api().call("POST", f"/runs/{args.run_id}/{args.run_command}", body)
+    result = target(args).api.call("POST", f"/runs/{args.run_id}/{args.run_command}", body)
     if args.run_command == "retrain":
         print(f"retraining run {result['child_run_id']} started from {args.run_id} "
               f"(tuneloop watch {result['child_run_id']})")  # fmt: skip
@@ -170,22 +205,22 @@ def cmd_run_decide(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    run = watch(local_state(), args.run_id, timeout=args.timeout)
+    run = watch(target(args), args.run_id, timeout=args.timeout)
     show_run(run)
     return 0 if run["state"] not in ("failed", "stopped", "rejected") else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    run = local_api().call("GET", f"/runs/{args.run_id}")
-    target = save_report(run, Path(args.out) if args.out else None)
-    print(f"report of run {run['run_id']} saved to {target}")
+    run = target(args).api.call("GET", f"/runs/{args.run_id}")
+    saved = save_report(run, Path(args.out) if args.out else None)
+    print(f"report of run {run['run_id']} saved to {saved}")
     for name, link in sorted(run["links"].items()):
         if name.startswith("plot:"):
             print(f"  {name[5:]:<22} {link}")
     if args.open:
         import webbrowser
 
-        webbrowser.open(target.as_uri())
+        webbrowser.open(saved.as_uri())
     return 0
 
 
@@ -223,30 +258,16 @@ def cmd_event_send(args: argparse.Namespace) -> int:
 
 
 def ui_backend(args: argparse.Namespace) -> Any:
-    """The API the dashboard forwards to: the local cloud's, or a deployed stage's (signed
-    with the caller's AWS credentials; its URL from --api-url or the stack's EndpointURL)."""
+    """The API the dashboard forwards to: the local cloud's, or a stage's (signed with the
+    caller's AWS credentials; its URL from --api-url, the stage profile or the stack)."""
+    from .stages import stage_target
     from .ui.server import LocalBackend, StageBackend
 
-    if not args.stage:
+    stage = args.stage or os.environ.get("TUNELOOP_STAGE")
+    if not stage:
         return LocalBackend(cloud.load_state)
-    import boto3
-
-    session = boto3.session.Session(region_name=args.region)
-    credentials = session.get_credentials()
-    if credentials is None:
-        raise CliError("no AWS credentials: the dashboard signs each call to a deployed API with yours")
-    url = args.api_url
-    if not url:
-        stack = args.stack or f"tuneloop-{args.stage}"
-        try:
-            described = session.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0]
-        except Exception as exc:  # botocore's errors, or no region configured
-            raise CliError(f"cannot read stack {stack}: {exc}; pass --api-url") from exc
-        outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
-        url = outputs.get("EndpointURL")
-        if not url:
-            raise CliError(f"stack {stack} has no EndpointURL output; pass --api-url")
-    return StageBackend(url, session.region_name or "us-east-1", credentials, args.stage)
+    api = stage_target(stage, args.region, args.profile).api
+    return StageBackend(args.api_url or api.base, api.region, api.credentials, stage)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -273,14 +294,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def dead_letters(args: argparse.Namespace) -> Any:
     """A deployed stage's dead-letter queues (--stage), or the local router's file."""
     from .dlq import LocalDeadLetters, StackDeadLetters
+    from .stages import LOCAL, StageProfile, check_stage_name, session
 
-    if not args.stage:
+    stage = args.stage or os.environ.get("TUNELOOP_STAGE")
+    if not stage or stage == LOCAL:
         return LocalDeadLetters(cloud.home() / "dead-letters.jsonl")
-    import boto3
-
-    session = boto3.session.Session(region_name=args.region)
-    stack = args.stack or f"tuneloop-{args.stage}"
-    return StackDeadLetters(session.client("cloudformation"), session.client("sqs"), session.client("lambda"), stack)
+    profile = StageProfile.load(check_stage_name(stage))
+    made = session(profile, args.region, args.profile)
+    stack = args.stack or profile.stack_name
+    return StackDeadLetters(made.client("cloudformation"), made.client("sqs"), made.client("lambda"), stack)
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
@@ -293,7 +315,8 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{"handler": d.handler, "reason": d.reason, "event": d.event} for d in letters], indent=2))
         return 0
-    where = f"stage {args.stage}" if args.stage else str(cloud.home() / "dead-letters.jsonl")
+    stage = args.stage or os.environ.get("TUNELOOP_STAGE")
+    where = f"stage {stage}" if stage and stage != "local" else str(cloud.home() / "dead-letters.jsonl")
     print(f"{len(letters)} dead letter{'' if len(letters) == 1 else 's'} ({where})")
     for letter in letters:
         print(f"  {letter.summary}")
@@ -376,7 +399,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(args)
 
 
+def stage_options() -> argparse.ArgumentParser:
+    """--stage, --profile and --region, as the AWS CLI has them, on every command that
+    reaches a cloud."""
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("where")
+    group.add_argument(
+        "--stage",
+        help="a deployed stage, reached with your AWS credentials (default: $TUNELOOP_STAGE, else the local "
+        "cloud; `local` is the local cloud reached as a stage is)",
+    )
+    group.add_argument("--profile", help="the AWS profile to use for the stage (default: the AWS configuration's)")
+    group.add_argument("--region", help="the stage's region (default: the stage profile's, then the AWS config's)")
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
+    where = stage_options()
     parser = argparse.ArgumentParser(prog="tuneloop", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tuneloop {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -387,21 +426,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the local cloud, saving the bucket").set_defaults(func=cmd_down)
     sub.add_parser("env", help='shell exports for the local cloud (eval "$(tuneloop env)")').set_defaults(func=cmd_env)
-    p = sub.add_parser("status", help="what runs where")
+    p = sub.add_parser("status", help="what runs where (the local cloud, or a stage)", parents=[where])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
     project = sub.add_parser("project", help="projects").add_subparsers(dest="project_command", required=True)
-    p = project.add_parser("create", help="create a project from a JSON file {name, config}")
+    p = project.add_parser("create", help="create a project from a JSON file {name, config}", parents=[where])
     p.add_argument("--file", required=True)
     p.add_argument("--name", help="override the name in the file")
     p.set_defaults(func=cmd_project_create)
-    project.add_parser("list").set_defaults(func=cmd_project_list)
-    p = project.add_parser("show")
+    project.add_parser("list", parents=[where]).set_defaults(func=cmd_project_list)
+    p = project.add_parser("show", parents=[where])
     p.add_argument("name")
     p.set_defaults(func=cmd_project_show)
 
-    p = sub.add_parser("drop", help="upload a dataset file to the project's dataset prefix")
+    p = sub.add_parser("drop", help="upload a dataset file to the project's dataset prefix", parents=[where])
     p.add_argument("file")
     p.add_argument("--project", required=True)
     p.add_argument("--dataset-id", help="default: a UTC timestamp")
@@ -410,26 +449,33 @@ def build_parser() -> argparse.ArgumentParser:
     feedback = sub.add_parser("feedback", help="labels for captured requests").add_subparsers(
         dest="feedback_command", required=True
     )
-    p = feedback.add_parser("send", help="upload a JSONL/CSV of {inference_id, label} under feedback/<project>/")
+    p = feedback.add_parser(
+        "send", help="upload a JSONL/CSV of {inference_id, label} under feedback/<project>/", parents=[where]
+    )
     p.add_argument("file")
     p.add_argument("--project", required=True)
     p.set_defaults(func=cmd_feedback_send)
-    p = feedback.add_parser("list", help="the newest feedback receipts (both doors)")
+    p = feedback.add_parser("list", help="the newest feedback receipts (both doors)", parents=[where])
     p.add_argument("--project", required=True)
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_feedback_list)
 
-    p = sub.add_parser("runs", help="list runs")
+    p = sub.add_parser("drops", help="uploads that started nothing, and why", parents=[where])
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_drops)
+
+    p = sub.add_parser("runs", help="list runs", parents=[where])
     p.add_argument("--project")
     p.add_argument("--state")
     p.set_defaults(func=cmd_runs)
 
     run = sub.add_parser("run", help="one run").add_subparsers(dest="run_command", required=True)
-    p = run.add_parser("show")
+    p = run.add_parser("show", parents=[where])
     p.add_argument("run_id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run_show)
-    p = run.add_parser("stop")
+    p = run.add_parser("stop", parents=[where])
     p.add_argument("run_id")
     p.set_defaults(func=cmd_run_stop)
     for name, text in (
@@ -437,17 +483,21 @@ def build_parser() -> argparse.ArgumentParser:
         ("reject", "reject a run waiting for manual approval"),
         ("retrain", "start a retraining run of a deployed run"),
     ):
-        p = run.add_parser(name, help=text)
+        p = run.add_parser(name, help=text, parents=[where])
         p.add_argument("run_id")
         p.add_argument("--reason", help="recorded in the run's history")
         p.set_defaults(func=cmd_run_decide)
 
-    p = sub.add_parser("report", help="save a run's evaluation report (report.html) and list its plots")
+    p = sub.add_parser(
+        "report", help="save a run's evaluation report (report.html) and list its plots", parents=[where]
+    )
     p.add_argument("run_id")
     p.add_argument("--out", help="where to save it (default: $TUNELOOP_HOME/reports/RUN/report.html)")
     p.add_argument("--open", action="store_true", help="open it in the browser")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("watch", help="follow a run: state, job status, epoch, step, loss, tuning trials")
+    p = sub.add_parser(
+        "watch", help="follow a run: state, job status, epoch, step, loss, tuning trials", parents=[where]
+    )
     p.add_argument("run_id")
     p.add_argument("--timeout", type=float, default=3600)
     p.set_defaults(func=cmd_watch)
@@ -462,11 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("list", cmd_dlq_list, "show the dead letters (they stay where they are)"),
         ("redrive", cmd_dlq_redrive, "deliver the dead letters to their handlers again"),
     ):
-        p = dlq.add_parser(name, help=text)
+        p = dlq.add_parser(name, help=text, parents=[where])
         p.add_argument("--handler", help="only this handler's (on_dataset_uploaded, on_sagemaker_event, on_alarm)")
-        p.add_argument("--stage", help="a deployed stage's queues (default: the local cloud's dead-letter file)")
-        p.add_argument("--stack", help="its CloudFormation stack (default: tuneloop-STAGE)")
-        p.add_argument("--region", help="the stage's region (default: the AWS configuration's)")
+        p.add_argument("--stack", help="the stage's CloudFormation stack (default: the stage profile's)")
         if name == "list":
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
@@ -491,14 +539,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="fail if the file is out of date")
     p.set_defaults(func=cmd_docs)
 
-    p = sub.add_parser("ui", help="the dashboard: projects, runs, tuning, evaluation, cost (127.0.0.1)")
-    p.add_argument("--port", type=int, default=0, help="default: a free one")
-    p.add_argument(
-        "--stage", help="a deployed stage's API, signed with your AWS credentials (default: the local cloud)"
+    p = sub.add_parser(
+        "ui", help="the dashboard: projects, runs, tuning, evaluation, cost (127.0.0.1)", parents=[where]
     )
-    p.add_argument("--region", help="the stage's region (default: the AWS configuration's)")
-    p.add_argument("--stack", help="the stage's CloudFormation stack (default: tuneloop-<stage>)")
-    p.add_argument("--api-url", help="the stage's API URL, instead of the stack's EndpointURL output")
+    p.add_argument("--port", type=int, default=0, help="default: a free one")
+    p.add_argument("--api-url", help="the stage's API URL, instead of the stage profile's or the stack's")
     p.add_argument("--no-open", action="store_true", help="print the link; do not open a browser")
     p.set_defaults(func=cmd_ui)
 

@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,34 @@ class CliError(Exception):
 
 
 class Api:
-    def __init__(self, state: cloud.CloudState) -> None:
-        self.base = state.api_url
-        self.token = state.token
+    """The app's HTTP API: the local cloud's (its bearer token) or a stage's (each call
+    signed with SigV4 for ``execute-api``, the API's IAM auth)."""
+
+    def __init__(
+        self, base: str, *, token: str | None = None, credentials: Any = None, region: str = "us-east-1",
+        where: str = "the local API",
+    ) -> None:  # fmt: skip
+        self.base = base.rstrip("/")
+        self.token = token
+        self.credentials = credentials
+        self.region = region
+        self.where = where
+
+    def _headers(self, method: str, url: str, data: bytes | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        if self.token is not None:
+            return {**headers, "Authorization": f"Bearer {self.token}"}
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        signed = AWSRequest(method=method, url=url, data=data or b"", headers=headers)
+        SigV4Auth(self.credentials.get_frozen_credentials(), "execute-api", self.region).add_auth(signed)
+        return dict(signed.headers)
 
     def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200, 201, 202)) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        request.add_header("Authorization", f"Bearer {self.token}")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
+        url = self.base + path
+        request = urllib.request.Request(url, data=data, method=method, headers=self._headers(method, url, data))
         try:
             with urllib.request.urlopen(request, timeout=30) as response:  # nosec B310  # the API's http(s) URL
                 payload = response.read()
@@ -45,11 +64,19 @@ class Api:
         except urllib.error.HTTPError as exc:
             payload, status = exc.read(), exc.code
         except OSError as exc:
-            raise CliError(f"cannot reach the local API at {self.base}: {exc}; is `tuneloop up` running?") from exc
-        parsed = json.loads(payload) if payload else None
+            hint = "; is `tuneloop up` running?" if self.token is not None else ""
+            raise CliError(f"cannot reach {self.where} at {self.base}: {exc}{hint}") from exc
+        try:
+            parsed = json.loads(payload) if payload else None
+        except json.JSONDecodeError:
+            parsed = None
         if status not in ok:
-            message = parsed.get("Message") if isinstance(parsed, dict) else payload.decode(errors="replace")
+            message = (
+                (parsed.get("Message") or parsed.get("message")) if isinstance(parsed, dict) else None
+            ) or payload.decode(errors="replace")[:300]
             raise CliError(f"{method} {path} → {status}: {message}")
+        if payload and parsed is None:
+            raise CliError(f"{method} {path}: {self.where} answered something that is not JSON")
         return parsed
 
 
@@ -61,11 +88,37 @@ def local_state() -> cloud.CloudState:
 
 
 def local_api() -> Api:
-    return Api(local_state())
+    return local_target().api
+
+
+@dataclass
+class Target:
+    """Where a command goes: the local cloud, or a stage. ``s3`` uploads to its data
+    bucket; ``sagemaker`` (the local cloud's) shows a training job's progress in `watch`."""
+
+    name: str
+    api: Api
+    bucket: str
+    s3: Callable[[], Any]
+    sagemaker: Callable[[], Any] | None = None
+    # Where to look when an upload starts nothing.
+    logs: str = ""
+
+
+def local_target(state: cloud.CloudState | None = None) -> Target:
+    state = state or local_state()
+    return Target(
+        "the local cloud",
+        Api(state.api_url, token=state.token),
+        state.bucket,
+        lambda: state.client("s3"),
+        (lambda: state.client("sagemaker")) if state.sagemaker_port else None,
+        f"`tuneloop dlq list`, `tuneloop drops` and {cloud.home() / 'logs' / 'host.log'}",
+    )
 
 
 def _upload(
-    state: cloud.CloudState,
+    target: Target,
     path: Path,
     project: str,
     key: str,
@@ -86,7 +139,7 @@ def _upload(
         raise CliError(f"{refused}: {exc}") from exc
     if path.stat().st_size == 0:
         raise CliError(f"{refused}: {path} is empty")
-    api = Api(state)
+    api = target.api
     try:
         why = check_project(api.call("GET", f"/projects/{project}"))
     except CliError as exc:
@@ -95,18 +148,21 @@ def _upload(
         raise
     if why:
         raise CliError(f"{refused}: {why}")
-    s3 = state.client("s3")
-    s3.upload_file(str(path), state.bucket, key)
-    head = s3.head_object(Bucket=state.bucket, Key=key)
+    s3 = target.s3()
+    try:
+        s3.upload_file(str(path), target.bucket, key)
+        head = s3.head_object(Bucket=target.bucket, Key=key)
+    except Exception as exc:  # botocore's and s3transfer's errors: the one line they carry
+        raise CliError(f"cannot upload to s3://{target.bucket}/{key} ({target.name}): {exc}") from exc
     identity = upload_identity(head.get("VersionId"), head.get("ETag"), head.get("ContentLength"))
-    uri = f"s3://{state.bucket}/{key}"
+    uri = f"s3://{target.bucket}/{key}"
     if identity is None:
         raise CliError(f"uploaded {uri}, but S3 gave it no ETag to find what it started by")
     return api, uri, identity
 
 
 def drop(
-    state: cloud.CloudState, path: Path, project: str, dataset_id: str | None = None, timeout: float = 60
+    target: Target, path: Path, project: str, dataset_id: str | None = None, timeout: float = 60
 ) -> tuple[str, str]:
     """Upload a dataset file under the project's drop prefix and return (its URI, the run
     its upload started). CliError says why no run will start, or why none did."""
@@ -114,8 +170,8 @@ def drop(
 
     dataset_id = dataset_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     key = f"datasets/{project}/{dataset_id}/{path.name}"
-    api, uri, identity = _upload(state, path, project, key, check_dataset_key, "no run would start")
-    run_id = run_id_for(state.bucket, key, identity)
+    api, uri, identity = _upload(target, path, project, key, check_dataset_key, "no run would start")
+    run_id = run_id_for(target.bucket, key, identity)
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -123,14 +179,11 @@ def drop(
             return uri, run_id
         except CliError as exc:
             if "→ 404" not in str(exc) or time.monotonic() > deadline:
-                raise CliError(
-                    f"uploaded {uri}, but no run started within {timeout:.0f}s "
-                    f"(see `tuneloop dlq list` and {cloud.home() / 'logs' / 'host.log'})"
-                ) from exc
+                raise CliError(f"uploaded {uri}, but no run started within {timeout:.0f}s (see {target.logs})") from exc
         time.sleep(0.25)
 
 
-def send_feedback(state: cloud.CloudState, path: Path, project: str, timeout: float = 60) -> dict[str, Any]:
+def send_feedback(target: Target, path: Path, project: str, timeout: float = 60) -> dict[str, Any]:
     """Upload a labels file under ``feedback/<project>/`` (the S3 door) and return the
     receipt the intake wrote for it: rows accepted, rows refused with line and reason."""
     from chalicelib.domain import names
@@ -145,16 +198,15 @@ def send_feedback(state: cloud.CloudState, path: Path, project: str, timeout: fl
         )
 
     key = f"feedback/{project}/{datetime.now(UTC):%Y%m%dT%H%M%SZ}/{path.name}"
-    api, uri, identity = _upload(state, path, project, key, check_feedback_key, "nothing would be stored", classifies)
-    delivery = names.derive_id("feedback", state.bucket, key, identity)
+    api, uri, identity = _upload(target, path, project, key, check_feedback_key, "nothing would be stored", classifies)
+    delivery = names.derive_id("feedback", target.bucket, key, identity)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for receipt in api.call("GET", f"/projects/{project}/feedback?limit=100")["receipts"]:
             if receipt.get("delivery") == delivery:
                 return dict(receipt)
         time.sleep(0.25)
-    raise CliError(f"uploaded {uri}, but no receipt within {timeout:.0f}s "
-                   f"(see `tuneloop dlq list` and {cloud.home() / 'logs' / 'host.log'})")  # fmt: skip
+    raise CliError(f"uploaded {uri}, but no receipt within {timeout:.0f}s (see {target.logs})")
 
 
 def describe_receipt(receipt: dict[str, Any]) -> str:
@@ -283,7 +335,7 @@ ACTIVE_STEPS = (
 )  # fmt: skip
 
 
-def watch(state: cloud.CloudState, run_id: str, until: tuple[str, ...] = (), timeout: float = 3600) -> dict[str, Any]:
+def watch(target: Target, run_id: str, until: tuple[str, ...] = (), timeout: float = 3600) -> dict[str, Any]:
     """Follow a run: its state; while it trains, the job's status, epoch, step and loss, and
     each finished epoch's validation metrics; while it tunes, the same for every running
     trial. Says what to do next when the run waits for a person.
@@ -291,8 +343,8 @@ def watch(state: cloud.CloudState, run_id: str, until: tuple[str, ...] = (), tim
     Returns the run once it reaches a state in ``until`` (or any state past training when
     ``until`` is empty), leaves the active states, or the timeout passes.
     """
-    api = Api(state)
-    sagemaker = state.client("sagemaker") if state.sagemaker_port else None
+    api = target.api
+    sagemaker = target.sagemaker() if target.sagemaker else None
     deadline = time.monotonic() + timeout
     shown: set[str] = set()
     last = ""

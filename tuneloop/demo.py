@@ -278,10 +278,10 @@ def run(args: argparse.Namespace) -> int:
         api.call("POST", "/projects", spec)
         timeline.mark(f"project {project} created ({spec['config']['task']} on {spec['config']['base_model']})")
         dataset = client.REPO_ROOT / "examples" / "data" / "reviews.jsonl"
-        _, first_id = client.drop(client.local_state(), dataset, project, dataset_id="sample-1")
+        _, first_id = client.drop(client.local_target(), dataset, project, dataset_id="sample-1")
         timeline.mark(f"dataset dropped: run {first_id} started")
         loop_began = time.monotonic()
-        first = client.watch(client.local_state(), first_id, timeout=900)
+        first = client.watch(client.local_target(), first_id, timeout=900)
         print()
         client.show_run(first)
         if first["state"] != "deployed":
@@ -322,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
         timeline.mark(f"{kind} alarm → retraining run {child['run_id']} ({started})")
         for reason in held:
             print(f"  also recorded: {reason}")
-        child = client.watch(state, child["run_id"], timeout=900)
+        child = client.watch(client.local_target(state), child["run_id"], timeout=900)
         print()
         client.show_run(child)
         gate = next((h["reason"] for h in child["history"] if h["event_kind"] == "evaluation.loaded"), "")

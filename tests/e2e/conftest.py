@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 def tuneloop(home: Path, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TUNELOOP_HOME": str(home)}
     for name in list(env):
-        if name.startswith("AWS_ENDPOINT_URL") or name == "TUNELOOP_BUCKET":
+        if name.startswith("AWS_ENDPOINT_URL") or name in ("TUNELOOP_BUCKET", "TUNELOOP_STAGE"):
             env.pop(name)  # the CLI finds the local cloud through its state file, nothing else
     process = subprocess.Popen(
         [sys.executable, "-m", "tuneloop.cli", *args],

@@ -121,6 +121,7 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     assert len([o for o in s3(state).list_objects_v2(Bucket=state["bucket"], Prefix="labels/demo/")["Contents"]
                 if o["Key"].endswith(".jsonl")]) == 1  # fmt: skip
     assert len(http(state, "GET", "/runs?project=demo")[1]["runs"]) == 1  # feedback starts no run
+    check_stage_commands(home, state, run_id, tmp_path)
 
     # A replayed SageMaker event, delivered through the router as EventBridge would: the
     # prepare job finished long ago, so the run ignores it as stale.
@@ -157,6 +158,30 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     state = json.loads((home / "state.json").read_text())
     assert http(state, "GET", "/runs")[1]["runs"] == []
     assert not (home / "sagemaker" / "processing").exists() and not (home / "sagemaker" / "hosting").exists()
+
+
+def check_stage_commands(home: Path, state: dict[str, Any], run_id: str, tmp_path: Path) -> None:
+    """The CLI's remote path, with the local cloud as the stage: every API call signed with
+    SigV4 (IAM auth), uploads through the stage's bucket; the same output and exit codes."""
+    assert "stage local (us-east-1): reachable" in tuneloop(home, "status", "--stage", "local").stdout
+    assert "deployed" in tuneloop(home, "runs", "--stage", "local", "--project", "demo").stdout
+    assert json.loads(tuneloop(home, "run", "show", run_id, "--stage", "local", "--json").stdout)["state"] == "deployed"
+    watched = tuneloop(home, "watch", run_id, "--stage", "local")
+    assert "deployed" in watched.stdout and "tuneloop run retrain" in watched.stdout
+    labels = tmp_path / "stage-labels.csv"
+    labels.write_text("inference_id,label\norder-17,negative\n")
+    sent = tuneloop(home, "feedback", "send", str(labels), "--project", "demo", "--stage", "local")
+    assert "stored 1 label(s)" in sent.stdout, sent.stdout
+    reviews = str(REPO / "examples/data/reviews.jsonl")
+    refused = tuneloop(home, "drop", reviews, "--project", "ghost", "--stage", "local", check=False)
+    assert refused.returncode == 2 and "there is no project 'ghost'" in refused.stderr
+    # An upload the CLI did not check (aws s3 cp) starts nothing, and says so where its
+    # uploader can look.
+    s3(state).put_object(Bucket=state["bucket"], Key="datasets/ghost/d1/reviews.jsonl", Body=b'{"text": "a"}\n')
+    wait_for(lambda: http(state, "GET", "/drops")[1]["refused"], 60, "the refused drop recorded")
+    shown = tuneloop(home, "drops", "--stage", "local").stdout
+    assert "s3://" + state["bucket"] + "/datasets/ghost/d1/reviews.jsonl: no project named 'ghost'" in shown
+    assert tuneloop(home, "drops", "--json").stdout == tuneloop(home, "drops", "--stage", "local", "--json").stdout
 
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -53,8 +53,8 @@ def s3(deps: Any) -> Iterator[Any]:
     except ClientError as exc:
         if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
             raise
-    # The bucket outlives a test (the tables do not): start from no labels.
-    for prefix in ("labels/", "feedback/"):
+    # The bucket outlives a test (the tables do not): start from no labels, no refusals.
+    for prefix in ("labels/", "feedback/", "refused/"):
         for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []):
             client.delete_object(Bucket=BUCKET, Key=o["Key"])
     yield client

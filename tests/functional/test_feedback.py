@@ -125,6 +125,8 @@ def test_a_dropped_csv_and_what_is_refused_whole(api: Api, demo: dict[str, Any],
     for key in ("feedback/demo/notes.txt", "feedback/ghost/labels.jsonl", "feedback/labels.jsonl"):
         assert "ignored" in api.invoke("on_dataset_uploaded", feedback_event(key, 10))
     assert not s3.list_objects_v2(Bucket=BUCKET, Prefix="labels/ghost/").get("Contents")
+    [refused] = api.call("GET", "/drops")[1]["refused"]
+    assert (refused["key"], refused["reason"]) == ("feedback/ghost/labels.jsonl", "no project named 'ghost'")
 
 
 def test_an_s3_failure_is_a_503_that_says_nothing_was_stored(

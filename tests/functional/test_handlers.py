@@ -44,7 +44,7 @@ def test_encoded_key_is_decoded_once(api: Api, demo: dict[str, Any]) -> None:
     assert run["dataset_uri"] == "s3://tuneloop-test/datasets/demo/my ds/c++ été.jsonl"
 
 
-def test_drops_that_start_nothing(api: Api, demo: dict[str, Any]) -> None:
+def test_drops_that_start_nothing(api: Api, demo: dict[str, Any], s3: Any) -> None:
     for key in (
         "other/demo/ds/x.jsonl",
         "datasets/ghost/ds/x.jsonl",
@@ -57,6 +57,12 @@ def test_drops_that_start_nothing(api: Api, demo: dict[str, Any]) -> None:
     foreign["detail"]["bucket"]["name"] = "someone-elses-bucket"
     assert "not tuneloop's bucket" in api.invoke("on_dataset_uploaded", foreign)["ignored"]
     assert runs(api) == []
+    # The drop for a project that does not exist is listed where its uploader can see it,
+    # once however often its event comes; what is no dataset at all is only logged.
+    api.invoke("on_dataset_uploaded", drop_event("datasets/ghost/ds/x.jsonl", event_id="again"))
+    [refused] = api.call("GET", "/drops")[1]["refused"]
+    assert refused["uri"] == "s3://tuneloop-test/datasets/ghost/ds/x.jsonl"
+    assert refused["reason"] == "no project named 'ghost'" and refused["refused_at"].endswith("Z")
 
 
 def sagemaker(fixture: str, run_id: str, event_id: str, **detail: Any) -> dict[str, Any]:

@@ -76,7 +76,7 @@ def test_the_lambda_roles_write_only_under_the_prefixes_the_code_writes(
                     break
         return real(self, operation, params)
 
-    # Every code path that writes: feedback by its two doors.
+    # Every code path that writes: feedback by its two doors, and a refused upload.
     labels = [{"inference_id": "req-1", "label": "positive"}]
     body = b'{"inference_id": "req-2", "label": "negative"}\n'
     s3.put_object(Bucket=BUCKET, Key="feedback/demo/day-1/labels.jsonl", Body=body)
@@ -84,13 +84,15 @@ def test_the_lambda_roles_write_only_under_the_prefixes_the_code_writes(
     assert api.call("POST", "/projects/demo/feedback", {"labels": labels})[0] == 202
     assert "feedback" in api.invoke("on_dataset_uploaded", feedback_event("feedback/demo/day-1/labels.jsonl",
                                                                           len(body)))  # fmt: skip
+    # An upload that starts nothing is recorded.
+    assert "ignored" in api.invoke("on_dataset_uploaded", feedback_event("feedback/ghost/labels.jsonl", 10))
     monkeypatch.undo()
 
     sites = write_sites()
     assert sites, "no S3 write found in the Lambda code: the search is broken"
     assert {(path, function) for path, function, _ in recorded} == sites, "a writing code path was not exercised"
     written = {key.split("/", 1)[0] + "/" for _, _, key in recorded}
-    assert written == {"labels/"}
+    assert written == {"labels/", "refused/"}
     for path in sorted((REPO / ".chalice").glob("policy-*.json")):
         prefixes = policy_write_prefixes(path)
         assert prefixes <= written, f"{path.name} lets the functions write under {sorted(prefixes - written)}"

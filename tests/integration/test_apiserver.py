@@ -3,6 +3,7 @@ a strict Content-Length."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 
 import app as app_module
+from tests.conftest import DEMO_CONFIG
+from tuneloop.local import sigv4
 from tuneloop.local.apiserver import ApiServer
 
 pytestmark = pytest.mark.integration
@@ -56,3 +59,61 @@ def test_a_foreign_host_header_is_refused(server: ApiServer) -> None:
     assert exchange(server, head) == "HTTP/1.1 403 Forbidden"
     head = f"GET /projects HTTP/1.1\nHost: localhost:{server.port}\nAuthorization: Bearer {TOKEN}\n"
     assert exchange(server, head) == "HTTP/1.1 200 OK"
+
+
+CREDENTIALS = sigv4.Credentials("TLOCAAAAAAAAAAAAAAAA", "s" * 40)
+
+
+@pytest.fixture
+def iam_server(deps: Any) -> Iterator[ApiServer]:
+    api = ApiServer(app_module.app, TOKEN, credentials=CREDENTIALS)
+    thread = threading.Thread(target=api.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield api
+    finally:
+        api.shutdown()
+        api.server_close()
+
+
+def test_a_call_signed_for_execute_api_is_iam_auth_as_on_a_stage(iam_server: ApiServer) -> None:
+    """How `tuneloop --stage local` calls the API: SigV4 with the local cloud's credentials,
+    checked as API Gateway's IAM auth checks it (the signature covers the body)."""
+    from botocore.credentials import Credentials
+
+    from tuneloop.client import Api, CliError
+
+    base = f"http://127.0.0.1:{iam_server.port}"
+    good = Credentials(CREDENTIALS.access_key, CREDENTIALS.secret_key)
+    api = Api(base, credentials=good, region="us-east-1", where="stage local's API")
+    created = api.call("POST", "/projects", {"name": "signed", "config": DEMO_CONFIG})
+    assert created["name"] == "signed"
+    assert [p["name"] for p in api.call("GET", "/projects")["projects"]] == ["signed"]
+    for credentials, reason in (
+        (Credentials(CREDENTIALS.access_key, "w" * 40), "the signature does not match"),
+        (Credentials("AKIAOTHEROTHEROTHER1", CREDENTIALS.secret_key), "the access key is not the local cloud's"),
+    ):
+        with pytest.raises(CliError, match=f"403: {reason}"):
+            Api(base, credentials=credentials).call("GET", "/projects")
+
+
+def test_a_signed_body_that_was_changed_is_refused(iam_server: ApiServer) -> None:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    url = f"http://127.0.0.1:{iam_server.port}/projects"
+    body = json.dumps({"name": "one", "config": DEMO_CONFIG}).encode()
+    signed = AWSRequest(method="POST", url=url, data=body, headers={"Content-Type": "application/json"})
+    SigV4Auth(Credentials(CREDENTIALS.access_key, CREDENTIALS.secret_key), "execute-api", "us-east-1").add_auth(signed)
+    head = f"POST /projects HTTP/1.1\nHost: 127.0.0.1:{iam_server.port}\n"
+    head += "".join(f"{k}: {v}\n" for k, v in signed.headers.items())
+    changed = body.replace(b"one", b"two")
+    assert exchange(iam_server, head + f"Content-Length: {len(changed)}\n", changed) == "HTTP/1.1 403 Forbidden"
+    assert exchange(iam_server, head + f"Content-Length: {len(body)}\n", body) == "HTTP/1.1 201 Created"
+    # Signed for another service: refused before the body is read.
+    signed = AWSRequest(method="GET", url=url, data=b"")
+    SigV4Auth(Credentials(CREDENTIALS.access_key, CREDENTIALS.secret_key), "s3", "us-east-1").add_auth(signed)
+    head = f"GET /projects HTTP/1.1\nHost: 127.0.0.1:{iam_server.port}\n"
+    head += "".join(f"{k}: {v}\n" for k, v in signed.headers.items())
+    assert exchange(iam_server, head) == "HTTP/1.1 403 Forbidden"

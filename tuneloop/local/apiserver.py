@@ -1,4 +1,6 @@
-"""The app's HTTP API on loopback, behind a bearer token generated at start-up.
+"""The app's HTTP API on loopback, behind a bearer token generated at start-up, or
+IAM auth as a deployed stage's API Gateway has it: a request signed with SigV4 for
+``execute-api`` by the local cloud's credentials (how ``tuneloop --stage local`` calls it).
 
 Requests go through Chalice's own local API Gateway emulation (routing, 405s, 415s),
 so the routes behave as on API Gateway; this layer adds what the deployed stages get
@@ -19,6 +21,7 @@ from typing import Any
 from chalice.config import Config
 from chalice.local import ForbiddenError, LocalGateway, LocalGatewayException
 
+from . import sigv4
 from .httpserve import Handler, LoopbackServer
 
 log = logging.getLogger("tuneloop.api")
@@ -32,9 +35,10 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 class ApiServer(LoopbackServer):
     idle_timeout_s = 30.0  # a client that stops sending gives its thread back
 
-    def __init__(self, app: Any, token: str, port: int = 0) -> None:
+    def __init__(self, app: Any, token: str, port: int = 0, credentials: sigv4.Credentials | None = None) -> None:
         self.gateway = LocalGateway(app, Config(chalice_stage="local", user_provided_params={"app_name": "tuneloop"}))
         self.token = token
+        self.credentials = credentials
         self.slots = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
         super().__init__(_Handler, port)
 
@@ -73,17 +77,33 @@ class _Handler(Handler):
         self.close_connection = True
         self._error(status, code, message, extra)
 
+    def _signed_headers(self) -> dict[str, list[str]]:
+        headers: dict[str, list[str]] = {}
+        for name, value in self.headers.items():
+            headers.setdefault(name.lower(), []).append(value)
+        return headers
+
     def _checked(self) -> None:
         supplied = self.headers.get("Authorization", "")
-        expected = f"Bearer {self.server.token}"
         host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
         if host not in LOOPBACK_HOSTS:
             return self._refuse(403, "Forbidden", f"Host {host!r} is not this machine's loopback")
-        if not hmac.compare_digest(supplied.encode(), expected.encode()):
+        credentials = self.server.credentials
+        signed = credentials is not None and supplied.startswith(sigv4.ALGORITHM + " ")
+        if credentials is not None and signed:
+            # IAM auth, as API Gateway checks it: the headers first, the body's hash after.
+            claim = sigv4.screen(self.command, self.path, self._signed_headers(), credentials)
+            reason = claim if isinstance(claim, str) else None
+            if not reason and not isinstance(claim, str) and claim.service != "execute-api":
+                reason = f"the request is signed for {claim.service}; the API takes execute-api"
+            if reason:
+                log.warning("refused %s %s: %s", self.command, self.path.split("?")[0][:200], reason)
+                return self._refuse(403, "AccessDeniedException", reason)
+        elif not hmac.compare_digest(supplied.encode(), f"Bearer {self.server.token}".encode()):
             return self._refuse(
                 401,
                 "Unauthorized",
-                "missing or wrong bearer token (see `tuneloop status`)",
+                "missing or wrong bearer token (see `tuneloop status`), or a SigV4 signature",
                 {"WWW-Authenticate": "Bearer"},
             )
         declared = self.headers.get("Content-Length") or "0"
@@ -93,6 +113,11 @@ class _Handler(Handler):
         if length > MAX_REQUEST_BYTES:
             return self._refuse(413, "PayloadTooLarge", f"request body over {MAX_REQUEST_BYTES} bytes")
         body = self.read_body(length) if length else None
+        if credentials is not None and signed:
+            reason = sigv4.verify(self.command, self.path, self._signed_headers(), body or b"", credentials)
+            if reason:
+                log.warning("refused %s %s: %s", self.command, self.path.split("?")[0][:200], reason)
+                return self._error(403, "AccessDeniedException", reason)
         headers = {k.lower(): v for k, v in self.headers.items() if k.lower() != "authorization"}
         try:
             response = self.server.gateway.handle_request(self.command, self.path, headers, body)

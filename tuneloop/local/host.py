@@ -24,6 +24,7 @@ from boto3.s3.transfer import TransferConfig
 from .apiserver import ApiServer
 from .cloud import QUEUED_EVENTS, etag_file
 from .files import write_atomic
+from .gateway import credentials_from_env
 from .router import EventRouter
 from .services import REPO_ROOT
 
@@ -159,14 +160,14 @@ def main() -> None:
     )
     alarms.start()
     try:
-        server = ApiServer(app_module.app, token, port)
+        server = ApiServer(app_module.app, token, port, credentials_from_env())
     except OSError as exc:
         # The port `up` last had (or one it picked) was taken meanwhile: any free one will
         # do, and host.json tells `up` which. A port the user asked for is kept or fails.
         if exc.errno != errno.EADDRINUSE or not port or os.environ.get("TUNELOOP_API_PORT_FIXED") == "1":
             raise
         log.warning("API port %d is taken; listening on a free one", port)
-        server = ApiServer(app_module.app, token, 0)
+        server = ApiServer(app_module.app, token, 0, credentials_from_env())
     ports = {"api_port": server.port, "sagemaker_port": sagemaker.port, "pid": os.getpid()}
     write_atomic(home / "host.json", json.dumps(ports), mode=0o600)  # appears whole, the owner's alone
     log.info("API on http://127.0.0.1:%d; routes: %s", server.port, [r.name for r in router.routes])
