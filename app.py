@@ -47,7 +47,14 @@ from chalicelib.feedback import FeedbackRefused, api_delivery, check_api_rows
 from chalicelib.intake import FEEDBACK_PREFIX as FEEDBACK_DROP_PREFIX
 from chalicelib.intake import IntakeIgnored, parse_feedback_created, parse_object_created
 from chalicelib.observability import logger
-from chalicelib.service import InvalidRequestError, ProjectNotFoundError, RunNotFoundError, utcnow
+from chalicelib.service import (
+    InvalidRequestError,
+    ProjectBusyError,
+    ProjectNotFoundError,
+    RunLimitError,
+    RunNotFoundError,
+    utcnow,
+)
 from chalicelib.store import BadPageTokenError, ProjectExistsError
 from chalicelib.store import ConflictError as StoreConflictError
 
@@ -116,6 +123,8 @@ def _http_errors(view: Callable[..., Any]) -> Callable[..., Any]:
             raise NotFoundError(f"no run {exc.args[0]!r}") from exc
         except ProjectExistsError as exc:
             raise ConflictError(f"project {exc.args[0]!r} already exists") from exc
+        except RunLimitError as exc:
+            raise ConflictError(str(exc)) from exc
         except StoreConflictError as exc:
             raise ConflictError(f"{exc.args[0]} changed meanwhile; retry") from exc
 
@@ -330,6 +339,28 @@ def list_feedback(name: str) -> dict[str, Any] | Response:
         return _unavailable(f"the receipts could not be read ({_aws_error(exc)}); retry")
 
 
+@app.route("/projects/{name}", methods=["DELETE"], authorizer=iam)
+@_http_errors
+def delete_project(name: str) -> dict[str, Any] | Response:
+    """Stop serving and delete what the project's runs made (endpoint, scaling, configs,
+    models, alarms; registered versions only with ?delete_models=true), then the project."""
+    flag = _params().get("delete_models", "false")
+    if flag not in ("true", "false"):
+        raise BadRequestError(f"delete_models: must be true or false, not {flag[:20]!r}")
+    current = deps.get()
+    tear_down = current.teardown.tear_down if current.teardown else None
+    try:
+        return current.service.delete_project(name, tear_down, flag == "true", _caller())
+    except ProjectBusyError as exc:
+        raise ConflictError(str(exc)) from exc
+    except (ClientError, BotoCoreError) as exc:
+        logger.exception("project not deleted", extra={"project": name})
+        said = f"{exc.operation_name}: {exc.response.get('Error', {}).get('Code')}" if isinstance(exc, ClientError) \
+            else type(exc).__name__  # fmt: skip
+        return _unavailable(f"the project's resources were not all deleted ({said}); the project is kept: "
+                            "delete it again (what is gone stays gone)")  # fmt: skip
+
+
 @app.route("/drops", methods=["GET"], authorizer=iam)
 @_http_errors
 def list_refused_drops() -> dict[str, Any] | Response:
@@ -413,14 +444,26 @@ def get_run(run_id: str) -> dict[str, Any]:
 @app.route("/runs/{run_id}/stop", methods=["POST"], authorizer=iam)
 @_http_errors
 def stop_run(run_id: str) -> Response:
-
-    reason = "stopped through the API"
-    event = StopRequested(event_id=f"stop-{run_id}", time=utcnow(), run_id=run_id, reason=reason, actor=_caller())
+    """Stop a run's job. A deployed run stops only with ``{"stop_serving": true}``: that
+    deletes the project's endpoint."""
+    body = _body(("stop_serving", "reason")) if app.current_request.raw_body else {}
+    stop_serving = body.get("stop_serving", False)
+    if not isinstance(stop_serving, bool):
+        raise BadRequestError("stop_serving: must be true or false")
+    reason = parse_reason(body, "stopped through the API")
+    event = StopRequested(event_id=f"stop-{'serving-' if stop_serving else ''}{run_id}", time=utcnow(), run_id=run_id,
+                          reason=reason, actor=_caller(), stop_serving=stop_serving)  # fmt: skip
     applied = deps.get().service.apply(run_id, event)
     assert applied.decision is not None
+    run = applied.decision.run
     if not applied.decision.changed and applied.decision.noop != "duplicate":
+        if run.state is RunState.DEPLOYED:
+            raise ConflictError(
+                f"run {run_id} serves {names.endpoint_name(run.project, stage=run.stage)}: stopping it deletes "
+                'that endpoint; ask with {"stop_serving": true} (tuneloop run stop --stop-serving)'
+            )
         raise ConflictError(f"run {run_id} cannot be stopped: {applied.decision.note}")
-    return Response({"run_id": run_id, "state": applied.decision.run.state.value}, status_code=202)
+    return Response({"run_id": run_id, "state": run.state.value}, status_code=202)
 
 
 def _decide_approval(run_id: str, approved: bool) -> Response:

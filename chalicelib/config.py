@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from .domain.limits import Limits
+from .domain.names import STAGE_NAME_RE
 
 
 class SettingsError(RuntimeError):
@@ -58,6 +59,11 @@ class Settings:
         if missing:
             raise SettingsError(f"missing environment variable(s): {', '.join(missing)}")
         stage = env.get("TUNELOOP_STAGE", "dev")
+        if not STAGE_NAME_RE.match(stage):
+            raise SettingsError(
+                f"TUNELOOP_STAGE={stage[:40]!r}: a stage is a lower-case letter, then up to 7 letters or digits "
+                "(it starts the name of everything the stage makes)"
+            )
         try:
             limits = Limits.from_env(env, stage)
         except ValueError as exc:

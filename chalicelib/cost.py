@@ -126,7 +126,7 @@ def endpoint_line(run: Run, region: str, now: datetime, since: datetime | None =
     price = hourly(region, "hosting", deployment["instance_type"])
     count = int(deployment["min_instances"])
     return {
-        "endpoint": names.endpoint_name(run.project),
+        "endpoint": names.endpoint_name(run.project, stage=run.stage),
         "type": "endpoint",
         "instance_type": deployment["instance_type"],
         "instance_count": count,

@@ -1,12 +1,12 @@
 """Serving: the requests that deploy, scale, watch and retire a run's model, and their executors.
 
-One endpoint per project (``tl-<project>``). The first model creates it; every later model
+One endpoint per project (``tl-<stage>-<project>``). The first model creates it; every later model
 replaces it blue/green (canary or linear traffic shifting, a baking period) with
 auto-rollback on alarms tuneloop creates for that deployment (any 5XX, model latency).
 Batch projects get a transform job instead. Request builders are pure, as in
 ``sagemaker.py``; executors take their boto3 clients in the constructor.
 
-Names are deterministic (``tl-<run>-model-1``, ``tl-<run>-config-1``), so a repeated command
+Names are deterministic (``tl-<stage>-<run>-model-1``, ``tl-<stage>-<run>-config-1``), so a repeated command
 finds what the first attempt made. SageMaker answers a repeated CreateModel or
 CreateEndpointConfig with a ValidationException ("Cannot create already existing …"),
 which counts as done here.
@@ -53,16 +53,16 @@ DRIFT_NAMESPACE = "tuneloop"
 ROLLBACK_METRICS = ("Invocation5XXErrors", "ModelLatency")
 
 
-def model_name(run_id: str) -> str:
-    return names.job_name(run_id, "model")
+def model_name(run: Run) -> str:
+    return names.job_name(run.run_id, "model", stage=run.stage)
 
 
-def endpoint_config_name(run_id: str) -> str:
-    return names.job_name(run_id, "config")
+def endpoint_config_name(run: Run) -> str:
+    return names.job_name(run.run_id, "config", stage=run.stage)
 
 
-def rollback_alarm_name(run_id: str, metric: str) -> str:
-    return f"tl-{run_id}-rollback-{metric.lower()}"
+def rollback_alarm_name(run: Run, metric: str) -> str:
+    return f"{names.prefix(run.stage)}{run.run_id}-rollback-{metric.lower()}"
 
 
 def batch_capture_uri(settings: Settings, project: str) -> str:
@@ -85,7 +85,7 @@ def model_request(run: Run, settings: Settings) -> dict[str, Any]:
         if sources:
             container["AdditionalModelDataSources"] = sources
     request: dict[str, Any] = {
-        "ModelName": model_name(run.run_id),
+        "ModelName": model_name(run),
         "PrimaryContainer": container,
         "ExecutionRoleArn": _require(settings.role_arn, "the SageMaker execution role"),
         "Tags": run_tags(run.run_id, run.project),
@@ -98,7 +98,7 @@ def model_request(run: Run, settings: Settings) -> dict[str, Any]:
 
 def endpoint_config_request(run: Run, settings: Settings) -> dict[str, Any]:
     deployment = run.config["deployment"]
-    variant: dict[str, Any] = {"VariantName": VARIANT, "ModelName": model_name(run.run_id)}
+    variant: dict[str, Any] = {"VariantName": VARIANT, "ModelName": model_name(run)}
     if deployment["serverless_memory_mb"]:
         variant["ServerlessConfig"] = {
             "MemorySizeInMB": deployment["serverless_memory_mb"],
@@ -111,7 +111,7 @@ def endpoint_config_request(run: Run, settings: Settings) -> dict[str, Any]:
             InitialVariantWeight=1.0,
         )
     request: dict[str, Any] = {
-        "EndpointConfigName": endpoint_config_name(run.run_id),
+        "EndpointConfigName": endpoint_config_name(run),
         "ProductionVariants": [variant],
         "Tags": run_tags(run.run_id, run.project),
     }
@@ -136,8 +136,8 @@ def create_endpoint_request(run: Run) -> dict[str, Any]:
     # The endpoint outlives runs: it is tagged with the project only, and its events are
     # matched to the run waiting on it.
     return {
-        "EndpointName": names.endpoint_name(run.project),
-        "EndpointConfigName": endpoint_config_name(run.run_id),
+        "EndpointName": names.endpoint_name(run.project, stage=run.stage),
+        "EndpointConfigName": endpoint_config_name(run),
         "Tags": [{"Key": PROJECT_TAG, "Value": run.project}],
     }
 
@@ -146,7 +146,7 @@ def rollback_alarm_requests(run: Run) -> list[dict[str, Any]]:
     """Alarms SageMaker watches while it shifts traffic; either one rolls the update back."""
     deployment = run.config["deployment"]
     dimensions = [
-        {"Name": "EndpointName", "Value": names.endpoint_name(run.project)},
+        {"Name": "EndpointName", "Value": names.endpoint_name(run.project, stage=run.stage)},
         {"Name": "VariantName", "Value": VARIANT},
     ]
     common = {
@@ -159,7 +159,7 @@ def rollback_alarm_requests(run: Run) -> list[dict[str, Any]]:
     }
     return [
         {
-            "AlarmName": rollback_alarm_name(run.run_id, "Invocation5XXErrors"),
+            "AlarmName": rollback_alarm_name(run, "Invocation5XXErrors"),
             "AlarmDescription": f"roll back run {run.run_id}'s deployment on any 5XX",
             "MetricName": "Invocation5XXErrors",
             "Statistic": "Sum",
@@ -168,7 +168,7 @@ def rollback_alarm_requests(run: Run) -> list[dict[str, Any]]:
             **common,
         },
         {
-            "AlarmName": rollback_alarm_name(run.run_id, "ModelLatency"),
+            "AlarmName": rollback_alarm_name(run, "ModelLatency"),
             "AlarmDescription": f"roll back run {run.run_id}'s deployment on slow answers",
             "MetricName": "ModelLatency",
             "ExtendedStatistic": "p99",
@@ -198,8 +198,8 @@ def update_endpoint_request(run: Run) -> dict[str, Any]:
     else:
         routing = {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0}
     request: dict[str, Any] = {
-        "EndpointName": names.endpoint_name(run.project),
-        "EndpointConfigName": endpoint_config_name(run.run_id),
+        "EndpointName": names.endpoint_name(run.project, stage=run.stage),
+        "EndpointConfigName": endpoint_config_name(run),
     }
     if not deployment["serverless_memory_mb"]:  # serverless variants update all at once
         request["DeploymentConfig"] = {
@@ -220,7 +220,7 @@ def update_endpoint_request(run: Run) -> dict[str, Any]:
 def autoscaling_requests(run: Run) -> tuple[dict[str, Any], dict[str, Any]]:
     """Target tracking on invocations per instance, between the config's min and max."""
     deployment = run.config["deployment"]
-    resource = f"endpoint/{names.endpoint_name(run.project)}/variant/{VARIANT}"
+    resource = f"endpoint/{names.endpoint_name(run.project, stage=run.stage)}/variant/{VARIANT}"
     target = {
         "ServiceNamespace": "sagemaker",
         "ResourceId": resource,
@@ -229,7 +229,7 @@ def autoscaling_requests(run: Run) -> tuple[dict[str, Any], dict[str, Any]]:
         "MaxCapacity": deployment["max_instances"],
     }
     policy = {
-        "PolicyName": f"tl-{run.project}-invocations",
+        "PolicyName": f"{names.endpoint_name(run.project, stage=run.stage)}-invocations",
         "ServiceNamespace": "sagemaker",
         "ResourceId": resource,
         "ScalableDimension": "sagemaker:variant:DesiredInstanceCount",
@@ -244,13 +244,13 @@ def autoscaling_requests(run: Run) -> tuple[dict[str, Any], dict[str, Any]]:
     return target, policy
 
 
-def drift_dimensions(project: str, run_id: str) -> list[dict[str, str]]:
+def drift_dimensions(project: str, run_id: str, *, stage: str) -> list[dict[str, str]]:
     """A monitoring metric's dimensions: the project, its endpoint and the run whose model
     answered. Each run's alarms watch its own series, so a new model's start with no data
     rather than its predecessor's numbers."""
     return [
         {"Name": "project", "Value": project},
-        {"Name": "endpoint", "Value": names.endpoint_name(project)},
+        {"Name": "endpoint", "Value": names.endpoint_name(project, stage=stage)},
         {"Name": "run", "Value": run_id},
     ]
 
@@ -261,10 +261,12 @@ def _monitoring_alarm(run: Run, name: str, metric: str, threshold: float, below:
     drift = run.config["drift"]
     return {
         "AlarmName": name,
-        "AlarmDescription": f"{metric} of {names.endpoint_name(run.project)}'s {about}; ALARM starts a retraining run",
+        "AlarmDescription": (
+            f"{metric} of {names.endpoint_name(run.project, stage=run.stage)}'s {about}; ALARM starts a retraining run"
+        ),
         "Namespace": DRIFT_NAMESPACE,
         "MetricName": metric,
-        "Dimensions": drift_dimensions(run.project, run.run_id),
+        "Dimensions": drift_dimensions(run.project, run.run_id, stage=run.stage),
         "Statistic": "Minimum" if below else "Maximum",
         "Period": drift["schedule_minutes"] * 60,
         "EvaluationPeriods": drift["evaluation_periods"],
@@ -280,7 +282,7 @@ def drift_alarm_requests(run: Run) -> list[dict[str, Any]]:
     return [
         _monitoring_alarm(
             run,
-            names.drift_alarm_name(run.run_id, metric),
+            names.drift_alarm_name(run.run_id, metric, stage=run.stage),
             metric,
             threshold,
             False,
@@ -297,7 +299,7 @@ def quality_alarm_requests(run: Run) -> list[dict[str, Any]]:
     return [
         _monitoring_alarm(
             run,
-            names.quality_alarm_name(run.run_id, metric),
+            names.quality_alarm_name(run.run_id, metric, stage=run.stage),
             metric,
             threshold,
             True,
@@ -322,7 +324,7 @@ def transform_request(command: StartTransformJob, run: Run, settings: Settings) 
     deployment = run.config["deployment"]
     request: dict[str, Any] = {
         "TransformJobName": command.job_name,
-        "ModelName": model_name(run.run_id),
+        "ModelName": model_name(run),
         "BatchStrategy": "SingleRecord",
         "TransformInput": {
             "DataSource": {
@@ -402,7 +404,7 @@ class DeploymentExecutors:
                 raise
             self._call(self._sagemaker, "create_endpoint", create_endpoint_request(run))
             return Outcome(done=True, note=f"creating endpoint {command.endpoint_name}")
-        if current.get("EndpointConfigName") == endpoint_config_name(run.run_id):
+        if current.get("EndpointConfigName") == endpoint_config_name(run):
             return Outcome(done=True, note=f"{command.endpoint_name} already runs this model (a repeat)")
         if current.get("EndpointStatus") in ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"):
             # Raised as transient: the reconciler tries again once the endpoint settles.
@@ -457,8 +459,8 @@ class DeploymentExecutors:
         assert isinstance(command, RetireDeployment)
         deleted = []
         for operation, key, name in (
-            ("delete_endpoint_config", "EndpointConfigName", endpoint_config_name(run.run_id)),
-            ("delete_model", "ModelName", model_name(run.run_id)),
+            ("delete_endpoint_config", "EndpointConfigName", endpoint_config_name(run)),
+            ("delete_model", "ModelName", model_name(run)),
         ):
             try:
                 getattr(self._sagemaker, operation)(**{key: name})

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .feedback import FeedbackInbox
     from .refusals import RefusedUploads
     from .reports import RunReports
+    from .teardown import ProjectTeardown
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class Deps:
     endpoints: EndpointViews | None = None
     # Uploads that started nothing (a drop for an unknown project), for GET /drops.
     refused: RefusedUploads | None = None
+    # What DELETE /projects/{name} deletes of a project's runs; None until SageMaker is configured.
+    teardown: ProjectTeardown | None = None
 
 
 _lock = threading.Lock()
@@ -72,6 +75,7 @@ def build(
     from .sagemaker import EvaluationLoader, SageMakerExecutors
     from .store import ProjectRepository, RunRepository
     from .sweeper import ResourceProbe
+    from .teardown import ProjectTeardown
 
     models.bind(config)
     runs = RunRepository(models.RunModel)
@@ -113,14 +117,18 @@ def build(
         offline_models=config.offline_models,
         limits=config.limits,
         new_data=NewDataCounter(s3, config.bucket, config.dataset_prefix) if config.bucket else None,
+        stage=config.stage,
     )
     reports = RunReports(s3, sagemaker, config) if sagemaker else None
     feedback = FeedbackInbox(s3, config.bucket, service.clock) if config.bucket else None
     cloudwatch = cloudwatch_client or LazyClient("cloudwatch")
-    endpoints = EndpointViews(sagemaker_client or LazyClient("sagemaker"), cloudwatch, service.clock)
+    endpoints = EndpointViews(sagemaker_client or LazyClient("sagemaker"), cloudwatch, service.clock, config.stage)
     refused = RefusedUploads(s3, config.bucket, service.clock) if config.bucket else None
+    teardown = ProjectTeardown(sagemaker_client or LazyClient("sagemaker"), cloudwatch,
+                               autoscaling_client or LazyClient("application-autoscaling"), config.stage)  # fmt: skip
     return Deps(settings=config, service=service, reports=reports, feedback=feedback,
-                endpoints=endpoints if config.role_arn else None, refused=refused)  # fmt: skip
+                endpoints=endpoints if config.role_arn else None, refused=refused,
+                teardown=teardown if config.role_arn else None)  # fmt: skip
 
 
 def get() -> Deps:

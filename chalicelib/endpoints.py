@@ -76,14 +76,15 @@ def _error(errors: list[str], what: str, exc: Exception) -> None:
 
 
 class EndpointViews:
-    def __init__(self, sagemaker: Any, cloudwatch: Any, clock: Callable[[], datetime]) -> None:
+    def __init__(self, sagemaker: Any, cloudwatch: Any, clock: Callable[[], datetime], stage: str = "") -> None:
         self._sagemaker = sagemaker
         self._cloudwatch = cloudwatch
         self._clock = clock
+        self._stage = stage
 
     def describe(self, project: str, errors: list[str]) -> dict[str, Any] | None:
         try:
-            return dict(self._sagemaker.describe_endpoint(EndpointName=names.endpoint_name(project)))
+            return dict(self._sagemaker.describe_endpoint(EndpointName=names.endpoint_name(project, stage=self._stage)))
         except ClientError as exc:
             if "Could not find" in str(exc) or exc.response.get("Error", {}).get("Code") == "ResourceNotFound":
                 return None
@@ -97,7 +98,9 @@ class EndpointViews:
         found: list[dict[str, Any]] = []
         try:
             paginator = self._cloudwatch.get_paginator("describe_alarms")
-            for page in paginator.paginate(AlarmNamePrefix=f"tl-{run.run_id}-", AlarmTypes=["MetricAlarm"]):
+            for page in paginator.paginate(
+                AlarmNamePrefix=f"{names.prefix(run.stage)}{run.run_id}-", AlarmTypes=["MetricAlarm"]
+            ):
                 for alarm in page.get("MetricAlarms", []):
                     found.append(
                         {
@@ -142,7 +145,7 @@ class EndpointViews:
     ) -> tuple[dict[str, list[list[Any]]], list[dict[str, Any]]]:
         """The endpoint's traffic series, and each model's monitoring metrics (those of its
         alarms, on its own series)."""
-        endpoint = names.endpoint_name(project)
+        endpoint = names.endpoint_name(project, stage=self._stage)
         dimensions = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": VARIANT}]
         queries = [
             {
@@ -164,7 +167,7 @@ class EndpointViews:
                         "Metric": {
                             "Namespace": DRIFT_NAMESPACE,
                             "MetricName": alarm["MetricName"],
-                            "Dimensions": drift_dimensions(project, run.run_id),
+                            "Dimensions": drift_dimensions(project, run.run_id, stage=run.stage),
                         },
                         "Period": period,
                         "Stat": alarm["Statistic"],
@@ -250,7 +253,7 @@ class EndpointViews:
         described = self.describe(project, errors)
         view: dict[str, Any] = {
             "project": project,
-            "endpoint": names.endpoint_name(project),
+            "endpoint": names.endpoint_name(project, stage=self._stage),
             "status": described.get("EndpointStatus") if described else None,
             "failure_reason": described.get("FailureReason", "") if described else "",
             "serving_run_id": serving.run_id if serving else None,
@@ -277,10 +280,10 @@ class EndpointViews:
         alarms = self.alarms(serving, errors) if serving else []
         view["alarms"] = alarms
         view["alarm_changes"] = self.alarm_changes([a["name"] for a in alarms], start, end, errors)
-        if described and serving and described.get("EndpointConfigName") != endpoint_config_name(serving.run_id):
+        if described and serving and described.get("EndpointConfigName") != endpoint_config_name(serving):
             errors.append(
                 f"the endpoint serves config {described.get('EndpointConfigName')}, not the deployed run's "
-                f"({endpoint_config_name(serving.run_id)})"
+                f"({endpoint_config_name(serving)})"
             )
         view["errors"] = errors
         return view
@@ -291,7 +294,10 @@ class EndpointViews:
         described = self.describe(project, errors)
         alarms = self.alarms(serving, errors) if serving else []
         return {
-            "endpoint": {"name": names.endpoint_name(project), "status": described.get("EndpointStatus")}
+            "endpoint": {
+                "name": names.endpoint_name(project, stage=self._stage),
+                "status": described.get("EndpointStatus"),
+            }
             if described
             else None,
             "open_alarms": [a for a in alarms if a["state"] == "ALARM"],

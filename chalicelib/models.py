@@ -109,6 +109,7 @@ class RunModel(Model):
     package_arn = UnicodeAttribute(null=True)
     metrics = JSONAttribute(default=dict)
     waiting_for_data = ListAttribute(of=UnicodeAttribute, default=list)
+    stage = UnicodeAttribute(null=True)
     history = ListAttribute(of=HistoryAttribute, default=list)
     # Commands of the last decision that have not run yet, as [{command, status, note}].
     outbox = JSONAttribute(null=True)

@@ -337,7 +337,7 @@ def drift_request(command: StartProcessingJob, run: Run, settings: Settings, lab
             "--project",
             run.project,
             "--endpoint",
-            names.endpoint_name(run.project),
+            names.endpoint_name(run.project, stage=run.stage),
             "--run-id",
             run.run_id,
             "--thresholds",
@@ -437,7 +437,11 @@ def training_definition(run: Run, settings: Settings) -> dict[str, Any]:
         # One checkpoint location for every attempt: a retry after a spot interruption
         # resumes where the interrupted attempt stopped. train.py keeps each hyperparameter
         # set's checkpoints in a folder of its own, so a tuning job's trials never share them.
-        "CheckpointConfig": {"S3Uri": f"{prefix}/checkpoints/", "LocalPath": "/opt/ml/checkpoints"},
+        # Under checkpoints/, which the bucket's lifecycle expires (they are only for resuming).
+        "CheckpointConfig": {
+            "S3Uri": f"s3://{settings.bucket}/checkpoints/{run.run_id}/",
+            "LocalPath": "/opt/ml/checkpoints",
+        },
     }
     if training["spot"]:
         definition["StoppingCondition"]["MaxWaitTimeInSeconds"] = training["max_wait_s"]
@@ -553,8 +557,9 @@ def serving_image(settings: Settings, run: Run) -> str:
     return _require(settings.inference_image, "the inference image")
 
 
-def package_group(project: str) -> str:
-    return f"tl-{project}"
+def package_group(run: Run) -> str:
+    """The project's model package group (named as its endpoint)."""
+    return names.endpoint_name(run.project, stage=run.stage)
 
 
 def model_package_request(
@@ -572,7 +577,7 @@ def model_package_request(
         metadata["tuneloop:parent-run-id"] = run.parent_run_id
     evaluation = evaluation_prefix(settings, run.run_id)
     request: dict[str, Any] = {
-        "ModelPackageGroupName": package_group(run.project),
+        "ModelPackageGroupName": package_group(run),
         "ModelPackageDescription": f"tuneloop run {run.run_id} of {run.project}: {run.config['base_model']}",
         "InferenceSpecification": {
             "Containers": [
@@ -794,16 +799,17 @@ class SageMakerExecutors:
 
     def start_tuning_job(self, command: Command, run: Run) -> Outcome:
         assert isinstance(command, StartTuningJob)
-        parent, note = self._warm_start_parent(command)
+        parent, note = self._warm_start_parent(command, run)
         request = tuning_request(command, run, self._settings, parent)
         outcome = self._create("create_hyper_parameter_tuning_job", request)
         return Outcome(done=outcome.done, note=f"{outcome.note}; {note}")
 
-    def _warm_start_parent(self, command: StartTuningJob) -> tuple[str | None, str]:
-        """The parent run's tuning job, when it tuned and has finished; else a cold start."""
+    def _warm_start_parent(self, command: StartTuningJob, run: Run) -> tuple[str | None, str]:
+        """The parent run's tuning job, when it tuned and has finished; else a cold start.
+        (A retraining run is of its parent's stage.)"""
         if not command.warm_start_from_run:
             return None, "cold start (no parent run)"
-        parent = names.job_name(command.warm_start_from_run, "tune")
+        parent = names.job_name(command.warm_start_from_run, "tune", stage=run.stage)
         try:
             status = self._client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=parent)[
                 "HyperParameterTuningJobStatus"
@@ -870,7 +876,7 @@ class SageMakerExecutors:
 
     def register_model_package(self, command: Command, run: Run) -> Outcome:
         assert isinstance(command, RegisterModelPackage)
-        group = package_group(run.project)
+        group = package_group(run)
         try:
             self._client.create_model_package_group(
                 ModelPackageGroupName=group,

@@ -7,7 +7,7 @@ import dataclasses
 import random
 import secrets
 import time as _time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,12 +25,13 @@ from .domain.events import (
     RunRequested,
     RunSuperseded,
     RunTimedOut,
+    StopRequested,
 )
-from .domain.limits import Limits
+from .domain.limits import UNLIMITED_ACTIVE_RUNS, Limits
 from .domain.machine import DUPLICATE, Decision, decide
 from .domain.project import ConfigError, check_project_name, normalise_config
 from .domain.run import Run
-from .domain.states import RunState
+from .domain.states import WORKING_STATES, RunState
 from .domain.waits import SWEPT_STATES, overdue
 from .executors import DeploymentPort, EvaluationPort, Executors, PermanentCommandError, SageMakerPort
 from .intake import DatasetDrop
@@ -66,6 +67,14 @@ class RunNotFoundError(LookupError):
 
 class ProjectNotFoundError(LookupError):
     pass
+
+
+class ProjectBusyError(RuntimeError):
+    """The project has runs on their way: deleting it would strand their jobs."""
+
+
+class RunLimitError(RuntimeError):
+    """A new run would pass the stage's limit on runs on their way; the message names it."""
 
 
 class InvalidRequestError(ValueError):
@@ -131,8 +140,11 @@ class RunService:
         offline_models: bool = False,
         limits: Limits | None = None,
         new_data: NewDataCount | None = None,
+        stage: str = "",
     ) -> None:
         self.projects = projects
+        # The prefix of every name a run of this stage makes (names.prefix).
+        self.stage = stage
         self.runs = runs
         # None: nothing counts new data (no bucket to look in), and alarms retrain as before.
         self.new_data = new_data
@@ -207,6 +219,68 @@ class RunService:
     def list_projects(self, limit: int, next_token: str | None) -> Page:
         return self.projects.page(limit, next_token)
 
+    def project_runs(self, name: str) -> list[Run]:
+        runs: list[Run] = []
+        token: str | None = None
+        while True:
+            page = self.runs.page(project=name, limit=100, next_token=token)
+            runs += [stored.run for stored in page.items]
+            token = page.next_token
+            if not token:
+                return runs
+
+    def _check_active_runs(self, project: str) -> None:
+        """Raise RunLimitError when the project, or the stage, has as many runs on their way
+        as its limit allows."""
+        per_project = self.limits.max_active_runs_per_project
+        if per_project >= UNLIMITED_ACTIVE_RUNS and self.limits.max_active_runs >= UNLIMITED_ACTIVE_RUNS:
+            return  # the stage sets no limit: nothing to count
+        mine = [s.run.run_id for s in self.runs.page(project=project, limit=100).items
+                if s.run.state in WORKING_STATES]  # fmt: skip
+        if len(mine) >= per_project:
+            raise RunLimitError(
+                f"project {project} has {len(mine)} runs on their way ({', '.join(mine[:5])}); stage "
+                f"{self.limits.stage} allows {per_project} per project (TUNELOOP_LIMIT_MAX_ACTIVE_RUNS_PER_PROJECT)"
+            )
+        limit = self.limits.max_active_runs
+        if limit >= UNLIMITED_ACTIVE_RUNS:
+            return
+        counted = 0
+        for state in WORKING_STATES:
+            counted += len(self.runs.page(state=state, limit=limit).items)
+            if counted >= limit:
+                raise RunLimitError(
+                    f"stage {self.limits.stage} has {counted} runs on their way; it allows {limit} "
+                    "(TUNELOOP_LIMIT_MAX_ACTIVE_RUNS)"
+                )
+
+    def delete_project(
+        self,
+        name: str,
+        tear_down: Callable[[str, Sequence[Run], bool], dict[str, Any]] | None,
+        delete_models: bool = False,
+        actor: str | None = None,
+    ) -> dict[str, Any]:
+        """Stop serving, delete what the project's runs made (tear_down), then the project.
+        Refused while a run is on its way (its job would be stranded); its runs stay, as
+        history. Returns what was deleted and what was kept."""
+        self.get_project(name)
+        runs = self.project_runs(name)
+        busy = [r for r in runs if not r.state.terminal and r.state is not RunState.DEPLOYED]
+        if busy:
+            listed = ", ".join(f"{r.run_id} ({r.state.value})" for r in busy[:5])
+            raise ProjectBusyError(f"project {name!r} has runs on their way: {listed}; stop or reject them first")
+        inventory: dict[str, Any] = tear_down(name, runs, delete_models) if tear_down else {"deleted": {}, "kept": {}}
+        # The deployed run stops serving (its own DeleteEndpoint finds the endpoint gone).
+        for run in runs:
+            if run.state is RunState.DEPLOYED:
+                stop = StopRequested(event_id=f"project-deleted-{run.run_id}", time=self.clock(), run_id=run.run_id,
+                                     reason=f"project {name} deleted", actor=actor, stop_serving=True)  # fmt: skip
+                self.apply(run.run_id, stop)
+        self.projects.delete(name)
+        inventory.setdefault("kept", {})["runs"] = [r.run_id for r in runs]
+        return {"project": name, **inventory}
+
     # --- starting runs ---------------------------------------------------------------------
 
     def check_dataset_uri(self, uri: Any, project: str) -> str:
@@ -247,6 +321,8 @@ class RunService:
                 f"project {project.name}: config.{exc.field}",
                 f"{exc.message} (the config predates a rule or limit; fix it with PUT /projects/{project.name})",
             ) from exc
+        if parent_run_id is None:
+            self._check_active_runs(project.name)
         now = self.clock()
         when = event_time or now
         run = Run(
@@ -257,6 +333,7 @@ class RunService:
             dataset_uri=dataset_uri,
             created_at=now,
             parent_run_id=parent_run_id,
+            stage=self.stage,
         )
         event = RunRequested(
             event_id=f"request-{run_id}",
@@ -294,6 +371,9 @@ class RunService:
             return Applied(None, ignored=f"no project named {drop.project!r}")
         except InvalidRequestError as exc:
             logger.warning("dataset for a project whose config is invalid ignored", extra={"reason": str(exc)})
+            return Applied(None, ignored=str(exc))
+        except RunLimitError as exc:
+            logger.warning("dataset refused: a run limit is reached", extra={"reason": str(exc), "key": drop.key})
             return Applied(None, ignored=str(exc))
         if not created:
             logger.info("dataset already started a run", extra={"run_id": stored.run.run_id, "key": drop.key})
@@ -529,7 +609,7 @@ class RunService:
         """Start the drift check of every deployed run whose schedule window has none yet.
 
         Monitoring, not a step of the run: the job's name is derived from the window
-        (``tl-<run>-drift-<window>``), so a repeat in the same window finds ResourceInUse,
+        (``tl-<stage>-<run>-drift-<window>``), so a repeat in the same window finds ResourceInUse,
         and its metrics reach the run only through its drift alarms. ``force`` checks now,
         at most ``limits.max_drift_checks_per_hour`` times an hour: forced checks share
         slots of an hour's share, and a second in the same slot is a repeat (``repeated``;
@@ -553,7 +633,7 @@ class RunService:
                     except Exception:
                         logger.exception("new data not looked for", extra={"run_id": run.run_id})
                 window = int(now.timestamp() // slot) if force else int(now.timestamp() // (minutes * 60))
-                name = names.job_name(run.run_id, "drift", window)
+                name = names.job_name(run.run_id, "drift", window, stage=run.stage)
                 command = StartProcessingJob(
                     run.run_id,
                     run.project,

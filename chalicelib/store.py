@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
+from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
 
 from .domain.commands import Command, command_from_dict
 from .domain.machine import Decision
@@ -127,7 +127,7 @@ BY_PROJECT_KEY = RUN_KEY | {"project", "created_at"}
 BY_STATE_KEY = RUN_KEY | {"state", "updated_at"}
 
 
-def _is_condition_failure(exc: PutError | UpdateError) -> bool:
+def _is_condition_failure(exc: PutError | UpdateError | DeleteError) -> bool:
     return exc.cause_response_code == "ConditionalCheckFailedException"
 
 
@@ -163,6 +163,18 @@ class ProjectRepository:
     def get(self, name: str) -> Project | None:
         item = self._load(name)
         return self._project(item) if item else None
+
+    def delete(self, name: str) -> None:
+        """Delete the project as it was read (its version): a change meanwhile is a conflict."""
+        item = self._load(name)
+        if item is None:
+            return
+        try:
+            item.delete()
+        except DeleteError as exc:
+            if _is_condition_failure(exc):
+                raise ConflictError(name) from exc
+            raise
 
     def page(self, limit: int = 50, next_token: str | None = None) -> Page:
         result = self._model.scan(limit=limit, last_evaluated_key=_decode_token(next_token, PROJECT_KEY))
@@ -458,6 +470,7 @@ class RunRepository:
             package_arn=run.package_arn,
             metrics=dict(run.metrics),
             waiting_for_data=list(run.waiting_for_data),
+            stage=run.stage or None,
             history=[
                 HistoryAttribute(
                     event_id=e.event_id,
@@ -490,6 +503,7 @@ class RunRepository:
             package_arn=item.package_arn,
             metrics=item.metrics or {},
             waiting_for_data=tuple(str(a) for a in item.waiting_for_data or ()),
+            stage=item.stage or "",
             history=tuple(
                 HistoryEntry(
                     event_id=h.event_id,

@@ -133,7 +133,7 @@ class ResourceProbe:
     def _registered_package(self, run: Run, now: datetime) -> DomainEvent | None:
         """The run's package: registered with its run id in CustomerMetadataProperties."""
         listed = self._client.list_model_packages(
-            ModelPackageGroupName=f"tl-{run.project}",
+            ModelPackageGroupName=names.endpoint_name(run.project, stage=run.stage),
             SortBy="CreationTime",
             SortOrder="Descending",
             MaxResults=PACKAGES_SEARCHED,
@@ -148,7 +148,7 @@ class ResourceProbe:
     def _evaluation_of(self, run: Run) -> DomainEvent | None:
         """A gating run whose loaded evaluation never reached it: read it again."""
         assert self._evaluation is not None
-        command = LoadEvaluation(run.run_id, run.project, names.job_name(run.run_id, "evaluate"))
+        command = LoadEvaluation(run.run_id, run.project, names.job_name(run.run_id, "evaluate", stage=run.stage))
         try:
             outcome = self._evaluation.load(command, run)
         except PermanentCommandError as exc:

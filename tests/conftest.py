@@ -32,6 +32,8 @@ if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
 
 EVENTS = Path(__file__).parent / "events"
 BUCKET = "tuneloop-test"
+# The stage the functional and integration tests run as: the prefix of every name (tl-test-…).
+STAGE = "test"
 
 
 def load_event(name: str, **overrides: Any) -> dict[str, Any]:
@@ -85,7 +87,7 @@ def settings(local_services: dict[str, Service]) -> Iterator[Any]:
 
     prefix = f"t{uuid.uuid4().hex[:10]}"
     config = Settings(
-        stage="test",
+        stage=STAGE,
         region="us-east-1",
         bucket=BUCKET,
         projects_table=f"{prefix}-projects",

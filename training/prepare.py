@@ -51,6 +51,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+if __name__ == "__main__":  # a processing job: the tested versions first (pins.py)
+    import pins
+
+    pins.ensure()
+
 import quality
 import spec
 

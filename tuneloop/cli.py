@@ -143,6 +143,26 @@ def cmd_project_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_project_delete(args: argparse.Namespace) -> int:
+    """Stop serving and delete what the project's runs made, then the project."""
+    what = "its endpoint, configs, models, alarms and scaling"
+    what += ", and every registered version" if args.delete_models else " (registered versions are kept)"
+    confirm(f"delete project {args.name}: {what}", args.yes)
+    query = "?delete_models=true" if args.delete_models else ""
+    result = target(args).api.call("DELETE", f"/projects/{args.name}{query}")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"project {result['project']} deleted")
+    for kind, listed in sorted(result.get("deleted", {}).items()):
+        shown = ", ".join(listed[:4]) + (" …" if len(listed) > 4 else "")
+        print(f"  deleted {len(listed):>3} {kind.replace('_', ' ')}: {shown}")
+    for kind, listed in sorted(result.get("kept", {}).items()):
+        if listed:
+            print(f"  kept    {len(listed):>3} {kind.replace('_', ' ')}")
+    return 0
+
+
 def cmd_drop(args: argparse.Namespace) -> int:
     uri, run_id = drop(target(args), Path(args.file), args.project, args.dataset_id)
     print(f"uploaded {uri}: run {run_id} started (tuneloop watch {run_id})")
@@ -186,8 +206,26 @@ def cmd_run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def confirm(question: str, yes: bool) -> None:
+    """Go on only with --yes, or a "yes" typed at a terminal."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError(f"{question}: pass --yes to confirm (no terminal to ask at)")
+    try:
+        answer = input(f"{question}? Type yes to go on: ")
+    except (EOFError, KeyboardInterrupt):
+        answer = ""
+    if answer.strip().lower() != "yes":
+        raise CliError("not confirmed; nothing was changed")
+
+
 def cmd_run_stop(args: argparse.Namespace) -> int:
-    result = target(args).api.call("POST", f"/runs/{args.run_id}/stop")
+    body = None
+    if args.stop_serving:
+        confirm(f"stop run {args.run_id} and delete the endpoint it serves", args.yes)
+        body = {"stop_serving": True}
+    result = target(args).api.call("POST", f"/runs/{args.run_id}/stop", body)
     print(f"run {result['run_id']} is {result['state']}")
     return 0
 
@@ -345,11 +383,14 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
 
 
 def cmd_configure(args: argparse.Namespace) -> int:
+    """Print the settings `deploy` would give a stage: the region's images (pinned), the
+    execution role, the training code's version. Writes nothing."""
     from . import configure
-    from .local.sagemaker import code_version, upload_code
+    from .local.sagemaker import code_version
 
-    source = REPO_ROOT / "training"
-    values = configure.stage_settings(args.stage, args.region, args.account_id, args.role_arn, code_version(source))
+    values = configure.stage_settings(
+        args.stage, args.region, args.account_id, args.role_arn, code_version(REPO_ROOT / "training")
+    )
     if args.pin_digests:
         import boto3
 
@@ -358,19 +399,18 @@ def cmd_configure(args: argparse.Namespace) -> int:
         print("images are by tag (--no-pin-digests): a moved tag changes what trains and serves", file=sys.stderr)
     for name, value in sorted(values.items()):
         print(f"{name}={value}")
-    # The execution role may pull these images and no others (the stack's parameter).
-    print(f"deploy with --parameter-overrides ImageRepositoryArns={','.join(configure.repository_arns(values))}")
-    if args.upload_code:
-        import boto3
-
-        bucket = values["TUNELOOP_CODE_URI"][5:].split("/", 1)[0]
-        print(
-            f"uploaded the training code to {upload_code(boto3.client('s3', region_name=args.region), source, bucket)}"
-        )
-    if not args.dry_run:
-        configure.write_stage(Path(args.config_file), args.stage, values)
-        print(f"wrote stage {args.stage} of {args.config_file}")
+    print(f"ImageRepositoryArns={','.join(configure.repository_arns(values))}")
+    print(f"(`tuneloop deploy --stage {args.stage} --region {args.region}` resolves and applies these)")
     return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from . import deploy
+
+    stage = args.stage or os.environ.get("TUNELOOP_STAGE")
+    if not stage or stage == "local":
+        raise CliError("deploy needs --stage (dev, prod): the local cloud is `tuneloop up`")
+    return deploy.run(stage, args.region, args.profile, args.yes)
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
@@ -439,6 +479,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = project.add_parser("show", parents=[where])
     p.add_argument("name")
     p.set_defaults(func=cmd_project_show)
+    p = project.add_parser(
+        "delete", help="stop serving; delete the endpoint, configs, models, alarms, scaling; then the project",
+        parents=[where],
+    )  # fmt: skip
+    p.add_argument("name")
+    p.add_argument("--delete-models", action="store_true", help="also delete the registered model versions")
+    p.add_argument("--yes", action="store_true", help="do not ask to confirm")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_project_delete)
 
     p = sub.add_parser("drop", help="upload a dataset file to the project's dataset prefix", parents=[where])
     p.add_argument("file")
@@ -475,8 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run_show)
-    p = run.add_parser("stop", parents=[where])
+    p = run.add_parser("stop", help="stop a run's job (a deployed run: only with --stop-serving)", parents=[where])
     p.add_argument("run_id")
+    p.add_argument("--stop-serving", action="store_true",
+                   help="stop a deployed run: delete the endpoint it serves (asks to confirm)")  # fmt: skip
+    p.add_argument("--yes", action="store_true", help="do not ask to confirm")
     p.set_defaults(func=cmd_run_stop)
     for name, text in (
         ("approve", "approve a run waiting for manual approval: it deploys"),
@@ -519,14 +571,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("configure", help="resolve the region's SageMaker images and write a stage's settings")
+    p = sub.add_parser("deploy", help="deploy a stage to AWS: bootstrap, images, package, change set", parents=[where])
+    p.add_argument("--yes", action="store_true", help="apply the change set without asking")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("configure", help="print the settings deploy would give a stage (writes nothing)")
     p.add_argument("--stage", default="dev")
     p.add_argument("--region", required=True)
     p.add_argument("--account-id", required=True)
     p.add_argument("--role-arn", help="default: the role infra/resources.json creates")
-    p.add_argument("--config-file", default=str(REPO_ROOT / ".chalice" / "config.json"))
-    p.add_argument("--upload-code", action="store_true", help="upload this version of training/ to the stage's bucket")
-    p.add_argument("--dry-run", action="store_true", help="print the settings, write nothing")
     p.add_argument(
         "--pin-digests",
         action=argparse.BooleanOptionalAction,

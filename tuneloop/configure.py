@@ -1,14 +1,14 @@
-"""`tuneloop configure`: resolve the region's SageMaker images and write a stage's settings.
+"""A stage's settings: the region's SageMaker images (pinned by digest), the execution role
+and the training code's location, as `tuneloop deploy` gives them to the stage's functions
+(and `tuneloop configure` prints them).
 
-Images are resolved here, at configure time, with the sagemaker SDK's ``image_uris``
+Images are resolved at deploy time, with the sagemaker SDK's ``image_uris``
 (offline: the SDK ships its image tables); the Lambda functions only read the result
 from their environment and never import the SDK.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 # The framework versions the training code is written and tested against.
@@ -84,18 +84,6 @@ def stage_settings(stage: str, region: str, account_id: str, role_arn: str | Non
         or f"arn:aws:iam::{account_id}:role/tuneloop-{stage}-sagemaker-execution",
         "TUNELOOP_CODE_URI": f"s3://{bucket}/code/{code_version}",
     }
-
-
-def write_stage(config_file: Path, stage: str, values: dict[str, str]) -> dict[str, Any]:
-    config = json.loads(config_file.read_text())
-    stages = config.setdefault("stages", {})
-    if stage not in stages:
-        raise ValueError(f"{config_file} has no stage {stage!r} (it has {', '.join(stages) or 'none'})")
-    stages[stage].setdefault("environment_variables", {}).update(values)
-    tmp = config_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    tmp.replace(config_file)
-    return dict(config)
 
 
 def _image_parts(uri: str) -> tuple[str, str, str, str]:

@@ -17,6 +17,8 @@ import random
 import time
 from typing import Any
 
+from chalicelib.domain import names
+
 from . import client
 from .client import CliError
 from .local import cloud
@@ -140,12 +142,12 @@ def wait_captured(state: cloud.CloudState, project: str, total: int, timeout: fl
 def drift_check(api: client.Api, state: cloud.CloudState, project: str, run_id: str) -> dict[str, Any]:
     """Run the project's drift check now and return the job's drift.json."""
     sagemaker, s3 = state.client("sagemaker"), state.client("s3")
-    before = {j["ProcessingJobName"] for j in sagemaker.list_processing_jobs(NameContains=f"tl-{run_id}-drift-")[
+    before = {j["ProcessingJobName"] for j in sagemaker.list_processing_jobs(NameContains=f"{run_id}-drift-")[
         "ProcessingJobSummaries"]}  # fmt: skip
     api.call("POST", f"/projects/{project}/drift-check")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        jobs = [j for j in sagemaker.list_processing_jobs(NameContains=f"tl-{run_id}-drift-")["ProcessingJobSummaries"]
+        jobs = [j for j in sagemaker.list_processing_jobs(NameContains=f"{run_id}-drift-")["ProcessingJobSummaries"]
                 if j["ProcessingJobName"] not in before]  # fmt: skip
         if jobs and jobs[0]["ProcessingJobStatus"] != "InProgress":
             job = jobs[0]["ProcessingJobName"]
@@ -254,7 +256,9 @@ def new_model_alarms(api: client.Api, project: str, run_id: str) -> str:
     none is in ALARM on its predecessor's numbers before a check of its own traffic."""
     view = api.call("GET", f"/projects/{project}/endpoint?hours=1")
     alarms = [
-        a for a in view.get("alarms", []) if a["name"].startswith(f"tl-{run_id}-") and "-rollback-" not in a["name"]
+        a
+        for a in view.get("alarms", [])
+        if names.run_id_from_name(a["name"]) == run_id and "-rollback-" not in a["name"]
     ]
     states = ", ".join(f"{a['metric']} {a['state']}" for a in alarms) or "none yet"
     switched = next((w["time"] for w in view.get("switches", []) if w["run_id"] == run_id), "?")
@@ -274,7 +278,8 @@ def run(args: argparse.Namespace) -> int:
         dashboard.offer_links()
         api = client.local_api()
         spec = json.loads((client.REPO_ROOT / "examples" / "demo-project.json").read_text())
-        project, endpoint = spec["name"], f"tl-{spec['name']}"
+        project = spec["name"]
+        endpoint = names.endpoint_name(project, stage=cloud.STAGE)
         api.call("POST", "/projects", spec)
         timeline.mark(f"project {project} created ({spec['config']['task']} on {spec['config']['base_model']})")
         dataset = client.REPO_ROOT / "examples" / "data" / "reviews.jsonl"

@@ -61,6 +61,9 @@ class RunRequested(DomainEvent):
 class StopRequested(DomainEvent):
     run_id: str
     reason: str = "stopped by request"
+    # A deployed run stops only when the request says to stop serving: that deletes the
+    # project's endpoint.
+    stop_serving: bool = False
 
     @property
     def kind(self) -> str:

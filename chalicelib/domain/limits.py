@@ -1,4 +1,4 @@
-"""What one stage lets a project spend (issue 11, item 5).
+"""What one stage lets a project spend.
 
 A project's config is checked against its stage's limits when it is saved and again when
 a run starts (a limit tightened since is a 400 that says what to fix), so a caller cannot
@@ -20,6 +20,9 @@ from typing import Any
 
 from .project import ConfigError
 
+# The active-run limits when a stage sets none: nothing is counted.
+UNLIMITED_ACTIVE_RUNS = 10000
+
 # An IAM StringLike pattern and fnmatch agree on these: letters, digits, '.', '-', '*', '?'.
 _PATTERN_RE = re.compile(r"^ml\.[a-z0-9.*?-]+$")
 
@@ -39,6 +42,11 @@ class Limits:
     # Drift checks asked for by hand (POST /projects/{name}/drift-check), per project;
     # unset, one a second (the local cloud's demo forces two in a row).
     max_drift_checks_per_hour: int = 3600
+    # Runs on their way (preparing to transforming) at once, per project and on the stage:
+    # past either, a new run is refused (a dropped dataset is recorded as refused, with why).
+    # Retraining runs are bounded by max_retrains_per_day and one at a time per project.
+    max_active_runs_per_project: int = UNLIMITED_ACTIVE_RUNS
+    max_active_runs: int = UNLIMITED_ACTIVE_RUNS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], stage: str = "local") -> Limits:

@@ -49,6 +49,7 @@ from .events import (
     ModelPackageChanged,
     ProcessingJobChanged,
     RetrainRequested,
+    StopRequested,
     TrainingJobChanged,
     TuningJobChanged,
 )
@@ -322,13 +323,19 @@ def _retrain_block(run: Run, event: Trigger, evidence: bool = True) -> str | Non
 def _prepare(run: Run, _: Any) -> list[Command]:
     return [
         StartProcessingJob(
-            run.run_id, run.project, names.job_name(run.run_id, "prepare"), step="prepare", input_uri=run.dataset_uri
+            run.run_id,
+            run.project,
+            names.job_name(run.run_id, "prepare", stage=run.stage),
+            step="prepare",
+            input_uri=run.dataset_uri,
         )
     ]
 
 
 def _train(run: Run, _: Any) -> list[Command]:
-    return [StartTrainingJob(run.run_id, run.project, names.job_name(run.run_id, "train", 1), attempt=1)]
+    return [
+        StartTrainingJob(run.run_id, run.project, names.job_name(run.run_id, "train", 1, stage=run.stage), attempt=1)
+    ]
 
 
 def _retrain_attempt(run: Run, _: Any) -> list[Command]:
@@ -338,7 +345,7 @@ def _retrain_attempt(run: Run, _: Any) -> list[Command]:
         StartTrainingJob(
             run.run_id,
             run.project,
-            names.job_name(run.run_id, "train", attempt),
+            names.job_name(run.run_id, "train", attempt, stage=run.stage),
             attempt=attempt,
             resume_from=run.awaiting,
         )
@@ -348,7 +355,10 @@ def _retrain_attempt(run: Run, _: Any) -> list[Command]:
 def _tune(run: Run, _: Any) -> list[Command]:
     return [
         StartTuningJob(
-            run.run_id, run.project, names.job_name(run.run_id, "tune"), warm_start_from_run=run.parent_run_id
+            run.run_id,
+            run.project,
+            names.job_name(run.run_id, "tune", stage=run.stage),
+            warm_start_from_run=run.parent_run_id,
         )
     ]
 
@@ -363,7 +373,7 @@ def _evaluate(source: Callable[[Run, Any], str]) -> Effect:
             StartProcessingJob(
                 run.run_id,
                 run.project,
-                names.job_name(run.run_id, "evaluate"),
+                names.job_name(run.run_id, "evaluate", stage=run.stage),
                 step="evaluate",
                 input_uri=source(run, event),
             )
@@ -387,15 +397,19 @@ def _update_approval(run: Run, event: ApprovalDecided) -> list[Command]:
 
 
 def _deploy(run: Run, _: Any) -> list[Command]:
-    return [DeployEndpoint(run.run_id, run.project, names.endpoint_name(run.project), run.model_source or "")]
+    return [
+        DeployEndpoint(
+            run.run_id, run.project, names.endpoint_name(run.project, stage=run.stage), run.model_source or ""
+        )
+    ]
 
 
 def _transform(run: Run, _: Any) -> list[Command]:
-    return [StartTransformJob(run.run_id, run.project, names.job_name(run.run_id, "transform"))]
+    return [StartTransformJob(run.run_id, run.project, names.job_name(run.run_id, "transform", stage=run.stage))]
 
 
 def _deployed(run: Run, _: Any) -> list[Command]:
-    endpoint = names.endpoint_name(run.project)
+    endpoint = names.endpoint_name(run.project, stage=run.stage)
     return [
         SupersedePrevious(run.run_id, run.project),
         ConfigureAutoscaling(run.run_id, run.project, endpoint),
@@ -437,12 +451,16 @@ def _stop(run: Run, _: Any) -> list[Command]:
     if job_type and run.awaiting:
         return [StopJob(run.run_id, job_type=job_type, job_name=run.awaiting)]
     if run.state is S.DEPLOYED:
-        return [DeleteEndpoint(run.run_id, names.endpoint_name(run.project))]
+        return [DeleteEndpoint(run.run_id, names.endpoint_name(run.project, stage=run.stage))]
     return []
 
 
 # --- the table ---------------------------------------------------------------------------
 
+_STOP_SERVING = Guard(
+    "the request asks to stop serving (stop_serving), which deletes the endpoint",
+    lambda run, e: isinstance(e, StopRequested) and e.stop_serving,
+)
 _TUNING = Guard("tuning ranges configured", _tuning_on)
 _NO_TUNING = Guard("no tuning ranges", lambda run, e: not _tuning_on(run, e))
 _RETRIES_LEFT = Guard("spot retries left", _retries_left)
@@ -615,7 +633,14 @@ ROWS: tuple[Row, ...] = (
         _child_run,
     ),
     Row(S.DEPLOYED, "run.superseded", S.SUPERSEDED, "a newer run is deployed", effect=_retire),
-    *(Row(state, "stop.requested", S.STOPPED, "stopped by request", effect=_stop) for state in _ACTIVE),
+    *(
+        Row(state, "stop.requested", S.STOPPED, "stopped by request", effect=_stop)
+        for state in _ACTIVE
+        if state is not S.DEPLOYED
+    ),
+    Row(
+        S.DEPLOYED, "stop.requested", S.STOPPED, "stopped serving by request; delete the endpoint", _STOP_SERVING, _stop
+    ),
     *(
         Row(state, "run.timed_out", S.FAILED, "timed out", effect=_stop if state in _JOB_TYPE_OF_STATE else None)
         for state in _TIMED

@@ -1,9 +1,15 @@
 """Deterministic names for runs and the AWS resources a run creates.
 
 Re-executing a command must find the resource it created the first time
-(``ResourceInUse``), so every name is derived, never random: run id + step + attempt.
-SageMaker names must match ``^[a-zA-Z0-9](-*[a-zA-Z0-9])*$``; tuning job names are
-limited to 32 characters, every other job name to 63.
+(``ResourceInUse``), so every name is derived, never random: stage + run id + step +
+attempt. SageMaker names must match ``^[a-zA-Z0-9](-*[a-zA-Z0-9])*$``; tuning job names
+are limited to 32 characters, every other job name to 63.
+
+Every name starts with its stage's prefix, ``tl-<stage>-`` (``tl-dev-…``): two stages in
+one account and region never share a resource, and each stage's policies allow only names
+with its own prefix. A run stored without a stage (made before stages were in names)
+keeps the names it started with, ``tl-…`` (``stage=""``); the code that ships passes its
+stage to every call here (a test reads the source to make sure).
 """
 
 from __future__ import annotations
@@ -16,9 +22,20 @@ RUN_ID_LENGTH = 12
 RUN_ID_RE = re.compile(rf"^[a-z2-7]{{{RUN_ID_LENGTH}}}$")
 PROJECT_NAME_RE = re.compile(r"^[a-z0-9](-?[a-z0-9])*$")
 PROJECT_NAME_MAX = 24
+# A stage's name is in every name it makes: short, so a tuning job's name fits 32 characters.
+STAGE_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 SAGEMAKER_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
-_RUN_PREFIX_RE = re.compile(rf"^tl-(?P<run_id>[a-z2-7]{{{RUN_ID_LENGTH}}})-")
-_JOB_NAME_RE = re.compile(rf"^tl-(?P<run_id>[a-z2-7]{{{RUN_ID_LENGTH}}})-(?P<step>[a-z]+)-(?P<attempt>\d+)")
+_STAGE = r"(?:(?P<stage>[a-z][a-z0-9]{0,7})-)?"
+_RUN_PREFIX_RE = re.compile(rf"^tl-{_STAGE}(?P<run_id>[a-z2-7]{{{RUN_ID_LENGTH}}})-")
+_JOB_NAME_RE = re.compile(rf"^tl-{_STAGE}(?P<run_id>[a-z2-7]{{{RUN_ID_LENGTH}}})-(?P<step>[a-z]+)-(?P<attempt>\d+)")
+
+
+def prefix(stage: str) -> str:
+    """``tl-<stage>-``: what every name the stage makes starts with (``tl-`` for a run
+    stored without a stage)."""
+    if stage and not STAGE_NAME_RE.match(stage):
+        raise ValueError(f"stage {stage!r} is not a lower-case letter followed by up to 7 letters or digits")
+    return f"tl-{stage}-" if stage else "tl-"
 
 
 def derive_id(*parts: str) -> str:
@@ -27,17 +44,18 @@ def derive_id(*parts: str) -> str:
     return base64.b32encode(digest).decode("ascii").lower()[:RUN_ID_LENGTH]
 
 
-def job_name(run_id: str, step: str, attempt: int = 1) -> str:
-    name = f"tl-{run_id}-{step}-{attempt}"
+def job_name(run_id: str, step: str, attempt: int = 1, *, stage: str = "") -> str:
+    name = f"{prefix(stage)}{run_id}-{step}-{attempt}"
     limit = 32 if step == "tune" else 63
     if len(name) > limit or not SAGEMAKER_NAME_RE.match(name):
         raise ValueError(f"cannot build a SageMaker name from {run_id!r}, {step!r}, {attempt}")
     return name
 
 
-def endpoint_name(project: str) -> str:
-    """One endpoint per project: later models replace earlier ones on it (blue/green)."""
-    return f"tl-{project}"
+def endpoint_name(project: str, *, stage: str = "") -> str:
+    """One endpoint per project: later models replace earlier ones on it (blue/green).
+    The project's model package group has the same name."""
+    return f"{prefix(stage)}{project}"
 
 
 def run_id_from_name(name: str) -> str | None:
@@ -57,12 +75,12 @@ def parse_job_name(name: str) -> tuple[str, str, int] | None:
     return match["run_id"], match["step"], int(match["attempt"])
 
 
-def drift_alarm_name(run_id: str, metric: str) -> str:
-    return f"tl-{run_id}-drift-{metric.replace('_', '-')}"
+def drift_alarm_name(run_id: str, metric: str, *, stage: str = "") -> str:
+    return f"{prefix(stage)}{run_id}-drift-{metric.replace('_', '-')}"
 
 
-def quality_alarm_name(run_id: str, metric: str) -> str:
-    return f"tl-{run_id}-quality-{metric.replace('_', '-')}"
+def quality_alarm_name(run_id: str, metric: str, *, stage: str = "") -> str:
+    return f"{prefix(stage)}{run_id}-quality-{metric.replace('_', '-')}"
 
 
 def monitored(alarm_name: str) -> str:
@@ -76,4 +94,7 @@ def monitored(alarm_name: str) -> str:
 
 def is_monitoring_alarm_of(alarm_name: str, run_id: str) -> bool:
     """A drift or production-quality alarm of this run: its ALARM may start a retraining run."""
-    return alarm_name.startswith((f"tl-{run_id}-drift-", f"tl-{run_id}-quality-"))
+    match = _RUN_PREFIX_RE.match(alarm_name or "")
+    if not match or match["run_id"] != run_id:
+        return False
+    return alarm_name[match.end() :].startswith(("drift-", "quality-"))

@@ -77,6 +77,8 @@ class Run:
     # The drift and quality alarms in ALARM whose retraining run waits for something new
     # to learn from (labels, a dataset); it starts when that arrives.
     waiting_for_data: tuple[str, ...] = ()
+    # The stage that made the run: the prefix of every name it makes (see names.prefix).
+    stage: str = ""
 
     def has_seen(self, event_id: str) -> bool:
         return any(entry.event_id == event_id for entry in self.history)

@@ -62,3 +62,8 @@ _RANK = {
     RunState.DEPLOYED: 8,
     **{state: 9 for state in TERMINAL_STATES},
 }
+
+# On their way: a job runs or is about to (what the stage's active-run limits count).
+WORKING_STATES = tuple(
+    s for s in RunState if not s.terminal and s not in (RunState.PENDING_APPROVAL, RunState.DEPLOYED)
+)

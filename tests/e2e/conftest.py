@@ -98,7 +98,9 @@ def cloudwatch(state: dict[str, Any]) -> Any:
 
 def invoke(state: dict[str, Any], text: str) -> Any:
     runtime = client(state, "sagemaker-runtime")
-    answer = runtime.invoke_endpoint(EndpointName="tl-demo", ContentType="application/json", Body=json.dumps(text))
+    answer = runtime.invoke_endpoint(
+        EndpointName="tl-local-demo", ContentType="application/json", Body=json.dumps(text)
+    )
     return json.loads(answer["Body"].read())
 
 

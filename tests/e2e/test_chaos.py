@@ -105,7 +105,9 @@ def test_runs_survive_host_crashes_at_random_moments(chaos_cloud: tuple[Path, di
     not_registered = {
         d["run_id"]: (d["state"], d["history"][-1]["reason"]) for d in details if d["state"] != "registered"
     }
-    expected = {names.job_name(d["run_id"], step) for d in details for step in ("prepare", "train", "evaluate")}
+    expected = {
+        names.job_name(d["run_id"], step, stage="local") for d in details for step in ("prepare", "train", "evaluate")
+    }
     made = jobs(state)
     duplicates = sorted(set(made) - expected) + sorted(j for j in set(made) if made.count(j) > 1)
     orphans = [

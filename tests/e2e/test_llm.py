@@ -63,14 +63,16 @@ def test_a_tiny_decoder_learns_an_instruction_task_through_the_whole_loop(
     assert "exact_match" in gate and "gate passed" in gate
     # A first model, so measured against its untuned base (a random decoder) on the same rows.
     assert "vs the untuned base model random:llama-small" in gate and "better beyond noise" in gate, gate
-    assert run["package_arn"].endswith("model-package/tl-llm/1")
+    assert run["package_arn"].endswith("model-package/tl-local-llm/1")
     check_generations_page(home, state, run, tmp_path)
 
     # The deployed model answers a conversation, rendered with the template it learned.
     runtime = client(state, "sagemaker-runtime")
     question = {"messages": [{"role": "user", "content": "reverse: apple river stone"}],
                 "parameters": {"max_new_tokens": 8}}  # fmt: skip
-    answer = runtime.invoke_endpoint(EndpointName="tl-llm", ContentType="application/json", Body=json.dumps(question))
+    answer = runtime.invoke_endpoint(
+        EndpointName="tl-local-llm", ContentType="application/json", Body=json.dumps(question)
+    )
     assert json.loads(answer["Body"].read())["generated_text"] == "stone river apple"
 
     # Streamed: the answer arrives in pieces (a PayloadPart per word as it is generated),
@@ -79,12 +81,12 @@ def test_a_tiny_decoder_learns_an_instruction_task_through_the_whole_loop(
     asked = {"messages": [{"role": "user", "content": "repeat: music light paper ocean"}],
              "parameters": {"max_new_tokens": 8}, "stream": True}  # fmt: skip
     whole = runtime.invoke_endpoint_with_response_stream(
-        EndpointName="tl-llm", ContentType="application/json", Body=json.dumps({**asked, "stream": False})
+        EndpointName="tl-local-llm", ContentType="application/json", Body=json.dumps({**asked, "stream": False})
     )
     [part] = [event["PayloadPart"]["Bytes"] for event in whole["Body"]]
     assert json.loads(part) == {"generated_text": "music light paper ocean"}
     streamed = runtime.invoke_endpoint_with_response_stream(
-        EndpointName="tl-llm", ContentType="application/json", Body=json.dumps(asked), InferenceId="streamed-1"
+        EndpointName="tl-local-llm", ContentType="application/json", Body=json.dumps(asked), InferenceId="streamed-1"
     )
     parts = [event["PayloadPart"]["Bytes"] for event in streamed["Body"]]
     assert len(parts) >= 4 and b"".join(parts).decode().strip() == "music light paper ocean", parts
@@ -213,7 +215,7 @@ def check_an_adapter_on_this_model(home: Path, state: dict[str, Any], base_run: 
     runtime = client(state, "sagemaker-runtime")
     for shown in run["evaluation"]["generations"][:6]:
         asked = {"inputs": shown["prompt"], "parameters": {"max_new_tokens": CONFIG["generation"]["max_new_tokens"]}}
-        answer = runtime.invoke_endpoint(EndpointName="tl-llm-lora", ContentType="application/json",
+        answer = runtime.invoke_endpoint(EndpointName="tl-local-llm-lora", ContentType="application/json",
                                          Body=json.dumps(asked))  # fmt: skip
         assert json.loads(answer["Body"].read())["generated_text"] == shown["generated"], shown
     check_generations_page(home, state, run, tmp_path)

@@ -79,7 +79,7 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
         "deploying",
         "deployed",
     ]
-    assert run["package_arn"].endswith("model-package/tl-demo/1")  # auto-approved into the registry
+    assert run["package_arn"].endswith("model-package/tl-local-demo/1")  # auto-approved into the registry
     trials = run["tuning"]["trials"]
     assert len(trials) == 2 and {t["status"] for t in trials} <= {"Completed", "Stopped"}
     assert trials[0]["chosen"] and trials[0]["training_job"] == run["model_source"]
@@ -100,16 +100,16 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     # The model serves on the project's endpoint, through SageMaker Runtime, and its
     # traffic is captured for the drift checks, under the run whose model answered.
     assert invoke(state, "a superb, sturdy kettle that works")["label"] in ("positive", "negative")
-    capture = f"capture/demo/{run_id}/tl-demo/AllTraffic/"
+    capture = f"capture/demo/{run_id}/tl-local-demo/AllTraffic/"
     wait_for(lambda: s3(state).list_objects_v2(Bucket=state["bucket"], Prefix=capture).get("KeyCount"), 30)
     run = wait_for(lambda: not (r := http(state, "GET", f"/runs/{run_id}")[1])["pending_commands"] and r)
-    alarms = cloudwatch(state).describe_alarms(AlarmNamePrefix=f"tl-{run_id}-drift-")["MetricAlarms"]
+    alarms = cloudwatch(state).describe_alarms(AlarmNamePrefix=f"tl-local-{run_id}-drift-")["MetricAlarms"]
     assert {a["MetricName"] for a in alarms} == set(normalise_config(config)["drift"]["thresholds"])
 
     # Feedback through the S3 door, as a user drops it: the upload reaches the intake by the
     # same rule as datasets; valid rows are stored, the bad one refused with its line.
     answer = client(state, "sagemaker-runtime").invoke_endpoint(
-        EndpointName="tl-demo", ContentType="application/json", Body=json.dumps("a kettle that works"),
+        EndpointName="tl-local-demo", ContentType="application/json", Body=json.dumps("a kettle that works"),
         InferenceId="order-17",
     )  # fmt: skip
     assert answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-sagemaker-inference-id"] == "order-17"
@@ -126,7 +126,7 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     # A replayed SageMaker event, delivered through the router as EventBridge would: the
     # prepare job finished long ago, so the run ignores it as stale.
     event = load_event("processing_job_completed")
-    event["detail"]["ProcessingJobName"] = names.job_name(run_id, "prepare")
+    event["detail"]["ProcessingJobName"] = names.job_name(run_id, "prepare", stage="local")
     event["detail"]["Tags"] = {}
     path = tmp_path / "event.json"
     path.write_text(json.dumps(event))
@@ -150,6 +150,8 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     # The dashboard, in a real browser, over this run (its screenshots go to TUNELOOP_ARTIFACTS).
     artifacts = Path(os.environ.get("TUNELOOP_ARTIFACTS") or tmp_path) / "dashboard"
     check_dashboard(home, state, http(state, "GET", f"/runs/{run_id}")[1], artifacts)
+
+    check_project_delete(home, state, run_id)
 
     # `up --clean` starts from nothing: no runs, and no SageMaker jobs, packages or endpoints
     # that would make a new run's deterministic job names look already done.
@@ -182,6 +184,43 @@ def check_stage_commands(home: Path, state: dict[str, Any], run_id: str, tmp_pat
     shown = tuneloop(home, "drops", "--stage", "local").stdout
     assert "s3://" + state["bucket"] + "/datasets/ghost/d1/reviews.jsonl: no project named 'ghost'" in shown
     assert tuneloop(home, "drops", "--json").stdout == tuneloop(home, "drops", "--stage", "local", "--json").stdout
+
+
+def inventory(state: dict[str, Any], prefix: str) -> dict[str, list[str]]:
+    """What bills or acts under a name prefix: endpoints, configs, models, alarms, scaling."""
+    sagemaker, targets = client(state, "sagemaker"), client(state, "application-autoscaling")
+    found = {
+        "endpoints": [e["EndpointName"] for e in sagemaker.list_endpoints()["Endpoints"]],
+        "alarms": [a["AlarmName"] for a in cloudwatch(state).describe_alarms()["MetricAlarms"]],
+        "scaling": [t["ResourceId"] for t in targets.describe_scalable_targets(ServiceNamespace="sagemaker")[
+            "ScalableTargets"]],
+    }  # fmt: skip
+    return {kind: [name for name in names_ if prefix in name] for kind, names_ in found.items()}
+
+
+def check_project_delete(home: Path, state: dict[str, Any], run_id: str) -> None:
+    """`project delete` through the stage's API: serving stops and nothing named for the
+    project is left; the registered version is kept, and so is the run, as history."""
+    before = inventory(state, "tl-local-")
+    assert before["endpoints"] == ["tl-local-demo"], before
+    refused = tuneloop(home, "project", "delete", "demo", "--stage", "local", check=False)
+    assert refused.returncode == 2 and "pass --yes to confirm" in refused.stderr
+    deleted = json.loads(tuneloop(home, "project", "delete", "demo", "--stage", "local", "--yes", "--json").stdout)
+    assert deleted["deleted"]["endpoints"] == ["tl-local-demo"]
+    assert f"tl-local-{run_id}-config-1" in deleted["deleted"]["endpoint_configs"]
+    assert f"tl-local-{run_id}-model-1" in deleted["deleted"]["models"]
+    assert sorted(deleted["deleted"].get("alarms", [])) == sorted(before["alarms"])
+    assert run_id in deleted["kept"]["runs"] and len(deleted["kept"]["model_packages"]) == 1
+    assert inventory(state, "tl-local-") == {"endpoints": [], "alarms": [], "scaling": []}
+    sagemaker = client(state, "sagemaker")
+    for call, key in (
+        (sagemaker.describe_endpoint_config, "EndpointConfigName"),
+        (sagemaker.describe_model, "ModelName"),
+    ):
+        with pytest.raises(sagemaker.exceptions.ClientError, match="Could not find"):
+            call(**{key: f"tl-local-{run_id}-{'config' if 'Config' in key else 'model'}-1"})
+    assert http(state, "GET", "/projects/demo")[0] == 404
+    assert http(state, "GET", f"/runs/{run_id}")[1]["state"] == "stopped"
 
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -265,7 +304,7 @@ def test_make_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert child, out[-3000:]
     assert "vs champion" in child[3] or "does not beat champion" in child[3]  # gated against the deployed model
     if child[2] == "DEPLOYED":
-        assert f"tl-demo serves tl-{child[1]}-config-1" in out and "is superseded" in out
+        assert f"tl-local-demo serves tl-local-{child[1]}-config-1" in out and "is superseded" in out
         # The new model's alarms watch its own series: none is in ALARM on its predecessor's numbers.
         alarms = re.search(r"its own monitoring alarms: (.*)", out)
         assert alarms and "prediction_psi" in alarms[1] and " ALARM" not in alarms[1], out[-3000:]

@@ -44,7 +44,10 @@ def test_the_sweeper_moves_a_run_whose_job_events_were_lost(lossy_cloud: tuple[P
 
     # Every processing job's events were dropped: the prepare and evaluate steps moved on
     # what Describe said, under derived ids; training's own events moved the rest.
-    prepare, evaluate = names.job_name(run_id, "prepare"), names.job_name(run_id, "evaluate")
+    prepare, evaluate = (
+        names.job_name(run_id, "prepare", stage="local"),
+        names.job_name(run_id, "evaluate", stage="local"),
+    )
     moved = {h["event_id"]: (h["from"], h["to"]) for h in run["history"]}
     assert moved[f"sweep-{prepare}:completed"] == ("preparing", "training")
     assert moved[f"sweep-{evaluate}:completed"] == ("evaluating", "gating")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BEATS_BASELINE, BUCKET, DEMO_CONFIG
+from tests.conftest import BEATS_BASELINE, BUCKET, DEMO_CONFIG, STAGE
 from tests.functional.conftest import Api
 
 DATASET = f"s3://{BUCKET}/datasets/demo/ds-1/reviews.jsonl"
@@ -151,6 +151,22 @@ def test_stop(api: Api, demo: dict[str, Any]) -> None:
     assert "StopJob" in kinds  # stopping the prepare job it had asked for
     assert api.call("POST", f"/runs/{run['run_id']}/stop")[0] == 202  # a retried stop is harmless
     assert api.call("POST", "/runs/nope/stop")[0] == 404
+    status, body = api.call("POST", f"/runs/{run['run_id']}/stop", {"stop_serving": "yes"})
+    assert status == 400 and "stop_serving: must be true or false" in body["Message"]
+
+
+def test_a_deployed_run_stops_serving_only_when_asked(api: Api, demo: dict[str, Any], deps: Any) -> None:
+    from tests.integration.test_drift_schedule import deployed
+
+    run_id = deployed(deps.service, "demo", DATASET)
+    status, body = api.call("POST", f"/runs/{run_id}/stop")
+    assert status == 409 and f"serves tl-{STAGE}-demo: stopping it deletes that endpoint" in body["Message"]
+    assert api.call("GET", f"/runs/{run_id}")[1]["state"] == "deployed"
+    status, body = api.call("POST", f"/runs/{run_id}/stop", {"stop_serving": True, "reason": "retired"})
+    assert status == 202 and body["state"] == "stopped"
+    full = api.call("GET", f"/runs/{run_id}")[1]
+    assert "retired" in full["history"][-1]["reason"]
+    assert "DeleteEndpoint" in [p["type"] for p in full["pending_commands"]]
 
 
 def test_manual_approval_through_the_api(api: Api, deps: Any) -> None:
@@ -165,9 +181,15 @@ def test_manual_approval_through_the_api(api: Api, deps: Any) -> None:
     service = deps.service
     assert api.call("POST", f"/runs/{run_id}/approve")[0] == 409  # nothing to approve yet
     steps = [
-        ProcessingJobChanged(event_id="p", time=T0, job_name=names.job_name(run_id, "prepare"), status="Completed"),
-        TrainingJobChanged(event_id="t", time=T0, job_name=names.job_name(run_id, "train", 1), status="Completed"),
-        ProcessingJobChanged(event_id="e", time=T0, job_name=names.job_name(run_id, "evaluate"), status="Completed"),
+        ProcessingJobChanged(
+            event_id="p", time=T0, job_name=names.job_name(run_id, "prepare", stage=STAGE), status="Completed"
+        ),
+        TrainingJobChanged(
+            event_id="t", time=T0, job_name=names.job_name(run_id, "train", 1, stage=STAGE), status="Completed"
+        ),
+        ProcessingJobChanged(
+            event_id="e", time=T0, job_name=names.job_name(run_id, "evaluate", stage=STAGE), status="Completed"
+        ),
         EvaluationLoaded(event_id="l", time=T0, run_id=run_id, metrics={"macro_f1": 0.9}, baseline=BEATS_BASELINE),
         ModelPackageChanged(
             event_id="m1",
@@ -351,3 +373,92 @@ def test_a_project_reads_only_its_own_inputs(api: Api, deps: Any) -> None:
     ours = api.call("POST", "/runs", {"project": "mine", "dataset_uri": f"s3://{BUCKET}/datasets/mine/x.jsonl"})
     own_model = f"s3://{BUCKET}/runs/{ours[1]['run_id']}/train/output/model.tar.gz"
     assert api.call("PUT", "/projects/mine", {"config": {**shared, "base_model": own_model}})[0] == 200
+
+
+def test_deleting_a_project_deletes_what_its_runs_made(api: Api, deps: Any) -> None:
+    """Serving stops, and the endpoint, its scaling, every run's configs, models and alarms
+    go; registered versions are kept unless asked; the runs stay as history."""
+    import dataclasses
+
+    import boto3
+    from botocore.stub import Stubber
+
+    from chalicelib import deps as deps_module
+    from chalicelib.deployment import monitoring_alarm_requests
+    from chalicelib.teardown import ProjectTeardown
+    from tests.integration.test_drift_schedule import deployed
+
+    assert api.call("POST", "/projects", {"name": "gone", "config": DEMO_CONFIG})[0] == 201
+    run_id = deployed(deps.service, "gone", DATASET.replace("/datasets/demo/", "/datasets/gone/"))
+    cloudwatch = boto3.client("cloudwatch")
+    for alarm in monitoring_alarm_requests(deps.service.runs.get(run_id).run):
+        cloudwatch.put_metric_alarm(**alarm)
+    sagemaker = boto3.client("sagemaker", region_name="us-east-1")
+    scaling = boto3.client("application-autoscaling", region_name="us-east-1")
+    endpoint, missing = f"tl-{STAGE}-gone", {"service_error_code": "ValidationException",
+                                            "service_message": "Could not find it"}  # fmt: skip
+    with Stubber(sagemaker) as sm, Stubber(scaling) as sc:
+        variant = f"endpoint/{endpoint}/variant/AllTraffic"
+        sc.add_response("deregister_scalable_target", {}, {"ServiceNamespace": "sagemaker", "ResourceId": variant,
+                        "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"})  # fmt: skip
+        sm.add_response("delete_endpoint", {}, {"EndpointName": endpoint})
+        sm.add_response("delete_endpoint_config", {}, {"EndpointConfigName": f"tl-{STAGE}-{run_id}-config-1"})
+        sm.add_response("delete_model", {}, {"ModelName": f"tl-{STAGE}-{run_id}-model-1"})
+        for _ in (2, 3):
+            sm.add_client_error("delete_endpoint_config", **missing)
+            sm.add_client_error("delete_model", **missing)
+        package = f"arn:aws:sagemaker:us-east-1:1:model-package/{endpoint}/1"
+        sm.add_response("list_model_packages", {"ModelPackageSummaryList": [{
+            "ModelPackageGroupName": endpoint, "ModelPackageArn": package, "CreationTime": "2026-12-06T00:00:00Z",
+            "ModelPackageStatus": "Completed"}]}, {"ModelPackageGroupName": endpoint})  # fmt: skip
+        deps_module.override(dataclasses.replace(deps, teardown=ProjectTeardown(sagemaker, cloudwatch, scaling, STAGE)))
+        try:
+            status, result = api.call("DELETE", "/projects/gone")
+        finally:
+            deps_module.override(deps)
+        sm.assert_no_pending_responses()
+    assert status == 200, result
+    assert result["deleted"]["endpoints"] == [endpoint] and result["deleted"]["scaling_targets"] == [variant]
+    assert result["deleted"]["endpoint_configs"] == [f"tl-{STAGE}-{run_id}-config-1"]
+    assert sorted(result["deleted"]["alarms"]) == sorted(a["AlarmName"] for a in monitoring_alarm_requests(
+        deps.service.runs.get(run_id).run))  # fmt: skip
+    assert result["kept"] == {"model_packages": [package], "runs": [run_id]}
+    assert not cloudwatch.describe_alarms(AlarmNamePrefix=f"tl-{STAGE}-{run_id}-")["MetricAlarms"]
+    assert api.call("GET", "/projects/gone")[0] == 404
+    assert api.call("GET", f"/runs/{run_id}")[1]["state"] == "stopped"
+    assert api.call("DELETE", "/projects/gone")[0] == 404
+
+
+def test_a_project_with_runs_on_their_way_is_not_deleted(api: Api, demo: dict[str, Any]) -> None:
+    run = api.call("POST", "/runs", {"project": "demo", "dataset_uri": DATASET})[1]
+    status, body = api.call("DELETE", "/projects/demo")
+    assert status == 409 and f"{run['run_id']} (preparing); stop or reject them first" in body["Message"]
+    status, body = api.call("DELETE", "/projects/demo?delete_models=yes")
+    assert status == 400 and "delete_models: must be true or false" in body["Message"]
+    assert api.call("GET", "/projects/demo")[0] == 200
+
+
+def test_runs_on_their_way_are_capped_per_project_and_per_stage(
+    api: Api, demo: dict[str, Any], deps: Any, s3: Any
+) -> None:
+    from chalicelib.domain.limits import Limits
+    from tests.functional.test_handlers import drop_event
+
+    deps.service.limits = Limits(stage="dev", max_active_runs_per_project=1, max_active_runs=2)
+    assert api.call("POST", "/runs", {"project": "demo", "dataset_uri": DATASET})[0] == 202
+    status, body = api.call("POST", "/runs", {"project": "demo", "dataset_uri": DATASET.replace("ds-1", "ds-2")})
+    assert status == 409 and "project demo has 1 runs on their way" in body["Message"]
+    assert "stage dev allows 1 per project (TUNELOOP_LIMIT_MAX_ACTIVE_RUNS_PER_PROJECT)" in body["Message"]
+    assert api.call("POST", "/projects", {"name": "other", "config": DEMO_CONFIG})[0] == 201
+    other = DATASET.replace("/datasets/demo/", "/datasets/other/")
+    assert api.call("POST", "/runs", {"project": "other", "dataset_uri": other})[0] == 202
+    assert api.call("POST", "/projects", {"name": "third", "config": DEMO_CONFIG})[0] == 201
+    third = DATASET.replace("/datasets/demo/", "/datasets/third/")
+    status, body = api.call("POST", "/runs", {"project": "third", "dataset_uri": third})
+    assert status == 409 and "stage dev has 2 runs on their way; it allows 2" in body["Message"]
+    assert len(api.call("GET", "/runs?limit=10")[1]["runs"]) == 2
+    # A dataset dropped past the limit starts nothing, and its uploader can see why.
+    assert "runs on their way" in api.invoke("on_dataset_uploaded", drop_event("datasets/demo/ds-9/x.jsonl"))["ignored"]
+    [refused] = api.call("GET", "/drops")[1]["refused"]
+    assert refused["key"] == "datasets/demo/ds-9/x.jsonl" and "TUNELOOP_LIMIT_MAX_ACTIVE_RUNS_PER_PROJECT" in refused[
+        "reason"]  # fmt: skip

@@ -29,9 +29,13 @@ from chalicelib.domain.project import normalise_config
 from chalicelib.domain.run import HistoryEntry, Run
 from chalicelib.domain.states import RunState
 from chalicelib.endpoints import EndpointViews, period_for
-from tests.conftest import DEMO_CONFIG
+from tests.conftest import DEMO_CONFIG, STAGE
 
 pytestmark = pytest.mark.integration
+
+
+def endpoint_of(project: str) -> str:
+    return names.endpoint_name(project, stage=STAGE)
 
 
 def now() -> datetime:
@@ -45,7 +49,7 @@ def commit(deps: Any, project: str, state: RunState, seed: str) -> Run:
     since = now() - timedelta(hours=2)
     entry = HistoryEntry(f"e-{seed}", "endpoint.in_service", RunState.DEPLOYING, state, "test", since)
     run = Run(run_id, project, state, config, f"s3://b/datasets/{project}/d.jsonl", now() - timedelta(hours=3),
-              history=(entry,))  # fmt: skip
+              history=(entry,), stage=STAGE)  # fmt: skip
     deps.service.runs.commit(None, Decision(run=run, commands=(), note="test"), now())
     return run
 
@@ -61,7 +65,7 @@ def predecessor(deps: Any, project: str) -> Run:
                      now() - timedelta(hours=2)),
     )  # fmt: skip
     run = Run(run_id, project, RunState.SUPERSEDED, config, f"s3://b/datasets/{project}/d.jsonl",
-              now() - timedelta(hours=5), history=history)  # fmt: skip
+              now() - timedelta(hours=5), history=history, stage=STAGE)  # fmt: skip
     deps.service.runs.commit(None, Decision(run=run, commands=(), note="test"), now())
     return run
 
@@ -69,16 +73,16 @@ def predecessor(deps: Any, project: str) -> Run:
 def described(project: str, serving: Run, new: Run) -> dict[str, Any]:
     """DescribeEndpoint while a canary update has 10% of traffic on the new fleet."""
     return {
-        "EndpointName": names.endpoint_name(project),
-        "EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{names.endpoint_name(project)}",
-        "EndpointConfigName": endpoint_config_name(serving.run_id),
+        "EndpointName": names.endpoint_name(project, stage=STAGE),
+        "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/" + names.endpoint_name(project, stage=STAGE),
+        "EndpointConfigName": endpoint_config_name(serving),
         "ProductionVariants": [{"VariantName": VARIANT, "CurrentWeight": 0.9, "DesiredWeight": 0.9,
                                 "CurrentInstanceCount": 1, "DesiredInstanceCount": 1}],
         "EndpointStatus": "Updating",
         "CreationTime": now() - timedelta(hours=3),
         "LastModifiedTime": now(),
         "PendingDeploymentSummary": {
-            "EndpointConfigName": endpoint_config_name(new.run_id),
+            "EndpointConfigName": endpoint_config_name(new),
             "StartTime": now() - timedelta(minutes=2),
             "ProductionVariants": [{
                 "VariantName": VARIANT, "CurrentWeight": 0.1, "DesiredWeight": 1.0, "CurrentInstanceCount": 1,
@@ -98,7 +102,7 @@ def watched(deps: Any, api: Any, local_services: Any) -> Any:
     new = commit(deps, project, RunState.DEPLOYING, "new")
     old = predecessor(deps, project)
     cloudwatch = boto3.client("cloudwatch")
-    endpoint = names.endpoint_name(project)
+    endpoint = names.endpoint_name(project, stage=STAGE)
     dimensions = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": VARIANT}]
     minute = now().replace(second=0) - timedelta(minutes=10)
     cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=[
@@ -113,18 +117,20 @@ def watched(deps: Any, api: Any, local_services: Any) -> Any:
         cloudwatch.put_metric_alarm(**alarm)
     psi = next(a for a in alarms if a["MetricName"] == "prediction_psi")
     cloudwatch.put_metric_data(Namespace="tuneloop", MetricData=[
-        {"MetricName": "prediction_psi", "Dimensions": drift_dimensions(project, serving.run_id), "Value": v,
+        {"MetricName": "prediction_psi", "Dimensions": drift_dimensions(project, serving.run_id, stage=STAGE),
+         "Value": v,
          "Timestamp": minute + timedelta(minutes=n)} for n, v in enumerate((0.05, 0.41))
     ])  # fmt: skip
     # The model it replaced two hours ago drifted far more: its own series, not the serving one's.
     cloudwatch.put_metric_data(Namespace="tuneloop", MetricData=[
-        {"MetricName": "prediction_psi", "Dimensions": drift_dimensions(project, old.run_id), "Value": 2.98,
+        {"MetricName": "prediction_psi", "Dimensions": drift_dimensions(project, old.run_id, stage=STAGE),
+         "Value": 2.98,
          "Timestamp": now() - timedelta(hours=3)}])  # fmt: skip
     cloudwatch.set_alarm_state(AlarmName=psi["AlarmName"], StateValue="ALARM", StateReason="0.41 > 0.2")
     sagemaker = boto3.client("sagemaker", region_name="us-east-1")
     stubber = Stubber(sagemaker)
     stubber.activate()
-    views = EndpointViews(sagemaker, cloudwatch, lambda: datetime.now(UTC))
+    views = EndpointViews(sagemaker, cloudwatch, lambda: datetime.now(UTC), STAGE)
     deps_module.override(dataclasses.replace(deps, endpoints=views))
     try:
         yield {"project": project, "serving": serving, "new": new, "old": old, "stubber": stubber, "psi": psi,
@@ -135,7 +141,9 @@ def watched(deps: Any, api: Any, local_services: Any) -> Any:
 
 def test_the_endpoint_view_shows_traffic_latency_drift_and_alarm_changes(api: Any, watched: Any) -> None:
     project, serving, new = watched["project"], watched["serving"], watched["new"]
-    watched["stubber"].add_response("describe_endpoint", watched["answer"], {"EndpointName": f"tl-{project}"})
+    watched["stubber"].add_response(
+        "describe_endpoint", watched["answer"], {"EndpointName": names.endpoint_name(project, stage=STAGE)}
+    )
     status, view = api.call("GET", f"/projects/{project}/endpoint?hours=1")
     assert status == 200, view
     assert view["errors"] == [] and view["status"] == "Updating"
@@ -173,7 +181,9 @@ def test_the_endpoint_view_shows_traffic_latency_drift_and_alarm_changes(api: An
     watched["stubber"].assert_no_pending_responses()
 
     # Over six hours: the model it replaced too, its series apart, and the switch marked.
-    watched["stubber"].add_response("describe_endpoint", watched["answer"], {"EndpointName": f"tl-{project}"})
+    watched["stubber"].add_response(
+        "describe_endpoint", watched["answer"], {"EndpointName": names.endpoint_name(project, stage=STAGE)}
+    )
     status, view = api.call("GET", f"/projects/{project}/endpoint?hours=6")
     old = watched["old"]
     assert status == 200 and [m["run_id"] for m in view["models"]][:2] == [old.run_id, serving.run_id], view["models"]
@@ -187,12 +197,14 @@ def test_the_endpoint_view_shows_traffic_latency_drift_and_alarm_changes(api: An
 
 def test_the_status_line_has_the_endpoint_and_its_open_alarms(api: Any, watched: Any) -> None:
     project = watched["project"]
-    watched["stubber"].add_response("describe_endpoint", watched["answer"], {"EndpointName": f"tl-{project}"})
+    watched["stubber"].add_response(
+        "describe_endpoint", watched["answer"], {"EndpointName": names.endpoint_name(project, stage=STAGE)}
+    )
     status, view = api.call("GET", f"/projects/{project}/status")
     assert status == 200, view
     assert view["deployed_run_id"] == watched["serving"].run_id
     assert view["last_run"]["run_id"] in (watched["serving"].run_id, watched["new"].run_id)
-    assert view["endpoint"] == {"name": f"tl-{project}", "status": "Updating"}
+    assert view["endpoint"] == {"name": names.endpoint_name(project, stage=STAGE), "status": "Updating"}
     assert [a["name"] for a in view["open_alarms"]] == [watched["psi"]["AlarmName"]]
     assert view["errors"] == []
 
@@ -279,7 +291,7 @@ def test_the_endpoint_page_during_a_canary_in_a_browser(deps: Any, watched: Any,
     from tests.e2e.dashboard import AXE, SERIOUS
 
     project = watched["project"]
-    views = EndpointViews(Described(watched["answer"]), boto3.client("cloudwatch"), lambda: datetime.now(UTC))
+    views = EndpointViews(Described(watched["answer"]), boto3.client("cloudwatch"), lambda: datetime.now(UTC), STAGE)
     deps_module.override(dataclasses.replace(deps, endpoints=views))
     artifacts = Path(os.environ.get("TUNELOOP_ARTIFACTS") or tmp_path) / "dashboard"
     artifacts.mkdir(parents=True, exist_ok=True)

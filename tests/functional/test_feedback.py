@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BUCKET, DEMO_CONFIG, load_event
+from tests.conftest import BUCKET, DEMO_CONFIG, STAGE, load_event
 from tests.functional.conftest import Api
 
 
@@ -183,7 +183,7 @@ def test_a_drift_alarm_waits_for_labels_and_their_arrival_starts_exactly_one_ret
     )
 
     alarm = load_event("alarm_drift", id="drift-waits")
-    alarm["detail"]["alarmName"] = names.drift_alarm_name(parent, "prediction_psi")
+    alarm["detail"]["alarmName"] = names.drift_alarm_name(parent, "prediction_psi", stage=STAGE)
     assert api.invoke("on_alarm", alarm)["state"] == "deployed"
 
     def children() -> list[dict[str, Any]]:
@@ -223,8 +223,8 @@ def test_a_drift_alarm_waits_for_labels_and_their_arrival_starts_exactly_one_ret
     executors = SageMakerExecutors(client, configured, champion=lambda *_: None, s3=boto3.client("s3"),
                                    failed_datasets=lambda _: [])  # fmt: skip
     stored = deps.service.runs.get(child["run_id"])
-    command = StartProcessingJob(child["run_id"], "waits", names.job_name(child["run_id"], "prepare"), step="prepare",
-                                 input_uri=stored.run.dataset_uri)  # fmt: skip
+    prepare = names.job_name(child["run_id"], "prepare", stage=STAGE)
+    command = StartProcessingJob(child["run_id"], "waits", prepare, step="prepare", input_uri=stored.run.dataset_uri)
     with Stubber(client) as stub:
         stub.add_response("create_processing_job", {"ProcessingJobArn": "arn:x"}, {k: ANY for k in (
             "ProcessingJobName", "RoleArn", "AppSpecification", "ProcessingInputs", "ProcessingOutputConfig",

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chalicelib.domain import names
-from tests.conftest import BEATS_BASELINE, DEMO_CONFIG, load_event
+from tests.conftest import BEATS_BASELINE, DEMO_CONFIG, STAGE, load_event
 from tests.functional.conftest import Api
 from tests.unit.test_event_shapes import json_values, mutated_events
 
@@ -74,8 +74,8 @@ def sagemaker(fixture: str, run_id: str, event_id: str, **detail: Any) -> dict[s
 
 def test_sagemaker_events_move_the_run(api: Api, demo: dict[str, Any]) -> None:
     run_id = api.invoke("on_dataset_uploaded", drop_event())["run_id"]
-    prepare = names.job_name(run_id, "prepare")
-    train = names.job_name(run_id, "train", 1)
+    prepare = names.job_name(run_id, "prepare", stage=STAGE)
+    train = names.job_name(run_id, "train", 1, stage=STAGE)
     done = sagemaker("processing_job_completed", run_id, "p-done", ProcessingJobName=prepare)
     assert api.invoke("on_sagemaker_event", done)["state"] == "training"
     # Redelivered (same id) and reordered (an InProgress after Completed): harmless.
@@ -86,7 +86,9 @@ def test_sagemaker_events_move_the_run(api: Api, demo: dict[str, Any]) -> None:
     assert api.invoke("on_sagemaker_event", late)["noop"] == "stale"
     trained = sagemaker("training_job_completed", run_id, "t-done", TrainingJobName=train)
     assert api.invoke("on_sagemaker_event", trained)["state"] == "evaluating"
-    failed = sagemaker("processing_job_failed", run_id, "e-fail", ProcessingJobName=names.job_name(run_id, "evaluate"))
+    failed = sagemaker(
+        "processing_job_failed", run_id, "e-fail", ProcessingJobName=names.job_name(run_id, "evaluate", stage=STAGE)
+    )
     assert api.invoke("on_sagemaker_event", failed)["state"] == "failed"
     run = api.call("GET", f"/runs/{run_id}")[1]
     assert [h["to"] for h in run["history"]] == ["preparing", "training", "evaluating", "failed"]
@@ -129,10 +131,10 @@ def tuning_run(api: Api) -> tuple[str, str]:
     assert status == 201, body
     run_id = api.invoke("on_dataset_uploaded", drop_event("datasets/tuned/ds-1/reviews.jsonl"))["run_id"]
     prepared = sagemaker(
-        "processing_job_completed", run_id, "p-done", ProcessingJobName=names.job_name(run_id, "prepare")
+        "processing_job_completed", run_id, "p-done", ProcessingJobName=names.job_name(run_id, "prepare", stage=STAGE)
     )
     assert api.invoke("on_sagemaker_event", prepared)["state"] == "tuning"
-    return run_id, names.job_name(run_id, "tune")
+    return run_id, names.job_name(run_id, "tune", stage=STAGE)
 
 
 def tuning_event(tune: str, event_id: str, status: str = "Completed", best: str | None = "-002-0a1b2c3d") -> Any:
@@ -197,14 +199,18 @@ def run_to_deploying(api: Api, deps: Any, project: str, config: dict[str, Any]) 
 
 def endpoint_event(fixture: str, event_id: str, project: str, config_run: str, **detail: Any) -> dict[str, Any]:
     event = load_event(fixture, id=event_id)
-    event["detail"].update(EndpointName=f"tl-{project}", EndpointConfigName=f"tl-{config_run}-config-1", **detail)
+    event["detail"].update(
+        EndpointName=names.endpoint_name(project, stage=STAGE),
+        EndpointConfigName=names.job_name(config_run, "config", stage=STAGE),
+        **detail,
+    )
     return event
 
 
 def test_endpoint_events_deploy_fail_and_roll_back(api: Api, deps: Any) -> None:
     first = run_to_deploying(api, deps, "served", DEMO_CONFIG)
     run = api.call("GET", f"/runs/{first}")[1]
-    assert run["state"] == "deploying" and run["awaiting"] == "tl-served"
+    assert run["state"] == "deploying" and run["awaiting"] == names.endpoint_name("served", stage=STAGE)
     creating = endpoint_event("endpoint_in_service", "creating", "served", first, EndpointStatus="CREATING")
     assert api.invoke("on_sagemaker_event", creating)["noop"] == "progress"
     in_service = endpoint_event("endpoint_in_service", "in-service", "served", first)
@@ -260,7 +266,7 @@ def run_to_deploying_existing(api: Api, deps: Any, run_id: str) -> dict[str, Any
         ("training_job_completed", "TrainingJobName", "train"),
         ("processing_job_completed", "ProcessingJobName", "evaluate"),
     ):
-        event = sagemaker(fixture, run_id, f"{run_id}-{step}-done", **{key: names.job_name(run_id, step)})
+        event = sagemaker(fixture, run_id, f"{run_id}-{step}-done", **{key: names.job_name(run_id, step, stage=STAGE)})
         api.invoke("on_sagemaker_event", event)
     deps.service.handle(
         EvaluationLoaded(
@@ -283,7 +289,7 @@ def test_transform_job_events_finish_batch_runs(api: Api, deps: Any) -> None:
     config = {**DEMO_CONFIG, "deployment": {"mode": "batch", "batch_input_uri": "s3://tuneloop-test/batch/batch/in/"}}
     run_id = run_to_deploying(api, deps, "batch", config)
     assert api.call("GET", f"/runs/{run_id}")[1]["state"] == "transforming"
-    transform = names.job_name(run_id, "transform")
+    transform = names.job_name(run_id, "transform", stage=STAGE)
     done = sagemaker("transform_job_completed", run_id, "t-done", TransformJobName=transform)
     assert api.invoke("on_sagemaker_event", done)["state"] == "completed"
     other = run_to_deploying_existing(api, deps, api.invoke(
@@ -292,7 +298,7 @@ def test_transform_job_events_finish_batch_runs(api: Api, deps: Any) -> None:
         "transform_job_completed",
         other["run_id"],
         "t-failed",
-        TransformJobName=names.job_name(other["run_id"], "transform"),
+        TransformJobName=names.job_name(other["run_id"], "transform", stage=STAGE),
         TransformJobStatus="Failed",
         FailureReason="ClientError: no input under s3://tuneloop-test/batch/in/",
     )
@@ -318,7 +324,7 @@ def test_retraining_by_hand_and_by_alarm_one_at_a_time(api: Api, deps: Any) -> N
     assert status == 409 and "still active" in conflict["Message"]
     # A drift alarm while the child runs starts nothing, and the parent's history says why.
     alarm = load_event("alarm_drift", id="drift-1")
-    alarm["detail"]["alarmName"] = names.drift_alarm_name(parent, "prediction_psi")
+    alarm["detail"]["alarmName"] = names.drift_alarm_name(parent, "prediction_psi", stage=STAGE)
     assert api.invoke("on_alarm", alarm)["state"] == "deployed"
     history = api.call("GET", f"/runs/{parent}")[1]["history"]
     assert "no retraining" in history[-1]["reason"] and "still active" in history[-1]["reason"]

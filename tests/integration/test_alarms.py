@@ -12,6 +12,7 @@ import pytest
 from chalicelib.domain import names
 from chalicelib.domain.events import AlarmChanged, NewData
 from chalicelib.events import parse_event
+from tests.conftest import STAGE
 from tuneloop.local.alarms import AlarmEvaluator
 
 pytestmark = pytest.mark.integration
@@ -69,9 +70,9 @@ def test_drift_metrics_are_published_where_the_alarms_look(local_services: Any) 
             "prediction_psi": {"published": float("nan")},  # not computed: not published
         }
     }
-    drift.publish(result, "published", "tl-published", "pppppppppppp", "us-east-1")
+    drift.publish(result, "published", f"tl-{STAGE}-published", "pppppppppppp", "us-east-1")
     cloudwatch = boto3.client("cloudwatch")
-    mine = drift_dimensions("published", "pppppppppppp")
+    mine = drift_dimensions("published", "pppppppppppp", stage=STAGE)
     listed = cloudwatch.list_metrics(Namespace=DRIFT_NAMESPACE, Dimensions=mine)["Metrics"]
     assert {m["MetricName"] for m in listed} == {"input_js", "embedding_auc"}
     now = datetime.now(UTC)
@@ -135,7 +136,7 @@ def test_a_retrained_model_starts_with_alarms_of_its_own(service: Any, local_ser
 
     def check(run_id: str, psi: float) -> None:  # a drift check's metrics, as drift.py publishes them
         drift.publish({"metrics": {"prediction_psi": {"published": psi}, "input_js": {"published": 0.48}}},
-                      project, f"tl-{project}", run_id, "us-east-1")  # fmt: skip
+                      project, names.endpoint_name(project, stage=STAGE), run_id, "us-east-1")  # fmt: skip
 
     def evaluate(*run_ids: str) -> list[str]:
         """One evaluation of every alarm; each event about these runs goes to the service."""
@@ -154,7 +155,7 @@ def test_a_retrained_model_starts_with_alarms_of_its_own(service: Any, local_ser
     deploy_alarms(first)
     evaluate(first)  # no data yet: every alarm OK
     check(first, 2.98)
-    assert f"{names.drift_alarm_name(first, 'prediction_psi')}:ALARM" in evaluate(first)
+    assert f"{names.drift_alarm_name(first, 'prediction_psi', stage=STAGE)}:ALARM" in evaluate(first)
     [second] = children(first)
     to_deployed(service, second, project)
     assert service.runs.get(first).run.state is RunState.SUPERSEDED
@@ -162,12 +163,12 @@ def test_a_retrained_model_starts_with_alarms_of_its_own(service: Any, local_ser
 
     # The predecessor's 2.98 is not the new model's: its alarms see no data, not breaching.
     assert all(change.endswith(":OK") for change in evaluate(first, second))
-    states = {a["AlarmName"]: a["StateValue"] for a in cloudwatch.describe_alarms(AlarmNamePrefix=f"tl-{second}-")[
-        "MetricAlarms"]}  # fmt: skip
+    listed = cloudwatch.describe_alarms(AlarmNamePrefix=f"tl-{STAGE}-{second}-")["MetricAlarms"]
+    states = {a["AlarmName"]: a["StateValue"] for a in listed}
     assert states and set(states.values()) == {"OK"}, states
     assert children(second) == [] and len(service.runs.page(project=project, limit=50).items) == 2
 
     # The new model's own traffic drifts: its own check breaches, and that starts the next run.
     check(second, 0.9)
-    assert f"{names.drift_alarm_name(second, 'prediction_psi')}:ALARM" in evaluate(second)
+    assert f"{names.drift_alarm_name(second, 'prediction_psi', stage=STAGE)}:ALARM" in evaluate(second)
     assert len(children(second)) == 1, service.runs.get(second).run.history[-1].reason

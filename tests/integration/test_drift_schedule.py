@@ -24,7 +24,7 @@ from chalicelib.domain.run import Run
 from chalicelib.domain.states import RunState
 from chalicelib.executors import Executors, Outcome
 from chalicelib.sagemaker import SageMakerExecutors, drift_request
-from tests.conftest import BEATS_BASELINE, DEMO_CONFIG, T0
+from tests.conftest import BEATS_BASELINE, DEMO_CONFIG, STAGE, T0
 
 pytestmark = pytest.mark.integration
 DATASET = "s3://tuneloop-test/datasets/demo/ds-1/reviews.jsonl"
@@ -36,14 +36,19 @@ def deployed(service: Any, project: str = "demo", dataset: str = DATASET) -> str
 
 def to_deployed(service: Any, run_id: str, project: str) -> str:
     """The run through prepare, train, evaluate, register and deploy, by its events."""
-    job, ok = names.job_name, "Completed"
+    ok = "Completed"
+
+    def job(run_id: str, step: str) -> str:
+        return names.job_name(run_id, step, stage=STAGE)
+
     for event in (
         ProcessingJobChanged(event_id="1", time=T0, run_id=run_id, job_name=job(run_id, "prepare"), status=ok),
         TrainingJobChanged(event_id="2", time=T0, run_id=run_id, job_name=job(run_id, "train"), status=ok),
         ProcessingJobChanged(event_id="3", time=T0, run_id=run_id, job_name=job(run_id, "evaluate"), status=ok),
         EvaluationLoaded(event_id="4", time=T0, run_id=run_id, metrics={"macro_f1": 0.9}, baseline=BEATS_BASELINE),
         ModelPackageChanged(event_id="5", time=T0, run_id=run_id, package_arn="arn:p", approval_status="Approved"),
-        EndpointChanged(event_id="6", time=T0, run_id=run_id, endpoint_name=f"tl-{project}", status="IN_SERVICE"),
+        EndpointChanged(event_id="6", time=T0, run_id=run_id, endpoint_name=names.endpoint_name(project, stage=STAGE),
+                        status="IN_SERVICE"),
     ):  # fmt: skip
         service.apply(run_id, event)
     assert service.runs.get(run_id).run.state is RunState.DEPLOYED
@@ -70,8 +75,8 @@ def test_one_drift_job_per_run_per_window(service: Any) -> None:
     service.check_drift(force=True)
     jobs = [c.job_name for c in asked if isinstance(c, StartProcessingJob)]
     window = int((T0 + timedelta(minutes=5)).timestamp() // 3600)
-    assert jobs[0] == jobs[1] == names.job_name(run_id, "drift", window)  # the same window: one job name
-    assert jobs[2] == names.job_name(run_id, "drift", window + 1)
+    assert jobs[0] == jobs[1] == names.job_name(run_id, "drift", window, stage=STAGE)  # the same window: one job name
+    assert jobs[2] == names.job_name(run_id, "drift", window + 1, stage=STAGE)
     assert jobs[3] not in jobs[:3]  # forced: a check of its own
     assert all(c.step == "drift" and c.input_uri == f"s3://tuneloop-test/capture/demo/{run_id}/" for c in asked)
 

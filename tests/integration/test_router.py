@@ -12,7 +12,7 @@ import pytest
 
 import app as app_module
 from chalicelib.domain import names
-from tests.conftest import BUCKET, DEMO_CONFIG, load_event
+from tests.conftest import BUCKET, DEMO_CONFIG, STAGE, load_event
 from tuneloop.local.router import EventRouter, complete_envelope
 
 pytestmark = pytest.mark.integration
@@ -54,7 +54,7 @@ def test_upload_by_any_s3_client_starts_a_run(router: EventRouter, deps: Any) ->
 def test_sent_events_keep_their_id_so_replays_dedupe(router: EventRouter, deps: Any) -> None:
     run_id = deps.service.start_run("demo", f"s3://{BUCKET}/datasets/demo/x/y.jsonl")[0].run.run_id
     event = load_event("processing_job_completed")
-    event["detail"]["ProcessingJobName"] = names.job_name(run_id, "prepare")
+    event["detail"]["ProcessingJobName"] = names.job_name(run_id, "prepare", stage=STAGE)
     event["detail"]["Tags"] = {}
     assert router.send(event) == ["on_sagemaker_event"]
     assert router.send(event) == ["on_sagemaker_event"]  # replayed

@@ -11,7 +11,7 @@ from botocore.stub import ANY, Stubber
 
 from chalicelib import deps as deps_module
 from chalicelib.domain.states import RunState
-from tests.conftest import DEMO_CONFIG
+from tests.conftest import DEMO_CONFIG, STAGE
 
 pytestmark = pytest.mark.integration
 DATASET = "s3://tuneloop-test/datasets/demo/ds-1/reviews.jsonl"
@@ -113,10 +113,10 @@ def test_tuning_with_no_successful_trial_fails_the_run_with_the_counts(stubbed_s
     stub.add_response("create_processing_job", {"ProcessingJobArn": "arn:x"})
     stored, _ = service.start_run("tuned", "s3://tuneloop-test/datasets/tuned/ds-1/reviews.jsonl")
     run_id = stored.run.run_id
-    tune = names.job_name(run_id, "tune")
+    tune = names.job_name(run_id, "tune", stage=STAGE)
     stub.add_response("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": "arn:x"})
     prepared = load_event("processing_job_completed", id="p-done")
-    prepared["detail"].update(ProcessingJobName=names.job_name(run_id, "prepare"), Tags={})
+    prepared["detail"].update(ProcessingJobName=names.job_name(run_id, "prepare", stage=STAGE), Tags={})
     service.handle(parse_event(prepared))
     assert service.runs.get(run_id).run.state is RunState.TUNING
     stub.add_response(

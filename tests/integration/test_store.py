@@ -14,7 +14,7 @@ from chalicelib.domain.events import ProcessingJobChanged, StopRequested, Traini
 from chalicelib.domain.project import normalise_config
 from chalicelib.domain.states import RunState
 from chalicelib.store import ConflictError
-from tests.conftest import BEATS_BASELINE, DEMO_CONFIG, T0
+from tests.conftest import BEATS_BASELINE, DEMO_CONFIG, STAGE, T0
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,13 @@ def project(service: Any) -> Any:
 
 
 def job_event(cls: type, run_id: str, step: str, status: str, event_id: str, attempt: int = 1) -> Any:
-    return cls(event_id=event_id, time=T0, run_id=run_id, job_name=names.job_name(run_id, step, attempt), status=status)
+    return cls(
+        event_id=event_id,
+        time=T0,
+        run_id=run_id,
+        job_name=names.job_name(run_id, step, attempt, stage=STAGE),
+        status=status,
+    )
 
 
 def test_commit_stores_state_history_and_outbox(service: Any, project: Any) -> None:
@@ -65,7 +71,7 @@ def test_sixteen_threads_racing_one_winner_per_transition(service: Any, project:
             event_id="e3",
             time=T0,
             run_id=run_id,
-            job_name=names.job_name(run_id, "train", 1),
+            job_name=names.job_name(run_id, "train", 1, stage=STAGE),
             status="Stopped",
             secondary_status="Interrupted",
         ),
@@ -120,13 +126,15 @@ def test_indexes(service: Any, project: Any) -> None:
     stopped = service.runs.page(project="demo", state=RunState.STOPPED).items
     assert [r.run.run_id for r in stopped] == [ids[0]]
     # Find a run from the SageMaker job it waits on.
-    assert service.runs.find_awaiting(names.job_name(ids[1], "prepare")) == [ids[1]]
+    assert service.runs.find_awaiting(names.job_name(ids[1], "prepare", stage=STAGE)) == [ids[1]]
 
 
 def test_event_resolved_through_job_name_index(service: Any, project: Any) -> None:
     stored, _ = service.start_run("demo", DATASET)
     run_id = stored.run.run_id
-    event = ProcessingJobChanged(event_id="x", time=T0, job_name=names.job_name(run_id, "prepare"), status="Completed")
+    event = ProcessingJobChanged(
+        event_id="x", time=T0, job_name=names.job_name(run_id, "prepare", stage=STAGE), status="Completed"
+    )
     assert event.run_id is None
     assert service.handle(event).decision.run.state is RunState.TRAINING
 
@@ -186,12 +194,18 @@ def test_the_champion_is_the_projects_deployed_run(service: Any, project: Any) -
         job_event(ProcessingJobChanged, first, "evaluate", "Completed", "e3"),
         EvaluationLoaded(event_id="e4", time=T0, run_id=first, metrics={"macro_f1": 0.9}, baseline=BEATS_BASELINE),
         ModelPackageChanged(event_id="e5", time=T0, run_id=first, package_arn="arn:pkg/1", approval_status="Approved"),
-        EndpointChanged(event_id="e6", time=T0, run_id=first, endpoint_name="tl-demo", status="IN_SERVICE"),
+        EndpointChanged(
+            event_id="e6",
+            time=T0,
+            run_id=first,
+            endpoint_name=names.endpoint_name("demo", stage=STAGE),
+            status="IN_SERVICE",
+        ),
     ):
         assert service.apply(first, event).decision.changed, event
     assert service.runs.get(first).run.state is RunState.DEPLOYED
     champion = service.runs.champion("demo", excluding=second)
-    assert champion.run_id == first and champion.model_source == names.job_name(first, "train", 1)
+    assert champion.run_id == first and champion.model_source == names.job_name(first, "train", 1, stage=STAGE)
     assert service.runs.champion("demo", excluding=first) is None  # a run is never its own champion
     assert service.runs.champion("other", excluding=second) is None
 

@@ -78,3 +78,11 @@ def test_a_run_waiting_for_a_person_says_what_to_do_next(capsys: pytest.CaptureF
     assert "tuneloop run approve aaaaaaaaaaaa (or reject aaaaaaaaaaaa)" in out
     assert "hyperparameters  epochs=1 learning_rate=5e-05" in out
     assert "macro_f1 0.8120 vs 0.9110 (run c) on 265 test rows: -0.0990, 95% interval -0.1400 to -0.0600" in out
+
+
+def test_stopping_what_serves_needs_a_confirmation(capsys: pytest.CaptureFixture[str]) -> None:
+    """No terminal to ask at and no --yes: nothing is sent, and the line says how to confirm."""
+    assert cli.main(["run", "stop", "aaaaaaaaaaaa", "--stop-serving"]) == 2
+    err = capsys.readouterr().err
+    assert err == "tuneloop: stop run aaaaaaaaaaaa and delete the endpoint it serves: pass --yes to confirm " \
+                  "(no terminal to ask at)\n"  # fmt: skip

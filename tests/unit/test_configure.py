@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -35,21 +34,6 @@ def test_images_are_the_regions_ecr_images(region: str) -> None:
     arns = configure.repository_arns(resolved)
     assert arns and all(a.startswith(f"arn:aws:ecr:{region}:") and ":repository/" in a for a in arns)
     assert all(any(fnmatch.fnmatchcase(arn, pattern) for pattern in defaults) for arn in arns), arns
-
-
-def test_write_stage_changes_that_stage_only(tmp_path: Path) -> None:
-    config_file = tmp_path / "config.json"
-    shutil.copy(REPO / ".chalice" / "config.json", config_file)
-    values = configure.stage_settings("prod", "us-east-1", "123456789012", None, "abc123")
-    configure.write_stage(config_file, "prod", values)
-    written = json.loads(config_file.read_text())
-    prod = written["stages"]["prod"]["environment_variables"]
-    assert prod["TUNELOOP_SAGEMAKER_ROLE_ARN"] == "arn:aws:iam::123456789012:role/tuneloop-prod-sagemaker-execution"
-    assert prod["TUNELOOP_CODE_URI"] == "s3://tuneloop-prod-123456789012-us-east-1/code/abc123"
-    assert prod["TUNELOOP_RUNS_TABLE"] == "tuneloop-prod-runs"  # kept
-    assert "TUNELOOP_TRAINING_IMAGE" not in written["stages"]["dev"]["environment_variables"]
-    with pytest.raises(ValueError, match="no stage 'qa'"):
-        configure.write_stage(config_file, "qa", values)
 
 
 def test_cpu_instances_get_the_cpu_image() -> None:

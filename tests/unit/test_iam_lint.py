@@ -76,4 +76,15 @@ def test_jobs_read_their_inputs_and_write_only_their_outputs() -> None:
                                                     for a in s["Action"])]  # fmt: skip
     assert [s["Sid"] for s in writes] == ["WriteOutputs"]
     prefixes = sorted(r["Fn::Sub"].split("}/", 1)[1] for r in writes[0]["Resource"])
-    assert prefixes == ["capture/*", "holdout/*", "runs/*"]
+    assert prefixes == ["capture/*", "checkpoints/*", "holdout/*", "runs/*"]
+
+
+def test_the_data_bucket_expires_what_only_serves_for_a_while() -> None:
+    """Checkpoints (only for resuming), captured traffic (after its retention), the refused
+    upload records, replaced object versions and unfinished uploads; nothing else."""
+    rules = {r["Id"]: r for r in TEMPLATE["Resources"]["DataBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]}
+    assert {r.get("Prefix") for r in rules.values()} == {"checkpoints/", "capture/", "refused/", None}
+    assert rules["expire-replaced-versions"]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
+    assert "ExpirationInDays" not in rules["expire-replaced-versions"]  # current objects stay
+    parameters = TEMPLATE["Parameters"]
+    assert parameters["CheckpointRetentionDays"]["Default"] * 86400 > 432000  # past prod's longest job

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from chalicelib import spec
 from chalicelib.domain import names
-from chalicelib.domain.commands import Command, StartChildRun
+from chalicelib.domain.commands import Command, DeleteEndpoint, StartChildRun
 from chalicelib.domain.events import (
     ALL_EVENT_KINDS,
     AlarmChanged,
@@ -117,7 +117,7 @@ def event_of(kind: str, run: Run, event_id: str = "evt-1", **fields: Any) -> Dom
     approval = {"pending": "PendingManualApproval", "approved": "Approved", "rejected": "Rejected"}
     builders = {
         "run.requested": lambda: RunRequested(**common, project=run.project, dataset_uri=run.dataset_uri),
-        "stop.requested": lambda: StopRequested(**common),
+        "stop.requested": lambda: StopRequested(**common, stop_serving=fields.get("stop_serving", True)),
         "approval.decided": lambda: ApprovalDecided(**common, approved=True),
         "retrain.requested": lambda: RetrainRequested(**common),
         "run.superseded": lambda: RunSuperseded(**common, by_run_id="bbbbbbbbbbbb"),
@@ -888,3 +888,14 @@ def test_a_runs_history_stays_within_its_budget_whatever_comes() -> None:
     assert run.history[0] == first and run.history[-1].event_id == "a2999"
     started = [e.event_id for e in run.history if e.commands == ("StartChildRun",)]
     assert started[-2:] == ["r2997", "a2998"]
+
+
+def test_a_deployed_run_stops_only_when_asked_to_stop_serving() -> None:
+    """Stopping a deployed run deletes the project's endpoint: never by a plain stop."""
+    run = make_run(S.DEPLOYED, stage="dev")
+    plain = decide(run, StopRequested(event_id="s1", time=T0, run_id=RUN_ID))
+    assert not plain.changed and plain.run.state is S.DEPLOYED
+    assert "asks to stop serving (stop_serving), which deletes the endpoint" in plain.note
+    asked = decide(run, StopRequested(event_id="s2", time=T0, run_id=RUN_ID, stop_serving=True))
+    assert asked.run.state is S.STOPPED
+    assert asked.commands == (DeleteEndpoint(RUN_ID, "tl-dev-demo"),)

@@ -16,9 +16,9 @@ POLICIES = {name: resolve(TEMPLATE["Resources"][f"{name.title()}Policy"]["Proper
             for name in ("submitter", "approver")}  # fmt: skip
 API = f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{API_ID}/api"
 # Who may call what: deciding a run and changing a project's rules (approval: auto, the
-# gates) are an approver's; the rest of the changes a submitter's; reading, anyone's.
+# gates) or deleting it are an approver's; the rest of the changes a submitter's; reading, anyone's.
 APPROVERS_ONLY = {("POST", "/runs/{run_id}/approve"), ("POST", "/runs/{run_id}/reject"),
-                  ("POST", "/projects"), ("PUT", "/projects/{name}")}  # fmt: skip
+                  ("POST", "/projects"), ("PUT", "/projects/{name}"), ("DELETE", "/projects/{name}")}  # fmt: skip
 
 
 def routes() -> list[tuple[str, str]]:

@@ -191,7 +191,7 @@ def test_spot_training_request() -> None:
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
     # Every attempt shares the checkpoint location, so attempt 2 resumes attempt 1.
     assert request["CheckpointConfig"] == {
-        "S3Uri": f"s3://tuneloop-test/runs/{RUN_ID}/checkpoints/",
+        "S3Uri": f"s3://tuneloop-test/checkpoints/{RUN_ID}/",
         "LocalPath": "/opt/ml/checkpoints",
     }
     assert request["ResourceConfig"]["InstanceCount"] == 2
@@ -506,7 +506,7 @@ def test_tuning_request_is_valid_and_keeps_spot_and_checkpoints() -> None:
     assert (
         definition["StoppingCondition"]["MaxWaitTimeInSeconds"] > definition["StoppingCondition"]["MaxRuntimeInSeconds"]
     )
-    assert definition["CheckpointConfig"]["S3Uri"] == f"s3://tuneloop-test/runs/{RUN_ID}/checkpoints/"
+    assert definition["CheckpointConfig"]["S3Uri"] == f"s3://tuneloop-test/checkpoints/{RUN_ID}/"
     # The objective is scraped by the same definitions as a single training job's metrics.
     assert definition["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
     assert config["HyperParameterTuningJobObjective"]["MetricName"] in {m["Name"] for m in METRIC_DEFINITIONS}

@@ -45,6 +45,11 @@ def home() -> Path:
     return Path(os.environ.get("TUNELOOP_HOME", ".tuneloop")).resolve()
 
 
+# The local cloud's stage: its names start tl-local-, and `--stage local` reaches it as a
+# deployed stage is reached.
+STAGE = "local"
+
+
 @dataclass
 class CloudState:
     dynamodb_port: int
@@ -79,7 +84,7 @@ class CloudState:
         return {
             **aws_env(f"http://127.0.0.1:{self.dynamodb_port}", f"http://127.0.0.1:{self.moto_port}", self.credentials),
             "TUNELOOP_BUCKET": self.bucket,
-            "TUNELOOP_STAGE": "local",
+            "TUNELOOP_STAGE": STAGE,
         }
 
     def process(self, name: str) -> ProcessRecord:

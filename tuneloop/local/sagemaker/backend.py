@@ -423,6 +423,8 @@ class LocalSageMaker:
             "DescribeModelPackage": lambda: self.registry.describe(params["ModelPackageName"]),
             "UpdateModelPackage": lambda: self.registry.update(params),
             "ListModelPackages": lambda: self.registry.list(params),
+            "DeleteModelPackage": lambda: self.registry.delete_package(params["ModelPackageName"]),
+            "DeleteModelPackageGroup": lambda: self.registry.delete_group(params["ModelPackageGroupName"]),
             "CreateModel": lambda: self.hosting.create_model(params),
             "DescribeModel": lambda: self.hosting.describe_model(params["ModelName"]),
             "DeleteModel": lambda: self.hosting.delete_model(params["ModelName"]),

@@ -96,6 +96,24 @@ class Registry:
             self._event(record)
         return {"ModelPackageArn": package_arn}
 
+    def delete_package(self, name: str) -> dict[str, Any]:
+        with self.lock:
+            if self.packages.pop(name, None) is None:
+                raise ServiceError("ValidationException", f"Model package {name} does not exist")
+            self._save()
+        return {}
+
+    def delete_group(self, name: str) -> dict[str, Any]:
+        """As SageMaker: a group that still holds versions is not deleted."""
+        with self.lock:
+            if name not in self.groups:
+                raise ServiceError("ValidationException", f"Model Package Group {name} does not exist")
+            if any(p["ModelPackageGroupName"] == name for p in self.packages.values()):
+                raise ServiceError("ConflictException", f"Model Package Group {name} still has model packages")
+            del self.groups[name]
+            self._save()
+        return {}
+
     def list(self, params: Mapping[str, Any]) -> dict[str, Any]:
         group = params.get("ModelPackageGroupName")
         items = [p for p in self.packages.values() if group in (None, p["ModelPackageGroupName"])]
