@@ -11,7 +11,7 @@ PACKAGE_DIR := build/package
 
 setup: $(STAMP) $(DDB) $(AXE)
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-deploy.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt -e .

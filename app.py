@@ -361,6 +361,22 @@ def delete_project(name: str) -> dict[str, Any] | Response:
                             "delete it again (what is gone stays gone)")  # fmt: skip
 
 
+@app.route("/notices", methods=["GET"], authorizer=iam)
+@_http_errors
+def list_notices() -> dict[str, Any] | Response:
+    """The stage's notices, newest first: runs waiting for approval, failed or rolled back,
+    retraining started by an alarm; each with the next command."""
+    current = deps.get()
+    if current.notices is None:
+        return {"notices": []}
+    limit = parse_limit(_params())
+    try:
+        return {"notices": current.notices.newest(limit)}
+    except (ClientError, BotoCoreError) as exc:
+        logger.exception("notices not read")
+        return _unavailable(f"the notices could not be read ({_aws_error(exc)}); retry")
+
+
 @app.route("/drops", methods=["GET"], authorizer=iam)
 @_http_errors
 def list_refused_drops() -> dict[str, Any] | Response:

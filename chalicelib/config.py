@@ -44,6 +44,8 @@ class Settings:
     code_uri: str = ""
     processing_instance_type: str = "ml.m5.large"
     kms_key_id: str = ""
+    # The stage's SNS topic for notices (the stack's NotificationsTopic); unset: kept only.
+    notices_topic_arn: str = ""
     subnets: tuple[str, ...] = ()
     security_groups: tuple[str, ...] = ()
     # The local cloud: jobs reach no model hub, so a project's base model must be one
@@ -94,6 +96,7 @@ class Settings:
             code_uri=env.get("TUNELOOP_CODE_URI", "").rstrip("/"),
             processing_instance_type=processing,
             kms_key_id=env.get("TUNELOOP_KMS_KEY_ID", ""),
+            notices_topic_arn=env.get("TUNELOOP_NOTICES_TOPIC_ARN", ""),
             subnets=_split(env.get("TUNELOOP_SUBNETS", "")),
             security_groups=_split(env.get("TUNELOOP_SECURITY_GROUPS", "")),
             offline_models=env.get("TUNELOOP_OFFLINE_MODELS", "") == "1",

@@ -15,6 +15,7 @@ from .service import RunService
 if TYPE_CHECKING:
     from .endpoints import EndpointViews
     from .feedback import FeedbackInbox
+    from .notices import Notices
     from .refusals import RefusedUploads
     from .reports import RunReports
     from .teardown import ProjectTeardown
@@ -34,6 +35,8 @@ class Deps:
     refused: RefusedUploads | None = None
     # What DELETE /projects/{name} deletes of a project's runs; None until SageMaker is configured.
     teardown: ProjectTeardown | None = None
+    # The stage's notices (GET /notices; its SNS topic).
+    notices: Notices | None = None
 
 
 _lock = threading.Lock()
@@ -70,6 +73,7 @@ def build(
     from .deployment import DeploymentExecutors
     from .endpoints import EndpointViews
     from .feedback import FeedbackInbox, NewDataCounter
+    from .notices import Notices
     from .refusals import RefusedUploads
     from .reports import S3_CONFIG, RunReports
     from .sagemaker import EvaluationLoader, SageMakerExecutors
@@ -124,11 +128,14 @@ def build(
     cloudwatch = cloudwatch_client or LazyClient("cloudwatch")
     endpoints = EndpointViews(sagemaker_client or LazyClient("sagemaker"), cloudwatch, service.clock, config.stage)
     refused = RefusedUploads(s3, config.bucket, service.clock) if config.bucket else None
+    notices = Notices(s3, config.bucket, LazyClient("sns"), config.notices_topic_arn, service.clock) if config.bucket \
+        else None  # fmt: skip
+    service.notices = notices.tell if notices else None
     teardown = ProjectTeardown(sagemaker_client or LazyClient("sagemaker"), cloudwatch,
                                autoscaling_client or LazyClient("application-autoscaling"), config.stage)  # fmt: skip
     return Deps(settings=config, service=service, reports=reports, feedback=feedback,
                 endpoints=endpoints if config.role_arn else None, refused=refused,
-                teardown=teardown if config.role_arn else None)  # fmt: skip
+                teardown=teardown if config.role_arn else None, notices=notices)  # fmt: skip
 
 
 def get() -> Deps:

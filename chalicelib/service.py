@@ -141,8 +141,12 @@ class RunService:
         limits: Limits | None = None,
         new_data: NewDataCount | None = None,
         stage: str = "",
+        notices: Callable[[Decision, DomainEvent], None] | None = None,
     ) -> None:
         self.projects = projects
+        # Told of every committed decision: a run waiting for approval, failed, rolled
+        # back, or retraining because of an alarm makes a notice (notices.py).
+        self.notices = notices
         # The prefix of every name a run of this stage makes (names.prefix).
         self.stage = stage
         self.runs = runs
@@ -733,3 +737,5 @@ class RunService:
                 },
             )
             yield
+        if self.notices is not None:
+            self.notices(decision, event)

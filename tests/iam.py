@@ -31,7 +31,9 @@ def resolve(value: Any) -> Any:
             assert inner == ["DataBucket", "Arn"], f"resolve() knows the data bucket's ARN only, not {inner}"
             return BUCKET_ARN
         if key == "Ref":
-            return {"AWS::AccountId": ACCOUNT, "ImageRepositoryArns": IMAGE_REPOSITORIES}.get(inner, inner)
+            topic = f"arn:aws:sns:{REGION}:{ACCOUNT}:tuneloop-{STAGE}-notices"
+            known = {"AWS::AccountId": ACCOUNT, "ImageRepositoryArns": IMAGE_REPOSITORIES, "NotificationsTopic": topic}
+            return known.get(inner, inner)
     if isinstance(value, dict):
         return {k: resolve(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -107,6 +107,20 @@ def cmd_drops(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    """The stage's notices: runs waiting for approval, failed, rolled back; retraining an
+    alarm started. Each with what to do next."""
+    notices = target(args).api.call("GET", f"/notices?limit={args.limit}")["notices"]
+    if args.json:
+        print(json.dumps(notices, indent=2))
+        return 0
+    for notice in notices:
+        print(f"{notice['time']}  {notice['message']}\n{'':22}next: {notice['next']}")
+    if not notices:
+        print("no notices")
+    return 0
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     """The local cloud's endpoints and credentials as shell exports."""
     state = cloud.load_state()
@@ -404,6 +418,23 @@ def cmd_configure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_destroy(args: argparse.Namespace) -> int:
+    from . import destroy
+    from .stages import LOCAL, StageProfile, session
+
+    stage = args.stage or os.environ.get("TUNELOOP_STAGE")
+    if not stage:
+        raise CliError("destroy needs --stage (a deployed stage, or local for the local cloud)")
+    reached = target(args)
+    stack = None
+    if stage != LOCAL:
+        made = session(StageProfile.load(stage), args.region, args.profile)
+        account = str(made.client("sts").get_caller_identity()["Account"])
+        clients = {name: made.client(name) for name in ("s3", "dynamodb", "cloudformation")}
+        stack = destroy.StackTeardown(stage, made.region_name, account, clients, print)
+    return destroy.run(reached, stage, args.yes, args.delete_data, stack)
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     from . import deploy
 
@@ -509,6 +540,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_feedback_list)
 
+    p = sub.add_parser(
+        "events", help="notices: runs waiting for approval, failed, rolled back; retraining an alarm started",
+        parents=[where],
+    )  # fmt: skip
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_events)
+
     p = sub.add_parser("drops", help="uploads that started nothing, and why", parents=[where])
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
@@ -574,6 +613,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("deploy", help="deploy a stage to AWS: bootstrap, images, package, change set", parents=[where])
     p.add_argument("--yes", action="store_true", help="apply the change set without asking")
     p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser(
+        "destroy", help="delete every run-time resource of a stage, then its stack (data kept)", parents=[where]
+    )
+    p.add_argument("--yes", action="store_true", help="do not ask to confirm (not with --delete-data)")
+    p.add_argument("--delete-data", action="store_true",
+                   help="also delete the buckets and tables the stack keeps (type the stage to confirm)")  # fmt: skip
+    p.set_defaults(func=cmd_destroy)
 
     p = sub.add_parser("configure", help="print the settings deploy would give a stage (writes nothing)")
     p.add_argument("--stage", default="dev")

@@ -59,6 +59,10 @@ class Packaged:
 def chalice_package(stage: str, region: str, settings: dict[str, str], out: Path) -> Packaged:
     """``chalice package`` of a copy of the app, its stage's environment given ``settings``."""
     copy = out / "app"
+    missing = [name for name in APP_FILES if not (REPO_ROOT / name).exists()]
+    if missing:
+        raise CliError(f"deploy packages the app from a clone of the repository; {', '.join(missing)} not found "
+                       f"under {REPO_ROOT}")  # fmt: skip
     for name in APP_FILES:
         source = REPO_ROOT / name
         if source.is_dir():
@@ -73,6 +77,8 @@ def chalice_package(stage: str, region: str, settings: dict[str, str], out: Path
     config["stages"][stage].setdefault("environment_variables", {}).update(settings)
     config_file.write_text(json.dumps(config, indent=2))
     chalice = Path(sys.executable).with_name("chalice")
+    if not chalice.exists():
+        raise CliError("chalice is not installed: pip install -e '.[deploy]' (from a clone)")
     command = [str(chalice), "package", "--stage", stage, "--merge-template", "infra/resources.json", str(out / "pkg")]
     done = subprocess.run(  # nosec B603  # a fixed argument list, no shell
         command, cwd=copy, capture_output=True, text=True, env={**_env(), "AWS_DEFAULT_REGION": region}, check=False

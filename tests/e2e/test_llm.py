@@ -103,6 +103,21 @@ def test_a_tiny_decoder_learns_an_instruction_task_through_the_whole_loop(
     record = wait_for(captured, 30)
     assert json.loads(record["captureData"]["endpointOutput"]["data"]) == {"generated_text": b"".join(parts).decode()}
     check_an_adapter_on_this_model(home, state, run, tmp_path)
+    check_destroy(home, state)
+
+
+def check_destroy(home: Path, state: dict[str, Any]) -> None:
+    """`destroy --stage local` after full runs: every project and what its runs made goes,
+    registered versions included; nothing named for the stage is left."""
+    from tests.e2e.test_local_cloud import inventory
+
+    assert sorted(inventory(state, "tl-local-")["endpoints"]) == ["tl-local-llm", "tl-local-llm-lora"]
+    out = tuneloop(home, "destroy", "--stage", "local", "--yes").stdout
+    assert "deleted project llm:" in out and "deleted project llm-lora:" in out, out
+    assert inventory(state, "tl-local-") == {"endpoints": [], "alarms": [], "scaling": []}
+    sagemaker = client(state, "sagemaker")
+    assert sagemaker.list_model_packages()["ModelPackageSummaryList"] == []
+    assert http(state, "GET", "/projects")[1]["projects"] == []
 
 
 def cmdline(pid: int) -> bytes:

@@ -169,7 +169,7 @@ def test_a_deployed_run_stops_serving_only_when_asked(api: Api, demo: dict[str, 
     assert "DeleteEndpoint" in [p["type"] for p in full["pending_commands"]]
 
 
-def test_manual_approval_through_the_api(api: Api, deps: Any) -> None:
+def test_manual_approval_through_the_api(api: Api, deps: Any, s3: Any) -> None:
     from chalicelib.domain import names
     from chalicelib.domain.events import EvaluationLoaded, ModelPackageChanged, ProcessingJobChanged, TrainingJobChanged
     from tests.conftest import T0
@@ -203,6 +203,13 @@ def test_manual_approval_through_the_api(api: Api, deps: Any) -> None:
         service.handle(event)
     run = api.call("GET", f"/runs/{run_id}")[1]
     assert run["state"] == "pending_approval"
+    # Told, not left to look: the notice names the run and the next command.
+    [notice] = [n for n in api.call("GET", "/notices")[1]["notices"] if n["run_id"] == run_id]
+    assert (
+        notice["kind"] == "waiting_for_approval"
+        and notice["next"] == f"tuneloop run approve {run_id} (or reject {run_id})"
+    )
+    assert f"run {run_id} of project manual passed its gate and waits for a person" in notice["message"]
     status, body = api.call("POST", f"/runs/{run_id}/approve", {"reason": "looks good"})
     assert status == 202 and body["decision"] == "approved"
     pending = api.call("GET", f"/runs/{run_id}")[1]["pending_commands"]
@@ -462,3 +469,34 @@ def test_runs_on_their_way_are_capped_per_project_and_per_stage(
     [refused] = api.call("GET", "/drops")[1]["refused"]
     assert refused["key"] == "datasets/demo/ds-9/x.jsonl" and "TUNELOOP_LIMIT_MAX_ACTIVE_RUNS_PER_PROJECT" in refused[
         "reason"]  # fmt: skip
+
+
+def test_a_notice_is_published_to_the_stages_topic() -> None:
+    """What SNS gets (the request checked against its model): subject, the message with
+    the next command, the kind as an attribute for subscription filters."""
+    import boto3
+    from botocore.stub import Stubber
+
+    from chalicelib.domain.events import CommandFailed
+    from chalicelib.domain.machine import decide
+    from chalicelib.domain.states import RunState
+    from chalicelib.notices import Notices
+    from tests.conftest import T0
+    from tests.unit.test_machine import make_run
+
+    sns = boto3.client("sns", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    topic = "arn:aws:sns:us-east-1:123456789012:tuneloop-dev-notices"
+    run = make_run(RunState.TRAINING)
+    event = CommandFailed(event_id="f1", time=T0, run_id=run.run_id, command="StartTrainingJob",
+                          error="ResourceLimitExceeded: no ml.g5.xlarge quota")  # fmt: skip
+    decision = decide(run, event)
+    with Stubber(s3) as s3_stub, Stubber(sns) as sns_stub:
+        s3_stub.add_response("put_object", {}, None)
+        sns_stub.add_response("publish", {"MessageId": "m"}, {
+            "TopicArn": topic, "Subject": f"tuneloop: run {run.run_id} of project demo failed",
+            "Message": f"run {run.run_id} of project demo failed: {decision.note}\n\n"
+                       f"Next: tuneloop run show {run.run_id}\n",
+            "MessageAttributes": {"kind": {"DataType": "String", "StringValue": "failed"}}})  # fmt: skip
+        Notices(s3, "b", sns, topic, lambda: T0).tell(decision, event)
+        sns_stub.assert_no_pending_responses()

@@ -14,7 +14,8 @@ from typing import Any
 import botocore.client
 import pytest
 
-from tests.conftest import BUCKET
+from chalicelib.domain import names
+from tests.conftest import BUCKET, STAGE, load_event
 from tests.functional.conftest import Api
 from tests.functional.test_feedback import feedback_event
 from tests.iam import BUCKET_ARN, allowed, resolve
@@ -76,23 +77,29 @@ def test_the_lambda_roles_write_only_under_the_prefixes_the_code_writes(
                     break
         return real(self, operation, params)
 
-    # Every code path that writes: feedback by its two doors, and a refused upload.
+    # Every code path that writes: feedback by its two doors, a refused upload, a notice.
     labels = [{"inference_id": "req-1", "label": "positive"}]
     body = b'{"inference_id": "req-2", "label": "negative"}\n'
     s3.put_object(Bucket=BUCKET, Key="feedback/demo/day-1/labels.jsonl", Body=body)
+    run_id = api.call("POST", "/runs", {"project": "demo", "dataset_uri": f"s3://{BUCKET}/datasets/demo/d/x.jsonl"})[
+        1]["run_id"]  # fmt: skip
     monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
     assert api.call("POST", "/projects/demo/feedback", {"labels": labels})[0] == 202
     assert "feedback" in api.invoke("on_dataset_uploaded", feedback_event("feedback/demo/day-1/labels.jsonl",
                                                                           len(body)))  # fmt: skip
     # An upload that starts nothing is recorded.
     assert "ignored" in api.invoke("on_dataset_uploaded", feedback_event("feedback/ghost/labels.jsonl", 10))
+    # A run that fails makes a notice.
+    failed = load_event("processing_job_failed", id="prepare-failed")
+    failed["detail"].update(ProcessingJobName=names.job_name(run_id, "prepare", stage=STAGE), Tags={})
+    assert api.invoke("on_sagemaker_event", failed)["state"] == "failed"
     monkeypatch.undo()
 
     sites = write_sites()
     assert sites, "no S3 write found in the Lambda code: the search is broken"
     assert {(path, function) for path, function, _ in recorded} == sites, "a writing code path was not exercised"
     written = {key.split("/", 1)[0] + "/" for _, _, key in recorded}
-    assert written == {"labels/", "refused/"}
+    assert written == {"labels/", "refused/", "notices/"}
     for path in sorted((REPO / ".chalice").glob("policy-*.json")):
         prefixes = policy_write_prefixes(path)
         assert prefixes <= written, f"{path.name} lets the functions write under {sorted(prefixes - written)}"

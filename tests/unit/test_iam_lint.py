@@ -81,10 +81,58 @@ def test_jobs_read_their_inputs_and_write_only_their_outputs() -> None:
 
 def test_the_data_bucket_expires_what_only_serves_for_a_while() -> None:
     """Checkpoints (only for resuming), captured traffic (after its retention), the refused
-    upload records, replaced object versions and unfinished uploads; nothing else."""
+    upload records and notices, replaced object versions and unfinished uploads; nothing else."""
     rules = {r["Id"]: r for r in TEMPLATE["Resources"]["DataBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]}
-    assert {r.get("Prefix") for r in rules.values()} == {"checkpoints/", "capture/", "refused/", None}
+    assert {r.get("Prefix") for r in rules.values()} == {"checkpoints/", "capture/", "refused/", "notices/", None}
     assert rules["expire-replaced-versions"]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
     assert "ExpirationInDays" not in rules["expire-replaced-versions"]  # current objects stay
     parameters = TEMPLATE["Parameters"]
     assert parameters["CheckpointRetentionDays"]["Default"] * 86400 > 432000  # past prod's longest job
+
+
+def test_the_deployers_policy_covers_the_stack_and_nothing_outside_it() -> None:
+    """infra/deployer-policy.json: what `tuneloop deploy` and `destroy` need (CloudFormation
+    acts with the caller's rights), for every kind of resource the packaged template has,
+    on tuneloop-* names only. Linted like every other policy."""
+    from tests.iam import allowed
+
+    policy = json.loads((REPO / "infra" / "deployer-policy.json").read_text())
+    linter = parliament()
+    findings = [(f.issue, f.detail) for f in linter.analyze_policy_string(json.dumps(policy)).findings]
+    # A SAM template's change set needs CreateChangeSet on AWS's transform too (AWS's SAM
+    # docs); parliament's table of resource types predates it.
+    transform = ("RESOURCE_MISMATCH", [{"action": "cloudformation:CreateChangeSet",
+                                        "required_format": "arn:*:cloudformation:*:*:stack/*/*"}])  # fmt: skip
+    assert [f for f in findings if f != transform] == [], findings
+    account, region = "123456789012", "eu-west-1"
+    made = {
+        "cloudformation:ExecuteChangeSet": f"arn:aws:cloudformation:{region}:{account}:stack/tuneloop-dev/abc",
+        "s3:CreateBucket": "arn:aws:s3:::tuneloop-dev-artifacts-123456789012-eu-west-1",
+        "s3:PutLifecycleConfiguration": "arn:aws:s3:::tuneloop-dev-123456789012-eu-west-1",
+        "dynamodb:CreateTable": f"arn:aws:dynamodb:{region}:{account}:table/tuneloop-dev-runs",
+        "lambda:CreateFunction": f"arn:aws:lambda:{region}:{account}:function:tuneloop-dev-APIHandler-x1",
+        "iam:CreateRole": f"arn:aws:iam::{account}:role/tuneloop-dev-sagemaker-execution",
+        "iam:CreatePolicy": f"arn:aws:iam::{account}:policy/tuneloop-dev-approver",
+        "apigateway:POST": f"arn:aws:apigateway:{region}::/restapis",
+        "events:PutRule": f"arn:aws:events:{region}:{account}:rule/tuneloop-dev-OnAlarmEvent-x1",
+        "sqs:CreateQueue": f"arn:aws:sqs:{region}:{account}:tuneloop-dev-on_alarm-dlq",
+        "sns:CreateTopic": f"arn:aws:sns:{region}:{account}:tuneloop-dev-notices",
+        "logs:CreateLogGroup": f"arn:aws:logs:{region}:{account}:log-group:/tuneloop/dev/api-access",
+        "ecr:BatchGetImage": f"arn:aws:ecr:{region}:763104351884:repository/huggingface-pytorch-training",
+    }
+    for action, resource in made.items():
+        assert allowed(policy, action, resource), (action, resource)
+    outside = (("iam:CreateRole", f"arn:aws:iam::{account}:role/admin"),
+               ("s3:DeleteBucket", "arn:aws:s3:::someone-elses-data"),
+               ("lambda:UpdateFunctionCode", f"arn:aws:lambda:{region}:{account}:function:payments"))  # fmt: skip
+    for action, resource in outside:
+        assert not allowed(policy, action, resource), (action, resource)
+    services = {action.split(":")[0] for statement in policy["Statement"] for action in (
+        statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])}  # fmt: skip
+    needs = {"DynamoDB": "dynamodb", "IAM": "iam", "Lambda": "lambda", "Logs": "logs", "S3": "s3", "SNS": "sns",
+             "SQS": "sqs", "ApiGateway": "apigateway", "Serverless": "lambda"}  # fmt: skip
+    # chalice adds the functions and the API (infra/resources.json merges into them).
+    kinds = {r["Type"] for r in TEMPLATE["Resources"].values() if "Type" in r}
+    kinds |= {"AWS::Serverless::Function", "AWS::ApiGateway::RestApi"}
+    for kind in kinds:
+        assert needs[kind.split("::")[1]] in services, kind

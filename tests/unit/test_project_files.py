@@ -81,8 +81,9 @@ def test_chalice_config_traces_and_uses_the_policy_files() -> None:
 
 def test_the_package_declares_the_pins_the_code_runs_with() -> None:
     """`pip install .` installs what ships to Lambda (what the CLI needs: boto3 and the
-    backend's libraries), and `.[training]` what the training and serving code runs with:
-    the same pins as the requirement files, one set. `tuneloop --version` is pyproject's."""
+    backend's libraries), `.[training]` what the training and serving code runs with, and
+    `.[deploy]` what deploy packages with: the same pins as the requirement files, one set.
+    `tuneloop --version` is pyproject's."""
     import subprocess
     import sys
     import tomllib
@@ -96,6 +97,8 @@ def test_the_package_declares_the_pins_the_code_runs_with() -> None:
     assert project["dependencies"] == pins(REPO / "requirements.txt")
     assert "boto3" in {p.split("==")[0] for p in project["dependencies"]}
     assert project["optional_dependencies"]["training"] == pins(REPO / "training" / "requirements.txt")
+    assert project["optional_dependencies"]["deploy"] == pins(REPO / "requirements-deploy.txt")
+    assert {p.split("==")[0] for p in project["optional_dependencies"]["deploy"]} == {"chalice", "sagemaker"}
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     shown = subprocess.run([sys.executable, "-m", "tuneloop.cli", "--version"], capture_output=True, text=True,
                            cwd=REPO, check=True)  # fmt: skip
