@@ -128,8 +128,8 @@ def build(
     cloudwatch = cloudwatch_client or LazyClient("cloudwatch")
     endpoints = EndpointViews(sagemaker_client or LazyClient("sagemaker"), cloudwatch, service.clock, config.stage)
     refused = RefusedUploads(s3, config.bucket, service.clock) if config.bucket else None
-    notices = Notices(s3, config.bucket, LazyClient("sns"), config.notices_topic_arn, service.clock) if config.bucket \
-        else None  # fmt: skip
+    notices = Notices(s3, config.bucket, LazyClient("sns"), config.notices_topic_arn, service.clock, config.stage) \
+        if config.bucket else None  # fmt: skip
     service.notices = notices.tell if notices else None
     teardown = ProjectTeardown(sagemaker_client or LazyClient("sagemaker"), cloudwatch,
                                autoscaling_client or LazyClient("application-autoscaling"), config.stage)  # fmt: skip

@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 
 from .domain import names
 from .domain.run import Run
+from .domain.states import RunState
 
 VARIANT = "AllTraffic"
 
@@ -65,13 +66,14 @@ class ProjectTeardown:
                      ServiceNamespace="sagemaker", ResourceId=resource,
                      ScalableDimension="sagemaker:variant:DesiredInstanceCount")  # fmt: skip
         self._delete(inventory, "endpoints", endpoint, self._sagemaker.delete_endpoint, EndpointName=endpoint)
-        for run in runs:
-            for attempt in (1, 2, 3):  # a run makes attempt 1; a retried deploy a later one
-                config = names.job_name(run.run_id, "config", attempt, stage=run.stage)
-                self._delete(inventory, "endpoint_configs", config, self._sagemaker.delete_endpoint_config,
-                             EndpointConfigName=config)  # fmt: skip
-                model = names.job_name(run.run_id, "model", attempt, stage=run.stage)
-                self._delete(inventory, "models", model, self._sagemaker.delete_model, ModelName=model)
+        # Only a run that deployed (or ran a batch transform) made a model, a config, alarms.
+        served = [r for r in runs if any(h.to_state in (RunState.DEPLOYING, RunState.TRANSFORMING) for h in r.history)]
+        for run in served:
+            config = names.job_name(run.run_id, "config", stage=run.stage)
+            self._delete(inventory, "endpoint_configs", config, self._sagemaker.delete_endpoint_config,
+                         EndpointConfigName=config)  # fmt: skip
+            model = names.job_name(run.run_id, "model", stage=run.stage)
+            self._delete(inventory, "models", model, self._sagemaker.delete_model, ModelName=model)
             alarms = []
             paginator = self._cloudwatch.get_paginator("describe_alarms")
             for page in paginator.paginate(AlarmNamePrefix=f"{names.prefix(run.stage)}{run.run_id}-"):

@@ -19,6 +19,7 @@ from .client import (
     describe_receipt,
     drop,
     local_state,
+    q,
     save_report,
     send_feedback,
     show_run,
@@ -153,7 +154,7 @@ def cmd_project_list(args: argparse.Namespace) -> int:
 
 
 def cmd_project_show(args: argparse.Namespace) -> int:
-    print(json.dumps(target(args).api.call("GET", f"/projects/{args.name}"), indent=2))
+    print(json.dumps(target(args).api.call("GET", f"/projects/{q(args.name)}"), indent=2))
     return 0
 
 
@@ -163,7 +164,7 @@ def cmd_project_delete(args: argparse.Namespace) -> int:
     what += ", and every registered version" if args.delete_models else " (registered versions are kept)"
     confirm(f"delete project {args.name}: {what}", args.yes)
     query = "?delete_models=true" if args.delete_models else ""
-    result = target(args).api.call("DELETE", f"/projects/{args.name}{query}")
+    result = target(args).api.call("DELETE", f"/projects/{q(args.name)}{query}")
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -190,7 +191,7 @@ def cmd_feedback_send(args: argparse.Namespace) -> int:
 
 
 def cmd_feedback_list(args: argparse.Namespace) -> int:
-    receipts = target(args).api.call("GET", f"/projects/{args.project}/feedback?limit={args.limit}")["receipts"]
+    receipts = target(args).api.call("GET", f"/projects/{q(args.project)}/feedback?limit={args.limit}")["receipts"]
     for receipt in receipts:
         print(f"{receipt['delivery']}  {describe_receipt(receipt)}")
     if not receipts:
@@ -207,15 +208,15 @@ def _print_runs(runs: list[dict[str, Any]]) -> None:
 def cmd_runs(args: argparse.Namespace) -> int:
     query = ["limit=100"]
     if args.project:
-        query.append(f"project={args.project}")
+        query.append(f"project={q(args.project)}")
     if args.state:
-        query.append(f"state={args.state}")
+        query.append(f"state={q(args.state)}")
     _print_runs(target(args).api.call("GET", "/runs?" + "&".join(query))["runs"])
     return 0
 
 
 def cmd_run_show(args: argparse.Namespace) -> int:
-    run = target(args).api.call("GET", f"/runs/{args.run_id}")
+    run = target(args).api.call("GET", f"/runs/{q(args.run_id)}")
     print(json.dumps(run, indent=2)) if args.json else show_run(run)
     return 0
 
@@ -239,7 +240,7 @@ def cmd_run_stop(args: argparse.Namespace) -> int:
     if args.stop_serving:
         confirm(f"stop run {args.run_id} and delete the endpoint it serves", args.yes)
         body = {"stop_serving": True}
-    result = target(args).api.call("POST", f"/runs/{args.run_id}/stop", body)
+    result = target(args).api.call("POST", f"/runs/{q(args.run_id)}/stop", body)
     print(f"run {result['run_id']} is {result['state']}")
     return 0
 
@@ -247,7 +248,7 @@ def cmd_run_stop(args: argparse.Namespace) -> int:
 def cmd_run_decide(args: argparse.Namespace) -> int:
     """approve / reject a run waiting for a person; retrain a deployed run."""
     body = {"reason": args.reason} if args.reason else None
-    result = target(args).api.call("POST", f"/runs/{args.run_id}/{args.run_command}", body)
+    result = target(args).api.call("POST", f"/runs/{q(args.run_id)}/{args.run_command}", body)
     if args.run_command == "retrain":
         print(f"retraining run {result['child_run_id']} started from {args.run_id} "
               f"(tuneloop watch {result['child_run_id']})")  # fmt: skip
@@ -263,7 +264,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    run = target(args).api.call("GET", f"/runs/{args.run_id}")
+    run = target(args).api.call("GET", f"/runs/{q(args.run_id)}")
     saved = save_report(run, Path(args.out) if args.out else None)
     print(f"report of run {run['run_id']} saved to {saved}")
     for name, link in sorted(run["links"].items()):
@@ -400,7 +401,7 @@ def cmd_configure(args: argparse.Namespace) -> int:
     """Print the settings `deploy` would give a stage: the region's images (pinned), the
     execution role, the training code's version. Writes nothing."""
     from . import configure
-    from .local.sagemaker import code_version
+    from .training_code import code_version
 
     values = configure.stage_settings(
         args.stage, args.region, args.account_id, args.role_arn, code_version(REPO_ROOT / "training")
@@ -422,16 +423,23 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     from . import destroy
     from .stages import LOCAL, StageProfile, session
 
-    stage = args.stage or os.environ.get("TUNELOOP_STAGE")
+    stage = args.stage  # never from TUNELOOP_STAGE: what is destroyed is named on the command line
     if not stage:
         raise CliError("destroy needs --stage (a deployed stage, or local for the local cloud)")
-    reached = target(args)
     stack = None
-    if stage != LOCAL:
+    reached: Any = None
+    if stage == LOCAL:
+        reached = target(args)
+    else:
         made = session(StageProfile.load(stage), args.region, args.profile)
         account = str(made.client("sts").get_caller_identity()["Account"])
-        clients = {name: made.client(name) for name in ("s3", "dynamodb", "cloudformation")}
+        clients = {name: made.client(name) for name in ("s3", "dynamodb", "cloudformation", "logs")}
         stack = destroy.StackTeardown(stage, made.region_name, account, clients, print)
+        try:
+            reached = target(args)
+        except CliError as exc:
+            if "has no EndpointURL" not in str(exc) and "cannot read stack" not in str(exc):
+                raise
     return destroy.run(reached, stage, args.yes, args.delete_data, stack)
 
 
@@ -441,7 +449,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     stage = args.stage or os.environ.get("TUNELOOP_STAGE")
     if not stage or stage == "local":
         raise CliError("deploy needs --stage (dev, prod): the local cloud is `tuneloop up`")
-    return deploy.run(stage, args.region, args.profile, args.yes)
+    return deploy.run(stage, args.region, args.profile, args.yes, args.api_gateway_account)
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
@@ -612,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("deploy", help="deploy a stage to AWS: bootstrap, images, package, change set", parents=[where])
     p.add_argument("--yes", action="store_true", help="apply the change set without asking")
+    p.add_argument("--api-gateway-account", action=argparse.BooleanOptionalAction, default=None,
+                   help="manage API Gateway's account setting (one per account and region): --no-api-gateway-account "
+                   "for a second stage there (default: as the last deploy of this stage)")  # fmt: skip
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser(
@@ -655,9 +666,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         return int(args.func(args))
     except (CliError, cloud.ServiceError) as exc:
+        print(f"tuneloop: {exc}", file=sys.stderr)
+        return 2
+    except (BotoCoreError, ClientError) as exc:  # AWS said no, or could not be reached: its one line
         print(f"tuneloop: {exc}", file=sys.stderr)
         return 2
 

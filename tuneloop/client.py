@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +20,17 @@ from typing import Any
 from .local import cloud
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# S3 takes one PutObject of at most 5 GB.
+MAX_UPLOAD_BYTES = 5 * 1024**3
 
 
 class CliError(Exception):
     pass
+
+
+def q(part: str) -> str:
+    """A name or id as one path segment (or query value): nothing in it changes the URL."""
+    return urllib.parse.quote(part, safe="")
 
 
 # --- API client -------------------------------------------------------------------------
@@ -141,7 +149,7 @@ def _upload(
         raise CliError(f"{refused}: {path} is empty")
     api = target.api
     try:
-        why = check_project(api.call("GET", f"/projects/{project}"))
+        why = check_project(api.call("GET", f"/projects/{q(project)}"))
     except CliError as exc:
         if "→ 404" in str(exc):
             raise CliError(f"{refused}: there is no project {project!r} (tuneloop project create)") from exc
@@ -149,12 +157,19 @@ def _upload(
     if why:
         raise CliError(f"{refused}: {why}")
     s3 = target.s3()
+    size = path.stat().st_size
+    if size > MAX_UPLOAD_BYTES:
+        raise CliError(
+            f"{refused}: {path} is {size} bytes; one upload takes at most {MAX_UPLOAD_BYTES} (S3's PutObject)"
+        )
     try:
-        s3.upload_file(str(path), target.bucket, key)
-        head = s3.head_object(Bucket=target.bucket, Key=key)
-    except Exception as exc:  # botocore's and s3transfer's errors: the one line they carry
+        # One PutObject, whose answer names the upload (ETag, version): the uploader needs
+        # only s3:PutObject (a stage's submitter policy), not read access to the bucket.
+        with path.open("rb") as body:
+            put = s3.put_object(Bucket=target.bucket, Key=key, Body=body)
+    except Exception as exc:  # botocore's errors: the one line they carry
         raise CliError(f"cannot upload to s3://{target.bucket}/{key} ({target.name}): {exc}") from exc
-    identity = upload_identity(head.get("VersionId"), head.get("ETag"), head.get("ContentLength"))
+    identity = upload_identity(put.get("VersionId"), put.get("ETag"), size)
     uri = f"s3://{target.bucket}/{key}"
     if identity is None:
         raise CliError(f"uploaded {uri}, but S3 gave it no ETag to find what it started by")
@@ -173,13 +188,19 @@ def drop(
     api, uri, identity = _upload(target, path, project, key, check_dataset_key, "no run would start")
     run_id = run_id_for(target.bucket, key, identity)
     deadline = time.monotonic() + timeout
+    polls = 0
     while True:
         try:
-            api.call("GET", f"/runs/{run_id}")
+            api.call("GET", f"/runs/{q(run_id)}")
             return uri, run_id
         except CliError as exc:
             if "→ 404" not in str(exc) or time.monotonic() > deadline:
                 raise CliError(f"uploaded {uri}, but no run started within {timeout:.0f}s (see {target.logs})") from exc
+        polls += 1
+        if polls % 8 == 0:  # every 2 s: did the intake refuse it (a run limit reached meanwhile)?
+            refused = [r for r in api.call("GET", "/drops?limit=20")["refused"] if r.get("key") == key]
+            if refused:
+                raise CliError(f"uploaded {uri}, but it started no run: {refused[0]['reason']}")
         time.sleep(0.25)
 
 
@@ -202,7 +223,7 @@ def send_feedback(target: Target, path: Path, project: str, timeout: float = 60)
     delivery = names.derive_id("feedback", target.bucket, key, identity)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for receipt in api.call("GET", f"/projects/{project}/feedback?limit=100")["receipts"]:
+        for receipt in api.call("GET", f"/projects/{q(project)}/feedback?limit=100")["receipts"]:
             if receipt.get("delivery") == delivery:
                 return dict(receipt)
         time.sleep(0.25)
@@ -322,7 +343,7 @@ def wait_for_run(api: Api, project: str, after: set[str], timeout: float) -> dic
     """Poll the API until a run of ``project`` that is not in ``after`` exists."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = api.call("GET", f"/runs?project={project}&limit=100")["runs"]
+        runs = api.call("GET", f"/runs?project={q(project)}&limit=100")["runs"]
         fresh = [r for r in runs if r["run_id"] not in after]
         if fresh:
             return dict(api.call("GET", f"/runs/{fresh[0]['run_id']}"))
@@ -349,7 +370,7 @@ def watch(target: Target, run_id: str, until: tuple[str, ...] = (), timeout: flo
     shown: set[str] = set()
     last = ""
     while True:
-        run = api.call("GET", f"/runs/{run_id}")
+        run = api.call("GET", f"/runs/{q(run_id)}")
         line = f"{run['state']:<12}"
         awaiting = run.get("awaiting") or ""
         extra: list[str] = []

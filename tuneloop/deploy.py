@@ -119,6 +119,9 @@ class Deployer:
     confirm: Callable[[str], bool] = lambda question: True
     poll_s: float = 5.0
     profile: str | None = None
+    # API Gateway's account setting (its CloudWatch role) is one per account and region:
+    # False for a second stage there (the first keeps managing it).
+    api_gateway_account: bool = True
     shown_events: set[str] = field(default_factory=set)
 
     @property
@@ -157,11 +160,27 @@ class Deployer:
             },
         )
         self.s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        # Replaced versions go; current packages stay (a rollback of the stack may need any).
         self.s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
-            {"ID": "expire-old-packages", "Status": "Enabled", "Filter": {"Prefix": "packages/"},
-             "NoncurrentVersionExpiration": {"NoncurrentDays": 30}, "Expiration": {"Days": 90},
+            {"ID": "expire-replaced-versions", "Status": "Enabled", "Filter": {"Prefix": "packages/"},
+             "NoncurrentVersionExpiration": {"NoncurrentDays": 30},
              "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}}]})  # fmt: skip
         return bucket
+
+    def check_no_leftovers(self, account: str) -> None:
+        """A first deploy over the data an earlier stack of this stage kept would fail on
+        its names (CloudFormation does not adopt them): say so before anything is made."""
+        if self._stack_status() not in (None, "REVIEW_IN_PROGRESS"):
+            return
+        data = data_bucket(self.stage, account, self.region)
+        try:
+            self.s3.head_bucket(Bucket=data, ExpectedBucketOwner=account)
+        except self.s3.exceptions.ClientError:
+            return
+        raise CliError(
+            f"stage {self.stage}'s data from an earlier stack remains (bucket {data}, its tables): "
+            f"`tuneloop destroy --stage {self.stage} --delete-data` deletes it; or deploy another stage"
+        )
 
     # --- 2. settings ---------------------------------------------------------------------
 
@@ -204,9 +223,9 @@ class Deployer:
 
     # --- 4. change set -------------------------------------------------------------------
 
-    def _stack_status(self) -> str | None:
+    def _stack_status(self, stack: str | None = None) -> str | None:
         try:
-            stacks = self.cloudformation.describe_stacks(StackName=self.stack)["Stacks"]
+            stacks = self.cloudformation.describe_stacks(StackName=stack or self.stack)["Stacks"]
         except self.cloudformation.exceptions.ClientError as exc:
             if "does not exist" in str(exc):
                 return None
@@ -219,7 +238,8 @@ class Deployer:
         if status == "ROLLBACK_COMPLETE":  # a first create that failed: CloudFormation wants it deleted
             raise CliError(f"stack {self.stack} is ROLLBACK_COMPLETE from a failed first deploy: "
                            f"`tuneloop destroy --stage {self.stage}`, then deploy again")  # fmt: skip
-        kind = "CREATE" if status is None else "UPDATE"
+        # A stack whose first change set was never executed is REVIEW_IN_PROGRESS: still a create.
+        kind = "CREATE" if status in (None, "REVIEW_IN_PROGRESS") else "UPDATE"
         name = f"tuneloop-{time.strftime('%Y%m%d%H%M%S')}"
         self.cloudformation.create_change_set(
             StackName=self.stack, ChangeSetName=name, ChangeSetType=kind, TemplateURL=template_url,
@@ -244,26 +264,38 @@ class Deployer:
         if not self.confirm(f"apply these {len(changes)} change(s) to stack {self.stack}"):
             self.cloudformation.delete_change_set(StackName=self.stack, ChangeSetName=name)
             raise CliError("not confirmed; the change set was deleted and nothing changed")
+        self.seen_before()
         self.cloudformation.execute_change_set(StackName=self.stack, ChangeSetName=name)
         self.follow()
         return True
 
-    def follow(self) -> str:
+    def seen_before(self, stack: str | None = None) -> None:
+        """Mark the stack's events so far as shown: progress and failures are this call's."""
+        try:
+            events = self.cloudformation.describe_stack_events(StackName=stack or self.stack)["StackEvents"]
+        except self.cloudformation.exceptions.ClientError:
+            return  # no stack yet: no events
+        self.shown_events.update(e["EventId"] for e in events)
+
+    def follow(self, stack: str | None = None) -> str:
         """Print the stack's new events until it settles; its final status, or CliError with
-        the first failed resource's reason."""
+        the first failed resource's reason. ``stack``: its id, which (unlike its name) still
+        finds a deleted stack."""
         started = time.time()
+        mine: list[dict[str, Any]] = []
         while True:
-            events = self.cloudformation.describe_stack_events(StackName=self.stack)["StackEvents"]
+            events = self.cloudformation.describe_stack_events(StackName=stack or self.stack)["StackEvents"]
             fresh = [e for e in reversed(events) if e["EventId"] not in self.shown_events]
             for event in fresh:
                 self.shown_events.add(event["EventId"])
+                mine.append(event)
                 reason = f"  {event['ResourceStatusReason']}" if event.get("ResourceStatusReason") else ""
                 self.say(f"  {event['ResourceStatus']:<24} {event['LogicalResourceId']:<40}{reason}")
-            status = self._stack_status() or "DELETE_COMPLETE"
+            status = self._stack_status(stack) or "DELETE_COMPLETE"
             if status in DONE or status == "DELETE_COMPLETE":
                 return status
             if status in FAILED:
-                failed = [e for e in reversed(events) if e["ResourceStatus"].endswith("_FAILED")
+                failed = [e for e in mine if e["ResourceStatus"].endswith("_FAILED")
                           and e.get("ResourceStatusReason")]  # fmt: skip
                 why = f"{failed[0]['LogicalResourceId']}: {failed[0]['ResourceStatusReason']}" if failed else status
                 raise CliError(f"stack {self.stack} is {status}: {why}")
@@ -278,10 +310,14 @@ class Deployer:
     # --- all of it -----------------------------------------------------------------------
 
     def deploy(self, work: Path) -> StageProfile:
-        from .local.sagemaker import code_version, upload_code
+        from .training_code import code_version, upload_code
 
         account = str(self.sts.get_caller_identity()["Account"])
         self.say(f"deploying stage {self.stage} to account {account}, region {self.region}")
+        stages = json.loads((REPO_ROOT / ".chalice" / "config.json").read_text()).get("stages", {})
+        if self.stage not in stages:
+            raise CliError(f"stage {self.stage} has no entry in .chalice/config.json (it has {', '.join(stages)})")
+        self.check_no_leftovers(account)
         bucket = self.bootstrap(account)
         source = REPO_ROOT / "training"
         settings = self.settings(account, code_version(source))
@@ -290,7 +326,11 @@ class Deployer:
 
         packaged = self.package(self.stage, self.region, settings, work)
         template_url = self.upload_package(bucket, packaged)
-        parameters = {"Stage": self.stage, "ImageRepositoryArns": ",".join(configure.repository_arns(settings))}
+        parameters = {
+            "Stage": self.stage,
+            "ImageRepositoryArns": ",".join(configure.repository_arns(settings)),
+            "ManageApiGatewayAccount": "true" if self.api_gateway_account else "false",
+        }
         changed = self.change_set(template_url, parameters)
         if not changed:
             self.say(f"stack {self.stack} is up to date: nothing to deploy")
@@ -299,27 +339,35 @@ class Deployer:
         code = upload_code(self.s3, source, data)
         self.say(f"training code at {code}")
         profile = StageProfile(self.stage, region=self.region, profile=self.profile, stack=self.stack,
-                               api_url=outputs.get("EndpointURL"), bucket=data, account=account)  # fmt: skip
+                               api_url=outputs.get("EndpointURL"), bucket=data, account=account,
+                               api_gateway_account="true" if self.api_gateway_account else "false")  # fmt: skip
         where = profile.save()
         self.say(f"stage {self.stage} is ready: {profile.api_url} (profile saved to {where})")
         return profile
 
 
-def run(stage: str, region: str | None, profile: str | None, yes: bool) -> int:
+def run(stage: str, region: str | None, profile: str | None, yes: bool, api_gateway_account: bool | None = None) -> int:
     from .stages import check_stage_name, session
 
     check_stage_name(stage)
-    made = session(StageProfile.load(stage), region, profile)
+    saved = StageProfile.load(stage)
+    made = session(saved, region, profile)
+    if api_gateway_account is None:  # as the last deploy of this stage had it
+        api_gateway_account = saved.api_gateway_account != "false"
 
     def confirm(question: str) -> bool:
         if yes:
             return True
         if not sys.stdin.isatty():
             raise CliError(f"{question}: pass --yes to confirm (no terminal to ask at)")
-        return input(f"{question}? Type yes to go on: ").strip().lower() == "yes"
+        try:
+            return input(f"{question}? Type yes to go on: ").strip().lower() == "yes"
+        except (EOFError, KeyboardInterrupt):
+            return False
 
     deployer = Deployer(stage, made.region_name, made.client("s3"), made.client("sts"), made.client("ecr"),
-                        made.client("cloudformation"), confirm=confirm, profile=profile)  # fmt: skip
+                        made.client("cloudformation"), confirm=confirm, profile=profile,
+                        api_gateway_account=api_gateway_account)  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="tuneloop-deploy-"))
     try:
         deployer.deploy(work)

@@ -47,6 +47,8 @@ class StageProfile:
     api_url: str | None = None
     bucket: str | None = None
     account: str | None = None
+    # "false" when another stage in the account and region owns API Gateway's account setting.
+    api_gateway_account: str | None = None
 
     @property
     def stack_name(self) -> str:

@@ -75,16 +75,23 @@ def test_deploy_from_an_empty_account_in_one_call_and_again_as_a_no_op(
         cloudformation = boto3.client("cloudformation", region_name=REGION)
         with Stubber(ecr) as ecr_stub, Stubber(cloudformation) as cf:
             pin_every_image(ecr_stub, images)
-            cf.add_client_error("describe_stacks", "ValidationError", f"Stack with id {STACK} does not exist")
+            for _ in range(2):  # nothing left of an earlier stack; no stack to update
+                cf.add_client_error("describe_stacks", "ValidationError", f"Stack with id {STACK} does not exist")
+            parameters = [{"ParameterKey": "ImageRepositoryArns", "ParameterValue": ANY},
+                          {"ParameterKey": "ManageApiGatewayAccount", "ParameterValue": "true"},
+                          {"ParameterKey": "Stage", "ParameterValue": "dev"}]  # fmt: skip
             cf.add_response("create_change_set", {"Id": "arn:cs", "StackId": "arn:stack"}, {
                 "StackName": STACK, "ChangeSetName": ANY, "ChangeSetType": "CREATE", "TemplateURL": ANY,
-                "Parameters": ANY, "Capabilities": deploy.CAPABILITIES, "Tags": ANY})  # fmt: skip
+                "Parameters": parameters, "Capabilities": deploy.CAPABILITIES, "Tags": ANY})  # fmt: skip
             cf.add_response("describe_change_set", {"Status": "CREATE_COMPLETE", "Changes": [
                 {"Type": "Resource", "ResourceChange": {"Action": "Add", "LogicalResourceId": "DataBucket",
                                                         "ResourceType": "AWS::S3::Bucket"}},
                 {"Type": "Resource", "ResourceChange": {"Action": "Add", "LogicalResourceId": "APIHandler",
                                                         "ResourceType": "AWS::Lambda::Function"}}]},
                 {"StackName": STACK, "ChangeSetName": ANY})  # fmt: skip
+            earlier = {"StackId": "arn:stack", "EventId": "e0", "StackName": STACK, "LogicalResourceId": STACK,
+                       "Timestamp": "2026-12-06T00:00:00Z", "ResourceStatus": "REVIEW_IN_PROGRESS"}  # fmt: skip
+            cf.add_response("describe_stack_events", {"StackEvents": [earlier]}, {"StackName": STACK})
             cf.add_response("execute_change_set", {}, {"StackName": STACK, "ChangeSetName": ANY})
             cf.add_response(
                 "describe_stack_events",
@@ -141,12 +148,14 @@ def test_deploy_from_an_empty_account_in_one_call_and_again_as_a_no_op(
             code[0].split("/")[1])  # fmt: skip
         assert StageProfile.load("dev").api_url == f"https://abc.execute-api.{REGION}.amazonaws.com/api/"
         assert any("CREATE_COMPLETE" in line and "DataBucket" in line for line in said)
+        assert not any("REVIEW_IN_PROGRESS" in line for line in said)  # what came before this deploy is not shown
         assert any(line.strip().startswith("Add") and "APIHandler" in line for line in said)
 
         # Nothing changed: a no-op that says so.
         said.clear()
         with Stubber(ecr) as ecr_stub, Stubber(cloudformation) as cf:
             pin_every_image(ecr_stub, images)
+            cf.add_response("describe_stacks", stacks("CREATE_COMPLETE"), {"StackName": STACK})
             cf.add_response("describe_stacks", stacks("CREATE_COMPLETE"), {"StackName": STACK})
             cf.add_response("create_change_set", {"Id": "arn:cs2"}, {
                 "StackName": STACK, "ChangeSetName": ANY, "ChangeSetType": "UPDATE", "TemplateURL": ANY,
@@ -203,3 +212,25 @@ def test_a_failed_stack_says_why_in_one_line(tmp_path: Path) -> None:
         deployer = deploy.Deployer("dev", REGION, None, None, None, cloudformation, say=lambda _: None, poll_s=0)
         with pytest.raises(CliError, match=r"^stack tuneloop-dev is ROLLBACK_COMPLETE: APIHandler: Resource handler"):
             deployer.follow()
+
+
+def test_data_an_earlier_stack_kept_is_named_before_anything_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CloudFormation does not adopt a bucket or table of the same name: a first deploy over
+    what `destroy` kept would fail half-way, so it is refused first, saying what to do."""
+    from moto import mock_aws
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_STS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        s3, sts = boto3.client("s3", region_name=REGION), boto3.client("sts", region_name=REGION)
+        cloudformation = boto3.client("cloudformation", region_name=REGION)
+        kept = deploy.data_bucket("dev", ACCOUNT, REGION)
+        s3.create_bucket(Bucket=kept, CreateBucketConfiguration={"LocationConstraint": REGION})
+        with Stubber(cloudformation) as cf:
+            cf.add_client_error("describe_stacks", "ValidationError", f"Stack with id {STACK} does not exist")
+            deployer = deploy.Deployer("dev", REGION, s3, sts, None, cloudformation, say=lambda _: None, poll_s=0)
+            with pytest.raises(CliError, match=f"bucket {kept}.*tuneloop destroy --stage dev --delete-data"):
+                deployer.deploy(Path("unused"))
+        assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == [kept]  # no artifacts bucket was made

@@ -92,3 +92,11 @@ def test_tuneloop_stage_in_the_environment_picks_the_stage(monkeypatch: pytest.M
         stage = region = profile = None
 
     assert stages.target(Args()).name == "stage qa"
+
+
+def test_names_and_ids_travel_as_one_path_segment() -> None:
+    """A project named 'demo?delete_models=true' cannot turn into a query the user never asked for."""
+    from tuneloop.client import q
+
+    assert q("demo?delete_models=true") == "demo%3Fdelete_models%3Dtrue"
+    assert q("a b/../c") == "a%20b%2F..%2Fc"

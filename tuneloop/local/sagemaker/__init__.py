@@ -15,7 +15,7 @@ The parts, in the shape of moto's service packages:
 - ``registry.py``   model package groups and packages
 - ``hosting.py``    models, endpoint configs, endpoints (serving processes, blue/green)
 - ``runtime.py``    InvokeEndpoint, data capture, endpoint metrics
-- ``staging.py``    S3 in and out, the training code upload
+- ``staging.py``    S3 in and out (the training code upload is ``tuneloop/training_code.py``)
 - ``common.py``     account, region, time, ARNs, envelopes, durable files
 - ``exceptions.py`` AWS's error codes
 
@@ -24,10 +24,10 @@ Imports run one way (responses → backend → the parts → common), never in a
 
 from __future__ import annotations
 
+from ...training_code import code_version, upload_code
 from .backend import ENTRY_POINTS, LocalSageMaker
 from .exceptions import ServiceError
 from .responses import SageMakerHttpServer, serve
-from .staging import code_version, upload_code
 
 __all__ = [
     "ENTRY_POINTS",

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ...training_code import code_digest, upload_code
 from .. import toolkit
 from ..processes import ProcessRecord, reclaim
 from .common import PROCESSING_CODE, PROCESSING_ROOT, Emit, check_channel, envelope, read_json, write_json
@@ -20,7 +21,6 @@ from .hosting import Hosting
 from .jobs import PROCESS_FILE, REQUEST_FILE, STOP_GRACE_S, Job, ProcessingJob, TrainingJob, TransformJob
 from .registry import Registry
 from .runtime import Runtime
-from .staging import code_digest, upload_code
 from .tuning import TuningJob
 from .validation import validate
 from .warmpool import WarmPools, terminated
