@@ -35,6 +35,7 @@ from chalicelib.api import (
     run_summary,
     run_view,
 )
+from chalicelib.budget import SPEND_RUNS
 from chalicelib.cost import month_spend
 from chalicelib.domain import names
 from chalicelib.domain.commands import StartChildRun
@@ -197,10 +198,6 @@ def update_project(name: str) -> dict[str, Any]:
     return project_view(project)
 
 
-# How many of a project's newest runs the month's spend reads (each costs Describe calls).
-SPEND_RUNS = 50
-
-
 def _serving(name: str) -> Any:
     """The project's deployed run (the newest, should there be two for a moment), or None."""
     service = deps.get().service
@@ -359,6 +356,20 @@ def delete_project(name: str) -> dict[str, Any] | Response:
             else type(exc).__name__  # fmt: skip
         return _unavailable(f"the project's resources were not all deleted ({said}); the project is kept: "
                             "delete it again (what is gone stays gone)")  # fmt: skip
+
+
+@app.route("/spend", methods=["GET"], authorizer=iam)
+@_http_errors
+def stage_spend() -> dict[str, Any] | Response:
+    """What the stage's projects spent this month at list prices, against its budget."""
+    current = deps.get()
+    if current.budget is None:
+        raise ConflictError("spend is read from SageMaker's job records: SageMaker is not configured on this stage")
+    try:
+        return current.budget.spend()
+    except (ClientError, BotoCoreError) as exc:
+        logger.exception("spend not read")
+        return _unavailable(f"the spend could not be read ({_aws_error(exc)}); retry")
 
 
 @app.route("/notices", methods=["GET"], authorizer=iam)

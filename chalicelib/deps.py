@@ -13,6 +13,7 @@ from .config import Settings, settings
 from .service import RunService
 
 if TYPE_CHECKING:
+    from .budget import StageBudget
     from .endpoints import EndpointViews
     from .feedback import FeedbackInbox
     from .notices import Notices
@@ -37,6 +38,8 @@ class Deps:
     teardown: ProjectTeardown | None = None
     # The stage's notices (GET /notices; its SNS topic).
     notices: Notices | None = None
+    # The month's spend against the stage's budget (GET /spend); None until SageMaker is configured.
+    budget: StageBudget | None = None
 
 
 _lock = threading.Lock()
@@ -70,6 +73,7 @@ def build(
     autoscaling_client: Any = None,
 ) -> Deps:
     from . import models
+    from .budget import StageBudget
     from .deployment import DeploymentExecutors
     from .endpoints import EndpointViews
     from .feedback import FeedbackInbox, NewDataCounter
@@ -131,11 +135,16 @@ def build(
     notices = Notices(s3, config.bucket, LazyClient("sns"), config.notices_topic_arn, service.clock, config.stage) \
         if config.bucket else None  # fmt: skip
     service.notices = notices.tell if notices else None
+    budget = None
+    if reports is not None:
+        budget = StageBudget(service, reports.cost, config.region, config.stage, config.limits.monthly_budget_usd,
+                             service.clock, crossed=notices.tell_budget if notices else None)  # fmt: skip
+        service.budget = budget.refusal if config.limits.monthly_budget_usd else None
     teardown = ProjectTeardown(sagemaker_client or LazyClient("sagemaker"), cloudwatch,
                                autoscaling_client or LazyClient("application-autoscaling"), config.stage)  # fmt: skip
     return Deps(settings=config, service=service, reports=reports, feedback=feedback,
                 endpoints=endpoints if config.role_arn else None, refused=refused,
-                teardown=teardown if config.role_arn else None, notices=notices)  # fmt: skip
+                teardown=teardown if config.role_arn else None, notices=notices, budget=budget)  # fmt: skip
 
 
 def get() -> Deps:

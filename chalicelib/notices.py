@@ -96,6 +96,30 @@ class Notices:
         except Exception:  # botocore's errors: the run has moved on; the notice is in the log
             logger.exception("notice not sent", extra={"run_id": run.run_id, "notice": record})
 
+    def tell_budget(self, spent: dict[str, Any]) -> None:
+        """Spend crossed the stage's budget: one notice a month."""
+        marker = f"-budget-{spent['month']}.json"
+        try:
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=PREFIX):
+                if any(o["Key"].endswith(marker) for o in page.get("Contents", [])):
+                    return
+            now = self._clock()
+            stage = f" --stage {self._stage}" if self._stage and self._stage != "local" else ""
+            record: dict[str, Any] = {
+                "kind": "budget_spent", "run_id": None, "project": None, "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "subject": f"tuneloop: stage {self._stage} spent its budget for {spent['month']}",
+                "message": f"stage {self._stage} has spent ${spent['usd']:.2f} of its ${spent['budget_usd']} budget "
+                           f"for {spent['month']} (list prices); new runs are refused until next month",
+                "next": f"tuneloop status{stage}",
+            }  # fmt: skip
+            self._s3.put_object(Bucket=self._bucket, Key=f"{PREFIX}{now:%Y%m%dT%H%M%S}{marker}",
+                                Body=json.dumps(record).encode(), ContentType="application/json")  # fmt: skip
+            if self._topic:
+                self._sns.publish(TopicArn=self._topic, Subject=record["subject"][:99],
+                                  Message=f"{record['message']}\n\nNext: {record['next']}\n")  # fmt: skip
+        except Exception:  # botocore's errors: the refusal stands; the notice is in the log
+            logger.exception("budget notice not sent", extra={"spent": spent})
+
     def newest(self, limit: int = 20) -> list[dict[str, Any]]:
         found: list[str] = []
         for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=PREFIX):

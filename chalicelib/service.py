@@ -147,6 +147,8 @@ class RunService:
         # Told of every committed decision: a run waiting for approval, failed, rolled
         # back, or retraining because of an alarm makes a notice (notices.py).
         self.notices = notices
+        # Why a new run may not start for the stage's monthly budget (budget.py), or None.
+        self.budget: Callable[[], str | None] | None = None
         # The prefix of every name a run of this stage makes (names.prefix).
         self.stage = stage
         self.runs = runs
@@ -327,6 +329,9 @@ class RunService:
             ) from exc
         if parent_run_id is None:
             self._check_active_runs(project.name)
+            over = self.budget() if self.budget is not None else None
+            if over:
+                raise RunLimitError(over)
         now = self.clock()
         when = event_time or now
         run = Run(

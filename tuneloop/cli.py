@@ -84,6 +84,11 @@ def stage_status(args: argparse.Namespace) -> int:
         info["reachable"] = True
     except CliError as exc:
         info["reachable"], info["error"] = False, str(exc)
+    if info["reachable"]:
+        try:
+            info["spend"] = reached.api.call("GET", "/spend")
+        except CliError as exc:  # SageMaker not configured there: nothing spent to read
+            info["spend_error"] = str(exc)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -92,6 +97,12 @@ def stage_status(args: argparse.Namespace) -> int:
         print(f"  bucket    s3://{info['bucket']}")
         if not info["reachable"]:
             print(f"  error     {info['error']}")
+        spend = info.get("spend")
+        if spend:
+            budget = f" of its ${spend['budget_usd']} budget" if spend.get("budget_usd") else " (no budget set)"
+            gaps = "" if spend["complete"] and not spend["partial"] else "; some lines unpriced or runs unread"
+            print(f"  spend     ${spend['usd']:.2f}{budget} in {spend['month']}, at list prices of "
+                  f"{spend['prices_as_of']}{gaps}")  # fmt: skip
     return 0 if info["reachable"] else 1
 
 

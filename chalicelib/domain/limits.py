@@ -47,6 +47,9 @@ class Limits:
     # Retraining runs are bounded by max_retrains_per_day and one at a time per project.
     max_active_runs_per_project: int = UNLIMITED_ACTIVE_RUNS
     max_active_runs: int = UNLIMITED_ACTIVE_RUNS
+    # What the stage may spend in a calendar month (USD, list prices); past it new runs are
+    # refused with the figures. 0: no budget.
+    monthly_budget_usd: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], stage: str = "local") -> Limits:

@@ -96,6 +96,10 @@ def check_dashboard(home: Path, state: dict[str, Any], run: dict[str, Any], arti
                 assert cells[2] == status["deployed_run_id"] == run_id and cells[3] == status["endpoint"]["status"]
                 assert cells[5] == (", ".join(a["metric"] for a in status["open_alarms"]) or "none")
                 assert cells[6].startswith(f"${status['spend']['usd']:.2f}"), (cells, status["spend"])
+                # Uploads that started nothing are listed where the uploader looks, with why.
+                for record in http(state, "GET", "/drops")[1]["refused"]:
+                    refused = page.locator("table:has(caption:text-is('Uploads that started nothing'))")
+                    assert record["uri"] in refused.inner_text() and record["reason"] in refused.inner_text()
                 page.screenshot(path=str(artifacts / "projects.png"), full_page=True)
 
                 # A new project: the server's refusals shown at the field at fault, then created.

@@ -496,3 +496,39 @@ def test_a_notice_is_published_to_the_stages_topic() -> None:
             "MessageAttributes": {"kind": {"DataType": "String", "StringValue": "failed"}}})  # fmt: skip
         Notices(s3, "b", sns, topic, lambda: T0).tell(decision, event)
         sns_stub.assert_no_pending_responses()
+
+
+def test_past_the_monthly_budget_new_runs_are_refused_with_the_figures(
+    api: Api, demo: dict[str, Any], deps: Any, s3: Any
+) -> None:
+    """The month's spend at list prices (each run's cost lines), summed over the projects;
+    past the budget a new run is a 409 that says how much of what, and one notice is made."""
+    import dataclasses
+
+    from chalicelib import deps as deps_module
+    from chalicelib.budget import StageBudget
+    from chalicelib.notices import Notices
+
+    def cost_of(run: Any) -> dict[str, Any]:
+        return {"total_usd": 6.0, "complete": True}
+
+    notices = Notices(s3, BUCKET, None, "", deps.service.clock, STAGE)
+    budget = StageBudget(deps.service, cost_of, "us-east-1", STAGE, 10, deps.service.clock,
+                         crossed=notices.tell_budget, ttl_s=0)  # fmt: skip
+    deps.service.budget = budget.refusal
+    deps_module.override(dataclasses.replace(deps, budget=budget, notices=notices))
+    try:
+        assert api.call("POST", "/runs", {"project": "demo", "dataset_uri": DATASET})[0] == 202  # $6 spent
+        assert api.call("POST", "/runs", {"project": "demo", "dataset_uri": DATASET.replace("ds-1", "ds-2")})[0] == 202
+        spend = api.call("GET", "/spend")[1]
+        assert (spend["usd"], spend["budget_usd"], spend["projects"], spend["complete"]) == (12.0, 10, 1, True)
+        for n in (3, 4):
+            status, body = api.call(
+                "POST", "/runs", {"project": "demo", "dataset_uri": DATASET.replace("ds-1", f"ds-{n}")}
+            )
+            assert status == 409, body
+            assert f"stage {STAGE} has spent $12.00 of its $10 budget for {spend['month']}" in body["Message"]
+        budget_notices = [n for n in api.call("GET", "/notices")[1]["notices"] if n["kind"] == "budget_spent"]
+        assert len(budget_notices) == 1 and budget_notices[0]["next"] == f"tuneloop status --stage {STAGE}"
+    finally:
+        deps_module.override(deps)

@@ -63,8 +63,10 @@ def policy_write_prefixes(path: Path) -> set[str]:
 
 
 def test_the_lambda_roles_write_only_under_the_prefixes_the_code_writes(
-    api: Api, demo: dict[str, Any], s3: Any, monkeypatch: pytest.MonkeyPatch
+    api: Api, demo: dict[str, Any], s3: Any, deps: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from chalicelib.budget import StageBudget
+
     recorded: list[tuple[str, str, str]] = []
     real = botocore.client.BaseClient._make_api_call
 
@@ -89,10 +91,15 @@ def test_the_lambda_roles_write_only_under_the_prefixes_the_code_writes(
                                                                           len(body)))  # fmt: skip
     # An upload that starts nothing is recorded.
     assert "ignored" in api.invoke("on_dataset_uploaded", feedback_event("feedback/ghost/labels.jsonl", 10))
-    # A run that fails makes a notice.
+    # A run that fails makes a notice; so does spend crossing the stage's budget.
     failed = load_event("processing_job_failed", id="prepare-failed")
     failed["detail"].update(ProcessingJobName=names.job_name(run_id, "prepare", stage=STAGE), Tags={})
     assert api.invoke("on_sagemaker_event", failed)["state"] == "failed"
+    spent = StageBudget(deps.service, lambda run: {"total_usd": 5.0, "complete": True}, "us-east-1", STAGE, 1,
+                        deps.service.clock, crossed=deps.notices.tell_budget, ttl_s=0)  # fmt: skip
+    deps.service.budget = spent.refusal
+    assert api.call("POST", "/runs", {"project": "demo", "dataset_uri": f"s3://{BUCKET}/datasets/demo/e/x.jsonl"})[
+        0] == 409  # fmt: skip
     monkeypatch.undo()
 
     sites = write_sites()

@@ -173,12 +173,32 @@ async function projectsPage() {
     ];
   });
   const month = statuses.find((s) => s.spend)?.spend.month;
+  // The stage's notices, uploads that started nothing, and its spend against its budget
+  // (each optional: a stage without them says nothing rather than failing the page).
+  const [notices, drops, stage] = await Promise.all([
+    api("GET", "/notices?limit=10").catch(() => ({ notices: [] })),
+    api("GET", "/drops?limit=10").catch(() => ({ refused: [] })),
+    api("GET", "/spend").catch(() => null),
+  ]);
+  const budget = stage && stage.budget_usd
+    ? h("p", { class: stage.usd >= stage.budget_usd ? "error" : "muted" },
+      `This stage spent ${usd(stage.usd)} of its ${usd(stage.budget_usd)} budget in ${stage.month}`
+      + (stage.usd >= stage.budget_usd ? ": new runs are refused until next month." : "."))
+    : null;
   render("Projects", newProjectForm(),
     rows.length ? table(["project", "task", "deployed run", "endpoint", "last run", "open alarms",
       `spend ${month || "this month"}`], rows, "Projects")
       : h("p", {}, "No projects yet: tuneloop project create --file examples/demo-project.json"),
     rows.length ? h("p", { class: "muted" }, "Spend: every job of the runs started this month and the endpoint's "
-      + "hours this month, at list prices.") : null);
+      + "hours this month, at list prices.") : null,
+    budget,
+    notices.notices.length ? h("section", { "aria-labelledby": "notices" }, h("h2", { id: "notices" }, "Notices"),
+      table(["time", "what happened", "next"], notices.notices.map((n) => [
+        n.time, n.run_id ? h("span", {}, link(`/runs/${n.run_id}`, n.run_id), " ", n.message) : n.message,
+        h("code", {}, n.next)]), "Notices")) : null,
+    drops.refused.length ? h("section", { "aria-labelledby": "refused" }, h("h2", { id: "refused" }, "Uploads that started nothing"),
+      table(["time", "upload", "why"], drops.refused.map((d) => [d.refused_at, h("code", {}, d.uri), d.reason]),
+        "Uploads that started nothing")) : null);
 }
 
 async function projectPage(name) {
