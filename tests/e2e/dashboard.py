@@ -218,9 +218,9 @@ def check_dashboard(home: Path, state: dict[str, Any], run: dict[str, Any], arti
                 # the reconciler after a transient failure).
                 wait_for(lambda: http(state, "GET", f"/runs/{child[1]}")[0] == 200, 60)
                 page.goto(f"{origin}/runs/{child[1]}")
-                page.get_by_role("button", name="Stop").wait_for()
-                wait_for(lambda: page.get_by_role("button", name="Stop").is_enabled(), 30)
-                page.get_by_role("button", name="Stop").click()
+                page.get_by_role("button", name="Stop", exact=True).wait_for()
+                wait_for(lambda: page.get_by_role("button", name="Stop", exact=True).is_enabled(), 30)
+                page.get_by_role("button", name="Stop", exact=True).click()
                 page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
                 page.wait_for_selector("pre.answer:has-text('Stop:')")
                 stopped = wait_for(

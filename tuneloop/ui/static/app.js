@@ -484,6 +484,9 @@ function actions(run, refresh, answer) {
       act("Approve", `/runs/${id}/approve`, `Approve run ${id}'s model for deployment?`, run.state === "pending_approval"),
       act("Reject", `/runs/${id}/reject`, `Reject run ${id}'s model?`, run.state === "pending_approval"),
       act("Stop", `/runs/${id}/stop`, `Stop run ${id}? Its running job is stopped.`, ACTIVE.includes(run.state), () => undefined),
+      act("Stop serving", `/runs/${id}/stop`, `Stop run ${id} and delete the endpoint it serves? Its project then `
+        + "serves nothing until another run deploys.", run.state === "deployed",
+      (reason) => ({ stop_serving: true, ...(reason ? { reason } : {}) })),
       act("Retrain", `/runs/${id}/retrain`, `Start a retraining run of ${id}?`, run.state === "deployed")),
     answer);
 }
