@@ -60,8 +60,13 @@ THREADS = 16
 Item = tuple[str, Any]
 
 
+STAGE = "bench"
+
+
 def stream(run_id: str, t0):  # type: ignore[no-untyped-def]
-    job = names.job_name
+    def job(run: str, step: str, attempt: int = 1) -> str:  # the names the bench stage's runs make
+        return names.job_name(run, step, attempt, stage=STAGE)
+
     return [
         ProcessingJobChanged(
             event_id=f"{run_id}-1", time=t0, run_id=run_id, job_name=job(run_id, "prepare"), status="Completed"
@@ -225,7 +230,7 @@ def main() -> int:
         from chalicelib.observability import logger as app_logger
 
         settings = Settings(
-            stage="bench", region="us-east-1", bucket="bench", projects_table="bench-projects", runs_table="bench-runs"
+            stage=STAGE, region="us-east-1", bucket="bench", projects_table="bench-projects", runs_table="bench-runs"
         )
         service = deps.build(settings).service
         app_logger.registered_handler.setStream(logs.open("w"))  # type: ignore[attr-defined]
