@@ -106,31 +106,30 @@ def stage_status(args: argparse.Namespace) -> int:
     return 0 if info["reachable"] else 1
 
 
-def cmd_drops(args: argparse.Namespace) -> int:
-    """Uploads that started nothing (an unknown project, an invalid config), with why."""
-    refused = target(args).api.call("GET", f"/drops?limit={args.limit}")["refused"]
+def listing(args: argparse.Namespace, path: str, key: str, line: Any, empty: str) -> int:
+    """A GET listing of the target's API: as JSON with --json, else a line per item."""
+    items = target(args).api.call("GET", f"{path}?limit={args.limit}")[key]
     if args.json:
-        print(json.dumps(refused, indent=2))
+        print(json.dumps(items, indent=2))
         return 0
-    for record in refused:
-        print(f"{record['refused_at']}  {record['uri']}: {record['reason']}")
-    if not refused:
-        print("no refused uploads")
+    for item in items:
+        print(line(item))
+    if not items:
+        print(empty)
     return 0
+
+
+def cmd_drops(args: argparse.Namespace) -> int:
+    """Uploads that started nothing (an unknown project, an invalid config, a limit), with why."""
+    return listing(args, "/drops", "refused", lambda r: f"{r['refused_at']}  {r['uri']}: {r['reason']}",
+                   "no refused uploads")  # fmt: skip
 
 
 def cmd_events(args: argparse.Namespace) -> int:
     """The stage's notices: runs waiting for approval, failed, rolled back; retraining an
-    alarm started. Each with what to do next."""
-    notices = target(args).api.call("GET", f"/notices?limit={args.limit}")["notices"]
-    if args.json:
-        print(json.dumps(notices, indent=2))
-        return 0
-    for notice in notices:
-        print(f"{notice['time']}  {notice['message']}\n{'':22}next: {notice['next']}")
-    if not notices:
-        print("no notices")
-    return 0
+    alarm started; the budget spent. Each with what to do next."""
+    return listing(args, "/notices", "notices", lambda n: f"{n['time']}  {n['message']}\n{'':22}next: {n['next']}",
+                   "no notices")  # fmt: skip
 
 
 def cmd_env(args: argparse.Namespace) -> int:

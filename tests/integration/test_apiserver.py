@@ -20,9 +20,8 @@ pytestmark = pytest.mark.integration
 TOKEN = "t" * 32
 
 
-@pytest.fixture
-def server(deps: Any) -> Iterator[ApiServer]:
-    api = ApiServer(app_module.app, TOKEN)
+def serving(credentials: sigv4.Credentials | None = None) -> Iterator[ApiServer]:
+    api = ApiServer(app_module.app, TOKEN, credentials=credentials)
     thread = threading.Thread(target=api.serve_forever, daemon=True)
     thread.start()
     try:
@@ -30,6 +29,11 @@ def server(deps: Any) -> Iterator[ApiServer]:
     finally:
         api.shutdown()
         api.server_close()
+
+
+@pytest.fixture
+def server(deps: Any) -> Iterator[ApiServer]:
+    yield from serving()
 
 
 def exchange(server: ApiServer, head: str, body: bytes = b"") -> str:
@@ -66,14 +70,7 @@ CREDENTIALS = sigv4.Credentials("TLOCAAAAAAAAAAAAAAAA", "s" * 40)
 
 @pytest.fixture
 def iam_server(deps: Any) -> Iterator[ApiServer]:
-    api = ApiServer(app_module.app, TOKEN, credentials=CREDENTIALS)
-    thread = threading.Thread(target=api.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield api
-    finally:
-        api.shutdown()
-        api.server_close()
+    yield from serving(CREDENTIALS)
 
 
 def test_a_call_signed_for_execute_api_is_iam_auth_as_on_a_stage(iam_server: ApiServer) -> None:

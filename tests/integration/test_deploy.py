@@ -22,6 +22,15 @@ STACK = "tuneloop-dev"
 DIGEST = "sha256:" + "ab" * 32
 
 
+@pytest.fixture(autouse=True)
+def account(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's in-process AWS: no endpoint of the local cloud's, test credentials."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_STS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+
+
 class Stack:
     """CloudFormation as a Stubber answers it; executing the change set makes what the
     stack makes that the rest of the deploy uses (the data bucket, in moto's S3)."""
@@ -63,10 +72,6 @@ def test_deploy_from_an_empty_account_in_one_call_and_again_as_a_no_op(
     from moto import mock_aws
 
     monkeypatch.setenv("TUNELOOP_CONFIG_HOME", str(tmp_path / "config"))
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_STS"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     images = configure.images(REGION)
     said: list[str] = []
     with mock_aws():
@@ -214,15 +219,11 @@ def test_a_failed_stack_says_why_in_one_line(tmp_path: Path) -> None:
             deployer.follow()
 
 
-def test_data_an_earlier_stack_kept_is_named_before_anything_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_an_earlier_stack_kept_is_named_before_anything_is_made() -> None:
     """CloudFormation does not adopt a bucket or table of the same name: a first deploy over
     what `destroy` kept would fail half-way, so it is refused first, saying what to do."""
     from moto import mock_aws
 
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_STS"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():
         s3, sts = boto3.client("s3", region_name=REGION), boto3.client("sts", region_name=REGION)
         cloudformation = boto3.client("cloudformation", region_name=REGION)
