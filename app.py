@@ -364,7 +364,9 @@ def stage_spend() -> dict[str, Any] | Response:
     """What the stage's projects spent this month at list prices, against its budget."""
     current = deps.get()
     if current.budget is None:
-        raise ConflictError("spend is read from SageMaker's job records: SageMaker is not configured on this stage")
+        why = "spend is read from SageMaker's job records: SageMaker is not configured here"
+        return {"month": None, "usd": None, "budget_usd": current.settings.limits.monthly_budget_usd or None,
+                "unavailable": why}  # fmt: skip
     try:
         return current.budget.spend()
     except (ClientError, BotoCoreError) as exc:

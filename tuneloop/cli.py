@@ -98,7 +98,7 @@ def stage_status(args: argparse.Namespace) -> int:
         if not info["reachable"]:
             print(f"  error     {info['error']}")
         spend = info.get("spend")
-        if spend:
+        if spend and spend.get("usd") is not None:
             budget = f" of its ${spend['budget_usd']} budget" if spend.get("budget_usd") else " (no budget set)"
             gaps = "" if spend["complete"] and not spend["partial"] else "; some lines unpriced or runs unread"
             print(f"  spend     ${spend['usd']:.2f}{budget} in {spend['month']}, at list prices of "

@@ -94,7 +94,7 @@ def described(project: str, serving: Run, new: Run) -> dict[str, Any]:
 
 
 @pytest.fixture
-def watched(deps: Any, api: Any, local_services: Any) -> Any:
+def watched(deps: Any, api: Any, local_services: Any, s3: Any) -> Any:  # s3: the stage's bucket exists
     project = f"ep{uuid.uuid4().hex[:8]}"
     status, body = api.call("POST", "/projects", {"name": project, "config": DEMO_CONFIG})
     assert status == 201, body
@@ -343,7 +343,7 @@ def test_approving_a_run_in_the_browser_round_trips(deps: Any, api: Any) -> None
 
 
 def test_the_private_file_tuneloop_ui_opens_signs_the_browser_in(
-    deps: Any, api: Any, monkeypatch: pytest.MonkeyPatch
+    deps: Any, api: Any, s3: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`tuneloop ui` hands the browser a file (no command line shows the link) that
     redirects to it: from a file:// page the browser treats the dashboard as another site,

@@ -180,7 +180,7 @@ async function projectsPage() {
     api("GET", "/drops?limit=10").catch(() => ({ refused: [] })),
     api("GET", "/spend").catch(() => null),
   ]);
-  const budget = stage && stage.budget_usd
+  const budget = stage && stage.budget_usd && stage.usd !== null
     ? h("p", { class: stage.usd >= stage.budget_usd ? "error" : "muted" },
       `This stage spent ${usd(stage.usd)} of its ${usd(stage.budget_usd)} budget in ${stage.month}`
       + (stage.usd >= stage.budget_usd ? ": new runs are refused until next month." : "."))
