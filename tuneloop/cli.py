@@ -16,6 +16,7 @@ from chalicelib.events import json_type
 from .client import (
     REPO_ROOT,
     CliError,
+    confirmed,
     describe_receipt,
     drop,
     local_state,
@@ -233,15 +234,7 @@ def cmd_run_show(args: argparse.Namespace) -> int:
 
 def confirm(question: str, yes: bool) -> None:
     """Go on only with --yes, or a "yes" typed at a terminal."""
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise CliError(f"{question}: pass --yes to confirm (no terminal to ask at)")
-    try:
-        answer = input(f"{question}? Type yes to go on: ")
-    except (EOFError, KeyboardInterrupt):
-        answer = ""
-    if answer.strip().lower() != "yes":
+    if not confirmed(question, yes):
         raise CliError("not confirmed; nothing was changed")
 
 

@@ -7,6 +7,7 @@ each other.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -26,6 +27,23 @@ MAX_UPLOAD_BYTES = 5 * 1024**3
 
 class CliError(Exception):
     pass
+
+
+def ask(question: str) -> str:
+    """What the user typed at the terminal (empty on end of input or Ctrl-C)."""
+    try:
+        return input(question).strip()
+    except (EOFError, KeyboardInterrupt):
+        return ""
+
+
+def confirmed(question: str, yes: bool) -> bool:
+    """True with --yes, or when "yes" is typed at a terminal; CliError when there is none to ask at."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise CliError(f"{question}: pass --yes to confirm (no terminal to ask at)")
+    return ask(f"{question}? Type yes to go on: ").lower() == "yes"
 
 
 def q(part: str) -> str:

@@ -21,6 +21,7 @@ transform.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess  # nosec B404  # chalice package, run with a fixed argument list
 import sys
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .client import REPO_ROOT, CliError
+from .client import REPO_ROOT, CliError, confirmed
 from .stages import StageProfile
 
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
@@ -81,17 +82,11 @@ def chalice_package(stage: str, region: str, settings: dict[str, str], out: Path
         raise CliError("chalice is not installed: pip install -e '.[deploy]' (from a clone)")
     command = [str(chalice), "package", "--stage", stage, "--merge-template", "infra/resources.json", str(out / "pkg")]
     done = subprocess.run(  # nosec B603  # a fixed argument list, no shell
-        command, cwd=copy, capture_output=True, text=True, env={**_env(), "AWS_DEFAULT_REGION": region}, check=False
+        command, cwd=copy, capture_output=True, text=True, env={**os.environ, "AWS_DEFAULT_REGION": region}, check=False
     )
     if done.returncode != 0:
         raise CliError(f"chalice package failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
     return Packaged(json.loads((out / "pkg" / "sam.json").read_text()), out / "pkg" / "deployment.zip")
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def change_summary(changes: Iterable[dict[str, Any]]) -> list[str]:
@@ -355,19 +350,9 @@ def run(stage: str, region: str | None, profile: str | None, yes: bool, api_gate
     if api_gateway_account is None:  # as the last deploy of this stage had it
         api_gateway_account = saved.api_gateway_account != "false"
 
-    def confirm(question: str) -> bool:
-        if yes:
-            return True
-        if not sys.stdin.isatty():
-            raise CliError(f"{question}: pass --yes to confirm (no terminal to ask at)")
-        try:
-            return input(f"{question}? Type yes to go on: ").strip().lower() == "yes"
-        except (EOFError, KeyboardInterrupt):
-            return False
-
     deployer = Deployer(stage, made.region_name, made.client("s3"), made.client("sts"), made.client("ecr"),
-                        made.client("cloudformation"), confirm=confirm, profile=profile,
-                        api_gateway_account=api_gateway_account)  # fmt: skip
+                        made.client("cloudformation"), confirm=lambda question: confirmed(question, yes),
+                        profile=profile, api_gateway_account=api_gateway_account)  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="tuneloop-deploy-"))
     try:
         deployer.deploy(work)

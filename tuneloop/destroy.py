@@ -15,7 +15,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from .client import Api, CliError, Target
+from .client import Api, CliError, Target, ask, confirmed
 from .stages import StageProfile
 
 # Runs that make or wait on a job: stopped before their project is deleted.
@@ -180,13 +180,6 @@ class StackTeardown:
         return found
 
 
-def ask(question: str) -> str:
-    try:
-        return input(question).strip()
-    except (EOFError, KeyboardInterrupt):
-        return ""
-
-
 def run(target: Target | None, stage: str, yes: bool, delete_data: bool, stack: StackTeardown | None) -> int:
     """``stack`` is None for the local cloud, which has none; ``target`` None for a stage
     whose API never came up (its stack failed before it had outputs)."""
@@ -200,11 +193,8 @@ def run(target: Target | None, stage: str, yes: bool, delete_data: bool, stack: 
             raise CliError("--delete-data asks to type the stage's name back: run it at a terminal")
         if ask(f"This deletes stage {stage}'s data for good. Type the stage's name to go on: ") != stage:
             raise CliError("not confirmed; nothing was changed")
-    elif not yes:
-        if not sys.stdin.isatty():
-            raise CliError(f"destroy stage {stage}: pass --yes to confirm (no terminal to ask at)")
-        if ask(f"Destroy stage {stage}: every endpoint, job and alarm it runs, then its stack? Type yes: ") != "yes":
-            raise CliError("not confirmed; nothing was changed")
+    elif not confirmed(f"destroy stage {stage}: every endpoint, job and alarm it runs, then its stack", yes):
+        raise CliError("not confirmed; nothing was changed")
     say(f"destroying stage {stage}")
     totals = delete_projects(target.api, say) if target else {}
     if target is None:
