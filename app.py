@@ -226,7 +226,12 @@ def project_status(name: str) -> dict[str, Any]:
     if d.reports is not None:
         reports = d.reports
         view["spend"] = month_spend(
-            [s.run for s in runs.items], d.settings.region, reports.cost, utcnow(), more=runs.next_token is not None
+            [s.run for s in runs.items],
+            d.settings.region,
+            reports.cost,
+            utcnow(),
+            more=runs.next_token is not None,
+            book=reports.book,
         )
     return view
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from .cost import month_spend
 from .domain.run import Run
+from .pricing import SHIPPED, PriceBook
 
 # How many of a project's newest runs the month's spend reads (each costs Describe calls).
 SPEND_RUNS = 50
@@ -33,7 +34,9 @@ class StageBudget:
         clock: Callable[[], datetime],
         crossed: Callable[[dict[str, Any]], None] | None = None,
         ttl_s: float = 300.0,
+        book: PriceBook = SHIPPED,
     ) -> None:
+        self._book = book
         self._service = service
         self._cost_of = cost_of
         self._region = region
@@ -57,7 +60,7 @@ class StageBudget:
             for project in page.items:
                 runs = self._service.runs.page(project=project.name, limit=SPEND_RUNS)
                 spent = month_spend([s.run for s in runs.items], self._region, self._cost_of, now,
-                                    more=runs.next_token is not None)  # fmt: skip
+                                    more=runs.next_token is not None, book=self._book)  # fmt: skip
                 total["usd"] += spent["usd"]
                 total["complete"] = total["complete"] and spent["complete"]
                 total["partial"] = total["partial"] or spent["partial"]

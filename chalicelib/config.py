@@ -46,6 +46,9 @@ class Settings:
     kms_key_id: str = ""
     # The stage's SNS topic for notices (the stack's NotificationsTopic); unset: kept only.
     notices_topic_arn: str = ""
+    # Prices the shipped table lacks (another region, another instance type) are asked of
+    # the AWS Price List API and cached in the bucket; off, such cost lines stay unpriced.
+    price_list_api: bool = False
     subnets: tuple[str, ...] = ()
     security_groups: tuple[str, ...] = ()
     # The local cloud: jobs reach no model hub, so a project's base model must be one
@@ -97,6 +100,7 @@ class Settings:
             processing_instance_type=processing,
             kms_key_id=env.get("TUNELOOP_KMS_KEY_ID", ""),
             notices_topic_arn=env.get("TUNELOOP_NOTICES_TOPIC_ARN", ""),
+            price_list_api=env.get("TUNELOOP_PRICE_LIST_API", "") == "1",
             subnets=_split(env.get("TUNELOOP_SUBNETS", "")),
             security_groups=_split(env.get("TUNELOOP_SECURITY_GROUPS", "")),
             offline_models=env.get("TUNELOOP_OFFLINE_MODELS", "") == "1",

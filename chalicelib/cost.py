@@ -1,5 +1,6 @@
-"""What a run cost: billable seconds per job (spot savings included) priced from a table
-kept in the repo (``chalicelib/data/prices.json``), plus its endpoint's hours.
+"""What a run cost: billable seconds per job (spot savings included) at list prices
+(``pricing.PriceBook``: the table kept in the repo, then the AWS Price List API where the
+stage asks it), plus its endpoint's hours.
 
 Seconds come from SageMaker's own job records: ``BillableTimeInSeconds`` for training
 jobs (spot-discounted; the savings are ``1 - billable / training time``) plus the warm
@@ -11,30 +12,14 @@ stopped (or now), at ``min_instances`` (autoscaling may have run more).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from .domain import names
 from .domain.run import Run
 from .domain.states import RunState
-
-PRICES = Path(__file__).parent / "data" / "prices.json"
-
-
-@lru_cache(maxsize=1)
-def prices() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(PRICES.read_text())
-    return data
-
-
-def hourly(region: str, family: str, instance_type: str) -> float | None:
-    table = prices()["regions"].get(region, {}).get(family, {})
-    value = table.get(instance_type)
-    return float(value) if value is not None else None
+from .pricing import SHIPPED, PriceBook
 
 
 def _seconds(start: Any, end: Any) -> float:
@@ -43,7 +28,9 @@ def _seconds(start: Any, end: Any) -> float:
     return 0.0
 
 
-def job_line(job_type: str, name: str, described: dict[str, Any], region: str) -> dict[str, Any]:
+def job_line(
+    job_type: str, name: str, described: dict[str, Any], region: str, book: PriceBook = SHIPPED
+) -> dict[str, Any]:
     """One job's cost line from its Describe response."""
     if job_type == "training":
         resources = described.get("ResourceConfig", {})
@@ -61,7 +48,8 @@ def job_line(job_type: str, name: str, described: dict[str, Any], region: str) -
         spot, family = False, "transform"
     instance_type = str(resources.get("InstanceType", ""))
     count = int(resources.get("InstanceCount", 1))
-    price = hourly(region, family, instance_type)
+    priced = book.hourly(region, family, instance_type)
+    price = priced.usd
     line: dict[str, Any] = {
         "job": name,
         "type": job_type,
@@ -71,6 +59,7 @@ def job_line(job_type: str, name: str, described: dict[str, Any], region: str) -
         "billable_seconds": round(billable, 1),
         "spot": spot,
         "usd": round(billable / 3600 * price * count, 4) if price is not None else None,
+        "price_source": priced.source if price is not None else None,
     }
     if spot and seconds > 0 and billable < seconds:
         line["spot_savings_pct"] = round(100 * (1 - billable / seconds), 1)
@@ -92,7 +81,7 @@ def job_line(job_type: str, name: str, described: dict[str, Any], region: str) -
         if line["usd"] is not None and warm["usd"] is not None:
             line["usd"] = round(line["usd"] + warm["usd"], 4)
     if price is None:
-        line["note"] = f"no {family} price for {instance_type} in {region} in prices.json"
+        line["note"] = f"no {family} price for {instance_type} in {region}: {priced.source}"
     return line
 
 
@@ -108,7 +97,9 @@ def jobs_of(run: Run) -> list[tuple[str, str]]:
     return out
 
 
-def endpoint_line(run: Run, region: str, now: datetime, since: datetime | None = None) -> dict[str, Any] | None:
+def endpoint_line(
+    run: Run, region: str, now: datetime, since: datetime | None = None, book: PriceBook = SHIPPED
+) -> dict[str, Any] | None:
     """The endpoint's hours while this run served (only those after ``since``, if given)."""
     deployed = next((e.time for e in run.history if e.to_state is RunState.DEPLOYED), None)
     if deployed is None:
@@ -123,9 +114,9 @@ def endpoint_line(run: Run, region: str, now: datetime, since: datetime | None =
         deployed = max(deployed, since)
     deployment = run.config["deployment"]
     hours = _seconds(deployed, ended) / 3600
-    price = hourly(region, "hosting", deployment["instance_type"])
-    count = int(deployment["min_instances"])
-    return {
+    priced = book.hourly(region, "hosting", deployment["instance_type"])
+    price, count = priced.usd, int(deployment["min_instances"])
+    line = {
         "endpoint": names.endpoint_name(run.project, stage=run.stage),
         "type": "endpoint",
         "instance_type": deployment["instance_type"],
@@ -134,7 +125,13 @@ def endpoint_line(run: Run, region: str, now: datetime, since: datetime | None =
         "usd": round(hours * price * count, 4)
         if price is not None and not deployment["serverless_memory_mb"]
         else None,
+        "price_source": priced.source if price is not None else None,
     }
+    if deployment["serverless_memory_mb"]:
+        line["note"] = "serverless endpoints are billed per request and duration: not priced"
+    elif price is None:
+        line["note"] = f"no hosting price for {deployment['instance_type']} in {region}: {priced.source}"
+    return line
 
 
 def run_cost(
@@ -143,6 +140,7 @@ def run_cost(
     describe: Callable[[str, str], dict[str, Any]],
     trials: Callable[[str], Iterable[str]],
     now: datetime,
+    book: PriceBook = SHIPPED,
 ) -> dict[str, Any]:
     lines: list[dict[str, Any]] = []
     for job_type, name in jobs_of(run):
@@ -155,10 +153,10 @@ def run_cost(
                 continue
         for kind, job in targets:
             try:
-                lines.append(job_line(kind, job, describe(kind, job), region))
+                lines.append(job_line(kind, job, describe(kind, job), region, book))
             except Exception as exc:  # a job SageMaker no longer describes: shown, not fatal
                 lines.append({"job": job, "type": kind, "usd": None, "note": f"not described: {exc}"})
-    endpoint = endpoint_line(run, region, now)
+    endpoint = endpoint_line(run, region, now, book=book)
     if endpoint:
         lines.append(endpoint)
     known = [line["usd"] for line in lines if line.get("usd") is not None]
@@ -166,7 +164,7 @@ def run_cost(
         "lines": lines,
         "total_usd": round(sum(known), 4),
         "complete": len(known) == len(lines),
-        "prices_as_of": prices()["as_of"],
+        "prices_as_of": book.as_of([str(line.get("price_source") or "") for line in lines]),
     }
 
 
@@ -180,6 +178,7 @@ def month_spend(
     cost_of: Callable[[Run], dict[str, Any]],
     now: datetime,
     more: bool = False,
+    book: PriceBook = SHIPPED,
 ) -> dict[str, Any]:
     """What a project spent this calendar month (UTC): every job of the runs started this
     month, and the endpoint's hours this month whichever run served them. ``runs`` newest
@@ -189,15 +188,18 @@ def month_spend(
     usd = 0.0
     complete = True
     counted = 0
+    sources: list[str] = []
     for run in runs:
         if run.created_at >= start:
             cost = cost_of(run)
             usd += cost["total_usd"]
             complete = complete and cost["complete"]
+            sources.append(str(cost.get("prices_as_of", "")))
             counted += 1
             continue
-        line = endpoint_line(run, region, now, since=start)
+        line = endpoint_line(run, region, now, since=start, book=book)
         if line is not None:
+            sources.append(str(line.get("price_source") or ""))
             complete = complete and line["usd"] is not None
             usd += line["usd"] or 0.0
     return {
@@ -207,5 +209,5 @@ def month_spend(
         "complete": complete,
         # Runs not read may have started, or served, this month.
         "partial": more,
-        "prices_as_of": prices()["as_of"],
+        "prices_as_of": book.as_of(sources),
     }

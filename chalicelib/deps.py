@@ -78,6 +78,7 @@ def build(
     from .endpoints import EndpointViews
     from .feedback import FeedbackInbox, NewDataCounter
     from .notices import Notices
+    from .pricing import API_REGION, SHIPPED, PriceBook, PriceListApi
     from .refusals import RefusedUploads
     from .reports import S3_CONFIG, RunReports
     from .sagemaker import EvaluationLoader, SageMakerExecutors
@@ -127,7 +128,10 @@ def build(
         new_data=NewDataCounter(s3, config.bucket, config.dataset_prefix) if config.bucket else None,
         stage=config.stage,
     )
-    reports = RunReports(s3, sagemaker, config) if sagemaker else None
+    book = SHIPPED
+    if config.price_list_api and config.bucket:
+        book = PriceBook(PriceListApi(LazyClient("pricing", region_name=API_REGION), s3, config.bucket, service.clock))
+    reports = RunReports(s3, sagemaker, config, book) if sagemaker else None
     feedback = FeedbackInbox(s3, config.bucket, service.clock) if config.bucket else None
     cloudwatch = cloudwatch_client or LazyClient("cloudwatch")
     endpoints = EndpointViews(sagemaker_client or LazyClient("sagemaker"), cloudwatch, service.clock, config.stage)
@@ -138,7 +142,7 @@ def build(
     budget = None
     if reports is not None:
         budget = StageBudget(service, reports.cost, config.region, config.stage, config.limits.monthly_budget_usd,
-                             service.clock, crossed=notices.tell_budget if notices else None)  # fmt: skip
+                             service.clock, crossed=notices.tell_budget if notices else None, book=book)  # fmt: skip
         service.budget = budget.refusal if config.limits.monthly_budget_usd else None
     teardown = ProjectTeardown(sagemaker_client or LazyClient("sagemaker"), cloudwatch,
                                autoscaling_client or LazyClient("application-autoscaling"), config.stage)  # fmt: skip

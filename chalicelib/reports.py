@@ -17,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .config import Settings
 from .domain.run import Run
+from .pricing import SHIPPED, PriceBook
 from .sagemaker import SageMakerExecutors, evaluation_prefix, run_prefix
 
 LINK_EXPIRY_S = 3600
@@ -32,10 +33,11 @@ def tuning_job_of(run: Run) -> str | None:
 
 
 class RunReports:
-    def __init__(self, s3: Any, sagemaker: SageMakerExecutors, settings: Settings) -> None:
+    def __init__(self, s3: Any, sagemaker: SageMakerExecutors, settings: Settings, book: PriceBook = SHIPPED) -> None:
         self._s3 = s3
         self._sagemaker = sagemaker
         self._settings = settings
+        self.book = book
 
     def tuning(self, run: Run, limit: int = 100) -> dict[str, Any] | None:
         job = tuning_job_of(run)
@@ -64,7 +66,7 @@ class RunReports:
         def trials(job: str) -> list[str]:
             return [t["training_job"] for t in self._sagemaker.tuning_trials(job)]
 
-        return run_cost(run, self._settings.region, self._sagemaker.describe_job, trials, datetime.now(UTC))
+        return run_cost(run, self._settings.region, self._sagemaker.describe_job, trials, datetime.now(UTC), self.book)
 
     def _json(self, uri: str) -> Any:
         bucket, _, key = uri[len("s3://") :].partition("/")

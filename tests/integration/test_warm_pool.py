@@ -236,7 +236,8 @@ def test_parallel_trials_split_the_cores_and_share_warm_instances(server: Any) -
 
 
 def test_a_two_instance_job_runs_a_process_per_instance_under_torchrun_and_bills_both(server: Any) -> None:
-    from chalicelib.cost import hourly, job_line
+    from chalicelib.cost import job_line
+    from chalicelib.pricing import SHIPPED
 
     client, home, code = server
     body = request(code, "two-instances", 30, sagemaker_torch_distributed_enabled="true")
@@ -256,6 +257,6 @@ def test_a_two_instance_job_runs_a_process_per_instance_under_torchrun_and_bills
     assert sorted((r["rank"], r["world"]) for r in seen) == [("0", "2"), ("1", "2")]
     assert {r["omp"] for r in seen} == {str(max(1, (os.cpu_count() or 1) // 2))}  # the host's cores, shared
     line = job_line("training", "two-instances", described, "us-east-1")
-    price = hourly("us-east-1", "training", "ml.m5.large")
+    price = SHIPPED.hourly("us-east-1", "training", "ml.m5.large").usd
     assert price is not None and line["instance_count"] == 2
     assert line["usd"] == round(described["BillableTimeInSeconds"] / 3600 * price * 2, 4)

@@ -6,13 +6,20 @@ import dataclasses
 from datetime import timedelta
 from typing import Any
 
-from chalicelib.cost import hourly, jobs_of, month_spend, run_cost
+from chalicelib.cost import jobs_of, month_spend, run_cost
 from chalicelib.domain.run import HistoryEntry
 from chalicelib.domain.states import RunState
+from chalicelib.pricing import SHIPPED
 from tests.conftest import T0
 from tests.unit.test_sagemaker_requests import RUN_ID, tuning_run
 
 S = RunState
+
+
+def hourly(region: str, family: str, instance_type: str) -> float | None:
+    return SHIPPED.hourly(region, family, instance_type).usd
+
+
 TUNE = f"tl-{RUN_ID}-tune-1"
 
 

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from chalicelib.domain import names
-from tests.iam import ACCOUNT, REGION, REPO, allowed, resolve
+from tests.iam import ACCOUNT, BUCKET_ARN, REGION, REPO, allowed, resolve
 
 RUN = "abcdefghijkl"
 
@@ -91,3 +91,25 @@ def test_every_name_the_shipped_code_makes_is_given_its_stage() -> None:
                 if called in makers and "stage" not in {k.arg for k in node.keywords}:
                     missing.append(f"{path.relative_to(REPO)}:{node.lineno} {called}")
     assert not missing, missing
+
+
+@pytest.mark.parametrize(
+    "policy_file", ["policy-dev.json", "policy-dev-starter.json", "policy-prod.json", "policy-prod-starter.json"]
+)
+def test_every_function_that_may_start_a_run_may_read_what_the_month_cost(policy_file: str) -> None:
+    """The budget is checked wherever a run starts (the API, a drop, an alarm): each of
+    those functions reads every job of the month and prices it."""
+    stage = policy_file.split("-")[1].removesuffix(".json")
+    policy = resolve(json.loads((REPO / ".chalice" / policy_file).read_text()))
+    own = made_by(stage)
+    cache = f"{BUCKET_ARN}/prices/eu-west-1.json"  # the stack's own bucket, resolved
+    calls = [
+        ("sagemaker:DescribeProcessingJob", own["processing-job"]),
+        ("sagemaker:DescribeTrainingJob", own["training-job"]),
+        ("sagemaker:ListTrainingJobsForHyperParameterTuningJob", own["hyper-parameter-tuning-job"]),
+        ("sagemaker:DescribeTransformJob", own["transform-job"]),
+        ("pricing:GetProducts", "*"),
+        ("s3:GetObject", cache),
+        ("s3:PutObject", cache),
+    ]
+    assert [call for call in calls if not allowed(policy, *call)] == []
