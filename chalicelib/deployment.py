@@ -96,6 +96,11 @@ def model_request(run: Run, settings: Settings) -> dict[str, Any]:
     return request
 
 
+# How long an endpoint's container may take to start: SageMaker's default (a few minutes)
+# is too short to pip install torch and transformers first.
+STARTUP_TIMEOUT_S = 1800
+
+
 def endpoint_config_request(run: Run, settings: Settings) -> dict[str, Any]:
     deployment = run.config["deployment"]
     variant: dict[str, Any] = {"VariantName": VARIANT, "ModelName": model_name(run)}
@@ -109,6 +114,9 @@ def endpoint_config_request(run: Run, settings: Settings) -> dict[str, Any]:
             InstanceType=deployment["instance_type"],
             InitialInstanceCount=deployment["min_instances"],
             InitialVariantWeight=1.0,
+            # The container installs the tested framework versions (code/requirements.txt,
+            # torch among them) before it answers its health check.
+            ContainerStartupHealthCheckTimeoutInSeconds=STARTUP_TIMEOUT_S,
         )
     request: dict[str, Any] = {
         "EndpointConfigName": endpoint_config_name(run),

@@ -41,7 +41,8 @@ def differing(path: Path = REQUIREMENTS) -> list[str]:
             installed = metadata.version(name)
         except metadata.PackageNotFoundError:
             installed = None
-        if installed != version:
+        # A local build label (2.13.0+cpu) is the same release: pip's == matches it too.
+        if installed is None or installed.split("+", 1)[0] != version:
             wrong.append(f"{name}=={version}")
     return wrong
 

@@ -959,11 +959,11 @@ def adapter_base(base_model: str, files: dict[str, str]) -> dict[str, Any]:
 
 
 def serving_requirements(task: str, base_model: str, adapter: bool) -> list[str]:
-    """The pinned lines of requirements.txt an endpoint installs when it starts: the
+    """The pinned lines of requirements.txt an endpoint installs when it starts: the torch,
     transformers and safetensors the code is tested with (a causal LM serves in SageMaker's
-    PyTorch image, which has none; the Hugging Face inference image has an older
-    transformers); an adapter needs peft, and its base's package if one ships it."""
-    wanted = {"transformers", "safetensors"}
+    PyTorch image, which has no transformers; the Hugging Face inference image has older
+    ones of both); an adapter needs peft, and its base's package if one ships it."""
+    wanted = {"torch", "transformers", "safetensors"}
     if adapter:
         wanted.add("peft")
         if base_model in spec.PACKAGED_MODELS:
