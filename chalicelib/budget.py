@@ -4,8 +4,8 @@ prices, against ``TUNELOOP_LIMIT_MONTHLY_BUDGET_USD``.
 The month's spend is each project's (``cost.month_spend``: every job of the runs started
 this month, and the endpoints' hours this month), summed. Reading it costs SageMaker
 Describe calls, so one reading serves for ``ttl_s``. Past the budget a new run is refused
-with the figures (a 409, or a dropped dataset's refusal record); retraining runs stay
-bounded by ``retrain.max_per_day``. Crossing it makes one notice a month.
+with the figures (a 409, or a dropped dataset's refusal record), and a retraining run is
+not started (the deployed run's history says why). Crossing it makes one notice a month.
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ class RunPort(Protocol):
 
     def supersede_deployed(self, project: str, by_run_id: str) -> int: ...
 
-    def start_child_run(self, parent_run_id: str, child_run_id: str, reason: str) -> str: ...
+    def start_child_run(self, parent_run_id: str, child_run_id: str, reason: str) -> str:
+        """Start the child run; returns the note for the outbox (the child, or why none)."""
 
 
 Executor = Callable[[Command, Run], Outcome]
@@ -128,8 +129,7 @@ class Executors:
 
         def child_run(command: Command, run: Run) -> Outcome:
             assert isinstance(command, StartChildRun)
-            child = port.start_child_run(command.run_id, command.child_run_id, command.reason)
-            return Outcome(done=True, note=f"child run {child}")
+            return Outcome(done=True, note=port.start_child_run(command.run_id, command.child_run_id, command.reason))
 
         unconfigured = not_yet_available(
             "SageMaker is not configured: set TUNELOOP_SAGEMAKER_ROLE_ARN (tuneloop configure)"

@@ -235,6 +235,12 @@ class RunService:
             if not token:
                 return runs
 
+    def check_budget(self) -> None:
+        """Raise RunLimitError (with the figures) when the stage has spent its month's budget."""
+        over = self.budget() if self.budget is not None else None
+        if over:
+            raise RunLimitError(over)
+
     def _check_active_runs(self, project: str) -> None:
         """Raise RunLimitError when the project, or the stage, has as many runs on their way
         as its limit allows."""
@@ -329,9 +335,8 @@ class RunService:
             ) from exc
         if parent_run_id is None:
             self._check_active_runs(project.name)
-            over = self.budget() if self.budget is not None else None
-            if over:
-                raise RunLimitError(over)
+        # Retraining runs too: past the month's budget no run starts, whoever asks.
+        self.check_budget()
         now = self.clock()
         when = event_time or now
         run = Run(
@@ -458,7 +463,9 @@ class RunService:
         if isinstance(event, LabelsArrived) and not run.waiting_for_data:
             return event  # nothing waits: no lookups
         active, starts, latest = self.runs.retraining_facts(run.project, since=event.time - timedelta(days=1))
-        event = dataclasses.replace(event, active_retraining_run=active, project_retraining_starts=starts)
+        spent = self.budget() if self.budget is not None else None
+        event = dataclasses.replace(event, active_retraining_run=active, project_retraining_starts=starts,
+                                    budget_spent=spent or "")  # fmt: skip
         if (
             self.new_data is not None
             and isinstance(event, (AlarmChanged, LabelsArrived))
@@ -705,6 +712,8 @@ class RunService:
         return project_prefix if run.dataset_uri.startswith(project_prefix) else run.dataset_uri
 
     def start_child_run(self, parent_run_id: str, child_run_id: str, reason: str) -> str:
+        """Start the retraining run; returns what happened, for the parent's outbox note. Past
+        the budget nothing starts and the parent (still serving) stays as it is."""
         parent = self.runs.get(parent_run_id)
         if parent is None:
             raise PermanentCommandError(f"parent run {parent_run_id} is gone")
@@ -718,7 +727,10 @@ class RunService:
             )
         except InvalidRequestError as exc:
             raise PermanentCommandError(str(exc)) from exc
-        return stored.run.run_id
+        except RunLimitError as exc:
+            logger.warning("retraining run not started", extra={"run_id": parent_run_id, "reason": str(exc)})
+            return f"no child run: {exc}"
+        return f"child run {stored.run.run_id}"
 
     # --- logging -------------------------------------------------------------------------
 

@@ -89,6 +89,8 @@ class RetrainRequested(DomainEvent):
     # way, and when the project's retraining runs of the last day were created.
     active_retraining_run: str | None = None
     project_retraining_starts: tuple[datetime, ...] = ()
+    # Filled in by the service: why the stage's monthly budget lets no run start, or "".
+    budget_spent: str = ""
 
     @property
     def kind(self) -> str:
@@ -362,6 +364,8 @@ class AlarmChanged(DomainEvent):
     # project has that the run did not learn from (None: not counted).
     active_retraining_run: str | None = None
     project_retraining_starts: tuple[datetime, ...] = ()
+    # Filled in by the service: why the stage's monthly budget lets no run start, or "".
+    budget_spent: str = ""
     new_data: NewData | None = None
 
     @property
@@ -395,6 +399,8 @@ class LabelsArrived(DomainEvent):
     scheduled: bool = False
     active_retraining_run: str | None = None
     project_retraining_starts: tuple[datetime, ...] = ()
+    # Filled in by the service: why the stage's monthly budget lets no run start, or "".
+    budget_spent: str = ""
     new_data: NewData | None = None
 
     @property

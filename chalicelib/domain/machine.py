@@ -305,6 +305,8 @@ def _retrain_block(run: Run, event: Trigger, evidence: bool = True) -> str | Non
             return "retraining on drift is off for this project"
     if event.active_retraining_run:
         return f"run {event.active_retraining_run} of this project is still active"
+    if event.budget_spent:
+        return event.budget_spent
     # The project's retraining runs when the service supplied them (they include this run's
     # children); else what this run's own history knows.
     earlier = list(event.project_retraining_starts) or run.times_of("StartChildRun")

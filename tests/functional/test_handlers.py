@@ -344,3 +344,24 @@ def test_no_event_shape_crashes_a_handler(api: Api, demo: dict[str, Any], raw: A
         assert isinstance(result, dict), (handler, result)
         if result.get("ignored"):
             assert isinstance(result["ignored"], str) and "\n" not in result["ignored"]
+
+
+def test_past_the_budget_no_retraining_run_starts_and_the_parent_keeps_serving(api: Api, deps: Any) -> None:
+    parent = run_to_deploying(api, deps, "spent", {**DEMO_CONFIG, "retrain": {"cooldown_s": 0, "max_per_day": 5}})
+    api.invoke("on_sagemaker_event", endpoint_event("endpoint_in_service", "up", "spent", parent))
+    figures = "stage test has spent $250.00 of its $200 budget for 2026-12 (list prices of 2026-11)"
+    deps.service.budget = lambda: figures
+    status, body = api.call("POST", f"/runs/{parent}/retrain", {"reason": "new data arrived"})
+    assert status == 409 and body["Message"].endswith(figures), body
+    # A drift alarm starts none either: the parent, still deployed, records why.
+    alarm = load_event("alarm_drift", id="drift-spent")
+    alarm["detail"]["alarmName"] = names.drift_alarm_name(parent, "prediction_psi", stage=STAGE)
+    assert api.invoke("on_alarm", alarm)["state"] == "deployed"
+    view = api.call("GET", f"/runs/{parent}")[1]
+    assert view["state"] == "deployed" and figures in view["history"][-1]["reason"], view["history"][-1]
+    assert [r["run_id"] for r in api.call("GET", "/runs?project=spent")[1]["runs"]] == [parent]
+    # A child whose start raced the crossing is not started either: the parent's command
+    # notes why, and the parent keeps serving.
+    note = deps.service.start_child_run(parent, "childspent01", "drift")
+    assert note == f"no child run: {figures}" and deps.service.runs.get("childspent01") is None
+    assert api.call("GET", f"/runs/{parent}")[1]["state"] == "deployed"
