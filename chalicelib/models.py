@@ -7,6 +7,7 @@ from pynamodb.attributes import (
     ListAttribute,
     MapAttribute,
     UnicodeAttribute,
+    UnicodeSetAttribute,
     UTCDateTimeAttribute,
     VersionAttribute,
 )
@@ -33,6 +34,9 @@ class ProjectModel(Model):
     version = VersionAttribute()
     # Who last created or changed the config (the audit trail; older items have none).
     updated_by = UnicodeAttribute(null=True)
+    # The project's runs on their way, claimed one at a time with a conditional update so
+    # that concurrent drops cannot pass the per-project cap together (store.claim_slot).
+    active_runs = UnicodeSetAttribute(null=True)
 
 
 class ByProjectIndex(GlobalSecondaryIndex["RunModel"]):

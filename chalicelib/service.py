@@ -337,6 +337,8 @@ class RunService:
             self._check_active_runs(project.name)
         # Retraining runs too: past the month's budget no run starts, whoever asks.
         self.check_budget()
+        if parent_run_id is None:
+            self._claim_slot(project.name, run_id)
         now = self.clock()
         when = event_time or now
         run = Run(
@@ -754,5 +756,33 @@ class RunService:
                 },
             )
             yield
+        if decision.from_state in WORKING_STATES and run.state not in WORKING_STATES:
+            self._release_slot(run)
         if self.notices is not None:
             self.notices(decision, event)
+
+    def _release_slot(self, run: Run) -> None:
+        try:
+            self.projects.release_slot(run.project, run.run_id)
+        except Exception:  # a slot left behind is found stale by the next claim that needs it
+            logger.exception("slot not released", extra={"run_id": run.run_id, "project": run.project})
+
+    def _claim_slot(self, project: str, run_id: str) -> None:
+        """Take one of the project's slots for runs on their way (atomic: concurrent drops
+        cannot pass the cap together). Slots of runs no longer on their way (a release that
+        was lost) are freed first when the cap is met."""
+        limit = self.limits.max_active_runs_per_project
+        if limit >= UNLIMITED_ACTIVE_RUNS or self.projects.claim_slot(project, run_id, limit):
+            return
+        holders = sorted(self.projects.slots(project))
+        for held in holders:
+            stored = self.runs.get(held)
+            if stored is None or stored.run.state not in WORKING_STATES:
+                self.projects.release_slot(project, held)
+        if self.projects.claim_slot(project, run_id, limit):
+            return
+        live = sorted(self.projects.slots(project))
+        raise RunLimitError(
+            f"project {project} has {len(live)} runs on their way ({', '.join(live[:5])}); stage "
+            f"{self.limits.stage} allows {limit} per project (TUNELOOP_LIMIT_MAX_ACTIVE_RUNS_PER_PROJECT)"
+        )

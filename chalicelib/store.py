@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
+from pynamodb.expressions.condition import size
 
 from .domain.commands import Command, command_from_dict
 from .domain.machine import Decision
@@ -163,6 +164,37 @@ class ProjectRepository:
     def get(self, name: str) -> Project | None:
         item = self._load(name)
         return self._project(item) if item else None
+
+    def claim_slot(self, name: str, run_id: str, limit: int) -> bool:
+        """Add ``run_id`` to the project's runs on their way if fewer than ``limit`` are
+        there: one conditional update, so two concurrent claims never both pass the last slot."""
+        field = self._model.active_runs
+        try:
+            # The low-level update: a slot is not a config change (no version bump, no conflict).
+            self._model._get_connection().update_item(
+                name,
+                actions=[field.add({run_id})],
+                condition=self._model.name.exists()
+                & (field.does_not_exist() | (field.contains(run_id)) | (size(field) < limit)),
+            )
+        except UpdateError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def release_slot(self, name: str, run_id: str) -> None:
+        try:
+            self._model._get_connection().update_item(
+                name, actions=[self._model.active_runs.delete({run_id})], condition=self._model.name.exists()
+            )
+        except UpdateError as exc:
+            if not _is_condition_failure(exc):  # the project is gone: nothing to release
+                raise
+
+    def slots(self, name: str) -> set[str]:
+        item = self._load(name)
+        return set(item.active_runs or ()) if item else set()
 
     def delete(self, name: str) -> None:
         """Delete the project as it was read (its version): a change meanwhile is a conflict."""

@@ -11,13 +11,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import boto3
 import botocore.client
 import pytest
+from botocore.stub import Stubber
 
 from chalicelib.domain import names
+from chalicelib.pricing import PriceBook, PriceListApi
 from tests.conftest import BUCKET, STAGE, load_event
 from tests.functional.conftest import Api
 from tests.functional.test_feedback import feedback_event
+from tests.functional.test_pricing import product
 from tests.iam import BUCKET_ARN, allowed, resolve
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,13 +104,20 @@ def test_the_lambda_roles_write_only_under_the_prefixes_the_code_writes(
     deps.service.budget = spent.refusal
     assert api.call("POST", "/runs", {"project": "demo", "dataset_uri": f"s3://{BUCKET}/datasets/demo/e/x.jsonl"})[
         0] == 409  # fmt: skip
+    # A price the shipped table lacks, read from the Price List and cached in the bucket.
+    pricing = boto3.client("pricing", region_name="us-east-1")
+    with Stubber(pricing) as stub:
+        for _ in range(2):
+            stub.add_response("get_products", {"PriceList": [product("EU-Host:ml.m5.large", "0.13")]})
+        book = PriceBook(PriceListApi(pricing, s3, BUCKET, deps.service.clock))
+        assert book.hourly("eu-west-1", "hosting", "ml.m5.large").usd == 0.13
     monkeypatch.undo()
 
     sites = write_sites()
     assert sites, "no S3 write found in the Lambda code: the search is broken"
     assert {(path, function) for path, function, _ in recorded} == sites, "a writing code path was not exercised"
     written = {key.split("/", 1)[0] + "/" for _, _, key in recorded}
-    assert written == {"labels/", "refused/", "notices/"}
+    assert written == {"labels/", "refused/", "notices/", "prices/"}
     for path in sorted((REPO / ".chalice").glob("policy-*.json")):
         prefixes = policy_write_prefixes(path)
         assert prefixes <= written, f"{path.name} lets the functions write under {sorted(prefixes - written)}"

@@ -75,7 +75,12 @@ def test_chalice_config_traces_and_uses_the_policy_files() -> None:
         for statement in policy["Statement"]:
             if statement["Resource"] == "*":
                 # Only actions IAM cannot scope to a resource (they have no resource types).
-                unscoped = ("xray:PutTraceSegments", "xray:PutTelemetryRecords", "cloudwatch:GetMetricData")
+                unscoped = (
+                    "xray:PutTraceSegments",
+                    "xray:PutTelemetryRecords",
+                    "cloudwatch:GetMetricData",
+                    "pricing:GetProducts",
+                )
                 assert all(a in unscoped for a in statement["Action"]), statement["Sid"]
 
 
