@@ -225,6 +225,9 @@ def update_endpoint_request(run: Run) -> dict[str, Any]:
     return request
 
 
+STAGE_TAG = "tuneloop:stage"
+
+
 def autoscaling_requests(run: Run) -> tuple[dict[str, Any], dict[str, Any]]:
     """Target tracking on invocations per instance, between the config's min and max."""
     deployment = run.config["deployment"]
@@ -235,6 +238,9 @@ def autoscaling_requests(run: Run) -> tuple[dict[str, Any], dict[str, Any]]:
         "ScalableDimension": "sagemaker:variant:DesiredInstanceCount",
         "MinCapacity": deployment["min_instances"],
         "MaxCapacity": deployment["max_instances"],
+        # Application Auto Scaling's ARNs carry no names: the stage's policies act only on
+        # targets tagged with their stage.
+        "Tags": {STAGE_TAG: run.stage, PROJECT_TAG: run.project},
     }
     policy = {
         "PolicyName": f"{names.endpoint_name(run.project, stage=run.stage)}-invocations",

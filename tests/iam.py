@@ -45,13 +45,39 @@ def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def allowed(policy: dict[str, Any], action: str, resource: str) -> bool:
+def allowed(policy: dict[str, Any], action: str, resource: str, context: dict[str, str] | None = None) -> bool:
     """IAM's decision for one identity policy (resolved): an explicit Deny wins, then any
-    Allow. Wildcards as IAM reads them: ``*`` any run of characters, ``/`` included."""
+    Allow. Wildcards as IAM reads them: ``*`` any run of characters, ``/`` included.
+    Conditions are read only when ``context`` (the request's condition keys) is given:
+    then a key the request lacks fails its test, except under an ``...IfExists`` operator."""
+
+    def holds(statement: dict[str, Any]) -> bool:
+        if context is None:
+            return True
+        for operator, tests in statement.get("Condition", {}).items():
+            base = operator.removesuffix("IfExists")
+            for key, wanted in tests.items():
+                value = context.get(key)
+                if value is None:
+                    if operator.endswith("IfExists"):
+                        continue
+                    return False
+                options = _listed(wanted)
+                if base == "StringEquals":
+                    ok = value in options
+                elif base == "StringLike":
+                    ok = any(fnmatch.fnmatchcase(value, o) for o in options)
+                else:
+                    raise AssertionError(f"tests.iam does not evaluate {operator}")
+                if not ok:
+                    return False
+        return True
 
     def matches(statement: dict[str, Any]) -> bool:
-        return any(fnmatch.fnmatch(action.lower(), a.lower()) for a in _listed(statement["Action"])) and any(
-            fnmatch.fnmatchcase(resource, r) for r in _listed(statement["Resource"])
+        return (
+            any(fnmatch.fnmatch(action.lower(), a.lower()) for a in _listed(statement["Action"]))
+            and any(fnmatch.fnmatchcase(resource, r) for r in _listed(statement["Resource"]))
+            and holds(statement)
         )
 
     found = [s["Effect"] for s in policy["Statement"] if matches(s)]

@@ -3,6 +3,7 @@ carries the stage, and each stage's policies allow only its own names."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -113,3 +114,36 @@ def test_every_function_that_may_start_a_run_may_read_what_the_month_cost(policy
         ("s3:PutObject", cache),
     ]
     assert [call for call in calls if not allowed(policy, *call)] == []
+
+
+@pytest.mark.parametrize("policy_file", ["policy-dev.json", "policy-prod.json"])
+def test_a_stage_scales_only_the_scalable_targets_tagged_with_its_stage(policy_file: str) -> None:
+    """Application Auto Scaling's ARNs carry no names (scalable-target/<id>): the stage is
+    a tag set when the target is registered, and the policies read it (every action here
+    takes aws:ResourceTag on its scalable target; parliament's IAM definition, checked in
+    test_iam_lint, knows which condition keys each action takes)."""
+    from chalicelib.deployment import STAGE_TAG, autoscaling_requests
+    from tests.unit.test_sagemaker_requests import tuning_run
+
+    stage = policy_file.split("-")[1].removesuffix(".json")
+    other = "prod" if stage == "dev" else "dev"
+    policy = resolve(json.loads((REPO / ".chalice" / policy_file).read_text()))
+    target = f"arn:aws:application-autoscaling:{REGION}:{ACCOUNT}:scalable-target/056e1a2b3c"
+    ns = {"application-autoscaling:service-namespace": "sagemaker"}
+    request, _ = autoscaling_requests(dataclasses.replace(tuning_run(), stage=stage))
+    assert request["Tags"][STAGE_TAG] == stage
+
+    def may(action: str, **tags: str) -> bool:
+        context = {**ns, **{f"aws:{kind}/{STAGE_TAG}": value for kind, value in tags.items()}}
+        return allowed(policy, f"application-autoscaling:{action}", target, context)
+
+    # Registering a new target (tagged on create) and updating its own; never another's.
+    assert may("RegisterScalableTarget", RequestTag=stage) and may("TagResource", RequestTag=stage)
+    assert may("RegisterScalableTarget", RequestTag=stage, ResourceTag=stage)
+    assert not may("RegisterScalableTarget", RequestTag=stage, ResourceTag=other)
+    assert not may("RegisterScalableTarget", RequestTag=other) and not may("RegisterScalableTarget")
+    for action in ("PutScalingPolicy", "DeregisterScalableTarget"):
+        assert may(action, ResourceTag=stage), action
+        assert not may(action, ResourceTag=other) and not may(action), action
+    ecs = {"application-autoscaling:service-namespace": "ecs", f"aws:ResourceTag/{STAGE_TAG}": stage}
+    assert not allowed(policy, "application-autoscaling:PutScalingPolicy", target, ecs)
