@@ -13,6 +13,7 @@ unpriced, with the reason in its note.
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
@@ -35,6 +36,9 @@ NONE_FRESH = timedelta(days=1)
 BACKOFF_S = 600.0
 # The Price List API answers in these regions only; us-east-1 serves every region's prices.
 API_REGION = "us-east-1"
+# A region's usage-type prefix (USE1, EU, APN1, ...), and the dearest instance-hour believed.
+PREFIX = re.compile(r"[A-Z0-9]{0,8}")
+MAX_HOURLY_USD = 1000.0
 READ = re.compile(r"AWS Price List,? read (\d{4}-\d{2}-\d{2})")
 
 
@@ -67,27 +71,28 @@ class PriceListApi:
         self._lock = threading.Lock()
 
     def hourly(self, region: str, family: str, instance_type: str) -> Price:
+        """Never raises: a cost line is unpriced, with the reason, rather than a budget that
+        cannot be read."""
         with self._lock:
             cached = self._region(region)
             key = f"{family}/{instance_type}"
-            entry = cached["prices"].get(key)
             now = self._clock()
-            if isinstance(entry, dict) and _fresh(entry, now):
-                return _price_of(entry)
+            known = _usable(cached["prices"].get(key), now)
+            if known is not None:
+                return known
             if self._failed and time.monotonic() - self._failed[0] < BACKOFF_S:
                 return Price(None, f"the AWS Price List API failed a moment ago ({self._failed[1]})")
             try:
-                usd = self._ask(region, cached, USAGE[family], instance_type)
-            except (ClientError, BotoCoreError, ValueError, KeyError, TypeError) as exc:
-                reason = exc.response.get("Error", {}).get("Code", "error") if isinstance(exc, ClientError) else (
-                    type(exc).__name__)  # fmt: skip
-                self._failed = (time.monotonic(), f"{reason}: {str(exc)[:160]}")
+                usd = self._ask(region, cached, USAGE[family], instance_type, now)
+            except Exception as exc:  # throttled, denied, unreachable, or an answer not understood
+                code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+                self._failed = (time.monotonic(), f"{code or type(exc).__name__}: {str(exc)[:160]}")
                 return Price(None, f"the AWS Price List API failed ({self._failed[1]})")
             self._failed = None
             entry = {"usd": usd, "read": now.isoformat()}
             cached["prices"][key] = entry
             self._save(region, cached)
-            return _price_of(entry)
+            return _usable(entry, now) or Price(None, "the AWS Price List gave no usable price")
 
     def _region(self, region: str) -> dict[str, Any]:
         if region not in self._regions:
@@ -97,8 +102,8 @@ class PriceListApi:
                 loaded = json.loads(body)
                 if isinstance(loaded, dict) and isinstance(loaded.get("prices"), dict):
                     found = loaded
-            except (ClientError, BotoCoreError, ValueError):
-                pass  # no cache yet, or one that is not ours: asked again
+            except Exception:  # no cache yet, or one that is not ours: asked again
+                pass
             found.setdefault("prices", {})
             self._regions[region] = found
         return self._regions[region]
@@ -111,17 +116,20 @@ class PriceListApi:
         except (ClientError, BotoCoreError):
             pass  # a cache: kept in memory for this process, asked again by the next
 
-    def _ask(self, region: str, cached: dict[str, Any], usage: str, instance_type: str) -> float | None:
+    def _ask(self, region: str, cached: dict[str, Any], usage: str, instance_type: str, now: datetime) -> float | None:
         prefix = cached.get("usage_prefix")
-        if not isinstance(prefix, str):
+        if not (isinstance(prefix, str) and PREFIX.fullmatch(prefix) and _when(cached.get("prefix_read"), now)):
             page = self._pricing.get_products(ServiceCode=SERVICE, Filters=[_match("regionCode", region)],
                                               MaxResults=1)  # fmt: skip
             items = [_item(i) for i in page.get("PriceList", [])]
             if not items:
                 return None  # SageMaker has no prices in this region
-            head = str(items[0]["product"]["attributes"]["usagetype"]).split(":", 1)[0]
+            usagetype = items[0].get("product", {}).get("attributes", {}).get("usagetype")
+            head = usagetype.split(":", 1)[0] if isinstance(usagetype, str) else ""
             prefix = head.split("-", 1)[0] if "-" in head else ""
-            cached["usage_prefix"] = prefix
+            if not PREFIX.fullmatch(prefix):
+                raise ValueError(f"usage type {str(usagetype)[:80]!r} names no region prefix")
+            cached["usage_prefix"], cached["prefix_read"] = prefix, now.isoformat()
         usagetype = f"{prefix}-{usage}:{instance_type}" if prefix else f"{usage}:{instance_type}"
         page = self._pricing.get_products(
             ServiceCode=SERVICE, Filters=[_match("regionCode", region), _match("usagetype", usagetype)], MaxResults=10
@@ -143,29 +151,55 @@ def _item(item: Any) -> dict[str, Any]:
     return parsed
 
 
+def _objects(value: Any) -> list[dict[str, Any]]:
+    """The JSON objects among a mapping's values (anything else in a Price List is skipped)."""
+    return [v for v in value.values() if isinstance(v, dict)] if isinstance(value, dict) else []
+
+
 def _on_demand_hourly(item: dict[str, Any]) -> list[float]:
+    terms = item.get("terms")
     out = []
-    for term in (item.get("terms", {}).get("OnDemand") or {}).values():
-        for dimension in (term.get("priceDimensions") or {}).values():
-            usd = dimension.get("pricePerUnit", {}).get("USD")
-            if str(dimension.get("unit", "")).lower().startswith("hr") and usd is not None and float(usd) > 0:
-                out.append(float(usd))
+    for term in _objects(terms.get("OnDemand") if isinstance(terms, dict) else None):
+        for dimension in _objects(term.get("priceDimensions")):
+            per_unit = dimension.get("pricePerUnit")
+            usd = _valid_usd(per_unit.get("USD") if isinstance(per_unit, dict) else None)
+            if str(dimension.get("unit", "")).lower().startswith("hr") and usd is not None:
+                out.append(usd)
     return out
 
 
-def _fresh(entry: dict[str, Any], now: datetime) -> bool:
+def _valid_usd(value: Any) -> float | None:
+    """A price an instance-hour can have: finite, above 0, at most MAX_HOURLY_USD."""
     try:
-        read = datetime.fromisoformat(str(entry["read"]))
-    except (KeyError, ValueError):
+        usd = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return usd if math.isfinite(usd) and 0 < usd <= MAX_HOURLY_USD else None
+
+
+def _when(value: Any, now: datetime, fresh: timedelta = FRESH) -> bool:
+    """``value`` is a time (with its zone) in the last ``fresh`` and not in the future."""
+    try:
+        read = datetime.fromisoformat(str(value))
+    except ValueError:
         return False
-    return now - read < (FRESH if entry.get("usd") is not None else NONE_FRESH)
+    if read.tzinfo is None:
+        return False
+    return now - fresh < read <= now + timedelta(minutes=5)
 
 
-def _price_of(entry: dict[str, Any]) -> Price:
-    read = str(entry.get("read", ""))[:10]
+def _usable(entry: Any, now: datetime) -> Price | None:
+    """A cached answer, if it is one this code wrote and is still fresh; else None (ask)."""
+    if not isinstance(entry, dict):
+        return None
+    read = str(entry.get("read", ""))
     if entry.get("usd") is None:
-        return Price(None, f"the AWS Price List has no such price (asked {read})")
-    return Price(float(entry["usd"]), f"AWS Price List, read {read}")
+        return Price(None, f"the AWS Price List has no such price (asked {read[:10]})") if _when(
+            read, now, NONE_FRESH) else None  # fmt: skip
+    usd = _valid_usd(entry.get("usd"))
+    if usd is None or not _when(read, now):
+        return None
+    return Price(usd, f"AWS Price List, read {read[:10]}")
 
 
 class PriceBook:

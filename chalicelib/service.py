@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .domain import names
-from .domain.commands import StartProcessingJob
+from .domain.commands import StartChildRun, StartProcessingJob
 from .domain.events import (
     AlarmChanged,
     CommandFailed,
@@ -235,6 +235,18 @@ class RunService:
             if not token:
                 return runs
 
+    def _budget_blocks(self, decision: Decision) -> str:
+        """Why the month's budget stops the retraining run this decision would start, or ""
+        (also when the spend cannot be read now: a retraining run is bounded by its daily cap,
+        and the refusal would lose the alarm that asked for it)."""
+        if self.budget is None or not any(isinstance(c, StartChildRun) for c in decision.commands):
+            return ""
+        try:
+            return self.budget() or ""
+        except Exception:
+            logger.exception("budget not read; the retraining run starts", extra={"run_id": decision.run.run_id})
+            return ""
+
     def check_budget(self) -> None:
         """Raise RunLimitError (with the figures) when the stage has spent its month's budget."""
         over = self.budget() if self.budget is not None else None
@@ -421,7 +433,11 @@ class RunService:
             stored = self.runs.recent(run_id, newer_than)
             if stored is None:
                 raise RunNotFoundError(run_id)
-            decision = decide(stored.run, self._with_project_facts(stored.run, event))
+            facts = self._with_project_facts(stored.run, event)
+            decision = decide(stored.run, facts)
+            spent = self._budget_blocks(decision)
+            if spent:  # the one retraining check that costs Describe calls: only when it matters
+                decision = decide(stored.run, dataclasses.replace(facts, budget_spent=spent))
             if not decision.changed and stored.cached and decision.noop != DUPLICATE:
                 # Only "already applied" holds on any later version (history only grows);
                 # anything else that changes nothing is confirmed on the table.
@@ -465,9 +481,7 @@ class RunService:
         if isinstance(event, LabelsArrived) and not run.waiting_for_data:
             return event  # nothing waits: no lookups
         active, starts, latest = self.runs.retraining_facts(run.project, since=event.time - timedelta(days=1))
-        spent = self.budget() if self.budget is not None else None
-        event = dataclasses.replace(event, active_retraining_run=active, project_retraining_starts=starts,
-                                    budget_spent=spent or "")  # fmt: skip
+        event = dataclasses.replace(event, active_retraining_run=active, project_retraining_starts=starts)
         if (
             self.new_data is not None
             and isinstance(event, (AlarmChanged, LabelsArrived))

@@ -267,8 +267,13 @@ def _may_retrain(run: Run, event: Trigger) -> bool:
 
 
 def _waits_for_data(run: Run, event: Trigger) -> bool:
-    """The retraining run would start but for data: it waits for labels or a dataset."""
-    return _retrain_block(run, event, evidence=False) is None and _nothing_new(run, event) is not None
+    """The retraining run would start but for data (it waits for labels or a dataset), or
+    but for the month's budget (it waits for the next month, or a higher budget): the
+    scheduled check looks again."""
+    block = _retrain_block(run, event, evidence=False)
+    if event.budget_spent and block == event.budget_spent:
+        return True
+    return block is None and _nothing_new(run, event) is not None
 
 
 def _nothing_new(run: Run, event: Trigger) -> str | None:

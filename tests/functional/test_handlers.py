@@ -346,22 +346,58 @@ def test_no_event_shape_crashes_a_handler(api: Api, demo: dict[str, Any], raw: A
             assert isinstance(result["ignored"], str) and "\n" not in result["ignored"]
 
 
-def test_past_the_budget_no_retraining_run_starts_and_the_parent_keeps_serving(api: Api, deps: Any) -> None:
+def test_past_the_budget_no_retraining_run_starts_and_the_alarm_waits_for_the_next_month(
+    api: Api, deps: Any, s3: Any
+) -> None:
+    from datetime import timedelta
+
+    from chalicelib.domain.events import LabelsArrived
+    from tests.conftest import T0
+
+    clock = deps.service.clock
+    deps.service.clock = lambda: clock() - timedelta(hours=1)  # the parent learnt from its data an hour ago
     parent = run_to_deploying(api, deps, "spent", {**DEMO_CONFIG, "retrain": {"cooldown_s": 0, "max_per_day": 5}})
+    deps.service.clock = clock
     api.invoke("on_sagemaker_event", endpoint_event("endpoint_in_service", "up", "spent", parent))
+    # Since then a new dataset arrived: something to learn from.
+    s3.put_object(Bucket="tuneloop-test", Key="datasets/spent/ds-2/reviews.jsonl", Body=b'{"text": "a"}\n')
     figures = "stage test has spent $250.00 of its $200 budget for 2026-12 (list prices of 2026-11)"
-    deps.service.budget = lambda: figures
+    asked: list[str] = []
+
+    def spent() -> str:
+        asked.append("budget")
+        return figures
+
+    deps.service.budget = spent
     status, body = api.call("POST", f"/runs/{parent}/retrain", {"reason": "new data arrived"})
     assert status == 409 and body["Message"].endswith(figures), body
-    # A drift alarm starts none either: the parent, still deployed, records why.
+    # A drift alarm starts none either: the parent, still deployed, records why, and the
+    # alarm waits (as for data) so that the scheduled check looks again.
     alarm = load_event("alarm_drift", id="drift-spent")
-    alarm["detail"]["alarmName"] = names.drift_alarm_name(parent, "prediction_psi", stage=STAGE)
+    alarm_name = names.drift_alarm_name(parent, "prediction_psi", stage=STAGE)
+    alarm["detail"]["alarmName"] = alarm_name
     assert api.invoke("on_alarm", alarm)["state"] == "deployed"
     view = api.call("GET", f"/runs/{parent}")[1]
     assert view["state"] == "deployed" and figures in view["history"][-1]["reason"], view["history"][-1]
+    assert view["retraining_waits_for_data"] == [alarm_name]
     assert [r["run_id"] for r in api.call("GET", "/runs?project=spent")[1]["runs"]] == [parent]
-    # A child whose start raced the crossing is not started either: the parent's command
-    # notes why, and the parent keeps serving.
+    # An alarm that asks for nothing does not read the month's spend (Describe calls).
+    asked.clear()
+    ok = load_event("alarm_drift", id="drift-ok")
+    ok["detail"].update(alarmName=names.quality_alarm_name(parent, "accuracy", stage=STAGE))
+    ok["detail"]["state"]["value"], ok["detail"]["previousState"]["value"] = "OK", "ALARM"
+    api.invoke("on_alarm", ok)
+    assert asked == []
+    # Next month (the budget allows again) the scheduled look starts the retraining run.
+    deps.service.budget = lambda: None
+    applied = deps.service.apply(parent, LabelsArrived(event_id="data-check-1", time=T0, run_id=parent,
+                                                       scheduled=True))  # fmt: skip
+    assert applied.decision is not None and applied.decision.changed
+    children = [r for r in api.call("GET", "/runs?project=spent")[1]["runs"] if r["run_id"] != parent]
+    assert len(children) == 1 and api.call("GET", f"/runs/{parent}")[1]["retraining_waits_for_data"] == []
+    # A child whose start raced a crossing is not started: the parent's command notes why,
+    # and the parent keeps serving.
+    deps.service.budget = spent
     note = deps.service.start_child_run(parent, "childspent01", "drift")
     assert note == f"no child run: {figures}" and deps.service.runs.get("childspent01") is None
     assert api.call("GET", f"/runs/{parent}")[1]["state"] == "deployed"

@@ -43,6 +43,11 @@ def filters(*pairs: tuple[str, str]) -> list[dict[str, str]]:
     return [{"Type": "TERM_MATCH", "Field": field, "Value": value} for field, value in pairs]
 
 
+def cache(entry: dict[str, Any]) -> dict[str, Any]:
+    """A prices/<region>.json as someone with write access to the bucket may have left it."""
+    return {"usage_prefix": "EU", "prefix_read": T0.isoformat(), "prices": {"hosting/ml.m5.large": entry}}
+
+
 def asked(region: str, usagetype: str) -> dict[str, Any]:
     return {"ServiceCode": "AmazonSageMaker", "MaxResults": 10,
             "Filters": filters(("regionCode", region), ("usagetype", usagetype))}  # fmt: skip
@@ -92,8 +97,9 @@ def test_a_region_the_table_lacks_is_priced_by_the_price_list_once_then_from_the
         again = PriceBook(PriceListApi(pricing, clean, BUCKET, clock)).hourly("eu-west-1", "training", "ml.m5.large")
     assert again.usd == 0.128
 
-    clock.now = T0 + timedelta(days=31)  # a month on, the price is read again (the prefix is kept)
+    clock.now = T0 + timedelta(days=31)  # a month on, the prefix and the price are read again
     with Stubber(pricing) as stub:
+        stub.add_response("get_products", {"PriceList": [product("EU-Notebk:ml.t3.medium", "0.05")]})
         stub.add_response("get_products", {"PriceList": [product("EU-Train:ml.m5.large", "0.131")]},
                           asked("eu-west-1", "EU-Train:ml.m5.large"))  # fmt: skip
         assert PriceBook(PriceListApi(pricing, clean, BUCKET, clock)).hourly(
@@ -157,3 +163,44 @@ def test_an_unpriced_endpoint_line_says_why() -> None:
         HistoryEntry("e1", "x", RunState.DEPLOYING, RunState.DEPLOYED, "r", T0, (), None),))  # fmt: skip
     line = endpoint_line(run, "eu-west-1", T0 + timedelta(hours=2))
     assert line is not None and line["usd"] is None and "prices.json covers" in line["note"]
+
+
+def test_any_json_the_price_list_or_the_cache_holds_prices_nothing_wrong_and_raises_nothing(
+    pricing: Any, clean: Any
+) -> None:
+    """Odd answers (terms of the wrong type, prices that are not finite, negative or absurd)
+    give no price; a cache entry someone else wrote (a negative or NaN price, a read date
+    in the future or without a zone, a prefix that is not one) is not believed: asked again."""
+    clock = Clock()
+    odd_items = [
+        json.dumps({"terms": []}),
+        json.dumps({"terms": {"OnDemand": "x"}}),
+        json.dumps({"terms": {"OnDemand": {"t": {"priceDimensions": {"d": {"unit": "Hrs", "pricePerUnit": "1"}}}}}}),
+        product("EU-Host:ml.m5.large", "Infinity"),
+        product("EU-Host:ml.m5.large", "-0.5"),
+        product("EU-Host:ml.m5.large", "1e9"),
+        "[" * 5000 + "]" * 5000,  # nested deeper than the parser goes
+    ]
+    for n, item in enumerate(odd_items):
+        with Stubber(pricing) as stub:
+            stub.add_response("get_products", {"PriceList": [product("EU-Host:ml.c5.large", "0.1")]})
+            stub.add_response("get_products", {"PriceList": [item]})
+            price = PriceBook(PriceListApi(pricing, clean, BUCKET, clock)).hourly("eu-west-1", "hosting", "ml.m5.large")
+        assert price.usd is None, (n, price)
+        clean.delete_object(Bucket=BUCKET, Key="prices/eu-west-1.json")
+    for poisoned in (
+        cache({"usd": -1, "read": T0.isoformat()}),
+        cache({"usd": "NaN", "read": T0.isoformat()}),
+        cache({"usd": 0.01, "read": (T0 + timedelta(days=300)).isoformat()}),
+        cache({"usd": 0.01, "read": T0.replace(tzinfo=None).isoformat()}),
+        {**cache({}), "usage_prefix": 'EU"-X'},
+    ):
+        clean.put_object(Bucket=BUCKET, Key="prices/eu-west-1.json", Body=json.dumps(poisoned).encode())
+        with Stubber(pricing) as stub:
+            if 'EU"' in poisoned["usage_prefix"]:  # a prefix that is not one is read again
+                stub.add_response("get_products", {"PriceList": [product("EU-Host:ml.c5.large", "0.1")]})
+            stub.add_response("get_products", {"PriceList": [product("EU-Host:ml.m5.large", "0.13")]},
+                              asked("eu-west-1", "EU-Host:ml.m5.large"))  # fmt: skip
+            price = PriceBook(PriceListApi(pricing, clean, BUCKET, clock)).hourly("eu-west-1", "hosting", "ml.m5.large")
+            stub.assert_no_pending_responses()
+        assert price.usd == 0.13, poisoned
