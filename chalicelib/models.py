@@ -7,7 +7,6 @@ from pynamodb.attributes import (
     ListAttribute,
     MapAttribute,
     UnicodeAttribute,
-    UnicodeSetAttribute,
     UTCDateTimeAttribute,
     VersionAttribute,
 )
@@ -34,9 +33,10 @@ class ProjectModel(Model):
     version = VersionAttribute()
     # Who last created or changed the config (the audit trail; older items have none).
     updated_by = UnicodeAttribute(null=True)
-    # The project's runs on their way, claimed one at a time with a conditional update so
-    # that concurrent drops cannot pass the per-project cap together (store.claim_slot).
-    active_runs = UnicodeSetAttribute(null=True)
+    # The project's runs on their way (run id -> when its slot was claimed), claimed one at
+    # a time with a conditional update so that concurrent drops cannot pass the per-project
+    # cap together (store.claim_slot).
+    active_runs = MapAttribute(null=True)  # type: ignore[var-annotated]
 
 
 class ByProjectIndex(GlobalSecondaryIndex["RunModel"]):

@@ -58,6 +58,8 @@ NewDataCount = Callable[[str, datetime, str], NewData]
 
 # Commits retried on ConflictError before giving up; under heavy contention each retry
 # reloads the run and decides again (usually into a duplicate no-op).
+# A slot claimed for a run not created this long after is one whose start failed.
+SLOT_CLAIM_GRACE_S = 300
 MAX_COMMIT_ATTEMPTS = 64
 
 
@@ -380,6 +382,10 @@ class RunService:
             existing = self.runs.get(run_id)
             assert existing is not None
             return existing, False
+        except Exception:
+            if parent_run_id is None:  # no run holds the slot it claimed
+                self._release_slot(run)
+            raise
         with self._transition(decision, event):
             self._execute_outbox(stored)
         return self.runs.get(run_id) or stored, True
@@ -436,7 +442,8 @@ class RunService:
             facts = self._with_project_facts(stored.run, event)
             decision = decide(stored.run, facts)
             spent = self._budget_blocks(decision)
-            if spent:  # the one retraining check that costs Describe calls: only when it matters
+            if spent and isinstance(facts, (AlarmChanged, RetrainRequested, LabelsArrived)):
+                # The one retraining check that costs Describe calls: made only when it matters.
                 decision = decide(stored.run, dataclasses.replace(facts, budget_spent=spent))
             if not decision.changed and stored.cached and decision.noop != DUPLICATE:
                 # Only "already applied" holds on any later version (history only grows);
@@ -769,9 +776,11 @@ class RunService:
                     "reason": decision.note,
                 },
             )
-            yield
-        if decision.from_state in WORKING_STATES and run.state not in WORKING_STATES:
-            self._release_slot(run)
+            try:
+                yield
+            finally:
+                if decision.from_state in WORKING_STATES and run.state not in WORKING_STATES:
+                    self._release_slot(run)
         if self.notices is not None:
             self.notices(decision, event)
 
@@ -786,14 +795,21 @@ class RunService:
         cannot pass the cap together). Slots of runs no longer on their way (a release that
         was lost) are freed first when the cap is met."""
         limit = self.limits.max_active_runs_per_project
-        if limit >= UNLIMITED_ACTIVE_RUNS or self.projects.claim_slot(project, run_id, limit):
+        now = self.clock()
+        if limit >= UNLIMITED_ACTIVE_RUNS or self.projects.claim_slot(project, run_id, limit, now):
             return
-        holders = sorted(self.projects.slots(project))
-        for held in holders:
+        for held, claimed in sorted(self.projects.slots(project).items()):
             stored = self.runs.get(held)
-            if stored is None or stored.run.state not in WORKING_STATES:
+            if stored is not None:
+                stale = stored.run.state not in WORKING_STATES
+            else:  # claimed, not created: its start is under way, unless it is long past
+                try:
+                    stale = now - datetime.fromisoformat(claimed) > timedelta(seconds=SLOT_CLAIM_GRACE_S)
+                except (TypeError, ValueError):
+                    stale = True
+            if stale:
                 self.projects.release_slot(project, held)
-        if self.projects.claim_slot(project, run_id, limit):
+        if self.projects.claim_slot(project, run_id, limit, now):
             return
         live = sorted(self.projects.slots(project))
         raise RunLimitError(

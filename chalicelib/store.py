@@ -150,12 +150,13 @@ class ProjectRepository:
         item = self._load(name)
         if item is None:
             return None
-        item.config = dict(config)
-        item.updated_at = now
-        item.updated_by = actor
+        model = self._model
         try:
-            item.save()
-        except PutError as exc:
+            # UpdateItem of the config's own fields (conditional on the version read): a
+            # PutItem would write back the project's slots as they were read.
+            who = model.updated_by.set(actor) if actor is not None else model.updated_by.remove()
+            item.update(actions=[model.config.set(dict(config)), model.updated_at.set(now), who])
+        except UpdateError as exc:
             if _is_condition_failure(exc):
                 raise ConflictError(name) from exc
             raise
@@ -165,17 +166,18 @@ class ProjectRepository:
         item = self._load(name)
         return self._project(item) if item else None
 
-    def claim_slot(self, name: str, run_id: str, limit: int) -> bool:
-        """Add ``run_id`` to the project's runs on their way if fewer than ``limit`` are
-        there: one conditional update, so two concurrent claims never both pass the last slot."""
+    def claim_slot(self, name: str, run_id: str, limit: int, now: datetime) -> bool:
+        """Record ``run_id`` (claimed at ``now``) among the project's runs on their way if
+        fewer than ``limit`` are there: one conditional update, so two concurrent claims
+        never both pass the last slot. A slot is not a config change: no version bump."""
         field = self._model.active_runs
+        connection = self._model._get_connection()
         try:
-            # The low-level update: a slot is not a config change (no version bump, no conflict).
-            self._model._get_connection().update_item(
+            connection.update_item(name, actions=[field.set(field | {})], condition=self._model.name.exists())
+            connection.update_item(
                 name,
-                actions=[field.add({run_id})],
-                condition=self._model.name.exists()
-                & (field.does_not_exist() | (field.contains(run_id)) | (size(field) < limit)),
+                actions=[field[run_id].set(now.isoformat())],
+                condition=self._model.name.exists() & (field[run_id].exists() | (size(field) < limit)),
             )
         except UpdateError as exc:
             if _is_condition_failure(exc):
@@ -184,17 +186,20 @@ class ProjectRepository:
         return True
 
     def release_slot(self, name: str, run_id: str) -> None:
+        field = self._model.active_runs
         try:
             self._model._get_connection().update_item(
-                name, actions=[self._model.active_runs.delete({run_id})], condition=self._model.name.exists()
+                name, actions=[field[run_id].remove()], condition=self._model.name.exists() & field.exists()
             )
         except UpdateError as exc:
-            if not _is_condition_failure(exc):  # the project is gone: nothing to release
+            if not _is_condition_failure(exc):  # the project (or its slots) are gone: nothing to release
                 raise
 
-    def slots(self, name: str) -> set[str]:
+    def slots(self, name: str) -> dict[str, str]:
+        """The project's runs on their way: run id -> when its slot was claimed."""
         item = self._load(name)
-        return set(item.active_runs or ()) if item else set()
+        found = item.active_runs.as_dict() if item is not None and item.active_runs is not None else {}
+        return {str(k): str(v) for k, v in found.items()}
 
     def delete(self, name: str) -> None:
         """Delete the project as it was read (its version): a change meanwhile is a conflict."""

@@ -62,9 +62,14 @@ class ProjectTeardown:
         inventory = Inventory()
         endpoint = names.endpoint_name(project, stage=self._stage)
         resource = f"endpoint/{endpoint}/variant/{VARIANT}"
-        self._delete(inventory, "scaling_targets", resource, self._autoscaling.deregister_scalable_target,
-                     ServiceNamespace="sagemaker", ResourceId=resource,
-                     ScalableDimension="sagemaker:variant:DesiredInstanceCount")  # fmt: skip
+        dimension = "sagemaker:variant:DesiredInstanceCount"
+        # Looked up first: deregistering a target that is not there is denied (the policy
+        # reads the target's stage tag, and a missing target has none), not "not found".
+        found = self._autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource],
+                                                            ScalableDimension=dimension)  # fmt: skip
+        if found.get("ScalableTargets"):
+            self._delete(inventory, "scaling_targets", resource, self._autoscaling.deregister_scalable_target,
+                         ServiceNamespace="sagemaker", ResourceId=resource, ScalableDimension=dimension)  # fmt: skip
         self._delete(inventory, "endpoints", endpoint, self._sagemaker.delete_endpoint, EndpointName=endpoint)
         # Only a run that deployed (or ran a batch transform) made a model, a config, alarms.
         served = [r for r in runs if any(h.to_state in (RunState.DEPLOYING, RunState.TRANSFORMING) for h in r.history)]

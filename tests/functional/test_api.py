@@ -405,8 +405,13 @@ def test_deleting_a_project_deletes_what_its_runs_made(api: Api, deps: Any) -> N
     endpoint = f"tl-{STAGE}-gone"
     with Stubber(sagemaker) as sm, Stubber(scaling) as sc:
         variant = f"endpoint/{endpoint}/variant/AllTraffic"
-        sc.add_response("deregister_scalable_target", {}, {"ServiceNamespace": "sagemaker", "ResourceId": variant,
-                        "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"})  # fmt: skip
+        target = {"ServiceNamespace": "sagemaker", "ResourceId": variant,
+                  "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"}  # fmt: skip
+        sc.add_response("describe_scalable_targets", {"ScalableTargets": [{
+            **target, "MinCapacity": 1, "MaxCapacity": 2, "RoleARN": "arn:aws:iam::1:role/x",
+            "CreationTime": "2026-12-06T00:00:00Z"}]}, {**{k: v for k, v in target.items() if k != "ResourceId"},
+                                                        "ResourceIds": [variant]})  # fmt: skip
+        sc.add_response("deregister_scalable_target", {}, target)
         sm.add_response("delete_endpoint", {}, {"EndpointName": endpoint})
         sm.add_response("delete_endpoint_config", {}, {"EndpointConfigName": f"tl-{STAGE}-{run_id}-config-1"})
         sm.add_response("delete_model", {}, {"ModelName": f"tl-{STAGE}-{run_id}-model-1"})
@@ -430,6 +435,20 @@ def test_deleting_a_project_deletes_what_its_runs_made(api: Api, deps: Any) -> N
     assert api.call("GET", "/projects/gone")[0] == 404
     assert api.call("GET", f"/runs/{run_id}")[1]["state"] == "stopped"
     assert api.call("DELETE", "/projects/gone")[0] == 404
+    # A project that never scaled has no target: nothing is deregistered (a call AWS would
+    # deny, since the policy reads the target's stage tag).
+    assert api.call("POST", "/projects", {"name": "never", "config": DEMO_CONFIG})[0] == 201
+    with Stubber(sagemaker) as sm, Stubber(scaling) as sc:
+        sc.add_response("describe_scalable_targets", {"ScalableTargets": []})
+        sm.add_client_error("delete_endpoint", "ValidationException", "Could not find endpoint")
+        sm.add_response("list_model_packages", {"ModelPackageSummaryList": []})
+        deps_module.override(dataclasses.replace(deps, teardown=ProjectTeardown(sagemaker, cloudwatch, scaling, STAGE)))
+        try:
+            status, result = api.call("DELETE", "/projects/never")
+        finally:
+            deps_module.override(deps)
+        sc.assert_no_pending_responses()
+    assert status == 200 and result["deleted"] == {}, result
 
 
 def test_a_project_with_runs_on_their_way_is_not_deleted(api: Api, demo: dict[str, Any]) -> None:
