@@ -80,6 +80,7 @@ def test_chalice_config_traces_and_uses_the_policy_files() -> None:
                     "xray:PutTelemetryRecords",
                     "cloudwatch:GetMetricData",
                     "pricing:GetProducts",
+                    "application-autoscaling:DescribeScalableTargets",
                 )
                 assert all(a in unscoped for a in statement["Action"]), statement["Sid"]
 
