@@ -74,7 +74,8 @@ def test_limits_from_the_environment_are_checked() -> None:
 
 
 def statements(path: Path) -> dict[str, dict[str, Any]]:
-    return {s["Sid"]: s for s in resolve(json.loads(path.read_text()))["Statement"]}
+    stage = path.name.split("-")[1].removesuffix(".json")
+    return {s["Sid"]: s for s in resolve(json.loads(path.read_text()), stage)["Statement"]}
 
 
 def policy_files(stage: str) -> list[Path]:
@@ -115,7 +116,10 @@ def test_the_lambda_roles_enforce_the_same_limits(stage: str) -> None:
     full = statements(REPO / ".chalice" / f"policy-{stage}.json")
     assert full["AlarmsWithoutActions"]["Condition"] == {"Null": {"cloudwatch:AlarmActions": "true"}}
     assert full["EndpointAutoscaling"]["Condition"] == {
-        "StringEquals": {"application-autoscaling:service-namespace": "sagemaker"}
+        "StringEquals": {
+            "application-autoscaling:service-namespace": "sagemaker",
+            "aws:ResourceTag/tuneloop:stage": stage,
+        }
     }
     # Processing jobs run within the runtime limit too.
     from chalicelib.domain.waits import PROCESSING_MAX_RUNTIME_S

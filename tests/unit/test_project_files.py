@@ -8,6 +8,7 @@ from pathlib import Path
 
 from chalicelib.domain.diagram import document
 from chalicelib.models import ProjectModel, RunModel
+from tests.iam import resolve
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,9 +70,12 @@ def test_chalice_config_traces_and_uses_the_policy_files() -> None:
     config = json.loads((REPO / ".chalice" / "config.json").read_text())
     assert config["xray"] is True and config["autogen_policy"] is False
     for stage, settings in config["stages"].items():
-        policy = json.loads((REPO / ".chalice" / settings["iam_policy_file"]).read_text())
-        resources = json.dumps(policy)
-        assert f"tuneloop-{stage}-runs" in resources
+        raw = json.loads((REPO / ".chalice" / settings["iam_policy_file"]).read_text())
+        policy = resolve(raw, stage)
+        # The stage's names come from the template's Stage parameter, resolved as CloudFormation does.
+        assert f"tuneloop-{stage}-runs" in json.dumps(policy)
+        written = re.search(rf"(tl|tuneloop)-{stage}-(?!\d)", json.dumps(resolve(raw, "qa")))  # not the bucket
+        assert written is None, f"a stage name written into the policy: {written}"
         for statement in policy["Statement"]:
             if statement["Resource"] == "*":
                 # Only actions IAM cannot scope to a resource (they have no resource types).

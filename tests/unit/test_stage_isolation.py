@@ -42,7 +42,7 @@ def kind(pattern: str) -> str:
 )
 def test_a_stages_functions_may_act_on_its_own_resources_and_on_no_other_stages(policy_file: str) -> None:
     stage = policy_file.split("-")[1].removesuffix(".json")
-    policy = resolve(json.loads((REPO / ".chalice" / policy_file).read_text()))
+    policy = resolve(json.loads((REPO / ".chalice" / policy_file).read_text()), stage)
     own, checked = made_by(stage), 0
     strangers = [made_by(other) for other in ("prod" if stage == "dev" else "dev", "qa", "")]
     for statement in policy["Statement"]:
@@ -101,7 +101,7 @@ def test_every_function_that_may_start_a_run_may_read_what_the_month_cost(policy
     """The budget is checked wherever a run starts (the API, a drop, an alarm): each of
     those functions reads every job of the month and prices it."""
     stage = policy_file.split("-")[1].removesuffix(".json")
-    policy = resolve(json.loads((REPO / ".chalice" / policy_file).read_text()))
+    policy = resolve(json.loads((REPO / ".chalice" / policy_file).read_text()), stage)
     own = made_by(stage)
     cache = f"{BUCKET_ARN}/prices/eu-west-1.json"  # the stack's own bucket, resolved
     calls = [
@@ -127,7 +127,7 @@ def test_a_stage_scales_only_the_scalable_targets_tagged_with_its_stage(policy_f
 
     stage = policy_file.split("-")[1].removesuffix(".json")
     other = "prod" if stage == "dev" else "dev"
-    policy = resolve(json.loads((REPO / ".chalice" / policy_file).read_text()))
+    policy = resolve(json.loads((REPO / ".chalice" / policy_file).read_text()), stage)
     target = f"arn:aws:application-autoscaling:{REGION}:{ACCOUNT}:scalable-target/056e1a2b3c"
     ns = {"application-autoscaling:service-namespace": "sagemaker"}
     request, _ = autoscaling_requests(dataclasses.replace(tuning_run(), stage=stage))

@@ -1,0 +1,273 @@
+"""What IAM checks for one AWS request: the actions, the resource ARNs and the condition
+keys, read from a maintained reference of IAM's actions and resource types (the IAM
+definition parliament ships, built from AWS's Service Authorization Reference) rather
+than written out here service by service.
+
+For ``CreateTrainingJob`` with ``{"TrainingJobName": "tl-dev-…", "RoleArn": …, "Tags": …}``
+that is ``sagemaker:CreateTrainingJob`` on ``arn:aws:sagemaker:<region>:<account>:
+training-job/tl-dev-…`` (the reference's ARN template, its ``${TrainingJobName}`` filled
+from the request) with ``sagemaker:InstanceTypes``, ``sagemaker:MaxRuntimeInSeconds`` and
+the request's tags as condition keys, plus its dependent actions: ``iam:PassRole`` on the
+role (``iam:PassedToService``) and ``sagemaker:AddTags``. A request whose resource the
+reference names but the request does not fill is an ``UnmappedRequest``: never allowed by
+guessing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+PARTITION = "aws"
+# botocore's signing names where IAM's service prefix differs.
+PREFIXES = {"monitoring": "cloudwatch", "runtime.sagemaker": "sagemaker", "sagemaker-runtime": "sagemaker"}
+# S3 operations whose IAM action has another name (IAM authorizes the object or bucket).
+S3_ACTIONS = {
+    "HeadObject": "GetObject",
+    "ListObjectsV2": "ListBucket",
+    "ListObjects": "ListBucket",
+    "HeadBucket": "ListBucket",
+    "ListObjectVersions": "ListBucketVersions",
+    "ListBuckets": "ListAllMyBuckets",
+    "DeleteObjects": "DeleteObject",
+    "CreateMultipartUpload": "PutObject",
+    "UploadPart": "PutObject",
+    "CompleteMultipartUpload": "PutObject",
+    "UploadPartCopy": "PutObject",
+    "CopyObject": "PutObject",
+    "PutBucketNotificationConfiguration": "PutBucketNotification",
+    "GetBucketNotificationConfiguration": "GetBucketNotification",
+    "PutBucketLifecycleConfiguration": "PutLifecycleConfiguration",
+    "GetBucketLifecycleConfiguration": "GetLifecycleConfiguration",
+    "DeleteBucketLifecycle": "PutLifecycleConfiguration",
+    "PutBucketEncryption": "PutEncryptionConfiguration",
+    "GetBucketEncryption": "GetEncryptionConfiguration",
+    "PutPublicAccessBlock": "PutBucketPublicAccessBlock",
+    "GetPublicAccessBlock": "GetBucketPublicAccessBlock",
+}
+# Other operations IAM authorizes under another action.
+ACTIONS = {
+    ("sagemaker", "InvokeEndpointWithResponseStream"): "InvokeEndpoint",
+    ("sagemaker", "InvokeEndpointAsync"): "InvokeEndpointAsync",
+}
+# Where a reference placeholder's value is in the request, when not under its own name.
+ALIASES = {
+    "BucketName": ("Bucket",),
+    "ObjectName": ("Key",),
+    "AlarmName": ("AlarmName", "AlarmNames"),
+    "TopicName": ("TopicArn",),
+    "QueueName": ("QueueUrl",),
+    "RoleNameWithPath": ("RoleArn", "RoleName"),
+    "EventBusName": ("EventBusName",),
+    "ScalableTargetId": (),
+}
+ARN_PARAMS = ("ResourceArn", "ResourceARN")
+ITEM_BATCHES = ("TransactWriteItems", "TransactGetItems", "BatchWriteItem", "BatchGetItem")
+ROLE_PARAMS = ("RoleArn", "ExecutionRoleArn", "RoleARN")
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z]+)\}")
+SERVICE_PRINCIPALS = {"sagemaker": "sagemaker.amazonaws.com", "events": "events.amazonaws.com",
+                      "application-autoscaling": "application-autoscaling.amazonaws.com"}  # fmt: skip
+
+
+class UnmappedRequest(ValueError):
+    """The reference names a resource this request does not say how to fill."""
+
+
+@dataclass(frozen=True)
+class Access:
+    action: str
+    resource: str  # an ARN, or "*" for an action IAM cannot scope
+    context: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=1)
+def reference() -> dict[str, dict[str, Any]]:
+    """parliament's IAM definition, by service prefix (read without importing parliament)."""
+    spec = importlib.util.find_spec("parliament")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the IAM reference (the parliament package) is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "iam_definition.json"
+    return {service["prefix"]: service for service in json.loads(path.read_text())}
+
+
+def accesses(signing_name: str, operation: str, params: Mapping[str, Any], *, account: str, region: str,
+             principal_account: str | None = None) -> list[Access]:  # fmt: skip
+    """Each (action, resource, condition keys) IAM checks for this request."""
+    prefix = PREFIXES.get(signing_name, signing_name)
+    action = S3_ACTIONS.get(operation, operation) if prefix == "s3" else ACTIONS.get((prefix, operation), operation)
+    if prefix == "s3" and operation == "GetObject" and params.get("VersionId"):
+        action = "GetObjectVersion"
+    if prefix == "dynamodb" and operation in ITEM_BATCHES:
+        # Authorized item by item, each as the action it is on its own table.
+        base = _context(prefix, operation, params, account, region, principal_account or account)
+        return list(_dynamodb_items(operation, params, account, region, base))
+    service = reference().get(prefix)
+    if service is None:
+        raise UnmappedRequest(f"{prefix}: no such service in the IAM reference")
+    privilege = next((p for p in service["privileges"] if p["privilege"] == action), None)
+    if privilege is None:
+        raise UnmappedRequest(f"{prefix}:{action}: no such action in the IAM reference")
+    context = _context(prefix, action, params, account, region, principal_account or account)
+    out = [Access(f"{prefix}:{action}", arn, context) for arn in _resources(service, privilege, params, account,
+                                                                           region)]  # fmt: skip
+    if prefix == "s3" and operation in ("CopyObject", "UploadPartCopy"):
+        source = str(params.get("CopySource", "")).lstrip("/").split("?", 1)[0]
+        out.append(Access("s3:GetObject", f"arn:{PARTITION}:s3:::{source}", context))
+    dependent = {a for r in privilege["resource_types"] for a in r.get("dependent_actions", [])}
+    if "sagemaker:AddTags" in dependent and params.get("Tags") and out:
+        out.append(Access("sagemaker:AddTags", out[0].resource, context))
+    for name in ROLE_PARAMS:
+        if isinstance(params.get(name), str) and (prefix != "iam"):
+            passed = {**context, "iam:PassedToService": SERVICE_PRINCIPALS.get(prefix, f"{prefix}.amazonaws.com")}
+            out.append(Access("iam:PassRole", str(params[name]), passed))
+    return out
+
+
+def _resources(service: dict[str, Any], privilege: dict[str, Any], params: Mapping[str, Any], account: str,
+               region: str) -> list[str]:  # fmt: skip
+    for name in ARN_PARAMS:
+        if isinstance(params.get(name), str):
+            return [str(params[name])]
+    templates = {r["resource"]: r["arn"] for r in service["resources"]}
+    required: list[str] = []
+    optional: list[str] = []
+    for entry in privilege["resource_types"]:
+        kind = entry["resource_type"]
+        if not kind:
+            continue
+        (required if kind.endswith("*") else optional).append(kind.rstrip("*"))
+    filled: dict[str, str] = {}
+    for kind in required + optional:
+        arn = _fill(templates.get(kind, ""), params, account, region)
+        if arn:
+            filled[kind] = arn
+        elif kind in required:
+            raise UnmappedRequest(f"{service['prefix']}:{privilege['privilege']}: the request names no {kind}")
+    if service["prefix"] == "dynamodb" and "index" in filled:
+        return [filled["index"]]  # a query of an index is authorized on the index
+    found = [filled[k] for k in required] or [filled[k] for k in optional if k in filled][:1]
+    return found or ["*"]
+
+
+def _fill(template: str, params: Mapping[str, Any], account: str, region: str) -> str:
+    if not template:
+        return ""
+    missing = False
+
+    def value(match: re.Match[str]) -> str:
+        nonlocal missing
+        name = match.group(1)
+        fixed = {"Partition": PARTITION, "Region": region, "Account": account}
+        if name in fixed:
+            return fixed[name]
+        for key in (name, *ALIASES.get(name, ())):
+            found = params.get(key)
+            if isinstance(found, list) and found and isinstance(found[0], str):
+                found = found[0]
+            if isinstance(found, str) and found:
+                if name == "RoleNameWithPath" and key.endswith("Arn"):
+                    return found.split(":role/", 1)[-1]
+                if key.endswith(("Arn", "ARN")):
+                    return found.rsplit(":", 1)[-1]
+                if key == "QueueUrl":
+                    return found.rsplit("/", 1)[-1]
+                return found
+        missing = True
+        return ""
+
+    arn = PLACEHOLDER.sub(value, template)
+    return "" if missing else arn
+
+
+def _dynamodb_items(operation: str, params: Mapping[str, Any], account: str, region: str,
+                    context: Mapping[str, Any]) -> Iterator[Access]:  # fmt: skip
+    def table(name: str) -> str:
+        return f"arn:{PARTITION}:dynamodb:{region}:{account}:table/{name}"
+
+    if operation in ("BatchWriteItem", "BatchGetItem"):
+        action = "dynamodb:BatchWriteItem" if operation == "BatchWriteItem" else "dynamodb:BatchGetItem"
+        for name in params.get("RequestItems", {}):
+            yield Access(action, table(str(name)), context)
+        return
+    kinds = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem", "ConditionCheck": "ConditionCheckItem",
+             "Get": "GetItem"}  # fmt: skip
+    for item in params.get("TransactItems", []):
+        for kind, body in item.items():
+            yield Access(f"dynamodb:{kinds.get(kind, kind)}", table(str(body.get("TableName", ""))), context)
+
+
+def _strings(value: Any, key: str) -> list[str]:
+    """Every string under ``key`` anywhere in a request (InstanceType in nested configs)."""
+    found: list[str] = []
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if k == key and isinstance(v, str):
+                found.append(v)
+            else:
+                found += _strings(v, key)
+    elif isinstance(value, list):
+        for v in value:
+            found += _strings(v, key)
+    return found
+
+
+def _context(prefix: str, action: str, params: Mapping[str, Any], account: str, region: str,
+             principal_account: str) -> dict[str, str | tuple[str, ...]]:  # fmt: skip
+    context: dict[str, str | tuple[str, ...]] = {"aws:PrincipalAccount": principal_account,
+                                                 "aws:RequestedRegion": region}  # fmt: skip
+    tags = params.get("Tags")
+    pairs: dict[str, str] = {}
+    if isinstance(tags, Mapping):
+        pairs = {str(k): str(v) for k, v in tags.items()}
+    elif isinstance(tags, list):
+        pairs = {str(t.get("Key")): str(t.get("Value")) for t in tags if isinstance(t, Mapping)}
+    for key, val in pairs.items():
+        context[f"aws:RequestTag/{key}"] = val
+    if pairs:
+        context["aws:TagKeys"] = tuple(pairs)
+    if prefix == "s3":
+        context["s3:ResourceAccount"] = account
+        if isinstance(params.get("Prefix"), str):
+            context["s3:prefix"] = str(params["Prefix"])
+    if prefix == "sagemaker":
+        types = _strings(params, "InstanceType")
+        if types:
+            context["sagemaker:InstanceTypes"] = tuple(types)
+        runtimes = [v for v in _numbers(params, "MaxRuntimeInSeconds")]
+        if runtimes:
+            context["sagemaker:MaxRuntimeInSeconds"] = str(max(runtimes))
+    if prefix == "application-autoscaling":
+        for param, key in (("ServiceNamespace", "service-namespace"), ("ScalableDimension", "scalable-dimension")):
+            if isinstance(params.get(param), str):
+                context[f"application-autoscaling:{key}"] = str(params[param])
+    if prefix == "cloudwatch":
+        if isinstance(params.get("Namespace"), str):
+            context["cloudwatch:namespace"] = str(params["Namespace"])
+        if action == "PutMetricAlarm":
+            actions = [*params.get("AlarmActions", []), *params.get("OKActions", []),
+                       *params.get("InsufficientDataActions", [])]  # fmt: skip
+            if actions:
+                context["cloudwatch:AlarmActions"] = tuple(str(a) for a in actions)
+    if prefix == "iam" and isinstance(params.get("AWSServiceName"), str):
+        context["iam:AWSServiceName"] = str(params["AWSServiceName"])
+    return context
+
+
+def _numbers(value: Any, key: str) -> list[float]:
+    found: list[float] = []
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if k == key and isinstance(v, int | float) and not isinstance(v, bool):
+                found.append(float(v))
+            else:
+                found += _numbers(v, key)
+    elif isinstance(value, list):
+        for v in value:
+            found += _numbers(v, key)
+    return found
