@@ -183,3 +183,30 @@ def xdist_scope(nodeid: str) -> str:
         if nodeid.startswith(prefix):
             return group
     return nodeid
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from tests.policy_check import USAGE_DIR
+
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
+        for old in USAGE_DIR.glob("*.json"):
+            old.unlink()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests.policy_check import Used, save_usage
+
+    worker = getattr(session.config, "workerinput", {}).get("workerid", "main")
+    if Used.statements:
+        save_usage(worker)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Least privilege, measured: the policy statements no function's call needed."""
+    from tests.policy_check import unused_statements
+
+    unused = unused_statements()
+    if unused:
+        terminalreporter.write_sep("-", "policy statements no call in the functional tests needed")
+        for name, sids in unused.items():
+            terminalreporter.write_line(f"{name}: {', '.join(sids) or '(every statement was used)'}")

@@ -5,12 +5,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import botocore.client
 import pytest
 from botocore.exceptions import ClientError
 from chalice.test import Client
 
 import app as app_module
-from tests.conftest import BUCKET
+from tests.conftest import BUCKET, STAGE
+from tests.policy_check import FUNCTION, PolicyCheck, Used, recording
 
 
 class Api:
@@ -22,18 +24,36 @@ class Api:
     def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         raw = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else b"")
         all_headers = {"Content-Type": "application/json", **(headers or {})}
-        response = self.client.http.request(method, path, headers=all_headers, body=raw)
+        token = FUNCTION.set("api_handler")
+        try:
+            response = self.client.http.request(method, path, headers=all_headers, body=raw)
+        finally:
+            FUNCTION.reset(token)
         payload = json.loads(response.body) if response.body else None
         return response.status_code, payload
 
     def invoke(self, handler: str, event: dict[str, Any]) -> Any:
-        return self.client.lambda_.invoke(handler, event).payload
+        token = FUNCTION.set(handler)
+        try:
+            return self.client.lambda_.invoke(handler, event).payload
+        finally:
+            FUNCTION.reset(token)
 
 
 @pytest.fixture
-def api(deps: Any) -> Iterator[Api]:
+def api(deps: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+    """The app through Chalice's test client; every AWS call a function makes is decided
+    under that function's policy from the template, and a denied one fails the test."""
+    settings = deps.settings
+    check = PolicyCheck({settings.projects_table: f"tuneloop-{STAGE}-projects",
+                         settings.runs_table: f"tuneloop-{STAGE}-runs"})  # fmt: skip
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording(check))
     with Client(app_module.app) as client:
         yield Api(client)
+    monkeypatch.undo()
+    Used.add(check)
+    denied = check.denied()
+    assert not denied, "calls the function's role would be denied on AWS:\n" + "\n".join(denied)
 
 
 @pytest.fixture

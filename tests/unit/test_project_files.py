@@ -85,6 +85,7 @@ def test_chalice_config_traces_and_uses_the_policy_files() -> None:
                     "cloudwatch:GetMetricData",
                     "pricing:GetProducts",
                     "application-autoscaling:DescribeScalableTargets",
+                    "sagemaker:ListModelPackages",
                 )
                 assert all(a in unscoped for a in statement["Action"]), statement["Sid"]
 

@@ -68,6 +68,9 @@ ALIASES = {
     "ScalableTargetId": (),
 }
 ARN_PARAMS = ("ResourceArn", "ResourceARN")
+# Listings IAM authorizes on every resource of the type when the request names none
+# (DescribeAlarms by prefix is checked on alarm:*).
+LISTINGS = {("cloudwatch", "DescribeAlarms")}
 ITEM_BATCHES = ("TransactWriteItems", "TransactGetItems", "BatchWriteItem", "BatchGetItem")
 ROLE_PARAMS = ("RoleArn", "ExecutionRoleArn", "RoleARN")
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z]+)\}")
@@ -143,8 +146,9 @@ def _resources(service: dict[str, Any], privilege: dict[str, Any], params: Mappi
             continue
         (required if kind.endswith("*") else optional).append(kind.rstrip("*"))
     filled: dict[str, str] = {}
+    listing = (service["prefix"], privilege["privilege"]) in LISTINGS
     for kind in required + optional:
-        arn = _fill(templates.get(kind, ""), params, account, region)
+        arn = _fill(templates.get(kind, ""), params, account, region, listing)
         if arn:
             filled[kind] = arn
         elif kind in required:
@@ -155,7 +159,7 @@ def _resources(service: dict[str, Any], privilege: dict[str, Any], params: Mappi
     return found or ["*"]
 
 
-def _fill(template: str, params: Mapping[str, Any], account: str, region: str) -> str:
+def _fill(template: str, params: Mapping[str, Any], account: str, region: str, listing: bool = False) -> str:
     if not template:
         return ""
     missing = False
@@ -178,6 +182,8 @@ def _fill(template: str, params: Mapping[str, Any], account: str, region: str) -
                 if key == "QueueUrl":
                     return found.rsplit("/", 1)[-1]
                 return found
+        if listing:
+            return "*"
         missing = True
         return ""
 
