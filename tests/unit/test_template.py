@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.iam import resolve
+
 REPO = Path(__file__).resolve().parents[2]
 EVENT_HANDLERS = ("OnDatasetUploaded", "OnSagemakerEvent", "OnAlarm")
 
@@ -108,7 +110,7 @@ def test_the_dataset_rule_takes_only_the_data_buckets_drop_prefix(template: dict
 
 def test_the_functions_may_send_to_their_dead_letter_queues() -> None:
     for stage in ("dev", "prod"):
-        policy = json.loads((REPO / ".chalice" / f"policy-{stage}.json").read_text())
+        policy = resolve(json.loads((REPO / ".chalice" / f"policy-{stage}.json").read_text()), stage)
         statement = next(s for s in policy["Statement"] if s.get("Sid") == "DeadLetters")
         assert statement["Action"] == ["sqs:SendMessage"]
         assert statement["Resource"] == f"arn:aws:sqs:*:*:tuneloop-{stage}-*-dlq"
