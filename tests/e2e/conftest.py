@@ -106,12 +106,32 @@ def invoke(state: dict[str, Any], text: str) -> Any:
 
 @contextmanager
 def local_cloud(home: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """`tuneloop up --clean` in ``home`` (with this process's environment), `down` after."""
-    tuneloop(home, "up", "--clean")
+    """`tuneloop up --clean` in ``home`` (with this process's environment), `down` after.
+
+    Every AWS call a function makes meanwhile is logged, and after `down` decided under
+    that function's role from the template: a call AWS would deny fails the test, and
+    ``build/policy-audit/<test>.json`` lists the statements no call needed."""
+    calls = home / "calls.jsonl"
+    os.environ["TUNELOOP_LOCAL_CALL_LOG"] = str(calls)
     try:
-        yield home, json.loads((home / "state.json").read_text())
+        tuneloop(home, "up", "--clean")
+    finally:
+        os.environ.pop("TUNELOOP_LOCAL_CALL_LOG", None)
+    state = json.loads((home / "state.json").read_text())
+    try:
+        yield home, state
     finally:
         tuneloop(home, "down", check=False)
+    from tuneloop.local.audit import audit
+
+    found = audit(calls, stage="local", bucket=state["bucket"], account="123456789012", region="us-east-1")
+    # Kept where a passing test's folder is not deleted: build/policy-audit/<test>.json.
+    kept = REPO / "build" / "policy-audit"
+    kept.mkdir(parents=True, exist_ok=True)
+    (kept / f"{home.parent.name}.json").write_text(json.dumps(found.__dict__, indent=1))
+    assert found.calls > 0, "no call of any function was logged: the audit saw nothing"
+    denied = "\n".join(found.denied)
+    assert not found.denied, f"calls the functions' roles would be denied on AWS ({found.calls} checked):\n{denied}"
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from chalice.config import Config
 from chalice.local import ForbiddenError, LocalGateway, LocalGatewayException
 
 from . import sigv4
+from .audit import invoking
 from .httpserve import Handler, LoopbackServer
 
 log = logging.getLogger("tuneloop.api")
@@ -120,7 +121,8 @@ class _Handler(Handler):
                 return self._error(403, "AccessDeniedException", reason)
         headers = {k.lower(): v for k, v in self.headers.items() if k.lower() != "authorization"}
         try:
-            response = self.server.gateway.handle_request(self.command, self.path, headers, body)
+            with invoking("api_handler"):
+                response = self.server.gateway.handle_request(self.command, self.path, headers, body)
         except ForbiddenError:
             # API Gateway answers 403 "Missing Authentication Token" for unknown paths;
             # locally we can say what it really is.

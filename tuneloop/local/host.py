@@ -141,6 +141,10 @@ def main() -> None:
     token = os.environ.pop("TUNELOOP_API_TOKEN")  # the API's alone: no job or model server inherits it
     port = int(os.environ.get("TUNELOOP_API_PORT", "0"))
     bucket = os.environ["TUNELOOP_BUCKET"]
+    if os.environ.get("TUNELOOP_LOCAL_CALL_LOG"):
+        from .audit import install
+
+        install(Path(os.environ["TUNELOOP_LOCAL_CALL_LOG"]))
     app_module = load_app()
     router = build_router(app_module, home / "dead-letters.jsonl", home / "dropped-events.jsonl")
     requeued = router.requeue(home / QUEUED_EVENTS)

@@ -31,6 +31,7 @@ from chalice.local import LambdaContext
 
 from chalicelib.events import event_id
 
+from .audit import invoking
 from .services import queue_name
 
 log = logging.getLogger("tuneloop.router")
@@ -128,7 +129,14 @@ class EventRouter:
         return self.routes
 
     def handler(self, name: str) -> Any:
-        return getattr(self._app_module, name)
+        """The app's handler, run as its Lambda function (audit.invoking: its calls are its role's)."""
+        function = getattr(self._app_module, name)
+
+        def run(event: Any, context: Any) -> Any:
+            with invoking(name):
+                return function(event, context)
+
+        return run
 
     # --- delivery ------------------------------------------------------------------------
 
