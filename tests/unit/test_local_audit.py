@@ -46,6 +46,10 @@ def test_the_policies_resolve_for_the_local_stack_or_say_what_they_cannot() -> N
     assert "tl-local-*" in text and "arn:aws:s3:::tuneloop-local/labels/*" in text and "${" not in text
     with pytest.raises(ValueError, match="Ref Nowhere"):
         resolve({"Ref": "Nowhere"}, {})
-    with pytest.raises(ValueError, match="does not resolve"):
+    with pytest.raises(ValueError, match="is no name the local stack resolves"):
         resolve({"Fn::Sub": "arn:${Unknown}"}, {})
-    assert resolve({"Fn::Sub": "${DataBucket.Arn}/x/${aws:username}"}, {"DataBucket.Arn": "b"}) == "b/x/${aws:username}"
+    assert (
+        resolve({"Fn::Sub": "${DataBucket.Arn}/x/${!aws:username}"}, {"DataBucket.Arn": "b"}) == "b/x/${aws:username}"
+    )
+    with pytest.raises(ValueError, match="aws:username"):  # CloudFormation takes a policy variable only as ${!...}
+        resolve({"Fn::Sub": "${DataBucket.Arn}/${aws:username}"}, {"DataBucket.Arn": "b"})

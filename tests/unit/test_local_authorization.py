@@ -91,3 +91,32 @@ def test_the_stages_policy_allows_its_own_jobs_within_its_limits_and_nothing_els
     assert not allowed(f"tl-{stage}-abcdefghijkl-train-1", "ml.m5.large", 10**7)  # past the runtime limit
     assert not allowed(f"tl-{stage}-abcdefghijkl-train-1", "ml.m5.large", 3600,
                        f"arn:aws:iam::{ACCOUNT}:role/admin")  # fmt: skip
+
+
+def test_roles_lists_whole_arns_and_tagging_on_create_are_all_checked() -> None:
+    arn = f"{REGION}:{ACCOUNT}"
+    tuning = {"HyperParameterTuningJobName": "tl-dev-x-tune-1", "HyperParameterTuningJobConfig": {},
+              "TrainingJobDefinition": {"RoleArn": f"arn:aws:iam::{ACCOUNT}:role/Admin"}}  # fmt: skip
+    assert ("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/Admin") in checked(
+        "sagemaker", "CreateHyperParameterTuningJob", tuning)  # fmt: skip
+    assert checked("monitoring", "DeleteAlarms", {"AlarmNames": ["tl-dev-a", "tl-prod-b"]}) == [
+        ("cloudwatch:DeleteAlarms", f"arn:aws:cloudwatch:{arn}:alarm:tl-dev-a"),
+        ("cloudwatch:DeleteAlarms", f"arn:aws:cloudwatch:{arn}:alarm:tl-prod-b")]  # fmt: skip
+    foreign = "arn:aws:sns:eu-west-1:999999999999:tuneloop-dev-notices"
+    assert checked("sns", "Publish", {"TopicArn": foreign, "Message": "m"}) == [("sns:Publish", foreign)]
+    package = f"arn:aws:sagemaker:{arn}:model-package/tl-dev-demo/3"
+    assert checked("sagemaker", "UpdateModelPackage", {"ModelPackageArn": package}) == [
+        ("sagemaker:UpdateModelPackage", package)]  # fmt: skip
+    assert checked("sagemaker", "DescribeModelPackage", {"ModelPackageName": package}) == [
+        ("sagemaker:DescribeModelPackage", package)]  # fmt: skip
+    queue = "https://sqs.eu-west-1.amazonaws.com/999999999999/tuneloop-dev-api-dlq"
+    assert checked("sqs", "SendMessage", {"QueueUrl": queue, "MessageBody": "x"}) == [
+        ("sqs:SendMessage", "arn:aws:sqs:eu-west-1:999999999999:tuneloop-dev-api-dlq")]  # fmt: skip
+    target = {"ServiceNamespace": "sagemaker", "ResourceId": "endpoint/tl-dev-p/variant/AllTraffic",
+              "ScalableDimension": "sagemaker:variant:DesiredInstanceCount",
+              "Tags": {"tuneloop:stage": "dev"}}  # fmt: skip
+    assert [a for a, _ in checked("application-autoscaling", "RegisterScalableTarget", target)] == [
+        "application-autoscaling:RegisterScalableTarget", "application-autoscaling:TagResource"]  # fmt: skip
+    alarm = {"AlarmName": "tl-dev-x", "Tags": [{"Key": "tuneloop:project", "Value": "p"}]}
+    assert [a for a, _ in checked("monitoring", "PutMetricAlarm", alarm)] == [
+        "cloudwatch:PutMetricAlarm", "cloudwatch:TagResource"]  # fmt: skip

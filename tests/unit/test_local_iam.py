@@ -82,6 +82,17 @@ def test_an_allow_whose_condition_fails_is_no_deny() -> None:
         ({"StringEquals": {"s3:ResourceAccount": "${aws:PrincipalAccount}"}},
          {"s3:ResourceAccount": "2", "aws:PrincipalAccount": "1"}, False),
         ({"StringEquals": {"s3:ResourceAccount": "${aws:PrincipalAccount}"}}, {"s3:ResourceAccount": "1"}, False),
+        # A variable with no value makes its condition fail, a negated one too.
+        ({"StringNotEquals": {"k": "${aws:PrincipalTag/team}"}}, {"k": "x"}, False),
+        ({"StringEquals": {"k": "${aws:PrincipalTag/team, 'none'}"}}, {"k": "none"}, True),  # a default
+        ({"StringLike": {"k": "a${*}b"}}, {"k": "a*b"}, True),  # an escaped * is a *
+        ({"StringLike": {"k": "a${*}b"}}, {"k": "axb"}, False),
+        ({"StringLike": {"k": "${v}"}}, {"k": "anything", "v": "*"}, False),  # a variable's * is no wildcard
+        ({"ForAnyValue:StringNotEquals": {"t": "x"}}, {}, False),  # ForAnyValue with no values never holds
+        ({"StringEquals": {"aws:RequestedRegion": "us-east-1"}}, {"aws:requestedregion": "us-east-1"}, True),
+        ({"StringEquals": {"t": "x"}}, {"t": ()}, False),  # a key with no values
+        ({"ArnLike": {"arn": "arn:aws:sns:*:111122223333"}}, {"arn": "arn:aws:sns:us-east-1:999:111122223333"}, False),
+        ({"ArnLike": {"arn": "arn:aws:sns:*:111122223333:*"}}, {"arn": "arn:aws:sns:us-east-1:111122223333:t"}, True),
     ],
 )  # fmt: skip
 def test_conditions_as_iam_reads_them(condition: dict[str, Any], context: dict[str, Any], holds: bool) -> None:

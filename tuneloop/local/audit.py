@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import re
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
@@ -72,11 +73,16 @@ def resolve(value: Any, names: dict[str, str]) -> Any:
     if isinstance(value, dict) and len(value) == 1:
         ((key, inner),) = value.items()
         if key == "Fn::Sub" and isinstance(inner, str):
-            for name, real in names.items():
-                inner = inner.replace("${" + name + "}", real)
-            if "${" in inner.replace("${aws:", ""):
-                raise ValueError(f"Fn::Sub {inner!r}: a name the local stack does not resolve")
-            return inner
+            # ${Name} is the stack's; ${!Name} the literal ${Name} (an IAM policy variable).
+            def name(match: re.Match[str]) -> str:
+                inside = match.group(1)
+                if inside.startswith("!"):
+                    return "${" + inside[1:] + "}"
+                if inside not in names:
+                    raise ValueError(f"Fn::Sub {inner!r}: ${{{inside}}} is no name the local stack resolves")
+                return names[inside]
+
+            return re.sub(r"\$\{([^}]*)\}", name, inner)
         if key == "Ref" and isinstance(inner, str):
             if inner not in names:
                 raise ValueError(f"Ref {inner}: a name the local stack does not resolve")
@@ -104,7 +110,8 @@ def function_policies(stage: str, bucket: str, account: str, region: str) -> dic
              "DataBucket.Arn": f"arn:aws:s3:::{bucket}",
              "NotificationsTopic": f"arn:aws:sns:{region}:{account}:tuneloop-{stage}-notices"}  # fmt: skip
     out = {}
-    for function, settings in config.get("lambda_functions", {}).items():
+    functions = {"": {}, **config.get("lambda_functions", {})}  # "": any function the config lists no policy for
+    for function, settings in functions.items():
         name = settings.get("iam_policy_file", config["iam_policy_file"])
         document = resolve(json.loads((REPO_ROOT / ".chalice" / name).read_text()), names)
         out[function] = (name, Policy.parse(name, document))
@@ -118,7 +125,7 @@ def audit(path: Path, *, stage: str, bucket: str, account: str, region: str) -> 
     for line in path.read_text().splitlines() if path.exists() else []:
         call = json.loads(line)
         result.calls += 1
-        name, policy = policies[call["function"]]
+        name, policy = policies.get(call["function"]) or policies[""]
         try:
             found = accesses(call["service"], call["operation"], call["params"], account=account, region=region)
         except UnmappedRequest as exc:

@@ -68,6 +68,8 @@ ALIASES = {
     "ScalableTargetId": (),
 }
 ARN_PARAMS = ("ResourceArn", "ResourceARN")
+# Tagging actions a service checks on create with tags that the reference does not list.
+TAGGING: dict[tuple[str, str], set[str]] = {("cloudwatch", "PutMetricAlarm"): {"cloudwatch:TagResource"}}
 # Listings IAM authorizes on every resource of the type when the request names none
 # (DescribeAlarms by prefix is checked on alarm:*).
 LISTINGS = {("cloudwatch", "DescribeAlarms")}
@@ -122,13 +124,15 @@ def accesses(signing_name: str, operation: str, params: Mapping[str, Any], *, ac
     if prefix == "s3" and operation in ("CopyObject", "UploadPartCopy"):
         source = str(params.get("CopySource", "")).lstrip("/").split("?", 1)[0]
         out.append(Access("s3:GetObject", f"arn:{PARTITION}:s3:::{source}", context))
-    dependent = {a for r in privilege["resource_types"] for a in r.get("dependent_actions", [])}
-    if "sagemaker:AddTags" in dependent and params.get("Tags") and out:
-        out.append(Access("sagemaker:AddTags", out[0].resource, context))
-    for name in ROLE_PARAMS:
-        if isinstance(params.get(name), str) and (prefix != "iam"):
-            passed = {**context, "iam:PassedToService": SERVICE_PRINCIPALS.get(prefix, f"{prefix}.amazonaws.com")}
-            out.append(Access("iam:PassRole", str(params[name]), passed))
+    if params.get("Tags") and out:
+        # Tagging on create needs the service's tagging action too, on the new resource.
+        dependent = {a for r in privilege["resource_types"] for a in r.get("dependent_actions", [])}
+        tagging = {a for a in dependent if a.split(":", 1)[1] in ("AddTags", "TagResource", "CreateTags")}
+        tagging |= TAGGING.get((prefix, action), set())
+        out += [Access(a, access.resource, context) for a in sorted(tagging) for access in out[:1]]
+    if prefix != "iam":
+        passed = {**context, "iam:PassedToService": SERVICE_PRINCIPALS.get(prefix, f"{prefix}.amazonaws.com")}
+        out += [Access("iam:PassRole", role, passed) for role in sorted(set(_strings_of(params, ROLE_PARAMS)))]
     return out
 
 
@@ -145,50 +149,81 @@ def _resources(service: dict[str, Any], privilege: dict[str, Any], params: Mappi
         if not kind:
             continue
         (required if kind.endswith("*") else optional).append(kind.rstrip("*"))
-    filled: dict[str, str] = {}
+    filled: dict[str, list[str]] = {}
     listing = (service["prefix"], privilege["privilege"]) in LISTINGS
     for kind in required + optional:
-        arn = _fill(templates.get(kind, ""), params, account, region, listing)
-        if arn:
-            filled[kind] = arn
+        arns = _given_arns(service["prefix"], kind, params) or _fill(templates.get(kind, ""), params, account, region,
+                                                                     listing)  # fmt: skip
+        if arns:
+            filled[kind] = arns
         elif kind in required:
             raise UnmappedRequest(f"{service['prefix']}:{privilege['privilege']}: the request names no {kind}")
     if service["prefix"] == "dynamodb" and "index" in filled:
-        return [filled["index"]]  # a query of an index is authorized on the index
-    found = [filled[k] for k in required] or [filled[k] for k in optional if k in filled][:1]
+        return filled["index"]  # a query of an index is authorized on the index
+    found = [arn for k in required for arn in filled[k]] or next((filled[k] for k in optional if k in filled), [])
     return found or ["*"]
 
 
-def _fill(template: str, params: Mapping[str, Any], account: str, region: str, listing: bool = False) -> str:
+def _given_arns(prefix: str, kind: str, params: Mapping[str, Any]) -> list[str]:
+    """ARNs of ``kind`` the request gives whole (TopicArn, ModelPackageArn, a ModelPackageName
+    that is an ARN, a QueueUrl): taken as they are, account and region included."""
+    found = []
+    for key, value in params.items():
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if not isinstance(item, str):
+                continue
+            if key == "QueueUrl" and prefix == "sqs" and kind == "queue":
+                parts = item.rstrip("/").split("/")
+                host = parts[2] if len(parts) > 2 else ""
+                region = next((h for h in host.split(".") if h.count("-") >= 2), "")
+                if len(parts) >= 5:
+                    found.append(f"arn:{PARTITION}:sqs:{region or '*'}:{parts[-2]}:{parts[-1]}")
+            elif item.startswith(f"arn:{PARTITION}:{prefix}:"):
+                resource = item.split(":", 5)[-1]
+                if resource.split("/", 1)[0] == kind or resource.split(":", 1)[0] == kind or (
+                    prefix in ("sns", "sqs") and kind in ("topic", "queue")):  # fmt: skip
+                    found.append(item)
+    return found
+
+
+def _fill(template: str, params: Mapping[str, Any], account: str, region: str, listing: bool = False) -> list[str]:
+    """The template's ARNs for this request: one per value of a placeholder the request
+    gives as a list (DeleteAlarms' AlarmNames); none when a placeholder has no value."""
     if not template:
-        return ""
-    missing = False
-
-    def value(match: re.Match[str]) -> str:
-        nonlocal missing
-        name = match.group(1)
+        return []
+    arns = [template]
+    for name in dict.fromkeys(PLACEHOLDER.findall(template)):
         fixed = {"Partition": PARTITION, "Region": region, "Account": account}
-        if name in fixed:
-            return fixed[name]
-        for key in (name, *ALIASES.get(name, ())):
+        values: list[str] = [fixed[name]] if name in fixed else []
+        for key in () if values else (name, *ALIASES.get(name, ())):
             found = params.get(key)
-            if isinstance(found, list) and found and isinstance(found[0], str):
-                found = found[0]
-            if isinstance(found, str) and found:
-                if name == "RoleNameWithPath" and key.endswith("Arn"):
-                    return found.split(":role/", 1)[-1]
-                if key.endswith(("Arn", "ARN")):
-                    return found.rsplit(":", 1)[-1]
-                if key == "QueueUrl":
-                    return found.rsplit("/", 1)[-1]
-                return found
-        if listing:
-            return "*"
-        missing = True
-        return ""
+            listed = [v for v in (found if isinstance(found, list) else [found]) if isinstance(v, str) and v]
+            if listed:
+                values = [v.split(":role/", 1)[-1] if name == "RoleNameWithPath" and key.endswith("Arn")
+                          else v.rsplit(":", 1)[-1] if key.endswith(("Arn", "ARN")) else v for v in listed]  # fmt: skip
+                break
+        if not values and listing:
+            values = ["*"]
+        if not values:
+            return []
+        arns = [arn.replace("${" + name + "}", value) for arn in arns for value in values]
+    return arns
 
-    arn = PLACEHOLDER.sub(value, template)
-    return "" if missing else arn
+
+def _strings_of(value: Any, keys: tuple[str, ...]) -> list[str]:
+    """Every string under one of ``keys`` anywhere in a request (a role in a nested definition)."""
+    found: list[str] = []
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if k in keys and isinstance(v, str):
+                found.append(v)
+            else:
+                found += _strings_of(v, keys)
+    elif isinstance(value, list):
+        for v in value:
+            found += _strings_of(v, keys)
+    return found
 
 
 def _dynamodb_items(operation: str, params: Mapping[str, Any], account: str, region: str,

@@ -105,9 +105,9 @@ def _applies(statement: Statement, action: str, resource: str, context: Context)
     elif any(_action_matches(p, action) for p in statement.not_actions):
         return False
     if statement.resources:
-        if not any(_arn_matches(_fill(p, context), resource) for p in statement.resources):
+        if not any(_resource_matches(p, resource, context) for p in statement.resources):
             return False
-    elif any(_arn_matches(_fill(p, context), resource) for p in statement.not_resources):
+    elif any(_resource_matches(p, resource, context) for p in statement.not_resources):
         return False
     return all(
         _condition(operator, key, values, context)
@@ -118,7 +118,8 @@ def _applies(statement: Statement, action: str, resource: str, context: Context)
 
 def _wildcard(pattern: str, *, case: bool) -> re.Pattern[str]:
     """IAM's wildcards: ``*`` any run of characters (``/`` and ``:`` included), ``?`` one."""
-    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    literal = {"\x01": re.escape("*"), "\x02": re.escape("?")}
+    body = "".join(".*" if c == "*" else "." if c == "?" else literal.get(c) or re.escape(c) for c in pattern)
     return re.compile(f"^{body}$", 0 if case else re.IGNORECASE)
 
 
@@ -130,16 +131,49 @@ def _arn_matches(pattern: str, arn: str) -> bool:
     return pattern == "*" or bool(_wildcard(pattern, case=True).match(arn))
 
 
+def _resource_matches(pattern: str, resource: str, context: Context) -> bool:
+    try:
+        return _arn_matches(_fill(pattern, context), resource)
+    except Unresolved:
+        return False  # a variable with no value in the request matches nothing
+
+
+class Unresolved(Exception):
+    """A policy variable the request has no value for: the element it is in does not match."""
+
+
+def _lookup(context: Context, key: str) -> str | Sequence[str] | None:
+    """A condition key's value: IAM reads key names case-insensitively."""
+    if key in context:
+        return context[key]
+    lowered = key.lower()
+    return next((v for k, v in context.items() if k.lower() == lowered), None)
+
+
 def _fill(text: str, context: Context) -> str:
-    """Policy variables, from the request's keys (a missing one leaves the pattern unmatched)."""
+    """Policy variables from the request's keys; IAM's escapes ``${*}``, ``${?}``, ``${$}``
+    and defaults ``${key, 'value'}``. A value is literal (its ``*`` is no wildcard here:
+    the caller escapes); a variable with no value and no default raises Unresolved."""
+    if "${" not in text:
+        return text
 
     def value(match: re.Match[str]) -> str:
-        found = context.get(match.group(1))
+        inner = match.group(1)
+        if inner in ("*", "?", "$"):
+            return ESCAPED[inner]
+        name, _, default = inner.partition(",")
+        found = _lookup(context, name.strip())
         if isinstance(found, str):
-            return found
-        return "\x00"  # matches no request value
+            return found.replace("*", "\x01").replace("?", "\x02")
+        if default.strip().startswith("'") and default.strip().endswith("'") and len(default.strip()) >= 2:
+            return default.strip()[1:-1]
+        raise Unresolved(name)
 
-    return VARIABLE.sub(value, text) if "${" in text else text
+    return VARIABLE.sub(value, text)
+
+
+# Escaped characters and a variable's own * and ? stand for themselves, not for wildcards.
+ESCAPED = {"*": "\x01", "?": "\x02", "$": "$"}
 
 
 def _values(value: Any) -> list[str]:
@@ -155,20 +189,30 @@ def _condition(operator: str, key: str, wanted: Any, context: Context) -> bool:
     qualifier, _, base = operator.rpartition(":")
     if_exists = base.endswith("IfExists")
     base = base.removesuffix("IfExists")
-    patterns = [_fill(p, context) for p in _values(wanted)]
-    present = context.get(key)
+    try:
+        patterns = [_fill(p, context) for p in _values(wanted)]
+    except Unresolved:
+        return False  # IAM: a condition whose variable has no value does not hold
+    present = _lookup(context, key)
     if base == "Null":
         return (present is None) == (patterns[0].lower() == "true")
-    if present is None:
-        if qualifier == "ForAllValues":
-            return True
-        return if_exists or base in NEGATED
-    actual = [present] if isinstance(present, str) else [str(v) for v in present]
+    actual = [] if present is None else [present] if isinstance(present, str) else [str(v) for v in present]
     if qualifier == "ForAllValues":
-        return all(_test(base, a, patterns) for a in actual)
-    if qualifier == "ForAnyValue" or len(actual) > 1:
-        return any(_test(base, a, patterns) for a in actual)
-    return _test(base, actual[0], patterns)
+        return all(_test(base, a, patterns) for a in actual)  # no values: vacuously true
+    if qualifier == "ForAnyValue":
+        return any(_test(base, a, patterns) for a in actual)  # no values: false, negated or not
+    if not actual:
+        return if_exists or base in NEGATED
+    return any(_test(base, a, patterns) for a in actual)
+
+
+def _arn_parts_match(pattern: str, arn: str) -> bool:
+    """ArnLike/ArnEquals: each of an ARN's six colon-separated parts matched on its own
+    (the last, the resource, may hold colons)."""
+    wanted, got = pattern.split(":", 5), arn.split(":", 5)
+    if len(wanted) != 6 or len(got) != 6:
+        return False
+    return all(_wildcard(w, case=True).match(g) for w, g in zip(wanted, got, strict=True))
 
 
 def _test(base: str, actual: str, patterns: list[str]) -> bool:
@@ -178,8 +222,10 @@ def _test(base: str, actual: str, patterns: list[str]) -> bool:
         return actual in patterns
     if base == "StringEqualsIgnoreCase":
         return actual.lower() in (p.lower() for p in patterns)
-    if base in ("StringLike", "ArnLike", "ArnEquals"):
+    if base == "StringLike":
         return any(_wildcard(p, case=True).match(actual) for p in patterns)
+    if base in ("ArnLike", "ArnEquals"):
+        return any(_arn_parts_match(p, actual) for p in patterns)
     if base == "Bool":
         return actual.lower() in (p.lower() for p in patterns)
     if base.startswith("Numeric"):
