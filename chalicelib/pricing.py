@@ -222,10 +222,15 @@ class PriceBook:
         return self._api.hourly(region, family, instance_type)
 
     def as_of(self, sources: list[str]) -> str:
-        """What the prices of a set of lines are: the table's date, and the API's if used."""
+        """Where the prices of a set of lines come from: the table (its date), the API (the
+        latest read), or both. ``sources``: lines' price sources, or costs' own as_of."""
         shipped = f"{table()['as_of']}"
         read = sorted({m for s in sources for m in READ.findall(s)})
-        return shipped if not read else f"{shipped} (prices.json), AWS Price List read {read[-1]}"
+        from_table = any(s and ("prices.json" in s or not READ.search(s)) for s in sources)
+        if not read:
+            return shipped
+        listed = f"AWS Price List read {read[-1]}"
+        return f"{shipped} (prices.json), {listed}" if from_table else listed
 
 
 SHIPPED = PriceBook()

@@ -104,6 +104,10 @@ def stage_status(args: argparse.Namespace) -> int:
             gaps = "" if spend["complete"] and not spend["partial"] else "; some lines unpriced or runs unread"
             print(f"  spend     ${spend['usd']:.2f}{budget} in {spend['month']}, at list prices of "
                   f"{spend['prices_as_of']}{gaps}")  # fmt: skip
+        elif spend and spend.get("unavailable"):
+            print(f"  spend     not read: {spend['unavailable']}")
+        elif info.get("spend_error"):
+            print(f"  spend     not read: {info['spend_error']}")
     return 0 if info["reachable"] else 1
 
 
@@ -489,7 +493,7 @@ def stage_options() -> argparse.ArgumentParser:
     group.add_argument(
         "--stage",
         help="a deployed stage, reached with your AWS credentials (default: $TUNELOOP_STAGE, else the local "
-        "cloud; `local` is the local cloud reached as a stage is)",
+        "cloud; `local` is the local cloud reached as a stage is; deploy and destroy take it from here only)",
     )
     group.add_argument("--profile", help="the AWS profile to use for the stage (default: the AWS configuration's)")
     group.add_argument("--region", help="the stage's region (default: the stage profile's, then the AWS config's)")
@@ -508,7 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the local cloud, saving the bucket").set_defaults(func=cmd_down)
     sub.add_parser("env", help='shell exports for the local cloud (eval "$(tuneloop env)")').set_defaults(func=cmd_env)
-    p = sub.add_parser("status", help="what runs where (the local cloud, or a stage)", parents=[where])
+    p = sub.add_parser("status", help="what runs where (the local cloud, or a stage)", parents=[where],
+                       description="The local cloud's services, or a stage's API and bucket and its spend this "
+                       "month against its budget.")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
@@ -621,7 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("deploy", help="deploy a stage to AWS: bootstrap, images, package, change set", parents=[where])
+    p = sub.add_parser("deploy", help="deploy a stage to AWS: bootstrap, images, package, change set", parents=[where],
+                       description="From an empty account to a working stage in one call (the stage from --stage "
+                       "only, never the environment); run again with nothing changed: a no-op. See "
+                       "docs/deploying.md.")  # fmt: skip
     p.add_argument("--yes", action="store_true", help="apply the change set without asking")
     p.add_argument("--api-gateway-account", action=argparse.BooleanOptionalAction, default=None,
                    help="manage API Gateway's account setting (one per account and region): --no-api-gateway-account "
@@ -629,11 +638,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser(
-        "destroy", help="delete every run-time resource of a stage, then its stack (data kept)", parents=[where]
+        "destroy",
+        help="delete every run-time resource of a stage, then its stack (data kept)",
+        parents=[where],
+        description="Stops and rejects the stage's waiting runs, deletes its projects' endpoints, models, alarms "
+        "and scaling, then its stack; the stage comes from --stage only. Prints what remains and its monthly cost.",
     )
     p.add_argument("--yes", action="store_true", help="do not ask to confirm (not with --delete-data)")
     p.add_argument("--delete-data", action="store_true",
-                   help="also delete the buckets and tables the stack keeps (type the stage to confirm)")  # fmt: skip
+                   help="also delete the buckets, tables and log groups the stack keeps (type the stage to "
+                   "confirm)")  # fmt: skip
     p.set_defaults(func=cmd_destroy)
 
     p = sub.add_parser("configure", help="print the settings deploy would give a stage (writes nothing)")

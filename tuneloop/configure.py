@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-# The framework versions the training code is written and tested against.
+# Which of AWS's images to run: the newest the SageMaker SDK's tables know. The versions
+# the code is tested with are training/requirements.txt's; each job and endpoint installs
+# them at start where its image carries others (training/pins.py).
 TRANSFORMERS_VERSION = "4.56.2"
 PYTORCH_VERSION = "2.8.0"
 PY_VERSION = "py312"

@@ -232,7 +232,8 @@ class Deployer:
         status = self._stack_status()
         if status == "ROLLBACK_COMPLETE":  # a first create that failed: CloudFormation wants it deleted
             raise CliError(f"stack {self.stack} is ROLLBACK_COMPLETE from a failed first deploy: "
-                           f"`tuneloop destroy --stage {self.stage}`, then deploy again")  # fmt: skip
+                           f"`tuneloop destroy --stage {self.stage} --region {self.region} --delete-data` (a first "
+                           "deploy keeps nothing worth keeping), then deploy again")  # fmt: skip
         # A stack whose first change set was never executed is REVIEW_IN_PROGRESS: still a create.
         kind = "CREATE" if status in (None, "REVIEW_IN_PROGRESS") else "UPDATE"
         name = f"tuneloop-{time.strftime('%Y%m%d%H%M%S')}"

@@ -204,3 +204,15 @@ def test_any_json_the_price_list_or_the_cache_holds_prices_nothing_wrong_and_rai
             price = PriceBook(PriceListApi(pricing, clean, BUCKET, clock)).hourly("eu-west-1", "hosting", "ml.m5.large")
             stub.assert_no_pending_responses()
         assert price.usd == 0.13, poisoned
+
+
+def test_prices_as_of_names_the_sources_the_lines_used() -> None:
+    shipped = SHIPPED.hourly("us-east-1", "training", "ml.m5.large").source
+    api = "AWS Price List, read 2026-12-06"
+    as_of = SHIPPED.as_of
+    table = SHIPPED.hourly("us-east-1", "training", "ml.m5.large").source.removeprefix("prices.json of ")
+    assert as_of([shipped]) == table and as_of([]) == table
+    assert as_of([api, ""]) == "AWS Price List read 2026-12-06"
+    assert as_of([shipped, api]) == f"{table} (prices.json), AWS Price List read 2026-12-06"
+    # A month's spend reads its runs' own as_of: the same rule.
+    assert as_of(["AWS Price List read 2026-12-06", table]) == f"{table} (prices.json), AWS Price List read 2026-12-06"

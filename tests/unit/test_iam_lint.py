@@ -122,6 +122,14 @@ def test_the_deployers_policy_covers_the_stack_and_nothing_outside_it() -> None:
     }
     for action, resource in made.items():
         assert allowed(policy, action, resource), (action, resource)
+    # destroy: through the stage's API, and --delete-data's log groups; deploy: the images of a
+    # region whose Deep Learning Containers live in another account (af-south-1's).
+    used = (("execute-api:Invoke", f"arn:aws:execute-api:{region}:{account}:a1b2c3/api/DELETE/projects/demo"),
+            ("logs:DeleteLogGroup", f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/tuneloop-dev-api_handler"),
+            ("ecr:BatchGetImage", "arn:aws:ecr:af-south-1:626614931356:repository/pytorch-inference"))  # fmt: skip
+    for action, resource in used:
+        assert allowed(policy, action, resource), (action, resource)
+    assert not allowed(policy, "ecr:BatchGetImage", f"arn:aws:ecr:{region}:{account}:repository/private-app")
     outside = (("iam:CreateRole", f"arn:aws:iam::{account}:role/admin"),
                ("s3:DeleteBucket", "arn:aws:s3:::someone-elses-data"),
                ("lambda:UpdateFunctionCode", f"arn:aws:lambda:{region}:{account}:function:payments"))  # fmt: skip
