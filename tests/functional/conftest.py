@@ -74,7 +74,7 @@ def s3(deps: Any) -> Iterator[Any]:
         if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
             raise
     # The bucket outlives a test (the tables do not): start from no labels, no refusals.
-    for prefix in ("labels/", "feedback/", "refused/", "notices/"):
+    for prefix in ("labels/", "feedback/", "refused/", "notices/", "prices/"):
         for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []):
             client.delete_object(Bucket=BUCKET, Key=o["Key"])
     yield client

@@ -119,7 +119,8 @@ def watched(deps: Any, api: Any, local_services: Any, s3: Any) -> Any:  # s3: th
     cloudwatch.put_metric_data(Namespace="tuneloop", MetricData=[
         {"MetricName": "prediction_psi", "Dimensions": drift_dimensions(project, serving.run_id, stage=STAGE),
          "Value": v,
-         "Timestamp": minute + timedelta(minutes=n)} for n, v in enumerate((0.05, 0.41))
+         # Three minutes apart: two points at the six-hour view's 120 s period, whatever its buckets' offset.
+         "Timestamp": minute + timedelta(minutes=3 * n)} for n, v in enumerate((0.05, 0.41))
     ])  # fmt: skip
     # The model it replaced two hours ago drifted far more: its own series, not the serving one's.
     cloudwatch.put_metric_data(Namespace="tuneloop", MetricData=[
