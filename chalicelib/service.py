@@ -56,10 +56,10 @@ Clock = Callable[[], datetime]
 # ``since`` did not learn from.
 NewDataCount = Callable[[str, datetime, str], NewData]
 
-# Commits retried on ConflictError before giving up; under heavy contention each retry
-# reloads the run and decides again (usually into a duplicate no-op).
 # A slot claimed for a run not created this long after is one whose start failed.
 SLOT_CLAIM_GRACE_S = 300
+# Commits retried on ConflictError before giving up; under heavy contention each retry
+# reloads the run and decides again (usually into a duplicate no-op).
 MAX_COMMIT_ATTEMPTS = 64
 
 
