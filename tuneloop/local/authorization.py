@@ -132,7 +132,8 @@ def accesses(signing_name: str, operation: str, params: Mapping[str, Any], *, ac
         out += [Access(a, access.resource, context) for a in sorted(tagging) for access in out[:1]]
     if prefix != "iam":
         passed = {**context, "iam:PassedToService": SERVICE_PRINCIPALS.get(prefix, f"{prefix}.amazonaws.com")}
-        out += [Access("iam:PassRole", role, passed) for role in sorted(set(_strings_of(params, ROLE_PARAMS)))]
+        roles = sorted({v for v in _under(params, ROLE_PARAMS) if isinstance(v, str)})
+        out += [Access("iam:PassRole", role, passed) for role in roles]
     return out
 
 
@@ -211,21 +212,6 @@ def _fill(template: str, params: Mapping[str, Any], account: str, region: str, l
     return arns
 
 
-def _strings_of(value: Any, keys: tuple[str, ...]) -> list[str]:
-    """Every string under one of ``keys`` anywhere in a request (a role in a nested definition)."""
-    found: list[str] = []
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            if k in keys and isinstance(v, str):
-                found.append(v)
-            else:
-                found += _strings_of(v, keys)
-    elif isinstance(value, list):
-        for v in value:
-            found += _strings_of(v, keys)
-    return found
-
-
 def _dynamodb_items(operation: str, params: Mapping[str, Any], account: str, region: str,
                     context: Mapping[str, Any]) -> Iterator[Access]:  # fmt: skip
     def table(name: str) -> str:
@@ -241,21 +227,6 @@ def _dynamodb_items(operation: str, params: Mapping[str, Any], account: str, reg
     for item in params.get("TransactItems", []):
         for kind, body in item.items():
             yield Access(f"dynamodb:{kinds.get(kind, kind)}", table(str(body.get("TableName", ""))), context)
-
-
-def _strings(value: Any, key: str) -> list[str]:
-    """Every string under ``key`` anywhere in a request (InstanceType in nested configs)."""
-    found: list[str] = []
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            if k == key and isinstance(v, str):
-                found.append(v)
-            else:
-                found += _strings(v, key)
-    elif isinstance(value, list):
-        for v in value:
-            found += _strings(v, key)
-    return found
 
 
 def _context(prefix: str, action: str, params: Mapping[str, Any], account: str, region: str,
@@ -277,10 +248,11 @@ def _context(prefix: str, action: str, params: Mapping[str, Any], account: str, 
         if isinstance(params.get("Prefix"), str):
             context["s3:prefix"] = str(params["Prefix"])
     if prefix == "sagemaker":
-        types = _strings(params, "InstanceType")
+        types = [v for v in _under(params, ("InstanceType",)) if isinstance(v, str)]
         if types:
             context["sagemaker:InstanceTypes"] = tuple(types)
-        runtimes = [v for v in _numbers(params, "MaxRuntimeInSeconds")]
+        runtimes = [float(v) for v in _under(params, ("MaxRuntimeInSeconds",))
+                    if isinstance(v, int | float) and not isinstance(v, bool)]  # fmt: skip
         if runtimes:
             context["sagemaker:MaxRuntimeInSeconds"] = str(max(runtimes))
     if prefix == "application-autoscaling":
@@ -300,15 +272,15 @@ def _context(prefix: str, action: str, params: Mapping[str, Any], account: str, 
     return context
 
 
-def _numbers(value: Any, key: str) -> list[float]:
-    found: list[float] = []
+def _under(value: Any, keys: tuple[str, ...]) -> Iterator[Any]:
+    """Every value under one of ``keys`` anywhere in a request (a role or an instance type
+    in a nested definition)."""
     if isinstance(value, Mapping):
         for k, v in value.items():
-            if k == key and isinstance(v, int | float) and not isinstance(v, bool):
-                found.append(float(v))
+            if k in keys and not isinstance(v, Mapping | list):
+                yield v
             else:
-                found += _numbers(v, key)
+                yield from _under(v, keys)
     elif isinstance(value, list):
         for v in value:
-            found += _numbers(v, key)
-    return found
+            yield from _under(v, keys)
