@@ -23,12 +23,9 @@ from typing import Any, ClassVar
 
 import botocore.client
 
-from chalicelib.deployment import STAGE_TAG
 from tests.conftest import BUCKET, STAGE
-from tests.iam import BUCKET_ARN, resolve
-from tests.iam import REGION as IAM_REGION
-from tuneloop.local.authorization import UnmappedRequest, accesses
-from tuneloop.local.iam import Decision, Policy, decide
+from tuneloop.local.audit import decided, function_policies
+from tuneloop.local.iam import Decision, Policy
 
 REPO = Path(__file__).resolve().parents[1]
 ACCOUNT, REGION = "123456789012", "us-east-1"  # moto's account; the tests' region
@@ -45,11 +42,8 @@ class Call:
 
 @cache
 def function_policy(function: str) -> Policy:
-    config = json.loads((REPO / ".chalice" / "config.json").read_text())["stages"]["dev"]
-    name = config.get("lambda_functions", {}).get(function, {}).get("iam_policy_file", config["iam_policy_file"])
-    document = resolve(json.loads((REPO / ".chalice" / name).read_text()), STAGE)
-    text = json.dumps(document).replace(BUCKET_ARN, f"arn:aws:s3:::{BUCKET}")
-    return Policy.parse(name, json.loads(text.replace(f":{IAM_REGION}:", f":{REGION}:")))
+    policies = function_policies(STAGE, BUCKET, ACCOUNT, REGION)
+    return (policies.get(function) or policies[""])[1]
 
 
 class PolicyCheck:
@@ -74,18 +68,10 @@ class PolicyCheck:
 
     def decisions(self) -> Iterator[tuple[Call, str, str, Decision]]:
         for call in self.calls:
-            try:
-                found = accesses(call.service, call.operation, call.params, account=ACCOUNT, region=REGION)
-            except UnmappedRequest as exc:
-                yield call, "?", "?", Decision(False, (), f"unmapped: {exc}")
-                continue
-            for access in found:
-                context = dict(access.context)
-                if access.action.startswith("application-autoscaling:") and f"/tl-{STAGE}-" in access.resource:
-                    # What tuneloop tags every scalable target it registers with (test_stage_isolation).
-                    context[f"aws:ResourceTag/{STAGE_TAG}"] = STAGE
-                yield call, access.action, access.resource, decide([function_policy(call.function)], access.action,
-                                                                   access.resource, context)  # fmt: skip
+            logged = {"service": call.service, "operation": call.operation, "params": call.params}
+            for action, resource, decision in decided(logged, function_policy(call.function), stage=STAGE,
+                                                      account=ACCOUNT, region=REGION):  # fmt: skip
+                yield call, action, resource, decision
 
     def denied(self) -> list[str]:
         return sorted({f"{call.function}: {action} on {resource}: {decision.reason}"

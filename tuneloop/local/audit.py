@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .authorization import UnmappedRequest, accesses
-from .iam import Policy, decide
+from .iam import Decision, Policy, decide
 from .services import REPO_ROOT
 
 FUNCTION: contextvars.ContextVar[str | None] = contextvars.ContextVar("lambda_function", default=None)
@@ -118,6 +118,22 @@ def function_policies(stage: str, bucket: str, account: str, region: str) -> dic
     return out
 
 
+def decided(call: dict[str, Any], policy: Policy, *, stage: str, account: str,
+            region: str) -> Iterator[tuple[str, str, Decision]]:  # fmt: skip
+    """(action, resource, IAM's decision) for each access one logged call asks for; a call
+    the IAM reference cannot place is one refusal."""
+    try:
+        found = accesses(call["service"], call["operation"], call["params"], account=account, region=region)
+    except UnmappedRequest as exc:
+        yield "?", "?", Decision(False, (), f"unmapped: {exc}")
+        return
+    for access in found:
+        context = dict(access.context)
+        if access.action.startswith("application-autoscaling:") and f"/tl-{stage}-" in access.resource:
+            context["aws:ResourceTag/tuneloop:stage"] = stage  # what tuneloop tags its targets with
+        yield access.action, access.resource, decide([policy], access.action, access.resource, context)
+
+
 def audit(path: Path, *, stage: str, bucket: str, account: str, region: str) -> Audit:
     policies = function_policies(stage, bucket, account, region)
     result = Audit()
@@ -126,20 +142,11 @@ def audit(path: Path, *, stage: str, bucket: str, account: str, region: str) -> 
         call = json.loads(line)
         result.calls += 1
         name, policy = policies.get(call["function"]) or policies[""]
-        try:
-            found = accesses(call["service"], call["operation"], call["params"], account=account, region=region)
-        except UnmappedRequest as exc:
-            result.denied.append(f"{call['function']}: {exc}")
-            continue
-        for access in found:
-            context = dict(access.context)
-            if access.action.startswith("application-autoscaling:") and f"/tl-{stage}-" in access.resource:
-                context["aws:ResourceTag/tuneloop:stage"] = stage  # what tuneloop tags its targets with
-            decision = decide([policy], access.action, access.resource, context)
+        for action, resource, decision in decided(call, policy, stage=stage, account=account, region=region):
             if decision.allowed:
                 used[name].update(decision.statements)
             else:
-                result.denied.append(f"{call['function']}: {access.action} on {access.resource}: {decision.reason}")
+                result.denied.append(f"{call['function']}: {action} on {resource}: {decision.reason}")
     for name, policy in {n: p for n, p in policies.values()}.items():
         result.unused[name] = [s.sid for s in policy.statements if s.sid not in used[name]]
     result.denied = sorted(set(result.denied))
