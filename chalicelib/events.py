@@ -12,6 +12,7 @@ share (the reconciler's sweeper turns a Describe into the event that was lost).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -64,6 +65,10 @@ def json_type(value: Any) -> str:
     return type(value).__name__
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+MAX_KEY_SHOWN = 64
+
+
 class Fields:
     """Typed access to one JSON object of an event; ``path`` names it in reasons."""
 
@@ -74,6 +79,11 @@ class Fields:
         self.path = path
 
     def _at(self, name: str) -> str:
+        """The member's path for a one-line reason: a key that is not a plain word
+        (an event's own keys can be any string) is quoted with its escapes, and cut."""
+        if not _PLAIN_KEY.match(name):
+            quoted = json.dumps(name[:MAX_KEY_SHOWN])
+            return f"{self.path}[{quoted}]" if self.path else f"[{quoted}]"
         return f"{self.path}.{name}" if self.path else name
 
     def text(self, name: str, *, required: bool = False, limit: int = MAX_NAME_BYTES) -> str:

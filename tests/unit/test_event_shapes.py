@@ -8,6 +8,7 @@ import json
 import math
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -116,6 +117,18 @@ def test_the_shapes_seen_in_the_field_are_refused_with_a_reason() -> None:
             assert f"detail.{field}" in str(exc)
         else:
             raise AssertionError(f"a {type(value).__name__} {field} was accepted")
+
+
+def test_a_key_that_is_not_a_plain_word_is_quoted_in_the_one_line_reason() -> None:
+    tuning = copy.deepcopy(FIXTURES["tuning_job_completed"])
+    for key in ("\n", "a" * 5000, "\udc80", "x.y"):
+        tuning["detail"]["TrainingJobStatusCounters"] = {key: False}
+        with pytest.raises(MalformedEventError) as caught:
+            parse_event(tuning)
+        reason = str(caught.value)
+        assert reason.startswith('detail.TrainingJobStatusCounters["'), reason
+        assert "\n" not in reason and len(reason) < 200, reason
+        reason.encode("utf-8")
 
 
 EVALUATION = {
