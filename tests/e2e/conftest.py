@@ -105,12 +105,14 @@ def invoke(state: dict[str, Any], text: str) -> Any:
 
 
 @contextmanager
-def local_cloud(home: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+def local_cloud(home: Path, refusals: bool = False) -> Iterator[tuple[Path, dict[str, Any]]]:
     """`tuneloop up --clean` in ``home`` (with this process's environment), `down` after.
 
     Every AWS call a function makes meanwhile is logged, and after `down` decided under
     that function's role from the template: a call AWS would deny fails the test, and
-    ``build/policy-audit/<test>.json`` lists the statements no call needed."""
+    ``build/policy-audit/<test>.json`` lists the statements no call needed. The services
+    enforce the same policies as the calls come: a refusal fails the test too, unless
+    ``refusals`` (a test that takes a permission away)."""
     calls = home / "calls.jsonl"
     os.environ["TUNELOOP_LOCAL_CALL_LOG"] = str(calls)
     try:
@@ -132,6 +134,15 @@ def local_cloud(home: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     assert found.calls > 0, "no call of any function was logged: the audit saw nothing"
     denied = "\n".join(found.denied)
     assert not found.denied, f"calls the functions' roles would be denied on AWS ({found.calls} checked):\n{denied}"
+    # The services enforced the same policies as the calls came: none was refused, and the
+    # functions and the jobs signed as their own roles.
+    logs = "".join(p.read_text(errors="replace") for p in sorted((home / "logs").glob("*.log")))
+    refused = [line for line in logs.splitlines() if "AccessDenied" in line]
+    if refusals:
+        return
+    assert not refused, "the local cloud refused calls under the template's policies:\n" + "\n".join(refused[:20])
+    for principal in ("function/api_handler", "role/sagemaker-execution"):
+        assert f"IAM: {principal}'s calls are decided" in logs, f"no call of {principal} reached a service"
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import astuple
 from typing import Any
 
 import pytest
@@ -89,6 +90,9 @@ def test_a_call_signed_for_execute_api_is_iam_auth_as_on_a_stage(iam_server: Api
     for credentials, reason in (
         (Credentials(CREDENTIALS.access_key, "w" * 40), "the signature does not match"),
         (Credentials("AKIAOTHEROTHEROTHER1", CREDENTIALS.secret_key), "the access key is not the local cloud's"),
+        # A job's (the execution role's) or a function's key pair: no role may invoke the API.
+        (Credentials(*astuple(CREDENTIALS.principal(sigv4.EXECUTION_ROLE))), "role/sagemaker-execution may not"),
+        (Credentials(*astuple(CREDENTIALS.principal("function/on_alarm"))), "function/on_alarm may not"),
     ):
         with pytest.raises(CliError, match=f"403: {reason}"):
             Api(base, credentials=credentials).call("GET", "/projects")

@@ -193,3 +193,26 @@ def test_an_s3_signature_is_checked_before_the_body_is_read() -> None:
     claim = sigv4.screen(method, target, headers, KEYS)
     assert isinstance(claim, sigv4.Claim) and not claim.checked and claim.service == "sagemaker"
     assert "does not match" in str(sigv4.verify(method, target, headers, body + b" ", KEYS))
+
+
+def test_a_principals_key_pair_is_derived_from_the_clouds_and_names_it() -> None:
+    role = KEYS.principal(sigv4.EXECUTION_ROLE)
+    function = KEYS.principal("function/api_handler")
+    assert role.access_key.startswith(sigv4.PRINCIPAL_KEY_PREFIX) and role.secret_key != KEYS.secret_key
+    assert role != function and KEYS.principal(sigv4.EXECUTION_ROLE) == role  # stable, one per principal
+    method, target, headers, body = signed(SigV4Auth(boto(role), "sagemaker", "us-east-1"), *JSON_CALL[1:])
+    claim = sigv4.verified(method, target, headers, body, KEYS)
+    assert isinstance(claim, sigv4.Claim) and claim.principal == sigv4.EXECUTION_ROLE
+    own = sigv4.verified(*signed(SigV4Auth(boto(), "sagemaker", "us-east-1"), *JSON_CALL[1:]), KEYS)
+    assert isinstance(own, sigv4.Claim) and own.principal == ""
+    # A principal's key ID with a secret that is not derived from the cloud's is refused; so is
+    # another cloud's derivation, and a key ID whose name is not a principal's.
+    forged = sigv4.Credentials(role.access_key, "guessed")
+    other = sigv4.Credentials("TLOCBBBBBBBBBBBBBBBB", "another cloud").principal(sigv4.EXECUTION_ROLE)
+    for keys in (forged, other):
+        reason = sigv4.verify(*signed(SigV4Auth(boto(keys), "sagemaker", "us-east-1"), *JSON_CALL[1:]), KEYS)
+        assert reason and "signature does not match" in reason, reason
+    for key_id in ("TLPR", "TLPR!!!!", "TLPR" + "MFRGG", "TLPRNBSWY3DP"):  # empty, not base32, "abc", "hello"
+        assert KEYS.signer(key_id) is None, key_id
+    with pytest.raises(ValueError):
+        KEYS.principal("no kind")

@@ -97,6 +97,9 @@ class _Handler(Handler):
             reason = claim if isinstance(claim, str) else None
             if not reason and not isinstance(claim, str) and claim.service != "execute-api":
                 reason = f"the request is signed for {claim.service}; the API takes execute-api"
+            if not reason and not isinstance(claim, str) and claim.principal:
+                # No role of the template may invoke the API (execute-api:Invoke): the operator's key alone.
+                reason = f"{claim.principal} may not invoke the API: only the local cloud's own key (the operator's)"
             if reason:
                 log.warning("refused %s %s: %s", self.command, self.path.split("?")[0][:200], reason)
                 return self._refuse(403, "AccessDeniedException", reason)

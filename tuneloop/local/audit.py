@@ -68,7 +68,7 @@ def _plain(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
-def resolve(value: Any, names: dict[str, str]) -> Any:
+def resolve(value: Any, names: dict[str, Any]) -> Any:
     """The intrinsics the policies use, as CloudFormation resolves them for one stack."""
     if isinstance(value, dict) and len(value) == 1:
         ((key, inner),) = value.items()
@@ -104,16 +104,35 @@ class Audit:
     unused: dict[str, list[str]] = field(default_factory=dict)
 
 
-def function_policies(stage: str, bucket: str, account: str, region: str) -> dict[str, tuple[str, Policy]]:
+def stack_names(stage: str, bucket: str, account: str, region: str) -> dict[str, Any]:
+    """What CloudFormation resolves the policies' ``Ref``, ``Fn::Sub`` and ``Fn::GetAtt`` to:
+    the stack's own names, and each other template parameter's default."""
+    template = json.loads((REPO_ROOT / "infra" / "resources.json").read_text())
+    defaults: dict[str, Any] = {}
+    for name, parameter in template.get("Parameters", {}).items():
+        value = parameter.get("Default")
+        if value is not None:
+            listed = parameter.get("Type") == "CommaDelimitedList"
+            defaults[name] = str(value).split(",") if listed else str(value)
+    return {**defaults, "Stage": stage, "AWS::AccountId": account, "AWS::Region": region, "AWS::Partition": "aws",
+            "DataBucket.Arn": f"arn:aws:s3:::{bucket}",
+            "NotificationsTopic": f"arn:aws:sns:{region}:{account}:tuneloop-{stage}-notices"}  # fmt: skip
+
+
+def function_policies(stage: str, bucket: str, account: str, region: str,
+                      override: Path | None = None) -> dict[str, tuple[str, Policy]]:  # fmt: skip
+    """Each function's (policy file, policy); ``override``: a folder whose files of the same
+    names stand in for ``.chalice``'s."""
     config = json.loads((REPO_ROOT / ".chalice" / "config.json").read_text())["stages"]["dev"]
-    names = {"Stage": stage, "AWS::AccountId": account, "AWS::Region": region, "AWS::Partition": "aws",
-             "DataBucket.Arn": f"arn:aws:s3:::{bucket}",
-             "NotificationsTopic": f"arn:aws:sns:{region}:{account}:tuneloop-{stage}-notices"}  # fmt: skip
+    names = stack_names(stage, bucket, account, region)
     out = {}
     functions = {"": {}, **config.get("lambda_functions", {})}  # "": any function the config lists no policy for
     for function, settings in functions.items():
         name = settings.get("iam_policy_file", config["iam_policy_file"])
-        document = resolve(json.loads((REPO_ROOT / ".chalice" / name).read_text()), names)
+        path = REPO_ROOT / ".chalice" / name
+        if override is not None and (override / name).is_file():
+            path = override / name
+        document = resolve(json.loads(path.read_text()), names)
         out[function] = (name, Policy.parse(name, document))
     return out
 

@@ -204,7 +204,12 @@ def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
         dynamodb_started=start_ticks(dynamodb.proc.pid), moto_started=start_ticks(moto.proc.pid),
         access_key_id=credentials.access_key, secret_access_key=credentials.secret_key,
     )  # fmt: skip
-    return _start_host(root, fresh, log, fixed_port=bool(api_port))
+    started = _start_host(root, fresh, log, fixed_port=bool(api_port))
+    from .enforce import Enforcer
+
+    enforcer = Enforcer.from_env()
+    log(f"  {enforcer.summary() if enforcer else 'IAM not enforced (TUNELOOP_LOCAL_IAM=off)'}")
+    return started
 
 
 def _start_host(root: Path, state: CloudState, log: Any, fixed_port: bool = False) -> CloudState:

@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from . import sigv4
+from .enforce import Denial, Enforcer, request_call
 from .httpserve import DEADLINES, BoundedThreads, Deadlined, Handler, LoopbackServer
 
 log = logging.getLogger("tuneloop.gateway")
@@ -192,13 +193,26 @@ def check_body(
     body: bytes,
     credentials: sigv4.Credentials,
     json_protocol: bool,
+    enforcer: Enforcer | None = None,
 ) -> Refusal | None:
-    """The rest of the signature check, once the (bounded) body is in."""
-    reason = sigv4.verify(method, target, headers, body, credentials)
-    if reason:
-        log.warning("refused %s %s: %s", method, target.split("?")[0][:200], reason)
-        return Refusal(403, signature_code(reason, json_protocol), reason)
-    return None
+    """The rest of the signature check, once the (bounded) body is in; then, for a request
+    a principal signed, whether its policies allow it (``enforcer``)."""
+    claim = sigv4.verified(method, target, headers, body, credentials)
+    if isinstance(claim, str):
+        log.warning("refused %s %s: %s", method, target.split("?")[0][:200], claim)
+        return Refusal(403, signature_code(claim, json_protocol), claim)
+    if enforcer is None or not claim.principal:
+        return None
+    placed = request_call(claim.service, method, target, headers, body)
+    if isinstance(placed, str):
+        denial: Denial | None = Denial(claim.principal, f"{claim.service}:?", "*", placed)
+    else:
+        denial = enforcer.check(claim.principal, claim.service, *placed)
+    if denial is None:
+        return None
+    if json_protocol:
+        return Refusal(400, "AccessDeniedException", denial.message(enforcer.stage))
+    return Refusal(403, "AccessDenied", denial.message(enforcer.stage))
 
 
 class Verified:
@@ -206,9 +220,10 @@ class Verified:
     SigV4 signature; the body it was signed with is what ``app`` reads. The headers are
     screened before any of the body is read."""
 
-    def __init__(self, app: App, credentials: sigv4.Credentials) -> None:
+    def __init__(self, app: App, credentials: sigv4.Credentials, enforcer: Enforcer | None = None) -> None:
         self.app = app
         self.credentials = credentials
+        self.enforcer = enforcer
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         def refuse(refused: Refusal) -> Iterable[bytes]:
@@ -236,7 +251,7 @@ class Verified:
         else:
             body = b""
         DEADLINES.done(environ.get("werkzeug.socket"))  # the request is in
-        refused = check_body(method, target, headers, body, self.credentials, json_protocol)
+        refused = check_body(method, target, headers, body, self.credentials, json_protocol, self.enforcer)
         if refused:
             return refuse(refused)
         if "X-Amz-Signature=" in target.partition("?")[2]:
@@ -258,9 +273,11 @@ class Relay(LoopbackServer):
 
     HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"})
 
-    def __init__(self, port: int, backend_port: int, credentials: sigv4.Credentials) -> None:
+    def __init__(self, port: int, backend_port: int, credentials: sigv4.Credentials,
+                 enforcer: Enforcer | None = None) -> None:  # fmt: skip
         self.backend_port = backend_port
         self.credentials = credentials
+        self.enforcer = enforcer
         self.database_key_id = database_key_id(credentials)
         self.pool: queue.SimpleQueue[http.client.HTTPConnection] = queue.SimpleQueue()
         super().__init__(_RelayHandler, port)
@@ -319,7 +336,8 @@ class _RelayHandler(Handler):
         if isinstance(screened, Refusal):
             return self._refuse(screened)
         body = self.read_body(int(self.headers.get("Content-Length") or "0"))
-        refused = check_body(self.command, self.path, received, body, self.server.credentials, json_protocol=True)
+        refused = check_body(self.command, self.path, received, body, self.server.credentials, True,
+                             self.server.enforcer)  # fmt: skip
         if refused:
             return self._refuse(refused)
         forwarded = {k: v for k, v in self.headers.items() if k.lower() not in Relay.HOP_BY_HOP}
@@ -394,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(own)
     logging.basicConfig(level=os.environ.get("TUNELOOP_LOG_LEVEL", "INFO"), format="%(asctime)s %(message)s")
     credentials = credentials_from_env()
+    enforcer = Enforcer.from_env()
     child: subprocess.Popen[bytes] | None = None
 
     def stop(*_: Any) -> None:
@@ -408,12 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     if args.service == "moto":
-        server = moto_server(Verified(moto_app(), credentials), args.port)
+        server = moto_server(Verified(moto_app(), credentials, enforcer), args.port)
     else:
         if not java or not args.backend_port_file:
             parser.error("dynamodb needs --backend-port-file and, after --, the command that runs DynamoDB Local")
         child, backend_port = start_dynamodb(java, args.backend_port_file)
-        server = Relay(args.port, backend_port, credentials)
+        server = Relay(args.port, backend_port, credentials, enforcer)
     announce(int(server.server_address[1]), args.port_file)
     try:
         server.serve_forever(poll_interval=0.5)

@@ -23,6 +23,7 @@ from boto3.s3.transfer import TransferConfig
 
 from .apiserver import ApiServer
 from .cloud import QUEUED_EVENTS, etag_file
+from .enforce import Enforcer, sign_as_functions
 from .files import write_atomic
 from .gateway import credentials_from_env
 from .router import EventRouter
@@ -104,7 +105,8 @@ def start_sagemaker(home: Path, bucket: str, router: EventRouter) -> Any:
 
     s3 = boto3.client("s3")
     port = int(os.environ.get("TUNELOOP_SAGEMAKER_PORT", "0"))
-    server = serve(home / "sagemaker", s3, router.send, port, cloudwatch=boto3.client("cloudwatch"))
+    server = serve(home / "sagemaker", s3, router.send, port, cloudwatch=boto3.client("cloudwatch"),
+                   enforcer=Enforcer.from_env())  # fmt: skip
     os.environ["AWS_ENDPOINT_URL_SAGEMAKER"] = f"http://127.0.0.1:{server.port}"
     os.environ["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = f"http://127.0.0.1:{server.port}"
     os.environ.setdefault("TUNELOOP_SAGEMAKER_ROLE_ARN", LOCAL_ROLE)
@@ -145,6 +147,7 @@ def main() -> None:
         from .audit import install
 
         install(Path(os.environ["TUNELOOP_LOCAL_CALL_LOG"]))
+    sign_as_functions(credentials_from_env())  # each handler's calls are its own role's
     app_module = load_app()
     router = build_router(app_module, home / "dead-letters.jsonl", home / "dropped-events.jsonl")
     requeued = router.requeue(home / QUEUED_EVENTS)

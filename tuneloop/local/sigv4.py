@@ -14,6 +14,8 @@ refused. Each answers the one-line reason a request is refused.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import re
@@ -33,10 +35,46 @@ STREAMING_PREFIX = "STREAMING-"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+# A principal's access key ID: this prefix, then its name in base32 (no padding).
+PRINCIPAL_KEY_PREFIX = "TLPR"
+PRINCIPAL_NAME = re.compile(r"[a-z][a-z0-9_-]{0,20}/[A-Za-z0-9_.-]{1,64}")
+# The SageMaker execution role: what jobs run as (a function's is ``function/<name>``).
+EXECUTION_ROLE = "role/sagemaker-execution"
+
+
 @dataclass(frozen=True)
 class Credentials:
+    """One key pair. The local cloud's own pair also stands for each principal's (a
+    function's role, the execution role): ``principal`` derives that principal's pair from
+    the secret key, so only a holder of the cloud's secret can make one, and the services
+    need keep no list of them."""
+
     access_key: str
     secret_key: str
+
+    def principal(self, name: str) -> Credentials:
+        """The key pair of principal ``name`` (``function/api_handler``, ``role/sagemaker-execution``)."""
+        if not PRINCIPAL_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a principal's name (kind/name)")
+        key = PRINCIPAL_KEY_PREFIX + base64.b32encode(name.encode()).decode().rstrip("=")
+        derived = hmac.new(self.secret_key.encode(), b"tuneloop principal: " + name.encode(), hashlib.sha256)
+        return Credentials(key, base64.urlsafe_b64encode(derived.digest()).decode().rstrip("="))
+
+    def signer(self, access_key: str) -> tuple[Credentials, str] | None:
+        """The key pair an access key ID names, and its principal ("" for this pair's own),
+        or None when it is neither this pair's nor a principal's."""
+        if hmac.compare_digest(access_key.encode(), self.access_key.encode()):
+            return self, ""
+        if not access_key.startswith(PRINCIPAL_KEY_PREFIX):
+            return None
+        encoded = access_key[len(PRINCIPAL_KEY_PREFIX) :]
+        try:
+            name = base64.b32decode(encoded + "=" * (-len(encoded) % 8)).decode()
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return None
+        if not PRINCIPAL_NAME.fullmatch(name):
+            return None
+        return self.principal(name), name
 
 
 def _hmac(key: bytes, message: str) -> bytes:
@@ -127,6 +165,9 @@ class Claim:
     payload: str | None
     checked: bool
     signature: _Signed = field(repr=False)
+    # Who signed: "" for the local cloud's own key, else the principal (``function/…``).
+    principal: str = ""
+    credentials: Credentials | None = field(default=None, repr=False)
 
 
 def screen(
@@ -175,8 +216,10 @@ def screen(
     if len(scope) != 5 or scope[4] != "aws4_request":
         return "the credential scope is not <key>/<date>/<region>/<service>/aws4_request"
     access_key, date, region, service, _ = scope
-    if not hmac.compare_digest(access_key.encode(), credentials.access_key.encode()):
+    signer = credentials.signer(access_key)
+    if signer is None:
         return "the access key is not the local cloud's (see `tuneloop status`)"
+    credentials, principal = signer
     signed_at = _parse_time(stamp)
     if signed_at is None:
         return "the request has no valid X-Amz-Date"
@@ -217,9 +260,9 @@ def screen(
     request = _Signed(method, path, query, presigned, canonical_headers, signed, stamp, date, region, service,
                       signature)  # fmt: skip
     if payload is None:
-        return Claim(service, None, False, request)
+        return Claim(service, None, False, request, principal, credentials)
     reason = request.check(payload, credentials)
-    return reason or Claim(service, payload, True, request)
+    return reason or Claim(service, payload, True, request, principal, credentials)
 
 
 @dataclass(frozen=True)
@@ -269,15 +312,28 @@ def verify(
     """``target`` is the request line's path and query, exactly as received; ``headers``
     maps each lower-case header name to its values. None when the signature is good and
     covers this body; otherwise the one-line reason the request is refused."""
+    claim = verified(method, target, headers, body, credentials, now)
+    return claim if isinstance(claim, str) else None
+
+
+def verified(
+    method: str,
+    target: str,
+    headers: Mapping[str, Sequence[str]],
+    body: bytes,
+    credentials: Credentials,
+    now: datetime | None = None,
+) -> Claim | str:
+    """``verify``, answering the Claim (who signed) when the signature is good."""
     claim = screen(method, target, headers, credentials, now)
     if isinstance(claim, str):
         return claim
     actual = hashlib.sha256(body).hexdigest()
     if claim.payload is None:  # the signature covers the body's hash, which it does not send
-        return claim.signature.check(actual, credentials)
+        return claim.signature.check(actual, claim.credentials or credentials) or claim
     if claim.payload != UNSIGNED_PAYLOAD and claim.payload != actual:
         return "the body's SHA-256 is not the x-amz-content-sha256 that was signed"
-    return None
+    return claim
 
 
 def generate() -> Credentials:

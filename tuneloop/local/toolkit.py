@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .sigv4 import EXECUTION_ROLE, Credentials
+
 HOST = "localhost"
 
 
@@ -97,13 +99,18 @@ _CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN
 def role_environment(aws: bool = True) -> dict[str, str]:
     """The environment a job's or a model server's processes start from: this process's,
     less what is the local cloud's own (the API's bearer token, its settings, the other
-    services' endpoints). ``aws``: with the credentials and the endpoints of the services
-    the execution role reaches; a model server gets none (the runtime captures for it)."""
+    services' endpoints). ``aws``: with the execution role's credentials and the endpoints
+    of the services it reaches; a model server gets none (the runtime captures for it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TUNELOOP_"))}
     if "TUNELOOP_LOG_LEVEL" in os.environ:
         env["TUNELOOP_LOG_LEVEL"] = os.environ["TUNELOOP_LOG_LEVEL"]
     if aws:
         env.update({k: os.environ[k] for k in _CREDENTIALS if k in os.environ})
+        if "AWS_ACCESS_KEY_ID" in os.environ and "AWS_SECRET_ACCESS_KEY" in os.environ:
+            # The execution role's key pair, derived from the cloud's: its calls are its role's.
+            cloud = Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
+            role = cloud.principal(EXECUTION_ROLE)
+            env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = role.access_key, role.secret_key
         for service in ROLE_SERVICES:
             endpoint = os.environ.get(f"AWS_ENDPOINT_URL_{service}")
             if endpoint:

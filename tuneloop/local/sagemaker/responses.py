@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from ..enforce import Enforcer
 from ..gateway import SAGEMAKER_SERVICES, Refusal, check_body, credentials_from_env, screen_request
 from ..httpserve import Handler, LoopbackServer
 from ..sigv4 import Credentials
@@ -27,9 +28,11 @@ log = logging.getLogger("tuneloop.sagemaker")
 
 
 class SageMakerHttpServer(LoopbackServer):
-    def __init__(self, backend: LocalSageMaker, credentials: Credentials, port: int = 0) -> None:
+    def __init__(self, backend: LocalSageMaker, credentials: Credentials, port: int = 0,
+                 enforcer: Enforcer | None = None) -> None:  # fmt: skip
         self.backend = backend
         self.credentials = credentials
+        self.enforcer = enforcer
         super().__init__(_Handler, port)
 
 
@@ -59,7 +62,8 @@ class _Handler(Handler):
             self._refuse(screened.status, screened.code, screened.message)
             return None
         body = self.read_body(int(self.headers.get("Content-Length") or "0"))
-        refused = check_body(self.command, self.path, headers, body, self.server.credentials, json_protocol=True)
+        refused = check_body(self.command, self.path, headers, body, self.server.credentials, True,
+                             self.server.enforcer)  # fmt: skip
         if refused:
             self._refuse(refused.status, refused.code, refused.message)
             return None
@@ -152,11 +156,13 @@ def serve(
     cloudwatch: Any = None,
     credentials: Credentials | None = None,
     entry_points: frozenset[str] = ENTRY_POINTS,
+    enforcer: Enforcer | None = None,
 ) -> SageMakerHttpServer:
     """Start the server on a background thread; returns it (``.port``, ``.shutdown()``).
     The same port serves SageMaker Runtime's InvokeEndpoint (``/endpoints/<name>/invocations``).
-    It answers requests signed with ``credentials`` (default: the environment's)."""
+    It answers requests signed with ``credentials`` (default: the environment's), and a
+    principal's (``sigv4.Credentials.principal``) as far as ``enforcer`` allows."""
     credentials = credentials or credentials_from_env()
-    server = SageMakerHttpServer(LocalSageMaker(home, s3, emit, cloudwatch, entry_points), credentials, port)
+    server = SageMakerHttpServer(LocalSageMaker(home, s3, emit, cloudwatch, entry_points), credentials, port, enforcer)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     return server

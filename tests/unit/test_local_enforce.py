@@ -1,0 +1,154 @@
+"""The local cloud's IAM check: requests as botocore puts them on the wire, placed and
+decided under the template's policies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import pytest
+from botocore.awsrequest import AWSResponse
+
+from tuneloop.local import sigv4
+from tuneloop.local.enforce import Enforcer, function_principal, request_call
+from tuneloop.local.gateway import check_body
+
+KEYS = sigv4.Credentials("TLOCAAAAAAAAAAAAAAAA", "s3cret")
+BUCKET = "tuneloop-local-data"
+ROLE = "arn:aws:iam::123456789012:role/tuneloop-local-sagemaker-execution"
+
+
+class _Raw:
+    def stream(self, **_: Any) -> Any:
+        yield b""
+
+
+def wire(service: str, operation: str, params: dict[str, Any], keys: sigv4.Credentials = KEYS) -> tuple[Any, ...]:
+    """What botocore sends for one call: (signing name, method, target, headers, body)."""
+    client = boto3.client(service, region_name="us-east-1", endpoint_url="http://127.0.0.1:4566",
+                          aws_access_key_id=keys.access_key, aws_secret_access_key=keys.secret_key)  # fmt: skip
+    sent: list[Any] = []
+
+    def capture(request: Any, **_: Any) -> AWSResponse:
+        sent.append(request)
+        return AWSResponse(request.url, 599, {}, _Raw())  # the client gives up: what was sent is all we need
+
+    client.meta.events.register("before-send", capture)
+    client.meta.config.retries = {"max_attempts": 0}
+    try:
+        getattr(client, _snake(client, operation))(**params)
+    except Exception:
+        pass
+    request = sent[0]
+    parts = urlsplit(request.url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    headers = {k.lower(): [v.decode() if isinstance(v, bytes) else v] for k, v in request.headers.items()}
+    headers.setdefault("host", [parts.netloc])
+    body = request.body or b""
+    body = body.encode() if isinstance(body, str) else body if isinstance(body, bytes) else body.read()
+    return client.meta.service_model.signing_name, request.method, target, headers, body
+
+
+def _snake(client: Any, operation: str) -> str:
+    return next(name for name, op in client.meta.method_to_api_mapping.items() if op == operation)
+
+
+CALLS = [
+    ("s3", "PutObject", {"Bucket": BUCKET, "Key": "runs/a b/m.tar.gz", "Body": b"x"}, {"Key": "runs/a b/m.tar.gz"}),
+    ("s3", "GetObject", {"Bucket": BUCKET, "Key": "datasets/d/x+y.jsonl"}, {"Key": "datasets/d/x+y.jsonl"}),
+    ("s3", "HeadObject", {"Bucket": BUCKET, "Key": "k"}, {"Key": "k"}),
+    ("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "runs/"}, {"Prefix": "runs/"}),
+    ("s3", "DeleteObjects", {"Bucket": BUCKET, "Delete": {"Objects": [{"Key": "a"}, {"Key": "b"}]}},
+     {"Delete": {"Objects": [{"Key": "a"}, {"Key": "b"}]}}),
+    ("s3", "CopyObject", {"Bucket": BUCKET, "Key": "b", "CopySource": f"{BUCKET}/a"}, {"CopySource": f"{BUCKET}/a"}),
+    ("s3", "CreateMultipartUpload", {"Bucket": BUCKET, "Key": "k"}, {"Key": "k"}),
+    ("s3", "PutBucketNotificationConfiguration",
+     {"Bucket": BUCKET, "NotificationConfiguration": {"EventBridgeConfiguration": {}}}, {}),
+    ("dynamodb", "GetItem", {"TableName": "tuneloop-local-runs", "Key": {"run_id": {"S": "r"}}},
+     {"TableName": "tuneloop-local-runs"}),
+    ("sagemaker", "CreateTrainingJob", {"TrainingJobName": "tl-local-j", "RoleArn": ROLE,
+     "AlgorithmSpecification": {"TrainingImage": "i", "TrainingInputMode": "File"},
+     "OutputDataConfig": {"S3OutputPath": "s3://b/o"}, "ResourceConfig": {"InstanceType": "ml.m5.large",
+     "InstanceCount": 1, "VolumeSizeInGB": 1}, "StoppingCondition": {"MaxRuntimeInSeconds": 60}},
+     {"TrainingJobName": "tl-local-j"}),
+    ("sagemaker-runtime", "InvokeEndpoint", {"EndpointName": "tl-local-demo", "Body": b"{}"},
+     {"EndpointName": "tl-local-demo"}),
+    ("cloudwatch", "PutMetricAlarm", {"AlarmName": "tl-local-a", "EvaluationPeriods": 1, "ComparisonOperator":
+     "GreaterThanThreshold", "Threshold": 1.0, "MetricName": "m", "Namespace": "n", "Period": 60,
+     "Statistic": "Average"}, {"AlarmName": "tl-local-a"}),
+    ("events", "PutEvents", {"Entries": [{"Source": "tuneloop", "DetailType": "x", "Detail": "{}"}]}, {}),
+    ("sqs", "SendMessage", {"QueueUrl": "http://127.0.0.1:4566/123456789012/q", "MessageBody": "m"}, {}),
+    ("application-autoscaling", "DescribeScalableTargets", {"ServiceNamespace": "sagemaker"}, {}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("service,operation,params,expected", CALLS, ids=[f"{c[0]}.{c[1]}" for c in CALLS])
+def test_each_request_is_placed_as_the_operation_botocore_sent(
+    service: str, operation: str, params: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    signing, method, target, headers, body = wire(service, operation, params)
+    placed = request_call(signing, method, target, headers, body)
+    assert not isinstance(placed, str), placed
+    assert placed[0] == operation
+    assert expected.items() <= placed[1].items()
+
+
+@pytest.fixture(scope="module")
+def enforcer() -> Enforcer:
+    return Enforcer.for_stack("local", BUCKET)
+
+
+def refused(enforcer: Enforcer, principal: str, service: str, operation: str, params: dict[str, Any]) -> Any:
+    keys = KEYS.principal(principal) if principal else KEYS
+    _, method, target, headers, body = wire(service, operation, params, keys)
+    return check_body(method, target, headers, body, KEYS, headers.get("x-amz-target") is not None, enforcer)
+
+
+def test_a_call_the_principals_policy_does_not_allow_is_access_denied_naming_action_and_resource(
+    enforcer: Enforcer,
+) -> None:
+    write = ("s3", "PutObject", {"Bucket": BUCKET, "Key": "runs/r/output/model.tar.gz", "Body": b"x"})
+    code = ("s3", "PutObject", {"Bucket": BUCKET, "Key": "code/training.tar.gz", "Body": b"x"})
+    assert refused(enforcer, sigv4.EXECUTION_ROLE, *write) is None
+    denied = refused(enforcer, sigv4.EXECUTION_ROLE, *code)
+    assert denied is not None and (denied.status, denied.code) == (403, "AccessDenied")
+    assert "assumed-role/tuneloop-local-sagemaker-execution/" in denied.message
+    assert f"s3:PutObject on resource: arn:aws:s3:::{BUCKET}/code/training.tar.gz" in denied.message
+    assert refused(enforcer, "", *code) is None  # the cloud's own key: the operator's
+    scan = ("dynamodb", "DeleteTable", {"TableName": "tuneloop-local-runs"})
+    denied = refused(enforcer, function_principal("api_handler"), *scan)
+    assert denied is not None and (denied.status, denied.code) == (400, "AccessDeniedException")
+    assert "dynamodb:DeleteTable on resource: arn:aws:dynamodb:us-east-1:123456789012:table/tuneloop-local-runs" in (
+        denied.message
+    )
+    unknown = refused(enforcer, "role/someone-else", *write)
+    assert unknown is not None and "no policy for this principal" in unknown.message
+
+
+def test_a_policy_folder_takes_one_permission_away(tmp_path: Path) -> None:
+    name = "policy-dev.json"
+    source = Path(".chalice") / name
+    assert source.is_file(), "the functions' policy file moved: update this test"
+    document = json.loads(source.read_text())
+    for statement in document["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        statement["Action"] = [a for a in actions if a != "sagemaker:CreateTrainingJob"] or ["sagemaker:ListTags"]
+    (tmp_path / name).write_text(json.dumps(document))
+    env = {"TUNELOOP_LOCAL_POLICY_DIR": str(tmp_path), "TUNELOOP_BUCKET": BUCKET, "TUNELOOP_STAGE": "local"}
+    taken = Enforcer.from_env(env)
+    assert taken is not None and Enforcer.from_env({"TUNELOOP_LOCAL_IAM": "off"}) is None
+    params = {
+        "TrainingJobName": "tl-local-aaaaaaaaaaaa-train-1",
+        "RoleArn": ROLE,
+        "ResourceConfig": {"InstanceType": "ml.m5.large"},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+    }
+    full = Enforcer.for_stack("local", BUCKET)
+    handler = function_principal("on_sagemaker_event")
+    assert full.check(handler, "sagemaker", "CreateTrainingJob", params) is None
+    denial = taken.check(handler, "sagemaker", "CreateTrainingJob", params)
+    assert denial is not None and denial.action == "sagemaker:CreateTrainingJob"
+    assert denial.resource.endswith(":training-job/tl-local-aaaaaaaaaaaa-train-1")

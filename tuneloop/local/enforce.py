@@ -1,0 +1,268 @@
+"""IAM on the local cloud: each principal's AWS calls decided under its own policies.
+
+A request signed with a principal's key pair (``sigv4.Credentials.principal``: a Lambda
+function's role, ``function/<name>``, or the SageMaker execution role,
+``role/sagemaker-execution``) is placed (``request_call``: its operation and parameters,
+read from the wire as each protocol sends them) and decided (``Enforcer.check``) under that
+principal's policy from the packaged template: the function's ``.chalice/policy-*.json``
+file, the execution role's policy in ``infra/resources.json``, both resolved for the local
+stage as CloudFormation would. A call no statement allows is refused as AWS refuses it,
+naming the principal, the action and the resource. The local cloud's own key (the
+operator's: the CLI, the dashboard, the services' own plumbing) is not restricted.
+
+``TUNELOOP_LOCAL_IAM=off`` turns the check off; ``TUNELOOP_LOCAL_POLICY_DIR`` names a folder
+whose ``<policy file>.json`` (or ``sagemaker-execution.json``) stands in for the template's,
+so a test can take one permission away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from .audit import decided, function_policies, resolve, stack_names
+from .iam import Policy
+from .services import REPO_ROOT
+from .sigv4 import EXECUTION_ROLE, Credentials
+
+log = logging.getLogger("tuneloop.iam")
+ACCOUNT = "123456789012"  # moto's account: every local ARN carries it
+FUNCTION = "function/"
+
+
+def function_principal(function: str) -> str:
+    return FUNCTION + function
+
+
+@dataclass(frozen=True)
+class Denial:
+    principal: str
+    action: str
+    resource: str
+    reason: str
+
+    def message(self, stage: str) -> str:
+        """AWS's words for it, with the role each principal has on AWS."""
+        kind, _, name = self.principal.partition("/")
+        role = f"tuneloop-{stage}-{'sagemaker-execution' if self.principal == EXECUTION_ROLE else name}"
+        session = name if kind == "function" else "SageMaker"
+        return (
+            f"User: arn:aws:sts::{ACCOUNT}:assumed-role/{role}/{session} is not authorized to perform: "
+            f"{self.action} on resource: {self.resource} because no identity-based policy allows the "
+            f"{self.action} action ({self.reason})"
+        )
+
+
+class Enforcer:
+    """The policies of every principal of one local stack."""
+
+    def __init__(self, policies: Mapping[str, Policy], *, stage: str, region: str) -> None:
+        self.policies = dict(policies)
+        self.stage = stage
+        self.region = region
+        self.seen: set[str] = set()  # principals whose first call was logged
+
+    @classmethod
+    def for_stack(cls, stage: str, bucket: str, region: str = "us-east-1",
+                  override: Path | None = None) -> Enforcer:  # fmt: skip
+        functions = function_policies(stage, bucket, ACCOUNT, region, override=override)
+        policies = {function_principal(name): policy for name, (_, policy) in functions.items() if name}
+        policies[FUNCTION] = functions[""][1]  # a function the config names no policy for
+        policies[EXECUTION_ROLE] = execution_role_policy(stage, bucket, region, override)
+        return cls(policies, stage=stage, region=region)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Enforcer | None:
+        """The local cloud's, or None when ``TUNELOOP_LOCAL_IAM=off``."""
+        env = os.environ if env is None else env
+        if env.get("TUNELOOP_LOCAL_IAM", "on") == "off":
+            return None
+        from .cloud import DEFAULT_BUCKET, STAGE
+
+        override = env.get("TUNELOOP_LOCAL_POLICY_DIR")
+        stage, bucket = env.get("TUNELOOP_STAGE", STAGE), env.get("TUNELOOP_BUCKET", DEFAULT_BUCKET)
+        region = env.get("AWS_DEFAULT_REGION", "us-east-1")
+        return cls.for_stack(stage, bucket, region, Path(override) if override else None)
+
+    def summary(self) -> str:
+        """One line for ``up``: who is held to which policies."""
+        functions = sorted(p[len(FUNCTION) :] for p in self.policies if p.startswith(FUNCTION) and p != FUNCTION)
+        files = {policy.name: policy for policy in self.policies.values()}
+        statements = sum(len(policy.statements) for policy in files.values())
+        return (
+            f"IAM enforced: {len(functions)} functions' roles and the SageMaker execution role, "
+            f"{statements} statements in {len(files)} policies from the template"
+        )
+
+    def policy(self, principal: str) -> Policy | None:
+        if principal in self.policies:
+            return self.policies[principal]
+        if principal.startswith(FUNCTION):
+            return self.policies[FUNCTION]
+        return None
+
+    def check(self, principal: str, service: str, operation: str, params: Mapping[str, Any]) -> Denial | None:
+        """None when IAM would allow the call (always, for the cloud's own key "")."""
+        if not principal:
+            return None
+        if principal not in self.seen:
+            self.seen.add(principal)
+            log.info("IAM: %s's calls are decided under its policy", principal)
+        policy = self.policy(principal)
+        if policy is None:
+            return Denial(principal, f"{service}:{operation}", "*", "no policy for this principal")
+        call = {"service": service, "operation": operation, "params": params}
+        for action, resource, decision in decided(call, policy, stage=self.stage, account=ACCOUNT, region=self.region):
+            if not decision.allowed:
+                denial = Denial(principal, action if action != "?" else f"{service}:{operation}", resource,
+                                decision.reason)  # fmt: skip
+                log.warning("AccessDenied: %s: %s on %s (%s)", principal, denial.action, resource, decision.reason)
+                return denial
+        return None
+
+
+def execution_role_policy(stage: str, bucket: str, region: str, override: Path | None = None) -> Policy:
+    """The SageMaker execution role's inline policies, from ``infra/resources.json``."""
+    own = override / "sagemaker-execution.json" if override else None
+    if own is not None and own.is_file():
+        return Policy.parse(own.name, json.loads(own.read_text()))
+    template = json.loads((REPO_ROOT / "infra" / "resources.json").read_text())
+    role = template["Resources"]["SageMakerExecutionRole"]["Properties"]
+    names = stack_names(stage, bucket, ACCOUNT, region)
+    statements = [s for p in role["Policies"] for s in resolve(p["PolicyDocument"], names)["Statement"]]
+    return Policy.parse("SageMakerExecutionRole", {"Version": "2012-10-17", "Statement": statements})
+
+
+# The JSON protocols name the operation in X-Amz-Target ("DynamoDB_20120810.GetItem").
+def request_call(service: str, method: str, target: str, headers: Mapping[str, Sequence[str]],
+                 body: bytes) -> tuple[str, dict[str, Any]] | str:  # fmt: skip
+    """(operation, parameters) of one signed request, as IAM needs them, or why it cannot
+    be placed."""
+    amz_target = (headers.get("x-amz-target") or [""])[0]
+    path, _, query = target.partition("?")
+    if amz_target:
+        operation = amz_target.rsplit(".", 1)[-1]
+        try:
+            params = json.loads(body or b"{}")
+        except ValueError:
+            return f"{service} {operation}: the body is not JSON"
+        return (operation, params) if isinstance(params, dict) else f"{service} {operation}: the body is not an object"
+    if service == "s3":
+        return s3_call(method, path, query, headers, body)
+    if service == "sagemaker" and method == "POST" and path.startswith("/endpoints/"):
+        parts = path.split("/")
+        if len(parts) == 4 and parts[3] in ("invocations", "invocations-response-stream", "async-invocations"):
+            operation = {"invocations": "InvokeEndpoint", "async-invocations": "InvokeEndpointAsync"}.get(
+                parts[3], "InvokeEndpointWithResponseStream"
+            )
+            return operation, {"EndpointName": unquote(parts[2])}
+    return f"{service} {method} {path[:100]}: not a request the local cloud can place"
+
+
+# S3 sub-resources (a query key with no value) and the operation each is, by method.
+_S3_BUCKET_SUBRESOURCES = {
+    "notification": {"GET": "GetBucketNotificationConfiguration", "PUT": "PutBucketNotificationConfiguration"},
+    "lifecycle": {"GET": "GetBucketLifecycleConfiguration", "PUT": "PutBucketLifecycleConfiguration",
+                  "DELETE": "DeleteBucketLifecycle"},
+    "encryption": {"GET": "GetBucketEncryption", "PUT": "PutBucketEncryption"},
+    "publicAccessBlock": {"GET": "GetPublicAccessBlock", "PUT": "PutPublicAccessBlock"},
+    "versioning": {"GET": "GetBucketVersioning", "PUT": "PutBucketVersioning"},
+    "versions": {"GET": "ListObjectVersions"},
+    "location": {"GET": "GetBucketLocation"},
+    "tagging": {"GET": "GetBucketTagging", "PUT": "PutBucketTagging", "DELETE": "DeleteBucketTagging"},
+    "policy": {"GET": "GetBucketPolicy", "PUT": "PutBucketPolicy", "DELETE": "DeleteBucketPolicy"},
+    "cors": {"GET": "GetBucketCors", "PUT": "PutBucketCors", "DELETE": "DeleteBucketCors"},
+    "acl": {"GET": "GetBucketAcl", "PUT": "PutBucketAcl"},
+    "uploads": {"GET": "ListMultipartUploads"},
+    "delete": {"POST": "DeleteObjects"},
+}  # fmt: skip
+
+
+def _deleted_keys(body: bytes) -> list[str]:
+    """The keys a DeleteObjects body names (``<Delete><Object><Key>…``)."""
+    from xml.etree import ElementTree
+
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return []
+    return [e.text or "" for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Key"]
+
+
+def s3_call(method: str, path: str, query: str, headers: Mapping[str, Sequence[str]],
+            body: bytes = b"") -> tuple[str, dict[str, Any]] | str:  # fmt: skip
+    """An S3 request (path-style, as the local cloud's clients send) as its operation."""
+    bucket, _, key = unquote(path).lstrip("/").partition("/")
+    args = dict(parse_qsl(query, keep_blank_values=True))
+    if not bucket:
+        return ("ListBuckets", {}) if method == "GET" else f"s3 {method} /: not a request the local cloud can place"
+    params: dict[str, Any] = {"Bucket": bucket}
+    if not key:
+        for name, by_method in _S3_BUCKET_SUBRESOURCES.items():
+            if name in args:
+                if method not in by_method:
+                    break
+                if name == "delete":  # each object's key is in the body
+                    params["Delete"] = {"Objects": [{"Key": k} for k in _deleted_keys(body)]}
+                return by_method[method], params
+        else:
+            if method == "GET":
+                if "prefix" in args:
+                    params["Prefix"] = args["prefix"]
+                return ("ListObjectsV2" if args.get("list-type") == "2" else "ListObjects"), params
+            operation = {"HEAD": "HeadBucket", "PUT": "CreateBucket", "DELETE": "DeleteBucket"}.get(method)
+            if operation:
+                return operation, params
+        return f"s3 {method} /{bucket}?{query[:60]}: not a request the local cloud can place"
+    params["Key"] = key
+    if "versionId" in args:
+        params["VersionId"] = args["versionId"]
+    if method in ("GET", "HEAD"):
+        if "uploadId" in args:
+            return "ListParts", params
+        if "tagging" in args:
+            return "GetObjectTagging", params
+        return ("GetObject" if method == "GET" else "HeadObject"), params
+    if method == "PUT":
+        if "tagging" in args:
+            return "PutObjectTagging", params
+        copy = (headers.get("x-amz-copy-source") or [""])[0]
+        if copy:
+            params["CopySource"] = unquote(copy)
+            return ("UploadPartCopy" if "uploadId" in args else "CopyObject"), params
+        return ("UploadPart" if "uploadId" in args else "PutObject"), params
+    if method == "POST":
+        if "uploads" in args:
+            return "CreateMultipartUpload", params
+        if "uploadId" in args:
+            return "CompleteMultipartUpload", params
+    if method == "DELETE":
+        return ("AbortMultipartUpload" if "uploadId" in args else "DeleteObject"), params
+    return f"s3 {method} /{bucket}/…: not a request the local cloud can place"
+
+
+def sign_as_functions(cloud: Credentials) -> None:
+    """From here on, in this process, an AWS call a handler makes (``audit.invoking``) is
+    signed with its function role's key pair instead of the cloud's own, as a Lambda
+    function's calls carry its role's credentials."""
+    import botocore.auth
+    import botocore.credentials
+
+    from .audit import FUNCTION as RUNNING
+
+    real = botocore.auth.SigV4Auth.__init__
+
+    def init(self: Any, credentials: Any, *args: Any, **kwargs: Any) -> None:
+        function = RUNNING.get()
+        if function is not None and credentials is not None and credentials.access_key == cloud.access_key:
+            own = cloud.principal(function_principal(function))
+            credentials = botocore.credentials.ReadOnlyCredentials(own.access_key, own.secret_key, None)
+        real(self, credentials, *args, **kwargs)
+
+    botocore.auth.SigV4Auth.__init__ = init  # type: ignore[method-assign]
