@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 # What a request tells the policies: each condition key's value(s).
@@ -116,6 +117,7 @@ def _applies(statement: Statement, action: str, resource: str, context: Context)
     )
 
 
+@lru_cache(maxsize=4096)  # a policy's patterns are few, and asked for on every call
 def _wildcard(pattern: str, *, case: bool) -> re.Pattern[str]:
     """IAM's wildcards: ``*`` any run of characters (``/`` and ``:`` included), ``?`` one."""
     literal = {"\x01": re.escape("*"), "\x02": re.escape("?")}
