@@ -135,3 +135,15 @@ def test_access_is_logged_and_every_function_has_a_concurrency_cap(template: dic
     functions = {n: r["Properties"] for n, r in resources.items() if r["Type"] == "AWS::Lambda::Function"}
     assert len(functions) == 6
     assert all(p.get("ReservedConcurrentExecutions", 0) >= 1 for p in functions.values()), functions.keys()
+
+
+def test_every_resource_kind_cloudformation_gets_is_honoured_by_the_local_cloud_or_named(
+    template: dict[str, Any],
+) -> None:
+    """The packaged template after the SAM transform: a kind the local cloud neither stands in
+    for nor names (with the reason) at `up` fails here, before it can differ unnoticed."""
+    from tuneloop.local.template import HONOURED, NOT_HONOURED
+
+    kinds = {r["Type"] for r in template["Resources"].values()}
+    unknown = sorted(kinds - set(HONOURED) - set(NOT_HONOURED))
+    assert not unknown, f"resource kinds the local cloud neither honours nor names: {unknown}"

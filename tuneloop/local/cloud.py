@@ -205,8 +205,10 @@ def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
         access_key_id=credentials.access_key, secret_access_key=credentials.secret_key,
     )  # fmt: skip
     started = _start_host(root, fresh, log, fixed_port=bool(api_port))
+    from . import template
     from .enforce import Enforcer
 
+    log(f"  {template.summary(template.load(STAGE, started.bucket))}")
     enforcer = Enforcer.from_env()
     log(f"  {enforcer.summary() if enforcer else 'IAM not enforced (TUNELOOP_LOCAL_IAM=off)'}")
     return started
