@@ -79,6 +79,18 @@ def test_jobs_read_their_inputs_and_write_only_their_outputs() -> None:
     assert prefixes == ["capture/*", "checkpoints/*", "holdout/*", "runs/*"]
 
 
+def test_every_prefix_a_job_reads_by_prefix_it_may_list() -> None:
+    """SageMaker lists an S3Prefix input (a dataset, a batch transform's input, a capture
+    window) with the execution role before it reads it: a readable prefix that may not be
+    listed fails the job on AWS with AccessDenied. Only code/ is read by exact key."""
+    (policy,) = TEMPLATE["Resources"]["SageMakerExecutionRole"]["Properties"]["Policies"]
+    statements = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
+    read = {r["Fn::Sub"].split("}/", 1)[1] for r in statements["ReadInputs"]["Resource"]}
+    listed = set(statements["DataList"]["Condition"]["StringLike"]["s3:prefix"])
+    assert read <= listed, f"readable but not listable: {sorted(read - listed)}"
+    assert "checkpoints/*" in read
+
+
 def test_the_data_bucket_expires_what_only_serves_for_a_while() -> None:
     """Checkpoints (only for resuming), captured traffic (after its retention), the refused
     upload records and notices, replaced object versions and unfinished uploads; nothing else."""

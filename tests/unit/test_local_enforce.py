@@ -152,3 +152,16 @@ def test_a_policy_folder_takes_one_permission_away(tmp_path: Path) -> None:
     denial = taken.check(handler, "sagemaker", "CreateTrainingJob", params)
     assert denial is not None and denial.action == "sagemaker:CreateTrainingJob"
     assert denial.resource.endswith(":training-job/tl-local-aaaaaaaaaaaa-train-1")
+
+
+def test_a_delete_whose_keys_hide_behind_markup_declarations_is_refused(enforcer: Enforcer) -> None:
+    """The keys decided must be the keys moto deletes: a body with a DTD, entity, CDATA or
+    comment names none, so the request cannot be placed and is refused."""
+    plain = b"<Delete><Object><Key>capture/demo/a.jsonl</Key></Object><Object><Key>x&amp;y</Key></Object></Delete>"
+    placed = request_call("s3", "POST", f"/{BUCKET}?delete", {}, plain)
+    assert placed == ("DeleteObjects", {"Bucket": BUCKET, "Delete": {"Objects": [
+        {"Key": "capture/demo/a.jsonl"}, {"Key": "x&y"}]}})  # fmt: skip
+    hidden = b'<!DOCTYPE d [<!ENTITY k "code/training.tar.gz">]><Delete><Object><Key>&k;</Key></Object></Delete>'
+    placed = request_call("s3", "POST", f"/{BUCKET}?delete", {}, hidden)
+    assert placed == ("DeleteObjects", {"Bucket": BUCKET, "Delete": {"Objects": []}})
+    assert enforcer.check(function_principal("api_handler"), "s3", *placed) is not None

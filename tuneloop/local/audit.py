@@ -150,7 +150,11 @@ def decided(call: dict[str, Any], policy: Policy, *, stage: str, account: str,
         context = dict(access.context)
         if access.action.startswith("application-autoscaling:") and f"/tl-{stage}-" in access.resource:
             context["aws:ResourceTag/tuneloop:stage"] = stage  # what tuneloop tags its targets with
-        yield access.action, access.resource, decide([policy], access.action, access.resource, context)
+        decision = decide([policy], access.action, access.resource, context)
+        if not decision.allowed and "s3:prefix" in context:  # a listing: which part of the bucket
+            prefix = context["s3:prefix"]
+            decision = Decision(False, decision.statements, f"{decision.reason}, for s3:prefix {prefix!r}")
+        yield access.action, access.resource, decision
 
 
 def audit(path: Path, *, stage: str, bucket: str, account: str, region: str) -> Audit:

@@ -204,14 +204,14 @@ def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
         dynamodb_started=start_ticks(dynamodb.proc.pid), moto_started=start_ticks(moto.proc.pid),
         access_key_id=credentials.access_key, secret_access_key=credentials.secret_key,
     )  # fmt: skip
-    started = _start_host(root, fresh, log, fixed_port=bool(api_port))
+    state = _start_host(root, fresh, log, fixed_port=bool(api_port))
     from . import template
     from .enforce import Enforcer
 
-    log(f"  {template.summary(template.load(STAGE, started.bucket))}")
+    log(f"  {template.summary(template.load(STAGE, state.bucket))}")
     enforcer = Enforcer.from_env()
     log(f"  {enforcer.summary() if enforcer else 'IAM not enforced (TUNELOOP_LOCAL_IAM=off)'}")
-    return started
+    return state
 
 
 def _start_host(root: Path, state: CloudState, log: Any, fixed_port: bool = False) -> CloudState:

@@ -28,6 +28,7 @@ from .files import write_atomic
 from .gateway import credentials_from_env
 from .router import EventRouter
 from .services import REPO_ROOT
+from .sigv4 import EXECUTION_ROLE
 
 log = logging.getLogger("tuneloop.host")
 
@@ -110,7 +111,10 @@ def start_sagemaker(home: Path, bucket: str, router: EventRouter) -> Any:
     """The local SageMaker server, and the app's settings that point jobs at it."""
     from .sagemaker import serve
 
-    s3 = boto3.client("s3")
+    # SageMaker reads a job's inputs and writes its outputs (and an endpoint's captures)
+    # with the execution role: so does the local one.
+    role = credentials_from_env().principal(EXECUTION_ROLE)
+    s3 = boto3.client("s3", aws_access_key_id=role.access_key, aws_secret_access_key=role.secret_key)
     port = int(os.environ.get("TUNELOOP_SAGEMAKER_PORT", "0"))
     server = serve(home / "sagemaker", s3, router.send, port, cloudwatch=boto3.client("cloudwatch"),
                    enforcer=Enforcer.from_env())  # fmt: skip
@@ -123,7 +127,8 @@ def start_sagemaker(home: Path, bucket: str, router: EventRouter) -> Any:
     os.environ.setdefault("TUNELOOP_INFERENCE_IMAGE", "tuneloop-local/huggingface-pytorch-inference")
     os.environ.setdefault("TUNELOOP_STREAMING_IMAGE", "tuneloop-local/pytorch-inference")
     # The only code its jobs may run: this version of training/, pinned by its SHA-256.
-    os.environ["TUNELOOP_CODE_URI"] = server.backend.stage_code(REPO_ROOT / "training", bucket)
+    # (Uploaded as `deploy` uploads it, with the operator's key: no role may write code/.)
+    os.environ["TUNELOOP_CODE_URI"] = server.backend.stage_code(REPO_ROOT / "training", bucket, boto3.client("s3"))
     # The reconciler runs every 30 s here (5 minutes on AWS): ask about a silent run after a minute.
     os.environ.setdefault("TUNELOOP_SWEEP_GRACE_S", "60")
     os.environ.setdefault("TUNELOOP_OFFLINE_MODELS", "1")  # its jobs reach no model hub

@@ -154,10 +154,11 @@ class LocalSageMaker:
         if job is not None:
             self.save(job)
 
-    def stage_code(self, source: Path, bucket: str) -> str:
-        """Upload a code folder as SageMaker jobs read it (``staging.upload_code``) and
-        trust that version: its location and SHA-256 are the only code jobs may run."""
-        uri = upload_code(self.s3, source, bucket)
+    def stage_code(self, source: Path, bucket: str, s3: Any = None) -> str:
+        """Upload a code folder as SageMaker jobs read it (``staging.upload_code``, with
+        ``s3``: by default this server's client) and trust that version: its location and
+        SHA-256 are the only code jobs may run."""
+        uri = upload_code(s3 or self.s3, source, bucket)
         with self.lock:
             self.trusted_code[uri] = code_digest(source)
             write_json(self.home / TRUSTED_CODE_FILE, self.trusted_code)
