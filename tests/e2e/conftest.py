@@ -114,11 +114,14 @@ def local_cloud(home: Path, refusals: bool = False) -> Iterator[tuple[Path, dict
     enforce the same policies as the calls come: a refusal fails the test too, unless
     ``refusals`` (a test that takes a permission away)."""
     calls = home / "calls.jsonl"
+    usage = home / "policy-usage"
     os.environ["TUNELOOP_LOCAL_CALL_LOG"] = str(calls)
+    os.environ["TUNELOOP_LOCAL_POLICY_USAGE"] = str(usage)
     try:
         tuneloop(home, "up", "--clean")
     finally:
         os.environ.pop("TUNELOOP_LOCAL_CALL_LOG", None)
+        os.environ.pop("TUNELOOP_LOCAL_POLICY_USAGE", None)
     state = json.loads((home / "state.json").read_text())
     try:
         yield home, state
@@ -127,6 +130,12 @@ def local_cloud(home: Path, refusals: bool = False) -> Iterator[tuple[Path, dict
     from tuneloop.local.audit import audit
 
     found = audit(calls, stage="local", bucket=state["bucket"], account="123456789012", region="us-east-1")
+    # The execution role's calls (jobs, the local SageMaker) were decided by the services as
+    # they came; the statements none of them needed join the list.
+    from tuneloop.local.enforce import Enforcer, unused_statements
+
+    enforced = Enforcer.for_stack("local", state["bucket"])
+    found.unused["SageMakerExecutionRole"] = unused_statements(enforced, usage)["SageMakerExecutionRole"]
     # Kept where a passing test's folder is not deleted: build/policy-audit/<test>.json.
     kept = REPO / "build" / "policy-audit"
     kept.mkdir(parents=True, exist_ok=True)

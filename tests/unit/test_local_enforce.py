@@ -13,7 +13,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from tuneloop.local import sigv4
-from tuneloop.local.enforce import Enforcer, function_principal, request_call
+from tuneloop.local.enforce import Enforcer, function_principal, request_call, unused_statements
 from tuneloop.local.gateway import check_body
 
 KEYS = sigv4.Credentials("TLOCAAAAAAAAAAAAAAAA", "s3cret")
@@ -165,3 +165,14 @@ def test_a_delete_whose_keys_hide_behind_markup_declarations_is_refused(enforcer
     placed = request_call("s3", "POST", f"/{BUCKET}?delete", {}, hidden)
     assert placed == ("DeleteObjects", {"Bucket": BUCKET, "Delete": {"Objects": []}})
     assert enforcer.check(function_principal("api_handler"), "s3", *placed) is not None
+
+
+def test_the_statements_no_call_needed_are_listed_per_policy(tmp_path: Path) -> None:
+    enforcer = Enforcer.for_stack("local", BUCKET)
+    write = {"Bucket": BUCKET, "Key": "runs/r/output/model.tar.gz"}
+    assert enforcer.check(sigv4.EXECUTION_ROLE, "s3", "PutObject", write) is None
+    enforcer.save_usage({"TUNELOOP_LOCAL_POLICY_USAGE": str(tmp_path / "usage")})
+    unused = unused_statements(Enforcer.for_stack("local", BUCKET), tmp_path / "usage")
+    assert "WriteOutputs" not in unused["SageMakerExecutionRole"]
+    assert {"ReadInputs", "DataList"} <= set(unused["SageMakerExecutionRole"])
+    assert "policy-dev.json" in unused  # the functions' policies: no call of theirs was made here

@@ -67,6 +67,7 @@ class Enforcer:
         self.stage = stage
         self.region = region
         self.seen: set[str] = set()  # principals whose first call was logged
+        self.used: dict[str, set[str]] = {}  # policy name: the statements that allowed a call
 
     @classmethod
     def for_stack(cls, stage: str, bucket: str, region: str = "us-east-1",
@@ -118,13 +119,35 @@ class Enforcer:
         if policy is None:
             return Denial(principal, f"{service}:{operation}", "*", "no policy for this principal")
         call = {"service": service, "operation": operation, "params": params}
+        allowing: set[str] = set()
         for action, resource, decision in decided(call, policy, stage=self.stage, account=ACCOUNT, region=self.region):
             if not decision.allowed:
                 denial = Denial(principal, action if action != "?" else f"{service}:{operation}", resource,
                                 decision.reason)  # fmt: skip
                 log.warning("AccessDenied: %s: %s on %s (%s)", principal, denial.action, resource, decision.reason)
                 return denial
+            allowing.update(decision.statements)
+        self.used.setdefault(policy.name, set()).update(allowing)
         return None
+
+    def save_usage(self, env: Mapping[str, str] | None = None) -> None:
+        """With ``TUNELOOP_LOCAL_POLICY_USAGE=<folder>``: which statements allowed this
+        process's calls, as ``<folder>/<pid>.json`` ({policy: [statement ids]})."""
+        folder = (os.environ if env is None else env).get("TUNELOOP_LOCAL_POLICY_USAGE")
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            usage = {name: sorted(sids) for name, sids in self.used.items()}
+            (Path(folder) / f"{os.getpid()}.json").write_text(json.dumps(usage))
+
+
+def unused_statements(enforcer: Enforcer, folder: Path) -> dict[str, list[str]]:
+    """Per policy, the statements no process's call needed (from ``save_usage``'s files)."""
+    used: dict[str, set[str]] = {}
+    for path in sorted(folder.glob("*.json")):
+        for name, sids in json.loads(path.read_text()).items():
+            used.setdefault(name, set()).update(sids)
+    policies = {policy.name: policy for policy in enforcer.policies.values()}
+    return {name: [s.sid for s in p.statements if s.sid not in used.get(name, set())] for name, p in policies.items()}
 
 
 def execution_role_policy(stage: str, bucket: str, region: str, override: Path | None = None) -> Policy:

@@ -416,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     child: subprocess.Popen[bytes] | None = None
 
     def stop(*_: Any) -> None:
+        if enforcer is not None:
+            enforcer.save_usage()
         if child is not None and child.poll() is None:
             child.terminate()
             try:

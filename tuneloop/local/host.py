@@ -202,6 +202,8 @@ def main() -> None:
         alarms.stop()
         sagemaker.shutdown()
         sagemaker.backend.close()
+        if sagemaker.enforcer is not None:
+            sagemaker.enforcer.save_usage()
         router.stop()
         server.server_close()
         log.info("host stopped")
