@@ -176,3 +176,71 @@ def test_the_statements_no_call_needed_are_listed_per_policy(tmp_path: Path) -> 
     assert "WriteOutputs" not in unused["SageMakerExecutionRole"]
     assert {"ReadInputs", "DataList"} <= set(unused["SageMakerExecutionRole"])
     assert "policy-dev.json" in unused  # the functions' policies: no call of theirs was made here
+
+
+def signed_request(keys: sigv4.Credentials, service: str, method: str, target: str, body: bytes,
+                   headers: dict[str, str]) -> tuple[str, str, dict[str, list[str]], bytes]:  # fmt: skip
+    """A request as an attacker holding ``keys`` can sign it: any headers, query and body."""
+    from botocore.auth import S3SigV4Auth, SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials as BotoCredentials
+
+    auth = (S3SigV4Auth if service == "s3" else SigV4Auth)(BotoCredentials(keys.access_key, keys.secret_key),
+                                                           service, "us-east-1")  # fmt: skip
+    request = AWSRequest(method=method, url=f"http://127.0.0.1:4566{target}", data=body, headers=headers)
+    auth.add_auth(request)
+    prepared = request.prepare()
+    parts = urlsplit(prepared.url)
+    sent = {k.lower(): [v.decode() if isinstance(v, bytes) else v] for k, v in prepared.headers.items()}
+    sent.setdefault("host", [parts.netloc])
+    return method, parts.path + (f"?{parts.query}" if parts.query else ""), sent, body
+
+
+JSON = {"Content-Type": "application/x-amz-json-1.0"}
+RUNS = b'{"TableName": "tuneloop-local-runs"}'
+ROLE_KEY = sigv4.EXECUTION_ROLE
+ATTACKS = [
+    # S3 read as the JSON protocol's operation: moto's S3 ignores X-Amz-Target and copies onto code/.
+    (ROLE_KEY, "s3", "PUT", f"/{BUCKET}/code/train.py", json.dumps({"Bucket": BUCKET, "Key": "runs/x"}).encode(),
+     {"X-Amz-Target": "a.PutObject", "x-amz-copy-source": f"/{BUCKET}/runs/payload"}),
+    # moto's JSON services take a query's Action over X-Amz-Target.
+    (ROLE_KEY, "monitoring", "POST", "/?Action=DeleteAlarms",
+     b'{"Namespace": "tuneloop", "AlarmNames": ["tl-local-x"]}',
+     {**JSON, "X-Amz-Target": "GraniteServiceVersion20100801.PutMetricData"}),
+    # A field beside the real ones naming the resource the check decides on.
+    ("function/on_alarm", "dynamodb", "POST", "/", json.dumps({"TableName": "other", "Whatever":
+     "arn:aws:dynamodb:us-east-1:123456789012:table/tuneloop-local-runs"}).encode(),
+     {**JSON, "X-Amz-Target": "DynamoDB_20120810.Scan"}),
+    # The SageMaker server routes an invocation by its path.
+    ("function/api_handler", "sagemaker", "POST", "/endpoints/victim/invocations", b'{"EndpointName": "tl-local-x"}',
+     {**JSON, "X-Amz-Target": "SageMaker.DescribeEndpoint"}),
+    # The check and moto reading different values of a repeated query parameter.
+    (ROLE_KEY, "s3", "GET", f"/{BUCKET}?list-type=2&prefix=&prefix=runs/", b"", {}),
+    # A sub-resource of an object the check would read as the object itself.
+    (ROLE_KEY, "s3", "PUT", f"/{BUCKET}/runs/r/x?acl", b"", {}),
+    ("function/api_handler", "s3", "GET", f"/{BUCKET}?website", b"", {}),
+    # A target of another service, or of no operation.
+    ("function/on_alarm", "dynamodb", "POST", "/", RUNS, {**JSON, "X-Amz-Target": "AmazonSQS.DeleteQueue"}),
+    ("function/on_alarm", "dynamodb", "POST", "/", RUNS, {**JSON, "X-Amz-Target": "DynamoDB_20120810.Nope"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("principal,service,method,target,body,headers", ATTACKS, ids=range(len(ATTACKS)))
+def test_a_request_read_one_way_by_the_check_and_another_by_the_service_is_refused(
+    enforcer: Enforcer, principal: str, service: str, method: str, target: str, body: bytes, headers: dict[str, str]
+) -> None:
+    keys = KEYS.principal(principal)
+    request = signed_request(keys, service, method, target, body, headers)
+    refused = check_body(*request, KEYS, "json" in headers.get("Content-Type", ""), enforcer)
+    assert refused is not None and "AccessDenied" in refused.code, refused
+    assert "not" in refused.message
+
+
+def test_a_header_that_says_what_a_request_does_is_taken_once() -> None:
+    for name in ("x-amz-target", "content-length", "x-amz-copy-source"):
+        headers = {"x-amz-target": ["DynamoDB_20120810.GetItem"], name: ["DynamoDB_20120810.GetItem", "x"]}
+        placed = request_call("dynamodb", "POST", "/", headers, b'{"TableName": "t", "Key": {}}')
+        assert placed == f"dynamodb: the {name} header is sent more than once"
+    assert request_call("s3", "GET", f"/{BUCKET}/k?x-id=PutObject", {}, b"") == (
+        "s3: the query's x-id 'PutObject' is not the GetObject the request is"
+    )

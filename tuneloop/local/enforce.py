@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -162,32 +164,101 @@ def execution_role_policy(stage: str, bucket: str, region: str, override: Path |
     return Policy.parse("SageMakerExecutionRole", {"Version": "2012-10-17", "Statement": statements})
 
 
-# The JSON protocols name the operation in X-Amz-Target ("DynamoDB_20120810.GetItem").
+# The JSON-protocol services behind the local cloud, by signing name: botocore's model of
+# each says which operations and parameters exist.
+JSON_SERVICES = {"dynamodb": "dynamodb", "sagemaker": "sagemaker", "monitoring": "cloudwatch", "events": "events",
+                 "sqs": "sqs", "application-autoscaling": "application-autoscaling"}  # fmt: skip
+# Headers that say what a request does: sent twice, the check and the service could each
+# read a different one.
+SINGLE_HEADERS = ("x-amz-target", "content-length", "content-type", "x-amz-copy-source", "host")
+_TARGET = re.compile(r"([A-Za-z0-9_]+)\.([A-Za-z0-9]+)")
+_INVOCATIONS = {"invocations": "InvokeEndpoint", "async-invocations": "InvokeEndpointAsync",
+                "invocations-response-stream": "InvokeEndpointWithResponseStream"}  # fmt: skip
+
+
+@cache
+def _model(name: str) -> Any:
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model(name)
+
+
 def request_call(service: str, method: str, target: str, headers: Mapping[str, Sequence[str]],
                  body: bytes) -> tuple[str, dict[str, Any]] | str:  # fmt: skip
-    """(operation, parameters) of one signed request, as IAM needs them, or why it cannot
-    be placed."""
+    """(operation, parameters) of one signed request, read as the service behind it reads
+    it, or why it cannot be placed (and is refused): one reading only, so no request does
+    one thing under the check and another in the service."""
+    for name in SINGLE_HEADERS:
+        if len(headers.get(name) or ()) > 1:
+            return f"{service}: the {name} header is sent more than once"
     amz_target = (headers.get("x-amz-target") or [""])[0]
     path, _, query = target.partition("?")
-    if amz_target:
-        operation = amz_target.rsplit(".", 1)[-1]
-        try:
-            params = json.loads(body or b"{}")
-        except ValueError:
-            return f"{service} {operation}: the body is not JSON"
-        return (operation, params) if isinstance(params, dict) else f"{service} {operation}: the body is not an object"
     if service == "s3":
-        return s3_call(method, path, query, headers, body)
-    if service == "sagemaker" and method == "POST" and path.startswith("/endpoints/"):
+        if amz_target:
+            return "s3: an S3 request names no X-Amz-Target"
+        placed = s3_call(method, path, query, headers, body)
+        said = dict(parse_qsl(query)).get("x-id")  # botocore names some operations in the query
+        if said and not isinstance(placed, str) and said != placed[0]:
+            return f"s3: the query's x-id {said[:60]!r} is not the {placed[0]} the request is"
+        return placed
+    if service == "sagemaker" and path.startswith("/endpoints/"):
         parts = path.split("/")
-        if len(parts) == 4 and parts[3] in ("invocations", "invocations-response-stream", "async-invocations"):
-            operation = {"invocations": "InvokeEndpoint", "async-invocations": "InvokeEndpointAsync"}.get(
-                parts[3], "InvokeEndpointWithResponseStream"
-            )
-            return operation, {"EndpointName": unquote(parts[2])}
-    return f"{service} {method} {path[:100]}: not a request the local cloud can place"
+        if method == "POST" and not amz_target and not query and len(parts) == 4 and parts[3] in _INVOCATIONS:
+            return _INVOCATIONS[parts[3]], {"EndpointName": unquote(parts[2])}
+        return f"sagemaker {method} {path[:100]}: not an endpoint invocation the local cloud can place"
+    named = _TARGET.fullmatch(amz_target)
+    if service not in JSON_SERVICES or named is None:
+        return f"{service} {method} {path[:100]}: not a request the local cloud can place"
+    if method != "POST" or path != "/" or query:
+        return f"{service}: a JSON-protocol request is a POST to / with no query"
+    model = _model(JSON_SERVICES[service])
+    prefix, operation = named.groups()
+    if prefix != model.metadata.get("targetPrefix") or operation not in model.operation_names:
+        return f"{service}: {amz_target[:100]} is no operation of {model.service_name}"
+    try:
+        params = json.loads(body or b"{}")
+    except (ValueError, RecursionError):
+        return f"{service} {operation}: the body is not JSON"
+    if not isinstance(params, dict):
+        return f"{service} {operation}: the body is not an object"
+    unknown = _unknown_member(params, model.operation_model(operation).input_shape, "")
+    if unknown:
+        return f"{service} {operation}: {unknown[:200]} is not one of its parameters"
+    return operation, params
 
 
+def _unknown_member(value: Any, shape: Any, at: str, depth: int = 0) -> str | None:
+    """The first member a request names that its operation's input shape does not: no
+    field beside the real ones can name the resource the check decides on."""
+    if shape is None or depth > 40:
+        return None if shape is None else at or "the body"
+    if shape.type_name == "structure" and isinstance(value, dict):
+        for key, item in value.items():
+            member = shape.members.get(key)
+            if member is None:
+                return f"{at}.{key}" if at else str(key)
+            found = _unknown_member(item, member, f"{at}.{key}" if at else str(key), depth + 1)
+            if found:
+                return found
+    elif shape.type_name == "list" and isinstance(value, list):
+        for n, item in enumerate(value):
+            found = _unknown_member(item, shape.member, f"{at}[{n}]", depth + 1)
+            if found:
+                return found
+    elif shape.type_name == "map" and isinstance(value, dict):
+        for key, item in value.items():
+            found = _unknown_member(item, shape.value, f"{at}[{key!r}]", depth + 1)
+            if found:
+                return found
+    return None
+
+
+# The query parameters of the S3 operations the local cloud places (beyond the bucket
+# sub-resources below, a presigned URL's X-Amz-* and a GET's response-* overrides).
+_S3_QUERY = frozenset({"list-type", "prefix", "delimiter", "max-keys", "continuation-token", "start-after",
+                       "fetch-owner", "encoding-type", "marker", "key-marker", "version-id-marker",
+                       "upload-id-marker", "max-uploads", "versionId", "uploadId", "partNumber", "x-id",
+                       "tagging"})  # fmt: skip
 # S3 sub-resources (a query key with no value) and the operation each is, by method.
 _S3_BUCKET_SUBRESOURCES = {
     "notification": {"GET": "GetBucketNotificationConfiguration", "PUT": "PutBucketNotificationConfiguration"},
@@ -226,7 +297,14 @@ def s3_call(method: str, path: str, query: str, headers: Mapping[str, Sequence[s
             body: bytes = b"") -> tuple[str, dict[str, Any]] | str:  # fmt: skip
     """An S3 request (path-style, as the local cloud's clients send) as its operation."""
     bucket, _, key = unquote(path).lstrip("/").partition("/")
-    args = dict(parse_qsl(query, keep_blank_values=True))
+    pairs = parse_qsl(query, keep_blank_values=True)
+    args = dict(pairs)
+    if len(args) != len(pairs):
+        return "s3: a query parameter is sent more than once"
+    odd = sorted(k for k in args if k not in _S3_QUERY and k not in _S3_BUCKET_SUBRESOURCES and not k.startswith(
+        ("X-Amz-", "response-")))  # fmt: skip
+    if odd:
+        return f"s3 {method}: the query's {odd[0][:60]!r} is not a request the local cloud can place"
     if not bucket:
         return ("ListBuckets", {}) if method == "GET" else f"s3 {method} /: not a request the local cloud can place"
     params: dict[str, Any] = {"Bucket": bucket}
@@ -248,6 +326,9 @@ def s3_call(method: str, path: str, query: str, headers: Mapping[str, Sequence[s
                 return operation, params
         return f"s3 {method} /{bucket}?{query[:60]}: not a request the local cloud can place"
     params["Key"] = key
+    other = sorted(set(args) & set(_S3_BUCKET_SUBRESOURCES) - {"tagging", "uploads"})
+    if other:
+        return f"s3 {method} on an object with ?{other[0]}: not a request the local cloud can place"
     if "versionId" in args:
         params["VersionId"] = args["versionId"]
     if method in ("GET", "HEAD"):
