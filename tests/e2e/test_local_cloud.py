@@ -311,3 +311,8 @@ def test_make_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     # The first model had no champion: it had to beat the majority class of its training split.
     assert "vs the majority-class predictor" in out and "better beyond noise" in out
     assert re.search(r"demo finished in \d+\.\ds", out)
+    # Under the template's policies, enforced: every function and job call allowed.
+    assert "IAM enforced: 6 functions' roles and the SageMaker execution role" in out
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "home").rglob("logs/*.log"))
+    assert "IAM: role/sagemaker-execution's calls are decided" in logs
+    assert "AccessDenied" not in logs, [line for line in logs.splitlines() if "AccessDenied" in line][:10]
