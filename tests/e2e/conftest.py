@@ -132,10 +132,10 @@ def local_cloud(home: Path, refusals: bool = False) -> Iterator[tuple[Path, dict
     found = audit(calls, stage="local", bucket=state["bucket"], account="123456789012", region="us-east-1")
     # The execution role's calls (jobs, the local SageMaker) were decided by the services as
     # they came; the statements none of them needed join the list.
-    from tuneloop.local.enforce import Enforcer, unused_statements
+    from tuneloop.local.enforce import EXECUTION_ROLE_FILE, Enforcer, unused_statements
 
     enforced = Enforcer.for_stack("local", state["bucket"])
-    found.unused["SageMakerExecutionRole"] = unused_statements(enforced, usage)["SageMakerExecutionRole"]
+    found.unused[EXECUTION_ROLE_FILE] = unused_statements(enforced, usage)[EXECUTION_ROLE_FILE]
     # Kept where a passing test's folder is not deleted: build/policy-audit/<test>.json.
     kept = REPO / "build" / "policy-audit"
     kept.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from tuneloop.local import sigv4
-from tuneloop.local.enforce import Enforcer, function_principal, request_call, unused_statements
+from tuneloop.local.enforce import EXECUTION_ROLE_FILE, Enforcer, function_principal, request_call, unused_statements
 from tuneloop.local.gateway import check_body
 
 KEYS = sigv4.Credentials("TLOCAAAAAAAAAAAAAAAA", "s3cret")
@@ -173,8 +173,8 @@ def test_the_statements_no_call_needed_are_listed_per_policy(tmp_path: Path) -> 
     assert enforcer.check(sigv4.EXECUTION_ROLE, "s3", "PutObject", write) is None
     enforcer.save_usage({"TUNELOOP_LOCAL_POLICY_USAGE": str(tmp_path / "usage")})
     unused = unused_statements(Enforcer.for_stack("local", BUCKET), tmp_path / "usage")
-    assert "WriteOutputs" not in unused["SageMakerExecutionRole"]
-    assert {"ReadInputs", "DataList"} <= set(unused["SageMakerExecutionRole"])
+    assert "WriteOutputs" not in unused[EXECUTION_ROLE_FILE]
+    assert {"ReadInputs", "DataList"} <= set(unused[EXECUTION_ROLE_FILE])
     assert "policy-dev.json" in unused  # the functions' policies: no call of theirs was made here
 
 
@@ -244,3 +244,25 @@ def test_a_header_that_says_what_a_request_does_is_taken_once() -> None:
     assert request_call("s3", "GET", f"/{BUCKET}/k?x-id=PutObject", {}, b"") == (
         "s3: the query's x-id 'PutObject' is not the GetObject the request is"
     )
+
+
+def test_the_execution_roles_policy_is_taken_away_from_a_copy_of_the_templates(tmp_path: Path) -> None:
+    """A copy of the role's statements from infra/resources.json, ${DataBucket.Arn} and all,
+    resolved as the template's; the folder must exist; any usual word for off turns it off."""
+    template = json.loads(Path("infra/resources.json").read_text())
+    (policy,) = template["Resources"]["SageMakerExecutionRole"]["Properties"]["Policies"]
+    document = policy["PolicyDocument"]
+    for statement in document["Statement"]:
+        if statement["Sid"] == "WriteOutputs":
+            statement["Resource"] = [r for r in statement["Resource"] if "/runs/" not in r["Fn::Sub"]]
+    (tmp_path / EXECUTION_ROLE_FILE).write_text(json.dumps(document))
+    taken = Enforcer.from_env({"TUNELOOP_LOCAL_POLICY_DIR": str(tmp_path), "TUNELOOP_BUCKET": BUCKET})
+    assert taken is not None and "sagemaker-execution.json (TUNELOOP_LOCAL_POLICY_DIR)" in taken.summary()
+    role = sigv4.EXECUTION_ROLE
+    assert taken.check(role, "s3", "GetObject", {"Bucket": BUCKET, "Key": "datasets/d/x.jsonl"}) is None
+    denial = taken.check(role, "s3", "PutObject", {"Bucket": BUCKET, "Key": "runs/r/output/model.tar.gz"})
+    assert denial is not None and denial.resource == f"arn:aws:s3:::{BUCKET}/runs/r/output/model.tar.gz"
+    with pytest.raises(ValueError, match="no such folder"):
+        Enforcer.from_env({"TUNELOOP_LOCAL_POLICY_DIR": str(tmp_path / "typo")})
+    for off in ("off", "OFF", "0", "false", "no"):
+        assert Enforcer.from_env({"TUNELOOP_LOCAL_IAM": off}) is None

@@ -147,3 +147,25 @@ def test_every_resource_kind_cloudformation_gets_is_honoured_by_the_local_cloud_
     kinds = {r["Type"] for r in template["Resources"].values()}
     unknown = sorted(kinds - set(HONOURED) - set(NOT_HONOURED))
     assert not unknown, f"resource kinds the local cloud neither honours nor names: {unknown}"
+
+
+def test_the_local_event_router_matches_what_each_rule_of_the_template_matches(template: dict[str, Any]) -> None:
+    """Every rule CloudFormation creates is a route of the local router with the same
+    pattern (the template's merges included), or a schedule the router runs on its own
+    interval: a rule that gains a filter on AWS gains it locally too."""
+    import app
+    from tuneloop.local import template as local_template
+    from tuneloop.local.template import logical_id, resolve_resource, rule_patterns
+
+    bucket = "tuneloop-dev-data"
+    patterns = rule_patterns(app.app, local_template.load("dev", bucket))
+    schedules = {logical_id(s.name) for s in app.app.event_sources if hasattr(s, "schedule_expression")}
+    by_function = {logical_id(name): pattern for name, pattern in patterns.items()}
+    for rule in (r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::Events::Rule"):
+        (target,) = rule["Targets"]
+        function = target["Arn"]["Fn::GetAtt"][0]
+        if "ScheduleExpression" in rule:
+            assert function in schedules, f"{function}'s schedule has no scheduled handler locally"
+            continue
+        wanted = resolve_resource(rule["EventPattern"], {"DataBucket": bucket})
+        assert by_function.get(function) == wanted, f"{function}: the local rule differs from the template's"

@@ -156,6 +156,7 @@ def _adopt_databases(folder: Path, credentials: sigv4.Credentials) -> None:
 
 def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
     root = home()
+    iam_settings()  # checked before anything starts
     state = load_state()
     if state:
         running = state.running()
@@ -204,14 +205,7 @@ def up(clean: bool = False, api_port: int = 0, log: Any = print) -> CloudState:
         dynamodb_started=start_ticks(dynamodb.proc.pid), moto_started=start_ticks(moto.proc.pid),
         access_key_id=credentials.access_key, secret_access_key=credentials.secret_key,
     )  # fmt: skip
-    state = _start_host(root, fresh, log, fixed_port=bool(api_port))
-    from . import template
-    from .enforce import Enforcer
-
-    log(f"  {template.summary(template.load(STAGE, state.bucket))}")
-    enforcer = Enforcer.from_env()
-    log(f"  {enforcer.summary() if enforcer else 'IAM not enforced (TUNELOOP_LOCAL_IAM=off)'}")
-    return state
+    return _start_host(root, fresh, log, fixed_port=bool(api_port))
 
 
 def _start_host(root: Path, state: CloudState, log: Any, fixed_port: bool = False) -> CloudState:
@@ -254,7 +248,23 @@ def _start_host(root: Path, state: CloudState, log: Any, fixed_port: bool = Fals
     state.save(root / "state.json")
     log(f"  local SageMaker on http://127.0.0.1:{state.sagemaker_port}")
     log(f"  API on {state.api_url} (bearer token in {root / 'state.json'})")
+    from . import template
+
+    log(f"  {template.summary(template.load(STAGE, state.bucket))}")
+    enforcer = iam_settings()
+    log(f"  {enforcer.summary() if enforcer else 'IAM not enforced (TUNELOOP_LOCAL_IAM=off)'}")
     return state
+
+
+def iam_settings() -> Any:
+    """The policies the services will enforce (``enforce.Enforcer``), or None when off; a
+    TUNELOOP_LOCAL_POLICY_DIR that is not a folder stops ``up`` before anything starts."""
+    from .enforce import Enforcer
+
+    try:
+        return Enforcer.from_env()
+    except ValueError as exc:
+        raise ServiceError(str(exc)) from exc
 
 
 def down(log: Any = print, save: bool = True) -> bool:

@@ -36,6 +36,9 @@ from .sigv4 import EXECUTION_ROLE, Credentials
 log = logging.getLogger("tuneloop.iam")
 ACCOUNT = "123456789012"  # moto's account: every local ARN carries it
 FUNCTION = "function/"
+# The execution role's policy by the name a TUNELOOP_LOCAL_POLICY_DIR file takes to stand in for it.
+EXECUTION_ROLE_FILE = "sagemaker-execution.json"
+OFF = frozenset({"off", "0", "false", "no"})
 
 
 def function_principal(function: str) -> str:
@@ -70,6 +73,7 @@ class Enforcer:
         self.region = region
         self.seen: set[str] = set()  # principals whose first call was logged
         self.used: dict[str, set[str]] = {}  # policy name: the statements that allowed a call
+        self.overridden: set[str] = set()  # policy names a TUNELOOP_LOCAL_POLICY_DIR file stands in for
 
     @classmethod
     def for_stack(cls, stage: str, bucket: str, region: str = "us-east-1",
@@ -78,29 +82,36 @@ class Enforcer:
         policies = {function_principal(name): policy for name, (_, policy) in functions.items() if name}
         policies[FUNCTION] = functions[""][1]  # a function the config names no policy for
         policies[EXECUTION_ROLE] = execution_role_policy(stage, bucket, region, override)
-        return cls(policies, stage=stage, region=region)
+        enforcer = cls(policies, stage=stage, region=region)
+        if override is not None:
+            enforcer.overridden = {p.name for p in policies.values() if (override / f"{p.name}").is_file()}
+        return enforcer
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Enforcer | None:
         """The local cloud's, or None when ``TUNELOOP_LOCAL_IAM=off``."""
         env = os.environ if env is None else env
-        if env.get("TUNELOOP_LOCAL_IAM", "on") == "off":
+        if env.get("TUNELOOP_LOCAL_IAM", "on").strip().lower() in OFF:
             return None
         from .cloud import DEFAULT_BUCKET, STAGE
 
         override = env.get("TUNELOOP_LOCAL_POLICY_DIR")
+        if override and not Path(override).is_dir():
+            raise ValueError(f"TUNELOOP_LOCAL_POLICY_DIR={override}: no such folder")
         stage, bucket = env.get("TUNELOOP_STAGE", STAGE), env.get("TUNELOOP_BUCKET", DEFAULT_BUCKET)
         region = env.get("AWS_DEFAULT_REGION", "us-east-1")
         return cls.for_stack(stage, bucket, region, Path(override) if override else None)
 
     def summary(self) -> str:
-        """One line for ``up``: who is held to which policies."""
+        """One line for ``up``: who is held to which policies, from which files."""
         functions = sorted(p[len(FUNCTION) :] for p in self.policies if p.startswith(FUNCTION) and p != FUNCTION)
         files = {policy.name: policy for policy in self.policies.values()}
         statements = sum(len(policy.statements) for policy in files.values())
+        named = ", ".join(f"{name}{' (TUNELOOP_LOCAL_POLICY_DIR)' if name in self.overridden else ''}"
+                          for name in sorted(files))  # fmt: skip
         return (
             f"IAM enforced: {len(functions)} functions' roles and the SageMaker execution role, "
-            f"{statements} statements in {len(files)} policies from the template"
+            f"{statements} statements in {named}"
         )
 
     def policy(self, principal: str) -> Policy | None:
@@ -154,14 +165,14 @@ def unused_statements(enforcer: Enforcer, folder: Path) -> dict[str, list[str]]:
 
 def execution_role_policy(stage: str, bucket: str, region: str, override: Path | None = None) -> Policy:
     """The SageMaker execution role's inline policies, from ``infra/resources.json``."""
-    own = override / "sagemaker-execution.json" if override else None
-    if own is not None and own.is_file():
-        return Policy.parse(own.name, json.loads(own.read_text()))
+    names = stack_names(stage, bucket, ACCOUNT, region)
+    own = override / EXECUTION_ROLE_FILE if override else None
+    if own is not None and own.is_file():  # a policy document, its ${DataBucket.Arn}s resolved as the template's
+        return Policy.parse(EXECUTION_ROLE_FILE, resolve(json.loads(own.read_text()), names))
     template = json.loads((REPO_ROOT / "infra" / "resources.json").read_text())
     role = template["Resources"]["SageMakerExecutionRole"]["Properties"]
-    names = stack_names(stage, bucket, ACCOUNT, region)
     statements = [s for p in role["Policies"] for s in resolve(p["PolicyDocument"], names)["Statement"]]
-    return Policy.parse("SageMakerExecutionRole", {"Version": "2012-10-17", "Statement": statements})
+    return Policy.parse(EXECUTION_ROLE_FILE, {"Version": "2012-10-17", "Statement": statements})
 
 
 # The JSON-protocol services behind the local cloud, by signing name: botocore's model of

@@ -136,6 +136,12 @@ def start_sagemaker(home: Path, bucket: str, router: EventRouter) -> Any:
 
 
 def build_router(app_module: ModuleType, dead_letters: Path | None, dropped: Path | None = None) -> EventRouter:
+    """The event router, each handler's rule as the template gives it for this stage. (The
+    environment, not the app's settings: those are read once, after start_sagemaker.)"""
+    from . import template
+
+    stage, bucket = os.environ.get("TUNELOOP_STAGE", "local"), os.environ.get("TUNELOOP_BUCKET", "")
+    patterns = template.rule_patterns(app_module.app, template.load(stage, bucket))
     drop = os.environ.get("TUNELOOP_DROP_EVENTS")
     router = EventRouter(
         app_module,
@@ -144,6 +150,7 @@ def build_router(app_module: ModuleType, dead_letters: Path | None, dropped: Pat
         dead_letters,
         drop_pattern=json.loads(drop) if drop else None,
         dropped_path=dropped,
+        patterns=patterns,
     )
     router.install()
     return router

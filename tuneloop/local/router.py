@@ -86,8 +86,12 @@ class EventRouter:
         visibility_timeout_s: int = 5,
         drop_pattern: Mapping[str, Any] | None = None,
         dropped_path: Path | None = None,
+        patterns: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self._app_module = app_module
+        # Each handler's rule pattern as the template gives it (``template.rule_patterns``);
+        # a handler it lacks keeps its decorator's.
+        self._patterns = dict(patterns or {})
         self._sqs = sqs
         self._events = events
         self._dead_letters = dead_letter_path
@@ -123,9 +127,10 @@ class EventRouter:
             ]
             arn = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
             rule = f"tuneloop-{source.name}"
-            self._events.put_rule(Name=rule, EventPattern=json.dumps(source.event_pattern), State="ENABLED")
+            pattern = self._patterns.get(source.name, source.event_pattern)
+            self._events.put_rule(Name=rule, EventPattern=json.dumps(pattern), State="ENABLED")
             self._events.put_targets(Rule=rule, Targets=[{"Id": "router", "Arn": arn}])
-            self._routes.append(Route(source.name, source.event_pattern, url))
+            self._routes.append(Route(source.name, pattern, url))
         return self.routes
 
     def handler(self, name: str) -> Any:

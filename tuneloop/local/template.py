@@ -29,7 +29,7 @@ HONOURED = {
     "AWS::S3::Bucket": "the data bucket in moto, its uploads sent to the event router as EventBridge would",
     "AWS::IAM::Role": "the functions' and the execution role's policies enforced on every call they sign",
     "AWS::Lambda::Function": "each function runs in the app host with its role's credentials",
-    "AWS::Events::Rule": "the event router builds each handler's rule from the app's decorators, as chalice does",
+    "AWS::Events::Rule": "the event router's rule per handler, its pattern the template's; retried 3 times here",
     "AWS::ApiGateway::RestApi": "the app host's API, with bearer-token or SigV4 (IAM) auth",
     "AWS::Serverless::Function": "each function runs in the app host with its role's credentials",
     "AWS::Serverless::Api": "the app host's API, with bearer-token or SigV4 (IAM) auth",
@@ -62,13 +62,49 @@ def load(stage: str, bucket: str, region: str = "us-east-1", path: Path = TEMPLA
     return {name: resolve_resource(resource, names) for name, resource in template["Resources"].items()}
 
 
-def resolve_resource(resource: dict[str, Any], names: dict[str, Any]) -> dict[str, Any]:
-    """A resource with the intrinsics of its properties resolved where the local stack can;
-    one whose properties name what only AWS resolves keeps them (it is not created here)."""
-    try:
-        return dict(resolve(resource, names))
-    except (KeyError, ValueError):
-        return resource
+def resolve_resource(value: Any, names: dict[str, Any]) -> Any:
+    """The intrinsics in ``value`` resolved where the local stack can; one that names what
+    only AWS resolves (a queue's ARN) is kept as it is: nothing here is made from it."""
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("Ref", "Fn::Sub", "Fn::GetAtt"):
+        try:
+            return resolve(value, names)
+        except (KeyError, ValueError):
+            return value
+    if isinstance(value, dict):
+        return {k: resolve_resource(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_resource(v, names) for v in value]
+    return value
+
+
+def logical_id(function: str) -> str:
+    """The logical ID chalice gives a function's resources (on_dataset_uploaded →
+    OnDatasetUploaded); its rule's event is ``<ID>Event``."""
+    return "".join(part[:1].upper() + part[1:] for part in function.split("_"))
+
+
+def rule_patterns(app: Any, resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each event handler's rule pattern as the packaged template has it: the app's
+    decorator's, with what the template merges into it (the data bucket's name on the
+    dataset rule), merged as ``chalice package --merge-template`` merges."""
+    from chalice.app import CloudWatchEventConfig
+
+    out = {}
+    for source in app.event_sources:
+        if not isinstance(source, CloudWatchEventConfig):
+            continue
+        name = logical_id(source.name)
+        events = resources.get(name, {}).get("Properties", {}).get("Events", {})
+        merged = events.get(f"{name}Event", {}).get("Properties", {}).get("Pattern", {})
+        out[source.name] = _merge(source.event_pattern, merged)
+    return out
+
+
+def _merge(base: Any, extra: Any) -> Any:
+    """Objects merged member by member; anything else taken from ``extra``."""
+    if isinstance(base, dict) and isinstance(extra, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in extra.items()}}
+    return extra if extra is not None else base
 
 
 def table_requests(resources: dict[str, Any]) -> list[dict[str, Any]]:
@@ -107,7 +143,10 @@ def summary(resources: dict[str, Any]) -> str:
     kinds = Counter(str(r["Type"]) for r in resources.values() if "Type" in r)
     kinds.update({"AWS::Serverless::Function": functions, "AWS::Serverless::Api": 1})
     honoured = sum(n for kind, n in kinds.items() if kind in HONOURED) - len(NOT_HONOURED_RESOURCES)
-    skipped = sorted({kind.split("::", 1)[1] for kind in kinds if kind in NOT_HONOURED} | set(NOT_HONOURED_RESOURCES))
+    skipped = sorted(kind.split("::", 1)[1] for kind in kinds if kind in NOT_HONOURED)
     unknown = sorted(kind for kind in kinds if kind not in HONOURED and kind not in NOT_HONOURED)
-    line = f"template: {honoured} of {sum(kinds.values())} resources stood in for; not here: {', '.join(skipped)}"
+    line = (
+        f"template: {honoured} of its {sum(kinds.values())} resources stood in for here; not: "
+        f"{', '.join(sorted(NOT_HONOURED_RESOURCES))} and every {', '.join(skipped)}"
+    )
     return line + (f"; unknown kinds: {', '.join(unknown)}" if unknown else "")
