@@ -169,3 +169,19 @@ def test_the_local_event_router_matches_what_each_rule_of_the_template_matches(t
             continue
         wanted = resolve_resource(rule["EventPattern"], {"DataBucket": bucket})
         assert by_function.get(function) == wanted, f"{function}: the local rule differs from the template's"
+
+
+def test_every_variable_the_template_gives_a_function_is_set_locally_or_named(template: dict[str, Any]) -> None:
+    """A variable only the template sets is how code that passes locally fails on AWS: each
+    one is set by the local cloud from the same source, or named with why it is not."""
+    from tuneloop.local.template import shared_environment, variable_kept
+
+    shared = shared_environment()
+    for name, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Lambda::Function":
+            continue
+        variables = resource["Properties"].get("Environment", {}).get("Variables", {})
+        unknown = sorted(v for v in variables if variable_kept(v) is None)
+        assert not unknown, f"{name}: variables the local cloud neither sets nor names: {unknown}"
+        for variable, value in shared.items():
+            assert variables.get(variable) == value, f"{name}: {variable} differs from .chalice/config.json's"

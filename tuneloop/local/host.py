@@ -21,6 +21,7 @@ from typing import Any
 import boto3
 from boto3.s3.transfer import TransferConfig
 
+from . import template
 from .apiserver import ApiServer
 from .cloud import QUEUED_EVENTS, etag_file
 from .enforce import Enforcer, sign_as_functions
@@ -87,8 +88,6 @@ def prepare_tables(bucket: str) -> None:
     from chalicelib import models
     from chalicelib.config import settings
 
-    from . import template
-
     config = settings()
     resources = template.load(config.stage, bucket, config.region)
     created = template.create_tables(boto3.client("dynamodb"), resources)
@@ -138,8 +137,6 @@ def start_sagemaker(home: Path, bucket: str, router: EventRouter) -> Any:
 def build_router(app_module: ModuleType, dead_letters: Path | None, dropped: Path | None = None) -> EventRouter:
     """The event router, each handler's rule as the template gives it for this stage. (The
     environment, not the app's settings: those are read once, after start_sagemaker.)"""
-    from . import template
-
     stage, bucket = os.environ.get("TUNELOOP_STAGE", "local"), os.environ.get("TUNELOOP_BUCKET", "")
     patterns = template.rule_patterns(app_module.app, template.load(stage, bucket))
     drop = os.environ.get("TUNELOOP_DROP_EVENTS")
@@ -167,6 +164,8 @@ def main() -> None:
 
         install(Path(os.environ["TUNELOOP_LOCAL_CALL_LOG"]))
     sign_as_functions(credentials_from_env())  # each handler's calls are its own role's
+    for name, value in template.shared_environment().items():  # as the template gives every function
+        os.environ.setdefault(name, value)
     app_module = load_app()
     router = build_router(app_module, home / "dead-letters.jsonl", home / "dropped-events.jsonl")
     requeued = router.requeue(home / QUEUED_EVENTS)

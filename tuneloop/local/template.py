@@ -28,7 +28,7 @@ HONOURED = {
     "AWS::DynamoDB::Table": "created in DynamoDB Local from the template's keys, attributes and indexes",
     "AWS::S3::Bucket": "the data bucket in moto, its uploads sent to the event router as EventBridge would",
     "AWS::IAM::Role": "the functions' and the execution role's policies enforced on every call they sign",
-    "AWS::Lambda::Function": "each function runs in the app host with its role's credentials",
+    "AWS::Lambda::Function": "each function runs in the app host with its role's credentials (no concurrency cap)",
     "AWS::Events::Rule": "the event router's rule per handler, its pattern the template's; retried 3 times here",
     "AWS::ApiGateway::RestApi": "the app host's API, with bearer-token or SigV4 (IAM) auth",
     "AWS::Serverless::Function": "each function runs in the app host with its role's credentials",
@@ -47,6 +47,38 @@ NOT_HONOURED = {
     "AWS::Lambda::EventInvokeConfig": "the event router retries a failed handler (router.MAX_ATTEMPTS), not by it",
     "AWS::SQS::Queue": "a handler's dead letters go to dead-letters.jsonl in the local cloud's home",
 }
+
+# Each environment variable the template gives the functions, and the local cloud's value.
+VARIABLES = {
+    "TUNELOOP_BUCKET": "the local cloud's bucket (up sets it)",
+    "TUNELOOP_STAGE": "local (up sets it)",
+    "TUNELOOP_PROJECTS_TABLE": "the template's table for the stage (chalicelib.config's default is its name)",
+    "TUNELOOP_RUNS_TABLE": "the template's table for the stage (chalicelib.config's default is its name)",
+    "TUNELOOP_DATASET_PREFIX": "from .chalice/config.json, as the template has it (the host sets it)",
+    "POWERTOOLS_SERVICE_NAME": "from .chalice/config.json, as the template has it (the host sets it)",
+    "POWERTOOLS_LOG_LEVEL": "from .chalice/config.json, as the template has it (the host sets it)",
+}
+# Variables (or a prefix of them) the local cloud does not take from the template, and why.
+NOT_SET_VARIABLES = {
+    "TUNELOOP_LIMIT_": "the local stage's own wide limits (chalicelib.domain.limits): the demo checks back to back",
+    "TUNELOOP_NOTICES_TOPIC_ARN": "no SNS topic here: notices are kept under notices/ in the bucket",
+    "TUNELOOP_PRICE_LIST_API": "no Price List API here: costs use the shipped price table",
+}
+
+
+def shared_environment() -> dict[str, str]:
+    """The variables ``.chalice/config.json`` gives every function on every stage."""
+    config = json.loads((REPO_ROOT / ".chalice" / "config.json").read_text())
+    return {str(k): str(v) for k, v in config.get("environment_variables", {}).items()}
+
+
+def variable_kept(name: str) -> str | None:
+    """Where the local value of a template variable comes from, or why there is none;
+    None for a variable the local cloud neither sets nor names."""
+    if name in VARIABLES:
+        return VARIABLES[name]
+    return next((why for prefix, why in NOT_SET_VARIABLES.items() if name.startswith(prefix)), None)
+
 
 # Resources of an honoured kind that the local cloud still does not make, by logical name.
 NOT_HONOURED_RESOURCES = {
