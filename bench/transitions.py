@@ -53,7 +53,7 @@ from chalicelib.domain.commands import Command  # noqa: E402
 from chalicelib.domain.events import ProcessingJobChanged, TrainingJobChanged  # noqa: E402
 from chalicelib.domain.run import Run  # noqa: E402
 from chalicelib.executors import Executors, Outcome  # noqa: E402
-from tuneloop.local import sigv4  # noqa: E402
+from tuneloop.local import sigv4, template  # noqa: E402
 from tuneloop.local.services import aws_env, start_dynamodb_local  # noqa: E402
 
 THREADS = 16
@@ -225,7 +225,7 @@ def main() -> int:
     os.environ.update(aws_env(dynamodb.endpoint, "http://127.0.0.1:9", credentials))
     os.environ["TUNELOOP_BUCKET"] = "bench"
     try:
-        from chalicelib import deps, models
+        from chalicelib import deps
         from chalicelib.config import Settings
         from chalicelib.observability import logger as app_logger
 
@@ -236,7 +236,7 @@ def main() -> int:
         app_logger.registered_handler.setStream(logs.open("w"))  # type: ignore[attr-defined]
         recording = Recording()
         service.executors = recording.executors()
-        models.create_tables()
+        template.create_tables_for(settings, boto3.client("dynamodb", region_name="us-east-1"))
         service.create_project("bench", CONFIG)
         floor = Floor()
         warm_up_lost = 0

@@ -137,10 +137,3 @@ def bind(settings: Settings) -> None:
             model.Meta.table_name = table
             setattr(model.Meta, "region", settings.region)  # noqa: B010 - not declared on Meta
             model._connection = None
-
-
-def create_tables(wait: bool = True) -> None:
-    """Create both tables if missing (local cloud and tests; CloudFormation does it on AWS)."""
-    for model in (ProjectModel, RunModel):
-        if not model.exists():
-            model.create_table(wait=wait, billing_mode="PAY_PER_REQUEST")

@@ -82,8 +82,11 @@ def local_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
 @pytest.fixture
 def settings(local_services: dict[str, Service]) -> Iterator[Any]:
     """Fresh tables (unique names) for one test, bound to the PynamoDB models."""
+    import boto3
+
     from chalicelib import models
     from chalicelib.config import Settings
+    from tuneloop.local import template
 
     prefix = f"t{uuid.uuid4().hex[:10]}"
     config = Settings(
@@ -95,7 +98,7 @@ def settings(local_services: dict[str, Service]) -> Iterator[Any]:
         outbox_stale_s=0,
     )
     models.bind(config)
-    models.create_tables()
+    template.create_tables_for(config, boto3.client("dynamodb", region_name=config.region))
     yield config
     for model in (models.ProjectModel, models.RunModel):
         model.delete_table()

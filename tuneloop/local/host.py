@@ -83,14 +83,13 @@ def same_parts(etag: str, size: int) -> TransferConfig:
     return TransferConfig(multipart_threshold=1, multipart_chunksize=chunk)
 
 
-def prepare_tables(bucket: str) -> None:
+def prepare_tables() -> None:
     """The template's tables, as CloudFormation would create them for this stage."""
     from chalicelib import models
     from chalicelib.config import settings
 
     config = settings()
-    resources = template.load(config.stage, bucket, config.region)
-    created = template.create_tables(boto3.client("dynamodb"), resources)
+    created = template.create_tables_for(config, boto3.client("dynamodb"))
     if created:
         log.info("created from the template: %s", ", ".join(created))
     models.bind(config)
@@ -174,7 +173,7 @@ def main() -> None:
     prepare_bucket(bucket, home / "s3")
     # The SageMaker settings go into the environment before the app reads its settings.
     sagemaker = start_sagemaker(home, bucket, router)
-    prepare_tables(bucket)
+    prepare_tables()
     enable_bucket_events(bucket)
     router.start(schedule_interval_s=float(os.environ.get("TUNELOOP_SCHEDULE_INTERVAL_S", "30")))
     # moto keeps alarms but never evaluates them; this does, and emits their events.

@@ -153,17 +153,28 @@ def table_requests(resources: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def create_tables(dynamodb: Any, resources: dict[str, Any]) -> list[str]:
-    """The template's tables that DynamoDB Local lacks, created; their names."""
+def create_tables(dynamodb: Any, resources: dict[str, Any], names: dict[str, str] | None = None) -> list[str]:
+    """The template's tables that DynamoDB Local lacks, created; their names. ``names``:
+    another name for a table, by the template's (a test's tables of its own)."""
     existing = set(dynamodb.list_tables().get("TableNames", []))
     created = []
     for request in table_requests(resources):
+        request["TableName"] = (names or {}).get(request["TableName"], request["TableName"])
         if request["TableName"] in existing:
             continue
         dynamodb.create_table(**request)
         dynamodb.get_waiter("table_exists").wait(TableName=request["TableName"])
         created.append(request["TableName"])
     return created
+
+
+def create_tables_for(config: Any, dynamodb: Any) -> list[str]:
+    """The template's tables for ``config``'s stage (``chalicelib.config.Settings``), under
+    the table names it is set up with."""
+    resources = load(config.stage, config.bucket, config.region)
+    names = {f"tuneloop-{config.stage}-projects": config.projects_table,
+             f"tuneloop-{config.stage}-runs": config.runs_table}  # fmt: skip
+    return create_tables(dynamodb, resources, names)
 
 
 def summary(resources: dict[str, Any]) -> str:
