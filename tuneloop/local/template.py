@@ -3,10 +3,13 @@
 ``infra/resources.json`` (the template ``chalice package`` merges its functions into) is
 read for the local stack, its ``Fn::Sub``/``Ref``/``Fn::GetAtt`` resolved as CloudFormation
 would (``audit.resolve``). The tables are created from it (keys, attributes, indexes and
-their projections, billing); the execution role's policies are enforced from it
+their projections, billing); each event rule's pattern is the app decorator's with what it
+merges in (``rule_patterns``); the execution role's policies are enforced from it
 (``enforce``). Each resource type the packaged template holds is either honoured here, and
-``HONOURED`` says how, or named in ``NOT_HONOURED`` with the reason; ``up`` prints the
-count of each, and a test fails when the template gains a type in neither.
+``HONOURED`` says how, or named in ``NOT_HONOURED`` with the reason, and so is each
+function variable (``VARIABLES``, ``NOT_SET_VARIABLES``); ``up`` prints the count, and a
+test fails when the template gains a type, a variable or a rule the local cloud does not
+match or name.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from .audit import resolve, stack_names
+from .enforce import ACCOUNT
 from .services import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "infra" / "resources.json"
-ACCOUNT = "123456789012"
 
 # Each resource type of the packaged template (after the SAM transform), and how the local
 # cloud stands in for it.
