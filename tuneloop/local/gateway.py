@@ -205,6 +205,7 @@ def check_body(
         return None
     placed = request_call(claim.service, method, target, headers, body)
     if isinstance(placed, str):
+        log.warning("AccessDenied: %s: a request not placed: %s", claim.principal, placed)
         denial: Denial | None = Denial(claim.principal, f"{claim.service}:?", "*", placed)
     else:
         denial = enforcer.check(claim.principal, claim.service, *placed)
