@@ -136,8 +136,8 @@ def start_sagemaker(home: Path, bucket: str, router: EventRouter) -> Any:
 def build_router(app_module: ModuleType, dead_letters: Path | None, dropped: Path | None = None) -> EventRouter:
     """The event router, each handler's rule as the template gives it for this stage. (The
     environment, not the app's settings: those are read once, after start_sagemaker.)"""
-    stage, bucket = os.environ.get("TUNELOOP_STAGE", "local"), os.environ.get("TUNELOOP_BUCKET", "")
-    patterns = template.rule_patterns(app_module.app, template.load(stage, bucket))
+    stage = os.environ.get("TUNELOOP_STAGE", "local")
+    patterns = template.rule_patterns(app_module.app, template.load(stage, os.environ["TUNELOOP_BUCKET"]))
     drop = os.environ.get("TUNELOOP_DROP_EVENTS")
     router = EventRouter(
         app_module,
