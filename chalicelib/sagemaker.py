@@ -262,7 +262,8 @@ def evaluate_request(
     """The evaluate job: the trained model on the test split, in the inference image, the
     stack that will serve it (torch and transformers, CPU). With a deployed champion, its
     model is measured on the same split, for the gate's champion/challenger comparison;
-    without one, a trivial baseline is (the majority class, or a causal LM's untuned base)."""
+    without one, a trivial baseline is (the majority class); a causal LM's untuned base is
+    measured on every evaluation."""
     prefix = run_prefix(settings, run.run_id)
     inputs = [
         _processing_input(
@@ -291,10 +292,10 @@ def evaluate_request(
         inputs.append(_processing_input("champion", champion_model, f"{PROCESSING_ROOT}/input/champion"))
         inputs += _base_input("champion-base", champion)
         arguments += ["--champion-run-id", champion.run_id]
-    elif champion is None and gates.get("compare_baseline", True):
+    if gates.get("compare_baseline", True) and (champion is None or run.config["task"] == "causal-lm"):
         # A first model is measured against a trivial baseline: the majority class (from the
-        # profile), or a causal LM's untuned base (an adapter's comes as input/base; the
-        # s3:// model it was fine-tuned from in full, as input/untuned).
+        # profile); a causal LM, on every evaluation, against its untuned base (an adapter's
+        # comes as input/base; the s3:// model it was fine-tuned from in full, as input/untuned).
         arguments.append("--baseline")
         if (
             run.config["task"] == "causal-lm"
@@ -662,7 +663,7 @@ def evaluation_event(evaluation: Any, event_id: str, run_id: str) -> EvaluationL
     champion = _numbers(evaluation["champion"], "champion") if evaluation.get("champion") else None
     champion_run_id = evaluation.get("champion_run_id") if champion else None
     comparison, error = _comparison(evaluation.get("comparison") if champion else None)
-    baseline, baseline_error = _comparison(None if champion else evaluation.get("baseline"))
+    baseline, baseline_error = _comparison(evaluation.get("baseline"))
     return EvaluationLoaded(
         event_id=event_id,
         time=datetime.now(UTC),

@@ -160,6 +160,7 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 # module or session fixture, or read what an earlier test of their module left, stay on
 # one worker, in order; every other test goes wherever a worker is free.
 XDIST_GROUPS = {
+    "tests/training/test_smollm2.py": "smollm2",  # its own fine-tune, beside the MiniLM one (first match wins)
     "tests/training/": "training",  # one MiniLM fine-tune (the classifier fixture) serves them all
     "tests/integration/test_sagemaker_server.py": "sagemaker-server",
     "tests/functional/test_fuzz.py": "fuzz",  # its last test reads the fuzz's tallies

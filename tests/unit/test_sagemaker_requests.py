@@ -355,7 +355,8 @@ def test_the_deployed_champion_is_measured_on_the_same_split() -> None:
 
 def test_a_first_model_is_measured_against_a_trivial_baseline() -> None:
     """No champion: the job measures the majority class from the profile (a causal LM
-    fine-tuned in full from an s3:// base: that base, untuned); compare_baseline off: not."""
+    fine-tuned in full from an s3:// base: that base, untuned, champion or not);
+    compare_baseline off: not."""
     run = run_with()
     settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu")
     request = evaluate_request(EVALUATE, run, settings, None)
@@ -369,6 +370,12 @@ def test_a_first_model_is_measured_against_a_trivial_baseline() -> None:
     assert inputs["untuned"]["S3Uri"] == base and inputs["untuned"]["LocalPath"] == "/opt/ml/processing/input/untuned"
     off = dataclasses.replace(run, config={**run.config, "gates": {**run.config["gates"], "compare_baseline": False}})
     assert "--baseline" not in evaluate_request(EVALUATE, off, settings, None)["AppSpecification"]["ContainerArguments"]
+    # A causal LM is measured against its untuned base with a champion deployed too.
+    champion = dataclasses.replace(run_with(), run_id="cccccccccccc", model_source="tl-cccccccccccc-train-1")
+    request = evaluate_request(EVALUATE, llm, settings, champion)
+    inputs = {i["InputName"]: i["S3Input"] for i in request["ProcessingInputs"]}
+    assert {"champion", "untuned"} <= set(inputs)
+    assert "--baseline" in request["AppSpecification"]["ContainerArguments"]
 
 
 def test_loaded_evaluation_becomes_an_event() -> None:

@@ -102,8 +102,9 @@ def role_environment(aws: bool = True) -> dict[str, str]:
     services' endpoints). ``aws``: with the execution role's credentials and the endpoints
     of the services it reaches; a model server gets none (the runtime captures for it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TUNELOOP_"))}
-    if "TUNELOOP_LOG_LEVEL" in os.environ:
-        env["TUNELOOP_LOG_LEVEL"] = os.environ["TUNELOOP_LOG_LEVEL"]
+    for name in ("TUNELOOP_LOG_LEVEL", "TUNELOOP_MODEL_CACHE"):  # how jobs log; where packaged models convert to
+        if name in os.environ:
+            env[name] = os.environ[name]
     if aws:
         env.update({k: os.environ[k] for k in _CREDENTIALS if k in os.environ})
         if "AWS_ACCESS_KEY_ID" in os.environ and "AWS_SECRET_ACCESS_KEY" in os.environ:
