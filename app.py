@@ -275,14 +275,15 @@ def check_project_drift(name: str) -> Response:
 @app.route("/projects/{name}/feedback", methods=["POST"], content_types=JSON, authorizer=iam)
 @_http_errors
 def post_feedback(name: str) -> Response:
-    """Labels for captured requests: ``{"labels": [{"inference_id", "label"}, ...]}``, at
-    most 1,000 a request. Idempotent: a retried POST (same Idempotency-Key, or same rows)
-    stores nothing again and answers 200 with the first receipt."""
+    """Feedback for captured requests: ``{"labels": [{"inference_id", "label"}, ...]}``; for
+    a causal-LM project each row gives ``completion``, ``rating`` or ``preferred_over``
+    instead of ``label``. At most 1,000 a request. Idempotent: a retried POST (same
+    Idempotency-Key, or same rows) stores nothing again and answers 200 with the first receipt."""
     current = deps.get()
     body = _body(("labels",))
-    current.service.feedback_project(name)
+    project = current.service.feedback_project(name)
     try:
-        rows = check_api_rows(body.get("labels"))
+        rows = check_api_rows(body.get("labels"), project.config["task"])
     except ValueError as exc:
         field, _, message = str(exc).partition(": ")
         raise InvalidRequestError(field, message) from exc
@@ -607,14 +608,14 @@ def _feedback_uploaded(raw: dict[str, Any]) -> dict[str, Any]:
             raise IntakeIgnored(f"bucket {drop.bucket} is not tuneloop's bucket {current.settings.bucket}")
         if current.feedback is None:
             raise IntakeIgnored("feedback is not configured on this stage")
-        current.service.feedback_project(drop.project)
+        task = current.service.feedback_project(drop.project).config["task"]
     except (MalformedEventError, IntakeIgnored, ProjectNotFoundError, InvalidRequestError) as exc:
         reason = f"no project named {exc.args[0]!r}" if isinstance(exc, ProjectNotFoundError) else str(exc)
         logger.warning("feedback upload ignored", extra={"event_id": event_id(raw), "reason": reason})
         if isinstance(exc, (ProjectNotFoundError, InvalidRequestError)):
             _record_refusal(drop.key, drop.identity, reason)
         return {"ignored": reason}
-    receipt = current.feedback.intake(drop)
+    receipt = current.feedback.intake(drop, task)
     logger.info(
         "feedback stored",
         extra={"project": drop.project, "key": drop.key, "accepted": receipt["accepted"], "refused": receipt["refused"],

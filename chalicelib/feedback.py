@@ -1,6 +1,9 @@
 """Feedback: labels that arrive later for captured requests, by the project's two doors.
 
-An S3 drop under ``feedback/<project>/…`` (JSONL or CSV of ``{inference_id, label}``) and
+A classifier's rows are ``{inference_id, label}``; a language model's give, for a captured
+request, the answer it should have given (``completion``), a ``rating`` from 1 to 5, or
+that its answer is preferred over another request's (``preferred_over``).
+An S3 drop under ``feedback/<project>/…`` (JSONL or CSV of those rows) and
 ``POST /projects/{name}/feedback`` both land here. Each delivery is validated row by row
 (``spec.parse_feedback``: the line and the reason for every row refused) and stored, once,
 where the monitoring job reads it:
@@ -43,7 +46,7 @@ def labels_prefix(project: str) -> str:
     return f"{LABELS_PREFIX}{project}/"
 
 
-def api_delivery(project: str, rows: Sequence[dict[str, str]], idempotency_key: str | None) -> str:
+def api_delivery(project: str, rows: Sequence[dict[str, Any]], idempotency_key: str | None) -> str:
     """A POST's delivery id: its Idempotency-Key, else its rows (the same rows twice are one)."""
     if idempotency_key:
         return names.derive_id("feedback-api", project, idempotency_key)
@@ -51,18 +54,20 @@ def api_delivery(project: str, rows: Sequence[dict[str, str]], idempotency_key: 
     return names.derive_id("feedback-api", project, digest)
 
 
-def check_api_rows(value: Any) -> list[dict[str, str]]:
-    """The ``labels`` of a POST body; ValueError names the first bad row (``labels[3].label``)."""
+def check_api_rows(value: Any, task: str = "text-classification") -> list[dict[str, Any]]:
+    """The ``labels`` of a POST body; ValueError names the first bad row (``labels[3].label``).
+    A language model's rows are corrections, ratings or preferences (spec.check_feedback_row)."""
+    fields = spec.FEEDBACK_FIELDS.get(task, spec.FEEDBACK_FIELDS["text-classification"])
     if not isinstance(value, list) or not value:
-        raise ValueError("labels: must be a non-empty list of {inference_id, label}")
+        raise ValueError(f"labels: must be a non-empty list of {{inference_id, {' | '.join(fields)}}}")
     if len(value) > MAX_API_ROWS:
         raise ValueError(f"labels: at most {MAX_API_ROWS} per request, got {len(value)}; send more requests")
     rows = []
+    named = ("inference_id", *fields)
     for index, item in enumerate(value):
-        row, why = spec.check_feedback_row(item)
+        row, why = spec.check_feedback_row(item, task)
         if row is None:
-            raise ValueError(f"labels[{index}].{why}" if str(why).startswith(("inference_id", "label")) else
-                             f"labels[{index}]: {why}")  # fmt: skip
+            raise ValueError(f"labels[{index}].{why}" if str(why).startswith(named) else f"labels[{index}]: {why}")
         rows.append(row)
     return rows
 
@@ -90,7 +95,7 @@ class FeedbackInbox:
         project: str,
         delivery: str,
         source: str,
-        rows: Sequence[dict[str, str]],
+        rows: Sequence[dict[str, Any]],
         errors: Sequence[tuple[int, str]] = (),
     ) -> dict[str, Any]:
         """Write the rows, then the receipt (last: a receipt means the rows are stored).
@@ -121,17 +126,17 @@ class FeedbackInbox:
                             Body=json.dumps(receipt, indent=1).encode(), ContentType="application/json")  # fmt: skip
         return {**receipt, "repeat": False}
 
-    def intake(self, drop: FeedbackDrop) -> dict[str, Any]:
-        """Read, validate and store a dropped labels file; a file refused whole still gets a
-        receipt that says why."""
+    def intake(self, drop: FeedbackDrop, task: str = "text-classification") -> dict[str, Any]:
+        """Read, validate and store a dropped feedback file (rows as the project's task
+        takes them); a file refused whole still gets a receipt that says why."""
         errors: list[tuple[int, str]]
         try:
-            rows, errors = self._read(drop)
+            rows, errors = self._read(drop, task)
         except FeedbackRefused as exc:
             rows, errors = [], [(0, str(exc))]
         return self.store(drop.project, drop.identity, drop.uri, rows, errors)
 
-    def _read(self, drop: FeedbackDrop) -> tuple[list[dict[str, str]], list[tuple[int, str]]]:
+    def _read(self, drop: FeedbackDrop, task: str) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
         if drop.size > MAX_OBJECT_BYTES:
             raise FeedbackRefused(f"{drop.uri} is {drop.size} bytes; split it into files of at most "
                                   f"{MAX_OBJECT_BYTES // (1024 * 1024)} MiB")  # fmt: skip
@@ -145,7 +150,7 @@ class FeedbackInbox:
             text = obj["Body"].read().decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise FeedbackRefused(f"{drop.uri} is not UTF-8 (byte {exc.start}: {exc.reason})") from exc
-        return spec.parse_feedback(text, "csv" if drop.key.lower().endswith(".csv") else "jsonl")
+        return spec.parse_feedback(text, "csv" if drop.key.lower().endswith(".csv") else "jsonl", task)
 
     def receipts(self, project: str, limit: int = 20) -> list[dict[str, Any]]:
         """The newest receipts of the project's deliveries, newest first."""
@@ -196,7 +201,8 @@ class NewDataCounter:
                 rows = self._s3.get_object(Bucket=self._bucket, Key=key.removesuffix(".receipt.json") + ".jsonl")
                 for line in rows["Body"].read().decode("utf-8").splitlines():
                     row = json.loads(line) if line.strip() else {}
-                    if isinstance(row, dict) and isinstance(row.get("inference_id"), str):
+                    trains = isinstance(row, dict) and ("rating" not in row)  # a rating alone teaches nothing
+                    if trains and isinstance(row.get("inference_id"), str):
                         labelled.add(row["inference_id"])
         labels = len(labelled)
         prefix = f"{self._dataset_prefix}{project}/"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from . import spec
 from .domain import names
 from .domain.commands import StartChildRun, StartProcessingJob
 from .domain.events import (
@@ -719,12 +720,12 @@ class RunService:
         return count
 
     def feedback_project(self, name: str) -> Project:
-        """The project labels are sent for: it exists, and its models classify."""
+        """The project feedback is sent for: it exists, and its task takes feedback."""
         project = self.get_project(name)
         task = project.config.get("task") if isinstance(project.config, dict) else None
-        if task != "text-classification":
-            raise InvalidRequestError("project", f"{name!r} is a {task} project; feedback labels are for "
-                                      "text-classification projects")  # fmt: skip
+        if task not in spec.FEEDBACK_FIELDS:
+            raise InvalidRequestError("project", f"{name!r} is a {task} project; feedback is for "
+                                      f"{', '.join(spec.FEEDBACK_FIELDS)} projects")  # fmt: skip
         return project
 
     def current_data(self, run: Run) -> str:

@@ -65,7 +65,10 @@ def test_a_bad_feedback_body_is_a_400_naming_the_field(
     assert stored(s3, "demo") == {}
 
 
-def test_feedback_needs_a_classification_project(api: Api, s3: Any) -> None:
+def test_a_language_models_feedback_is_corrections_ratings_and_preferences(api: Api, s3: Any) -> None:
+    """A causal-LM project takes, for a captured request, the answer it should have given,
+    a rating from 1 to 5, or that its answer is preferred over another request's; by both
+    doors, each row checked, a refused one named with its field. A label is a classifier's."""
     assert api.call("POST", "/projects/nope/feedback", {"labels": [{"inference_id": "a", "label": "x"}]})[0] == 404
     config = {**DEMO_CONFIG, "task": "causal-lm", "base_model": "random:llama-tiny"}
     config.pop("gates", None)
@@ -73,7 +76,30 @@ def test_feedback_needs_a_classification_project(api: Api, s3: Any) -> None:
     status, body = api.call("POST", "/projects", {"name": "lm", "config": config})
     assert status == 201, body
     status, answer = api.call("POST", "/projects/lm/feedback", {"labels": [{"inference_id": "a", "label": "x"}]})
-    assert status == 400 and "text-classification" in answer["Message"]
+    assert status == 400 and "labels[0]: give exactly one of completion, rating, preferred_over" in answer["Message"]
+    rows = [{"inference_id": "a", "completion": '{"city": "Oslo"}'}, {"inference_id": "b", "rating": 4},
+            {"inference_id": "c", "preferred_over": "d"}]  # fmt: skip
+    status, receipt = api.call("POST", "/projects/lm/feedback", {"labels": rows})
+    assert status == 202 and receipt["accepted"] == 3, receipt
+    [kept] = stored(s3, "lm").values()
+    assert [{k: r[k] for k in r if k not in ("received_at", "source")} for r in kept] == rows
+    for bad, field in (
+        ({"inference_id": "a", "rating": 9}, ".rating"),
+        ({"inference_id": "a", "rating": True}, ".rating"),
+        ({"inference_id": "a", "completion": ""}, ": give exactly one"),
+        ({"inference_id": "a", "completion": "x", "rating": 3}, ": give exactly one"),
+        ({"inference_id": "a", "preferred_over": "a"}, ".preferred_over"),
+        ({"inference_id": "a", "completion": "x" * 8001}, ".completion"),
+    ):
+        status, answer = api.call("POST", "/projects/lm/feedback", {"labels": [bad]})
+        assert status == 400 and f"labels[0]{field}" in answer["Message"], answer
+    # The S3 door: a CSV of corrections and ratings, its bad row named by line and reason.
+    csv = b'inference_id,completion,rating\ne,"{""city"": ""Lima""}",\nf,,5\ng,,six\n'
+    s3.put_object(Bucket=BUCKET, Key="feedback/lm/day-1.csv", Body=csv)
+    result = api.invoke("on_dataset_uploaded", feedback_event("feedback/lm/day-1.csv", len(csv), etag="l1"))
+    assert (result["feedback"]["accepted"], result["feedback"]["refused"]) == (2, 1), result
+    receipt = next(r for r in api.call("GET", "/projects/lm/feedback")[1]["receipts"] if r["refused"])
+    assert receipt["errors"] == [{"line": 4, "reason": "rating: must be an integer from 1 to 5, got 'six'"}]
 
 
 def feedback_event(key: str, size: int, etag: str = "e1", event_id: str = "fb-1") -> dict[str, Any]:
