@@ -19,6 +19,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from . import spec
 from .config import Settings
 from .domain import names
 from .domain.commands import (
@@ -307,20 +308,25 @@ def drift_alarm_requests(run: Run) -> list[dict[str, Any]]:
 
 
 def quality_alarm_requests(run: Run) -> list[dict[str, Any]]:
-    """One alarm per production metric the project sets a floor for: below it (by more than
-    the sample's noise, which the job clips away) is ALARM; no labels yet is not breaching."""
-    floors = (run.config.get("quality") or {}).get("thresholds") or {}
-    return [
-        _monitoring_alarm(
-            run,
-            names.quality_alarm_name(run.run_id, metric, stage=run.stage),
-            metric,
-            threshold,
-            True,
-            f"labelled traffic below {threshold:g} (run {run.run_id}'s model)",
+    """One alarm per production metric the project sets a limit for: past it (below a
+    floor, above a ceiling such as the correction rate; by more than the sample's noise,
+    which the job clips away) is ALARM; no feedback yet is not breaching."""
+    limits = (run.config.get("quality") or {}).get("thresholds") or {}
+    alarms = []
+    for metric, threshold in sorted(limits.items()):
+        below = spec.METRICS[metric].better != spec.LOWER if metric in spec.METRICS else True
+        side = "below" if below else "above"
+        alarms.append(
+            _monitoring_alarm(
+                run,
+                names.quality_alarm_name(run.run_id, metric, stage=run.stage),
+                metric,
+                threshold,
+                below,
+                f"labelled traffic {side} {threshold:g} (run {run.run_id}'s model)",
+            )
         )
-        for metric, threshold in sorted(floors.items())
-    ]
+    return alarms
 
 
 def monitoring_alarm_requests(run: Run) -> list[dict[str, Any]]:

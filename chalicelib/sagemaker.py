@@ -351,6 +351,14 @@ def drift_request(command: StartProcessingJob, run: Run, settings: Settings, lab
             str(quality["min_labels"]),
             "--region",
             settings.region,
+            "--task",
+            run.config["task"],
+            *(
+                # A language model's answers are scored against their corrections as its tests are.
+                ["--generation", json.dumps(run.config["generation"], separators=(",", ":"))]
+                if run.config["task"] == "causal-lm"
+                else []
+            ),
         ],
         inputs=[
             _processing_input("profile", f"{prefix}/prepare/profile/", f"{PROCESSING_ROOT}/input/baseline/profile"),
@@ -748,7 +756,7 @@ class SageMakerExecutors:
         holdout = self._holdout_exists(run.project)
         production = bool(
             run.parent_run_id
-            and run.config["task"] == "text-classification"
+            and run.config["task"] in spec.FEEDBACK_FIELDS
             and self._has_keys(labels_uri(self._settings, run.project))
             and self._has_keys(f"{capture_uri(self._settings, run.project)}/")
         )
@@ -756,7 +764,8 @@ class SageMakerExecutors:
         outcome = self._create("create_processing_job", request)
         notes = [outcome.note, "split by the project's frozen holdout" if holdout else "the project's first holdout"]
         if production:
-            notes.append("with the labelled production traffic")
+            labelled = "corrected" if run.config["task"] == "causal-lm" else "labelled"
+            notes.append(f"with the {labelled} production traffic")
         excluded = set(excludable(data, skipped))
         for uri, why in skipped:
             path = dataset_input(uri)[len(data) :]

@@ -66,6 +66,8 @@ if __name__ == "__main__":  # a processing job: the tested versions first (pins.
 
 import inference
 import quality
+import scoring
+import spec
 
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 EPS = 1e-4
@@ -123,7 +125,7 @@ def baseline_texts(folder: Path) -> list[str]:
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 row = json.loads(line)
-                texts.append(str(row.get("text") or row.get("prompt") or ""))
+                texts.append(str(row.get("text") or row.get("prompt") or quality.asked_text(row.get("messages")) or ""))
     return [t for t in texts if t]
 
 
@@ -527,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-labels", type=int, default=30, help="labelled predictions needed to measure quality")
     parser.add_argument("--window-minutes", type=int, default=0, help="only traffic this recent (0: all captured)")
     parser.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"))
+    parser.add_argument("--task", default="text-classification", choices=sorted(spec.TASK_QUALITY_METRICS))
+    parser.add_argument("--generation", default="{}", help="causal LMs, JSON: the project's scorers and their options")
     parser.add_argument("--no-publish", action="store_true")
     args, _ = parser.parse_known_args(argv)
     inputs, output = Path(args.input_dir), Path(args.output_dir)
@@ -546,12 +550,19 @@ def main(argv: list[str] | None = None) -> int:
         records = list(quality.capture_records(inputs / "capture"))  # read once: drift and quality
         live = captured(records, since)
         window, earlier, several = predictions(records, since)
-        labels, invalid = quality.read_labels(inputs / "labels")
-        classes = [str(k) for k in profile.get("label_distribution", {})]
-        production = quality.quality(window, labels, classes, json.loads(args.quality_thresholds), args.min_labels,
-                                     invalid, earlier, several)  # fmt: skip
-        if len(window) < args.min_samples:
-            production["metrics"].pop("estimated_accuracy", None)  # too few predictions to say
+        labels, invalid = quality.read_labels(inputs / "labels", args.task)
+        limits = json.loads(args.quality_thresholds)
+        if args.task == "causal-lm":
+            generation = json.loads(args.generation)
+            names = generation.get("scorers") or []
+            scorers = {name: scoring.scorer(name, generation) for name in names}
+            exchanges = [e for e in quality.exchanges(inputs / "capture") if not since or e.time >= since]
+            production = quality.llm_quality(exchanges, labels, limits, args.min_labels, scorers, invalid)
+        else:
+            classes = [str(k) for k in profile.get("label_distribution", {})]
+            production = quality.quality(window, labels, classes, limits, args.min_labels, invalid, earlier, several)
+            if len(window) < args.min_samples:
+                production["metrics"].pop("estimated_accuracy", None)  # too few predictions to say
         output.mkdir(parents=True, exist_ok=True)
         if len(live) < args.min_samples:
             result: dict[str, Any] = {
@@ -583,6 +594,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"drift: {len(result['metrics'])} metric(s) on {result['samples']['live']} texts; drifted: {drifted}")
     feedback = production["feedback"]
     below = ", ".join(production["below"]) or "none"
+    if args.task == "causal-lm":
+        print(f"quality: {feedback['corrections']} corrections, {feedback['ratings']} ratings, "
+              f"{feedback['preferences']} preferences for {feedback['answers']} answers "
+              f"({feedback['unknown_ids']} unknown ids); past a limit: {below}")  # fmt: skip
+        return 0
     print(f"quality: {feedback['labelled']} labelled of {len(window)} predictions "
           f"({feedback['unknown_ids']} unknown ids, {sum(feedback['unknown_labels'].values())} unknown labels); "
           f"below floor: {below}")  # fmt: skip

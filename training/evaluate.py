@@ -399,9 +399,7 @@ def report_html(evaluation: dict[str, Any], images: dict[str, bytes], context: d
         for who, name in (("challenger", "this model"), ("champion", "champion")):
             if production.get(who):
                 measured = production[who]
-                facts.append(
-                    (f"{name}: accuracy / macro-F1", f"{measured['accuracy']:.4f} / {measured['macro_f1']:.4f}")
-                )
+                facts.append((f"{name}: {' / '.join(measured)}", " / ".join(f"{v:.4f}" for v in measured.values())))
         per_class = "<h2>Held-out production traffic</h2>" + _table(facts, "production") + per_class
     champion = ""
     comparison = evaluation.get("comparison") or {}
@@ -513,13 +511,17 @@ def production_subset(
     rows: list[dict[str, Any]], ours: dict[str, Any], theirs: dict[str, Any] | None, labels: list[str] | None
 ) -> dict[str, Any] | None:
     """Accuracy and macro-F1 of this model (and the champion) on the test rows that came
-    from labelled production traffic (``source: production``): how each does on what
-    production sends now, next to the whole test split."""
+    from labelled production traffic (``source: production``), or a language model's
+    scorers on the corrected requests: how each does on what production sends now, next to
+    the whole test split."""
     chosen = [i for i, row in enumerate(rows) if row.get("source") == "production"]
-    if not chosen or not labels or "truth" not in ours:
+    scored = sorted(k for k in ours if k.startswith("score:"))
+    if not chosen or ("truth" not in ours and not scored) or ("truth" in ours and not labels):
         return None
 
     def on_subset(per_row: dict[str, Any]) -> dict[str, float]:
+        if "truth" not in per_row:
+            return {k.removeprefix("score:"): sum(per_row[k][i] for i in chosen) / len(chosen) for k in scored}
         measured = classification_metrics([per_row["truth"][i] for i in chosen], [per_row["pred"][i] for i in chosen],
                                           None, labels)  # fmt: skip
         return {"accuracy": measured["accuracy"], "macro_f1": measured["macro_f1"]}
@@ -529,7 +531,7 @@ def production_subset(
         "examples": len(chosen),
         "window": {"first": times[0], "last": times[-1]} if times else None,
         "challenger": on_subset(ours),
-        "champion": on_subset(theirs) if theirs and "truth" in theirs else None,
+        "champion": on_subset(theirs) if theirs and all(k in theirs for k in scored or ["truth"]) else None,
     }
 
 

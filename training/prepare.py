@@ -277,7 +277,10 @@ def production_rows(folder: Path, rows: list[Row], options: Options, report: Rep
     """The labelled production traffic (``folder/capture`` joined with ``folder/labels``) as
     rows: ``source: production``, deduplicated against the dataset's texts and each other,
     labels the dataset does not have left out (a model cannot learn a class from a few
-    stray labels, and the champion could not be scored on it). Counted in the report."""
+    stray labels, and the champion could not be scored on it). Counted in the report. A
+    language model's: each corrected request, answered with its correction."""
+    if options.task == "causal-lm":
+        return corrected_rows(folder, rows, options, report)
     examples, counts = quality.labelled_examples(folder / "capture", folder / "labels")
     seen = {str(row.record["text"]).strip() for row in rows}
     known = {str(row.record["label"]) for row in rows}
@@ -303,6 +306,39 @@ def production_rows(folder: Path, rows: list[Row], options: Options, report: Rep
         "rows": len(kept),
         "duplicates": duplicates,
         "unknown_labels": dict(unknown),
+        "window": {"first": min(times), "last": max(times)} if times else None,
+    }
+    return kept
+
+
+def _asked(record: dict[str, Any]) -> str:
+    """What a causal-LM row asks (its conversation before the answer, or its prompt)."""
+    return json.dumps(record["messages"][:-1] if "messages" in record else record["prompt"], sort_keys=True)
+
+
+def corrected_rows(folder: Path, rows: list[Row], options: Options, report: Report) -> list[Row]:
+    """The corrections received for captured requests as rows (``source: production``):
+    a request the dataset already asks, or that was corrected twice, counts once."""
+    examples, counts = quality.corrected_examples(folder / "capture", folder / "labels")
+    seen = {_asked(row.record) for row in rows}
+    kept, duplicates = [], 0
+    for n, example in enumerate(examples, 1):
+        record, problem = check_record(example["record"], options.task)
+        if record is None:
+            report.error(PRODUCTION, n, f"{example['inference_id']}: {problem}")
+            continue
+        if _asked(record) in seen:
+            duplicates += 1
+            continue
+        seen.add(_asked(record))
+        kept.append(Row(PRODUCTION, n, {**record, "source": PRODUCTION, "inference_id": example["inference_id"],
+                                        "inference_time": example["inference_time"]}))  # fmt: skip
+    times = [row.record["inference_time"] for row in kept if row.record["inference_time"]]
+    report.production = {
+        **counts,
+        "rows": len(kept),
+        "duplicates": duplicates,
+        "unknown_labels": {},
         "window": {"first": min(times), "last": max(times)} if times else None,
     }
     return kept
@@ -557,7 +593,7 @@ def prepare(
     report.files = [p.relative_to(input_dir).as_posix() for p in files]
     report.skipped = list(options.exclude)
     rows = drop_duplicates(load_rows(files, options, report), options.task, report)
-    if production_dir is not None and options.task == "text-classification" and (production_dir / "labels").is_dir():
+    if production_dir is not None and (production_dir / "labels").is_dir():
         rows += production_rows(production_dir, rows, options, report)
     report.rows_kept = len(rows)
     holdout = read_holdout(holdout_dir)

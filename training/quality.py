@@ -58,7 +58,7 @@ def capture_records(folder: Path) -> Iterator[tuple[str, str, list[str], list[di
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise CaptureError(f"{path.name}:{number}: not a SageMaker capture record ({exc})") from exc
             if isinstance(texts, dict):
-                texts = texts.get("inputs")
+                texts = texts.get("inputs") if "inputs" in texts else asked_text(texts.get("messages"))
             texts = [texts] if isinstance(texts, str) else texts
             answers = [answer] if isinstance(answer, dict) else answer if isinstance(answer, list) else []
             kept, said = [], []
@@ -68,6 +68,14 @@ def capture_records(folder: Path) -> Iterator[tuple[str, str, list[str], list[di
                     said.append(answers[n] if n < len(answers) and isinstance(answers[n], dict) else None)
             when = str(metadata.get("inferenceTime", ""))
             yield when, str(metadata.get("inferenceId") or metadata.get("eventId") or ""), kept, said
+
+
+def asked_text(messages: Any) -> str | None:
+    """What a conversation asks, for drift: its last user message."""
+    if not isinstance(messages, list):
+        return None
+    users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    return users[-1] if users and isinstance(users[-1], str) else None
 
 
 def _payload(half: dict[str, Any]) -> Any:
@@ -117,10 +125,10 @@ class Joined:
         }
 
 
-def read_labels(folder: Path) -> tuple[list[dict[str, str]], int]:
-    """Every stored label row (labels/<project>/*.jsonl), oldest received first, and how
-    many rows were not valid labels (the doors validate; a hand-written file may not)."""
-    rows: list[tuple[str, int, dict[str, str]]] = []
+def read_labels(folder: Path, task: str = "text-classification") -> tuple[list[dict[str, Any]], int]:
+    """Every stored feedback row (labels/<project>/*.jsonl), oldest received first, and how
+    many rows were not valid for the task (the doors validate; a hand-written file may not)."""
+    rows: list[tuple[str, int, dict[str, Any]]] = []
     invalid = 0
     order = 0
     for path in sorted(folder.rglob("*.jsonl")) if folder.is_dir() else []:
@@ -132,7 +140,7 @@ def read_labels(folder: Path) -> tuple[list[dict[str, str]], int]:
             except ValueError:
                 invalid += 1
                 continue
-            row, _ = spec.check_feedback_row(record)
+            row, _ = spec.check_feedback_row(record, task)
             if row is None:
                 invalid += 1
                 continue
@@ -307,3 +315,169 @@ def labelled_examples(capture: Path, labels_folder: Path) -> tuple[list[dict[str
         "unjoinable_requests": several,
         "joined": len(examples),
     }
+
+
+# --- language models: corrections, ratings, preferences ----------------------------------
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One captured request to a language model: what was asked (a conversation, or a
+    prompt sent as ``inputs``) and the answer it gave."""
+
+    inference_id: str
+    time: str
+    messages: list[dict[str, str]] | None
+    prompt: str | None
+    answer: str | None
+
+    def row(self, completion: str) -> dict[str, Any]:
+        """A training row: this request, answered with ``completion``."""
+        if self.messages is not None:
+            return {"messages": [*self.messages, {"role": "assistant", "content": completion}]}
+        return {"prompt": self.prompt, "completion": completion}
+
+
+def exchanges(folder: Path) -> Iterator[Exchange]:
+    """Every captured single request of a language model (a batch of prompts cannot be
+    corrected by one id: left out)."""
+    for path in sorted(folder.rglob("*.jsonl")) if folder.is_dir() else []:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                metadata = record.get("eventMetadata") or {}
+                metadata = metadata if isinstance(metadata, dict) else {}
+                data = record["captureData"]
+                asked = _payload(data["endpointInput"])
+                said = _payload(data["endpointOutput"]) if data.get("endpointOutput") else None
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise CaptureError(f"{path.name}:{number}: not a SageMaker capture record ({exc})") from exc
+            inference_id = str(metadata.get("inferenceId") or metadata.get("eventId") or "")
+            answer = said.get("generated_text") if isinstance(said, dict) else None
+            answer = answer if isinstance(answer, str) else None
+            messages = asked.get("messages") if isinstance(asked, dict) else None
+            prompt = asked.get("inputs") if isinstance(asked, dict) else asked
+            when = str(metadata.get("inferenceTime", ""))
+            if isinstance(messages, list) and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages
+            ):
+                kept = [{"role": m["role"], "content": m["content"]} for m in messages]
+                yield Exchange(inference_id, when, kept, None, answer)
+            elif isinstance(prompt, str):
+                yield Exchange(inference_id, when, None, prompt, answer)
+
+
+def corrected_examples(capture: Path, labels_folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every captured request that has a correction, as a training row: the request
+    answered with the correction (the latest received for its id), with ``inference_id``
+    and ``inference_time``; and what could not be joined. What a language model's
+    retraining run learns from production."""
+    asked = {e.inference_id: e for e in exchanges(capture) if e.inference_id}
+    rows, invalid = read_labels(labels_folder, "causal-lm")
+    latest = {row["inference_id"]: row["completion"] for row in rows if "completion" in row}
+    examples = [
+        {"record": asked[i].row(completion), "inference_id": i, "inference_time": asked[i].time}
+        for i, completion in sorted(latest.items())
+        if i in asked
+    ]
+    examples.sort(key=lambda e: (e["inference_time"], e["inference_id"]))
+    return examples, {
+        "labels_read": len(rows),
+        "invalid_rows": invalid,
+        "unknown_ids": sum(1 for i in latest if i not in asked),
+        "unjoinable_requests": 0,
+        "joined": len(examples),
+    }
+
+
+def mean_band(values: Sequence[float], seed: int = 0) -> float:
+    """How far the bootstrap's 95th percentile of the mean lies from the mean, either way
+    the larger: the sample-size noise a crossing must exceed to count."""
+    if len(values) < 2:
+        return math.inf
+    rng = random.Random(seed)
+    mean = sum(values) / len(values)
+    means = sorted(sum(values[rng.randrange(len(values))] for _ in values) / len(values) for _ in range(RESAMPLES))
+    return max(means[int(0.95 * (len(means) - 1))] - mean, mean - means[int(0.05 * (len(means) - 1))], 0.0)
+
+
+def limit_entry(value: float, band: float, threshold: float | None, higher: bool) -> dict[str, Any]:
+    """A floor (``higher`` is better) or a ceiling, as floor_entry: past it by more than
+    the band is published as measured (the alarm fires); within the band, clipped to it."""
+    if higher:
+        return floor_entry(value, band, threshold)
+    significant = threshold is not None and math.isfinite(value) and value - band > threshold
+    published = value if threshold is None or significant or not math.isfinite(value) else min(value, threshold)
+    return {
+        "value": value,
+        "noise": band,
+        "threshold": threshold if threshold is not None else math.nan,
+        "below": bool(significant),  # past the limit, in the metric's bad direction
+        "published": published,
+    }
+
+
+def llm_quality(
+    window: Sequence[Exchange],
+    feedback: Sequence[dict[str, Any]],
+    limits: dict[str, float],
+    min_labels: int,
+    scorers: dict[str, Any],
+    invalid_rows: int = 0,
+) -> dict[str, Any]:
+    """A language model's production quality over the window's answers: the share
+    corrected (``production_correction_rate``), the mean rating scaled to 0-1
+    (``production_rating``: 1 is 0, 5 is 1), and each of the project's scorers of the
+    answer given against its correction (``production_<scorer>``), each once ``min_labels``
+    answers have that feedback, with its noise band."""
+    by_id = {e.inference_id: e for e in window if e.inference_id and e.answer is not None}
+    corrections: dict[str, str] = {}
+    ratings: dict[str, int] = {}
+    preferences = 0
+    unknown = 0
+    for row in feedback:
+        if row["inference_id"] not in by_id:
+            unknown += 1
+        elif "completion" in row:
+            corrections[row["inference_id"]] = row["completion"]
+        elif "rating" in row:
+            ratings[row["inference_id"]] = int(row["rating"])
+        else:
+            preferences += 1
+    answered = len(by_id)
+    report: dict[str, Any] = {
+        "feedback": {"labels_read": len(feedback), "invalid_rows": invalid_rows, "unknown_ids": unknown,
+                     "corrections": len(corrections), "ratings": len(ratings), "preferences": preferences,
+                     "answers": answered, "labelled": len(corrections) + len(ratings),
+                     "coverage": len(set(corrections) | set(ratings)) / answered if answered else 0.0},
+        "metrics": {},
+    }  # fmt: skip
+    metrics: dict[str, dict[str, Any]] = report["metrics"]
+    noted = []
+    if answered >= min_labels:
+        flags = [1.0 if i in corrections else 0.0 for i in by_id]
+        metrics["production_correction_rate"] = limit_entry(
+            sum(flags) / answered, mean_band(flags), limits.get("production_correction_rate"), higher=False
+        )
+    else:
+        noted.append(f"{answered} answers in the window")
+    if len(ratings) >= min_labels:
+        scaled = [(r - spec.RATING_MIN) / (spec.RATING_MAX - spec.RATING_MIN) for r in ratings.values()]
+        value = sum(scaled) / len(scaled)
+        metrics["production_rating"] = limit_entry(value, mean_band(scaled), limits.get("production_rating"), True)
+    else:
+        noted.append(f"{len(ratings)} ratings")
+    if len(corrections) >= min_labels:
+        for name, score in scorers.items():
+            values = [score(str(by_id[i].answer), corrections[i]) for i in sorted(corrections)]
+            metric = f"production_{name}"
+            metrics[metric] = limit_entry(sum(values) / len(values), mean_band(values), limits.get(metric), True)
+    else:
+        noted.append(f"{len(corrections)} corrections")
+    if noted:
+        report["note"] = f"{', '.join(noted)}; {min_labels} of each are needed to measure"
+    report["below"] = sorted(name for name, entry in metrics.items() if entry.get("below"))
+    return report

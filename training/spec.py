@@ -92,13 +92,29 @@ _METRICS = (
     Metric("production_macro_f1", HIGHER, "macro-F1 on the window's captured requests that have labels"),
     Metric("estimated_accuracy", HIGHER, "mean calibrated confidence of the window's predictions (CBPE)"),
     Metric("label_coverage", None, "share of the window's captured predictions that have a label"),
+    # ...and about a language model's answers, from the feedback they received.
+    Metric("production_correction_rate", LOWER, "share of the window's answers that received a correction"),
+    Metric("production_rating", HIGHER, "mean rating of the window's rated answers, 1-5 scaled to 0-1"),
+    *(
+        Metric(f"production_{name}", HIGHER, f"{text}: the answer given against its correction")
+        for name, text in _SCORER_HELP.items()
+    ),
 )
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
-# The production metrics a project may set a floor for (an alarm when below; see drift).
+# The production metrics a project may set a limit for, per task (an alarm past it: below
+# a floor, or above a ceiling where lower is better; see drift).
 QUALITY_METRICS = ("production_accuracy", "production_macro_f1", "estimated_accuracy")
+LLM_QUALITY_METRICS = (
+    "production_correction_rate",
+    "production_rating",
+    *(f"production_{name}" for name in SCORERS),
+)
+TASK_QUALITY_METRICS = {"text-classification": QUALITY_METRICS, "causal-lm": LLM_QUALITY_METRICS}
 EVALUATION_METRICS = ("accuracy", "macro_f1", "ece", "loss", "perplexity", "examples", *SCORERS)
 TRAINING_METRICS = tuple(
-    m.name for m in _METRICS if m.name not in EVALUATION_METRICS and m.name not in (*QUALITY_METRICS, "label_coverage")
+    m.name
+    for m in _METRICS
+    if m.name not in EVALUATION_METRICS and m.name not in (*QUALITY_METRICS, *LLM_QUALITY_METRICS, "label_coverage")
 )
 # The metrics a paired bootstrap can compare, per task; the first is the default.
 PRIMARY_METRICS: dict[str, tuple[str, ...]] = {

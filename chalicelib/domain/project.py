@@ -109,11 +109,12 @@ def _hyperparameters(path: str, value: Any) -> dict[str, Any]:
 
 
 def _quality_thresholds(path: str, value: Any) -> dict[str, Any]:
-    floors = _mapping_of(_number(0, 1))(path, value)
-    for metric in floors:
-        if metric not in spec.QUALITY_METRICS:
-            raise ConfigError(f"{path}.{metric}", f"not a production metric; one of {', '.join(spec.QUALITY_METRICS)}")
-    return floors
+    limits = _mapping_of(_number(0, 1))(path, value)
+    known = {*spec.QUALITY_METRICS, *spec.LLM_QUALITY_METRICS}
+    for metric in limits:
+        if metric not in known:
+            raise ConfigError(f"{path}.{metric}", f"not a production metric; one of {', '.join(sorted(known))}")
+    return limits
 
 
 def _mapping_of(check_value: Validator, non_empty: bool = False) -> Validator:
@@ -290,8 +291,13 @@ def _check_task(config: dict[str, Any]) -> None:
     ]:
         if metric in spec.SCORERS and metric not in scored:
             raise ConfigError(field, f"{metric!r} is not scored: add it to generation.scorers")
-    if config["quality"]["thresholds"] and task != "text-classification":
-        raise ConfigError("quality.thresholds", f"production quality is measured for text-classification, not {task}")
+    for metric in config["quality"]["thresholds"]:
+        if metric not in spec.TASK_QUALITY_METRICS[task]:
+            raise ConfigError(f"quality.thresholds.{metric}", f"not measured for {task}; one of "
+                              f"{', '.join(spec.TASK_QUALITY_METRICS[task])}")  # fmt: skip
+        scorer = metric.removeprefix("production_")
+        if scorer in spec.SCORERS and scorer not in scored:
+            raise ConfigError(f"quality.thresholds.{metric}", f"{scorer!r} is not scored: add it to generation.scorers")
     measured = _TASK_METRICS[task]
     for metric in gates["metrics"]:
         if metric not in measured:

@@ -88,7 +88,7 @@ def test_an_adapter_needs_lora_and_a_base_an_endpoint_can_load() -> None:
                 "base_model": "random:llama-tiny",
                 "quality": {"thresholds": {"estimated_accuracy": 0.5}},
             },
-            "quality.thresholds",
+            "quality.thresholds.estimated_accuracy",
         ),
     ],
 )
