@@ -132,6 +132,19 @@ def _processing_job(
 
 # CreateProcessingJob takes at most 256 ContainerArguments of at most 256 characters each.
 MAX_ARGUMENT_CHARS = 256
+
+
+def generation_arguments(generation: Mapping[str, Any]) -> list[str]:
+    """``--generation`` as container arguments: its JSON (a schema can run to thousands of
+    characters) in pieces of at most MAX_ARGUMENT_CHARS, each after its own flag, which the
+    jobs join (spec.GENERATION_MAX_CHARS keeps it within the 100 arguments a job takes)."""
+    text = json.dumps(generation, separators=(",", ":"))
+    out: list[str] = []
+    for start in range(0, len(text), MAX_ARGUMENT_CHARS):
+        out += ["--generation", text[start : start + MAX_ARGUMENT_CHARS]]
+    return out
+
+
 MAX_EXCLUDED = 100
 
 
@@ -284,7 +297,7 @@ def evaluate_request(
     ]  # fmt: skip
     if run.config["task"] == "causal-lm":
         # How the test prompts are generated for and scored (the schema and regex go along).
-        arguments += ["--generation", json.dumps(run.config["generation"], separators=(",", ":"))]
+        arguments += generation_arguments(run.config["generation"])
     if champion is not None and not champion.model_source:
         champion = None
     if champion is not None and champion.model_source and gates["compare_champion"]:
@@ -353,12 +366,8 @@ def drift_request(command: StartProcessingJob, run: Run, settings: Settings, lab
             settings.region,
             "--task",
             run.config["task"],
-            *(
-                # A language model's answers are scored against their corrections as its tests are.
-                ["--generation", json.dumps(run.config["generation"], separators=(",", ":"))]
-                if run.config["task"] == "causal-lm"
-                else []
-            ),
+            # A language model's answers are scored against their corrections as its tests are.
+            *(generation_arguments(run.config["generation"]) if run.config["task"] == "causal-lm" else []),
         ],
         inputs=[
             _processing_input("profile", f"{prefix}/prepare/profile/", f"{PROCESSING_ROOT}/input/baseline/profile"),

@@ -530,7 +530,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window-minutes", type=int, default=0, help="only traffic this recent (0: all captured)")
     parser.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"))
     parser.add_argument("--task", default="text-classification", choices=sorted(spec.TASK_QUALITY_METRICS))
-    parser.add_argument("--generation", default="{}", help="causal LMs, JSON: the project's scorers and their options")
+    parser.add_argument(
+        "--generation", action="append", default=[],
+        help="causal LMs, JSON: the project's scorers and their options; given again, its next piece",
+    )  # fmt: skip
     parser.add_argument("--no-publish", action="store_true")
     args, _ = parser.parse_known_args(argv)
     inputs, output = Path(args.input_dir), Path(args.output_dir)
@@ -553,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         labels, invalid = quality.read_labels(inputs / "labels", args.task)
         limits = json.loads(args.quality_thresholds)
         if args.task == "causal-lm":
-            generation = json.loads(args.generation)
+            generation = json.loads("".join(args.generation) or "{}")
             names = generation.get("scorers") or []
             scorers = {name: scoring.scorer(name, generation) for name in names}
             exchanges = [e for e in quality.exchanges(inputs / "capture") if not since or e.time >= since]

@@ -966,13 +966,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--primary-metric", default="", help="what the champion comparison is on")
     parser.add_argument("--confidence", type=float, default=0.95, help="of every bootstrap interval")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument("--generation", default="", help='causal LMs, JSON: {"max_new_tokens", "scorers", ...}')
+    parser.add_argument(
+        "--generation", action="append", default=[],
+        help='causal LMs, JSON: {"max_new_tokens", "scorers", ...}; given again, its next piece',
+    )  # fmt: skip
     parser.add_argument("--baseline", action="store_true", help="no champion: measure a trivial baseline too")
     parser.add_argument("--run-id", default="", help="for the report")
     parser.add_argument("--dataset", default="", help="for the report")
     args, _unknown = parser.parse_known_args(argv)
     try:
-        generation = json.loads(args.generation) if args.generation else None
+        generation = json.loads("".join(args.generation)) if args.generation else None
         if generation is not None and not isinstance(generation, dict):
             raise EvaluationError("--generation must be a JSON object")
         evaluation = evaluate(

@@ -293,6 +293,10 @@ RANDOM_DECODERS = {
 RANDOM_PREFIX = "random:"
 
 
+# The longest a project's generation settings may be as JSON (its schema included): the
+# evaluate and drift jobs get them as container arguments, at most 100 of 256 characters.
+GENERATION_MAX_CHARS = 8000
+
 UNBOUNDED_PATTERNS = (
     "unevaluatedProperties with patternProperties is not taken: jsonschema matches those patterns with no time "
     "bound (a pattern such as (a|aa)+$ could run for hours on one generation)"

@@ -367,6 +367,10 @@ def _check_generation(path: str, generation: dict[str, Any]) -> None:
     for scorer, option in (("json_schema", "json_schema"), ("regex_match", "regex")):
         if scorer in generation["scorers"] and generation[option] is None:
             raise ConfigError(f"{path}.{option}", f"is required by the {scorer} scorer")
+    size = len(json.dumps(generation, separators=(",", ":")))
+    if size > spec.GENERATION_MAX_CHARS:
+        raise ConfigError(path, f"is {size} characters as JSON (its schema and pattern included); at most "
+                          f"{spec.GENERATION_MAX_CHARS}")  # fmt: skip
 
 
 def _check_base_model(path: str, value: Any) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -785,3 +787,31 @@ def test_a_causal_lm_serves_in_the_image_that_streams() -> None:
     command = RegisterModelPackage(RUN_ID, "demo", names.job_name(RUN_ID, "train", 1), approval_status="Approved")
     container = model_package_request(command, decoder, settings)["InferenceSpecification"]["Containers"][0]
     assert container["Image"] == "pytorch-inference"
+
+
+def test_a_language_models_generation_settings_reach_its_jobs_in_pieces_sagemaker_takes() -> None:
+    """The example project's JSON schema makes its generation settings 400+ characters;
+    SageMaker takes at most 100 container arguments of 256 characters each. The evaluate
+    and drift jobs get the JSON in pieces, each after its own --generation, and join them;
+    a project whose settings could not fit is refused when it is made."""
+    import botocore.session
+
+    from chalicelib.domain.project import ConfigError
+    from chalicelib.sagemaker import drift_request
+
+    example = json.loads((Path(__file__).parents[2] / "examples" / "llm-project.json").read_text())["config"]
+    run = dataclasses.replace(run_with(), config=normalise_config(example), model_source="tl-x-train-1")
+    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu")
+    limits = botocore.session.get_session().get_service_model("sagemaker").shape_for("AppSpecification")
+    shape = limits.members["ContainerArguments"]
+    drift = StartProcessingJob(RUN_ID, "demo", names.job_name(RUN_ID, "drift", 1), step="drift",
+                               input_uri="s3://tuneloop-test/capture/demo/")  # fmt: skip
+    for request in (evaluate_request(EVALUATE, run, settings), drift_request(drift, run, settings, True)):
+        arguments = request["AppSpecification"]["ContainerArguments"]
+        assert len(arguments) <= shape.metadata["max"]
+        assert max(map(len, arguments)) <= shape.member.metadata["max"]
+        pieces = [arguments[i + 1] for i, a in enumerate(arguments) if a == "--generation"]
+        assert len(pieces) >= 2 and json.loads("".join(pieces)) == run.config["generation"]
+    huge = {**example["generation"], "json_schema": {"type": "object", "description": "x" * 9000}}
+    with pytest.raises(ConfigError, match="at most 8000"):
+        normalise_config({**example, "generation": huge})
