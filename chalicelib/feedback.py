@@ -201,7 +201,8 @@ class NewDataCounter:
                 rows = self._s3.get_object(Bucket=self._bucket, Key=key.removesuffix(".receipt.json") + ".jsonl")
                 for line in rows["Body"].read().decode("utf-8").splitlines():
                     row = json.loads(line) if line.strip() else {}
-                    trains = isinstance(row, dict) and ("rating" not in row)  # a rating alone teaches nothing
+                    # A label or a correction is something to learn from; a rating or a preference is not.
+                    trains = isinstance(row, dict) and ("label" in row or "completion" in row)
                     if trains and isinstance(row.get("inference_id"), str):
                         labelled.add(row["inference_id"])
         labels = len(labelled)

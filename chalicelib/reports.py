@@ -104,6 +104,10 @@ class RunReports:
             found = data.get(key)
             if isinstance(found, list):
                 view[key] = [g for g in found[:SHOWN_GENERATIONS] if isinstance(g, dict)]
+        # A causal LM's untuned base, this model and the champion on the same test prompts.
+        models = data.get("models")
+        if isinstance(models, dict):
+            view["models"] = {str(k): v for k, v in list(models.items())[:3] if isinstance(v, dict)}
         return view
 
     def production(self, run: Run, evaluation: dict[str, Any] | None) -> dict[str, Any] | None:

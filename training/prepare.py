@@ -324,8 +324,8 @@ def corrected_rows(folder: Path, rows: list[Row], options: Options, report: Repo
     kept, duplicates = [], 0
     for n, example in enumerate(examples, 1):
         record, problem = check_record(example["record"], options.task)
-        if record is None:
-            report.error(PRODUCTION, n, f"{example['inference_id']}: {problem}")
+        if record is None:  # a captured conversation that is no training row (it ends on the assistant's turn)
+            report.warn(PRODUCTION, n, f"{example['inference_id']}: {problem}; left out")
             continue
         if _asked(record) in seen:
             duplicates += 1

@@ -55,7 +55,7 @@ def capture_records(folder: Path) -> Iterator[tuple[str, str, list[str], list[di
                 data = record["captureData"]
                 texts = _payload(data["endpointInput"])
                 answer = _payload(data.get("endpointOutput") or {}) if data.get("endpointOutput") else None
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
                 raise CaptureError(f"{path.name}:{number}: not a SageMaker capture record ({exc})") from exc
             if isinstance(texts, dict):
                 texts = texts.get("inputs") if "inputs" in texts else asked_text(texts.get("messages"))
@@ -352,7 +352,7 @@ def exchanges(folder: Path) -> Iterator[Exchange]:
                 data = record["captureData"]
                 asked = _payload(data["endpointInput"])
                 said = _payload(data["endpointOutput"]) if data.get("endpointOutput") else None
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
                 raise CaptureError(f"{path.name}:{number}: not a SageMaker capture record ({exc})") from exc
             inference_id = str(metadata.get("inferenceId") or metadata.get("eventId") or "")
             answer = said.get("generated_text") if isinstance(said, dict) else None
@@ -375,7 +375,7 @@ def corrected_examples(capture: Path, labels_folder: Path) -> tuple[list[dict[st
     answered with the correction (the latest received for its id), with ``inference_id``
     and ``inference_time``; and what could not be joined. What a language model's
     retraining run learns from production."""
-    asked = {e.inference_id: e for e in exchanges(capture) if e.inference_id}
+    asked, reused = unique_exchanges(exchanges(capture))
     rows, invalid = read_labels(labels_folder, "causal-lm")
     latest = {row["inference_id"]: row["completion"] for row in rows if "completion" in row}
     examples = [
@@ -387,10 +387,25 @@ def corrected_examples(capture: Path, labels_folder: Path) -> tuple[list[dict[st
     return examples, {
         "labels_read": len(rows),
         "invalid_rows": invalid,
-        "unknown_ids": sum(1 for i in latest if i not in asked),
-        "unjoinable_requests": 0,
+        "unknown_ids": sum(1 for i in latest if i not in asked and i not in reused),
+        "unjoinable_requests": sum(1 for i in latest if i in reused),
         "joined": len(examples),
     }
+
+
+def unique_exchanges(found: Iterator[Exchange]) -> tuple[dict[str, Exchange], set[str]]:
+    """The exchanges by inference id, and the ids several requests carried (a caller that
+    reused an id): feedback for those cannot say which request it is about, so it is left
+    out and counted."""
+    by_id: dict[str, Exchange] = {}
+    reused: set[str] = set()
+    for exchange in found:
+        if not exchange.inference_id:
+            continue
+        if exchange.inference_id in by_id:
+            reused.add(exchange.inference_id)
+        by_id[exchange.inference_id] = exchange
+    return {i: e for i, e in by_id.items() if i not in reused}, reused
 
 
 def mean_band(values: Sequence[float], seed: int = 0) -> float:
@@ -429,11 +444,15 @@ def llm_quality(
     invalid_rows: int = 0,
 ) -> dict[str, Any]:
     """A language model's production quality over the window's answers: the share
-    corrected (``production_correction_rate``), the mean rating scaled to 0-1
-    (``production_rating``: 1 is 0, 5 is 1), and each of the project's scorers of the
-    answer given against its correction (``production_<scorer>``), each once ``min_labels``
-    answers have that feedback, with its noise band."""
-    by_id = {e.inference_id: e for e in window if e.inference_id and e.answer is not None}
+    corrected (``production_correction_rate``, once the window has ``min_labels`` answers
+    and any feedback), the mean rating scaled to 0-1 (``production_rating``: 1 is 0, 5 is
+    1, once ``min_labels`` answers are rated), and each of the project's scorers of the
+    answer given against its correction (``production_<scorer>``, over the corrected
+    answers alone, once ``min_labels`` are corrected: how far off the answers that needed
+    a correction were), each with its noise band. Ids several requests carried are left
+    out."""
+    unique, _ = unique_exchanges(iter(window))
+    by_id = {i: e for i, e in unique.items() if e.answer is not None}
     corrections: dict[str, str] = {}
     ratings: dict[str, int] = {}
     preferences = 0
@@ -457,13 +476,13 @@ def llm_quality(
     }  # fmt: skip
     metrics: dict[str, dict[str, Any]] = report["metrics"]
     noted = []
-    if answered >= min_labels:
+    if answered >= min_labels and (corrections or ratings):  # no feedback at all: nobody looked, nothing to say
         flags = [1.0 if i in corrections else 0.0 for i in by_id]
         metrics["production_correction_rate"] = limit_entry(
             sum(flags) / answered, mean_band(flags), limits.get("production_correction_rate"), higher=False
         )
     else:
-        noted.append(f"{answered} answers in the window")
+        noted.append(f"{answered} answers in the window, {len(corrections) + len(ratings)} with feedback")
     if len(ratings) >= min_labels:
         scaled = [(r - spec.RATING_MIN) / (spec.RATING_MAX - spec.RATING_MIN) for r in ratings.values()]
         value = sum(scaled) / len(scaled)

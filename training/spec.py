@@ -266,7 +266,7 @@ PACKAGED_MODEL_FILES = {
         "generation_config.json": "371bbd21a2e8c8a48325aeaabfe0acff6e76c8fd7c08152c40fe956c96253965",
         "model.safetensors": "a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd",
         "tokenizer.json": "bf346d64f6f0fbcefb4c1b6928a98241467dff36c6fbae5fe1785c4ff90667f4",
-        "tokenizer_config.json": "156c41a2e14e6e6bd4286c506c38ee883a78e0f5ce165ad9bf63fe73ebf9e974",
+        "tokenizer_config.json": "62925d8348454c6838e5935e51b28130f2e194711be1f59caffd5403b6d54352",
     },
 }
 
@@ -466,7 +466,7 @@ def check_feedback_row(row: Any, task: str = "text-classification") -> tuple[dic
         return {"inference_id": inference_id, "completion": value}, None
     if field == "rating":
         number = value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and len(value) < 16 and value.strip() in ("1", "2", "3", "4", "5"):
             number = int(value.strip())  # a CSV's cell
         if isinstance(number, bool) or not isinstance(number, int) or not RATING_MIN <= number <= RATING_MAX:
             return None, f"rating: must be an integer from {RATING_MIN} to {RATING_MAX}, got {str(value)[:40]!r}"

@@ -460,11 +460,7 @@ def base_of(model: Any) -> Any:
 
 
 def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return inference.sha256_file(path)
 
 
 # Arguments that say where things are or how often to report; the rest define the run.

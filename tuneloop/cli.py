@@ -482,6 +482,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     # The demo starts from nothing in a home of its own: a cloud you use stays as it is.
     os.environ["TUNELOOP_HOME"] = str(cloud.home() / "demo")
+    if args.llm:
+        from . import demo_llm
+
+        return demo_llm.run(args)
+    if args.quick:
+        raise CliError("--quick is for --llm")
     return demo.run(args)
 
 
@@ -547,7 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="feedback_command", required=True
     )
     p = feedback.add_parser(
-        "send", help="upload a JSONL/CSV of {inference_id, label} under feedback/<project>/", parents=[where]
+        "send",
+        help="upload a JSONL/CSV of {inference_id, label} (a language model's: completion, rating or "
+        "preferred_over instead of label) under feedback/<project>/",
+        parents=[where],
     )
     p.add_argument("file")
     p.add_argument("--project", required=True)
@@ -677,6 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole local loop, start to end")
     p.add_argument("--keep", action="store_true", help="leave the local cloud up afterwards")
+    p.add_argument("--llm", action="store_true", help="the loop with a real language model (SmolLM2, LoRA, on CPU)")
+    p.add_argument("--quick", action="store_true", help="with --llm: fewer steps, corrections and prompts")
     p.set_defaults(func=cmd_demo)
     return parser
 

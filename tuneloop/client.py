@@ -223,18 +223,15 @@ def drop(
 
 
 def send_feedback(target: Target, path: Path, project: str, timeout: float = 60) -> dict[str, Any]:
-    """Upload a labels file under ``feedback/<project>/`` (the S3 door) and return the
+    """Upload a feedback file under ``feedback/<project>/`` (the S3 door) and return the
     receipt the intake wrote for it: rows accepted, rows refused with line and reason."""
+    from chalicelib import spec
     from chalicelib.domain import names
     from chalicelib.intake import check_feedback_key
 
     def classifies(view: dict[str, Any]) -> str | None:
         task = (view.get("config") or {}).get("task")
-        return (
-            None
-            if task == "text-classification"
-            else f"{project!r} is a {task} project; labels are for text-classification"
-        )
+        return None if task in spec.FEEDBACK_FIELDS else f"{project!r} is a {task} project; it takes no feedback"
 
     key = f"feedback/{project}/{datetime.now(UTC):%Y%m%dT%H%M%SZ}/{path.name}"
     api, uri, identity = _upload(target, path, project, key, check_feedback_key, "nothing would be stored", classifies)
@@ -250,7 +247,7 @@ def send_feedback(target: Target, path: Path, project: str, timeout: float = 60)
 
 def describe_receipt(receipt: dict[str, Any]) -> str:
     """``stored 98 labels from <source>; refused 2: line 3: label: missing or not a string; …``."""
-    text = f"stored {receipt['accepted']} label(s) from {receipt['source']} at {receipt['received_at']}"
+    text = f"stored {receipt['accepted']} row(s) from {receipt['source']} at {receipt['received_at']}"
     if receipt["refused"]:
         reasons = "; ".join(f"line {e['line']}: {e['reason']}" for e in receipt["errors"][:5])
         text += f"; refused {receipt['refused']}: {reasons}"
@@ -305,8 +302,9 @@ def show_run(run: dict[str, Any]) -> None:
     held = production.get("held_out") or {}
     for who in ("challenger", "champion"):
         if held.get(who):
-            print(f"  held-out  production ({held['examples']} rows), {who}: accuracy {held[who]['accuracy']:.4f}, "
-                  f"macro-F1 {held[who]['macro_f1']:.4f}")  # fmt: skip
+            # A classifier's accuracy and macro-F1; a language model's scorers.
+            scores = ", ".join(f"{k} {v:.4f}" for k, v in held[who].items() if isinstance(v, (int, float)))
+            print(f"  held-out  production ({held['examples']} rows), {who}: {scores}")
     if run["links"].get("prepare_report"):
         print(f"  data      every dropped or flagged row: {run['links']['prepare_report']}")
     if run["links"].get("transform_output"):

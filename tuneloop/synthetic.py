@@ -112,3 +112,20 @@ def extraction_rows(count: int, seed: int = 11) -> list[dict[str, Any]]:
         out.append({"messages": [{"role": "user", "content": EXTRACTION_INSTRUCTION + text},
                                  {"role": "assistant", "content": json.dumps(fields)}]})  # fmt: skip
     return out
+
+
+FORM_FIELDS = (("ITEM", "item"), ("QTY", "quantity"), ("SHIP TO", "city"), ("NAME", "customer"))
+
+
+def form_order(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    """(an order as a web shop's form sends it, the order in it): the four fields as
+    ``KEY: value`` pairs in any order, the name written "Last, First" as the form asks for
+    it; the order still names the customer "First Last". A model tuned on customers'
+    sentences copies the name as written: what production sends once the shop opens its
+    form, and what corrections teach."""
+    _, fields = order(rng)
+    first, last = str(fields["customer"]).split(" ", 1)
+    written = {**fields, "customer": f"{last}, {first}"}
+    pairs = list(FORM_FIELDS)
+    rng.shuffle(pairs)
+    return " | ".join(f"{key}: {written[name]}" for key, name in pairs), fields

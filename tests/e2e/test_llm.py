@@ -1,8 +1,9 @@
-"""A causal LM through the whole loop on the local cloud: a tiny randomly initialised
+"""Causal LMs through the whole loop on the local cloud. A tiny randomly initialised
 decoder learns the synthetic instruction task (tuneloop/synthetic.py) on the CPU, is judged
 by what it generates, passes a gate on exact match, is registered, deployed, and answers a
 conversation sent to its endpoint; then a LoRA project on that model registers and serves
-its adapter alone, on that model as its base."""
+its adapter alone, on that model as its base. And the LLM demo's quick mode: the real
+SmolLM2 tuned, gated against its base, corrected in production and retrained."""
 
 from __future__ import annotations
 
@@ -271,3 +272,38 @@ def check_generations_page(home: Path, state: dict[str, Any], run: dict[str, Any
             assert page.evaluate(SERIOUS) == [] and errors == [], errors
         finally:
             browser.close()
+
+
+def test_the_llm_demo_tunes_smollm2_and_learns_from_corrections(tmp_path: Path) -> None:
+    """`tuneloop demo --llm --quick`: the pre-trained SmolLM2 fine-tuned with LoRA on the
+    order-extraction example beats its untuned base on the held-out test prompts (the
+    gate says so), is deployed and streams an answer; web-form orders it misreads get
+    corrections by the feedback API, the monitoring job measures the correction rate past
+    its ceiling, an alarm starts a retraining run that learns from the corrections, and
+    that run is gated against both its base and the deployed champion."""
+    import re
+
+    out = tuneloop(tmp_path / "home", "demo", "--llm", "--quick", timeout=1200).stdout
+    first = re.search(r"deployed: exact_match: untuned base ([\d.]+) → this model ([\d.]+)", out)
+    assert first, out[-4000:]
+    base, tuned = float(first[1]), float(first[2])
+    print(f"\nexact match on the held-out test prompts: untuned base {base:.2f} → tuned {tuned:.2f}")
+    assert base <= 0.2 and tuned >= base + 0.5, (base, tuned)
+    assert "vs the untuned base model HuggingFaceTB/SmolLM2-135M-Instruct" in out and "better beyond noise" in out
+    pieces = re.search(r"a streamed answer in (\d+) pieces: (.*)", out)
+    assert pieces and int(pieces[1]) >= 2 and json.loads(pieces[2])["customer"], out[-4000:]
+    assert re.search(r"monitoring: correction rate [\d.]+ \(noise [\d.]+\); past its limit: .*"
+                     r"production_correction_rate", out), out[-4000:]  # fmt: skip
+    learned = re.search(r"learned from (\d+) corrected production requests", out)
+    assert learned and int(learned[1]) >= 6, out[-4000:]
+    child = re.search(r"retraining run (\w{12}) is (DEPLOYED|REJECTED): (.*)", out)
+    assert child, out[-4000:]
+    # Gated against the deployed champion and, a language model, against its untuned base.
+    assert "champion run" in child[3] and "untuned base model" in child[3], child[3]
+    if child[2] == "DEPLOYED":
+        # Measured after the switch; how much 12 corrections and 8 steps teach varies (the
+        # full demo's 24 and 16 are what show it), so printed here, not asserted.
+        scores = re.search(r"tuned ([\d.]+), ([\d.]+) → retrained ([\d.]+), ([\d.]+)", out)
+        assert scores, out[-4000:]
+        print(f"held-out web-form orders, exact match: tuned {scores[2]} → retrained {scores[4]}")
+    assert re.search(r"demo finished in \d+\.\ds", out)

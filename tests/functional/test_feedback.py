@@ -86,6 +86,8 @@ def test_a_language_models_feedback_is_corrections_ratings_and_preferences(api: 
     for bad, field in (
         ({"inference_id": "a", "rating": 9}, ".rating"),
         ({"inference_id": "a", "rating": True}, ".rating"),
+        ({"inference_id": "a", "rating": "³"}, ".rating"),  # a digit to isdigit(), not to int()
+        ({"inference_id": "a", "rating": "9" * 5000}, ".rating"),
         ({"inference_id": "a", "completion": ""}, ": give exactly one"),
         ({"inference_id": "a", "completion": "x", "rating": 3}, ": give exactly one"),
         ({"inference_id": "a", "preferred_over": "a"}, ".preferred_over"),

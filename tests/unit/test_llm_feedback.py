@@ -189,3 +189,7 @@ def test_exchanges_read_conversations_prompts_and_what_was_answered(tmp_path: Pa
     assert found[0].row("y")["messages"][-1] == {"role": "assistant", "content": "y"}
     assert found[1].row("y") == {"prompt": "p", "completion": "y"}
     assert scoring.scorer("exact_match")("a", "a") == 1.0
+    # A caller that reused an id: feedback for it cannot say which request it is about.
+    write_jsonl(tmp_path / "c" / "01.jsonl", [exchange({"inputs": "other"}, "d", "r1", "t4")])
+    unique, reused = quality.unique_exchanges(quality.exchanges(tmp_path / "c"))
+    assert set(unique) == {"r2"} and reused == {"r1"}

@@ -32,6 +32,7 @@ from chalicelib.sagemaker import (
     EvaluationLoader,
     SageMakerExecutors,
     evaluate_request,
+    generation_arguments,
     model_package_request,
     prepare_request,
     training_request,
@@ -810,8 +811,17 @@ def test_a_language_models_generation_settings_reach_its_jobs_in_pieces_sagemake
         arguments = request["AppSpecification"]["ContainerArguments"]
         assert len(arguments) <= shape.metadata["max"]
         assert max(map(len, arguments)) <= shape.member.metadata["max"]
-        pieces = [arguments[i + 1] for i, a in enumerate(arguments) if a == "--generation"]
+        pieces = [a.removeprefix("--generation=") for a in arguments if a.startswith("--generation=")]
         assert len(pieces) >= 2 and json.loads("".join(pieces)) == run.config["generation"]
+    # Read back as the jobs read them: a piece that starts with "-" is still a value.
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--generation", action="append", default=[])
+    dashed = {**run.config["generation"], "regex": "-" * 300}
+    pieces = [a for a in generation_arguments(dashed)]
+    assert any(a.startswith("--generation=-") for a in pieces)
+    assert json.loads("".join(parser.parse_args(pieces).generation)) == dashed
     huge = {**example["generation"], "json_schema": {"type": "object", "description": "x" * 9000}}
     with pytest.raises(ConfigError, match="at most 8000"):
         normalise_config({**example, "generation": huge})

@@ -456,8 +456,11 @@ function productionSection(production) {
   }
   const held = production.held_out;
   if (held) {
-    out.push(table(["model", "accuracy", "macro-F1"], ["challenger", "champion"].filter((w) => held[w]).map((w) =>
-      [w === "challenger" ? "this run's model" : "the champion", { num: fmt(held[w].accuracy) }, { num: fmt(held[w].macro_f1) }]),
+    // A classifier's accuracy and macro-F1; a language model's scorers on its corrected requests.
+    const who = ["challenger", "champion"].filter((w) => held[w]);
+    const metrics = who.length ? Object.keys(held[who[0]]) : [];
+    out.push(table(["model", ...metrics], who.map((w) =>
+      [w === "challenger" ? "this run's model" : "the champion", ...metrics.map((m) => ({ num: fmt(held[w][m]) }))]),
     `On ${held.examples} held-out production rows`));
   }
   return h("section", { "aria-labelledby": "production" }, out);
