@@ -261,12 +261,7 @@ def packaged_folder(package: str, files: dict[str, str] | None = None, gguf: lis
     source = root / name
     if not source.is_file():
         raise ModelLoadError(f"{package} has no {name}: reinstall the version tuneloop pins")
-    found = sha256_file(source)
-    if found != expected:
-        raise ModelLoadError(
-            f"{package}'s {name} is not the file tuneloop pins (sha256 {found[:16]}…, expected {expected[:16]}…): "
-            "reinstall the version tuneloop pins"
-        )
+    _check_digest(source, expected, f"{package}'s {name}")
     cache.mkdir(mode=0o700, parents=True, exist_ok=True)
     scratch = target.with_name(f"{target.name}.{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
@@ -374,15 +369,18 @@ def _check_files(folder: Path, files: dict[str, str], what: str, exact: bool = F
         if extra:
             raise ModelLoadError(f"{what} at {folder} holds files tuneloop does not pin: {', '.join(extra[:5])}")
     for name, expected in files.items():
-        path = folder / name
-        if not path.is_file():
+        if not (folder / name).is_file():
             raise ModelLoadError(f"{what} {name} is missing from {folder}")
-        found = sha256_file(path)
-        if found != expected:
-            raise ModelLoadError(
-                f"{what} {name} is not the file tuneloop pins (sha256 {found[:16]}…, expected {expected[:16]}…): "
-                "reinstall the version tuneloop pins"
-            )
+        _check_digest(folder / name, expected, f"{what} {name}")
+
+
+def _check_digest(path: Path, expected: str, what: str) -> None:
+    found = sha256_file(path)
+    if found != expected:
+        raise ModelLoadError(
+            f"{what} is not the file tuneloop pins (sha256 {found[:16]}…, expected {expected[:16]}…): "
+            "reinstall the version tuneloop pins"
+        )
 
 
 def base_folder(model_dir: str | Path, meta: dict[str, Any]) -> Path:

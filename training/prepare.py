@@ -300,15 +300,22 @@ def production_rows(folder: Path, rows: list[Row], options: Options, report: Rep
         seen.add(text)
         kept.append(Row(PRODUCTION, n, {**record, "source": PRODUCTION, "inference_id": example["inference_id"],
                                         "inference_time": example["inference_time"]}))  # fmt: skip
+    report.production = _production_report(kept, counts, duplicates, dict(unknown))
+    return kept
+
+
+def _production_report(
+    kept: list[Row], counts: dict[str, Any], duplicates: int, unknown_labels: dict[str, int]
+) -> dict[str, Any]:
+    """What the report says of the production rows a run learned from: counts, window."""
     times = [row.record["inference_time"] for row in kept if row.record["inference_time"]]
-    report.production = {
+    return {
         **counts,
         "rows": len(kept),
         "duplicates": duplicates,
-        "unknown_labels": dict(unknown),
+        "unknown_labels": unknown_labels,
         "window": {"first": min(times), "last": max(times)} if times else None,
     }
-    return kept
 
 
 def _asked(record: dict[str, Any]) -> str:
@@ -333,14 +340,7 @@ def corrected_rows(folder: Path, rows: list[Row], options: Options, report: Repo
         seen.add(_asked(record))
         kept.append(Row(PRODUCTION, n, {**record, "source": PRODUCTION, "inference_id": example["inference_id"],
                                         "inference_time": example["inference_time"]}))  # fmt: skip
-    times = [row.record["inference_time"] for row in kept if row.record["inference_time"]]
-    report.production = {
-        **counts,
-        "rows": len(kept),
-        "duplicates": duplicates,
-        "unknown_labels": {},
-        "window": {"first": min(times), "last": max(times)} if times else None,
-    }
+    report.production = _production_report(kept, counts, duplicates, {})
     return kept
 
 

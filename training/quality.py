@@ -41,10 +41,12 @@ class CaptureError(ValueError):
     """A capture file holds something that is not a SageMaker capture record."""
 
 
-def capture_records(folder: Path) -> Iterator[tuple[str, str, list[str], list[dict[str, Any] | None]]]:
-    """(inference time, inference id, texts, answers) of every captured request. The id is
-    the caller's ``InferenceId``, else the capture's event id (what the caller was given)."""
-    for path in sorted(folder.rglob("*.jsonl")):
+def _records(folder: Path) -> Iterator[tuple[str, str, Any, Any]]:
+    """(inference time, inference id, request, response) of every capture record under
+    ``folder``, the payloads parsed; CaptureError names the file and line of one that is
+    not SageMaker's. The id is the caller's ``InferenceId``, else the capture's event id
+    (what the caller was given)."""
+    for path in sorted(folder.rglob("*.jsonl")) if folder.is_dir() else []:
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
@@ -53,21 +55,27 @@ def capture_records(folder: Path) -> Iterator[tuple[str, str, list[str], list[di
                 metadata = record.get("eventMetadata") or {}
                 metadata = metadata if isinstance(metadata, dict) else {}
                 data = record["captureData"]
-                texts = _payload(data["endpointInput"])
-                answer = _payload(data.get("endpointOutput") or {}) if data.get("endpointOutput") else None
+                asked = _payload(data["endpointInput"])
+                said = _payload(data["endpointOutput"]) if data.get("endpointOutput") else None
             except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
                 raise CaptureError(f"{path.name}:{number}: not a SageMaker capture record ({exc})") from exc
-            if isinstance(texts, dict):
-                texts = texts.get("inputs") if "inputs" in texts else asked_text(texts.get("messages"))
-            texts = [texts] if isinstance(texts, str) else texts
-            answers = [answer] if isinstance(answer, dict) else answer if isinstance(answer, list) else []
-            kept, said = [], []
-            for n, text in enumerate(texts if isinstance(texts, list) else []):
-                if isinstance(text, str):
-                    kept.append(text)
-                    said.append(answers[n] if n < len(answers) and isinstance(answers[n], dict) else None)
-            when = str(metadata.get("inferenceTime", ""))
-            yield when, str(metadata.get("inferenceId") or metadata.get("eventId") or ""), kept, said
+            inference_id = str(metadata.get("inferenceId") or metadata.get("eventId") or "")
+            yield str(metadata.get("inferenceTime", "")), inference_id, asked, said
+
+
+def capture_records(folder: Path) -> Iterator[tuple[str, str, list[str], list[dict[str, Any] | None]]]:
+    """(inference time, inference id, texts, answers) of every captured request."""
+    for when, inference_id, texts, answer in _records(folder):
+        if isinstance(texts, dict):
+            texts = texts.get("inputs") if "inputs" in texts else asked_text(texts.get("messages"))
+        texts = [texts] if isinstance(texts, str) else texts
+        answers = [answer] if isinstance(answer, dict) else answer if isinstance(answer, list) else []
+        kept, said = [], []
+        for n, text in enumerate(texts if isinstance(texts, list) else []):
+            if isinstance(text, str):
+                kept.append(text)
+                said.append(answers[n] if n < len(answers) and isinstance(answers[n], dict) else None)
+        yield when, inference_id, kept, said
 
 
 def asked_text(messages: Any) -> str | None:
@@ -341,33 +349,19 @@ class Exchange:
 def exchanges(folder: Path) -> Iterator[Exchange]:
     """Every captured single request of a language model (a batch of prompts cannot be
     corrected by one id: left out)."""
-    for path in sorted(folder.rglob("*.jsonl")) if folder.is_dir() else []:
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                metadata = record.get("eventMetadata") or {}
-                metadata = metadata if isinstance(metadata, dict) else {}
-                data = record["captureData"]
-                asked = _payload(data["endpointInput"])
-                said = _payload(data["endpointOutput"]) if data.get("endpointOutput") else None
-            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-                raise CaptureError(f"{path.name}:{number}: not a SageMaker capture record ({exc})") from exc
-            inference_id = str(metadata.get("inferenceId") or metadata.get("eventId") or "")
-            answer = said.get("generated_text") if isinstance(said, dict) else None
-            answer = answer if isinstance(answer, str) else None
-            messages = asked.get("messages") if isinstance(asked, dict) else None
-            prompt = asked.get("inputs") if isinstance(asked, dict) else asked
-            when = str(metadata.get("inferenceTime", ""))
-            if isinstance(messages, list) and all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages
-            ):
-                kept = [{"role": m["role"], "content": m["content"]} for m in messages]
-                yield Exchange(inference_id, when, kept, None, answer)
-            elif isinstance(prompt, str):
-                yield Exchange(inference_id, when, None, prompt, answer)
+    for when, inference_id, asked, said in _records(folder):
+        answer = said.get("generated_text") if isinstance(said, dict) else None
+        answer = answer if isinstance(answer, str) else None
+        messages = asked.get("messages") if isinstance(asked, dict) else None
+        prompt = asked.get("inputs") if isinstance(asked, dict) else asked
+        if isinstance(messages, list) and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            kept = [{"role": m["role"], "content": m["content"]} for m in messages]
+            yield Exchange(inference_id, when, kept, None, answer)
+        elif isinstance(prompt, str):
+            yield Exchange(inference_id, when, None, prompt, answer)
 
 
 def corrected_examples(capture: Path, labels_folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
