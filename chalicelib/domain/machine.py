@@ -180,7 +180,8 @@ def gate_verdict(config: Mapping[str, Any], event: EvaluationLoaded) -> tuple[bo
             beats, versus_base = _versus_baseline(config, event, first=False)
             passed, reason = beats, (f"{reason}; {versus_base}" if beats else versus_base)
     elif event.baseline is not None or event.baseline_error:
-        passed, reason = _versus_baseline(config, event)
+        # With the champion comparison off, a champion may be deployed: not "a first model".
+        passed, reason = _versus_baseline(config, event, first=gates.get("compare_champion", True))
     elif not gates.get("compare_baseline", True):
         passed, reason = True, "no champion compared; baseline comparison off"
     elif not gates.get("compare_champion", True):
@@ -198,14 +199,15 @@ def _versus_baseline(config: Mapping[str, Any], event: EvaluationLoaded, first: 
     """A model must beat a trivial baseline on the same test rows beyond the paired
     bootstrap's noise: a first model (no champion to beat) one no better than always
     answering the majority class, and every causal LM (``first`` False: a champion is
-    deployed) its untuned base, is not worth serving."""
+    deployed, or the champion comparison is off) its untuned base, is not worth serving."""
     primary = config["gates"].get("primary_metric") or spec.PRIMARY_METRICS[config["task"]][0]
     c = event.baseline
     opening = "no champion deployed yet; " if first else ""
     if c is None:
         why = event.baseline_error or "the evaluation holds no comparison with a trivial baseline"
         if not first:
-            return False, f"{why}; a language model must beat its untuned base (gates.compare_baseline)"
+            must = "its untuned base" if config["task"] == "causal-lm" else "a trivial baseline"
+            return False, f"{why}; a model must beat {must} (gates.compare_baseline)"
         return False, f"no champion deployed yet, and {why}; a first model must beat one (gates.compare_baseline)"
     if c.metric != primary or not all(math.isfinite(v) for v in (c.challenger, c.champion, c.low, c.high)):
         return False, f"the comparison with {c.against or 'the baseline'} is not finite or not on {primary}"

@@ -387,6 +387,11 @@ def test_a_language_model_must_beat_its_untuned_base_even_past_a_champion() -> N
     # An evaluation that could not measure the base gives no reason to promote.
     run = gated(llm, {"token_f1": 0.62}, versus_champion, None)
     assert run.state is S.REJECTED and "must beat its untuned base" in run.history[-1].reason
+    # The champion comparison off: measured against its base alone, and not called a first model.
+    alone = normalise_config({**llm, "gates": {**llm["gates"], "compare_champion": False}})
+    run = gated(alone, {"token_f1": 0.62}, None, level)
+    assert run.state is S.REJECTED and "no champion deployed yet" not in run.history[-1].reason
+    assert f"vs {base} 0.6000" in run.history[-1].reason
     # The project may turn it off, as for a first model.
     off = normalise_config({**llm, "gates": {**llm["gates"], "compare_baseline": False}})
     assert gated(off, {"token_f1": 0.62}, versus_champion, level).state is S.REGISTERING
