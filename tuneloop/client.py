@@ -246,7 +246,7 @@ def send_feedback(target: Target, path: Path, project: str, timeout: float = 60)
 
 
 def describe_receipt(receipt: dict[str, Any]) -> str:
-    """``stored 98 labels from <source>; refused 2: line 3: label: missing or not a string; …``."""
+    """``stored 98 row(s) from <source>; refused 2: line 3: label: missing or not a string; …``."""
     text = f"stored {receipt['accepted']} row(s) from {receipt['source']} at {receipt['received_at']}"
     if receipt["refused"]:
         reasons = "; ".join(f"line {e['line']}: {e['reason']}" for e in receipt["errors"][:5])

@@ -298,8 +298,12 @@ def test_the_llm_demo_tunes_smollm2_and_learns_from_corrections(tmp_path: Path) 
     assert learned and int(learned[1]) >= 6, out[-4000:]
     child = re.search(r"retraining run (\w{12}) is (DEPLOYED|REJECTED): (.*)", out)
     assert child, out[-4000:]
-    # Gated against the deployed champion and, a language model, against its untuned base.
-    assert "champion run" in child[3] and "untuned base model" in child[3], child[3]
+    # Gated against the deployed champion and, a language model, against its untuned base
+    # (a retrained model that answers every test row as the champion does is rejected
+    # before that: the same model, nothing to deploy).
+    assert "champion run" in child[3], child[3]
+    if child[2] == "DEPLOYED":
+        assert "untuned base model" in child[3], child[3]
     if child[2] == "DEPLOYED":
         # Measured after the switch; how much 12 corrections and 8 steps teach varies (the
         # full demo's 24 and 16 are what show it), so printed here, not asserted.

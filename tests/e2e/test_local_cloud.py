@@ -116,8 +116,8 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     labels = tmp_path / "labels.jsonl"
     labels.write_text('{"inference_id": "order-17", "label": "positive"}\n{"inference_id": "order-18"}\n')
     sent = tuneloop(home, "feedback", "send", str(labels), "--project", "demo")
-    assert "stored 1 label(s)" in sent.stdout and "refused 1: line 2: label: missing" in sent.stdout, sent.stdout
-    assert "stored 1 label(s)" in tuneloop(home, "feedback", "list", "--project", "demo").stdout
+    assert "stored 1 row(s)" in sent.stdout and "refused 1: line 2: label: missing" in sent.stdout, sent.stdout
+    assert "stored 1 row(s)" in tuneloop(home, "feedback", "list", "--project", "demo").stdout
     assert len([o for o in s3(state).list_objects_v2(Bucket=state["bucket"], Prefix="labels/demo/")["Contents"]
                 if o["Key"].endswith(".jsonl")]) == 1  # fmt: skip
     assert len(http(state, "GET", "/runs?project=demo")[1]["runs"]) == 1  # feedback starts no run
@@ -173,7 +173,7 @@ def check_stage_commands(home: Path, state: dict[str, Any], run_id: str, tmp_pat
     labels = tmp_path / "stage-labels.csv"
     labels.write_text("inference_id,label\norder-17,negative\n")
     sent = tuneloop(home, "feedback", "send", str(labels), "--project", "demo", "--stage", "local")
-    assert "stored 1 label(s)" in sent.stdout, sent.stdout
+    assert "stored 1 row(s)" in sent.stdout, sent.stdout
     reviews = str(REPO / "examples/data/reviews.jsonl")
     refused = tuneloop(home, "drop", reviews, "--project", "ghost", "--stage", "local", check=False)
     assert refused.returncode == 2 and "there is no project 'ghost'" in refused.stderr
