@@ -8,10 +8,11 @@ tokens the loss learns from) for the decoders, and their ratios: a small random 
 the pre-trained SmolLM2-135M-Instruct (packaged), LoRA and full. On a GPU the random
 decoder is a ~1.2B-parameter Llama-3.2-1B-shaped model and MFU is printed for each decoder
 (lm_head counted; 6 FLOPs per parameter and token for full fine-tuning, 4 for LoRA, whose
-frozen weights get no gradient).
+frozen weights get no gradient). On a GPU SmolLM2 is also trained with QLoRA (its base in
+4 bits); without one, the benchmark checks that train.py refuses QLoRA, saying why.
 
     python bench/train_throughput.py                 # CPU: MiniLM, a small random Llama, SmolLM2
-    python bench/train_throughput.py --gpu           # GPU: MiniLM, the ~1.2B decoder, SmolLM2
+    python bench/train_throughput.py --gpu           # GPU: MiniLM, the ~1.2B decoder, SmolLM2 (also QLoRA)
 
 Goals: on CPU >= 1.3x (encoder) and >= 1.5x (random decoder), not slower (SmolLM2); on an
 H100 >= 3x a plain Trainer's useful tokens/s and >= 35% MFU (the ~1.2B decoder).
@@ -81,8 +82,18 @@ def run_tuneloop(
         "--model-dir", str(tmp / "model"), "--checkpoint-dir", str(tmp / "ckpt"), "--failure-dir", str(tmp / "out"),
         "--batch-size", str(batch), "--max-steps", str(steps), "--max-length", str(max_length), "--log-every", "1000",
         "--checkpoint-interval-s", "1e9", "--warmup-ratio", "0",
+        *(["--artifact", "adapter"] if method == "qlora" else []),  # a 4-bit base is served as its adapter
     ]  # fmt: skip
     return tuneloop_train.train(tuneloop_train.parse_args(argv))
+
+
+def qlora_refused(data: Path, tmp: Path) -> str | None:
+    """Why train.py refuses QLoRA here (None: it trained, which it must not without a GPU)."""
+    try:
+        run_tuneloop("causal-lm", data, SMOLLM2, 2, 1, 64, tmp, "qlora")
+    except tuneloop_train.TrainingError as exc:
+        return str(exc)
+    return None
 
 
 def run_trainer(
@@ -154,7 +165,7 @@ def decoder_flops_per_token(model_name: str, vocab: int, seq: int, method: str =
     params_per_layer = 2 * h * h + 2 * h * kv + 3 * h * f
     dense = layers * params_per_layer + vocab * h  # the lm_head counted
     attention = 2 * layers * seq * h  # QK^T and AV per token, forward
-    per = 4 if method == "lora" else 6
+    per = 4 if method in tuneloop_train.LORA_METHODS else 6
     return per * dense + per * attention
 
 
@@ -177,7 +188,7 @@ def main() -> int:
         ]
     elif args.gpu:
         cases.append(("causal-lm", "random:llama-1b", full, 8, args.steps or 30, 2048, 3.0))
-        cases += [("causal-lm", SMOLLM2, method, 16, args.steps or 30, 1024, 1.0) for method in (lora, full)]
+        cases += [("causal-lm", SMOLLM2, method, 16, args.steps or 30, 1024, 1.0) for method in (lora, full, "qlora")]
     else:
         cases.append(("causal-lm", "random:llama-small", full, 8, args.steps or 20, 512, 1.5))
         cases += [("causal-lm", SMOLLM2, method, 4, args.steps or 6, 256, 1.0) for method in (lora, full)]
@@ -205,6 +216,13 @@ def main() -> int:
             flops = decoder_flops_per_token(model, 30522, max_length // 2, method)
             for name, result in (("plain Trainer", baseline), ("train.py", ours)):
                 print(f"  MFU {name}: {100 * result[key] * flops / (args.peak_tflops * 1e12):.1f}%")
+    if not torch.cuda.is_available():
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = Path(tmp_name)
+            why = qlora_refused(write_data(tmp / "data", "causal-lm", rows=8), tmp / "tl")
+        print(f"[causal-lm] {SMOLLM2} (qlora): refused without a GPU: {why}")
+        if why is None or "CUDA GPU" not in why:
+            failures.append(f"QLoRA on a CPU was not refused with its reason: {why}")
     for failure in failures:
         print(f"FAILED: {failure}")
     return 1 if failures else 0

@@ -170,6 +170,12 @@ def run_view(stored: StoredRun, settings: Settings) -> dict[str, Any]:
                 }
                 for item in stored.pending
             ],
+            # The latest decision's commands, done or not, with what executing them said
+            # (the evaluate job's instance and time limit, say).
+            "commands": [
+                {"type": type(item.command).__name__, "status": item.status, "note": item.note}
+                for item in stored.outbox
+            ],
             "config": run.config,
             "version": stored.version,
         }

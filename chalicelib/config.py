@@ -38,6 +38,8 @@ class Settings:
     training_image_cpu: str = ""
     processing_image: str = ""
     inference_image: str = ""
+    # The inference image's GPU build: where a model is evaluated on a GPU instance.
+    inference_image_gpu: str = ""
     # Where a causal LM is served: SageMaker's PyTorch inference image, whose model server
     # (TorchServe) streams an answer as it is generated. Unset: the inference image.
     streaming_image: str = ""
@@ -95,6 +97,7 @@ class Settings:
             training_image_cpu=env.get("TUNELOOP_TRAINING_IMAGE_CPU", ""),
             processing_image=env.get("TUNELOOP_PROCESSING_IMAGE", ""),
             inference_image=env.get("TUNELOOP_INFERENCE_IMAGE", ""),
+            inference_image_gpu=env.get("TUNELOOP_INFERENCE_IMAGE_GPU", ""),
             streaming_image=env.get("TUNELOOP_STREAMING_IMAGE", ""),
             code_uri=env.get("TUNELOOP_CODE_URI", "").rstrip("/"),
             processing_instance_type=processing,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -34,10 +35,11 @@ from .domain.commands import (
 from .domain.events import Comparison, EvaluationLoaded, TuningJobChanged
 from .domain.project import TRAINING_METRICS
 from .domain.run import Run
-from .domain.waits import PROCESSING_MAX_RUNTIME_S
+from .domain.waits import EVALUATION_MAX_RUNTIME_S, PROCESSING_MAX_RUNTIME_S
 from .events import PROJECT_TAG, RUN_ID_TAG, TUNING, MalformedEventError, parse_described
 from .executors import Outcome, PermanentCommandError
 from .feedback import labels_prefix
+from .observability import logger
 
 PROCESSING_ROOT = "/opt/ml/processing"
 PREPARE_OUTPUTS = ("train", "validation", "test", "profile", "report")
@@ -97,8 +99,11 @@ def _processing_job(
     arguments: list[str],
     inputs: list[dict[str, Any]],
     outputs: list[dict[str, Any]],
+    instance_type: str | None = None,
+    max_runtime_s: int = PROCESSING_MAX_RUNTIME_S,
 ) -> dict[str, Any]:
-    """What every tuneloop processing job shares: role, code input, resources, KMS, VPC, tags."""
+    """What every tuneloop processing job shares: role, code input, resources, KMS, VPC,
+    tags; on the stage's processing instance unless ``instance_type`` says."""
     code = _require(settings.code_uri, "the training code location") + "/source/"
     app: dict[str, Any] = {
         "ImageUri": image,
@@ -108,7 +113,7 @@ def _processing_job(
         app["ContainerArguments"] = arguments
     cluster: dict[str, Any] = {
         "InstanceCount": 1,
-        "InstanceType": settings.processing_instance_type,
+        "InstanceType": instance_type or settings.processing_instance_type,
         "VolumeSizeInGB": 30,
     }
     request: dict[str, Any] = {
@@ -118,7 +123,7 @@ def _processing_job(
         "ProcessingInputs": [_processing_input("code", code, f"{PROCESSING_ROOT}/input/code"), *inputs],
         "ProcessingOutputConfig": {"Outputs": outputs},
         "ProcessingResources": {"ClusterConfig": cluster},
-        "StoppingCondition": {"MaxRuntimeInSeconds": PROCESSING_MAX_RUNTIME_S},
+        "StoppingCondition": {"MaxRuntimeInSeconds": max_runtime_s},
         "Tags": tags(command),
     }
     if settings.kms_key_id:
@@ -269,14 +274,64 @@ def evaluation_prefix(settings: Settings, run_id: str) -> str:
     return f"{run_prefix(settings, run_id)}/evaluate/evaluation/"
 
 
+# How long an evaluate job may take: a start (image, model download and load) and, per
+# test row and model measured, a classifier's forward pass or a causal LM's generation of
+# max_new_tokens tokens. Generous on purpose (a 1B model on a CPU instance generates a few
+# tokens a second): the limit stops a job that hangs, not one that is merely slow.
+EVALUATION_START_S = 900
+EVALUATION_ROW_S = {"cpu": 0.5, "gpu": 0.05}
+EVALUATION_TOKEN_S = {"cpu": 1.0, "gpu": 0.1}
+
+
+def evaluation_instance(run: Run, settings: Settings) -> str:
+    """Where the run's model is evaluated: the project's evaluation.instance_type; else a
+    causal LM trained on a GPU instance is evaluated on that instance type (it generates
+    for every test prompt, three times), and the rest on the stage's processing instance."""
+    evaluation = run.config.get("evaluation") or {}
+    if evaluation.get("instance_type"):
+        return str(evaluation["instance_type"])
+    trained_on = str(run.config["training"]["instance_type"])
+    if run.config["task"] == "causal-lm" and trained_on.startswith(GPU_FAMILIES):
+        return trained_on
+    return settings.processing_instance_type
+
+
+def evaluation_runtime_s(run: Run, settings: Settings, test_rows: int | None) -> tuple[int, str]:
+    """The evaluate job's MaxRuntimeInSeconds and why: the project's evaluation.max_runtime_s;
+    else what ``test_rows`` need on the instance (EVALUATION_START_S, EVALUATION_ROW_S,
+    EVALUATION_TOKEN_S), for every model measured, within EVALUATION_MAX_RUNTIME_S and the
+    stage's runtime limit; the most those allow when the size is unknown."""
+    ceiling = min(EVALUATION_MAX_RUNTIME_S, settings.limits.max_runtime_s)
+    evaluation = run.config.get("evaluation") or {}
+    if evaluation.get("max_runtime_s"):
+        return int(evaluation["max_runtime_s"]), "evaluation.max_runtime_s"
+    if test_rows is None:
+        return ceiling, "test split's size unknown: the most allowed"
+    kind = "gpu" if evaluation_instance(run, settings).startswith(GPU_FAMILIES) else "cpu"
+    causal = run.config["task"] == "causal-lm"
+    models = 3 if causal else 2  # the model, a champion, and a causal LM's untuned base
+    per_row = (
+        EVALUATION_TOKEN_S[kind] * int(run.config["generation"]["max_new_tokens"]) if causal else EVALUATION_ROW_S[kind]
+    )
+    needed = EVALUATION_START_S + math.ceil(test_rows * models * per_row)
+    limit = max(2 * EVALUATION_START_S, min(needed, ceiling))
+    why = f"{test_rows} test rows on {kind.upper()}"
+    return limit, why if needed <= ceiling else f"{why} need about {needed} s: capped at {ceiling} s"
+
+
 def evaluate_request(
-    command: StartProcessingJob, run: Run, settings: Settings, champion: Run | None = None
+    command: StartProcessingJob,
+    run: Run,
+    settings: Settings,
+    champion: Run | None = None,
+    test_rows: int | None = None,
 ) -> dict[str, Any]:
     """The evaluate job: the trained model on the test split, in the inference image, the
-    stack that will serve it (torch and transformers, CPU). With a deployed champion, its
-    model is measured on the same split, for the gate's champion/challenger comparison;
-    without one, a trivial baseline is (the majority class); a causal LM's untuned base is
-    measured on every evaluation."""
+    stack that will serve it (torch and transformers; its GPU build on a GPU instance:
+    evaluation_instance), for as long as ``test_rows`` need (evaluation_runtime_s). With a
+    deployed champion, its model is measured on the same split, for the gate's
+    champion/challenger comparison; without one, a trivial baseline is (the majority
+    class); a causal LM's untuned base is measured on every evaluation."""
     prefix = run_prefix(settings, run.run_id)
     inputs = [
         _processing_input(
@@ -316,14 +371,21 @@ def evaluate_request(
             and not adapter_base_uri(run)
         ):
             inputs.append(_processing_input("untuned", run.config["base_model"], f"{PROCESSING_ROOT}/input/untuned"))
+    instance_type = evaluation_instance(run, settings)
+    if instance_type.startswith(GPU_FAMILIES):
+        image = _require(settings.inference_image_gpu, f"the inference image's GPU build (for {instance_type})")
+    else:
+        image = _require(settings.inference_image, "the inference image")
     return _processing_job(
         command,
         settings,
-        image=_require(settings.inference_image, "the inference image"),
+        image=image,
         script="evaluate.py",
         arguments=arguments,
         inputs=inputs,
         outputs=[_processing_output("evaluation", evaluation_prefix(settings, run.run_id))],
+        instance_type=instance_type,
+        max_runtime_s=evaluation_runtime_s(run, settings, test_rows)[0],
     )
 
 
@@ -754,6 +816,20 @@ class SageMakerExecutors:
         bucket, _, prefix = uri[len("s3://") :].partition("/")
         return bool(self._s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount"))
 
+    def _test_rows(self, run: Run) -> int | None:
+        """The size of the run's test split, from its prepare job's profile (None when it
+        cannot be read: the evaluate job then gets the most time allowed)."""
+        if self._s3 is None:
+            return None
+        key = f"runs/{run.run_id}/prepare/profile/profile.json"
+        try:
+            body = self._s3.get_object(Bucket=self._settings.bucket, Key=key)["Body"].read(1 << 20)
+            rows = json.loads(body)["splits"]["test"]
+        except (ClientError, ValueError, KeyError, TypeError) as exc:
+            logger.warning(f"the test split's size of run {run.run_id} is unknown ({key}): {exc}")
+            return None
+        return rows if isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0 else None
+
     def _holdout_exists(self, project: str) -> bool:
         return self._has_keys(holdout_prefix(self._settings, project))
 
@@ -799,7 +875,12 @@ class SageMakerExecutors:
         if command.step == "prepare":
             return self._prepare(command, run)
         if command.step == "evaluate":
-            request = evaluate_request(command, run, self._settings, self._champion(run.project, run.run_id))
+            rows = self._test_rows(run)
+            request = evaluate_request(command, run, self._settings, self._champion(run.project, run.run_id), rows)
+            outcome = self._create("create_processing_job", request)
+            where = request["ProcessingResources"]["ClusterConfig"]["InstanceType"]
+            seconds, why = evaluation_runtime_s(run, self._settings, rows)
+            return Outcome(done=outcome.done, note=f"{outcome.note}; on {where}, for at most {seconds} s ({why})")
         elif command.step == "drift":
             if self._s3 is not None and not self._has_keys(command.input_uri):
                 # SageMaker refuses an empty input prefix: a model that has answered nothing

@@ -320,7 +320,12 @@ def _production_report(
 
 def _asked(record: dict[str, Any]) -> str:
     """What a causal-LM row asks (its conversation before the answer, or its prompt)."""
-    return json.dumps(record["messages"][:-1] if "messages" in record else record["prompt"], sort_keys=True)
+    return _request({"messages": record["messages"][:-1]} if "messages" in record else record)
+
+
+def _request(request: dict[str, Any]) -> str:
+    """A request (a conversation to answer, or a prompt) as a comparable string."""
+    return json.dumps(request["messages"] if "messages" in request else request["prompt"], sort_keys=True)
 
 
 def corrected_rows(folder: Path, rows: list[Row], options: Options, report: Report) -> list[Row]:
@@ -342,6 +347,23 @@ def corrected_rows(folder: Path, rows: list[Row], options: Options, report: Repo
                                         "inference_time": example["inference_time"]}))  # fmt: skip
     report.production = _production_report(kept, counts, duplicates, {})
     return kept
+
+
+def preference_pairs(folder: Path, splits: dict[str, list[Row]], output_dir: Path, report: Report) -> None:
+    """The preferences received between captured answers, as DPO pairs for the training job
+    (``train/preference/preference.jsonl``: a subfolder, never read as SFT rows). A pair
+    whose request a test row asks is left out, as a test row never trains. Counted in the
+    report's ``production.preferences``."""
+    pairs, counts = quality.preference_pairs(folder / "capture", folder / "labels")
+    tested = {_asked(row.record) for row in splits["test"]}
+    kept = [pair for pair in pairs if _request(pair) not in tested]
+    target = output_dir / "train" / "preference" / "preference.jsonl"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w", encoding="utf-8") as out:
+        for pair in kept:
+            out.write(json.dumps({**pair, "source": PRODUCTION}, ensure_ascii=False) + "\n")
+    report.production = {**(report.production or {}),
+                         "preferences": {**counts, "in_test": len(pairs) - len(kept), "pairs": len(kept)}}  # fmt: skip
 
 
 def drop_duplicates(rows: list[Row], task: str, report: Report) -> list[Row]:
@@ -616,6 +638,8 @@ def prepare(
     if report.production:
         report.production["splits"] = {name: sum(r.file == PRODUCTION for r in splits[name]) for name in SPLITS}
     result = profile(splits, options.task)
+    if production_dir is not None and options.task == "causal-lm" and (production_dir / "labels").is_dir():
+        preference_pairs(production_dir, splits, output_dir, report)
     for name in SPLITS:
         target = output_dir / name / f"{name}.jsonl"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -656,6 +680,8 @@ def summary(report: Report, result: dict[str, Any]) -> str:
         window = made.get("window") or {}
         text += (f"; {made['rows']} labelled production examples"
                  + (f" ({window['first']} to {window['last']})" if window else ""))  # fmt: skip
+        if made.get("preferences", {}).get("pairs"):
+            text += f"; {made['preferences']['pairs']} preference pairs"
     held = report.holdout
     text += (
         f"; train {splits['train']}, validation {splits['validation']}, test {splits['test']} "

@@ -387,6 +387,42 @@ def corrected_examples(capture: Path, labels_folder: Path) -> tuple[list[dict[st
     }
 
 
+def preference_pairs(capture: Path, labels_folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every preference received (``{inference_id, preferred_over}``) as a DPO pair: the
+    request both captured answers were given to, the preferred (``chosen``) and the other
+    (``rejected``) answer, with both ids and the preferred one's time. The latest
+    preference between two requests wins (either way round). Left out, and counted: an id
+    not captured (or carried by several requests), two requests that asked different
+    things, an answer missing, or two answers that are the same."""
+    asked, reused = unique_exchanges(exchanges(capture))
+    rows, invalid = read_labels(labels_folder, "causal-lm")
+    latest: dict[frozenset[str], tuple[str, str]] = {}
+    for row in rows:
+        if "preferred_over" in row:
+            latest[frozenset((row["inference_id"], row["preferred_over"]))] = (
+                row["inference_id"],
+                row["preferred_over"],
+            )
+    counts = {"preferences_read": len(latest), "unknown_ids": 0, "different_requests": 0, "same_answers": 0}
+    pairs = []
+    for better, worse in latest.values():
+        if better not in asked or worse not in asked or asked[better].answer is None or asked[worse].answer is None:
+            counts["unknown_ids"] += 1
+            continue
+        chosen, rejected = asked[better], asked[worse]
+        if (chosen.messages, chosen.prompt) != (rejected.messages, rejected.prompt):
+            counts["different_requests"] += 1
+            continue
+        if chosen.answer == rejected.answer:
+            counts["same_answers"] += 1
+            continue
+        request = {"messages": chosen.messages} if chosen.messages is not None else {"prompt": chosen.prompt}
+        pairs.append({**request, "chosen": chosen.answer, "rejected": rejected.answer, "inference_id": better,
+                      "preferred_over": worse, "inference_time": chosen.time})  # fmt: skip
+    pairs.sort(key=lambda p: (p["inference_time"], p["inference_id"], p["preferred_over"]))
+    return pairs, {**counts, "invalid_rows": invalid, "unjoinable_requests": len(reused), "pairs": len(pairs)}
+
+
 def unique_exchanges(found: Iterator[Exchange]) -> tuple[dict[str, Exchange], set[str]]:
     """The exchanges by inference id, and the ids several requests carried (a caller that
     reused an id): feedback for those cannot say which request it is about, so it is left

@@ -82,6 +82,10 @@ _METRICS = (
     Metric("validation_ece", LOWER, "ECE on the validation split after temperature scaling"),
     Metric("validation_ece_uncalibrated", LOWER, "ECE on the validation split before temperature scaling"),
     Metric("temperature", None, "the softmax temperature fitted on the validation split"),
+    Metric("dpo_loss", LOWER, "DPO loss on production preference pairs, averaged since the last line"),
+    Metric("dpo_reward_accuracy", HIGHER, "share of preference pairs whose preferred answer gained on the other"),
+    Metric("dpo_reward_margin", HIGHER, "mean DPO reward of the preferred answer over the other"),
+    Metric("dpo_pairs", None, "production preference pairs DPO trained on"),
     *(
         Metric(f"validation_{name}", HIGHER, f"{text}, on a validation sample")
         for name, text in _SCORER_HELP.items()
@@ -121,6 +125,10 @@ PRIMARY_METRICS: dict[str, tuple[str, ...]] = {
     "text-classification": ("macro_f1", "accuracy"),
     "causal-lm": (*SCORERS, "perplexity", "loss"),
 }
+
+
+# Instance families with NVIDIA GPUs (CUDA): where QLoRA's 4-bit base (bitsandbytes) runs.
+GPU_INSTANCE_FAMILIES = ("ml.g", "ml.p")
 
 
 @dataclass(frozen=True)
@@ -214,6 +222,18 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
             1000,
         ),
         Hyperparameter("max_new_tokens", "int", 64, "causal LMs: the longest generation scored in validation", 1, 256),
+        Hyperparameter(
+            "dpo_steps",
+            "int",
+            0,
+            "causal LMs: DPO optimizer steps on production preference pairs, after SFT (0: none)",
+            0,
+            100_000,
+        ),
+        Hyperparameter(
+            "dpo_beta", "float", 0.1, "causal LMs: DPO's beta, how far from the SFT model it may move", 1e-3, 10
+        ),
+        Hyperparameter("dpo_learning_rate", "float", 5e-6, "causal LMs: DPO's learning rate (constant)", 1e-10, 1.0),
         Hyperparameter(
             "checkpoint_interval_s", "float", 300, "seconds between spot-safe checkpoints", 1, 86400, ("save_steps",)
         ),

@@ -38,6 +38,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = _Both()
     p.add_argument("--task", default="text-classification", choices=("text-classification", "causal-lm"))
     p.add_argument("--base-model", default="sentence-transformers/all-MiniLM-L6-v2")
-    p.add_argument("--method", default="full", choices=("full", "lora"))
+    # qlora: LoRA on the base model quantised to 4 bits (NF4, bitsandbytes; a CUDA GPU only).
+    p.add_argument("--method", default="full", choices=("full", "lora", "qlora"))
     # A LoRA run writes the merged model, or its adapter alone (served on its base model).
     p.add_argument("--artifact", default="merged", choices=("merged", "adapter"))
     for h in spec.HYPERPARAMETERS.values():
@@ -406,10 +408,11 @@ def build_model(args: argparse.Namespace, source: str, num_labels: int, tokenize
 
     attn = "sdpa"
     name, revision = pinned(source)
+    quantised = quantisation(args, device)
     if args.task == "text-classification":
         config = AutoConfig.from_pretrained(name, num_labels=num_labels, revision=revision)
         model = AutoModelForSequenceClassification.from_pretrained(
-            name, config=config, attn_implementation=attn, revision=revision
+            name, config=config, attn_implementation=attn, revision=revision, **quantised
         )
     elif args.base_model.startswith("random:"):
         shape = RANDOM_DECODERS.get(args.base_model.removeprefix("random:"))
@@ -428,12 +431,16 @@ def build_model(args: argparse.Namespace, source: str, num_labels: int, tokenize
         torch.manual_seed(args.seed)
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
     else:
-        model = AutoModelForCausalLM.from_pretrained(name, attn_implementation=attn, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(name, attn_implementation=attn, revision=revision, **quantised)
+    if quantised:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if args.task == "causal-lm":
         # No KV cache while training: with one, transformers would not recognise packed
         # rows (restarting position ids) and sequences would attend to their neighbours.
         model.config.use_cache = False
-    if args.method == "lora":
+    if args.method in LORA_METHODS:
         from peft import LoraConfig, TaskType, get_peft_model
 
         names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -449,11 +456,172 @@ def build_model(args: argparse.Namespace, source: str, num_labels: int, tokenize
                 target_modules=targets,
             ),
         )
-    return model.to(device)
+    return model if quantised else model.to(device)  # a 4-bit model is placed as it loads
+
+
+LORA_METHODS = ("lora", "qlora")
+
+
+def quantisation(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """from_pretrained's arguments that load the base in 4 bits, for QLoRA (none for the
+    other methods). QLoRA needs a CUDA GPU and a base model with weights to quantise."""
+    if args.method != "qlora":
+        return {}
+    if device.type != "cuda":
+        raise TrainingError(
+            "--method qlora quantises the base model to 4 bits with bitsandbytes, which needs a CUDA GPU, and this "
+            "job has none: train on a GPU instance (ml.g5.xlarge, say), or use --method lora"
+        )
+    if args.base_model.startswith("random:"):
+        raise TrainingError("--method qlora quantises pre-trained weights: a random decoder has none to quantise")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise TrainingError(f"--method qlora needs bitsandbytes (training/requirements.txt): {exc}") from exc
+    from transformers import BitsAndBytesConfig
+
+    bf16 = args.bf16 and torch.cuda.is_bf16_supported()
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float16,
+    )
+    return {"quantization_config": config, "device_map": {"": device.index or 0}}
 
 
 def base_of(model: Any) -> Any:
     return model.module if hasattr(model, "module") and not hasattr(model, "peft_config") else model
+
+
+# --- preference tuning (DPO) ----------------------------------------------------------------
+
+# Under the train channel, the prepare job's production preference pairs (a subfolder: never
+# read as SFT rows): {"messages"|"prompt", "chosen", "rejected", "inference_id", ...}.
+PREFERENCE_FOLDER = "preference"
+
+
+def read_preferences(train: str) -> list[dict[str, Any]]:
+    folder = Path(train) / PREFERENCE_FOLDER
+    return read_jsonl(str(folder)) if folder.is_dir() else []
+
+
+def answered(pair: dict[str, Any], completion: str) -> dict[str, Any]:
+    """The SFT row of a preference pair's request answered with ``completion``."""
+    if "messages" in pair:
+        return {"messages": [*pair["messages"], {"role": "assistant", "content": completion}]}
+    return {"prompt": pair["prompt"], "completion": completion}
+
+
+def encode_preferences(
+    pairs: list[dict[str, Any]], tokenizer: Any, max_length: int
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each pair's preferred and other answer, encoded as SFT rows are (labels on the answer
+    alone); a pair one of whose answers max_length cuts away entirely is left out."""
+    out = []
+    for pair in pairs:
+        both = encode_causal([answered(pair, pair["chosen"]), answered(pair, pair["rejected"])], tokenizer, max_length)
+        if len(both) == 2:
+            out.append((both[0], both[1]))
+    return out
+
+
+def sequence_logps(model: Any, examples: list[dict[str, Any]], pad_id: int, device: torch.device) -> torch.Tensor:
+    """Each sequence's summed log-probability of its labelled (answer) tokens."""
+    batch = collate_causal(examples, [[i] for i in range(len(examples))], pad_id, packing=False)
+    labels = batch.pop("labels").to(device)
+    logits = model(**{k: v.to(device) for k, v in batch.items()}).logits[:, :-1].float()
+    target = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
+    return -nll.sum(-1)
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPO's sigmoid loss per pair (Rafailov et al., 2023), and the reward margin it is of:
+    beta times how much more the policy than the reference favours the preferred answer."""
+    margin = beta * ((policy_chosen - reference_chosen) - (policy_rejected - reference_rejected))
+    return -torch.nn.functional.logsigmoid(margin), margin
+
+
+def preference_tuning(
+    model: Any,
+    args: argparse.Namespace,
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]],
+    pad_id: int,
+    device: torch.device,
+    ranks: Dist,
+    stop: Stop,
+    resumed: dict[str, Any] | None,
+    save: Callable[[int, dict[str, Any]], None],
+) -> dict[str, float]:
+    """``args.dpo_steps`` DPO steps on the pairs, after SFT. The reference is the SFT model
+    itself: its log-probabilities of every answer are taken once, before the first step
+    (and kept in checkpoints), so a LoRA model needs no second copy. Every process takes
+    the same batches (few pairs: no sharding that could leave one without any)."""
+    flat = [example for pair in pairs for example in pair]  # preferred, other, preferred, ...
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.dpo_learning_rate, weight_decay=0.0)
+    size = max(1, args.batch_size)
+
+    def all_logps() -> torch.Tensor:
+        model.eval()
+        with torch.no_grad():
+            found = [
+                sequence_logps(model, flat[i : i + 2 * size], pad_id, device) for i in range(0, len(flat), 2 * size)
+            ]
+        model.train()
+        return torch.cat(found).cpu()
+
+    if resumed:
+        reference, step = torch.tensor(resumed["reference"]), int(resumed["step"])
+        optimizer.load_state_dict(resumed["optimizer"])
+    else:
+        reference, step = all_logps(), 0
+    per_pass = math.ceil(len(pairs) / size)
+    running: list[float] = []
+    last = math.nan
+    last_save = time.monotonic()
+    model.train()
+    while step < args.dpo_steps:
+        order = list(range(len(pairs)))
+        random.Random(args.seed * 7919 + step // per_pass).shuffle(order)
+        chosen = order[(step % per_pass) * size : (step % per_pass + 1) * size]
+        logps = sequence_logps(model, [flat[2 * i + k] for i in chosen for k in (0, 1)], pad_id, device)
+        at = torch.tensor([2 * i for i in chosen])
+        losses, _ = dpo_loss(
+            logps[0::2], logps[1::2], reference[at].to(device), reference[at + 1].to(device), args.dpo_beta
+        )
+        loss = losses.mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        running.append(loss.item())
+        if ranks.main and (step % args.log_every == 0 or step == args.dpo_steps):
+            last = sum(running) / len(running)
+            say(metric_line(dpo_step=step, dpo_loss=last))
+            running = []
+        stopping = stop_everywhere(stop.requested, ranks, device)
+        if stopping or time.monotonic() - last_save > args.checkpoint_interval_s:
+            save(step, {"step": step, "reference": reference.tolist(), "optimizer": optimizer.state_dict()})
+            last_save = time.monotonic()
+            if stopping:
+                say("SIGTERM: checkpoint saved; exiting so the job can resume")
+                raise SystemExit(143)
+    _, margins = dpo_loss(*all_logps().view(-1, 2).unbind(1), *reference.view(-1, 2).unbind(1), args.dpo_beta)
+    return {
+        "dpo_pairs": float(len(pairs)),
+        "dpo_loss": last,
+        "dpo_reward_accuracy": float((margins > 0).float().mean()),
+        "dpo_reward_margin": float(margins.mean()),
+    }
 
 
 # --- checkpoints -----------------------------------------------------------------------------
@@ -847,6 +1015,31 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             say(metric_line(epoch=epoch, step=step, **metrics))
         checkpoint(epoch, 0)
         last_save = time.monotonic()
+    preference: dict[str, float] = {}
+    if args.dpo_steps and args.task != "causal-lm":
+        raise TrainingError("--dpo-steps: DPO learns from preferences between answers; it needs --task causal-lm")
+    if args.dpo_steps:
+        pairs = encode_preferences(read_preferences(args.train), tokenizer, args.max_length)
+        if not pairs:
+            if ranks.main:
+                say(f"DPO: no production preference pairs under {args.train}/{PREFERENCE_FOLDER}; SFT alone")
+        else:
+            if ranks.main:
+                say(f"DPO: {args.dpo_steps} steps on {len(pairs)} production preference pairs, after SFT")
+
+            def save_preference(dpo_step: int, state: dict[str, Any]) -> None:
+                if ranks.main:
+                    sft = {"model": base_of(model).state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch, "batch": 0,
+                           "history": history, "torch_rng": torch.get_rng_state()}  # fmt: skip
+                    save_checkpoint(checkpoints, step + dpo_step, {**sft, "dpo": state})
+
+            preference = preference_tuning(
+                model, args, pairs, pad_id, device, ranks, stop, (resumed or {}).get("dpo"), save_preference
+            )
+            if ranks.main:
+                history.append({"epoch": float(epoch), "step": step, **preference})
+                say(metric_line(**preference))
     elapsed = time.monotonic() - started
     calibration = calibrate(base_of(model), args, val_ex, pad_id, device) if ranks.main else {}
     summary = {
@@ -856,6 +1049,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "tokens_per_second": useful_tokens / step_seconds if step_seconds else 0.0,
         **{k: v for entry in history for k, v in entry.items() if k.startswith("validation_")},
         **calibration,
+        **preference,
     }
     if ranks.main:
         row_keys = {
@@ -877,10 +1071,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 def adapter_base_files(args: argparse.Namespace, source: str) -> dict[str, str] | None:
     """The SHA-256 of the base model's weight files, when the run writes an adapter (None
     when it writes a whole model): the adapter is served only on these bytes."""
+    if args.method == "qlora" and args.artifact != "adapter":
+        raise TrainingError(
+            "--method qlora trains on a 4-bit base, which no endpoint serves: write the adapter (--artifact adapter), "
+            "served on the full-precision base"
+        )
     if args.artifact != "adapter":
         return None
-    if args.method != "lora":
-        raise TrainingError("--artifact adapter needs --method lora: only a LoRA run has an adapter")
+    if args.method not in LORA_METHODS:
+        raise TrainingError("--artifact adapter needs --method lora or qlora: only a LoRA run has an adapter")
     if args.base_model.startswith("random:") or not Path(source).is_dir():
         raise TrainingError(
             f"an adapter is served on its base model, and {args.base_model!r} is not one an endpoint can load "
@@ -905,7 +1104,7 @@ def write_model(
     out = Path(args.model_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = base_of(model)
-    if args.method == "lora" and base_files is None:
+    if args.method in LORA_METHODS and base_files is None:
         final = final.merge_and_unload()  # one self-contained model to serve
     if args.task == "causal-lm":
         final.config.use_cache = True  # generation wants its cache back

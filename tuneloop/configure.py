@@ -21,6 +21,8 @@ PY_VERSION = "py312"
 # needs transformers' stable loading API.
 INFERENCE_TRANSFORMERS_VERSION = "4.51.3"
 INFERENCE_PYTORCH_VERSION = "2.6.0"
+# The settings that name an image: pinned by digest, and the execution role pulls from their repositories.
+IMAGE_SUFFIXES = ("_IMAGE", "_IMAGE_CPU", "_IMAGE_GPU")
 
 
 def images(region: str) -> dict[str, str]:
@@ -60,6 +62,16 @@ def images(region: str) -> dict[str, str]:
         instance_type="ml.m5.large",
         image_scope="inference",
     )
+    # A model evaluated on a GPU instance (a causal LM trained on one) runs in its GPU build.
+    inference_gpu = image_uris.retrieve(
+        "huggingface",
+        region=region,
+        version=INFERENCE_TRANSFORMERS_VERSION,
+        base_framework_version=f"pytorch{INFERENCE_PYTORCH_VERSION}",
+        py_version=PY_VERSION,
+        instance_type="ml.g5.xlarge",
+        image_scope="inference",
+    )
     # A causal LM streams its answers through TorchServe, which this image runs.
     streaming = image_uris.retrieve(
         "pytorch",
@@ -71,6 +83,7 @@ def images(region: str) -> dict[str, str]:
     )
     return {
         "TUNELOOP_INFERENCE_IMAGE": str(inference),
+        "TUNELOOP_INFERENCE_IMAGE_GPU": str(inference_gpu),
         "TUNELOOP_STREAMING_IMAGE": str(streaming),
         "TUNELOOP_TRAINING_IMAGE": hugging_face("ml.g5.xlarge"),
         "TUNELOOP_TRAINING_IMAGE_CPU": cpu,
@@ -102,7 +115,7 @@ def pin_digests(values: dict[str, str], ecr: Any) -> dict[str, str]:
     another image; what a model package names must be what was tested and approved."""
     pinned = dict(values)
     for name, uri in values.items():
-        if not name.endswith(("_IMAGE", "_IMAGE_CPU")) or "@sha256:" in uri:
+        if not name.endswith(IMAGE_SUFFIXES) or "@sha256:" in uri:
             continue
         account, _, repository, tag = _image_parts(uri)
         answer = ecr.batch_get_image(registryId=account, repositoryName=repository, imageIds=[{"imageTag": tag}])
@@ -120,7 +133,7 @@ def repository_arns(values: dict[str, str]) -> list[str]:
     the execution role pulls from these and no other."""
     arns = set()
     for name, uri in values.items():
-        if name.endswith(("_IMAGE", "_IMAGE_CPU")):
+        if name.endswith(IMAGE_SUFFIXES):
             account, region, repository, _ = _image_parts(uri)
             arns.add(f"arn:aws:ecr:{region}:{account}:repository/{repository}")
     return sorted(arns)

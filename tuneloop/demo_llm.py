@@ -5,7 +5,8 @@ fine-tune of SmolLM2-135M-Instruct → evaluated against its untuned base and ga
 exact match → deployed → a streamed answer → production changes (orders now come from a
 web form that writes names "Last, First", which the model copies as written) → corrections
 for its answers come back as feedback → the monitoring job measures the correction rate
-past its ceiling → alarm → a retraining run that learns from the corrections, gated
+past its ceiling → alarm → a retraining run that learns from the corrections (SFT) and
+from preferences between two answers to the same request (DPO after SFT), gated
 against its base and the deployed champion → redeployed → base, tuned and retrained side
 by side on held-out prompts of both kinds.
 
@@ -36,21 +37,53 @@ DEMO_CONFIG: dict[str, dict[str, Any]] = {
     "deployment": {"wait_s": 5, "baking_s": 10},
     "quality": {"thresholds": {"production_correction_rate": 0.1}},
 }
-FULL = {"steps": 16, "corrections": 24, "held_out": 8}
-QUICK = {"steps": 8, "corrections": 12, "held_out": 4}
+FULL = {"steps": 16, "corrections": 24, "held_out": 8, "compared": 12}
+QUICK = {"steps": 8, "corrections": 12, "held_out": 4, "compared": 6}
 
 
-def ask(text: str) -> dict[str, Any]:
+def ask(text: str, temperature: float = 0.0) -> dict[str, Any]:
+    sampled = {"temperature": temperature} if temperature else {}
     return {"messages": [{"role": "user", "content": synthetic.EXTRACTION_INSTRUCTION + text}],
-            "parameters": {"max_new_tokens": 40}}  # fmt: skip
+            "parameters": {"max_new_tokens": 40, **sampled}}  # fmt: skip
 
 
-def answer(state: cloud.CloudState, endpoint: str, text: str, inference_id: str | None = None) -> str:
+def answer(
+    state: cloud.CloudState, endpoint: str, text: str, inference_id: str | None = None, temperature: float = 0.0
+) -> str:
     runtime = state.client("sagemaker-runtime")
     extra = {"InferenceId": inference_id} if inference_id else {}
-    out = runtime.invoke_endpoint(EndpointName=endpoint, ContentType="application/json", Body=json.dumps(ask(text)),
-                                  **extra)  # fmt: skip
+    body = json.dumps(ask(text, temperature))
+    out = runtime.invoke_endpoint(EndpointName=endpoint, ContentType="application/json", Body=body, **extra)
     return str(json.loads(out["Body"].read())["generated_text"])
+
+
+def fields_right(said: str, order: dict[str, Any]) -> int:
+    """How many of the order's fields an answer got right (what a person comparing two
+    answers would look at)."""
+    try:
+        given = json.loads(said)
+    except ValueError:
+        return 0
+    return sum(given.get(k) == v for k, v in order.items()) if isinstance(given, dict) else 0
+
+
+def preferences(
+    state: cloud.CloudState,
+    endpoint: str,
+    production: list[tuple[str, dict[str, Any]]],
+    ids: list[str],
+    given: list[str],
+) -> list[dict[str, str]]:
+    """A second, sampled answer to each request (an A/B of two answers), and which of the
+    two the person preferred: the one with more fields right (no preference on a tie)."""
+    chosen = []
+    for (text, order), first, said in zip(production, ids, given, strict=True):
+        second = f"{first}-b"
+        other = answer(state, endpoint, text, second, temperature=1.0)
+        a, b = fields_right(said, order), fields_right(other, order)
+        if a != b:
+            chosen.append({"inference_id": first if a > b else second, "preferred_over": second if a > b else first})
+    return chosen
 
 
 def exact(state: cloud.CloudState, endpoint: str, cases: list[tuple[str, dict[str, Any]]]) -> float:
@@ -122,13 +155,17 @@ def run(args: argparse.Namespace) -> int:
         production = [synthetic.form_order(rng) for _ in range(sizes["corrections"])]
         ids = [f"form-{n:04d}" for n in range(len(production))]
         given = [answer(state, endpoint, text, i) for (text, _), i in zip(production, ids, strict=True)]
-        wait_captured(state, project, 2 * sizes["held_out"] + 1 + len(production))
+        compared = sizes["compared"]
+        preferred = preferences(state, endpoint, production[:compared], ids[:compared], given[:compared])
+        wait_captured(state, project, 2 * sizes["held_out"] + 1 + len(production) + compared)
         corrections = [{"inference_id": i, "completion": json.dumps(order)}
                        for i, (_, order), said in zip(ids, production, given, strict=True)
                        if said.strip() != json.dumps(order)]  # fmt: skip
-        receipt = api.call("POST", f"/projects/{project}/feedback", {"labels": corrections})
+        receipt = api.call("POST", f"/projects/{project}/feedback", {"labels": corrections + preferred})
         timeline.mark(f"production changed: {len(production)} orders from the web form; {len(corrections)} answers "
-                      f"were wrong and their corrections came back ({receipt['accepted']} accepted)")  # fmt: skip
+                      f"were wrong and their corrections came back; of {compared} requests answered twice (a "
+                      f"sampled second answer), {len(preferred)} got a preference ({receipt['accepted']} rows "
+                      "accepted)")  # fmt: skip
         result = drift_check(api, state, project, first_id)
         quality = result.get("quality") or {}
         rate = (quality.get("metrics") or {}).get("production_correction_rate")
@@ -147,8 +184,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"  its test prompts: {side_by_side(child)}")
         learned = (api.call("GET", f"/runs/{child['run_id']}").get("production") or {}).get("data") or {}
         if learned:
+            pairs = (learned.get("preferences") or {}).get("pairs", 0)
             print(f"  learned from {learned.get('rows')} corrected production requests "
-                  f"(train/validation/test {learned.get('splits')})")  # fmt: skip
+                  f"(train/validation/test {learned.get('splits')}) and, with DPO after SFT, {pairs} preference "
+                  "pairs")  # fmt: skip
+            trained = (child.get("metrics") or {}).get("training") or {}
+            if "dpo_reward_accuracy" in trained:
+                timeline.mark(f"DPO: the preferred answer gained on the other in {trained['dpo_reward_accuracy']:.0%} "
+                              f"of {int(trained['dpo_pairs'])} pairs (reward margin "
+                              f"{trained['dpo_reward_margin']:.2f})")  # fmt: skip
         base = ((first.get("evaluation") or {}).get("models") or {}).get("base", {}).get("metrics", {})
         if child["state"] == "deployed":
             retrained = (exact(state, endpoint, sentence), exact(state, endpoint, forms))

@@ -99,6 +99,11 @@ class Limits:
             self._at_most(
                 "tuning.max_parallel_jobs", tuning["max_parallel_jobs"], self.max_parallel_jobs, "parallel jobs"
             )
+        evaluation = config.get("evaluation") or {}
+        if evaluation.get("instance_type"):
+            self._instance("evaluation.instance_type", evaluation["instance_type"])
+        if evaluation.get("max_runtime_s"):
+            self._at_most("evaluation.max_runtime_s", evaluation["max_runtime_s"], self.max_runtime_s, "seconds")
         deployment = config["deployment"]
         if deployment["mode"] != "none" and deployment["serverless_memory_mb"] is None:
             self._instance("deployment.instance_type", deployment["instance_type"])

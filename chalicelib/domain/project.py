@@ -28,6 +28,8 @@ class ConfigError(ValueError):
 Validator = Callable[[str, Any], Any]
 # A complete config, as JSON: each run keeps a copy in its item (DynamoDB's limit is 400 KB).
 MAX_CONFIG_BYTES = 32 * 1024
+# The longest a processing job may run (CreateProcessingJob's MaxRuntimeInSeconds).
+PROCESSING_JOB_MAX_RUNTIME_S = 9 * 86400
 _MISSING = object()
 # org/name, optionally @<commit> (a full 40-hex commit hash) to pin what a job downloads:
 # a branch or a tag (@main) moves, so it pins nothing.
@@ -195,8 +197,21 @@ def _list_of_strings(path: str, value: Any) -> list[str]:
 
 
 def _check_training(path: str, training: dict[str, Any]) -> None:
-    if training["artifact"] == "adapter" and training["method"] != "lora":
+    if training["artifact"] == "adapter" and training["method"] == "full":
         raise ConfigError(f"{path}.artifact", "only a LoRA run has an adapter: set method to lora, or this to merged")
+    if training["method"] == "qlora":
+        if not training["instance_type"].startswith(spec.GPU_INSTANCE_FAMILIES):
+            raise ConfigError(
+                f"{path}.method",
+                f"QLoRA quantises the base to 4 bits with bitsandbytes, which needs a CUDA GPU, and "
+                f"{training['instance_type']} has none: use a GPU instance type (ml.g5.xlarge, say), or method lora",
+            )
+        if training["artifact"] != "adapter":
+            raise ConfigError(
+                f"{path}.artifact",
+                "a QLoRA run trains on a 4-bit base, which no endpoint serves: set this to adapter "
+                "(served on the full-precision base)",
+            )
     if training["spot"] and training["max_wait_s"] is not None and training["max_wait_s"] <= training["max_runtime_s"]:
         raise ConfigError(f"{path}.max_wait_s", "must be greater than max_runtime_s when spot is on")
     if training["spot"] and training["max_wait_s"] is None:
@@ -276,6 +291,11 @@ def _check_task(config: dict[str, Any]) -> None:
         raise ConfigError("base_model", f"{config['base_model']!r} is a decoder: its task is causal-lm, not {task}")
     if config["training"]["artifact"] == "adapter":
         _check_adapter_base(config["base_model"])
+    if task != "causal-lm" and config["training"]["hyperparameters"]["dpo_steps"]:
+        raise ConfigError(
+            "training.hyperparameters.dpo_steps",
+            f"DPO learns from preferences between answers: causal-lm only, not {task}",
+        )
     gates = config["gates"]
     primary = spec.PRIMARY_METRICS[task]
     scored = config["generation"]["scorers"] if task == "causal-lm" else []
@@ -406,7 +426,7 @@ _CONFIG = _obj(
         "training": _Field(
             _obj(
                 {
-                    "method": _Field(_string(("full", "lora")), "full"),
+                    "method": _Field(_string(("full", "lora", "qlora")), "full"),
                     # What a LoRA run registers and serves: the merged model, or the adapter
                     # alone, served on its base model (smaller artifacts, faster deploys).
                     "artifact": _Field(_string(("merged", "adapter")), "merged"),
@@ -495,6 +515,20 @@ _CONFIG = _obj(
                     "regex": _Field(_regex, None),
                 },
                 after=_check_generation,
+            ),
+            _DEFAULTS,
+        ),
+        # The evaluate job, which scores the test split with the model (a causal LM
+        # generates for every test prompt, for the challenger, the champion and the untuned
+        # base). Unset: a causal LM trained on a GPU instance is evaluated on that instance
+        # type, anything else on the stage's processing instance; the job's time limit
+        # follows the test split's size (sagemaker.evaluation_runtime_s).
+        "evaluation": _Field(
+            _obj(
+                {
+                    "instance_type": _Field(_instance, None),
+                    "max_runtime_s": _Field(_number(600, PROCESSING_JOB_MAX_RUNTIME_S, integer=True), None),
+                }
             ),
             _DEFAULTS,
         ),

@@ -32,8 +32,11 @@ S = RunState
 # What AWS itself may add on top of a job's own limits: instance start-up, image download,
 # uploads, a late event.
 SLACK_S = 3600
-# Every processing job's MaxRuntimeInSeconds (prepare, evaluate, drift).
+# The prepare and drift jobs' MaxRuntimeInSeconds.
 PROCESSING_MAX_RUNTIME_S = 3600
+# The most an evaluate job may run: its limit follows the test split's size (or the
+# project's evaluation.max_runtime_s), within this and the stage's runtime limit.
+EVALUATION_MAX_RUNTIME_S = 86400
 # Transform jobs have no runtime limit of their own.
 TRANSFORM_LIMIT_S = 24 * 3600
 # Every state a run can wait in for something outside tuneloop: the sweeper asks about these.
@@ -58,8 +61,13 @@ def _trial_limit_s(run: Run) -> int:
 def time_limit_s(run: Run) -> int | None:
     """How long the run may be in its current state; None: no limit."""
     state = run.state
-    if state in (S.PREPARING, S.EVALUATING):
+    if state is S.PREPARING:
         return PROCESSING_MAX_RUNTIME_S + SLACK_S
+    if state is S.EVALUATING:
+        # The job's own limit is known only once the test split's size is (when it starts):
+        # the run waits for the most it may have been given.
+        evaluation = run.config.get("evaluation") or {}
+        return int(evaluation.get("max_runtime_s") or EVALUATION_MAX_RUNTIME_S) + SLACK_S
     if state is S.TRAINING:
         return _trial_limit_s(run) + SLACK_S
     if state is S.TUNING:

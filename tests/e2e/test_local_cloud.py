@@ -94,6 +94,13 @@ def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Pa
     )
     artifact = run["links"]["model_artifact"].removeprefix(f"s3://{state['bucket']}/")
     assert s3(state).head_object(Bucket=state["bucket"], Key=artifact)["ContentLength"] > 1_000_000
+    # The evaluate job's time limit followed the test split's size, read from the profile
+    # (the most allowed, 86400 s, would mean it could not be read).
+    evaluate = client(state, "sagemaker").describe_processing_job(
+        ProcessingJobName=names.job_name(run_id, "evaluate", stage="local")
+    )
+    assert evaluate["StoppingCondition"]["MaxRuntimeInSeconds"] == 1800  # a few dozen rows: the floor
+    assert evaluate["ProcessingResources"]["ClusterConfig"]["InstanceType"] == "ml.m5.large"
     shown = json.loads(tuneloop(home, "run", "show", run_id, "--json").stdout)
     assert shown["state"] == "deployed"
     check_report(home, run, tmp_path)

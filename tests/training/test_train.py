@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -232,6 +233,48 @@ def test_packed_rows_do_not_attend_across_sequences() -> None:
         loss_packed = float(model(**packed).loss)
         loss_separate = float(model(**separate).loss)
     assert loss_packed == pytest.approx(loss_separate, rel=1e-4)
+
+
+def test_dpo_after_sft_moves_a_language_model_towards_the_preferred_answers(arithmetic: Path, tmp_path: Path) -> None:
+    """With dpo_steps, the job tunes the SFT model on the production preference pairs the
+    prepare job wrote under train/preference/: against the SFT model as reference, the
+    preferred answer of every pair gains on the other; a SIGTERM during DPO checkpoints,
+    and the retried job resumes there. Without pairs, the job says so and is SFT alone."""
+    import shutil
+
+    train_folder = tmp_path / "train"
+    shutil.copytree(arithmetic / "train", train_folder)
+    pairs = [{"prompt": f"What is {a} plus {b}?", "chosen": f" {a + b}", "rejected": " no idea"}
+             for a in range(12) for b in range(0, 12, 3)]  # fmt: skip
+    (train_folder / "preference").mkdir()
+    (train_folder / "preference" / "preference.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    hyper = {"task": "causal-lm", "base-model": "random:llama-tiny", "max-steps": 6, "batch-size": 8,
+             "learning-rate": 3e-3, "max-length": 64, "log-every": 1, "validation-samples": 0,
+             "dpo-steps": 18, "dpo-beta": 0.5, "dpo-learning-rate": 3e-3, "checkpoint-interval-s": 3600}  # fmt: skip
+    channels = {"train": train_folder, "validation": arithmetic / "validation"}
+    layout = toolkit.lay_out(tmp_path / "job", toolkit.wire_hyperparameters("train.py", SOURCE, hyper), channels)
+    log = tmp_path / "first.log"
+    first = toolkit.start(layout, log)
+    deadline = time.monotonic() + 120
+    while "dpo_step=3" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        assert first.poll() is None, log.read_text()[-2000:]
+        time.sleep(0.1)
+    processes.stop_group(first, 60)  # a spot interruption, during DPO
+    assert f"DPO: 18 steps on {len(pairs)} production preference pairs, after SFT" in log.read_text()
+    second = toolkit.start(layout, tmp_path / "second.log")
+    assert second.wait(300) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    resumed = (tmp_path / "second.log").read_text()
+    assert "resuming from ckpt-" in resumed and "dpo_step=18" in resumed
+    done = {m["dpo_step"] for m in metrics(resumed) if "dpo_step" in m}
+    assert min(done) > 3 and max(done) == 18, done  # resumed where it stopped, not from the start
+    summary = json.loads((layout.model_dir / "metrics.json").read_text())
+    assert summary["steps"] == 6 and summary["dpo_pairs"] == len(pairs)
+    assert summary["dpo_reward_accuracy"] >= 0.9 and summary["dpo_reward_margin"] > 0, summary
+    assert summary["dpo_loss"] < math.log(2)
+
+    code, plain, _ = run_job(tmp_path / "no-pairs", {**hyper, "dpo-steps": 4}, {"train": arithmetic / "train"})
+    assert code == 0, plain[-2000:]
+    assert "DPO: no production preference pairs" in plain and "dpo_step" not in plain
 
 
 def test_killed_job_resumes_from_its_checkpoint(reviews: Path, tmp_path: Path) -> None:

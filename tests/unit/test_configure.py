@@ -52,7 +52,7 @@ def test_images_are_pinned_by_digest_read_from_ecr() -> None:
     values = configure.stage_settings("dev", "us-east-1", "123456789012", None, "abc123")
     ecr = boto3.client("ecr", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     stub = Stubber(ecr)
-    images = {k: v for k, v in values.items() if k.endswith(("_IMAGE", "_IMAGE_CPU"))}
+    images = {k: v for k, v in values.items() if k.endswith(configure.IMAGE_SUFFIXES)}
     digests = {}
     for n, (name, uri) in enumerate(images.items()):  # in the order configure asks
         account, _, path = uri.partition(".dkr.ecr.")[0], None, uri.partition("/")[2]

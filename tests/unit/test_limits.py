@@ -45,6 +45,8 @@ OVER: list[tuple[dict[str, Any], str, str]] = [
     ({"deployment": {"instance_type": "ml.p4d.24xlarge"}}, "deployment.instance_type", "not allowed"),
     ({"deployment": {"max_instances": 100}}, "deployment.max_instances", "limit of 2 instances"),
     ({"retrain": {"max_per_day": 100}}, "retrain.max_per_day", "limit of 2 retraining runs"),
+    ({"evaluation": {"instance_type": "ml.p4d.24xlarge"}}, "evaluation.instance_type", "not allowed"),
+    ({"evaluation": {"max_runtime_s": 2 * 86400}}, "evaluation.max_runtime_s", "limit of 86400 seconds"),
 ]
 
 
@@ -121,7 +123,7 @@ def test_the_lambda_roles_enforce_the_same_limits(stage: str) -> None:
             "aws:ResourceTag/tuneloop:stage": stage,
         }
     }
-    # Processing jobs run within the runtime limit too.
+    # Processing jobs run within the runtime limit too (an evaluate job's is capped at it).
     from chalicelib.domain.waits import PROCESSING_MAX_RUNTIME_S
 
     assert limits.max_runtime_s >= PROCESSING_MAX_RUNTIME_S

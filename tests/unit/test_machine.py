@@ -857,6 +857,12 @@ def test_time_limits_follow_the_runs_config() -> None:
     trial = tuned.config["training"]
     per_trial = trial["max_wait_s"] if trial["spot"] else trial["max_runtime_s"]
     assert time_limit_s(tuned) == rounds * per_trial + SLACK_S
+    # An evaluate job's own limit follows its test split (known when it starts): the run
+    # waits for the most it may have been given, or for the project's own limit.
+    assert time_limit_s(make_run(S.EVALUATING)) == 86400 + SLACK_S
+    named = base_config()
+    named["evaluation"] = {"instance_type": None, "max_runtime_s": 5400}
+    assert time_limit_s(make_run(S.EVALUATING, named)) == 5400 + SLACK_S
 
 
 def test_history_times_never_run_backwards_and_carry_the_jobs_exit_message() -> None:

@@ -82,6 +82,16 @@ def test_an_adapter_needs_lora_and_a_base_an_endpoint_can_load() -> None:
         ({"quality": {"thresholds": {"accuracy": 0.8}}}, "quality.thresholds.accuracy"),
         ({"quality": {"thresholds": {"production_macro_f1": 1.5}}}, "quality.thresholds.production_macro_f1"),
         ({"quality": {"min_labels": 0}}, "quality.min_labels"),
+        ({"evaluation": {"instance_type": "gpu"}}, "evaluation.instance_type"),
+        ({"training": {"method": "qlora", "artifact": "adapter", "instance_type": "ml.m5.xlarge"}}, "training.method"),
+        (
+            {"training": {"method": "qlora", "artifact": "adapter", "instance_type": "ml.trn1.2xlarge"}},
+            "training.method",
+        ),
+        ({"training": {"method": "qlora", "instance_type": "ml.g5.xlarge"}}, "training.artifact"),
+        ({"evaluation": {"max_runtime_s": 60}}, "evaluation.max_runtime_s"),
+        ({"evaluation": {"max_runtime_s": 10 * 86400}}, "evaluation.max_runtime_s"),
+        ({"evaluation": {"gpu": True}}, "evaluation.gpu"),
         (
             {
                 "task": "causal-lm",
@@ -272,3 +282,26 @@ def test_a_hub_pin_must_be_a_commit(revision: str) -> None:
     assert info.value.field == "base_model"
     commit = "0123456789abcdef0123456789abcdef01234567"
     assert normalise_config({**DEMO_CONFIG, "base_model": f"org/model@{commit}"})["base_model"].endswith(commit)
+
+
+def test_an_evaluate_jobs_own_limit_is_within_what_sagemaker_takes() -> None:
+    import botocore.session
+
+    from chalicelib.domain.project import PROCESSING_JOB_MAX_RUNTIME_S
+
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    stopping = model.operation_model("CreateProcessingJob").input_shape.members["StoppingCondition"]
+    assert stopping.members["MaxRuntimeInSeconds"].metadata["max"] == PROCESSING_JOB_MAX_RUNTIME_S
+    assert normalise_config({**MINIMAL, "evaluation": {"max_runtime_s": PROCESSING_JOB_MAX_RUNTIME_S}})
+
+
+def test_qlora_trains_an_adapter_on_a_gpu_instance() -> None:
+    config = normalise_config(
+        {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "task": "causal-lm",
+         "training": {"method": "qlora", "artifact": "adapter", "instance_type": "ml.g5.2xlarge"}}
+    )  # fmt: skip
+    assert config["training"]["method"] == "qlora"
+    with pytest.raises(ConfigError, match="needs a CUDA GPU, and ml.c5.xlarge has none"):
+        normalise_config(
+            {**MINIMAL, "training": {"method": "qlora", "artifact": "adapter", "instance_type": "ml.c5.xlarge"}}
+        )

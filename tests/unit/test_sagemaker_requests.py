@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
 from chalicelib.config import Settings
@@ -23,6 +25,7 @@ from chalicelib.domain.commands import (
     StopJob,
 )
 from chalicelib.domain.events import TuningJobChanged
+from chalicelib.domain.limits import Limits
 from chalicelib.domain.project import normalise_config
 from chalicelib.domain.run import Run
 from chalicelib.domain.states import RunState
@@ -30,6 +33,7 @@ from chalicelib.executors import PermanentCommandError
 from chalicelib.sagemaker import (
     METRIC_DEFINITIONS,
     EvaluationLoader,
+    NotConfiguredError,
     SageMakerExecutors,
     evaluate_request,
     generation_arguments,
@@ -307,7 +311,7 @@ EVALUATE = StartProcessingJob(
 def test_evaluate_request_reads_the_model_and_the_test_split() -> None:
     run = run_with()
     client, stub = stubbed()
-    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu")
+    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu", inference_image_gpu="inference:gpu")
     request = evaluate_request(EVALUATE, run, settings)
     stub.add_response("create_processing_job", {"ProcessingJobArn": "arn:x"}, request)
     with stub:
@@ -330,7 +334,7 @@ def test_the_deployed_champion_is_measured_on_the_same_split() -> None:
     champion = dataclasses.replace(
         run, run_id="cccccccccccc", state=RunState.DEPLOYED, model_source="tl-cccccccccccc-train-1"
     )
-    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu")
+    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu", inference_image_gpu="inference:gpu")
     asked: list[tuple[str, str]] = []
 
     def find(project: str, run_id: str) -> Run:
@@ -361,7 +365,7 @@ def test_a_first_model_is_measured_against_a_trivial_baseline() -> None:
     fine-tuned in full from an s3:// base: that base, untuned, champion or not);
     compare_baseline off: not."""
     run = run_with()
-    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu")
+    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu", inference_image_gpu="inference:gpu")
     request = evaluate_request(EVALUATE, run, settings, None)
     assert "--baseline" in request["AppSpecification"]["ContainerArguments"]
     inputs = {i["InputName"]: i["S3Input"] for i in request["ProcessingInputs"]}
@@ -379,6 +383,71 @@ def test_a_first_model_is_measured_against_a_trivial_baseline() -> None:
     inputs = {i["InputName"]: i["S3Input"] for i in request["ProcessingInputs"]}
     assert {"champion", "untuned"} <= set(inputs)
     assert "--baseline" in request["AppSpecification"]["ContainerArguments"]
+
+
+def test_the_evaluate_job_runs_where_the_model_fits_for_as_long_as_its_test_split_needs() -> None:
+    """A causal LM trained on a GPU instance is evaluated on that instance type, in the
+    inference image's GPU build; a classifier on the stage's processing instance; the
+    project can name both. The job's MaxRuntimeInSeconds follows the test split's size,
+    read from the prepare job's profile, within the stage's runtime limit."""
+    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu", inference_image_gpu="inference:gpu")
+    classifier = run_with(instance_type="ml.g5.xlarge")
+    cluster = evaluate_request(EVALUATE, classifier, settings)["ProcessingResources"]["ClusterConfig"]
+    assert cluster["InstanceType"] == "ml.m5.large"
+    llm_config = {"base_model": "random:llama-tiny", "task": "causal-lm"}
+    llm = dataclasses.replace(classifier, config=normalise_config(llm_config))
+    request = evaluate_request(EVALUATE, llm, settings)
+    assert request["ProcessingResources"]["ClusterConfig"]["InstanceType"] == "ml.g5.xlarge"
+    assert request["AppSpecification"]["ImageUri"] == "inference:gpu"
+    on_cpu = dataclasses.replace(
+        llm, config=normalise_config({**llm_config, "training": {"instance_type": "ml.m5.xlarge"}})
+    )
+    assert evaluate_request(EVALUATE, on_cpu, settings)["ProcessingResources"]["ClusterConfig"]["InstanceType"] == (
+        "ml.m5.large"
+    )
+    named = normalise_config({**llm_config, "evaluation": {"instance_type": "ml.g4dn.xlarge", "max_runtime_s": 5400}})
+    request = evaluate_request(EVALUATE, dataclasses.replace(llm, config=named), settings, test_rows=10_000)
+    assert request["ProcessingResources"]["ClusterConfig"]["InstanceType"] == "ml.g4dn.xlarge"
+    assert request["StoppingCondition"]["MaxRuntimeInSeconds"] == 5400
+    with pytest.raises(NotConfiguredError, match="GPU build"):
+        evaluate_request(EVALUATE, llm, dataclasses.replace(settings, inference_image_gpu=""))
+
+    def limit(run: Run, rows: int | None, stage: Settings = settings) -> int:
+        return int(evaluate_request(EVALUATE, run, stage, test_rows=rows)["StoppingCondition"]["MaxRuntimeInSeconds"])
+
+    # More test rows, more time; on a CPU, more than on a GPU; never under half an hour.
+    assert limit(on_cpu, 100) == 900 + 100 * 3 * 64  # the start, and 64 tokens for each of three models
+    assert 1800 < limit(on_cpu, 10) < limit(on_cpu, 100) < limit(on_cpu, 200)
+    assert limit(llm, 200) < limit(on_cpu, 200)
+    assert limit(classifier, 100) == 1800 < limit(classifier, 5000)
+    # Within the stage's runtime limit; the most allowed when the size is unknown.
+    tight = dataclasses.replace(settings, limits=Limits(max_runtime_s=7200))
+    assert limit(on_cpu, 100_000, tight) == 7200 == limit(on_cpu, None, tight)
+    assert limit(on_cpu, None) == 86400
+
+    # The executor reads the size from the run's profile and says what it chose.
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    s3_stub = Stubber(s3)
+    key = {"Bucket": "tuneloop-test", "Key": f"runs/{RUN_ID}/prepare/profile/profile.json"}
+    profile = json.dumps({"rows": 1000, "splits": {"train": 800, "validation": 100, "test": 100}}).encode()
+    s3_stub.add_response("get_object", {"Body": StreamingBody(io.BytesIO(profile), len(profile))}, key)
+    s3_stub.add_client_error("get_object", "NoSuchKey", expected_params=key)
+    odd = json.dumps({"splits": {"test": "100"}}).encode()
+    s3_stub.add_response("get_object", {"Body": StreamingBody(io.BytesIO(odd), len(odd))}, key)
+    client, stub = stubbed()
+    for rows in (100, None, None):
+        stub.add_response(
+            "create_processing_job",
+            {"ProcessingJobArn": "arn:x"},
+            evaluate_request(EVALUATE, on_cpu, settings, test_rows=rows),
+        )
+    executors = SageMakerExecutors(client, settings, s3=s3)
+    with stub, s3_stub:
+        notes = [executors.start_processing_job(EVALUATE, on_cpu).note for _ in range(3)]
+    assert f"on ml.m5.large, for at most {limit(on_cpu, 100)} s (100 test rows on CPU)" in notes[0]
+    assert (
+        notes[1].endswith("for at most 86400 s (test split's size unknown: the most allowed)") and notes[1] == notes[2]
+    )
 
 
 def test_loaded_evaluation_becomes_an_event() -> None:
@@ -668,7 +737,7 @@ def test_a_stored_hyperparameter_can_never_name_the_model_the_task_or_a_path() -
 def test_a_registered_package_pins_its_artifacts_etag() -> None:
     from chalicelib.domain.commands import RegisterModelPackage
 
-    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu")
+    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu", inference_image_gpu="inference:gpu")
     run = run_with()
     command = RegisterModelPackage(RUN_ID, "demo", names.job_name(RUN_ID, "train", 1), approval_status="Approved")
     s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
@@ -704,7 +773,7 @@ def adapter_run(base: str = BASE, run_id: str = RUN_ID) -> Run:
 def test_an_adapter_is_registered_on_its_base_with_both_artifacts_pinned() -> None:
     from chalicelib.domain.commands import RegisterModelPackage
 
-    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu")
+    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu", inference_image_gpu="inference:gpu")
     run = adapter_run()
     assert training_request(TRAIN, run, settings)["HyperParameters"]["artifact"] == "adapter"
     command = RegisterModelPackage(RUN_ID, "demo", names.job_name(RUN_ID, "train", 1), approval_status="Approved")
@@ -755,7 +824,7 @@ def test_the_jobs_that_load_an_adapter_get_its_base() -> None:
     """Evaluate (the challenger's and the champion's bases) and the drift check."""
     from chalicelib.sagemaker import drift_request
 
-    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu")
+    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu", inference_image_gpu="inference:gpu")
     champion = adapter_run("s3://tuneloop-test/models/older.tar.gz", "cccccccccccc")
     request = evaluate_request(EVALUATE, adapter_run(), settings, champion)
     client, stub = stubbed()
@@ -802,7 +871,7 @@ def test_a_language_models_generation_settings_reach_its_jobs_in_pieces_sagemake
 
     example = json.loads((Path(__file__).parents[2] / "examples" / "llm-project.json").read_text())["config"]
     run = dataclasses.replace(run_with(), config=normalise_config(example), model_source="tl-x-train-1")
-    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu")
+    settings = dataclasses.replace(SETTINGS, inference_image="inference:cpu", inference_image_gpu="inference:gpu")
     limits = botocore.session.get_session().get_service_model("sagemaker").shape_for("AppSpecification")
     shape = limits.members["ContainerArguments"]
     drift = StartProcessingJob(RUN_ID, "demo", names.job_name(RUN_ID, "drift", 1), step="drift",

@@ -123,6 +123,7 @@ def start_sagemaker(home: Path, bucket: str, router: EventRouter) -> Any:
     os.environ.setdefault("TUNELOOP_TRAINING_IMAGE", "tuneloop-local/huggingface-pytorch-training")
     os.environ.setdefault("TUNELOOP_PROCESSING_IMAGE", "tuneloop-local/pytorch-processing")
     os.environ.setdefault("TUNELOOP_INFERENCE_IMAGE", "tuneloop-local/huggingface-pytorch-inference")
+    os.environ.setdefault("TUNELOOP_INFERENCE_IMAGE_GPU", "tuneloop-local/huggingface-pytorch-inference-gpu")
     os.environ.setdefault("TUNELOOP_STREAMING_IMAGE", "tuneloop-local/pytorch-inference")
     # The only code its jobs may run: this version of training/, pinned by its SHA-256.
     # (Uploaded as `deploy` uploads it, with the operator's key: no role may write code/.)
