@@ -184,10 +184,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  its test prompts: {side_by_side(child)}")
         learned = (api.call("GET", f"/runs/{child['run_id']}").get("production") or {}).get("data") or {}
         if learned:
-            pairs = (learned.get("preferences") or {}).get("pairs", 0)
+            pairs = learned.get("preferences") or {}
             print(f"  learned from {learned.get('rows')} corrected production requests "
-                  f"(train/validation/test {learned.get('splits')}) and, with DPO after SFT, {pairs} preference "
-                  "pairs")  # fmt: skip
+                  f"(train/validation/test {learned.get('splits')}) and, with DPO after SFT, "
+                  f"{pairs.get('pairs', 0)} preference pairs ({pairs.get('in_test', 0)} left out: a test row asks "
+                  "the same)")  # fmt: skip
             trained = (child.get("metrics") or {}).get("training") or {}
             if "dpo_reward_accuracy" in trained:
                 timeline.mark(f"DPO: the preferred answer gained on the other in {trained['dpo_reward_accuracy']:.0%} "
