@@ -40,7 +40,7 @@ from chalicelib.cost import month_spend
 from chalicelib.domain import names
 from chalicelib.domain.commands import StartChildRun
 from chalicelib.domain.events import ApprovalDecided, RetrainRequested, StopRequested
-from chalicelib.domain.project import ConfigError, check_project_name
+from chalicelib.domain.project import ConfigError, check_project_name, project_schema
 from chalicelib.domain.states import RunState
 from chalicelib.endpoints import MAX_WINDOW_H
 from chalicelib.events import MalformedEventError, UnknownEventError, event_id, parse_event
@@ -362,6 +362,15 @@ def delete_project(name: str) -> dict[str, Any] | Response:
             else type(exc).__name__  # fmt: skip
         return _unavailable(f"the project's resources were not all deleted ({said}); the project is kept: "
                             "delete it again (what is gone stays gone)")  # fmt: skip
+
+
+@app.route("/config/schema", methods=["GET"], authorizer=iam)
+@_http_errors
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of a project config (every field's type, default, limits, meaning),
+    made from the validator that enforces it; the dashboard's editor and docs/config.md
+    come from it."""
+    return project_schema()
 
 
 @app.route("/spend", methods=["GET"], authorizer=iam)

@@ -187,6 +187,10 @@ def prepare_request(
         "--min-per-class", str(split["min_per_class"]),
         "--run-id", run.run_id,
     ]  # fmt: skip
+    # Where each row's fields are, when the project names other columns or keys.
+    for key, name in (run.config.get("data") or {}).items():
+        if name != key.removesuffix("_field"):
+            arguments += [f"--{key.replace('_', '-')}", name]
     data = dataset_input(command.input_uri)
     for path in excludable(data, skipped):
         arguments += ["--exclude", path]

@@ -150,6 +150,12 @@ class Options:
     min_per_class: int = 3
     max_chars: int = 20_000
     max_invalid_fraction: float = 0.05
+    # Where each row's fields are: the column (CSV) or key (JSONL) of text, label, prompt,
+    # completion and messages (the project's data.*_field); the same names by default.
+    fields: tuple[tuple[str, str], ...] = ()
+
+    def source(self, name: str) -> str:
+        return dict(self.fields).get(name, name)
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -253,10 +259,38 @@ def check_record(record: Any, task: str) -> tuple[dict[str, Any] | None, str | N
     return {"prompt": record["prompt"], "completion": record["completion"]}, None
 
 
+FIELDS = {"text-classification": (("text", "label"),), "causal-lm": (("messages",), ("prompt", "completion"))}
+
+
+def mapped(record: Any, options: Options, csv_file: bool) -> tuple[Any, str | None]:
+    """The record with its fields under tuneloop's names (the project's data.*_field say
+    where they are), or a reason naming what is missing, what the row has, and the setting."""
+    if not isinstance(record, dict):
+        return record, None
+    ways = FIELDS[options.task]
+    for names in ways:
+        if all(options.source(name) in record for name in names):
+            return {**record, **{name: record[options.source(name)] for name in names}}, None
+    names = next((n for n in ways if any(options.source(name) in record for name in n)), ways[-1])
+    missing = next(options.source(name) for name in names if options.source(name) not in record)
+    canonical = next(name for name in names if options.source(name) == missing)
+    what = "column" if csv_file else "field"
+    has = ", ".join(str(key) for key in list(record)[:8]) or "none"
+    alternative = " (or give 'messages')" if options.task == "causal-lm" and canonical != "messages" else ""
+    return (
+        None,
+        f"missing {what} '{missing}'{alternative}; the row has {has}; set data.{canonical}_field to name another",
+    )
+
+
 def load_rows(files: Iterable[Path], options: Options, report: Report) -> list[Row]:
     rows: list[Row] = []
     for path in files:
-        for line, record in read_records(path, options.data_format, report):
+        for line, raw in read_records(path, options.data_format, report):
+            record, problem = mapped(raw, options, path.suffix.lower() == ".csv")
+            if problem:
+                report.error(path.name, line, problem)
+                continue
             normalised, problem = check_record(record, options.task)
             if problem:
                 report.error(path.name, line, problem)
@@ -709,6 +743,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Optio
     parser.add_argument("--run-id", default="run", help="names the holdout keys this run adds")
     parser.add_argument("--production-dir", default="", help="capture/ and labels/: labelled production traffic")
     parser.add_argument("--exclude", action="append", default=[], help="a dataset path to leave out")
+    for name in ("text", "label", "prompt", "completion", "messages"):
+        parser.add_argument(f"--{name}-field", default=name, help=f"the column or key with each row's {name}")
     args, _unknown = parser.parse_known_args(argv)
     options = Options(
         task=args.task,
@@ -721,6 +757,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Optio
         max_chars=args.max_chars,
         max_invalid_fraction=args.max_invalid_fraction,
         exclude=tuple(args.exclude),
+        fields=tuple(
+            (name, getattr(args, f"{name}_field"))
+            for name in ("text", "label", "prompt", "completion", "messages")
+            if getattr(args, f"{name}_field") != name
+        ),
     )
     return args, options
 

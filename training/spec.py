@@ -105,6 +105,19 @@ _METRICS = (
     ),
 )
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
+# What the monitoring job publishes about drift (drift.py), each larger for more drift; a
+# project's drift.thresholds name some of these.
+DRIFT_METRICS = (
+    Metric("input_length_psi", LOWER, "population stability index of text lengths against the training data"),
+    Metric("input_js", LOWER, "Jensen-Shannon divergence (0-1) of word distributions against the training data"),
+    Metric("prediction_psi", LOWER, "population stability index of the predicted label mix (classification)"),
+    Metric("prediction_js", LOWER, "Jensen-Shannon divergence of the predicted label mix (classification)"),
+    Metric(
+        "embedding_auc",
+        LOWER,
+        "AUC of a classifier telling live from training texts apart on the model's embeddings (0.5: indistinguishable)",
+    ),
+)
 # The production metrics a project may set a limit for, per task (an alarm past it: below
 # a floor, or above a ceiling where lower is better; see drift).
 QUALITY_METRICS = ("production_accuracy", "production_macro_f1", "estimated_accuracy")

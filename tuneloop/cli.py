@@ -462,18 +462,21 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_docs(args: argparse.Namespace) -> int:
     from chalicelib.domain.diagram import BEGIN, END, document
 
+    from . import configdoc
+
     text = DOCS.read_text() if DOCS.is_file() else f"# Run state machine\n\n{BEGIN}\n{END}\n"
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
-    updated = head + document() + tail
+    generated = {DOCS: head + document() + tail, **configdoc.outputs(DOCS.parent)}
+    stale = [path for path, content in generated.items() if not path.is_file() or path.read_text() != content]
     if args.check:
-        if updated != text:
-            print(f"{DOCS} is out of date: run `tuneloop docs`", file=sys.stderr)
-            return 1
-        return 0
+        for path in stale:
+            print(f"{path} is out of date: run `tuneloop docs`", file=sys.stderr)
+        return 1 if stale else 0
     DOCS.parent.mkdir(exist_ok=True)
-    DOCS.write_text(updated)
-    print(f"wrote {DOCS}")
+    for path in stale:
+        path.write_text(generated[path])
+        print(f"wrote {path}")
     return 0
 
 
@@ -672,7 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_configure)
 
-    p = sub.add_parser("docs", help="regenerate docs/state-machine.md from the transition table")
+    p = sub.add_parser(
+        "docs", help="regenerate docs/state-machine.md (the transition table) and docs/config.md (the config schema)"
+    )
     p.add_argument("--check", action="store_true", help="fail if the file is out of date")
     p.set_defaults(func=cmd_docs)
 

@@ -30,6 +30,8 @@ Validator = Callable[[str, Any], Any]
 MAX_CONFIG_BYTES = 32 * 1024
 # The longest a processing job may run (CreateProcessingJob's MaxRuntimeInSeconds).
 PROCESSING_JOB_MAX_RUNTIME_S = 9 * 86400
+# A column or key name in data.*_field (each goes to the prepare job as one container argument).
+DATA_FIELD_MAX = 200
 _MISSING = object()
 # org/name, optionally @<commit> (a full 40-hex commit hash) to pin what a job downloads:
 # a branch or a tag (@main) moves, so it pins nothing.
@@ -48,15 +50,26 @@ def _type_name(value: Any) -> str:
     )
 
 
+class _V:
+    """A validator and the JSON Schema of what it accepts (project_schema() is made of these):
+    ``check(path, value)`` returns the normalised value or raises ConfigError."""
+
+    def __init__(self, check: Validator, schema: dict[str, Any]) -> None:
+        self.check = check
+        self.schema = schema
+
+    def __call__(self, path: str, value: Any) -> Any:
+        return self.check(path, value)
+
+
 class _Field:
-    def __init__(self, check: Validator, default: Any = _MISSING) -> None:
+    def __init__(self, check: _V, default: Any = _MISSING, help: str = "") -> None:
         self.check = check
         self.default = default
+        self.help = help
 
 
-def _string(
-    choices: tuple[str, ...] | None = None, pattern: re.Pattern[str] | None = None, hint: str = ""
-) -> Validator:
+def _string(choices: tuple[str, ...] | None = None, pattern: re.Pattern[str] | None = None, hint: str = "") -> _V:
     def check(path: str, value: Any) -> str:
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(path, f"must be a non-empty string, got {_type_name(value)}")
@@ -66,10 +79,15 @@ def _string(
             raise ConfigError(path, f"{value!r} is not valid{': ' + hint if hint else ''}")
         return value
 
-    return check
+    schema: dict[str, Any] = {"type": "string", "minLength": 1}
+    if choices:
+        schema = {"enum": list(choices)}
+    elif pattern:
+        schema["pattern"] = pattern.pattern
+    return _V(check, schema)
 
 
-def _number(lo: float | None = None, hi: float | None = None, integer: bool = False) -> Validator:
+def _number(lo: float | None = None, hi: float | None = None, integer: bool = False) -> _V:
     def check(path: str, value: Any) -> float | int:
         ok = isinstance(value, int) if integer else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok:
@@ -82,16 +100,21 @@ def _number(lo: float | None = None, hi: float | None = None, integer: bool = Fa
             raise ConfigError(path, f"must be at most {hi}, got {value}")
         return value
 
-    return check
+    schema: dict[str, Any] = {"type": "integer" if integer else "number"}
+    schema.update({k: v for k, v in (("minimum", lo), ("maximum", hi)) if v is not None})
+    return _V(check, schema)
 
 
-def _boolean(path: str, value: Any) -> bool:
+def _check_boolean(path: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(path, f"must be true or false, got {_type_name(value)}")
     return value
 
 
-def _hyperparameters(path: str, value: Any) -> dict[str, Any]:
+_boolean = _V(_check_boolean, {"type": "boolean"})
+
+
+def _check_hyperparameters(path: str, value: Any) -> dict[str, Any]:
     """train.py's hyperparameters, typed and range-checked, every default filled in: the
     config says exactly what a run trains with. An unknown name is refused, with the
     nearest valid one (train.py would refuse it too)."""
@@ -110,27 +133,67 @@ def _hyperparameters(path: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def _quality_thresholds(path: str, value: Any) -> dict[str, Any]:
-    limits = _mapping_of(_number(0, 1))(path, value)
-    known = {*spec.QUALITY_METRICS, *spec.LLM_QUALITY_METRICS}
-    for metric in limits:
-        if metric not in known:
-            raise ConfigError(f"{path}.{metric}", f"not a production metric; one of {', '.join(sorted(known))}")
-    return limits
+# What Hyperparameter.parse takes as a string too (SageMaker passes hyperparameters as strings).
+_NUMBER_STRING = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
+_BOOLEAN_STRING = r"^\s*([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo]|1|0)\s*$"
 
 
-def _mapping_of(check_value: Validator, non_empty: bool = False) -> Validator:
+def _hyperparameter_schema(h: spec.Hyperparameter) -> dict[str, Any]:
+    """A hyperparameter's value: its JSON type within its range, or that as a string."""
+    value: dict[str, Any] = {"type": {"int": "integer", "float": "number", "bool": "boolean"}[h.type]}
+    value.update({k: v for k, v in (("minimum", h.min), ("maximum", h.max)) if v is not None})
+    text = {"type": "string", "pattern": _BOOLEAN_STRING if h.type == "bool" else _NUMBER_STRING}
+    also = f" (also named {', '.join(h.aliases)})" if h.aliases else ""
+    return {"anyOf": [value, text], "default": h.default, "description": h.help + also}
+
+
+_hyperparameters = _V(
+    _check_hyperparameters,
+    {
+        "type": "object",
+        "properties": {h.name: _hyperparameter_schema(h) for h in spec.HYPERPARAMETERS.values()},
+        "additionalProperties": False,
+        "description": "also accepted, and stored under the names here: each one's other names, and dashes for "
+        "underscores",
+    },
+)
+
+
+def _mapping_of(
+    check_value: _V, non_empty: bool = False, keys: Mapping[str, str] | None = None, kind: str = "name"
+) -> _V:
+    """An object of values ``check_value`` accepts; ``keys``: the names it may have (with
+    what each means), any other refused as not a ``kind``."""
+
     def check(path: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, Mapping):
             raise ConfigError(path, f"must be an object, got {_type_name(value)}")
         if non_empty and not value:
             raise ConfigError(path, "must not be empty")
+        for key in value:
+            if keys is not None and key not in keys:
+                raise ConfigError(f"{path}.{key}", f"not a {kind}; one of {', '.join(keys)}")
         return {str(k): check_value(f"{path}.{k}", v) for k, v in value.items()}
 
-    return check
+    schema: dict[str, Any] = {"type": "object"}
+    if keys is None:
+        schema["additionalProperties"] = check_value.schema
+    else:
+        schema["properties"] = {k: {**check_value.schema, "description": text} for k, text in keys.items()}
+        schema["additionalProperties"] = False
+    if non_empty:
+        schema["minProperties"] = 1
+    return _V(check, schema)
 
 
-def _obj(fields: Mapping[str, _Field], after: Callable[[str, dict[str, Any]], None] | None = None) -> Validator:
+_quality_thresholds = _mapping_of(
+    _number(0, 1),
+    keys={m: spec.METRICS[m].help for m in (*spec.QUALITY_METRICS, *spec.LLM_QUALITY_METRICS)},
+    kind="production metric",
+)
+
+
+def _obj(fields: Mapping[str, _Field], after: Callable[[str, dict[str, Any]], None] | None = None) -> _V:
     def check(path: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, Mapping):
             raise ConfigError(path or "body", f"must be an object, got {_type_name(value)}")
@@ -152,7 +215,27 @@ def _obj(fields: Mapping[str, _Field], after: Callable[[str, dict[str, Any]], No
             after(path, out)
         return out
 
-    return check
+    properties = {}
+    for name, declared in fields.items():
+        schema = dict(declared.check.schema)
+        if declared.default is not _MISSING:
+            # null (or leaving it out) means the default.
+            schema = _nullable(schema)
+            schema["default"] = declared.check("", {}) if isinstance(declared.default, _Obj) else declared.default
+        if declared.help:
+            schema["description"] = declared.help
+        properties[name] = schema
+    required = [name for name, declared in fields.items() if declared.default is _MISSING]
+    schema = {"type": "object", "properties": properties, "additionalProperties": False}
+    return _V(check, {**schema, **({"required": required} if required else {})})
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    if "enum" in schema:
+        return {**schema, "enum": [*schema["enum"], None]}
+    if isinstance(schema.get("type"), str):
+        return {**schema, "type": [schema["type"], "null"]}
+    return schema
 
 
 class _Obj:
@@ -166,16 +249,30 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _parameter_range(path: str, value: Any) -> dict[str, Any]:
-    bounds = _obj(
-        {
-            "type": _Field(_string(("continuous", "integer", "categorical"))),
-            "min": _Field(_number(), None),
-            "max": _Field(_number(), None),
-            "scaling": _Field(_string(("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")), "Auto"),
-            "values": _Field(_list_of_strings, None),
-        }
-    )(path, value)
+_RANGE = _obj(
+    {
+        "type": _Field(_string(("continuous", "integer", "categorical")), help="how SageMaker searches it"),
+        "min": _Field(_number(), None, "the lowest value (continuous and integer ranges)"),
+        "max": _Field(_number(), None, "the highest value (continuous and integer ranges)"),
+        "scaling": _Field(
+            _string(("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")),
+            "Auto",
+            "how SageMaker spreads its trials over the range",
+        ),
+        "values": _Field(
+            _V(
+                lambda path, value: _list_of_strings(path, value),
+                {"type": "array", "items": {"type": ["string", "number"]}, "minItems": 1},
+            ),
+            None,
+            "the values a categorical range takes",
+        ),
+    }
+)
+
+
+def _check_parameter_range(path: str, value: Any) -> dict[str, Any]:
+    bounds: dict[str, Any] = _RANGE(path, value)
     if bounds["type"] == "categorical":
         if not bounds["values"]:
             raise ConfigError(f"{path}.values", "is required for a categorical range")
@@ -188,6 +285,9 @@ def _parameter_range(path: str, value: Any) -> dict[str, Any]:
         if bounds["scaling"] == "Logarithmic" and bounds["min"] <= 0:
             raise ConfigError(f"{path}.min", "must be positive for logarithmic scaling")
     return bounds
+
+
+_parameter_range = _V(_check_parameter_range, _RANGE.schema)
 
 
 def _list_of_strings(path: str, value: Any) -> list[str]:
@@ -350,7 +450,7 @@ _TASK_METRICS = {
 }
 
 
-def _scorers(path: str, value: Any) -> list[str]:
+def _check_scorers(path: str, value: Any) -> list[str]:
     if not isinstance(value, list) or not value:
         raise ConfigError(path, f"must be a non-empty list of scorers ({', '.join(spec.SCORERS)})")
     for n, name in enumerate(value):
@@ -361,7 +461,13 @@ def _scorers(path: str, value: Any) -> list[str]:
     return list(value)
 
 
-def _json_schema(path: str, value: Any) -> dict[str, Any] | None:
+_scorers = _V(
+    lambda path, value: _check_scorers(path, value),
+    {"type": "array", "items": {"enum": list(spec.SCORERS)}, "minItems": 1, "uniqueItems": True},
+)
+
+
+def _check_json_schema(path: str, value: Any) -> dict[str, Any] | None:
     # Checked as a JSON schema by the evaluate job (the API does not carry a validator).
     if value is not None and not isinstance(value, Mapping):
         raise ConfigError(path, f"must be a JSON schema (an object) or null, got {_type_name(value)}")
@@ -371,7 +477,10 @@ def _json_schema(path: str, value: Any) -> dict[str, Any] | None:
     return dict(value) if value is not None else None
 
 
-def _regex(path: str, value: Any) -> str | None:
+_json_schema = _V(lambda path, value: _check_json_schema(path, value), {"type": "object"})
+
+
+def _check_regex(path: str, value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
@@ -381,6 +490,9 @@ def _regex(path: str, value: Any) -> str | None:
     except re.error as exc:
         raise ConfigError(path, f"is not a valid regular expression: {exc}") from None
     return value
+
+
+_regex = _V(lambda path, value: _check_regex(path, value), {"type": "string", "minLength": 1})
 
 
 def _check_generation(path: str, generation: dict[str, Any]) -> None:
@@ -393,7 +505,7 @@ def _check_generation(path: str, generation: dict[str, Any]) -> None:
                           f"{spec.GENERATION_MAX_CHARS}")  # fmt: skip
 
 
-def _check_base_model(path: str, value: Any) -> str:
+def _check_model_id(path: str, value: Any) -> str:
     model: str = _string()(path, value)
     if model.startswith("s3://"):
         if len(model) <= len("s3://") or "/" not in model[len("s3://") :]:
@@ -415,193 +527,376 @@ def _check_base_model(path: str, value: Any) -> str:
     return model
 
 
+def _check_data(path: str, data: dict[str, Any]) -> None:
+    for field, name in data.items():
+        if len(name) > DATA_FIELD_MAX:
+            raise ConfigError(f"{path}.{field}", f"is {len(name)} characters; at most {DATA_FIELD_MAX}")
+    for group in (("text_field", "label_field"), ("prompt_field", "completion_field", "messages_field")):
+        names = [data[field] for field in group]
+        if len(set(names)) != len(names):
+            repeated = next(field for field in group if names.count(data[field]) > 1)
+            raise ConfigError(f"{path}.{repeated}", f"{data[repeated]!r} names two fields: each must have its own")
+
+
+_base_model = _V(lambda path, value: _check_model_id(path, value), {"type": "string", "minLength": 1})
+_column = _V(_string(), {"type": "string", "minLength": 1, "maxLength": DATA_FIELD_MAX})
 _instance = _string(pattern=_INSTANCE_RE, hint="expected an instance type such as ml.g5.xlarge")
+_drift_thresholds = _mapping_of(_number(0), keys={m.name: m.help for m in spec.DRIFT_METRICS}, kind="drift metric")
 
 _CONFIG = _obj(
     {
-        "base_model": _Field(_check_base_model),
-        "task": _Field(_string(("text-classification", "causal-lm"))),
-        # auto: each file's extension says (.csv or .jsonl); jsonl or csv pins one format.
-        "data_format": _Field(_string(("auto", "jsonl", "csv")), "auto"),
+        "base_model": _Field(
+            _base_model,
+            help="what to fine-tune: a Hugging Face model id (org/name, or org/name@<40-hex commit> to pin it), "
+            "an s3:// model artifact under the bucket's models/ or one of the project's own runs, or random:<shape> "
+            "(a randomly initialised decoder, for speed tests); on the local cloud one it has offline",
+        ),
+        "task": _Field(_string(("text-classification", "causal-lm")), help="what the model learns"),
+        "data_format": _Field(
+            _string(("auto", "jsonl", "csv")),
+            "auto",
+            "auto: each file's extension says (.jsonl or .csv); jsonl or csv pins one format",
+        ),
+        "data": _Field(
+            _obj(
+                {
+                    "text_field": _Field(
+                        _column, "text", "classification: the column (CSV) or key (JSONL) with the text"
+                    ),
+                    "label_field": _Field(_column, "label", "classification: the column or key with the label"),
+                    "prompt_field": _Field(_column, "prompt", "causal LMs: the column or key with the prompt"),
+                    "completion_field": _Field(
+                        _column, "completion", "causal LMs: the column or key with the answer to learn"
+                    ),
+                    "messages_field": _Field(
+                        _column,
+                        "messages",
+                        "causal LMs (JSONL): the key with a conversation, a list of {role, content}",
+                    ),
+                },
+                after=_check_data,
+            ),
+            _DEFAULTS,
+            "where each row's fields are: the names a dataset's columns or keys have",
+        ),
         "training": _Field(
             _obj(
                 {
-                    "method": _Field(_string(("full", "lora", "qlora")), "full"),
-                    # What a LoRA run registers and serves: the merged model, or the adapter
-                    # alone, served on its base model (smaller artifacts, faster deploys).
-                    "artifact": _Field(_string(("merged", "adapter")), "merged"),
-                    "hyperparameters": _Field(_hyperparameters, _DEFAULTS),
-                    "instance_type": _Field(_instance, "ml.g5.xlarge"),
-                    "instance_count": _Field(_number(1, 64, integer=True), 1),
-                    "volume_size_gb": _Field(_number(1, 16384, integer=True), 30),
-                    "max_runtime_s": _Field(_number(60, 28 * 86400, integer=True), 86400),
-                    "spot": _Field(_boolean, True),
-                    "max_wait_s": _Field(_number(120, 28 * 86400, integer=True), None),
-                    "max_spot_retries": _Field(_number(0, 10, integer=True), 2),
-                    # KeepAlivePeriodInSeconds: a job's instances wait this long for the next
-                    # matching job (a tuning job's next trial). Billed while they wait: off by default.
-                    "warm_pool_s": _Field(_number(0, 3600, integer=True), 0),
+                    "method": _Field(
+                        _string(("full", "lora", "qlora")),
+                        "full",
+                        "full fine-tuning, LoRA, or QLoRA (LoRA on the base quantised to 4 bits; a GPU instance "
+                        "type and artifact adapter)",
+                    ),
+                    "artifact": _Field(
+                        _string(("merged", "adapter")),
+                        "merged",
+                        "what a LoRA run registers and serves: the merged model, or the adapter alone, served on "
+                        "its base model (smaller artifacts, faster deploys)",
+                    ),
+                    "hyperparameters": _Field(_hyperparameters, _DEFAULTS, "train.py's hyperparameters"),
+                    "instance_type": _Field(_instance, "ml.g5.xlarge", "the training job's instance type"),
+                    "instance_count": _Field(
+                        _number(1, 64, integer=True), 1, "instances (more than one: distributed data parallel)"
+                    ),
+                    "volume_size_gb": _Field(_number(1, 16384, integer=True), 30, "each instance's storage volume"),
+                    "max_runtime_s": _Field(
+                        _number(60, 28 * 86400, integer=True), 86400, "the most a training job may run (seconds)"
+                    ),
+                    "spot": _Field(
+                        _boolean, True, "managed spot training: cheaper, interruptible (checkpoints resume it)"
+                    ),
+                    "max_wait_s": _Field(
+                        _number(120, 28 * 86400, integer=True),
+                        None,
+                        "spot: the most a job may wait and run in all; more than max_runtime_s (unset: twice it)",
+                    ),
+                    "max_spot_retries": _Field(
+                        _number(0, 10, integer=True), 2, "spot: new jobs after an interruption that failed a job"
+                    ),
+                    "warm_pool_s": _Field(
+                        _number(0, 3600, integer=True),
+                        0,
+                        "KeepAlivePeriodInSeconds: a job's instances wait this long for the next matching job (a "
+                        "tuning job's next trial); billed while they wait; needs spot false",
+                    ),
                 },
                 after=_check_training,
             ),
             _DEFAULTS,
+            "the training job",
         ),
         "tuning": _Field(
             _obj(
                 {
-                    "strategy": _Field(_string(("Bayesian", "Random", "Hyperband")), "Bayesian"),
+                    "strategy": _Field(
+                        _string(("Bayesian", "Random", "Hyperband")), "Bayesian", "SageMaker's search strategy"
+                    ),
                     "objective": _Field(
                         _obj(
                             {
-                                "metric": _Field(_string()),
-                                # Follows the metric's direction (spec.METRICS); stated, it must agree.
-                                "type": _Field(_string(("Maximize", "Minimize")), None),
+                                "metric": _Field(
+                                    _V(
+                                        _string(), {"enum": list(OBJECTIVE_METRICS)}
+                                    ),  # named, after the ranges, by _check_tuning
+                                    help="one of train.py's metric lines to optimise",
+                                ),
+                                "type": _Field(
+                                    _string(("Maximize", "Minimize")),
+                                    None,
+                                    "follows the metric's direction; stated, it must agree",
+                                ),
                             }
-                        )
+                        ),
+                        help="what the tuning job optimises",
                     ),
-                    "ranges": _Field(_mapping_of(_parameter_range, non_empty=True)),
-                    "max_jobs": _Field(_number(1, 500, integer=True), 8),
-                    "max_parallel_jobs": _Field(_number(1, 100, integer=True), 1),
+                    "ranges": _Field(
+                        _mapping_of(_parameter_range, non_empty=True),
+                        help="the hyperparameters to search (at most 30), each with its range",
+                    ),
+                    "max_jobs": _Field(_number(1, 500, integer=True), 8, "training jobs in all"),
+                    "max_parallel_jobs": _Field(_number(1, 100, integer=True), 1, "training jobs at once"),
                 },
                 after=_check_tuning,
             ),
             None,
+            "a hyperparameter tuning job instead of one training job (unset: one training job)",
         ),
         "split": _Field(
             _obj(
                 {
-                    # Shares of each new row's chance to land in validation and test; test
-                    # rows, once assigned, stay test rows (the project's frozen holdout).
-                    "validation": _Field(_number(0.0, 0.5), 0.1),
-                    "test": _Field(_number(0.01, 0.5), 0.1),
-                    # Classification: rows a class needs, and each class gets at least one
-                    # validation and one test row.
-                    "min_per_class": _Field(_number(3, 1000, integer=True), 3),
-                    "seed": _Field(_number(0, 2**31 - 1, integer=True), 42),
+                    "validation": _Field(_number(0.0, 0.5), 0.1, "each new row's chance to land in validation"),
+                    "test": _Field(
+                        _number(0.01, 0.5),
+                        0.1,
+                        "each new row's chance to land in test; test rows stay test rows in every later run (the "
+                        "project's frozen holdout)",
+                    ),
+                    "min_per_class": _Field(
+                        _number(3, 1000, integer=True),
+                        3,
+                        "classification: rows a class needs; each class gets at least one validation and one test row",
+                    ),
+                    "seed": _Field(_number(0, 2**31 - 1, integer=True), 42, "the split's hash seed"),
                 },
                 after=_check_split,
             ),
             _DEFAULTS,
+            "how the prepare job splits the data",
         ),
         "gates": _Field(
             _obj(
                 {
-                    # Thresholds, each in its metric's direction: at least for macro_f1, at
-                    # most for perplexity, loss and ece.
-                    "metrics": _Field(_mapping_of(_number()), {}),
-                    # What the champion comparison is on: the task's primary metric by default.
-                    "primary_metric": _Field(_string(), None),
-                    "compare_champion": _Field(_boolean, True),
-                    # With no champion: the model must beat a trivial baseline (the majority
-                    # class; a causal LM's untuned base) beyond the same paired bootstrap's noise.
-                    "compare_baseline": _Field(_boolean, True),
-                    # The paired bootstrap's confidence: a challenger is worse when the whole
-                    # interval of its difference to the champion is worse.
-                    "confidence": _Field(_number(0.5, 0.999), 0.95),
-                    # More than "not worse": the challenger's measured gain must reach this.
-                    "min_improvement": _Field(_number(0.0), 0.0),
+                    "metrics": _Field(
+                        _mapping_of(_number()),
+                        {},
+                        "thresholds on the evaluation's metrics, each in its direction: at least for macro_f1, "
+                        "accuracy and scorers; at most for perplexity, loss and ece",
+                    ),
+                    "primary_metric": _Field(
+                        _string(),
+                        None,
+                        "what the champion comparison is on (unset: macro_f1 for classification, the first scorer "
+                        "for causal LMs)",
+                    ),
+                    "compare_champion": _Field(
+                        _boolean,
+                        True,
+                        "reject a model worse than the deployed champion on the same test rows beyond the paired "
+                        "bootstrap's noise",
+                    ),
+                    "compare_baseline": _Field(
+                        _boolean,
+                        True,
+                        "a first model must beat a trivial baseline (the majority class; a causal LM, its untuned "
+                        "base, on every evaluation) beyond the same noise",
+                    ),
+                    "confidence": _Field(_number(0.5, 0.999), 0.95, "the paired bootstrap's confidence"),
+                    "min_improvement": _Field(
+                        _number(0.0), 0.0, "the gain over the champion a model must show, on top of not being worse"
+                    ),
                 }
             ),
             _DEFAULTS,
+            "the quality gate between evaluation and registration",
         ),
-        # Causal LMs: how the evaluate job (and, on a sample, each training epoch) generates
-        # and scores completions. Ignored for text classification.
         "generation": _Field(
             _obj(
                 {
-                    "max_new_tokens": _Field(_number(1, 256, integer=True), 64),
-                    "scorers": _Field(_scorers, ["token_f1", "exact_match", "rouge_l"]),
-                    "json_schema": _Field(_json_schema, None),
-                    "regex": _Field(_regex, None),
+                    "max_new_tokens": _Field(
+                        _number(1, 256, integer=True), 64, "tokens the evaluate job generates per test prompt"
+                    ),
+                    "scorers": _Field(
+                        _scorers, ["token_f1", "exact_match", "rouge_l"], "how each completion is scored"
+                    ),
+                    "json_schema": _Field(_json_schema, None, "the JSON schema the json_schema scorer checks"),
+                    "regex": _Field(_regex, None, "the pattern the regex_match scorer matches whole"),
                 },
                 after=_check_generation,
             ),
             _DEFAULTS,
+            "causal LMs: how the evaluate job (and, on a sample, each training epoch) generates and scores",
         ),
-        # The evaluate job, which scores the test split with the model (a causal LM
-        # generates for every test prompt, for the challenger, the champion and the untuned
-        # base). Unset: a causal LM trained on a GPU instance is evaluated on that instance
-        # type, anything else on the stage's processing instance; the job's time limit
-        # follows the test split's size (sagemaker.evaluation_runtime_s).
         "evaluation": _Field(
             _obj(
                 {
-                    "instance_type": _Field(_instance, None),
-                    "max_runtime_s": _Field(_number(600, PROCESSING_JOB_MAX_RUNTIME_S, integer=True), None),
+                    "instance_type": _Field(
+                        _instance,
+                        None,
+                        "the evaluate job's instance type (unset: a causal LM trained on a GPU instance is evaluated "
+                        "on that instance type, anything else on the stage's processing instance)",
+                    ),
+                    "max_runtime_s": _Field(
+                        _number(600, PROCESSING_JOB_MAX_RUNTIME_S, integer=True),
+                        None,
+                        "the most the evaluate job may run (unset: what the test split's size needs, within the "
+                        "stage's runtime limit)",
+                    ),
                 }
             ),
             _DEFAULTS,
+            "the evaluate job, which scores the test split (a causal LM generates for every test prompt, for the "
+            "model, the champion and the untuned base)",
         ),
-        "approval": _Field(_string(("auto", "manual")), "manual"),
+        "approval": _Field(
+            _string(("auto", "manual")),
+            "manual",
+            "auto: a model that passes the gate is approved and deployed; manual: it waits for POST /runs/{id}/approve",
+        ),
         "deployment": _Field(
             _obj(
                 {
-                    "mode": _Field(_string(("realtime", "batch", "none")), "realtime"),
-                    "instance_type": _Field(_instance, "ml.m5.large"),
-                    "min_instances": _Field(_number(1, 100, integer=True), 1),
-                    "max_instances": _Field(_number(1, 100, integer=True), 2),
-                    "data_capture_percent": _Field(_number(0, 100, integer=True), 100),
-                    "batch_input_uri": _Field(_string(), None),
-                    # Blue/green traffic shifting for later models (the first is created).
-                    "strategy": _Field(_string(("canary", "linear", "all_at_once")), "canary"),
-                    "canary_percent": _Field(_number(1, 99, integer=True), 10),
-                    "linear_step_percent": _Field(_number(1, 99, integer=True), 25),
-                    "wait_s": _Field(_number(0, 3600, integer=True), 300),
-                    "baking_s": _Field(_number(0, 3600, integer=True), 600),
-                    # Auto-rollback alarms during the shift: any 5XX, or p99-ish latency above this.
-                    "rollback_latency_ms": _Field(_number(1, 600_000), 2000),
-                    "target_invocations_per_instance": _Field(_number(1, 1_000_000), 70),
-                    # Serverless inference instead of instances when memory is set.
-                    "serverless_memory_mb": _Field(_number(1024, 6144, integer=True), None),
-                    "serverless_max_concurrency": _Field(_number(1, 200, integer=True), 5),
-                    # Delete superseded runs' endpoint configs and models once the new one serves.
-                    "delete_superseded": _Field(_boolean, True),
+                    "mode": _Field(
+                        _string(("realtime", "batch", "none")),
+                        "realtime",
+                        "a real-time endpoint, a batch transform, or registration only",
+                    ),
+                    "instance_type": _Field(_instance, "ml.m5.large", "the endpoint's or transform's instance type"),
+                    "min_instances": _Field(_number(1, 100, integer=True), 1, "the endpoint's autoscaling floor"),
+                    "max_instances": _Field(_number(1, 100, integer=True), 2, "the endpoint's autoscaling ceiling"),
+                    "data_capture_percent": _Field(
+                        _number(0, 100, integer=True),
+                        100,
+                        "the share of requests captured for drift checks and feedback",
+                    ),
+                    "batch_input_uri": _Field(_string(), None, "mode batch: the s3://bucket/prefix to transform"),
+                    "strategy": _Field(
+                        _string(("canary", "linear", "all_at_once")),
+                        "canary",
+                        "how traffic shifts to a later model (blue/green with auto-rollback)",
+                    ),
+                    "canary_percent": _Field(
+                        _number(1, 99, integer=True), 10, "canary: the share the new model takes first"
+                    ),
+                    "linear_step_percent": _Field(
+                        _number(1, 99, integer=True), 25, "linear: the share each step shifts"
+                    ),
+                    "wait_s": _Field(_number(0, 3600, integer=True), 300, "seconds between traffic-shifting steps"),
+                    "baking_s": _Field(
+                        _number(0, 3600, integer=True),
+                        600,
+                        "seconds the alarms watch the new model on all traffic before the old one goes",
+                    ),
+                    "rollback_latency_ms": _Field(
+                        _number(1, 600_000),
+                        2000,
+                        "roll back during the shift when model latency passes this (any 5XX rolls back too)",
+                    ),
+                    "target_invocations_per_instance": _Field(
+                        _number(1, 1_000_000), 70, "the autoscaling target, invocations a minute per instance"
+                    ),
+                    "serverless_memory_mb": _Field(
+                        _number(1024, 6144, integer=True),
+                        None,
+                        "serverless inference with this much memory (a multiple of 1024) instead of instances",
+                    ),
+                    "serverless_max_concurrency": _Field(
+                        _number(1, 200, integer=True), 5, "serverless: concurrent invocations at most"
+                    ),
+                    "delete_superseded": _Field(
+                        _boolean,
+                        True,
+                        "delete superseded runs' endpoint configs and models once the new one serves",
+                    ),
                 },
                 after=_check_deployment,
             ),
             _DEFAULTS,
+            "where an approved model serves",
         ),
         "drift": _Field(
             _obj(
                 {
                     "thresholds": _Field(
-                        _mapping_of(_number(0)), {"prediction_psi": 0.2, "input_js": 0.1, "embedding_auc": 0.7}
+                        _drift_thresholds,
+                        {"prediction_psi": 0.2, "input_js": 0.1, "embedding_auc": 0.7},
+                        "an alarm per metric: past its threshold by more than its sample-size noise starts a "
+                        "retraining run",
                     ),
-                    "evaluation_periods": _Field(_number(1, 100, integer=True), 1),
-                    "schedule_minutes": _Field(_number(5, 7 * 24 * 60, integer=True), 60),
+                    "evaluation_periods": _Field(
+                        _number(1, 100, integer=True), 1, "checks in a row past a threshold before its alarm fires"
+                    ),
+                    "schedule_minutes": _Field(
+                        _number(5, 7 * 24 * 60, integer=True), 60, "minutes between monitoring checks"
+                    ),
                 }
             ),
             _DEFAULTS,
+            "the monitoring job's drift metrics and alarms",
         ),
-        # Production quality, from labels that arrive for captured requests (feedback): a
-        # floor per metric makes an alarm that starts a retraining run when the window's
-        # value is below it by more than its sample-size noise.
         "quality": _Field(
             _obj(
                 {
-                    "thresholds": _Field(_quality_thresholds, {}),
-                    "min_labels": _Field(_number(1, 1_000_000, integer=True), 30),
+                    "thresholds": _Field(
+                        _quality_thresholds,
+                        {},
+                        "limits on production metrics measured from feedback (floors; the correction rate's is a "
+                        "ceiling): past one by more than its noise, an alarm starts a retraining run",
+                    ),
+                    "min_labels": _Field(
+                        _number(1, 1_000_000, integer=True), 30, "labelled requests a window needs to be measured"
+                    ),
                 }
             ),
             _DEFAULTS,
+            "production quality, from the labels that arrive for captured requests",
         ),
         "retrain": _Field(
             _obj(
                 {
-                    "on_drift": _Field(_boolean, True),
-                    "cooldown_s": _Field(_number(0, 30 * 86400, integer=True), 86400),
-                    "max_per_day": _Field(_number(0, 100, integer=True), 1),
-                    # An alarm starts a retraining run only with something new to learn from:
-                    # a new dataset, or at least this many labels received since the
-                    # deployed run read its data. Until then the run waits for them.
-                    "min_new_labels": _Field(_number(1, 1_000_000, integer=True), 30),
+                    "on_drift": _Field(_boolean, True, "whether a drift or quality alarm starts a retraining run"),
+                    "cooldown_s": _Field(
+                        _number(0, 30 * 86400, integer=True), 86400, "seconds between retraining runs at least"
+                    ),
+                    "max_per_day": _Field(_number(0, 100, integer=True), 1, "retraining runs a day at most"),
+                    "min_new_labels": _Field(
+                        _number(1, 1_000_000, integer=True),
+                        30,
+                        "an alarm starts a retraining run only with a new dataset or at least this many labels "
+                        "received since the deployed run read its data",
+                    ),
                 }
             ),
             _DEFAULTS,
+            "retraining runs started by alarms",
         ),
     },
     after=lambda path, config: _check_task(config),
 )
+
+
+def project_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a project config, made from the validator that
+    enforces it: every field's type, default, limits and meaning. What it cannot say
+    (checks across fields, such as a gate on a metric the task does not measure) the API
+    still refuses, naming the field."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "tuneloop project config",
+        "description": "A project's config (POST /projects, PUT /projects/{name}). A field left out, or null, "
+        "takes its default.",
+        **_CONFIG.schema,
+    }
 
 
 def normalise_config(data: Any, offline: bool = False) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import REPO, http, wait_for
+from tuneloop import configdoc
 
 CHROMIUM = Path("/usr/bin/chromium")
 AXE = REPO / "node_modules" / "axe-core" / "axe.min.js"
@@ -118,6 +119,11 @@ def check_dashboard(home: Path, state: dict[str, Any], run: dict[str, Any], arti
                 page.get_by_role("button", name="Create project").click()
                 page.wait_for_url(f"{origin}/projects/dashboard")
                 page.wait_for_selector("#config")
+                # Beside the editor, every field of the config from the schema the API serves: the
+                # same fields docs/config.md lists.
+                page.get_by_text("Every field, its default and meaning").click()
+                fields = page.locator("table:has(caption:text-is('Project config fields')) tbody tr td:first-child")
+                assert sorted(fields.all_inner_texts()) == sorted(configdoc.field_paths())
                 assert http(state, "GET", "/projects/dashboard")[1]["config"]["task"] == "text-classification"
                 refused = ("409: ", "400: ", "status of 409", "status of 400")
                 errors[:] = [e for e in errors if not any(e.startswith(r) or r in e for r in refused)]  # those two

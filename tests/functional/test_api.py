@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BEATS_BASELINE, BUCKET, DEMO_CONFIG, STAGE
+from tests.conftest import BEATS_BASELINE, BUCKET, DEMO_CONFIG, DEMO_TUNED_CONFIG, STAGE
 from tests.functional.conftest import Api
 
 DATASET = f"s3://{BUCKET}/datasets/demo/ds-1/reviews.jsonl"
@@ -348,7 +348,9 @@ def test_a_config_over_the_stages_limits_is_a_400_and_a_run_of_one_too(api: Api,
 
 def test_a_config_too_large_to_copy_into_every_run_is_a_400(api: Api) -> None:
     """Every run keeps a snapshot of its project's config in its item."""
-    big = {**DEMO_CONFIG, "drift": {"thresholds": {f"metric_{n}": 1 for n in range(3000)}}}
+    rates = [f"{1e-5 + n * 1e-9:.9f}" for n in range(3000)]  # 3,000 valid values of one categorical range
+    ranges = {"learning_rate": {"type": "categorical", "values": rates}}
+    big = {**DEMO_TUNED_CONFIG, "tuning": {**DEMO_TUNED_CONFIG["tuning"], "ranges": ranges}}
     status, body = api.call("POST", "/projects", {"name": "big", "config": big})
     assert status == 400 and "config: is" in body["Message"] and "at most 32768" in body["Message"], body
     # The generation settings have a tighter limit: the jobs get them as container arguments.

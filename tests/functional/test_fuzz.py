@@ -28,6 +28,7 @@ ROUTES = [
     ("GET", "/projects/{name}/feedback"),
     ("GET", "/projects/{name}/status"),
     ("GET", "/projects/{name}/endpoint"),
+    ("GET", "/config/schema"),
     ("POST", "/runs"),
     ("GET", "/runs"),
     ("GET", "/runs/{run_id}"),

@@ -274,6 +274,42 @@ def test_a_csv_in_a_default_project_is_read_as_csv(tmp_path: Path) -> None:
     assert code == 0 and report["rows_kept"] == 30 and report["errors"] == 0
 
 
+def test_columns_named_otherwise_are_mapped_and_a_missing_one_says_which_setting(tmp_path: Path) -> None:
+    """A `review,sentiment` CSV: without a mapping every row is refused with the columns it
+    has and the setting to use; with data.text_field and data.label_field it is read. A
+    causal LM's JSONL keys map the same way."""
+    lines = ["review,sentiment"] + [f"csv row {i},{'pos' if i % 2 else 'neg'}" for i in range(30)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "reviews.csv").write_text("\n".join(lines) + "\n")
+    code, _ = run(tmp_path, "--task", "text-classification")
+    message = (tmp_path / "fail" / "failure").read_text()
+    assert code == 1 and "\n" not in message
+    assert "reviews.csv:2: missing column 'text'; the row has review, sentiment; set data.text_field" in message
+    code, report = run(
+        tmp_path, "--task", "text-classification", "--text-field", "review", "--label-field", "sentiment"
+    )
+    assert code == 0 and report["rows_kept"] == 30 and report["errors"] == 0
+    row = json.loads((tmp_path / "out" / "train" / "train.jsonl").read_text().splitlines()[0])
+    assert set(row) == {"text", "label"} and row["text"].startswith("csv row")
+    # A mapped label column that is missing names its own setting.
+    code, _ = run(tmp_path, "--task", "text-classification", "--text-field", "review", "--label-field", "stars")
+    assert code == 1 and "missing column 'stars'" in (tmp_path / "fail" / "failure").read_text()
+    assert "set data.label_field" in (tmp_path / "fail" / "failure").read_text()
+
+    llm = tmp_path / "llm"
+    write_jsonl(llm / "in" / "qa.jsonl", [{"question": f"Q{i}?", "answer": f"A{i}."} for i in range(20)])
+    code, _ = run(llm, "--task", "causal-lm")
+    assert code == 1
+    assert (
+        "missing field 'prompt' (or give 'messages'); the row has question, answer; set data.prompt_field"
+        in (llm / "fail" / "failure").read_text()
+    )
+    code, report = run(llm, "--task", "causal-lm", "--prompt-field", "question", "--completion-field", "answer")
+    assert code == 0 and report["rows_kept"] == 20
+    row = json.loads((llm / "out" / "train" / "train.jsonl").read_text().splitlines()[0])
+    assert set(row) == {"prompt", "completion"}
+
+
 def test_a_pinned_format_names_the_mismatch_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "data.csv").write_text("text,label\na,b\n")

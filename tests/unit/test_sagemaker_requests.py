@@ -108,6 +108,24 @@ def test_prepare_request_is_valid_and_complete() -> None:
     assert {"Key": "tuneloop:run-id", "Value": RUN_ID} in request["Tags"]
 
 
+def test_the_prepare_job_is_told_where_each_rows_fields_are() -> None:
+    """Only the names a project changes go to the job (it defaults to tuneloop's own)."""
+    assert (
+        "--text-field" not in prepare_request(PREPARE, run_with(), SETTINGS)["AppSpecification"]["ContainerArguments"]
+    )
+    mapped = normalise_config({**DEMO_CONFIG, "data": {"text_field": "review", "label_field": "sentiment"}})
+    arguments = prepare_request(PREPARE, dataclasses.replace(run_with(), config=mapped), SETTINGS)["AppSpecification"][
+        "ContainerArguments"
+    ]
+    assert arguments[arguments.index("--text-field") + 1] == "review"
+    assert arguments[arguments.index("--label-field") + 1] == "sentiment"
+    assert "--prompt-field" not in arguments
+    from training import prepare
+
+    _, options = prepare.parse_args(arguments)
+    assert options.source("text") == "review" and options.source("prompt") == "prompt"
+
+
 def s3_listing(key_count: int) -> tuple[Any, Stubber]:
     s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     stub = Stubber(s3)

@@ -120,6 +120,31 @@ function showAtField(control, error, message) {
   if (at >= 0) { control.focus(); control.setSelectionRange(at, at + field.length + 2); }
 }
 
+// Every field of a project config, from the schema the API serves (GET /config/schema, made
+// from the validator that enforces it): path, type, default and meaning, beside the editor.
+let configSchema = null;
+function schemaRows(prefix, schema, rows) {
+  for (const [name, field] of Object.entries(schema.properties || {})) {
+    const path = prefix + name;
+    const keyed = field.properties && Object.values(field.properties).every((p) => !("default" in p)) && "default" in field;
+    if (field.properties && field.additionalProperties === false && !keyed) { schemaRows(`${path}.`, field, rows); continue; }
+    const shape = field.anyOf ? field.anyOf[0] : field;  // a hyperparameter: its type, or that as a string
+    const kinds = shape.enum ? shape.enum.filter((v) => v !== null).map((v) => JSON.stringify(v)).join(" | ")
+      : [].concat(shape.type || "any").filter((t) => t !== "null").join(" or ");
+    const fallback = !("default" in field) ? "required" : field.default === null ? "unset" : JSON.stringify(field.default);
+    rows.push([h("code", {}, path), kinds, fallback.length > 40 ? "(see docs/config.md)" : fallback, field.description || ""]);
+    if (keyed) for (const [key, sub] of Object.entries(field.properties)) rows.push([h("code", {}, `${path}.${key}`), "number", "", sub.description || ""]);
+    if (field.additionalProperties && field.additionalProperties.properties) schemaRows(`${path}.<name>.`, field.additionalProperties, rows);
+  }
+  return rows;
+}
+
+async function fieldReference() {
+  configSchema = configSchema || await api("GET", "/config/schema");
+  return h("details", { class: "field-reference" }, h("summary", {}, "Every field, its default and meaning"),
+    table(["field", "type", "default", "meaning"], schemaRows("", configSchema, []), "Project config fields"));
+}
+
 const STARTER_CONFIG = { base_model: "sentence-transformers/all-MiniLM-L6-v2", task: "text-classification" };
 
 function newProjectForm() {
@@ -185,6 +210,7 @@ async function projectsPage() {
       `This stage spent ${usd(stage.usd)} of its ${usd(stage.budget_usd)} budget in ${stage.month}`
       + (stage.usd >= stage.budget_usd ? ": new runs are refused until next month." : "."))
     : null;
+  const reference = await fieldReference();
   render("Projects", newProjectForm(),
     rows.length ? table(["project", "task", "deployed run", "endpoint", "last run", "open alarms",
       `spend ${month || "this month"}`], rows, "Projects")
@@ -198,7 +224,8 @@ async function projectsPage() {
         h("code", {}, n.next)]), "Notices")) : null,
     drops.refused.length ? h("section", { "aria-labelledby": "refused" }, h("h2", { id: "refused" }, "Uploads that started nothing"),
       table(["time", "upload", "why"], drops.refused.map((d) => [d.refused_at, h("code", {}, d.uri), d.reason]),
-        "Uploads that started nothing")) : null);
+        "Uploads that started nothing")) : null,
+    reference);
 }
 
 async function projectPage(name) {
@@ -235,7 +262,7 @@ async function projectPage(name) {
       link(`/projects/${encodeURIComponent(name)}/endpoint`, "endpoint")),
     h("h2", {}, "Recent runs"),
     runs.runs.length ? runsTable(runs.runs) : h("p", {}, "No runs yet."),
-    h("h2", {}, "Config"), form);
+    h("h2", {}, "Config"), form, await fieldReference());
 }
 
 function runsTable(runs) {
