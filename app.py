@@ -17,7 +17,7 @@ from chalice import (
     Response,
     TooManyRequestsError,
 )
-from chalice.app import BaseLambdaEvent, EventSourceHandler
+from chalice.app import BaseLambdaEvent, EventSourceHandler, Request
 
 from chalicelib import deps
 from chalicelib.api import (
@@ -132,9 +132,16 @@ def _http_errors(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _request() -> Request:
+    """The request a route is answering (Chalice sets it before calling the route)."""
+    request = app.current_request
+    assert request is not None  # nosec B101  # only routes call this
+    return request
+
+
 def _body(allowed: tuple[str, ...]) -> dict[str, Any]:
 
-    body = parse_body(app.current_request.raw_body, deps.get().settings.max_body_bytes)
+    body = parse_body(_request().raw_body, deps.get().settings.max_body_bytes)
     only_fields(body, allowed)
     return body
 
@@ -142,7 +149,7 @@ def _body(allowed: tuple[str, ...]) -> dict[str, Any]:
 def _caller() -> str:
     """Who sent this request, for the audit trail: the IAM principal API Gateway verified
     (SigV4), or ``local`` on the local cloud (its bearer token names no one)."""
-    identity = (app.current_request.context or {}).get("identity") or {}
+    identity = (_request().context or {}).get("identity") or {}
     arn = identity.get("userArn") if isinstance(identity, dict) else None
     if isinstance(arn, str) and arn:
         return arn
@@ -150,7 +157,7 @@ def _caller() -> str:
 
 
 def _params() -> dict[str, str]:
-    return dict(app.current_request.query_params or {})
+    return dict(_request().query_params or {})
 
 
 # --- projects ----------------------------------------------------------------------------
@@ -289,7 +296,7 @@ def post_feedback(name: str) -> Response:
         raise InvalidRequestError(field, message) from exc
     if current.feedback is None:
         raise ConflictError("feedback is not configured on this stage (no data bucket)")
-    delivery = api_delivery(name, rows, app.current_request.headers.get("idempotency-key"))
+    delivery = api_delivery(name, rows, _request().headers.get("idempotency-key"))
     try:
         receipt = current.feedback.store(name, delivery, f"api:{_caller()}", rows)
     except FeedbackRefused as exc:
@@ -433,7 +440,7 @@ def start_run() -> Response:
     service.get_project(project)  # 404 for an unknown project before judging its dataset
     dataset_uri = service.check_dataset_uri(body.get("dataset_uri"), project)
     # An Idempotency-Key header makes retried POSTs start one run, as an S3 redelivery does.
-    key = app.current_request.headers.get("idempotency-key")
+    key = _request().headers.get("idempotency-key")
     run_id = names.derive_id("api", project, key) if key else None
     stored, created = service.start_run(
         project, dataset_uri, run_id=run_id, reason="started through the API", actor=_caller()
@@ -490,7 +497,7 @@ def get_run(run_id: str) -> dict[str, Any]:
 def stop_run(run_id: str) -> Response:
     """Stop a run's job. A deployed run stops only with ``{"stop_serving": true}``: that
     deletes the project's endpoint."""
-    body = _body(("stop_serving", "reason")) if app.current_request.raw_body else {}
+    body = _body(("stop_serving", "reason")) if _request().raw_body else {}
     stop_serving = body.get("stop_serving", False)
     if not isinstance(stop_serving, bool):
         raise BadRequestError("stop_serving: must be true or false")
@@ -511,7 +518,7 @@ def stop_run(run_id: str) -> Response:
 
 
 def _decide_approval(run_id: str, approved: bool) -> Response:
-    raw = app.current_request.raw_body
+    raw = _request().raw_body
     body = _body(("reason",)) if raw else {}
     reason = parse_reason(body, "")
     verdict = "approved" if approved else "rejected"
@@ -539,9 +546,9 @@ def _decide_approval(run_id: str, approved: bool) -> Response:
 def retrain_run(run_id: str) -> Response:
     """Start a retraining run of a deployed run by hand (same guards as a drift alarm's,
     but for the alarm's own checks). An Idempotency-Key header makes a retried POST one request."""
-    body = _body(("reason",)) if app.current_request.raw_body else {}
+    body = _body(("reason",)) if _request().raw_body else {}
     reason = parse_reason(body, "retraining requested through the API", allow_empty=False)
-    key = app.current_request.headers.get("idempotency-key") or utcnow().isoformat()
+    key = _request().headers.get("idempotency-key") or utcnow().isoformat()
     event = RetrainRequested(event_id=f"retrain-{names.derive_id(run_id, key)}", time=utcnow(), run_id=run_id,
                              reason=reason, actor=_caller())  # fmt: skip
     applied = deps.get().service.apply(run_id, event)

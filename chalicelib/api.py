@@ -28,7 +28,9 @@ class PayloadTooLargeError(ValueError):
     pass
 
 
-def parse_body(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
+def parse_body(raw: bytes | str | None, max_bytes: int) -> dict[str, Any]:
+    if isinstance(raw, str):  # the limit is on bytes
+        raw = raw.encode("utf-8", "surrogatepass")
     if raw is not None and len(raw) > max_bytes:
         raise PayloadTooLargeError(f"body is {len(raw)} bytes; the limit is {max_bytes}")
     if not raw:

@@ -313,7 +313,7 @@ def explain(
     }
     if predicted and expected:
         counts = Counter(predicted)
-        shifts = [
+        shifts: list[dict[str, Any]] = [
             {"label": label, "training_share": share, "live_share": counts.get(label, 0) / len(predicted),
              "change": counts.get(label, 0) / len(predicted) - share}
             for label, share in expected.items()
@@ -588,9 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         (output / "report.html").write_text(report_html(result, args.project, args.endpoint))
     except (DriftError, OSError, ValueError, KeyError, RecursionError) as exc:
         message = f"{type(exc).__name__}: {exc}"[:1024]
-        Path(args.failure_dir).mkdir(parents=True, exist_ok=True)
-        for name in ("failure", "message"):
-            (Path(args.failure_dir) / name).write_text(message)
+        spec.write_failure(args.failure_dir, message)
         print(message, file=sys.stderr)
         return 1
     drifted = ", ".join(result["drifted"]) or "none"

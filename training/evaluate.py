@@ -86,7 +86,7 @@ def classification_metrics(
         fn = support[c] - tp
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        f1 = spec.class_f1(tp, fp, fn)
         per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "support": support[c]}
         f1s.append(f1)
     correct = sum(matrix[c][c] for c in range(n))
@@ -220,7 +220,7 @@ def plots(
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         # One legend for both axes, below them: none hides a line or another's label.
-        ax.legend(lines, [line.get_label() for line in lines], loc="upper center", bbox_to_anchor=(0.5, -0.16),
+        ax.legend(lines, [str(line.get_label()) for line in lines], loc="upper center", bbox_to_anchor=(0.5, -0.16),
                   ncol=3, frameon=False)  # fmt: skip
         ax.set_title("Training and validation curves")
         out["training_curves.png"] = _png(fig)
@@ -523,7 +523,7 @@ def production_subset(
         if "truth" not in per_row:
             return {k.removeprefix("score:"): sum(per_row[k][i] for i in chosen) / len(chosen) for k in scored}
         measured = classification_metrics([per_row["truth"][i] for i in chosen], [per_row["pred"][i] for i in chosen],
-                                          None, labels)  # fmt: skip
+                                          None, labels or [])  # fmt: skip
         return {"accuracy": measured["accuracy"], "macro_f1": measured["macro_f1"]}
 
     times = sorted(str(rows[i].get("inference_time", "")) for i in chosen if rows[i].get("inference_time"))
@@ -871,7 +871,7 @@ def evaluate(
         if (model_dir / "data.json").is_file():
             context["hyperparameters"] = json.loads((model_dir / "data.json").read_text()).get("hyperparameters")
         champion = theirs = None
-        baseline: tuple[dict[str, Any], str] | str | None = None
+        baseline: tuple[dict[str, Any], str, dict[str, Any] | None] | str | None = None
         champion_archive = input_dir / "champion" / "model.tar.gz"
         if champion_archive.is_file():
             champion_dir = inference.unpack_model(champion_archive, Path(tmp) / "champion", input_dir / "champion-base")
@@ -991,9 +991,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (EvaluationError, OSError, KeyError, ValueError) as exc:
         message = f"{type(exc).__name__}: {exc}"[:1024]
-        Path(args.failure_dir).mkdir(parents=True, exist_ok=True)
-        for name in ("failure", "message"):
-            (Path(args.failure_dir) / name).write_text(message)
+        spec.write_failure(args.failure_dir, message)
         print(message, file=sys.stderr)
         return 1
     print("evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in evaluation["summary"].items()))

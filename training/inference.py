@@ -409,15 +409,15 @@ def base_folder(model_dir: str | Path, meta: dict[str, Any]) -> Path:
         folder = found
     for name, expected in (base.get("files") or {}).items():
         try:
-            found = sha256_file(folder / name)
+            digest = sha256_file(folder / name)
         except OSError as exc:
             raise ModelLoadError(
                 f"the base model at {folder} has no {name}, which the adapter was trained with"
             ) from exc
-        if found != expected:
+        if digest != expected:
             raise ModelLoadError(
                 f"the base model's {name} at {folder} is not the file the adapter was trained on "
-                f"(sha256 {found[:16]}…, trained on {expected[:16]}…)"
+                f"(sha256 {digest[:16]}…, trained on {expected[:16]}…)"
             )
     return folder
 
@@ -481,8 +481,8 @@ def input_fn(body: bytes | str, content_type: str = "application/json") -> dict[
     parameters: dict[str, Any] = {}
     stream = False
     if isinstance(data, dict):
-        parameters = data.get("parameters")
-        parameters = {} if parameters is None else parameters
+        given = data.get("parameters")
+        parameters = {} if given is None else given
         if not isinstance(parameters, dict):
             raise PayloadError('"parameters" must be an object')
         stream = data.get("stream", False)

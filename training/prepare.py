@@ -201,12 +201,12 @@ def read_records(path: Path, data_format: str, report: Report) -> Iterator[tuple
                 report.error(path.name, reader.line_num, "more values than header columns")
                 continue
             yield reader.line_num, row
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for number, text_line in enumerate(text.splitlines(), start=1):
+        if not text_line.strip():
             continue
         report.rows_read += 1
         try:
-            yield number, json.loads(line)
+            yield number, json.loads(text_line)
         except json.JSONDecodeError as exc:
             report.error(path.name, number, f"bad JSON: {exc.msg} at column {exc.colno}")
         except RecursionError:
@@ -777,10 +777,7 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as exc:
         write_json(output_dir / "report" / "report.json", {**report.to_dict(), "failure": str(exc)})
         message = f"DatasetError: {exc}"[:1024]
-        failure_dir = Path(args.failure_dir)
-        failure_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("failure", "message"):  # training reads failure, processing reads message
-            (failure_dir / name).write_text(message, encoding="utf-8")
+        spec.write_failure(args.failure_dir, message)
         print(message, file=sys.stderr)
         return 1
     write_json(output_dir / "report" / "report.json", report.to_dict())

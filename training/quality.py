@@ -203,16 +203,8 @@ def accuracy(pairs: Sequence[tuple[str | None, str]]) -> float:
 
 
 def macro_f1(pairs: Sequence[tuple[str | None, str]], classes: Sequence[str]) -> float:
-    """F1 averaged over ``classes`` (the model's labels), as evaluate.py counts it."""
-    if not pairs or not classes:
-        return math.nan
-    scores = []
-    for c in classes:
-        tp = sum(1 for p, t in pairs if p == c and t == c)
-        fp = sum(1 for p, t in pairs if p == c and t != c)
-        fn = sum(1 for p, t in pairs if p != c and t == c)
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return sum(scores) / len(scores)
+    """spec.macro_f1 over (predicted, truth) pairs and ``classes`` (the model's labels)."""
+    return spec.macro_f1([p for p, _ in pairs], [t for _, t in pairs], classes)
 
 
 def upper_band(pairs: Sequence[tuple[str | None, str]], classes: Sequence[str], metric: str, seed: int = 0) -> float:

@@ -21,6 +21,7 @@ import difflib
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -426,6 +427,41 @@ def reliability(y_true: list[int], probabilities: list[list[float]], bins: int =
         for b, (k, c, conf) in enumerate(totals)
         if k
     ]
+
+
+def class_f1(tp: int, fp: int, fn: int) -> float:
+    """One class's F1 from its true positives, false positives and false negatives (0 when
+    the class was neither predicted nor present)."""
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
+def macro_f1(predicted: Sequence[Any], truth: Sequence[Any], classes: Sequence[Any]) -> float:
+    """F1 averaged over ``classes``, each counting equally (NaN with no rows or classes):
+    what train.py's validation, evaluate.py's test split and the monitoring job's production
+    labels all report."""
+    if not truth or not classes:
+        return math.nan
+    scores = []
+    for c in classes:
+        tp = sum(1 for p, t in zip(predicted, truth, strict=True) if p == c and t == c)
+        fp = sum(1 for p, t in zip(predicted, truth, strict=True) if p == c and t != c)
+        fn = sum(1 for p, t in zip(predicted, truth, strict=True) if p != c and t == c)
+        scores.append(class_f1(tp, fp, fn))
+    return sum(scores) / len(scores)
+
+
+def write_failure(folder: str, message: str) -> None:
+    """A job's failure, for SageMaker to show as its FailureReason: ``failure`` (training
+    jobs read it) and ``message`` (processing jobs' ExitMessage), at most 1,024 characters."""
+    import os
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for name in ("failure", "message"):
+            with open(os.path.join(folder, name), "w", encoding="utf-8") as out:
+                out.write(message[:1024])
+    except OSError:
+        pass  # a read-only or missing failure folder must not hide the job's own error
 
 
 def expected_calibration_error(y_true: list[int], probabilities: list[list[float]], bins: int = 10) -> float:

@@ -615,7 +615,8 @@ def preference_tuning(
             if stopping:
                 say("SIGTERM: checkpoint saved; exiting so the job can resume")
                 raise SystemExit(143)
-    _, margins = dpo_loss(*all_logps().view(-1, 2).unbind(1), *reference.view(-1, 2).unbind(1), args.dpo_beta)
+    final, start = all_logps().view(-1, 2), reference.view(-1, 2)  # (preferred, other) per pair
+    _, margins = dpo_loss(final[:, 0], final[:, 1], start[:, 0], start[:, 1], args.dpo_beta)
     return {
         "dpo_pairs": float(len(pairs)),
         "dpo_loss": last,
@@ -690,17 +691,6 @@ def load_checkpoint(folder: Path) -> dict[str, Any] | None:
 # --- evaluation ------------------------------------------------------------------------------
 
 
-def macro_f1(predictions: list[int], labels: list[int], num_labels: int) -> float:
-    scores = []
-    for c in range(num_labels):
-        tp = sum(1 for p, y in zip(predictions, labels, strict=True) if p == c and y == c)
-        fp = sum(1 for p, y in zip(predictions, labels, strict=True) if p == c and y != c)
-        fn = sum(1 for p, y in zip(predictions, labels, strict=True) if p != c and y == c)
-        denominator = 2 * tp + fp + fn
-        scores.append(2 * tp / denominator if denominator else 0.0)
-    return sum(scores) / len(scores)
-
-
 @torch.no_grad()
 def evaluate(
     model: Any,
@@ -731,10 +721,10 @@ def evaluate(
         return {
             "validation_loss": sum(losses) / sum(weights),
             "validation_accuracy": accuracy,
-            "validation_macro_f1": macro_f1(predictions, labels, num_labels),
+            "validation_macro_f1": spec.macro_f1(predictions, labels, range(num_labels)),
         }
-    for batch in causal_batches(examples, args.batch_size, args.max_length, rng, packing=False):
-        inputs = {k: v.to(device) for k, v in collate_causal(examples, batch, pad_id, packing=False).items()}
+    for rows in causal_batches(examples, args.batch_size, args.max_length, rng, packing=False):
+        inputs = {k: v.to(device) for k, v in collate_causal(examples, rows, pad_id, packing=False).items()}
         tokens = int((inputs["labels"][:, 1:] != IGNORE).sum())
         if tokens:
             losses.append(float(model(**inputs).loss) * tokens)
@@ -990,7 +980,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                         epoch=round(entry["epoch"], 3),
                         step=step,
                         train_loss=entry["train_loss"],
-                        learning_rate=scheduler.get_last_lr()[0],
+                        learning_rate=float(scheduler.get_last_lr()[0]),
                         samples_per_second=samples / step_seconds,
                     )
                 )
@@ -1181,12 +1171,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
-        failure = Path(args.failure_dir)
-        try:
-            failure.mkdir(parents=True, exist_ok=True)
-            (failure / "failure").write_text(message[:1024])
-        except OSError:
-            pass
+        spec.write_failure(args.failure_dir, message)
         traceback.print_exc()
         print(message, file=sys.stderr)
         return 1
