@@ -120,3 +120,15 @@ def test_when_every_thread_is_taken_the_longest_idle_connection_makes_room(serve
     for connection in kept:
         connection.close()
     wait_for(lambda: server._slots()._value == server.max_connections, 10, "every slot back")
+
+
+@pytest.mark.parametrize(
+    "host,loopback",
+    [("127.0.0.1", True), ("127.0.0.1:8080", True), ("localhost:1", True), ("[::1]:443", True), ("[::1]", True),
+     ("::1", True), ("", False), (None, False), ("evil.example", False), ("127.0.0.1.evil.example:80", False),
+     ("localhost.evil.example", False), ("[::2]:80", False), ("0.0.0.0", False)],
+)  # fmt: skip
+def test_every_local_server_answers_only_a_loopback_host(host: str | None, loopback: bool) -> None:
+    from tuneloop.local.httpserve import is_loopback
+
+    assert is_loopback(host) is loopback

@@ -23,14 +23,13 @@ from chalice.local import ForbiddenError, LocalGateway, LocalGatewayException
 
 from . import sigv4
 from .audit import invoking
-from .httpserve import Handler, LoopbackServer
+from .httpserve import Handler, LoopbackServer, is_loopback
 
 log = logging.getLogger("tuneloop.api")
 
 # API Gateway refuses bodies over 10 MB before the app sees them.
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 MAX_CONCURRENT_REQUESTS = 32
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 class ApiServer(LoopbackServer):
@@ -86,8 +85,8 @@ class _Handler(Handler):
 
     def _checked(self) -> None:
         supplied = self.headers.get("Authorization", "")
-        host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
-        if host not in LOOPBACK_HOSTS:
+        host = self.headers.get("Host") or ""
+        if not is_loopback(host):
             return self._refuse(403, "Forbidden", f"Host {host!r} is not this machine's loopback")
         credentials = self.server.credentials
         signed = credentials is not None and supplied.startswith(sigv4.ALGORITHM + " ")

@@ -39,10 +39,9 @@ from urllib.parse import unquote
 
 from . import sigv4
 from .enforce import Denial, Enforcer, request_call
-from .httpserve import DEADLINES, BoundedThreads, Deadlined, Handler, LoopbackServer
+from .httpserve import DEADLINES, BoundedThreads, Deadlined, Handler, LoopbackServer, host_name, is_loopback
 
 log = logging.getLogger("tuneloop.gateway")
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 # The largest body a request may carry, by the service its signature names. An S3 body
 # is read only once its signature is verified (S3 signs the payload's hash in a header);
 # the JSON and query protocols sign a hash they do not send, so their bodies are read
@@ -83,13 +82,6 @@ def database_key_id(credentials: sigv4.Credentials) -> str:
 def _relayed_authorization(value: str, key_id: str) -> str:
     """The request's Authorization header with its credential's key ID replaced."""
     return re.sub(r"Credential=[^/,\s]*/", f"Credential={key_id}/", value, count=1)
-
-
-def host_name(host: str) -> str:
-    """The Host header without its port ('[::1]:80' → '[::1]')."""
-    if host.startswith("["):
-        return host.split("]", 1)[0] + "]"
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def refusal(environ: Environ, status: int, code: str, message: str) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -163,7 +155,7 @@ def screen_request(
     headers go, made for one of the ``services`` this server serves, and the body's size
     against that service's bound. The most bytes the body may have, or why not."""
     host = host_name((headers.get("host") or [""])[0])
-    if host not in LOOPBACK_HOSTS:
+    if not is_loopback(host):
         return Refusal(403, "AccessDenied", f"Host {host!r} is not this machine's loopback")
     path = target.split("?", 1)[0]
     if not path.startswith("/") or path.startswith("//"):

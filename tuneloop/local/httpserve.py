@@ -11,7 +11,8 @@ times out after ``idle_timeout_s`` without a byte from the client, and a request
 arrive whole (its line, headers and body) within ``idle_timeout_s + read_deadline_s`` of
 the start of the wait for it: a client that sends a byte now and then cannot hold a thread
 either (``DEADLINES`` shuts such a connection down). Handlers read a body with
-``read_body``.
+``read_body``. Each server answers only a ``Host`` that names loopback (``is_loopback``):
+a web page cannot reach it by DNS rebinding.
 """
 
 from __future__ import annotations
@@ -23,6 +24,23 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+# The names a loopback request's Host may carry (IPv6 in brackets, as a Host header has it;
+# urllib's hostname drops them).
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
+
+
+def host_name(host: str) -> str:
+    """The Host header without its port ('[::1]:80' → '[::1]', '127.0.0.1:8080' → '127.0.0.1')."""
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether a Host header (port or not) names this machine's loopback."""
+    return host_name(host or "") in LOOPBACK_HOSTS
+
 
 IDLE_TIMEOUT_S = 60.0
 READ_DEADLINE_S = 60.0

@@ -36,11 +36,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tuneloop.local.httpserve import Handler, LoopbackServer
+from tuneloop.local.httpserve import Handler, LoopbackServer, is_loopback
 
 log = logging.getLogger("tuneloop.serving")
 TOKEN_ENV = "TUNELOOP_MODEL_SERVER_TOKEN"
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 MAX_BODY_BYTES = 6 * 1024 * 1024 + 1024  # SageMaker Runtime's payload limit
 
 
@@ -122,9 +121,10 @@ class _Handler(Handler):
 
     def _allowed(self) -> bool:
         """Loopback Host and the starter's token, checked before the body is read."""
-        host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
         supplied = (self.headers.get("Authorization") or "").encode()
-        if host not in LOOPBACK_HOSTS or not hmac.compare_digest(supplied, f"Bearer {self.server.token}".encode()):
+        if not is_loopback(self.headers.get("Host")) or not hmac.compare_digest(
+            supplied, f"Bearer {self.server.token}".encode()
+        ):
             self.close_connection = True
             self._send(403, b'{"message": "only the local SageMaker Runtime may call a model server"}')
             return False

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuneloop.local.httpserve import Handler, LoopbackServer
+from tuneloop.local.httpserve import LOOPBACK_HOSTS, Handler, LoopbackServer, is_loopback
 
 log = logging.getLogger("tuneloop.ui")
 STATIC = Path(__file__).with_name("static")
@@ -52,7 +52,6 @@ COOKIE = "tl_session"
 TOKEN_HEADER = "X-Tuneloop-Token"
 PAGES = ("/", "/projects", "/runs")  # and anything under them: the app routes on the path
 MAX_BODY_BYTES = 256 * 1024  # the API's own limit
-LOOPBACK = ("127.0.0.1", "localhost")
 # How long a printed link opens the dashboard (once), and how long a session lasts.
 LINK_TTL_S = 300.0
 SESSION_TTL_S = 12 * 3600.0
@@ -230,8 +229,7 @@ class _Handler(Handler):
         self._reply(status, json.dumps({"Code": str(status), "Message": message}).encode())
 
     def _allowed(self) -> bool:
-        host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
-        if host not in LOOPBACK:
+        if not is_loopback(self.headers.get("Host")):
             self.close_connection = True
             self._error(403, "the dashboard answers only on 127.0.0.1")
             return False
@@ -265,7 +263,7 @@ class _Handler(Handler):
             port = parts.port
         except ValueError:
             return False
-        return parts.scheme == "http" and parts.hostname in LOOPBACK and port == self.server.port
+        return parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS and port == self.server.port
 
     def do_HEAD(self) -> None:
         self.do_GET()
