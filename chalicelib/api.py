@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from . import spec
 from .config import Settings
 from .deployment import transform_output
 from .domain.project import ConfigError, check_project_name
@@ -24,7 +25,7 @@ MAX_PAGE = 100
 MAX_REASON_CHARS = 1000
 
 
-class PayloadTooLargeError(ValueError):
+class PayloadTooLargeError(spec.TuneloopError, ValueError):
     pass
 
 

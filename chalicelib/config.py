@@ -6,11 +6,12 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from . import spec
 from .domain.limits import Limits
 from .domain.names import STAGE_NAME_RE
 
 
-class SettingsError(RuntimeError):
+class SettingsError(spec.TuneloopError, RuntimeError):
     pass
 
 

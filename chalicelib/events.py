@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from . import spec
 from .domain import names
 from .domain.events import (
     AlarmChanged,
@@ -40,11 +41,11 @@ MAX_NAME_BYTES = 1024
 MAX_ID_LENGTH = 256
 
 
-class MalformedEventError(ValueError):
+class MalformedEventError(spec.TuneloopError, ValueError):
     pass
 
 
-class UnknownEventError(ValueError):
+class UnknownEventError(spec.TuneloopError, ValueError):
     pass
 
 

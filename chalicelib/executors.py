@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from . import spec
 from .domain.commands import (
     Command,
     ConfigureAutoscaling,
@@ -33,7 +34,7 @@ from .domain.events import DomainEvent
 from .domain.run import Run
 
 
-class PermanentCommandError(Exception):
+class PermanentCommandError(spec.TuneloopError):
     """The command can never succeed as issued (e.g. a ValidationException); fail the run."""
 
 

@@ -38,7 +38,7 @@ MAX_API_ROWS = 1000
 MAX_ERRORS_KEPT = 50
 
 
-class FeedbackRefused(ValueError):
+class FeedbackRefused(spec.TuneloopError, ValueError):
     """The whole delivery is refused (too large, not UTF-8); the message says why."""
 
 

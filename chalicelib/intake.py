@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
+from . import spec
 from .domain import names
 from .events import Fields, MalformedEventError, check_envelope, parse_time
 
@@ -30,7 +31,7 @@ MANIFEST = "manifest.json"
 FEEDBACK_PREFIX = "feedback/"
 
 
-class IntakeIgnored(ValueError):
+class IntakeIgnored(spec.TuneloopError, ValueError):
     """The object starts no run; the message says why (logged, never raised to Lambda)."""
 
 

@@ -64,23 +64,23 @@ SLOT_CLAIM_GRACE_S = 300
 MAX_COMMIT_ATTEMPTS = 64
 
 
-class RunNotFoundError(LookupError):
+class RunNotFoundError(spec.TuneloopError, LookupError):
     pass
 
 
-class ProjectNotFoundError(LookupError):
+class ProjectNotFoundError(spec.TuneloopError, LookupError):
     pass
 
 
-class ProjectBusyError(RuntimeError):
+class ProjectBusyError(spec.TuneloopError, RuntimeError):
     """The project has runs on their way: deleting it would strand their jobs."""
 
 
-class RunLimitError(RuntimeError):
+class RunLimitError(spec.TuneloopError, RuntimeError):
     """A new run would pass the stage's limit on runs on their way; the message names it."""
 
 
-class InvalidRequestError(ValueError):
+class InvalidRequestError(spec.TuneloopError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field

@@ -15,6 +15,7 @@ from typing import Any
 from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
 from pynamodb.expressions.condition import size
 
+from . import spec
 from .domain.commands import Command, command_from_dict
 from .domain.machine import Decision
 from .domain.run import HistoryEntry, Run
@@ -22,15 +23,15 @@ from .domain.states import RunState
 from .models import OUTBOX_PENDING, HistoryAttribute, ProjectModel, RunModel
 
 
-class ConflictError(Exception):
+class ConflictError(spec.TuneloopError):
     """Another writer changed the item first; reload and decide again."""
 
 
-class ProjectExistsError(Exception):
+class ProjectExistsError(spec.TuneloopError):
     pass
 
 
-class BadPageTokenError(ValueError):
+class BadPageTokenError(spec.TuneloopError, ValueError):
     pass
 
 

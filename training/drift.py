@@ -74,7 +74,7 @@ EPS = 1e-4
 PERMUTATIONS = 60
 
 
-class DriftError(Exception):
+class DriftError(spec.TuneloopError):
     """The inputs cannot be compared (no baseline)."""
 
 

@@ -55,7 +55,7 @@ import spec
 PRIMARY = spec.PRIMARY_METRICS
 
 
-class EvaluationError(Exception):
+class EvaluationError(spec.TuneloopError):
     pass
 
 

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import spec
+
 MAX_INPUTS = 256
 MAX_NEW_TOKENS = 256
 MAX_MESSAGES = 64
@@ -44,7 +46,7 @@ except ImportError:  # pragma: no cover - where no toolkit serves (the local clo
         pass
 
 
-class PayloadError(ValueError, _ToolkitError):
+class PayloadError(spec.TuneloopError, ValueError, _ToolkitError):
     """The caller's mistake: a 400 with the message, from tuneloop's model server and from
     SageMaker's inference toolkit (which would make any other exception a 500)."""
 
@@ -177,7 +179,7 @@ def generate_batch(loaded: dict[str, Any], prompts: list[str], max_new_tokens: i
     return [answers[n] for n in range(len(prompts))]
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(spec.TuneloopError, RuntimeError):
     """The model cannot be loaded as it was registered (an adapter's base is missing or is
     not the one it was trained on)."""
 

@@ -67,7 +67,7 @@ DATA_SUFFIXES = (".jsonl", ".csv")
 _WORD_RE = re.compile(r"[\w']+", re.UNICODE)
 
 
-class DatasetError(Exception):
+class DatasetError(spec.TuneloopError):
     """The dataset is unusable; the message is the job's FailureReason."""
 
 

@@ -37,7 +37,7 @@ import spec
 RESAMPLES = 400
 
 
-class CaptureError(ValueError):
+class CaptureError(spec.TuneloopError, ValueError):
     """A capture file holds something that is not a SageMaker capture record."""
 
 

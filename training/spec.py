@@ -25,6 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+
+class TuneloopError(Exception):
+    """What tuneloop raises on purpose: a reason, in one line, for the person who can act
+    on it. Every error tuneloop defines derives from it, so a caller (the CLI, a handler, a
+    job's main) can tell a failure it reports from a bug."""
+
+
 HIGHER = "higher"
 LOWER = "lower"
 

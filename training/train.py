@@ -58,7 +58,7 @@ PACKAGED_MODELS = spec.PACKAGED_MODELS
 RANDOM_DECODERS = spec.RANDOM_DECODERS
 
 
-class TrainingError(Exception):
+class TrainingError(spec.TuneloopError):
     pass
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.events import json_type
+from chalicelib.spec import TuneloopError
 
 from .client import (
     REPO_ROOT,
@@ -801,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except (CliError, cloud.ServiceError) as exc:
+    except TuneloopError as exc:  # a failure tuneloop reports: a CliError, a local service's, a config's
         return fail(str(exc))
     except (BotoCoreError, ClientError) as exc:  # AWS said no, or could not be reached: its one line
         return fail(str(exc))

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from chalicelib import spec
+
 from .local import cloud
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_UPLOAD_BYTES = 5 * 1024**3
 
 
-class CliError(Exception):
+class CliError(spec.TuneloopError):
     pass
 
 

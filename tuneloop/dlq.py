@@ -26,13 +26,15 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from chalicelib import spec
+
 from .local.files import write_atomic
 
 # Stack output keys: <Handler>DeadLetterQueue and <Handler>Function (infra/resources.json).
 _OUTPUT = re.compile(r"^(?P<handler>On\w+?)(?P<kind>DeadLetterQueue|Function)$")
 
 
-class DeadLetterError(RuntimeError):
+class DeadLetterError(spec.TuneloopError, RuntimeError):
     pass
 
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .. import spec
+
 
 @dataclass(frozen=True)
 class Command:
@@ -179,7 +181,7 @@ COMMAND_TYPES: Mapping[str, type[Command]] = {
 }
 
 
-class UnknownCommandError(ValueError):
+class UnknownCommandError(spec.TuneloopError, ValueError):
     pass
 
 

@@ -18,7 +18,7 @@ from .. import spec
 from .names import PROJECT_NAME_MAX, PROJECT_NAME_RE
 
 
-class ConfigError(ValueError):
+class ConfigError(spec.TuneloopError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field

@@ -24,6 +24,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from chalicelib.spec import TuneloopError
+
 PARTITION = "aws"
 # botocore's signing names where IAM's service prefix differs.
 PREFIXES = {"monitoring": "cloudwatch", "runtime.sagemaker": "sagemaker", "sagemaker-runtime": "sagemaker"}
@@ -80,7 +82,7 @@ SERVICE_PRINCIPALS = {"sagemaker": "sagemaker.amazonaws.com", "events": "events.
                       "application-autoscaling": "application-autoscaling.amazonaws.com"}  # fmt: skip
 
 
-class UnmappedRequest(ValueError):
+class UnmappedRequest(TuneloopError, ValueError):
     """The reference names a resource this request does not say how to fill."""
 
 

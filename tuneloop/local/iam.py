@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from chalicelib.spec import TuneloopError
+
 # What a request tells the policies: each condition key's value(s).
 Context = Mapping[str, str | Sequence[str]]
 VARIABLE = re.compile(r"\$\{([^}]+)\}")
@@ -140,7 +142,7 @@ def _resource_matches(pattern: str, resource: str, context: Context) -> bool:
         return False  # a variable with no value in the request matches nothing
 
 
-class Unresolved(Exception):
+class Unresolved(TuneloopError):
     """A policy variable the request has no value for: the element it is in does not match."""
 
 

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chalicelib import spec
+
 from .sigv4 import Credentials
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +36,7 @@ def queue_name(handler: str) -> str:
     return QUEUE_PREFIX + handler.replace("_", "-")
 
 
-class ServiceError(RuntimeError):
+class ServiceError(spec.TuneloopError, RuntimeError):
     pass
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import optuna
 
+from chalicelib.spec import TuneloopError
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # The median rule waits for this many finished trials, and never judges a first epoch.
@@ -28,7 +30,7 @@ MEDIAN_STARTUP_TRIALS = 2
 MEDIAN_WARMUP_STEPS = 1
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(TuneloopError, ValueError):
     """ParameterRanges that SageMaker would also refuse (e.g. a log range that reaches 0)."""
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from chalicelib import spec
 
-class ServiceError(Exception):
+
+class ServiceError(spec.TuneloopError):
     def __init__(self, code: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.code = code
