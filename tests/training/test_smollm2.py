@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.domain.machine import gate_verdict
+from chalicelib.domain.gate import gate_verdict
 from chalicelib.domain.project import normalise_config
 from chalicelib.sagemaker import evaluation_event
 from tests.training.conftest import run_job

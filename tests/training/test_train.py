@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from chalicelib.domain.machine import gate_verdict
+from chalicelib.domain.gate import gate_verdict
 from chalicelib.domain.project import normalise_config
 from chalicelib.sagemaker import evaluation_event
 from tests.conftest import DEMO_CONFIG

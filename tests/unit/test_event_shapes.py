@@ -163,7 +163,7 @@ def mutated_evaluations(draw: st.DrawFn) -> Any:
 def test_any_evaluation_json_is_an_event_or_one_refusal(raw: Any) -> None:
     """evaluation.json is a job's output: any JSON value. The loader turns it into the
     gate's event or refuses it with a one-line reason; the gate never passes on a NaN."""
-    from chalicelib.domain.machine import gate_verdict
+    from chalicelib.domain.gate import gate_verdict
     from chalicelib.domain.project import normalise_config
     from chalicelib.sagemaker import evaluation_event
 
