@@ -406,7 +406,7 @@ def drift_request(command: StartProcessingJob, run: Run, settings: Settings, lab
     Metrics go to CloudWatch."""
     prefix = run_prefix(settings, run.run_id)
     drift = run.config["drift"]
-    quality = run.config.get("quality") or {"thresholds": {}, "min_labels": 30}
+    quality = run.config.get("quality") or {"thresholds": {}, "min_labels": spec.MIN_LABELS}
     extra = [_processing_input("labels", labels_uri(settings, run.project), f"{PROCESSING_ROOT}/input/labels")]
     return _processing_job(
         command,

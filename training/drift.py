@@ -526,7 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thresholds", default="{}", help='JSON: {"prediction_psi": 0.2, ...}')
     parser.add_argument("--min-samples", type=int, default=30)
     parser.add_argument("--quality-thresholds", default="{}", help='JSON floors: {"production_macro_f1": 0.7, ...}')
-    parser.add_argument("--min-labels", type=int, default=30, help="labelled predictions needed to measure quality")
+    parser.add_argument(
+        "--min-labels", type=int, default=spec.MIN_LABELS, help="labelled predictions needed to measure quality"
+    )
     parser.add_argument("--window-minutes", type=int, default=0, help="only traffic this recent (0: all captured)")
     parser.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"))
     parser.add_argument("--task", default="text-classification", choices=sorted(spec.TASK_QUALITY_METRICS))

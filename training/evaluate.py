@@ -536,7 +536,7 @@ def production_subset(
 
 
 GENERATION_BATCH = 16  # test prompts generated for at once
-DEFAULT_GENERATION = {"max_new_tokens": 64, "scorers": ["token_f1", "exact_match", "rouge_l"]}
+DEFAULT_GENERATION = spec.GENERATION_DEFAULTS
 MAX_SHOWN = 200  # generations kept in evaluation.json and the report (the worst ones)
 
 

@@ -25,6 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# Defaults the control plane (config validation) and the jobs (evaluate.py, drift.py) share.
+# How a causal LM's completions are generated and scored (the project's ``generation``):
+GENERATION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 64, "scorers": ["token_f1", "exact_match", "rouge_l"]}
+# Labelled requests a monitoring window needs before production quality is measured.
+MIN_LABELS = 30
+
 
 class TuneloopError(Exception):
     """What tuneloop raises on purpose: a reason, in one line, for the person who can act

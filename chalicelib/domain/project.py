@@ -724,11 +724,11 @@ _CONFIG = _obj(
             _obj(
                 {
                     "max_new_tokens": _Field(
-                        _number(1, 256, integer=True), 64, "tokens the evaluate job generates per test prompt"
+                        _number(1, 256, integer=True),
+                        spec.GENERATION_DEFAULTS["max_new_tokens"],
+                        "tokens the evaluate job generates per test prompt",
                     ),
-                    "scorers": _Field(
-                        _scorers, ["token_f1", "exact_match", "rouge_l"], "how each completion is scored"
-                    ),
+                    "scorers": _Field(_scorers, spec.GENERATION_DEFAULTS["scorers"], "how each completion is scored"),
                     "json_schema": _Field(_json_schema, None, "the JSON schema the json_schema scorer checks"),
                     "regex": _Field(_regex, None, "the pattern the regex_match scorer matches whole"),
                 },
@@ -854,7 +854,9 @@ _CONFIG = _obj(
                         "ceiling): past one by more than its noise, an alarm starts a retraining run",
                     ),
                     "min_labels": _Field(
-                        _number(1, 1_000_000, integer=True), 30, "labelled requests a window needs to be measured"
+                        _number(1, 1_000_000, integer=True),
+                        spec.MIN_LABELS,
+                        "labelled requests a window needs to be measured",
                     ),
                 }
             ),
