@@ -20,8 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import spec
-
 MAX_INPUTS = 256
 MAX_NEW_TOKENS = 256
 MAX_MESSAGES = 64
@@ -46,7 +44,7 @@ except ImportError:  # pragma: no cover - where no toolkit serves (the local clo
         pass
 
 
-class PayloadError(spec.TuneloopError, ValueError, _ToolkitError):
+class PayloadError(ValueError, _ToolkitError):
     """The caller's mistake: a 400 with the message, from tuneloop's model server and from
     SageMaker's inference toolkit (which would make any other exception a 500)."""
 
@@ -179,7 +177,7 @@ def generate_batch(loaded: dict[str, Any], prompts: list[str], max_new_tokens: i
     return [answers[n] for n in range(len(prompts))]
 
 
-class ModelLoadError(spec.TuneloopError, RuntimeError):
+class ModelLoadError(RuntimeError):
     """The model cannot be loaded as it was registered (an adapter's base is missing or is
     not the one it was trained on)."""
 

@@ -152,8 +152,9 @@ def test_every_error_tuneloop_defines_derives_from_one_base() -> None:
     import tuneloop
     from chalicelib.spec import TuneloopError
 
-    modules = ["app", "training.train", "training.prepare", "training.evaluate", "training.drift",
-               "training.inference", "training.quality"]  # fmt: skip
+    # (training/inference.py ships alone in each model's code/ folder: it imports nothing of
+    # tuneloop's, so its errors cannot derive from spec's.)
+    modules = ["app", "training.train", "training.prepare", "training.evaluate", "training.drift", "training.quality"]
     for package in (chalicelib, tuneloop):
         modules += [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
     defined = []
@@ -173,3 +174,20 @@ def test_every_error_tuneloop_defines_derives_from_one_base() -> None:
     # (training/spec.py is also chalicelib/spec.py, imported twice under two names: by name)
     based = [e for e in defined if any(b.__name__ == TuneloopError.__name__ for b in e.__mro__[1:])]
     assert [e.__qualname__ for e in defined if e not in based and e.__name__ != TuneloopError.__name__] == []
+
+
+def test_the_serving_code_imports_nothing_of_tuneloops() -> None:
+    """train.py copies inference.py alone into each model's code/ folder, where the
+    endpoint's model server imports it: a sibling module it imported would not be there."""
+    import ast
+
+    training = Path(__file__).resolve().parents[2] / "training"
+    siblings = {p.stem for p in training.glob("*.py")}
+    tree = ast.parse((training / "inference.py").read_text())
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert imported & (siblings | {"chalicelib", "tuneloop", "training"}) == set()
