@@ -137,7 +137,7 @@ def two_process_job(state: dict[str, Any]) -> list[tuple[str, int]]:
     """While a training job runs two processes under tuneloop's torchrun, what its agent
     listens on (the rendezvous store) and its workers (gloo); empty otherwise."""
     tree = cloud_processes(state)
-    agents = [pid for pid in tree if b"tuneloop.local.torchrun" in cmdline(pid)]
+    agents = [pid for pid in tree if b"tuneloop.local.container.torchrun" in cmdline(pid)]
     for agent in agents:
         workers = [pid for pid in sockets.process_tree([agent]) if b"train.py" in cmdline(pid) and pid != agent]
         store, gloo = sockets.listening([agent]), sockets.listening(workers)
@@ -159,7 +159,7 @@ def check_a_two_process_job_listens_on_loopback_only(home: Path, state: dict[str
     body = "".join(json.dumps(row) + "\n" for row in synthetic.rows(200, seed=5))
     s3(state).put_object(Bucket=state["bucket"], Key="datasets/llm-pair/tasks-1/tasks.jsonl", Body=body.encode())
     seen = wait_for(lambda: two_process_job(state), 300, "a two-process training job")
-    servers = [pid for pid in cloud_processes(state) if b"tuneloop.local.serving" in cmdline(pid)]
+    servers = [pid for pid in cloud_processes(state) if b"tuneloop.local.container.serving" in cmdline(pid)]
     assert servers, "no model server is running"
     check_loopback_only(state, must_include=seen + sockets.listening(servers))
     for pid in servers:  # a model server holds no AWS credentials and none of the local cloud's secrets

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.local import serving
+from tuneloop.local.container import serving
 
 pytestmark = pytest.mark.integration
 TOKEN = "a-test-token-of-16+-chars"

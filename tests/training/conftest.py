@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from training import prepare
-from tuneloop.local import toolkit
+from tuneloop.local.container import toolkit
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "training"

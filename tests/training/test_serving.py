@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import BUCKET, wait_for
 from tuneloop.local import sagemaker as sagemaker_server
-from tuneloop.local import toolkit
+from tuneloop.local.container import toolkit
 
 pytestmark = [pytest.mark.training, pytest.mark.integration]
 ROLE = "arn:aws:iam::123456789012:role/tuneloop-test-sagemaker-execution"

@@ -20,7 +20,7 @@ from tests.training.conftest import run_job
 from training import evaluate, inference, prepare, spec
 from training import train as train_module
 from tuneloop import synthetic
-from tuneloop.local import toolkit
+from tuneloop.local.container import toolkit
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PACKAGE = spec.PACKAGED_MODELS[SMOLLM2]

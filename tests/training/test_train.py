@@ -21,7 +21,8 @@ from tests.conftest import DEMO_CONFIG
 from tests.training.conftest import SOURCE, run_job
 from training import inference, prepare
 from training import train as train_module
-from tuneloop.local import processes, toolkit
+from tuneloop.local import processes
+from tuneloop.local.container import toolkit
 
 pytestmark = pytest.mark.training
 METRIC = re.compile(r"^\[metric\] (.*)$", re.M)
@@ -337,7 +338,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-DISTRIBUTED = {"SAGEMAKER_TRAINING_MODULE": "tuneloop.local.pytorch:main", "TUNELOOP_INSTANCE_COUNT": "2",
+DISTRIBUTED = {"SAGEMAKER_TRAINING_MODULE": "tuneloop.local.container.pytorch:main", "TUNELOOP_INSTANCE_COUNT": "2",
                "OMP_NUM_THREADS": "1"}  # fmt: skip
 
 

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
+from tuneloop.local.sagemaker.tuner import Search, SearchSpaceError
 from tuneloop.local.sagemaker.tuning import cpu_budget
-from tuneloop.local.tuner import Search, SearchSpaceError
 
 RANGES = {
     "ContinuousParameterRanges": [

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tuneloop.local import toolkit
+from tuneloop.local.container import toolkit
 from tuneloop.local.processes import running
 from tuneloop.local.sagemaker.warmpool import Instance
 
@@ -58,7 +58,7 @@ def test_a_forked_program_sees_what_a_cold_one_sees(instance: Instance, tmp_path
     warm, cold = both(instance.python, "-c", "import sys; print(sys.argv, sys.path[0]); raise SystemExit('no')", "z",
                       cwd=tmp_path)  # fmt: skip
     assert warm == cold and cold.startswith("rc=1\n")
-    from tuneloop.local.warm_launcher import warm_form
+    from tuneloop.local.container.warm_launcher import warm_form
 
     assert not warm_form(["-c", "print(1)"]) and not warm_form(["-u", "-c", "0"]) and warm_form(["-m", "helper"])
     warm, cold = both(instance.python, "-m", "helper", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ...training_code import code_digest, upload_code
-from .. import toolkit
+from ..container import toolkit
 from ..processes import ProcessRecord, reclaim
 from .common import PROCESSING_CODE, PROCESSING_ROOT, Emit, check_channel, envelope, read_json, write_json
 from .exceptions import ServiceError

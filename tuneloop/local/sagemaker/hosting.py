@@ -1,6 +1,6 @@
 """The local SageMaker's hosting: models, endpoint configs and endpoints.
 
-An endpoint's production variant is a *fleet*: one ``tuneloop.local.serving`` process
+An endpoint's production variant is a *fleet*: one ``tuneloop.local.container.serving`` process
 that loads the model's ``model.tar.gz`` and answers ``/ping`` and ``/invocations``
 (``runtime.py`` serves InvokeEndpoint on top of the fleets).
 
@@ -35,9 +35,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .. import toolkit
+from ..container import toolkit
+from ..container.serving import STREAM_HEADER, TOKEN_ENV
 from ..processes import ProcessRecord, reclaim, record_child
-from ..serving import STREAM_HEADER, TOKEN_ENV
 from .common import Emit, arn, check_channel, envelope, now, read_json, write_json
 from .exceptions import ServiceError
 from .staging import TRANSFER, download_prefix, split_s3
@@ -84,7 +84,7 @@ class Fleet:
         env = {**toolkit.role_environment(aws=False), TOKEN_ENV: self.token}
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tuneloop.local.serving", "--model-dir", str(self.model_dir),
+                [sys.executable, "-m", "tuneloop.local.container.serving", "--model-dir", str(self.model_dir),
                  "--port-file", str(self.port_file)],
                 stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env,
             )  # fmt: skip

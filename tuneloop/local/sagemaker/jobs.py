@@ -27,10 +27,10 @@ from typing import Any, Protocol
 
 import regex
 
-from .. import toolkit
+from ..container import toolkit
+from ..container.pytorch import INSTANCES_ENV
 from ..files import inside
 from ..processes import group_alive, record_child, stop_group, wait_group
-from ..pytorch import INSTANCES_ENV
 from .common import OPT_ML, PROCESSING_CODE, arn, check_channel, envelope, now
 from .exceptions import ServiceError
 from .staging import TRANSFER, Synced, download_prefix, split_s3, upload_folder
@@ -448,7 +448,7 @@ class TrainingJob(Job):
             environment.setdefault("OMP_NUM_THREADS", str(max(1, cores // instances)))
         # As SageMaker's PyTorch images do: the framework layer picks the runner (torchrun
         # when the job is distributed), here with one process per instance on this host.
-        environment["SAGEMAKER_TRAINING_MODULE"] = "tuneloop.local.pytorch:main"
+        environment["SAGEMAKER_TRAINING_MODULE"] = "tuneloop.local.container.pytorch:main"
         environment[INSTANCES_ENV] = str(instances)
         self.launched(toolkit.start(layout, self.log_path, environment, python=python))
         ended = threading.Event()
@@ -577,7 +577,7 @@ class TransformJob(Job):
         inputs, outputs = self.folder / "input", self.folder / "output"
         if download_prefix(self.server.s3, source, inputs) == 0:
             return self.finish("Failed", f"ClientError: no input objects under {source}")
-        command = [sys.executable, "-m", "tuneloop.local.serving", "--model-dir", str(model_dir),
+        command = [sys.executable, "-m", "tuneloop.local.container.serving", "--model-dir", str(model_dir),
                    "--batch-input", str(inputs), "--batch-output", str(outputs)]  # fmt: skip
         capture = self.request.get("DataCaptureConfig") or {}
         captured = self.folder / "capture"

@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any
 
-from ..serving import ERROR_MARK
+from ..container.serving import ERROR_MARK
 from . import eventstream
 from .common import ACCOUNT, now
 from .exceptions import ServiceError

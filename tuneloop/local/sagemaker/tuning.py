@@ -9,10 +9,10 @@ import time
 import uuid
 from typing import Any
 
-from ..tuner import Search, SearchSpaceError
 from .common import read_json, write_json
 from .exceptions import ServiceError
 from .jobs import Backend, Job, TrainingJob
+from .tuner import Search, SearchSpaceError
 from .validation import validate
 
 log = logging.getLogger("tuneloop.sagemaker")

@@ -1,5 +1,5 @@
 """Managed Warm Pools, locally: a training job with ``ResourceConfig.KeepAlivePeriodInSeconds``
-runs on a warm instance (``tuneloop.local.warm``) and leaves it to the next matching job.
+runs on a warm instance (``tuneloop.local.container.warm``) and leaves it to the next matching job.
 
 The lifecycle is SageMaker's (``WarmPoolStatus`` in DescribeTrainingJob):
 
@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .. import warm
+from ..container import warm
 from ..processes import stop_group
 from .common import now
 
@@ -68,7 +68,7 @@ class Instance:
         socket_path = str(self.folder / "socket")
         self.python = warm.write_launcher(self.folder, socket_path)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tuneloop.local.warm", socket_path, str(self.python), *modules],
+            [sys.executable, "-m", "tuneloop.local.container.warm", socket_path, str(self.python), *modules],
             cwd=self.folder,
             env=environment,
             stdin=subprocess.PIPE,

@@ -1,7 +1,7 @@
 """The ``python`` of a warm instance: what a training job's processes run instead of a cold
 interpreter (standard library only: it starts in milliseconds, with ``-I -S``).
 
-It asks the instance (``tuneloop.local.warm``) to fork a process that runs this command
+It asks the instance (``tuneloop.local.container.warm``) to fork a process that runs this command
 line as a new interpreter would: the same arguments, environment, working directory and
 inheritable file descriptors. Then it stands in for that process in the job's process
 group: it forwards the signals it gets (a stop's SIGTERM) to the forked process's group,

@@ -25,12 +25,12 @@ INSTANCES_ENV = "TUNELOOP_INSTANCE_COUNT"
 
 
 def _torchrun_folder() -> Path:
-    """A folder holding a ``torchrun`` that runs ``tuneloop.local.torchrun`` with this
+    """A folder holding a ``torchrun`` that runs ``tuneloop.local.container.torchrun`` with this
     interpreter, in the job's /opt/ml (``SAGEMAKER_BASE_DIR``)."""
     folder = Path(os.environ.get("SAGEMAKER_BASE_DIR") or tempfile.mkdtemp(prefix="tuneloop-")) / "bin"
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "torchrun"
-    script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m tuneloop.local.torchrun "$@"\n')
+    script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m tuneloop.local.container.torchrun "$@"\n')
     script.chmod(0o700)
     return folder
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sigv4 import EXECUTION_ROLE, Credentials
+from ..sigv4 import EXECUTION_ROLE, Credentials
 
 HOST = "localhost"
 
@@ -139,7 +139,7 @@ def start(
     layout: TrainingLayout, log_path: Path, extra_env: Mapping[str, str] | None = None, python: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """The toolkit's ``train`` command in its own process group (stop = signal the group).
-    ``python``: a warm instance's interpreter (``tuneloop.local.warm``) instead of a cold one."""
+    ``python``: a warm instance's interpreter (``tuneloop.local.container.warm``) instead of a cold one."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(

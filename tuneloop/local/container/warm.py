@@ -21,7 +21,7 @@ After each job the instance imports what that job imported (the base model's
 architecture, tokenizers, pip's install command): a warm instance gets warmer, and a
 second trial of the same base model starts with everything it needs in memory.
 
-Run as ``python -m tuneloop.local.warm SOCKET LAUNCHER [--only] [module ...]``. It prints ``ready``
+Run as ``python -m tuneloop.local.container.warm SOCKET LAUNCHER [--only] [module ...]``. It prints ``ready``
 once it listens; it ends when its parent closes its standard input.
 """
 
