@@ -53,25 +53,23 @@ def images(region: str) -> dict[str, str]:
         cpu = hugging_face("ml.m5.xlarge")
     except ValueError:  # no CPU build of the Hugging Face image: the PyTorch one serves
         cpu = str(processing)
-    inference = image_uris.retrieve(
-        "huggingface",
-        region=region,
-        version=INFERENCE_TRANSFORMERS_VERSION,
-        base_framework_version=f"pytorch{INFERENCE_PYTORCH_VERSION}",
-        py_version=PY_VERSION,
-        instance_type="ml.m5.large",
-        image_scope="inference",
-    )
+
+    def hugging_face_inference(instance_type: str) -> str:
+        return str(
+            image_uris.retrieve(
+                "huggingface",
+                region=region,
+                version=INFERENCE_TRANSFORMERS_VERSION,
+                base_framework_version=f"pytorch{INFERENCE_PYTORCH_VERSION}",
+                py_version=PY_VERSION,
+                instance_type=instance_type,
+                image_scope="inference",
+            )
+        )
+
+    inference = hugging_face_inference("ml.m5.large")
     # A model evaluated on a GPU instance (a causal LM trained on one) runs in its GPU build.
-    inference_gpu = image_uris.retrieve(
-        "huggingface",
-        region=region,
-        version=INFERENCE_TRANSFORMERS_VERSION,
-        base_framework_version=f"pytorch{INFERENCE_PYTORCH_VERSION}",
-        py_version=PY_VERSION,
-        instance_type="ml.g5.xlarge",
-        image_scope="inference",
-    )
+    inference_gpu = hugging_face_inference("ml.g5.xlarge")
     # A causal LM streams its answers through TorchServe, which this image runs.
     streaming = image_uris.retrieve(
         "pytorch",
