@@ -295,31 +295,45 @@ def evaluation_instance(run: Run, settings: Settings) -> str:
     if evaluation.get("instance_type"):
         return str(evaluation["instance_type"])
     trained_on = str(run.config["training"]["instance_type"])
-    if run.config["task"] == "causal-lm" and trained_on.startswith(GPU_FAMILIES):
+    if run.config["task"] == "causal-lm" and trained_on.startswith(spec.GPU_INSTANCE_FAMILIES):
         return trained_on
     return settings.processing_instance_type
 
 
-def evaluation_runtime_s(run: Run, settings: Settings, test_rows: int | None) -> tuple[int, str]:
+def _cuda(instance_type: str) -> bool:
+    """Whether the evaluate job runs on an NVIDIA GPU (the inference image's GPU build)."""
+    return instance_type.startswith(spec.GPU_INSTANCE_FAMILIES)
+
+
+def models_measured(run: Run, champion: Run | None) -> int:
+    """Models the evaluate job runs over the test split: the run's, the deployed champion's
+    when it is compared, and a causal LM's untuned base when the baseline is."""
+    gates = run.config["gates"]
+    compared = champion is not None and bool(champion.model_source) and gates["compare_champion"]
+    base = run.config["task"] == "causal-lm" and gates.get("compare_baseline", True)
+    return 1 + int(compared) + int(base)
+
+
+def evaluation_runtime_s(run: Run, settings: Settings, test_rows: int | None, models: int = 1) -> tuple[int, str]:
     """The evaluate job's MaxRuntimeInSeconds and why: the project's evaluation.max_runtime_s;
-    else what ``test_rows`` need on the instance (EVALUATION_START_S, EVALUATION_ROW_S,
-    EVALUATION_TOKEN_S), for every model measured, within EVALUATION_MAX_RUNTIME_S and the
-    stage's runtime limit; the most those allow when the size is unknown."""
+    else what ``test_rows`` need on the instance for ``models`` (EVALUATION_START_S,
+    EVALUATION_ROW_S, EVALUATION_TOKEN_S), at least 2 × EVALUATION_START_S, within
+    EVALUATION_MAX_RUNTIME_S and the stage's runtime limit (which win); the most those
+    allow when the size is unknown."""
     ceiling = min(EVALUATION_MAX_RUNTIME_S, settings.limits.max_runtime_s)
     evaluation = run.config.get("evaluation") or {}
     if evaluation.get("max_runtime_s"):
         return int(evaluation["max_runtime_s"]), "evaluation.max_runtime_s"
     if test_rows is None:
         return ceiling, "test split's size unknown: the most allowed"
-    kind = "gpu" if evaluation_instance(run, settings).startswith(GPU_FAMILIES) else "cpu"
+    kind = "gpu" if _cuda(evaluation_instance(run, settings)) else "cpu"
     causal = run.config["task"] == "causal-lm"
-    models = 3 if causal else 2  # the model, a champion, and a causal LM's untuned base
     per_row = (
         EVALUATION_TOKEN_S[kind] * int(run.config["generation"]["max_new_tokens"]) if causal else EVALUATION_ROW_S[kind]
     )
     needed = EVALUATION_START_S + math.ceil(test_rows * models * per_row)
-    limit = max(2 * EVALUATION_START_S, min(needed, ceiling))
-    why = f"{test_rows} test rows on {kind.upper()}"
+    limit = min(max(2 * EVALUATION_START_S, needed), ceiling)
+    why = f"{test_rows} test rows, {models} model{'s' if models > 1 else ''} on {kind.upper()}"
     return limit, why if needed <= ceiling else f"{why} need about {needed} s: capped at {ceiling} s"
 
 
@@ -376,7 +390,7 @@ def evaluate_request(
         ):
             inputs.append(_processing_input("untuned", run.config["base_model"], f"{PROCESSING_ROOT}/input/untuned"))
     instance_type = evaluation_instance(run, settings)
-    if instance_type.startswith(GPU_FAMILIES):
+    if _cuda(instance_type):
         image = _require(settings.inference_image_gpu, f"the inference image's GPU build (for {instance_type})")
     else:
         image = _require(settings.inference_image, "the inference image")
@@ -389,7 +403,7 @@ def evaluate_request(
         inputs=inputs,
         outputs=[_processing_output("evaluation", evaluation_prefix(settings, run.run_id))],
         instance_type=instance_type,
-        max_runtime_s=evaluation_runtime_s(run, settings, test_rows)[0],
+        max_runtime_s=evaluation_runtime_s(run, settings, test_rows, models_measured(run, champion))[0],
     )
 
 
@@ -880,10 +894,11 @@ class SageMakerExecutors:
             return self._prepare(command, run)
         if command.step == "evaluate":
             rows = self._test_rows(run)
-            request = evaluate_request(command, run, self._settings, self._champion(run.project, run.run_id), rows)
+            champion = self._champion(run.project, run.run_id)
+            request = evaluate_request(command, run, self._settings, champion, rows)
             outcome = self._create("create_processing_job", request)
             where = request["ProcessingResources"]["ClusterConfig"]["InstanceType"]
-            seconds, why = evaluation_runtime_s(run, self._settings, rows)
+            seconds, why = evaluation_runtime_s(run, self._settings, rows, models_measured(run, champion))
             return Outcome(done=outcome.done, note=f"{outcome.note}; on {where}, for at most {seconds} s ({why})")
         elif command.step == "drift":
             if self._s3 is not None and not self._has_keys(command.input_uri):

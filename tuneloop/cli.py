@@ -114,7 +114,7 @@ def stage_status(args: argparse.Namespace) -> int:
 
 def listing(args: argparse.Namespace, path: str, key: str, line: Any, empty: str) -> int:
     """A GET listing of the target's API: as JSON with --json, else a line per item."""
-    items = target(args).api.call("GET", f"{path}?limit={args.limit}")[key]
+    items = paged(args, path, key)
     if args.json:
         print(json.dumps(items, indent=2))
         return 0
@@ -198,20 +198,29 @@ def cmd_project_update(args: argparse.Namespace) -> int:
     return 0
 
 
+# The most items the API answers in one page.
+PAGE = 100
+
+
 def paged(args: argparse.Namespace, path: str, key: str, query: list[str] | None = None) -> list[dict[str, Any]]:
-    """Every item of a paged listing up to --limit, following next_token; a line on stderr
-    says when more remain."""
+    """Every item of a listing up to --limit, following its pages (next_token); a line on
+    stderr says when more remain. (A newest-first listing without pages answers one page.)"""
+    if args.limit < 1:
+        raise CliError(f"--limit {args.limit}: give 1 or more")
     items: list[dict[str, Any]] = []
     token = None
     api = target(args).api
     while len(items) < args.limit:
-        parts = [*(query or []), f"limit={min(100, args.limit - len(items))}"]
+        asked = min(PAGE, args.limit - len(items))
+        parts = [*(query or []), f"limit={asked}"]
         if token:
             parts.append(f"next_token={q(token)}")
         page = api.call("GET", f"{path}?{'&'.join(parts)}")
         items += page[key]
         token = page.get("next_token")
         if not token:
+            if "next_token" not in page and len(page[key]) == PAGE < args.limit:
+                print(f"tuneloop: the API answers the newest {PAGE} {key} at most", file=sys.stderr)
             return items
     print(f"tuneloop: more {key} than --limit {args.limit}: raise it to see them", file=sys.stderr)
     return items
@@ -267,7 +276,7 @@ def cmd_feedback_send(args: argparse.Namespace) -> int:
 
 
 def cmd_feedback_list(args: argparse.Namespace) -> int:
-    receipts = target(args).api.call("GET", f"/projects/{q(args.project)}/feedback?limit={args.limit}")["receipts"]
+    receipts = paged(args, f"/projects/{q(args.project)}/feedback", "receipts")
     if args.json:
         print(json.dumps(receipts, indent=2))
         return 0
@@ -389,8 +398,7 @@ def cmd_event_send(args: argparse.Namespace) -> int:
     router = build_router(load_app(), None)
     delivered = router.send(event, by_hand=True)
     if not delivered:
-        print("no handler's pattern matches this event; nothing delivered")
-        return 1
+        raise CliError("no handler's pattern matches this event; nothing delivered")
     print(f"delivered event {event.get('id')} to {', '.join(delivered)}")
     return 0
 
@@ -549,7 +557,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
     stale = [path for path, content in generated.items() if not path.is_file() or path.read_text() != content]
     if args.check:
         for path in stale:
-            print(f"{path} is out of date: run `tuneloop docs`", file=sys.stderr)
+            print(f"tuneloop: {path} is out of date: run `tuneloop docs`", file=sys.stderr)
         return 1 if stale else 0
     DOCS.parent.mkdir(exist_ok=True)
     for path in stale:
@@ -561,14 +569,16 @@ def cmd_docs(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
-    # The demo starts from nothing in a home of its own: a cloud you use stays as it is.
+    # The demo starts from nothing in a home of its own: a cloud you use stays as it is. One
+    # a last `demo --keep` left up is stopped first, so this one starts empty too.
     os.environ["TUNELOOP_HOME"] = str(cloud.home() / "demo")
+    if cloud.load_state() is not None:
+        print("stopping the local cloud the last demo left up (--keep)…", file=sys.stderr)
+        cloud.down()
     if args.llm:
         from . import demo_llm
 
         return demo_llm.run(args)
-    if args.quick:
-        raise CliError("--quick is for --llm")
     return demo.run(args)
 
 
@@ -616,10 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--file", required=True, help="the project: {name, config}, as examples/*.json")
     p.set_defaults(func=cmd_project_update)
-    p = project.add_parser("list", parents=[where, out])
+    p = project.add_parser("list", help="every project: name, task, base model", parents=[where, out])
     p.add_argument("--limit", type=int, default=1000, help="list at most this many (default 1000)")
     p.set_defaults(func=cmd_project_list)
-    p = project.add_parser("show", parents=[where])
+    p = project.add_parser("show", help="a project and its config (JSON)", parents=[where, out])
     p.add_argument("name")
     p.set_defaults(func=cmd_project_show)
     p = project.add_parser(
@@ -793,7 +803,10 @@ FAILED, INTERRUPTED = 1, 130
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "quick", False) and not getattr(args, "llm", False):
+        parser.error("demo --quick is for --llm")
     from botocore.exceptions import BotoCoreError, ClientError
 
     def fail(message: str) -> int:

@@ -531,6 +531,11 @@ def _check_data(path: str, data: dict[str, Any]) -> None:
     for field, name in data.items():
         if len(name) > DATA_FIELD_MAX:
             raise ConfigError(f"{path}.{field}", f"is {len(name)} characters; at most {DATA_FIELD_MAX}")
+        # Each name goes to the prepare job as a container argument: no option look-alike,
+        # and nothing SageMaker's argument pattern refuses (control characters).
+        if name.startswith("-") or any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise ConfigError(f"{path}.{field}", f"{name[:40]!r} is not a column name tuneloop takes (a leading "
+                              "'-' or a control character)")  # fmt: skip
     for group in (("text_field", "label_field"), ("prompt_field", "completion_field", "messages_field")):
         names = [data[field] for field in group]
         if len(set(names)) != len(names):

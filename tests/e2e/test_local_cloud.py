@@ -183,7 +183,7 @@ def check_stage_commands(home: Path, state: dict[str, Any], run_id: str, tmp_pat
     assert "stored 1 row(s)" in sent.stdout, sent.stdout
     reviews = str(REPO / "examples/data/reviews.jsonl")
     refused = tuneloop(home, "drop", reviews, "--project", "ghost", "--stage", "local", check=False)
-    assert refused.returncode == 2 and "there is no project 'ghost'" in refused.stderr
+    assert refused.returncode == 1 and "there is no project 'ghost'" in refused.stderr
     # An upload the CLI did not check (aws s3 cp) starts nothing, and says so where its
     # uploader can look.
     s3(state).put_object(Bucket=state["bucket"], Key="datasets/ghost/d1/reviews.jsonl", Body=b'{"text": "a"}\n')
@@ -211,7 +211,7 @@ def check_project_delete(home: Path, state: dict[str, Any], run_id: str) -> None
     before = inventory(state, "tl-local-")
     assert before["endpoints"] == ["tl-local-demo"], before
     refused = tuneloop(home, "project", "delete", "demo", "--stage", "local", check=False)
-    assert refused.returncode == 2 and "pass --yes to confirm" in refused.stderr
+    assert refused.returncode == 1 and "pass --yes to confirm" in refused.stderr
     deleted = json.loads(tuneloop(home, "project", "delete", "demo", "--stage", "local", "--yes", "--json").stdout)
     assert deleted["deleted"]["endpoints"] == ["tl-local-demo"]
     assert f"tl-local-{run_id}-config-1" in deleted["deleted"]["endpoint_configs"]

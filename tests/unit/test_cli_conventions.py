@@ -63,6 +63,7 @@ USAGE: list[list[str]] = [
     ["run", "frobnicate", "x"],
     ["configure", "--region", "eu-west-1"],
     ["nonsense"],
+    ["demo", "--quick"],
 ]
 
 

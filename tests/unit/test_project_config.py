@@ -83,6 +83,10 @@ def test_an_adapter_needs_lora_and_a_base_an_endpoint_can_load() -> None:
         ({"quality": {"thresholds": {"production_macro_f1": 1.5}}}, "quality.thresholds.production_macro_f1"),
         ({"quality": {"min_labels": 0}}, "quality.min_labels"),
         ({"evaluation": {"instance_type": "gpu"}}, "evaluation.instance_type"),
+        ({"data": {"text_field": "--output-dir=/x"}}, "data.text_field"),
+        ({"data": {"label_field": "a\nb"}}, "data.label_field"),
+        ({"data": {"text_field": "x" * 201}}, "data.text_field"),
+        ({"data": {"prompt_field": "q", "completion_field": "q"}}, "data.prompt_field"),
         ({"training": {"method": "qlora", "artifact": "adapter", "instance_type": "ml.m5.xlarge"}}, "training.method"),
         (
             {"training": {"method": "qlora", "artifact": "adapter", "instance_type": "ml.trn1.2xlarge"}},

@@ -423,6 +423,13 @@ def test_the_evaluate_job_runs_where_the_model_fits_for_as_long_as_its_test_spli
     assert evaluate_request(EVALUATE, on_cpu, settings)["ProcessingResources"]["ClusterConfig"]["InstanceType"] == (
         "ml.m5.large"
     )
+    # Trainium is no CUDA GPU: a model trained there is evaluated on the processing instance.
+    trn = dataclasses.replace(
+        llm, config=normalise_config({**llm_config, "training": {"instance_type": "ml.trn1.2xlarge"}})
+    )
+    request = evaluate_request(EVALUATE, trn, settings)
+    assert request["ProcessingResources"]["ClusterConfig"]["InstanceType"] == "ml.m5.large"
+    assert request["AppSpecification"]["ImageUri"] == "inference:cpu"
     named = normalise_config({**llm_config, "evaluation": {"instance_type": "ml.g4dn.xlarge", "max_runtime_s": 5400}})
     request = evaluate_request(EVALUATE, dataclasses.replace(llm, config=named), settings, test_rows=10_000)
     assert request["ProcessingResources"]["ClusterConfig"]["InstanceType"] == "ml.g4dn.xlarge"
@@ -434,13 +441,17 @@ def test_the_evaluate_job_runs_where_the_model_fits_for_as_long_as_its_test_spli
         return int(evaluate_request(EVALUATE, run, stage, test_rows=rows)["StoppingCondition"]["MaxRuntimeInSeconds"])
 
     # More test rows, more time; on a CPU, more than on a GPU; never under half an hour.
-    assert limit(on_cpu, 100) == 900 + 100 * 3 * 64  # the start, and 64 tokens for each of three models
+    assert limit(on_cpu, 100) == 900 + 100 * 2 * 64  # the start, and 64 tokens for the model and its base
+    champion = dataclasses.replace(on_cpu, run_id="cccccccccccc", model_source="tl-cccccccccccc-train-1")
+    with_champion = evaluate_request(EVALUATE, on_cpu, settings, champion, test_rows=100)
+    assert with_champion["StoppingCondition"]["MaxRuntimeInSeconds"] == 900 + 100 * 3 * 64  # and the champion's
     assert 1800 < limit(on_cpu, 10) < limit(on_cpu, 100) < limit(on_cpu, 200)
     assert limit(llm, 200) < limit(on_cpu, 200)
     assert limit(classifier, 100) == 1800 < limit(classifier, 5000)
     # Within the stage's runtime limit; the most allowed when the size is unknown.
     tight = dataclasses.replace(settings, limits=Limits(max_runtime_s=7200))
     assert limit(on_cpu, 100_000, tight) == 7200 == limit(on_cpu, None, tight)
+    assert limit(classifier, 10, dataclasses.replace(settings, limits=Limits(max_runtime_s=1000))) == 1000
     assert limit(on_cpu, None) == 86400
 
     # The executor reads the size from the run's profile and says what it chose.
@@ -462,7 +473,7 @@ def test_the_evaluate_job_runs_where_the_model_fits_for_as_long_as_its_test_spli
     executors = SageMakerExecutors(client, settings, s3=s3)
     with stub, s3_stub:
         notes = [executors.start_processing_job(EVALUATE, on_cpu).note for _ in range(3)]
-    assert f"on ml.m5.large, for at most {limit(on_cpu, 100)} s (100 test rows on CPU)" in notes[0]
+    assert f"on ml.m5.large, for at most {limit(on_cpu, 100)} s (100 test rows, 2 models on CPU)" in notes[0]
     assert (
         notes[1].endswith("for at most 86400 s (test split's size unknown: the most allowed)") and notes[1] == notes[2]
     )
