@@ -1006,8 +1006,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         checkpoint(epoch, 0)
         last_save = time.monotonic()
     preference: dict[str, float] = {}
-    if args.dpo_steps and args.task != "causal-lm":
-        raise TrainingError("--dpo-steps: DPO learns from preferences between answers; it needs --task causal-lm")
     if args.dpo_steps:
         pairs = encode_preferences(read_preferences(args.train), tokenizer, args.max_length)
         if not pairs:
@@ -1166,6 +1164,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.refused:
             raise TrainingError(f"--{args.refused[0]} {spec.unknown_hyperparameter(args.refused[0])}")
+        if args.dpo_steps and args.task != "causal-lm":  # refused before any training, not after
+            raise TrainingError("--dpo-steps: DPO learns from preferences between answers; it needs --task causal-lm")
         train(args)
     except SystemExit:
         raise

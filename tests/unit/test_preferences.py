@@ -100,3 +100,10 @@ def test_dpo_is_for_language_models() -> None:
     config = normalise_config({"base_model": "random:llama-tiny", "task": "causal-lm",
                                "training": {"hyperparameters": {"dpo_steps": 8, "dpo_beta": 0.5}}})  # fmt: skip
     assert config["training"]["hyperparameters"]["dpo_steps"] == 8
+
+
+def test_train_py_refuses_dpo_for_a_classifier_before_training(tmp_path: Path) -> None:
+    code = train.main(["--task", "text-classification", "--dpo-steps", "4", "--train", str(tmp_path / "nowhere"),
+                       "--failure-dir", str(tmp_path / "fail")])  # fmt: skip
+    assert code == 1
+    assert "needs --task causal-lm" in (tmp_path / "fail" / "failure").read_text()
