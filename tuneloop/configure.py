@@ -28,16 +28,22 @@ IMAGE_SUFFIXES = ("_IMAGE", "_IMAGE_CPU", "_IMAGE_GPU")
 def images(region: str) -> dict[str, str]:
     from sagemaker.core import image_uris
 
-    def hugging_face(instance_type: str) -> str:
+    def hugging_face(instance_type: str, scope: str = "training") -> str:
+        """The Hugging Face image for the instance type: training's versions, or inference's."""
+        transformers, torch = (
+            (TRANSFORMERS_VERSION, PYTORCH_VERSION)
+            if scope == "training"
+            else (INFERENCE_TRANSFORMERS_VERSION, INFERENCE_PYTORCH_VERSION)
+        )
         return str(
             image_uris.retrieve(
                 "huggingface",
                 region=region,
-                version=TRANSFORMERS_VERSION,
-                base_framework_version=f"pytorch{PYTORCH_VERSION}",
+                version=transformers,
+                base_framework_version=f"pytorch{torch}",
                 py_version=PY_VERSION,
                 instance_type=instance_type,
-                image_scope="training",
+                image_scope=scope,
             )
         )
 
@@ -53,23 +59,9 @@ def images(region: str) -> dict[str, str]:
         cpu = hugging_face("ml.m5.xlarge")
     except ValueError:  # no CPU build of the Hugging Face image: the PyTorch one serves
         cpu = str(processing)
-
-    def hugging_face_inference(instance_type: str) -> str:
-        return str(
-            image_uris.retrieve(
-                "huggingface",
-                region=region,
-                version=INFERENCE_TRANSFORMERS_VERSION,
-                base_framework_version=f"pytorch{INFERENCE_PYTORCH_VERSION}",
-                py_version=PY_VERSION,
-                instance_type=instance_type,
-                image_scope="inference",
-            )
-        )
-
-    inference = hugging_face_inference("ml.m5.large")
+    inference = hugging_face("ml.m5.large", "inference")
     # A model evaluated on a GPU instance (a causal LM trained on one) runs in its GPU build.
-    inference_gpu = hugging_face_inference("ml.g5.xlarge")
+    inference_gpu = hugging_face("ml.g5.xlarge", "inference")
     # A causal LM streams its answers through TorchServe, which this image runs.
     streaming = image_uris.retrieve(
         "pytorch",
