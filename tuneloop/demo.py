@@ -15,6 +15,7 @@ import argparse
 import json
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 from chalicelib.domain import names
@@ -265,6 +266,20 @@ def new_model_alarms(api: client.Api, project: str, run_id: str) -> str:
     return f"run {run_id} serves since {switched}; its own monitoring alarms: {states}"
 
 
+def first_deployed(timeline: Timeline, dataset: Path, project: str, dataset_id: str) -> tuple[dict[str, Any], float]:
+    """Drop the dataset, follow the run it starts until it is deployed (shown, then
+    returned with when the loop began); CliError when it ends otherwise."""
+    _, first_id = client.drop(client.local_target(), dataset, project, dataset_id=dataset_id)
+    timeline.mark(f"dataset dropped: run {first_id} started")
+    loop_began = time.monotonic()
+    first = client.watch(client.local_target(), first_id, timeout=900)
+    print()
+    client.show_run(first)
+    if first["state"] != "deployed":
+        raise CliError(f"the first run ended {first['state']}: {first['history'][-1]['reason']}")
+    return first, loop_began
+
+
 def run(args: argparse.Namespace) -> int:
     from .ui.server import LINK_TTL_S, LocalBackend, UiServer
 
@@ -283,14 +298,7 @@ def run(args: argparse.Namespace) -> int:
         api.call("POST", "/projects", spec)
         timeline.mark(f"project {project} created ({spec['config']['task']} on {spec['config']['base_model']})")
         dataset = client.REPO_ROOT / "examples" / "data" / "reviews.jsonl"
-        _, first_id = client.drop(client.local_target(), dataset, project, dataset_id="sample-1")
-        timeline.mark(f"dataset dropped: run {first_id} started")
-        loop_began = time.monotonic()
-        first = client.watch(client.local_target(), first_id, timeout=900)
-        print()
-        client.show_run(first)
-        if first["state"] != "deployed":
-            raise CliError(f"the demo run ended {first['state']}: {first['history'][-1]['reason']}")
+        first, loop_began = first_deployed(timeline, dataset, project, "sample-1")
         evaluation = first["metrics"].get("evaluation", {})
         timeline.mark(
             f"run {first['run_id']} tuned ({len((first.get('tuning') or {}).get('trials', []))} trials), evaluated "

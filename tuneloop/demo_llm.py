@@ -25,7 +25,7 @@ from chalicelib.domain import names
 
 from . import client, synthetic
 from .client import CliError
-from .demo import Timeline, drift_check, wait_alarms, wait_captured, wait_child
+from .demo import Timeline, drift_check, first_deployed, wait_alarms, wait_captured, wait_child
 from .local import cloud
 
 # What the demo changes in the example's config, for a loop that fits in minutes: a drift
@@ -131,14 +131,8 @@ def run(args: argparse.Namespace) -> int:
         api.call("POST", "/projects", spec)
         timeline.mark(f"project {project} created (LoRA on {config['base_model']}, {sizes['steps']} steps)")
         dataset = client.REPO_ROOT / "examples" / "orders" / "orders.jsonl"
-        _, first_id = client.drop(client.local_target(), dataset, project, dataset_id="orders-1")
-        timeline.mark(f"dataset dropped: run {first_id} started")
-        loop_began = time.monotonic()
-        first = client.watch(client.local_target(), first_id, timeout=900)
-        print()
-        client.show_run(first)
-        if first["state"] != "deployed":
-            raise CliError(f"the first run ended {first['state']}: {first['history'][-1]['reason']}")
+        first, loop_began = first_deployed(timeline, dataset, project, "orders-1")
+        first_id = first["run_id"]
         timeline.mark(f"run {first_id} tuned, evaluated against its untuned base and deployed: {side_by_side(first)}")
         print(f"evaluation report: {client.save_report(first)}")
         state = client.local_state()
