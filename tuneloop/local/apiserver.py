@@ -13,7 +13,6 @@ requests.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import threading
 from typing import Any
@@ -23,7 +22,7 @@ from chalice.local import ForbiddenError, LocalGateway, LocalGatewayException
 
 from . import sigv4
 from .audit import invoking
-from .httpserve import Handler, LoopbackServer, is_loopback
+from .httpserve import Handler, LoopbackServer
 
 log = logging.getLogger("tuneloop.api")
 
@@ -50,32 +49,21 @@ class _Handler(Handler):
         log.info("%s %s", self.address_string(), format % args)
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
         headers = dict(headers or {})
-        headers.setdefault("Content-Type", "application/json")
-        for name, value in headers.items():
-            if name.lower() not in ("content-length", "connection"):
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        if not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = "application/json"
+        self.reply(status, body, headers)
 
     def _error(self, status: int, code: str, message: str, extra: dict[str, str] | None = None) -> None:
-        self._send(status, json.dumps({"Code": code, "Message": message}).encode(), extra)
+        self.refuse(status, code, message, extra, close=False)
 
     def _handle(self) -> None:
         if not self.server.slots.acquire(blocking=False):
-            self.close_connection = True
-            return self._error(503, "TooManyRequests", f"over {MAX_CONCURRENT_REQUESTS} requests at once; retry")
+            return self.refuse(503, "TooManyRequests", f"over {MAX_CONCURRENT_REQUESTS} requests at once; retry")
         try:
             self._checked()
         finally:
             self.server.slots.release()
-
-    def _refuse(self, status: int, code: str, message: str, extra: dict[str, str] | None = None) -> None:
-        """Answer without reading the body: the connection closes after this answer."""
-        self.close_connection = True
-        self._error(status, code, message, extra)
 
     def _signed_headers(self) -> dict[str, list[str]]:
         headers: dict[str, list[str]] = {}
@@ -85,9 +73,6 @@ class _Handler(Handler):
 
     def _checked(self) -> None:
         supplied = self.headers.get("Authorization", "")
-        host = self.headers.get("Host") or ""
-        if not is_loopback(host):
-            return self._refuse(403, "Forbidden", f"Host {host!r} is not this machine's loopback")
         credentials = self.server.credentials
         signed = credentials is not None and supplied.startswith(sigv4.ALGORITHM + " ")
         if credentials is not None and signed:
@@ -101,9 +86,9 @@ class _Handler(Handler):
                 reason = f"{claim.principal} may not invoke the API: only the local cloud's own key (the operator's)"
             if reason:
                 log.warning("refused %s %s: %s", self.command, self.path.split("?")[0][:200], reason)
-                return self._refuse(403, "AccessDeniedException", reason)
+                return self.refuse(403, "AccessDeniedException", reason)
         elif not hmac.compare_digest(supplied.encode(), f"Bearer {self.server.token}".encode()):
-            return self._refuse(
+            return self.refuse(
                 401,
                 "Unauthorized",
                 "missing or wrong bearer token (see `tuneloop status`), or a SigV4 signature",
@@ -111,10 +96,10 @@ class _Handler(Handler):
             )
         declared = self.headers.get("Content-Length") or "0"
         if not (declared.isascii() and declared.isdigit()):  # "-1", "abc": never read to the end of the stream
-            return self._refuse(400, "BadRequest", f"Content-Length {declared[:32]!r} is not a byte count")
+            return self.refuse(400, "BadRequest", f"Content-Length {declared[:32]!r} is not a byte count")
         length = int(declared)
         if length > MAX_REQUEST_BYTES:
-            return self._refuse(413, "PayloadTooLarge", f"request body over {MAX_REQUEST_BYTES} bytes")
+            return self.refuse(413, "PayloadTooLarge", f"request body over {MAX_REQUEST_BYTES} bytes")
         body = self.read_body(length) if length else None
         if credentials is not None and signed:
             reason = sigv4.verify(self.command, self.path, self._signed_headers(), body or b"", credentials)

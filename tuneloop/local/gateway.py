@@ -21,6 +21,7 @@ import argparse
 import base64
 import hashlib
 import hmac
+import http
 import http.client
 import io
 import json
@@ -87,7 +88,7 @@ def _relayed_authorization(value: str, key_id: str) -> str:
 def refusal(environ: Environ, status: int, code: str, message: str) -> tuple[str, list[tuple[str, str]], bytes]:
     """An error each client's protocol parses: JSON for the JSON protocols (DynamoDB, SQS,
     CloudWatch's JSON), S3's <Error> for S3, the query protocol's <ErrorResponse> else."""
-    reason = {400: "Bad Request", 403: "Forbidden", 413: "Request Entity Too Large"}[status]
+    reason = http.HTTPStatus(status).phrase
     content_type = environ.get("CONTENT_TYPE", "")
     authorization = environ.get("HTTP_AUTHORIZATION", "") + environ.get("QUERY_STRING", "")
     if "json" in content_type:
@@ -304,20 +305,15 @@ class _RelayHandler(Handler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug(format, *args)
 
-    def _answer(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes) -> None:
-        self.send_response(status, reason)
-        for key, value in headers:
-            if key.lower() != "content-length":
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    foreign_host = ("AccessDenied", "only this machine's loopback is served")
+
+    def error_body(self, status: int, code: str, message: str) -> tuple[bytes, dict[str, str]]:
+        """DynamoDB's JSON error."""
+        _, headers, body = refusal({"CONTENT_TYPE": "json", "QUERY_STRING": ""}, status, code, message)
+        return body, dict(headers)
 
     def _refuse(self, refused: Refusal) -> None:
-        self.close_connection = True
-        line, headers, body = refusal({"CONTENT_TYPE": "json", "QUERY_STRING": ""}, refused.status,
-                                      refused.code, refused.message)  # fmt: skip
-        self._answer(refused.status, line.split(" ", 1)[1], headers, body)
+        self.refuse(refused.status, refused.code, refused.message)
 
     def _handle(self) -> None:
         received: dict[str, list[str]] = {}
@@ -337,7 +333,8 @@ class _RelayHandler(Handler):
         for name in forwarded:
             if name.lower() == "authorization":
                 forwarded[name] = _relayed_authorization(forwarded[name], self.server.database_key_id)
-        self._answer(*self.server.forward(self.command, self.path, forwarded, body))
+        status, reason, headers, answer = self.server.forward(self.command, self.path, forwarded, body)
+        self.reply(status, answer, headers, reason)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 

@@ -11,19 +11,29 @@ times out after ``idle_timeout_s`` without a byte from the client, and a request
 arrive whole (its line, headers and body) within ``idle_timeout_s + read_deadline_s`` of
 the start of the wait for it: a client that sends a byte now and then cannot hold a thread
 either (``DEADLINES`` shuts such a connection down). Handlers read a body with
-``read_body``. Each server answers only a ``Host`` that names loopback (``is_loopback``):
-a web page cannot reach it by DNS rebinding.
+``read_body``.
+
+``Handler`` is every server's request side: it answers only a ``Host`` that names loopback
+(``is_loopback``), so a web page cannot reach a server by DNS rebinding; it writes every
+answer (``reply``) and every refusal (``refuse``, in the body shape the server's clients
+parse: ``error_body``); and a request whose handler raises is answered 500 with a one-line
+reason, its traceback in the server's log, never on a terminal.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import socket
 import socketserver
 import sys
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+log = logging.getLogger("tuneloop.httpserve")
 
 # The names a loopback request's Host may carry (IPv6 in brackets, as a Host header has it;
 # urllib's hostname drops them).
@@ -213,3 +223,78 @@ class Handler(Deadlined):
     # Headers and body go out as two writes; with Nagle on, the second waits for the
     # client's delayed ACK of the first: +40 ms on a kept-alive connection.
     disable_nagle_algorithm = True
+    # What a request whose Host is not loopback is told, as (code, message); the Host is appended.
+    foreign_host = ("Forbidden", "only this machine's loopback is served")
+    answering = False  # whether the current request's status line has gone out
+
+    def every_answer(self) -> Mapping[str, str]:
+        """Headers every answer of this server carries (the dashboard's security headers)."""
+        return {}
+
+    def error_body(self, status: int, code: str, message: str) -> tuple[bytes, dict[str, str]]:
+        """A refusal's body and headers, as this server's clients parse one."""
+        return json.dumps({"Code": code, "Message": message}).encode(), {"Content-Type": "application/json"}
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self.answering = True
+        super().send_response(code, message)
+
+    def reply(
+        self,
+        status: int,
+        body: bytes,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        reason: str | None = None,
+    ) -> None:
+        """One whole answer: the status, the server's ``every_answer`` headers, ``headers`` (any
+        Content-Length or Connection among them is this method's to set), the body (none
+        for HEAD)."""
+        self.send_response(status, reason)
+        given = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+        for name, value in [*self.every_answer().items(), *given]:
+            if name.lower() not in ("content-length", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def refuse(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None, close: bool = True
+    ) -> None:
+        """An error answer in the server's shape. ``close``: the request's body may be
+        unread, so the connection closes after it."""
+        if close:
+            self.close_connection = True
+        body, shaped = self.error_body(status, code, message)
+        self.reply(status, body, {**shaped, **(headers or {})})
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        host = self.headers.get("Host")
+        if is_loopback(host):
+            return True
+        code, message = self.foreign_host
+        log.warning("refused %s from Host %r: not loopback", self.command, (host or "")[:100])
+        self.refuse(403, code, f"{message} (Host {(host or '')[:100]!r})")
+        return False
+
+    def handle_one_request(self) -> None:
+        self.answering = False
+        self.command = None  # type: ignore[assignment]  # set once a request line is parsed
+        try:
+            super().handle_one_request()
+        except Exception as exc:
+            client_gone = isinstance(exc, (ConnectionError, socket.timeout))
+            if client_gone and (self.command is None or self.answering):
+                raise  # the client hung up or went quiet: the server's handle_error says nothing
+            self.close_connection = True
+            log.exception("%s %s failed", self.command, getattr(self, "path", "").split("?")[0][:200])
+            if not self.answering:
+                try:
+                    self.refuse(500, "InternalError", f"{type(exc).__name__}: {exc}"[:500])
+                except OSError:
+                    pass

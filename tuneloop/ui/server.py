@@ -40,11 +40,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-from tuneloop.local.httpserve import LOOPBACK_HOSTS, Handler, LoopbackServer, is_loopback
+from tuneloop.local.httpserve import LOOPBACK_HOSTS, Handler, LoopbackServer
 
 log = logging.getLogger("tuneloop.ui")
 STATIC = Path(__file__).with_name("static")
@@ -203,37 +204,35 @@ class _Handler(Handler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug(format, *args)
 
+    # Everything is this origin's but the run's presigned report and plots (images,
+    # frames) on S3, which the browser loads straight from the bucket.
+    SECURITY_HEADERS = MappingProxyType(
+        {
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Content-Security-Policy": (
+                "default-src 'self'; img-src 'self' http: https: data:; frame-src http: https:; "
+                "style-src 'self'; script-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'"
+            ),
+        }
+    )
+
+    def every_answer(self) -> Mapping[str, str]:
+        return self.SECURITY_HEADERS
+
+    foreign_host = ("403", "the dashboard answers only on 127.0.0.1")
+
     def _reply(
         self, status: int, body: bytes, mime: str = "application/json", extra: dict[str, str] | None = None
     ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", mime)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Referrer-Policy", "no-referrer")
-        # Everything is this origin's but the run's presigned report and plots (images,
-        # frames) on S3, which the browser loads straight from the bucket.
-        self.send_header(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' http: https: data:; frame-src http: https:; "
-            "style-src 'self'; script-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'",
-        )
-        for key, value in (extra or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self.reply(status, body, {"Content-Type": mime, **(extra or {})})
 
-    def _error(self, status: int, message: str) -> None:
-        self._reply(status, json.dumps({"Code": str(status), "Message": message}).encode())
+    def error_body(self, status: int, code: str, message: str) -> tuple[bytes, dict[str, str]]:
+        return json.dumps({"Code": str(status), "Message": message}).encode(), {"Content-Type": "application/json"}
 
-    def _allowed(self) -> bool:
-        if not is_loopback(self.headers.get("Host")):
-            self.close_connection = True
-            self._error(403, "the dashboard answers only on 127.0.0.1")
-            return False
-        return True
+    def _error(self, status: int, message: str, close: bool = False) -> None:
+        self.refuse(status, str(status), message, close=close)
 
     def _session(self) -> str | None:
         """The request's session id when it is a live one of this server's."""
@@ -248,8 +247,11 @@ class _Handler(Handler):
         sent = self.headers.get(TOKEN_HEADER) or ""
         if hmac.compare_digest(sent.encode(), (self.server.token(session) or "").encode()):
             return True
-        self.close_connection = True
-        self._error(403, f"missing or wrong {TOKEN_HEADER}: open a new link (Enter in tuneloop ui's terminal)")
+        self._error(
+            403,
+            close=True,
+            message=f"missing or wrong {TOKEN_HEADER}: open a new link (Enter in tuneloop ui's terminal)",
+        )
         return False
 
     def _same_origin(self) -> bool:
@@ -269,8 +271,6 @@ class _Handler(Handler):
         self.do_GET()
 
     def do_GET(self) -> None:
-        if not self._allowed():
-            return
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
         offered = (query.get("session") or [""])[0]
@@ -322,32 +322,27 @@ class _Handler(Handler):
     def _write(self, method: str) -> None:
         """A state-changing request: the session, its token, this server's own Origin and
         a JSON body, all checked before the body is read."""
-        if not self._allowed():
-            return
         url = urllib.parse.urlsplit(self.path)
         session = self._session()
         if session is None:
-            self.close_connection = True
-            self._error(401, "no dashboard session: open the link tuneloop ui printed")
+            self._error(401, "no dashboard session: open the link tuneloop ui printed", close=True)
             return
         if not url.path.startswith("/api/"):
-            self.close_connection = True
-            self._error(405, f"{method} {url.path} is not allowed")
+            self._error(405, f"{method} {url.path} is not allowed", close=True)
             return
         if not self._same_origin():
-            self.close_connection = True
-            self._error(403, f"requests from other sites are refused (Origin {self.headers.get('Origin')!r})")
+            self._error(
+                403, f"requests from other sites are refused (Origin {self.headers.get('Origin')!r})", close=True
+            )
             return
         if not self._with_token(session):
             return
         if (self.headers.get("Content-Type") or "").split(";")[0].strip().lower() != "application/json":
-            self.close_connection = True
-            self._error(415, "state-changing requests must be application/json")
+            self._error(415, "state-changing requests must be application/json", close=True)
             return
         body = self._body()
         if body is None:
-            self.close_connection = True
-            self._error(413, f"bodies are at most {MAX_BODY_BYTES // 1024} KB")
+            self._error(413, f"bodies are at most {MAX_BODY_BYTES // 1024} KB", close=True)
             return
         self._forward(method, url, body)
 

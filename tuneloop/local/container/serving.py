@@ -36,7 +36,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tuneloop.local.httpserve import Handler, LoopbackServer, is_loopback
+from tuneloop.local.httpserve import Handler, LoopbackServer
 
 log = logging.getLogger("tuneloop.serving")
 TOKEN_ENV = "TUNELOOP_MODEL_SERVER_TOKEN"
@@ -112,21 +112,20 @@ class _Handler(Handler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug(format, *args)
 
+    foreign_host = ("Forbidden", "only the local SageMaker Runtime may call a model server")
+
+    def error_body(self, status: int, code: str, message: str) -> tuple[bytes, dict[str, str]]:
+        """The model server's error: ``{"message"}``, as the runtime passes it on."""
+        return json.dumps({"message": message}).encode(), {"Content-Type": "application/json"}
+
     def _send(self, status: int, body: bytes, mime: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", mime)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.reply(status, body, {"Content-Type": mime})
 
     def _allowed(self) -> bool:
-        """Loopback Host and the starter's token, checked before the body is read."""
+        """The starter's token, checked before the body is read."""
         supplied = (self.headers.get("Authorization") or "").encode()
-        if not is_loopback(self.headers.get("Host")) or not hmac.compare_digest(
-            supplied, f"Bearer {self.server.token}".encode()
-        ):
-            self.close_connection = True
-            self._send(403, b'{"message": "only the local SageMaker Runtime may call a model server"}')
+        if not hmac.compare_digest(supplied, f"Bearer {self.server.token}".encode()):
+            self.refuse(403, "Forbidden", "only the local SageMaker Runtime may call a model server")
             return False
         return True
 
@@ -136,19 +135,17 @@ class _Handler(Handler):
         if self.path == "/ping":
             self._send(200, b"{}")
         else:
-            self._send(404, b'{"message": "not found"}')
+            self.refuse(404, "NotFound", "not found", close=False)
 
     def do_POST(self) -> None:
         if not self._allowed():
             return
         declared = self.headers.get("Content-Length") or "0"
         if not (declared.isascii() and declared.isdigit()) or int(declared) > MAX_BODY_BYTES:
-            self.close_connection = True
-            self._send(413 if declared.isdigit() else 400, b'{"message": "bad or too large Content-Length"}')
-            return
+            return self.refuse(413 if declared.isdigit() else 400, "BadRequest", "bad or too large Content-Length")
         body = self.read_body(int(declared))
         if self.path != "/invocations":
-            self._send(404, b'{"message": "not found"}')
+            self.refuse(404, "NotFound", "not found", close=False)
             return
         if self.headers.get(STREAM_HEADER) == "1":
             return self._stream(body)

@@ -42,12 +42,17 @@ class _Handler(Handler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer, in the caller's protocol, without reading on: the connection closes."""
-        log.warning("refused %s %s: %s", self.command, self.path.split("?")[0][:200], message)
-        self.close_connection = True
+    foreign_host = ("AccessDenied", "only this machine's loopback is served")
+
+    def error_body(self, status: int, code: str, message: str) -> tuple[bytes, dict[str, str]]:
+        """SageMaker's JSON error, which botocore reads by its __type."""
         payload = json.dumps({"__type": code, "message": message}).encode()
-        self._reply(status, payload, {"Content-Type": "application/x-amz-json-1.1", "x-amzn-ErrorType": code})
+        return payload, {"Content-Type": "application/x-amz-json-1.1", "x-amzn-ErrorType": code}
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer without reading on: the connection closes."""
+        log.warning("refused %s %s: %s", self.command, self.path.split("?")[0][:200], message)
+        self.refuse(status, code, message)
 
     def _verified_body(self) -> bytes | None:
         """The request's body once the caller is known to hold the local cloud's
@@ -138,14 +143,11 @@ class _Handler(Handler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
+    def every_answer(self) -> Mapping[str, str]:
+        return {"x-amzn-RequestId": str(uuid.uuid4())}
+
     def _reply(self, status: int, payload: bytes, headers: Mapping[str, str]) -> None:
-        self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        self.reply(status, payload, headers)
 
 
 def serve(
