@@ -809,10 +809,11 @@ def calibrate(
         return {}
     model.eval()
     logits, labels = [], []
-    for batch in classification_batches(examples, args.batch_size * 2, random.Random(0), group=True):
-        inputs = {k: v.to(device) for k, v in collate_classification(examples, batch, pad_id).items()}
-        logits.append(model(**inputs).logits.float().cpu())
-        labels.append(inputs["labels"].cpu())
+    with torch.no_grad():  # the fit's own graph only: the model's would be backed through twice
+        for batch in classification_batches(examples, args.batch_size * 2, random.Random(0), group=True):
+            inputs = {k: v.to(device) for k, v in collate_classification(examples, batch, pad_id).items()}
+            logits.append(model(**inputs).logits.float().cpu())
+            labels.append(inputs["labels"].cpu())
     model.train()
     z, y = torch.cat(logits), torch.cat(labels)
     temperature = fit_temperature(z, y)
