@@ -1004,8 +1004,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if ranks.main and metrics:
             history.append({"epoch": float(epoch), "step": step, **metrics})
             say(metric_line(epoch=epoch, step=step, **metrics))
-        checkpoint(epoch, 0)
-        last_save = time.monotonic()
+        # The interval's rule at an epoch's end too (with its validation line), and never
+        # after the last: the model is written next, and the checkpoints are deleted then.
+        if not done and time.monotonic() - last_save > args.checkpoint_interval_s:
+            checkpoint(epoch, 0)
+            last_save = time.monotonic()
     preference: dict[str, float] = {}
     if args.dpo_steps:
         pairs = encode_preferences(read_preferences(args.train), tokenizer, args.max_length)
