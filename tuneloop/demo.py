@@ -12,6 +12,7 @@ traffic.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import random
 import time
@@ -100,20 +101,23 @@ class Timeline:
 
 
 def send(
-    state: cloud.CloudState, endpoint: str, texts: list[str], count: int, ids: list[str] | None = None
+    state: cloud.CloudState, endpoint: str, texts: list[str], count: int, ids: list[str] | None = None, clients: int = 4
 ) -> list[float]:
-    """``count`` requests, one text each; with ``ids``, each carries its InferenceId (what
-    feedback labels join on)."""
+    """``count`` requests, one text each, from ``clients`` callers at once (a service's
+    traffic comes from many); with ``ids``, each carries its InferenceId (what feedback
+    labels join on). Each request's latency, in ms."""
     runtime = state.client("sagemaker-runtime")
-    latencies = []
-    for n in range(count):
+
+    def one(n: int) -> float:
         began = time.perf_counter()
         extra = {"InferenceId": ids[n]} if ids else {}
         runtime.invoke_endpoint(
             EndpointName=endpoint, ContentType="application/json", Body=json.dumps(texts[n % len(texts)]), **extra
         )
-        latencies.append((time.perf_counter() - began) * 1000)
-    return latencies
+        return (time.perf_counter() - began) * 1000
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(one, range(count)))
 
 
 def percentiles(latencies: list[float]) -> str:
