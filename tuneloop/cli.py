@@ -417,8 +417,10 @@ def ui_backend(args: argparse.Namespace) -> Any:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from .local.httpserve import one_line_on
     from .ui.server import LINK_TTL_S, UiServer, open_privately
 
+    one_line_on(sys.stderr)
     server = UiServer(ui_backend(args), args.port)
     link = server.link()
     print(f"dashboard ({server.backend.name}): {link}", flush=True)

@@ -15,6 +15,7 @@ import argparse
 import concurrent.futures
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -285,8 +286,10 @@ def first_deployed(timeline: Timeline, dataset: Path, project: str, dataset_id: 
 
 
 def run(args: argparse.Namespace) -> int:
+    from .local.httpserve import one_line_on
     from .ui.server import LINK_TTL_S, LocalBackend, UiServer
 
+    one_line_on(sys.stderr)
     timeline = Timeline()
     cloud.up(clean=True)
     dashboard = UiServer(LocalBackend(cloud.load_state))

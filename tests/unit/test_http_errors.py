@@ -24,6 +24,7 @@ from tuneloop.local import sigv4
 from tuneloop.local.apiserver import ApiServer
 from tuneloop.local.container import serving
 from tuneloop.local.gateway import Relay
+from tuneloop.local.httpserve import Handler, LoopbackServer
 from tuneloop.local.sagemaker.responses import SageMakerHttpServer
 from tuneloop.ui.server import Backend, UiServer
 
@@ -180,3 +181,54 @@ def test_a_signed_call_that_breaks_reaches_botocore_as_an_internal_error(
     assert error["Error"]["Message"].startswith(expected), error
     assert any(r.exc_info for r in caplog.records), caplog.text
     assert "Traceback" not in capfd.readouterr().err
+
+
+class SlowUpstream(Handler):
+    """A handler whose own call to another service times out."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        raise TimeoutError("the model server did not answer in 60 s")
+
+
+def test_a_timeout_of_the_handlers_own_call_is_a_504_not_a_silent_close(caplog: pytest.LogCaptureFixture) -> None:
+    """http.server takes any TimeoutError for the client's and closes without a word (and
+    botocore would resend the request)."""
+    server = LoopbackServer(SlowUpstream)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="tuneloop.httpserve"):
+            status, headers, body = raw(server, "127.0.0.1")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert headers.get("connection") == "close"
+    assert status == 504 and message_of(body) == "TimeoutError: the model server did not answer in 60 s"
+    assert any(r.exc_info and r.exc_info[0] is TimeoutError for r in caplog.records)
+
+
+def test_a_terminals_process_shows_a_failure_as_one_line(tmp_path: Path) -> None:
+    """`tuneloop ui` and the demo serve the dashboard from the user's terminal: a request
+    that breaks it is one line there, never a traceback."""
+    import io
+
+    from tuneloop.local import httpserve
+
+    shown = io.StringIO()
+    before = list(httpserve.log.handlers), httpserve.log.propagate
+    httpserve.one_line_on(shown)
+    try:
+        server = build("dashboard", tmp_path)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        try:
+            assert the_failing_request("dashboard", server)()[0] == 500
+        finally:
+            server.shutdown()
+            server.server_close()
+    finally:
+        httpserve.log.handlers[:], httpserve.log.propagate = before
+    assert shown.getvalue() == "httpserve: GET /api/projects failed: Broken: the disk is full\n"

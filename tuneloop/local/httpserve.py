@@ -16,8 +16,9 @@ either (``DEADLINES`` shuts such a connection down). Handlers read a body with
 ``Handler`` is every server's request side: it answers only a ``Host`` that names loopback
 (``is_loopback``), so a web page cannot reach a server by DNS rebinding; it writes every
 answer (``reply``) and every refusal (``refuse``, in the body shape the server's clients
-parse: ``error_body``); and a request whose handler raises is answered 500 with a one-line
-reason, its traceback in the server's log, never on a terminal.
+parse: ``error_body``); and a request whose handler raises is answered 500 (504 for a
+timeout of the handler's own call) with a one-line reason, its traceback in the server's
+log.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -50,6 +52,22 @@ def host_name(host: str) -> str:
 def is_loopback(host: str | None) -> bool:
     """Whether a Host header (port or not) names this machine's loopback."""
     return host_name(host or "") in LOOPBACK_HOSTS
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        failure = record.exc_info[1] if record.exc_info else None
+        said = f": {type(failure).__name__}: {failure}" if failure is not None else ""
+        return f"{record.name.split('.')[-1]}: {record.getMessage()}{said}"
+
+
+def one_line_on(stream: Any) -> None:
+    """In a terminal's process (``tuneloop ui``, ``demo``): this module's records as one
+    line each on ``stream``, never a traceback (the local cloud's services log to files)."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_OneLine())
+    log.addHandler(handler)
+    log.propagate = False
 
 
 IDLE_TIMEOUT_S = 60.0
@@ -196,9 +214,12 @@ class Deadlined(BaseHTTPRequestHandler):
         DEADLINES.watch(self.connection, self.server.idle_timeout_s + self.server.read_deadline_s)
         self.server.mark_idle(self.connection)  # until its request line is in: the first to go when full
         try:
-            super().handle_one_request()
+            self.one_request()
         finally:
             DEADLINES.done(self.connection)
+
+    def one_request(self) -> None:
+        super().handle_one_request()
 
     def parse_request(self) -> bool:
         self.server.mark_busy(self.connection)
@@ -282,19 +303,41 @@ class Handler(Deadlined):
         self.refuse(403, code, f"{message} (Host {(host or '')[:100]!r})")
         return False
 
-    def handle_one_request(self) -> None:
+    def one_request(self) -> None:
+        """http.server's request cycle, but the handler's call apart: its exceptions (a
+        timeout of its own call to another service included, which http.server takes for
+        the client's and answers with nothing) get an answer."""
         self.answering = False
         self.command = None  # type: ignore[assignment]  # set once a request line is parsed
         try:
-            super().handle_one_request()
-        except Exception as exc:
-            client_gone = isinstance(exc, (ConnectionError, socket.timeout))
-            if client_gone and (self.command is None or self.answering):
-                raise  # the client hung up or went quiet: the server's handle_error says nothing
+            self.raw_requestline = self.rfile.readline(65537)
+            if len(self.raw_requestline) > 65536:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+                return
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if not self.parse_request():
+                return
+        except TimeoutError:  # the client went quiet before its request was in
             self.close_connection = True
-            log.exception("%s %s failed", self.command, getattr(self, "path", "").split("?")[0][:200])
+            return
+        method = getattr(self, f"do_{self.command}", None)
+        if method is None:
+            self.send_error(HTTPStatus.NOT_IMPLEMENTED, f"Unsupported method ({self.command!r})")
+            return
+        try:
+            method()
+            self.wfile.flush()
+        except Exception as exc:
+            if isinstance(exc, (ConnectionError, TimeoutError)) and self.answering:
+                raise  # the client hung up or went quiet mid-answer: the server's handle_error says nothing
+            self.close_connection = True
+            log.exception("%s %s failed", self.command, self.path.split("?")[0][:200])
             if not self.answering:
+                status, code = (504, "Timeout") if isinstance(exc, TimeoutError) else (500, "InternalError")
                 try:
-                    self.refuse(500, "InternalError", f"{type(exc).__name__}: {exc}"[:500])
+                    self.refuse(status, code, f"{type(exc).__name__}: {exc}"[:500])
                 except OSError:
                     pass
