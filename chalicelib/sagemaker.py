@@ -616,7 +616,9 @@ def tuning_request(
     if strategy == "Hyperband":
         epochs = static.get("epochs")
         hyperband: dict[str, int] = {"MinResource": 1}
-        if epochs is not None:
+        if epochs == spec.AUTO:  # SageMaker cannot infer MaxResource from "auto": the most auto may choose
+            hyperband["MaxResource"] = spec.AUTO_EPOCHS[1]
+        elif epochs is not None:
             hyperband["MaxResource"] = max(1, int(float(epochs)))
         config["StrategyConfig"] = {"HyperbandStrategyConfig": hyperband}
     request: dict[str, Any] = {

@@ -167,9 +167,12 @@ class Hyperparameter:
     min: float | None = None
     max: float | None = None
     aliases: tuple[str, ...] = ()  # what other trainers call it, for "did you mean"
+    auto: str = ""  # how train.py chooses the value when it is "auto" ("": it has no auto)
 
     def parse(self, value: Any) -> Any:
         """The typed value of a JSON value or a SageMaker hyperparameter string; ValueError says why not."""
+        if self.auto and isinstance(value, str) and value.strip().lower() == AUTO:
+            return AUTO
         if self.type == "bool":
             if isinstance(value, bool):
                 return value
@@ -183,7 +186,8 @@ class Hyperparameter:
         except (ValueError, OverflowError):  # not a number, or an integer too large for one
             number = None
         if number is None or number != number or number in (float("inf"), float("-inf")):
-            raise ValueError(f"must be {'an integer' if self.type == 'int' else 'a number'}, got {value!r}")
+            kind = ("an integer" if self.type == "int" else "a number") + (' or "auto"' if self.auto else "")
+            raise ValueError(f"must be {kind}, got {value!r}")
         if self.type == "int":
             if number != int(number):
                 raise ValueError(f"must be an integer, got {value!r}")
@@ -197,20 +201,73 @@ class Hyperparameter:
         return number
 
 
+# "auto": train.py chooses epochs and the learning rate from the training split's size
+# (auto_schedule); the values it chose are in its log and in the model's data.json.
+AUTO = "auto"
+AUTO_TARGET_STEPS = 600
+AUTO_EPOCHS = (2, 10)
+AUTO_SHORT_BOOST = 2.0
+AUTO_LEARNING_RATES = {  # (task, method) → the peak learning rate for a schedule of AUTO_TARGET_STEPS
+    ("text-classification", "full"): 1e-4,
+    ("text-classification", "lora"): 5e-4,
+    ("text-classification", "qlora"): 5e-4,
+    ("causal-lm", "full"): 5e-5,
+    ("causal-lm", "lora"): 2e-4,
+    ("causal-lm", "qlora"): 2e-4,
+}
+
+
+def auto_schedule(
+    task: str, method: str, steps_per_epoch: int, epochs: Any = AUTO, learning_rate: Any = AUTO, max_steps: int = 0
+) -> tuple[float, float, str]:
+    """(epochs, learning rate, why) for a run whose hyperparameters leave either "auto".
+
+    Epochs: as many passes as make about AUTO_TARGET_STEPS optimizer steps, within
+    AUTO_EPOCHS: a small split gets more passes, a large one two. The learning rate: the
+    task and method's (AUTO_LEARNING_RATES); a schedule that is still short of the target
+    at the most epochs (a few hundred rows) gets it raised by the square root of the
+    shortfall, at most AUTO_SHORT_BOOST times, so few steps still go as far. ``max_steps``
+    (when not 0) is the schedule's length, as in train.py."""
+    per_epoch = max(1, int(steps_per_epoch))
+    said = []
+    if epochs == AUTO:
+        epochs = float(min(AUTO_EPOCHS[1], max(AUTO_EPOCHS[0], math.ceil(AUTO_TARGET_STEPS / per_epoch))))
+        said.append(f"epochs {epochs:g} ({per_epoch} steps an epoch)")
+    total = max_steps or max(1, math.ceil(per_epoch * float(epochs)))
+    if learning_rate == AUTO:
+        base = AUTO_LEARNING_RATES[(task, method)]
+        boost = min(AUTO_SHORT_BOOST, math.sqrt(max(1.0, AUTO_TARGET_STEPS / total)))
+        learning_rate = float(f"{base * boost:.2g}")
+        said.append(f"learning_rate {learning_rate:g} ({task}, {method}, {total} steps)")
+    return float(epochs), float(learning_rate), "auto: " + ", ".join(said) if said else ""
+
+
 HYPERPARAMETERS: dict[str, Hyperparameter] = {
     h.name: h
     for h in (
         Hyperparameter(
             "epochs",
             "float",
-            3,
+            AUTO,
             "passes over the training split",
             0.01,
             1000,
             ("num_train_epochs", "num_epochs", "n_epochs"),
+            auto=f"enough passes for about {AUTO_TARGET_STEPS} optimizer steps, at least {AUTO_EPOCHS[0]} and at most "
+            f"{AUTO_EPOCHS[1]}",
         ),
         Hyperparameter("max_steps", "int", 0, "stop after this many optimizer steps (0: epochs decide)", 0, 10_000_000),
-        Hyperparameter("learning_rate", "float", 5e-5, "peak learning rate (AdamW, linear decay)", 1e-10, 1.0, ("lr",)),
+        Hyperparameter(
+            "learning_rate",
+            "float",
+            AUTO,
+            "peak learning rate (AdamW, linear decay)",
+            1e-10,
+            1.0,
+            ("lr",),
+            auto="by task and method (AUTO_LEARNING_RATES), higher for a schedule under "
+            f"{AUTO_TARGET_STEPS} steps (x sqrt of the shortfall, at most x{AUTO_SHORT_BOOST:g})",
+        ),
         Hyperparameter(
             "batch_size",
             "int",

@@ -70,6 +70,18 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
+def _auto_or_number(h: spec.Hyperparameter) -> Any:
+    """argparse's type for a hyperparameter that may be "auto": parse's own reason on a bad value."""
+
+    def parsed(value: str) -> Any:
+        try:
+            return h.parse(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parsed
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ
     parser = argparse.ArgumentParser(description="tuneloop fine-tuning")
@@ -88,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # A LoRA run writes the merged model, or its adapter alone (served on its base model).
     p.add_argument("--artifact", default="merged", choices=("merged", "adapter"))
     for h in spec.HYPERPARAMETERS.values():
-        kind = {"int": int, "float": float, "bool": str2bool}[h.type]
+        kind = _auto_or_number(h) if h.auto else {"int": int, "float": float, "bool": str2bool}[h.type]
         p.add_argument("--" + h.name.replace("_", "-"), type=kind, default=h.default, help=h.help)
     p.add_argument("--model-dir", default=env.get("SM_MODEL_DIR", "/opt/ml/model"))
     p.add_argument("--train", default=env.get("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
@@ -899,6 +911,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if ranks.world > 1 and ranks.main:
         say(f"distributed: {ranks.world} processes (rank 0 writes), {len(first)} batches each per epoch")
     steps_per_epoch = max(1, len(first))
+    args.epochs, args.learning_rate, chosen = spec.auto_schedule(
+        args.task, args.method, steps_per_epoch, args.epochs, args.learning_rate, args.max_steps
+    )
+    if chosen and ranks.main:
+        say(f"{chosen} (see docs/training.md)")
     total_steps = args.max_steps or max(1, math.ceil(steps_per_epoch * args.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay, fused=cuda or None)
@@ -946,6 +963,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     running: list[float] = []
     epoch = start_epoch
     done = step >= total_steps
+    resumed_at_end = done  # resumed from a checkpoint of the last step
     while not done:
         batches = epoch_batches(epoch)
         for b in range(start_batch if epoch == start_epoch else 0, len(batches)):
@@ -1004,11 +1022,20 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if ranks.main and metrics:
             history.append({"epoch": float(epoch), "step": step, **metrics})
             say(metric_line(epoch=epoch, step=step, **metrics))
-        # The interval's rule at an epoch's end too (with its validation line), and never
-        # after the last: the model is written next, and the checkpoints are deleted then.
-        if not done and time.monotonic() - last_save > args.checkpoint_interval_s:
+        # The interval's rule at an epoch's end too (with its validation line). After the
+        # last, only before DPO (whose reference is this SFT model): else the model is
+        # written next, and the checkpoints are deleted then.
+        if (not done and time.monotonic() - last_save > args.checkpoint_interval_s) or (done and args.dpo_steps):
             checkpoint(epoch, 0)
             last_save = time.monotonic()
+    measured = any(e.get("step") == step and any(k.startswith("validation_") for k in e) for e in history)
+    if resumed_at_end and val_ex and not measured:  # the same on every process: all evaluate
+        # Resumed from a checkpoint written at the last step before its validation ran (the
+        # interval's, or SIGTERM's): the final metrics are measured now, not left stale.
+        metrics = evaluate(model, args, val_ex, pad_id, device, max(2, len(label_map)), tokenizer)
+        if ranks.main and metrics:
+            history.append({"epoch": float(epoch), "step": step, **metrics})
+            say(metric_line(epoch=epoch, step=step, **metrics))
     preference: dict[str, float] = {}
     if args.dpo_steps:
         pairs = encode_preferences(read_preferences(args.train), tokenizer, args.max_length)

@@ -135,6 +135,7 @@ def _check_hyperparameters(path: str, value: Any) -> dict[str, Any]:
 
 # What Hyperparameter.parse takes as a string too (SageMaker passes hyperparameters as strings).
 _NUMBER_STRING = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
+_AUTO_STRING = r"^\s*[Aa][Uu][Tt][Oo]\s*$"
 _BOOLEAN_STRING = r"^\s*([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo]|1|0)\s*$"
 
 
@@ -144,7 +145,9 @@ def _hyperparameter_schema(h: spec.Hyperparameter) -> dict[str, Any]:
     value.update({k: v for k, v in (("minimum", h.min), ("maximum", h.max)) if v is not None})
     text = {"type": "string", "pattern": _BOOLEAN_STRING if h.type == "bool" else _NUMBER_STRING}
     also = f" (also named {', '.join(h.aliases)})" if h.aliases else ""
-    return {"anyOf": [value, text], "default": h.default, "description": h.help + also}
+    auto = [{"type": "string", "pattern": _AUTO_STRING}] if h.auto else []
+    how = f"; {spec.AUTO}: {h.auto}" if h.auto else ""
+    return {"anyOf": [value, text, *auto], "default": h.default, "description": h.help + also + how}
 
 
 _hyperparameters = _V(

@@ -250,7 +250,7 @@ def test_an_unknown_hyperparameter_is_a_400_naming_the_nearest_valid_one(api: Ap
     config["training"]["hyperparameters"] = {"epochs": 1}
     assert api.call("POST", "/projects", {"name": "typo", "config": config})[0] == 201
     shown = api.call("GET", "/projects/typo")[1]["config"]["training"]["hyperparameters"]
-    assert shown["epochs"] == 1 and shown["learning_rate"] == 5e-5 and shown["max_length"] == 256
+    assert shown["epochs"] == 1 and shown["learning_rate"] == "auto" and shown["max_length"] == 256
 
 
 @pytest.mark.parametrize(

@@ -310,6 +310,48 @@ def test_killed_job_resumes_from_its_checkpoint(reviews: Path, tmp_path: Path) -
     assert json.loads((layout.model_dir / "metrics.json").read_text())["steps"] == 30
 
 
+def test_a_job_resumed_at_its_last_step_measures_its_final_validation(
+    arithmetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint written at the last step (the interval's, or SIGTERM's) comes before
+    that step's validation: a job killed right after it and retried measures it then,
+    rather than ending on an earlier epoch's numbers (or none). And "auto" epochs and
+    learning rate are chosen, said and recorded."""
+    import types
+
+    clock = [0.0]
+
+    def monotonic() -> float:  # every reading two seconds on: the 1 s interval passes at each step
+        clock[0] += 2.0
+        return clock[0]
+
+    argv = ["--task", "causal-lm", "--base-model", "random:llama-tiny", "--max-steps", "3", "--batch-size", "8",
+            "--max-length", "64", "--validation-samples", "0", "--checkpoint-interval-s", "1",
+            "--train", str(arithmetic / "train"), "--validation", str(arithmetic / "validation"),
+            "--model-dir", str(tmp_path / "model"), "--checkpoint-dir", str(tmp_path / "ckpt"),
+            "--failure-dir", str(tmp_path / "out")]  # fmt: skip
+    monkeypatch.setattr(
+        train_module, "time", types.SimpleNamespace(monotonic=monotonic, perf_counter=time.perf_counter)
+    )
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        raise SystemExit(137)  # the instance went away before the last step's validation
+
+    with monkeypatch.context() as patched:
+        patched.setattr(train_module, "evaluate", killed)
+        with pytest.raises(SystemExit):
+            train_module.train(train_module.parse_args(argv))
+    assert max(p.name for p in (tmp_path / "ckpt").glob("run-*/ckpt-*")) == "ckpt-00000003"
+    summary = train_module.train(train_module.parse_args(argv))
+    log = capsys.readouterr().out
+    assert "resuming from ckpt-00000003" in log and summary["steps"] == 3
+    assert "validation_loss" in summary, summary  # measured at step 3, after the resume
+    # Neither epochs nor learning_rate was given: both chosen for the split, and recorded.
+    assert "auto: epochs " in log and "learning_rate 0.0001 (causal-lm, full, 3 steps)" in log
+    chosen = json.loads((tmp_path / "model" / "data.json").read_text())["hyperparameters"]
+    assert chosen["learning_rate"] == 1e-4 and 2.0 <= chosen["epochs"] <= 10.0
+
+
 def test_a_damaged_newest_checkpoint_falls_back(tmp_path: Path) -> None:
     train_module.save_checkpoint(tmp_path, 10, {"step": 10})
     train_module.save_checkpoint(tmp_path, 20, {"step": 20})

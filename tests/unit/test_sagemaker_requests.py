@@ -14,6 +14,7 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
+from chalicelib import spec
 from chalicelib.config import Settings
 from chalicelib.domain import names
 from chalicelib.domain.commands import (
@@ -630,6 +631,16 @@ def test_hyperband_turns_the_median_rule_off_and_bounds_resources() -> None:
     config = request["HyperParameterTuningJobConfig"]
     assert config["TrainingJobEarlyStoppingType"] == "Off"
     assert config["StrategyConfig"] == {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": 3}}
+
+
+def test_hyperband_with_auto_epochs_is_bounded_by_the_most_auto_may_choose() -> None:
+    """SageMaker infers MaxResource from a static "epochs", and "auto" is no number."""
+    run = tuning_run(strategy="Hyperband")
+    run.config["training"]["hyperparameters"]["epochs"] = "auto"
+    request = tuning_request(TUNE, run, SETTINGS)
+    assert request["TrainingJobDefinition"]["StaticHyperParameters"]["epochs"] == "auto"
+    hyperband = request["HyperParameterTuningJobConfig"]["StrategyConfig"]["HyperbandStrategyConfig"]
+    assert hyperband == {"MinResource": 1, "MaxResource": spec.AUTO_EPOCHS[1]}
 
 
 def test_retraining_run_warm_starts_from_the_parents_tuning_job() -> None:

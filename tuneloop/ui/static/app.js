@@ -129,8 +129,9 @@ function schemaRows(prefix, schema, rows) {
     const keyed = field.properties && Object.values(field.properties).every((p) => !("default" in p)) && "default" in field;
     if (field.properties && field.additionalProperties === false && !keyed) { schemaRows(`${path}.`, field, rows); continue; }
     const shape = field.anyOf ? field.anyOf[0] : field;  // a hyperparameter: its type, or that as a string
-    const kinds = shape.enum ? shape.enum.filter((v) => v !== null).map((v) => JSON.stringify(v)).join(" | ")
-      : [].concat(shape.type || "any").filter((t) => t !== "null").join(" or ");
+    const kinds = (shape.enum ? shape.enum.filter((v) => v !== null).map((v) => JSON.stringify(v)).join(" | ")
+      : [].concat(shape.type || "any").filter((t) => t !== "null").join(" or "))
+      + (field.anyOf && field.anyOf.length > 2 ? ' or "auto"' : "");
     const fallback = !("default" in field) ? "required" : field.default === null ? "unset" : JSON.stringify(field.default);
     rows.push([h("code", {}, path), kinds, fallback.length > 40 ? "(see docs/config.md)" : fallback, field.description || ""]);
     if (keyed) for (const [key, sub] of Object.entries(field.properties)) rows.push([h("code", {}, `${path}.${key}`), "number", "", sub.description || ""]);
