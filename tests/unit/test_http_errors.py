@@ -5,6 +5,7 @@ and never on the terminal."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -78,14 +79,21 @@ def build(name: str, tmp_path: Path) -> Any:
 SERVERS = ["api", "sagemaker", "dynamodb", "model server", "dashboard"]
 
 
-@pytest.fixture(params=SERVERS)
-def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Any]]:
-    server = build(request.param, tmp_path)
+@contextlib.contextmanager
+def running_in_background(server: Any) -> Iterator[Any]:
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    yield request.param, server
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(params=SERVERS)
+def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    with running_in_background(build(request.param, tmp_path)) as server:
+        yield request.param, server
 
 
 def raw(server: Any, host: str, method: str = "GET", path: str = "/x", headers: dict[str, str] | None = None,
@@ -134,17 +142,12 @@ def the_failing_request(name: str, server: Any) -> Callable[[], tuple[int, dict[
 def test_a_handler_that_raises_is_a_one_line_500_and_a_logged_traceback(
     name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    server = build(name, tmp_path)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        with caplog.at_level(logging.ERROR, logger="tuneloop.httpserve"):
-            status, headers, body = the_failing_request(name, server)()
-            # The server still answers on a new connection.
-            again = the_failing_request(name, server)()[0]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with (
+        running_in_background(build(name, tmp_path)) as server,
+        caplog.at_level(logging.ERROR, logger="tuneloop.httpserve"),
+    ):
+        status, headers, body = the_failing_request(name, server)()
+        again = the_failing_request(name, server)()[0]  # the server still answers on a new connection
     assert status == 500 and again == 500, (name, body)
     assert message_of(body) == "Broken: the disk is full"
     assert headers.get("connection") == "close"
@@ -158,8 +161,6 @@ def test_a_signed_call_that_breaks_reaches_botocore_as_an_internal_error(
     name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
     server = build(name, tmp_path)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
     client = boto3.client(
         name,
         endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
@@ -168,12 +169,9 @@ def test_a_signed_call_that_breaks_reaches_botocore_as_an_internal_error(
         aws_secret_access_key=CREDENTIALS.secret_key,
         config=Config(retries={"max_attempts": 1, "mode": "standard"}),
     )
-    try:
-        with caplog.at_level(logging.ERROR, logger="tuneloop.httpserve"), pytest.raises(ClientError) as raised:
-            client.list_training_jobs() if name == "sagemaker" else client.list_tables()
-    finally:
-        server.shutdown()
-        server.server_close()
+    errors_logged = caplog.at_level(logging.ERROR, logger="tuneloop.httpserve")
+    with running_in_background(server), errors_logged, pytest.raises(ClientError) as raised:
+        client.list_training_jobs() if name == "sagemaker" else client.list_tables()
     error = raised.value.response
     assert error["ResponseMetadata"]["HTTPStatusCode"] == 500
     assert error["Error"]["Code"] == "InternalError", error
@@ -196,15 +194,11 @@ class SlowUpstream(Handler):
 def test_a_timeout_of_the_handlers_own_call_is_a_504_not_a_silent_close(caplog: pytest.LogCaptureFixture) -> None:
     """http.server takes any TimeoutError for the client's and closes without a word (and
     botocore would resend the request)."""
-    server = LoopbackServer(SlowUpstream)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        with caplog.at_level(logging.ERROR, logger="tuneloop.httpserve"):
-            status, headers, body = raw(server, "127.0.0.1")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with (
+        running_in_background(LoopbackServer(SlowUpstream)) as server,
+        caplog.at_level(logging.ERROR, logger="tuneloop.httpserve"),
+    ):
+        status, headers, body = raw(server, "127.0.0.1")
     assert headers.get("connection") == "close"
     assert status == 504 and message_of(body) == "TimeoutError: the model server did not answer in 60 s"
     assert any(r.exc_info and r.exc_info[0] is TimeoutError for r in caplog.records)
@@ -221,14 +215,8 @@ def test_a_terminals_process_shows_a_failure_as_one_line(tmp_path: Path) -> None
     before = list(httpserve.log.handlers), httpserve.log.propagate
     httpserve.one_line_on(shown)
     try:
-        server = build("dashboard", tmp_path)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        try:
+        with running_in_background(build("dashboard", tmp_path)) as server:
             assert the_failing_request("dashboard", server)()[0] == 500
-        finally:
-            server.shutdown()
-            server.server_close()
     finally:
         httpserve.log.handlers[:], httpserve.log.propagate = before
     assert shown.getvalue() == "httpserve: GET /api/projects failed: Broken: the disk is full\n"
