@@ -23,7 +23,7 @@ difference (tuned − default), as the evaluate job computes them. The default i
 noise of the tuned model when that interval holds 0 (or lies below it). The ratio printed
 is default ÷ tuned macro-F1, and the tuning job's training time over the default's.
 
-    python bench/defaults.py                 # both corpora, 4 trials each (about an hour on 2 CPU cores)
+    python bench/defaults.py                 # both corpora, 4 trials each (about 80 minutes on 2 CPU cores)
     python bench/defaults.py --trials 8 --corpus rotten-tomatoes
 
 ``--quick`` (the test suite runs it): both corpora loaded and split, then on 24 training

@@ -11,9 +11,10 @@ format for ``MetricDefinitions``::
 
     [metric] epoch=1 step=40 train_loss=0.412300
 
-Spot-safe: checkpoints under ``/opt/ml/checkpoints`` on a wall-clock interval, at each
-epoch's end and on SIGTERM, written atomically (a temporary folder renamed into place),
-validated by checksum on resume (a damaged newest checkpoint falls back to the previous).
+Spot-safe: checkpoints under ``/opt/ml/checkpoints`` on a wall-clock interval (checked after
+each step and at each epoch's end), after the last epoch when DPO follows, and on SIGTERM,
+written atomically (a temporary folder renamed into place), validated by checksum on
+resume (a damaged newest checkpoint falls back to the previous).
 
 Fast by design: tokenised once in batches; encoders get length-grouped batches with
 dynamic padding; decoders get packed, padding-free rows (position ids restart per

@@ -28,7 +28,7 @@ For how to write one, with examples per task, see [configuration.md](configurati
 
 def _type(schema: dict[str, Any]) -> str:
     if "anyOf" in schema:  # a hyperparameter: its type, or that as a string (or "auto")
-        auto = " or `\"auto\"`" if len(schema["anyOf"]) > 2 else ""
+        auto = ' or `"auto"`' if len(schema["anyOf"]) > 2 else ""
         return f"{_type(schema['anyOf'][0])} (or a string of one){auto}"
     if "enum" in schema:
         return " \\| ".join(f"`{json.dumps(v)}`" for v in schema["enum"] if v is not None)

@@ -237,7 +237,8 @@ def test_the_configuration_docs_list_every_hyperparameter_with_its_default() -> 
             default = f"`{h.default}`"  # "auto": train.py chooses it
         else:
             default = ("true" if h.default else "false") if h.type == "bool" else f"{h.default:g}"
-        assert f"| `{h.name}` | {h.type} | {default} |" in docs, h.name
+        kind = f"{h.type} or `auto`" if h.auto else h.type
+        assert f"| `{h.name}` | {kind} | {default} |" in docs, h.name
 
 
 @pytest.mark.parametrize(
