@@ -965,6 +965,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     epoch = start_epoch
     done = step >= total_steps
     resumed_at_end = done  # resumed from a checkpoint of the last step
+
+    def validate(epoch: int) -> None:
+        """The validation split's metrics at this step, in the history and the log (every
+        process evaluates; rank 0 keeps them)."""
+        metrics = evaluate(model, args, val_ex, pad_id, device, max(2, len(label_map)), tokenizer)
+        if ranks.main and metrics:
+            history.append({"epoch": float(epoch), "step": step, **metrics})
+            say(metric_line(epoch=epoch, step=step, **metrics))
+
     while not done:
         batches = epoch_batches(epoch)
         for b in range(start_batch if epoch == start_epoch else 0, len(batches)):
@@ -1019,10 +1028,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         else:
             epoch += 1
             start_batch = 0
-        metrics = evaluate(model, args, val_ex, pad_id, device, max(2, len(label_map)), tokenizer)
-        if ranks.main and metrics:
-            history.append({"epoch": float(epoch), "step": step, **metrics})
-            say(metric_line(epoch=epoch, step=step, **metrics))
+        validate(epoch)
         # The interval's rule at an epoch's end too (with its validation line). After the
         # last, only before DPO (whose reference is this SFT model): else the model is
         # written next, and the checkpoints are deleted then.
@@ -1033,10 +1039,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if resumed_at_end and val_ex and not measured:  # the same on every process: all evaluate
         # Resumed from a checkpoint written at the last step before its validation ran (the
         # interval's, or SIGTERM's): the final metrics are measured now, not left stale.
-        metrics = evaluate(model, args, val_ex, pad_id, device, max(2, len(label_map)), tokenizer)
-        if ranks.main and metrics:
-            history.append({"epoch": float(epoch), "step": step, **metrics})
-            say(metric_line(epoch=epoch, step=step, **metrics))
+        validate(epoch)
     preference: dict[str, float] = {}
     if args.dpo_steps:
         pairs = encode_preferences(read_preferences(args.train), tokenizer, args.max_length)

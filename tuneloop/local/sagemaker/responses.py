@@ -101,7 +101,7 @@ class _Handler(Handler):
             payload = json.dumps({"__type": exc.code, "message": exc.message}).encode()
         except json.JSONDecodeError as exc:
             status, payload = 400, json.dumps({"__type": "SerializationException", "message": str(exc)}).encode()
-        self._reply(status, payload, {"Content-Type": "application/x-amz-json-1.1"})
+        self.reply(status, payload, {"Content-Type": "application/x-amz-json-1.1"})
 
     def _runtime(self, call: Any, suffix: str, accept_header: str, body: bytes) -> tuple[int, Any, Mapping[str, str]]:
         """A SageMaker Runtime call on ``/endpoints/<name><suffix>``: (status, payload, headers),
@@ -122,7 +122,7 @@ class _Handler(Handler):
 
     def _invoke(self, body: bytes) -> None:
         """SageMaker Runtime InvokeEndpoint (REST-JSON): POST /endpoints/<name>/invocations."""
-        self._reply(*self._runtime(self.server.backend.runtime.invoke, "/invocations", "Accept", body))
+        self.reply(*self._runtime(self.server.backend.runtime.invoke, "/invocations", "Accept", body))
 
     def _invoke_stream(self, body: bytes) -> None:
         """SageMaker Runtime InvokeEndpointWithResponseStream: the answer as event-stream
@@ -130,7 +130,7 @@ class _Handler(Handler):
         call = self.server.backend.runtime.invoke_stream
         status, payload, headers = self._runtime(call, "/invocations-response-stream", "X-Amzn-SageMaker-Accept", body)
         if status != 200:
-            return self._reply(status, payload, headers)
+            return self.reply(status, payload, headers)
         self.send_response(200)
         for key, value in headers.items():
             self.send_header(key, value)
@@ -145,9 +145,6 @@ class _Handler(Handler):
 
     def every_answer(self) -> Mapping[str, str]:
         return {"x-amzn-RequestId": str(uuid.uuid4())}
-
-    def _reply(self, status: int, payload: bytes, headers: Mapping[str, str]) -> None:
-        self.reply(status, payload, headers)
 
 
 def serve(
