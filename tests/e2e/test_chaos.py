@@ -24,7 +24,7 @@ from tests.conftest import DEMO_CONFIG
 from tests.e2e.conftest import REPO, client, http, local_cloud, s3, tuneloop, wait_for
 from tuneloop.local.processes import ProcessRecord
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DATA = (REPO / "examples" / "data" / "reviews.jsonl").read_bytes()
 CONFIG = {
     **DEMO_CONFIG,

@@ -17,7 +17,7 @@ from tests import sockets
 from tests.e2e.conftest import client, http, s3, tuneloop, wait_for
 from tuneloop import synthetic
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CONFIG = {
     "base_model": "random:llama-small",

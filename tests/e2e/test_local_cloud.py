@@ -18,7 +18,7 @@ from tests.conftest import DEMO_TUNED_CONFIG, load_event
 from tests.e2e.conftest import REPO, client, cloudwatch, http, invoke, s3, tuneloop, wait_for
 from tests.e2e.dashboard import check_dashboard
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_local_cloud_end_to_end(cloud: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:

@@ -26,8 +26,10 @@ SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PACKAGE = spec.PACKAGED_MODELS[SMOLLM2]
 GENERATION = {"max_new_tokens": 40, "scorers": ["exact_match", "json_schema", "token_f1"],
               "json_schema": synthetic.ORDER_SCHEMA}  # fmt: skip
+pytestmark = pytest.mark.training
 
 
+@pytest.mark.slow  # a conversion of its own, in a fresh cache
 def test_the_packaged_gguf_converts_once_to_the_pinned_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The conversion is deterministic, so its output is pinned by SHA-256 like MiniLM's
     files; the converted model keeps SmolLM2's own chat template and answers as the GGUF
@@ -109,6 +111,7 @@ def adapter(orders: Path, tmp_path_factory: pytest.TempPathFactory) -> toolkit.T
     return layout
 
 
+@pytest.mark.slow  # minutes of fine-tuning and generation on two cores
 def test_a_lora_adapter_on_smollm2_beats_its_untuned_base(
     adapter: toolkit.TrainingLayout, orders: Path, tmp_path: Path
 ) -> None:
