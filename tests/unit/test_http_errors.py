@@ -220,3 +220,42 @@ def test_a_terminals_process_shows_a_failure_as_one_line(tmp_path: Path) -> None
     finally:
         httpserve.log.handlers[:], httpserve.log.propagate = before
     assert shown.getvalue() == "httpserve: GET /api/projects failed: Broken: the disk is full\n"
+
+
+def test_a_foreign_host_that_expects_100_continue_is_refused_without_one(running: tuple[str, Any]) -> None:
+    """http.server answers "100 Continue" while it parses the headers; a request from a
+    foreign Host gets its 403 first and is never invited to send its body."""
+    name, server = running
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as connection:
+        connection.sendall(b"POST /invocations HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 2\r\n"
+                           b"Expect: 100-continue\r\n\r\n")  # fmt: skip
+        first = connection.makefile("rb").readline()
+    assert first.startswith(b"HTTP/1.1 403 "), (name, first)
+
+
+@pytest.mark.parametrize("name", ["api", "model server"])
+@pytest.mark.parametrize("how", ["reset", "close"])
+def test_a_client_that_hangs_up_mid_body_is_one_line_not_an_error(
+    name: str, how: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client gone before its body is in (a reset, or a close after part of it) is
+    nobody's error: one line, no traceback, no answer attempted; the server goes on."""
+    from tests.conftest import wait_for
+
+    with (
+        running_in_background(build(name, tmp_path)) as server,
+        caplog.at_level(logging.INFO, logger="tuneloop.httpserve"),
+    ):
+        port = server.server_address[1]
+        path = "/invocations" if name == "model server" else "/projects"
+        connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+        connection.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                           f"Content-Length: 1000\r\n\r\n{{\"a\": 1".encode())  # fmt: skip
+        if how == "reset":
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        connection.close()
+        gone = wait_for(lambda: [r for r in caplog.records if "went away mid-request" in r.getMessage()], 10)
+        assert the_failing_request(name, server)()[0] == 500  # the next request is served as ever
+    assert "1000-byte body" in gone[0].getMessage() and gone[0].levelno == logging.INFO
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.exc_info and r.exc_info[0] for r in errors] == [Broken], caplog.text  # the next request's only

@@ -35,7 +35,15 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from chalicelib.spec import TuneloopError
+
 log = logging.getLogger("tuneloop.httpserve")
+
+
+class ClientGone(TuneloopError, ConnectionError):
+    """The client hung up, or went quiet, before its request's body was in: there is no one
+    to answer."""
+
 
 # The names a loopback request's Host may carry (IPv6 in brackets, as a Host header has it;
 # urllib's hostname drops them).
@@ -230,10 +238,16 @@ class Deadlined(BaseHTTPRequestHandler):
         return parsed
 
     def read_body(self, length: int) -> bytes:
+        """The request's body, whole (``ClientGone`` if the client hangs up or goes quiet first)."""
         try:
-            return self.rfile.read(length) if length else b""
+            body = self.rfile.read(length) if length else b""
+        except OSError as exc:  # a reset, or the idle timeout: either way the client is gone
+            raise ClientGone(f"{type(exc).__name__} after part of a {length}-byte body") from exc
         finally:
             DEADLINES.done(self.connection)
+        if len(body) < length:
+            raise ClientGone(f"the connection closed {len(body)} bytes into a {length}-byte body")
+        return body
 
 
 class Handler(Deadlined):
@@ -292,6 +306,11 @@ class Handler(Deadlined):
         body, shaped = self.error_body(status, code, message)
         self.reply(status, body, {**shaped, **(headers or {})})
 
+    def handle_expect_100(self) -> bool:
+        """http.server says "100 Continue" from inside ``parse_request``, before the Host
+        check below: a request that will be refused is not invited to send its body."""
+        return True if not is_loopback(self.headers.get("Host")) else super().handle_expect_100()
+
     def parse_request(self) -> bool:
         if not super().parse_request():
             return False
@@ -330,6 +349,9 @@ class Handler(Deadlined):
         try:
             method()
             self.wfile.flush()
+        except ClientGone as exc:
+            self.close_connection = True
+            log.info("%s %s: the client went away mid-request: %s", self.command, self.path.split("?")[0][:200], exc)
         except Exception as exc:
             if isinstance(exc, (ConnectionError, TimeoutError)) and self.answering:
                 raise  # the client hung up or went quiet mid-answer: the server's handle_error says nothing
