@@ -36,8 +36,8 @@ demo-llm: setup
 	$(BIN)/tuneloop demo --llm $(DEMO_FLAGS)
 
 # Two workers (pytest-xdist): tests that share a fixture stay together (XDIST_GROUPS in tests/conftest.py).
-# `test` is every test but the slow ones (marked `slow`: the two demos' whole loops, the local
-# cloud end to end, host-crash chaos, SmolLM2's fine-tune); `test-slow` runs those. CI runs both.
+# `test` is every test but those marked `slow` (whole loops, minutes each: pyproject.toml's
+# markers); `test-slow` runs those. CI runs both.
 TEST_WORKERS ?= 2
 test: setup lint package
 	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not slow"

@@ -156,7 +156,7 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     global_sdk_config.set_sdk_enabled(was_enabled)
 
 
-# `make test` runs the suite on two workers (pytest-xdist). Tests that share an expensive
+# `make test` and `make test-slow` run on two workers (pytest-xdist). Tests that share an expensive
 # module or session fixture, or read what an earlier test of their module left, stay on
 # one worker, in order; every other test goes wherever a worker is free.
 XDIST_GROUPS = {

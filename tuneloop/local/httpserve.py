@@ -40,9 +40,9 @@ from chalicelib.spec import TuneloopError
 log = logging.getLogger("tuneloop.httpserve")
 
 
-class ClientGone(TuneloopError, ConnectionError):
-    """The client hung up, or went quiet, before its request's body was in: there is no one
-    to answer."""
+class ClientGoneError(TuneloopError, ConnectionError):
+    """A request's body stopped short: the client hung up or reset, or went quiet until its
+    deadline shut the connection. No answer is attempted."""
 
 
 # The names a loopback request's Host may carry (IPv6 in brackets, as a Host header has it;
@@ -238,15 +238,15 @@ class Deadlined(BaseHTTPRequestHandler):
         return parsed
 
     def read_body(self, length: int) -> bytes:
-        """The request's body, whole (``ClientGone`` if the client hangs up or goes quiet first)."""
+        """The request's body, whole (``ClientGoneError`` if it stops short)."""
         try:
             body = self.rfile.read(length) if length else b""
         except OSError as exc:  # a reset, or the idle timeout: either way the client is gone
-            raise ClientGone(f"{type(exc).__name__} after part of a {length}-byte body") from exc
+            raise ClientGoneError(f"{type(exc).__name__} while reading a {length}-byte body") from exc
         finally:
             DEADLINES.done(self.connection)
         if len(body) < length:
-            raise ClientGone(f"the connection closed {len(body)} bytes into a {length}-byte body")
+            raise ClientGoneError(f"the connection ended {len(body)} bytes into a {length}-byte body")
         return body
 
 
@@ -309,7 +309,9 @@ class Handler(Deadlined):
     def handle_expect_100(self) -> bool:
         """http.server says "100 Continue" from inside ``parse_request``, before the Host
         check below: a request that will be refused is not invited to send its body."""
-        return True if not is_loopback(self.headers.get("Host")) else super().handle_expect_100()
+        if not is_loopback(self.headers.get("Host")):
+            return True
+        return super().handle_expect_100()
 
     def parse_request(self) -> bool:
         if not super().parse_request():
@@ -349,9 +351,9 @@ class Handler(Deadlined):
         try:
             method()
             self.wfile.flush()
-        except ClientGone as exc:
+        except ClientGoneError as exc:
             self.close_connection = True
-            log.info("%s %s: the client went away mid-request: %s", self.command, self.path.split("?")[0][:200], exc)
+            log.info("%s %s: no answer, the body stopped short: %s", self.command, self.path.split("?")[0][:200], exc)
         except Exception as exc:
             if isinstance(exc, (ConnectionError, TimeoutError)) and self.answering:
                 raise  # the client hung up or went quiet mid-answer: the server's handle_error says nothing
