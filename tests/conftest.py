@@ -168,15 +168,45 @@ XDIST_GROUPS = {
 }
 
 
+# The longest scopes, in seconds on a worker of two (a clean clone's CI), handed out first:
+# xdist gives each worker two scopes ahead, so a long one given late runs alone at the end.
+# Only the order of the hand-out depends on these; the rest follow, the largest groups first.
+LONGEST_S = {
+    "tests/e2e/test_llm.py::test_the_llm_demo": 500,
+    "training": 310,
+    "tests/e2e/test_llm.py::test_a_tiny_decoder": 260,
+    "smollm2": 190,
+    "tests/e2e/test_local_cloud.py::": 150,
+    "sagemaker-server": 125,
+    "tests/e2e/test_chaos.py::": 100,
+}
+
+
+def expected_s(scope: str) -> int:
+    return next((seconds for prefix, seconds in LONGEST_S.items() if scope.startswith(prefix)), 0)
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """xdist's own ``--dist loadgroup`` marks groups by rewriting ``item._nodeid``, which
     pytest 9 no longer reads (node ids live in ``_id``): its groups silently spread over
-    workers. This scheduler reads XDIST_GROUPS from the node id instead."""
+    workers. This scheduler reads XDIST_GROUPS from the node id instead, and hands the
+    scopes out longest first (LONGEST_S)."""
+    from collections import OrderedDict
+
     from xdist.scheduler import LoadScopeScheduling
 
     class Grouped(LoadScopeScheduling):  # type: ignore[misc]
+        ordered = False
+
         def _split_scope(self, nodeid: str) -> str:
             return xdist_scope(nodeid)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if not self.ordered:  # the queue is whole by the first hand-out
+                self.ordered = True
+                queue = sorted(self.workqueue.items(), key=lambda unit: -expected_s(unit[0]))  # stable
+                self.workqueue = OrderedDict(queue)
+            super()._assign_work_unit(node)
 
     return Grouped(config, log)
 
